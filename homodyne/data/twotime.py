@@ -1,0 +1,413 @@
+"""Two-time correlation sources: APS 8-ID-I HDF5 (older and APS-U layouts) and bare .npy.
+
+A ``TwoTimeSource`` describes the selection (q, angles, frames) and reads the strict
+upper triangle of each selected matrix with bounded memory: row blocks in file
+order, or fixed-size runs of consecutive points (what a streaming engine wants).
+Points are ordered angle-major, then row-major inside the triangle, matching
+``homodyne.model.point_coordinates``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import h5py
+import numpy as np
+
+from homodyne.data.errors import DataFileError
+from homodyne.model import ModelSpec
+
+OLD_Q = "/xpcs/dqlist"
+OLD_PHI = "/xpcs/dphilist"
+OLD_C2 = "/exchange/C2T_all"
+APSU_Q = "/xpcs/qmap/dynamic_v_list_dim0"
+APSU_PHI = "/xpcs/qmap/dynamic_v_list_dim1"
+APSU_BINS = "/xpcs/twotime/processed_bins"
+APSU_C2 = "/xpcs/twotime/correlation_map"
+FRAME_TIME = "/entry/instrument/detector_1/frame_time"
+SYNTHETIC_ATTRS = "/homodyne/synthetic"
+
+
+@dataclass(frozen=True)
+class RowBlock:
+    """Rows [row_start, row_stop) of one angle's strict upper triangle, packed."""
+
+    angle: int
+    row_start: int
+    row_stop: int
+    g_start: int
+    values: np.ndarray
+
+
+@dataclass
+class TwoTimeSource:
+    """A selection of two-time matrices from one file, read lazily."""
+
+    path: str
+    layout: str  # "aps_old", "aps_u" or "npy"
+    dataset_names: list[str]
+    q: float
+    q_requested: float | None
+    phi_deg: tuple[float, ...]
+    n_frames_file: int
+    first_frame: int
+    last_frame: int
+    storages: list[str]  # per angle: "upper", "lower" or "full"
+    frame_time: float | None = None
+    attrs: dict = field(default_factory=dict)
+    _matrix: np.ndarray | None = field(default=None, repr=False)
+    _h5: h5py.File | None = field(default=None, repr=False)
+
+    # --- sizes ------------------------------------------------------------
+    @property
+    def storage(self) -> str:
+        """How the matrices are stored ("upper", "lower", "full", or "mixed")."""
+        kinds = set(self.storages)
+        return kinds.pop() if len(kinds) == 1 else "mixed"
+
+    @property
+    def q_tolerance(self) -> float:
+        return 0.0 if self.q_requested is None else abs(self.q - self.q_requested)
+
+    @property
+    def n_frames(self) -> int:
+        return self.last_frame - self.first_frame + 1
+
+    @property
+    def n_phi(self) -> int:
+        return len(self.phi_deg)
+
+    @property
+    def points_per_angle(self) -> int:
+        return self.n_frames * (self.n_frames - 1) // 2
+
+    @property
+    def n_points(self) -> int:
+        return self.n_phi * self.points_per_angle
+
+    def model_spec(self, *, mode="static", dt=None, gap_h=2.0e6, scaling="individual",
+                   dtype="float64") -> ModelSpec:
+        """The ModelSpec matching this selection (dt from the file when not given)."""
+        dt = dt if dt is not None else self.frame_time
+        if dt is None:
+            raise DataFileError(self.path, "no frame time in the file; set 'dt' in the config")
+        return ModelSpec(mode=mode, q=self.q, dt=float(dt), n_frames=self.n_frames,
+                         phi_deg=self.phi_deg, gap_h=gap_h, scaling=scaling,
+                         first_frame=self.first_frame, dtype=dtype)
+
+    # --- file access --------------------------------------------------------
+    def _file(self) -> h5py.File:
+        if self._h5 is None:
+            try:
+                self._h5 = h5py.File(self.path, "r")
+            except OSError as exc:
+                raise DataFileError(self.path, f"cannot open as HDF5 ({exc})") from exc
+        return self._h5
+
+    def close(self) -> None:
+        if self._h5 is not None:
+            self._h5.close()
+            self._h5 = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _read_rows(self, angle: int, r0: int, r1: int) -> np.ndarray:
+        """Rows r0..r1-1 (selection-relative) x all selected columns, as stored."""
+        f0 = self.first_frame - 1
+        n = self.n_frames
+        if self._matrix is not None:
+            m = self._matrix
+            block = m[f0 + r0 : f0 + r1, f0 : f0 + n]
+        else:
+            ds = self._file()[self.dataset_names[angle]]
+            try:
+                if self.storages[angle] == "lower":
+                    block = ds[f0 : f0 + n, f0 + r0 : f0 + r1].T
+                else:
+                    block = ds[f0 + r0 : f0 + r1, f0 : f0 + n]
+            except OSError as exc:
+                raise DataFileError(
+                    self.path, f"cannot read rows {r0}..{r1} of {self.dataset_names[angle]}: {exc}"
+                ) from exc
+        return np.asarray(block, dtype=np.float64)
+
+    def _row_offset(self, r: int) -> int:
+        n = self.n_frames
+        return r * (2 * n - r - 1) // 2
+
+    def iter_row_blocks(self, target_points: int = 1 << 20, start_point: int = 0
+                        ) -> Iterator[RowBlock]:
+        """Row blocks of about ``target_points`` points, in global point order.
+
+        Starts at the row holding global point ``start_point`` (the block may begin
+        before it; ``g_start`` says where). Memory is one block at a time.
+        """
+        n = self.n_frames
+        m = self.points_per_angle
+        a0 = start_point // m
+        for angle in range(a0, self.n_phi):
+            r = 0
+            if angle == a0:
+                k = start_point - a0 * m
+                r = _row_of(k, n)
+            while r < n - 1:
+                rows = max(1, target_points // max(1, n - 1 - r))
+                r1 = min(n - 1, r + rows)
+                block = self._read_rows(angle, r, r1)
+                mask = np.arange(n)[None, :] > np.arange(r, r1)[:, None]
+                values = block[mask]
+                yield RowBlock(angle, r, r1, angle * m + self._row_offset(r), values)
+                r = r1
+
+    def iter_points(self, start: int, count: int, chunk: int,
+                    target_points: int = 1 << 20) -> Iterator[tuple[int, np.ndarray]]:
+        """Consecutive runs of ``chunk`` points from global index ``start`` (last may be short).
+
+        Reads row blocks sequentially, so memory is one block plus one chunk.
+        """
+        stop = min(self.n_points, start + count)
+        pending: list[np.ndarray] = []
+        have = 0
+        pos = start
+        for blk in self.iter_row_blocks(target_points, start):
+            lo = max(start, blk.g_start)
+            hi = min(stop, blk.g_start + blk.values.size)
+            if hi > lo:
+                pending.append(blk.values[lo - blk.g_start : hi - blk.g_start])
+                have += hi - lo
+            while have >= chunk:
+                flat = np.concatenate(pending) if len(pending) > 1 else pending[0]
+                yield pos, flat[:chunk]
+                pos += chunk
+                rest = flat[chunk:]
+                pending, have = ([rest], rest.size) if rest.size else ([], 0)
+            if hi >= stop:
+                break
+        if have:
+            yield pos, np.concatenate(pending)
+
+    def read_packed(self, dtype=np.float64) -> np.ndarray:
+        """All selected points in memory (angle-major, row-major triangle)."""
+        out = np.empty(self.n_points, dtype=dtype)
+        for blk in self.iter_row_blocks():
+            out[blk.g_start : blk.g_start + blk.values.size] = blk.values
+        return out
+
+    def read_matrix(self, angle: int) -> np.ndarray:
+        """One angle's selected matrix, symmetrised from its upper triangle (for plots)."""
+        block = self._read_rows(angle, 0, self.n_frames)
+        upper = np.triu(block, 1)
+        return upper + upper.T + np.diag(np.diag(block))
+
+
+def _row_of(k: int, n: int) -> int:
+    """Row of position k in the strict upper triangle (exact integer version)."""
+    b = 2 * n - 1
+    i = int((b - np.sqrt(max(b * b - 8 * k, 0))) // 2)
+    i = min(max(i, 0), n - 2)
+    while (i + 1) * (2 * n - i - 2) // 2 <= k:
+        i += 1
+    while i * (2 * n - i - 1) // 2 > k:
+        i -= 1
+    return i
+
+
+# --- opening and selecting ----------------------------------------------------
+
+
+def open_two_time(path, *, q: float | None = None, q_tolerance: float | None = None,
+                  phi_ranges=None, start_frame: int = 1, end_frame: int = -1) -> TwoTimeSource:
+    """Open a two-time file and select q (nearest), angle ranges and frames.
+
+    ``phi_ranges`` is a list of (min_deg, max_deg) pairs, None for all angles.
+    Frames are 1-based and inclusive; ``end_frame=-1`` means the last frame.
+    Everything is validated here, before any long computation starts.
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise DataFileError(path, "file does not exist")
+    if os.path.isdir(path):
+        raise DataFileError(path, "is a directory, expected a data file")
+    if path.endswith(".npy"):
+        return _open_npy(path, q, start_frame, end_frame)
+    try:
+        h5 = h5py.File(path, "r")
+    except OSError as exc:
+        raise DataFileError(path, f"not a readable HDF5 file (truncated or corrupt?): {exc}") \
+            from exc
+    try:
+        if APSU_BINS in h5 and APSU_C2 in h5:
+            layout, entries = "aps_u", _entries_apsu(path, h5)
+        elif OLD_Q in h5 and OLD_C2 in h5:
+            layout, entries = "aps_old", _entries_old(path, h5)
+        else:
+            raise DataFileError(
+                path,
+                "not an APS two-time result: expected either "
+                f"{APSU_BINS} + {APSU_C2} (APS-U) or {OLD_Q} + {OLD_C2} (older layout)",
+            )
+        q_sel, chosen = _select(path, entries, q, q_tolerance, phi_ranges)
+        names = [name for (_, _, name) in chosen]
+        phis = tuple(float(phi) for (_, phi, _) in chosen)
+        n_file = _check_matrices(path, h5, names)
+        storages = [_detect_storage(h5[name]) for name in names]
+        frame_time = _frame_time(h5)
+        attrs = dict(h5[SYNTHETIC_ATTRS].attrs) if SYNTHETIC_ATTRS in h5 else {}
+    finally:
+        h5.close()
+    first, last = _frame_range(path, start_frame, end_frame, n_file)
+    return TwoTimeSource(path=path, layout=layout, dataset_names=names, q=q_sel,
+                         q_requested=q, phi_deg=phis, n_frames_file=n_file, first_frame=first,
+                         last_frame=last, storages=storages, frame_time=frame_time, attrs=attrs)
+
+
+def _open_npy(path, q, start_frame, end_frame) -> TwoTimeSource:
+    try:
+        m = np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise DataFileError(path, f"not a readable .npy array: {exc}") from exc
+    if m.ndim != 2 or m.shape[0] != m.shape[1]:
+        raise DataFileError(path, f"expected a square two-time matrix, got shape {m.shape}")
+    if not np.issubdtype(m.dtype, np.floating):
+        raise DataFileError(path, f"expected floating-point values, got dtype {m.dtype}")
+    _check_values(path, "matrix", m)
+    first, last = _frame_range(path, start_frame, end_frame, m.shape[0])
+    return TwoTimeSource(path=path, layout="npy", dataset_names=["matrix"],
+                         q=1.0 if q is None else float(q), q_requested=q, phi_deg=(0.0,),
+                         n_frames_file=m.shape[0], first_frame=first, last_frame=last,
+                         storages=[_detect_storage(m)], _matrix=m)
+
+
+def _read(path, h5, name):
+    if name not in h5:
+        raise DataFileError(path, f"missing dataset {name}")
+    return np.asarray(h5[name][()])
+
+
+def _sorted_c2(path, h5, group) -> list[str]:
+    names = sorted(k for k in h5[group].keys() if k.startswith("c2_"))
+    if not names:
+        raise DataFileError(path, f"no c2_* matrices under {group}")
+    return [f"{group}/{k}" for k in names]
+
+
+def _entries_apsu(path, h5):
+    qs = _read(path, h5, APSU_Q).ravel().astype(float)
+    phis = _read(path, h5, APSU_PHI).ravel().astype(float)
+    bins = _read(path, h5, APSU_BINS).ravel().astype(int)
+    names = _sorted_c2(path, h5, APSU_C2)
+    if len(names) != bins.size:
+        raise DataFileError(
+            path, f"{APSU_BINS} lists {bins.size} bins but {APSU_C2} holds {len(names)} matrices"
+        )
+    n_phi = max(1, phis.size)
+    out = []
+    for b, name in zip(bins, names, strict=True):
+        qi, pi = (b - 1) // n_phi, (b - 1) % n_phi
+        if b < 1 or qi >= qs.size:
+            raise DataFileError(path, f"processed bin {b} is outside the q/phi map "
+                                      f"({qs.size} q x {n_phi} phi)")
+        out.append((qs[qi], phis[pi] if phis.size else 0.0, name))
+    return out
+
+
+def _entries_old(path, h5):
+    qs = _read(path, h5, OLD_Q).ravel().astype(float)
+    phis = _read(path, h5, OLD_PHI).ravel().astype(float) if OLD_PHI in h5 else np.zeros_like(qs)
+    names = _sorted_c2(path, h5, OLD_C2)
+    if not (len(names) == qs.size == phis.size):
+        raise DataFileError(path, f"{OLD_Q} ({qs.size}), {OLD_PHI} ({phis.size}) and "
+                                  f"{OLD_C2} ({len(names)} matrices) disagree in length")
+    return list(zip(qs, phis, names, strict=True))
+
+
+def _in_ranges(phi, ranges) -> bool:
+    return any(lo <= phi <= hi for lo, hi in ranges)
+
+
+def _select(path, entries, q, q_tolerance, phi_ranges):
+    qs = np.array(sorted({e[0] for e in entries}))
+    q_sel = qs[np.argmin(np.abs(qs - q))] if q is not None else qs[0]
+    if q is not None and q_tolerance is not None and abs(q_sel - q) > q_tolerance:
+        raise DataFileError(path, f"no q within {q_tolerance} of {q} (nearest {q_sel:.6g}; "
+                                  f"available {', '.join(f'{v:.6g}' for v in qs)})")
+    chosen = [e for e in entries if e[0] == q_sel]
+    if phi_ranges:
+        ranges = [(float(lo), float(hi)) for lo, hi in phi_ranges]
+        chosen = [e for e in chosen if _in_ranges(e[1], ranges)]
+        if not chosen:
+            avail = sorted({e[1] for e in entries if e[0] == q_sel})
+            raise DataFileError(path, f"no angle in phi ranges {ranges} at q={q_sel:.6g} "
+                                      f"(available: {avail})")
+    chosen.sort(key=lambda e: e[1])
+    return float(q_sel), chosen
+
+
+def _check_matrices(path, h5, names) -> int:
+    shape = None
+    for name in names:
+        ds = h5[name]
+        if ds.ndim != 2 or ds.shape[0] != ds.shape[1]:
+            raise DataFileError(path, f"{name} has shape {ds.shape}, expected a square matrix")
+        if not np.issubdtype(ds.dtype, np.floating):
+            raise DataFileError(path, f"{name} has dtype {ds.dtype}, expected floating point")
+        if shape is not None and ds.shape != shape:
+            raise DataFileError(path, f"{name} has shape {ds.shape}, others {shape}")
+        shape = ds.shape
+        n = ds.shape[0]
+        probe_rows = sorted({0, n // 2, n - 2}) if n > 2 else [0]
+        try:
+            probe = np.concatenate([ds[r, r + 1 :] for r in probe_rows if r + 1 < n] +
+                                   [ds[r + 1 :, r] for r in probe_rows if r + 1 < n])
+        except OSError as exc:
+            raise DataFileError(path, f"cannot read {name} (truncated file?): {exc}") from exc
+        _check_values(path, name, probe)
+    if shape[0] < 2:
+        raise DataFileError(path, f"matrices have {shape[0]} frame(s); need at least 2")
+    return int(shape[0])
+
+
+def _check_values(path, name, values) -> None:
+    finite = np.isfinite(values)
+    if not finite.any():
+        raise DataFileError(path, f"{name} holds no finite values (all NaN/Inf)")
+    if not np.any(values[finite] != 0):
+        raise DataFileError(path, f"{name} is all zeros")
+
+
+def _detect_storage(ds) -> str:
+    """'upper' (zeros below the diagonal), 'lower' (zeros above), or 'full'."""
+    n = ds.shape[0]
+    rows = sorted({1, n // 2, n - 1})
+    lower = np.concatenate([np.asarray(ds[r, :r]) for r in rows if r > 0])
+    upper = np.concatenate([np.asarray(ds[r - 1, r:]) for r in rows if r > 0])
+    lower_zero = np.all(np.nan_to_num(lower) == 0)
+    upper_zero = np.all(np.nan_to_num(upper) == 0)
+    if lower_zero and not upper_zero:
+        return "upper"
+    if upper_zero and not lower_zero:
+        return "lower"
+    return "full"
+
+
+def _frame_time(h5) -> float | None:
+    for name in (FRAME_TIME, "/xpcs/twotime/frame_time", "/measurement/instrument/detector/"
+                 "exposure_period"):
+        if name in h5:
+            return float(np.asarray(h5[name][()]).ravel()[0])
+    return None
+
+
+def _frame_range(path, start_frame, end_frame, n_file) -> tuple[int, int]:
+    last = n_file if end_frame in (-1, None) else int(end_frame)
+    first = int(start_frame)
+    if first < 1 or last > n_file or last - first + 1 < 2:
+        raise DataFileError(path, f"frame range start_frame={start_frame}, end_frame={end_frame} "
+                                  f"is outside the data (frames 1..{n_file}, 1-based, need >= 2)")
+    return first, last

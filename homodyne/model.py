@@ -1,0 +1,357 @@
+"""The two-time correlation model c2(phi, t1, t2) of ``physics.md``, in JAX.
+
+Conventions (one implementation, used everywhere):
+
+* frame k (1-based) sits at t = k * dt; a dataset holds frames
+  ``first_frame .. first_frame + n_frames - 1``;
+* J(t) = D0 t^alpha + D_offset, gdot(t) = gamma_dot_t0 t^beta + gamma_dot_t_offset;
+* integrals by the cumulative trapezoid rule on the frame grid, one O(N) cumulative
+  sum per parameter vector, I(i, j) = |C[j] - C[i]|;
+* c2 = offset_k + contrast_k * (exp(-q^2/2 I_J) * sinc(q h cos(phi0 - phi_k) I_g / 2))^2;
+* the fitted points are the strict upper triangle (j > i) of each angle's matrix,
+  addressed by a global flat index g = angle * M + k, M = N (N - 1) / 2, k the
+  row-major position inside the triangle. Coordinates are computed from g; no
+  per-point index array exists anywhere.
+
+Parameter vector order: scaling first, then physical parameters, as in the guide's
+example (``[contrast, offset, D0, alpha, D_offset]``). With "individual" scaling the
+order is ``contrast[0..K-1], offset[0..K-1], physical...``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import partial
+
+import numpy as np
+
+from homodyne.jaxconf import jax, jnp
+
+STATIC_PARAMS = ("D0", "alpha", "D_offset")
+LAMINAR_PARAMS = STATIC_PARAMS + ("gamma_dot_t0", "beta", "gamma_dot_t_offset", "phi0")
+MODES = ("static", "laminar_flow")
+SCALINGS = ("individual", "shared")
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Everything the model needs besides the parameter vector; hashable (static for jit)."""
+
+    mode: str = "static"
+    q: float = 0.0054
+    dt: float = 0.1
+    n_frames: int = 100
+    phi_deg: tuple[float, ...] = (0.0,)
+    gap_h: float = 2.0e6
+    scaling: str = "individual"
+    first_frame: int = 1
+    dtype: str = "float64"
+    _checked: bool = field(default=False, repr=False, compare=False)
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"analysis_mode must be one of {MODES}, got {self.mode!r}")
+        if self.scaling not in SCALINGS:
+            raise ValueError(f"per_angle_scaling must be one of {SCALINGS}, got {self.scaling!r}")
+        if self.dtype not in ("float64", "float32"):
+            raise ValueError(f"dtype must be 'float64' or 'float32', got {self.dtype!r}")
+        if self.n_frames < 2:
+            raise ValueError(f"need at least 2 frames, got n_frames={self.n_frames}")
+        if not self.phi_deg:
+            raise ValueError("need at least one angle (phi_deg is empty)")
+        if self.first_frame < 1:
+            raise ValueError(f"first_frame is 1-based, got {self.first_frame}")
+        if not (self.q > 0 and self.dt > 0):
+            raise ValueError(f"q and dt must be positive, got q={self.q}, dt={self.dt}")
+        object.__setattr__(self, "phi_deg", tuple(float(p) for p in self.phi_deg))
+
+    # --- sizes and names -------------------------------------------------
+    @property
+    def n_phi(self) -> int:
+        return len(self.phi_deg)
+
+    @property
+    def points_per_angle(self) -> int:
+        return self.n_frames * (self.n_frames - 1) // 2
+
+    @property
+    def n_points(self) -> int:
+        return self.n_phi * self.points_per_angle
+
+    @property
+    def physical_names(self) -> tuple[str, ...]:
+        return STATIC_PARAMS if self.mode == "static" else LAMINAR_PARAMS
+
+    @property
+    def n_physical(self) -> int:
+        return len(self.physical_names)
+
+    @property
+    def n_scaling_sets(self) -> int:
+        return self.n_phi if self.scaling == "individual" else 1
+
+    @property
+    def parameter_names(self) -> tuple[str, ...]:
+        if self.scaling == "shared":
+            scal = ("contrast", "offset")
+        else:
+            scal = tuple(f"contrast[{k}]" for k in range(self.n_phi)) + tuple(
+                f"offset[{k}]" for k in range(self.n_phi)
+            )
+        return scal + self.physical_names
+
+    @property
+    def n_params(self) -> int:
+        return 2 * self.n_scaling_sets + self.n_physical
+
+    @property
+    def jdtype(self):
+        return jnp.float64 if self.dtype == "float64" else jnp.float32
+
+    def frame_times(self) -> np.ndarray:
+        """Times of the dataset's frames, t = k * dt with k 1-based (no time is zero)."""
+        return (self.first_frame + np.arange(self.n_frames, dtype=np.float64)) * self.dt
+
+    def split(self, params):
+        """Split a full parameter vector into (contrast[K], offset[K], physical[P])."""
+        s = self.n_scaling_sets
+        contrast = params[:s]
+        offset = params[s : 2 * s]
+        phys = params[2 * s :]
+        return contrast, offset, phys
+
+    def pack(self, contrast, offset, physical) -> np.ndarray:
+        """Build a full parameter vector from its parts (scalars broadcast per angle)."""
+        s = self.n_scaling_sets
+        c = np.broadcast_to(np.asarray(contrast, dtype=np.float64), (s,))
+        o = np.broadcast_to(np.asarray(offset, dtype=np.float64), (s,))
+        p = np.asarray(physical, dtype=np.float64).reshape(-1)
+        if p.size != self.n_physical:
+            raise ValueError(
+                f"{self.mode} mode needs {self.n_physical} physical parameters "
+                f"{self.physical_names}, got {p.size}"
+            )
+        return np.concatenate([c, o, p])
+
+
+# --- pure building blocks --------------------------------------------------
+
+
+def cumulative_trapezoid(f, dt):
+    """C[i] = sum_{m<i} (f[m] + f[m+1]) dt / 2 with C[0] = 0 (length preserved)."""
+    inc = (f[:-1] + f[1:]) * (0.5 * dt)
+    return jnp.concatenate([jnp.zeros((1,), f.dtype), jnp.cumsum(inc)])
+
+
+def transport_coefficient(t, D0, alpha, D_offset):
+    """J(t) = D0 t^alpha + D_offset [Å²/s]."""
+    return D0 * t**alpha + D_offset
+
+
+def shear_rate(t, gamma_dot_t0, beta, gamma_dot_t_offset):
+    """gdot(t) = gamma_dot_t0 t^beta + gamma_dot_t_offset [1/s]."""
+    return gamma_dot_t0 * t**beta + gamma_dot_t_offset
+
+
+def sinc(x):
+    """Unnormalised sinc, sin(x)/x with sinc(0) = 1 (JAX's sinc is sin(pi x)/(pi x))."""
+    return jnp.sinc(x / jnp.pi)
+
+
+def sinc_prime(x):
+    """d sinc/dx, with the series -x/3 + x^3/30 near 0 where the closed form cancels."""
+    small = jnp.abs(x) < 1e-3
+    xs = jnp.where(small, 1.0, x)
+    exact = (jnp.cos(xs) - jnp.sin(xs) / xs) / xs
+    series = -x / 3.0 + x**3 / 30.0
+    return jnp.where(small, series, exact)
+
+
+def frame_integrals(physical, spec: ModelSpec):
+    """Cumulative integrals (C_J, C_g) on the frame grid for one physical vector."""
+    t = jnp.asarray(spec.frame_times(), dtype=spec.jdtype)
+    phys = physical.astype(spec.jdtype)
+    cj = cumulative_trapezoid(transport_coefficient(t, phys[0], phys[1], phys[2]), spec.dt)
+    if spec.mode == "static":
+        cg = jnp.zeros_like(cj)
+    else:
+        cg = cumulative_trapezoid(shear_rate(t, phys[3], phys[4], phys[5]), spec.dt)
+    return cj, cg
+
+
+def frame_integrals_and_jacobian(physical, spec: ModelSpec):
+    """(C_J, C_g) and their derivatives w.r.t. the physical parameters, (N,) and (N, P).
+
+    Computed once per parameter vector (O(N P)); every point then needs only
+    gathers at its two frames (chain rule), which is what makes a pass cheap.
+    """
+    physical = jnp.asarray(physical)
+    cj, cg = frame_integrals(physical, spec)
+    jac = jax.jacfwd(lambda p: jnp.stack(frame_integrals(p, spec)))(physical)
+    return cj, cg, jac[0].astype(spec.jdtype), jac[1].astype(spec.jdtype)
+
+
+def triu_coordinates(k, n_frames: int):
+    """Row-major position k in the strict upper triangle of an N x N matrix -> (i, j).
+
+    Row i holds j = i+1 .. N-1 and starts at off(i) = i (2N - i - 1) / 2; the float
+    inverse is corrected by one step either way so the result is exact in integers.
+    """
+    n = n_frames
+    k = k.astype(jnp.int64)
+    b = 2.0 * n - 1.0
+    kf = k.astype(jnp.float64)
+    i = jnp.floor((b - jnp.sqrt(jnp.maximum(b * b - 8.0 * kf, 0.0))) / 2.0).astype(jnp.int64)
+    i = jnp.clip(i, 0, n - 2)
+
+    def off(r):
+        return r * (2 * n - r - 1) // 2
+
+    i = jnp.where(off(i + 1) <= k, i + 1, i)
+    i = jnp.where(off(i) > k, i - 1, i)
+    j = k - off(i) + i + 1
+    return i, j
+
+
+def point_coordinates(g, spec: ModelSpec):
+    """Global flat point index -> (angle, i, j), computed from the position alone."""
+    m = spec.points_per_angle
+    g = g.astype(jnp.int64)
+    angle = g // m
+    i, j = triu_coordinates(g - angle * m, spec.n_frames)
+    return angle, i, j
+
+
+def _angle_geometry(physical, angle, spec: ModelSpec):
+    """cos and sin of (phi0 - phi_k) in radians, computed per angle then gathered."""
+    phi = jnp.asarray(spec.phi_deg, dtype=spec.jdtype)
+    d = jnp.deg2rad(physical[6].astype(spec.jdtype) - phi)
+    return jnp.cos(d)[angle], jnp.sin(d)[angle]
+
+
+def c2_points(params, g, spec: ModelSpec):
+    """c2 at global flat point indices g (any shape), straightforward forward model."""
+    params = jnp.asarray(params)
+    contrast, offset, phys = spec.split(params)
+    cj, cg = frame_integrals(phys, spec)
+    angle, i, j = point_coordinates(g, spec)
+    return _c2_from_integrals(contrast, offset, phys, cj, cg, angle, i, j, spec)
+
+
+def _scaling_index(angle, spec: ModelSpec):
+    return angle if spec.scaling == "individual" else jnp.zeros_like(angle)
+
+
+def _c2_from_integrals(contrast, offset, phys, cj, cg, angle, i, j, spec: ModelSpec):
+    q = spec.q
+    ij = jnp.abs(cj[j] - cj[i])
+    g1 = jnp.exp(-0.5 * q * q * ij)
+    if spec.mode == "laminar_flow":
+        cos_d, _ = _angle_geometry(phys, angle, spec)
+        ig = jnp.abs(cg[j] - cg[i])
+        g1 = g1 * sinc(0.5 * q * spec.gap_h * cos_d * ig)
+    s = _scaling_index(angle, spec)
+    return offset[s].astype(g1.dtype) + contrast[s].astype(g1.dtype) * g1 * g1
+
+
+def c2_points_with_jacobian(params, frame_ctx, g, spec: ModelSpec):
+    """c2 at points g and its derivatives, exploiting the Jacobian's sparsity.
+
+    Returns (c2, d_contrast, d_offset, d_physical[..., P], scaling_index): a point
+    touches only its own angle's contrast/offset (one column each) and the physical
+    columns. ``frame_ctx`` is ``frame_integrals_and_jacobian(physical, spec)``.
+    C_J depends only on (D0, alpha, D_offset) and C_g only on the three shear-rate
+    parameters, so only those derivative columns are gathered per point.
+    """
+    contrast, offset, phys = spec.split(params)
+    cj, cg, dcj, dcg = frame_ctx
+    dt = spec.jdtype
+    phys = phys.astype(dt)
+    q = spec.q
+    angle, i, j = point_coordinates(g, spec)
+    s = _scaling_index(angle, spec)
+    con = contrast.astype(dt)[s]
+    dj = cj[j] - cj[i]
+    sj = jnp.where(dj >= 0, 1.0, -1.0).astype(dt)
+    g1d = jnp.exp(-0.5 * q * q * jnp.abs(dj))
+    # d g1d / d theta_J = g1d * (-q^2/2) * sign * (dC[j] - dC[i])
+    d_ij = (dcj[:, :3][j] - dcj[:, :3][i]) * sj[..., None]
+    if spec.mode == "static":
+        g1 = g1d
+        dg1 = (g1d * (-0.5 * q * q))[..., None] * d_ij
+    else:
+        cos_d, sin_d = _angle_geometry(phys, angle, spec)
+        dg_ = cg[j] - cg[i]
+        sg = jnp.where(dg_ >= 0, 1.0, -1.0).astype(dt)
+        ig = jnp.abs(dg_)
+        a = 0.5 * q * spec.gap_h
+        x = a * cos_d * ig
+        # sinc and its derivative from one sin/cos evaluation (series near 0)
+        small = jnp.abs(x) < 1e-3
+        xs = jnp.where(small, 1.0, x)
+        sn, cs = jnp.sin(xs), jnp.cos(xs)
+        x2 = x * x
+        g1s = jnp.where(small, 1.0 - x2 / 6.0, sn / xs)
+        ds = jnp.where(small, x * (-1.0 / 3.0 + x2 / 30.0), (cs - sn / xs) / xs)
+        g1 = g1d * g1s
+        d_ig = (dcg[:, 3:6][j] - dcg[:, 3:6][i]) * sg[..., None]
+        dg_j = (g1s * g1d * (-0.5 * q * q))[..., None] * d_ij
+        dg_g = (g1d * ds * a * cos_d)[..., None] * d_ig
+        dg_phi0 = g1d * ds * a * ig * (-sin_d) * (jnp.pi / 180.0)
+        dg1 = jnp.concatenate([dg_j, dg_g, dg_phi0[..., None]], axis=-1)
+    g2 = g1 * g1
+    c2 = offset.astype(dt)[s] + con * g2
+    d_phys = (2.0 * con * g1)[..., None] * dg1
+    return c2, g2, jnp.ones_like(g2), d_phys, s
+
+
+@partial(jax.jit, static_argnames=("spec", "n_rows"))
+def c2_row_block(params, spec: ModelSpec, angle, row_start, n_rows: int):
+    """Rows row_start .. row_start+n_rows-1 (t1 indices) x all t2 of one angle.
+
+    Returns (values, mask), shape (n_rows, N); mask is j > i, the fitted points.
+    This is the block shape the disk reader yields; compiled once per row count.
+    """
+    params = jnp.asarray(params)
+    contrast, offset, phys = spec.split(params)
+    cj, cg = frame_integrals(phys, spec)
+    n = spec.n_frames
+    i = jnp.minimum(row_start + jnp.arange(n_rows), n - 1)[:, None] * jnp.ones((1, n), jnp.int64)
+    j = jnp.ones((n_rows, 1), jnp.int64) * jnp.arange(n)[None, :]
+    a = jnp.full(i.shape, angle, dtype=jnp.int64)
+    values = _c2_from_integrals(contrast, offset, phys, cj, cg, a, i, j, spec)
+    return values, j > i
+
+
+def c2_rows(params, spec: ModelSpec, angle: int, row_start: int, row_stop: int):
+    """Like ``c2_row_block`` for rows [row_start, row_stop), as NumPy arrays."""
+    v, m = c2_row_block(jnp.asarray(params, dtype=jnp.float64), spec, angle, row_start,
+                        row_stop - row_start)
+    return np.asarray(v), np.asarray(m)
+
+
+def c2_matrices(params, spec: ModelSpec) -> np.ndarray:
+    """Full symmetric (n_phi, N, N) model matrices, for plots and small checks."""
+    out = np.empty((spec.n_phi, spec.n_frames, spec.n_frames))
+    for a in range(spec.n_phi):
+        v, _ = c2_rows(params, spec, a, 0, spec.n_frames)
+        v = np.asarray(v)
+        upper = np.triu(v, 1)
+        out[a] = upper + upper.T + np.diag(np.diag(v))
+    return out
+
+
+def pack_upper(matrix: np.ndarray) -> np.ndarray:
+    """Strict upper triangle of a square matrix, row-major: the fitted points."""
+    n = matrix.shape[-1]
+    iu = np.triu_indices(n, 1)
+    return matrix[..., iu[0], iu[1]]
+
+
+def unpack_upper(values: np.ndarray, n_frames: int, fill=np.nan) -> np.ndarray:
+    """Inverse of ``pack_upper`` into a symmetric matrix (diagonal = fill)."""
+    out = np.full(values.shape[:-1] + (n_frames, n_frames), fill, dtype=np.float64)
+    iu = np.triu_indices(n_frames, 1)
+    out[..., iu[0], iu[1]] = values
+    out[..., iu[1], iu[0]] = values
+    return out

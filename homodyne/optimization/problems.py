@@ -1,0 +1,310 @@
+"""Least-squares problems the engine can stream: what one batch contributes to JᵀJ.
+
+A problem turns (parameters, a run of consecutive batches of data) into a small
+pytree of float64 sums (cost, counts, pieces of JᵀJ and Jᵀr) and assembles those
+sums into the full normal equations. The engine never sees a Jacobian.
+
+* ``TwoTimeProblem``: the XPCS model; points addressed by global flat index, the
+  Jacobian's angle sparsity kept (a point touches only its angle's scaling columns).
+* ``CurveProblem``: a user ``model_func(xdata, *params)`` as in the guide, by JAX
+  autodiff, or by NumPy with finite differences when it cannot be traced.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from homodyne.jaxconf import jax, jnp
+from homodyne.model import (
+    ModelSpec,
+    c2_points_with_jacobian,
+    frame_integrals_and_jacobian,
+)
+
+lax = jax.lax
+
+
+@dataclass(frozen=True)
+class ChunkLayout:
+    """How one call walks its data: ``n_batches`` batches of ``batch_size`` points.
+
+    Batch b of a call covers buffer positions [(first + b) B, (first + b + 1) B) and
+    global point indices origin + stride * position; positions >= n_valid are padding.
+    """
+
+    batch_size: int
+    n_batches: int
+    stride: int = 1
+
+
+@dataclass
+class NormalEquations:
+    """Assembled sums of one pass: cost = ½ Σ r², H = JᵀJ, g = Jᵀr, n = points used."""
+
+    cost: float
+    H: np.ndarray
+    g: np.ndarray
+    n: int
+
+
+def _tree_add(a, b):
+    return jax.tree_util.tree_map(lambda x, y: x + y, a, b)
+
+
+def _batch_slices(columns, start, size):
+    return {k: lax.dynamic_slice_in_dim(v, start, size, axis=-1) for k, v in columns.items()}
+
+
+def _validity(columns, size, n_left, validate):
+    """Points in range and (when validating) with finite data."""
+    valid = jnp.arange(size) < n_left
+    if validate:
+        valid &= jnp.isfinite(columns["y"])
+        if "w" in columns:
+            valid &= jnp.isfinite(columns["w"])
+    return valid
+
+
+def _scan_batches(batch_stats, zero, layout: ChunkLayout):
+    """Build a jitted function summing ``batch_stats`` over a call's batches in order."""
+    B = layout.batch_size
+
+    def run(params, ctx, columns, first_batch, origin, n_valid):
+        def body(acc, b):
+            pos = (first_batch + b) * B
+            cols = _batch_slices(columns, pos, B)
+            g0 = origin + layout.stride * pos
+            stats = batch_stats(params, ctx, cols, g0, n_valid - pos)
+            return _tree_add(acc, stats), None
+
+        out, _ = lax.scan(body, zero(), jnp.arange(layout.n_batches))
+        return out
+
+    return jax.jit(run)
+
+
+class TwoTimeProblem:
+    """The two-time model over points addressed by global flat index."""
+
+    def __init__(self, spec: ModelSpec, validate: bool = True):
+        self.spec = spec
+        self.validate = validate
+        self.n_params = spec.n_params
+        self.parameter_names = spec.parameter_names
+        self._fns: dict = {}
+        self._prepare = jax.jit(self._prepare_impl)
+
+    # per parameter vector: cumulative integrals and their derivatives (O(N P))
+    def _prepare_impl(self, params):
+        _, _, phys = self.spec.split(params)
+        return frame_integrals_and_jacobian(phys, self.spec)
+
+    def prepare(self, params):
+        return self._prepare(jnp.asarray(params, dtype=jnp.float64))
+
+    def _local_sets(self, layout: ChunkLayout) -> int:
+        spec = self.spec
+        if spec.scaling == "shared":
+            return 1
+        span = layout.batch_size * layout.stride
+        return min(spec.n_phi, math.ceil(span / spec.points_per_angle) + 1)
+
+    def _zero(self, k_local):
+        P = self.spec.n_physical
+        K = self.spec.n_scaling_sets
+
+        def zero():
+            f = jnp.float64
+            return dict(cost=jnp.zeros((), f), n=jnp.zeros((), jnp.int64),
+                        Hpp=jnp.zeros((P, P), f), gp=jnp.zeros((P,), f),
+                        S=jnp.zeros((K + k_local, 2 * P + 5), f))
+
+        return zero
+
+    def chunk_fn(self, layout: ChunkLayout):
+        """Jitted (params, ctx, columns, first_batch, origin, n_valid) -> sums."""
+        key = (layout,)
+        if key in self._fns:
+            return self._fns[key]
+        spec = self.spec
+        k_local = self._local_sets(layout)
+        B = layout.batch_size
+        validate = self.validate
+
+        def batch_stats(params, ctx, cols, g0, n_left):
+            y = cols["y"]
+            valid = _validity(cols, B, n_left, validate)
+            # coordinates stay real for padding/NaN points (clipped), so each point keeps
+            # its own angle; validity only enters through the weights
+            g = jnp.minimum(g0 + layout.stride * jnp.arange(B), spec.n_points - 1)
+            c2, dcon, doff, jp, s = c2_points_with_jacobian(params, ctx, g, spec)
+            w = valid.astype(jnp.float64)
+            if "w" in cols:
+                w = w * jnp.where(valid, cols["w"], 0.0)
+            r = jnp.where(valid, y - c2, 0.0).astype(jnp.float64) * w
+            dcon = dcon.astype(jnp.float64) * w
+            doff = doff.astype(jnp.float64) * w
+            jp = jp.astype(jnp.float64) * w[:, None]
+            rows = jnp.concatenate(
+                [dcon[:, None] * jp, doff[:, None] * jp,
+                 jnp.stack([dcon * dcon, dcon * doff, doff * doff, dcon * r, doff * r], 1)],
+                axis=1,
+            )
+            s0 = s[0]
+            onehot = (s - s0)[:, None] == jnp.arange(k_local)[None, :]
+            s_loc = onehot.astype(jnp.float64).T @ rows
+            S = jnp.zeros((spec.n_scaling_sets + k_local, rows.shape[1]), jnp.float64)
+            S = lax.dynamic_update_slice_in_dim(S, s_loc, s0, axis=0)
+            return dict(cost=jnp.sum(r * r), n=jnp.sum(valid.astype(jnp.int64)),
+                        Hpp=jp.T @ jp, gp=jp.T @ r, S=S)
+
+        fn = _scan_batches(batch_stats, self._zero(k_local), layout)
+        self._fns[key] = fn
+        return fn
+
+    def zero_stats(self, layout: ChunkLayout):
+        return self._zero(self._local_sets(layout))()
+
+    def assemble(self, stats) -> NormalEquations:
+        spec = self.spec
+        P, K = spec.n_physical, spec.n_scaling_sets
+        S = np.asarray(stats["S"])
+        S = S[:K] + 0.0  # the padding rows past K are never hit (dynamic slices clamp)
+        n = self.n_params
+        H = np.zeros((n, n))
+        g = np.zeros(n)
+        ph = slice(2 * K, n)
+        H[ph, ph] = np.asarray(stats["Hpp"])
+        g[ph] = np.asarray(stats["gp"])
+        for k in range(K):
+            c, o = k, K + k
+            H[c, c] = S[k, 2 * P]
+            H[c, o] = H[o, c] = S[k, 2 * P + 1]
+            H[o, o] = S[k, 2 * P + 2]
+            H[c, ph] = H[ph, c] = S[k, :P]
+            H[o, ph] = H[ph, o] = S[k, P : 2 * P]
+            g[c] = S[k, 2 * P + 3]
+            g[o] = S[k, 2 * P + 4]
+        return NormalEquations(0.5 * float(stats["cost"]), H, g, int(stats["n"]))
+
+
+class CurveProblem:
+    """A generic ``model_func(xdata, *params)`` fitted to ydata (optionally weighted)."""
+
+    def __init__(self, model_func, n_params: int, x_sample=None, validate: bool = True,
+                 parameter_names=None):
+        self.model_func = model_func
+        self.n_params = n_params
+        self.validate = validate
+        self.parameter_names = tuple(parameter_names or (f"p{i}" for i in range(n_params)))
+        self._fns: dict = {}
+        self.uses_jax = self._traceable(x_sample)
+
+    def _traceable(self, x_sample) -> bool:
+        if x_sample is None:
+            return True
+        try:
+            jax.eval_shape(lambda p, x: self.model_func(x, *p),
+                           jnp.zeros(self.n_params), jnp.asarray(x_sample))
+            return True
+        except Exception as exc:  # noqa: BLE001 - any tracing failure means NumPy fallback
+            warnings.warn(
+                "model_func cannot be traced by JAX "
+                f"({type(exc).__name__}); evaluating it with NumPy and a finite-difference "
+                "Jacobian, which is slower. Write it with jax.numpy for speed.",
+                RuntimeWarning, stacklevel=3)
+            return False
+
+    def prepare(self, params):
+        return None
+
+    def _zero(self):
+        n = self.n_params
+
+        def zero():
+            f = jnp.float64
+            return dict(cost=jnp.zeros((), f), n=jnp.zeros((), jnp.int64),
+                        H=jnp.zeros((n, n), f), g=jnp.zeros((n,), f))
+
+        return zero
+
+    def zero_stats(self, layout: ChunkLayout):
+        return self._zero()()
+
+    def chunk_fn(self, layout: ChunkLayout):
+        key = (layout,)
+        if key in self._fns:
+            return self._fns[key]
+        fn = self._jax_chunk_fn(layout) if self.uses_jax else self._numpy_chunk_fn(layout)
+        self._fns[key] = fn
+        return fn
+
+    def _jax_chunk_fn(self, layout):
+        B = layout.batch_size
+        validate = self.validate
+        f = self.model_func
+
+        def batch_stats(params, ctx, cols, g0, n_left):
+            valid = _validity(cols, B, n_left, validate)
+            x = cols["x"]
+
+            def model(p):
+                return jnp.broadcast_to(f(x, *p), (B,)).astype(jnp.float64)
+
+            m, jac = model(params), jax.jacfwd(model)(params)
+            w = valid.astype(jnp.float64)
+            if "w" in cols:
+                w = w * jnp.where(valid, cols["w"], 0.0)
+            r = jnp.where(valid, cols["y"] - m, 0.0) * w
+            jac = jnp.where(valid[:, None], jac, 0.0) * w[:, None]
+            return dict(cost=jnp.sum(r * r), n=jnp.sum(valid.astype(jnp.int64)),
+                        H=jac.T @ jac, g=jac.T @ r)
+
+        return _scan_batches(batch_stats, self._zero(), layout)
+
+    def _numpy_chunk_fn(self, layout):
+        """NumPy evaluation with a forward-difference Jacobian (step ~ sqrt(eps) |p|)."""
+        B = layout.batch_size
+        f = self.model_func
+        validate = self.validate
+
+        def run(params, ctx, columns, first_batch, origin, n_valid):
+            params = np.asarray(params, dtype=np.float64)
+            acc = {k: np.asarray(v) for k, v in self._zero()().items()}
+            for b in range(layout.n_batches):
+                pos = (first_batch + b) * B
+                n_left = int(n_valid) - pos
+                if n_left <= 0:
+                    break
+                cols = {k: np.asarray(v)[..., pos : pos + min(B, n_left)]
+                        for k, v in columns.items()}
+                y = cols["y"]
+                valid = np.isfinite(y) if validate else np.ones(y.shape, bool)
+                with np.errstate(all="ignore"):
+                    m = np.broadcast_to(f(cols["x"], *params), y.shape).astype(np.float64)
+                    jac = np.empty((y.size, params.size))
+                    for i in range(params.size):
+                        h = 1.49e-8 * max(1.0, abs(params[i]))
+                        pp = params.copy()
+                        pp[i] += h
+                        jac[:, i] = (np.broadcast_to(f(cols["x"], *pp), y.shape) - m) / h
+                w = valid.astype(np.float64)
+                if "w" in cols:
+                    w = w * np.where(valid, cols["w"], 0.0)
+                r = np.where(valid, y - m, 0.0) * w
+                jac = np.where(valid[:, None], jac, 0.0) * w[:, None]
+                acc["cost"] = acc["cost"] + r @ r
+                acc["n"] = acc["n"] + int(valid.sum())
+                acc["H"] = acc["H"] + jac.T @ jac
+                acc["g"] = acc["g"] + jac.T @ r
+            return acc
+
+        return run
+
+    def assemble(self, stats) -> NormalEquations:
+        return NormalEquations(0.5 * float(stats["cost"]), np.asarray(stats["H"], float),
+                               np.asarray(stats["g"], float), int(stats["n"]))

@@ -1,0 +1,82 @@
+"""The result of a fit: parameters with uncertainties and everything needed to judge it."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class FitResult:
+    """Parameters, uncertainties (covariance scaled by reduced χ²) and how the fit went."""
+
+    parameter_names: tuple[str, ...]
+    parameters: np.ndarray
+    uncertainties: np.ndarray
+    covariance: np.ndarray
+    cost: float
+    n_points: int
+    reduced_chi_squared: float
+    converged: bool
+    stop_reason: str
+    strategy: str
+    iterations: int
+    passes: int
+    coarse_passes: int = 0
+    coarse_points: int = 0
+    batch_size: int = 0
+    at_bounds: list[str] = field(default_factory=list)
+    not_moved: list[str] = field(default_factory=list)
+    wall_time_s: float = 0.0
+    pass_seconds: list[float] = field(default_factory=list)
+    peak_rss_mb: float | None = None
+    device: str = "cpu"
+    backend: str = "homodyne"
+    streaming_diagnostics: dict | None = None
+    recovery_actions: list = field(default_factory=list)
+    history: list = field(default_factory=list)
+    messages: list[str] = field(default_factory=list)
+
+    @property
+    def x(self) -> np.ndarray:
+        """Alias of ``parameters`` (scipy naming)."""
+        return self.parameters
+
+    @property
+    def chi_squared(self) -> float:
+        return 2.0 * self.cost
+
+    @property
+    def residuals_per_second(self) -> float:
+        """Points per second of one full pass (median over the full-data passes)."""
+        if not self.pass_seconds:
+            return float("nan")
+        return self.n_points / float(np.median(self.pass_seconds))
+
+    def as_dict(self) -> dict:
+        """Plain JSON-ready dict (no NumPy types)."""
+        d = asdict(self)
+        for k, v in list(d.items()):
+            if isinstance(v, np.ndarray):
+                d[k] = v.tolist()
+        d["parameters_by_name"] = {
+            n: {"value": float(v), "uncertainty": float(u)}
+            for n, v, u in zip(self.parameter_names, self.parameters, self.uncertainties,
+                               strict=True)
+        }
+        d["residuals_per_second"] = self.residuals_per_second
+        return d
+
+    def summary(self) -> str:
+        lines = [f"strategy {self.strategy}, {self.n_points:,} points, {self.passes} full "
+                 f"passes (+{self.coarse_passes} on a {self.coarse_points:,}-point subsample), "
+                 f"{self.iterations} iterations, {self.wall_time_s:.2f} s",
+                 f"{'converged' if self.converged else 'NOT converged'}: {self.stop_reason}",
+                 f"reduced chi2 = {self.reduced_chi_squared:.6g}"]
+        for n, v, u in zip(self.parameter_names, self.parameters, self.uncertainties,
+                           strict=True):
+            flag = " (at bound)" if n in self.at_bounds else ""
+            flag += " (did not move)" if n in self.not_moved else ""
+            lines.append(f"  {n:>20s} = {v: .10g} +/- {u:.3g}{flag}")
+        return "\n".join(lines)
