@@ -11,8 +11,8 @@ from homodyne.model import ModelSpec
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(os.environ.get("HOMODYNE_DATA_MIRROR", REPO.parent / "shared" / "data" / "real"))
 
-STATIC_PHYS = [1.0e3, -0.5, 10.0]
-LAMINAR_PHYS = [1.0e3, -0.5, 10.0, 1.0e-3, 0.2, 1.0e-4, 5.0]
+STATIC_PHYS = [1.0e4, -0.5, 100.0]
+LAMINAR_PHYS = [1.0e4, -0.5, 100.0, 1.0e-5, 0.2, 1.0e-6, 5.0]
 
 
 @pytest.fixture(scope="session")

@@ -63,6 +63,7 @@ def build_result(problem, st, x0, lb, ub, *, strategy, records, coarse_passes, c
     span = np.where(np.isfinite(ub - lb), ub - lb, 1.0)
     on_bound = (st.x <= lb + 1e-9 * span) | (st.x >= ub - 1e-9 * span)
     cov = covariance_from_normal(ne.H, chi2r)
+    undetermined = ~np.isfinite(np.diag(cov))
     names = tuple(problem.parameter_names)
     not_moved = np.abs(st.x - x0) <= 1e-12 * np.maximum(np.abs(x0), 1e-300)
     full = [r.seconds for r in records if r.stage == "full"]
@@ -84,6 +85,7 @@ def build_result(problem, st, x0, lb, ub, *, strategy, records, coarse_passes, c
         batch_size=batch_size,
         at_bounds=[n for n, b in zip(names, on_bound, strict=True) if b],
         not_moved=[n for n, b in zip(names, not_moved, strict=True) if b],
+        undetermined=[n for n, b in zip(names, undetermined, strict=True) if b],
         wall_time_s=time.perf_counter() - t0,
         pass_seconds=full,
         peak_rss_mb=_peak_rss_mb(),

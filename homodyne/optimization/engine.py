@@ -112,7 +112,8 @@ def _solve_scaled(H, g, lam, free, d) -> np.ndarray:
 
 
 def covariance_from_normal(H: np.ndarray, scale: float, free=None) -> np.ndarray:
-    """scale * H⁻¹ (pseudo-inverse in scaled variables); frozen parameters get NaN."""
+    """scale * H⁻¹ in scaled variables; frozen parameters get NaN and parameters in the
+    null space of H (not determined by the data) get an infinite variance."""
     n = H.shape[0]
     free = np.ones(n, bool) if free is None else free
     cov = np.full((n, n), np.nan)
@@ -120,9 +121,19 @@ def covariance_from_normal(H: np.ndarray, scale: float, free=None) -> np.ndarray
     if idx.size:
         d = _scales(H)[idx]
         Hs = H[np.ix_(idx, idx)] / np.outer(d, d)
-        cov[np.ix_(idx, idx)] = np.linalg.pinv(Hs, rcond=1e-14, hermitian=True) / np.outer(d, d)
-        cov[np.ix_(idx, idx)] *= scale
+        w, V = np.linalg.eigh(Hs)
+        good = w > max(w.max(), 0.0) * 1e-13
+        sub = (V[:, good] / w[good]) @ V[:, good].T / np.outer(d, d) * scale
+        null_load = np.abs(V[:, ~good]).max(axis=1) if (~good).any() else np.zeros(idx.size)
+        undetermined = (null_load > 1e-6) | (np.diag(H)[idx] <= 0)
+        sub[undetermined, undetermined] = np.inf
+        cov[np.ix_(idx, idx)] = sub
     return cov
+
+
+def undetermined_parameters(H: np.ndarray) -> np.ndarray:
+    """Mask of parameters the data do not determine (null space of JᵀJ)."""
+    return ~np.isfinite(np.diag(covariance_from_normal(H, 1.0)))
 
 
 def _free_set(x, g, lb, ub) -> np.ndarray:
@@ -132,6 +143,35 @@ def _free_set(x, g, lb, ub) -> np.ndarray:
     at_lo = (x <= lb + eps) & (g < 0)
     at_hi = (x >= ub - eps) & (g > 0)
     return ~(at_lo | at_hi)
+
+
+def _bounded_step(H, g, lam, x, lb, ub, d) -> np.ndarray:
+    """Damped step on the free set; a variable on a bound that the coupled solution would
+    push out of the box is frozen too, and the step re-solved (active-set iteration)."""
+    free = _free_set(x, g, lb, ub)
+    for _ in range(x.size + 1):
+        delta = _solve_scaled(H, g, lam, free, d)
+        out = free & (((x <= lb) & (delta < 0)) | ((x >= ub) & (delta > 0)))
+        if not out.any():
+            break
+        free &= ~out
+    return delta
+
+
+def _truncate_to_box(x, delta, lb, ub) -> np.ndarray:
+    """x + t delta with the largest t <= 1 that stays in the box (direction kept, so the
+    step stays a descent direction; clipping each component would not). The variable
+    that blocks is put exactly on its bound."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t_hi = np.where(delta > 0, (ub - x) / delta, np.inf)
+        t_lo = np.where(delta < 0, (lb - x) / delta, np.inf)
+    t_each = np.minimum(t_hi, t_lo)
+    t = float(min(1.0, np.min(t_each)))
+    x_new = np.clip(x + t * delta, lb, ub)
+    if t < 1.0:
+        block = t_each <= t
+        x_new[block] = np.where(delta[block] > 0, ub[block], lb[block])
+    return x_new
 
 
 # --- the solver -----------------------------------------------------------------
@@ -212,13 +252,15 @@ def solve_lm(evaluate: Callable[[np.ndarray], NormalEquations], x0, lb, ub, *,
         try_gauss_newton = st.step_se < 1.0
         # inner loop: raise the damping until a step is accepted
         while True:
-            free = _free_set(st.x, st.ne.g, lb, ub)
             lam = 0.0 if try_gauss_newton else st.lam
-            delta = _solve_scaled(st.ne.H, st.ne.g, lam, free, d)
-            x_try = np.clip(st.x + delta, lb, ub)
+            delta = _bounded_step(st.ne.H, st.ne.g, lam, st.x, lb, ub, d)
+            x_try = _truncate_to_box(st.x, delta, lb, ub)
             step = x_try - st.x
             pred = float(step @ st.ne.g - 0.5 * step @ st.ne.H @ step)
             if not np.any(step != 0) or pred <= 0:
+                if try_gauss_newton:
+                    try_gauss_newton = False
+                    continue
                 st.reason = "no further decrease possible (step vanished at working precision)"
                 return st
             ne_try = evaluate(x_try)

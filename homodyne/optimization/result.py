@@ -28,6 +28,7 @@ class FitResult:
     batch_size: int = 0
     at_bounds: list[str] = field(default_factory=list)
     not_moved: list[str] = field(default_factory=list)
+    undetermined: list[str] = field(default_factory=list)
     wall_time_s: float = 0.0
     pass_seconds: list[float] = field(default_factory=list)
     peak_rss_mb: float | None = None
@@ -78,5 +79,6 @@ class FitResult:
                            strict=True):
             flag = " (at bound)" if n in self.at_bounds else ""
             flag += " (did not move)" if n in self.not_moved else ""
+            flag += " (NOT DETERMINED by the data)" if n in self.undetermined else ""
             lines.append(f"  {n:>20s} = {v: .10g} +/- {u:.3g}{flag}")
         return "\n".join(lines)

@@ -76,6 +76,40 @@ class InMemoryData:
                             stride=self.stride * s)
 
 
+class HostArrayData:
+    """Columns kept in host memory (or a np.memmap) and sent to the device one run of
+    batches at a time: the STREAMING tier for data given as arrays."""
+
+    def __init__(self, columns: dict, n_points: int, batch_size: int,
+                 batches_per_call: int = 8):
+        self.columns = columns
+        self.n_points = int(n_points)
+        self.batch_size = int(batch_size)
+        self.batches_per_call = int(batches_per_call)
+        self.stride = 1
+        self.origin = 0
+        self.n_batches = max(1, math.ceil(self.n_points / self.batch_size))
+
+    @property
+    def nbytes(self) -> int:
+        width = sum(np.dtype(v.dtype).itemsize * (v.size // max(v.shape[-1], 1))
+                    for v in self.columns.values())
+        return self.batch_size * self.batches_per_call * width
+
+    def chunks(self, start_batch: int = 0):
+        B, G = self.batch_size, self.batches_per_call
+        for first in range(start_batch, self.n_batches, G):
+            lo, hi = first * B, min(self.n_points, (first + G) * B)
+            cols = {k: _pad(np.asarray(v[..., lo:hi]), B * G) for k, v in self.columns.items()}
+            yield Chunk(cols, 0, lo, hi - lo, first, math.ceil((hi - lo) / B))
+
+    def subsample(self, max_points: int, batch_size: int) -> InMemoryData:
+        s = max(1, math.ceil(self.n_points / max_points))
+        cols = {k: np.asarray(v[..., :: s]) for k, v in self.columns.items()}
+        n = cols["y"].shape[-1]
+        return InMemoryData(cols, n, min(batch_size, n), stride=s)
+
+
 class StreamingData:
     """Points of a ``TwoTimeSource`` read from disk in runs of whole batches."""
 

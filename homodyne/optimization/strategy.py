@@ -1,0 +1,113 @@
+"""Strategy tiers (the guide's "Strategy Selection") and streaming batch sizing.
+
+Every tier runs the same engine; a tier only decides where the data live and how
+they are batched:
+
+* STANDARD (< 1M points) and LARGE (1M-10M): data on the device, one call per pass;
+* CHUNKED (10M-100M): data on the device, several calls per pass (progress);
+* STREAMING (> 100M, or when the data would not fit the memory budget): batches
+  read from disk (or host arrays) one run at a time; memory independent of size.
+"""
+
+from __future__ import annotations
+
+import math
+from enum import Enum
+
+import psutil
+
+
+class OptimizationStrategy(str, Enum):
+    STANDARD = "STANDARD"
+    LARGE = "LARGE"
+    CHUNKED = "CHUNKED"
+    STREAMING = "STREAMING"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+THRESHOLDS = ((1_000_000, OptimizationStrategy.STANDARD),
+              (10_000_000, OptimizationStrategy.LARGE),
+              (100_000_000, OptimizationStrategy.CHUNKED))
+
+MIN_BATCH = 1_000
+MAX_BATCH = 100_000
+# Measured on the 2-core CI-class machine (benchmarks/bench_batch_size.py): 65,536 points per
+# batch was fastest in memory (23.6M residuals/s vs 19.5M at 16k and 19.3M at 262k).
+DEFAULT_BATCH = 65_536
+
+
+def available_memory_gb() -> float:
+    return psutil.virtual_memory().available / 2**30
+
+
+def bytes_per_point(n_parameters: int) -> int:
+    """Engine working set per point of a batch: data, residual, model and Jacobian
+    columns plus the per-point rows of the JᵀJ accumulation, all float64."""
+    return 8 * (3 + 3 * n_parameters + 5)
+
+
+class DatasetSizeStrategy:
+    """Chooses the tier by size and memory, and sizes streaming batches."""
+
+    def __init__(self, memory_limit_gb: float | None = None, memory_fraction: float = 0.5):
+        self.memory_limit_gb = memory_limit_gb
+        self.memory_fraction = memory_fraction
+
+    def _memory_gb(self, memory_limit_gb=None) -> float:
+        limit = memory_limit_gb if memory_limit_gb is not None else self.memory_limit_gb
+        avail = available_memory_gb()
+        return min(limit, avail) if limit is not None else avail
+
+    def select_strategy(self, n_points: int, n_parameters: int = 5, *,
+                        strategy_override: str | None = None,
+                        bytes_per_stored_point: int = 8,
+                        memory_limit_gb: float | None = None) -> OptimizationStrategy:
+        """Tier for ``n_points``; STREAMING when in-memory data would exceed the budget."""
+        if strategy_override:
+            try:
+                return OptimizationStrategy(str(strategy_override).upper())
+            except ValueError:
+                names = ", ".join(s.value.lower() for s in OptimizationStrategy)
+                raise ValueError(f"performance.strategy_override: unknown strategy "
+                                 f"{strategy_override!r}; choose one of {names}") from None
+        tier = OptimizationStrategy.STREAMING
+        for limit, name in THRESHOLDS:
+            if n_points < limit:
+                tier = name
+                break
+        need_gb = n_points * bytes_per_stored_point / 2**30
+        if tier != OptimizationStrategy.STREAMING and \
+                need_gb > self.memory_fraction * self._memory_gb(memory_limit_gb):
+            tier = OptimizationStrategy.STREAMING
+        return tier
+
+    def build_streaming_config(self, n_points: int, n_parameters: int, *,
+                               checkpoint_config: dict | None = None,
+                               memory_limit_gb: float | None = None,
+                               adaptive_batching: bool = False,
+                               initial_batch_size: int | None = None,
+                               min_batch_size: int = MIN_BATCH,
+                               max_batch_size: int = MAX_BATCH) -> dict:
+        """Streaming settings; batch_size = 10% of memory / bytes per point, bounded."""
+        mem_gb = self._memory_gb(memory_limit_gb)
+        raw = int(0.1 * mem_gb * 2**30 / bytes_per_point(n_parameters))
+        batch = max(min_batch_size, min(max_batch_size, raw, max(n_points, 1)))
+        if adaptive_batching:
+            start = initial_batch_size or max(min_batch_size, batch // 8)
+            batch = min(start, batch)
+        ckpt = {"enable_checkpoints": False, "checkpoint_dir": "./checkpoints",
+                "checkpoint_frequency": 10, "resume_from_checkpoint": True,
+                "keep_last_checkpoints": 3}
+        ckpt.update(checkpoint_config or {})
+        return {
+            "batch_size": int(batch),
+            "n_batches": math.ceil(n_points / batch) if n_points else 0,
+            "memory_limit_gb": mem_gb,
+            "bytes_per_point": bytes_per_point(n_parameters),
+            "adaptive_batching": adaptive_batching,
+            "min_batch_size": int(min_batch_size),
+            "max_batch_size": int(max_batch_size),
+            **ckpt,
+        }
