@@ -341,6 +341,28 @@ def c2_matrices(params, spec: ModelSpec) -> np.ndarray:
     return out
 
 
+def c2_on_frames(params, spec: ModelSpec, idx) -> np.ndarray:
+    """Model matrices (n_phi, n, n) on a subset of frame indices (integrals on the full
+    grid), for plots of datasets too large to show whole."""
+    idx = np.asarray(idx, np.int64)
+    n = spec.n_frames
+    ii, jj = np.triu_indices(idx.size, 1)
+    i, j = idx[ii], idx[jj]
+    k = i * (2 * n - i - 1) // 2 + (j - i - 1)
+    m = spec.points_per_angle
+    out = np.empty((spec.n_phi, idx.size, idx.size))
+    contrast, offset, _ = spec.split(np.asarray(params, float))
+    for a in range(spec.n_phi):
+        vals = np.asarray(c2_points(params, jnp.asarray(a * m + k), spec))
+        mat = np.zeros((idx.size, idx.size))
+        mat[ii, jj] = vals
+        mat = mat + mat.T
+        s = a if spec.scaling == "individual" else 0
+        np.fill_diagonal(mat, offset[s] + contrast[s])
+        out[a] = mat
+    return out
+
+
 def pack_upper(matrix: np.ndarray) -> np.ndarray:
     """Strict upper triangle of a square matrix, row-major: the fitted points."""
     n = matrix.shape[-1]

@@ -199,6 +199,17 @@ class TwoTimeSource:
             out[blk.g_start : blk.g_start + blk.values.size] = blk.values
         return out
 
+    def read_on_frames(self, angle: int, idx) -> np.ndarray:
+        """Symmetric matrix on a subset of frames (selection-relative indices, sorted),
+        built from the upper triangle one row at a time: bounded memory at any size."""
+        idx = np.asarray(idx, int)
+        out = np.full((idx.size, idx.size), np.nan)
+        for a, r in enumerate(idx):
+            row = self._read_rows(angle, r, r + 1)[0]
+            out[a, a:] = row[idx[a:]]
+        upper = np.triu(out, 1)
+        return upper + upper.T + np.diag(np.diag(out))
+
     def read_matrix(self, angle: int) -> np.ndarray:
         """One angle's selected matrix, symmetrised from its upper triangle (for plots)."""
         block = self._read_rows(angle, 0, self.n_frames)

@@ -132,9 +132,8 @@ class StreamingData:
     def _runs(self, start_batch: int):
         B, G = self.batch_size, self.batches_per_call
         start = start_batch * B
-        for pos, vals in self.source.iter_points(start, self.n_points - start, B * G,
-                                                 target_points=max(B * G, 1 << 18)):
-            yield pos, vals
+        yield from self.source.iter_points(start, self.n_points - start, B * G,
+                                                 target_points=max(B * G, 1 << 18))
 
     def chunks(self, start_batch: int = 0):
         B, G = self.batch_size, self.batches_per_call

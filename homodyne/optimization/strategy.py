@@ -12,19 +12,16 @@ they are batched:
 from __future__ import annotations
 
 import math
-from enum import Enum
+from enum import StrEnum
 
 import psutil
 
 
-class OptimizationStrategy(str, Enum):
+class OptimizationStrategy(StrEnum):
     STANDARD = "STANDARD"
     LARGE = "LARGE"
     CHUNKED = "CHUNKED"
     STREAMING = "STREAMING"
-
-    def __str__(self) -> str:
-        return self.value
 
 
 THRESHOLDS = ((1_000_000, OptimizationStrategy.STANDARD),
