@@ -87,7 +87,12 @@ def make_wrapper(cfg: HomodyneConfig) -> NLSQWrapper:
         enable_recovery=stream["enable_fault_tolerance"], fast_mode=perf["fast_mode"],
         enable_numerical_validation=stream["validate_numerics"],
         strategy_override=perf["strategy_override"], memory_limit_gb=perf["memory_limit_gb"],
-        options=options, enable_progress=perf["enable_progress"], batch_size=perf["batch_size"])
+        options=options, enable_progress=perf["enable_progress"], batch_size=perf["batch_size"],
+        min_success_rate=stream["min_success_rate"],
+        max_retries_per_batch=stream["max_retries_per_batch"],
+        checkpoint_config={k: stream[k] for k in (
+            "enable_checkpoints", "checkpoint_dir", "checkpoint_frequency",
+            "resume_from_checkpoint", "keep_last_checkpoints")})
 
 
 def run_from_config(cfg: HomodyneConfig, *, output_dir=None, overwrite: bool | None = None

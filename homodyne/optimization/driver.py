@@ -2,18 +2,18 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import math
 import time
 
 import numpy as np
 import psutil
 
 from homodyne.jaxconf import jax
-from homodyne.optimization.engine import (
-    EngineOptions,
-    PassRunner,
-    covariance_from_normal,
-    solve_lm,
-)
+from homodyne.optimization.engine import EngineOptions, covariance_from_normal, solve_lm
+from homodyne.optimization.passes import FitMonitor, PassRunner, StopFit
+from homodyne.optimization.problems import NormalEquations
 from homodyne.optimization.result import FitResult
 
 
@@ -26,35 +26,98 @@ def _lm_kwargs(opts: EngineOptions, coarse: bool) -> dict:
     )
 
 
+def fingerprint(*parts) -> str:
+    """SHA-256 of the JSON form of everything a checkpoint must match (data, settings)."""
+    def norm(v):
+        if isinstance(v, np.ndarray):
+            return [float(a) for a in v.ravel()] + list(v.shape)
+        if isinstance(v, dict):
+            return {str(k): norm(x) for k, x in sorted(v.items())}
+        if isinstance(v, list | tuple):
+            return [norm(x) for x in v]
+        if isinstance(v, float) and not math.isfinite(v):
+            return repr(v)
+        return v
+
+    return hashlib.sha256(json.dumps(norm(list(parts)), sort_keys=True, default=str)
+                          .encode()).hexdigest()
+
+
 def run_fit(problem, data, x0, lb, ub, *, options: EngineOptions | None = None,
-            strategy: str = "STANDARD", on_chunk=None, on_iteration=None) -> FitResult:
+            strategy: str = "STANDARD", monitor: FitMonitor | None = None,
+            resume: bool = False, recovery_sequence=("perturb_parameters",)) -> FitResult:
     """Fit ``problem`` on ``data`` from ``x0`` within [lb, ub]."""
     opts = options or EngineOptions()
+    mon = monitor or FitMonitor()
     t0 = time.perf_counter()
     x0 = np.asarray(x0, dtype=np.float64)
     lb = np.broadcast_to(np.asarray(lb, dtype=np.float64), x0.shape).copy()
     ub = np.broadcast_to(np.asarray(ub, dtype=np.float64), x0.shape).copy()
-    records: list = []
-    x, lam = x0, opts.initial_damping
+    if mon.manager is not None:
+        mon.manager.acquire_lock()
+    try:
+        if mon.manager is not None and resume:
+            mon.load_resume()
+        return _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequence)
+    finally:
+        if mon.manager is not None:
+            mon.manager.release_lock()
+
+
+def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequence):
+    x = x0
     coarse_passes = coarse_points = 0
     messages = []
-    if opts.coarse and data.n_points > 2 * opts.coarse_points:
-        sub = data.subsample(opts.coarse_points, opts.batch_size)
-        coarse_points = sub.n_points
-        runner = PassRunner(problem, sub, stage="coarse", records=records)
-        st = solve_lm(runner.evaluate, x, lb, ub, initial_damping=lam, **_lm_kwargs(opts, True))
-        coarse_passes = st.evaluations
-        x = st.x  # the full stage starts with fresh damping
-        messages.append(f"coarse stage on {coarse_points:,} points: {st.reason}")
-    runner = PassRunner(problem, data, stage="full", on_chunk=on_chunk, records=records)
-    st = solve_lm(runner.evaluate, x, lb, ub, initial_damping=lam, on_iteration=on_iteration,
-                  **_lm_kwargs(opts, False))
-    return build_result(problem, st, x0, lb, ub, strategy=strategy, records=records,
+
+    def track(st):
+        mon.lm_info = {"x": st.x.copy(), "cost": st.ne.cost, "iteration": st.iteration,
+                       "lam": st.lam}
+
+    try:
+        if opts.coarse and data.n_points > 2 * opts.coarse_points:
+            sub = data.subsample(opts.coarse_points, opts.batch_size)
+            coarse_points = sub.n_points
+            runner = PassRunner(problem, sub, stage="coarse", monitor=mon)
+            st = solve_lm(runner.evaluate, x, lb, ub, initial_damping=opts.initial_damping,
+                          on_iteration=track, **_lm_kwargs(opts, True))
+            coarse_passes = st.evaluations
+            x = st.x
+            messages.append(f"coarse stage on {coarse_points:,} points: {st.reason}")
+            if st.reason.startswith("stopped"):
+                return build_result(problem, st, x0, lb, ub, strategy=strategy, mon=mon,
+                                    coarse_passes=coarse_passes, coarse_points=coarse_points,
+                                    batch_size=data.batch_size, t0=t0, messages=messages)
+        runner = PassRunner(problem, data, stage="full", monitor=mon)
+        st = solve_lm(runner.evaluate, x, lb, ub, initial_damping=opts.initial_damping,
+                      on_iteration=track, **_lm_kwargs(opts, False))
+        for name in recovery_sequence if mon.applicator is not None else ():
+            if st.converged or not st.reason.startswith("damping overflow"):
+                break
+            # the solver stalled: restart once from a perturbed copy of the best point
+            x_new = mon.applicator.apply(name, st.x, (lb, ub))
+            mon.record_recovery(mon.batches_done, mon.applicator.describe(name))
+            st2 = solve_lm(runner.evaluate, x_new, lb, ub, initial_damping=opts.initial_damping,
+                           on_iteration=track, **_lm_kwargs(opts, False))
+            st2.evaluations += st.evaluations
+            if st2.ne.cost <= st.ne.cost:
+                st = st2
+    except StopFit as stop:  # stopped during a stage's very first pass
+        st = _unevaluated(x, str(stop))
+    mon.save_final(st.x)
+    return build_result(problem, st, x0, lb, ub, strategy=strategy, mon=mon,
                         coarse_passes=coarse_passes, coarse_points=coarse_points,
                         batch_size=data.batch_size, t0=t0, messages=messages)
 
 
-def build_result(problem, st, x0, lb, ub, *, strategy, records, coarse_passes, coarse_points,
+def _unevaluated(x, reason):
+    from homodyne.optimization.engine import LMState
+
+    p = x.size
+    ne = NormalEquations(math.nan, np.zeros((p, p)), np.zeros(p), 0)
+    return LMState(x=x.copy(), ne=ne, lam=math.nan, reason=reason)
+
+
+def build_result(problem, st, x0, lb, ub, *, strategy, mon, coarse_passes, coarse_points,
                  batch_size, t0, messages) -> FitResult:
     ne = st.ne
     p = st.x.size
@@ -62,11 +125,14 @@ def build_result(problem, st, x0, lb, ub, *, strategy, records, coarse_passes, c
     chi2r = 2.0 * ne.cost / dof
     span = np.where(np.isfinite(ub - lb), ub - lb, 1.0)
     on_bound = (st.x <= lb + 1e-9 * span) | (st.x >= ub - 1e-9 * span)
-    cov = covariance_from_normal(ne.H, chi2r)
-    undetermined = ~np.isfinite(np.diag(cov))
+    if ne.n > 0 and np.all(np.isfinite(ne.H)):
+        cov = covariance_from_normal(ne.H, chi2r)
+    else:
+        cov = np.full((p, p), np.nan)
+    undetermined = np.isinf(np.diag(cov))
     names = tuple(problem.parameter_names)
     not_moved = np.abs(st.x - x0) <= 1e-12 * np.maximum(np.abs(x0), 1e-300)
-    full = [r.seconds for r in records if r.stage == "full"]
+    full = [r.seconds for r in mon.passes if r.stage == "full"]
     return FitResult(
         parameter_names=names,
         parameters=st.x.copy(),
@@ -88,14 +154,16 @@ def build_result(problem, st, x0, lb, ub, *, strategy, records, coarse_passes, c
         undetermined=[n for n, b in zip(names, undetermined, strict=True) if b],
         wall_time_s=time.perf_counter() - t0,
         pass_seconds=full,
-        peak_rss_mb=_peak_rss_mb(),
+        peak_rss_mb=peak_rss_mb(),
         device=jax.devices()[0].platform,
+        streaming_diagnostics=mon.diagnostics(),
+        recovery_actions=list(mon.recovery_actions),
         history=st.history,
         messages=messages,
     )
 
 
-def _peak_rss_mb() -> float | None:
+def peak_rss_mb() -> float | None:
     try:
         import resource
 

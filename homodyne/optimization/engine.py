@@ -19,14 +19,13 @@ Convergence is honest: "converged" means both the Gauss–Newton step is below
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
-from homodyne.jaxconf import jax, jnp
-from homodyne.optimization.problems import ChunkLayout, NormalEquations, _tree_add
+from homodyne.optimization.passes import StopFit
+from homodyne.optimization.problems import NormalEquations
 
 
 @dataclass
@@ -44,46 +43,6 @@ class EngineOptions:
     coarse_max_iterations: int = 200
     batch_size: int = 65_536
     batches_per_call: int | None = None
-
-
-@dataclass
-class PassRecord:
-    """One pass over a dataset: where, how long, and what it found."""
-
-    stage: str
-    n_points: int
-    seconds: float
-    cost: float
-
-
-class PassRunner:
-    """Evaluates the normal equations at a parameter vector: one pass over ``data``."""
-
-    def __init__(self, problem, data, stage: str = "full",
-                 on_chunk: Callable | None = None, records: list | None = None):
-        self.problem = problem
-        self.data = data
-        self.stage = stage
-        self.layout = ChunkLayout(data.batch_size, data.batches_per_call, data.stride)
-        self.fn = problem.chunk_fn(self.layout)
-        self.on_chunk = on_chunk
-        self.records = records if records is not None else []
-
-    def evaluate(self, x) -> NormalEquations:
-        t0 = time.perf_counter()
-        px = jnp.asarray(np.asarray(x, dtype=np.float64))
-        ctx = self.problem.prepare(px)
-        acc = self.problem.zero_stats(self.layout)
-        for chunk in self.data.chunks():
-            stats = self.fn(px, ctx, chunk.columns, chunk.first_batch, chunk.origin,
-                            chunk.n_valid)
-            acc = _tree_add(acc, stats)
-            if self.on_chunk is not None:
-                self.on_chunk(chunk)
-        ne = self.problem.assemble(jax.device_get(acc))
-        self.records.append(PassRecord(self.stage, self.data.n_points,
-                                       time.perf_counter() - t0, ne.cost))
-        return ne
 
 
 # --- linear algebra on the p x p state -------------------------------------------
@@ -222,13 +181,27 @@ def solve_lm(evaluate: Callable[[np.ndarray], NormalEquations], x0, lb, ub, *,
     ub = np.asarray(ub, float)
     x = np.clip(np.asarray(x0, float), lb, ub)
     ne = ne0 if ne0 is not None else evaluate(x)
+    st = LMState(x=x, ne=ne, lam=initial_damping, evaluations=0 if ne0 is not None else 1)
+    try:
+        return _lm_loop(st, evaluate, lb, ub, max_iterations=max_iterations,
+                        step_tol_se=step_tol_se, gtol=gtol, ftol=ftol,
+                        on_iteration=on_iteration)
+    except StopFit as stop:
+        st.reason = str(stop)
+        st.converged = False
+        return st
+
+
+def _lm_loop(st: LMState, evaluate, lb, ub, *, max_iterations, step_tol_se, gtol, ftol,
+             on_iteration) -> LMState:
+    """The iteration itself; ``st`` always holds the best accepted point."""
+    x, ne = st.x, st.ne
     if not _finite(ne):
         from homodyne.optimization.exceptions import NLSQNumericalError
 
         raise NLSQNumericalError(
             "Non-finite cost or gradients at the initial parameters "
             f"{x.tolist()}: check p0, bounds and the data")
-    st = LMState(x=x, ne=ne, lam=initial_damping, evaluations=0 if ne0 is not None else 1)
     p = x.size
     d = _scales(ne.H)
     while True:

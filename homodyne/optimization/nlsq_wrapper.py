@@ -8,19 +8,43 @@ tier by size and memory and return a ``FitResult`` with ``.strategy``,
 
 from __future__ import annotations
 
+import hashlib
 import math
 
 import numpy as np
 
-from homodyne.optimization.driver import run_fit
+from homodyne.optimization.checkpoint_manager import CheckpointManager
+from homodyne.optimization.driver import fingerprint, run_fit
 from homodyne.optimization.engine import EngineOptions
+from homodyne.optimization.passes import FaultSettings, FitMonitor
 from homodyne.optimization.problems import CurveProblem, TwoTimeProblem
+from homodyne.optimization.progress import ProgressReporter
+from homodyne.optimization.recovery_strategies import RecoveryStrategyApplicator
 from homodyne.optimization.result import FitResult
 from homodyne.optimization.sources import HostArrayData, InMemoryData, StreamingData
 from homodyne.optimization.strategy import DEFAULT_BATCH, DatasetSizeStrategy, OptimizationStrategy
 
 METHODS = ("trf", "lm")
 CALLS_PER_PASS_CHUNKED = 32
+
+
+def _array_digest(columns: dict) -> str:
+    h = hashlib.sha256()
+    for k in sorted(columns):
+        a = np.ascontiguousarray(columns[k])
+        h.update(f"{k}{a.dtype}{a.shape}".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _source_identity(source) -> list:
+    """Path, size and selection of a file, plus a digest of its first and last points."""
+    import os
+
+    head = next(source.iter_points(0, 4096, 4096))[1]
+    tail = next(source.iter_points(max(0, source.n_points - 4096), 4096, 4096))[1]
+    return [os.path.abspath(source.path), os.path.getsize(source.path), source.dataset_names,
+            source.first_frame, source.last_frame, _array_digest({"h": head, "t": tail})]
 
 
 def normalise_bounds(bounds, p0: np.ndarray, names=None) -> tuple[np.ndarray, np.ndarray]:
@@ -51,7 +75,10 @@ class NLSQWrapper:
                  parallel_batches: int = 1, *, backend: str = "homodyne",
                  nlsq_method: str = "curve_fit", strategy_override: str | None = None,
                  memory_limit_gb: float | None = None, options: EngineOptions | None = None,
-                 enable_progress: bool = False, batch_size: int | None = None):
+                 enable_progress: bool = False, batch_size: int | None = None,
+                 min_success_rate: float = 0.5, max_retries_per_batch: int = 2,
+                 checkpoint_config: dict | None = None, callback=None,
+                 force_progress: bool = False):
         self.enable_large_dataset = enable_large_dataset
         self.enable_recovery = enable_recovery
         self.fast_mode = fast_mode
@@ -65,7 +92,13 @@ class NLSQWrapper:
         self.enable_progress = enable_progress
         self.batch_size = batch_size
         self.selector = DatasetSizeStrategy(memory_limit_gb=memory_limit_gb)
-        self.recovery_applicator = None
+        self.min_success_rate = min_success_rate
+        self.max_retries_per_batch = max_retries_per_batch
+        self.checkpoint_config = dict(checkpoint_config or {})
+        self.callback = callback
+        self.force_progress = force_progress
+        self.recovery_applicator = RecoveryStrategyApplicator()
+        self.recovery_sequence = ["perturb_parameters"]
 
     # --- tier selection -----------------------------------------------------------
     def select_strategy(self, n_points: int, n_params: int, override=None) -> OptimizationStrategy:
@@ -87,6 +120,13 @@ class NLSQWrapper:
         if tier == OptimizationStrategy.CHUNKED:
             return max(1, math.ceil(math.ceil(n_points / batch) / CALLS_PER_PASS_CHUNKED))
         return None
+
+    def _streaming_calls(self) -> int:
+        """Batches per call when streaming: 8, or fewer so checkpoints land on time."""
+        ck = self.checkpoint_config
+        if ck.get("enable_checkpoints"):
+            return max(1, min(8, int(ck.get("checkpoint_frequency", 10))))
+        return 8
 
     def _options(self, batch) -> EngineOptions:
         opts = EngineOptions(**{**self.options.__dict__})
@@ -127,11 +167,12 @@ class NLSQWrapper:
         problem = CurveProblem(model_func, p0.size, x_sample=x[..., : min(8, y.size)],
                                validate=self.validate, parameter_names=parameter_names)
         if tier == OptimizationStrategy.STREAMING:
-            data = HostArrayData(cols, y.size, batch)
+            data = HostArrayData(cols, y.size, batch, self._streaming_calls())
         else:
             data = InMemoryData(cols, y.size, batch,
                                 batches_per_call=self._calls(tier, y.size, batch))
-        return self._run(problem, data, p0, lb, ub, tier, batch)
+        return self._run(problem, data, p0, lb, ub, tier, batch,
+                         lambda: ["curve", _array_digest(cols)])
 
     # --- the XPCS two-time model --------------------------------------------------
     def fit_two_time(self, source, spec, p0, bounds, *, strategy: str | None = None,
@@ -144,28 +185,46 @@ class NLSQWrapper:
         batch = min(self._batch(tier, n, spec.n_params), n)
         problem = TwoTimeProblem(spec, validate=self.validate)
         if y is not None:
-            data = (HostArrayData({"y": y}, n, batch) if tier == OptimizationStrategy.STREAMING
+            data = (HostArrayData({"y": y}, n, batch, self._streaming_calls())
+                    if tier == OptimizationStrategy.STREAMING
                     else InMemoryData({"y": y}, n, batch,
                                       batches_per_call=self._calls(tier, n, batch)))
         elif tier == OptimizationStrategy.STREAMING:
-            data = StreamingData(source, batch)
+            data = StreamingData(source, batch, self._streaming_calls())
         else:
             data = InMemoryData({"y": source.read_packed()}, n, batch,
                                 batches_per_call=self._calls(tier, n, batch))
-        return self._run(problem, data, p0, lb, ub, tier, batch)
+        return self._run(problem, data, p0, lb, ub, tier, batch,
+                         lambda: ["two_time", repr(spec), _array_digest({"y": y}) if y is not None
+                                  else _source_identity(source)])
 
-    def _run(self, problem, data, p0, lb, ub, tier, batch) -> FitResult:
-        result = run_fit(problem, data, p0, lb, ub, options=self._options(batch),
-                         strategy=tier.value)
-        result.streaming_diagnostics = {
-            "total_batches_processed": data.n_batches * result.passes,
-            "batch_success_rate": 1.0,
-            "failed_batch_indices": [],
-            "error_type_distribution": {},
-            # each batch contributes once per LM iteration (one pass = one iteration)
-            "average_iterations_per_batch": float(result.passes),
-            "batch_size": batch,
-            "n_batches_per_pass": data.n_batches,
-            "data_bytes_held": int(data.nbytes),
-        }
-        return result
+    def _monitor(self, tier, identity, p0, lb, ub, batch, data) -> tuple[FitMonitor, bool]:
+        faults = FaultSettings(validate=self.validate, enable_fault_tolerance=self.enable_recovery,
+                               min_success_rate=self.min_success_rate,
+                               max_retries_per_batch=self.max_retries_per_batch)
+        show = tier in (OptimizationStrategy.CHUNKED, OptimizationStrategy.STREAMING)
+        mon = FitMonitor(faults=faults, callback=self.callback,
+                         applicator=self.recovery_applicator if self.enable_recovery else None,
+                         progress=ProgressReporter(self.enable_progress and show,
+                                                   force=self.force_progress))
+        ck = self.checkpoint_config
+        resume = False
+        if ck.get("enable_checkpoints"):
+            mon.manager = CheckpointManager(
+                ck.get("checkpoint_dir", "./checkpoints"), ck.get("checkpoint_frequency", 10),
+                ck.get("keep_last_checkpoints", ck.get("keep_last_n", 3)),
+                ck.get("enable_compression", True))
+            mon.fingerprint = fingerprint(identity(), p0, lb, ub, str(tier), batch,
+                                          data.batches_per_call, self.options.__dict__,
+                                          self.validate)
+            resume = bool(ck.get("resume_from_checkpoint", True))
+        return mon, resume
+
+    def _run(self, problem, data, p0, lb, ub, tier, batch, identity) -> FitResult:
+        mon, resume = self._monitor(tier, identity, p0, lb, ub, batch, data)
+        try:
+            return run_fit(problem, data, p0, lb, ub, options=self._options(batch),
+                           strategy=tier.value, monitor=mon, resume=resume,
+                           recovery_sequence=tuple(self.recovery_sequence))
+        finally:
+            mon.progress.close()

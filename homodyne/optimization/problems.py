@@ -69,20 +69,34 @@ def _validity(columns, size, n_left, validate):
     return valid
 
 
-def _scan_batches(batch_stats, zero, layout: ChunkLayout):
-    """Build a jitted function summing ``batch_stats`` over a call's batches in order."""
+def _all_finite(stats) -> jnp.ndarray:
+    leaves = [v for v in jax.tree_util.tree_leaves(stats) if jnp.issubdtype(v.dtype, jnp.floating)]
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in leaves]))
+
+
+def _scan_batches(batch_stats, zero, layout: ChunkLayout, validate: bool):
+    """Build a jitted function summing ``batch_stats`` over a call's batches in order.
+
+    Returns (sums, per_batch) where per_batch holds each batch's point count, cost and
+    whether its sums were finite. Only finite batches with ``batch_mask`` set enter the
+    sums, so one failed batch never poisons a pass (validation on); with validation
+    off (fast mode) nothing is checked and non-finite values propagate.
+    """
     B = layout.batch_size
 
-    def run(params, ctx, columns, first_batch, origin, n_valid):
+    def run(params, ctx, columns, first_batch, origin, n_valid, batch_mask):
         def body(acc, b):
             pos = (first_batch + b) * B
             cols = _batch_slices(columns, pos, B)
             g0 = origin + layout.stride * pos
             stats = batch_stats(params, ctx, cols, g0, n_valid - pos)
-            return _tree_add(acc, stats), None
+            finite = _all_finite(stats) if validate else jnp.array(True)
+            use = finite & batch_mask[b]
+            acc = jax.tree_util.tree_map(lambda a, v: a + jnp.where(use, v, 0), acc, stats)
+            return acc, (stats["n"], stats["cost"], finite)
 
-        out, _ = lax.scan(body, zero(), jnp.arange(layout.n_batches))
-        return out
+        out, per_batch = lax.scan(body, zero(), jnp.arange(layout.n_batches))
+        return out, per_batch
 
     return jax.jit(run)
 
@@ -162,7 +176,7 @@ class TwoTimeProblem:
             return dict(cost=jnp.sum(r * r), n=jnp.sum(valid.astype(jnp.int64)),
                         Hpp=jp.T @ jp, gp=jp.T @ r, S=S)
 
-        fn = _scan_batches(batch_stats, self._zero(k_local), layout)
+        fn = _scan_batches(batch_stats, self._zero(k_local), layout, validate)
         self._fns[key] = fn
         return fn
 
@@ -264,7 +278,7 @@ class CurveProblem:
             return dict(cost=jnp.sum(r * r), n=jnp.sum(valid.astype(jnp.int64)),
                         H=jac.T @ jac, g=jac.T @ r)
 
-        return _scan_batches(batch_stats, self._zero(), layout)
+        return _scan_batches(batch_stats, self._zero(), layout, validate)
 
     def _numpy_chunk_fn(self, layout):
         """NumPy evaluation with a forward-difference Jacobian (step ~ sqrt(eps) |p|)."""
@@ -272,9 +286,12 @@ class CurveProblem:
         f = self.model_func
         validate = self.validate
 
-        def run(params, ctx, columns, first_batch, origin, n_valid):
+        def run(params, ctx, columns, first_batch, origin, n_valid, batch_mask):
             params = np.asarray(params, dtype=np.float64)
             acc = {k: np.asarray(v) for k, v in self._zero()().items()}
+            per_n = np.zeros(layout.n_batches, np.int64)
+            per_cost = np.zeros(layout.n_batches)
+            per_ok = np.ones(layout.n_batches, bool)
             for b in range(layout.n_batches):
                 pos = (first_batch + b) * B
                 n_left = int(n_valid) - pos
@@ -297,11 +314,13 @@ class CurveProblem:
                     w = w * np.where(valid, cols["w"], 0.0)
                 r = np.where(valid, y - m, 0.0) * w
                 jac = np.where(valid[:, None], jac, 0.0) * w[:, None]
-                acc["cost"] = acc["cost"] + r @ r
-                acc["n"] = acc["n"] + int(valid.sum())
-                acc["H"] = acc["H"] + jac.T @ jac
-                acc["g"] = acc["g"] + jac.T @ r
-            return acc
+                stats = dict(cost=r @ r, n=int(valid.sum()), H=jac.T @ jac, g=jac.T @ r)
+                finite = all(np.all(np.isfinite(v)) for v in stats.values()) if validate \
+                    else True
+                per_n[b], per_cost[b], per_ok[b] = stats["n"], stats["cost"], finite
+                if finite and batch_mask[b]:
+                    acc = {k: acc[k] + stats[k] for k in acc}
+            return acc, (per_n, per_cost, per_ok)
 
         return run
 

@@ -1,0 +1,341 @@
+"""One pass over the data, made robust: diagnostics, fault tolerance, checkpoints, resume.
+
+``PassRunner.evaluate(x)`` sums the normal equations over every batch. Around that
+sum, a ``FitMonitor`` shared by all passes of one fit:
+
+* validates each batch (finite sums, at least one valid point) and keeps a batch
+  that fails in a stage's first pass out of every later pass of that stage (the
+  objective stays the same from pass to pass); a batch that fails later makes that
+  trial point fail, and the solver rejects it (reduce step size);
+* retries a call that raises (MemoryError: with batches halved), up to
+  ``max_retries_per_batch``;
+* stops with NLSQConvergenceError when the batch success rate of a stage's first
+  pass is below ``min_success_rate``;
+* calls ``callback(batch_idx, params, loss, success)`` after each batch; ``False``
+  stops the fit cleanly with the best result so far;
+* saves a checkpoint every ``checkpoint_frequency`` batches: all completed passes
+  (p x p each), the partial sums of the pass in progress and the next batch. On
+  resume the solver re-runs deterministically: completed passes are replayed from
+  the checkpoint and the interrupted pass continues from its batch, so the result
+  is bit-for-bit that of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from homodyne.jaxconf import jax, jnp
+from homodyne.optimization.exceptions import NLSQCheckpointError, NLSQConvergenceError
+from homodyne.optimization.problems import ChunkLayout, NormalEquations
+
+log = logging.getLogger("homodyne.engine")
+STAGES = ("coarse", "full")
+
+
+class StopFit(Exception):
+    """Raised inside a pass to stop the fit cleanly (callback, signal)."""
+
+
+@dataclass
+class FaultSettings:
+    validate: bool = True
+    enable_fault_tolerance: bool = True
+    min_success_rate: float = 0.5
+    max_retries_per_batch: int = 2
+
+
+@dataclass
+class PassRecord:
+    """One completed pass: enough to replay it exactly on resume."""
+
+    stage: str
+    x: np.ndarray
+    ne: NormalEquations
+    seconds: float
+    n_batches: int
+    failed: int
+
+
+@dataclass
+class FitMonitor:
+    """State shared by the passes of one fit (diagnostics, checkpoints, callbacks)."""
+
+    faults: FaultSettings = field(default_factory=FaultSettings)
+    manager: object | None = None  # CheckpointManager
+    fingerprint: str = ""
+    callback: object | None = None
+    progress: object | None = None
+    applicator: object | None = None
+    passes: list[PassRecord] = field(default_factory=list)
+    replay: dict | None = None
+    batches_done: int = 0
+    failures: list[dict] = field(default_factory=list)
+    error_types: Counter = field(default_factory=Counter)
+    excluded: dict = field(default_factory=lambda: {s: set() for s in STAGES})
+    recovery_actions: list[dict] = field(default_factory=list)
+    lm_info: dict = field(default_factory=dict)
+    checkpoint_seconds: list[float] = field(default_factory=list)
+    resumed_from: int | None = None
+    _last_saved: int = 0
+
+    # --- resume -------------------------------------------------------------------
+    def load_resume(self) -> None:
+        """Read the newest valid checkpoint of this fit (refusing one of another fit)."""
+        path = self.manager.find_latest_valid_checkpoint()
+        if path is None:
+            return
+        state = self.manager.load_checkpoint(path)
+        if state.get("fingerprint") != self.fingerprint:
+            raise NLSQCheckpointError(
+                f"checkpoint {path} belongs to different data or settings (fingerprint "
+                f"{str(state.get('fingerprint'))[:12]}… vs {self.fingerprint[:12]}…); refusing "
+                "to resume from it. Remove the directory or point checkpoint_dir elsewhere.")
+        self.replay = state
+        self.resumed_from = int(state["batch_idx"])
+        self.batches_done = self.resumed_from
+        self._last_saved = self.resumed_from
+        self.recovery_actions = list(state.get("recovery_actions") or [])
+        for stage in STAGES:
+            key = f"excluded_{stage}"
+            if key in state:
+                self.excluded[stage] = {int(b) for b in np.atleast_1d(state[key]) if b >= 0}
+        log.info("Detects existing checkpoint and resumes from batch %d (%s)",
+                 self.resumed_from, path)
+
+    def replayed(self, index: int, stage: str, x: np.ndarray):
+        """The stored result of completed pass ``index``, if it matches (else None)."""
+        r = self.replay
+        if r is None or index >= int(r["n_passes"]):
+            return None
+        if STAGES[int(r["pass_stage"][index])] != stage or \
+                not np.array_equal(r["pass_x"][index], x):
+            log.warning("resume: pass %d does not replay identically; recomputing from here",
+                        index)
+            self.replay = None
+            return None
+        ne = NormalEquations(float(r["pass_cost"][index]), np.array(r["pass_H"][index]),
+                             np.array(r["pass_g"][index]), int(r["pass_n"][index]))
+        return ne, float(r["pass_seconds"][index]), int(r["pass_batches"][index])
+
+    def in_progress(self, index: int, stage: str, x: np.ndarray):
+        """(next_batch, partial sums) of the interrupted pass ``index``, if it is this one."""
+        r = self.replay
+        if r is None or "partial" not in r or int(r["n_passes"]) != index:
+            return None
+        if r["current_stage"] != stage or not np.array_equal(r["current_x"], x):
+            return None
+        self.replay = None
+        return int(r["next_batch"]), {k: np.asarray(v) for k, v in r["partial"].items()}
+
+    # --- checkpoints ------------------------------------------------------------------
+    def maybe_save(self, stage, x, next_batch, partial) -> None:
+        m = self.manager
+        if m is None or self.batches_done - self._last_saved < m.checkpoint_frequency:
+            return
+        t0 = time.perf_counter()
+        m.save_checkpoint(self.batches_done, self._state(stage, x, next_batch, partial),
+                          fingerprint=self.fingerprint)
+        m.cleanup_old_checkpoints()
+        self._last_saved = self.batches_done
+        self.checkpoint_seconds.append(time.perf_counter() - t0)
+
+    def save_final(self, x) -> None:
+        if self.manager is not None:
+            self.manager.save_checkpoint(self.batches_done, self._state(None, x, 0, None),
+                                         fingerprint=self.fingerprint)
+            self.manager.cleanup_old_checkpoints()
+
+    def _state(self, stage, x, next_batch, partial) -> dict:
+        p = len(x)
+        P = self.passes
+        state = {
+            "n_passes": len(P),
+            "pass_stage": np.array([STAGES.index(r.stage) for r in P], np.int64),
+            "pass_x": np.array([r.x for r in P]).reshape(len(P), p),
+            "pass_cost": np.array([r.ne.cost for r in P], float),
+            "pass_H": np.array([r.ne.H for r in P]).reshape(len(P), p, p),
+            "pass_g": np.array([r.ne.g for r in P]).reshape(len(P), p),
+            "pass_n": np.array([r.ne.n for r in P], np.int64),
+            "pass_seconds": np.array([r.seconds for r in P], float),
+            "pass_batches": np.array([r.n_batches for r in P], np.int64),
+            "parameters": np.asarray(self.lm_info.get("x", x), float),
+            "loss": float(self.lm_info.get("cost", np.nan)),
+            "iteration": int(self.lm_info.get("iteration", 0)),
+            "damping": float(self.lm_info.get("lam", np.nan)),
+            "batches_failed": len(self.failures),
+            "recovery_actions": self.recovery_actions or None,
+            "current_stage": stage or "done",
+            "current_x": np.asarray(x, float),
+            "next_batch": int(next_batch),
+        }
+        for s in STAGES:
+            state[f"excluded_{s}"] = np.array(sorted(self.excluded[s]) or [-1], np.int64)
+        if partial is not None:
+            state["partial"] = {k: np.asarray(v) for k, v in partial.items()}
+        return state
+
+    # --- diagnostics ------------------------------------------------------------------
+    def diagnostics(self) -> dict:
+        total = self.batches_done
+        failed = len(self.failures)
+        full = [r for r in self.passes if r.stage == "full"]
+        return {
+            "total_batches_processed": total,
+            "batch_success_rate": (total - failed) / total if total else 1.0,
+            "failed_batch_indices": sorted({f["batch"] for f in self.failures}),
+            "error_type_distribution": dict(self.error_types),
+            # each batch enters every pass, and a pass is one solver iteration
+            "average_iterations_per_batch": float(len(full)),
+            "excluded_batches": {s: sorted(v) for s, v in self.excluded.items()},
+            "checkpoint_saves": len(self.checkpoint_seconds),
+            "checkpoint_save_seconds_max": max(self.checkpoint_seconds, default=0.0),
+            "resumed_from_batch": self.resumed_from,
+        }
+
+    def record_recovery(self, batch: int, strategy: str) -> None:
+        self.recovery_actions.append({"batch": int(batch), "strategy": strategy})
+
+
+class PassRunner:
+    """Evaluates the normal equations at a parameter vector: one pass over ``data``."""
+
+    def __init__(self, problem, data, stage: str = "full", monitor: FitMonitor | None = None):
+        self.problem = problem
+        self.data = data
+        self.stage = stage
+        self.monitor = monitor or FitMonitor()
+        self._first_done = any(r.stage == stage for r in self.monitor.passes)
+
+    @property
+    def records(self):
+        return [r for r in self.monitor.passes if r.stage == self.stage]
+
+    def _layout(self, factor=1) -> ChunkLayout:
+        d = self.data
+        return ChunkLayout(d.batch_size // factor, d.batches_per_call * factor, d.stride)
+
+    def _call(self, px, ctx, chunk, mask):
+        """Run one call; on failure retry (halving batches on memory errors)."""
+        mon = self.monitor
+        factor, attempt = 1, 0
+        while True:
+            try:
+                layout = self._layout(factor)
+                fn = self.problem.chunk_fn(layout)
+                m = np.repeat(mask, factor)
+                stats, (n, cost, ok) = fn(px, ctx, chunk.columns, chunk.first_batch * factor,
+                                          chunk.origin, chunk.n_valid, jnp.asarray(m))
+                n, cost, ok = (np.asarray(v) for v in (n, cost, ok))
+                if factor > 1:
+                    n = n.reshape(-1, factor).sum(1)
+                    cost = cost.reshape(-1, factor).sum(1)
+                    ok = ok.reshape(-1, factor).all(1)
+                return stats, n, cost, ok, None
+            except (MemoryError, RuntimeError, ValueError, FloatingPointError) as exc:
+                if isinstance(exc, StopFit):
+                    raise
+                name = type(exc).__name__
+                memory = isinstance(exc, MemoryError) or "RESOURCE_EXHAUSTED" in str(exc)
+                if not mon.faults.enable_fault_tolerance or \
+                        attempt >= mon.faults.max_retries_per_batch:
+                    log.warning("batches %d..%d failed after %d retries: %s: %s",
+                                chunk.pass_batch, chunk.pass_batch + chunk.n_batches - 1,
+                                attempt, name, exc)
+                    if not mon.faults.enable_fault_tolerance:
+                        raise
+                    return None, None, None, None, name
+                attempt += 1
+                if memory and self.data.batch_size % (factor * 2) == 0:
+                    factor *= 2
+                    mon.record_recovery(mon.batches_done + chunk.pass_batch, mon.applicator
+                                        .describe("smaller_batch") if mon.applicator else
+                                        "smaller_batch (0.5x)")
+
+    def evaluate(self, x) -> NormalEquations:
+        mon = self.monitor
+        index = len(mon.passes)
+        x = np.asarray(x, dtype=np.float64)
+        cached = mon.replayed(index, self.stage, x)
+        if cached is not None:
+            ne, seconds, nb = cached
+            mon.passes.append(PassRecord(self.stage, x.copy(), ne, seconds, nb, 0))
+            self._first_done = True
+            return ne
+        t0 = time.perf_counter()
+        px = jnp.asarray(x)
+        ctx = self.problem.prepare(px)
+        acc = self.problem.zero_stats(self._layout())
+        start = 0
+        resumed = mon.in_progress(index, self.stage, x)
+        if resumed is not None:
+            start, partial = resumed
+            acc = {k: jnp.asarray(v) for k, v in partial.items()}
+        first = not self._first_done
+        excluded = mon.excluded[self.stage]
+        G = self.data.batches_per_call
+        trial_failed = False
+        n_real = 0
+        if mon.progress is not None:
+            mon.progress.new_pass(self.stage, index, self.data.n_points, self.data.n_batches)
+        for chunk in self.data.chunks(start):
+            mask = np.array([(chunk.pass_batch + b) not in excluded for b in range(G)])
+            stats, n, cost, ok, error = self._call(px, ctx, chunk, mask)
+            real = min(chunk.n_batches, G)
+            if error is not None:
+                n, cost, ok = np.zeros(G, np.int64), np.zeros(G), np.zeros(G, bool)
+            else:
+                acc = jax.tree_util.tree_map(lambda a, v: a + v, acc, stats)
+            for b in range(real):
+                bidx = chunk.pass_batch + b
+                if bidx in excluded:
+                    continue
+                success = bool(ok[b]) and (n[b] > 0 or not mon.faults.validate)
+                if not success:
+                    kind = error or ("non_finite" if not ok[b] else "no_valid_data")
+                    mon.failures.append({"stage": self.stage, "pass": index, "batch": bidx,
+                                         "error": kind})
+                    mon.error_types[kind] += 1
+                    if first:
+                        excluded.add(bidx)
+                    else:
+                        trial_failed = True
+                if mon.callback is not None:
+                    loss = float(cost[b] / n[b]) if n[b] > 0 else math.nan
+                    if mon.callback(mon.batches_done + b, x.copy(), loss, success) is False:
+                        mon.batches_done += b + 1
+                        raise StopFit(f"stopped by callback at batch {mon.batches_done - 1}")
+            if error is not None and not first:
+                trial_failed = True
+            mon.batches_done += real
+            n_real += real
+            if mon.progress is not None:
+                mon.progress.update(int(np.sum(n[:real])), real, len(mon.failures),
+                                    mon.batches_done, float(np.sum(cost[:real])))
+            mon.maybe_save(self.stage, x, chunk.pass_batch + G, jax.device_get(acc))
+        ne = self.problem.assemble(jax.device_get(acc))
+        if first:
+            self._first_done = True
+            total = self.data.n_batches
+            rate = (total - len(excluded)) / total
+            if excluded:
+                log.warning("%s stage: %d of %d batches failed in the first pass and are "
+                            "excluded (%s)", self.stage, len(excluded), total,
+                            dict(mon.error_types))
+            if rate < mon.faults.min_success_rate:
+                raise NLSQConvergenceError(
+                    f"only {rate:.1%} of batches succeeded in the first {self.stage} pass "
+                    f"(min_success_rate {mon.faults.min_success_rate:.0%}); errors: "
+                    f"{dict(mon.error_types)}. Check the data for NaN/Inf regions and p0.")
+        if trial_failed:
+            ne = NormalEquations(math.inf, ne.H, ne.g, ne.n)
+            mon.record_recovery(mon.batches_done, mon.applicator.describe("reduce_step_size")
+                                if mon.applicator else "reduce_step_size (0.5x)")
+        mon.passes.append(PassRecord(self.stage, x.copy(), ne, time.perf_counter() - t0,
+                                     n_real, 0))
+        return ne
