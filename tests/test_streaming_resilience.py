@@ -325,3 +325,57 @@ def test_fast_mode_skips_validation_but_gives_the_same_answer():
     b = NLSQWrapper().fit_two_time(None, spec, p0, bounds, y=y)
     assert not NLSQWrapper(fast_mode=True).validate
     np.testing.assert_allclose(a.parameters, b.parameters, rtol=1e-12)
+
+
+# --- adaptive batches and several devices ------------------------------------------
+
+
+def test_adaptive_batches_grow_and_leave_the_result_unchanged():
+    spec, truth, y, p0, bounds = _static_problem(n_frames=300, n_phi=4)
+    fixed = NLSQWrapper(strategy_override="streaming", batch_size=2000).fit_two_time(
+        None, spec, p0, bounds, y=y)
+    ad = NLSQWrapper(strategy_override="streaming", adaptive_batching=True,
+                     initial_batch_size=2000, max_batch_size=64_000)
+    r = ad.fit_two_time(None, spec, p0, bounds, y=y)
+    grown = [a for a in r.recovery_actions if a["strategy"].startswith("grow_batch")]
+    assert grown and r.batch_size > 2000 and r.batch_size <= 64_000
+    dz = (r.parameters - fixed.parameters) / fixed.uncertainties
+    assert np.all(np.abs(dz) < 1e-6), dz
+
+
+PARALLEL = """
+import json, sys
+import numpy as np
+sys.path.insert(0, {tests!r})
+from conftest import make_spec, truth_for
+from homodyne.jaxconf import jax, jnp
+from homodyne.model import c2_points
+from homodyne.optimization.nlsq_wrapper import NLSQWrapper
+assert len(jax.devices()) == 2, jax.devices()
+spec = make_spec("static", n_frames=250, n_phi=3)
+truth = truth_for(spec)
+y = np.asarray(c2_points(truth, jnp.arange(spec.n_points), spec))
+y = y + np.random.default_rng(0).normal(0, 0.01, y.size)
+lb = spec.pack(0.0, 0.5, [1.0, -2.0, -1000.0]); ub = spec.pack(1.0, 1.5, [1e5, 0.5, 1000.0])
+p0 = truth.copy(); p0[6:] *= [1.2, 0.8, 1.2]
+out = {{}}
+for tier in ("standard", "streaming"):
+    for n in (1, 2):
+        r = NLSQWrapper(strategy_override=tier, batch_size=4096, parallel_batches=n
+                        ).fit_two_time(None, spec, p0, (lb, ub), y=y)
+        out[f"{{tier}}{{n}}"] = [r.parameters.tolist(), r.uncertainties.tolist()]
+print(json.dumps(out))
+"""
+
+
+def test_parallel_batches_over_two_devices_reach_the_same_optimum():
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    code = PARALLEL.format(tests=str(Path(__file__).parent))
+    proc = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    for tier in ("standard", "streaming"):
+        one, se = (np.array(v) for v in out[f"{tier}1"])
+        two = np.array(out[f"{tier}2"][0])
+        assert np.all(np.abs((two - one) / se) < 1e-6), tier

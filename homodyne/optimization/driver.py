@@ -45,7 +45,8 @@ def fingerprint(*parts) -> str:
 
 def run_fit(problem, data, x0, lb, ub, *, options: EngineOptions | None = None,
             strategy: str = "STANDARD", monitor: FitMonitor | None = None,
-            resume: bool = False, recovery_sequence=("perturb_parameters",)) -> FitResult:
+            resume: bool = False, recovery_sequence=("perturb_parameters",),
+            n_devices: int = 1) -> FitResult:
     """Fit ``problem`` on ``data`` from ``x0`` within [lb, ub]."""
     opts = options or EngineOptions()
     mon = monitor or FitMonitor()
@@ -58,13 +59,14 @@ def run_fit(problem, data, x0, lb, ub, *, options: EngineOptions | None = None,
     try:
         if mon.manager is not None and resume:
             mon.load_resume()
-        return _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequence)
+        return _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequence,
+                       n_devices)
     finally:
         if mon.manager is not None:
             mon.manager.release_lock()
 
 
-def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequence):
+def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequence, n_devices):
     x = x0
     coarse_passes = coarse_points = 0
     messages = []
@@ -87,7 +89,7 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
                 return build_result(problem, st, x0, lb, ub, strategy=strategy, mon=mon,
                                     coarse_passes=coarse_passes, coarse_points=coarse_points,
                                     batch_size=data.batch_size, t0=t0, messages=messages)
-        runner = PassRunner(problem, data, stage="full", monitor=mon)
+        runner = PassRunner(problem, data, stage="full", monitor=mon, n_devices=n_devices)
         st = solve_lm(runner.evaluate, x, lb, ub, initial_damping=opts.initial_damping,
                       on_iteration=track, **_lm_kwargs(opts, False))
         for name in recovery_sequence if mon.applicator is not None else ():

@@ -21,7 +21,7 @@ from homodyne.optimization.problems import CurveProblem, TwoTimeProblem
 from homodyne.optimization.progress import ProgressReporter
 from homodyne.optimization.recovery_strategies import RecoveryStrategyApplicator
 from homodyne.optimization.result import FitResult
-from homodyne.optimization.sources import HostArrayData, InMemoryData, StreamingData
+from homodyne.optimization.sources import HostArrayData, InMemoryData, ShardedData, StreamingData
 from homodyne.optimization.strategy import DEFAULT_BATCH, DatasetSizeStrategy, OptimizationStrategy
 
 METHODS = ("trf", "lm")
@@ -78,7 +78,8 @@ class NLSQWrapper:
                  enable_progress: bool = False, batch_size: int | None = None,
                  min_success_rate: float = 0.5, max_retries_per_batch: int = 2,
                  checkpoint_config: dict | None = None, callback=None,
-                 force_progress: bool = False):
+                 force_progress: bool = False, adaptive_batching: bool = False,
+                 initial_batch_size: int | None = None, max_batch_size: int = 100_000):
         self.enable_large_dataset = enable_large_dataset
         self.enable_recovery = enable_recovery
         self.fast_mode = fast_mode
@@ -99,6 +100,9 @@ class NLSQWrapper:
         self.force_progress = force_progress
         self.recovery_applicator = RecoveryStrategyApplicator()
         self.recovery_sequence = ["perturb_parameters"]
+        self.adaptive_batching = adaptive_batching
+        self.initial_batch_size = initial_batch_size
+        self.max_batch_size = int(max_batch_size)
 
     # --- tier selection -----------------------------------------------------------
     def select_strategy(self, n_points: int, n_params: int, override=None) -> OptimizationStrategy:
@@ -113,8 +117,44 @@ class NLSQWrapper:
         if self.batch_size:
             return int(self.batch_size)
         if tier == OptimizationStrategy.STREAMING:
-            return self.selector.build_streaming_config(n_points, n_params)["batch_size"]
-        return DEFAULT_BATCH
+            return self.selector.build_streaming_config(
+                n_points, n_params, adaptive_batching=self.adaptive_batching,
+                initial_batch_size=self.initial_batch_size,
+                max_batch_size=self.max_batch_size)["batch_size"]
+        return min(DEFAULT_BATCH, self.max_batch_size)
+
+    def devices(self) -> list:
+        """The devices a pass is spread over (``parallel_batches`` of them)."""
+        import warnings
+
+        import jax
+
+        devs = jax.devices()
+        if self.parallel_batches > len(devs):
+            warnings.warn(f"parallel_batches={self.parallel_batches} but JAX sees "
+                          f"{len(devs)} device(s); using {len(devs)}", RuntimeWarning,
+                          stacklevel=3)
+        return devs[: max(1, self.parallel_batches)]
+
+    def _data(self, tier, cols, n, batch, source=None):
+        """Where the data live for this tier (the only thing a tier changes)."""
+        devs = self.devices()
+        if tier == OptimizationStrategy.STREAMING:
+            data = (StreamingData(source, batch, self._streaming_calls()) if cols is None
+                    else HostArrayData(cols, n, batch, self._streaming_calls()))
+            data.devices = devs if len(devs) > 1 else []
+            if self.adaptive_batching:
+                data.max_batch_size = self.max_batch_size
+            return data
+        if cols is None:
+            cols = {"y": source.read_packed()}
+        calls = self._calls(tier, n, batch)
+        if len(devs) > 1:
+            if self.checkpoint_config.get("enable_checkpoints"):
+                raise ValueError("parallel_batches > 1 with in-memory data cannot checkpoint "
+                                 "mid-pass; use strategy 'streaming' or one device")
+            return ShardedData(cols, n, batch, devs, calls)
+        return InMemoryData(cols, n, batch, batches_per_call=calls)
 
     def _calls(self, tier, n_points, batch) -> int | None:
         if tier == OptimizationStrategy.CHUNKED:
@@ -166,11 +206,7 @@ class NLSQWrapper:
             cols["w"] = 1.0 / s
         problem = CurveProblem(model_func, p0.size, x_sample=x[..., : min(8, y.size)],
                                validate=self.validate, parameter_names=parameter_names)
-        if tier == OptimizationStrategy.STREAMING:
-            data = HostArrayData(cols, y.size, batch, self._streaming_calls())
-        else:
-            data = InMemoryData(cols, y.size, batch,
-                                batches_per_call=self._calls(tier, y.size, batch))
+        data = self._data(tier, cols, y.size, batch)
         return self._run(problem, data, p0, lb, ub, tier, batch,
                          lambda: ["curve", _array_digest(cols)])
 
@@ -184,16 +220,7 @@ class NLSQWrapper:
         tier = self.select_strategy(n, spec.n_params, strategy)
         batch = min(self._batch(tier, n, spec.n_params), n)
         problem = TwoTimeProblem(spec, validate=self.validate)
-        if y is not None:
-            data = (HostArrayData({"y": y}, n, batch, self._streaming_calls())
-                    if tier == OptimizationStrategy.STREAMING
-                    else InMemoryData({"y": y}, n, batch,
-                                      batches_per_call=self._calls(tier, n, batch)))
-        elif tier == OptimizationStrategy.STREAMING:
-            data = StreamingData(source, batch, self._streaming_calls())
-        else:
-            data = InMemoryData({"y": source.read_packed()}, n, batch,
-                                batches_per_call=self._calls(tier, n, batch))
+        data = self._data(tier, None if y is None else {"y": y}, n, batch, source)
         return self._run(problem, data, p0, lb, ub, tier, batch,
                          lambda: ["two_time", repr(spec), _array_digest({"y": y}) if y is not None
                                   else _source_identity(source)])
@@ -225,6 +252,7 @@ class NLSQWrapper:
         try:
             return run_fit(problem, data, p0, lb, ub, options=self._options(batch),
                            strategy=tier.value, monitor=mon, resume=resume,
-                           recovery_sequence=tuple(self.recovery_sequence))
+                           recovery_sequence=tuple(self.recovery_sequence),
+                           n_devices=len(self.devices()))
         finally:
             mon.progress.close()

@@ -38,6 +38,13 @@ log = logging.getLogger("homodyne.engine")
 STAGES = ("coarse", "full")
 
 
+def _memory_allows(points: int) -> bool:
+    """True when a batch run of ``points`` points leaves most of the free memory free."""
+    import psutil
+
+    return points * 8 * 64 < 0.25 * psutil.virtual_memory().available
+
+
 class StopFit(Exception):
     """Raised inside a pass to stop the fit cleanly (callback, signal)."""
 
@@ -205,11 +212,15 @@ class FitMonitor:
 class PassRunner:
     """Evaluates the normal equations at a parameter vector: one pass over ``data``."""
 
-    def __init__(self, problem, data, stage: str = "full", monitor: FitMonitor | None = None):
+    def __init__(self, problem, data, stage: str = "full", monitor: FitMonitor | None = None,
+                 n_devices: int = 1):
         self.problem = problem
         self.data = data
         self.stage = stage
         self.monitor = monitor or FitMonitor()
+        self.n_devices = n_devices
+        self._placed: dict = {}
+        self._home = None
         self._first_done = any(r.stage == stage for r in self.monitor.passes)
 
     @property
@@ -220,10 +231,40 @@ class PassRunner:
         d = self.data
         return ChunkLayout(d.batch_size // factor, d.batches_per_call * factor, d.stride)
 
+    def _on_device(self, px, ctx, device):
+        """Parameters and per-pass context placed on ``device`` (cached per pass)."""
+        if device is None:
+            return px, ctx
+        key = id(device)
+        if key not in self._placed:
+            self._placed[key] = (jax.device_put(px, device), jax.device_put(ctx, device))
+        return self._placed[key]
+
+    def _launch(self, px, ctx, chunk, mask):
+        """Dispatch one call without waiting for it (JAX runs it asynchronously)."""
+        fn = self.problem.chunk_fn(self._layout())
+        pxd, ctxd = self._on_device(px, ctx, chunk.device)
+        m = jnp.asarray(mask) if chunk.device is None else jax.device_put(mask, chunk.device)
+        return fn(pxd, ctxd, chunk.columns, chunk.first_batch, chunk.origin, chunk.n_valid, m)
+
+    def _finish(self, out, chunk, px, ctx, mask):
+        """Wait for a launched call; on any failure fall back to the retrying path."""
+        if out is not None:
+            try:
+                stats, (n, cost, ok) = out
+                n, cost, ok = (np.asarray(v) for v in (n, cost, ok))
+                if chunk.device is not None:
+                    stats = jax.device_put(stats, self._home)
+                return stats, n, cost, ok, None
+            except (MemoryError, RuntimeError, ValueError, FloatingPointError):
+                pass
+        return self._call(px, ctx, chunk, mask)
+
     def _call(self, px, ctx, chunk, mask):
         """Run one call; on failure retry (halving batches on memory errors)."""
         mon = self.monitor
         factor, attempt = 1, 0
+        px, ctx = self._on_device(px, ctx, chunk.device)
         while True:
             try:
                 layout = self._layout(factor)
@@ -232,6 +273,8 @@ class PassRunner:
                 stats, (n, cost, ok) = fn(px, ctx, chunk.columns, chunk.first_batch * factor,
                                           chunk.origin, chunk.n_valid, jnp.asarray(m))
                 n, cost, ok = (np.asarray(v) for v in (n, cost, ok))
+                if chunk.device is not None:
+                    stats = jax.device_put(stats, self._home)
                 if factor > 1:
                     n = n.reshape(-1, factor).sum(1)
                     cost = cost.reshape(-1, factor).sum(1)
@@ -283,9 +326,29 @@ class PassRunner:
         n_real = 0
         if mon.progress is not None:
             mon.progress.new_pass(self.stage, index, self.data.n_points, self.data.n_batches)
-        for chunk in self.data.chunks(start):
-            mask = np.array([(chunk.pass_batch + b) not in excluded for b in range(G)])
-            stats, n, cost, ok, error = self._call(px, ctx, chunk, mask)
+        self._placed = {}
+        self._home = jax.devices()[0]
+        in_flight = max(1, self.n_devices)
+        queue: list = []
+
+        def pending():
+            for chunk in self.data.chunks(start):
+                mask = np.array([(chunk.pass_batch + b) not in excluded for b in range(G)])
+                try:
+                    out = self._launch(px, ctx, chunk, mask) if in_flight > 1 else None
+                except (MemoryError, RuntimeError, ValueError, FloatingPointError):
+                    out = None
+                queue.append((chunk, mask, out))
+                if len(queue) >= in_flight:
+                    yield queue.pop(0)
+            while queue:
+                yield queue.pop(0)
+
+        for chunk, mask, out in pending():
+            if in_flight > 1:
+                stats, n, cost, ok, error = self._finish(out, chunk, px, ctx, mask)
+            else:
+                stats, n, cost, ok, error = self._call(px, ctx, chunk, mask)
             real = min(chunk.n_batches, G)
             if error is not None:
                 n, cost, ok = np.zeros(G, np.int64), np.zeros(G), np.zeros(G, bool)
@@ -336,6 +399,10 @@ class PassRunner:
             ne = NormalEquations(math.inf, ne.H, ne.g, ne.n)
             mon.record_recovery(mon.batches_done, mon.applicator.describe("reduce_step_size")
                                 if mon.applicator else "reduce_step_size (0.5x)")
-        mon.passes.append(PassRecord(self.stage, x.copy(), ne, time.perf_counter() - t0,
-                                     n_real, 0))
+        seconds = time.perf_counter() - t0
+        mon.passes.append(PassRecord(self.stage, x.copy(), ne, seconds, n_real, 0))
+        adapt = getattr(self.data, "adapt", None)
+        if adapt is not None and not excluded and mon.manager is None and \
+                adapt(seconds, _memory_allows):
+            mon.record_recovery(mon.batches_done, f"grow_batch ({self.data.batch_size})")
         return ne

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from homodyne.jaxconf import jax, jnp
+from homodyne.jaxconf import jax
 
 
 def _pad(a: np.ndarray, length: int) -> np.ndarray:
@@ -39,6 +39,7 @@ class Chunk:
     n_valid: int  # buffer positions >= n_valid are padding
     pass_batch: int  # index of the first batch within the whole pass
     n_batches: int
+    device: object = None  # where the call runs (None: the default device)
 
 
 class InMemoryData:
@@ -54,7 +55,8 @@ class InMemoryData:
         self.batches_per_call = min(self.n_batches, batches_per_call or self.n_batches)
         n_calls = math.ceil(self.n_batches / self.batches_per_call)
         length = n_calls * self.batches_per_call * self.batch_size
-        self.columns = {k: jax.device_put(jnp.asarray(_pad(v, length)), device)
+        self.device = device
+        self.columns = {k: jax.device_put(_pad(np.asarray(v), length), device)
                         for k, v in columns.items()}
 
     @property
@@ -65,7 +67,7 @@ class InMemoryData:
         G = self.batches_per_call
         for first in range(start_batch - start_batch % G, self.n_batches, G):
             yield Chunk(self.columns, first, self.origin, self.n_points, first,
-                        min(G, self.n_batches - first))
+                        min(G, self.n_batches - first), self.device)
 
     def subsample(self, max_points: int, batch_size: int):
         """Every s-th point (s = ceil(n / max_points)), as a new in-memory dataset."""
@@ -76,7 +78,88 @@ class InMemoryData:
                             stride=self.stride * s)
 
 
-class HostArrayData:
+def _round_robin(devices, i):
+    return devices[i % len(devices)] if devices else None
+
+
+class _Batched:
+    """Shared by the streamed sources: batch count, and batch growth between passes."""
+
+    batch_size: int
+    n_points: int
+    max_batch_size: int | None = None
+    _best_rate: float = 0.0
+
+    @property
+    def n_batches(self) -> int:
+        return max(1, math.ceil(self.n_points / self.batch_size))
+
+    def adapt(self, seconds: float, memory_ok) -> bool:
+        """Double the batch after a pass while throughput improves and memory allows."""
+        if not self.max_batch_size or seconds <= 0:
+            return False
+        rate = self.n_points / seconds
+        improved = rate > 1.05 * self._best_rate
+        self._best_rate = max(self._best_rate, rate)
+        bigger = min(self.max_batch_size, 2 * self.batch_size)
+        if improved and bigger > self.batch_size and memory_ok(bigger * self.batches_per_call):
+            self.batch_size = bigger
+            return True
+        self.max_batch_size = None  # settled
+        return False
+
+
+class ShardedData:
+    """In-memory data split into contiguous shards, one per device; a pass runs the
+    shards' calls concurrently and sums their partial sums (``parallel_batches``)."""
+
+    def __init__(self, columns: dict, n_points: int, batch_size: int, devices: list,
+                 batches_per_call: int | None = None):
+        self.n_points = int(n_points)
+        self.batch_size = int(batch_size)
+        self.stride = 1
+        self.origin = 0
+        self.n_batches = max(1, math.ceil(self.n_points / self.batch_size))
+        per = math.ceil(self.n_batches / len(devices))
+        self.shards = []
+        for d, dev in enumerate(devices):
+            b0, b1 = d * per, min(self.n_batches, (d + 1) * per)
+            if b0 >= b1:
+                break
+            lo, hi = b0 * batch_size, min(self.n_points, b1 * batch_size)
+            cols = {k: np.asarray(v)[..., lo:hi] for k, v in columns.items()}
+            self.shards.append((b0, InMemoryData(cols, hi - lo, batch_size, origin=lo,
+                                                 batches_per_call=batches_per_call,
+                                                 device=dev)))
+        self.batches_per_call = self.shards[0][1].batches_per_call
+        self._host = columns
+
+    @property
+    def nbytes(self) -> int:
+        return sum(s.nbytes for _, s in self.shards)
+
+    def chunks(self, start_batch: int = 0):
+        if start_batch:
+            raise ValueError("sharded passes cannot resume mid-pass")
+        iters = [((b0, c) for c in shard.chunks()) for b0, shard in self.shards]
+        while iters:
+            for it in list(iters):
+                item = next(it, None)
+                if item is None:
+                    iters.remove(it)
+                    continue
+                b0, c = item
+                yield Chunk(c.columns, c.first_batch, c.origin, c.n_valid, b0 + c.pass_batch,
+                            c.n_batches, c.device)
+
+    def subsample(self, max_points: int, batch_size: int):
+        s = max(1, math.ceil(self.n_points / max_points))
+        cols = {k: np.asarray(v)[..., :: s] for k, v in self._host.items()}
+        n = cols["y"].shape[-1]
+        return InMemoryData(cols, n, min(batch_size, n), stride=s)
+
+
+class HostArrayData(_Batched):
     """Columns kept in host memory (or a np.memmap) and sent to the device one run of
     batches at a time: the STREAMING tier for data given as arrays."""
 
@@ -88,7 +171,7 @@ class HostArrayData:
         self.batches_per_call = int(batches_per_call)
         self.stride = 1
         self.origin = 0
-        self.n_batches = max(1, math.ceil(self.n_points / self.batch_size))
+        self.devices: list = []
 
     @property
     def nbytes(self) -> int:
@@ -101,7 +184,8 @@ class HostArrayData:
         for first in range(start_batch, self.n_batches, G):
             lo, hi = first * B, min(self.n_points, (first + G) * B)
             cols = {k: _pad(np.asarray(v[..., lo:hi]), B * G) for k, v in self.columns.items()}
-            yield Chunk(cols, 0, lo, hi - lo, first, math.ceil((hi - lo) / B))
+            yield Chunk(cols, 0, lo, hi - lo, first, math.ceil((hi - lo) / B),
+                        _round_robin(self.devices, first // G))
 
     def subsample(self, max_points: int, batch_size: int) -> InMemoryData:
         s = max(1, math.ceil(self.n_points / max_points))
@@ -110,7 +194,7 @@ class HostArrayData:
         return InMemoryData(cols, n, min(batch_size, n), stride=s)
 
 
-class StreamingData:
+class StreamingData(_Batched):
     """Points of a ``TwoTimeSource`` read from disk in runs of whole batches."""
 
     def __init__(self, source, batch_size: int, batches_per_call: int = 8,
@@ -121,7 +205,7 @@ class StreamingData:
         self.batches_per_call = int(batches_per_call)
         self.stride = 1
         self.origin = 0
-        self.n_batches = max(1, math.ceil(self.n_points / self.batch_size))
+        self.devices: list = []
         self.prefetch = prefetch
         self.dtype = dtype
 
@@ -149,14 +233,16 @@ class StreamingData:
         if not self.prefetch:
             while (item := load()) is not None:
                 pos, y, n = item
-                yield Chunk({"y": y}, 0, pos, n, pos // B, math.ceil(n / B))
+                yield Chunk({"y": y}, 0, pos, n, pos // B, math.ceil(n / B),
+                            _round_robin(self.devices, pos // (B * G)))
             return
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="homodyne-read") as pool:
             fut = pool.submit(load)
             while (item := fut.result()) is not None:
                 fut = pool.submit(load)
                 pos, y, n = item
-                yield Chunk({"y": y}, 0, pos, n, pos // B, math.ceil(n / B))
+                yield Chunk({"y": y}, 0, pos, n, pos // B, math.ceil(n / B),
+                            _round_robin(self.devices, pos // (B * G)))
 
     def subsample(self, max_points: int, batch_size: int) -> InMemoryData:
         """Every s-th point, collected in one sequential read (memory: the sample)."""
