@@ -135,7 +135,8 @@ def _run(cfg: HomodyneConfig, out: Path) -> FitRun:
             "analysis_mode": spec.mode, "q": spec.q, "dt": spec.dt, "phi_deg": spec.phi_deg,
             "frames": [source.first_frame, source.last_frame], "initial": p0, "lower": lb,
             "upper": ub, "truth": _truth(source, spec), **result.as_dict()})}
-        files.update(_write_model_and_plots(cfg, out, source, spec, result))
+        files.update(write_two_time_outputs(out, source, spec, result,
+                                            plots=cfg.output["plots"]))
     log.info("done in %.2f s; outputs in %s", time.perf_counter() - t0, out)
     return FitRun(result, out, files, spec)
 
@@ -148,7 +149,9 @@ def _truth(source, spec):
     return dict(zip(names, np.asarray(attrs["true_parameters"]).tolist(), strict=True))
 
 
-def _write_model_and_plots(cfg, out, source, spec, result) -> dict:
+def write_two_time_outputs(out, source, spec, result, *, plots: bool = True, title=None
+                           ) -> dict:
+    """fit.h5 (data, model, residuals; decimated past MAX_PLOT_FRAMES), heat maps, cuts."""
     n = spec.n_frames
     idx = np.unique(np.linspace(0, n - 1, min(n, MAX_PLOT_FRAMES)).astype(int))
     data = np.stack([source.read_on_frames(a, idx) for a in range(spec.n_phi)])
@@ -157,13 +160,13 @@ def _write_model_and_plots(cfg, out, source, spec, result) -> dict:
                                  frames=source.first_frame + idx, data=data, model=model,
                                  attrs={"decimated": idx.size < n, "n_frames": n,
                                         "parameters": result.parameters})}
-    if cfg.output["plots"]:
+    if plots:
         from homodyne.plots import plot_cuts, plot_heatmaps
 
         times = (source.first_frame + idx) * spec.dt
         files["heatmaps"] = plot_heatmaps(out / "c2_heatmaps.png", times=times,
                                           phi_deg=spec.phi_deg, data=data, model=model,
-                                          title=f"{source.path} ({spec.mode})")
+                                          title=title or f"{source.path} ({spec.mode})")
         files["cuts"] = plot_cuts(out / "c2_cuts.png", times=times, phi_deg=spec.phi_deg,
                                   data=data, model=model)
     return files

@@ -158,6 +158,7 @@ def build_result(problem, st, x0, lb, ub, *, strategy, mon, coarse_passes, coars
         pass_seconds=full,
         peak_rss_mb=peak_rss_mb(),
         device=jax.devices()[0].platform,
+        normal_matrix=ne.H.copy(),
         streaming_diagnostics=mon.diagnostics(),
         recovery_actions=list(mon.recovery_actions),
         history=st.history,

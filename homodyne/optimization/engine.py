@@ -204,6 +204,7 @@ def _lm_loop(st: LMState, evaluate, lb, ub, *, max_iterations, step_tol_se, gtol
             f"{x.tolist()}: check p0, bounds and the data")
     p = x.size
     d = _scales(ne.H)
+    gn_failed_at = math.inf
     while True:
         st.step_se, st.grad_cos = _convergence_measures(st.ne, st.x, lb, ub, p)
         st.history.append(dict(iteration=st.iteration, cost=st.ne.cost, lam=st.lam,
@@ -222,7 +223,8 @@ def _lm_loop(st: LMState, evaluate, lb, ub, *, max_iterations, step_tol_se, gtol
         d = np.maximum(d, _scales(st.ne.H))
         # Inside the quadratic basin (predicted step under one standard error) try the
         # undamped Gauss-Newton step first: it converges in one or two passes there.
-        try_gauss_newton = st.step_se < 1.0
+        # ... unless one was just rejected: then wait until the step has halved
+        try_gauss_newton = st.step_se < min(1.0, 0.5 * gn_failed_at)
         # inner loop: raise the damping until a step is accepted
         while True:
             lam = 0.0 if try_gauss_newton else st.lam
@@ -256,6 +258,7 @@ def _lm_loop(st: LMState, evaluate, lb, ub, *, max_iterations, step_tol_se, gtol
             st.iteration += 1
             if try_gauss_newton:
                 try_gauss_newton = False
+                gn_failed_at = st.step_se
             else:
                 st.lam *= st.nu
                 st.nu *= 2.0

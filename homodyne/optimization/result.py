@@ -29,6 +29,7 @@ class FitResult:
     at_bounds: list[str] = field(default_factory=list)
     not_moved: list[str] = field(default_factory=list)
     undetermined: list[str] = field(default_factory=list)
+    normal_matrix: np.ndarray | None = None  # JᵀJ at the solution (p x p)
     wall_time_s: float = 0.0
     pass_seconds: list[float] = field(default_factory=list)
     peak_rss_mb: float | None = None
@@ -43,6 +44,19 @@ class FitResult:
     def x(self) -> np.ndarray:
         """Alias of ``parameters`` (scipy naming)."""
         return self.parameters
+
+    def function_covariance(self, gradients: np.ndarray) -> np.ndarray:
+        """Covariance of derived quantities f(p) with gradients (m, p): G pinv(JᵀJ) Gᵀ χ²ᵣ.
+
+        Finite even when single parameters are undetermined, as long as f is
+        (e.g. J(t) when D0 and D_offset are degenerate)."""
+        from homodyne.optimization.engine import _scales
+
+        H = self.normal_matrix
+        d = _scales(H)
+        inv = np.linalg.pinv(H / np.outer(d, d), rcond=1e-12, hermitian=True) / np.outer(d, d)
+        G = np.atleast_2d(gradients)
+        return G @ inv @ G.T * self.reduced_chi_squared
 
     @property
     def chi_squared(self) -> float:

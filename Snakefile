@@ -1,0 +1,41 @@
+"""homodyne workflow: production fits on measured XPCS data (`fit`, the default) and the
+benchmark grid against the guide's targets and the peers (`benchmark`)."""
+
+from snakemake.utils import min_version, validate
+
+min_version("8.0")
+
+
+# The full grid by default; `--configfile config/test.yaml` replaces it (not merged).
+if not config:
+
+    configfile: "config/config.yaml"
+
+
+validate(config, "workflow/schemas/config.schema.yaml")
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/datasets.smk"
+include: "workflow/rules/benchmarks.smk"
+include: "workflow/rules/fits.smk"
+
+
+# Production fits on measured data, with the evidence to trust them (default target).
+rule fit:
+    default_target: True
+    input:
+        "results/fits/summary.md",
+
+
+# The whole benchmark grid and its summary table, plots and report.
+rule benchmark:
+    input:
+        "results/benchmark/summary.csv",
+        "results/benchmark/summary.md",
+
+
+# All synthetic datasets of the grid.
+rule datasets:
+    input:
+        expand("results/datasets/{dataset}.h5", dataset=list(config["datasets"])),

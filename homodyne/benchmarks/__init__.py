@@ -1,0 +1,1 @@
+"""Benchmarks: this engine per tier and device against scipy and nlsq, on the same data."""

@@ -1,0 +1,1 @@
+"""Production fits on measured data (the workflow's `fit` target)."""

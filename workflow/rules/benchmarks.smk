@@ -1,0 +1,129 @@
+"""The benchmark grid: engine per tier and device, overheads, peers, and the summary."""
+
+
+rule bench_engine:
+    input:
+        "results/datasets/{dataset}.h5",
+    output:
+        "results/benchmark/runs/{dataset}/engine_{tier}_{device}.json",
+    log:
+        "results/logs/bench/{dataset}/engine_{tier}_{device}.log",
+    benchmark:
+        "results/logs/bench/{dataset}/engine_{tier}_{device}.benchmark.tsv"
+    wildcard_constraints:
+        tier="standard|large|chunked|streaming",
+        device="cpu",
+        dataset="[A-Za-z0-9_]+",
+    conda:
+        "../envs/homodyne.yaml"
+    resources:
+        mem_mb=bench_mem_mb,
+        runtime=bench_runtime,
+        bench_slot=1,
+    params:
+        checkpoint_dir=lambda w: f"results/benchmark/ckpt/{w.dataset}_{w.tier}_{w.device}",
+    script:
+        "../scripts/bench_engine.py"
+
+
+use rule bench_engine as bench_engine_gpu with:
+    output:
+        "results/benchmark/runs/{dataset}/engine_{tier}_{device}.json",
+    wildcard_constraints:
+        tier="standard|large|chunked|streaming",
+        device="gpu",
+        dataset="[A-Za-z0-9_]+",
+    resources:
+        mem_mb=bench_mem_mb,
+        runtime=bench_runtime,
+        bench_slot=1,
+        gpu=1,
+
+
+use rule bench_engine as bench_engine_checkpoints with:
+    output:
+        "results/benchmark/runs/{dataset}/engine_{tier}_{device}_ckpt{freq}.json",
+    log:
+        "results/logs/bench/{dataset}/engine_{tier}_{device}_ckpt{freq}.log",
+    benchmark:
+        "results/logs/bench/{dataset}/engine_{tier}_{device}_ckpt{freq}.benchmark.tsv"
+    wildcard_constraints:
+        tier="standard|large|chunked|streaming",
+        device="cpu",
+        freq="[0-9]+",
+        dataset="[A-Za-z0-9_]+",
+    params:
+        checkpoint_dir=lambda w: f"results/benchmark/ckpt/{w.dataset}_{w.tier}_ckpt{w.freq}",
+
+
+use rule bench_engine as bench_engine_faults with:
+    output:
+        "results/benchmark/runs/{dataset}/engine_{tier}_{device}_ft-{mode}.json",
+    log:
+        "results/logs/bench/{dataset}/engine_{tier}_{device}_ft-{mode}.log",
+    benchmark:
+        "results/logs/bench/{dataset}/engine_{tier}_{device}_ft-{mode}.benchmark.tsv"
+    wildcard_constraints:
+        tier="standard|large|chunked|streaming",
+        device="cpu",
+        mode="none|validation|full|fast",
+        dataset="[A-Za-z0-9_]+",
+
+
+rule bench_peer:
+    input:
+        "results/datasets/{dataset}.h5",
+    output:
+        "results/benchmark/runs/{dataset}/peer_{method}.json",
+    log:
+        "results/logs/bench/{dataset}/peer_{method}.log",
+    benchmark:
+        "results/logs/bench/{dataset}/peer_{method}.benchmark.tsv"
+    wildcard_constraints:
+        method="scipy-trf|nlsq-curve_fit|nlsq-curve_fit_large|nlsq-hybrid_streaming",
+        dataset="[A-Za-z0-9_]+",
+    conda:
+        "../envs/homodyne.yaml"
+    resources:
+        mem_mb=lambda w: int(2000 + 200 * dataset_points(w.dataset) / 2**20),
+        runtime=60,
+        bench_slot=1,
+    params:
+        peers=config["benchmark"].get("peers", {}),
+    script:
+        "../scripts/bench_peer.py"
+
+
+rule benchmark_summary:
+    input:
+        all_runs(),
+    output:
+        csv=report(
+            "results/benchmark/summary.csv",
+            caption="../report/benchmark_summary.rst",
+            category="Benchmark",
+        ),
+        md="results/benchmark/summary.md",
+        runs="results/benchmark/runs.csv",
+        plots=report(
+            expand(
+                "results/benchmark/{plot}.png",
+                plot=["memory_vs_points", "throughput_vs_points", "ours_vs_peers"],
+            ),
+            caption="../report/benchmark_plots.rst",
+            category="Benchmark",
+        ),
+    log:
+        "results/logs/bench/summary.log",
+    benchmark:
+        "results/logs/bench/summary.benchmark.tsv"
+    conda:
+        "../envs/homodyne.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        overhead_dataset=config["benchmark"].get("overhead_dataset"),
+        overhead_tier=config["benchmark"].get("overhead_tier", "streaming").upper(),
+    script:
+        "../scripts/summarize_benchmarks.py"

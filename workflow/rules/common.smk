@@ -1,0 +1,52 @@
+"""Helpers shared by the rules: the benchmark grid and resource estimates."""
+
+import os
+
+
+def dataset_points(name):
+    d = config["datasets"][name]
+    return len(d["angles"]) * d["frames"] * (d["frames"] - 1) // 2
+
+
+def engine_runs():
+    """Every engine run of the grid: (dataset, run name)."""
+    b = config["benchmark"]
+    runs = []
+    for ds, tiers in b["tiers"].items():
+        for tier in tiers:
+            for dev in b.get("devices", ["cpu"]):
+                runs.append((ds, f"engine_{tier}_{dev}"))
+    ds, tier = b.get("overhead_dataset"), b.get("overhead_tier", "streaming")
+    if ds:
+        for f in b.get("checkpoint_frequencies", []):
+            runs.append((ds, f"engine_{tier}_cpu_ckpt{f}"))
+        for m in b.get("fault_modes", []):
+            runs.append((ds, f"engine_{tier}_cpu_ft-{m}"))
+    return runs
+
+
+def peer_runs():
+    p = config["benchmark"].get("peers", {})
+    return [
+        (ds, f"peer_{m}") for ds in p.get("datasets", []) for m in p.get("methods", [])
+    ]
+
+
+def all_runs():
+    return [
+        f"results/benchmark/runs/{ds}/{name}.json"
+        for ds, name in engine_runs() + peer_runs()
+    ]
+
+
+def bench_mem_mb(wildcards):
+    n = dataset_points(wildcards.dataset)
+    return int(1500 + 24 * n / 2**20)
+
+
+def bench_runtime(wildcards):
+    return int(10 + dataset_points(wildcards.dataset) / 2e6)
+
+
+def data_mirror():
+    return os.environ.get("HOMODYNE_DATA_MIRROR", config.get("data_mirror", ""))
