@@ -15,6 +15,7 @@ rule generate_dataset:
     resources:
         mem_mb=2000,
         runtime=lambda w: int(5 + dataset_points(w.dataset) / 1e8),
+        bench_slot=1,
     params:
         spec=lambda w: config["datasets"][w.dataset],
         physics=config["physics"],
