@@ -127,6 +127,7 @@ def main(argv=None) -> int:
     from homodyne.data.errors import DataFileError
     from homodyne.optimization.exceptions import NLSQOptimizationError
     from homodyne.output import OutputExistsError
+    from homodyne.pipeline import FitInterrupted
 
     argv = list(sys.argv[1:] if argv is None else argv)
     commands = {"generate": generate_main, "validate": validate_main}
@@ -140,6 +141,9 @@ def main(argv=None) -> int:
     except NLSQOptimizationError as exc:
         print(f"homodyne: fit failed: {exc}", file=sys.stderr)
         return EXIT_FIT_FAILED
+    except FitInterrupted as exc:
+        print(f"homodyne: {exc}", file=sys.stderr)
+        return 128 + (2 if exc.result.interrupted_by == "SIGINT" else 15)
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ reads plain data classes.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import math
 import os
@@ -73,7 +74,7 @@ SCHEMA = _s(
         contrast=("float", None, None),
         offset=("float", None, None),
     ),
-    parameter_space=_s(bounds=("bounds", [], None)),
+    parameter_space=_s(bounds=("bounds", {}, None)),  # defaults are in parsed form
     optimization=_s(
         method=("choice", "trf", ("trf", "lm")),
         max_iterations=("int", 100, "positive"),
@@ -160,7 +161,7 @@ def _validate(node, schema, prefix="") -> dict:
             out[k] = _validate(node.get(k), sub, key + ".")
             continue
         value = node.get(k, None)
-        out[k] = sub[1] if value is None else _value(key, value, sub)
+        out[k] = copy.deepcopy(sub[1]) if value is None else _value(key, value, sub)
     return out
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,10 +17,18 @@ from homodyne.model import ModelSpec, c2_on_frames
 from homodyne.optimization.engine import EngineOptions
 from homodyne.optimization.nlsq_wrapper import NLSQWrapper
 from homodyne.optimization.result import FitResult
-from homodyne.output import check_output_dir, write_fit_h5, write_json
+from homodyne.output import OutputExistsError, check_output_dir, write_fit_h5, write_json
 
 log = logging.getLogger("homodyne")
 MAX_PLOT_FRAMES = 600
+
+
+class FitInterrupted(Exception):
+    """The fit stopped on SIGINT/SIGTERM; the best result so far was written."""
+
+    def __init__(self, result: FitResult):
+        super().__init__(result.stop_reason)
+        self.result = result
 
 
 @dataclass
@@ -98,8 +107,46 @@ def make_wrapper(cfg: HomodyneConfig) -> NLSQWrapper:
 def run_from_config(cfg: HomodyneConfig, *, output_dir=None, overwrite: bool | None = None
                     ) -> FitRun:
     """Fit the configured data and write parameters, model, residuals, figures and a log."""
-    out = check_output_dir(output_dir or cfg.output["directory"],
-                           cfg.output["overwrite"] if overwrite is None else overwrite)
+    out = Path(output_dir or cfg.output["directory"])
+    with OutputLock(out):
+        out = check_output_dir(out, cfg.output["overwrite"] if overwrite is None else overwrite)
+        return _logged_run(cfg, out)
+
+
+class OutputLock:
+    """One run per output folder: a second run pointed at it is refused, not interleaved."""
+
+    def __init__(self, folder: Path):
+        self.path = Path(folder) / ".homodyne.lock"
+        self.fh = None
+
+    def __enter__(self):
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self.fh = open(self.path, "a+")  # noqa: SIM115 - held for the run
+        try:
+            fcntl.flock(self.fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.fh.seek(0)
+            holder = self.fh.read().strip() or "another run"
+            self.fh.close()
+            raise OutputExistsError(f"{self.path.parent} is in use by {holder}; wait for it to "
+                                    "finish or choose another --output-dir") from None
+        self.fh.seek(0)
+        self.fh.truncate()
+        self.fh.write(f"pid {os.getpid()}")
+        self.fh.flush()
+        return self
+
+    def __exit__(self, *exc):
+        import fcntl
+
+        fcntl.flock(self.fh.fileno(), fcntl.LOCK_UN)
+        self.fh.close()
+
+
+def _logged_run(cfg: HomodyneConfig, out: Path) -> FitRun:
     handler = logging.FileHandler(out / "fit.log", mode="w")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     handler.setLevel(logging.INFO)
@@ -130,6 +177,13 @@ def _run(cfg: HomodyneConfig, out: Path) -> FitRun:
                  result.coarse_passes, result.wall_time_s, result.peak_rss_mb or -1)
         for line in result.summary().splitlines():
             log.info(line)
+        if result.interrupted_by:
+            # best so far, under a name that does not block the resuming run
+            write_json(out / "parameters.interrupted.json", {
+                "data_file": source.path, "interrupted_by": result.interrupted_by,
+                **result.as_dict()})
+            log.warning("%s", result.stop_reason)
+            raise FitInterrupted(result)
         files = {"parameters": write_json(out / "parameters.json", {
             "homodyne_version": __version__, "data_file": source.path,
             "analysis_mode": spec.mode, "q": spec.q, "dt": spec.dt, "phi_deg": spec.phi_deg,

@@ -5,7 +5,10 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import signal
+import threading
 import time
+from contextlib import contextmanager
 
 import numpy as np
 import psutil
@@ -57,13 +60,33 @@ def run_fit(problem, data, x0, lb, ub, *, options: EngineOptions | None = None,
     if mon.manager is not None:
         mon.manager.acquire_lock()
     try:
-        if mon.manager is not None and resume:
-            mon.load_resume()
-        return _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequence,
-                       n_devices)
+        with _signals_to(mon):
+            if mon.manager is not None and resume:
+                mon.load_resume()
+            return _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0,
+                           recovery_sequence, n_devices)
     finally:
         if mon.manager is not None:
             mon.manager.release_lock()
+
+
+@contextmanager
+def _signals_to(mon: FitMonitor):
+    """SIGINT/SIGTERM only set a flag; the pass stops at the next chunk boundary (after
+    saving a checkpoint) so nothing half-written is left. Main thread only."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        mon.signal_received = signum
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequence, n_devices):
@@ -76,23 +99,26 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
                        "lam": st.lam}
 
     try:
-        if opts.coarse and data.n_points > 2 * opts.coarse_points:
-            sub = data.subsample(opts.coarse_points, opts.batch_size)
-            coarse_points = sub.n_points
+        for sub in coarse_levels(data, opts):
+            # each level starts a few of its own standard errors from its optimum, so
+            # the slow walk along correlated valleys happens on cheap levels
             runner = PassRunner(problem, sub, stage="coarse", monitor=mon)
             st = solve_lm(runner.evaluate, x, lb, ub, initial_damping=opts.initial_damping,
                           on_iteration=track, **_lm_kwargs(opts, True))
-            coarse_passes = st.evaluations
+            coarse_passes += st.evaluations
+            coarse_points = sub.n_points
             x = st.x
-            messages.append(f"coarse stage on {coarse_points:,} points: {st.reason}")
-            if st.reason.startswith("stopped"):
+            messages.append(f"coarse level of {sub.n_points:,} points: {st.evaluations} "
+                            f"passes, {st.reason}")
+            if st.reason.startswith("stopped") or mon.signal_received is not None:
                 return build_result(problem, st, x0, lb, ub, strategy=strategy, mon=mon,
                                     coarse_passes=coarse_passes, coarse_points=coarse_points,
                                     batch_size=data.batch_size, t0=t0, messages=messages)
         runner = PassRunner(problem, data, stage="full", monitor=mon, n_devices=n_devices)
         st = solve_lm(runner.evaluate, x, lb, ub, initial_damping=opts.initial_damping,
                       on_iteration=track, **_lm_kwargs(opts, False))
-        for name in recovery_sequence if mon.applicator is not None else ():
+        for name in recovery_sequence if mon.applicator is not None and \
+                mon.signal_received is None else ():
             if st.converged or not st.reason.startswith("damping overflow"):
                 break
             # the solver stalled: restart once from a perturbed copy of the best point
@@ -105,10 +131,26 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
                 st = st2
     except StopFit as stop:  # stopped during a stage's very first pass
         st = _unevaluated(x, str(stop))
-    mon.save_final(st.x)
+    if mon.signal_received is None:
+        mon.save_final(st.x)
     return build_result(problem, st, x0, lb, ub, strategy=strategy, mon=mon,
                         coarse_passes=coarse_passes, coarse_points=coarse_points,
                         batch_size=data.batch_size, t0=t0, messages=messages)
+
+
+def coarse_levels(data, opts: EngineOptions):
+    """Nested strided subsamples, smallest first: coarse_points x factor^k up to a quarter
+    of the data (at most coarse_max_level_points, held as float32). One read of the data
+    collects the densest level; the sparser ones are strided subsets of it."""
+    if not opts.coarse or data.n_points <= 2 * opts.coarse_points:
+        return []
+    sizes = [opts.coarse_points]
+    while sizes[-1] * opts.coarse_level_factor <= min(data.n_points / 4,
+                                                      opts.coarse_max_level_points):
+        sizes.append(sizes[-1] * opts.coarse_level_factor)
+    dense = data.subsample(sizes[-1], opts.batch_size, dtype=np.float32)
+    levels = [dense.subsample(m, opts.batch_size) for m in sizes[:-1]] + [dense]
+    return levels
 
 
 def _unevaluated(x, reason):
@@ -163,6 +205,8 @@ def build_result(problem, st, x0, lb, ub, *, strategy, mon, coarse_passes, coars
         recovery_actions=list(mon.recovery_actions),
         history=st.history,
         messages=messages,
+        interrupted_by=signal.Signals(mon.signal_received).name
+        if mon.signal_received is not None else None,
     )
 
 

@@ -39,6 +39,8 @@ class EngineOptions:
     initial_damping: float = 1e-3
     coarse: bool = True
     coarse_points: int = 250_000
+    coarse_max_level_points: int = 16_000_000
+    coarse_level_factor: int = 8
     coarse_step_tol_se: float = 1e-2
     coarse_max_iterations: int = 200
     batch_size: int = 65_536

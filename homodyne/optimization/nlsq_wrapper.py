@@ -26,6 +26,7 @@ from homodyne.optimization.strategy import DEFAULT_BATCH, DatasetSizeStrategy, O
 
 METHODS = ("trf", "lm")
 CALLS_PER_PASS_CHUNKED = 32
+COMPILE_ALLOWANCE = 200 * 2**20  # XLA compilation and runtime growth during a fit
 
 
 def _array_digest(columns: dict) -> str:
@@ -140,8 +141,9 @@ class NLSQWrapper:
         """Where the data live for this tier (the only thing a tier changes)."""
         devs = self.devices()
         if tier == OptimizationStrategy.STREAMING:
-            data = (StreamingData(source, batch, self._streaming_calls()) if cols is None
-                    else HostArrayData(cols, n, batch, self._streaming_calls()))
+            calls = max(1, min(self._streaming_calls(), math.ceil(n / batch)))  # no idle padding
+            data = (StreamingData(source, batch, calls) if cols is None
+                    else HostArrayData(cols, n, batch, calls))
             data.devices = devs if len(devs) > 1 else []
             if self.adaptive_batching:
                 data.max_batch_size = self.max_batch_size
@@ -155,6 +157,38 @@ class NLSQWrapper:
                                  "mid-pass; use strategy 'streaming' or one device")
             return ShardedData(cols, n, batch, devs, calls)
         return InMemoryData(cols, n, batch, batches_per_call=calls)
+
+    def memory_plan(self, tier, n_points: int, n_params: int, batch: int) -> int:
+        """Honour ``memory_limit_gb``: the batch size that keeps the fit under it.
+
+        Budget = this process's resident memory now (the JAX runtime) + a compilation
+        allowance + the coarse subsample + the batches of one call, with data held in
+        memory for the in-memory tiers. Raises NLSQMemoryError naming the smallest
+        workable limit when even the smallest batch would not fit.
+        """
+        if self.memory_limit_gb is None:
+            return batch
+        import psutil
+
+        from homodyne.optimization.exceptions import NLSQMemoryError
+        from homodyne.optimization.strategy import MIN_BATCH, bytes_per_point
+
+        limit = self.memory_limit_gb * 2**30
+        base = psutil.Process().memory_info().rss + COMPILE_ALLOWANCE
+        coarse = min(n_points, self.options.coarse_points) * (8 + bytes_per_point(n_params)) \
+            if self.options.coarse else 0
+        held = 0 if tier == OptimizationStrategy.STREAMING else 8 * n_points
+        per_point = (bytes_per_point(n_params) + 3 * 8) * (self._streaming_calls()
+                                                          if tier == "STREAMING" else 1)
+        smallest = base + coarse + held + per_point * MIN_BATCH
+        if smallest > limit:
+            raise NLSQMemoryError(
+                f"performance.memory_limit_gb = {self.memory_limit_gb:g} is too small for this "
+                f"fit ({n_points:,} points, tier {tier}); the smallest workable value is "
+                f"{smallest / 2**30 * 1.1:.2f} GB (runtime {base / 2**30:.2f} GB + coarse sample "
+                f"{coarse / 2**30:.2f} GB + data {held / 2**30:.2f} GB + one batch)")
+        fit = int((0.9 * limit - base - coarse - held) / per_point)
+        return max(MIN_BATCH, min(batch, fit))
 
     def _calls(self, tier, n_points, batch) -> int | None:
         if tier == OptimizationStrategy.CHUNKED:
@@ -198,6 +232,7 @@ class NLSQWrapper:
                                  memory_limit_gb=self.memory_limit_gb)
         tier = self.select_strategy(y.size, p0.size, strategy)
         batch = min(self._batch(tier, y.size, p0.size), max(y.size, 1))
+        batch = self.memory_plan(tier, y.size, p0.size, batch)
         cols = {"x": x, "y": y}
         if sigma is not None:
             s = np.broadcast_to(np.asarray(sigma, float), y.shape)
@@ -219,6 +254,7 @@ class NLSQWrapper:
         n = spec.n_points
         tier = self.select_strategy(n, spec.n_params, strategy)
         batch = min(self._batch(tier, n, spec.n_params), n)
+        batch = self.memory_plan(tier, n, spec.n_params, batch)
         problem = TwoTimeProblem(spec, validate=self.validate)
         data = self._data(tier, None if y is None else {"y": y}, n, batch, source)
         return self._run(problem, data, p0, lb, ub, tier, batch,

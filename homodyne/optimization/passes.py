@@ -38,6 +38,31 @@ log = logging.getLogger("homodyne.engine")
 STAGES = ("coarse", "full")
 
 
+def _libc():
+    import ctypes
+    import ctypes.util
+
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+    except OSError:
+        return None
+
+
+_LIBC = _libc()
+
+
+def limit_heap_arenas(n: int = 2) -> None:
+    """Cap glibc's malloc arenas: the reader thread's freed buffers then stay reusable
+    instead of growing a per-thread heap (constant memory when streaming)."""
+    if _LIBC is not None and hasattr(_LIBC, "mallopt"):
+        _LIBC.mallopt(-8, n)  # M_ARENA_MAX
+
+
+def _trim_heap() -> None:
+    if _LIBC is not None and hasattr(_LIBC, "malloc_trim"):
+        _LIBC.malloc_trim(0)
+
+
 def _memory_allows(points: int) -> bool:
     """True when a batch run of ``points`` points leaves most of the free memory free."""
     import psutil
@@ -47,6 +72,14 @@ def _memory_allows(points: int) -> bool:
 
 class StopFit(Exception):
     """Raised inside a pass to stop the fit cleanly (callback, signal)."""
+
+
+class Interrupted(StopFit):
+    """SIGINT or SIGTERM arrived: a checkpoint was saved (when enabled) and the fit stops."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum
 
 
 @dataclass
@@ -89,6 +122,9 @@ class FitMonitor:
     lm_info: dict = field(default_factory=dict)
     checkpoint_seconds: list[float] = field(default_factory=list)
     resumed_from: int | None = None
+    checkpoint_errors: list[str] = field(default_factory=list)
+    signal_received: int | None = None
+    last_checkpoint: str | None = None
     _last_saved: int = 0
 
     # --- resume -------------------------------------------------------------------
@@ -141,16 +177,43 @@ class FitMonitor:
         return int(r["next_batch"]), {k: np.asarray(v) for k, v in r["partial"].items()}
 
     # --- checkpoints ------------------------------------------------------------------
-    def maybe_save(self, stage, x, next_batch, partial) -> None:
+    def maybe_save(self, stage, x, next_batch, partial, force: bool = False) -> None:
         m = self.manager
-        if m is None or self.batches_done - self._last_saved < m.checkpoint_frequency:
+        if m is None or (not force and
+                         self.batches_done - self._last_saved < m.checkpoint_frequency):
             return
         t0 = time.perf_counter()
-        m.save_checkpoint(self.batches_done, self._state(stage, x, next_batch, partial),
-                          fingerprint=self.fingerprint)
-        m.cleanup_old_checkpoints()
+        try:
+            path = m.save_checkpoint(self.batches_done,
+                                     self._state(stage, x, next_batch, partial),
+                                     fingerprint=self.fingerprint)
+            m.cleanup_old_checkpoints()
+        except OSError as exc:
+            # a full disk or an I/O error: the previous checkpoint stays valid (atomic
+            # writes), the fit goes on, and the error is reported
+            msg = f"checkpoint at batch {self.batches_done} not written: {exc}"
+            log.error("%s; the previous checkpoint stays valid", msg)
+            self.checkpoint_errors.append(msg)
+            return
+        self.last_checkpoint = str(path)
         self._last_saved = self.batches_done
         self.checkpoint_seconds.append(time.perf_counter() - t0)
+
+    def check_signal(self, stage, x, next_batch, partial) -> None:
+        """After each chunk: on SIGINT/SIGTERM save a checkpoint now and stop."""
+        if self.signal_received is None:
+            return
+        import signal as _signal
+
+        name = _signal.Signals(self.signal_received).name
+        self.maybe_save(stage, x, next_batch, partial, force=True)
+        if self.manager is not None and self.last_checkpoint:
+            how = (f"checkpoint saved at batch {self.batches_done} "
+                   f"({self.last_checkpoint}); run the same command again to resume")
+        else:
+            how = ("checkpoints are off (optimization.streaming.enable_checkpoints: true "
+                   "makes the next run resume); the best parameters so far are kept")
+        raise Interrupted(self.signal_received, f"interrupted by {name}: {how}")
 
     def save_final(self, x) -> None:
         if self.manager is not None:
@@ -201,6 +264,7 @@ class FitMonitor:
             "average_iterations_per_batch": float(len(full)),
             "excluded_batches": {s: sorted(v) for s, v in self.excluded.items()},
             "checkpoint_saves": len(self.checkpoint_seconds),
+            "checkpoint_errors": list(self.checkpoint_errors),
             "checkpoint_save_seconds_max": max(self.checkpoint_seconds, default=0.0),
             "resumed_from_batch": self.resumed_from,
         }
@@ -380,7 +444,15 @@ class PassRunner:
             if mon.progress is not None:
                 mon.progress.update(int(np.sum(n[:real])), real, len(mon.failures),
                                     mon.batches_done, float(np.sum(cost[:real])))
-            mon.maybe_save(self.stage, x, chunk.pass_batch + G, jax.device_get(acc))
+            next_batch = chunk.pass_batch + G
+            if mon.manager is not None and (mon.signal_received is not None or
+                                            mon.batches_done - mon._last_saved >=
+                                            mon.manager.checkpoint_frequency):
+                partial = jax.device_get(acc)
+                mon.maybe_save(self.stage, x, next_batch, partial)
+                mon.check_signal(self.stage, x, next_batch, partial)
+            elif mon.signal_received is not None:
+                mon.check_signal(self.stage, x, next_batch, None)
         ne = self.problem.assemble(jax.device_get(acc))
         if first:
             self._first_done = True
@@ -401,6 +473,8 @@ class PassRunner:
                                 if mon.applicator else "reduce_step_size (0.5x)")
         seconds = time.perf_counter() - t0
         mon.passes.append(PassRecord(self.stage, x.copy(), ne, seconds, n_real, 0))
+        if getattr(self.data, "devices", None) is not None:  # streamed: give memory back
+            _trim_heap()
         adapt = getattr(self.data, "adapt", None)
         if adapt is not None and not excluded and mon.manager is None and \
                 adapt(seconds, _memory_allows):

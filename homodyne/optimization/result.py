@@ -39,6 +39,7 @@ class FitResult:
     recovery_actions: list = field(default_factory=list)
     history: list = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
+    interrupted_by: str | None = None  # "SIGINT"/"SIGTERM" when a signal stopped the fit
 
     @property
     def x(self) -> np.ndarray:

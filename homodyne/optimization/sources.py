@@ -69,10 +69,12 @@ class InMemoryData:
             yield Chunk(self.columns, first, self.origin, self.n_points, first,
                         min(G, self.n_batches - first), self.device)
 
-    def subsample(self, max_points: int, batch_size: int):
+    def subsample(self, max_points: int, batch_size: int, dtype=None):
         """Every s-th point (s = ceil(n / max_points)), as a new in-memory dataset."""
         s = max(1, math.ceil(self.n_points / max_points))
         cols = {k: np.asarray(v[..., : self.n_points : s]) for k, v in self.columns.items()}
+        if dtype is not None:
+            cols = {k: v.astype(dtype) for k, v in cols.items()}
         n = cols["y"].shape[-1]
         return InMemoryData(cols, n, min(batch_size, n), origin=self.origin,
                             stride=self.stride * s)
@@ -152,9 +154,10 @@ class ShardedData:
                 yield Chunk(c.columns, c.first_batch, c.origin, c.n_valid, b0 + c.pass_batch,
                             c.n_batches, c.device)
 
-    def subsample(self, max_points: int, batch_size: int):
+    def subsample(self, max_points: int, batch_size: int, dtype=None):
         s = max(1, math.ceil(self.n_points / max_points))
-        cols = {k: np.asarray(v)[..., :: s] for k, v in self._host.items()}
+        cols = {k: np.asarray(v)[..., :: s].astype(dtype or v.dtype) for k, v in
+                self._host.items()}
         n = cols["y"].shape[-1]
         return InMemoryData(cols, n, min(batch_size, n), stride=s)
 
@@ -187,9 +190,10 @@ class HostArrayData(_Batched):
             yield Chunk(cols, 0, lo, hi - lo, first, math.ceil((hi - lo) / B),
                         _round_robin(self.devices, first // G))
 
-    def subsample(self, max_points: int, batch_size: int) -> InMemoryData:
+    def subsample(self, max_points: int, batch_size: int, dtype=None) -> InMemoryData:
         s = max(1, math.ceil(self.n_points / max_points))
-        cols = {k: np.asarray(v[..., :: s]) for k, v in self.columns.items()}
+        cols = {k: np.asarray(v[..., :: s]).astype(dtype or v.dtype) for k, v in
+                self.columns.items()}
         n = cols["y"].shape[-1]
         return InMemoryData(cols, n, min(batch_size, n), stride=s)
 
@@ -199,6 +203,9 @@ class StreamingData(_Batched):
 
     def __init__(self, source, batch_size: int, batches_per_call: int = 8,
                  prefetch: bool = True, dtype=np.float64):
+        from homodyne.optimization.passes import limit_heap_arenas
+
+        limit_heap_arenas()
         self.source = source
         self.n_points = source.n_points
         self.batch_size = int(batch_size)
@@ -244,12 +251,14 @@ class StreamingData(_Batched):
                 yield Chunk({"y": y}, 0, pos, n, pos // B, math.ceil(n / B),
                             _round_robin(self.devices, pos // (B * G)))
 
-    def subsample(self, max_points: int, batch_size: int) -> InMemoryData:
+    def subsample(self, max_points: int, batch_size: int, dtype=None) -> InMemoryData:
         """Every s-th point, collected in one sequential read (memory: the sample)."""
         s = max(1, math.ceil(self.n_points / max_points))
         parts = []
         for pos, vals in self._runs(0):
             first = (-pos) % s
-            parts.append(vals[first::s])
+            # a copy: a view would keep the whole run alive until the end
+            parts.append(vals[first::s].astype(dtype or vals.dtype))
         y = np.concatenate(parts)
+        del parts
         return InMemoryData({"y": y}, y.size, min(batch_size, y.size), stride=s)

@@ -63,7 +63,8 @@ def write_fit_summary(out_md, chx_dir, aging_dir, laminar_dir) -> Path:
           f"({aging['stop_reason']})",
           f"- reduced chi2 = {aging['reduced_chi_squared']:.4g} with the error model above.",
           "- The reported errors understate the point-to-point scatter of g2 by the factors in "
-          "the table (median |dg2| over adjacent delays / combined error); delays below "
+          "the table (robust scatter of second differences over adjacent delays / their "
+          "reported error, 1 = honest errors); delays below "
           f"{aging['min_tau_s']} s scatter most and are excluded.",
           f"- q² scaling: median log-log slope of the free per-age rates = "
           f"{_fmt(aging['q_scaling_slope_median'])} (2 = diffusive), where rates are resolved "

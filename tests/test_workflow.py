@@ -1,0 +1,133 @@
+"""The Snakemake workflow, run for real on a temporary copy of the repository."""
+
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+pytestmark = pytest.mark.skipif(not SNAKEMAKE.exists(), reason="snakemake not installed")
+
+TINY = {
+    "datasets": {
+        "static_tiny": {"mode": "static", "angles": [0, 60], "frames": 140, "seed": 1},
+        "laminar_tiny": {"mode": "laminar_flow", "angles": [0, 45, 90], "frames": 120,
+                         "seed": 2},
+    },
+    "benchmark": {
+        "tiers": {"static_tiny": ["standard", "streaming"], "laminar_tiny": ["streaming"]},
+        "devices": ["cpu", "gpu"],
+        "overhead_dataset": "static_tiny",
+        "overhead_tier": "streaming",
+        "checkpoint_frequencies": [10],
+        "fault_modes": ["none", "fast"],
+        "peers": {"datasets": ["static_tiny"], "methods": ["scipy-trf", "nlsq-curve_fit"],
+                  "scipy_max_points": 100000, "nlsq_max_points": 100},
+    },
+    "fits": {"laminar_synthetic": {"frames": 100, "angles": [0, 45, 90], "seed": 3}},
+}
+
+
+@pytest.fixture(scope="module")
+def repo_copy(tmp_path_factory):
+    dst = tmp_path_factory.mktemp("wf") / "repo"
+    shutil.copytree(REPO, dst, ignore=shutil.ignore_patterns(
+        ".git", ".venv", "results", ".snakemake", "__pycache__", ".pytest_cache", "*.egg-info"))
+    cfg = yaml.safe_load((REPO / "config/test.yaml").read_text())
+    for k, v in TINY.items():
+        cfg[k] = v if k != "fits" else {**cfg["fits"], **v}
+    mirror = REPO.parent / "shared" / "data" / "real"
+    cfg["data_mirror"] = str(os.environ.get("HOMODYNE_DATA_MIRROR", mirror))
+    (dst / "config/tiny.yaml").write_text(yaml.safe_dump(cfg))
+    return dst
+
+
+def smk(repo, *args, check=True, timeout=900):
+    env = dict(os.environ, PATH=f"{SNAKEMAKE.parent}:{os.environ['PATH']}")
+    proc = subprocess.run([str(SNAKEMAKE), *args], cwd=repo, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"snakemake {' '.join(args)} failed:\n{proc.stdout[-3000:]}\n"
+                             f"{proc.stderr[-3000:]}")
+    return proc
+
+
+@pytest.mark.parametrize("target", ["fit", "benchmark"])
+@pytest.mark.parametrize("profile", ["default", "slurm", "slurm-gpu"])
+def test_dry_runs_with_every_profile(repo_copy, target, profile):
+    out = smk(repo_copy, "-n", target, "--configfile", "config/test.yaml", "--profile",
+              f"profiles/{profile}")
+    assert "This was a dry-run" in out.stdout
+
+
+def test_full_config_dry_run_covers_the_grid(repo_copy):
+    out = smk(repo_copy, "-n", "benchmark").stdout
+    for name in ("static_1B", "laminar_1B", "engine_streaming_gpu", "peer_nlsq-curve_fit_large",
+                 "ckpt100", "ft-validation"):
+        assert name in out
+
+
+def test_lint_and_format(repo_copy):
+    smk(repo_copy, "--lint")
+    snakefmt = SNAKEMAKE.with_name("snakefmt")
+    if snakefmt.exists():
+        subprocess.run([str(snakefmt), "--check", "Snakefile", "workflow"], cwd=repo_copy,
+                       check=True, capture_output=True)
+
+
+def test_bad_config_is_rejected_by_the_schema(repo_copy):
+    cfg = yaml.safe_load((repo_copy / "config/tiny.yaml").read_text())
+    cfg["datasets"]["static_tiny"]["frames"] = "many"
+    (repo_copy / "config/bad.yaml").write_text(yaml.safe_dump(cfg))
+    out = smk(repo_copy, "-n", "benchmark", "--configfile", "config/bad.yaml", check=False)
+    assert out.returncode != 0
+    text = out.stdout + out.stderr
+    assert "'many' is not of type 'integer'" in text and "frames" in text
+
+
+def test_benchmark_runs_and_summarises(repo_copy):
+    smk(repo_copy, "--cores", "2", "benchmark", "--configfile", "config/tiny.yaml")
+    res = repo_copy / "results/benchmark"
+    targets = pd.read_csv(res / "summary.csv")
+    runs = pd.read_csv(res / "runs.csv")
+    assert {"target", "guide", "ours", "status"} <= set(targets.columns)
+    assert set(targets["status"]) <= {"PASS", "FAIL", "not run"}
+    eng = runs[(runs["kind"] == "engine") & runs["unavailable"].isna()]
+    assert len(eng) >= 6
+    for col in ("wall_s", "points_per_s", "residuals_per_s_per_pass", "peak_rss_mb"):
+        assert eng[col].map(math.isfinite).all() and (eng[col] > 0).all(), col
+    # every engine run lands on the reference optimum (scipy TRF on the static data)
+    static = eng[eng["dataset"] == "static_tiny"]
+    assert (static["reference"] == "scipy-trf").all() and (static["dist_ref_se"] < 1e-2).all()
+    gpu = runs[runs["name"].str.contains("gpu", na=False)]
+    assert gpu["unavailable"].str.contains("no GPU").all() or gpu["unavailable"].isna().all()
+    nlsq = runs[runs["name"] == "nlsq-curve_fit"]
+    assert nlsq["unavailable"].notna().all()  # skipped past nlsq_max_points or not installed
+    for png in ("memory_vs_points", "throughput_vs_points", "ours_vs_peers"):
+        assert (res / f"{png}.png").stat().st_size > 1000
+    assert "| target" in (res / "summary.md").read_text()
+
+
+def test_fit_target_on_real_data(repo_copy, real_data):
+    smk(repo_copy, "--cores", "2", "fit", "--configfile", "config/tiny.yaml")
+    fits = repo_copy / "results/fits"
+    summary = (fits / "summary.md").read_text()
+    assert "CHX two-time" in summary and "aging" in summary and "Laminar flow" in summary
+    for name in ("chx", "aging", "laminar"):
+        p = json.loads((fits / name / "parameters.json").read_text())
+        vals = p["parameters"]
+        assert all(math.isfinite(v) for v in vals)
+        unc = [u for u in p["uncertainties"] if isinstance(u, float)]
+        assert unc and all(u > 0 for u in unc)
+        assert p["n_points"] > 1000
+    for png in ("chx/rate_vs_age.png", "chx/c2_heatmaps.png", "aging/q2_scaling.png",
+                "aging/g2_fits_and_residuals.png", "laminar/fit/c2_heatmaps.png"):
+        assert (fits / png).stat().st_size > 1000
