@@ -161,7 +161,29 @@ def _logged_run(cfg: HomodyneConfig, out: Path) -> FitRun:
         handler.close()
 
 
+def jax_device(name: str):
+    """The JAX device for performance.device ("cpu" or "gpu"), or a clear error."""
+    import jax
+
+    from homodyne.config import ConfigError
+
+    if name == "gpu":
+        gpus = [d for d in jax.devices() if d.platform == "gpu"]
+        if not gpus:
+            raise ConfigError("performance.device", "'gpu' requested but JAX sees no GPU; "
+                              "install the CUDA build (pip install -e '.[gpu]') or use 'cpu'")
+        return gpus[0]
+    return jax.devices("cpu")[0]
+
+
 def _run(cfg: HomodyneConfig, out: Path) -> FitRun:
+    import jax
+
+    with jax.default_device(jax_device(cfg.performance["device"])):
+        return _run_on_device(cfg, out)
+
+
+def _run_on_device(cfg: HomodyneConfig, out: Path) -> FitRun:
     t0 = time.perf_counter()
     with open_data(cfg) as source:
         spec = model_spec(cfg, source)

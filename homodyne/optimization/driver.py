@@ -66,6 +66,7 @@ def run_fit(problem, data, x0, lb, ub, *, options: EngineOptions | None = None,
             return _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0,
                            recovery_sequence, n_devices)
     finally:
+        mon.flush()
         if mon.manager is not None:
             mon.manager.release_lock()
 

@@ -26,6 +26,7 @@ import logging
 import math
 import time
 from collections import Counter
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -126,6 +127,8 @@ class FitMonitor:
     signal_received: int | None = None
     last_checkpoint: str | None = None
     _last_saved: int = 0
+    _writer: ThreadPoolExecutor | None = None
+    _pending: Future | None = None
 
     # --- resume -------------------------------------------------------------------
     def load_resume(self) -> None:
@@ -178,26 +181,51 @@ class FitMonitor:
 
     # --- checkpoints ------------------------------------------------------------------
     def maybe_save(self, stage, x, next_batch, partial, force: bool = False) -> None:
+        """Snapshot the state (p x p arrays, cheap) and write it on a background thread,
+        so the file I/O overlaps the next batches. While a previous save is still being
+        written the interval is skipped (never a stall); ``force`` waits and writes now."""
         m = self.manager
         if m is None or (not force and
                          self.batches_done - self._last_saved < m.checkpoint_frequency):
             return
+        busy = self._pending is not None and not self._pending.done()
+        if busy and not force:
+            return
+        if self._pending is not None:
+            self._pending.result()
+        state = self._state(stage, x, next_batch, partial)
+        batch = self.batches_done
+        self._last_saved = batch
+        if force:
+            self._write(batch, state)
+            return
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="homodyne-ckpt")
+        self._pending = self._writer.submit(self._write, batch, state)
+
+    def _write(self, batch: int, state: dict) -> None:
         t0 = time.perf_counter()
         try:
-            path = m.save_checkpoint(self.batches_done,
-                                     self._state(stage, x, next_batch, partial),
-                                     fingerprint=self.fingerprint)
-            m.cleanup_old_checkpoints()
+            path = self.manager.save_checkpoint(batch, state, fingerprint=self.fingerprint)
+            self.manager.cleanup_old_checkpoints()
         except OSError as exc:
             # a full disk or an I/O error: the previous checkpoint stays valid (atomic
             # writes), the fit goes on, and the error is reported
-            msg = f"checkpoint at batch {self.batches_done} not written: {exc}"
+            msg = f"checkpoint at batch {batch} not written: {exc}"
             log.error("%s; the previous checkpoint stays valid", msg)
             self.checkpoint_errors.append(msg)
             return
         self.last_checkpoint = str(path)
-        self._last_saved = self.batches_done
         self.checkpoint_seconds.append(time.perf_counter() - t0)
+
+    def flush(self) -> None:
+        """Wait for a checkpoint still being written (end of fit, signals)."""
+        if self._pending is not None:
+            self._pending.result()
+            self._pending = None
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writer = None
 
     def check_signal(self, stage, x, next_batch, partial) -> None:
         """After each chunk: on SIGINT/SIGTERM save a checkpoint now and stop."""
@@ -216,6 +244,7 @@ class FitMonitor:
         raise Interrupted(self.signal_received, f"interrupted by {name}: {how}")
 
     def save_final(self, x) -> None:
+        self.flush()
         if self.manager is not None:
             self.manager.save_checkpoint(self.batches_done, self._state(None, x, 0, None),
                                          fingerprint=self.fingerprint)
