@@ -180,7 +180,25 @@ def bench_scipy(data_path, out_json, *, max_points: int) -> dict:
     return rec
 
 
-def bench_nlsq(data_path, out_json, *, method: str, max_points: int) -> dict:
+class PeerTimeout(Exception):
+    """A peer ran past its time limit."""
+
+
+def _alarm(seconds):
+    """Raise PeerTimeout in the main thread after ``seconds`` (None: no limit)."""
+    import signal
+
+    def handler(signum, frame):
+        raise PeerTimeout(f"did not finish within {seconds} s")
+
+    if seconds:
+        signal.signal(signal.SIGALRM, handler)
+        signal.alarm(int(seconds))
+    return lambda: signal.alarm(0) if seconds else None
+
+
+def bench_nlsq(data_path, out_json, *, method: str, max_points: int,
+               timeout_s: int | None = None) -> dict:
     """nlsq's curve_fit / curve_fit_large / hybrid streaming on the same data."""
     from homodyne.optimization.nlsq_backend import fit_with_nlsq, nlsq_available
 
@@ -204,12 +222,15 @@ def bench_nlsq(data_path, out_json, *, method: str, max_points: int) -> dict:
         t0 = time.perf_counter()
         y = src.read_packed()
         x = np.arange(spec.n_points, dtype=np.float64)
+        cancel = _alarm(timeout_s)
         try:
             r = fit_with_nlsq(model, x, y, p0, lb, ub, method=method)
             error = None
         except Exception as exc:  # noqa: BLE001 - a peer's failure is a result, recorded
             error = f"{type(exc).__name__}: {exc}"
             traceback.print_exc()
+        finally:
+            cancel()
         wall = time.perf_counter() - t0
     if error:
         return _unavailable(out_json, "peer", name, data_path, f"failed: {error}")

@@ -15,5 +15,6 @@ if method == "scipy-trf":
     rec = bench_scipy(data, out, max_points=peers.get("scipy_max_points", 10_000_000))
 else:
     rec = bench_nlsq(data, out, method=method.removeprefix("nlsq-"),
-                     max_points=peers.get("nlsq_max_points", 1_000_000))
+                     max_points=peers.get("nlsq_max_points", 1_000_000),
+                     timeout_s=peers.get("timeout_s"))
 print(rec)
