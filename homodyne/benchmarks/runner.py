@@ -180,25 +180,29 @@ def bench_scipy(data_path, out_json, *, max_points: int) -> dict:
     return rec
 
 
-class PeerTimeout(Exception):
-    """A peer ran past its time limit."""
+def run_peer_with_timeout(data_path, out_json, *, method: str, max_points: int,
+                          timeout_s: int | None) -> dict:
+    """Run an nlsq peer in a child process that is killed after ``timeout_s`` (a signal
+    cannot interrupt a long compiled JAX loop); a timeout is recorded as a result."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from homodyne.benchmarks.runner import bench_nlsq; "
+            "bench_nlsq(sys.argv[1], sys.argv[2], method=sys.argv[3], "
+            "max_points=int(sys.argv[4]))")
+    try:
+        subprocess.run([sys.executable, "-c", code, str(data_path), str(out_json), method,
+                        str(max_points)], check=True, timeout=timeout_s)
+    except subprocess.TimeoutExpired:
+        return _unavailable(out_json, "peer", f"nlsq-{method}", data_path,
+                            f"timed out: did not finish within {timeout_s} s")
+    except subprocess.CalledProcessError as exc:
+        return _unavailable(out_json, "peer", f"nlsq-{method}", data_path,
+                            f"failed: exit status {exc.returncode}")
+    return json.loads(Path(out_json).read_text())
 
 
-def _alarm(seconds):
-    """Raise PeerTimeout in the main thread after ``seconds`` (None: no limit)."""
-    import signal
-
-    def handler(signum, frame):
-        raise PeerTimeout(f"did not finish within {seconds} s")
-
-    if seconds:
-        signal.signal(signal.SIGALRM, handler)
-        signal.alarm(int(seconds))
-    return lambda: signal.alarm(0) if seconds else None
-
-
-def bench_nlsq(data_path, out_json, *, method: str, max_points: int,
-               timeout_s: int | None = None) -> dict:
+def bench_nlsq(data_path, out_json, *, method: str, max_points: int) -> dict:
     """nlsq's curve_fit / curve_fit_large / hybrid streaming on the same data."""
     from homodyne.optimization.nlsq_backend import fit_with_nlsq, nlsq_available
 
@@ -222,15 +226,12 @@ def bench_nlsq(data_path, out_json, *, method: str, max_points: int,
         t0 = time.perf_counter()
         y = src.read_packed()
         x = np.arange(spec.n_points, dtype=np.float64)
-        cancel = _alarm(timeout_s)
         try:
             r = fit_with_nlsq(model, x, y, p0, lb, ub, method=method)
             error = None
         except Exception as exc:  # noqa: BLE001 - a peer's failure is a result, recorded
             error = f"{type(exc).__name__}: {exc}"
             traceback.print_exc()
-        finally:
-            cancel()
         wall = time.perf_counter() - t0
     if error:
         return _unavailable(out_json, "peer", name, data_path, f"failed: {error}")

@@ -5,7 +5,7 @@ import sys
 sys.path.insert(0, str(__import__("pathlib").Path(snakemake.scriptdir)))  # noqa: F821
 from _log import redirect  # noqa: E402
 
-from homodyne.benchmarks.runner import bench_nlsq, bench_scipy  # noqa: E402
+from homodyne.benchmarks.runner import bench_scipy, run_peer_with_timeout  # noqa: E402
 
 redirect(snakemake)  # noqa: F821
 method = snakemake.wildcards.method  # noqa: F821
@@ -14,7 +14,7 @@ data, out = snakemake.input[0], snakemake.output[0]  # noqa: F821
 if method == "scipy-trf":
     rec = bench_scipy(data, out, max_points=peers.get("scipy_max_points", 10_000_000))
 else:
-    rec = bench_nlsq(data, out, method=method.removeprefix("nlsq-"),
-                     max_points=peers.get("nlsq_max_points", 1_000_000),
-                     timeout_s=peers.get("timeout_s"))
+    rec = run_peer_with_timeout(data, out, method=method.removeprefix("nlsq-"),
+                                max_points=peers.get("nlsq_max_points", 1_000_000),
+                                timeout_s=peers.get("timeout_s"))
 print(rec)
