@@ -100,7 +100,7 @@ def per_age_rates(tab: pd.DataFrame) -> pd.DataFrame:
                 warnings.simplefilter("ignore")
                 p, cov = curve_fit(lambda t, o, c, G: o + c * np.exp(-G * t), tau, y,
                                    p0=[base, c0, np.log(2) / max(half, 1e-4)], sigma=s,
-                                   absolute_sigma=True, bounds=([0.5, 0, 0], [2, 2, 1e5]),
+                                   absolute_sigma=False, bounds=([0.5, 0, 0], [2, 2, 1e5]),
                                    max_nfev=2000)
             err = float(np.sqrt(cov[2, 2]))
         except (RuntimeError, ValueError):
