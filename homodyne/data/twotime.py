@@ -210,12 +210,6 @@ class TwoTimeSource:
         upper = np.triu(out, 1)
         return upper + upper.T + np.diag(np.diag(out))
 
-    def read_matrix(self, angle: int) -> np.ndarray:
-        """One angle's selected matrix, symmetrised from its upper triangle (for plots)."""
-        block = self._read_rows(angle, 0, self.n_frames)
-        upper = np.triu(block, 1)
-        return upper + upper.T + np.diag(np.diag(block))
-
 
 def _row_of(k: int, n: int) -> int:
     """Row of position k in the strict upper triangle (exact integer version)."""

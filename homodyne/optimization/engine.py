@@ -44,7 +44,6 @@ class EngineOptions:
     coarse_step_tol_se: float = 1e-2
     coarse_max_iterations: int = 200
     batch_size: int = 65_536
-    batches_per_call: int | None = None
 
 
 # --- linear algebra on the p x p state -------------------------------------------
@@ -90,11 +89,6 @@ def covariance_from_normal(H: np.ndarray, scale: float, free=None) -> np.ndarray
         sub[undetermined, undetermined] = np.inf
         cov[np.ix_(idx, idx)] = sub
     return cov
-
-
-def undetermined_parameters(H: np.ndarray) -> np.ndarray:
-    """Mask of parameters the data do not determine (null space of JᵀJ)."""
-    return ~np.isfinite(np.diag(covariance_from_normal(H, 1.0)))
 
 
 def _free_set(x, g, lb, ub) -> np.ndarray:
