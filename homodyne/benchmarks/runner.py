@@ -59,6 +59,7 @@ def _record(kind, name, src, spec, t_wall, rss, params, se, truth, extra) -> dic
         "mode": spec.mode, "n_params": spec.n_params, "wall_s": t_wall,
         "points_per_s": spec.n_points / t_wall if t_wall > 0 else float("nan"),
         "peak_rss_mb": rss.peak_mb, "rss_batch_cv": rss.batch_cv,
+        "peak_rss_hwm_mb": _hwm_mb(),
         "parameters": np.asarray(params).tolist(), "uncertainties": np.asarray(se).tolist(),
         "parameter_names": list(spec.parameter_names),
         "max_abs_error_se": float(np.max(np.abs((np.asarray(params) - truth) / np.asarray(se))))
@@ -68,6 +69,13 @@ def _record(kind, name, src, spec, t_wall, rss, params, se, truth, extra) -> dic
     }
     rec.update(extra)
     return rec
+
+
+def _hwm_mb():
+    """The process's exact resident high-water mark (catches spikes the sampler misses)."""
+    from homodyne.optimization.driver import peak_rss_mb
+
+    return peak_rss_mb()
 
 
 def bench_engine(data_path, out_json, *, tier="standard", device="cpu", fault_mode="full",

@@ -212,9 +212,13 @@ def build_result(problem, st, x0, lb, ub, *, strategy, mon, coarse_passes, coars
 
 
 def peak_rss_mb() -> float | None:
+    """This process's own resident high-water mark (VmHWM). Not ru_maxrss: Linux carries
+    that across fork+exec, so a child would report its parent's peak."""
     try:
-        import resource
-
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-    except (ImportError, OSError):
-        return psutil.Process().memory_info().rss / 2**20
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024.0
+    except OSError:
+        pass
+    return psutil.Process().memory_info().rss / 2**20
