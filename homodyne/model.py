@@ -33,8 +33,24 @@ MODES = ("static", "laminar_flow")
 SCALINGS = ("individual", "shared")
 
 
+class TriangleGrid:
+    """Sizes of a dataset of ``phi_deg`` angles x ``n_frames`` frames, strict upper triangles."""
+
+    @property
+    def n_phi(self) -> int:
+        return len(self.phi_deg)
+
+    @property
+    def points_per_angle(self) -> int:
+        return self.n_frames * (self.n_frames - 1) // 2
+
+    @property
+    def n_points(self) -> int:
+        return self.n_phi * self.points_per_angle
+
+
 @dataclass(frozen=True)
-class ModelSpec:
+class ModelSpec(TriangleGrid):
     """Everything the model needs besides the parameter vector; hashable (static for jit)."""
 
     mode: str = "static"
@@ -65,19 +81,7 @@ class ModelSpec:
             raise ValueError(f"q and dt must be positive, got q={self.q}, dt={self.dt}")
         object.__setattr__(self, "phi_deg", tuple(float(p) for p in self.phi_deg))
 
-    # --- sizes and names -------------------------------------------------
-    @property
-    def n_phi(self) -> int:
-        return len(self.phi_deg)
-
-    @property
-    def points_per_angle(self) -> int:
-        return self.n_frames * (self.n_frames - 1) // 2
-
-    @property
-    def n_points(self) -> int:
-        return self.n_phi * self.points_per_angle
-
+    # --- names ----------------------------------------------------------
     @property
     def physical_names(self) -> tuple[str, ...]:
         return STATIC_PARAMS if self.mode == "static" else LAMINAR_PARAMS

@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 
 from homodyne.data.errors import DataFileError
-from homodyne.model import ModelSpec
+from homodyne.model import ModelSpec, TriangleGrid
 
 OLD_Q = "/xpcs/dqlist"
 OLD_PHI = "/xpcs/dphilist"
@@ -42,7 +42,7 @@ class RowBlock:
 
 
 @dataclass
-class TwoTimeSource:
+class TwoTimeSource(TriangleGrid):
     """A selection of two-time matrices from one file, read lazily."""
 
     path: str
@@ -74,18 +74,6 @@ class TwoTimeSource:
     @property
     def n_frames(self) -> int:
         return self.last_frame - self.first_frame + 1
-
-    @property
-    def n_phi(self) -> int:
-        return len(self.phi_deg)
-
-    @property
-    def points_per_angle(self) -> int:
-        return self.n_frames * (self.n_frames - 1) // 2
-
-    @property
-    def n_points(self) -> int:
-        return self.n_phi * self.points_per_angle
 
     def model_spec(self, *, mode="static", dt=None, gap_h=2.0e6, scaling="individual",
                    dtype="float64") -> ModelSpec:
