@@ -105,25 +105,27 @@ class TwoTimeSource(TriangleGrid):
     def __exit__(self, *exc):
         self.close()
 
-    def _read_rows(self, angle: int, r0: int, r1: int) -> np.ndarray:
-        """Rows r0..r1-1 (selection-relative) x all selected columns, as stored."""
+    def _read_rows(self, angle: int, r0: int, r1: int, c0: int = 0, *,
+                   as_stored: bool = False) -> np.ndarray:
+        """Rows r0..r1-1 x columns c0..n-1 (selection-relative), float64 unless
+        ``as_stored`` (then in the file's dtype, so a caller can select first)."""
         f0 = self.first_frame - 1
         n = self.n_frames
         if self._matrix is not None:
             m = self._matrix
-            block = m[f0 + r0 : f0 + r1, f0 : f0 + n]
+            block = m[f0 + r0 : f0 + r1, f0 + c0 : f0 + n]
         else:
             ds = self._file()[self.dataset_names[angle]]
             try:
                 if self.storages[angle] == "lower":
-                    block = ds[f0 : f0 + n, f0 + r0 : f0 + r1].T
+                    block = ds[f0 + c0 : f0 + n, f0 + r0 : f0 + r1].T
                 else:
-                    block = ds[f0 + r0 : f0 + r1, f0 : f0 + n]
+                    block = ds[f0 + r0 : f0 + r1, f0 + c0 : f0 + n]
             except OSError as exc:
                 raise DataFileError(
                     self.path, f"cannot read rows {r0}..{r1} of {self.dataset_names[angle]}: {exc}"
                 ) from exc
-        return np.asarray(block, dtype=np.float64)
+        return np.asarray(block) if as_stored else np.asarray(block, dtype=np.float64)
 
     def _row_offset(self, r: int) -> int:
         n = self.n_frames
@@ -147,38 +149,87 @@ class TwoTimeSource(TriangleGrid):
             while r < n - 1:
                 rows = max(1, target_points // max(1, n - 1 - r))
                 r1 = min(n - 1, r + rows)
-                block = self._read_rows(angle, r, r1)
-                mask = np.arange(n)[None, :] > np.arange(r, r1)[:, None]
-                values = block[mask]
+                # only the columns right of the diagonal: the read stays about
+                # target_points however wide the matrix is
+                block = self._read_rows(angle, r, r1, r + 1, as_stored=True)
+                mask = np.arange(r + 1, n)[None, :] > np.arange(r, r1)[:, None]
+                values = block[mask].astype(np.float64)
+                del block
                 yield RowBlock(angle, r, r1, angle * m + self._row_offset(r), values)
                 r = r1
 
     def iter_points(self, start: int, count: int, chunk: int,
                     target_points: int = 1 << 20) -> Iterator[tuple[int, np.ndarray]]:
-        """Consecutive runs of ``chunk`` points from global index ``start`` (last may be short).
+        """Consecutive runs of ``chunk`` points from global index ``start`` (last may be
+        short), each an array of its own (``iter_points_into`` reuses buffers)."""
+        for pos, buf, n in self.iter_points_into(start, count, chunk, ring=1,
+                                                 target_points=target_points):
+            yield pos, buf[:n].copy()
 
-        Reads row blocks sequentially, so memory is one block plus one chunk.
-        """
+    def _read_rect_into(self, angle: int, r0: int, r1: int, scratch: np.ndarray) -> np.ndarray:
+        """Rows r0..r1-1 x columns r0+1..n-1 read into ``scratch`` (no allocation);
+        returns the (rows, cols) view, possibly transposed for lower storage."""
+        f0 = self.first_frame - 1
+        n = self.n_frames
+        rows, cols = r1 - r0, n - 1 - r0
+        if self._matrix is not None:
+            return self._matrix[f0 + r0 : f0 + r1, f0 + r0 + 1 : f0 + n]
+        ds = self._file()[self.dataset_names[angle]]
+        try:
+            if self.storages[angle] == "lower":
+                out = scratch[: rows * cols].reshape(cols, rows)
+                ds.read_direct(out, np.s_[f0 + r0 + 1 : f0 + n, f0 + r0 : f0 + r1])
+                return out.T
+            out = scratch[: rows * cols].reshape(rows, cols)
+            ds.read_direct(out, np.s_[f0 + r0 : f0 + r1, f0 + r0 + 1 : f0 + n])
+            return out
+        except (OSError, TypeError) as exc:
+            raise DataFileError(
+                self.path, f"cannot read rows {r0}..{r1} of {self.dataset_names[angle]}: {exc}"
+            ) from exc
+
+    def iter_points_into(self, start: int, count: int, chunk: int, *, ring: int = 3,
+                         dtype=np.float64, target_points: int = 1 << 19
+                         ) -> Iterator[tuple[int, np.ndarray, int]]:
+        """Consecutive runs of ``chunk`` points from global index ``start``, written into
+        a ring of ``ring`` preallocated buffers: yields (first point, buffer, n valid);
+        the tail of the last buffer is zero. A buffer is overwritten ``ring`` yields
+        later, so memory is fixed (ring buffers + one read scratch) at any data size."""
         stop = min(self.n_points, start + count)
-        pending: list[np.ndarray] = []
-        have = 0
-        pos = start
-        for blk in self.iter_row_blocks(target_points, start):
-            lo = max(start, blk.g_start)
-            hi = min(stop, blk.g_start + blk.values.size)
-            if hi > lo:
-                pending.append(blk.values[lo - blk.g_start : hi - blk.g_start])
-                have += hi - lo
-            while have >= chunk:
-                flat = np.concatenate(pending) if len(pending) > 1 else pending[0]
-                yield pos, flat[:chunk]
-                pos += chunk
-                rest = flat[chunk:]
-                pending, have = ([rest], rest.size) if rest.size else ([], 0)
-            if hi >= stop:
+        if stop <= start:
+            return
+        n, m = self.n_frames, self.points_per_angle
+        stored = self._matrix.dtype if self._matrix is not None else \
+            self._file()[self.dataset_names[0]].dtype
+        scratch = np.empty(max(target_points, n) + n, dtype=stored)
+        bufs = [np.empty(chunk, dtype=dtype) for _ in range(max(1, ring))]
+        k, fill, pos, buf_pos = 0, 0, start, start
+        for angle in range(start // m, self.n_phi):
+            r = _row_of(pos - angle * m, n) if angle == start // m else 0
+            while r < n - 1 and pos < stop:
+                rows = max(1, min(n - 1 - r, target_points // max(1, n - 1 - r)))
+                rect = self._read_rect_into(angle, r, r + rows, scratch)
+                for i in range(rows):
+                    row_start = angle * m + self._row_offset(r + i)
+                    seg = rect[i, i + max(0, pos - row_start):]
+                    seg = seg[: stop - pos]
+                    while seg.size:
+                        take = min(seg.size, chunk - fill)
+                        bufs[k][fill : fill + take] = seg[:take]
+                        fill += take
+                        pos += take
+                        seg = seg[take:]
+                        if fill == chunk:
+                            yield buf_pos, bufs[k], chunk
+                            k, fill, buf_pos = (k + 1) % len(bufs), 0, pos
+                    if pos >= stop:
+                        break
+                r += rows
+            if pos >= stop:
                 break
-        if have:
-            yield pos, np.concatenate(pending)
+        if fill:
+            bufs[k][fill:] = 0
+            yield buf_pos, bufs[k], fill
 
     def read_packed(self, dtype=np.float64) -> np.ndarray:
         """All selected points in memory (angle-major, row-major triangle)."""
@@ -193,8 +244,8 @@ class TwoTimeSource(TriangleGrid):
         idx = np.asarray(idx, int)
         out = np.full((idx.size, idx.size), np.nan)
         for a, r in enumerate(idx):
-            row = self._read_rows(angle, r, r + 1)[0]
-            out[a, a:] = row[idx[a:]]
+            row = self._read_rows(angle, r, r + 1, r)[0]
+            out[a, a:] = row[idx[a:] - r]
         upper = np.triu(out, 1)
         return upper + upper.T + np.diag(np.diag(out))
 

@@ -53,11 +53,18 @@ class InMemoryData:
         self.origin = int(origin)
         self.n_batches = max(1, math.ceil(self.n_points / self.batch_size))
         self.batches_per_call = min(self.n_batches, batches_per_call or self.n_batches)
-        n_calls = math.ceil(self.n_batches / self.batches_per_call)
-        length = n_calls * self.batches_per_call * self.batch_size
+        length = self.padded_length(self.n_points, self.batch_size, batches_per_call)
         self.device = device
         self.columns = {k: jax.device_put(_pad(np.asarray(v), length), device)
                         for k, v in columns.items()}
+
+    @staticmethod
+    def padded_length(n_points: int, batch_size: int, batches_per_call: int | None = None
+                      ) -> int:
+        """Length the columns are padded to: whole calls of whole batches."""
+        n_batches = max(1, math.ceil(n_points / batch_size))
+        per_call = min(n_batches, batches_per_call or n_batches)
+        return math.ceil(n_batches / per_call) * per_call * batch_size
 
     @property
     def nbytes(self) -> int:
@@ -86,6 +93,8 @@ def _round_robin(devices, i):
 
 class _Batched:
     """Shared by the streamed sources: batch count, and batch growth between passes."""
+
+    streamed = True  # memory must not grow with the data (caps the coarse levels)
 
     batch_size: int
     n_points: int
@@ -220,45 +229,49 @@ class StreamingData(_Batched):
     def nbytes(self) -> int:
         return 2 * self.batch_size * self.batches_per_call * np.dtype(self.dtype).itemsize
 
-    def _runs(self, start_batch: int):
+    def _runs(self, start_batch: int, ring: int | None = None):
+        """(first point, buffer, n valid) for runs of whole batches; the buffers are a
+        fixed ring reused round by round (one being computed on, one being read, spares
+        for calls still in flight on other devices)."""
         B, G = self.batch_size, self.batches_per_call
         start = start_batch * B
-        yield from self.source.iter_points(start, self.n_points - start, B * G,
-                                                 target_points=max(B * G, 1 << 18))
+        ring = ring or max(1, len(self.devices)) + 2
+        yield from self.source.iter_points_into(start, self.n_points - start, B * G,
+                                                ring=ring, dtype=self.dtype,
+                                                target_points=max(B * G, 1 << 18))
 
     def chunks(self, start_batch: int = 0):
-        B, G = self.batch_size, self.batches_per_call
+        B = self.batch_size
         runs = self._runs(start_batch)
+        G = self.batches_per_call
 
         def load():
-            try:
-                pos, vals = next(runs)
-            except StopIteration:
-                return None
-            return pos, _pad(vals.astype(self.dtype, copy=False), B * G), vals.size
+            return next(runs, None)
+
+        def chunk(item):
+            pos, y, n = item
+            return Chunk({"y": y}, 0, pos, n, pos // B, math.ceil(n / B),
+                         _round_robin(self.devices, pos // (B * G)))
 
         if not self.prefetch:
             while (item := load()) is not None:
-                pos, y, n = item
-                yield Chunk({"y": y}, 0, pos, n, pos // B, math.ceil(n / B),
-                            _round_robin(self.devices, pos // (B * G)))
+                yield chunk(item)
             return
         with ThreadPoolExecutor(max_workers=1, thread_name_prefix="homodyne-read") as pool:
             fut = pool.submit(load)
             while (item := fut.result()) is not None:
                 fut = pool.submit(load)
-                pos, y, n = item
-                yield Chunk({"y": y}, 0, pos, n, pos // B, math.ceil(n / B),
-                            _round_robin(self.devices, pos // (B * G)))
+                yield chunk(item)
 
     def subsample(self, max_points: int, batch_size: int, dtype=None) -> InMemoryData:
-        """Every s-th point, collected in one sequential read (memory: the sample)."""
+        """Every s-th point, collected in one sequential read straight into the padded
+        array the device copy is made from (memory: the sample, twice, briefly)."""
         s = max(1, math.ceil(self.n_points / max_points))
-        parts = []
-        for pos, vals in self._runs(0):
+        n = math.ceil(self.n_points / s)
+        batch = min(batch_size, n)
+        y = np.zeros(InMemoryData.padded_length(n, batch), dtype=dtype or self.dtype)
+        for pos, vals, nv in self._runs(0, ring=1):
             first = (-pos) % s
-            # a copy: a view would keep the whole run alive until the end
-            parts.append(vals[first::s].astype(dtype or vals.dtype))
-        y = np.concatenate(parts)
-        del parts
-        return InMemoryData({"y": y}, y.size, min(batch_size, y.size), stride=s)
+            picked = vals[first:nv:s]
+            y[(pos + first) // s : (pos + first) // s + picked.size] = picked
+        return InMemoryData({"y": y}, n, batch, stride=s)
