@@ -86,6 +86,7 @@ SCHEMA = _s(
             enable_checkpoints=("bool", False, None),
             checkpoint_dir=("str", "./checkpoints", None),
             checkpoint_frequency=("int", 10, "positive"),
+            checkpoint_min_interval_s=("float", 1.0, "nonnegative"),
             resume_from_checkpoint=("bool", True, None),
             keep_last_checkpoints=("int", 3, "positive"),
             enable_fault_tolerance=("bool", True, None),

@@ -101,7 +101,7 @@ def make_wrapper(cfg: HomodyneConfig) -> NLSQWrapper:
         max_retries_per_batch=stream["max_retries_per_batch"],
         checkpoint_config={k: stream[k] for k in (
             "enable_checkpoints", "checkpoint_dir", "checkpoint_frequency",
-            "resume_from_checkpoint", "keep_last_checkpoints")})
+            "checkpoint_min_interval_s", "resume_from_checkpoint", "keep_last_checkpoints")})
 
 
 def run_from_config(cfg: HomodyneConfig, *, output_dir=None, overwrite: bool | None = None

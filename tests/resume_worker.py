@@ -33,6 +33,7 @@ def main():
                           options=EngineOptions(coarse_points=4000),
                           checkpoint_config={"enable_checkpoints": True, "checkpoint_dir": ckpt,
                                              "checkpoint_frequency": 1,
+                                             "checkpoint_min_interval_s": 0.0,
                                              "keep_last_checkpoints": 3},
                           callback=callback)
     r = wrapper.fit_two_time(src, spec, p0, (lb, ub))

@@ -157,7 +157,8 @@ def slow_setup(tmp_path_factory):
                  "0,30,60,90", "--seed", "5"]) == 0
     raw = _example(d / "big.h5")
     raw["optimization"] = {"coarse": False, "streaming": {
-        "enable_checkpoints": True, "checkpoint_dir": str(d / "ck"), "checkpoint_frequency": 2}}
+        "enable_checkpoints": True, "checkpoint_dir": str(d / "ck"), "checkpoint_frequency": 2,
+        "checkpoint_min_interval_s": 0.0}}
     raw["performance"] = {"strategy_override": "streaming", "batch_size": 5000,
                           "enable_progress": False}
     (d / "cfg.yaml").write_text(yaml.safe_dump(raw))
@@ -260,7 +261,8 @@ def test_full_disk_during_checkpoints_keeps_fitting_and_reports(tmp_path, datafi
     ck = tmp_path / "ck"
     w = NLSQWrapper(strategy_override="streaming", batch_size=2000,
                     checkpoint_config={"enable_checkpoints": True, "checkpoint_dir": str(ck),
-                                       "checkpoint_frequency": 1})
+                                       "checkpoint_frequency": 1,
+                                       "checkpoint_min_interval_s": 0.0})
     r = w.fit_two_time(src, spec, p0, bounds)
     assert r.converged
     errors = r.streaming_diagnostics["checkpoint_errors"]

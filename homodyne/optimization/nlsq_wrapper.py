@@ -276,7 +276,7 @@ class NLSQWrapper:
             mon.manager = CheckpointManager(
                 ck.get("checkpoint_dir", "./checkpoints"), ck.get("checkpoint_frequency", 10),
                 ck.get("keep_last_checkpoints", ck.get("keep_last_n", 3)),
-                ck.get("enable_compression", True))
+                ck.get("enable_compression", True), ck.get("checkpoint_min_interval_s", 1.0))
             mon.fingerprint = fingerprint(identity(), p0, lb, ub, str(tier), batch,
                                           data.batches_per_call, self.options.__dict__,
                                           self.validate)

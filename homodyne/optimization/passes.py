@@ -127,6 +127,7 @@ class FitMonitor:
     signal_received: int | None = None
     last_checkpoint: str | None = None
     _last_saved: int = 0
+    _last_save_time: float = -math.inf
     _writer: ThreadPoolExecutor | None = None
     _pending: Future | None = None
 
@@ -180,22 +181,27 @@ class FitMonitor:
         return int(r["next_batch"]), {k: np.asarray(v) for k, v in r["partial"].items()}
 
     # --- checkpoints ------------------------------------------------------------------
+    def save_due(self) -> bool:
+        """``checkpoint_frequency`` batches since the last save, at least
+        ``min_interval_s`` seconds ago, and no save still being written."""
+        m = self.manager
+        return (m is not None and self.batches_done - self._last_saved >= m.checkpoint_frequency
+                and time.monotonic() - self._last_save_time >= m.min_interval_s
+                and (self._pending is None or self._pending.done()))
+
     def maybe_save(self, stage, x, next_batch, partial, force: bool = False) -> None:
         """Snapshot the state (p x p arrays, cheap) and write it on a background thread,
-        so the file I/O overlaps the next batches. While a previous save is still being
-        written the interval is skipped (never a stall); ``force`` waits and writes now."""
+        so the file I/O overlaps the next batches. A save that is not due is skipped
+        (never a stall); ``force`` waits for a pending one and writes now."""
         m = self.manager
-        if m is None or (not force and
-                         self.batches_done - self._last_saved < m.checkpoint_frequency):
-            return
-        busy = self._pending is not None and not self._pending.done()
-        if busy and not force:
+        if m is None or (not force and not self.save_due()):
             return
         if self._pending is not None:
             self._pending.result()
         state = self._state(stage, x, next_batch, partial)
         batch = self.batches_done
         self._last_saved = batch
+        self._last_save_time = time.monotonic()
         if force:
             self._write(batch, state)
             return
@@ -475,8 +481,7 @@ class PassRunner:
                                     mon.batches_done, float(np.sum(cost[:real])))
             next_batch = chunk.pass_batch + G
             if mon.manager is not None and (mon.signal_received is not None or
-                                            mon.batches_done - mon._last_saved >=
-                                            mon.manager.checkpoint_frequency):
+                                            mon.save_due()):
                 partial = jax.device_get(acc)
                 mon.maybe_save(self.stage, x, next_batch, partial)
                 mon.check_signal(self.stage, x, next_batch, partial)
