@@ -105,7 +105,8 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
             # the slow walk along correlated valleys happens on cheap levels
             runner = PassRunner(problem, sub, stage="coarse", monitor=mon)
             st = solve_lm(runner.evaluate, x, lb, ub, initial_damping=opts.initial_damping,
-                          on_iteration=track, **_lm_kwargs(opts, True))
+                          on_iteration=track, gn_trust_se=_trust(sub.n_points, coarse_points),
+                          **_lm_kwargs(opts, True))
             coarse_passes += st.evaluations
             coarse_points = sub.n_points
             x = st.x
@@ -116,8 +117,9 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
                                     coarse_passes=coarse_passes, coarse_points=coarse_points,
                                     batch_size=data.batch_size, t0=t0, messages=messages)
         runner = PassRunner(problem, data, stage="full", monitor=mon, n_devices=n_devices)
+        trust = _trust(data.n_points, coarse_points)
         st = solve_lm(runner.evaluate, x, lb, ub, initial_damping=opts.initial_damping,
-                      on_iteration=track, **_lm_kwargs(opts, False))
+                      on_iteration=track, gn_trust_se=trust, **_lm_kwargs(opts, False))
         for name in recovery_sequence if mon.applicator is not None and \
                 mon.signal_received is None else ():
             if st.converged or not st.reason.startswith("damping overflow"):
@@ -126,7 +128,7 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
             x_new = mon.applicator.apply(name, st.x, (lb, ub))
             mon.record_recovery(mon.batches_done, mon.applicator.describe(name))
             st2 = solve_lm(runner.evaluate, x_new, lb, ub, initial_damping=opts.initial_damping,
-                           on_iteration=track, **_lm_kwargs(opts, False))
+                           on_iteration=track, gn_trust_se=trust, **_lm_kwargs(opts, False))
             st2.evaluations += st.evaluations
             if st2.ne.cost <= st.ne.cost:
                 st = st2
@@ -139,15 +141,23 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
                         batch_size=data.batch_size, t0=t0, messages=messages)
 
 
+def _trust(n_points: int, previous_level: int) -> float:
+    """Gauss-Newton trust radius in this stage's standard errors: one standard error of
+    the level it starts from (1 when there is none)."""
+    return math.sqrt(n_points / previous_level) if previous_level else 1.0
+
+
 def coarse_levels(data, opts: EngineOptions):
     """Nested strided subsamples, smallest first: coarse_points x factor^k up to a quarter
     of the data (at most coarse_max_level_points, held as float32). One read of the data
     collects the densest level; the sparser ones are strided subsets of it."""
     if not opts.coarse or data.n_points <= 2 * opts.coarse_points:
         return []
+    cap = opts.coarse_max_level_points
+    if getattr(data, "streamed", False):
+        cap = min(cap, opts.streaming_coarse_max_points)
     sizes = [opts.coarse_points]
-    while sizes[-1] * opts.coarse_level_factor <= min(data.n_points / 4,
-                                                      opts.coarse_max_level_points):
+    while sizes[-1] * opts.coarse_level_factor <= min(data.n_points / 4, cap):
         sizes.append(sizes[-1] * opts.coarse_level_factor)
     dense = data.subsample(sizes[-1], opts.batch_size, dtype=np.float32)
     levels = [dense.subsample(m, opts.batch_size) for m in sizes[:-1]] + [dense]

@@ -40,6 +40,9 @@ class EngineOptions:
     coarse: bool = True
     coarse_points: int = 250_000
     coarse_max_level_points: int = 16_000_000
+    # streamed data: the levels are held in memory, so their size must not depend on the
+    # dataset's (constant memory); a 10M-point dataset gets levels up to 2M anyway
+    streaming_coarse_max_points: int = 2_000_000
     coarse_level_factor: int = 8
     coarse_step_tol_se: float = 1e-2
     coarse_max_iterations: int = 200
@@ -171,8 +174,13 @@ def _convergence_measures(ne: NormalEquations, x, lb, ub, n_params):
 def solve_lm(evaluate: Callable[[np.ndarray], NormalEquations], x0, lb, ub, *,
              max_iterations: int, step_tol_se: float, gtol: float, ftol: float,
              initial_damping: float, ne0: NormalEquations | None = None,
-             on_iteration: Callable | None = None) -> LMState:
-    """Bounded LM from x0; ``evaluate`` makes one pass and returns the normal equations."""
+             on_iteration: Callable | None = None, gn_trust_se: float = 1.0) -> LMState:
+    """Bounded LM from x0; ``evaluate`` makes one pass and returns the normal equations.
+
+    ``gn_trust_se``: the undamped Gauss-Newton step is tried first when it is under this
+    many standard errors. The quadratic model's range does not shrink with the data, so
+    a stage that starts from a coarser level's optimum (n_c points) trusts
+    sqrt(n / n_c) of its own standard errors, one of the coarser level's."""
     lb = np.asarray(lb, float)
     ub = np.asarray(ub, float)
     x = np.clip(np.asarray(x0, float), lb, ub)
@@ -181,7 +189,7 @@ def solve_lm(evaluate: Callable[[np.ndarray], NormalEquations], x0, lb, ub, *,
     try:
         return _lm_loop(st, evaluate, lb, ub, max_iterations=max_iterations,
                         step_tol_se=step_tol_se, gtol=gtol, ftol=ftol,
-                        on_iteration=on_iteration)
+                        on_iteration=on_iteration, gn_trust_se=gn_trust_se)
     except StopFit as stop:
         st.reason = str(stop)
         st.converged = False
@@ -189,7 +197,7 @@ def solve_lm(evaluate: Callable[[np.ndarray], NormalEquations], x0, lb, ub, *,
 
 
 def _lm_loop(st: LMState, evaluate, lb, ub, *, max_iterations, step_tol_se, gtol, ftol,
-             on_iteration) -> LMState:
+             on_iteration, gn_trust_se) -> LMState:
     """The iteration itself; ``st`` always holds the best accepted point."""
     x, ne = st.x, st.ne
     if not _finite(ne):
@@ -217,10 +225,10 @@ def _lm_loop(st: LMState, evaluate, lb, ub, *, max_iterations, step_tol_se, gtol
             st.reason = f"maximum iterations ({max_iterations}) reached"
             return st
         d = np.maximum(d, _scales(st.ne.H))
-        # Inside the quadratic basin (predicted step under one standard error) try the
-        # undamped Gauss-Newton step first: it converges in one or two passes there.
-        # ... unless one was just rejected: then wait until the step has halved
-        try_gauss_newton = st.step_se < min(1.0, 0.5 * gn_failed_at)
+        # Inside the quadratic basin (predicted step under gn_trust_se standard errors)
+        # try the undamped Gauss-Newton step first: it converges in one or two passes
+        # there ... unless one was just rejected: then wait until the step has halved
+        try_gauss_newton = st.step_se < min(gn_trust_se, 0.5 * gn_failed_at)
         # inner loop: raise the damping until a step is accepted
         while True:
             lam = 0.0 if try_gauss_newton else st.lam
