@@ -161,3 +161,30 @@ def test_real_multitau_files(real_data):
     assert first.tau[0] == pytest.approx(2e-5, rel=1e-6)
     age = (last.start_time - first.start_time).total_seconds()
     assert 7000 < age < 9000  # the README: the series spans about 7,900 s
+
+
+def test_streaming_reader_memory_does_not_grow_with_matrix_width(tmp_path):
+    """What the point reader allocates is its ring of buffers plus a read scratch of
+    about target_points: the same for a 4x wider matrix (numpy allocations traced)."""
+    import tracemalloc
+
+    peaks = {}
+    for n in (300, 1200):
+        spec = make_spec("static", n_frames=n, n_phi=1)
+        generate_synthetic(tmp_path / f"w{n}.h5", spec, truth_for(spec), noise_sigma=0.01,
+                           seed=1, block_rows=64)
+        src = open_two_time(tmp_path / f"w{n}.h5")
+        tracemalloc.start()
+        total = 0
+        for _, buf, k in src.iter_points_into(0, src.n_points, 4096, ring=3,
+                                              target_points=8192):
+            total += k
+        peaks[n] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        src.close()
+        assert total == src.n_points
+    ring = 3 * 4096 * 8
+    scratch = (8192 + 2 * 1200) * 4
+    assert peaks[1200] <= ring + scratch + 64 * 1024, peaks
+    # reading whole rows (the old way) would add ~90 rows x 900 columns x 12 bytes ~ 1 MB
+    assert peaks[1200] - peaks[300] <= 64 * 1024, peaks

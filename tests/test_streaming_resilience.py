@@ -153,6 +153,45 @@ def test_checkpoint_from_other_data_is_refused(resume_data, tmp_path):
     assert "belongs to different data or settings" in second.stderr.read()
 
 
+@pytest.mark.parametrize("interval", [0.0, 3600.0])
+def test_min_interval_limits_saves_and_any_save_resumes_exactly(resume_data, tmp_path,
+                                                                interval):
+    """Every checkpoint_frequency batches, but at most one save per min interval; the
+    (fewer) saves still resume to the same result."""
+    from homodyne.data import open_two_time
+
+    src = open_two_time(resume_data / "d.h5")
+    spec = src.model_spec(mode="static")
+    k = spec.n_scaling_sets
+    p0 = spec.pack([0.25] * k, [1.0] * k, [8000.0, -0.4, 80.0])
+    bounds = (spec.pack(0.0, 0.5, [1, -2, -1000]), spec.pack(1.0, 1.5, [1e5, 0.5, 1000]))
+
+    def fit(ck, stop_after=None):
+        seen = []
+
+        def cb(batch_idx, params, loss, success):
+            seen.append(batch_idx)
+            return stop_after is None or len(seen) < stop_after
+
+        w = NLSQWrapper(strategy_override="streaming", batch_size=2000, callback=cb,
+                        checkpoint_config={"enable_checkpoints": True, "checkpoint_dir": ck,
+                                           "checkpoint_frequency": 1,
+                                           "checkpoint_min_interval_s": interval})
+        return w.fit_two_time(src, spec, p0, bounds), len(seen)
+
+    full, batches = fit(tmp_path / "a")
+    saves = full.streaming_diagnostics["checkpoint_saves"]
+    if interval == 0.0:
+        assert saves >= 3  # one per batch, skipped only while the previous is written
+    else:
+        assert saves == 1  # the first one only, then the interval holds them back
+    stopped, _ = fit(tmp_path / "b", stop_after=batches // 2)
+    assert stopped.interrupted_by is not None or not stopped.converged
+    resumed, _ = fit(tmp_path / "b")
+    assert resumed.streaming_diagnostics["resumed_from_batch"] >= 1
+    np.testing.assert_array_equal(resumed.parameters, full.parameters)
+
+
 # --- fault tolerance ----------------------------------------------------------------
 
 
