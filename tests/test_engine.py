@@ -247,3 +247,25 @@ def test_streaming_config_batch_formula():
     ad = sel.build_streaming_config(10**9, 9, memory_limit_gb=16, adaptive_batching=True,
                                     initial_batch_size=5000, max_batch_size=100_000)
     assert ad["batch_size"] == 5000 and ad["max_batch_size"] == 100_000
+
+
+def test_streamed_coarse_levels_do_not_grow_with_the_data():
+    """Held in memory, so capped for streamed data (constant memory); in-memory tiers
+    climb to 16M points on a billion."""
+    from homodyne.optimization.driver import coarse_levels
+
+    class Data:
+        batch_size = 65_536
+
+        def __init__(self, n, streamed):
+            self.n_points, self.streamed = n, streamed
+
+        def subsample(self, m, batch_size, dtype=None):
+            return Data(min(m, self.n_points), False)
+
+    sizes = {n: [lv.n_points for lv in coarse_levels(Data(n, True), EngineOptions())]
+             for n in (10_000_000, 100_000_000, 1_000_000_000)}
+    assert sizes[10_000_000] == sizes[100_000_000] == sizes[1_000_000_000] == \
+        [250_000, 2_000_000]
+    in_memory = [lv.n_points for lv in coarse_levels(Data(10**9, False), EngineOptions())]
+    assert in_memory == [250_000, 2_000_000, 16_000_000]
