@@ -176,7 +176,7 @@ def test_streaming_reader_memory_does_not_grow_with_matrix_width(tmp_path):
         src = open_two_time(tmp_path / f"w{n}.h5")
         tracemalloc.start()
         total = 0
-        for _, buf, k in src.iter_points_into(0, src.n_points, 4096, ring=3,
+        for _, _buf, k in src.iter_points_into(0, src.n_points, 4096, ring=3,
                                               target_points=8192):
             total += k
         peaks[n] = tracemalloc.get_traced_memory()[1]

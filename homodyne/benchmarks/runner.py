@@ -80,7 +80,8 @@ def _hwm_mb():
 
 def bench_engine(data_path, out_json, *, tier="standard", device="cpu", fault_mode="full",
                  checkpoint_frequency: int | None = None, checkpoint_dir=None,
-                 batch_size: int | None = None, repeats: int = 1) -> dict:
+                 batch_size: int | None = None, repeats: int = 1,
+                 checkpoint_min_interval_s: float | None = None) -> dict:
     """Fit a dataset with this engine and record speed, memory and accuracy."""
     import jax
 
@@ -96,7 +97,8 @@ def bench_engine(data_path, out_json, *, tier="standard", device="cpu", fault_mo
                 shutil.rmtree(checkpoint_dir, ignore_errors=True)
             rec = _bench_engine(data_path, out_json, tier=tier, device=device,
                                 fault_mode=fault_mode, checkpoint_frequency=checkpoint_frequency,
-                                checkpoint_dir=checkpoint_dir, batch_size=batch_size)
+                                checkpoint_dir=checkpoint_dir, batch_size=batch_size,
+                                checkpoint_min_interval_s=checkpoint_min_interval_s)
             if best is None or _steady(rec) < _steady(best):
                 best = rec
     best["repeats"] = max(1, repeats)
@@ -110,7 +112,7 @@ def _steady(rec) -> float:
 
 
 def _bench_engine(data_path, out_json, *, tier, device, fault_mode, checkpoint_frequency,
-                  checkpoint_dir, batch_size) -> dict:
+                  checkpoint_dir, batch_size, checkpoint_min_interval_s=None) -> dict:
     from homodyne.optimization.nlsq_wrapper import NLSQWrapper
 
     src = open_two_time(data_path)
@@ -121,6 +123,8 @@ def _bench_engine(data_path, out_json, *, tier, device, fault_mode, checkpoint_f
         ck = {"enable_checkpoints": True, "checkpoint_dir": str(checkpoint_dir),
               "checkpoint_frequency": checkpoint_frequency, "resume_from_checkpoint": False,
               "keep_last_checkpoints": 3}
+        if checkpoint_min_interval_s is not None:
+            ck["checkpoint_min_interval_s"] = checkpoint_min_interval_s
     with RSSSampler() as rss:
         def cb(batch_idx, params, loss, success):
             rss.mark()
@@ -139,6 +143,7 @@ def _bench_engine(data_path, out_json, *, tier, device, fault_mode, checkpoint_f
     rec = _record("engine", name, src, spec, wall, rss, r.parameters, r.uncertainties, truth, {
         "tier": r.strategy, "device": r.device, "fault_mode": fault_mode,
         "checkpoint_frequency": checkpoint_frequency or 0, "passes": r.passes,
+        "checkpoint_min_interval_s": ck.get("checkpoint_min_interval_s", 1.0) if ck else None,
         "coarse_passes": r.coarse_passes, "coarse_points": r.coarse_points,
         "batch_size": r.batch_size, "pass_seconds": r.pass_seconds,
         "residuals_per_s_per_pass": r.residuals_per_second,

@@ -20,8 +20,6 @@ rule bench_engine:
         mem_mb=bench_mem_mb,
         runtime=bench_runtime,
         bench_slot=1,
-    params:
-        checkpoint_dir=lambda w: f"results/benchmark/ckpt/{w.dataset}_{w.tier}_{w.device}",
     script:
         "../scripts/bench_engine.py"
 
@@ -40,34 +38,32 @@ use rule bench_engine as bench_engine_gpu with:
         gpu=1,
 
 
-use rule bench_engine as bench_engine_checkpoints with:
+rule bench_overhead:
+    input:
+        "results/datasets/{dataset}.h5",
     output:
-        "results/benchmark/runs/{dataset}/engine_{tier}_{device}_ckpt{freq}.json",
+        "results/benchmark/runs/{dataset}/overhead_{tier}.json",
     log:
-        "results/logs/bench/{dataset}/engine_{tier}_{device}_ckpt{freq}.log",
+        "results/logs/bench/{dataset}/overhead_{tier}.log",
     benchmark:
-        "results/logs/bench/{dataset}/engine_{tier}_{device}_ckpt{freq}.benchmark.tsv"
+        "results/logs/bench/{dataset}/overhead_{tier}.benchmark.tsv"
     wildcard_constraints:
         tier="standard|large|chunked|streaming",
-        device="cpu",
-        freq="[0-9]+",
         dataset="[A-Za-z0-9_]+",
+    conda:
+        "../envs/homodyne.yaml"
+    resources:
+        mem_mb=lambda w: bench_mem_mb(w) + 500,
+        runtime=lambda w: 3 * bench_runtime(w),
+        bench_slot=1,
     params:
-        checkpoint_dir=lambda w: f"results/benchmark/ckpt/{w.dataset}_{w.tier}_ckpt{w.freq}",
-
-
-use rule bench_engine as bench_engine_faults with:
-    output:
-        "results/benchmark/runs/{dataset}/engine_{tier}_{device}_ft-{mode}.json",
-    log:
-        "results/logs/bench/{dataset}/engine_{tier}_{device}_ft-{mode}.log",
-    benchmark:
-        "results/logs/bench/{dataset}/engine_{tier}_{device}_ft-{mode}.benchmark.tsv"
-    wildcard_constraints:
-        tier="standard|large|chunked|streaming",
-        device="cpu",
-        mode="none|validation|full|fast",
-        dataset="[A-Za-z0-9_]+",
+        rounds=config["benchmark"].get("overhead_rounds", 16),
+        checkpoint_frequencies=config["benchmark"].get("checkpoint_frequencies", [10]),
+        fault_modes=config["benchmark"].get(
+            "fault_modes", ["validation", "full", "fast"]
+        ),
+    script:
+        "../scripts/bench_overhead.py"
 
 
 rule bench_peer:
@@ -122,8 +118,5 @@ rule benchmark_summary:
     resources:
         mem_mb=1000,
         runtime=10,
-    params:
-        overhead_dataset=config["benchmark"].get("overhead_dataset"),
-        overhead_tier=config["benchmark"].get("overhead_tier", "streaming").upper(),
     script:
         "../scripts/summarize_benchmarks.py"

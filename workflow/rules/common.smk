@@ -18,10 +18,7 @@ def engine_runs():
                 runs.append((ds, f"engine_{tier}_{dev}"))
     ds, tier = b.get("overhead_dataset"), b.get("overhead_tier", "streaming")
     if ds:
-        for f in b.get("checkpoint_frequencies", []):
-            runs.append((ds, f"engine_{tier}_cpu_ckpt{f}"))
-        for m in b.get("fault_modes", []):
-            runs.append((ds, f"engine_{tier}_cpu_ft-{m}"))
+        runs.append((ds, f"overhead_{tier}"))
     return runs
 
 

@@ -11,7 +11,5 @@ from homodyne.benchmarks.summary import write_summary  # noqa: E402
 
 redirect(snakemake)  # noqa: F821
 records = load_records(snakemake.input)  # noqa: F821
-out = write_summary(records, Path(snakemake.output.csv).parent,  # noqa: F821
-                    overhead_dataset=snakemake.params.overhead_dataset,  # noqa: F821
-                    overhead_tier=snakemake.params.overhead_tier)  # noqa: F821
+out = write_summary(records, Path(snakemake.output.csv).parent)  # noqa: F821
 print(out["targets"].to_string())
