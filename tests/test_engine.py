@@ -269,3 +269,35 @@ def test_streamed_coarse_levels_do_not_grow_with_the_data():
         [250_000, 2_000_000]
     in_memory = [lv.n_points for lv in coarse_levels(Data(10**9, False), EngineOptions())]
     assert in_memory == [250_000, 2_000_000, 16_000_000]
+
+
+def test_streamed_levels_over_the_memory_cap_spill_to_a_file(tmp_path):
+    """A level bigger than streaming_coarse_max_points is a temporary file streamed like
+    the data (the strided subsample, exactly); the fit reaches the same optimum as with
+    every level in memory."""
+    from homodyne.optimization.driver import coarse_levels
+    from homodyne.optimization.sources import FileLevelData, InMemoryData, StreamingData
+
+    spec = make_spec("static", n_frames=400, n_phi=3)
+    generate_synthetic(tmp_path / "d.h5", spec, truth_for(spec), noise_sigma=0.01, seed=5)
+    src = open_two_time(tmp_path / "d.h5")
+    y = src.read_packed().astype(np.float32)
+    opts = EngineOptions(coarse_points=2000, coarse_level_factor=4,
+                         streaming_coarse_max_points=8000, batch_size=1000)
+    levels = coarse_levels(StreamingData(src, 1000, 4), opts)
+    assert [type(lv) for lv in levels] == [InMemoryData, InMemoryData, FileLevelData]
+    dense = levels[-1]
+    got = np.concatenate([b[:n].copy() for _, b, n in dense._runs(0)])
+    np.testing.assert_array_equal(got, y[:: dense.stride])
+    mid = levels[1]
+    np.testing.assert_array_equal(np.asarray(mid.columns["y"])[: mid.n_points],
+                                  y[:: mid.stride])
+    k = spec.n_scaling_sets
+    p0 = spec.pack([0.25] * k, [1.0] * k, [8000.0, -0.4, 80.0])
+    bounds = (spec.pack(0.0, 0.5, [1, -2, -1000]), spec.pack(1.0, 1.5, [1e5, 0.5, 1000]))
+    r_file = NLSQWrapper(strategy_override="streaming", batch_size=1000,
+                         options=opts).fit_two_time(src, spec, p0, bounds)
+    r_mem = NLSQWrapper(strategy_override="standard", batch_size=1000,
+                        options=opts).fit_two_time(src, spec, p0, bounds)
+    assert r_file.coarse_points == dense.n_points == r_mem.coarse_points
+    assert np.max(np.abs(r_file.parameters - r_mem.parameters) / r_mem.uncertainties) < 1e-3

@@ -149,17 +149,22 @@ def _trust(n_points: int, previous_level: int) -> float:
 
 def coarse_levels(data, opts: EngineOptions):
     """Nested strided subsamples, smallest first: coarse_points x factor^k up to a quarter
-    of the data (at most coarse_max_level_points, held as float32). One read of the data
-    collects the densest level; the sparser ones are strided subsets of it."""
+    of the data (at most coarse_max_level_points, as float32). One read of the data
+    collects the densest level; the sparser ones are strided subsets of it. Streamed data
+    keep memory constant: levels over streaming_coarse_max_points go to a temporary file
+    and are streamed like the data (or are left out when the data cannot spill)."""
     if not opts.coarse or data.n_points <= 2 * opts.coarse_points:
         return []
+    streamed = getattr(data, "streamed", False)
+    spill = streamed and getattr(data, "can_spill", False)
     cap = opts.coarse_max_level_points
-    if getattr(data, "streamed", False):
+    if streamed and not spill:
         cap = min(cap, opts.streaming_coarse_max_points)
     sizes = [opts.coarse_points]
     while sizes[-1] * opts.coarse_level_factor <= min(data.n_points / 4, cap):
         sizes.append(sizes[-1] * opts.coarse_level_factor)
-    dense = data.subsample(sizes[-1], opts.batch_size, dtype=np.float32)
+    kw = {"to_file": True} if spill and sizes[-1] > opts.streaming_coarse_max_points else {}
+    dense = data.subsample(sizes[-1], opts.batch_size, dtype=np.float32, **kw)
     levels = [dense.subsample(m, opts.batch_size) for m in sizes[:-1]] + [dense]
     return levels
 

@@ -40,8 +40,8 @@ class EngineOptions:
     coarse: bool = True
     coarse_points: int = 250_000
     coarse_max_level_points: int = 16_000_000
-    # streamed data: the levels are held in memory, so their size must not depend on the
-    # dataset's (constant memory); a 10M-point dataset gets levels up to 2M anyway
+    # streamed data: the largest level held in memory (a 10M-point dataset gets levels up
+    # to 2M anyway); bigger ones go to a temporary file, so memory stays constant
     streaming_coarse_max_points: int = 2_000_000
     coarse_level_factor: int = 8
     coarse_step_tol_se: float = 1e-2

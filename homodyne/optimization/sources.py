@@ -12,6 +12,8 @@ coarse stage.
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -95,6 +97,7 @@ class _Batched:
     """Shared by the streamed sources: batch count, and batch growth between passes."""
 
     streamed = True  # memory must not grow with the data (caps the coarse levels)
+    can_spill = False  # big coarse levels can go to a temporary file (subsample(to_file))
 
     batch_size: int
     n_points: int
@@ -207,7 +210,103 @@ class HostArrayData(_Batched):
         return InMemoryData(cols, n, min(batch_size, n), stride=s)
 
 
-class StreamingData(_Batched):
+class _RunSource(_Batched):
+    """Streamed data read in runs of whole batches into a fixed ring of buffers
+    (``_runs``), one run ahead in a background thread; memory does not grow with the
+    data. Local position j is global point ``stride * j``."""
+
+    prefetch: bool = True
+    can_spill = True
+
+    def _runs(self, start_batch: int, ring: int | None = None):
+        raise NotImplementedError
+
+    def _ring(self) -> int:
+        # one being computed on, one being read, spares for calls in flight elsewhere
+        return max(1, len(self.devices)) + 2
+
+    def chunks(self, start_batch: int = 0):
+        B, G = self.batch_size, self.batches_per_call
+        runs = self._runs(start_batch)
+
+        def load():
+            return next(runs, None)
+
+        def chunk(item):
+            pos, y, n = item
+            return Chunk({"y": y}, 0, self.stride * pos, n, pos // B, math.ceil(n / B),
+                         _round_robin(self.devices, pos // (B * G)))
+
+        if not self.prefetch:
+            while (item := load()) is not None:
+                yield chunk(item)
+            return
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="homodyne-read") as pool:
+            fut = pool.submit(load)
+            while (item := fut.result()) is not None:
+                fut = pool.submit(load)
+                yield chunk(item)
+
+    def subsample(self, max_points: int, batch_size: int, dtype=None, *,
+                  to_file: bool = False):
+        """Every s-th point in one sequential read: straight into the padded array the
+        device copy is made from (memory: the sample, twice, briefly), or, with
+        ``to_file``, into a temporary file streamed like the data (memory: none)."""
+        s = max(1, math.ceil(self.n_points / max_points))
+        n = math.ceil(self.n_points / s)
+        batch = min(batch_size, n)
+        dtype = np.dtype(dtype or self.dtype)
+        if to_file:
+            fh = tempfile.TemporaryFile(prefix="homodyne-level-")  # noqa: SIM115 - kept open
+            for pos, vals, nv in self._runs(0, ring=1):
+                fh.write(np.ascontiguousarray(vals[(-pos) % s : nv : s], dtype).tobytes())
+            fh.flush()
+            return FileLevelData(fh, n, batch, self.stride * s, dtype, self.batches_per_call,
+                                 self.devices)
+        y = np.zeros(InMemoryData.padded_length(n, batch), dtype=dtype)
+        for pos, vals, nv in self._runs(0, ring=1):
+            first = (-pos) % s
+            picked = vals[first:nv:s]
+            y[(pos + first) // s : (pos + first) // s + picked.size] = picked
+        return InMemoryData({"y": y}, n, batch, stride=self.stride * s)
+
+
+class FileLevelData(_RunSource):
+    """A coarse level bigger than the streaming memory budget: its values in an unlinked
+    temporary file (gone with the process), read run by run like the data."""
+
+    def __init__(self, fh, n_points: int, batch_size: int, stride: int, dtype,
+                 batches_per_call: int = 8, devices=()):
+        self._fh = fh
+        self.n_points = int(n_points)
+        self.batch_size = int(batch_size)
+        self.batches_per_call = int(batches_per_call)
+        self.stride = int(stride)
+        self.origin = 0
+        self.dtype = np.dtype(dtype)
+        self.devices = list(devices)
+
+    @property
+    def nbytes(self) -> int:
+        return self._ring() * self.batch_size * self.batches_per_call * self.dtype.itemsize
+
+    def _runs(self, start_batch: int, ring: int | None = None):
+        chunk = self.batch_size * self.batches_per_call
+        bufs = [np.empty(chunk, self.dtype) for _ in range(ring or self._ring())]
+        fd, size = self._fh.fileno(), self.dtype.itemsize
+        for k, lo in enumerate(range(start_batch * self.batch_size, self.n_points, chunk)):
+            buf, m = bufs[k % len(bufs)], min(chunk, self.n_points - lo)
+            got = os.preadv(fd, [memoryview(buf[:m]).cast("B")], lo * size)
+            if got != m * size:
+                raise OSError(f"coarse level file: read {got} of {m * size} bytes")
+            buf[m:] = 0
+            yield lo, buf, m
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+class StreamingData(_RunSource):
     """Points of a ``TwoTimeSource`` read from disk in runs of whole batches."""
 
     def __init__(self, source, batch_size: int, batches_per_call: int = 8,
@@ -230,48 +329,11 @@ class StreamingData(_Batched):
         return 2 * self.batch_size * self.batches_per_call * np.dtype(self.dtype).itemsize
 
     def _runs(self, start_batch: int, ring: int | None = None):
-        """(first point, buffer, n valid) for runs of whole batches; the buffers are a
-        fixed ring reused round by round (one being computed on, one being read, spares
-        for calls still in flight on other devices)."""
+        """(first point, buffer, n valid) for runs of whole batches, read from the file
+        into a fixed ring of buffers."""
         B, G = self.batch_size, self.batches_per_call
         start = start_batch * B
-        ring = ring or max(1, len(self.devices)) + 2
+        ring = ring or self._ring()
         yield from self.source.iter_points_into(start, self.n_points - start, B * G,
                                                 ring=ring, dtype=self.dtype,
                                                 target_points=max(B * G, 1 << 18))
-
-    def chunks(self, start_batch: int = 0):
-        B = self.batch_size
-        runs = self._runs(start_batch)
-        G = self.batches_per_call
-
-        def load():
-            return next(runs, None)
-
-        def chunk(item):
-            pos, y, n = item
-            return Chunk({"y": y}, 0, pos, n, pos // B, math.ceil(n / B),
-                         _round_robin(self.devices, pos // (B * G)))
-
-        if not self.prefetch:
-            while (item := load()) is not None:
-                yield chunk(item)
-            return
-        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="homodyne-read") as pool:
-            fut = pool.submit(load)
-            while (item := fut.result()) is not None:
-                fut = pool.submit(load)
-                yield chunk(item)
-
-    def subsample(self, max_points: int, batch_size: int, dtype=None) -> InMemoryData:
-        """Every s-th point, collected in one sequential read straight into the padded
-        array the device copy is made from (memory: the sample, twice, briefly)."""
-        s = max(1, math.ceil(self.n_points / max_points))
-        n = math.ceil(self.n_points / s)
-        batch = min(batch_size, n)
-        y = np.zeros(InMemoryData.padded_length(n, batch), dtype=dtype or self.dtype)
-        for pos, vals, nv in self._runs(0, ring=1):
-            first = (-pos) % s
-            picked = vals[first:nv:s]
-            y[(pos + first) // s : (pos + first) // s + picked.size] = picked
-        return InMemoryData({"y": y}, n, batch, stride=s)
