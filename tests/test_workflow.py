@@ -119,6 +119,7 @@ def test_benchmark_runs_and_summarises(repo_copy):
     over = json.loads((res / "runs/static_tiny/overhead_streaming.json").read_text())
     assert set(over["variants"]) == {"null", "ckpt10", "ckpt10-strict", "full", "fast"}
     assert all(math.isfinite(v["overhead"]) for v in over["variants"].values())
+    assert set(over["kernel"]) == {"null", "full", "fast"}  # fault modes vs all checks off
     ck = targets[targets["target"] == "checkpoint overhead at frequency 10"].iloc[0]
     assert ck["status"] in ("PASS", "FAIL") and "paired passes" in ck["note"]
 

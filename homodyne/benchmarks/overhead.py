@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from homodyne.data import open_two_time
+from homodyne.optimization.checkpoint_manager import DEFAULT_MIN_INTERVAL_S
 from homodyne.output import write_json
 
 
@@ -31,7 +32,7 @@ class Variant:
     validate: bool = True
     fault_tolerance: bool = True
     checkpoint_frequency: int = 0
-    checkpoint_min_interval_s: float = 1.0
+    checkpoint_min_interval_s: float = DEFAULT_MIN_INTERVAL_S
 
 
 FAULT_MODES = {"none": (False, False), "validation": (True, False), "full": (True, True),
@@ -72,12 +73,43 @@ def _runner(v: Variant, spec, data, workdir: Path):
     return PassRunner(TwoTimeProblem(spec, validate=v.validate), data, monitor=mon)
 
 
+def _paired(runners: dict, rounds: int, x) -> dict:
+    """Pass times per runner: every round runs one pass of each, in a rotating order."""
+    names = list(runners)
+    for r in runners.values():  # compile and warm every variant
+        r.evaluate(x)
+    times = {n: [] for n in names}
+    for k in range(rounds):
+        for n in names[k % len(names):] + names[: k % len(names)]:
+            t0 = time.perf_counter()
+            runners[n].evaluate(x)
+            times[n].append(time.perf_counter() - t0)
+    for r in runners.values():
+        r.monitor.flush()
+    return times
+
+
+def _compare(times, name, base) -> dict:
+    ratio = np.asarray(times[name]) / np.asarray(times[base]) - 1.0
+    return {"baseline": base, "overhead": float(np.median(ratio)),
+            "q25": float(np.quantile(ratio, 0.25)), "q75": float(np.quantile(ratio, 0.75)),
+            "pass_s": float(np.median(times[name])),
+            "baseline_pass_s": float(np.median(times[base]))}
+
+
 def bench_overheads(data_path, out_json, *, tier: str = "streaming", rounds: int = 12,
                     checkpoint_frequencies=(10, 100),
-                    fault_modes=("validation", "full", "fast")) -> dict:
-    """Paired-pass overheads of checkpoints and fault-tolerance modes on one dataset."""
+                    fault_modes=("validation", "full", "fast"),
+                    kernel_points: int = 1_000_000) -> dict:
+    """Paired-pass overheads of checkpoints and fault-tolerance modes on one dataset.
+
+    Checkpoints are measured on ``tier`` passes. The fault-tolerance modes change only
+    the work per point, so they are also measured on an in-memory run of the first
+    ``kernel_points`` points (short passes, 5x the rounds): the kernel cost without the
+    disk reads' noise."""
     from homodyne.benchmarks.runner import _problem_setup
     from homodyne.optimization.nlsq_wrapper import NLSQWrapper
+    from homodyne.optimization.sources import InMemoryData
 
     src = open_two_time(data_path)
     spec, _, _, truth = _problem_setup(src)
@@ -86,24 +118,13 @@ def bench_overheads(data_path, out_json, *, tier: str = "streaming", rounds: int
     batch = min(w._batch(strategy, spec.n_points, spec.n_params), spec.n_points)
     data = w._data(strategy, None, spec.n_points, batch, src)
     vs, pairs = variants(checkpoint_frequencies, fault_modes)
+    x = np.asarray(truth, float)
     workdir = Path(tempfile.mkdtemp(prefix="homodyne-overhead-"))
     try:
         runners = {v.name: _runner(v, spec, data, workdir) for v in vs}
-        x = np.asarray(truth, float)
-        for r in runners.values():  # compile and warm every variant
-            r.evaluate(x)
-        times = {v.name: [] for v in vs}
-        for k in range(rounds):
-            order = vs[k % len(vs):] + vs[: k % len(vs)]
-            for v in order:
-                t0 = time.perf_counter()
-                runners[v.name].evaluate(x)
-                times[v.name].append(time.perf_counter() - t0)
-        for r in runners.values():
-            r.monitor.flush()
+        times = _paired(runners, rounds, x)
         result = {}
         for name, base in pairs:
-            ratio = np.asarray(times[name]) / np.asarray(times[base]) - 1.0
             v = next(v for v in vs if v.name == name)
             mon = runners[name].monitor
             sec = mon.checkpoint_seconds
@@ -112,10 +133,7 @@ def bench_overheads(data_path, out_json, *, tier: str = "streaming", rounds: int
             busy = float(np.sum(times[name]))
             accounted = float(np.sum(mon.checkpoint_cpu_seconds)) / busy
             result[name] = {
-                "baseline": base, "overhead": float(np.median(ratio)),
-                "q25": float(np.quantile(ratio, 0.25)), "q75": float(np.quantile(ratio, 0.75)),
-                "pass_s": float(np.median(times[name])),
-                "baseline_pass_s": float(np.median(times[base])),
+                **_compare(times, name, base),
                 "checkpoint_frequency": v.checkpoint_frequency,
                 "checkpoint_min_interval_s": v.checkpoint_min_interval_s
                 if v.checkpoint_frequency else None,
@@ -125,11 +143,20 @@ def bench_overheads(data_path, out_json, *, tier: str = "streaming", rounds: int
                 if sec else 0.0,
                 "accounted_overhead": accounted if v.checkpoint_frequency else None,
             }
+        n_k = min(kernel_points, spec.n_points)
+        y = next(src.iter_points(0, n_k, n_k))[1]
+        mem = InMemoryData({"y": y}, n_k, min(batch, n_k), batches_per_call=data.batches_per_call)
+        # 'null': a second all-checks-off runner, what "no difference" reads as
+        kvs = [Variant(m, *FAULT_MODES["none" if m == "null" else m])
+               for m in dict.fromkeys(("none", "null", *fault_modes))]
+        ktimes = _paired({v.name: _runner(v, spec, mem, workdir) for v in kvs}, 5 * rounds, x)
+        kernel = {v.name: _compare(ktimes, v.name, "none") for v in kvs if v.name != "none"}
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         src.close()
     rec = {"kind": "overhead", "name": f"overhead-{tier}", "dataset": Path(data_path).stem,
            "n_points": spec.n_points, "mode": spec.mode, "tier": strategy.value,
-           "batch_size": batch, "rounds": rounds, "variants": result}
+           "batch_size": batch, "rounds": rounds, "variants": result,
+           "kernel_points": n_k, "kernel": kernel}
     write_json(out_json, rec)
     return rec

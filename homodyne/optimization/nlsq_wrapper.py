@@ -13,7 +13,7 @@ import math
 
 import numpy as np
 
-from homodyne.optimization.checkpoint_manager import CheckpointManager
+from homodyne.optimization.checkpoint_manager import DEFAULT_MIN_INTERVAL_S, CheckpointManager
 from homodyne.optimization.driver import fingerprint, run_fit
 from homodyne.optimization.engine import EngineOptions
 from homodyne.optimization.passes import FaultSettings, FitMonitor
@@ -276,7 +276,8 @@ class NLSQWrapper:
             mon.manager = CheckpointManager(
                 ck.get("checkpoint_dir", "./checkpoints"), ck.get("checkpoint_frequency", 10),
                 ck.get("keep_last_checkpoints", ck.get("keep_last_n", 3)),
-                ck.get("enable_compression", True), ck.get("checkpoint_min_interval_s", 1.0))
+                ck.get("enable_compression", True),
+                ck.get("checkpoint_min_interval_s", DEFAULT_MIN_INTERVAL_S))
             mon.fingerprint = fingerprint(identity(), p0, lb, ub, str(tier), batch,
                                           data.batches_per_call, self.options.__dict__,
                                           self.validate)
