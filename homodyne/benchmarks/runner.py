@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import platform
-import shutil
 import time
 import traceback
 from pathlib import Path
@@ -22,14 +21,6 @@ from homodyne import __version__
 from homodyne.benchmarks.memory import RSSSampler
 from homodyne.data import open_two_time
 from homodyne.output import write_json
-
-FAULT_MODES = {
-    # name: (enable_numerical_validation, fast_mode, enable_recovery)
-    "none": (False, True, False),
-    "validation": (True, False, False),
-    "full": (True, False, True),
-    "fast": (False, True, True),
-}
 
 
 def _truth(src):
@@ -78,81 +69,42 @@ def _hwm_mb():
     return peak_rss_mb()
 
 
-def bench_engine(data_path, out_json, *, tier="standard", device="cpu", fault_mode="full",
-                 checkpoint_frequency: int | None = None, checkpoint_dir=None,
-                 batch_size: int | None = None, repeats: int = 1,
-                 checkpoint_min_interval_s: float | None = None) -> dict:
-    """Fit a dataset with this engine and record speed, memory and accuracy."""
+def bench_engine(data_path, out_json, *, tier="standard", device="cpu") -> dict:
+    """Fit a dataset with this engine (default settings: full fault tolerance, no
+    checkpoints; their overheads are ``overhead.bench_overheads``) and record speed,
+    memory and accuracy."""
     import jax
+
+    from homodyne.optimization.nlsq_wrapper import NLSQWrapper
 
     if device == "gpu" and not any(d.platform == "gpu" for d in jax.devices()):
         return _unavailable(out_json, "engine", f"{tier}-gpu", data_path,
                             "no GPU visible to JAX on this machine")
     target = next(d for d in jax.devices() if d.platform == "gpu") if device == "gpu" \
         else jax.devices("cpu")[0]
-    best = None
-    with jax.default_device(target):
-        for _ in range(max(1, repeats)):  # keep the run with the fastest steady pass
-            if checkpoint_dir:
-                shutil.rmtree(checkpoint_dir, ignore_errors=True)
-            rec = _bench_engine(data_path, out_json, tier=tier, device=device,
-                                fault_mode=fault_mode, checkpoint_frequency=checkpoint_frequency,
-                                checkpoint_dir=checkpoint_dir, batch_size=batch_size,
-                                checkpoint_min_interval_s=checkpoint_min_interval_s)
-            if best is None or _steady(rec) < _steady(best):
-                best = rec
-    best["repeats"] = max(1, repeats)
-    write_json(out_json, best)
-    return best
-
-
-def _steady(rec) -> float:
-    ps = rec["pass_seconds"]
-    return float(np.median(ps[1:] if len(ps) > 1 else ps))
-
-
-def _bench_engine(data_path, out_json, *, tier, device, fault_mode, checkpoint_frequency,
-                  checkpoint_dir, batch_size, checkpoint_min_interval_s=None) -> dict:
-    from homodyne.optimization.nlsq_wrapper import NLSQWrapper
-
     src = open_two_time(data_path)
     spec, p0, bounds, truth = _problem_setup(src)
-    validate, fast, recovery = FAULT_MODES[fault_mode]
-    ck = {}
-    if checkpoint_frequency:
-        ck = {"enable_checkpoints": True, "checkpoint_dir": str(checkpoint_dir),
-              "checkpoint_frequency": checkpoint_frequency, "resume_from_checkpoint": False,
-              "keep_last_checkpoints": 3}
-        if checkpoint_min_interval_s is not None:
-            ck["checkpoint_min_interval_s"] = checkpoint_min_interval_s
-    with RSSSampler() as rss:
+    with jax.default_device(target), RSSSampler() as rss:
         def cb(batch_idx, params, loss, success):
             rss.mark()
             return True
 
-        w = NLSQWrapper(strategy_override=tier, enable_numerical_validation=validate,
-                        fast_mode=fast, enable_recovery=recovery, checkpoint_config=ck,
-                        callback=cb, batch_size=batch_size)
+        w = NLSQWrapper(strategy_override=tier, callback=cb)
         t0 = time.perf_counter()
         r = w.fit_two_time(src, spec, p0, bounds)
         wall = time.perf_counter() - t0
     src.close()
     d = r.streaming_diagnostics or {}
-    name = f"{tier}-{device}" + (f"-ckpt{checkpoint_frequency}" if checkpoint_frequency else "")
-    name += "" if fault_mode == "full" else f"-{fault_mode}"
-    rec = _record("engine", name, src, spec, wall, rss, r.parameters, r.uncertainties, truth, {
-        "tier": r.strategy, "device": r.device, "fault_mode": fault_mode,
-        "checkpoint_frequency": checkpoint_frequency or 0, "passes": r.passes,
-        "checkpoint_min_interval_s": ck.get("checkpoint_min_interval_s", 1.0) if ck else None,
-        "coarse_passes": r.coarse_passes, "coarse_points": r.coarse_points,
-        "batch_size": r.batch_size, "pass_seconds": r.pass_seconds,
-        "residuals_per_s_per_pass": r.residuals_per_second,
-        "converged": r.converged, "stop_reason": r.stop_reason,
-        "reduced_chi_squared": r.reduced_chi_squared,
-        "checkpoint_saves": d.get("checkpoint_saves", 0),
-        "checkpoint_save_s_max": d.get("checkpoint_save_seconds_max", 0.0),
-        "batch_success_rate": d.get("batch_success_rate"),
-    })
+    rec = _record("engine", f"{tier}-{device}", src, spec, wall, rss, r.parameters,
+                  r.uncertainties, truth, {
+                      "tier": r.strategy, "device": r.device, "passes": r.passes,
+                      "coarse_passes": r.coarse_passes, "coarse_points": r.coarse_points,
+                      "batch_size": r.batch_size, "pass_seconds": r.pass_seconds,
+                      "residuals_per_s_per_pass": r.residuals_per_second,
+                      "converged": r.converged, "stop_reason": r.stop_reason,
+                      "reduced_chi_squared": r.reduced_chi_squared,
+                      "batch_success_rate": d.get("batch_success_rate"),
+                  })
     write_json(out_json, rec)
     return rec
 

@@ -16,17 +16,11 @@ def runs_table(records: list[dict]) -> pd.DataFrame:
     """One row per run, with the distance from each dataset's reference optimum."""
     rows = []
     for r in records:
-        row = {k: r.get(k) for k in (
-            "dataset", "n_points", "mode", "kind", "name", "tier", "device", "fault_mode",
-            "checkpoint_frequency", "wall_s", "points_per_s", "residuals_per_s_per_pass",
-            "passes", "coarse_passes", "batch_size", "peak_rss_mb", "rss_batch_cv",
-            "checkpoint_save_s_max", "max_abs_error_se", "converged", "unavailable")}
-        ps = np.asarray(r.get("pass_seconds") or [], float)
-        steady = ps[1:] if ps.size > 1 else ps  # the first pass carries the compilation
-        row["per_pass_s"] = float(np.median(steady)) if steady.size else np.nan
-        row["pass_spread"] = float((steady.max() - steady.min()) / np.median(steady)) \
-            if steady.size > 1 else np.nan
-        rows.append(row)
+        rows.append({k: r.get(k) for k in (
+            "dataset", "n_points", "mode", "kind", "name", "tier", "device", "wall_s",
+            "points_per_s", "residuals_per_s_per_pass", "passes", "coarse_passes",
+            "batch_size", "peak_rss_mb", "rss_batch_cv", "max_abs_error_se", "converged",
+            "unavailable")})
     df = pd.DataFrame(rows)
     df["dist_ref_se"] = np.nan
     df["reference"] = ""
@@ -50,8 +44,7 @@ def runs_table(records: list[dict]) -> pd.DataFrame:
 
 def _cpu_full(df: pd.DataFrame) -> pd.DataFrame:
     e = df[(df["kind"] == "engine") & df["unavailable"].isna()]
-    return e[(e["device"] == "cpu") & (e["fault_mode"] == "full") &
-             (e["checkpoint_frequency"] == 0)]
+    return e[e["device"] == "cpu"]
 
 
 def _pick(df, **eq):
@@ -223,8 +216,7 @@ def plot_all(runs: pd.DataFrame, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     ok = runs[runs["unavailable"].isna()]
-    eng = ok[(ok["kind"] == "engine") & (ok["fault_mode"] == "full") &
-             (ok["checkpoint_frequency"] == 0)]
+    eng = ok[ok["kind"] == "engine"]
     paths = []
     for col, fname, ylabel, logy in (("peak_rss_mb", "memory_vs_points.png", "peak RSS [MB]", True),
                                      ("points_per_s", "throughput_vs_points.png",
@@ -251,8 +243,6 @@ def plot_all(runs: pd.DataFrame, out: Path) -> list[Path]:
     piv = best.pivot_table(index="dataset", columns="name", values="wall_s")
     sel = [c for c in piv.columns if c.startswith(("standard-cpu", "large-cpu", "chunked-cpu",
                                                    "streaming-cpu", "scipy", "nlsq"))]
-    sel = [c for c in sel if "-ckpt" not in c and not c.endswith(("-none", "-validation",
-                                                                    "-fast"))]
     if sel:
         piv[sel].plot.bar(ax=ax, logy=True)
     ax.set_ylabel("wall time [s] (log)")

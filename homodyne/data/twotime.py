@@ -106,26 +106,32 @@ class TwoTimeSource(TriangleGrid):
         self.close()
 
     def _read_rows(self, angle: int, r0: int, r1: int, c0: int = 0, *,
-                   as_stored: bool = False) -> np.ndarray:
-        """Rows r0..r1-1 x columns c0..n-1 (selection-relative), float64 unless
-        ``as_stored`` (then in the file's dtype, so a caller can select first)."""
+                   as_stored: bool = False, out: np.ndarray | None = None) -> np.ndarray:
+        """Rows r0..r1-1 x columns c0..n-1 (selection-relative): float64, or in the file's
+        dtype with ``as_stored`` (a caller can select first), or read straight into the
+        flat scratch ``out`` (no allocation; returns a view of it)."""
         f0 = self.first_frame - 1
         n = self.n_frames
         if self._matrix is not None:
-            m = self._matrix
-            block = m[f0 + r0 : f0 + r1, f0 + c0 : f0 + n]
-        else:
-            ds = self._file()[self.dataset_names[angle]]
-            try:
-                if self.storages[angle] == "lower":
-                    block = ds[f0 + c0 : f0 + n, f0 + r0 : f0 + r1].T
-                else:
-                    block = ds[f0 + r0 : f0 + r1, f0 + c0 : f0 + n]
-            except OSError as exc:
-                raise DataFileError(
-                    self.path, f"cannot read rows {r0}..{r1} of {self.dataset_names[angle]}: {exc}"
-                ) from exc
-        return np.asarray(block) if as_stored else np.asarray(block, dtype=np.float64)
+            block = self._matrix[f0 + r0 : f0 + r1, f0 + c0 : f0 + n]
+            return block if as_stored or out is not None else block.astype(np.float64)
+        ds = self._file()[self.dataset_names[angle]]
+        lower = self.storages[angle] == "lower"
+        sel = np.s_[f0 + c0 : f0 + n, f0 + r0 : f0 + r1] if lower else \
+            np.s_[f0 + r0 : f0 + r1, f0 + c0 : f0 + n]
+        try:
+            if out is not None:
+                shape = (n - c0, r1 - r0) if lower else (r1 - r0, n - c0)
+                block = out[: shape[0] * shape[1]].reshape(shape)
+                ds.read_direct(block, sel)
+            else:
+                block = ds[sel]
+        except (OSError, TypeError) as exc:
+            raise DataFileError(
+                self.path, f"cannot read rows {r0}..{r1} of {self.dataset_names[angle]}: {exc}"
+            ) from exc
+        block = block.T if lower else block
+        return block if as_stored or out is not None else np.asarray(block, dtype=np.float64)
 
     def _row_offset(self, r: int) -> int:
         n = self.n_frames
@@ -166,28 +172,6 @@ class TwoTimeSource(TriangleGrid):
                                                  target_points=target_points):
             yield pos, buf[:n].copy()
 
-    def _read_rect_into(self, angle: int, r0: int, r1: int, scratch: np.ndarray) -> np.ndarray:
-        """Rows r0..r1-1 x columns r0+1..n-1 read into ``scratch`` (no allocation);
-        returns the (rows, cols) view, possibly transposed for lower storage."""
-        f0 = self.first_frame - 1
-        n = self.n_frames
-        rows, cols = r1 - r0, n - 1 - r0
-        if self._matrix is not None:
-            return self._matrix[f0 + r0 : f0 + r1, f0 + r0 + 1 : f0 + n]
-        ds = self._file()[self.dataset_names[angle]]
-        try:
-            if self.storages[angle] == "lower":
-                out = scratch[: rows * cols].reshape(cols, rows)
-                ds.read_direct(out, np.s_[f0 + r0 + 1 : f0 + n, f0 + r0 : f0 + r1])
-                return out.T
-            out = scratch[: rows * cols].reshape(rows, cols)
-            ds.read_direct(out, np.s_[f0 + r0 : f0 + r1, f0 + r0 + 1 : f0 + n])
-            return out
-        except (OSError, TypeError) as exc:
-            raise DataFileError(
-                self.path, f"cannot read rows {r0}..{r1} of {self.dataset_names[angle]}: {exc}"
-            ) from exc
-
     def iter_points_into(self, start: int, count: int, chunk: int, *, ring: int = 3,
                          dtype=np.float64, target_points: int = 1 << 19
                          ) -> Iterator[tuple[int, np.ndarray, int]]:
@@ -208,7 +192,7 @@ class TwoTimeSource(TriangleGrid):
             r = _row_of(pos - angle * m, n) if angle == start // m else 0
             while r < n - 1 and pos < stop:
                 rows = max(1, min(n - 1 - r, target_points // max(1, n - 1 - r)))
-                rect = self._read_rect_into(angle, r, r + rows, scratch)
+                rect = self._read_rows(angle, r, r + rows, r + 1, out=scratch)
                 for i in range(rows):
                     row_start = angle * m + self._row_offset(r + i)
                     seg = rect[i, i + max(0, pos - row_start):]

@@ -147,26 +147,35 @@ def _trust(n_points: int, previous_level: int) -> float:
     return math.sqrt(n_points / previous_level) if previous_level else 1.0
 
 
-def coarse_levels(data, opts: EngineOptions):
-    """Nested strided subsamples, smallest first: coarse_points x factor^k up to a quarter
-    of the data (at most coarse_max_level_points, as float32). One read of the data
-    collects the densest level; the sparser ones are strided subsets of it. Streamed data
-    keep memory constant: levels over streaming_coarse_max_points go to a temporary file
-    and are streamed like the data (or are left out when the data cannot spill)."""
-    if not opts.coarse or data.n_points <= 2 * opts.coarse_points:
-        return []
-    streamed = getattr(data, "streamed", False)
-    spill = streamed and getattr(data, "can_spill", False)
+def coarse_level_sizes(n_points: int, opts: EngineOptions, *, streamed: bool = False,
+                       spill: bool = False) -> tuple[list[int], bool]:
+    """Level sizes, smallest first: coarse_points x factor^k up to a quarter of the data
+    and coarse_max_level_points; and whether the densest goes to a temporary file.
+    Streamed data hold at most streaming_coarse_max_points in memory (constant memory):
+    a bigger level spills to a file, or is left out when the data cannot spill."""
+    if not opts.coarse or n_points <= 2 * opts.coarse_points:
+        return [], False
     cap = opts.coarse_max_level_points
     if streamed and not spill:
         cap = min(cap, opts.streaming_coarse_max_points)
     sizes = [opts.coarse_points]
-    while sizes[-1] * opts.coarse_level_factor <= min(data.n_points / 4, cap):
+    while sizes[-1] * opts.coarse_level_factor <= min(n_points / 4, cap):
         sizes.append(sizes[-1] * opts.coarse_level_factor)
-    kw = {"to_file": True} if spill and sizes[-1] > opts.streaming_coarse_max_points else {}
+    return sizes, streamed and spill and sizes[-1] > opts.streaming_coarse_max_points
+
+
+def coarse_levels(data, opts: EngineOptions):
+    """Nested strided subsamples (sizes from ``coarse_level_sizes``), held as float32.
+    One read of the data collects the densest level; the sparser ones are strided
+    subsets of it."""
+    sizes, to_file = coarse_level_sizes(data.n_points, opts,
+                                        streamed=getattr(data, "streamed", False),
+                                        spill=getattr(data, "can_spill", False))
+    if not sizes:
+        return []
+    kw = {"to_file": True} if to_file else {}
     dense = data.subsample(sizes[-1], opts.batch_size, dtype=np.float32, **kw)
-    levels = [dense.subsample(m, opts.batch_size) for m in sizes[:-1]] + [dense]
-    return levels
+    return [dense.subsample(m, opts.batch_size) for m in sizes[:-1]] + [dense]
 
 
 def _unevaluated(x, reason):

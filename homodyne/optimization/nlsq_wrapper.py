@@ -14,7 +14,7 @@ import math
 import numpy as np
 
 from homodyne.optimization.checkpoint_manager import DEFAULT_MIN_INTERVAL_S, CheckpointManager
-from homodyne.optimization.driver import fingerprint, run_fit
+from homodyne.optimization.driver import coarse_level_sizes, fingerprint, run_fit
 from homodyne.optimization.engine import EngineOptions
 from homodyne.optimization.passes import FaultSettings, FitMonitor
 from homodyne.optimization.problems import CurveProblem, TwoTimeProblem
@@ -175,11 +175,14 @@ class NLSQWrapper:
 
         limit = self.memory_limit_gb * 2**30
         base = psutil.Process().memory_info().rss + COMPILE_ALLOWANCE
-        coarse = min(n_points, self.options.coarse_points) * (8 + bytes_per_point(n_params)) \
-            if self.options.coarse else 0
-        held = 0 if tier == OptimizationStrategy.STREAMING else 8 * n_points
+        streaming = tier == OptimizationStrategy.STREAMING
+        # the coarse levels held in memory, float32 (a spilled level lives in a file)
+        sizes, spilled = coarse_level_sizes(n_points, self.options, streamed=streaming,
+                                            spill=streaming)
+        coarse = 4 * sum(sizes[:-1] if spilled else sizes)
+        held = 0 if streaming else 8 * n_points
         per_point = (bytes_per_point(n_params) + 3 * 8) * (self._streaming_calls()
-                                                          if tier == "STREAMING" else 1)
+                                                          if streaming else 1)
         smallest = base + coarse + held + per_point * MIN_BATCH
         if smallest > limit:
             raise NLSQMemoryError(

@@ -510,14 +510,13 @@ class PassRunner:
                 mon.progress.update(int(np.sum(n[:real])), real, len(mon.failures),
                                     mon.batches_done, float(np.sum(cost[:real])))
             next_batch = chunk.pass_batch + G
-            if mon.manager is not None and (mon.signal_received is not None or
-                                            mon.save_due()):
-                started = time.perf_counter()
-                partial = jax.device_get(acc)
-                mon.maybe_save(self.stage, x, next_batch, partial, started=started)
+            if mon.signal_received is not None:  # saves now (checkpoints on) and stops
+                partial = jax.device_get(acc) if mon.manager is not None else None
                 mon.check_signal(self.stage, x, next_batch, partial)
-            elif mon.signal_received is not None:
-                mon.check_signal(self.stage, x, next_batch, None)
+            elif mon.save_due():
+                started = time.perf_counter()
+                mon.maybe_save(self.stage, x, next_batch, jax.device_get(acc),
+                               started=started)
         ne = self.problem.assemble(jax.device_get(acc))
         if first:
             self._first_done = True
@@ -538,7 +537,7 @@ class PassRunner:
                                 if mon.applicator else "reduce_step_size (0.5x)")
         seconds = time.perf_counter() - t0
         mon.passes.append(PassRecord(self.stage, x.copy(), ne, seconds, n_real, 0))
-        if getattr(self.data, "devices", None) is not None:  # streamed: give memory back
+        if getattr(self.data, "streamed", False):  # give the pass's buffers back
             _trim_heap()
         adapt = getattr(self.data, "adapt", None)
         if adapt is not None and not excluded and mon.manager is None and \

@@ -68,10 +68,6 @@ class InMemoryData:
         per_call = min(n_batches, batches_per_call or n_batches)
         return math.ceil(n_batches / per_call) * per_call * batch_size
 
-    @property
-    def nbytes(self) -> int:
-        return sum(int(v.nbytes) for v in self.columns.values())
-
     def chunks(self, start_batch: int = 0):
         G = self.batches_per_call
         for first in range(start_batch - start_batch % G, self.n_batches, G):
@@ -148,10 +144,6 @@ class ShardedData:
         self.batches_per_call = self.shards[0][1].batches_per_call
         self._host = columns
 
-    @property
-    def nbytes(self) -> int:
-        return sum(s.nbytes for _, s in self.shards)
-
     def chunks(self, start_batch: int = 0):
         if start_batch:
             raise ValueError("sharded passes cannot resume mid-pass")
@@ -187,12 +179,6 @@ class HostArrayData(_Batched):
         self.stride = 1
         self.origin = 0
         self.devices: list = []
-
-    @property
-    def nbytes(self) -> int:
-        width = sum(np.dtype(v.dtype).itemsize * (v.size // max(v.shape[-1], 1))
-                    for v in self.columns.values())
-        return self.batch_size * self.batches_per_call * width
 
     def chunks(self, start_batch: int = 0):
         B, G = self.batch_size, self.batches_per_call
@@ -286,10 +272,6 @@ class FileLevelData(_RunSource):
         self.dtype = np.dtype(dtype)
         self.devices = list(devices)
 
-    @property
-    def nbytes(self) -> int:
-        return self._ring() * self.batch_size * self.batches_per_call * self.dtype.itemsize
-
     def _runs(self, start_batch: int, ring: int | None = None):
         chunk = self.batch_size * self.batches_per_call
         bufs = [np.empty(chunk, self.dtype) for _ in range(ring or self._ring())]
@@ -301,9 +283,6 @@ class FileLevelData(_RunSource):
                 raise OSError(f"coarse level file: read {got} of {m * size} bytes")
             buf[m:] = 0
             yield lo, buf, m
-
-    def close(self) -> None:
-        self._fh.close()
 
 
 class StreamingData(_RunSource):
@@ -323,10 +302,6 @@ class StreamingData(_RunSource):
         self.devices: list = []
         self.prefetch = prefetch
         self.dtype = dtype
-
-    @property
-    def nbytes(self) -> int:
-        return 2 * self.batch_size * self.batches_per_call * np.dtype(self.dtype).itemsize
 
     def _runs(self, start_batch: int, ring: int | None = None):
         """(first point, buffer, n valid) for runs of whole batches, read from the file
