@@ -15,7 +15,8 @@ import psutil
 
 from homodyne.jaxconf import jax
 from homodyne.optimization.engine import EngineOptions, covariance_from_normal, solve_lm
-from homodyne.optimization.passes import FitMonitor, PassRunner, StopFit
+from homodyne.optimization.exceptions import StopFit
+from homodyne.optimization.passes import FitMonitor, PassRunner
 from homodyne.optimization.problems import NormalEquations
 from homodyne.optimization.result import FitResult
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from homodyne.optimization.passes import StopFit
+from homodyne.optimization.exceptions import NLSQNumericalError, StopFit
 from homodyne.optimization.problems import NormalEquations
 
 
@@ -201,8 +201,6 @@ def _lm_loop(st: LMState, evaluate, lb, ub, *, max_iterations, step_tol_se, gtol
     """The iteration itself; ``st`` always holds the best accepted point."""
     x, ne = st.x, st.ne
     if not _finite(ne):
-        from homodyne.optimization.exceptions import NLSQNumericalError
-
         raise NLSQNumericalError(
             "Non-finite cost or gradients at the initial parameters "
             f"{x.tolist()}: check p0, bounds and the data")

@@ -32,7 +32,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from homodyne.jaxconf import jax, jnp
-from homodyne.optimization.exceptions import NLSQCheckpointError, NLSQConvergenceError
+from homodyne.optimization.exceptions import (
+    Interrupted,
+    NLSQCheckpointError,
+    NLSQConvergenceError,
+    StopFit,
+)
 from homodyne.optimization.problems import ChunkLayout, NormalEquations
 
 log = logging.getLogger("homodyne.engine")
@@ -69,18 +74,6 @@ def _memory_allows(points: int) -> bool:
     import psutil
 
     return points * 8 * 64 < 0.25 * psutil.virtual_memory().available
-
-
-class StopFit(Exception):
-    """Raised inside a pass to stop the fit cleanly (callback, signal)."""
-
-
-class Interrupted(StopFit):
-    """SIGINT or SIGTERM arrived: a checkpoint was saved (when enabled) and the fit stops."""
-
-    def __init__(self, signum: int, message: str):
-        super().__init__(message)
-        self.signum = signum
 
 
 @dataclass
