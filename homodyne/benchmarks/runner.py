@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from homodyne import __version__
-from homodyne.benchmarks.memory import RSSSampler
 from homodyne.data import open_two_time
+from homodyne.memory import RSSSampler, peak_rss_mb
 from homodyne.output import write_json
 
 
@@ -64,8 +64,6 @@ def _record(kind, name, src, spec, t_wall, rss, params, se, truth, extra) -> dic
 
 def _hwm_mb():
     """The process's exact resident high-water mark (catches spikes the sampler misses)."""
-    from homodyne.optimization.driver import peak_rss_mb
-
     return peak_rss_mb()
 
 

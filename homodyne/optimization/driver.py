@@ -11,9 +11,9 @@ import time
 from contextlib import contextmanager
 
 import numpy as np
-import psutil
 
 from homodyne.jaxconf import jax
+from homodyne.memory import peak_rss_mb
 from homodyne.optimization.engine import EngineOptions, covariance_from_normal, solve_lm
 from homodyne.optimization.exceptions import StopFit
 from homodyne.optimization.passes import FitMonitor, PassRunner
@@ -234,16 +234,3 @@ def build_result(problem, st, x0, lb, ub, *, strategy, mon, coarse_passes, coars
         interrupted_by=signal.Signals(mon.signal_received).name
         if mon.signal_received is not None else None,
     )
-
-
-def peak_rss_mb() -> float | None:
-    """This process's own resident high-water mark (VmHWM). Not ru_maxrss: Linux carries
-    that across fork+exec, so a child would report its parent's peak."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return psutil.Process().memory_info().rss / 2**20

@@ -168,13 +168,12 @@ class NLSQWrapper:
         """
         if self.memory_limit_gb is None:
             return batch
-        import psutil
-
+        from homodyne.memory import rss_bytes
         from homodyne.optimization.exceptions import NLSQMemoryError
         from homodyne.optimization.strategy import MIN_BATCH, bytes_per_point
 
         limit = self.memory_limit_gb * 2**30
-        base = psutil.Process().memory_info().rss + COMPILE_ALLOWANCE
+        base = rss_bytes() + COMPILE_ALLOWANCE
         streaming = tier == OptimizationStrategy.STREAMING
         # the coarse levels held in memory, float32 (a spilled level lives in a file)
         sizes, spilled = coarse_level_sizes(n_points, self.options, streamed=streaming,

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from homodyne.jaxconf import jax, jnp
+from homodyne.memory import memory_allows, trim_heap
 from homodyne.optimization.exceptions import (
     Interrupted,
     NLSQCheckpointError,
@@ -42,38 +43,6 @@ from homodyne.optimization.problems import ChunkLayout, NormalEquations
 
 log = logging.getLogger("homodyne.engine")
 STAGES = ("coarse", "full")
-
-
-def _libc():
-    import ctypes
-    import ctypes.util
-
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-    except OSError:
-        return None
-
-
-_LIBC = _libc()
-
-
-def limit_heap_arenas(n: int = 2) -> None:
-    """Cap glibc's malloc arenas: the reader thread's freed buffers then stay reusable
-    instead of growing a per-thread heap (constant memory when streaming)."""
-    if _LIBC is not None and hasattr(_LIBC, "mallopt"):
-        _LIBC.mallopt(-8, n)  # M_ARENA_MAX
-
-
-def _trim_heap() -> None:
-    if _LIBC is not None and hasattr(_LIBC, "malloc_trim"):
-        _LIBC.malloc_trim(0)
-
-
-def _memory_allows(points: int) -> bool:
-    """True when a batch run of ``points`` points leaves most of the free memory free."""
-    import psutil
-
-    return points * 8 * 64 < 0.25 * psutil.virtual_memory().available
 
 
 @dataclass
@@ -531,9 +500,9 @@ class PassRunner:
         seconds = time.perf_counter() - t0
         mon.passes.append(PassRecord(self.stage, x.copy(), ne, seconds, n_real, 0))
         if getattr(self.data, "streamed", False):  # give the pass's buffers back
-            _trim_heap()
+            trim_heap()
         adapt = getattr(self.data, "adapt", None)
         if adapt is not None and not excluded and mon.manager is None and \
-                adapt(seconds, _memory_allows):
+                adapt(seconds, memory_allows):
             mon.record_recovery(mon.batches_done, f"grow_batch ({self.data.batch_size})")
         return ne
