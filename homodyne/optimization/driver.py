@@ -14,6 +14,7 @@ import numpy as np
 
 from homodyne.jaxconf import jax
 from homodyne.memory import peak_rss_mb
+from homodyne.optimization.checkpoint_session import SolverSnapshot
 from homodyne.optimization.engine import EngineOptions, covariance_from_normal, solve_lm
 from homodyne.optimization.exceptions import StopFit
 from homodyne.optimization.passes import FitMonitor, PassRunner
@@ -58,18 +59,19 @@ def run_fit(problem, data, x0, lb, ub, *, options: EngineOptions | None = None,
     x0 = np.asarray(x0, dtype=np.float64)
     lb = np.broadcast_to(np.asarray(lb, dtype=np.float64), x0.shape).copy()
     ub = np.broadcast_to(np.asarray(ub, dtype=np.float64), x0.shape).copy()
-    if mon.manager is not None:
-        mon.manager.acquire_lock()
+    ck = mon.checkpoints
+    if ck is not None:
+        ck.acquire()
     try:
         with _signals_to(mon):
-            if mon.manager is not None and resume:
+            if ck is not None and resume:
                 mon.load_resume()
             return _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0,
                            recovery_sequence, n_devices)
     finally:
         mon.flush()
-        if mon.manager is not None:
-            mon.manager.release_lock()
+        if ck is not None:
+            ck.release()
 
 
 @contextmanager
@@ -97,8 +99,7 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
     messages = []
 
     def track(st):
-        mon.lm_info = {"x": st.x.copy(), "cost": st.ne.cost, "iteration": st.iteration,
-                       "lam": st.lam}
+        mon.lm_info = SolverSnapshot(st.x.copy(), st.ne.cost, st.iteration, st.lam)
 
     try:
         for sub in coarse_levels(data, opts):
