@@ -133,7 +133,7 @@ def bench_scipy(data_path, out_json, *, max_points: int) -> dict:
         wall = time.perf_counter() - t0
     chi2r = 2 * res.cost / (spec.n_points - p0.size)
     # scaled inversion (columns span 1e4 .. 1e-5): a plain pinv truncates and lies
-    from homodyne.optimization.engine import covariance_from_normal
+    from homodyne.optimization.covariance import covariance_from_normal
 
     se = np.sqrt(np.abs(np.diag(covariance_from_normal(J.T @ J, chi2r))))
     rec = _record("peer", "scipy-trf", src, spec, wall, rss, res.x, se, truth, {

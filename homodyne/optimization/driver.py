@@ -15,7 +15,8 @@ import numpy as np
 from homodyne.jaxconf import jax
 from homodyne.memory import peak_rss_mb
 from homodyne.optimization.checkpoint_session import SolverSnapshot
-from homodyne.optimization.engine import EngineOptions, covariance_from_normal, solve_lm
+from homodyne.optimization.covariance import covariance_from_normal
+from homodyne.optimization.engine import EngineOptions, solve_lm
 from homodyne.optimization.exceptions import StopFit
 from homodyne.optimization.passes import FitMonitor, PassRunner
 from homodyne.optimization.problems import NormalEquations
