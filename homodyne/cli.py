@@ -25,7 +25,9 @@ def _fit_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="YAML configuration file")
     p.add_argument("--data-file", help="data file (overrides experimental_data.file_path)")
     p.add_argument("--output-dir", help="output folder (overrides output.directory)")
-    p.add_argument("--strategy", choices=["standard", "large", "chunked", "streaming"],
+    from homodyne.optimization.strategy import TIER_NAMES
+
+    p.add_argument("--strategy", choices=TIER_NAMES,
                    help="force a tier (overrides performance.strategy_override)")
     p.add_argument("--overwrite", action="store_true", help="replace existing results")
     p.add_argument("--quiet", action="store_true", help="log warnings only")

@@ -19,8 +19,11 @@ from typing import Any
 import yaml
 
 from homodyne.model import LAMINAR_PARAMS, MODES, SCALINGS, STATIC_PARAMS
+from homodyne.optimization.settings import CheckpointSettings, EngineOptions, FaultSettings
+from homodyne.optimization.strategy import TIER_NAMES
 
-STRATEGIES = ("standard", "large", "chunked", "streaming")
+STRATEGIES = TIER_NAMES
+_ENGINE, _FAULTS, _CKPT = EngineOptions(), FaultSettings(), CheckpointSettings()
 
 # Default bounds: wide physical ranges (physics.md's typical magnitudes well inside).
 DEFAULT_BOUNDS = {
@@ -77,22 +80,23 @@ SCHEMA = _s(
     parameter_space=_s(bounds=("bounds", {}, None)),  # defaults are in parsed form
     optimization=_s(
         method=("choice", "trf", ("trf", "lm")),
-        max_iterations=("int", 100, "positive"),
-        step_tol_se=("float", 1e-4, "positive"),
-        gtol=("float", 1e-6, "positive"),
-        coarse=("bool", True, None),
-        coarse_points=("int", 250_000, "positive"),
+        max_iterations=("int", _ENGINE.max_iterations, "positive"),
+        step_tol_se=("float", _ENGINE.step_tol_se, "positive"),
+        gtol=("float", _ENGINE.gtol, "positive"),
+        coarse=("bool", _ENGINE.coarse, None),
+        coarse_points=("int", _ENGINE.coarse_points, "positive"),
         streaming=_s(
-            enable_checkpoints=("bool", False, None),
-            checkpoint_dir=("str", "./checkpoints", None),
-            checkpoint_frequency=("int", 10, "positive"),
-            checkpoint_min_interval_s=("float", 10.0, "nonnegative"),
-            resume_from_checkpoint=("bool", True, None),
-            keep_last_checkpoints=("int", 3, "positive"),
-            enable_fault_tolerance=("bool", True, None),
-            validate_numerics=("bool", True, None),
-            min_success_rate=("float", 0.5, "fraction"),
-            max_retries_per_batch=("int", 2, "nonnegative"),
+            enable_checkpoints=("bool", _CKPT.enable_checkpoints, None),
+            checkpoint_dir=("str", _CKPT.checkpoint_dir, None),
+            checkpoint_frequency=("int", _CKPT.checkpoint_frequency, "positive"),
+            checkpoint_min_interval_s=("float", _CKPT.checkpoint_min_interval_s,
+                                       "nonnegative"),
+            resume_from_checkpoint=("bool", _CKPT.resume_from_checkpoint, None),
+            keep_last_checkpoints=("int", _CKPT.keep_last_checkpoints, "positive"),
+            enable_fault_tolerance=("bool", _FAULTS.enable_fault_tolerance, None),
+            validate_numerics=("bool", _FAULTS.validate_numerics, None),
+            min_success_rate=("float", _FAULTS.min_success_rate, "fraction"),
+            max_retries_per_batch=("int", _FAULTS.max_retries_per_batch, "nonnegative"),
         ),
     ),
     performance=_s(

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,7 @@ from homodyne.model import ModelSpec, c2_on_frames
 from homodyne.optimization.engine import EngineOptions
 from homodyne.optimization.nlsq_wrapper import NLSQWrapper
 from homodyne.optimization.result import FitResult
+from homodyne.optimization.settings import CheckpointSettings
 from homodyne.output import OutputExistsError, check_output_dir, write_fit_h5, write_json
 
 log = logging.getLogger("homodyne")
@@ -99,9 +100,8 @@ def make_wrapper(cfg: HomodyneConfig) -> NLSQWrapper:
         options=options, enable_progress=perf["enable_progress"], batch_size=perf["batch_size"],
         min_success_rate=stream["min_success_rate"],
         max_retries_per_batch=stream["max_retries_per_batch"],
-        checkpoint_config={k: stream[k] for k in (
-            "enable_checkpoints", "checkpoint_dir", "checkpoint_frequency",
-            "checkpoint_min_interval_s", "resume_from_checkpoint", "keep_last_checkpoints")})
+        checkpoint_config={f.name: stream[f.name] for f in fields(CheckpointSettings)
+                           if f.name in stream})
 
 
 def run_from_config(cfg: HomodyneConfig, *, output_dir=None, overwrite: bool | None = None

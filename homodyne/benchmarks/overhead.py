@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from homodyne.data import open_two_time
-from homodyne.optimization.checkpoint_manager import DEFAULT_MIN_INTERVAL_S
+from homodyne.optimization.settings import DEFAULT_MIN_INTERVAL_S
 from homodyne.output import write_json
 
 
@@ -62,10 +62,11 @@ def variants(checkpoint_frequencies=(10, 100), fault_modes=("validation", "full"
 def _runner(v: Variant, spec, data, workdir: Path):
     from homodyne.optimization.checkpoint_manager import CheckpointManager
     from homodyne.optimization.checkpoint_session import CheckpointSession
-    from homodyne.optimization.passes import FaultSettings, FitMonitor, PassRunner
+    from homodyne.optimization.passes import FitMonitor, PassRunner
     from homodyne.optimization.problems import TwoTimeProblem
+    from homodyne.optimization.settings import FaultSettings
 
-    mon = FitMonitor(faults=FaultSettings(validate=v.validate,
+    mon = FitMonitor(faults=FaultSettings(validate_numerics=v.validate,
                                           enable_fault_tolerance=v.fault_tolerance))
     if v.checkpoint_frequency:
         mon.checkpoints = CheckpointSession(

@@ -23,13 +23,13 @@ import numpy as np
 
 from homodyne import __version__
 from homodyne.optimization.exceptions import NLSQCheckpointError
+from homodyne.optimization.settings import DEFAULT_MIN_INTERVAL_S, CheckpointSettings
 from homodyne.output import atomic_path
 
 log = logging.getLogger("homodyne.checkpoint")
 PATTERN = re.compile(r"^homodyne_state_batch_(\d+)\.h5$")
 SAVE_TARGET_S = 2.0
-# a save costs ~5-8 ms of CPU: at most one per 10 s of fitting keeps it under 0.1%
-DEFAULT_MIN_INTERVAL_S = 10.0
+_DEFAULTS = CheckpointSettings()
 
 
 def _versions() -> dict:
@@ -125,8 +125,10 @@ def _checksum(h5: h5py.File) -> str:
 class CheckpointManager:
     """Saves, finds, validates, loads and prunes checkpoints in one directory."""
 
-    def __init__(self, checkpoint_dir="./checkpoints", checkpoint_frequency: int = 10,
-                 keep_last_n: int = 3, enable_compression: bool = True,
+    def __init__(self, checkpoint_dir=_DEFAULTS.checkpoint_dir,
+                 checkpoint_frequency: int = _DEFAULTS.checkpoint_frequency,
+                 keep_last_n: int = _DEFAULTS.keep_last_checkpoints,
+                 enable_compression: bool = _DEFAULTS.enable_compression,
                  min_interval_s: float = DEFAULT_MIN_INTERVAL_S):
         """``min_interval_s``: a fit saves every ``checkpoint_frequency`` batches but at
         most once per this many seconds (0: exactly every ``checkpoint_frequency``);

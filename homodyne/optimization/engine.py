@@ -28,27 +28,9 @@ from homodyne.optimization.covariance import column_scales as _scales
 from homodyne.optimization.covariance import covariance_from_normal
 from homodyne.optimization.exceptions import NLSQNumericalError, StopFit
 from homodyne.optimization.problems import NormalEquations
+from homodyne.optimization.settings import EngineOptions
 
-
-@dataclass
-class EngineOptions:
-    """Solver settings; defaults give results within ~1e-4 standard errors of the optimum."""
-
-    max_iterations: int = 100
-    step_tol_se: float = 1e-4
-    gtol: float = 1e-6
-    ftol: float = 1e-15
-    initial_damping: float = 1e-3
-    coarse: bool = True
-    coarse_points: int = 250_000
-    coarse_max_level_points: int = 16_000_000
-    # streamed data: the largest level held in memory (a 10M-point dataset gets levels up
-    # to 2M anyway); bigger ones go to a temporary file, so memory stays constant
-    streaming_coarse_max_points: int = 2_000_000
-    coarse_level_factor: int = 8
-    coarse_step_tol_se: float = 1e-2
-    coarse_max_iterations: int = 200
-    batch_size: int = 65_536
+__all__ = ["EngineOptions", "LMState", "covariance_from_normal", "solve_lm"]
 
 
 # --- linear algebra on the p x p state -------------------------------------------

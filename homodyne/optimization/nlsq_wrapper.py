@@ -13,15 +13,15 @@ import math
 
 import numpy as np
 
-from homodyne.optimization.checkpoint_manager import DEFAULT_MIN_INTERVAL_S, CheckpointManager
+from homodyne.optimization.checkpoint_manager import CheckpointManager
 from homodyne.optimization.checkpoint_session import CheckpointSession
 from homodyne.optimization.driver import coarse_level_sizes, fingerprint, run_fit
-from homodyne.optimization.engine import EngineOptions
-from homodyne.optimization.passes import FaultSettings, FitMonitor
+from homodyne.optimization.passes import FitMonitor
 from homodyne.optimization.problems import CurveProblem, TwoTimeProblem
 from homodyne.optimization.progress import ProgressReporter
 from homodyne.optimization.recovery_strategies import RecoveryStrategyApplicator
 from homodyne.optimization.result import FitResult
+from homodyne.optimization.settings import CheckpointSettings, EngineOptions, FaultSettings
 from homodyne.optimization.sources import HostArrayData, InMemoryData, ShardedData, StreamingData
 from homodyne.optimization.strategy import DEFAULT_BATCH, DatasetSizeStrategy, OptimizationStrategy
 
@@ -78,7 +78,8 @@ class NLSQWrapper:
                  nlsq_method: str = "curve_fit", strategy_override: str | None = None,
                  memory_limit_gb: float | None = None, options: EngineOptions | None = None,
                  enable_progress: bool = False, batch_size: int | None = None,
-                 min_success_rate: float = 0.5, max_retries_per_batch: int = 2,
+                 min_success_rate: float = FaultSettings.min_success_rate,
+                 max_retries_per_batch: int = FaultSettings.max_retries_per_batch,
                  checkpoint_config: dict | None = None, callback=None,
                  force_progress: bool = False, adaptive_batching: bool = False,
                  initial_batch_size: int | None = None, max_batch_size: int = 100_000):
@@ -200,9 +201,9 @@ class NLSQWrapper:
 
     def _streaming_calls(self) -> int:
         """Batches per call when streaming: 8, or fewer so checkpoints land on time."""
-        ck = self.checkpoint_config
-        if ck.get("enable_checkpoints"):
-            return max(1, min(8, int(ck.get("checkpoint_frequency", 10))))
+        ck = CheckpointSettings.from_mapping(self.checkpoint_config)
+        if ck.enable_checkpoints:
+            return max(1, min(8, int(ck.checkpoint_frequency)))
         return 8
 
     def _options(self, batch) -> EngineOptions:
@@ -265,7 +266,8 @@ class NLSQWrapper:
                                   else _source_identity(source)])
 
     def _monitor(self, tier, identity, p0, lb, ub, batch, data) -> tuple[FitMonitor, bool]:
-        faults = FaultSettings(validate=self.validate, enable_fault_tolerance=self.enable_recovery,
+        faults = FaultSettings(validate_numerics=self.validate,
+                               enable_fault_tolerance=self.enable_recovery,
                                min_success_rate=self.min_success_rate,
                                max_retries_per_batch=self.max_retries_per_batch)
         show = tier in (OptimizationStrategy.CHUNKED, OptimizationStrategy.STREAMING)
@@ -273,18 +275,16 @@ class NLSQWrapper:
                          applicator=self.recovery_applicator if self.enable_recovery else None,
                          progress=ProgressReporter(self.enable_progress and show,
                                                    force=self.force_progress))
-        ck = self.checkpoint_config
+        ck = CheckpointSettings.from_mapping(self.checkpoint_config)
         resume = False
-        if ck.get("enable_checkpoints"):
-            manager = CheckpointManager(
-                ck.get("checkpoint_dir", "./checkpoints"), ck.get("checkpoint_frequency", 10),
-                ck.get("keep_last_checkpoints", ck.get("keep_last_n", 3)),
-                ck.get("enable_compression", True),
-                ck.get("checkpoint_min_interval_s", DEFAULT_MIN_INTERVAL_S))
+        if ck.enable_checkpoints:
+            manager = CheckpointManager(ck.checkpoint_dir, ck.checkpoint_frequency,
+                                        ck.keep_last_checkpoints, ck.enable_compression,
+                                        ck.checkpoint_min_interval_s)
             mon.checkpoints = CheckpointSession(manager, fingerprint(
                 identity(), p0, lb, ub, str(tier), batch, data.batches_per_call,
                 self.options.__dict__, self.validate))
-            resume = bool(ck.get("resume_from_checkpoint", True))
+            resume = bool(ck.resume_from_checkpoint)
         return mon, resume
 
     def _run(self, problem, data, p0, lb, ub, tier, batch, identity) -> FitResult:

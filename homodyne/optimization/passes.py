@@ -47,20 +47,13 @@ from homodyne.optimization.checkpoint_session import (
 )
 from homodyne.optimization.exceptions import Interrupted, NLSQConvergenceError, StopFit
 from homodyne.optimization.problems import ChunkLayout, NormalEquations
+from homodyne.optimization.settings import FaultSettings
 
 if TYPE_CHECKING:
     from homodyne.optimization.progress import ProgressReporter
     from homodyne.optimization.recovery_strategies import RecoveryStrategyApplicator
 
 log = logging.getLogger("homodyne.engine")
-
-
-@dataclass
-class FaultSettings:
-    validate: bool = True
-    enable_fault_tolerance: bool = True
-    min_success_rate: float = 0.5
-    max_retries_per_batch: int = 2
 
 
 # callback(batch_idx, params, loss, success); False stops the fit
@@ -397,7 +390,7 @@ class PassRunner:
             bidx = chunk.pass_batch + b
             if bidx in run.excluded:
                 continue
-            success = bool(ok[b]) and (n[b] > 0 or not mon.faults.validate)
+            success = bool(ok[b]) and (n[b] > 0 or not mon.faults.validate_numerics)
             if not success:
                 kind = error or ("non_finite" if not ok[b] else "no_valid_data")
                 mon.failures.append({"stage": self.stage, "pass": run.index, "batch": bidx,

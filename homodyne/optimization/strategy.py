@@ -16,6 +16,8 @@ from enum import StrEnum
 
 import psutil
 
+from homodyne.optimization.settings import CheckpointSettings
+
 
 class OptimizationStrategy(StrEnum):
     STANDARD = "STANDARD"
@@ -23,6 +25,9 @@ class OptimizationStrategy(StrEnum):
     CHUNKED = "CHUNKED"
     STREAMING = "STREAMING"
 
+
+# the tier names users write (config performance.strategy_override, CLI --strategy)
+TIER_NAMES = tuple(s.value.lower() for s in OptimizationStrategy)
 
 THRESHOLDS = ((1_000_000, OptimizationStrategy.STANDARD),
               (10_000_000, OptimizationStrategy.LARGE),
@@ -94,9 +99,10 @@ class DatasetSizeStrategy:
         if adaptive_batching:
             start = initial_batch_size or max(min_batch_size, batch // 8)
             batch = min(start, batch)
-        ckpt = {"enable_checkpoints": False, "checkpoint_dir": "./checkpoints",
-                "checkpoint_frequency": 10, "resume_from_checkpoint": True,
-                "keep_last_checkpoints": 3}
+        defaults = CheckpointSettings()
+        ckpt = {k: getattr(defaults, k) for k in (
+            "enable_checkpoints", "checkpoint_dir", "checkpoint_frequency",
+            "resume_from_checkpoint", "keep_last_checkpoints")}
         ckpt.update(checkpoint_config or {})
         return {
             "batch_size": int(batch),
