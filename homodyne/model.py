@@ -36,6 +36,9 @@ SCALINGS = ("individual", "shared")
 class TriangleGrid:
     """Sizes of a dataset of ``phi_deg`` angles x ``n_frames`` frames, strict upper triangles."""
 
+    phi_deg: tuple[float, ...]  # provided by the subclass (field or property)
+    n_frames: int
+
     @property
     def n_phi(self) -> int:
         return len(self.phi_deg)
@@ -96,6 +99,7 @@ class ModelSpec(TriangleGrid):
 
     @property
     def parameter_names(self) -> tuple[str, ...]:
+        scal: tuple[str, ...]
         if self.scaling == "shared":
             scal = ("contrast", "offset")
         else:

@@ -254,8 +254,9 @@ def test_streamed_coarse_levels_do_not_grow_with_the_data():
     climb to 16M points on a billion."""
     from homodyne.optimization.driver import coarse_levels
 
-    class Data:
+    class Data:  # the DataSource members coarse_levels uses
         batch_size = 65_536
+        can_spill = False
 
         def __init__(self, n, streamed):
             self.n_points, self.streamed = n, streamed

@@ -9,6 +9,7 @@ import signal
 import threading
 import time
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,6 +22,9 @@ from homodyne.optimization.exceptions import StopFit
 from homodyne.optimization.passes import FitMonitor, PassRunner
 from homodyne.optimization.problems import NormalEquations
 from homodyne.optimization.result import FitResult
+
+if TYPE_CHECKING:
+    from homodyne.optimization.interfaces import DataSource, Problem
 
 
 def _lm_kwargs(opts: EngineOptions, coarse: bool) -> dict:
@@ -49,7 +53,7 @@ def fingerprint(*parts) -> str:
                           .encode()).hexdigest()
 
 
-def run_fit(problem, data, x0, lb, ub, *, options: EngineOptions | None = None,
+def run_fit(problem: Problem, data: DataSource, x0, lb, ub, *, options: EngineOptions | None = None,
             strategy: str = "STANDARD", monitor: FitMonitor | None = None,
             resume: bool = False, recovery_sequence=("perturb_parameters",),
             n_devices: int = 1) -> FitResult:
@@ -167,13 +171,12 @@ def coarse_level_sizes(n_points: int, opts: EngineOptions, *, streamed: bool = F
     return sizes, streamed and spill and sizes[-1] > opts.streaming_coarse_max_points
 
 
-def coarse_levels(data, opts: EngineOptions):
+def coarse_levels(data: DataSource, opts: EngineOptions) -> list[DataSource]:
     """Nested strided subsamples (sizes from ``coarse_level_sizes``), held as float32.
     One read of the data collects the densest level; the sparser ones are strided
     subsets of it."""
     sizes, to_file = coarse_level_sizes(data.n_points, opts,
-                                        streamed=getattr(data, "streamed", False),
-                                        spill=getattr(data, "can_spill", False))
+                                        streamed=data.streamed, spill=data.can_spill)
     if not sizes:
         return []
     kw = {"to_file": True} if to_file else {}

@@ -50,6 +50,7 @@ from homodyne.optimization.problems import ChunkLayout, NormalEquations
 from homodyne.optimization.settings import FaultSettings
 
 if TYPE_CHECKING:
+    from homodyne.optimization.interfaces import DataSource, Problem
     from homodyne.optimization.progress import ProgressReporter
     from homodyne.optimization.recovery_strategies import RecoveryStrategyApplicator
 
@@ -217,7 +218,8 @@ class _Pass:
 class PassRunner:
     """Evaluates the normal equations at a parameter vector: one pass over ``data``."""
 
-    def __init__(self, problem, data, stage: str = "full", monitor: FitMonitor | None = None,
+    def __init__(self, problem: Problem, data: DataSource, stage: str = "full",
+                 monitor: FitMonitor | None = None,
                  n_devices: int = 1):
         self.problem = problem
         self.data = data
@@ -452,9 +454,8 @@ class PassRunner:
     def _after_pass(self, seconds: float, excluded: set[int]) -> None:
         """Stage 6: give a streamed pass's buffers back; let the data grow their batch."""
         mon = self.monitor
-        if getattr(self.data, "streamed", False):
+        if self.data.streamed:
             trim_heap()
-        adapt = getattr(self.data, "adapt", None)
-        if adapt is not None and not excluded and mon.checkpoints is None and \
-                adapt(seconds, memory_allows):
+        if not excluded and mon.checkpoints is None and \
+                self.data.adapt(seconds, memory_allows):
             mon.record_recovery(mon.batches_done, f"grow_batch ({self.data.batch_size})")

@@ -53,6 +53,9 @@ class FitResult:
 
         Finite even when single parameters are undetermined, as long as f is
         (e.g. J(t) when D0 and D_offset are degenerate)."""
+        if self.normal_matrix is None:
+            raise ValueError("function_covariance needs the normal matrix JᵀJ, which this "
+                             f"result ({self.backend} backend) does not carry")
         inv = pinv_normal(self.normal_matrix)
         G = np.atleast_2d(gradients)
         return G @ inv @ G.T * self.reduced_chi_squared

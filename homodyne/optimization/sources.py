@@ -45,7 +45,17 @@ class Chunk:
     device: object = None  # where the call runs (None: the default device)
 
 
-class InMemoryData:
+class _Resident:
+    """Shared by the in-memory sources: nothing streamed, nothing to adapt."""
+
+    streamed = False
+    can_spill = False
+
+    def adapt(self, seconds: float, memory_ok) -> bool:
+        return False
+
+
+class InMemoryData(_Resident):
     """Columns held on the device, padded to a whole number of batches."""
 
     def __init__(self, columns: dict, n_points: int, batch_size: int, *, origin: int = 0,
@@ -98,6 +108,10 @@ class _Batched:
 
     batch_size: int
     n_points: int
+    batches_per_call: int
+    stride: int
+    origin: int
+    devices: list
     max_batch_size: int | None = None
     _best_rate: float = 0.0
 
@@ -120,7 +134,7 @@ class _Batched:
         return False
 
 
-class ShardedData:
+class ShardedData(_Resident):
     """In-memory data split into contiguous shards, one per device; a pass runs the
     shards' calls concurrently and sums their partial sums (``parallel_batches``)."""
 
@@ -204,6 +218,7 @@ class _RunSource(_Batched):
 
     prefetch: bool = True
     can_spill = True
+    dtype: np.dtype
 
     def _runs(self, start_batch: int, ring: int | None = None):
         raise NotImplementedError
