@@ -13,6 +13,7 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
+from typing import TextIO
 
 import h5py
 import numpy as np
@@ -40,6 +41,51 @@ def atomic_path(path):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+class LockHeld(Exception):
+    """Another process holds the lock; ``holder`` is what it wrote there (e.g. its pid)."""
+
+    def __init__(self, holder: str | None):
+        super().__init__(holder or "another process")
+        self.holder = holder
+
+
+class DirectoryLock:
+    """An exclusive lock file (``flock``) held while one run uses a folder; the holder's
+    pid is written into it so a second run can say who has it. Released on exit or
+    when the process dies."""
+
+    def __init__(self, path):
+        self.path = Path(path)
+        self._fh: TextIO | None = None
+
+    def acquire(self) -> None:
+        """Take the lock or raise ``LockHeld`` at once (never waits)."""
+        import fcntl
+
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(self.path, "a+")  # noqa: SIM115 - held for the run
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            fh.seek(0)
+            holder = fh.read().strip() or None
+            fh.close()
+            raise LockHeld(holder) from None
+        fh.seek(0)
+        fh.truncate()
+        fh.write(f"pid {os.getpid()}")
+        fh.flush()
+        self._fh = fh
+
+    def release(self) -> None:
+        if self._fh is not None:
+            import fcntl
+
+            fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
+            self._fh.close()
+            self._fh = None
 
 
 def _jsonable(v):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import time
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -18,7 +17,14 @@ from homodyne.optimization.engine import EngineOptions
 from homodyne.optimization.nlsq_wrapper import NLSQWrapper
 from homodyne.optimization.result import FitResult
 from homodyne.optimization.settings import CheckpointSettings
-from homodyne.output import OutputExistsError, check_output_dir, write_fit_h5, write_json
+from homodyne.output import (
+    DirectoryLock,
+    LockHeld,
+    OutputExistsError,
+    check_output_dir,
+    write_fit_h5,
+    write_json,
+)
 
 log = logging.getLogger("homodyne")
 MAX_PLOT_FRAMES = 600
@@ -57,7 +63,7 @@ def model_spec(cfg: HomodyneConfig, source: TwoTimeSource) -> ModelSpec:
 
 def estimate_scaling(source: TwoTimeSource, angle: int) -> tuple[float, float]:
     """Contrast and offset from the first row: short lags minus the long-lag baseline."""
-    row = source._read_rows(angle, 0, 1)[0, 1:]
+    row = source.read_rows(angle, 0, 1)[0, 1:]
     row = row[np.isfinite(row)]
     if row.size < 4:
         return 0.2, 1.0
@@ -118,32 +124,19 @@ class OutputLock:
 
     def __init__(self, folder: Path):
         self.path = Path(folder) / ".homodyne.lock"
-        self.fh = None
+        self._lock = DirectoryLock(self.path)
 
     def __enter__(self):
-        import fcntl
-
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.fh = open(self.path, "a+")  # noqa: SIM115 - held for the run
         try:
-            fcntl.flock(self.fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            self.fh.seek(0)
-            holder = self.fh.read().strip() or "another run"
-            self.fh.close()
+            self._lock.acquire()
+        except LockHeld as held:
+            holder = held.holder or "another run"
             raise OutputExistsError(f"{self.path.parent} is in use by {holder}; wait for it to "
                                     "finish or choose another --output-dir") from None
-        self.fh.seek(0)
-        self.fh.truncate()
-        self.fh.write(f"pid {os.getpid()}")
-        self.fh.flush()
         return self
 
     def __exit__(self, *exc):
-        import fcntl
-
-        fcntl.flock(self.fh.fileno(), fcntl.LOCK_UN)
-        self.fh.close()
+        self._lock.release()
 
 
 def _logged_run(cfg: HomodyneConfig, out: Path) -> FitRun:

@@ -9,11 +9,9 @@ the run using it, so two runs never interleave their checkpoints.
 
 from __future__ import annotations
 
-import fcntl
 import hashlib
 import json
 import logging
-import os
 import re
 import time
 from pathlib import Path
@@ -24,7 +22,7 @@ import numpy as np
 from homodyne import __version__
 from homodyne.optimization.exceptions import NLSQCheckpointError
 from homodyne.optimization.settings import DEFAULT_MIN_INTERVAL_S, CheckpointSettings
-from homodyne.output import atomic_path
+from homodyne.output import DirectoryLock, LockHeld, atomic_path
 
 log = logging.getLogger("homodyne.checkpoint")
 PATTERN = re.compile(r"^homodyne_state_batch_(\d+)\.h5$")
@@ -145,34 +143,22 @@ class CheckpointManager:
         self.keep_last_n = int(keep_last_n)
         self.enable_compression = enable_compression
         self.save_times: list[float] = []
-        self._lock_fh = None
+        self._lock = DirectoryLock(self.checkpoint_dir / ".lock")
 
     # --- locking --------------------------------------------------------------------
     def acquire_lock(self) -> None:
         """Take this directory for the current run; a second run is refused."""
-        self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-        fh = open(self.checkpoint_dir / ".lock", "a+")  # noqa: SIM115 - held for the run
         try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            fh.seek(0)
-            holder = fh.read().strip() or "another process"
-            fh.close()
+            self._lock.acquire()
+        except LockHeld as held:
+            holder = held.holder or "another process"
             raise NLSQCheckpointError(
                 f"checkpoint directory {self.checkpoint_dir} is in use by {holder}; wait for "
                 "that run to finish or set optimization.streaming.checkpoint_dir to another "
                 "folder") from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()}")
-        fh.flush()
-        self._lock_fh = fh
 
     def release_lock(self) -> None:
-        if self._lock_fh is not None:
-            fcntl.flock(self._lock_fh.fileno(), fcntl.LOCK_UN)
-            self._lock_fh.close()
-            self._lock_fh = None
+        self._lock.release()
 
     # --- files ----------------------------------------------------------------------
     def path_for(self, batch_idx: int) -> Path:
