@@ -24,6 +24,7 @@ from homodyne.data.twotime import (
     SYNTHETIC_ATTRS,
 )
 from homodyne.model import ModelSpec, c2_rows
+from homodyne.output import atomic_path
 
 
 @dataclass(frozen=True)
@@ -61,9 +62,7 @@ def generate_synthetic(path, spec: ModelSpec, params, *, noise_sigma: float = 0.
     qs = np.array([spec.q, *extra_q], dtype=np.float64)
     n_phi = spec.n_phi
     chunk = min(n, max(16, block_rows))
-    tmp = path + ".partial"
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    with h5py.File(tmp, "w") as h5:
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
         h5[APSU_Q] = qs
         h5[APSU_PHI] = np.asarray(spec.phi_deg, dtype=np.float64)
         h5[FRAME_TIME] = np.array([[spec.dt]])
@@ -96,8 +95,6 @@ def generate_synthetic(path, spec: ModelSpec, params, *, noise_sigma: float = 0.
             true_parameters=params, noise_sigma=float(noise_sigma), seed=int(seed),
             block_rows=int(block_rows),
         )
-        h5.flush()
-    os.replace(tmp, path)
     return SyntheticInfo(path, spec, params, float(noise_sigma), int(seed), spec.n_points)
 
 
