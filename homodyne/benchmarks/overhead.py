@@ -116,9 +116,8 @@ def bench_overheads(data_path, out_json, *, tier: str = "streaming", rounds: int
     src = open_two_time(data_path)
     spec, _, _, truth = _problem_setup(src)
     w = NLSQWrapper(strategy_override=tier)
-    strategy = w.select_strategy(spec.n_points, spec.n_params)
-    batch = min(w._batch(strategy, spec.n_points, spec.n_params), spec.n_points)
-    data = w._data(strategy, None, spec.n_points, batch, src)
+    plan = w.plan_two_time(src, spec)
+    strategy, batch, data = plan.tier, plan.batch_size, plan.data
     vs, pairs = variants(checkpoint_frequencies, fault_modes)
     x = np.asarray(truth, float)
     workdir = Path(tempfile.mkdtemp(prefix="homodyne-overhead-"))

@@ -51,7 +51,6 @@ class TwoTimeSource(TriangleGrid):
     q: float
     q_requested: float | None
     phi_deg: tuple[float, ...]
-    n_frames_file: int
     first_frame: int
     last_frame: int
     storages: list[str]  # per angle: "upper", "lower" or "full"
@@ -105,7 +104,7 @@ class TwoTimeSource(TriangleGrid):
     def __exit__(self, *exc):
         self.close()
 
-    def _read_rows(self, angle: int, r0: int, r1: int, c0: int = 0, *,
+    def read_rows(self, angle: int, r0: int, r1: int, c0: int = 0, *,
                    as_stored: bool = False, out: np.ndarray | None = None) -> np.ndarray:
         """Rows r0..r1-1 x columns c0..n-1 (selection-relative): float64, or in the file's
         dtype with ``as_stored`` (a caller can select first), or read straight into the
@@ -157,7 +156,7 @@ class TwoTimeSource(TriangleGrid):
                 r1 = min(n - 1, r + rows)
                 # only the columns right of the diagonal: the read stays about
                 # target_points however wide the matrix is
-                block = self._read_rows(angle, r, r1, r + 1, as_stored=True)
+                block = self.read_rows(angle, r, r1, r + 1, as_stored=True)
                 mask = np.arange(r + 1, n)[None, :] > np.arange(r, r1)[:, None]
                 values = block[mask].astype(np.float64)
                 del block
@@ -192,7 +191,7 @@ class TwoTimeSource(TriangleGrid):
             r = _row_of(pos - angle * m, n) if angle == start // m else 0
             while r < n - 1 and pos < stop:
                 rows = max(1, min(n - 1 - r, target_points // max(1, n - 1 - r)))
-                rect = self._read_rows(angle, r, r + rows, r + 1, out=scratch)
+                rect = self.read_rows(angle, r, r + rows, r + 1, out=scratch)
                 for i in range(rows):
                     row_start = angle * m + self._row_offset(r + i)
                     seg = rect[i, i + max(0, pos - row_start):]
@@ -228,7 +227,7 @@ class TwoTimeSource(TriangleGrid):
         idx = np.asarray(idx, int)
         out = np.full((idx.size, idx.size), np.nan)
         for a, r in enumerate(idx):
-            row = self._read_rows(angle, r, r + 1, r)[0]
+            row = self.read_rows(angle, r, r + 1, r)[0]
             out[a, a:] = row[idx[a:] - r]
         upper = np.triu(out, 1)
         return upper + upper.T + np.diag(np.diag(out))
@@ -291,7 +290,7 @@ def open_two_time(path, *, q: float | None = None, q_tolerance: float | None = N
         h5.close()
     first, last = _frame_range(path, start_frame, end_frame, n_file)
     return TwoTimeSource(path=path, layout=layout, dataset_names=names, q=q_sel,
-                         q_requested=q, phi_deg=phis, n_frames_file=n_file, first_frame=first,
+                         q_requested=q, phi_deg=phis, first_frame=first,
                          last_frame=last, storages=storages, frame_time=frame_time, attrs=attrs)
 
 
@@ -308,7 +307,7 @@ def _open_npy(path, q, start_frame, end_frame) -> TwoTimeSource:
     first, last = _frame_range(path, start_frame, end_frame, m.shape[0])
     return TwoTimeSource(path=path, layout="npy", dataset_names=["matrix"],
                          q=1.0 if q is None else float(q), q_requested=q, phi_deg=(0.0,),
-                         n_frames_file=m.shape[0], first_frame=first, last_frame=last,
+                         first_frame=first, last_frame=last,
                          storages=[_detect_storage(m)], _matrix=m)
 
 

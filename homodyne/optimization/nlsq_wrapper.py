@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -24,6 +26,9 @@ from homodyne.optimization.result import FitResult
 from homodyne.optimization.settings import CheckpointSettings, EngineOptions, FaultSettings
 from homodyne.optimization.sources import HostArrayData, InMemoryData, ShardedData, StreamingData
 from homodyne.optimization.strategy import DEFAULT_BATCH, DatasetSizeStrategy, OptimizationStrategy
+
+if TYPE_CHECKING:
+    from homodyne.optimization.interfaces import DataSource
 
 METHODS = ("trf", "lm")
 CALLS_PER_PASS_CHUNKED = 32
@@ -67,6 +72,15 @@ def normalise_bounds(bounds, p0: np.ndarray, names=None) -> tuple[np.ndarray, np
             raise ValueError(f"initial value of {n} = {p0[i]} lies outside its bounds "
                              f"[{lb[i]}, {ub[i]}]")
     return lb, ub
+
+
+@dataclass
+class FitPlan:
+    """How a two-time fit will run: its tier, batch size and the data its passes walk."""
+
+    tier: OptimizationStrategy
+    batch_size: int
+    data: DataSource
 
 
 class NLSQWrapper:
@@ -250,17 +264,24 @@ class NLSQWrapper:
                          lambda: ["curve", _array_digest(cols)])
 
     # --- the XPCS two-time model --------------------------------------------------
+    def plan_two_time(self, source, spec, *, strategy: str | None = None, y=None) -> FitPlan:
+        """The tier, batch size and data source ``fit_two_time`` uses for this data (the
+        benchmarks time passes over exactly these)."""
+        n = spec.n_points
+        tier = self.select_strategy(n, spec.n_params, strategy)
+        batch = min(self._batch(tier, n, spec.n_params), n)
+        batch = self.memory_plan(tier, n, spec.n_params, batch)
+        data = self._data(tier, None if y is None else {"y": y}, n, batch, source)
+        return FitPlan(tier, batch, data)
+
     def fit_two_time(self, source, spec, p0, bounds, *, strategy: str | None = None,
                      y=None) -> FitResult:
         """Fit the two-time model to a ``TwoTimeSource`` (or packed values ``y``)."""
         p0 = np.asarray(p0, float)
         lb, ub = normalise_bounds(bounds, p0, list(spec.parameter_names))
-        n = spec.n_points
-        tier = self.select_strategy(n, spec.n_params, strategy)
-        batch = min(self._batch(tier, n, spec.n_params), n)
-        batch = self.memory_plan(tier, n, spec.n_params, batch)
+        plan = self.plan_two_time(source, spec, strategy=strategy, y=y)
+        tier, batch, data = plan.tier, plan.batch_size, plan.data
         problem = TwoTimeProblem(spec, validate=self.validate)
-        data = self._data(tier, None if y is None else {"y": y}, n, batch, source)
         return self._run(problem, data, p0, lb, ub, tier, batch,
                          lambda: ["two_time", repr(spec), _array_digest({"y": y}) if y is not None
                                   else _source_identity(source)])
@@ -295,4 +316,5 @@ class NLSQWrapper:
                            recovery_sequence=tuple(self.recovery_sequence),
                            n_devices=len(self.devices()))
         finally:
-            mon.progress.close()
+            if mon.progress is not None:
+                mon.progress.close()
