@@ -3,8 +3,15 @@
 The package is layered one way: config -> data source -> model -> engine ->
 result -> writers/plots. Heavy optional peers (nlsq, snakemake) are imported
 lazily where they are used, so ``import homodyne`` stays light.
+
+Public API (each name is imported on first use; the guide's module paths, e.g.
+``homodyne.optimization.nlsq_wrapper.NLSQWrapper``, keep working)::
+
+    from homodyne import NLSQWrapper, FitResult, ModelSpec, open_two_time, load_config, \\
+        run_from_config
 """
 
+from importlib import import_module
 from importlib.metadata import PackageNotFoundError, version
 
 try:
@@ -12,4 +19,26 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+_PUBLIC = {
+    "NLSQWrapper": "homodyne.optimization.nlsq_wrapper",
+    "FitResult": "homodyne.optimization.result",
+    "ModelSpec": "homodyne.model",
+    "open_two_time": "homodyne.data.twotime",
+    "load_config": "homodyne.config",
+    "run_from_config": "homodyne.pipeline",
+}
+
+__all__ = ["__version__", *_PUBLIC]
+
+
+def __getattr__(name: str):
+    """Import a public name from its module on first use (keeps ``import homodyne`` light)."""
+    if name in _PUBLIC:
+        value = getattr(import_module(_PUBLIC[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'homodyne' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_PUBLIC))
