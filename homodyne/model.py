@@ -199,25 +199,31 @@ def frame_integrals_and_jacobian(physical, spec: ModelSpec):
     return cj, cg, jac[0].astype(spec.jdtype), jac[1].astype(spec.jdtype)
 
 
-def triu_coordinates(k, n_frames: int):
-    """Row-major position k in the strict upper triangle of an N x N matrix -> (i, j).
+def triu_row_start(r, n_frames: int):
+    """Row-major position of (r, r+1), the first point of row r, in the strict upper
+    triangle of an N x N matrix: r (2N - r - 1) / 2 (ints, NumPy or JAX arrays)."""
+    return r * (2 * n_frames - r - 1) // 2
 
-    Row i holds j = i+1 .. N-1 and starts at off(i) = i (2N - i - 1) / 2; the float
-    inverse is corrected by one step either way so the result is exact in integers.
-    """
+
+def triu_row(k, n_frames: int, xp=jnp):
+    """Row of row-major position k in the strict upper triangle of an N x N matrix;
+    ``xp`` is ``jax.numpy`` (traced paths) or ``numpy``. The float inverse of
+    ``triu_row_start`` is corrected by one step either way, so it is exact in integers."""
     n = n_frames
-    k = k.astype(jnp.int64)
+    k = k.astype(xp.int64)
     b = 2.0 * n - 1.0
-    kf = k.astype(jnp.float64)
-    i = jnp.floor((b - jnp.sqrt(jnp.maximum(b * b - 8.0 * kf, 0.0))) / 2.0).astype(jnp.int64)
-    i = jnp.clip(i, 0, n - 2)
+    kf = k.astype(xp.float64)
+    i = xp.floor((b - xp.sqrt(xp.maximum(b * b - 8.0 * kf, 0.0))) / 2.0).astype(xp.int64)
+    i = xp.clip(i, 0, n - 2)
+    i = xp.where(triu_row_start(i + 1, n) <= k, i + 1, i)
+    return xp.where(triu_row_start(i, n) > k, i - 1, i)
 
-    def off(r):
-        return r * (2 * n - r - 1) // 2
 
-    i = jnp.where(off(i + 1) <= k, i + 1, i)
-    i = jnp.where(off(i) > k, i - 1, i)
-    j = k - off(i) + i + 1
+def triu_coordinates(k, n_frames: int):
+    """Row-major position k in the strict upper triangle of an N x N matrix -> (i, j)."""
+    k = k.astype(jnp.int64)
+    i = triu_row(k, n_frames)
+    j = k - triu_row_start(i, n_frames) + i + 1
     return i, j
 
 
@@ -356,7 +362,7 @@ def c2_on_frames(params, spec: ModelSpec, idx) -> np.ndarray:
     n = spec.n_frames
     ii, jj = np.triu_indices(idx.size, 1)
     i, j = idx[ii], idx[jj]
-    k = i * (2 * n - i - 1) // 2 + (j - i - 1)
+    k = triu_row_start(i, n) + (j - i - 1)
     m = spec.points_per_angle
     out = np.empty((spec.n_phi, idx.size, idx.size))
     contrast, offset, _ = spec.split(np.asarray(params, float))

@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 
 from homodyne.data.errors import DataFileError
-from homodyne.model import ModelSpec, TriangleGrid
+from homodyne.model import ModelSpec, TriangleGrid, triu_row, triu_row_start
 
 OLD_Q = "/xpcs/dqlist"
 OLD_PHI = "/xpcs/dphilist"
@@ -133,8 +133,7 @@ class TwoTimeSource(TriangleGrid):
         return block if as_stored or out is not None else np.asarray(block, dtype=np.float64)
 
     def _row_offset(self, r: int) -> int:
-        n = self.n_frames
-        return r * (2 * n - r - 1) // 2
+        return triu_row_start(r, self.n_frames)
 
     def iter_row_blocks(self, target_points: int = 1 << 20, start_point: int = 0
                         ) -> Iterator[RowBlock]:
@@ -235,14 +234,7 @@ class TwoTimeSource(TriangleGrid):
 
 def _row_of(k: int, n: int) -> int:
     """Row of position k in the strict upper triangle (exact integer version)."""
-    b = 2 * n - 1
-    i = int((b - np.sqrt(max(b * b - 8 * k, 0))) // 2)
-    i = min(max(i, 0), n - 2)
-    while (i + 1) * (2 * n - i - 2) // 2 <= k:
-        i += 1
-    while i * (2 * n - i - 1) // 2 > k:
-        i -= 1
-    return i
+    return int(triu_row(np.int64(k), n, np))
 
 
 # --- opening and selecting ----------------------------------------------------
