@@ -1,18 +1,9 @@
-"""Shared fixtures: small synthetic datasets and the path to the measured data."""
+"""Shared fixtures: the path to the measured data (helpers live in helpers.py)."""
 
-import os
 from pathlib import Path
 
-import numpy as np
 import pytest
-
-from homodyne.model import ModelSpec
-
-REPO = Path(__file__).resolve().parents[1]
-REAL_DATA = Path(os.environ.get("HOMODYNE_DATA_MIRROR", REPO.parent / "shared" / "data" / "real"))
-
-STATIC_PHYS = [1.0e4, -0.5, 100.0]
-LAMINAR_PHYS = [1.0e4, -0.5, 100.0, 1.0e-5, 0.2, 1.0e-6, 5.0]
+from helpers import REAL_DATA
 
 
 @pytest.fixture(scope="session")
@@ -20,16 +11,3 @@ def real_data() -> Path:
     if not (REAL_DATA / "chx_two_time" / "test_g2.npy").exists():
         pytest.skip(f"measured data not found under {REAL_DATA}")
     return REAL_DATA
-
-
-def make_spec(mode="static", n_frames=60, n_phi=3, scaling="individual", **kw) -> ModelSpec:
-    return ModelSpec(mode=mode, n_frames=n_frames, phi_deg=tuple(np.linspace(-20, 70, n_phi)),
-                     scaling=scaling, **kw)
-
-
-def truth_for(spec: ModelSpec) -> np.ndarray:
-    k = spec.n_scaling_sets
-    contrast = np.linspace(0.3, 0.2, k)
-    offset = np.linspace(1.0, 1.02, k)
-    phys = STATIC_PHYS if spec.mode == "static" else LAMINAR_PHYS
-    return spec.pack(contrast, offset, phys)

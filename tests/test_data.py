@@ -3,7 +3,7 @@
 import h5py
 import numpy as np
 import pytest
-from conftest import make_spec, truth_for
+from helpers import make_spec, truth_for
 
 from homodyne.data import DataFileError, generate_synthetic, open_two_time
 from homodyne.data.multitau import read_multitau

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import make_spec, truth_for
+from helpers import make_spec, truth_for
 from scipy.optimize import least_squares
 
 from homodyne.data import generate_synthetic, open_two_time

@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import make_spec, truth_for
+from helpers import make_spec, truth_for
 from scipy.integrate import cumulative_trapezoid
 
 from homodyne.jaxconf import jax, jnp

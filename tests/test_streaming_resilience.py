@@ -13,7 +13,7 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from conftest import make_spec, truth_for
+from helpers import make_spec, truth_for
 
 from homodyne.data import generate_synthetic
 from homodyne.jaxconf import jnp
@@ -386,7 +386,7 @@ PARALLEL = """
 import json, sys
 import numpy as np
 sys.path.insert(0, {tests!r})
-from conftest import make_spec, truth_for
+from helpers import make_spec, truth_for
 from homodyne.jaxconf import jax, jnp
 from homodyne.model import c2_points
 from homodyne.optimization.nlsq_wrapper import NLSQWrapper
