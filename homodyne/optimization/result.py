@@ -22,6 +22,9 @@ class FitResult:
     reduced_chi_squared: float
     converged: bool
     stop_reason: str
+    # How the data were walked. Homodyne engine: the tier, "STANDARD", "LARGE", "CHUNKED"
+    # or "STREAMING" (OptimizationStrategy). nlsq backend: the nlsq method that ran
+    # ("curve_fit", "curve_fit_large", "hybrid_streaming"); see ``backend``.
     strategy: str
     iterations: int
     passes: int
@@ -37,6 +40,12 @@ class FitResult:
     peak_rss_mb: float | None = None
     device: str = "cpu"
     backend: str = "homodyne"
+    # Batch accounting of the homodyne engine, filled for every tier (not only STREAMING;
+    # None from the nlsq backend): total_batches_processed, batch_success_rate,
+    # failed_batch_indices, error_type_distribution, average_iterations_per_batch,
+    # excluded_batches (per stage), checkpoint_saves, checkpoint_errors,
+    # checkpoint_save_seconds_max, checkpoint_cpu_seconds_total, resumed_from_batch.
+    # The guide's name; see FitMonitor.diagnostics.
     streaming_diagnostics: dict | None = None
     recovery_actions: list = field(default_factory=list)
     history: list = field(default_factory=list)
