@@ -53,17 +53,16 @@ def fingerprint(*parts) -> str:
                           .encode()).hexdigest()
 
 
-def run_fit(problem: Problem, data: DataSource, x0, lb, ub, *, options: EngineOptions | None = None,
+def run_fit(problem: Problem, data: DataSource, x0: np.ndarray, lb: np.ndarray,
+            ub: np.ndarray, *, options: EngineOptions | None = None,
             strategy: str = "STANDARD", monitor: FitMonitor | None = None,
             resume: bool = False, recovery_sequence=("perturb_parameters",),
             n_devices: int = 1) -> FitResult:
-    """Fit ``problem`` on ``data`` from ``x0`` within [lb, ub]."""
+    """Fit ``problem`` on ``data`` from ``x0`` within [lb, ub]: float64 vectors of one
+    length with x0 inside, as ``nlsq_wrapper.validate_start`` returns them."""
     opts = options or EngineOptions()
     mon = monitor or FitMonitor()
     t0 = time.perf_counter()
-    x0 = np.asarray(x0, dtype=np.float64)
-    lb = np.broadcast_to(np.asarray(lb, dtype=np.float64), x0.shape).copy()
-    ub = np.broadcast_to(np.asarray(ub, dtype=np.float64), x0.shape).copy()
     ck = mon.checkpoints
     if ck is not None:
         ck.acquire()

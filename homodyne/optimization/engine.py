@@ -139,9 +139,7 @@ def solve_lm(evaluate: Callable[[np.ndarray], NormalEquations], x0, lb, ub, *,
     many standard errors. The quadratic model's range does not shrink with the data, so
     a stage that starts from a coarser level's optimum (n_c points) trusts
     sqrt(n / n_c) of its own standard errors, one of the coarser level's."""
-    lb = np.asarray(lb, float)
-    ub = np.asarray(ub, float)
-    x = np.clip(np.asarray(x0, float), lb, ub)
+    x = np.array(x0, dtype=float)  # a copy; x0 inside [lb, ub] (checked at the facade)
     ne = ne0 if ne0 is not None else evaluate(x)
     st = LMState(x=x, ne=ne, lam=initial_damping, evaluations=0 if ne0 is not None else 1)
     try:

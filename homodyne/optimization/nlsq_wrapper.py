@@ -83,6 +83,17 @@ class FitPlan:
     data: DataSource
 
 
+def validate_start(p0, bounds, names=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The one check of a fit's start and box, at the facade: float64 vectors of one
+    length, p0 finite, min < max and p0 inside. The driver and the solver take
+    (x0, lb, ub) as they are."""
+    p0 = np.asarray(p0, float).ravel()
+    if not np.all(np.isfinite(p0)):
+        raise ValueError(f"p0 must be finite, got {p0.tolist()}")
+    lb, ub = normalise_bounds(bounds, p0, names)
+    return p0, lb, ub
+
+
 class NLSQWrapper:
     """Chooses the tier and runs the engine; the guide's entry point."""
 
@@ -234,14 +245,11 @@ class NLSQWrapper:
                              f"Levenberg-Marquardt engine), got {method!r}")
         y = np.asarray(ydata)
         x = np.asarray(xdata)
-        p0 = np.asarray(p0, float).ravel()
         if y.ndim != 1:
             raise ValueError(f"ydata must be one-dimensional, got shape {y.shape}")
         if x.shape[-1] != y.size:
             raise ValueError(f"xdata's last axis ({x.shape[-1]}) must match ydata ({y.size})")
-        if not np.all(np.isfinite(p0)):
-            raise ValueError(f"p0 must be finite, got {p0.tolist()}")
-        lb, ub = normalise_bounds(bounds, p0, parameter_names)
+        p0, lb, ub = validate_start(p0, bounds, parameter_names)
         if self.backend == "nlsq":
             from homodyne.optimization.nlsq_backend import fit_with_nlsq
 
@@ -277,8 +285,7 @@ class NLSQWrapper:
     def fit_two_time(self, source, spec, p0, bounds, *, strategy: str | None = None,
                      y=None) -> FitResult:
         """Fit the two-time model to a ``TwoTimeSource`` (or packed values ``y``)."""
-        p0 = np.asarray(p0, float)
-        lb, ub = normalise_bounds(bounds, p0, list(spec.parameter_names))
+        p0, lb, ub = validate_start(p0, bounds, list(spec.parameter_names))
         plan = self.plan_two_time(source, spec, strategy=strategy, y=y)
         tier, batch, data = plan.tier, plan.batch_size, plan.data
         problem = TwoTimeProblem(spec, validate=self.validate)
