@@ -43,10 +43,6 @@ def url_for(rel: str) -> str:
     return SOURCES[folder] + name
 
 
-def files_in(folder: str) -> list[str]:
-    return sorted(r for r in registry() if r.startswith(folder + "/"))
-
-
 def fetch(rel: str, mirror: str | os.PathLike | None = None, cache_dir=None) -> Path:
     """Local path of a verified copy of ``rel`` (e.g. 'chx_two_time/test_g2.npy')."""
     reg = registry()

@@ -19,6 +19,7 @@ LAYERS = {
     "homodyne.output": 0,
     "homodyne.plots": 0,
     "homodyne.realdata": 0,
+    "homodyne.rulelog": 0,
     "homodyne.data.errors": 0,
     "homodyne.optimization.exceptions": 0,
     "homodyne.optimization.settings": 0,

@@ -8,7 +8,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-TIERS = ("STANDARD", "LARGE", "CHUNKED", "STREAMING")
+from homodyne.optimization.strategy import OptimizationStrategy
+
+TIERS = tuple(s.value for s in OptimizationStrategy)
 GUIDE_THROUGHPUT = {"STANDARD": 500e3, "LARGE": 450e3, "CHUNKED": 400e3, "STREAMING": 380e3}
 
 

@@ -10,32 +10,15 @@ rule bench_engine:
         "results/logs/bench/{dataset}/engine_{tier}_{device}.log",
     benchmark:
         "results/logs/bench/{dataset}/engine_{tier}_{device}.benchmark.tsv"
-    wildcard_constraints:
-        tier="standard|large|chunked|streaming",
-        device="cpu",
-        dataset="[A-Za-z0-9_]+",
     conda:
         "../envs/homodyne.yaml"
     resources:
         mem_mb=bench_mem_mb,
         runtime=bench_runtime,
         bench_slot=1,
+        gpu=bench_gpus,
     script:
         "../scripts/bench_engine.py"
-
-
-use rule bench_engine as bench_engine_gpu with:
-    output:
-        "results/benchmark/runs/{dataset}/engine_{tier}_{device}.json",
-    wildcard_constraints:
-        tier="standard|large|chunked|streaming",
-        device="gpu",
-        dataset="[A-Za-z0-9_]+",
-    resources:
-        mem_mb=bench_mem_mb,
-        runtime=bench_runtime,
-        bench_slot=1,
-        gpu=1,
 
 
 rule bench_overhead:
@@ -47,9 +30,6 @@ rule bench_overhead:
         "results/logs/bench/{dataset}/overhead_{tier}.log",
     benchmark:
         "results/logs/bench/{dataset}/overhead_{tier}.benchmark.tsv"
-    wildcard_constraints:
-        tier="standard|large|chunked|streaming",
-        dataset="[A-Za-z0-9_]+",
     conda:
         "../envs/homodyne.yaml"
     resources:
@@ -75,9 +55,6 @@ rule bench_peer:
         "results/logs/bench/{dataset}/peer_{method}.log",
     benchmark:
         "results/logs/bench/{dataset}/peer_{method}.benchmark.tsv"
-    wildcard_constraints:
-        method="scipy-trf|nlsq-curve_fit|nlsq-curve_fit_large|nlsq-hybrid_streaming",
-        dataset="[A-Za-z0-9_]+",
     conda:
         "../envs/homodyne.yaml"
     resources:

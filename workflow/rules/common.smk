@@ -1,6 +1,7 @@
 """Helpers shared by the rules: the benchmark grid and resource estimates."""
 
 import os
+from pathlib import Path
 
 
 def dataset_points(name):
@@ -44,8 +45,26 @@ def bench_mem_mb(wildcards):
     return int(1500 + 24 * n / 2**20)
 
 
+def bench_gpus(wildcards):
+    """GPUs an engine run requests: one for device gpu, none for cpu."""
+    return int(wildcards.device == "gpu")
+
+
 def bench_runtime(wildcards):
     return int(10 + dataset_points(wildcards.dataset) / 2e6)
+
+
+def real_data_files(folder):
+    """Measured files of ``folder`` listed in the package's checksum list, read as text so
+    that building the DAG imports nothing from homodyne (the list homodyne.realdata.registry
+    reads)."""
+    listing = Path(workflow.basedir, "homodyne", "realdata_sha256.txt").read_text()
+    rels = (
+        line.split(maxsplit=1)[1].strip()
+        for line in listing.splitlines()
+        if line.strip()
+    )
+    return sorted(r for r in rels if r.startswith(folder + "/"))
 
 
 def data_mirror():

@@ -8,8 +8,6 @@ rule generate_dataset:
         "results/logs/generate/{dataset}.log",
     benchmark:
         "results/logs/generate/{dataset}.benchmark.tsv"
-    wildcard_constraints:
-        dataset="[A-Za-z0-9_]+",
     conda:
         "../envs/homodyne.yaml"
     resources:

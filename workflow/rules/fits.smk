@@ -1,7 +1,5 @@
 """Production fits on measured data (mirror or verified download) and the fits summary."""
 
-from homodyne.realdata import files_in
-
 
 rule fetch_real_data:
     output:
@@ -10,8 +8,6 @@ rule fetch_real_data:
         "results/logs/fetch/{folder}/{name}.log",
     benchmark:
         "results/logs/fetch/{folder}/{name}.benchmark.tsv"
-    wildcard_constraints:
-        folder="aps_8idi_llps_aging|chx_two_time",
     conda:
         "../envs/homodyne.yaml"
     resources:
@@ -60,7 +56,7 @@ rule fit_aps_aging:
     input:
         [
             f"results/data/real/{f}"
-            for f in files_in(config["fits"]["aps_aging"]["folder"])
+            for f in real_data_files(config["fits"]["aps_aging"]["folder"])
         ],
     output:
         params="results/fits/aging/parameters.json",

@@ -1,11 +1,7 @@
-"""Rules bench_engine*: one engine run of the grid (thin glue over homodyne.benchmarks)."""
+"""Rule bench_engine: one engine run of the grid (thin glue over homodyne.benchmarks)."""
 
-import sys
-
-sys.path.insert(0, str(__import__("pathlib").Path(snakemake.scriptdir)))  # noqa: F821
-from _log import redirect  # noqa: E402
-
-from homodyne.benchmarks.runner import bench_engine  # noqa: E402
+from homodyne.benchmarks.runner import bench_engine
+from homodyne.rulelog import redirect
 
 redirect(snakemake)  # noqa: F821
 w = snakemake.wildcards  # noqa: F821

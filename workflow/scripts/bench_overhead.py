@@ -1,11 +1,7 @@
 """Rule bench_overhead: paired-pass checkpoint and fault-tolerance overheads."""
 
-import sys
-
-sys.path.insert(0, str(__import__("pathlib").Path(snakemake.scriptdir)))  # noqa: F821
-from _log import redirect  # noqa: E402
-
-from homodyne.benchmarks.overhead import bench_overheads  # noqa: E402
+from homodyne.benchmarks.overhead import bench_overheads
+from homodyne.rulelog import redirect
 
 redirect(snakemake)  # noqa: F821
 p = snakemake.params  # noqa: F821

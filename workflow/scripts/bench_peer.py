@@ -1,11 +1,7 @@
 """Rule bench_peer: scipy or nlsq on the same dataset (thin glue)."""
 
-import sys
-
-sys.path.insert(0, str(__import__("pathlib").Path(snakemake.scriptdir)))  # noqa: F821
-from _log import redirect  # noqa: E402
-
-from homodyne.benchmarks.runner import bench_scipy, run_peer_with_timeout  # noqa: E402
+from homodyne.benchmarks.runner import bench_scipy, run_peer_with_timeout
+from homodyne.rulelog import redirect
 
 redirect(snakemake)  # noqa: F821
 method = snakemake.wildcards.method  # noqa: F821

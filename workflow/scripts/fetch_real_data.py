@@ -2,13 +2,10 @@
 
 import os
 import shutil
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir)))  # noqa: F821
-from _log import redirect  # noqa: E402
-
-from homodyne.realdata import fetch  # noqa: E402
+from homodyne.realdata import fetch
+from homodyne.rulelog import redirect
 
 redirect(snakemake)  # noqa: F821
 w = snakemake.wildcards  # noqa: F821

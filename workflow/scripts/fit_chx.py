@@ -1,12 +1,9 @@
 """Rule fit_chx (thin glue)."""
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir)))  # noqa: F821
-from _log import redirect  # noqa: E402
-
-from homodyne.production.chx import fit_chx  # noqa: E402
+from homodyne.production.chx import fit_chx
+from homodyne.rulelog import redirect
 
 redirect(snakemake)  # noqa: F821
 r = fit_chx(snakemake.input.matrix, snakemake.input.authors,  # noqa: F821

@@ -1,12 +1,9 @@
 """Rule fit_laminar_synthetic (thin glue)."""
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir)))  # noqa: F821
-from _log import redirect  # noqa: E402
-
-from homodyne.production.laminar import fit_laminar_synthetic  # noqa: E402
+from homodyne.production.laminar import fit_laminar_synthetic
+from homodyne.rulelog import redirect
 
 redirect(snakemake)  # noqa: F821
 s = snakemake.params.spec  # noqa: F821

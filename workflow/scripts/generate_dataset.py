@@ -1,12 +1,8 @@
 """Rule generate_dataset: a synthetic dataset from the config (thin glue)."""
 
-import sys
-
-sys.path.insert(0, str(__import__("pathlib").Path(snakemake.scriptdir)))  # noqa: F821
-from _log import redirect  # noqa: E402
-
-from homodyne.data.synthetic import generate_synthetic  # noqa: E402
-from homodyne.model import ModelSpec  # noqa: E402
+from homodyne.data.synthetic import generate_synthetic
+from homodyne.model import ModelSpec
+from homodyne.rulelog import redirect
 
 redirect(snakemake)  # noqa: F821
 d, ph = snakemake.params.spec, snakemake.params.physics  # noqa: F821

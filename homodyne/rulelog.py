@@ -1,10 +1,11 @@
-"""Send a script's output to the rule's log file (Snakemake's `log:`)."""
+"""Snakemake script glue: send a rule script's output and logging to the rule's ``log:``."""
 
 import logging
 import sys
 
 
-def redirect(snakemake):
+def redirect(snakemake) -> None:
+    """stdout, stderr and INFO logging of this script go to ``snakemake.log[0]``."""
     if snakemake.log:
         fh = open(snakemake.log[0], "w")  # noqa: SIM115 - lives as long as the script
         sys.stdout = sys.stderr = fh
