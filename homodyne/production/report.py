@@ -11,7 +11,8 @@ def _fmt(v, unc=None):
         return "n/a"
     if unc is None:
         return f"{v:.4g}"
-    u = "inf" if unc in ("inf", float("inf")) else f"{float(unc):.2g}"
+    u = "inf (undetermined)" if unc is None or unc in ("inf", float("inf")) else \
+        f"{float(unc):.2g}"
     return f"{v:.4g} ± {u}"
 
 
