@@ -17,7 +17,7 @@ from homodyne.data.errors import DataFileError
 from homodyne.data.multitau import G2, OneTimeData, read_multitau
 
 TABLE_SUFFIXES = (".csv", ".npz")
-_NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
+_Q_IN_NAME = re.compile(r"q\s*=\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)")
 
 
 def is_one_time_file(path) -> bool:
@@ -58,11 +58,11 @@ def _read_csv(path):
                                   "and a sigma column per q, e.g. tau,g2(q=0.005),sigma(q=0.005)")
     q = []
     for name in names[1::2]:
-        found = _NUMBER.findall(name.split("=", 1)[-1])
+        found = _Q_IN_NAME.search(name)
         if not found:
             raise DataFileError(path, f"column {name!r} names no q value; write it as "
                                       "g2(q=<value in 1/Å>)")
-        q.append(float(found[-1]))
+        q.append(float(found.group(1)))
     try:
         table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
     except ValueError as exc:
