@@ -101,6 +101,14 @@ def validate_main(argv) -> int:
     p.add_argument("--data-file")
     a = p.parse_args(argv)
     cfg = load_config(a.config, overrides=_overrides(a))
+    if cfg.analysis_mode == "one_time":
+        from homodyne.onetime.data import read_one_time
+
+        d = read_one_time(cfg.experimental_data["file_path"])
+        print(f"{d.path}: one-time g2, {d.tau.size} delays {d.tau.min():.3g}-"
+              f"{d.tau.max():.3g} s, {d.q.size} q bins {d.q.min():.4g}-{d.q.max():.4g} 1/Å, "
+              f"one_time mode ({', '.join(f'{k} {v}' for k, v in cfg.one_time.items())})")
+        return 0
     with open_data(cfg) as src:
         spec = model_spec(cfg, src)
         p0, lb, ub = start_and_bounds(cfg, spec, src)

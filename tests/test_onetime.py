@@ -133,6 +133,9 @@ def test_cli_detects_one_time_table_and_writes_the_result_set(tmp_path, monkeypa
     assert list(per_q["status"]) == ["converged"] * 3
     # the same folder again is refused unless --overwrite (the two-time discipline)
     assert main(["--config", "c.yaml", "--output-dir", "out"]) == 2
+    capsys.readouterr()
+    assert main(["validate", "--config", "c.yaml"]) == 0
+    assert "one-time g2, 70 delays" in capsys.readouterr().out
 
 
 def test_undetermined_fit_is_said_first_and_strict_exits_nonzero(tmp_path, monkeypatch, capsys):
