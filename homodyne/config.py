@@ -113,6 +113,9 @@ SCHEMA = _s(
         max_tau_s=("float", None, "positive"),
         q_range=("list[float]", None, None),
         max_iterations=("int", 200, "positive"),
+        series=("list[str]", [], None),
+        ages_s=("list[float]", None, None),
+        nonnegative_J=("bool", False, None),
     ),
     output=_s(
         directory=("str", "results/fit", None),
@@ -296,6 +299,7 @@ def validate_config(raw: Any, source: str | None = None, *, require_data: bool =
             data["file_path"] = _resolve(data["file_path"], base)
             check_data_path(data["file_path"])
         if _is_one_time(d, data["file_path"]):
+            d["one_time"]["series"] = [_resolve(p, base) for p in d["one_time"]["series"]]
             return _one_time_config(d, source, raw)
         if values is None:
             raise ConfigError("initial_parameters.values", "missing; give the initial "
@@ -369,6 +373,13 @@ def _one_time_config(d: dict, source, raw) -> HomodyneConfig:
     qr = ot["q_range"]
     if qr is not None and (len(qr) != 2 or qr[0] > qr[1]):
         raise ConfigError("one_time.q_range", f"expected [q_min, q_max], got {qr}")
+    for i, path in enumerate(ot["series"]):
+        if not os.path.isfile(path):
+            raise ConfigError(f"one_time.series[{i}]", f"file not found: {path}")
+    ages = ot["ages_s"]
+    if ages is not None and len(ages) != 1 + len(ot["series"]):
+        raise ConfigError("one_time.ages_s", f"{len(ages)} ages for {1 + len(ot['series'])} "
+                          "files (experimental_data.file_path, then one_time.series)")
     lo, hi = ot["min_tau_s"], ot["max_tau_s"]
     if lo is not None and hi is not None and lo >= hi:
         raise ConfigError("one_time.min_tau_s", f"{lo} must be < max_tau_s ({hi})")

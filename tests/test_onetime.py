@@ -143,7 +143,7 @@ def test_undetermined_fit_is_said_first_and_strict_exits_nonzero(tmp_path, monke
     monkeypatch.chdir(tmp_path)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(
         {"analysis_mode": "one_time", "experimental_data": {"file_path": str(csv)},
-         "one_time": {"beta": "fixed"}}))
+         "one_time": {"beta": "fixed"}, "output": {"plots": False}}))
     assert main(["--config", "c.yaml", "--output-dir", "a"]) == 0
     first = capsys.readouterr().out.splitlines()[0]
     assert first.startswith("converged but NOT DETERMINED"), first
@@ -192,7 +192,8 @@ def test_not_converged_warns_even_when_quiet_and_exits_4(tmp_path):
     """A fresh process, as a user runs it: --quiet shows the failure and nothing else."""
     csv, _, _ = write_table(tmp_path)
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(
-        {"experimental_data": {"file_path": str(csv)}, "one_time": {"max_iterations": 1}}))
+        {"experimental_data": {"file_path": str(csv)}, "one_time": {"max_iterations": 1},
+         "output": {"plots": False}}))
     proc = subprocess.run([sys.executable, "-m", "homodyne.cli", "--quiet", "--config",
                            str(tmp_path / "c.yaml"), "--output-dir", str(tmp_path / "o")],
                           capture_output=True, text=True, timeout=300,
@@ -327,3 +328,26 @@ def test_console_shows_homodyne_info_but_not_jax_chatter(capsys):
         root.handlers[:], _ = before[0], root.setLevel(before[1])
     assert "INFO fitting" in err and "WARNING a real JAX warning" in err
     assert "Unable to initialize backend" not in err
+
+
+def test_cli_one_time_series_fits_the_j_model_across_q_and_ages(tmp_path, monkeypatch, capsys):
+    truth = {"D0": 3.0e6, "alpha": -0.6, "D_offset": 2.0e3, "offset": 1.0}
+    paths = _aging_series(tmp_path, D0=truth["D0"], alpha=truth["alpha"],
+                          Doff=truth["D_offset"], offset=truth["offset"])
+    monkeypatch.chdir(tmp_path)
+    raw = {"analysis_mode": "one_time", "experimental_data": {"file_path": str(paths[0])},
+           "one_time": {"series": [str(p) for p in paths[1:]], "errors": "measured",
+                        "min_tau_s": 1e-4, "beta": "fixed"}, "output": {"plots": False}}
+    (tmp_path / "bad.yaml").write_text(yaml.safe_dump(
+        {**raw, "one_time": {**raw["one_time"], "ages_s": [1.0, 2.0]}}))
+    assert main(["--config", "bad.yaml", "--output-dir", "x"]) == 2
+    assert "one_time.ages_s: 2 ages for 4 files" in capsys.readouterr().err
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["--config", "c.yaml", "--output-dir", "out"]) == 0
+    assert "J-model across 4 ages and q" in capsys.readouterr().out
+    jm = _strict_json(tmp_path / "out/parameters.json")["j_model"]
+    assert jm["status"] == "converged" and jm["J_negative_in_window"] is False
+    np.testing.assert_allclose(jm["ages_s"], [500.0, 1500.0, 2500.0, 3500.0])
+    for name, value in truth.items():
+        assert abs(jm[name] - value) < 4 * jm["uncertainties"][name], name
+    assert (tmp_path / "out/j_model/aging_law.png").stat().st_size > 1000

@@ -76,6 +76,7 @@ class OneTimeResult:
     options: OneTimeOptions
     fits: list[QFit]
     power_law: dict = field(default_factory=dict)
+    j_model: dict | None = None  # the J-model across q and ages, when a series is fitted
 
     @property
     def n_points(self) -> int:
@@ -88,7 +89,7 @@ class OneTimeResult:
         states = [f.result.status for f in self.fits]
         if not states or all(s == "too_few_points" for s in states):
             return "too_few_points"
-        if "not_converged" in states:
+        if "not_converged" in states or (self.j_model or {}).get("status") == "not_converged":
             return "not_converged"
         if not self.resolved:
             return "undetermined"
@@ -113,6 +114,14 @@ class OneTimeResult:
         if pl.get("exponent") is not None:
             lines.append(f"rates: Gamma = A q^n with n = {pl['exponent']:.4g} +/- "
                          f"{pl['exponent_err']:.2g} over {pl['n_q']} q bins (2 = diffusion)")
+        jm = self.j_model
+        if jm is not None:
+            lines.append(
+                f"J-model across {len(jm['ages_s'])} ages and q, J(t) = D0 t^alpha + D_offset: "
+                f"{STATUS_TEXT[jm['status']]}, D0 = {jm['D0']:.5g}, alpha = {jm['alpha']:.4g}, "
+                f"D_offset = {jm['D_offset']:.5g}, chi2_red = {jm['reduced_chi_squared']:.3g}"
+                + ("; UNPHYSICAL: J(t) < 0 inside the fitted window"
+                   if jm["J_negative_in_window"] else ""))
         for f in self.fits:
             r = f.row()
             lines.append(f"  q = {f.q:.5g}: Gamma = {r['gamma']:.5g} +/- {r['gamma_err']:.2g} "

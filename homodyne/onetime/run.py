@@ -34,10 +34,36 @@ def run_one_time(cfg, out: Path):
     t0 = time.perf_counter()
     data = read_one_time(cfg.experimental_data["file_path"])
     result = fit_one_time(data, options_from_config(cfg))
+    if cfg.one_time["series"]:
+        result.j_model = fit_j_model(cfg, out / "j_model")
     log_summary(result)
     files = write_one_time_outputs(out, result, plots=cfg.output["plots"])
     log.info("done in %.2f s; outputs in %s", time.perf_counter() - t0, out)
     return FitRun(result, out, files)
+
+
+def fit_j_model(cfg, folder: Path) -> dict:
+    """The aging J-model over file_path and one_time.series (multi-tau files), jointly
+    over q and ages (from the files' start times or one_time.ages_s); its own files go
+    into ``folder``, the key numbers into parameters.json."""
+    from homodyne.production.aging import fit_aging
+
+    ot = cfg.one_time
+    paths = [cfg.experimental_data["file_path"], *ot["series"]]
+    r = fit_aging(paths, folder, min_tau_s=ot["min_tau_s"] or 0.0, max_tau_s=ot["max_tau_s"],
+                  error_model=ot["errors"], max_iterations=max(ot["max_iterations"], 500),
+                  ages_s=ot["ages_s"], nonnegative_J=ot["nonnegative_J"])
+    res, s = r["result"], r["summary"]
+    by = dict(zip(res.parameter_names, res.parameters.tolist(), strict=True))
+    se = dict(zip(res.parameter_names, res.uncertainties.tolist(), strict=True))
+    return {"status": res.status, "stop_reason": res.stop_reason, "folder": folder.name,
+            "files": s["files"], "ages_s": s["ages_s"], "D0": by["D0"], "alpha": by["alpha"],
+            "D_offset": by["D_offset"], "offset": by["offset"],
+            "uncertainties": {k: se[k] for k in ("D0", "alpha", "D_offset", "offset")},
+            "reduced_chi_squared": res.reduced_chi_squared,
+            "J_negative_in_window": s["J_negative_in_window"],
+            "J_min_in_window": s["J_min_in_window"], "undetermined": res.undetermined,
+            "at_bounds": res.at_bounds}
 
 
 def write_one_time_outputs(out, result: OneTimeResult, *, plots: bool = True) -> dict:
@@ -71,6 +97,6 @@ def parameters_payload(result: OneTimeResult) -> dict:
                     "max_tau_s": o.max_tau_s, "q_range": o.q_range,
                     "max_iterations": o.max_iterations},
         "model": "g2 = offset + contrast * exp(-2 (gamma tau)^beta)",
-        "rate_power_law": result.power_law,
+        "rate_power_law": result.power_law, "j_model": result.j_model,
         "per_q": [{**f.row(), "fit": f.result.as_dict()} for f in result.fits],
     }
