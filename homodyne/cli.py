@@ -3,6 +3,11 @@ generate ...`` (synthetic datasets), ``homodyne validate --config FILE``.
 
 Errors in the config or the data end the program with one clear message and exit
 status 2, never a traceback from deep inside.
+
+Exit status: 0 fit converged; 2 bad input (config, data, output folder); 3 the fit
+failed; 4 the fit did NOT converge (results are written, the warning is printed even
+with --quiet); 5 with --strict only: the fit "converged" but every physical parameter is
+on a bound or undetermined, or there are fewer points than parameters; 130/143 SIGINT/SIGTERM.
 """
 
 from __future__ import annotations
@@ -15,12 +20,19 @@ from homodyne import __version__
 
 EXIT_USAGE = 2
 EXIT_FIT_FAILED = 3
+EXIT_NOT_CONVERGED = 4
+EXIT_UNDETERMINED = 5
+EXIT_CODES_HELP = ("exit status: 0 converged, 2 bad input, 3 fit failed, 4 NOT converged, "
+                   "5 (--strict) converged but undetermined, 130/143 interrupted")
 
 
 def _fit_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="homodyne", description="Fit two-time XPCS data (static or laminar flow).",
-        epilog="Other commands: 'homodyne generate --help', 'homodyne validate --help'.")
+        prog="homodyne",
+        description="Fit two-time XPCS data (static or laminar flow) or one-time g2 "
+                    "(analysis_mode: one_time, multi-tau HDF5 or a CSV/NPZ table).",
+        epilog="Other commands: 'homodyne generate --help', 'homodyne validate --help'. "
+               + EXIT_CODES_HELP + ".")
     p.add_argument("--version", action="version", version=f"homodyne {__version__}")
     p.add_argument("--config", required=True, help="YAML configuration file")
     p.add_argument("--data-file", help="data file (overrides experimental_data.file_path)")
@@ -31,6 +43,9 @@ def _fit_parser() -> argparse.ArgumentParser:
                    help="force a tier (overrides performance.strategy_override)")
     p.add_argument("--overwrite", action="store_true", help="replace existing results")
     p.add_argument("--quiet", action="store_true", help="log warnings only")
+    p.add_argument("--strict", action="store_true",
+                   help="exit 5 when the fit converged but determines no physical parameter "
+                        "(all on bounds or undetermined) or has fewer points than parameters")
     return p
 
 
@@ -88,6 +103,14 @@ def validate_main(argv) -> int:
     p.add_argument("--data-file")
     a = p.parse_args(argv)
     cfg = load_config(a.config, overrides=_overrides(a))
+    if cfg.analysis_mode == "one_time":
+        from homodyne.onetime.data import read_one_time
+
+        d = read_one_time(cfg.experimental_data["file_path"])
+        print(f"{d.path}: one-time g2, {d.tau.size} delays {d.tau.min():.3g}-"
+              f"{d.tau.max():.3g} s, {d.q.size} q bins {d.q.min():.4g}-{d.q.max():.4g} 1/Å, "
+              f"one_time mode ({', '.join(f'{k} {v}' for k, v in cfg.one_time.items())})")
+        return 0
     with open_data(cfg) as src:
         spec = model_spec(cfg, src)
         p0, lb, ub = start_and_bounds(cfg, spec, src)
@@ -115,13 +138,40 @@ def fit_main(argv) -> int:
     from homodyne.pipeline import run_from_config
 
     a = _fit_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if a.quiet else logging.INFO,
-                        format="%(levelname)s %(message)s", stream=sys.stderr)
+    configure_console_logging(quiet=a.quiet)
     cfg = load_config(a.config, overrides=_overrides(a))
     run = run_from_config(cfg, overwrite=a.overwrite or None)
     print(run.result.summary())
     print(f"results in {run.output_dir}")
+    return exit_status(run.result.status, strict=a.strict)
+
+
+def exit_status(status: str, *, strict: bool) -> int:
+    """0, or EXIT_NOT_CONVERGED, or (with --strict) EXIT_UNDETERMINED for a fit that
+    determines nothing; the status itself is logged as a warning by the run."""
+    if status == "not_converged":
+        return EXIT_NOT_CONVERGED
+    if strict and status in ("undetermined", "too_few_points"):
+        return EXIT_UNDETERMINED
     return 0
+
+
+def configure_console_logging(*, quiet: bool) -> None:
+    """homodyne's INFO lines on stderr unless quiet (warnings always); other libraries
+    (JAX's backend probing: "Unable to initialize backend 'tpu'") only from WARNING up."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+    handler.setLevel(logging.WARNING if quiet else logging.INFO)
+    handler.addFilter(lambda r: r.name.split(".")[0] == "homodyne"
+                      or r.levelno >= logging.WARNING)
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        if getattr(h, "_homodyne_console", False):
+            root.removeHandler(h)
+    handler._homodyne_console = True
+    root.addHandler(handler)
+    root.setLevel(logging.INFO)
+    logging.getLogger("jax").setLevel(logging.WARNING)
 
 
 def main(argv=None) -> int:

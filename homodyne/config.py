@@ -24,6 +24,7 @@ from homodyne.optimization.strategy import TIER_NAMES
 
 STRATEGIES = TIER_NAMES
 _ENGINE, _FAULTS, _CKPT = EngineOptions(), FaultSettings(), CheckpointSettings()
+ONE_TIME = "one_time"  # per-q g2(tau) fits of multi-tau results or tables
 
 # Default bounds: wide physical ranges (physics.md's typical magnitudes well inside).
 DEFAULT_BOUNDS = {
@@ -59,7 +60,7 @@ def _s(**fields):
 
 
 SCHEMA = _s(
-    analysis_mode=("choice", None, MODES),
+    analysis_mode=("choice", None, (*MODES, ONE_TIME)),
     per_angle_scaling=("choice", "individual", SCALINGS),
     experimental_data=_s(
         file_path=("path", None, None),
@@ -108,6 +109,17 @@ SCHEMA = _s(
         dtype=("choice", "float64", ("float64", "float32")),
         device=("choice", "cpu", ("cpu", "gpu")),
         fast_mode=("bool", False, None),
+    ),
+    one_time=_s(
+        beta=("choice", "free", ("free", "fixed")),
+        errors=("choice", "measured", ("measured", "scatter")),
+        min_tau_s=("float", None, "positive"),
+        max_tau_s=("float", None, "positive"),
+        q_range=("list[float]", None, None),
+        max_iterations=("int", 200, "positive"),
+        series=("list[str]", [], None),
+        ages_s=("list[float]", None, None),
+        nonnegative_J=("bool", False, None),
     ),
     output=_s(
         directory=("str", "results/fit", None),
@@ -251,6 +263,7 @@ class HomodyneConfig:
     optimization: dict
     performance: dict
     output: dict
+    one_time: dict = field(default_factory=dict)
     source: str | None = None
     raw: dict = field(default_factory=dict, repr=False)
 
@@ -284,6 +297,14 @@ def validate_config(raw: Any, source: str | None = None, *, require_data: bool =
         d = _validate(raw, SCHEMA)
         init = d["initial_parameters"]
         names, values = init["parameter_names"], init["values"]
+        data = d["experimental_data"]
+        base = Path(source).parent if source else None
+        if data["file_path"] is not None:
+            data["file_path"] = _resolve(data["file_path"], base)
+            check_data_path(data["file_path"])
+        if _is_one_time(d, data["file_path"]):
+            d["one_time"]["series"] = [_resolve(p, base) for p in d["one_time"]["series"]]
+            return _one_time_config(d, source, raw)
         if values is None:
             raise ConfigError("initial_parameters.values", "missing; give the initial "
                               "physical parameters, e.g. [1000.0, -1.2, 0.0]")
@@ -316,12 +337,7 @@ def validate_config(raw: Any, source: str | None = None, *, require_data: bool =
             if v is not None and not lo <= v <= hi:
                 raise ConfigError(f"initial_parameters.{name}",
                                   f"{v} lies outside its bounds [{lo}, {hi}]")
-        data = d["experimental_data"]
-        base = Path(source).parent if source else None
-        if data["file_path"] is not None:
-            data["file_path"] = _resolve(data["file_path"], base)
-            check_data_path(data["file_path"])
-        elif require_data:
+        if data["file_path"] is None and require_data:
             raise ConfigError("experimental_data.file_path",
                               "missing; set it in the config or pass --data-file")
         end = data["end_frame"]
@@ -336,7 +352,47 @@ def validate_config(raw: Any, source: str | None = None, *, require_data: bool =
     return HomodyneConfig(
         analysis_mode=mode, per_angle_scaling=d["per_angle_scaling"], experimental_data=data,
         initial_parameters=init, bounds=bounds, optimization=d["optimization"],
-        performance=d["performance"], output=d["output"], source=source, raw=raw or {})
+        performance=d["performance"], output=d["output"], one_time=d["one_time"],
+        source=source, raw=raw or {})
+
+
+def _is_one_time(d: dict, file_path) -> bool:
+    """analysis_mode: one_time, or no mode and no physical start values with a one-time
+    file (multi-tau HDF5 result, CSV or NPZ table)."""
+    if d["analysis_mode"] == ONE_TIME:
+        return True
+    if d["analysis_mode"] is not None or d["initial_parameters"]["values"] is not None \
+            or file_path is None:
+        return False
+    from homodyne.onetime.data import is_one_time_file
+
+    return is_one_time_file(file_path)
+
+
+def _one_time_config(d: dict, source, raw) -> HomodyneConfig:
+    ot = d["one_time"]
+    if d["experimental_data"]["file_path"] is None:
+        raise ConfigError("experimental_data.file_path",
+                          "missing; set it in the config or pass --data-file")
+    qr = ot["q_range"]
+    if qr is not None and (len(qr) != 2 or qr[0] > qr[1]):
+        raise ConfigError("one_time.q_range", f"expected [q_min, q_max], got {qr}")
+    for i, path in enumerate(ot["series"]):
+        if not os.path.isfile(path):
+            raise ConfigError(f"one_time.series[{i}]", f"file not found: {path}")
+    ages = ot["ages_s"]
+    if ages is not None and len(ages) != 1 + len(ot["series"]):
+        raise ConfigError("one_time.ages_s", f"{len(ages)} ages for {1 + len(ot['series'])} "
+                          "files (experimental_data.file_path, then one_time.series)")
+    lo, hi = ot["min_tau_s"], ot["max_tau_s"]
+    if lo is not None and hi is not None and lo >= hi:
+        raise ConfigError("one_time.min_tau_s", f"{lo} must be < max_tau_s ({hi})")
+    return HomodyneConfig(
+        analysis_mode=ONE_TIME, per_angle_scaling=d["per_angle_scaling"],
+        experimental_data=d["experimental_data"], initial_parameters=d["initial_parameters"],
+        bounds=d["parameter_space"]["bounds"], optimization=d["optimization"],
+        performance=d["performance"], output=d["output"], one_time=ot, source=source,
+        raw=raw or {})
 
 
 def check_data_path(path: str) -> None:

@@ -98,7 +98,7 @@ def _jsonable(v):
     if isinstance(v, np.generic):
         return _jsonable(v.item())
     if isinstance(v, float) and not math.isfinite(v):
-        return None if math.isnan(v) else ("inf" if v > 0 else "-inf")
+        return None  # standard JSON has no NaN/Infinity; undetermined values are listed
     return v
 
 

@@ -172,6 +172,10 @@ def jax_device(name: str):
 def _run(cfg: HomodyneConfig, out: Path) -> FitRun:
     import jax
 
+    if cfg.analysis_mode == "one_time":
+        from homodyne.onetime.run import run_one_time
+
+        return run_one_time(cfg, out)
     with jax.default_device(jax_device(cfg.performance["device"])):
         return _run_on_device(cfg, out)
 
@@ -190,8 +194,7 @@ def _run_on_device(cfg: HomodyneConfig, out: Path) -> FitRun:
         log.info("tier %s, batch %d, %d full passes + %d coarse passes, %.2f s, peak RSS "
                  "%.0f MB", result.strategy, result.batch_size, result.passes,
                  result.coarse_passes, result.wall_time_s, result.peak_rss_mb or -1)
-        for line in result.summary().splitlines():
-            log.info(line)
+        log_summary(result)
         if result.interrupted_by:
             # best so far, under a name that does not block the resuming run
             write_json(out / "parameters.interrupted.json", {
@@ -208,6 +211,15 @@ def _run_on_device(cfg: HomodyneConfig, out: Path) -> FitRun:
                                             plots=cfg.output["plots"]))
     log.info("done in %.2f s; outputs in %s", time.perf_counter() - t0, out)
     return FitRun(result, out, files, spec)
+
+
+def log_summary(result) -> None:
+    """The summary in the log; its first line (the outcome) as a warning unless converged,
+    so --quiet still shows a fit that failed or determined nothing."""
+    first, *rest = result.summary().splitlines()
+    log.log(logging.INFO if result.status == "converged" else logging.WARNING, "%s", first)
+    for line in rest:
+        log.info(line)
 
 
 def _truth(source, spec):
@@ -235,7 +247,7 @@ def write_two_time_outputs(out, source, spec, result, *, plots: bool = True, tit
         times = (source.first_frame + idx) * spec.dt
         files["heatmaps"] = plot_heatmaps(out / "c2_heatmaps.png", times=times,
                                           phi_deg=spec.phi_deg, data=data, model=model,
-                                          title=title or f"{source.path} ({spec.mode})")
+                                          title=title or f"{Path(source.path).name} ({spec.mode})")
         files["cuts"] = plot_cuts(out / "c2_cuts.png", times=times, phi_deg=spec.phi_deg,
                                   data=data, model=model)
     return files

@@ -16,6 +16,13 @@ def _pyplot():
     return plt
 
 
+def residual_scale(res) -> float:
+    """Symmetric colour limit of a residual panel: 99th percentile of |res| (NaN ignored)."""
+    finite = np.abs(res[np.isfinite(res)])
+    r = float(np.percentile(finite, 99)) if finite.size else 0.0
+    return r if r > 0 else 1.0
+
+
 def plot_heatmaps(path, *, times, phi_deg, data, model, title="") -> Path:
     """One row per angle: data, fit, residual (data - fit), sharing the colour scale."""
     plt = _pyplot()
@@ -23,9 +30,11 @@ def plot_heatmaps(path, *, times, phi_deg, data, model, title="") -> Path:
     fig, axes = plt.subplots(n, 3, figsize=(11, 3.3 * n), squeeze=False, constrained_layout=True)
     ext = [times[0], times[-1], times[0], times[-1]]
     for a in range(n):
-        lo, hi = np.nanpercentile(data[a], [1, 99])
-        res = data[a] - model[a]
-        r = np.nanpercentile(np.abs(res), 99) or 1.0
+        # the diagonal (t1 = t2) is not fitted: leave it out of the colour scales
+        off_diag = ~np.eye(data[a].shape[0], dtype=bool)
+        lo, hi = np.nanpercentile(data[a][off_diag], [1, 99])
+        res = np.where(off_diag, data[a] - model[a], np.nan)
+        r = residual_scale(res)
         for ax, img, name, kw in (
             (axes[a, 0], data[a], "data", dict(vmin=lo, vmax=hi, cmap="viridis")),
             (axes[a, 1], model[a], "fit", dict(vmin=lo, vmax=hi, cmap="viridis")),

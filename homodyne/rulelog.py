@@ -11,3 +11,4 @@ def redirect(snakemake) -> None:
         sys.stdout = sys.stderr = fh
         logging.basicConfig(stream=fh, level=logging.INFO, force=True,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        logging.getLogger("jax").setLevel(logging.WARNING)  # no backend-probing chatter

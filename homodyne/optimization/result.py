@@ -8,6 +8,15 @@ import numpy as np
 
 from homodyne.optimization.covariance import pinv_normal
 
+SCALING_PREFIXES = ("contrast", "offset")
+STATUS_TEXT = {
+    "converged": "converged",
+    "not_converged": "NOT converged",
+    "undetermined": "converged but NOT DETERMINED (every physical parameter on a bound or "
+                    "undetermined)",
+    "too_few_points": "NOT DETERMINED: fewer points than parameters",
+}
+
 
 @dataclass
 class FitResult:
@@ -52,6 +61,23 @@ class FitResult:
     messages: list[str] = field(default_factory=list)
     interrupted_by: str | None = None  # "SIGINT"/"SIGTERM" when a signal stopped the fit
 
+    def __post_init__(self):
+        self.covariance = consistent_covariance(self.covariance)
+
+    @property
+    def status(self) -> str:
+        """The honest outcome: converged, not_converged, undetermined (converged with every
+        physical parameter on a bound or undetermined) or too_few_points."""
+        if self.n_points <= len(self.parameter_names):
+            return "too_few_points"
+        if not self.converged:
+            return "not_converged"
+        physical = [n for n in self.parameter_names if not n.startswith(SCALING_PREFIXES)]
+        flagged = set(self.at_bounds) | set(self.undetermined)
+        if physical and all(n in flagged for n in physical):
+            return "undetermined"
+        return "converged"
+
     @property
     def x(self) -> np.ndarray:
         """Alias of ``parameters`` (scipy naming)."""
@@ -82,12 +108,13 @@ class FitResult:
 
     def as_dict(self) -> dict:
         """Plain JSON-ready dict (no NumPy types)."""
-        d = asdict(self)
+        d = {"status": self.status, **asdict(self)}
         for k, v in list(d.items()):
             if isinstance(v, np.ndarray):
                 d[k] = v.tolist()
         d["parameters_by_name"] = {
-            n: {"value": float(v), "uncertainty": float(u)}
+            n: {"value": float(v), "uncertainty": float(u) if np.isfinite(u) else None,
+                "determined": n not in self.undetermined}
             for n, v, u in zip(self.parameter_names, self.parameters, self.uncertainties,
                                strict=True)
         }
@@ -95,10 +122,10 @@ class FitResult:
         return d
 
     def summary(self) -> str:
-        lines = [f"strategy {self.strategy}, {self.n_points:,} points, {self.passes} full "
+        lines = [f"{STATUS_TEXT[self.status]}: {self.stop_reason}",
+                 f"strategy {self.strategy}, {self.n_points:,} points, {self.passes} full "
                  f"passes (+{self.coarse_passes} on a {self.coarse_points:,}-point subsample), "
                  f"{self.iterations} iterations, {self.wall_time_s:.2f} s",
-                 f"{'converged' if self.converged else 'NOT converged'}: {self.stop_reason}",
                  f"reduced chi2 = {self.reduced_chi_squared:.6g}"]
         for n, v, u in zip(self.parameter_names, self.parameters, self.uncertainties,
                            strict=True):
@@ -107,3 +134,20 @@ class FitResult:
             flag += " (NOT DETERMINED by the data)" if n in self.undetermined else ""
             lines.append(f"  {n:>20s} = {v: .10g} +/- {u:.3g}{flag}")
         return "\n".join(lines)
+
+
+def consistent_covariance(cov):
+    """Rows and columns of undetermined parameters (infinite variance) carry no finite
+    covariance: their off-diagonal entries become NaN (undefined), the variance stays inf."""
+    if cov is None:
+        return cov
+    cov = np.array(cov, dtype=float, copy=True)
+    if cov.ndim != 2 or cov.shape[0] != cov.shape[1]:
+        return cov
+    bad = np.isinf(np.diag(cov))
+    if bad.any():
+        diag = np.diag(cov).copy()
+        cov[bad, :] = np.nan
+        cov[:, bad] = np.nan
+        cov[np.diag_indices_from(cov)] = diag
+    return cov

@@ -18,6 +18,7 @@ g2 with two stretched modes; a single mode shows systematic residuals, reported 
 
 from __future__ import annotations
 
+import logging
 import warnings
 from pathlib import Path
 
@@ -31,14 +32,38 @@ from homodyne.optimization.engine import EngineOptions
 from homodyne.optimization.nlsq_wrapper import NLSQWrapper
 from homodyne.output import write_json
 
+log = logging.getLogger("homodyne")
 
-def load_series(paths) -> tuple[list, np.ndarray]:
-    """Files sorted by start time and their ages [s] (window midpoints)."""
-    data = sorted((read_multitau(p) for p in paths), key=lambda d: d.start_time)
-    starts = np.array([(d.start_time - data[0].start_time).total_seconds() for d in data])
-    ends = np.append(starts[1:], starts[-1] + (starts[-1] - starts[-2] if len(starts) > 1
-                                               else 600.0))
-    return data, 0.5 * (starts + ends)
+
+def load_series(paths, ages_s=None) -> tuple[list, np.ndarray]:
+    """Files sorted by start time and their ages [s], each logged with its source.
+
+    ``ages_s`` (one per file, in the order given) come from the config; otherwise each
+    age is the midpoint of the file's window from its start time (metadata) to the next
+    file's, counted from the first file's start (the last window as long as the one
+    before). A single file has no such window: its age must be given."""
+    files = [read_multitau(p) for p in paths]
+    if ages_s is not None:
+        ages_s = np.asarray(ages_s, float).ravel()
+        if ages_s.size != len(files) or not np.all(np.isfinite(ages_s) & (ages_s > 0)):
+            raise ValueError(f"ages_s: need one finite age > 0 per file ({len(files)} files), "
+                             f"got {ages_s.tolist()}")
+        order = np.argsort(ages_s, kind="stable")
+        data, ages = [files[i] for i in order], ages_s[order]
+        source = "given (ages_s)"
+    elif len(files) < 2:
+        raise ValueError("the age of a single file cannot be taken from its metadata (it "
+                         "has a start time but no reference or window); pass ages_s=[age in "
+                         "seconds] or fit the whole series")
+    else:
+        data = sorted(files, key=lambda d: d.start_time)
+        starts = np.array([(d.start_time - data[0].start_time).total_seconds() for d in data])
+        ends = np.append(starts[1:], starts[-1] + (starts[-1] - starts[-2]))
+        ages = 0.5 * (starts + ends)
+        source = "from /entry/start_time (window midpoints after the first start)"
+    for d, age in zip(data, ages, strict=True):
+        log.info("age %.6g s for %s, %s", age, Path(d.path).name, source)
+    return data, ages
 
 
 def integral_J(age, tau, D0, alpha, D_offset):
@@ -136,11 +161,20 @@ def q_scaling(rates: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
-def fit_aging(paths, out_dir, *, min_tau_s: float = 1e-3, max_tau_s: float = 2.0,
-              error_model: str = "scatter", max_iterations: int = 500) -> dict:
+def fit_aging(paths, out_dir, *, min_tau_s: float = 1e-3, max_tau_s: float | None = None,
+              error_model: str = "scatter", max_iterations: int = 500, ages_s=None,
+              nonnegative_J: bool = False) -> dict:
+    """Joint fit of the aging law over all files and q bins; writes the result set.
+
+    ``max_tau_s`` None: the longest delay in the data. ``ages_s``: see load_series.
+    ``nonnegative_J``: D_offset >= 0, so J(t) >= 0 everywhere; otherwise a J(t) < 0
+    anywhere in the fitted window is flagged as unphysical in the summary."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    data, ages = load_series(paths)
+    data, ages = load_series(paths, ages_s)
+    if max_tau_s is None:
+        max_tau_s = float(max(np.max(d.tau) for d in data))
+        log.info("max_tau_s = %.6g s, the longest delay in the data", max_tau_s)
     tab = table(data, ages, min_tau_s, max_tau_s, error_model)
     # q bins with usable points only, re-indexed 0..n_q-1 (q_bin keeps the file's index)
     tab["q_bin"] = tab["q_idx"]
@@ -159,14 +193,19 @@ def fit_aging(paths, out_dir, *, min_tau_s: float = 1e-3, max_tau_s: float = 2.0
         return off + con[q_idx] * jnp.exp(-x[1] ** 2 * I)
 
     x = np.vstack([tab["q_idx"], tab["q"], tab["tau"], tab["age"]]).astype(float)
+    # the shared offset: started at the long-delay baseline, bounded only loosely so any
+    # normalisation of g2 fits (not just g2 -> 1)
+    base = float(np.median(tab.loc[tab["tau"] >= tab["tau"].quantile(0.9), "g2"]))
+    spread = float(np.ptp(tab["g2"])) + abs(base)
     con0 = np.full(n_q, 0.1)
     for qi, g in tab.groupby("q_idx"):
         g = g.sort_values("tau")
         head = float(np.median(g["g2"].iloc[: max(3, len(g) // 10)]))
-        con0[qi] = np.clip(head - 1.0, 0.01, 0.9) if np.isfinite(head) else 0.1
-    p0 = np.concatenate([con0, [1.0, J0 * t_mid**0.5, -0.5, 0.0]])
-    lb = np.concatenate([np.zeros(n_q), [0.9, 0.0, -0.99, -1e7]])
-    ub = np.concatenate([np.ones(n_q), [1.1, 1e12, 2.0, 1e7]])
+        con0[qi] = np.clip(head - base, 0.01, 0.9) if np.isfinite(head) else 0.1
+    p0 = np.concatenate([con0, [base, J0 * t_mid**0.5, -0.5, 0.0]])
+    lb = np.concatenate([np.zeros(n_q), [base - 10 * spread, 0.0, -0.99,
+                                          0.0 if nonnegative_J else -1e7]])
+    ub = np.concatenate([np.ones(n_q), [base + 10 * spread, 1e12, 2.0, 1e7]])
     bins = np.unique(tab["q_bin"])
     names = [f"contrast[q{b}]" for b in bins] + ["offset", "D0", "alpha", "D_offset"]
     w = NLSQWrapper(options=EngineOptions(max_iterations=max_iterations, coarse=False))
@@ -201,7 +240,16 @@ def fit_aging(paths, out_dir, *, min_tau_s: float = 1e-3, max_tau_s: float = 2.0
     rates.to_csv(out / "per_age_q_rates.csv", index=False)
     tab.to_csv(out / "points.csv.gz", index=False)
     _plots(out, tab, rates, per_age, result, data, ages, J_of)
+    window = np.geomspace(ages.min(), ages.max() + max_tau_s, 400)
+    J_window = np.asarray(J_of(pj, jnp.asarray(window)))
+    J_negative = bool(np.any(J_window < 0))
+    if J_negative:
+        log.warning("unphysical: J(t) < 0 inside the fitted window (min %.3g at t = %.4g s); "
+                    "g2 then rises at long delays. Refit with nonnegative_J=True or a shorter "
+                    "max_tau_s", float(J_window.min()), float(window[np.argmin(J_window)]))
     summary = {
+        "J_negative_in_window": J_negative, "nonnegative_J": nonnegative_J,
+        "J_min_in_window": float(J_window.min()),
         "files": [str(d.path) for d in data], "ages_s": ages.tolist(), "min_tau_s": min_tau_s,
         "max_tau_s": max_tau_s, "error_model": error_model,
         "n_q": n_q, "per_age": per_age.to_dict(orient="records"),

@@ -11,7 +11,8 @@ def _fmt(v, unc=None):
         return "n/a"
     if unc is None:
         return f"{v:.4g}"
-    u = "inf" if unc in ("inf", float("inf")) else f"{float(unc):.2g}"
+    u = "inf (undetermined)" if unc is None or unc in ("inf", float("inf")) else \
+        f"{float(unc):.2g}"
     return f"{v:.4g} ± {u}"
 
 
@@ -26,7 +27,7 @@ def _params(p, names):
     return rows
 
 
-def write_fit_summary(out_md, chx_dir, aging_dir, laminar_dir) -> Path:
+def write_fit_summary(out_md, chx_dir, aging_dir, laminar_dir, one_time_dir=None) -> Path:
     chx = json.loads((Path(chx_dir) / "parameters.json").read_text())
     aging = json.loads((Path(aging_dir) / "parameters.json").read_text())
     lam = json.loads((Path(laminar_dir) / "parameters.json").read_text())
@@ -62,6 +63,9 @@ def write_fit_summary(out_md, chx_dir, aging_dir, laminar_dir) -> Path:
           f"- status: {'converged' if aging['converged'] else 'NOT converged'} "
           f"({aging['stop_reason']})",
           f"- reduced chi2 = {aging['reduced_chi_squared']:.4g} with the error model above.",
+          "- J(t) < 0 inside the fitted window: UNPHYSICAL (g2 rises at long delays), min "
+          f"J = {aging['J_min_in_window']:.3g}" if aging.get("J_negative_in_window") else
+          "- J(t) > 0 throughout the fitted window.",
           "- The reported errors understate the point-to-point scatter of g2 by the factors in "
           "the table (robust scatter of second differences over adjacent delays / their "
           "reported error, 1 = honest errors); delays below "
@@ -89,7 +93,27 @@ def write_fit_summary(out_md, chx_dir, aging_dir, laminar_dir) -> Path:
     for r in lam["truth_vs_fit"]:
         L.append(f"| {r['name']} | {r['truth']:.4g} | {_fmt(r['fit'], r['se'])} | "
                  f"{r['z']:+.2f} |")
+    if one_time_dir is not None:
+        L += _one_time_section(json.loads((Path(one_time_dir) / "parameters.json").read_text()))
     out = Path(out_md)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(L) + "\n")
     return out
+
+
+def _one_time_section(ot: dict) -> list[str]:
+    pl = ot["rate_power_law"]
+    L = ["", "## 4. One-time g2 of one measured multi-tau file, per q (general path)", "",
+         f"`{Path(ot['data_file']).name}`: {ot['n_points']:,} points, model {ot['model']}, "
+         f"beta {ot['options']['beta']}, errors {ot['options']['errors']}.", "",
+         f"- status: {ot['summary']}"]
+    if pl.get("exponent") is not None:
+        L.append(f"- rates: Gamma ∝ q^n with n = {_fmt(pl['exponent'], pl['exponent_err'])} "
+                 f"over {pl['n_q']} resolved q bins (2 = diffusion; `one_time/rates_vs_q.png`).")
+    L += ["", "| q [1/Å] | Gamma [1/s] | contrast | chi2_red | status |", "|---|---|---|---|---|"]
+    for r in ot["per_q"]:
+        flag = f" (gamma {r['gamma_flag']})" if r["gamma_flag"] else ""
+        L.append(f"| {r['q']:.4g} | {_fmt(r['gamma'], r['gamma_err'])} | "
+                 f"{_fmt(r['contrast'], r['contrast_err'])} | {_fmt(r['reduced_chi_squared'])} | "
+                 f"{r['status']}{flag} |")
+    return L

@@ -111,11 +111,53 @@ rule fit_laminar_synthetic:
         "../scripts/fit_laminar.py"
 
 
+ONE_TIME = config["fits"].get(
+    "one_time",
+    {
+        "file": "aps_8idi_llps_aging/Average_B0147_S3_7_300C10p_att00_Rq0_01251_01313_results.hdf",
+        "beta": "fixed",
+        "errors": "scatter",
+        "min_tau_s": 1.0e-3,
+    },
+)
+
+
+rule fit_one_time:
+    input:
+        f"results/data/real/{ONE_TIME['file']}",
+    output:
+        params="results/fits/one_time/parameters.json",
+        table=report(
+            "results/fits/one_time/per_q.csv",
+            caption="../report/one_time.rst",
+            category="Fits",
+        ),
+        plots=report(
+            expand("results/fits/one_time/{p}.png", p=["g2_fits", "rates_vs_q"]),
+            caption="../report/one_time.rst",
+            category="Fits",
+        ),
+    log:
+        "results/logs/fits/one_time.log",
+    benchmark:
+        "results/logs/fits/one_time.benchmark.tsv"
+    conda:
+        "../envs/homodyne.yaml"
+    resources:
+        mem_mb=1000,
+        runtime=10,
+    params:
+        settings={k: v for k, v in ONE_TIME.items() if k != "file"},
+    script:
+        "../scripts/fit_one_time.py"
+
+
 rule fits_summary:
     input:
         "results/fits/chx/parameters.json",
         "results/fits/aging/parameters.json",
         "results/fits/laminar/parameters.json",
+        "results/fits/one_time/parameters.json",
     output:
         report("results/fits/summary.md", caption="../report/fits.rst", category="Fits"),
     log:

@@ -1,0 +1,98 @@
+"""One-time g2 inputs: APS multi-tau HDF5 results or a plain table (CSV or NPZ).
+
+Table layout: the first column is tau in seconds, then one g2 column and one sigma
+column per q. In a CSV the header names them, with q in each name, e.g.
+``tau,g2(q=0.0054),sigma(q=0.0054),g2(q=0.0071),sigma(q=0.0071)``. An NPZ holds the
+arrays ``tau`` (n), ``q`` (m), ``g2`` and ``sigma`` (n x m).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+
+import numpy as np
+
+from homodyne.data.errors import DataFileError
+from homodyne.data.multitau import G2, OneTimeData, read_multitau
+
+TABLE_SUFFIXES = (".csv", ".npz")
+_Q_IN_NAME = re.compile(r"q\s*=\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)")
+
+
+def is_one_time_file(path) -> bool:
+    """True for a CSV/NPZ table or an HDF5 file holding a multi-tau g2 result."""
+    path = os.fspath(path)
+    if path.lower().endswith(TABLE_SUFFIXES):
+        return True
+    try:
+        import h5py
+
+        with h5py.File(path, "r") as h5:
+            return G2 in h5
+    except (OSError, RuntimeError, ValueError):
+        return False
+
+
+def read_one_time(path) -> OneTimeData:
+    """A multi-tau HDF5 result or a CSV/NPZ table, as ``OneTimeData`` (g2[tau, q])."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise DataFileError(path, "file does not exist")
+    low = path.lower()
+    if low.endswith(".csv"):
+        tau, q, g2, err = _read_csv(path)
+    elif low.endswith(".npz"):
+        tau, q, g2, err = _read_npz(path)
+    else:
+        return read_multitau(path)
+    return _checked(path, tau, q, g2, err)
+
+
+def _read_csv(path):
+    with open(path, encoding="utf-8", errors="replace") as fh:
+        header = fh.readline().strip().lstrip("#").split(",")
+    names = [h.strip() for h in header]
+    if len(names) < 3 or (len(names) - 1) % 2:
+        raise DataFileError(path, f"header has {len(names)} columns; expected tau, then a g2 "
+                                  "and a sigma column per q, e.g. tau,g2(q=0.005),sigma(q=0.005)")
+    q = []
+    for name in names[1::2]:
+        found = _Q_IN_NAME.search(name)
+        if not found:
+            raise DataFileError(path, f"column {name!r} names no q value; write it as "
+                                      "g2(q=<value in 1/Å>)")
+        q.append(float(found.group(1)))
+    try:
+        table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
+    except ValueError as exc:
+        raise DataFileError(path, f"not a numeric table below the header: {exc}") from None
+    if table.shape[1] != len(names):
+        raise DataFileError(path, f"{table.shape[1]} columns of numbers for {len(names)} names")
+    return table[:, 0], np.array(q), table[:, 1::2], table[:, 2::2]
+
+
+def _read_npz(path):
+    try:
+        z = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise DataFileError(path, f"not a readable NPZ file: {exc}") from None
+    with z:
+        missing = [k for k in ("tau", "q", "g2", "sigma") if k not in z.files]
+        if missing:
+            raise DataFileError(path, f"missing arrays {missing}; an NPZ table needs tau, q, "
+                                      "g2 and sigma")
+        return (np.asarray(z["tau"], float).ravel(), np.asarray(z["q"], float).ravel(),
+                np.atleast_2d(np.asarray(z["g2"], float)),
+                np.atleast_2d(np.asarray(z["sigma"], float)))
+
+
+def _checked(path, tau, q, g2, err) -> OneTimeData:
+    if g2.shape != err.shape or g2.shape != (tau.size, q.size):
+        raise DataFileError(path, f"g2 {g2.shape}, sigma {err.shape}, {tau.size} delays and "
+                                  f"{q.size} q values do not fit together")
+    if tau.size < 2 or not np.all(np.isfinite(tau)) or np.any(tau <= 0):
+        raise DataFileError(path, "tau must hold at least two finite delays > 0 (seconds)")
+    if not np.all(np.isfinite(q)) or np.any(q <= 0):
+        raise DataFileError(path, f"q values must be finite and > 0, got {q.tolist()}")
+    return OneTimeData(path, tau, q, np.zeros(1), g2, err, float("nan"), None)
