@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field, fields
+from dataclasses import fields
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +12,7 @@ import numpy as np
 from homodyne import __version__
 from homodyne.config import HomodyneConfig
 from homodyne.data.twotime import TwoTimeSource, open_two_time
+from homodyne.fitrun import FitRun, log_summary
 from homodyne.model import ModelSpec, c2_on_frames
 from homodyne.optimization.engine import EngineOptions
 from homodyne.optimization.nlsq_wrapper import NLSQWrapper
@@ -37,15 +38,6 @@ class FitInterrupted(Exception):
         super().__init__(result.stop_reason)
         self.result = result
 
-
-@dataclass
-class FitRun:
-    """What one run produced: the result, where it went, and what it was fitted to."""
-
-    result: FitResult
-    output_dir: Path
-    files: dict[str, Path] = field(default_factory=dict)
-    spec: ModelSpec | None = None
 
 
 def open_data(cfg: HomodyneConfig) -> TwoTimeSource:
@@ -211,15 +203,6 @@ def _run_on_device(cfg: HomodyneConfig, out: Path) -> FitRun:
                                             plots=cfg.output["plots"]))
     log.info("done in %.2f s; outputs in %s", time.perf_counter() - t0, out)
     return FitRun(result, out, files, spec)
-
-
-def log_summary(result) -> None:
-    """The summary in the log; its first line (the outcome) as a warning unless converged,
-    so --quiet still shows a fit that failed or determined nothing."""
-    first, *rest = result.summary().splitlines()
-    log.log(logging.INFO if result.status == "converged" else logging.WARNING, "%s", first)
-    for line in rest:
-        log.info(line)
 
 
 def _truth(source, spec):

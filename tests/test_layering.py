@@ -42,6 +42,11 @@ LAYERS = {
     "homodyne.optimization.nlsq_wrapper": 6,
     "homodyne.optimization": 6,
     "homodyne.config": 7,
+    "homodyne.fitrun": 7,
+    "homodyne.onetime.data": 2,
+    "homodyne.onetime.fit": 7,
+    "homodyne.production.aging": 7,  # a fitting function over the data and the engine
+    "homodyne.onetime": 8,
     "homodyne.pipeline": 8,
     "homodyne.cli": 9,
     "homodyne.production": 9,

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from homodyne.data.multitau import OneTimeData
+from homodyne.data.multitau import OneTimeData, scatter_ratio
 from homodyne.jaxconf import jnp
 from homodyne.optimization.engine import EngineOptions
 from homodyne.optimization.result import STATUS_TEXT, FitResult
@@ -165,7 +165,6 @@ def start_and_bounds(tau, g2, free_beta: bool, sigma=None):
 
 def error_scale(g2, sigma) -> float:
     """Observed scatter / reported errors (second differences, robust), never below 1."""
-    from homodyne.production.aging import scatter_ratio
 
     class _D:
         pass

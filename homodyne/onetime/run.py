@@ -13,6 +13,7 @@ from pathlib import Path
 import pandas as pd
 
 from homodyne import __version__
+from homodyne.fitrun import FitRun, log_summary
 from homodyne.onetime.data import read_one_time
 from homodyne.onetime.fit import OneTimeOptions, OneTimeResult, fit_one_time
 from homodyne.output import atomic_path, write_json
@@ -29,8 +30,6 @@ def options_from_config(cfg) -> OneTimeOptions:
 
 def run_one_time(cfg, out: Path):
     """Fit the configured one-time file and write its result set into ``out``."""
-    from homodyne.pipeline import FitRun, log_summary
-
     t0 = time.perf_counter()
     data = read_one_time(cfg.experimental_data["file_path"])
     result = fit_one_time(data, options_from_config(cfg))

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import curve_fit
 
-from homodyne.data.multitau import read_multitau
+from homodyne.data.multitau import read_multitau, scatter_ratio
 from homodyne.jaxconf import jax, jnp
 from homodyne.optimization.engine import EngineOptions
 from homodyne.optimization.nlsq_wrapper import NLSQWrapper
@@ -77,20 +77,8 @@ def integral_J(age, tau, D0, alpha, D_offset):
     return D0 * jnp.where(zero, u, power) + D_offset * tau
 
 
-MEDIAN_ABS_NORMAL = 0.6744897501960817  # median of |N(0, 1)|
 
 
-def scatter_ratio(d, ok) -> float:
-    """Robust ratio of the observed point-to-point scatter to the reported errors.
-
-    Second differences over adjacent usable delays cancel a locally linear decay:
-    median |g[k+1] - 2 g[k] + g[k-1]| / sqrt(e[k+1]² + 4 e[k]² + e[k-1]²), divided by
-    the median of |N(0,1)|: 1 when the errors describe the scatter."""
-    g = np.where(ok, d.g2, np.nan)
-    e = np.where(ok, d.g2_err, np.nan)
-    d2 = g[2:] - 2 * g[1:-1] + g[:-2]
-    s2 = np.sqrt(e[2:] ** 2 + 4 * e[1:-1] ** 2 + e[:-2] ** 2)
-    return float(np.nanmedian(np.abs(d2) / s2)) / MEDIAN_ABS_NORMAL
 
 
 def table(data, ages, min_tau_s, max_tau_s, error_model="scatter") -> pd.DataFrame:
