@@ -15,6 +15,7 @@ import psutil
 
 from homodyne.jaxconf import jax
 from homodyne.optimization.engine import EngineOptions, covariance_from_normal, solve_lm
+from homodyne.optimization.exceptions import NLSQNumericalError
 from homodyne.optimization.passes import FitMonitor, PassRunner, StopFit
 from homodyne.optimization.problems import NormalEquations
 from homodyne.optimization.result import FitResult
@@ -127,8 +128,13 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
             # the solver stalled: restart once from a perturbed copy of the best point
             x_new = mon.applicator.apply(name, st.x, (lb, ub))
             mon.record_recovery(mon.batches_done, mon.applicator.describe(name))
-            st2 = solve_lm(runner.evaluate, x_new, lb, ub, initial_damping=opts.initial_damping,
-                           on_iteration=track, gn_trust_se=trust, **_lm_kwargs(opts, False))
+            try:
+                st2 = solve_lm(runner.evaluate, x_new, lb, ub,
+                               initial_damping=opts.initial_damping, on_iteration=track,
+                               gn_trust_se=trust, **_lm_kwargs(opts, False))
+            except NLSQNumericalError as exc:  # the restart point is unusable: keep the best
+                messages.append(f"recovery {name} gave up: {exc}")
+                continue
             st2.evaluations += st.evaluations
             if st2.ne.cost <= st.ne.cost:
                 st = st2

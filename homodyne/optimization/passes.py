@@ -10,7 +10,8 @@ sum, a ``FitMonitor`` shared by all passes of one fit:
 * retries a call that raises (MemoryError: with batches halved), up to
   ``max_retries_per_batch``;
 * stops with NLSQConvergenceError when the batch success rate of a stage's first
-  pass is below ``min_success_rate``;
+  pass is below ``min_success_rate`` (NLSQNumericalError when every failure there is
+  a non-finite model, e.g. an overflow at p0);
 * calls ``callback(batch_idx, params, loss, success)`` after each batch; ``False``
   stops the fit cleanly with the best result so far;
 * saves a checkpoint every ``checkpoint_frequency`` batches: all completed passes
@@ -32,7 +33,11 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from homodyne.jaxconf import jax, jnp
-from homodyne.optimization.exceptions import NLSQCheckpointError, NLSQConvergenceError
+from homodyne.optimization.exceptions import (
+    NLSQCheckpointError,
+    NLSQConvergenceError,
+    NLSQNumericalError,
+)
 from homodyne.optimization.problems import ChunkLayout, NormalEquations
 
 log = logging.getLogger("homodyne.engine")
@@ -172,7 +177,9 @@ class FitMonitor:
             return None
         ne = NormalEquations(float(r["pass_cost"][index]), np.array(r["pass_H"][index]),
                              np.array(r["pass_g"][index]), int(r["pass_n"][index]))
-        return ne, float(r["pass_seconds"][index]), int(r["pass_batches"][index])
+        failed = int(r["pass_failed"][index]) if "pass_failed" in r else 0
+        return (ne, float(r["pass_seconds"][index]), int(r["pass_batches"][index]),
+                failed)
 
     def in_progress(self, index: int, stage: str, x: np.ndarray):
         """(next_batch, partial sums) of the interrupted pass ``index``, if it is this one."""
@@ -290,6 +297,7 @@ class FitMonitor:
             "pass_n": np.array([r.ne.n for r in P], np.int64),
             "pass_seconds": np.array([r.seconds for r in P], float),
             "pass_batches": np.array([r.n_batches for r in P], np.int64),
+            "pass_failed": np.array([r.failed for r in P], np.int64),
             "parameters": np.asarray(self.lm_info.get("x", x), float),
             "loss": float(self.lm_info.get("cost", np.nan)),
             "iteration": int(self.lm_info.get("iteration", 0)),
@@ -308,16 +316,25 @@ class FitMonitor:
 
     # --- diagnostics ------------------------------------------------------------------
     def diagnostics(self) -> dict:
-        total = self.batches_done
-        failed = len(self.failures)
+        """The guide's ``streaming_diagnostics``. A batch left out of a pass (it failed
+        in that stage's first pass) counts as failed in that pass, so the success rates
+        say which share of the data each pass fitted; nothing is pooled over passes."""
         full = [r for r in self.passes if r.stage == "full"]
+        per_pass = [{"stage": r.stage, "batches": r.n_batches, "failed": r.failed,
+                     "success_rate": _rate(r.n_batches, r.failed)} for r in self.passes]
+        n_data = max((r.n_batches for r in full), default=0)
         return {
-            "total_batches_processed": total,
-            "batch_success_rate": (total - failed) / total if total else 1.0,
+            "total_batches_processed": self.batches_done,
+            # over the full passes: batches fitted / batches of the data, pass by pass
+            "batch_success_rate": _rate(sum(r.n_batches for r in full),
+                                        sum(r.failed for r in full)),
+            "batch_success_rate_per_pass": per_pass,
             "failed_batch_indices": sorted({f["batch"] for f in self.failures}),
             "error_type_distribution": dict(self.error_types),
-            # each batch enters every pass, and a pass is one solver iteration
-            "average_iterations_per_batch": float(len(full)),
+            # solver evaluations (full passes) a batch took part in, averaged over the
+            # data's batches: each pass is one Levenberg-Marquardt trial over all data
+            "average_iterations_per_batch":
+                sum(r.n_batches - r.failed for r in full) / n_data if n_data else 0.0,
             "excluded_batches": {s: sorted(v) for s, v in self.excluded.items()},
             "checkpoint_saves": len(self.checkpoint_seconds),
             "checkpoint_errors": list(self.checkpoint_errors),
@@ -328,6 +345,10 @@ class FitMonitor:
 
     def record_recovery(self, batch: int, strategy: str) -> None:
         self.recovery_actions.append({"batch": int(batch), "strategy": strategy})
+
+
+def _rate(batches: int, failed: int) -> float:
+    return (batches - failed) / batches if batches else 1.0
 
 
 class PassRunner:
@@ -435,8 +456,8 @@ class PassRunner:
         x = np.asarray(x, dtype=np.float64)
         cached = mon.replayed(index, self.stage, x)
         if cached is not None:
-            ne, seconds, nb = cached
-            mon.passes.append(PassRecord(self.stage, x.copy(), ne, seconds, nb, 0))
+            ne, seconds, nb, failed = cached
+            mon.passes.append(PassRecord(self.stage, x.copy(), ne, seconds, nb, failed))
             self._first_done = True
             return ne
         t0 = time.perf_counter()
@@ -452,7 +473,7 @@ class PassRunner:
         excluded = mon.excluded[self.stage]
         G = self.data.batches_per_call
         trial_failed = False
-        n_real = 0
+        n_real = n_failed = 0
         if mon.progress is not None:
             mon.progress.new_pass(self.stage, index, self.data.n_points, self.data.n_batches)
         self._placed = {}
@@ -486,9 +507,11 @@ class PassRunner:
             for b in range(real):
                 bidx = chunk.pass_batch + b
                 if bidx in excluded:
+                    n_failed += 1
                     continue
                 success = bool(ok[b]) and (n[b] > 0 or not mon.faults.validate)
                 if not success:
+                    n_failed += 1
                     kind = error or ("non_finite" if not ok[b] else "no_valid_data")
                     mon.failures.append({"stage": self.stage, "pass": index, "batch": bidx,
                                          "error": kind})
@@ -526,6 +549,12 @@ class PassRunner:
                 log.warning("%s stage: %d of %d batches failed in the first pass and are "
                             "excluded (%s)", self.stage, len(excluded), total,
                             dict(mon.error_types))
+            kinds = {f["error"] for f in mon.failures if f["pass"] == index}
+            if rate < mon.faults.min_success_rate and kinds == {"non_finite"}:
+                raise NLSQNumericalError(
+                    f"Non-finite model values or gradients in {len(excluded)} of {total} "
+                    f"batches at the {self.stage} stage's first parameters {x.tolist()}: "
+                    "the model overflows there; check p0, bounds and the model function")
             if rate < mon.faults.min_success_rate:
                 raise NLSQConvergenceError(
                     f"only {rate:.1%} of batches succeeded in the first {self.stage} pass "
@@ -536,7 +565,7 @@ class PassRunner:
             mon.record_recovery(mon.batches_done, mon.applicator.describe("reduce_step_size")
                                 if mon.applicator else "reduce_step_size (0.5x)")
         seconds = time.perf_counter() - t0
-        mon.passes.append(PassRecord(self.stage, x.copy(), ne, seconds, n_real, 0))
+        mon.passes.append(PassRecord(self.stage, x.copy(), ne, seconds, n_real, n_failed))
         if getattr(self.data, "streamed", False):  # give the pass's buffers back
             _trim_heap()
         adapt = getattr(self.data, "adapt", None)
