@@ -11,7 +11,7 @@ rule bench_engine:
     benchmark:
         "results/logs/bench/{dataset}/engine_{tier}_{device}.benchmark.tsv"
     wildcard_constraints:
-        tier="standard|large|chunked|streaming",
+        tier="auto|standard|large|chunked|streaming",
         device="cpu",
         dataset="[A-Za-z0-9_]+",
     conda:
@@ -28,7 +28,7 @@ use rule bench_engine as bench_engine_gpu with:
     output:
         "results/benchmark/runs/{dataset}/engine_{tier}_{device}.json",
     wildcard_constraints:
-        tier="standard|large|chunked|streaming",
+        tier="auto|standard|large|chunked|streaming",
         device="gpu",
         dataset="[A-Za-z0-9_]+",
     resources:
