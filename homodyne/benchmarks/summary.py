@@ -256,20 +256,20 @@ def plot_all(runs: pd.DataFrame, out: Path) -> list[Path]:
     for col, fname, ylabel in (("peak_rss_mb", "memory_vs_points.png", "peak RSS [MB]"),
                                ("points_per_s", "throughput_vs_points.png",
                                 "end-to-end points/s")):
-        fig, ax = plt.subplots(figsize=(7, 4.8), constrained_layout=True)
+        fig, ax = plt.subplots(figsize=(9, 4.8), constrained_layout=True)
         _tier_curves(ax, eng, col)
         _guide_targets(ax, col)
         peers = ok[ok["kind"] == "peer"]
-        for name, g in peers.groupby("name"):
+        for k, (name, g) in enumerate(peers.groupby("name")):
             g = g.sort_values("n_points")
-            ax.plot(g["n_points"], g[col], "x--", color="grey", label=name)
+            ax.plot(g["n_points"], g[col], "x+v^"[k % 4] + ":", color=f"C{4 + k}", label=name)
         for edge in TIER_EDGES:
             ax.axvline(edge, color="0.85", lw=0.8, zorder=0)
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("points (grey lines: tier thresholds)")
         ax.set_ylabel(ylabel)
-        ax.legend(fontsize=6, ncol=2)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         fig.savefig(out / fname, dpi=100)
         plt.close(fig)
         paths.append(out / fname)
