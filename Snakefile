@@ -21,7 +21,7 @@ report: "workflow/report/workflow.rst"
 # One set of wildcard constraints for every rule (tier names as OptimizationStrategy).
 wildcard_constraints:
     dataset="[A-Za-z0-9_]+",
-    tier="standard|large|chunked|streaming",
+    tier="auto|standard|large|chunked|streaming",
     device="cpu|gpu",
     method="scipy-trf|nlsq-curve_fit|nlsq-curve_fit_large|nlsq-hybrid_streaming",
     folder="aps_8idi_llps_aging|chx_two_time",

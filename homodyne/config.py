@@ -71,6 +71,7 @@ SCHEMA = _s(
         end_frame=("int", -1, None),
         dt=("float", None, "positive"),
         gap_h=("float", 2.0e6, "positive"),
+        exclude_diagonal_frames=("int", 0, "nonnegative"),
     ),
     initial_parameters=_s(
         parameter_names=("list[str]", None, None),

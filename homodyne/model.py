@@ -65,6 +65,8 @@ class ModelSpec(TriangleGrid):
     scaling: str = "individual"
     first_frame: int = 1
     dtype: str = "float64"
+    # leave out |t2 - t1| < k frames (the near-diagonal band); 0 and 1 keep every point
+    exclude_diagonal_frames: int = 0
     _checked: bool = field(default=False, repr=False, compare=False)
 
     def __post_init__(self):
@@ -80,6 +82,13 @@ class ModelSpec(TriangleGrid):
             raise ValueError("need at least one angle (phi_deg is empty)")
         if self.first_frame < 1:
             raise ValueError(f"first_frame is 1-based, got {self.first_frame}")
+        k = self.exclude_diagonal_frames
+        if isinstance(k, bool) or int(k) != k or k < 0:
+            raise ValueError(f"exclude_diagonal_frames must be an integer >= 0, got {k!r}")
+        if k >= self.n_frames:
+            raise ValueError(f"exclude_diagonal_frames = {k} leaves no point of "
+                             f"{self.n_frames} frames; use a value below {self.n_frames}")
+        object.__setattr__(self, "exclude_diagonal_frames", int(k))
         if not (self.q > 0 and self.dt > 0):
             raise ValueError(f"q and dt must be positive, got q={self.q}, dt={self.dt}")
         object.__setattr__(self, "phi_deg", tuple(float(p) for p in self.phi_deg))
@@ -88,6 +97,16 @@ class ModelSpec(TriangleGrid):
     @property
     def physical_names(self) -> tuple[str, ...]:
         return STATIC_PARAMS if self.mode == "static" else LAMINAR_PARAMS
+
+    @property
+    def n_kept_points(self) -> int:
+        """Points fitted: the stored ones less the near-diagonal band (d = j - i < k)."""
+        d = max(self.exclude_diagonal_frames - 1, 0)  # band distances 1 .. k-1
+        return self.n_points - self.n_phi * (d * self.n_frames - d * (d + 1) // 2)
+
+    def band_mask(self, i, j):
+        """True for points kept by ``exclude_diagonal_frames`` (from coordinates alone)."""
+        return (j - i) >= self.exclude_diagonal_frames
 
     @property
     def n_physical(self) -> int:

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from homodyne import __version__
-from homodyne.config import HomodyneConfig
+from homodyne.config import ConfigError, HomodyneConfig
 from homodyne.data.twotime import TwoTimeSource, open_two_time
 from homodyne.fitrun import FitRun, log_summary
 from homodyne.model import ModelSpec, c2_on_frames
@@ -49,8 +49,14 @@ def open_data(cfg: HomodyneConfig) -> TwoTimeSource:
 
 def model_spec(cfg: HomodyneConfig, source: TwoTimeSource) -> ModelSpec:
     d = cfg.experimental_data
+    k = d["exclude_diagonal_frames"]
+    if k >= source.n_frames:
+        raise ConfigError("experimental_data.exclude_diagonal_frames",
+                          f"{k} leaves no point of the {source.n_frames} selected frames; "
+                          f"use a value below {source.n_frames}")
     return source.model_spec(mode=cfg.analysis_mode, dt=d["dt"], gap_h=d["gap_h"],
-                             scaling=cfg.per_angle_scaling, dtype=cfg.performance["dtype"])
+                             scaling=cfg.per_angle_scaling, dtype=cfg.performance["dtype"],
+                             exclude_diagonal_frames=k)
 
 
 def estimate_scaling(source: TwoTimeSource, angle: int) -> tuple[float, float]:

@@ -23,15 +23,17 @@ TINY = {
                          "seed": 2},
     },
     "benchmark": {
-        "tiers": {"static_tiny": ["standard", "streaming"], "laminar_tiny": ["streaming"]},
+        "tiers": {"static_tiny": ["auto", "streaming"], "laminar_tiny": ["streaming"]},
         "devices": ["cpu", "gpu"],
         "overhead_dataset": "static_tiny",
         "overhead_tier": "streaming",
         "checkpoint_frequencies": [10],
         "fault_modes": ["full", "fast"],
         "overhead_rounds": 2,
-        "peers": {"datasets": ["static_tiny"], "methods": ["scipy-trf", "nlsq-curve_fit"],
-                  "scipy_max_points": 100000, "nlsq_max_points": 100},
+        "peers": {"datasets": ["static_tiny"],
+                  "methods": ["scipy-trf", "nlsq-curve_fit", "nlsq-hybrid_streaming"],
+                  "max_points": {"scipy-trf": 100000, "nlsq-curve_fit": 100000},
+                  "nlsq_max_points": 100},
     },
     "fits": {"laminar_synthetic": {"frames": 100, "angles": [0, 45, 90], "seed": 3}},
 }
@@ -74,6 +76,14 @@ def test_full_config_dry_run_covers_the_grid(repo_copy):
     for name in ("static_1B", "laminar_1B", "engine_streaming_gpu", "peer_nlsq-curve_fit_large",
                  "overhead_streaming"):
         assert name in out
+    # each tier inside its own range, auto-selected; every tier forced on one size
+    for size in ("300k", "3M", "30M", "300M", "1B"):
+        for mode in ("static", "laminar"):
+            assert f"runs/{mode}_{size}/engine_auto_cpu.json" in out
+    for tier in ("standard", "large", "chunked", "streaming"):
+        assert f"runs/static_3M/engine_{tier}_cpu.json" in out
+    for size in ("10M", "100M"):
+        assert f"runs/static_{size}/peer_nlsq-curve_fit_large.json" in out
 
 
 def test_lint_and_format(repo_copy):
@@ -110,8 +120,14 @@ def test_benchmark_runs_and_summarises(repo_copy):
     assert (static["reference"] == "scipy-trf").all() and (static["dist_ref_se"] < 1e-2).all()
     gpu = runs[runs["name"].str.contains("gpu", na=False)]
     assert gpu["unavailable"].str.contains("no GPU").all() or gpu["unavailable"].isna().all()
+    auto = eng[eng["name"] == "auto-cpu"]
+    assert list(auto["tier"]) == ["STANDARD"]  # the size picked the tier
+    # nlsq is installed by default: its exact curve_fit runs and lands on the optimum;
+    # a method past its limit is recorded as skipped
     nlsq = runs[runs["name"] == "nlsq-curve_fit"]
-    assert nlsq["unavailable"].notna().all()  # skipped past nlsq_max_points or not installed
+    assert nlsq["unavailable"].isna().all() and (nlsq["dist_ref_se"] < 0.1).all()
+    skipped = runs[runs["name"] == "nlsq-hybrid_streaming"]
+    assert skipped["unavailable"].str.startswith("skipped").all()
     for png in ("memory_vs_points", "throughput_vs_points", "ours_vs_peers"):
         assert (res / f"{png}.png").stat().st_size > 1000
     assert "| target" in (res / "summary.md").read_text()

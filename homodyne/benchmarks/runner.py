@@ -67,10 +67,20 @@ def _hwm_mb():
     return peak_rss_mb()
 
 
+def peer_max_points(peers: dict, method: str) -> int:
+    """The largest dataset a peer is run on: ``max_points[method]``, else the scipy or
+    nlsq default of the config's ``peers`` section."""
+    if method in peers.get("max_points", {}):
+        return int(peers["max_points"][method])
+    if method == "scipy-trf":
+        return int(peers.get("scipy_max_points", 10_000_000))
+    return int(peers.get("nlsq_max_points", 1_000_000))
+
+
 def bench_engine(data_path, out_json, *, tier="standard", device="cpu") -> dict:
     """Fit a dataset with this engine (default settings: full fault tolerance, no
     checkpoints; their overheads are ``overhead.bench_overheads``) and record speed,
-    memory and accuracy."""
+    memory and accuracy. ``tier="auto"`` lets the dataset's size pick the tier."""
     import jax
 
     from homodyne.optimization.nlsq_wrapper import NLSQWrapper
@@ -87,7 +97,7 @@ def bench_engine(data_path, out_json, *, tier="standard", device="cpu") -> dict:
             rss.mark()
             return True
 
-        w = NLSQWrapper(strategy_override=tier, callback=cb)
+        w = NLSQWrapper(strategy_override=None if tier == "auto" else tier, callback=cb)
         t0 = time.perf_counter()
         r = w.fit_two_time(src, spec, p0, bounds)
         wall = time.perf_counter() - t0
@@ -96,6 +106,7 @@ def bench_engine(data_path, out_json, *, tier="standard", device="cpu") -> dict:
     rec = _record("engine", f"{tier}-{device}", src, spec, wall, rss, r.parameters,
                   r.uncertainties, truth, {
                       "tier": r.strategy, "device": r.device, "passes": r.passes,
+                      "auto_selected": tier == "auto",
                       "coarse_passes": r.coarse_passes, "coarse_points": r.coarse_points,
                       "batch_size": r.batch_size, "pass_seconds": r.pass_seconds,
                       "residuals_per_s_per_pass": r.residuals_per_second,
@@ -177,7 +188,7 @@ def bench_nlsq(data_path, out_json, *, method: str, max_points: int) -> dict:
     spec, p0, (lb, ub), truth = _problem_setup(src)
     if spec.n_points > max_points:
         return _unavailable(out_json, "peer", name, data_path,
-                            f"skipped: {spec.n_points:,} points > peers.nlsq_max_points "
+                            f"skipped: {spec.n_points:,} points > the peer limit "
                             f"{max_points:,}")
     from homodyne.jaxconf import jnp
     from homodyne.model import c2_points

@@ -12,6 +12,13 @@ from homodyne.optimization.strategy import OptimizationStrategy
 
 TIERS = tuple(s.value for s in OptimizationStrategy)
 GUIDE_THROUGHPUT = {"STANDARD": 500e3, "LARGE": 450e3, "CHUNKED": 400e3, "STREAMING": 380e3}
+TIER_EDGES = (1e6, 1e7, 1e8)  # the guide's size thresholds between tiers
+TIER_RANGE = {"STANDARD": (1e5, 1e6), "LARGE": (1e6, 1e7), "CHUNKED": (1e7, 1e8),
+              "STREAMING": (1e8, 2e9)}
+# the guide's "Measured Performance" memory figures: (tier, points, GB)
+GUIDE_MEMORY = (("STANDARD", 1e6, 2.5), ("LARGE", 1e7, 8.3), ("STREAMING", 1e8, 1.8),
+                ("STREAMING", 1e9, 1.9))
+TIER_COLOURS = {"STANDARD": "C0", "LARGE": "C1", "CHUNKED": "C2", "STREAMING": "C3"}
 
 
 def runs_table(records: list[dict]) -> pd.DataFrame:
@@ -81,8 +88,7 @@ def targets_table(df: pd.DataFrame, overhead: dict | None = None) -> pd.DataFram
                          _fmt(GUIDE_THROUGHPUT[tier]), _fmt(ours),
                          None if ours is None else ours >= GUIDE_THROUGHPUT[tier],
                          "points / wall time of the whole fit, compilation included"))
-    for tier, size, guide_gb in (("STANDARD", 1e6, 2.5), ("LARGE", 1e7, 8.3),
-                                 ("STREAMING", 1e8, 1.8), ("STREAMING", 1e9, 1.9)):
+    for tier, size, guide_gb in GUIDE_MEMORY:
         t = static[(static["tier"] == tier) & (static["n_points"].between(0.9 * size, 1.1 * size))]
         ours = float(t["peak_rss_mb"].max()) / 1024 if not t.empty else None
         rows.append(_row(f"peak memory {tier} at {size:.0e} points (GB)", _fmt(guide_gb),
@@ -211,6 +217,35 @@ def write_summary(records: list[dict], out_dir) -> dict:
     return {"runs": runs, "targets": targets, "plots": plots}
 
 
+
+
+def _tier_curves(ax, eng: pd.DataFrame, col: str) -> None:
+    """Per tier and model: auto-selected runs joined by a line (filled markers), runs with
+    a forced tier as hollow markers."""
+    auto = eng["name"].astype(str).str.startswith("auto-")
+    marker = {"static": "o", "laminar_flow": "s"}
+    for (tier, mode), g in eng[auto].groupby(["tier", "mode"]):
+        g = g.sort_values("n_points")
+        ax.plot(g["n_points"], g[col], marker.get(mode, "o") + "-",
+                color=TIER_COLOURS.get(tier), label=f"{tier} auto ({mode})")
+    for (tier, mode), g in eng[~auto].groupby(["tier", "mode"]):
+        ax.plot(g["n_points"], g[col], marker.get(mode, "o"), mfc="none",
+                color=TIER_COLOURS.get(tier), label=f"{tier} forced ({mode})")
+
+
+def _guide_targets(ax, col: str) -> None:
+    """The guide's targets in each tier's colour: throughput as a dashed level over the
+    tier's range, memory as stars at the sizes the guide quotes."""
+    if col == "points_per_s":
+        for tier, (lo, hi) in TIER_RANGE.items():
+            ax.hlines(GUIDE_THROUGHPUT[tier], lo, hi, colors=TIER_COLOURS[tier],
+                      linestyles="--", lw=1, label=f"guide {tier}")
+    else:
+        for tier, n, gb in GUIDE_MEMORY:
+            ax.plot(n, gb * 1024, "*", ms=11, color=TIER_COLOURS[tier], mec="k", mew=0.5,
+                    label=f"guide {tier} {n:.0e}")
+
+
 def plot_all(runs: pd.DataFrame, out: Path) -> list[Path]:
     import matplotlib
 
@@ -220,31 +255,32 @@ def plot_all(runs: pd.DataFrame, out: Path) -> list[Path]:
     ok = runs[runs["unavailable"].isna()]
     eng = ok[ok["kind"] == "engine"]
     paths = []
-    for col, fname, ylabel, logy in (("peak_rss_mb", "memory_vs_points.png", "peak RSS [MB]", True),
-                                     ("points_per_s", "throughput_vs_points.png",
-                                      "end-to-end points/s", True)):
-        fig, ax = plt.subplots(figsize=(6, 4.2), constrained_layout=True)
-        for (tier, mode), g in eng.groupby(["tier", "mode"]):
-            g = g.sort_values("n_points")
-            ax.plot(g["n_points"], g[col], "o-", label=f"{tier} ({mode})")
+    for col, fname, ylabel in (("peak_rss_mb", "memory_vs_points.png", "peak RSS [MB]"),
+                               ("points_per_s", "throughput_vs_points.png",
+                                "end-to-end points/s")):
+        fig, ax = plt.subplots(figsize=(9, 4.8), constrained_layout=True)
+        _tier_curves(ax, eng, col)
+        _guide_targets(ax, col)
         peers = ok[ok["kind"] == "peer"]
-        for name, g in peers.groupby("name"):
+        for k, (name, g) in enumerate(peers.groupby("name")):
             g = g.sort_values("n_points")
-            ax.plot(g["n_points"], g[col], "x--", label=name)
+            ax.plot(g["n_points"], g[col], "x+v^"[k % 4] + ":", color=f"C{4 + k}", label=name)
+        for edge in TIER_EDGES:
+            ax.axvline(edge, color="0.85", lw=0.8, zorder=0)
         ax.set_xscale("log")
-        if logy:
-            ax.set_yscale("log")
-        ax.set_xlabel("points")
+        ax.set_yscale("log")
+        ax.set_xlabel("points (grey lines: tier thresholds)")
         ax.set_ylabel(ylabel)
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
         fig.savefig(out / fname, dpi=100)
         plt.close(fig)
         paths.append(out / fname)
     fig, ax = plt.subplots(figsize=(7, 4.2), constrained_layout=True)
     best = ok.sort_values("wall_s").groupby(["dataset", "name"]).head(1)
     piv = best.pivot_table(index="dataset", columns="name", values="wall_s")
-    sel = [c for c in piv.columns if c.startswith(("standard-cpu", "large-cpu", "chunked-cpu",
-                                                   "streaming-cpu", "scipy", "nlsq"))]
+    sel = [c for c in piv.columns if c.startswith(("auto-cpu", "standard-cpu", "large-cpu",
+                                                   "chunked-cpu", "streaming-cpu", "scipy",
+                                                   "nlsq"))]
     if sel:
         piv[sel].plot.bar(ax=ax, logy=True)
     ax.set_ylabel("wall time [s] (log)")

@@ -75,14 +75,15 @@ class TwoTimeSource(TriangleGrid):
         return self.last_frame - self.first_frame + 1
 
     def model_spec(self, *, mode="static", dt=None, gap_h=2.0e6, scaling="individual",
-                   dtype="float64") -> ModelSpec:
+                   dtype="float64", exclude_diagonal_frames: int = 0) -> ModelSpec:
         """The ModelSpec matching this selection (dt from the file when not given)."""
         dt = dt if dt is not None else self.frame_time
         if dt is None:
             raise DataFileError(self.path, "no frame time in the file; set 'dt' in the config")
         return ModelSpec(mode=mode, q=self.q, dt=float(dt), n_frames=self.n_frames,
                          phi_deg=self.phi_deg, gap_h=gap_h, scaling=scaling,
-                         first_frame=self.first_frame, dtype=dtype)
+                         first_frame=self.first_frame, dtype=dtype,
+                         exclude_diagonal_frames=exclude_diagonal_frames)
 
     # --- file access --------------------------------------------------------
     def _file(self) -> h5py.File:

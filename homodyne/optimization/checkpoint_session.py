@@ -41,6 +41,7 @@ class PassRecord:
     ne: NormalEquations
     seconds: float
     n_batches: int
+    failed: int = 0  # batches not fitted in this pass (left out or failed)
 
 
 @dataclass(frozen=True)
@@ -80,6 +81,7 @@ def checkpoint_state(passes: list[PassRecord], *, solver: SolverSnapshot | None,
         "pass_n": np.array([r.ne.n for r in P], np.int64),
         "pass_seconds": np.array([r.seconds for r in P], float),
         "pass_batches": np.array([r.n_batches for r in P], np.int64),
+        "pass_failed": np.array([r.failed for r in P], np.int64),
         "parameters": np.asarray(x if solver is None else solver.x, float),
         "loss": float(np.nan if solver is None else solver.cost),
         "iteration": int(0 if solver is None else solver.iteration),
@@ -161,7 +163,9 @@ class CheckpointSession:
             return None
         ne = NormalEquations(float(r["pass_cost"][index]), np.array(r["pass_H"][index]),
                              np.array(r["pass_g"][index]), int(r["pass_n"][index]))
-        return ne, float(r["pass_seconds"][index]), int(r["pass_batches"][index])
+        failed = int(r["pass_failed"][index]) if "pass_failed" in r else 0
+        return (ne, float(r["pass_seconds"][index]), int(r["pass_batches"][index]),
+                failed)
 
     def in_progress(self, index: int, stage: str, x: np.ndarray
                     ) -> tuple[int, dict[str, np.ndarray]] | None:

@@ -18,7 +18,7 @@ from homodyne.memory import peak_rss_mb
 from homodyne.optimization.checkpoint_session import SolverSnapshot
 from homodyne.optimization.covariance import covariance_from_normal
 from homodyne.optimization.engine import EngineOptions, solve_lm
-from homodyne.optimization.exceptions import StopFit
+from homodyne.optimization.exceptions import NLSQNumericalError, StopFit
 from homodyne.optimization.passes import FitMonitor, PassRunner
 from homodyne.optimization.problems import NormalEquations
 from homodyne.optimization.result import FitResult
@@ -133,8 +133,13 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
             # the solver stalled: restart once from a perturbed copy of the best point
             x_new = mon.applicator.apply(name, st.x, (lb, ub))
             mon.record_recovery(mon.batches_done, mon.applicator.describe(name))
-            st2 = solve_lm(runner.evaluate, x_new, lb, ub, initial_damping=opts.initial_damping,
-                           on_iteration=track, gn_trust_se=trust, **_lm_kwargs(opts, False))
+            try:
+                st2 = solve_lm(runner.evaluate, x_new, lb, ub,
+                               initial_damping=opts.initial_damping, on_iteration=track,
+                               gn_trust_se=trust, **_lm_kwargs(opts, False))
+            except NLSQNumericalError as exc:  # the restart point is unusable: keep the best
+                messages.append(f"recovery {name} gave up: {exc}")
+                continue
             st2.evaluations += st.evaluations
             if st2.ne.cost <= st.ne.cost:
                 st = st2

@@ -1,6 +1,7 @@
 """The nlsq peer: the same call routed to nlsq's optimisers, for comparison only.
 
-nlsq is optional (``pip install -e ".[peers]"``); it is imported here, lazily.
+nlsq is a core dependency (a lean pinned range) imported here, lazily, so that
+``import homodyne`` stays light.
 ``curve_fit_large`` combines per-chunk fits and is not the exact optimum; the hybrid
 streaming optimiser keeps the data in memory. Both are reported as they are.
 """
@@ -30,7 +31,8 @@ def fit_with_nlsq(model_func, xdata, ydata, p0, lb, ub, *, method="curve_fit", s
     try:
         import nlsq
     except ImportError as exc:
-        raise ImportError("the nlsq backend needs nlsq: pip install -e '.[peers]'") from exc
+        raise ImportError("the nlsq backend needs nlsq, a core dependency: "
+                          "pip install 'nlsq>=0.5.4,<0.6.8'") from exc
     if method not in METHODS:
         raise ValueError(f"nlsq method must be one of {METHODS}, got {method!r}")
     t0 = time.perf_counter()

@@ -10,7 +10,8 @@ sum, a ``FitMonitor`` shared by all passes of one fit:
 * retries a call that raises (MemoryError: with batches halved), up to
   ``max_retries_per_batch``;
 * stops with NLSQConvergenceError when the batch success rate of a stage's first
-  pass is below ``min_success_rate``;
+  pass is below ``min_success_rate`` (NLSQNumericalError when every failure there is
+  a non-finite model, e.g. an overflow at p0);
 * calls ``callback(batch_idx, params, loss, success)`` after each batch; ``False``
   stops the fit cleanly with the best result so far;
 * saves a checkpoint every ``checkpoint_frequency`` batches through its
@@ -45,7 +46,12 @@ from homodyne.optimization.checkpoint_session import (
     SolverSnapshot,
     checkpoint_state,
 )
-from homodyne.optimization.exceptions import Interrupted, NLSQConvergenceError, StopFit
+from homodyne.optimization.exceptions import (
+    Interrupted,
+    NLSQConvergenceError,
+    NLSQNumericalError,
+    StopFit,
+)
 from homodyne.optimization.problems import ChunkLayout, NormalEquations
 from homodyne.optimization.settings import FaultSettings
 
@@ -174,18 +180,27 @@ class FitMonitor:
 
     # --- diagnostics ------------------------------------------------------------------
     def diagnostics(self) -> dict:
-        total = self.batches_done
-        failed = len(self.failures)
+        """The guide's ``streaming_diagnostics``. A batch left out of a pass (it failed
+        in that stage's first pass) counts as failed in that pass, so the success rates
+        say which share of the data each pass fitted; nothing is pooled over passes."""
         full = [r for r in self.passes if r.stage == "full"]
+        per_pass = [{"stage": r.stage, "batches": r.n_batches, "failed": r.failed,
+                     "success_rate": _rate(r.n_batches, r.failed)} for r in self.passes]
+        n_data = max((r.n_batches for r in full), default=0)
         ck = self.checkpoints
         seconds = ck.save_seconds if ck is not None else []
         return {
-            "total_batches_processed": total,
-            "batch_success_rate": (total - failed) / total if total else 1.0,
+            "total_batches_processed": self.batches_done,
+            # over the full passes: batches fitted / batches of the data, pass by pass
+            "batch_success_rate": _rate(sum(r.n_batches for r in full),
+                                        sum(r.failed for r in full)),
+            "batch_success_rate_per_pass": per_pass,
             "failed_batch_indices": sorted({f["batch"] for f in self.failures}),
             "error_type_distribution": dict(self.error_types),
-            # each batch enters every pass, and a pass is one solver iteration
-            "average_iterations_per_batch": float(len(full)),
+            # solver evaluations (full passes) a batch took part in, averaged over the
+            # data's batches: each pass is one Levenberg-Marquardt trial over all data
+            "average_iterations_per_batch":
+                sum(r.n_batches - r.failed for r in full) / n_data if n_data else 0.0,
             "excluded_batches": {s: sorted(v) for s, v in self.excluded.items()},
             "checkpoint_saves": len(seconds),
             "checkpoint_errors": list(ck.errors) if ck is not None else [],
@@ -197,6 +212,10 @@ class FitMonitor:
 
     def record_recovery(self, batch: int, strategy: str) -> None:
         self.recovery_actions.append({"batch": int(batch), "strategy": strategy})
+
+
+def _rate(batches: int, failed: int) -> float:
+    return (batches - failed) / batches if batches else 1.0
 
 
 @dataclass
@@ -213,6 +232,7 @@ class _Pass:
     excluded: set[int]
     trial_failed: bool = False
     n_real: int = 0
+    n_failed: int = 0
 
 
 class PassRunner:
@@ -328,7 +348,8 @@ class PassRunner:
             self._checkpoint_or_stop(run, chunk.pass_batch + self.data.batches_per_call)
         ne = self._close(run)
         seconds = time.perf_counter() - t0
-        self.monitor.passes.append(PassRecord(self.stage, x.copy(), ne, seconds, run.n_real))
+        self.monitor.passes.append(PassRecord(self.stage, x.copy(), ne, seconds, run.n_real,
+                                                run.n_failed))
         self._after_pass(seconds, run.excluded)
         return ne
 
@@ -337,8 +358,8 @@ class PassRunner:
         cached = self.monitor.replayed(index, self.stage, x)
         if cached is None:
             return None
-        ne, seconds, nb = cached
-        self.monitor.passes.append(PassRecord(self.stage, x.copy(), ne, seconds, nb))
+        ne, seconds, nb, failed = cached
+        self.monitor.passes.append(PassRecord(self.stage, x.copy(), ne, seconds, nb, failed))
         self._first_done = True
         return ne
 
@@ -391,9 +412,11 @@ class PassRunner:
         for b in range(real):
             bidx = chunk.pass_batch + b
             if bidx in run.excluded:
+                run.n_failed += 1
                 continue
             success = bool(ok[b]) and (n[b] > 0 or not mon.faults.validate_numerics)
             if not success:
+                run.n_failed += 1
                 kind = error or ("non_finite" if not ok[b] else "no_valid_data")
                 mon.failures.append({"stage": self.stage, "pass": run.index, "batch": bidx,
                                      "error": kind})
@@ -440,6 +463,12 @@ class PassRunner:
                 log.warning("%s stage: %d of %d batches failed in the first pass and are "
                             "excluded (%s)", self.stage, len(excluded), total,
                             dict(mon.error_types))
+            kinds = {f["error"] for f in mon.failures if f["pass"] == run.index}
+            if rate < mon.faults.min_success_rate and kinds == {"non_finite"}:
+                raise NLSQNumericalError(
+                    f"Non-finite model values or gradients in {len(excluded)} of {total} "
+                    f"batches at the {self.stage} stage's first parameters {run.x.tolist()}: "
+                    "the model overflows there; check p0, bounds and the model function")
             if rate < mon.faults.min_success_rate:
                 raise NLSQConvergenceError(
                     f"only {rate:.1%} of batches succeeded in the first {self.stage} pass "

@@ -3,6 +3,9 @@
 A problem turns (parameters, a run of consecutive batches of data) into a small
 pytree of float64 sums (cost, counts, pieces of JᵀJ and Jᵀr) and assembles those
 sums into the full normal equations. The engine never sees a Jacobian.
+Points of the near-diagonal band (``ModelSpec.exclude_diagonal_frames``) are
+recognised from their position and weighted zero; the per-batch counts reported to
+the pass layer include them (points read), the sums do not.
 
 * ``TwoTimeProblem``: the XPCS model; points addressed by global flat index, the
   Jacobian's angle sparsity kept (a point touches only its angle's scaling columns).
@@ -23,6 +26,7 @@ from homodyne.model import (
     ModelSpec,
     c2_points_with_jacobian,
     frame_integrals_and_jacobian,
+    point_coordinates,
 )
 
 lax = jax.lax
@@ -93,7 +97,9 @@ def _scan_batches(batch_stats, zero, layout: ChunkLayout, validate: bool):
             finite = _all_finite(stats) if validate else jnp.array(True)
             use = finite & batch_mask[b]
             acc = jax.tree_util.tree_map(lambda a, v: a + jnp.where(use, v, 0), acc, stats)
-            return acc, (stats["n"], stats["cost"], finite)
+            # a batch whose points all lie in a left-out band holds data: not a failure
+            n_read = stats["n"] + stats.get("n_band", 0)
+            return acc, (n_read, stats["cost"], finite)
 
         out, per_batch = lax.scan(body, zero(), jnp.arange(layout.n_batches))
         return out, per_batch
@@ -134,6 +140,7 @@ class TwoTimeProblem:
         def zero():
             f = jnp.float64
             return dict(cost=jnp.zeros((), f), n=jnp.zeros((), jnp.int64),
+                        n_band=jnp.zeros((), jnp.int64),
                         Hpp=jnp.zeros((P, P), f), gp=jnp.zeros((P,), f),
                         S=jnp.zeros((K + k_local, 2 * P + 5), f))
 
@@ -155,6 +162,12 @@ class TwoTimeProblem:
             # coordinates stay real for padding/NaN points (clipped), so each point keeps
             # its own angle; validity only enters through the weights
             g = jnp.minimum(g0 + layout.stride * jnp.arange(B), spec.n_points - 1)
+            in_band = jnp.zeros((), jnp.int64)
+            if spec.exclude_diagonal_frames > 1:  # the band is left out by position alone
+                _, i, j = point_coordinates(g, spec)
+                kept = spec.band_mask(i, j)
+                in_band = jnp.sum((valid & ~kept).astype(jnp.int64))
+                valid = valid & kept
             c2, dcon, doff, jp, s = c2_points_with_jacobian(params, ctx, g, spec)
             w = valid.astype(jnp.float64)
             if "w" in cols:
@@ -174,7 +187,7 @@ class TwoTimeProblem:
             S = jnp.zeros((spec.n_scaling_sets + k_local, rows.shape[1]), jnp.float64)
             S = lax.dynamic_update_slice_in_dim(S, s_loc, s0, axis=0)
             return dict(cost=jnp.sum(r * r), n=jnp.sum(valid.astype(jnp.int64)),
-                        Hpp=jp.T @ jp, gp=jp.T @ r, S=S)
+                        n_band=in_band, Hpp=jp.T @ jp, gp=jp.T @ r, S=S)
 
         fn = _scan_batches(batch_stats, self._zero(k_local), layout, validate)
         self._fns[key] = fn

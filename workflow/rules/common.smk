@@ -40,7 +40,10 @@ def all_runs():
 def bench_mem_mb(wildcards):
     """Streaming holds a bounded working set; in-memory tiers hold the data (8 B/point)."""
     n = dataset_points(wildcards.dataset)
-    if wildcards.tier == "streaming":
+    tier = wildcards.tier
+    if tier == "auto":
+        tier = "streaming" if n > 100_000_000 else "in memory"
+    if tier == "streaming":
         return 2000
     return int(1500 + 24 * n / 2**20)
 
