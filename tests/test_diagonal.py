@@ -4,7 +4,7 @@ every tier, decided from each point's position (no index array)."""
 import jax
 import numpy as np
 import pytest
-from conftest import make_spec, truth_for
+from helpers import make_spec, truth_for
 from scipy.optimize import least_squares
 
 from homodyne.config import ConfigError, validate_config
