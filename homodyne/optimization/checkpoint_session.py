@@ -150,7 +150,7 @@ class CheckpointSession:
                            excluded)
 
     def replayed(self, index: int, stage: str, x: np.ndarray
-                 ) -> tuple[NormalEquations, float, int] | None:
+                 ) -> tuple[NormalEquations, float, int, int] | None:
         """The stored result of completed pass ``index``, if it matches (else None)."""
         r = self.replay
         if r is None or index >= int(r["n_passes"]):

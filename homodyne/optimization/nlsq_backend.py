@@ -37,6 +37,7 @@ def fit_with_nlsq(model_func, xdata, ydata, p0, lb, ub, *, method="curve_fit", s
         raise ValueError(f"nlsq method must be one of {METHODS}, got {method!r}")
     t0 = time.perf_counter()
     p0 = np.asarray(p0, float)
+    out: object
     if method == "curve_fit":
         out = nlsq.curve_fit(model_func, xdata, ydata, p0=p0, bounds=(lb, ub), sigma=sigma,
                              method="trf")
