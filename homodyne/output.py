@@ -51,7 +51,7 @@ def atomic_path(path):
     """Yield a temporary path next to ``path``; on success fsync it and rename it over."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temp_name(path)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     os.close(create_new(tmp))
     try:
         yield tmp

@@ -231,19 +231,26 @@ class FitMonitor:
 
     def _write(self, batch: int, state: dict, snapshot_s: float = 0.0) -> None:
         t0, c0 = time.perf_counter(), time.thread_time()
-        try:
-            path = self.manager.save_checkpoint(batch, state, fingerprint=self.fingerprint)
-            self.manager.cleanup_old_checkpoints()
-        except OSError as exc:
-            # a full disk or an I/O error: the previous checkpoint stays valid (atomic
-            # writes), the fit goes on, and the error is reported
-            msg = f"checkpoint at batch {batch} not written: {exc}"
-            log.error("%s; the previous checkpoint stays valid", msg)
-            self.checkpoint_errors.append(msg)
+        path = self._save(batch, state)
+        if path is None:
             return
         self.last_checkpoint = str(path)
         self.checkpoint_seconds.append(time.perf_counter() - t0)
         self.checkpoint_cpu_seconds.append(snapshot_s + time.thread_time() - c0)
+
+    def _save(self, batch: int, state: dict):
+        """Save and prune; a full disk or an I/O error (h5py raises RuntimeError when it
+        closes a file on a full disk) only warns: the previous checkpoint stays valid
+        (atomic writes), the fit goes on, and the error is reported. Path or None."""
+        try:
+            path = self.manager.save_checkpoint(batch, state, fingerprint=self.fingerprint)
+            self.manager.cleanup_old_checkpoints()
+        except (OSError, RuntimeError) as exc:
+            msg = f"checkpoint at batch {batch} not written: {exc}"
+            log.error("%s; the previous checkpoint stays valid", msg)
+            self.checkpoint_errors.append(msg)
+            return None
+        return path
 
     def flush(self) -> None:
         """Wait for a checkpoint still being written (end of fit, signals)."""
@@ -272,10 +279,8 @@ class FitMonitor:
 
     def save_final(self, x) -> None:
         self.flush()
-        if self.manager is not None:
-            self.manager.save_checkpoint(self.batches_done, self._state(None, x, 0, None),
-                                         fingerprint=self.fingerprint)
-            self.manager.cleanup_old_checkpoints()
+        if self.manager is not None:  # a failed save warns; the fit still ends with results
+            self._save(self.batches_done, self._state(None, x, 0, None))
 
     def _state(self, stage, x, next_batch, partial) -> dict:
         p = len(x)
