@@ -191,6 +191,10 @@ def main(argv=None) -> int:
         signal.signal(signal.SIGINT, _interrupt)
     try:
         return _main(argv)
+    except KeyboardInterrupt:  # also while the package and JAX are still being imported
+        print("homodyne: interrupted (Ctrl-C); results already in the output folder are "
+              "untouched", file=sys.stderr)
+        return 130
     finally:
         if owns_sigint:
             signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -209,10 +213,6 @@ def _main(argv=None) -> int:
         if argv and argv[0] in commands:
             return commands[argv[0]](argv[1:])
         return fit_main(argv)
-    except KeyboardInterrupt:
-        print("homodyne: interrupted (Ctrl-C); results already in the output folder are "
-              "untouched", file=sys.stderr)
-        return 130
     except (ConfigError, DataFileError, OutputExistsError, OutputDirError,
             FileExistsError) as exc:
         print(f"homodyne: error: {exc}", file=sys.stderr)
