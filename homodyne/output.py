@@ -55,7 +55,7 @@ def atomic_path(path):
     os.close(create_new(tmp))
     try:
         yield tmp
-        _fsync_file(tmp)
+        _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -136,7 +136,7 @@ class ResultSet:
 
     def commit(self) -> dict[str, Path]:
         for tmp in self.staged.values():
-            _fsync_file(tmp)
+            _fsync(tmp)
         held = {signal.SIGINT, signal.SIGTERM}
         old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
         try:
@@ -148,7 +148,7 @@ class ResultSet:
                 os.replace(tmp, self.folder / name)
             _unlink(self.folder / INTERRUPTED)
             _unlink(self.folder / FAILED_LOG)
-            _fsync_dir(self.folder)
+            _fsync(self.folder, os.O_DIRECTORY)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
         files, self.staged = {n: self.folder / n for n in self.staged}, {}
@@ -172,16 +172,9 @@ def _unlink(path: Path) -> None:
         pass
 
 
-def _fsync_file(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _fsync_dir(folder: Path) -> None:
-    fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+def _fsync(path: Path, flags: int = os.O_NOFOLLOW) -> None:
+    """Flush a file (or, with O_DIRECTORY, a folder's entries) to disk."""
+    fd = os.open(path, os.O_RDONLY | flags)
     try:
         os.fsync(fd)
     finally:
