@@ -61,15 +61,16 @@ def variants(checkpoint_frequencies=(10, 100), fault_modes=("validation", "full"
 
 def _runner(v: Variant, spec, data, workdir: Path):
     from homodyne.optimization.checkpoint_manager import CheckpointManager
+    from homodyne.optimization.checkpoint_session import CheckpointSession
     from homodyne.optimization.passes import FaultSettings, FitMonitor, PassRunner
     from homodyne.optimization.problems import TwoTimeProblem
 
     mon = FitMonitor(faults=FaultSettings(validate=v.validate,
                                           enable_fault_tolerance=v.fault_tolerance))
     if v.checkpoint_frequency:
-        mon.manager = CheckpointManager(workdir / v.name, v.checkpoint_frequency, 3, True,
-                                        v.checkpoint_min_interval_s)
-        mon.fingerprint = f"overhead-{v.name}"
+        mon.checkpoints = CheckpointSession(
+            CheckpointManager(workdir / v.name, v.checkpoint_frequency, 3, True,
+                              v.checkpoint_min_interval_s), f"overhead-{v.name}")
     return PassRunner(TwoTimeProblem(spec, validate=v.validate), data, monitor=mon)
 
 
@@ -126,12 +127,12 @@ def bench_overheads(data_path, out_json, *, tier: str = "streaming", rounds: int
         result = {}
         for name, base in pairs:
             v = next(v for v in vs if v.name == name)
-            mon = runners[name].monitor
-            sec = mon.checkpoint_seconds
+            ck = runners[name].monitor.checkpoints
+            sec = ck.save_seconds if ck is not None else []
             # what the saves cost, accounted directly (CPU of snapshot + writer) against
             # this variant's pass time: not subject to the machine's pass-to-pass noise
             busy = float(np.sum(times[name]))
-            accounted = float(np.sum(mon.checkpoint_cpu_seconds)) / busy
+            accounted = float(np.sum(ck.cpu_seconds if ck is not None else [])) / busy
             result[name] = {
                 **_compare(times, name, base),
                 "checkpoint_frequency": v.checkpoint_frequency,
@@ -139,7 +140,7 @@ def bench_overheads(data_path, out_json, *, tier: str = "streaming", rounds: int
                 if v.checkpoint_frequency else None,
                 "saves": len(sec), "save_s_max": max(sec, default=0.0),
                 "save_s_median": float(np.median(sec)) if sec else 0.0,
-                "save_cpu_s_median": float(np.median(mon.checkpoint_cpu_seconds))
+                "save_cpu_s_median": float(np.median(ck.cpu_seconds))
                 if sec else 0.0,
                 "accounted_overhead": accounted if v.checkpoint_frequency else None,
             }

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from homodyne import __version__
-from homodyne.benchmarks.memory import RSSSampler
 from homodyne.data import open_two_time
+from homodyne.memory import RSSSampler, peak_rss_mb
 from homodyne.output import write_json
 
 
@@ -64,8 +64,6 @@ def _record(kind, name, src, spec, t_wall, rss, params, se, truth, extra) -> dic
 
 def _hwm_mb():
     """The process's exact resident high-water mark (catches spikes the sampler misses)."""
-    from homodyne.optimization.driver import peak_rss_mb
-
     return peak_rss_mb()
 
 
@@ -135,7 +133,7 @@ def bench_scipy(data_path, out_json, *, max_points: int) -> dict:
         wall = time.perf_counter() - t0
     chi2r = 2 * res.cost / (spec.n_points - p0.size)
     # scaled inversion (columns span 1e4 .. 1e-5): a plain pinv truncates and lies
-    from homodyne.optimization.engine import covariance_from_normal
+    from homodyne.optimization.covariance import covariance_from_normal
 
     se = np.sqrt(np.abs(np.diag(covariance_from_normal(J.T @ J, chi2r))))
     rec = _record("peer", "scipy-trf", src, spec, wall, rss, res.x, se, truth, {

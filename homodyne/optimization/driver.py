@@ -11,11 +11,14 @@ import time
 from contextlib import contextmanager
 
 import numpy as np
-import psutil
 
 from homodyne.jaxconf import jax
-from homodyne.optimization.engine import EngineOptions, covariance_from_normal, solve_lm
-from homodyne.optimization.passes import FitMonitor, PassRunner, StopFit
+from homodyne.memory import peak_rss_mb
+from homodyne.optimization.checkpoint_session import SolverSnapshot
+from homodyne.optimization.covariance import covariance_from_normal
+from homodyne.optimization.engine import EngineOptions, solve_lm
+from homodyne.optimization.exceptions import StopFit
+from homodyne.optimization.passes import FitMonitor, PassRunner
 from homodyne.optimization.problems import NormalEquations
 from homodyne.optimization.result import FitResult
 
@@ -57,18 +60,19 @@ def run_fit(problem, data, x0, lb, ub, *, options: EngineOptions | None = None,
     x0 = np.asarray(x0, dtype=np.float64)
     lb = np.broadcast_to(np.asarray(lb, dtype=np.float64), x0.shape).copy()
     ub = np.broadcast_to(np.asarray(ub, dtype=np.float64), x0.shape).copy()
-    if mon.manager is not None:
-        mon.manager.acquire_lock()
+    ck = mon.checkpoints
+    if ck is not None:
+        ck.acquire()
     try:
         with _signals_to(mon):
-            if mon.manager is not None and resume:
+            if ck is not None and resume:
                 mon.load_resume()
             return _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0,
                            recovery_sequence, n_devices)
     finally:
         mon.flush()
-        if mon.manager is not None:
-            mon.manager.release_lock()
+        if ck is not None:
+            ck.release()
 
 
 @contextmanager
@@ -96,8 +100,7 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
     messages = []
 
     def track(st):
-        mon.lm_info = {"x": st.x.copy(), "cost": st.ne.cost, "iteration": st.iteration,
-                       "lam": st.lam}
+        mon.lm_info = SolverSnapshot(st.x.copy(), st.ne.cost, st.iteration, st.lam)
 
     try:
         for sub in coarse_levels(data, opts):
@@ -233,16 +236,3 @@ def build_result(problem, st, x0, lb, ub, *, strategy, mon, coarse_passes, coars
         interrupted_by=signal.Signals(mon.signal_received).name
         if mon.signal_received is not None else None,
     )
-
-
-def peak_rss_mb() -> float | None:
-    """This process's own resident high-water mark (VmHWM). Not ru_maxrss: Linux carries
-    that across fork+exec, so a child would report its parent's peak."""
-    try:
-        with open("/proc/self/status") as fh:
-            for line in fh:
-                if line.startswith("VmHWM:"):
-                    return int(line.split()[1]) / 1024.0
-    except OSError:
-        pass
-    return psutil.Process().memory_info().rss / 2**20

@@ -24,7 +24,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from homodyne.optimization.passes import StopFit
+from homodyne.optimization.covariance import column_scales as _scales
+from homodyne.optimization.covariance import covariance_from_normal
+from homodyne.optimization.exceptions import NLSQNumericalError, StopFit
 from homodyne.optimization.problems import NormalEquations
 
 
@@ -52,12 +54,6 @@ class EngineOptions:
 # --- linear algebra on the p x p state -------------------------------------------
 
 
-def _scales(H: np.ndarray) -> np.ndarray:
-    d = np.sqrt(np.clip(np.diag(H), 0.0, None))
-    d[~(d > 0)] = 1.0
-    return d
-
-
 def _solve_scaled(H, g, lam, free, d) -> np.ndarray:
     """Solve (H + lam diag(d^2)) delta = g on the free set (eigen-decomposition, robust)."""
     delta = np.zeros_like(g)
@@ -72,26 +68,6 @@ def _solve_scaled(H, g, lam, free, d) -> np.ndarray:
     inv = np.where(w > tiny, 1.0 / np.where(w > tiny, w, 1.0), 0.0)
     delta[idx] = (V @ (inv * (V.T @ gs))) / d[idx]
     return delta
-
-
-def covariance_from_normal(H: np.ndarray, scale: float, free=None) -> np.ndarray:
-    """scale * H⁻¹ in scaled variables; frozen parameters get NaN and parameters in the
-    null space of H (not determined by the data) get an infinite variance."""
-    n = H.shape[0]
-    free = np.ones(n, bool) if free is None else free
-    cov = np.full((n, n), np.nan)
-    idx = np.flatnonzero(free)
-    if idx.size:
-        d = _scales(H)[idx]
-        Hs = H[np.ix_(idx, idx)] / np.outer(d, d)
-        w, V = np.linalg.eigh(Hs)
-        good = w > max(w.max(), 0.0) * 1e-13
-        sub = (V[:, good] / w[good]) @ V[:, good].T / np.outer(d, d) * scale
-        null_load = np.abs(V[:, ~good]).max(axis=1) if (~good).any() else np.zeros(idx.size)
-        undetermined = (null_load > 1e-6) | (np.diag(H)[idx] <= 0)
-        sub[undetermined, undetermined] = np.inf
-        cov[np.ix_(idx, idx)] = sub
-    return cov
 
 
 def _free_set(x, g, lb, ub) -> np.ndarray:
@@ -201,8 +177,6 @@ def _lm_loop(st: LMState, evaluate, lb, ub, *, max_iterations, step_tol_se, gtol
     """The iteration itself; ``st`` always holds the best accepted point."""
     x, ne = st.x, st.ne
     if not _finite(ne):
-        from homodyne.optimization.exceptions import NLSQNumericalError
-
         raise NLSQNumericalError(
             "Non-finite cost or gradients at the initial parameters "
             f"{x.tolist()}: check p0, bounds and the data")

@@ -1,4 +1,8 @@
-"""Error types named in the user guide, raised where it says."""
+"""Error types named in the user guide, raised where it says, and the control-flow
+exceptions that stop a fit cleanly (``StopFit``, ``Interrupted``).
+
+A leaf module: every layer may import it, it imports nothing from homodyne.
+"""
 
 
 class NLSQOptimizationError(RuntimeError):
@@ -19,3 +23,15 @@ class NLSQCheckpointError(NLSQOptimizationError):
 
 class NLSQMemoryError(NLSQOptimizationError, MemoryError):
     """The requested memory limit is too small to run even the smallest batch."""
+
+
+class StopFit(Exception):
+    """Raised inside a pass to stop the fit cleanly (callback, signal)."""
+
+
+class Interrupted(StopFit):
+    """SIGINT or SIGTERM arrived: a checkpoint was saved (when enabled) and the fit stops."""
+
+    def __init__(self, signum: int, message: str):
+        super().__init__(message)
+        self.signum = signum

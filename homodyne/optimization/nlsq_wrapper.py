@@ -14,6 +14,7 @@ import math
 import numpy as np
 
 from homodyne.optimization.checkpoint_manager import DEFAULT_MIN_INTERVAL_S, CheckpointManager
+from homodyne.optimization.checkpoint_session import CheckpointSession
 from homodyne.optimization.driver import coarse_level_sizes, fingerprint, run_fit
 from homodyne.optimization.engine import EngineOptions
 from homodyne.optimization.passes import FaultSettings, FitMonitor
@@ -190,13 +191,12 @@ class NLSQWrapper:
         """
         if self.memory_limit_gb is None:
             return batch
-        import psutil
-
+        from homodyne.memory import rss_bytes
         from homodyne.optimization.exceptions import NLSQMemoryError
         from homodyne.optimization.strategy import MIN_BATCH, bytes_per_point
 
         limit = self.memory_limit_gb * 2**30
-        base = psutil.Process().memory_info().rss + COMPILE_ALLOWANCE
+        base = rss_bytes() + COMPILE_ALLOWANCE
         streaming = tier == OptimizationStrategy.STREAMING
         # the coarse levels held in memory, float32 (a spilled level lives in a file)
         sizes, spilled = coarse_level_sizes(n_points, self.options, streamed=streaming,
@@ -298,15 +298,14 @@ class NLSQWrapper:
         ck = self.checkpoint_config
         resume = False
         if ck.get("enable_checkpoints"):
-            mon.manager = CheckpointManager(
+            manager = CheckpointManager(
                 ck.get("checkpoint_dir", "./checkpoints"), ck.get("checkpoint_frequency", 10),
                 ck.get("keep_last_checkpoints", ck.get("keep_last_n", 3)),
                 ck.get("enable_compression", True),
                 ck.get("checkpoint_min_interval_s", DEFAULT_MIN_INTERVAL_S))
-            mon.fingerprint = fingerprint(identity(), p0, lb, ub, str(tier), batch,
-                                          data.batches_per_call, self.options.__dict__,
-                                          self.validate)
-            mon.manager.fingerprint = mon.fingerprint  # resume and prune this fit's files
+            mon.checkpoints = CheckpointSession(manager, fingerprint(
+                identity(), p0, lb, ub, str(tier), batch, data.batches_per_call,
+                self.options.__dict__, self.validate))
             resume = bool(ck.get("resume_from_checkpoint", True))
         return mon, resume
 

@@ -6,6 +6,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
+from homodyne.optimization.covariance import pinv_normal
+
 
 @dataclass
 class FitResult:
@@ -51,11 +53,7 @@ class FitResult:
 
         Finite even when single parameters are undetermined, as long as f is
         (e.g. J(t) when D0 and D_offset are degenerate)."""
-        from homodyne.optimization.engine import _scales
-
-        H = self.normal_matrix
-        d = _scales(H)
-        inv = np.linalg.pinv(H / np.outer(d, d), rcond=1e-12, hermitian=True) / np.outer(d, d)
+        inv = pinv_normal(self.normal_matrix)
         G = np.atleast_2d(gradients)
         return G @ inv @ G.T * self.reduced_chi_squared
 

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from homodyne.jaxconf import jax
+from homodyne.memory import limit_heap_arenas
 
 
 def _pad(a: np.ndarray, length: int) -> np.ndarray:
@@ -290,8 +291,6 @@ class StreamingData(_RunSource):
 
     def __init__(self, source, batch_size: int, batches_per_call: int = 8,
                  prefetch: bool = True, dtype=np.float64):
-        from homodyne.optimization.passes import limit_heap_arenas
-
         limit_heap_arenas()
         self.source = source
         self.n_points = source.n_points

@@ -1,0 +1,241 @@
+"""One fit's use of a checkpoint directory: resume and replay, when to save, the writer.
+
+``CheckpointManager`` stores files; a ``CheckpointSession`` is the fit's side of it:
+
+* ``load_resume`` reads the newest valid checkpoint of this fit (checkpoints of other
+  data or settings are left alone) and ``replayed``/``in_progress`` hand its completed
+  passes and the interrupted pass's partial sums back, so a resumed fit repeats the
+  uninterrupted one bit for bit;
+* ``due`` says when a save is due (every ``checkpoint_frequency`` batches, at most
+  once per ``min_interval_s`` seconds of fitting, never while one is being written);
+  ``save`` writes on a background thread (or now, ``wait=True``), ``flush`` waits for
+  it, ``final`` writes the end-of-fit state.
+
+``checkpoint_state`` is the one place the on-disk state of a fit is laid out.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from homodyne.optimization.checkpoint_manager import CheckpointManager
+from homodyne.optimization.exceptions import NLSQCheckpointError
+from homodyne.optimization.problems import NormalEquations
+
+log = logging.getLogger("homodyne.engine")
+STAGES = ("coarse", "full")
+
+
+@dataclass
+class PassRecord:
+    """One completed pass: enough to replay it exactly on resume."""
+
+    stage: str
+    x: np.ndarray
+    ne: NormalEquations
+    seconds: float
+    n_batches: int
+
+
+@dataclass(frozen=True)
+class SolverSnapshot:
+    """The solver's best point so far, stored with each checkpoint (for inspection)."""
+
+    x: np.ndarray
+    cost: float
+    iteration: int
+    lam: float
+
+
+@dataclass
+class ResumePoint:
+    """What a resume restores besides the passes: where it was, what it had excluded."""
+
+    batch: int
+    recovery_actions: list[dict]
+    excluded: dict[str, set[int]]
+
+
+def checkpoint_state(passes: list[PassRecord], *, solver: SolverSnapshot | None,
+                     n_failed: int, recovery_actions: list[dict],
+                     excluded: dict[str, set[int]], stage: str | None, x, next_batch: int,
+                     partial: dict | None) -> dict:
+    """The state written to a checkpoint: every completed pass (p x p each), the pass in
+    progress (its point, next batch and partial sums) and the batches excluded."""
+    p = len(x)
+    P = passes
+    state = {
+        "n_passes": len(P),
+        "pass_stage": np.array([STAGES.index(r.stage) for r in P], np.int64),
+        "pass_x": np.array([r.x for r in P]).reshape(len(P), p),
+        "pass_cost": np.array([r.ne.cost for r in P], float),
+        "pass_H": np.array([r.ne.H for r in P]).reshape(len(P), p, p),
+        "pass_g": np.array([r.ne.g for r in P]).reshape(len(P), p),
+        "pass_n": np.array([r.ne.n for r in P], np.int64),
+        "pass_seconds": np.array([r.seconds for r in P], float),
+        "pass_batches": np.array([r.n_batches for r in P], np.int64),
+        "parameters": np.asarray(x if solver is None else solver.x, float),
+        "loss": float(np.nan if solver is None else solver.cost),
+        "iteration": int(0 if solver is None else solver.iteration),
+        "damping": float(np.nan if solver is None else solver.lam),
+        "batches_failed": n_failed,
+        "recovery_actions": recovery_actions or None,
+        "current_stage": stage or "done",
+        "current_x": np.asarray(x, float),
+        "next_batch": int(next_batch),
+    }
+    for s in STAGES:
+        state[f"excluded_{s}"] = np.array(sorted(excluded[s]) or [-1], np.int64)
+    if partial is not None:
+        state["partial"] = {k: np.asarray(v) for k, v in partial.items()}
+    return state
+
+
+@dataclass
+class CheckpointSession:
+    """The checkpoints of one fit in ``manager``'s directory, tagged with ``fingerprint``."""
+
+    manager: CheckpointManager
+    fingerprint: str = ""
+    replay: dict | None = None
+    resumed_from: int | None = None
+    last_path: str | None = None
+    save_seconds: list[float] = field(default_factory=list)
+    # CPU a save costs: the snapshot on the fitting thread + the writer thread's CPU time
+    cpu_seconds: list[float] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    _last_batch: int = 0
+    _last_time: float = -math.inf  # on the fit clock
+    _writer: ThreadPoolExecutor | None = None
+    _pending: Future | None = None
+
+    def __post_init__(self):
+        self.manager.fingerprint = self.fingerprint  # it resumes and prunes this fit's files
+
+    # --- the directory -----------------------------------------------------------------
+    def acquire(self) -> None:
+        self.manager.acquire_lock()
+
+    def release(self) -> None:
+        self.manager.release_lock()
+
+    # --- resume ------------------------------------------------------------------------
+    def load_resume(self) -> ResumePoint | None:
+        """Read the newest valid checkpoint of this fit (other fits' files are ignored;
+        the fingerprint check below guards a manager used without one)."""
+        path = self.manager.find_latest_valid_checkpoint()
+        if path is None:
+            return None
+        state = self.manager.load_checkpoint(path)
+        if state.get("fingerprint") != self.fingerprint:
+            raise NLSQCheckpointError(
+                f"checkpoint {path} belongs to different data or settings (fingerprint "
+                f"{str(state.get('fingerprint'))[:12]}… vs {self.fingerprint[:12]}…); refusing "
+                "to resume from it. Remove the directory or point checkpoint_dir elsewhere.")
+        self.replay = state
+        self.resumed_from = int(state["batch_idx"])
+        self._last_batch = self.resumed_from
+        excluded: dict[str, set[int]] = {}
+        for stage in STAGES:
+            key = f"excluded_{stage}"
+            if key in state:
+                excluded[stage] = {int(b) for b in np.atleast_1d(state[key]) if b >= 0}
+        log.info("Detects existing checkpoint and resumes from batch %d (%s)",
+                 self.resumed_from, path)
+        return ResumePoint(self.resumed_from, list(state.get("recovery_actions") or []),
+                           excluded)
+
+    def replayed(self, index: int, stage: str, x: np.ndarray
+                 ) -> tuple[NormalEquations, float, int] | None:
+        """The stored result of completed pass ``index``, if it matches (else None)."""
+        r = self.replay
+        if r is None or index >= int(r["n_passes"]):
+            return None
+        if STAGES[int(r["pass_stage"][index])] != stage or \
+                not np.array_equal(r["pass_x"][index], x):
+            log.warning("resume: pass %d does not replay identically; recomputing from here",
+                        index)
+            self.replay = None
+            return None
+        ne = NormalEquations(float(r["pass_cost"][index]), np.array(r["pass_H"][index]),
+                             np.array(r["pass_g"][index]), int(r["pass_n"][index]))
+        return ne, float(r["pass_seconds"][index]), int(r["pass_batches"][index])
+
+    def in_progress(self, index: int, stage: str, x: np.ndarray
+                    ) -> tuple[int, dict[str, np.ndarray]] | None:
+        """(next_batch, partial sums) of the interrupted pass ``index``, if it is this one."""
+        r = self.replay
+        if r is None or "partial" not in r or int(r["n_passes"]) != index:
+            return None
+        if r["current_stage"] != stage or not np.array_equal(r["current_x"], x):
+            return None
+        self.replay = None
+        return int(r["next_batch"]), {k: np.asarray(v) for k, v in r["partial"].items()}
+
+    # --- saving ------------------------------------------------------------------------
+    def due(self, batches_done: int, clock: float) -> bool:
+        """``checkpoint_frequency`` batches since the last save, at least
+        ``min_interval_s`` seconds of fitting ago, and no save still being written."""
+        m = self.manager
+        return (batches_done - self._last_batch >= m.checkpoint_frequency
+                and clock - self._last_time >= m.min_interval_s
+                and (self._pending is None or self._pending.done()))
+
+    def save(self, batch: int, state: dict, *, clock: float, snapshot_s: float = 0.0,
+             wait: bool = False) -> None:
+        """Write ``state`` as the checkpoint of ``batch``: on the writer thread, so the
+        file I/O overlaps the next batches, or now (``wait``)."""
+        if self._pending is not None:
+            self._pending.result()
+        self._last_batch = batch
+        self._last_time = clock
+        if wait:
+            self._write(batch, state, snapshot_s)
+            return
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix="homodyne-ckpt")
+        self._pending = self._writer.submit(self._write, batch, state, snapshot_s)
+
+    def _write(self, batch: int, state: dict, snapshot_s: float = 0.0) -> None:
+        t0, c0 = time.perf_counter(), time.thread_time()
+        path = self._save(batch, state)
+        if path is None:
+            return
+        self.last_path = str(path)
+        self.save_seconds.append(time.perf_counter() - t0)
+        self.cpu_seconds.append(snapshot_s + time.thread_time() - c0)
+
+    def _save(self, batch: int, state: dict):
+        """Save and prune; a full disk or an I/O error (h5py raises RuntimeError when it
+        closes a file on a full disk) only warns: the previous checkpoint stays valid
+        (atomic writes), the fit goes on, and the error is reported. Path or None."""
+        try:
+            path = self.manager.save_checkpoint(batch, state, fingerprint=self.fingerprint)
+            self.manager.cleanup_old_checkpoints()
+        except (OSError, RuntimeError) as exc:
+            msg = f"checkpoint at batch {batch} not written: {exc}"
+            log.error("%s; the previous checkpoint stays valid", msg)
+            self.errors.append(msg)
+            return None
+        return path
+
+    def flush(self) -> None:
+        """Wait for a checkpoint still being written (end of fit, signals)."""
+        if self._pending is not None:
+            self._pending.result()
+            self._pending = None
+        if self._writer is not None:
+            self._writer.shutdown(wait=True)
+            self._writer = None
+
+    def final(self, batch: int, state: dict) -> None:
+        """The end-of-fit checkpoint (written now, after any pending one); a failed save
+        warns and the fit still ends with its results."""
+        self.flush()
+        self._save(batch, state)
