@@ -171,24 +171,47 @@ def fit_main(argv) -> int:
     return 0
 
 
-def _interrupt(signum, frame):
+class _CtrlC:
     """SIGINT outside the fit: a KeyboardInterrupt, except inside a gc callback (JAX has
-    one), where Python would print it as 'Exception ignored' and drop it: re-sent then."""
-    callbacks = {getattr(cb, "__code__", None) for cb in gc.callbacks}
-    while frame is not None:
-        if frame.f_code in callbacks:
-            threading.Timer(0.02, os.kill, (os.getpid(), signum)).start()
-            return
-        frame = frame.f_back
-    raise KeyboardInterrupt
+    one), where Python would print it as 'Exception ignored' and drop it: re-sent once."""
+
+    def __init__(self):
+        self.received = False
+        self.resend: threading.Timer | None = None
+
+    def __call__(self, signum, frame):
+        self.received = True
+        callbacks = {getattr(cb, "__code__", None) for cb in gc.callbacks}
+        while frame is not None:
+            if frame.f_code in callbacks:
+                if self.resend is None:
+                    self.resend = threading.Timer(0.02, self._again, (signum,))
+                    self.resend.start()
+                return
+            frame = frame.f_back
+        self.resend = None
+        raise KeyboardInterrupt
+
+    def _again(self, signum) -> None:
+        self.resend = None  # a re-sent signal landing in a callback again re-arms it
+        os.kill(os.getpid(), signum)
+
+    def done(self) -> None:
+        """After the command: a pending re-send is dropped, and once Ctrl-C was pressed a
+        late one is ignored (the command is already ending with its message)."""
+        if self.resend is not None:
+            self.resend.cancel()
+        signal.signal(signal.SIGINT, signal.SIG_IGN if self.received else
+                      signal.default_int_handler)
 
 
 def main(argv=None) -> int:
     """Run one command; Ctrl-C at any moment ends it with a message, never a traceback."""
-    owns_sigint = threading.current_thread() is threading.main_thread() and \
-        signal.getsignal(signal.SIGINT) is signal.default_int_handler
-    if owns_sigint:
-        signal.signal(signal.SIGINT, _interrupt)
+    ctrl_c = None
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        ctrl_c = _CtrlC()
+        signal.signal(signal.SIGINT, ctrl_c)
     try:
         return _main(argv)
     except KeyboardInterrupt:  # also while the package and JAX are still being imported
@@ -196,8 +219,8 @@ def main(argv=None) -> int:
               "untouched", file=sys.stderr)
         return 130
     finally:
-        if owns_sigint:
-            signal.signal(signal.SIGINT, signal.default_int_handler)
+        if ctrl_c is not None:
+            ctrl_c.done()
 
 
 def _main(argv=None) -> int:
