@@ -71,7 +71,7 @@ def test_crash_mid_write_leaves_no_valid_file(tmp_path, monkeypatch):
     m.save_checkpoint(10, {"parameters": np.ones(3)})
     import homodyne.optimization.checkpoint_manager as cm
 
-    def boom(group, state, compress, entries):
+    def boom(group, state, compress):
         group.create_dataset("half", data=np.ones(4))
         raise OSError(28, "No space left on device")
 

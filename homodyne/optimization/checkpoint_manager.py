@@ -50,14 +50,12 @@ def _versions() -> dict:
             "numpy_version": np.__version__, "h5py_version": h5py.__version__}
 
 
-def _write(group: h5py.Group, state: dict, compress: bool, entries: list) -> None:
-    """Write ``state`` into ``group``; append (path, attrs, array) to ``entries`` for the
-    checksum, so it is computed from memory instead of reading the file back."""
+def _write(group: h5py.Group, state: dict, compress: bool) -> None:
+    """Write ``state`` into ``group`` (nested dicts as groups, scalars as attributes)."""
     attrs: dict = {}
     for key, value in state.items():
-        path = f"{group.name.rstrip('/')}/{key}"
         if isinstance(value, dict):
-            _write(group.create_group(key), value, compress, entries)
+            _write(group.create_group(key), value, compress)
         elif isinstance(value, list | tuple) and value and isinstance(value[0], dict):
             attrs[key] = json.dumps(value)
         elif isinstance(value, str | bool | int | float | np.integer | np.floating) or \
@@ -70,16 +68,12 @@ def _write(group: h5py.Group, state: dict, compress: bool, entries: list) -> Non
             kw = dict(compression="gzip", compression_opts=1) if compress and arr.size > 256 \
                 else {}
             group.create_dataset(key, data=arr, **kw)
-            entries.append((path, {}, arr))
     group.attrs.update(attrs)
-    entries.append((group.name, attrs, None))
 
 
 def _read(group: h5py.Group) -> dict:
     out: dict = {}
     for key, value in group.attrs.items():
-        if key == "checksum":
-            continue
         if isinstance(value, bytes):
             value = value.decode()
         if isinstance(value, str) and value == "__none__":
@@ -92,30 +86,6 @@ def _read(group: h5py.Group) -> dict:
     for key, item in group.items():
         out[key] = _read(item) if isinstance(item, h5py.Group) else item[()]
     return out
-
-
-def _digest(entries) -> str:
-    """SHA-256 over every object's path, attributes and array (dtype, shape, bytes), in
-    path order; the same bytes whether computed from memory or from the file."""
-    digest = hashlib.sha256()
-    merged: dict = {}
-    for path, attrs, arr in entries:
-        a, old = merged.get(path, ({}, None))
-        merged[path] = ({**a, **attrs}, arr if arr is not None else old)
-    for path in sorted(merged):
-        attrs, arr = merged[path]
-        digest.update(path.encode())
-        for k in sorted(attrs):
-            if k == "checksum":
-                continue
-            v = np.asarray(attrs[k])
-            digest.update(f"{k}{v.dtype.str}{v.shape}".encode())
-            digest.update(v.tobytes())
-        if arr is not None:
-            arr = np.ascontiguousarray(arr)
-            digest.update(f"{arr.dtype.str}{arr.shape}".encode())
-            digest.update(arr.tobytes())
-    return digest.hexdigest()
 
 
 class _Refused(Exception):
@@ -338,13 +308,10 @@ class CheckpointManager:
             self.fingerprint = fingerprint
         with atomic_path(path) as tmp:
             with h5py.File(tmp, "w") as h5:
-                entries: list = []
-                _write(h5, state, self.enable_compression, entries)
+                _write(h5, state, self.enable_compression)
                 top = dict(batch_idx=int(batch_idx), timestamp=time.time(),
                            fingerprint=fingerprint, **_versions())
                 h5.attrs.update(top)
-                entries.append(("/", top, None))
-                h5.attrs["checksum"] = _digest(entries)
             _append_trailer(tmp, fingerprint)
         elapsed = time.perf_counter() - t0
         self.save_times.append(elapsed)
