@@ -13,8 +13,12 @@ on a bound or undetermined, or there are fewer points than parameters; 130/143 S
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
+import os
+import signal
 import sys
+import threading
 
 from homodyne import __version__
 
@@ -76,15 +80,60 @@ def _floats(text: str) -> list[float]:
     return [float(v) for v in text.split(",") if v.strip()]
 
 
+def _checked_generate_args(p: argparse.ArgumentParser, argv):
+    """Parse ``homodyne generate`` arguments; anything unusable is an argparse error
+    (usage line, one message naming the option, exit 2) before any work starts."""
+    import math
+    import os
+
+    from homodyne.model import LAMINAR_PARAMS, STATIC_PARAMS
+
+    a = p.parse_args(argv)
+    try:
+        a.angle_list = _floats(a.angles)
+    except ValueError:
+        p.error(f"argument --angles: expected comma-separated numbers, got {a.angles!r}")
+    if not a.angle_list:
+        p.error("argument --angles: give at least one angle")
+    names = STATIC_PARAMS if a.mode == "static" else LAMINAR_PARAMS
+    try:
+        a.phys = _floats(a.physical) if a.physical else None
+    except ValueError:
+        p.error(f"argument --physical: expected comma-separated numbers, got {a.physical!r}")
+    if a.phys is not None and len(a.phys) != len(names):
+        p.error(f"argument --physical: {a.mode} mode needs {len(names)} values "
+                f"({', '.join(names)}), got {len(a.phys)}")
+    if a.frames < 2:
+        p.error(f"argument --frames: need at least 2 frames, got {a.frames}")
+    for opt in ("q", "dt", "gap_h", "block_rows"):
+        v = getattr(a, opt)
+        if not (math.isfinite(v) and v > 0):
+            p.error(f"argument --{opt.replace('_', '-')}: must be > 0, got {v}")
+    if not (math.isfinite(a.noise) and a.noise >= 0):
+        p.error(f"argument --noise: must be >= 0, got {a.noise}")
+    out = os.path.abspath(a.output)
+    folder = os.path.dirname(out)
+    if os.path.isdir(out):
+        p.error(f"argument --output: {a.output} is a folder; give a file name")
+    if os.path.exists(out) and not a.overwrite:
+        p.error(f"argument --output: {a.output} exists; pass --overwrite to replace it")
+    while not os.path.exists(folder):  # missing folders are created: check the first that is
+        folder = os.path.dirname(folder)
+    if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
+        p.error(f"argument --output: cannot write into {folder} (a file or read-only); "
+                "choose another --output")
+    return a
+
+
 def generate_main(argv) -> int:
     from homodyne.data.synthetic import generate_synthetic
     from homodyne.model import ModelSpec
 
-    a = _generate_parser().parse_args(argv)
-    phys = _floats(a.physical) if a.physical else (
+    a = _checked_generate_args(_generate_parser(), argv)
+    phys = a.phys or (
         [1e4, -0.5, 100.0] if a.mode == "static" else [1e4, -0.5, 100.0, 1e-5, 0.2, 1e-6, 5.0])
     spec = ModelSpec(mode=a.mode, q=a.q, dt=a.dt, n_frames=a.frames,
-                     phi_deg=tuple(_floats(a.angles)), gap_h=a.gap_h, scaling=a.scaling)
+                     phi_deg=tuple(a.angle_list), gap_h=a.gap_h, scaling=a.scaling)
     info = generate_synthetic(a.output, spec, spec.pack(a.contrast, a.offset, phys),
                               noise_sigma=a.noise, seed=a.seed, block_rows=a.block_rows,
                               dtype=a.dtype, overwrite=a.overwrite)
@@ -174,11 +223,63 @@ def configure_console_logging(*, quiet: bool) -> None:
     logging.getLogger("jax").setLevel(logging.WARNING)
 
 
+class _CtrlC:
+    """SIGINT outside the fit: a KeyboardInterrupt, except inside a gc callback (JAX has
+    one), where Python would print it as 'Exception ignored' and drop it: re-sent once."""
+
+    def __init__(self):
+        self.received = False
+        self.resend: threading.Timer | None = None
+
+    def __call__(self, signum, frame):
+        self.received = True
+        callbacks = {getattr(cb, "__code__", None) for cb in gc.callbacks}
+        while frame is not None:
+            if frame.f_code in callbacks:
+                if self.resend is None:
+                    self.resend = threading.Timer(0.02, self._again, (signum,))
+                    self.resend.start()
+                return
+            frame = frame.f_back
+        self.resend = None
+        raise KeyboardInterrupt
+
+    def _again(self, signum) -> None:
+        self.resend = None  # a re-sent signal landing in a callback again re-arms it
+        os.kill(os.getpid(), signum)
+
+    def done(self) -> None:
+        """After the command: a pending re-send is dropped, and once Ctrl-C was pressed a
+        late one is ignored (the command is already ending with its message)."""
+        if self.resend is not None:
+            self.resend.cancel()
+        signal.signal(signal.SIGINT, signal.SIG_IGN if self.received else
+                      signal.default_int_handler)
+
+
 def main(argv=None) -> int:
+    """Run one command; Ctrl-C at any moment ends it with a message, never a traceback."""
+    ctrl_c = None
+    if threading.current_thread() is threading.main_thread() and \
+            signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        ctrl_c = _CtrlC()
+        signal.signal(signal.SIGINT, ctrl_c)
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # also while the package and JAX are still being imported
+        print("homodyne: interrupted (Ctrl-C); results already in the output folder are "
+              "untouched", file=sys.stderr)
+        return 130
+    finally:
+        if ctrl_c is not None:
+            ctrl_c.done()
+
+
+def _main(argv=None) -> int:
     from homodyne.config import ConfigError
     from homodyne.data.errors import DataFileError
     from homodyne.optimization.exceptions import NLSQOptimizationError
-    from homodyne.output import OutputExistsError
+    from homodyne.output import OutputDirError, OutputExistsError
     from homodyne.pipeline import FitInterrupted
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -187,7 +288,8 @@ def main(argv=None) -> int:
         if argv and argv[0] in commands:
             return commands[argv[0]](argv[1:])
         return fit_main(argv)
-    except (ConfigError, DataFileError, OutputExistsError, FileExistsError) as exc:
+    except (ConfigError, DataFileError, OutputExistsError, OutputDirError,
+            FileExistsError) as exc:
         print(f"homodyne: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except NLSQOptimizationError as exc:
@@ -199,4 +301,7 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    try:
+        sys.exit(main())
+    except KeyboardInterrupt:  # Ctrl-C while Python itself was still starting up
+        sys.exit(130)

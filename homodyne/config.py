@@ -404,6 +404,23 @@ def check_data_path(path: str) -> None:
                           f"{path} is a directory; point it at a data file")
 
 
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """yaml.SafeLoader that refuses a key given twice in one mapping (not last-wins)."""
+
+    def construct_mapping(self, node, deep=False):
+        seen = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, str):
+                continue
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r} (line {key_node.start_mark.line + 1}); "
+                    "keep only one", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_config(path, *, require_data: bool = True, overrides: dict | None = None
                 ) -> HomodyneConfig:
     """Read a YAML file safely and validate it (``overrides`` patch nested keys first)."""
@@ -412,7 +429,10 @@ def load_config(path, *, require_data: bool = True, overrides: dict | None = Non
         raise ConfigError("--config", f"config file not found: {path}")
     try:
         with open(path, encoding="utf-8") as fh:
-            raw = yaml.safe_load(fh)
+            raw = yaml.load(fh, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+    except UnicodeDecodeError as exc:
+        raise ConfigError("<file>", f"not UTF-8 text (byte {exc.start}); save the config "
+                          "as UTF-8", path) from None
     except yaml.YAMLError as exc:
         raise ConfigError("<yaml>", f"not valid YAML: {exc}", path) from None
     raw = {} if raw is None else raw

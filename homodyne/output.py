@@ -1,8 +1,10 @@
 """Writers for fit results: JSON parameters, HDF5 model/residuals, all written atomically.
 
 A file is written to a temporary name in the same folder, flushed to disk and renamed,
-so a crash or a full disk never leaves a partial file under the final name. Existing
-results are never silently overwritten.
+so a crash or a full disk never leaves a partial file under the final name. A run's
+files are staged together (``ResultSet``) and committed at the end, parameters.json
+last, so a folder holds one complete result set or the previous one. Existing results
+are never silently overwritten. Files honour the umask and no symlink is followed.
 """
 
 from __future__ import annotations
@@ -10,6 +12,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import secrets
+import signal
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -19,10 +23,28 @@ import h5py
 import numpy as np
 
 RESULT_FILES = ("parameters.json", "fit.h5")
+MARKER = "parameters.json"  # committed last: its presence means the set is complete
+SET_FILES = ("fit.h5", "c2_heatmaps.png", "c2_cuts.png", "fit.log", MARKER)
+INTERRUPTED = "parameters.interrupted.json"
+FAILED_LOG = "fit.incomplete.log"
 
 
 class OutputExistsError(FileExistsError):
     """The output folder already holds results and overwriting was not asked for."""
+
+
+class OutputDirError(ValueError):
+    """An output or checkpoint folder cannot be used (a file, read-only, disk full...)."""
+
+
+def create_new(path, mode: int = 0o666) -> int:
+    """Open a new file for writing (O_EXCL, never through a symlink; mode & ~umask)."""
+    return os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+
+
+def _temp_name(path: Path) -> Path:
+    # the suffix is kept: writers such as matplotlib pick the format from it
+    return path.with_name(f".tmp-{os.getpid()}-{secrets.token_hex(4)}-{path.name}")
 
 
 @contextmanager
@@ -30,12 +52,11 @@ def atomic_path(path):
     """Yield a temporary path next to ``path``; on success fsync it and rename it over."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    os.close(create_new(tmp))
     try:
-        yield Path(tmp)
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+        yield tmp
+        _fsync(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -65,7 +86,12 @@ class DirectoryLock:
         import fcntl
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        fh = open(self.path, "a+")  # noqa: SIM115 - held for the run
+        try:  # never through a symlink planted in the folder
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+        except OSError as exc:
+            raise OutputDirError(f"cannot create the lock file {self.path} ({exc.strerror}); "
+                                 "remove it if it is a symbolic link") from None
+        fh = os.fdopen(fd, "r+")
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -120,6 +146,90 @@ def check_output_dir(directory, overwrite: bool) -> Path:
             "or pass --overwrite (output.overwrite: true) to replace them")
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+def ensure_writable_dir(directory, what: str, option: str) -> Path:
+    """Create ``directory`` if needed and prove a file can be created in it, or raise
+    OutputDirError naming the folder, the reason and ``option`` to change."""
+    d = Path(directory)
+    for parent in (d, *d.parents):
+        if parent.exists():
+            if not parent.is_dir():
+                where = "is a file" if parent == d else f"lies below the regular file {parent}"
+                raise OutputDirError(f"{what} {d} {where}; choose another {option}")
+            break
+    try:
+        d.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=d):
+            pass
+    except OSError as exc:
+        raise OutputDirError(f"{what} {d} is not writable ({exc.strerror or exc}); fix its "
+                             f"permissions or choose another {option}") from None
+    return d
+
+
+class ResultSet:
+    """One run's result files, written under temporary names and committed together.
+
+    ``stage(name)`` gives the temporary path to write ``name`` to; ``commit()`` renames
+    them all with signals held off, removing the old marker first and writing it last,
+    so the folder never shows a mix of two runs. ``discard()`` deletes the staged files.
+    """
+
+    def __init__(self, folder):
+        self.folder = Path(folder)
+        self.staged: dict[str, Path] = {}
+
+    def stage(self, name: str) -> Path:
+        tmp = _temp_name(self.folder / name)
+        self.staged[name] = tmp
+        return tmp
+
+    def commit(self) -> dict[str, Path]:
+        for tmp in self.staged.values():
+            _fsync(tmp)
+        held = {signal.SIGINT, signal.SIGTERM}
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+        try:
+            _unlink(self.folder / MARKER)
+            for name in SET_FILES:
+                if name not in self.staged:
+                    _unlink(self.folder / name)  # an old run's file is not part of this set
+            for name, tmp in sorted(self.staged.items(), key=lambda kv: kv[0] == MARKER):
+                os.replace(tmp, self.folder / name)
+            _unlink(self.folder / INTERRUPTED)
+            _unlink(self.folder / FAILED_LOG)
+            _fsync(self.folder, os.O_DIRECTORY)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+        files, self.staged = {n: self.folder / n for n in self.staged}, {}
+        return files
+
+    def discard(self, keep_log: bool = True) -> None:
+        """Delete the staged files; the log is kept as fit.incomplete.log (fit.log stays the
+        log of the results that remain)."""
+        for name, tmp in self.staged.items():
+            if keep_log and name == "fit.log" and tmp.exists():
+                os.replace(tmp, self.folder / FAILED_LOG)
+            else:
+                _unlink(tmp)
+        self.staged = {}
+
+
+def _unlink(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+
+
+def _fsync(path: Path, flags: int = os.O_NOFOLLOW) -> None:
+    """Flush a file (or, with O_DIRECTORY, a folder's entries) to disk."""
+    fd = os.open(path, os.O_RDONLY | flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_fit_h5(path, *, phi_deg, frames, data, model, attrs: dict) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -21,14 +22,22 @@ from homodyne.optimization.settings import CheckpointSettings
 from homodyne.output import (
     DirectoryLock,
     LockHeld,
+    OutputDirError,
     OutputExistsError,
+    ResultSet,
     check_output_dir,
+    create_new,
+    ensure_writable_dir,
     write_fit_h5,
     write_json,
 )
 
 log = logging.getLogger("homodyne")
 MAX_PLOT_FRAMES = 600
+MIN_POINTS_PER_PARAMETER = 20  # fewer finite points than this per parameter: refused
+WARN_FRACTION_KEPT = 0.5  # warn when less than this share of the selection is finite
+FILE_KEYS = {"parameters.json": "parameters", "fit.h5": "fit", "c2_heatmaps.png": "heatmaps",
+             "c2_cuts.png": "cuts", "fit.log": "log"}
 
 
 class FitInterrupted(Exception):
@@ -102,6 +111,7 @@ def make_wrapper(cfg: HomodyneConfig) -> NLSQWrapper:
         enable_numerical_validation=stream["validate_numerics"],
         strategy_override=perf["strategy_override"], memory_limit_gb=perf["memory_limit_gb"],
         options=options, enable_progress=perf["enable_progress"], batch_size=perf["batch_size"],
+        max_batch_size=perf["max_batch_size"],
         min_success_rate=stream["min_success_rate"],
         max_retries_per_batch=stream["max_retries_per_batch"],
         checkpoint_config={f.name: stream[f.name] for f in fields(CheckpointSettings)
@@ -112,6 +122,10 @@ def run_from_config(cfg: HomodyneConfig, *, output_dir=None, overwrite: bool | N
                     ) -> FitRun:
     """Fit the configured data and write parameters, model, residuals, figures and a log."""
     out = Path(output_dir or cfg.output["directory"])
+    ensure_writable_dir(out, "output folder", "--output-dir")
+    if cfg.streaming["enable_checkpoints"]:
+        ensure_writable_dir(cfg.streaming["checkpoint_dir"], "checkpoint folder",
+                            "optimization.streaming.checkpoint_dir")
     with OutputLock(out):
         out = check_output_dir(out, cfg.output["overwrite"] if overwrite is None else overwrite)
         return _logged_run(cfg, out)
@@ -138,18 +152,39 @@ class OutputLock:
 
 
 def _logged_run(cfg: HomodyneConfig, out: Path) -> FitRun:
-    handler = logging.FileHandler(out / "fit.log", mode="w")
+    """The run, logged to a staged fit.log committed with its results (or kept as
+    fit.incomplete.log when there are none, so fit.log stays the log of what is there)."""
+    results = ResultSet(out)
+    stream = os.fdopen(create_new(results.stage("fit.log")), "w")
+    handler = logging.StreamHandler(stream)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     handler.setLevel(logging.INFO)
     previous = log.level
     log.setLevel(logging.INFO)  # the file log is complete whatever the console shows
     log.addHandler(handler)
+    committed = False
     try:
-        return _run(cfg, out)
+        run = _run(cfg, out, results)
+        log.removeHandler(handler)
+        handler.close()
+        try:
+            run.files = {FILE_KEYS.get(n, n): p for n, p in results.commit().items()}
+        except OSError as exc:
+            raise _write_error(out, exc) from None
+        committed = True
+        return run
     finally:
         log.removeHandler(handler)
         log.setLevel(previous)
         handler.close()
+        if not committed:
+            results.discard()
+
+
+def _write_error(out: Path, exc: BaseException) -> OutputDirError:
+    reason = getattr(exc, "strerror", None) or str(exc)
+    return OutputDirError(f"could not write the results to {out} ({reason}); free space or "
+                          "choose another --output-dir; the previous results are untouched")
 
 
 def jax_device(name: str):
@@ -167,7 +202,7 @@ def jax_device(name: str):
     return jax.devices("cpu")[0]
 
 
-def _run(cfg: HomodyneConfig, out: Path) -> FitRun:
+def _run(cfg: HomodyneConfig, out: Path, results: ResultSet) -> FitRun:
     import jax
 
     if cfg.analysis_mode == "one_time":
@@ -175,10 +210,10 @@ def _run(cfg: HomodyneConfig, out: Path) -> FitRun:
 
         return run_one_time(cfg, out)
     with jax.default_device(jax_device(cfg.performance["device"])):
-        return _run_on_device(cfg, out)
+        return _run_on_device(cfg, out, results)
 
 
-def _run_on_device(cfg: HomodyneConfig, out: Path) -> FitRun:
+def _run_on_device(cfg: HomodyneConfig, out: Path, results: ResultSet) -> FitRun:
     t0 = time.perf_counter()
     with open_data(cfg) as source:
         spec = model_spec(cfg, source)
@@ -193,6 +228,8 @@ def _run_on_device(cfg: HomodyneConfig, out: Path) -> FitRun:
                  "%.0f MB", result.strategy, result.batch_size, result.passes,
                  result.coarse_passes, result.wall_time_s, result.peak_rss_mb or -1)
         log_summary(result)
+        if not result.interrupted_by:
+            check_points_kept(source, spec, result.n_points)
         if result.interrupted_by:
             # best so far, under a name that does not block the resuming run
             write_json(out / "parameters.interrupted.json", {
@@ -200,15 +237,37 @@ def _run_on_device(cfg: HomodyneConfig, out: Path) -> FitRun:
                 **result.as_dict()})
             log.warning("%s", result.stop_reason)
             raise FitInterrupted(result)
-        files = {"parameters": write_json(out / "parameters.json", {
-            "homodyne_version": __version__, "data_file": source.path,
-            "analysis_mode": spec.mode, "q": spec.q, "dt": spec.dt, "phi_deg": spec.phi_deg,
-            "frames": [source.first_frame, source.last_frame], "initial": p0, "lower": lb,
-            "upper": ub, "truth": _truth(source, spec), **result.as_dict()})}
-        files.update(write_two_time_outputs(out, source, spec, result,
-                                            plots=cfg.output["plots"]))
+        try:
+            write_json(results.stage("parameters.json"), {
+                "homodyne_version": __version__, "data_file": source.path,
+                "analysis_mode": spec.mode, "q": spec.q, "dt": spec.dt,
+                "phi_deg": spec.phi_deg, "frames": [source.first_frame, source.last_frame],
+                "initial": p0, "lower": lb, "upper": ub, "truth": _truth(source, spec),
+                **result.as_dict()})
+            write_two_time_outputs(out, source, spec, result, plots=cfg.output["plots"],
+                                   stage=results.stage)
+        except (OSError, RuntimeError) as exc:  # h5py reports a full disk as either
+            raise _write_error(out, exc) from None
     log.info("done in %.2f s; outputs in %s", time.perf_counter() - t0, out)
-    return FitRun(result, out, files, spec)
+    return FitRun(result, out, {}, spec)
+
+
+def check_points_kept(source, spec: ModelSpec, n_used: int) -> None:
+    """Warn when most of the selection is not finite (NaN/Inf, skipped by the fit), with
+    the fraction kept; refuse a fit resting on fewer than MIN_POINTS_PER_PARAMETER finite
+    points per parameter."""
+    from homodyne.data.errors import DataFileError
+
+    share = n_used / max(spec.n_points, 1)
+    needed = MIN_POINTS_PER_PARAMETER * spec.n_params
+    if n_used < needed:
+        raise DataFileError(source.path, f"only {n_used:,} of the {spec.n_points:,} selected "
+                            f"points are finite ({share:.2%}); a fit of {spec.n_params} "
+                            f"parameters needs at least {needed:,}: widen the frame or angle "
+                            "selection or choose data without NaN")
+    if share < WARN_FRACTION_KEPT:
+        log.warning("only %.2f%% of the selected points are finite (%s of %s); the rest "
+                    "(NaN/Inf) were skipped", 100 * share, f"{n_used:,}", f"{spec.n_points:,}")
 
 
 def _truth(source, spec):
@@ -219,14 +278,18 @@ def _truth(source, spec):
     return dict(zip(names, np.asarray(attrs["true_parameters"]).tolist(), strict=True))
 
 
-def write_two_time_outputs(out, source, spec, result, *, plots: bool = True, title=None
-                           ) -> dict:
-    """fit.h5 (data, model, residuals; decimated past MAX_PLOT_FRAMES), heat maps, cuts."""
+def write_two_time_outputs(out, source, spec, result, *, plots: bool = True, title=None,
+                           stage=None) -> dict:
+    """fit.h5 (data, model, residuals; decimated past MAX_PLOT_FRAMES), heat maps, cuts.
+
+    ``stage(name)`` gives the path to write ``name`` to (a ResultSet's temporary one);
+    by default the files go straight into ``out``."""
+    stage = stage or (lambda name: Path(out) / name)
     n = spec.n_frames
     idx = np.unique(np.linspace(0, n - 1, min(n, MAX_PLOT_FRAMES)).astype(int))
     data = np.stack([source.read_on_frames(a, idx) for a in range(spec.n_phi)])
     model = c2_on_frames(result.parameters, spec, idx)
-    files = {"fit": write_fit_h5(out / "fit.h5", phi_deg=spec.phi_deg,
+    files = {"fit": write_fit_h5(stage("fit.h5"), phi_deg=spec.phi_deg,
                                  frames=source.first_frame + idx, data=data, model=model,
                                  attrs={"decimated": idx.size < n, "n_frames": n,
                                         "parameters": result.parameters})}
@@ -234,9 +297,9 @@ def write_two_time_outputs(out, source, spec, result, *, plots: bool = True, tit
         from homodyne.plots import plot_cuts, plot_heatmaps
 
         times = (source.first_frame + idx) * spec.dt
-        files["heatmaps"] = plot_heatmaps(out / "c2_heatmaps.png", times=times,
+        files["heatmaps"] = plot_heatmaps(stage("c2_heatmaps.png"), times=times,
                                           phi_deg=spec.phi_deg, data=data, model=model,
                                           title=title or f"{Path(source.path).name} ({spec.mode})")
-        files["cuts"] = plot_cuts(out / "c2_cuts.png", times=times, phi_deg=spec.phi_deg,
+        files["cuts"] = plot_cuts(stage("c2_cuts.png"), times=times, phi_deg=spec.phi_deg,
                                   data=data, model=model)
     return files

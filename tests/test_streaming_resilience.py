@@ -71,7 +71,7 @@ def test_crash_mid_write_leaves_no_valid_file(tmp_path, monkeypatch):
     m.save_checkpoint(10, {"parameters": np.ones(3)})
     import homodyne.optimization.checkpoint_manager as cm
 
-    def boom(group, state, compress, entries):
+    def boom(group, state, compress):
         group.create_dataset("half", data=np.ones(4))
         raise OSError(28, "No space left on device")
 
@@ -141,7 +141,7 @@ def test_sigkill_at_random_points_then_resume_is_bit_for_bit(resume_data):
         assert got["cost"] == expect["cost"] and got["passes"] == expect["passes"]
 
 
-def test_checkpoint_from_other_data_is_refused(resume_data, tmp_path):
+def test_checkpoint_from_other_data_is_never_resumed(resume_data, tmp_path):
     d = resume_data
     spec = make_spec("static", n_frames=150, n_phi=2)
     generate_synthetic(tmp_path / "other.h5", spec, truth_for(spec), noise_sigma=0.01, seed=4)
@@ -149,8 +149,10 @@ def test_checkpoint_from_other_data_is_refused(resume_data, tmp_path):
     first = _worker(d / "d.h5", ck, tmp_path / "a.json")
     assert first.wait(timeout=300) == 0
     second = _worker(tmp_path / "other.h5", ck, tmp_path / "b.json")
-    assert second.wait(timeout=300) != 0
-    assert "belongs to different data or settings" in second.stderr.read()
+    assert second.wait(timeout=300) == 0
+    assert "belong to another fit (other data or settings); they are not used" in \
+        second.stderr.read()
+    assert json.loads((tmp_path / "b.json").read_text())["resumed_from"] is None
 
 
 @pytest.mark.parametrize("interval", [0.0, 3600.0])

@@ -54,8 +54,9 @@ class TwoTimeSource(TriangleGrid):
     first_frame: int
     last_frame: int
     storages: list[str]  # per angle: "upper", "lower" or "full"
-    frame_time: float | None = None
+    frame_time: float | str | None = None  # a string says what is wrong with the file's
     attrs: dict = field(default_factory=dict)
+    file_size: int | None = None  # bytes at open; a shrinking file is refused mid-fit
     _matrix: np.ndarray | None = field(default=None, repr=False)
     _h5: h5py.File | None = field(default=None, repr=False)
 
@@ -80,6 +81,8 @@ class TwoTimeSource(TriangleGrid):
         dt = dt if dt is not None else self.frame_time
         if dt is None:
             raise DataFileError(self.path, "no frame time in the file; set 'dt' in the config")
+        if isinstance(dt, str):
+            raise DataFileError(self.path, f"{dt}; fix the file or set 'dt' in the config")
         return ModelSpec(mode=mode, q=self.q, dt=float(dt), n_frames=self.n_frames,
                          phi_deg=self.phi_deg, gap_h=gap_h, scaling=scaling,
                          first_frame=self.first_frame, dtype=dtype,
@@ -90,9 +93,23 @@ class TwoTimeSource(TriangleGrid):
         if self._h5 is None:
             try:
                 self._h5 = h5py.File(self.path, "r")
-            except OSError as exc:
+            except (OSError, RuntimeError) as exc:
                 raise DataFileError(self.path, f"cannot open as HDF5 ({exc})") from exc
         return self._h5
+
+    def _check_unchanged(self) -> None:
+        """Refuse to go on reading a file that shrank since it was opened: HDF5 would
+        return fill values (zeros) past its end instead of an error."""
+        if self.file_size is None:
+            return
+        try:
+            size = os.stat(self.path).st_size
+        except OSError as exc:
+            raise DataFileError(self.path, f"disappeared while being read ({exc})") from exc
+        if size < self.file_size:
+            raise DataFileError(self.path, f"was truncated while being read ({self.file_size:,} "
+                                f"bytes at open, {size:,} now); restore the complete file and "
+                                "run again")
 
     def close(self) -> None:
         if self._h5 is not None:
@@ -126,7 +143,8 @@ class TwoTimeSource(TriangleGrid):
                 ds.read_direct(block, sel)
             else:
                 block = ds[sel]
-        except (OSError, TypeError) as exc:
+            self._check_unchanged()
+        except (OSError, RuntimeError, TypeError) as exc:
             raise DataFileError(
                 self.path, f"cannot read rows {r0}..{r1} of {self.dataset_names[angle]}: {exc}"
             ) from exc
@@ -255,10 +273,13 @@ def open_two_time(path, *, q: float | None = None, q_tolerance: float | None = N
     if os.path.isdir(path):
         raise DataFileError(path, "is a directory, expected a data file")
     if path.endswith(".npy"):
+        if _magic(path) == HDF5_MAGIC:
+            raise DataFileError(path, "is an HDF5 file named .npy; rename it to .h5")
         return _open_npy(path, q, start_frame, end_frame)
     try:
         h5 = h5py.File(path, "r")
-    except OSError as exc:
+        size = os.stat(path).st_size
+    except (OSError, RuntimeError) as exc:
         raise DataFileError(path, f"not a readable HDF5 file (truncated or corrupt?): {exc}") \
             from exc
     try:
@@ -279,12 +300,39 @@ def open_two_time(path, *, q: float | None = None, q_tolerance: float | None = N
         storages = [_detect_storage(h5[name]) for name in names]
         frame_time = _frame_time(h5)
         attrs = dict(h5[SYNTHETIC_ATTRS].attrs) if SYNTHETIC_ATTRS in h5 else {}
+        _check_extents(path, h5, names, size)
+    except (OSError, RuntimeError, KeyError) as exc:
+        # HDF5 reports corrupt metadata as any of these, from anywhere in the file
+        raise DataFileError(path, f"corrupt HDF5 metadata ({type(exc).__name__}: {exc}); "
+                                  "re-export or copy the file again") from exc
     finally:
         h5.close()
     first, last = _frame_range(path, start_frame, end_frame, n_file)
     return TwoTimeSource(path=path, layout=layout, dataset_names=names, q=q_sel,
                          q_requested=q, phi_deg=phis, first_frame=first,
-                         last_frame=last, storages=storages, frame_time=frame_time, attrs=attrs)
+                         last_frame=last, storages=storages, frame_time=frame_time, attrs=attrs,
+                         file_size=size)
+
+
+HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
+
+
+def _magic(path) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read(8)
+    except OSError as exc:
+        raise DataFileError(path, f"cannot read: {exc}") from exc
+
+
+def _check_extents(path, h5, names, size) -> None:
+    """A contiguous dataset must lie inside the file: past its end HDF5 reads zeros."""
+    for name in names:
+        ds = h5[name]
+        offset = ds.id.get_offset()
+        if offset is not None and offset + ds.id.get_storage_size() > size:
+            raise DataFileError(path, f"{name} extends past the end of the file "
+                                      f"({size:,} bytes): the file is truncated; copy it again")
 
 
 def _open_npy(path, q, start_frame, end_frame) -> TwoTimeSource:
@@ -317,8 +365,15 @@ def _sorted_c2(path, h5, group) -> list[str]:
     return [f"{group}/{k}" for k in names]
 
 
+def _finite_q(path, name, qs):
+    if not np.all(np.isfinite(qs)):
+        raise DataFileError(path, f"{name} holds non-finite q values ({qs.tolist()[:8]}); "
+                                  "fix the file's q map")
+    return qs
+
+
 def _entries_apsu(path, h5):
-    qs = _read(path, h5, APSU_Q).ravel().astype(float)
+    qs = _finite_q(path, APSU_Q, _read(path, h5, APSU_Q).ravel().astype(float))
     phis = _read(path, h5, APSU_PHI).ravel().astype(float)
     bins = _read(path, h5, APSU_BINS).ravel().astype(int)
     names = _sorted_c2(path, h5, APSU_C2)
@@ -338,7 +393,7 @@ def _entries_apsu(path, h5):
 
 
 def _entries_old(path, h5):
-    qs = _read(path, h5, OLD_Q).ravel().astype(float)
+    qs = _finite_q(path, OLD_Q, _read(path, h5, OLD_Q).ravel().astype(float))
     phis = _read(path, h5, OLD_PHI).ravel().astype(float) if OLD_PHI in h5 else np.zeros_like(qs)
     names = _sorted_c2(path, h5, OLD_C2)
     if not (len(names) == qs.size == phis.size):
@@ -381,6 +436,9 @@ def _check_matrices(path, h5, names) -> int:
             raise DataFileError(path, f"{name} has shape {ds.shape}, others {shape}")
         shape = ds.shape
         n = ds.shape[0]
+        if n < 2:
+            raise DataFileError(path, f"{name} is {n}x{n}; a two-time matrix needs at least "
+                                      "2 frames")
         probe_rows = sorted({0, n // 2, n - 2}) if n > 2 else [0]
         try:
             probe = np.concatenate([ds[r, r + 1 :] for r in probe_rows if r + 1 < n] +
@@ -416,11 +474,19 @@ def _detect_storage(ds) -> str:
     return "full"
 
 
-def _frame_time(h5) -> float | None:
+def _frame_time(h5) -> float | str | None:
+    """The file's frame time, None if absent, or the problem with it (a string)."""
     for name in (FRAME_TIME, "/xpcs/twotime/frame_time", "/measurement/instrument/detector/"
                  "exposure_period"):
         if name in h5:
-            return float(np.asarray(h5[name][()]).ravel()[0])
+            values = np.asarray(h5[name][()]).ravel()
+            try:
+                dt = float(values[0])
+            except (IndexError, TypeError, ValueError):
+                dt = None
+            if dt is None or not np.isfinite(dt) or dt <= 0:
+                return f"{name} = {values.tolist()[:4]} is not a positive frame time"
+            return dt
     return None
 
 

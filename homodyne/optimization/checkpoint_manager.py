@@ -1,9 +1,13 @@
 """Checkpoints of a running fit: HDF5 files ``homodyne_state_batch_NNNN.h5``.
 
-Plain datasets and attributes only (no pickle). Each file carries a SHA-256 checksum
-of its contents and is written atomically (temporary file, fsync, rename), so a crash
-or a full disk mid-write never leaves a file that loads as valid. A corrupt latest
-checkpoint is reported and the previous valid one is used. A directory is locked by
+Plain datasets and attributes only (no pickle). Each file ends with a trailer (magic,
+the fit's fingerprint, SHA-256 of every byte before the digest), checked from the raw
+bytes before HDF5 parses anything, so a damaged file can never reach the HDF5 library.
+Only then are the expected fields read, each shape and size checked against what the
+file declares before a byte of data is read. Files are written atomically (temporary
+file, fsync, rename). A corrupt latest checkpoint is reported and the previous valid
+one is used. Pruning and resuming only touch this fit's files (by fingerprint), so
+checkpoints of other fits in the same folder are left alone. A directory is locked by
 the run using it, so two runs never interleave their checkpoints.
 """
 
@@ -12,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import re
 import time
 from pathlib import Path
@@ -22,12 +27,19 @@ import numpy as np
 from homodyne import __version__
 from homodyne.optimization.exceptions import NLSQCheckpointError
 from homodyne.optimization.settings import DEFAULT_MIN_INTERVAL_S, CheckpointSettings
-from homodyne.output import DirectoryLock, LockHeld, atomic_path
+from homodyne.output import DirectoryLock, LockHeld, OutputDirError, atomic_path
 
 log = logging.getLogger("homodyne.checkpoint")
 PATTERN = re.compile(r"^homodyne_state_batch_(\d+)\.h5$")
 SAVE_TARGET_S = 2.0
 _DEFAULTS = CheckpointSettings()
+TRAILER_MAGIC = b"HOMODYNE-CKPT-1\n"  # 16 bytes
+FINGERPRINT_BYTES = 64
+TRAILER_BYTES = len(TRAILER_MAGIC) + FINGERPRINT_BYTES + 32
+MAX_CHECKPOINT_BYTES = 1 << 30  # a larger file is refused before it is hashed
+MAX_STATE_BYTES = 1 << 28  # declared size of all fields together, checked before reading
+MAX_PARAMS = 4096
+MAX_DEPTH = 2
 
 
 def _versions() -> dict:
@@ -37,14 +49,12 @@ def _versions() -> dict:
             "numpy_version": np.__version__, "h5py_version": h5py.__version__}
 
 
-def _write(group: h5py.Group, state: dict, compress: bool, entries: list) -> None:
-    """Write ``state`` into ``group``; append (path, attrs, array) to ``entries`` for the
-    checksum, so it is computed from memory instead of reading the file back."""
+def _write(group: h5py.Group, state: dict, compress: bool) -> None:
+    """Write ``state`` into ``group`` (nested dicts as groups, scalars as attributes)."""
     attrs: dict = {}
     for key, value in state.items():
-        path = f"{group.name.rstrip('/')}/{key}"
         if isinstance(value, dict):
-            _write(group.create_group(key), value, compress, entries)
+            _write(group.create_group(key), value, compress)
         elif isinstance(value, list | tuple) and value and isinstance(value[0], dict):
             attrs[key] = json.dumps(value)
         elif isinstance(value, str | bool | int | float | np.integer | np.floating) or \
@@ -57,16 +67,12 @@ def _write(group: h5py.Group, state: dict, compress: bool, entries: list) -> Non
             kw = dict(compression="gzip", compression_opts=1) if compress and arr.size > 256 \
                 else {}
             group.create_dataset(key, data=arr, **kw)
-            entries.append((path, {}, arr))
     group.attrs.update(attrs)
-    entries.append((group.name, attrs, None))
 
 
 def _read(group: h5py.Group) -> dict:
     out: dict = {}
     for key, value in group.attrs.items():
-        if key == "checksum":
-            continue
         if isinstance(value, bytes):
             value = value.decode()
         if isinstance(value, str) and value == "__none__":
@@ -81,43 +87,145 @@ def _read(group: h5py.Group) -> dict:
     return out
 
 
-def _digest(entries) -> str:
-    """SHA-256 over every object's path, attributes and array (dtype, shape, bytes), in
-    path order; the same bytes whether computed from memory or from the file."""
-    digest = hashlib.sha256()
-    merged: dict = {}
-    for path, attrs, arr in entries:
-        a, old = merged.get(path, ({}, None))
-        merged[path] = ({**a, **attrs}, arr if arr is not None else old)
-    for path in sorted(merged):
-        attrs, arr = merged[path]
-        digest.update(path.encode())
-        for k in sorted(attrs):
-            if k == "checksum":
-                continue
-            v = np.asarray(attrs[k])
-            digest.update(f"{k}{v.dtype.str}{v.shape}".encode())
-            digest.update(v.tobytes())
-        if arr is not None:
-            arr = np.ascontiguousarray(arr)
-            digest.update(f"{arr.dtype.str}{arr.shape}".encode())
-            digest.update(arr.tobytes())
-    return digest.hexdigest()
+class _Refused(Exception):
+    """A checkpoint failed a check; the message says which."""
 
 
-def _checksum(h5: h5py.File) -> str:
-    """The checksum of a file as stored (what ``_digest`` gave when it was written)."""
-    entries = [("/", dict(h5.attrs), None)]
+def _append_trailer(path, fingerprint: str) -> None:
+    """Seal a written file: magic, fingerprint, SHA-256 of all bytes before the digest."""
+    fp = fingerprint.encode("ascii", "replace")[:FINGERPRINT_BYTES].ljust(FINGERPRINT_BYTES)
+    with open(path, "rb+") as fh:
+        fh.seek(0, os.SEEK_END)
+        fh.write(TRAILER_MAGIC + fp)
+        fh.flush()
+        fh.seek(0)
+        digest = _hash_prefix(fh, os.fstat(fh.fileno()).st_size)
+        fh.seek(0, os.SEEK_END)
+        fh.write(digest)
 
-    def visit(name, obj):
-        path = "/" + name
-        if isinstance(obj, h5py.Dataset):
-            entries.append((path, dict(obj.attrs), obj[()]))
-        else:
-            entries.append((path, dict(obj.attrs), None))
 
-    h5.visititems(visit)
-    return _digest(entries)
+def _hash_prefix(fh, n: int) -> bytes:
+    h = hashlib.sha256()
+    left = n
+    while left > 0:
+        chunk = fh.read(min(left, 1 << 20))
+        if not chunk:
+            raise _Refused("shorter than it says")
+        h.update(chunk)
+        left -= len(chunk)
+    return h.digest()
+
+
+def _tail(fh) -> tuple[int, bytes]:
+    size = os.fstat(fh.fileno()).st_size
+    if not TRAILER_BYTES < size <= MAX_CHECKPOINT_BYTES:
+        raise _Refused(f"size {size} bytes is not that of a checkpoint")
+    fh.seek(size - TRAILER_BYTES)
+    tail = fh.read(TRAILER_BYTES)
+    if not tail.startswith(TRAILER_MAGIC):
+        raise _Refused("no homodyne trailer (incomplete or not a checkpoint)")
+    return size, tail
+
+
+def _owner(path) -> str | None:
+    """The fingerprint in a file's trailer (its last bytes only), None if unreadable."""
+    try:
+        with open(path, "rb") as fh:
+            tail = _tail(fh)[1]
+    except (OSError, _Refused):
+        return None
+    return tail[len(TRAILER_MAGIC):-32].rstrip(b" ").decode("ascii", "replace")
+
+
+def _verify_bytes(path) -> None:
+    """Refuse a file whose bytes are not exactly those written (before any parsing)."""
+    with open(path, "rb") as fh:
+        size, tail = _tail(fh)
+        fh.seek(0)
+        if _hash_prefix(fh, size - 32) != tail[-32:]:
+            raise _Refused("digest mismatch (the file changed after it was written)")
+
+
+def _declared_bytes(obj) -> int:
+    """What reading a dataset or attribute would allocate, from its header alone."""
+    shape, dtype = obj.shape, obj.dtype
+    if h5py.check_string_dtype(dtype) is not None:  # text: stored as written, uncompressed,
+        return int(np.prod(shape or (), dtype=np.float64)) * 16  # so bounded by the file
+    if dtype.kind not in "biufS" or dtype.hasobject or dtype.names is not None:
+        raise _Refused(f"field of unsupported type {dtype}")
+    return int(np.prod(shape or (), dtype=np.float64)) * dtype.itemsize
+
+
+def _expected_shape(key: str, n: int, p: int) -> tuple | None:
+    """The shape a field of the fit state must have (None: any small shape)."""
+    table = {"pass_stage": (n,), "pass_cost": (n,), "pass_n": (n,), "pass_seconds": (n,),
+             "pass_batches": (n,), "pass_x": (n, p), "pass_g": (n, p), "pass_H": (n, p, p),
+             "parameters": (p,), "current_x": (p,), "partial/H": (p, p), "partial/g": (p,),
+             "partial/cost": (), "partial/n": ()}
+    return table.get(key)
+
+
+def _read_checked(h5: h5py.File) -> dict:
+    """Read the expected fields only after checking every declared shape and size."""
+    n = h5.attrs.get("n_passes", 0)
+    if not isinstance(n, int | np.integer) or not 0 <= n <= 1_000_000:
+        raise _Refused(f"n_passes = {n!r}")
+    shapes = {}
+    budget = [0]
+
+    def survey(group, prefix, depth):
+        if depth > MAX_DEPTH:
+            raise _Refused(f"groups nested deeper than {MAX_DEPTH}")
+        for name in group.attrs:
+            budget[0] += _declared_bytes(group.attrs.get_id(name))
+        for key in group:
+            link = group.get(key, getlink=True)
+            if not isinstance(link, h5py.HardLink):
+                raise _Refused(f"{prefix}{key} is a link")
+            item = group[key]
+            if isinstance(item, h5py.Group):
+                survey(item, f"{prefix}{key}/", depth + 1)
+            elif isinstance(item, h5py.Dataset):
+                budget[0] += _declared_bytes(item)
+                shapes[f"{prefix}{key}"] = item.shape
+            else:
+                raise _Refused(f"{prefix}{key} is neither a group nor a dataset")
+            if budget[0] > MAX_STATE_BYTES:
+                raise _Refused(f"declares more than {MAX_STATE_BYTES} bytes of data")
+
+    survey(h5, "", 0)
+    x_shape = shapes.get("current_x", shapes.get("parameters"))
+    p = x_shape[0] if x_shape and len(x_shape) == 1 else None
+    if x_shape is not None and (p is None or not 0 < p <= MAX_PARAMS):
+        raise _Refused(f"parameter vector of shape {x_shape}")
+    for key, shape in shapes.items():
+        want = _expected_shape(key, int(n), p) if p is not None else None
+        if want is not None and tuple(shape) != want:
+            raise _Refused(f"{key} has shape {tuple(shape)}, expected {want}")
+    state = _read(h5)
+    _check_values(state)
+    return state
+
+
+def _check_values(state: dict) -> None:
+    """Counters are non-negative integers, vectors finite, stages known."""
+    for key in ("batch_idx", "n_passes", "next_batch", "iteration", "batches_failed"):
+        v = state.get(key, 0)
+        if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+            raise _Refused(f"{key} = {v!r} is not a non-negative integer")
+    for key in ("parameters", "current_x", "pass_x"):
+        if key in state and not np.all(np.isfinite(state[key])):
+            raise _Refused(f"{key} is not finite")
+    for key in ("pass_n", "pass_batches"):
+        if key in state and np.any(np.asarray(state[key]) < 0):
+            raise _Refused(f"{key} holds negative counts")
+    if "pass_stage" in state and np.any((state["pass_stage"] < 0) | (state["pass_stage"] > 1)):
+        raise _Refused("pass_stage holds an unknown stage")
+    for key, v in (state.get("partial") or {}).items():
+        if not np.all(np.isfinite(v)):
+            raise _Refused(f"partial/{key} is not finite")
+    if not isinstance(state.get("fingerprint", ""), str):
+        raise _Refused("fingerprint is not text")
 
 
 class CheckpointManager:
@@ -144,12 +252,16 @@ class CheckpointManager:
         self.enable_compression = enable_compression
         self.save_times: list[float] = []
         self._lock = DirectoryLock(self.checkpoint_dir / ".lock")
+        # the fit these checkpoints belong to: resume and pruning only see its files
+        self.fingerprint: str | None = None
 
     # --- locking --------------------------------------------------------------------
     def acquire_lock(self) -> None:
         """Take this directory for the current run; a second run is refused."""
         try:
             self._lock.acquire()
+        except OutputDirError as exc:
+            raise NLSQCheckpointError(str(exc)) from None
         except LockHeld as held:
             holder = held.holder or "another process"
             raise NLSQCheckpointError(
@@ -176,58 +288,77 @@ class CheckpointManager:
         """Write ``state`` (nested dict of arrays/scalars) atomically; returns the path."""
         t0 = time.perf_counter()
         path = self.path_for(batch_idx)
+        if self.fingerprint is None:
+            self.fingerprint = fingerprint
         with atomic_path(path) as tmp:
             with h5py.File(tmp, "w") as h5:
-                entries: list = []
-                _write(h5, state, self.enable_compression, entries)
+                _write(h5, state, self.enable_compression)
                 top = dict(batch_idx=int(batch_idx), timestamp=time.time(),
                            fingerprint=fingerprint, **_versions())
                 h5.attrs.update(top)
-                entries.append(("/", top, None))
-                h5.attrs["checksum"] = _digest(entries)
+            _append_trailer(tmp, fingerprint)
         elapsed = time.perf_counter() - t0
         self.save_times.append(elapsed)
         if elapsed > SAVE_TARGET_S:
             log.warning("Checkpoint save took %.1fs (target: < %.0fs)", elapsed, SAVE_TARGET_S)
         return path
 
-    def validate_checkpoint(self, path) -> bool:
-        """True when the file opens, has a checksum, and the checksum matches."""
+    def check_checkpoint(self, path) -> dict:
+        """The stored state, or NLSQCheckpointError saying why the file is refused: its
+        bytes are verified before HDF5 sees them, then every field before it is read."""
         try:
+            _verify_bytes(path)
             with h5py.File(path, "r") as h5:
-                stored = h5.attrs.get("checksum")
-                if stored is None:
-                    return False
-                if isinstance(stored, bytes):
-                    stored = stored.decode()
-                return stored == _checksum(h5)
-        except Exception:  # noqa: BLE001 - any failure to read means "not valid"
+                return _read_checked(h5)
+        except _Refused as exc:
+            reason = str(exc)
+        except Exception as exc:  # noqa: BLE001 - a sealed file HDF5 cannot read: refused
+            reason = f"{type(exc).__name__}: {exc}"
+        raise NLSQCheckpointError(f"checkpoint {path} is corrupt or incomplete ({reason})")
+
+    def validate_checkpoint(self, path) -> bool:
+        """True when the file's bytes match its trailer and every field checks out."""
+        try:
+            self.check_checkpoint(path)
+        except NLSQCheckpointError:
             return False
+        return True
 
     def load_checkpoint(self, path) -> dict:
         """The stored state as a dict (with at least ``batch_idx``); refuses corrupt files."""
-        if not self.validate_checkpoint(path):
-            raise NLSQCheckpointError(f"checkpoint {path} is corrupt or incomplete "
-                                      "(checksum mismatch or unreadable)")
-        with h5py.File(path, "r") as h5:
-            return _read(h5)
+        return self.check_checkpoint(path)
 
     def find_latest_checkpoint(self) -> Path | None:
         files = self.list_checkpoints()
         return files[-1] if files else None
 
+    def _ours(self, files: list[Path]) -> list[Path]:
+        """The files of this fit (all of them while no fingerprint is set)."""
+        if self.fingerprint is None:
+            return files
+        return [p for p in files if _owner(p) == self.fingerprint[:FINGERPRINT_BYTES]]
+
     def find_latest_valid_checkpoint(self) -> Path | None:
-        """Newest checkpoint that validates; corrupt newer ones are reported and skipped."""
-        for path in reversed(self.list_checkpoints()):
-            if self.validate_checkpoint(path):
+        """Newest checkpoint of this fit that validates; corrupt newer ones are reported
+        and skipped, other fits' checkpoints are left alone."""
+        files = self.list_checkpoints()
+        others = [p for p in files if p not in self._ours(files) and _owner(p) is not None]
+        if others:
+            log.warning("%d checkpoint(s) in %s belong to another fit (other data or "
+                        "settings); they are not used and not touched", len(others),
+                        self.checkpoint_dir)
+        for path in reversed([p for p in files if p not in others]):
+            try:
+                self.check_checkpoint(path)
                 return path
-            log.warning("checkpoint %s is corrupt (checksum mismatch or unreadable); "
-                        "falling back to the previous one", path)
+            except NLSQCheckpointError as exc:
+                log.warning("%s; falling back to the previous one", exc)
         return None
 
     def cleanup_old_checkpoints(self) -> list[Path]:
-        """Delete all but the newest ``keep_last_n`` checkpoints; returns what was deleted."""
-        files = self.list_checkpoints()
+        """Delete all but the newest ``keep_last_n`` checkpoints of this fit; returns what
+        was deleted (other fits' files are never touched)."""
+        files = self._ours(self.list_checkpoints())
         doomed = files[: max(0, len(files) - self.keep_last_n)]
         for p in doomed:
             p.unlink(missing_ok=True)

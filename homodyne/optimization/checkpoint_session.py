@@ -2,8 +2,8 @@
 
 ``CheckpointManager`` stores files; a ``CheckpointSession`` is the fit's side of it:
 
-* ``load_resume`` reads the newest valid checkpoint of this fit (a checkpoint of other
-  data or settings is refused) and ``replayed``/``in_progress`` hand its completed
+* ``load_resume`` reads the newest valid checkpoint of this fit (checkpoints of other
+  data or settings are left alone) and ``replayed``/``in_progress`` hand its completed
   passes and the interrupted pass's partial sums back, so a resumed fit repeats the
   uninterrupted one bit for bit;
 * ``due`` says when a save is due (every ``checkpoint_frequency`` batches, at most
@@ -117,6 +117,9 @@ class CheckpointSession:
     _writer: ThreadPoolExecutor | None = None
     _pending: Future | None = None
 
+    def __post_init__(self):
+        self.manager.fingerprint = self.fingerprint  # it resumes and prunes this fit's files
+
     # --- the directory -----------------------------------------------------------------
     def acquire(self) -> None:
         self.manager.acquire_lock()
@@ -126,7 +129,8 @@ class CheckpointSession:
 
     # --- resume ------------------------------------------------------------------------
     def load_resume(self) -> ResumePoint | None:
-        """Read the newest valid checkpoint of this fit (refusing one of another fit)."""
+        """Read the newest valid checkpoint of this fit (other fits' files are ignored;
+        the fingerprint check below guards a manager used without one)."""
         path = self.manager.find_latest_valid_checkpoint()
         if path is None:
             return None
@@ -204,19 +208,26 @@ class CheckpointSession:
 
     def _write(self, batch: int, state: dict, snapshot_s: float = 0.0) -> None:
         t0, c0 = time.perf_counter(), time.thread_time()
-        try:
-            path = self.manager.save_checkpoint(batch, state, fingerprint=self.fingerprint)
-            self.manager.cleanup_old_checkpoints()
-        except OSError as exc:
-            # a full disk or an I/O error: the previous checkpoint stays valid (atomic
-            # writes), the fit goes on, and the error is reported
-            msg = f"checkpoint at batch {batch} not written: {exc}"
-            log.error("%s; the previous checkpoint stays valid", msg)
-            self.errors.append(msg)
+        path = self._save(batch, state)
+        if path is None:
             return
         self.last_path = str(path)
         self.save_seconds.append(time.perf_counter() - t0)
         self.cpu_seconds.append(snapshot_s + time.thread_time() - c0)
+
+    def _save(self, batch: int, state: dict):
+        """Save and prune; a full disk or an I/O error (h5py raises RuntimeError when it
+        closes a file on a full disk) only warns: the previous checkpoint stays valid
+        (atomic writes), the fit goes on, and the error is reported. Path or None."""
+        try:
+            path = self.manager.save_checkpoint(batch, state, fingerprint=self.fingerprint)
+            self.manager.cleanup_old_checkpoints()
+        except (OSError, RuntimeError) as exc:
+            msg = f"checkpoint at batch {batch} not written: {exc}"
+            log.error("%s; the previous checkpoint stays valid", msg)
+            self.errors.append(msg)
+            return None
+        return path
 
     def flush(self) -> None:
         """Wait for a checkpoint still being written (end of fit, signals)."""
@@ -228,7 +239,7 @@ class CheckpointSession:
             self._writer = None
 
     def final(self, batch: int, state: dict) -> None:
-        """The end-of-fit checkpoint (written now, after any pending one)."""
+        """The end-of-fit checkpoint (written now, after any pending one); a failed save
+        warns and the fit still ends with its results."""
         self.flush()
-        self.manager.save_checkpoint(batch, state, fingerprint=self.fingerprint)
-        self.manager.cleanup_old_checkpoints()
+        self._save(batch, state)

@@ -44,14 +44,36 @@ def _array_digest(columns: dict) -> str:
     return h.hexdigest()
 
 
+SAMPLE_ROWS = 256  # rows (over all angles) in the data fingerprint's content sample
+SAMPLE_WIDTH = 256  # points taken evenly across each sampled row
+
+
 def _source_identity(source) -> list:
-    """Path, size and selection of a file, plus a digest of its first and last points."""
+    """Path, size, mtime_ns, inode and selection of a file, plus a digest of its first and
+    last points and of row pieces spread over every selected matrix: data edited or
+    replaced in place changes it, so a checkpoint of the old data is never resumed."""
     import os
 
     head = next(source.iter_points(0, 4096, 4096))[1]
     tail = next(source.iter_points(max(0, source.n_points - 4096), 4096, 4096))[1]
-    return [os.path.abspath(source.path), os.path.getsize(source.path), source.dataset_names,
-            source.first_frame, source.last_frame, _array_digest({"h": head, "t": tail})]
+    st = os.stat(source.path)
+    return [os.path.abspath(source.path), st.st_size, st.st_mtime_ns, st.st_ino,
+            source.dataset_names, source.first_frame, source.last_frame,
+            _array_digest({"h": head, "t": tail, "spread": _spread_sample(source)})]
+
+
+def _spread_sample(source) -> np.ndarray:
+    """Points evenly spread over every selected matrix: SAMPLE_ROWS rows shared among the
+    angles, SAMPLE_WIDTH points across each (all of a small selection; bounded reads)."""
+    n = source.n_frames
+    per_angle = max(2, SAMPLE_ROWS // source.n_phi)
+    picks = np.unique(np.linspace(0, n - 2, min(per_angle, n - 1)).astype(int))
+    parts = []
+    for angle in range(source.n_phi):
+        for r in picks:
+            row = source._read_rows(angle, r, r + 1, r + 1)[0]
+            parts.append(row[np.unique(np.linspace(0, row.size - 1, SAMPLE_WIDTH).astype(int))])
+    return np.concatenate(parts)
 
 
 def normalise_bounds(bounds, p0: np.ndarray, names=None) -> tuple[np.ndarray, np.ndarray]:
