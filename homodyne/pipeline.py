@@ -43,6 +43,12 @@ class FitRun:
 
 def open_data(cfg: HomodyneConfig) -> TwoTimeSource:
     d = cfg.experimental_data
+    if cfg.is_multi:
+        from homodyne.config import ConfigError
+
+        raise ConfigError("experimental_data", "this config selects several fits (files, a "
+                          "q list or q: all); run them with homodyne.production.multiq.run_all "
+                          "or the command line, which fit each (file, q bin) in turn")
     return open_two_time(d["file_path"], q=d["q"], q_tolerance=d["q_tolerance"],
                          phi_ranges=d["phi_ranges"], start_frame=d["start_frame"],
                          end_frame=d["end_frame"])

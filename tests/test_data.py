@@ -7,9 +7,9 @@ from conftest import make_spec, truth_for
 
 from homodyne.data import DataFileError, generate_synthetic, open_two_time
 from homodyne.data.multitau import read_multitau
+from homodyne.data.twotime import q_bins
 from homodyne.jaxconf import jnp
 from homodyne.model import c2_matrices, c2_points, pack_upper
-from homodyne.data.twotime import q_bins
 
 
 @pytest.fixture(scope="module")
