@@ -243,7 +243,12 @@ def write_two_time_outputs(out, source, spec, result, *, plots: bool = True, tit
                                  attrs={"decimated": idx.size < n, "n_frames": n,
                                         "parameters": result.parameters})}
     if plots:
-        from homodyne.plots import plot_cuts, plot_heatmaps
+        from homodyne.plots import (
+            plot_cuts,
+            plot_heatmaps,
+            plot_residual_histogram,
+            plot_scaling,
+        )
 
         times = (source.first_frame + idx) * spec.dt
         files["heatmaps"] = plot_heatmaps(out / "c2_heatmaps.png", times=times,
@@ -251,4 +256,11 @@ def write_two_time_outputs(out, source, spec, result, *, plots: bool = True, tit
                                           title=title or f"{source.path} ({spec.mode})")
         files["cuts"] = plot_cuts(out / "c2_cuts.png", times=times, phi_deg=spec.phi_deg,
                                   data=data, model=model)
+        (c, o, _), (c_se, o_se, _) = spec.split(result.parameters), \
+            spec.split(result.uncertainties)
+        files["scaling"] = plot_scaling(out / "scaling_per_angle.png", phi_deg=spec.phi_deg,
+                                        contrast=c, contrast_se=c_se, offset=o, offset_se=o_se)
+        files["residuals"] = plot_residual_histogram(
+            out / "residual_histogram.png", data=data, model=model,
+            reduced_chi2=result.reduced_chi_squared)
     return files

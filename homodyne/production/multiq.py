@@ -123,10 +123,10 @@ def file_age(path) -> float | None:
 
 def fit_status(p: dict) -> str:
     """'ok', or what a reader must know first: not converged, parameters on a bound or not
-    determined by the data."""
-    if not p["converged"]:
-        return "not converged"
-    flags = [f"at bound: {', '.join(p['at_bounds'])}"] if p.get("at_bounds") else []
+    determined by the data (all that apply, in that order)."""
+    flags = [] if p["converged"] else ["not converged"]
+    if p.get("at_bounds"):
+        flags.append(f"at bound: {', '.join(p['at_bounds'])}")
     if p.get("undetermined"):
         flags.append(f"undetermined: {', '.join(p['undetermined'])}")
     return "; ".join(flags) or "ok"

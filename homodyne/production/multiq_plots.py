@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from homodyne.plots import _pyplot
+from homodyne.plots import _pyplot, grid_shape
 
 
 def weighted_mean(values, se) -> tuple[float, float]:
@@ -25,12 +25,6 @@ def deviations_in_se(values, se) -> np.ndarray:
     """(value - weighted mean) / SE for each bin."""
     mean, _ = weighted_mean(values, se)
     return (np.asarray(values, float) - mean) / np.asarray(se, float)
-
-
-def grid_shape(n: int, max_cols: int = 4) -> tuple[int, int]:
-    """(columns, rows) of a grid of n panels at most ``max_cols`` wide."""
-    cols = max(1, min(n, max_cols))
-    return cols, max(1, -(-n // cols))
 
 
 def plot_parameters_vs_q(path, table, names) -> Path:
