@@ -19,6 +19,8 @@ include: "workflow/rules/common.smk"
 include: "workflow/rules/datasets.smk"
 include: "workflow/rules/benchmarks.smk"
 include: "workflow/rules/fits.smk"
+include: "workflow/rules/multiq_common.smk"
+include: "workflow/rules/multiq.smk"
 
 
 # Production fits on measured data, with the evidence to trust them (default target).
@@ -26,6 +28,7 @@ rule fit:
     default_target: True
     input:
         "results/fits/summary.md",
+        expand("results/fits/{run}/summary.csv", run=list(multiq_runs())),
 
 
 # The whole benchmark grid and its summary table, plots and report.
