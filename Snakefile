@@ -18,6 +18,9 @@ validate(config, "workflow/schemas/config.schema.yaml")
 report: "workflow/report/workflow.rst"
 
 
+include: "workflow/rules/multiq_common.smk"
+
+
 # One set of wildcard constraints for every rule (tier names as OptimizationStrategy).
 wildcard_constraints:
     dataset="[A-Za-z0-9_]+",
@@ -25,12 +28,17 @@ wildcard_constraints:
     device="cpu|gpu",
     method="scipy-trf|nlsq-curve_fit|nlsq-curve_fit_large|nlsq-hybrid_streaming",
     folder="aps_8idi_llps_aging|chx_two_time",
+    run=RUN_NAMES,
+    file=r"[^/]+",
+    qi=r"\d\d",
+    k=r"\d\d",
 
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/datasets.smk"
 include: "workflow/rules/benchmarks.smk"
 include: "workflow/rules/fits.smk"
+include: "workflow/rules/multiq.smk"
 
 
 # Production fits on measured data, with the evidence to trust them (default target).
@@ -38,6 +46,7 @@ rule fit:
     default_target: True
     input:
         "results/fits/summary.md",
+        expand("results/fits/{run}/summary.csv", run=list(multiq_runs())),
 
 
 # The whole benchmark grid and its summary table, plots and report.

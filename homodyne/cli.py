@@ -41,6 +41,9 @@ def _fit_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="YAML configuration file")
     p.add_argument("--data-file", help="data file (overrides experimental_data.file_path)")
     p.add_argument("--output-dir", help="output folder (overrides output.directory)")
+    p.add_argument("--q", type=_q_argument, help="q bin(s) to fit: a number, comma-separated "
+                   "numbers, or 'all' (overrides experimental_data.q); several bins or files "
+                   "give one fit per (file, q) and a summary.csv")
     from homodyne.optimization.strategy import TIER_NAMES
 
     p.add_argument("--strategy", choices=TIER_NAMES,
@@ -74,6 +77,17 @@ def _generate_parser() -> argparse.ArgumentParser:
     p.add_argument("--dtype", choices=["float32", "float64"], default="float32")
     p.add_argument("--overwrite", action="store_true")
     return p
+
+
+def _q_argument(text: str):
+    if text.strip().lower() == "all":
+        return "all"
+    try:
+        values = _floats(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a number, comma-separated numbers or 'all', got {text!r}") from None
+    return values[0] if len(values) == 1 else values
 
 
 def _floats(text: str) -> list[float]:
@@ -160,6 +174,14 @@ def validate_main(argv) -> int:
               f"{d.tau.max():.3g} s, {d.q.size} q bins {d.q.min():.4g}-{d.q.max():.4g} 1/Å, "
               f"one_time mode ({', '.join(f'{k} {v}' for k, v in cfg.one_time.items())})")
         return 0
+    if cfg.is_multi:
+        from homodyne.production.multiq import plan_jobs
+
+        jobs = plan_jobs(cfg)
+        print(f"{len(jobs)} fits, one per (file, q bin):")
+        for j in jobs:
+            print(f"  {j.file}  q bin {j.q_index} (q = {j.q:.6g}) -> {j.output_dir}")
+        return 0
     with open_data(cfg) as src:
         spec = model_spec(cfg, src)
         p0, lb, ub = start_and_bounds(cfg, spec, src)
@@ -175,6 +197,9 @@ def _overrides(a) -> dict:
     o = {}
     if getattr(a, "data_file", None):
         o["experimental_data.file_path"] = a.data_file
+        o["experimental_data.files"] = None
+    if getattr(a, "q", None) is not None:
+        o["experimental_data.q"] = a.q
     if getattr(a, "output_dir", None):
         o["output.directory"] = a.output_dir
     if getattr(a, "strategy", None):
@@ -189,6 +214,8 @@ def fit_main(argv) -> int:
     a = _fit_parser().parse_args(argv)
     configure_console_logging(quiet=a.quiet)
     cfg = load_config(a.config, overrides=_overrides(a))
+    if cfg.is_multi:
+        return _fit_many(cfg, a.overwrite or None)
     run = run_from_config(cfg, overwrite=a.overwrite or None)
     print(run.result.summary())
     print(f"results in {run.output_dir}")
@@ -255,6 +282,20 @@ class _CtrlC:
             self.resend.cancel()
         signal.signal(signal.SIGINT, signal.SIG_IGN if self.received else
                       signal.default_int_handler)
+
+
+def _fit_many(cfg, overwrite) -> int:
+    """One fit per (file, q bin) in this process, then summary.csv and its plots."""
+    from homodyne.production.multiq import run_all
+
+    rows, summary = run_all(cfg, overwrite=overwrite)
+    statuses = [r["status"] for r in rows]
+    failed = sum(s.startswith("failed") for s in statuses)
+    print(f"{len(rows)} fits ({statuses.count('ok')} ok, {failed} failed, "
+          f"{len(rows) - failed - statuses.count('ok')} flagged); table in {summary}")
+    if failed:
+        return EXIT_FIT_FAILED
+    return EXIT_NOT_CONVERGED if any("not converged" in s for s in statuses) else 0
 
 
 def main(argv=None) -> int:

@@ -64,7 +64,8 @@ SCHEMA = _s(
     per_angle_scaling=("choice", "individual", SCALINGS),
     experimental_data=_s(
         file_path=("path", None, None),
-        q=("float", None, "positive"),
+        files=("files", None, None),
+        q=("q", None, None),
         q_tolerance=("float", None, "positive"),
         phi_ranges=("ranges", None, None),
         start_frame=("int", 1, "positive"),
@@ -187,6 +188,15 @@ def _value(key, value, spec):
     kind, _, extra = spec
     if kind in ("int", "float"):
         return _check_number(key, value, kind, extra)
+    if kind == "q":
+        return _q_selection(key, value)
+    if kind == "files":
+        if isinstance(value, str) and value.strip():
+            return value
+        if isinstance(value, list) and value and all(isinstance(v, str) and v.strip()
+                                                     for v in value):
+            return list(value)
+        raise ConfigError(key, f"expected a glob pattern or a list of data files, got {value!r}")
     if kind == "bool":
         if not isinstance(value, bool):
             raise ConfigError(key, f"expected true or false, got {value!r}")
@@ -222,6 +232,20 @@ def _value(key, value, spec):
     if kind == "bounds":
         return _bounds(key, value)
     raise AssertionError(kind)
+
+
+def _q_selection(key, value):
+    """A number (one bin), a list of numbers (those bins) or 'all' (every bin of a file)."""
+    if isinstance(value, str) and value.strip().lower() == "all":
+        return "all"
+    if isinstance(value, list):
+        if not value:
+            raise ConfigError(key, "empty list; give q values, a single q, or 'all'")
+        return [_check_number(f"{key}[{i}]", v, "float", "positive")
+                for i, v in enumerate(value)]
+    if isinstance(value, str) and not _FLOAT_LITERAL.match(value.strip()):
+        raise ConfigError(key, f"expected a number, a list of numbers or 'all', got {value!r}")
+    return _check_number(key, value, "float", "positive")
 
 
 def _bounds(key, value) -> dict:
@@ -273,6 +297,12 @@ class HomodyneConfig:
         return STATIC_PARAMS if self.analysis_mode == "static" else LAMINAR_PARAMS
 
     @property
+    def is_multi(self) -> bool:
+        """Several fits: a list of files, several q values, or every q bin ('all')."""
+        d = self.experimental_data
+        return d["files"] is not None or d["q"] == "all" or isinstance(d["q"], list)
+
+    @property
     def streaming(self) -> dict:
         return self.optimization["streaming"]
 
@@ -300,7 +330,12 @@ def validate_config(raw: Any, source: str | None = None, *, require_data: bool =
         names, values = init["parameter_names"], init["values"]
         data = d["experimental_data"]
         base = Path(source).parent if source else None
-        if data["file_path"] is not None:
+        if data["files"] is not None:
+            if data["file_path"] is not None:
+                raise ConfigError("experimental_data.files", "give either file_path (one file) "
+                                  "or files (a list or glob), not both")
+            data["files"] = _resolve_files(data["files"], base)
+        elif data["file_path"] is not None:
             data["file_path"] = _resolve(data["file_path"], base)
             check_data_path(data["file_path"])
         if _is_one_time(d, data["file_path"]):
@@ -338,9 +373,10 @@ def validate_config(raw: Any, source: str | None = None, *, require_data: bool =
             if v is not None and not lo <= v <= hi:
                 raise ConfigError(f"initial_parameters.{name}",
                                   f"{v} lies outside its bounds [{lo}, {hi}]")
-        if data["file_path"] is None and require_data:
+        if data["file_path"] is None and data["files"] is None and require_data:
             raise ConfigError("experimental_data.file_path",
-                              "missing; set it in the config or pass --data-file")
+                              "missing; set it (or experimental_data.files) in the config "
+                              "or pass --data-file")
         end = data["end_frame"]
         if end != -1 and end < data["start_frame"] + 1:
             raise ConfigError("experimental_data.end_frame",
@@ -396,11 +432,30 @@ def _one_time_config(d: dict, source, raw) -> HomodyneConfig:
         raw=raw or {})
 
 
-def check_data_path(path: str) -> None:
+def _resolve_files(files, base: Path | None) -> list[str]:
+    """A glob (relative to the config's folder if it matches nothing from here) or a list."""
+    import glob
+
+    if isinstance(files, str):
+        pattern = os.path.expanduser(files)
+        found = sorted(glob.glob(pattern))
+        if not found and base is not None and not os.path.isabs(pattern):
+            found = sorted(glob.glob(str(base / pattern)))
+        if not found:
+            raise ConfigError("experimental_data.files", f"no file matches {files!r}; check "
+                              "the pattern (quote it in YAML) or list the files")
+        files = found
+    out = [_resolve(f, base) for f in files]
+    for f in out:
+        check_data_path(f, key="experimental_data.files")
+    return out
+
+
+def check_data_path(path: str, key: str = "experimental_data.file_path") -> None:
     if not os.path.exists(path):
-        raise ConfigError("experimental_data.file_path", f"file not found: {path}")
+        raise ConfigError(key, f"file not found: {path}")
     if os.path.isdir(path):
-        raise ConfigError("experimental_data.file_path",
+        raise ConfigError(key,
                           f"{path} is a directory; point it at a data file")
 
 

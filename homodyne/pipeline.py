@@ -51,6 +51,12 @@ class FitInterrupted(Exception):
 
 def open_data(cfg: HomodyneConfig) -> TwoTimeSource:
     d = cfg.experimental_data
+    if cfg.is_multi:
+        from homodyne.config import ConfigError
+
+        raise ConfigError("experimental_data", "this config selects several fits (files, a "
+                          "q list or q: all); run them with homodyne.production.multiq.run_all "
+                          "or the command line, which fit each (file, q bin) in turn")
     return open_two_time(d["file_path"], q=d["q"], q_tolerance=d["q_tolerance"],
                          phi_ranges=d["phi_ranges"], start_frame=d["start_frame"],
                          end_frame=d["end_frame"])
@@ -294,7 +300,12 @@ def write_two_time_outputs(out, source, spec, result, *, plots: bool = True, tit
                                  attrs={"decimated": idx.size < n, "n_frames": n,
                                         "parameters": result.parameters})}
     if plots:
-        from homodyne.plots import plot_cuts, plot_heatmaps
+        from homodyne.plots import (
+            plot_cuts,
+            plot_heatmaps,
+            plot_residual_histogram,
+            plot_scaling,
+        )
 
         times = (source.first_frame + idx) * spec.dt
         files["heatmaps"] = plot_heatmaps(stage("c2_heatmaps.png"), times=times,
@@ -302,4 +313,11 @@ def write_two_time_outputs(out, source, spec, result, *, plots: bool = True, tit
                                           title=title or f"{Path(source.path).name} ({spec.mode})")
         files["cuts"] = plot_cuts(stage("c2_cuts.png"), times=times, phi_deg=spec.phi_deg,
                                   data=data, model=model)
+        (c, o, _), (c_se, o_se, _) = spec.split(result.parameters), \
+            spec.split(result.uncertainties)
+        files["scaling"] = plot_scaling(out / "scaling_per_angle.png", phi_deg=spec.phi_deg,
+                                        contrast=c, contrast_se=c_se, offset=o, offset_se=o_se)
+        files["residuals"] = plot_residual_histogram(
+            out / "residual_histogram.png", data=data, model=model,
+            reduced_chi2=result.reduced_chi_squared)
     return files

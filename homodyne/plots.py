@@ -1,4 +1,5 @@
-"""Figures: per-angle c2 heat maps of data, fit and residuals, and one-time cuts."""
+"""Figures: per-angle c2 heat maps of data, fit and residuals, one-time cuts, per-angle
+contrast/offset, and the residual histogram against the noise estimate."""
 
 from __future__ import annotations
 
@@ -52,16 +53,27 @@ def plot_heatmaps(path, *, times, phi_deg, data, model, title="") -> Path:
     return Path(path)
 
 
+def grid_shape(n: int, max_cols: int = 4) -> tuple[int, int]:
+    """(columns, rows) of a grid of n panels at most ``max_cols`` wide."""
+    cols = max(1, min(n, max_cols))
+    return cols, max(1, -(-n // cols))
+
+
 def plot_cuts(path, *, times, phi_deg, data, model, n_ages=4) -> Path:
-    """One-time cuts c2(t_age, t_age + tau) at several ages, data as points, fit as lines."""
+    """One-time cuts c2(t_age, t_age + tau) at several ages, data as points, fit as lines;
+    one panel per angle in a grid at most four wide."""
     plt = _pyplot()
     n = len(phi_deg)
-    fig, axes = plt.subplots(1, n, figsize=(4.5 * n, 3.6), squeeze=False, constrained_layout=True)
+    cols, rows = grid_shape(n)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False,
+                             constrained_layout=True)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
     N = len(times)
-    rows = np.unique(np.linspace(0, N - 2, n_ages + 1).astype(int)[:-1])
+    ages = np.unique(np.linspace(0, N - 2, n_ages + 1).astype(int)[:-1])
     for a in range(n):
-        ax = axes[0, a]
-        for i in rows:
+        ax = axes.flat[a]
+        for i in ages:
             tau = times[i + 1 :] - times[i]
             (ln,) = ax.semilogx(tau, data[a, i, i + 1 :], ".", ms=2,
                                 label=f"age {times[i]:.3g} s")
@@ -70,6 +82,69 @@ def plot_cuts(path, *, times, phi_deg, data, model, n_ages=4) -> Path:
         ax.set_ylabel("c2")
         ax.set_title(f"phi = {phi_deg[a]:g} deg")
         ax.legend(fontsize=7)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_scaling(path, *, phi_deg, contrast, contrast_se, offset, offset_se) -> Path:
+    """Contrast and offset (± SE) against the angle: one value each when shared."""
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2, figsize=(8.4, 3.2), constrained_layout=True)
+    x = np.asarray(phi_deg, float) if len(contrast) == len(phi_deg) else None
+    for ax, v, se, name in ((axes[0], contrast, contrast_se, "contrast"),
+                            (axes[1], offset, offset_se, "offset")):
+        v, se = np.asarray(v, float), np.asarray(se, float)
+        if x is None:  # shared by every angle: one value across the range
+            ax.axhline(v[0], color="C0", label=f"shared: {v[0]:.4g} ± {se[0]:.2g}")
+            ax.axhspan(v[0] - se[0], v[0] + se[0], color="C0", alpha=0.2)
+            ax.legend(fontsize=8)
+        else:
+            ax.errorbar(x, v, np.where(np.isfinite(se), se, 0), fmt="o", ms=4)
+        ax.set_xlabel("phi [deg]")
+        ax.set_title(f"{name} per angle (± SE)")
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return Path(path)
+
+
+def noise_from_differences(data) -> float:
+    """Noise sigma from the data alone: robust spread (MAD) of neighbour differences along
+    t2 in the strict upper triangle, / sqrt(2); smooth c2 cancels, white noise does not."""
+    d = np.diff(np.asarray(data, float), axis=-1)
+    keep = np.triu(np.ones(d.shape[-2:], bool), 1)  # both neighbours above the diagonal
+    vals = d[..., keep]
+    vals = vals[np.isfinite(vals)]
+    if vals.size < 2:
+        return float("nan")
+    return float(1.4826 * np.median(np.abs(vals - np.median(vals))) / np.sqrt(2))
+
+
+def plot_residual_histogram(path, *, data, model, reduced_chi2=None) -> Path:
+    """Histogram of residuals (strict upper triangle) against Gaussians of the noise
+    estimated from the data alone and of the fit's sqrt(reduced chi2)."""
+    plt = _pyplot()
+    n = data.shape[-1]
+    upper = np.triu(np.ones((n, n), bool), 1)
+    res = (np.asarray(data, float) - np.asarray(model, float))[..., upper].ravel()
+    res = res[np.isfinite(res)]
+    sigma = noise_from_differences(data)
+    fig, ax = plt.subplots(figsize=(6.0, 3.8), constrained_layout=True)
+    lim = np.percentile(np.abs(res), 99.9) if res.size else 1.0
+    ax.hist(res, bins=80, range=(-lim, lim), density=True, color="0.6",
+            label=f"residuals (std {np.std(res):.3g})")
+    x = np.linspace(-lim, lim, 300)
+    for s, style, name in ((sigma, "C3-", "noise from the data"),
+                           (np.sqrt(reduced_chi2) if reduced_chi2 else None, "C0--",
+                            "sqrt(reduced chi2)")):
+        if s and np.isfinite(s) and s > 0:
+            ax.plot(x, np.exp(-0.5 * (x / s) ** 2) / (s * np.sqrt(2 * np.pi)), style,
+                    label=f"{name}: {s:.3g}")
+    ax.set_xlabel("data - fit")
+    ax.set_ylabel("density")
+    ax.set_yscale("log")
+    ax.set_ylim(bottom=max(1e-3 / max(lim, 1e-12), ax.get_ylim()[0]))
+    ax.legend(fontsize=8)
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return Path(path)

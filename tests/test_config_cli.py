@@ -97,7 +97,8 @@ def test_cli_fits_static_example_and_writes_outputs(workdir, capsys):
         res = h5["residuals"][()]
         off = ~np.eye(res.shape[1], dtype=bool)
         assert abs(np.nanstd(res[:, off]) - 0.01) < 0.002  # residuals are the noise
-    for f in ("c2_heatmaps.png", "c2_cuts.png", "fit.log"):
+    for f in ("c2_heatmaps.png", "c2_cuts.png", "scaling_per_angle.png",
+              "residual_histogram.png", "fit.log"):
         assert (workdir / "out" / f).stat().st_size > 0
     assert "STANDARD" in (workdir / "out/fit.log").read_text()
     # a second run refuses to overwrite, and says how to proceed

@@ -7,6 +7,7 @@ from helpers import make_spec, truth_for
 
 from homodyne.data import DataFileError, generate_synthetic, open_two_time
 from homodyne.data.multitau import read_multitau
+from homodyne.data.twotime import q_bins
 from homodyne.jaxconf import jnp
 from homodyne.model import c2_matrices, c2_points, pack_upper
 
@@ -44,14 +45,27 @@ def test_generator_is_reproducible(tmp_path):
         generate_synthetic(tmp_path / "a.h5", spec, truth_for(spec))
 
 
+def test_q_far_from_every_bin_or_missing_is_refused_listing_the_bins(apsu_file):
+    path, _ = apsu_file
+    # default tolerance: 10% of the requested q
+    with pytest.raises(DataFileError, match=r"no q bin within 0.0008 of q = 0.008 \(nearest "
+                       r"0.0054; bins: 0.0054, 0.02\)"):
+        open_two_time(path, q=0.008)
+    assert open_two_time(path, q=0.0052).q == pytest.approx(0.0054)
+    with pytest.raises(DataFileError, match=r"holds 2 q bins \(0.0054, 0.02\); choose one with "
+                       r"experimental_data.q \(or q: all"):
+        open_two_time(path)
+    assert q_bins(path) == pytest.approx([0.0054, 0.02])
+
+
 def test_q_phi_and_frame_selection(apsu_file):
     path, info = apsu_file
     full = open_two_time(path, q=0.0054).read_packed().reshape(3, -1)
-    src = open_two_time(path, q=0.0060, phi_ranges=[(20, 80)])
+    src = open_two_time(path, q=0.0060, q_tolerance=1e-3, phi_ranges=[(20, 80)])
     assert src.q == pytest.approx(0.0054) and src.q_tolerance == pytest.approx(0.0006)
     assert src.phi_deg == (25.0, 70.0)
     np.testing.assert_array_equal(src.read_packed().reshape(2, -1), full[1:])
-    with pytest.raises(DataFileError, match="no q within"):
+    with pytest.raises(DataFileError, match="no q bin within 0.0001 of q = 0.01"):
         open_two_time(path, q=0.0100, q_tolerance=1e-4)
     with pytest.raises(DataFileError, match="no angle in phi ranges"):
         open_two_time(path, q=0.0054, phi_ranges=[(100, 120)])
@@ -65,7 +79,7 @@ def test_q_phi_and_frame_selection(apsu_file):
     model = np.asarray(c2_points(truth_for(spec), jnp.arange(spec.n_points), spec))
     assert np.abs(sub.read_packed() - model).std() < 0.012  # same physics on the sub-grid
     with pytest.raises(DataFileError, match="outside the data"):
-        open_two_time(path, start_frame=50, end_frame=200)
+        open_two_time(path, q=0.0054, start_frame=50, end_frame=200)
 
 
 def test_older_layout_and_storage_detection(tmp_path):

@@ -36,6 +36,8 @@ TINY = {
                   "nlsq_max_points": 100},
     },
     "fits": {"laminar_synthetic": {"frames": 100, "angles": [0, 45, 90], "seed": 3}},
+    "multiq": {"synthetic": {"q": [0.004, 0.0055, 0.007], "ages_s": [0, 600], "frames": 100,
+                             "angles": [0], "seed": 4}},
 }
 
 
@@ -46,7 +48,7 @@ def repo_copy(tmp_path_factory):
         ".git", ".venv", "results", ".snakemake", "__pycache__", ".pytest_cache", "*.egg-info"))
     cfg = yaml.safe_load((REPO / "config/test.yaml").read_text())
     for k, v in TINY.items():
-        cfg[k] = v if k != "fits" else {**cfg["fits"], **v}
+        cfg[k] = v if k not in ("fits", "multiq") else {**cfg[k], **v}
     mirror = REPO.parent / "shared" / "data" / "real"
     cfg["data_mirror"] = str(os.environ.get("HOMODYNE_DATA_MIRROR", mirror))
     (dst / "config/tiny.yaml").write_text(yaml.safe_dump(cfg))
@@ -155,3 +157,23 @@ def test_fit_target_on_real_data(repo_copy, real_data):
     for png in ("chx/rate_vs_age.png", "chx/c2_heatmaps.png", "aging/q2_scaling.png",
                 "aging/g2_fits_and_residuals.png", "laminar/fit/c2_heatmaps.png"):
         assert (fits / png).stat().st_size > 1000
+    # every (file, q bin) of the synthetic aging series, one job each, gathered
+    table = pd.read_csv(fits / "multiq_synthetic/summary.csv")
+    assert len(table) == 2 * 3 and set(table["file"]) == {"age_00", "age_01"}
+    assert table.drop(columns=["status", "tier", "file", "output_dir"]).notna().all().all()
+    assert (table["status"] == "ok").all()
+    d0_truth = table["age_s"].map(lambda age: 1e4 / (1 + age / 600.0))
+    assert ((table["D0"] - d0_truth).abs() < 4 * table["D0_se"]).all()
+    assert ((table["alpha"] + 0.5).abs() < 4 * table["alpha_se"]).all()
+    for job in table["output_dir"]:
+        assert (repo_copy / job / "parameters.json").exists()
+        assert (repo_copy / job / "c2_cuts.png").stat().st_size > 1000
+    # the measured CHX matrix through the same scatter/gather: one bin, an honest status
+    chx = pd.read_csv(fits / "multiq_chx/summary.csv")
+    assert len(chx) == 1 and chx["file"].iloc[0] == "test_g2" and chx["q"].iloc[0] == 1.0
+    assert math.isfinite(chx["reduced_chi2"].iloc[0]) and chx["n_points"].iloc[0] == 350 * 349 // 2
+    assert chx["status"].iloc[0] != "ok"  # D0, alpha, D_offset are degenerate on this matrix
+    assert "undetermined: D0, alpha, D_offset" in chx["status"].iloc[0]
+    for run in ("multiq_synthetic", "multiq_chx"):
+        for png in ("parameters_vs_q", "parameters_vs_file"):
+            assert (fits / run / f"{png}.png").stat().st_size > 1000

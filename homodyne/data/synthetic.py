@@ -41,11 +41,14 @@ class SyntheticInfo:
 
 def generate_synthetic(path, spec: ModelSpec, params, *, noise_sigma: float = 0.01,
                        seed: int = 0, block_rows: int = 256, dtype: str = "float32",
-                       extra_q: tuple[float, ...] = (), overwrite: bool = False) -> SyntheticInfo:
+                       extra_q: tuple[float, ...] = (), more_q: tuple[float, ...] = (),
+                       attrs: dict | None = None, overwrite: bool = False) -> SyntheticInfo:
     """Write c2 = model(params) + N(0, noise_sigma^2) for every selected angle.
 
     Frames 1..spec.n_frames (spec.first_frame is ignored: files always start at 1).
-    ``extra_q`` adds decoy q bins (filled with a constant) to exercise q selection.
+    ``extra_q`` adds decoy q bins (filled with a constant) to exercise q selection;
+    ``more_q`` adds real q bins: the same parameters (one shared J(t)) at other q, as a
+    multi-q measurement has. ``attrs`` are stored beside the truth (e.g. ``age_s``).
     The result is reproducible: noise comes from a generator seeded by
     (seed, angle, first row of the block), with block_rows stored as an attribute.
     """
@@ -59,7 +62,8 @@ def generate_synthetic(path, spec: ModelSpec, params, *, noise_sigma: float = 0.
     if spec.first_frame != 1:
         spec = ModelSpec(**{**_spec_dict(spec), "first_frame": 1})
     n = spec.n_frames
-    qs = np.array([spec.q, *extra_q], dtype=np.float64)
+    qs = np.array([spec.q, *more_q, *extra_q], dtype=np.float64)
+    n_real = 1 + len(more_q)
     n_phi = spec.n_phi
     chunk = min(n, max(16, block_rows))
     with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
@@ -76,14 +80,15 @@ def generate_synthetic(path, spec: ModelSpec, params, *, noise_sigma: float = 0.
             qi, k = (b - 1) // n_phi, (b - 1) % n_phi
             ds = grp.create_dataset(f"c2_{idx + 1:05d}", shape=(n, n), dtype=dtype,
                                     chunks=(chunk, chunk), fillvalue=0.0)
-            if qi != 0:
+            if qi >= n_real:
                 ds[0:1, :] = 1.0  # decoy bin: constant, just enough to be valid
                 ds[:, 0:1] = 1.0
                 continue
+            spec_q = spec if qi == 0 else ModelSpec(**{**_spec_dict(spec), "q": float(qs[qi])})
             for r0 in range(0, n, block_rows):
                 r1 = min(n, r0 + block_rows)
-                values, mask = c2_rows(params, spec, k, r0, r1)
-                rng = np.random.default_rng([seed, k, r0])
+                values, mask = c2_rows(params, spec_q, k, r0, r1)
+                rng = np.random.default_rng([seed, k, r0] if qi == 0 else [seed, k, r0, qi])
                 noise = rng.standard_normal(values.shape) * noise_sigma
                 values = np.triu(np.where(mask, values + noise, values), r0)
                 ds[r0:r1, r0:] = values[:, r0:].astype(dtype)
@@ -93,7 +98,7 @@ def generate_synthetic(path, spec: ModelSpec, params, *, noise_sigma: float = 0.
             n_frames=n, phi_deg=np.asarray(spec.phi_deg), parameter_names=
             np.array(spec.parameter_names, dtype=h5py.string_dtype()),
             true_parameters=params, noise_sigma=float(noise_sigma), seed=int(seed),
-            block_rows=int(block_rows),
+            block_rows=int(block_rows), q_values=qs[:n_real], **(attrs or {}),
         )
     return SyntheticInfo(path, spec, params, float(noise_sigma), int(seed), spec.n_points)
 

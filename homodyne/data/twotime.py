@@ -335,6 +335,27 @@ def _check_extents(path, h5, names, size) -> None:
                                       f"({size:,} bytes): the file is truncated; copy it again")
 
 
+def q_bins(path) -> list[float]:
+    """The q values of a two-time file's bins, sorted ([1.0] for a bare .npy matrix, which
+    carries no q); reads only the small q/phi maps."""
+    path = os.fspath(path)
+    if path.endswith(".npy"):
+        return [1.0]
+    try:
+        h5 = h5py.File(path, "r")
+    except OSError as exc:
+        raise DataFileError(path, f"not a readable HDF5 file (truncated or corrupt?): {exc}") \
+            from exc
+    with h5:
+        if APSU_BINS in h5 and APSU_C2 in h5:
+            entries = _entries_apsu(path, h5)
+        elif OLD_Q in h5 and OLD_C2 in h5:
+            entries = _entries_old(path, h5)
+        else:
+            raise DataFileError(path, "not an APS two-time result (no q map / c2 matrices)")
+    return sorted({float(e[0]) for e in entries})
+
+
 def _open_npy(path, q, start_frame, end_frame) -> TwoTimeSource:
     try:
         m = np.load(path, allow_pickle=False)
@@ -406,12 +427,28 @@ def _in_ranges(phi, ranges) -> bool:
     return any(lo <= phi <= hi for lo, hi in ranges)
 
 
+DEFAULT_Q_TOLERANCE = 0.10  # relative: a requested q within 10% of a bin selects it
+
+
+def _fmt_bins(qs) -> str:
+    return ", ".join(f"{v:.6g}" for v in qs)
+
+
 def _select(path, entries, q, q_tolerance, phi_ranges):
     qs = np.array(sorted({e[0] for e in entries}))
-    q_sel = qs[np.argmin(np.abs(qs - q))] if q is not None else qs[0]
-    if q is not None and q_tolerance is not None and abs(q_sel - q) > q_tolerance:
-        raise DataFileError(path, f"no q within {q_tolerance} of {q} (nearest {q_sel:.6g}; "
-                                  f"available {', '.join(f'{v:.6g}' for v in qs)})")
+    if q is None:
+        if qs.size > 1:
+            raise DataFileError(path, f"holds {qs.size} q bins ({_fmt_bins(qs)}); choose one "
+                                      "with experimental_data.q (or q: all to fit every bin)")
+        q_sel = qs[0]
+    else:
+        q_sel = qs[np.argmin(np.abs(qs - q))]
+        tol = DEFAULT_Q_TOLERANCE * abs(q) if q_tolerance is None else q_tolerance
+        if abs(q_sel - q) > tol:
+            raise DataFileError(path, f"no q bin within {tol:.3g} of q = {q:.6g} (nearest "
+                                      f"{q_sel:.6g}; bins: {_fmt_bins(qs)}); set "
+                                      "experimental_data.q to one of the bins or widen "
+                                      "q_tolerance")
     chosen = [e for e in entries if e[0] == q_sel]
     if phi_ranges:
         ranges = [(float(lo), float(hi)) for lo, hi in phi_ranges]

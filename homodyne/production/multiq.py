@@ -1,0 +1,200 @@
+"""Every q bin of every file: one normal fit per (file, q bin), each in its own folder, and
+the gathered table ``summary.csv`` with plots of each parameter against q and file/age.
+
+The workflow scatters these jobs (rule ``fit_q_bin``) and gathers them (rule
+``gather_q_fits``); ``homodyne --config ... --q all`` runs the same jobs in one process.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+from homodyne.config import ConfigError, HomodyneConfig
+from homodyne.data.twotime import DEFAULT_Q_TOLERANCE, SYNTHETIC_ATTRS, q_bins
+
+log = logging.getLogger("homodyne")
+JOB_FILE = "job.json"
+SUMMARY_FILE = "summary.csv"
+
+
+@dataclass(frozen=True)
+class QFitJob:
+    """One fit of the scatter: a file, one of its q bins, and the folder for its outputs."""
+
+    file: str
+    file_id: str
+    q_index: int
+    q: float
+    output_dir: Path
+
+
+def data_files(cfg: HomodyneConfig) -> list[str]:
+    """The configured files (``experimental_data.files``), else the one ``file_path``."""
+    d = cfg.experimental_data
+    return list(d["files"]) if d["files"] is not None else [d["file_path"]]
+
+
+def file_ids(files) -> list[str]:
+    """A folder name per file (its stem); two files with one stem are refused."""
+    ids = [Path(f).stem for f in files]
+    dup = sorted({i for i in ids if ids.count(i) > 1})
+    if dup:
+        raise ConfigError("experimental_data.files", f"several files are named {dup[0]!r} "
+                          "(outputs go to one folder per file name); rename or split the run")
+    return ids
+
+
+def selected_bins(q_setting, bins: list[float], path: str, tolerance=None) -> list[int]:
+    """Indices of the bins a ``q`` setting selects: 'all', one value or a list (nearest bin
+    within the tolerance, default 10% of q; a value far from every bin is refused)."""
+    if q_setting == "all" or (q_setting is None and len(bins) == 1):
+        return list(range(len(bins)))
+    if q_setting is None:
+        raise ConfigError("experimental_data.q", f"{path} holds {len(bins)} q bins "
+                          f"({_fmt(bins)}); choose one, a list, or 'all'")
+    wanted = q_setting if isinstance(q_setting, list) else [q_setting]
+    out = []
+    for q in wanted:
+        i = min(range(len(bins)), key=lambda j: abs(bins[j] - q))
+        tol = DEFAULT_Q_TOLERANCE * q if tolerance is None else tolerance
+        if abs(bins[i] - q) > tol:
+            raise ConfigError("experimental_data.q", f"no q bin of {path} within {tol:.3g} of "
+                              f"{q:.6g} (bins: {_fmt(bins)}); use one of them or 'all'")
+        if i not in out:
+            out.append(i)
+    return out
+
+
+def _fmt(values) -> str:
+    return ", ".join(f"{v:.6g}" for v in values)
+
+
+def plan_jobs(cfg: HomodyneConfig, out_root=None) -> list[QFitJob]:
+    """Every (file, q bin) the config selects, with its output folder
+    ``<out_root>/<file stem>/q<NN>`` (NN = the bin's index in the file, sorted by q)."""
+    root = Path(out_root or cfg.output["directory"])
+    files = data_files(cfg)
+    d = cfg.experimental_data
+    jobs = []
+    for path, fid in zip(files, file_ids(files), strict=True):
+        bins = q_bins(path)
+        for i in selected_bins(d["q"], bins, path, d["q_tolerance"]):
+            jobs.append(QFitJob(path, fid, i, bins[i], root / fid / f"q{i:02d}"))
+    return jobs
+
+
+def job_config(cfg: HomodyneConfig, job: QFitJob) -> HomodyneConfig:
+    """The single-fit config of one job: its file, its bin's exact q, its own folder."""
+    data = copy.deepcopy(cfg.experimental_data)
+    data.update(file_path=job.file, files=None, q=job.q, q_tolerance=None)
+    output = {**cfg.output, "directory": str(job.output_dir)}
+    return dataclasses.replace(cfg, experimental_data=data, output=output)
+
+
+def fit_job(cfg: HomodyneConfig, job: QFitJob, *, overwrite: bool | None = None) -> dict:
+    """Run one job as a normal fit (all its usual outputs), then record which job it was."""
+    from homodyne.output import write_json
+    from homodyne.pipeline import run_from_config
+
+    run_from_config(job_config(cfg, job), overwrite=overwrite)
+    identity = {"file": job.file, "file_id": job.file_id, "q_index": job.q_index, "q": job.q,
+                "age_s": file_age(job.file)}
+    write_json(job.output_dir / JOB_FILE, identity)
+    return summary_row(job.output_dir)
+
+
+def file_age(path) -> float | None:
+    """The sample age a file records (synthetic aging series: ``age_s``), else None."""
+    if str(path).endswith(".npy"):
+        return None
+    import h5py
+
+    with h5py.File(path, "r") as h5:
+        if SYNTHETIC_ATTRS in h5 and "age_s" in h5[SYNTHETIC_ATTRS].attrs:
+            return float(h5[SYNTHETIC_ATTRS].attrs["age_s"])
+    return None
+
+
+def fit_status(p: dict) -> str:
+    """'ok', or what a reader must know first: not converged, parameters on a bound or not
+    determined by the data (all that apply, in that order)."""
+    flags = [] if p["converged"] else ["not converged"]
+    if p.get("at_bounds"):
+        flags.append(f"at bound: {', '.join(p['at_bounds'])}")
+    if p.get("undetermined"):
+        flags.append(f"undetermined: {', '.join(p['undetermined'])}")
+    return "; ".join(flags) or "ok"
+
+
+def summary_row(job_dir) -> dict:
+    """One row of summary.csv from a finished job's ``job.json`` and ``parameters.json``."""
+    job_dir = Path(job_dir)
+    job = json.loads((job_dir / JOB_FILE).read_text())
+    p = json.loads((job_dir / "parameters.json").read_text())
+    row = {"file": job["file_id"], "age_s": job["age_s"], "q_index": job["q_index"],
+           "q": job["q"], "n_points": p["n_points"]}
+    for name, v in p["parameters_by_name"].items():
+        row[name] = v["value"]
+        row[f"{name}_se"] = _number(v["uncertainty"])
+    row.update(reduced_chi2=p["reduced_chi_squared"], status=fit_status(p),
+               tier=p["strategy"], passes=p["passes"], time_s=p["wall_time_s"],
+               output_dir=str(job_dir))
+    return row
+
+
+def _number(v) -> float:
+    """JSON writes inf/nan as strings or null; back to floats."""
+    if v is None:
+        return math.nan
+    return float(v)
+
+
+def write_summary(rows: list[dict], out_dir) -> Path:
+    """summary.csv (one row per file x q, sorted) and the parameter-vs-q/-vs-file plots."""
+    import pandas as pd
+
+    from homodyne.production.multiq_plots import plot_parameters_vs_file, plot_parameters_vs_q
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    table = pd.DataFrame(rows).sort_values(["file", "q_index"], kind="stable")
+    from homodyne.output import atomic_path
+
+    with atomic_path(out / SUMMARY_FILE) as tmp:
+        table.to_csv(tmp, index=False)
+    names = [c[:-3] for c in table.columns if c.endswith("_se")]
+    plot_parameters_vs_q(out / "parameters_vs_q.png", table, names)
+    plot_parameters_vs_file(out / "parameters_vs_file.png", table, names)
+    return out / SUMMARY_FILE
+
+
+def gather(job_dirs, out_dir) -> Path:
+    """The gather step: a summary row from every job folder, then table and plots."""
+    return write_summary([summary_row(d) for d in job_dirs], out_dir)
+
+
+def run_all(cfg: HomodyneConfig, *, overwrite: bool | None = None) -> tuple[list[dict], Path]:
+    """Every job in this process, one after the other (a small set; the workflow runs them
+    as parallel jobs), then the summary. A job that fails is a row with its error."""
+    from homodyne.data.errors import DataFileError
+    from homodyne.optimization.exceptions import NLSQOptimizationError
+
+    jobs = plan_jobs(cfg)
+    rows = []
+    for k, job in enumerate(jobs, 1):
+        log.info("fit %d/%d: %s, q bin %d (q = %.6g)", k, len(jobs), job.file, job.q_index,
+                 job.q)
+        try:
+            rows.append(fit_job(cfg, job, overwrite=overwrite))
+        except (DataFileError, NLSQOptimizationError) as exc:
+            log.error("%s q bin %d failed: %s", job.file, job.q_index, exc)
+            rows.append({"file": job.file_id, "age_s": None, "q_index": job.q_index,
+                         "q": job.q, "status": f"failed: {exc}",
+                         "output_dir": str(job.output_dir)})
+    return rows, write_summary(rows, cfg.output["directory"])

@@ -1,0 +1,20 @@
+"""Rule fit_q_bin: one normal fit of one q bin of one file, in its own folder (glue)."""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(snakemake.scriptdir)))  # noqa: F821
+from _log import redirect  # noqa: E402
+
+from homodyne.config import load_config  # noqa: E402
+from homodyne.production.multiq import fit_job, plan_jobs  # noqa: E402
+
+redirect(snakemake)  # noqa: F821
+w = snakemake.wildcards  # noqa: F821
+overrides = {**snakemake.params.overrides,  # noqa: F821
+             "experimental_data.files": [snakemake.input.data]}  # noqa: F821
+cfg = load_config(snakemake.params.config, overrides=overrides)  # noqa: F821
+(job,) = [j for j in plan_jobs(cfg) if j.file_id == w.file and j.q_index == int(w.qi)]
+assert job.output_dir == Path(snakemake.output.params).parent  # noqa: F821
+row = fit_job(cfg, job, overwrite=True)
+print(row)
