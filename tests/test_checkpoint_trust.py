@@ -9,7 +9,7 @@ import sys
 import h5py
 import numpy as np
 import pytest
-from conftest import make_spec, truth_for
+from helpers import make_spec, truth_for
 
 from homodyne.data import open_two_time
 from homodyne.data.synthetic import generate_synthetic
