@@ -214,7 +214,7 @@ def _run(cfg: HomodyneConfig, out: Path, results: ResultSet) -> FitRun:
     if cfg.analysis_mode == "one_time":
         from homodyne.onetime.run import run_one_time
 
-        return run_one_time(cfg, out)
+        return run_one_time(cfg, out, results.stage)
     with jax.default_device(jax_device(cfg.performance["device"])):
         return _run_on_device(cfg, out, results)
 
