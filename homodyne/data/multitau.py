@@ -18,6 +18,7 @@ FRAME_TIME = "/entry/instrument/detector_1/frame_time"
 START_TIME = "/entry/start_time"
 Q_LIST = "/xpcs/qmap/dynamic_v_list_dim0"
 PHI_LIST = "/xpcs/qmap/dynamic_v_list_dim1"
+MAX_AXIS = 1_000_000  # delays or q bins in one file: far above any multi-tau result
 
 
 @dataclass(frozen=True)
@@ -43,29 +44,64 @@ def read_multitau(path) -> OneTimeData:
         h5 = h5py.File(path, "r")
     except OSError as exc:
         raise DataFileError(path, f"not a readable HDF5 file: {exc}") from exc
-    with h5:
-        for name in (G2, G2_ERR, DELAYS, FRAME_TIME, START_TIME, Q_LIST):
-            if name not in h5:
-                raise DataFileError(path, f"missing dataset {name} (not a multi-tau result?)")
-        g2 = np.asarray(h5[G2][()], dtype=np.float64)
-        err = np.asarray(h5[G2_ERR][()], dtype=np.float64)
-        delays = np.asarray(h5[DELAYS][()], dtype=np.float64).ravel()
-        frame_time = float(np.asarray(h5[FRAME_TIME][()]).ravel()[0])
-        q = np.asarray(h5[Q_LIST][()], dtype=np.float64).ravel()
-        phi = np.asarray(h5[PHI_LIST][()], dtype=np.float64).ravel() if PHI_LIST in h5 else \
-            np.zeros(1)
-        raw = h5[START_TIME][()]
-    raw = raw.decode() if isinstance(raw, bytes) else str(raw)
+    try:
+        with h5:
+            for name in (G2, G2_ERR, DELAYS, FRAME_TIME, START_TIME, Q_LIST):
+                if name not in h5:
+                    raise DataFileError(path, f"missing dataset {name} (not a multi-tau "
+                                              "result?)")
+            delays = _numeric(h5, DELAYS, path, MAX_AXIS).ravel()
+            q = _numeric(h5, Q_LIST, path, MAX_AXIS).ravel()
+            frame_time = _numeric(h5, FRAME_TIME, path, 1).ravel()
+            phi = _numeric(h5, PHI_LIST, path, MAX_AXIS).ravel() if PHI_LIST in h5 else \
+                np.zeros(1)
+            for name in (G2, G2_ERR):  # checked before reading: a file cannot ask for GBs
+                shape = getattr(h5[name], "shape", None)
+                if shape != (delays.size, q.size):
+                    raise DataFileError(path, f"{name} has shape {shape}; {delays.size} delays "
+                                              f"and {q.size} q values need "
+                                              f"{(delays.size, q.size)}")
+            g2 = _numeric(h5, G2, path, delays.size * q.size)
+            err = _numeric(h5, G2_ERR, path, delays.size * q.size)
+            if not isinstance(h5[START_TIME], h5py.Dataset):
+                raise DataFileError(path, f"{START_TIME} is not a dataset")
+            raw = h5[START_TIME][()]
+    except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
+        if isinstance(exc, DataFileError):
+            raise
+        raise DataFileError(path, f"damaged HDF5 file (metadata unreadable: {exc}); "
+                                  "re-export or re-copy it") from None
+    raw = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
     try:
         start = datetime.fromisoformat(raw.strip())
     except ValueError as exc:
         raise DataFileError(path, f"{START_TIME} is not a date/time: {raw!r}") from exc
-    if g2.shape != err.shape or g2.shape != (delays.size, q.size):
-        raise DataFileError(path, f"g2 {g2.shape}, errors {err.shape}, {delays.size} delays and "
-                                  f"{q.size} q values do not fit together")
-    if not (frame_time > 0):
-        raise DataFileError(path, f"{FRAME_TIME} must be positive, got {frame_time}")
+    if frame_time.size != 1 or not (frame_time[0] > 0 and np.isfinite(frame_time[0])):
+        raise DataFileError(path, f"{FRAME_TIME} must be one finite time > 0 (seconds), got "
+                                  f"{frame_time.tolist()}")
+    frame_time = float(frame_time[0])
+    check_axes(path, delays * frame_time, q)
     return OneTimeData(path, delays * frame_time, q, phi, g2, err, frame_time, start)
+
+
+def _numeric(h5, name: str, path: str, max_size: int) -> np.ndarray:
+    """A numeric dataset of at most ``max_size`` values as float64, or a DataFileError
+    naming what it is instead (checked before anything is read)."""
+    obj = h5[name]
+    if not isinstance(obj, h5py.Dataset) or obj.dtype.kind not in "fiub":
+        kind = "a group" if not isinstance(obj, h5py.Dataset) else f"of type {obj.dtype}"
+        raise DataFileError(path, f"{name} is {kind}, not numbers")
+    if obj.size > max_size:
+        raise DataFileError(path, f"{name} holds {obj.size} values, at most {max_size} expected")
+    return np.asarray(obj[()], dtype=np.float64)
+
+
+def check_axes(path, tau, q) -> None:
+    """Delays (s) and q values a fit can use: at least two finite delays > 0, q finite > 0."""
+    if tau.size < 2 or not np.all(np.isfinite(tau)) or np.any(tau <= 0):
+        raise DataFileError(path, "tau must hold at least two finite delays > 0 (seconds)")
+    if not np.all(np.isfinite(q)) or np.any(q <= 0):
+        raise DataFileError(path, f"q values must be finite and > 0, got {q.tolist()}")
 
 
 MEDIAN_ABS_NORMAL = 0.6744897501960817  # median of |N(0, 1)|

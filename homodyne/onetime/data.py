@@ -14,7 +14,7 @@ import re
 import numpy as np
 
 from homodyne.data.errors import DataFileError
-from homodyne.data.multitau import G2, OneTimeData, read_multitau
+from homodyne.data.multitau import G2, OneTimeData, check_axes, read_multitau
 
 TABLE_SUFFIXES = (".csv", ".npz")
 _Q_IN_NAME = re.compile(r"q\s*=\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)")
@@ -91,8 +91,5 @@ def _checked(path, tau, q, g2, err) -> OneTimeData:
     if g2.shape != err.shape or g2.shape != (tau.size, q.size):
         raise DataFileError(path, f"g2 {g2.shape}, sigma {err.shape}, {tau.size} delays and "
                                   f"{q.size} q values do not fit together")
-    if tau.size < 2 or not np.all(np.isfinite(tau)) or np.any(tau <= 0):
-        raise DataFileError(path, "tau must hold at least two finite delays > 0 (seconds)")
-    if not np.all(np.isfinite(q)) or np.any(q <= 0):
-        raise DataFileError(path, f"q values must be finite and > 0, got {q.tolist()}")
+    check_axes(path, tau, q)
     return OneTimeData(path, tau, q, np.zeros(1), g2, err, float("nan"), None)

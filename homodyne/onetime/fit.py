@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from homodyne.data.errors import DataFileError
 from homodyne.data.multitau import OneTimeData, scatter_ratio
 from homodyne.jaxconf import jnp
 from homodyne.optimization.engine import EngineOptions
@@ -216,6 +217,10 @@ def fit_one_time(data: OneTimeData, options: OneTimeOptions = OneTimeOptions()
         r = fit_q(tau, g, s * scale, free_beta=options.beta == "free",
                   max_iterations=options.max_iterations)
         fits.append(QFit(float(q), i, r, scale, tau, g, s * scale))
+    if not fits:
+        raise DataFileError(data.path, f"no q bin has two usable points (finite g2, finite "
+                                       f"sigma > 0, delay in [{lo:.3g}, {hi:.3g}] s); check the "
+                                       "errors column and one_time.min_tau_s/max_tau_s/q_range")
     res = OneTimeResult(data.path, options, fits)
     res.power_law = rate_power_law(res.resolved)
     return res

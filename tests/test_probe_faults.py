@@ -1,0 +1,93 @@
+"""Faults found by adversarial probing of the integrated tree: crafted one-time files,
+result sets of every mode; each test failed on the tree before its fix."""
+
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+
+from homodyne.cli import main
+from homodyne.data.errors import DataFileError
+from homodyne.onetime.data import read_one_time
+
+G2 = "/xpcs/multitau/normalized_g2"
+ERR = "/xpcs/multitau/normalized_g2_err"
+DELAYS = "/xpcs/multitau/delay_list"
+FRAME_TIME = "/entry/instrument/detector_1/frame_time"
+Q_LIST = "/xpcs/qmap/dynamic_v_list_dim0"
+
+
+def _multitau(path, **replace):
+    """A small valid multi-tau result (12 delays, 2 q bins); ``replace`` swaps datasets."""
+    tau = np.arange(1, 13, dtype=float)
+    g2 = 1 + 0.2 * np.exp(-2 * np.outer(tau * 1e-3, [5.0, 20.0]))
+    sets = {G2: g2, ERR: np.full_like(g2, 1e-3), DELAYS: tau,
+            FRAME_TIME: np.array([[1e-3]]), "/entry/start_time": "2024-01-01 00:00:00",
+            Q_LIST: np.array([0.004, 0.008])}
+    sets.update(replace)
+    with h5py.File(path, "w") as h5:
+        for name, value in sets.items():
+            if value is GROUP:
+                h5.create_group(name)
+            elif value is not None:
+                h5[name] = value
+    return path
+
+
+GROUP = object()
+CRAFTED = {
+    "nan delay": ({DELAYS: np.r_[1.0, np.nan, np.arange(3, 13.0)]}, "two finite delays > 0"),
+    "negative delays": ({DELAYS: -np.arange(1, 13.0)}, "two finite delays > 0"),
+    "zero delays": ({DELAYS: np.zeros(12)}, "two finite delays > 0"),
+    "no delays": ({DELAYS: np.zeros(0), G2: np.zeros((0, 2)), ERR: np.zeros((0, 2))},
+                  "two finite delays > 0"),
+    "nan q": ({Q_LIST: np.array([np.nan, 0.008])}, "q values must be finite and > 0"),
+    "empty frame time": ({FRAME_TIME: np.zeros(0)}, "frame_time must be one finite time > 0"),
+    "text frame time": ({FRAME_TIME: "abc"}, "frame_time is of type object, not numbers"),
+    "g2 a group": ({G2: GROUP}, "normalized_g2 has shape None"),
+    "g2 text": ({G2: "hello"}, r"normalized_g2 has shape \(\)"),
+    "g2 huge": ({G2: h5py.Empty("f8")}, "normalized_g2 has shape None"),
+}
+
+
+@pytest.mark.parametrize("craft", CRAFTED, ids=list(CRAFTED))
+def test_crafted_multitau_file_gives_one_data_error(tmp_path, craft):
+    replace, message = CRAFTED[craft]
+    path = _multitau(tmp_path / "m.hdf", **replace)
+    with pytest.raises(DataFileError, match=message):
+        read_one_time(path)
+
+
+def test_declared_huge_g2_is_refused_before_reading(tmp_path):
+    path = _multitau(tmp_path / "m.hdf", **{G2: None})
+    with h5py.File(path, "a") as h5:  # 80 GB declared, nothing stored
+        h5.create_dataset(G2, shape=(100_000, 100_000), dtype="f8", chunks=(1000, 1000))
+    with pytest.raises(DataFileError, match=r"has shape \(100000, 100000\); 12 delays"):
+        read_one_time(path)
+
+
+def test_every_flipped_byte_of_a_multitau_file_reads_or_gives_a_data_error(tmp_path):
+    good = _multitau(tmp_path / "m.hdf").read_bytes()
+    bad = tmp_path / "b.hdf"
+    for offset in range(0, min(len(good), 6000), 3):
+        flipped = bytearray(good)
+        flipped[offset] ^= 0xFF
+        bad.write_bytes(flipped)
+        try:
+            read_one_time(bad)
+        except DataFileError:
+            pass
+
+
+def test_one_time_file_without_usable_points_is_refused_and_writes_nothing(tmp_path,
+                                                                           monkeypatch, capsys):
+    path = _multitau(tmp_path / "m.hdf", **{ERR: np.zeros((12, 2))})
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(
+        {"analysis_mode": "one_time", "experimental_data": {"file_path": str(path)},
+         "output": {"plots": False}}))
+    assert main(["--config", "c.yaml", "--output-dir", "out"]) == 2
+    assert "no q bin has two usable points (finite g2, finite sigma > 0" in \
+        capsys.readouterr().err
+    assert not (tmp_path / "out/parameters.json").exists()
