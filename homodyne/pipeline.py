@@ -315,9 +315,9 @@ def write_two_time_outputs(out, source, spec, result, *, plots: bool = True, tit
                                   data=data, model=model)
         (c, o, _), (c_se, o_se, _) = spec.split(result.parameters), \
             spec.split(result.uncertainties)
-        files["scaling"] = plot_scaling(out / "scaling_per_angle.png", phi_deg=spec.phi_deg,
+        files["scaling"] = plot_scaling(stage("scaling_per_angle.png"), phi_deg=spec.phi_deg,
                                         contrast=c, contrast_se=c_se, offset=o, offset_se=o_se)
         files["residuals"] = plot_residual_histogram(
-            out / "residual_histogram.png", data=data, model=model,
+            stage("residual_histogram.png"), data=data, model=model,
             reduced_chi2=result.reduced_chi_squared)
     return files

@@ -91,3 +91,23 @@ def test_one_time_file_without_usable_points_is_refused_and_writes_nothing(tmp_p
     assert "no q bin has two usable points (finite g2, finite sigma > 0" in \
         capsys.readouterr().err
     assert not (tmp_path / "out/parameters.json").exists()
+
+
+def _two_time_config(tmp_path, *, plots: bool):
+    if not (tmp_path / "d.h5").exists():
+        assert main(["generate", "--output", str(tmp_path / "d.h5"), "--frames", "40"]) == 0
+    cfg = {"analysis_mode": "static", "experimental_data": {"file_path": "d.h5"},
+           "initial_parameters": {"values": [8000.0, -0.4, 80.0]},
+           "output": {"plots": plots}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+
+
+def test_overwrite_without_plots_leaves_no_figure_of_the_previous_run(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    _two_time_config(tmp_path, plots=True)
+    assert main(["--config", "c.yaml", "--output-dir", "out"]) == 0
+    assert (tmp_path / "out/scaling_per_angle.png").exists()
+    _two_time_config(tmp_path, plots=False)
+    assert main(["--config", "c.yaml", "--output-dir", "out", "--overwrite"]) == 0
+    left = sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith("."))
+    assert left == ["fit.h5", "fit.log", "parameters.json"], left
