@@ -111,3 +111,35 @@ def test_overwrite_without_plots_leaves_no_figure_of_the_previous_run(tmp_path, 
     assert main(["--config", "c.yaml", "--output-dir", "out", "--overwrite"]) == 0
     left = sorted(p.name for p in (tmp_path / "out").iterdir() if not p.name.startswith("."))
     assert left == ["fit.h5", "fit.log", "parameters.json"], left
+
+
+def _npz(path, **replace):
+    tau = np.logspace(-4, 0, 12)
+    arrays = {"tau": tau, "q": np.array([0.005]), "g2": 1 + 0.2 * np.exp(-20 * tau)[:, None],
+              "sigma": np.full((12, 1), 1e-3)}
+    np.savez(path, **{**arrays, **replace})
+    return path
+
+
+@pytest.mark.parametrize("craft, message", [
+    ("objects", "array 'tau' is unreadable: Object arrays cannot be loaded"),
+    ("text", "array 'tau' holds <U1 values, not real numbers"),
+    ("complex", "array 'tau' holds complex128 values, not real numbers"),
+    ("not a zip", "not a readable NPZ file"),
+    ("truncated", "not a readable NPZ file"),
+])
+def test_crafted_npz_table_gives_one_data_error(tmp_path, craft, message):
+    path = tmp_path / "t.npz"
+    tau = np.logspace(-4, 0, 12)
+    if craft == "objects":
+        _npz(path, tau=np.array([None] * 12, dtype=object))
+    elif craft == "text":
+        _npz(path, tau=np.array(["a"] * 12))
+    elif craft == "complex":
+        _npz(path, tau=tau + 1j)
+    elif craft == "not a zip":
+        path.write_bytes(b"PK\x03\x04garbage" * 10)
+    else:
+        path.write_bytes(_npz(path).read_bytes()[:300])
+    with pytest.raises(DataFileError, match=message):
+        read_one_time(path)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import zipfile
 
 import numpy as np
 
@@ -75,16 +76,27 @@ def _read_csv(path):
 def _read_npz(path):
     try:
         z = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
         raise DataFileError(path, f"not a readable NPZ file: {exc}") from None
+    if not isinstance(z, np.lib.npyio.NpzFile):
+        raise DataFileError(path, "a single .npy array, not an NPZ table (tau, q, g2, sigma)")
     with z:
         missing = [k for k in ("tau", "q", "g2", "sigma") if k not in z.files]
         if missing:
             raise DataFileError(path, f"missing arrays {missing}; an NPZ table needs tau, q, "
                                       "g2 and sigma")
-        return (np.asarray(z["tau"], float).ravel(), np.asarray(z["q"], float).ravel(),
-                np.atleast_2d(np.asarray(z["g2"], float)),
-                np.atleast_2d(np.asarray(z["sigma"], float)))
+        arrays = {}
+        for k in ("tau", "q", "g2", "sigma"):
+            try:
+                a = z[k]
+            except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+                raise DataFileError(path, f"array {k!r} is unreadable: {exc}") from None
+            if a.dtype.kind not in "fiu":
+                raise DataFileError(path, f"array {k!r} holds {a.dtype} values, not real "
+                                          "numbers")
+            arrays[k] = np.asarray(a, float)
+    return (arrays["tau"].ravel(), arrays["q"].ravel(), np.atleast_2d(arrays["g2"]),
+            np.atleast_2d(arrays["sigma"]))
 
 
 def _checked(path, tau, q, g2, err) -> OneTimeData:
