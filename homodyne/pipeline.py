@@ -69,9 +69,16 @@ def model_spec(cfg: HomodyneConfig, source: TwoTimeSource) -> ModelSpec:
         raise ConfigError("experimental_data.exclude_diagonal_frames",
                           f"{k} leaves no point of the {source.n_frames} selected frames; "
                           f"use a value below {source.n_frames}")
-    return source.model_spec(mode=cfg.analysis_mode, dt=d["dt"], gap_h=d["gap_h"],
+    spec = source.model_spec(mode=cfg.analysis_mode, dt=d["dt"], gap_h=d["gap_h"],
                              scaling=cfg.per_angle_scaling, dtype=cfg.performance["dtype"],
                              exclude_diagonal_frames=k)
+    needed = MIN_POINTS_PER_PARAMETER * spec.n_params
+    if k > 1 and spec.n_kept_points < needed:  # refused before the fit, naming the key
+        raise ConfigError("experimental_data.exclude_diagonal_frames",
+                          f"{k} keeps {spec.n_kept_points:,} of the {spec.n_points:,} selected "
+                          f"points; a fit of {spec.n_params} parameters needs at least "
+                          f"{needed:,}: use a smaller value")
+    return spec
 
 
 def estimate_scaling(source: TwoTimeSource, angle: int) -> tuple[float, float]:

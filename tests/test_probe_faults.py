@@ -143,3 +143,15 @@ def test_crafted_npz_table_gives_one_data_error(tmp_path, craft, message):
         path.write_bytes(_npz(path).read_bytes()[:300])
     with pytest.raises(DataFileError, match=message):
         read_one_time(path)
+
+
+def test_exclude_diagonal_frames_leaving_too_few_points_is_refused_before_the_fit(
+        tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    _two_time_config(tmp_path, plots=False)
+    cfg = yaml.safe_load((tmp_path / "c.yaml").read_text())
+    cfg["experimental_data"]["exclude_diagonal_frames"] = 39  # 40 frames: 1 point kept
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["validate", "--config", "c.yaml"]) == 2
+    assert "exclude_diagonal_frames: 39 keeps 1 of the 780 selected points; a fit of 5 " \
+        "parameters needs at least 100: use a smaller value" in capsys.readouterr().err
