@@ -2,6 +2,8 @@
 result sets of every mode; each test failed on the tree before its fix."""
 
 
+import json
+
 import h5py
 import numpy as np
 import pytest
@@ -155,3 +157,25 @@ def test_exclude_diagonal_frames_leaving_too_few_points_is_refused_before_the_fi
     assert main(["validate", "--config", "c.yaml"]) == 2
     assert "exclude_diagonal_frames: 39 keeps 1 of the 780 selected points; a fit of 5 " \
         "parameters needs at least 100: use a smaller value" in capsys.readouterr().err
+
+
+def test_streaming_cli_fit_with_checkpoints_runs_and_resumes(tmp_path, monkeypatch):
+    """The data fingerprint of a checkpointed fit read rows through a renamed method: every
+    such run ended in an AttributeError traceback."""
+    monkeypatch.chdir(tmp_path)
+    assert main(["generate", "--output", "d.h5", "--frames", "60", "--angles", "0,90"]) == 0
+    cfg = {"analysis_mode": "static", "experimental_data": {"file_path": "d.h5"},
+           "initial_parameters": {"values": [8000.0, -0.4, 80.0]}, "output": {"plots": False},
+           "optimization": {"streaming": {
+               "enable_checkpoints": True, "checkpoint_dir": "ck", "checkpoint_frequency": 2,
+               "checkpoint_min_interval_s": 0}},
+           "performance": {"strategy_override": "streaming", "max_batch_size": 1000}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    assert main(["--config", "c.yaml", "--output-dir", "a"]) == 0
+    assert sorted((tmp_path / "ck").glob("homodyne_state_batch_*.h5"))
+    first = (tmp_path / "a/parameters.json").read_text()
+    assert main(["--config", "c.yaml", "--output-dir", "a", "--overwrite"]) == 0
+    log = (tmp_path / "a/fit.log").read_text()
+    assert "resum" in log.lower(), log[-2000:]
+    again = (tmp_path / "a/parameters.json").read_text()
+    assert json.loads(again)["parameters"] == json.loads(first)["parameters"]
