@@ -1,7 +1,6 @@
 """Faults found by adversarial probing of the integrated tree: crafted one-time files,
 result sets of every mode; each test failed on the tree before its fix."""
 
-
 import json
 
 import h5py
@@ -179,3 +178,19 @@ def test_streaming_cli_fit_with_checkpoints_runs_and_resumes(tmp_path, monkeypat
     assert "resum" in log.lower(), log[-2000:]
     again = (tmp_path / "a/parameters.json").read_text()
     assert json.loads(again)["parameters"] == json.loads(first)["parameters"]
+
+
+def test_a_fit_never_overwrites_another_fits_checkpoint_of_the_same_batch(tmp_path):
+    from homodyne.optimization.checkpoint_manager import CheckpointManager
+
+    state = {"parameters": np.arange(3.0), "batch_idx": 10}
+    first = CheckpointManager(tmp_path / "ck")
+    path = first.save_checkpoint(10, state, fingerprint="A" * 64)
+    kept = path.read_bytes()
+    other = CheckpointManager(tmp_path / "ck")
+    with pytest.raises(FileExistsError, match="belongs to another fit .* give each fit its own "
+                                              "optimization.streaming.checkpoint_dir"):
+        other.save_checkpoint(10, {**state, "parameters": -np.arange(3.0)},
+                              fingerprint="B" * 64)
+    assert path.read_bytes() == kept and first.validate_checkpoint(path)
+    assert first.save_checkpoint(10, state, fingerprint="A" * 64) == path  # its own: replaced

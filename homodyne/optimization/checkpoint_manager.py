@@ -13,6 +13,7 @@ the run using it, so two runs never interleave their checkpoints.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import logging
@@ -290,6 +291,11 @@ class CheckpointManager:
         path = self.path_for(batch_idx)
         if self.fingerprint is None:
             self.fingerprint = fingerprint
+        owner = _owner(path) if path.exists() else None
+        if owner is not None and owner != fingerprint[:FINGERPRINT_BYTES]:
+            raise FileExistsError(errno.EEXIST, f"{path.name} belongs to another fit (other "
+                                  "data or settings) and is kept; give each fit its own "
+                                  "optimization.streaming.checkpoint_dir", str(path))
         with atomic_path(path) as tmp:
             with h5py.File(tmp, "w") as h5:
                 _write(h5, state, self.enable_compression)
