@@ -251,15 +251,18 @@ def configure_console_logging(*, quiet: bool) -> None:
 
 
 class _CtrlC:
-    """SIGINT outside the fit: a KeyboardInterrupt, except inside a gc callback (JAX has
+    """SIGINT or SIGTERM outside the fit: a KeyboardInterrupt, except inside a gc callback (JAX has
     one), where Python would print it as 'Exception ignored' and drop it: re-sent once."""
 
-    def __init__(self):
+    def __init__(self, signals=(signal.SIGINT,)):
+        self.signals = tuple(signals)
         self.received = False
+        self.signum = signal.SIGINT
         self.resend: threading.Timer | None = None
 
     def __call__(self, signum, frame):
         self.received = True
+        self.signum = signum
         callbacks = {getattr(cb, "__code__", None) for cb in gc.callbacks}
         while frame is not None:
             if frame.f_code in callbacks:
@@ -280,8 +283,9 @@ class _CtrlC:
         late one is ignored (the command is already ending with its message)."""
         if self.resend is not None:
             self.resend.cancel()
-        signal.signal(signal.SIGINT, signal.SIG_IGN if self.received else
-                      signal.default_int_handler)
+        defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
+        for s in self.signals:
+            signal.signal(s, signal.SIG_IGN if self.received else defaults[s])
 
 
 def _fit_many(cfg, overwrite) -> int:
@@ -301,16 +305,21 @@ def _fit_many(cfg, overwrite) -> int:
 def main(argv=None) -> int:
     """Run one command; Ctrl-C at any moment ends it with a message, never a traceback."""
     ctrl_c = None
-    if threading.current_thread() is threading.main_thread() and \
-            signal.getsignal(signal.SIGINT) is signal.default_int_handler:
-        ctrl_c = _CtrlC()
-        signal.signal(signal.SIGINT, ctrl_c)
+    if threading.current_thread() is threading.main_thread():
+        # SIGTERM (a batch system's stop) too: staged files are removed, one message
+        ours = [s for s, default in ((signal.SIGINT, signal.default_int_handler),
+                                     (signal.SIGTERM, signal.SIG_DFL))
+                if signal.getsignal(s) is default]
+        ctrl_c = _CtrlC(ours) if ours else None
+        for s in ours:
+            signal.signal(s, ctrl_c)
     try:
         return _main(argv)
     except KeyboardInterrupt:  # also while the package and JAX are still being imported
-        print("homodyne: interrupted (Ctrl-C); results already in the output folder are "
-              "untouched", file=sys.stderr)
-        return 130
+        term = ctrl_c is not None and ctrl_c.signum == signal.SIGTERM
+        print(f"homodyne: interrupted ({'SIGTERM' if term else 'Ctrl-C'}); results already "
+              "in the output folder are untouched", file=sys.stderr)
+        return 143 if term else 130
     finally:
         if ctrl_c is not None:
             ctrl_c.done()

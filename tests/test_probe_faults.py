@@ -194,3 +194,34 @@ def test_a_fit_never_overwrites_another_fits_checkpoint_of_the_same_batch(tmp_pa
                               fingerprint="B" * 64)
     assert path.read_bytes() == kept and first.validate_checkpoint(path)
     assert first.save_checkpoint(10, state, fingerprint="A" * 64) == path  # its own: replaced
+
+
+def test_sigterm_while_results_are_written_leaves_the_previous_set_and_no_litter(
+        tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+
+    import homodyne.pipeline as pipeline
+
+    monkeypatch.chdir(tmp_path)
+    _two_time_config(tmp_path, plots=False)
+    assert main(["--config", "c.yaml", "--output-dir", "out"]) == 0
+    before = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()}
+    write = pipeline.write_two_time_outputs
+
+    def terminated(*a, **kw):
+        os.kill(os.getpid(), signal.SIGTERM)  # a batch system stops the job here
+        return write(*a, **kw)
+
+    monkeypatch.setattr(pipeline, "write_two_time_outputs", terminated)
+    saved = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        assert main(["--config", "c.yaml", "--output-dir", "out", "--overwrite"]) == 143
+    finally:
+        for s, h in saved.items():
+            signal.signal(s, h)
+    assert "homodyne: interrupted (SIGTERM); results already in the output folder are " \
+        "untouched" in capsys.readouterr().err
+    after = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()
+             if p.name != "fit.incomplete.log"}
+    assert after == before
