@@ -118,7 +118,7 @@ def test_data_truncated_during_a_streaming_fit_stops_with_a_data_error(tmp_path,
     p0 = spec.pack([0.25] * k, [1.0] * k, [8000.0, -0.4, 80.0])
     bounds = (spec.pack(0.0, 0.5, [1, -2, -1000]), spec.pack(1.0, 1.5, [1e5, 0.5, 1000]))
     reads = {"n": 0}
-    real = type(src)._read_rows
+    real = type(src).read_rows
 
     def truncating(self, *a, **kw):
         reads["n"] += 1
@@ -126,7 +126,7 @@ def test_data_truncated_during_a_streaming_fit_stops_with_a_data_error(tmp_path,
             os.truncate(path, os.path.getsize(path) // 2)
         return real(self, *a, **kw)
 
-    src._read_rows = truncating.__get__(src)
+    src.read_rows = truncating.__get__(src)
     w = NLSQWrapper(strategy_override="streaming", batch_size=2000, enable_progress=False)
     with pytest.raises(DataFileError, match=r"was truncated while being read \(\d[\d,]* bytes "
                                             r"at open, \d[\d,]* now\)"):
