@@ -9,6 +9,7 @@ are never silently overwritten. Files honour the umask and no symlink is followe
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import os
@@ -235,8 +236,13 @@ def _fsync(path: Path, flags: int = os.O_NOFOLLOW) -> None:
 
 
 def write_fit_h5(path, *, phi_deg, frames, data, model, attrs: dict) -> Path:
-    """Per-angle data, model and residual matrices (possibly decimated) with metadata."""
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
+    """Per-angle data, model and residual matrices (possibly decimated) with metadata.
+
+    HDF5 builds the file in memory (it is small: decimated) and plain Python writes the
+    bytes, so a full disk is an OSError, never an HDF5 file half-flushed that crashes
+    the interpreter when it is freed."""
+    buffer = io.BytesIO()
+    with h5py.File(buffer, "w") as h5:
         h5["phi_deg"] = np.asarray(phi_deg, float)
         h5["frames"] = np.asarray(frames)
         opts = dict(compression="gzip", compression_opts=4, shuffle=True)
@@ -245,4 +251,6 @@ def write_fit_h5(path, *, phi_deg, frames, data, model, attrs: dict) -> Path:
         h5.create_dataset("residuals", data=np.asarray(data - model, np.float32), **opts)
         for k, v in attrs.items():
             h5.attrs[k] = v if not isinstance(v, dict | list) else json.dumps(_jsonable(v))
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(buffer.getbuffer())
     return Path(path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 import time
 from dataclasses import fields
 from pathlib import Path
@@ -169,7 +170,7 @@ def _logged_run(cfg: HomodyneConfig, out: Path) -> FitRun:
     fit.incomplete.log when there are none, so fit.log stays the log of what is there)."""
     results = ResultSet(out)
     stream = os.fdopen(create_new(results.stage("fit.log")), "w")
-    handler = logging.StreamHandler(stream)
+    handler = FileLogHandler(stream)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     handler.setLevel(logging.INFO)
     previous = log.level
@@ -192,6 +193,19 @@ def _logged_run(cfg: HomodyneConfig, out: Path) -> FitRun:
         handler.close()
         if not committed:
             results.discard()
+
+
+class FileLogHandler(logging.StreamHandler):
+    """fit.log: a write that fails (disk full) stops the file log after one warning on
+    the console, instead of a logging traceback for every later line; the results'
+    own writes then report the full disk."""
+
+    def handleError(self, record) -> None:
+        if self.level > logging.CRITICAL:
+            return
+        self.setLevel(logging.CRITICAL + 1)
+        exc = sys.exc_info()[1]
+        print(f"homodyne: warning: fit.log is incomplete: {exc}", file=sys.stderr)
 
 
 def _write_error(out: Path, exc: BaseException) -> OutputDirError:

@@ -2,6 +2,9 @@
 result sets of every mode; each test failed on the tree before its fix."""
 
 import json
+import os
+import subprocess
+import sys
 
 import h5py
 import numpy as np
@@ -225,3 +228,30 @@ def test_sigterm_while_results_are_written_leaves_the_previous_set_and_no_litter
     after = {p.name: p.read_bytes() for p in (tmp_path / "out").iterdir()
              if p.name != "fit.incomplete.log"}
     assert after == before
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tiny tmpfs needs root")
+def test_disk_full_in_the_middle_of_fit_h5_is_a_clean_error_not_a_segfault(tmp_path):
+    """HDF5 failing to flush fit.h5 on a full disk left a broken file object that crashed
+    the interpreter (exit 139) after the error message."""
+    assert main(["generate", "--output", str(tmp_path / "d.h5"), "--frames", "200"]) == 0
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(
+        {"analysis_mode": "static", "experimental_data": {"file_path": str(tmp_path / "d.h5")},
+         "initial_parameters": {"values": [8000.0, -0.4, 80.0]}, "output": {"plots": False}}))
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(mnt)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs")
+    try:
+        proc = subprocess.run([sys.executable, "-m", "homodyne.cli", "--config",
+                               str(tmp_path / "c.yaml"), "--output-dir", str(mnt / "out"),
+                               "--quiet"], capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
+        assert proc.stderr.strip().splitlines()[-1].startswith(
+            f"homodyne: error: could not write the results to {mnt / 'out'} (No space left "
+            "on device)"), proc.stderr[-3000:]
+        assert "Traceback" not in proc.stderr and "Logging error" not in proc.stderr
+        assert not (mnt / "out/parameters.json").exists()
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
