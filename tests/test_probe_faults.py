@@ -255,3 +255,35 @@ def test_disk_full_in_the_middle_of_fit_h5_is_a_clean_error_not_a_segfault(tmp_p
         assert not (mnt / "out/parameters.json").exists()
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tiny tmpfs needs root")
+def test_checkpoint_dir_filling_up_only_warns_and_the_fit_exits_cleanly(tmp_path):
+    """A checkpoint save failing mid-flush left a broken HDF5 object: the fit wrote its
+    results, then the interpreter crashed on exit (139)."""
+    assert main(["generate", "--output", str(tmp_path / "d.h5"), "--frames", "60",
+                 "--angles", "0,90"]) == 0
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs")
+    try:
+        (mnt / "filler").write_bytes(b"\0" * (64 - 12) * 1024)
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump(
+            {"analysis_mode": "static", "experimental_data": {"file_path": "d.h5"},
+             "initial_parameters": {"values": [8000.0, -0.4, 80.0]},
+             "output": {"plots": False},
+             "optimization": {"streaming": {
+                 "enable_checkpoints": True, "checkpoint_dir": str(mnt / "ck"),
+                 "checkpoint_frequency": 2, "checkpoint_min_interval_s": 0}},
+             "performance": {"strategy_override": "streaming", "max_batch_size": 1000}}))
+        proc = subprocess.run([sys.executable, "-m", "homodyne.cli", "--config", "c.yaml",
+                               "--output-dir", "out", "--quiet"], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, (proc.returncode, proc.stderr[-3000:])
+        assert "not written: [Errno 28] No space left on device" in proc.stderr
+        assert "Traceback" not in proc.stderr
+        assert json.loads((tmp_path / "out/parameters.json").read_text())["converged"]
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)

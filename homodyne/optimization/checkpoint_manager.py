@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import io
 import json
 import logging
 import os
@@ -296,12 +297,14 @@ class CheckpointManager:
             raise FileExistsError(errno.EEXIST, f"{path.name} belongs to another fit (other "
                                   "data or settings) and is kept; give each fit its own "
                                   "optimization.streaming.checkpoint_dir", str(path))
+        buffer = io.BytesIO()  # HDF5 writes to memory; a full disk is then a plain OSError
+        with h5py.File(buffer, "w") as h5:  # (a half-flushed HDF5 file crashes when freed)
+            _write(h5, state, self.enable_compression)
+            top = dict(batch_idx=int(batch_idx), timestamp=time.time(),
+                       fingerprint=fingerprint, **_versions())
+            h5.attrs.update(top)
         with atomic_path(path) as tmp:
-            with h5py.File(tmp, "w") as h5:
-                _write(h5, state, self.enable_compression)
-                top = dict(batch_idx=int(batch_idx), timestamp=time.time(),
-                           fingerprint=fingerprint, **_versions())
-                h5.attrs.update(top)
+            tmp.write_bytes(buffer.getbuffer())
             _append_trailer(tmp, fingerprint)
         elapsed = time.perf_counter() - t0
         self.save_times.append(elapsed)
