@@ -99,6 +99,7 @@ def _checked_generate_args(p: argparse.ArgumentParser, argv):
     (usage line, one message naming the option, exit 2) before any work starts."""
     import math
     import os
+    import shutil
 
     from homodyne.model import LAMINAR_PARAMS, STATIC_PARAMS
 
@@ -136,6 +137,11 @@ def _checked_generate_args(p: argparse.ArgumentParser, argv):
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
         p.error(f"argument --output: cannot write into {folder} (a file or read-only); "
                 "choose another --output")
+    need = a.frames**2 * len(a.angle_list) * (4 if a.dtype == "float32" else 8) + 2**16
+    free = shutil.disk_usage(folder).free  # HDF5 running out of disk mid-write crashes
+    if need > free:
+        p.error(f"argument --output: the file needs about {need / 2**20:.1f} MiB, {folder} has "
+                f"{free / 2**20:.1f} MiB free; free space or choose another --output")
     return a
 
 

@@ -287,3 +287,22 @@ def test_checkpoint_dir_filling_up_only_warns_and_the_fit_exits_cleanly(tmp_path
         assert json.loads((tmp_path / "out/parameters.json").read_text())["converged"]
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tiny tmpfs needs root")
+def test_generate_refuses_a_disk_without_room_before_hdf5_writes(tmp_path, capsys):
+    """HDF5 running out of disk mid-write printed a traceback and then segfaulted."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(mnt)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs")
+    try:
+        with pytest.raises(SystemExit) as stop:
+            main(["generate", "--output", str(mnt / "g.h5"), "--frames", "300"])
+        assert stop.value.code == 2
+        assert f"argument --output: the file needs about 0.4 MiB, {mnt} has 0.1 MiB free; " \
+            "free space or choose another --output" in capsys.readouterr().err
+        assert list(mnt.iterdir()) == []
+    finally:
+        subprocess.run(["umount", str(mnt)], check=True)
