@@ -457,6 +457,9 @@ def check_data_path(path: str, key: str = "experimental_data.file_path") -> None
     if os.path.isdir(path):
         raise ConfigError(key,
                           f"{path} is a directory; point it at a data file")
+    if not os.path.isfile(path):  # a FIFO or device would block or read forever
+        raise ConfigError(key, f"{path} is not a regular file (a pipe or device); point it "
+                               "at a data file")
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):

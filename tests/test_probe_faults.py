@@ -306,3 +306,15 @@ def test_generate_refuses_a_disk_without_room_before_hdf5_writes(tmp_path, capsy
         assert list(mnt.iterdir()) == []
     finally:
         subprocess.run(["umount", str(mnt)], check=True)
+
+
+def test_a_pipe_as_data_file_is_refused_instead_of_blocking(tmp_path):
+    from homodyne.config import ConfigError, load_config
+
+    os.mkfifo(tmp_path / "d.h5")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(
+        {"analysis_mode": "static", "experimental_data": {"file_path": "d.h5"},
+         "initial_parameters": {"values": [8000.0, -0.4, 80.0]}}))
+    with pytest.raises(ConfigError, match=r"d.h5 is not a regular file \(a pipe or device\); "
+                                          "point it at a data file"):
+        load_config(tmp_path / "c.yaml")
