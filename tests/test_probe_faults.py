@@ -5,6 +5,7 @@ import json
 import os
 import subprocess
 import sys
+from contextlib import contextmanager
 
 import h5py
 import numpy as np
@@ -20,6 +21,25 @@ ERR = "/xpcs/multitau/normalized_g2_err"
 DELAYS = "/xpcs/multitau/delay_list"
 FRAME_TIME = "/entry/instrument/detector_1/frame_time"
 Q_LIST = "/xpcs/qmap/dynamic_v_list_dim0"
+
+
+@contextmanager
+def tiny_tmpfs(tmp_path, size: str):
+    """A tmpfs of ``size`` mounted at tmp_path/small for the test (root only)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+def run_cli(*args, cwd=None):
+    return subprocess.run([sys.executable, "-m", "homodyne.cli", *args], cwd=cwd,
+                          capture_output=True, text=True, timeout=300)
 
 
 def _multitau(path, **replace):
@@ -238,23 +258,15 @@ def test_disk_full_in_the_middle_of_fit_h5_is_a_clean_error_not_a_segfault(tmp_p
     (tmp_path / "c.yaml").write_text(yaml.safe_dump(
         {"analysis_mode": "static", "experimental_data": {"file_path": str(tmp_path / "d.h5")},
          "initial_parameters": {"values": [8000.0, -0.4, 80.0]}, "output": {"plots": False}}))
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(mnt)],
-                      capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs")
-    try:
-        proc = subprocess.run([sys.executable, "-m", "homodyne.cli", "--config",
-                               str(tmp_path / "c.yaml"), "--output-dir", str(mnt / "out"),
-                               "--quiet"], capture_output=True, text=True, timeout=300)
+    with tiny_tmpfs(tmp_path, "96k") as mnt:
+        proc = run_cli("--config", str(tmp_path / "c.yaml"), "--output-dir",
+                       str(mnt / "out"), "--quiet")
         assert proc.returncode == 2, (proc.returncode, proc.stderr[-3000:])
         assert proc.stderr.strip().splitlines()[-1].startswith(
             f"homodyne: error: could not write the results to {mnt / 'out'} (No space left "
             "on device)"), proc.stderr[-3000:]
         assert "Traceback" not in proc.stderr and "Logging error" not in proc.stderr
         assert not (mnt / "out/parameters.json").exists()
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tiny tmpfs needs root")
@@ -263,12 +275,7 @@ def test_checkpoint_dir_filling_up_only_warns_and_the_fit_exits_cleanly(tmp_path
     results, then the interpreter crashed on exit (139)."""
     assert main(["generate", "--output", str(tmp_path / "d.h5"), "--frames", "60",
                  "--angles", "0,90"]) == 0
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mnt)],
-                      capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs")
-    try:
+    with tiny_tmpfs(tmp_path, "64k") as mnt:
         (mnt / "filler").write_bytes(b"\0" * (64 - 12) * 1024)
         (tmp_path / "c.yaml").write_text(yaml.safe_dump(
             {"analysis_mode": "static", "experimental_data": {"file_path": "d.h5"},
@@ -278,34 +285,23 @@ def test_checkpoint_dir_filling_up_only_warns_and_the_fit_exits_cleanly(tmp_path
                  "enable_checkpoints": True, "checkpoint_dir": str(mnt / "ck"),
                  "checkpoint_frequency": 2, "checkpoint_min_interval_s": 0}},
              "performance": {"strategy_override": "streaming", "max_batch_size": 1000}}))
-        proc = subprocess.run([sys.executable, "-m", "homodyne.cli", "--config", "c.yaml",
-                               "--output-dir", "out", "--quiet"], cwd=tmp_path,
-                              capture_output=True, text=True, timeout=300)
+        proc = run_cli("--config", "c.yaml", "--output-dir", "out", "--quiet", cwd=tmp_path)
         assert proc.returncode == 0, (proc.returncode, proc.stderr[-3000:])
         assert "not written: [Errno 28] No space left on device" in proc.stderr
         assert "Traceback" not in proc.stderr
         assert json.loads((tmp_path / "out/parameters.json").read_text())["converged"]
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tiny tmpfs needs root")
 def test_generate_refuses_a_disk_without_room_before_hdf5_writes(tmp_path, capsys):
     """HDF5 running out of disk mid-write printed a traceback and then segfaulted."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=128k", "tmpfs", str(mnt)],
-                      capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs")
-    try:
+    with tiny_tmpfs(tmp_path, "128k") as mnt:
         with pytest.raises(SystemExit) as stop:
             main(["generate", "--output", str(mnt / "g.h5"), "--frames", "300"])
         assert stop.value.code == 2
         assert f"argument --output: the file needs about 0.4 MiB, {mnt} has 0.1 MiB free; " \
             "free space or choose another --output" in capsys.readouterr().err
         assert list(mnt.iterdir()) == []
-    finally:
-        subprocess.run(["umount", str(mnt)], check=True)
 
 
 def test_a_pipe_as_data_file_is_refused_instead_of_blocking(tmp_path):
