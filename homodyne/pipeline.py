@@ -37,7 +37,9 @@ MAX_PLOT_FRAMES = 600
 MIN_POINTS_PER_PARAMETER = 20  # fewer finite points than this per parameter: refused
 WARN_FRACTION_KEPT = 0.5  # warn when less than this share of the selection is finite
 FILE_KEYS = {"parameters.json": "parameters", "fit.h5": "fit", "c2_heatmaps.png": "heatmaps",
-             "c2_cuts.png": "cuts", "fit.log": "log"}
+             "c2_cuts.png": "cuts", "fit.log": "log", "scaling_per_angle.png": "scaling",
+             "residual_histogram.png": "residuals", "per_q.csv": "per_q", "g2_fits.png": "g2_fits",
+             "rates_vs_q.png": "rates"}
 
 
 class FitInterrupted(Exception):
@@ -214,7 +216,7 @@ def _run(cfg: HomodyneConfig, out: Path, results: ResultSet) -> FitRun:
     if cfg.analysis_mode == "one_time":
         from homodyne.onetime.run import run_one_time
 
-        return run_one_time(cfg, out)
+        return run_one_time(cfg, out, results.stage)
     with jax.default_device(jax_device(cfg.performance["device"])):
         return _run_on_device(cfg, out, results)
 
@@ -315,9 +317,9 @@ def write_two_time_outputs(out, source, spec, result, *, plots: bool = True, tit
                                   data=data, model=model)
         (c, o, _), (c_se, o_se, _) = spec.split(result.parameters), \
             spec.split(result.uncertainties)
-        files["scaling"] = plot_scaling(out / "scaling_per_angle.png", phi_deg=spec.phi_deg,
+        files["scaling"] = plot_scaling(stage("scaling_per_angle.png"), phi_deg=spec.phi_deg,
                                         contrast=c, contrast_se=c_se, offset=o, offset_se=o_se)
         files["residuals"] = plot_residual_histogram(
-            out / "residual_histogram.png", data=data, model=model,
+            stage("residual_histogram.png"), data=data, model=model,
             reduced_chi2=result.reduced_chi_squared)
     return files

@@ -28,15 +28,16 @@ def options_from_config(cfg) -> OneTimeOptions:
                           q_range=tuple(ot["q_range"]) if ot["q_range"] else None)
 
 
-def run_one_time(cfg, out: Path):
-    """Fit the configured one-time file and write its result set into ``out``."""
+def run_one_time(cfg, out: Path, stage=None):
+    """Fit the configured one-time file and write its result set into ``out`` (through
+    ``stage(name)``, a ResultSet's temporary path, when given)."""
     t0 = time.perf_counter()
     data = read_one_time(cfg.experimental_data["file_path"])
     result = fit_one_time(data, options_from_config(cfg))
     if cfg.one_time["series"]:
         result.j_model = fit_j_model(cfg, out / "j_model")
     log_summary(result)
-    files = write_one_time_outputs(out, result, plots=cfg.output["plots"])
+    files = write_one_time_outputs(out, result, plots=cfg.output["plots"], stage=stage)
     log.info("done in %.2f s; outputs in %s", time.perf_counter() - t0, out)
     return FitRun(result, out, files)
 
@@ -65,24 +66,29 @@ def fit_j_model(cfg, folder: Path) -> dict:
             "at_bounds": res.at_bounds}
 
 
-def write_one_time_outputs(out, result: OneTimeResult, *, plots: bool = True) -> dict:
-    """per_q.csv, figures, then parameters.json (the marker of a complete set)."""
+def write_one_time_outputs(out, result: OneTimeResult, *, plots: bool = True,
+                           stage=None) -> dict:
+    """per_q.csv, figures, then parameters.json (the marker of a complete set);
+    ``stage(name)`` gives the path to write ``name`` to (default: straight into ``out``,
+    each file atomically)."""
     out = Path(out)
+    stage = stage or (lambda name: out / name)
     files = {}
     rows = pd.DataFrame([f.row() for f in result.fits])
-    with atomic_path(out / "per_q.csv") as tmp:
+    with atomic_path(stage("per_q.csv")) as tmp:
         rows.to_csv(tmp, index=False)
     files["per_q"] = out / "per_q.csv"
     if plots:
         from homodyne.onetime.plots import plot_g2_fits, plot_rates
 
         name = Path(result.data_file).name
-        with atomic_path(out / "g2_fits.png") as tmp:
+        with atomic_path(stage("g2_fits.png")) as tmp:
             plot_g2_fits(tmp, result.fits, title=f"{name}: one-time g2")
-        with atomic_path(out / "rates_vs_q.png") as tmp:
+        with atomic_path(stage("rates_vs_q.png")) as tmp:
             plot_rates(tmp, result.fits, result.resolved, result.power_law, title=name)
         files["g2_fits"], files["rates"] = out / "g2_fits.png", out / "rates_vs_q.png"
-    files["parameters"] = write_json(out / "parameters.json", parameters_payload(result))
+    write_json(stage("parameters.json"), parameters_payload(result))
+    files["parameters"] = out / "parameters.json"
     return files
 
 

@@ -71,7 +71,7 @@ def _spread_sample(source) -> np.ndarray:
     parts = []
     for angle in range(source.n_phi):
         for r in picks:
-            row = source._read_rows(angle, r, r + 1, r + 1)[0]
+            row = source.read_rows(angle, r, r + 1, r + 1)[0]
             parts.append(row[np.unique(np.linspace(0, row.size - 1, SAMPLE_WIDTH).astype(int))])
     return np.concatenate(parts)
 
