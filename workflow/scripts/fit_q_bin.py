@@ -1,13 +1,10 @@
 """Rule fit_q_bin: one normal fit of one q bin of one file, in its own folder (glue)."""
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir)))  # noqa: F821
-from _log import redirect  # noqa: E402
-
-from homodyne.config import load_config  # noqa: E402
-from homodyne.production.multiq import fit_job, plan_jobs  # noqa: E402
+from homodyne.config import load_config
+from homodyne.production.multiq import fit_job, plan_jobs
+from homodyne.rulelog import redirect
 
 redirect(snakemake)  # noqa: F821
 w = snakemake.wildcards  # noqa: F821

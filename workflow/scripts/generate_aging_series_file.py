@@ -1,12 +1,9 @@
 """Rule generate_aging_series_file: file k of the synthetic multi-q aging series (glue)."""
 
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir)))  # noqa: F821
-from _log import redirect  # noqa: E402
-
-from homodyne.production.multiq_data import AgingSeries, write_series_file  # noqa: E402
+from homodyne.production.multiq_data import AgingSeries, write_series_file
+from homodyne.rulelog import redirect
 
 redirect(snakemake)  # noqa: F821
 series = AgingSeries(**{k: tuple(v) if isinstance(v, list) else v

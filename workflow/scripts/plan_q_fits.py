@@ -1,14 +1,11 @@
 """Checkpoint plan_q_fits: the (file, q bin) jobs of one run, as JSON (glue)."""
 
 import json
-import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(snakemake.scriptdir)))  # noqa: F821
-from _log import redirect  # noqa: E402
-
-from homodyne.config import load_config  # noqa: E402
-from homodyne.production.multiq import plan_jobs  # noqa: E402
+from homodyne.config import load_config
+from homodyne.production.multiq import plan_jobs
+from homodyne.rulelog import redirect
 
 redirect(snakemake)  # noqa: F821
 cfg = load_config(snakemake.params.config, overrides=snakemake.params.overrides)  # noqa: F821
