@@ -25,8 +25,9 @@ import numpy as np
 
 RESULT_FILES = ("parameters.json", "fit.h5")
 MARKER = "parameters.json"  # committed last: its presence means the set is complete
+# every file a run may write (two-time, then one-time): a new set removes the old ones
 SET_FILES = ("fit.h5", "c2_heatmaps.png", "c2_cuts.png", "scaling_per_angle.png",
-             "residual_histogram.png", "fit.log", "per_q.csv", "g2_fits.png", "rates_vs_q.png",
+             "residual_histogram.png", "per_q.csv", "g2_fits.png", "rates_vs_q.png", "fit.log",
              MARKER)
 INTERRUPTED = "parameters.interrupted.json"
 FAILED_LOG = "fit.incomplete.log"

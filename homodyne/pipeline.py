@@ -38,7 +38,9 @@ MAX_PLOT_FRAMES = 600
 MIN_POINTS_PER_PARAMETER = 20  # fewer finite points than this per parameter: refused
 WARN_FRACTION_KEPT = 0.5  # warn when less than this share of the selection is finite
 FILE_KEYS = {"parameters.json": "parameters", "fit.h5": "fit", "c2_heatmaps.png": "heatmaps",
-             "c2_cuts.png": "cuts", "fit.log": "log"}
+             "c2_cuts.png": "cuts", "fit.log": "log", "scaling_per_angle.png": "scaling",
+             "residual_histogram.png": "residuals", "per_q.csv": "per_q", "g2_fits.png": "g2_fits",
+             "rates_vs_q.png": "rates"}
 
 
 class FitInterrupted(Exception):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import time
-from contextlib import contextmanager
 from pathlib import Path
 
 import pandas as pd
@@ -31,7 +30,7 @@ def options_from_config(cfg) -> OneTimeOptions:
 
 def run_one_time(cfg, out: Path, stage=None):
     """Fit the configured one-time file and write its result set into ``out`` (through
-    ``stage``, a ResultSet's temporary names, when the run commits them at the end)."""
+    ``stage(name)``, a ResultSet's temporary path, when given)."""
     t0 = time.perf_counter()
     data = read_one_time(cfg.experimental_data["file_path"])
     result = fit_one_time(data, options_from_config(cfg))
@@ -69,40 +68,28 @@ def fit_j_model(cfg, folder: Path) -> dict:
 
 def write_one_time_outputs(out, result: OneTimeResult, *, plots: bool = True,
                            stage=None) -> dict:
-    """per_q.csv, figures, then parameters.json (the marker of a complete set).
-
-    ``stage(name)`` gives the path to write ``name`` to (a ResultSet's temporary one,
-    committed by the caller); by default each file is written atomically into ``out``."""
+    """per_q.csv, figures, then parameters.json (the marker of a complete set);
+    ``stage(name)`` gives the path to write ``name`` to (default: straight into ``out``,
+    each file atomically)."""
     out = Path(out)
+    stage = stage or (lambda name: out / name)
     files = {}
-
-    @contextmanager
-    def target(name):
-        if stage is not None:
-            yield stage(name)
-        else:
-            with atomic_path(out / name) as tmp:
-                yield tmp
-        files[name] = out / name
-
     rows = pd.DataFrame([f.row() for f in result.fits])
-    with target("per_q.csv") as tmp:
+    with atomic_path(stage("per_q.csv")) as tmp:
         rows.to_csv(tmp, index=False)
+    files["per_q"] = out / "per_q.csv"
     if plots:
         from homodyne.onetime.plots import plot_g2_fits, plot_rates
 
         name = Path(result.data_file).name
-        with target("g2_fits.png") as tmp:
+        with atomic_path(stage("g2_fits.png")) as tmp:
             plot_g2_fits(tmp, result.fits, title=f"{name}: one-time g2")
-        with target("rates_vs_q.png") as tmp:
+        with atomic_path(stage("rates_vs_q.png")) as tmp:
             plot_rates(tmp, result.fits, result.resolved, result.power_law, title=name)
-    with target("parameters.json") as tmp:
-        write_json(tmp, parameters_payload(result))
-    return {ONE_TIME_KEYS[n]: p for n, p in files.items()}
-
-
-ONE_TIME_KEYS = {"per_q.csv": "per_q", "g2_fits.png": "g2_fits", "rates_vs_q.png": "rates",
-                 "parameters.json": "parameters"}
+        files["g2_fits"], files["rates"] = out / "g2_fits.png", out / "rates_vs_q.png"
+    write_json(stage("parameters.json"), parameters_payload(result))
+    files["parameters"] = out / "parameters.json"
+    return files
 
 
 def parameters_payload(result: OneTimeResult) -> dict:
