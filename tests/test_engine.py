@@ -215,7 +215,7 @@ def test_bad_arguments_are_named():
     x = np.arange(10.0)
     with pytest.raises(ValueError, match="initial value of p1"):
         w.fit(lambda x, a, b: a + b * x, x, x, [0.0, 5.0], ([0, 0], [1, 1]))
-    with pytest.raises(ValueError, match="need min < max"):
+    with pytest.raises(ValueError, match="need min <= max"):
         w.fit(lambda x, a, b: a + b * x, x, x, [0.5, 0.5], ([0, 1], [1, 0]))
     with pytest.raises(ValueError, match="method must be one of"):
         w.fit(lambda x, a, b: a + b * x, x, x, [0.5, 0.5], method="dogbox")

@@ -18,6 +18,7 @@ from homodyne.optimization.checkpoint_session import SolverSnapshot
 from homodyne.optimization.covariance import covariance_from_normal
 from homodyne.optimization.engine import EngineOptions, solve_lm
 from homodyne.optimization.exceptions import StopFit
+from homodyne.optimization.fixed import FreeSubspace
 from homodyne.optimization.passes import FitMonitor, PassRunner
 from homodyne.optimization.problems import NormalEquations
 from homodyne.optimization.result import FitResult
@@ -95,19 +96,22 @@ def _signals_to(mon: FitMonitor):
 
 
 def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequence, n_devices):
-    x = x0
+    # the solver sees only the free parameters (lb == ub fixes one)
+    free = FreeSubspace.from_bounds(x0, lb, ub)
+    x, flb, fub = free.reduce(x0), free.reduce(lb), free.reduce(ub)
     coarse_passes = coarse_points = 0
     messages = []
 
     def track(st):
-        mon.lm_info = SolverSnapshot(st.x.copy(), st.ne.cost, st.iteration, st.lam)
+        mon.lm_info = SolverSnapshot(free.expand(st.x), st.ne.cost, st.iteration, st.lam)
 
     try:
         for sub in coarse_levels(data, opts):
             # each level starts a few of its own standard errors from its optimum, so
             # the slow walk along correlated valleys happens on cheap levels
             runner = PassRunner(problem, sub, stage="coarse", monitor=mon)
-            st = solve_lm(runner.evaluate, x, lb, ub, initial_damping=opts.initial_damping,
+            st = solve_lm(free.evaluator(runner.evaluate), x, flb, fub,
+                          initial_damping=opts.initial_damping,
                           on_iteration=track, gn_trust_se=_trust(sub.n_points, coarse_points),
                           **_lm_kwargs(opts, True))
             coarse_passes += st.evaluations
@@ -116,21 +120,22 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
             messages.append(f"coarse level of {sub.n_points:,} points: {st.evaluations} "
                             f"passes, {st.reason}")
             if st.reason.startswith("stopped") or mon.signal_received is not None:
-                return build_result(problem, st, x0, lb, ub, strategy=strategy, mon=mon,
+                return build_result(problem, st, x0, lb, ub, free, strategy=strategy, mon=mon,
                                     coarse_passes=coarse_passes, coarse_points=coarse_points,
                                     batch_size=data.batch_size, t0=t0, messages=messages)
         runner = PassRunner(problem, data, stage="full", monitor=mon, n_devices=n_devices)
         trust = _trust(data.n_points, coarse_points)
-        st = solve_lm(runner.evaluate, x, lb, ub, initial_damping=opts.initial_damping,
+        evaluate = free.evaluator(runner.evaluate)
+        st = solve_lm(evaluate, x, flb, fub, initial_damping=opts.initial_damping,
                       on_iteration=track, gn_trust_se=trust, **_lm_kwargs(opts, False))
         for name in recovery_sequence if mon.applicator is not None and \
                 mon.signal_received is None else ():
             if st.converged or not st.reason.startswith("damping overflow"):
                 break
             # the solver stalled: restart once from a perturbed copy of the best point
-            x_new = mon.applicator.apply(name, st.x, (lb, ub))
+            x_new = mon.applicator.apply(name, st.x, (flb, fub))
             mon.record_recovery(mon.batches_done, mon.applicator.describe(name))
-            st2 = solve_lm(runner.evaluate, x_new, lb, ub, initial_damping=opts.initial_damping,
+            st2 = solve_lm(evaluate, x_new, flb, fub, initial_damping=opts.initial_damping,
                            on_iteration=track, gn_trust_se=trust, **_lm_kwargs(opts, False))
             st2.evaluations += st.evaluations
             if st2.ne.cost <= st.ne.cost:
@@ -138,8 +143,8 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
     except StopFit as stop:  # stopped during a stage's very first pass
         st = _unevaluated(x, str(stop))
     if mon.signal_received is None:
-        mon.save_final(st.x)
-    return build_result(problem, st, x0, lb, ub, strategy=strategy, mon=mon,
+        mon.save_final(free.expand(st.x))
+    return build_result(problem, st, x0, lb, ub, free, strategy=strategy, mon=mon,
                         coarse_passes=coarse_passes, coarse_points=coarse_points,
                         batch_size=data.batch_size, t0=t0, messages=messages)
 
@@ -189,25 +194,27 @@ def _unevaluated(x, reason):
     return LMState(x=x.copy(), ne=ne, lam=math.nan, reason=reason)
 
 
-def build_result(problem, st, x0, lb, ub, *, strategy, mon, coarse_passes, coarse_points,
-                 batch_size, t0, messages) -> FitResult:
+def build_result(problem, st, x0, lb, ub, free, *, strategy, mon, coarse_passes,
+                 coarse_points, batch_size, t0, messages) -> FitResult:
+    """The result over all parameters from the solver state over the free ones
+    (``free``); fixed parameters get zero rows and columns in covariance and JᵀJ."""
     ne = st.ne
-    p = st.x.size
-    dof = max(ne.n - p, 1)
+    x = free.expand(st.x)
+    dof = max(ne.n - free.n_free, 1)
     chi2r = 2.0 * ne.cost / dof
     span = np.where(np.isfinite(ub - lb), ub - lb, 1.0)
-    on_bound = (st.x <= lb + 1e-9 * span) | (st.x >= ub - 1e-9 * span)
+    on_bound = free.free & ((x <= lb + 1e-9 * span) | (x >= ub - 1e-9 * span))
     if ne.n > 0 and np.all(np.isfinite(ne.H)):
-        cov = covariance_from_normal(ne.H, chi2r)
+        cov = free.embed_matrix(covariance_from_normal(ne.H, chi2r))
     else:
-        cov = np.full((p, p), np.nan)
+        cov = np.where(np.outer(free.free, free.free), np.nan, 0.0)
     undetermined = np.isinf(np.diag(cov))
     names = tuple(problem.parameter_names)
-    not_moved = np.abs(st.x - x0) <= 1e-12 * np.maximum(np.abs(x0), 1e-300)
+    not_moved = free.free & (np.abs(x - x0) <= 1e-12 * np.maximum(np.abs(x0), 1e-300))
     full = [r.seconds for r in mon.passes if r.stage == "full"]
     return FitResult(
         parameter_names=names,
-        parameters=st.x.copy(),
+        parameters=x,
         uncertainties=np.sqrt(np.abs(np.diag(cov))),
         covariance=cov,
         cost=ne.cost,
@@ -228,7 +235,8 @@ def build_result(problem, st, x0, lb, ub, *, strategy, mon, coarse_passes, coars
         pass_seconds=full,
         peak_rss_mb=peak_rss_mb(),
         device=jax.devices()[0].platform,
-        normal_matrix=ne.H.copy(),
+        normal_matrix=free.embed_matrix(ne.H),
+        fixed=[n for n, f in zip(names, free.free, strict=True) if not f],
         streaming_diagnostics=mon.diagnostics(),
         recovery_actions=list(mon.recovery_actions),
         history=st.history,

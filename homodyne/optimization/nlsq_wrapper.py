@@ -17,6 +17,7 @@ from homodyne.optimization.checkpoint_manager import DEFAULT_MIN_INTERVAL_S, Che
 from homodyne.optimization.checkpoint_session import CheckpointSession
 from homodyne.optimization.driver import coarse_level_sizes, fingerprint, run_fit
 from homodyne.optimization.engine import EngineOptions
+from homodyne.optimization.fixed import fix_parameters
 from homodyne.optimization.passes import FaultSettings, FitMonitor
 from homodyne.optimization.problems import CurveProblem, TwoTimeProblem
 from homodyne.optimization.progress import ProgressReporter
@@ -50,7 +51,8 @@ def _source_identity(source) -> list:
 
 
 def normalise_bounds(bounds, p0: np.ndarray, names=None) -> tuple[np.ndarray, np.ndarray]:
-    """(lb, ub) arrays from scalars or sequences; checks order and that p0 lies inside."""
+    """(lb, ub) arrays from scalars or sequences; checks order and that p0 lies inside
+    (min == max fixes a parameter at that value)."""
     if bounds is None:
         bounds = (-np.inf, np.inf)
     try:
@@ -61,8 +63,9 @@ def normalise_bounds(bounds, p0: np.ndarray, names=None) -> tuple[np.ndarray, np
     ub = np.broadcast_to(np.asarray(hi, float), p0.shape).copy()
     names = names or [f"p{i}" for i in range(p0.size)]
     for i, n in enumerate(names):
-        if np.isnan(lb[i]) or np.isnan(ub[i]) or lb[i] >= ub[i]:
-            raise ValueError(f"bounds of {n}: need min < max, got [{lb[i]}, {ub[i]}]")
+        if np.isnan(lb[i]) or np.isnan(ub[i]) or lb[i] > ub[i]:
+            raise ValueError(f"bounds of {n}: need min <= max (min == max fixes it), got "
+                             f"[{lb[i]}, {ub[i]}]")
         if not (lb[i] <= p0[i] <= ub[i]):
             raise ValueError(f"initial value of {n} = {p0[i]} lies outside its bounds "
                              f"[{lb[i]}, {ub[i]}]")
@@ -212,8 +215,10 @@ class NLSQWrapper:
 
     # --- generic curve fitting (the guide's example) ------------------------------
     def fit(self, model_func, xdata, ydata, p0, bounds=(-np.inf, np.inf), method: str = "trf",
-            sigma=None, *, strategy: str | None = None, parameter_names=None) -> FitResult:
-        """Least-squares fit of ``model_func(xdata, *params)`` to ``ydata``."""
+            sigma=None, *, strategy: str | None = None, parameter_names=None,
+            fixed=None) -> FitResult:
+        """Least-squares fit of ``model_func(xdata, *params)`` to ``ydata``; ``fixed``
+        (names or indices) holds those parameters at their p0."""
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS} (both run the bounded "
                              f"Levenberg-Marquardt engine), got {method!r}")
@@ -227,6 +232,8 @@ class NLSQWrapper:
         if not np.all(np.isfinite(p0)):
             raise ValueError(f"p0 must be finite, got {p0.tolist()}")
         lb, ub = normalise_bounds(bounds, p0, parameter_names)
+        lb, ub = fix_parameters(p0, lb, ub, fixed,
+                                parameter_names or [f"p{i}" for i in range(p0.size)])
         if self.backend == "nlsq":
             from homodyne.optimization.nlsq_backend import fit_with_nlsq
 
@@ -250,10 +257,12 @@ class NLSQWrapper:
 
     # --- the XPCS two-time model --------------------------------------------------
     def fit_two_time(self, source, spec, p0, bounds, *, strategy: str | None = None,
-                     y=None) -> FitResult:
-        """Fit the two-time model to a ``TwoTimeSource`` (or packed values ``y``)."""
+                     y=None, fixed=None) -> FitResult:
+        """Fit the two-time model to a ``TwoTimeSource`` (or packed values ``y``);
+        ``fixed`` names parameters held at their p0 ("contrast" names every angle's)."""
         p0 = np.asarray(p0, float)
         lb, ub = normalise_bounds(bounds, p0, list(spec.parameter_names))
+        lb, ub = fix_parameters(p0, lb, ub, fixed, spec.parameter_names)
         n = spec.n_points
         tier = self.select_strategy(n, spec.n_params, strategy)
         batch = min(self._batch(tier, n, spec.n_params), n)
