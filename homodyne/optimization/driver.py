@@ -20,12 +20,14 @@ from homodyne.optimization.engine import EngineOptions, solve_lm
 from homodyne.optimization.exceptions import StopFit
 from homodyne.optimization.fixed import FreeSubspace
 from homodyne.optimization.passes import FitMonitor, PassRunner
+from homodyne.optimization.precision import evaluation_error
 from homodyne.optimization.problems import NormalEquations
 from homodyne.optimization.result import FitResult
 
 
-def _lm_kwargs(opts: EngineOptions, coarse: bool) -> dict:
+def _lm_kwargs(opts: EngineOptions, coarse: bool, eval_error=None) -> dict:
     return dict(
+        eval_error=eval_error,
         max_iterations=opts.coarse_max_iterations if coarse else opts.max_iterations,
         step_tol_se=opts.coarse_step_tol_se if coarse else opts.step_tol_se,
         gtol=1e-3 if coarse else opts.gtol,
@@ -102,6 +104,9 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
     coarse_passes = coarse_points = 0
     messages = []
 
+    def eval_error(x_free):
+        return evaluation_error(problem, free.expand(x_free))
+
     def track(st):
         mon.lm_info = SolverSnapshot(free.expand(st.x), st.ne.cost, st.iteration, st.lam)
 
@@ -113,7 +118,7 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
             st = solve_lm(free.evaluator(runner.evaluate), x, flb, fub,
                           initial_damping=opts.initial_damping,
                           on_iteration=track, gn_trust_se=_trust(sub.n_points, coarse_points),
-                          **_lm_kwargs(opts, True))
+                          **_lm_kwargs(opts, True, eval_error))
             coarse_passes += st.evaluations
             coarse_points = sub.n_points
             x = st.x
@@ -126,8 +131,9 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
         runner = PassRunner(problem, data, stage="full", monitor=mon, n_devices=n_devices)
         trust = _trust(data.n_points, coarse_points)
         evaluate = free.evaluator(runner.evaluate)
+        full_kw = _lm_kwargs(opts, False, eval_error)
         st = solve_lm(evaluate, x, flb, fub, initial_damping=opts.initial_damping,
-                      on_iteration=track, gn_trust_se=trust, **_lm_kwargs(opts, False))
+                      on_iteration=track, gn_trust_se=trust, **full_kw)
         for name in recovery_sequence if mon.applicator is not None and \
                 mon.signal_received is None else ():
             if st.converged or not st.reason.startswith("damping overflow"):
@@ -136,7 +142,7 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
             x_new = mon.applicator.apply(name, st.x, (flb, fub))
             mon.record_recovery(mon.batches_done, mon.applicator.describe(name))
             st2 = solve_lm(evaluate, x_new, flb, fub, initial_damping=opts.initial_damping,
-                           on_iteration=track, gn_trust_se=trust, **_lm_kwargs(opts, False))
+                           on_iteration=track, gn_trust_se=trust, **full_kw)
             st2.evaluations += st.evaluations
             if st2.ne.cost <= st.ne.cost:
                 st = st2
