@@ -15,6 +15,7 @@ import numpy as np
 from homodyne.jaxconf import jax
 from homodyne.memory import peak_rss_mb
 from homodyne.optimization.checkpoint_session import SolverSnapshot
+from homodyne.optimization.coordinates import PowerLawCoordinates, SolverSpace
 from homodyne.optimization.covariance import covariance_from_normal
 from homodyne.optimization.engine import EngineOptions, solve_lm
 from homodyne.optimization.exceptions import StopFit
@@ -98,24 +99,36 @@ def _signals_to(mon: FitMonitor):
 
 
 def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequence, n_devices):
-    # the solver sees only the free parameters (lb == ub fixes one)
+    # the solver sees only the free parameters (lb == ub fixes one), first in the
+    # internal coordinates of the power laws where there are any (coordinates.py), then
+    # in the user's, where the user's bounds are a box
     free = FreeSubspace.from_bounds(x0, lb, ub)
-    x, flb, fub = free.reduce(x0), free.reduce(lb), free.reduce(ub)
+    flb, fub = free.reduce(lb), free.reduce(ub)
+    coords = PowerLawCoordinates.for_problem(problem, lb, ub) \
+        if opts.internal_coordinates else None
+    space = SolverSpace(coords, x0, lb, ub)
+    x = space.start
     coarse_passes = coarse_points = 0
     messages = []
 
-    def eval_error(x_free):
-        return evaluation_error(problem, free.expand(x_free))
+    def eval_error(v):
+        return evaluation_error(problem, space.user(v))
 
     def track(st):
-        mon.lm_info = SolverSnapshot(free.expand(st.x), st.ne.cost, st.iteration, st.lam)
+        mon.lm_info = SolverSnapshot(space.user(st.x), st.ne.cost, st.iteration, st.lam)
+
+    def finish(st):
+        return build_result(problem, space.state_in_user(st, free), x0, lb, ub, free,
+                            strategy=strategy, mon=mon, coarse_passes=coarse_passes,
+                            coarse_points=coarse_points, batch_size=data.batch_size, t0=t0,
+                            messages=messages)
 
     try:
         for sub in coarse_levels(data, opts):
             # each level starts a few of its own standard errors from its optimum, so
             # the slow walk along correlated valleys happens on cheap levels
             runner = PassRunner(problem, sub, stage="coarse", monitor=mon)
-            st = solve_lm(free.evaluator(runner.evaluate), x, flb, fub,
+            st = solve_lm(space.evaluator(runner.evaluate), x, *space.bounds,
                           initial_damping=opts.initial_damping,
                           on_iteration=track, gn_trust_se=_trust(sub.n_points, coarse_points),
                           **_lm_kwargs(opts, True, eval_error))
@@ -125,15 +138,23 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
             messages.append(f"coarse level of {sub.n_points:,} points: {st.evaluations} "
                             f"passes, {st.reason}")
             if st.reason.startswith("stopped") or mon.signal_received is not None:
-                return build_result(problem, st, x0, lb, ub, free, strategy=strategy, mon=mon,
-                                    coarse_passes=coarse_passes, coarse_points=coarse_points,
-                                    batch_size=data.batch_size, t0=t0, messages=messages)
+                return finish(st)
         runner = PassRunner(problem, data, stage="full", monitor=mon, n_devices=n_devices)
         trust = _trust(data.n_points, coarse_points)
-        evaluate = free.evaluator(runner.evaluate)
         full_kw = _lm_kwargs(opts, False, eval_error)
-        st = solve_lm(evaluate, x, flb, fub, initial_damping=opts.initial_damping,
-                      on_iteration=track, gn_trust_se=trust, **full_kw)
+        st = solve_lm(space.evaluator(runner.evaluate), x, *space.bounds,
+                      initial_damping=opts.initial_damping, on_iteration=track,
+                      gn_trust_se=trust, **full_kw)
+        if coords is not None:
+            messages.append(f"internal coordinates (t_ref = {coords.t_ref:.4g} s): "
+                            f"{st.evaluations} full passes, {st.reason}")
+            if st.reason.startswith("stopped") or mon.signal_received is not None:
+                return finish(st)
+            internal = space.state_in_user(st, free)
+            space, x = SolverSpace(None, x0, lb, ub), internal.x.copy()
+            st = _finish_in_user_coordinates(internal, free, runner, flb, fub, opts, track,
+                                             trust, full_kw, messages)
+        evaluate = free.evaluator(runner.evaluate)
         for name in recovery_sequence if mon.applicator is not None and \
                 mon.signal_received is None else ():
             if st.converged or not st.reason.startswith("damping overflow"):
@@ -149,10 +170,26 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
     except StopFit as stop:  # stopped during a stage's very first pass
         st = _unevaluated(x, str(stop))
     if mon.signal_received is None:
-        mon.save_final(free.expand(st.x))
-    return build_result(problem, st, x0, lb, ub, free, strategy=strategy, mon=mon,
-                        coarse_passes=coarse_passes, coarse_points=coarse_points,
-                        batch_size=data.batch_size, t0=t0, messages=messages)
+        mon.save_final(space.user(st.x))
+    return finish(st)
+
+
+def _finish_in_user_coordinates(internal, free, runner, flb, fub, opts, track, trust,
+                                full_kw, messages):
+    """The user-coordinate end of a fit that ran in internal coordinates: no pass where
+    the internal optimum is inside the user's box and passes the convergence test
+    there too; from the nearest point of the box where it crossed a bound (held there
+    by the active set while its gradient points out)."""
+    inside = bool(np.all(internal.x >= flb) and np.all(internal.x <= fub))
+    st = solve_lm(free.evaluator(runner.evaluate), np.clip(internal.x, flb, fub), flb, fub,
+                  initial_damping=opts.initial_damping, on_iteration=track,
+                  gn_trust_se=trust, ne0=internal.ne if inside else None, **full_kw)
+    st.evaluations += internal.evaluations
+    st.iteration += internal.iteration
+    st.history = internal.history + st.history
+    messages.append(f"user coordinates: {st.reason}"
+                    + ("" if inside else " (from the box: the internal optimum crossed a bound)"))
+    return st
 
 
 def _trust(n_points: int, previous_level: int) -> float:
