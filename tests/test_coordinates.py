@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 from conftest import make_spec, truth_for
 from test_engine import assert_matches, bounds_for, noisy_data, scipy_reference, start_for
+from test_engine import laminar_case as laminar  # noqa: F401 - the shared fixture
 
 from homodyne.optimization.coordinates import PowerLawCoordinates
 from homodyne.optimization.engine import EngineOptions
@@ -14,17 +15,8 @@ from homodyne.optimization.problems import TwoTimeProblem
 INTERNAL = EngineOptions(internal_coordinates=True)
 
 
-@pytest.fixture(scope="module")
-def laminar():
-    spec = make_spec("laminar_flow", n_frames=160, n_phi=8)  # 101,760 points
-    truth = truth_for(spec)
-    y = noisy_data(spec, truth, seed=1)
-    lb, ub = bounds_for(spec)
-    return spec, truth, y, lb, ub
-
-
-def test_map_is_exact_and_its_jacobian_is_dx_du(laminar):
-    spec, truth, _, lb, ub = laminar
+def test_map_is_exact_and_its_jacobian_is_dx_du(laminar):  # noqa: F811
+    spec, truth, _, _, lb, ub, _ = laminar
     coords = PowerLawCoordinates.for_problem(TwoTimeProblem(spec), lb, ub)
     t = spec.frame_times()
     assert coords.t_ref == pytest.approx(np.exp(np.mean(np.log(t))))
@@ -41,8 +33,8 @@ def test_map_is_exact_and_its_jacobian_is_dx_du(laminar):
         np.testing.assert_allclose(num, phi, rtol=1e-6, atol=1e-9 * np.abs(phi).max())
 
 
-def test_a_triple_with_a_fixed_member_stays_in_user_coordinates(laminar):
-    spec, _, _, lb, ub = laminar
+def test_a_triple_with_a_fixed_member_stays_in_user_coordinates(laminar):  # noqa: F811
+    spec, _, _, _, lb, ub, _ = laminar
     lb, ub = lb.copy(), ub.copy()
     d_offset = 2 * spec.n_scaling_sets + 2
     lb[d_offset] = ub[d_offset] = 100.0
@@ -51,12 +43,10 @@ def test_a_triple_with_a_fixed_member_stays_in_user_coordinates(laminar):
                                2 * spec.n_scaling_sets + 5),)
 
 
-def test_laminar_valley_reaches_scipys_optimum_in_fewer_passes(laminar):
+def test_laminar_valley_reaches_scipys_optimum_in_fewer_passes(laminar):  # noqa: F811
     """From 20% off, the user's form crawls along the curved valley (100 passes, not
     converged); the internal form converges to SciPy's optimum in a fraction."""
-    spec, truth, y, lb, ub = laminar
-    p0 = start_for(spec, truth)
-    ref = scipy_reference(spec, y, p0, lb, ub)
+    spec, _, y, p0, lb, ub, ref = laminar
     user = NLSQWrapper().fit_two_time(None, spec, p0, (lb, ub), y=y)
     internal = NLSQWrapper(options=INTERNAL).fit_two_time(None, spec, p0, (lb, ub), y=y)
     assert internal.converged, internal.stop_reason
