@@ -80,7 +80,8 @@ SCHEMA = _s(
         contrast=("float", None, None),
         offset=("float", None, None),
     ),
-    parameter_space=_s(bounds=("bounds", {}, None)),  # defaults are in parsed form
+    # defaults are in parsed form; ``fixed`` holds the named parameters at their initial value
+    parameter_space=_s(bounds=("bounds", {}, None), fixed=("list[str]", [], None)),
     optimization=_s(
         method=("choice", "trf", ("trf", "lm")),
         max_iterations=("int", _ENGINE.max_iterations, "positive"),
@@ -265,8 +266,9 @@ def _bounds(key, value) -> dict:
             raise ConfigError(f"{k}.name", f"unknown parameter {name!r}{hint}")
         lo = _check_number(f"{k}.min", entry.get("min", DEFAULT_BOUNDS[name][0]), "float", None)
         hi = _check_number(f"{k}.max", entry.get("max", DEFAULT_BOUNDS[name][1]), "float", None)
-        if lo >= hi:
-            raise ConfigError(k, f"bounds of {name}: min {lo} must be < max {hi}")
+        if lo > hi:
+            raise ConfigError(k, f"bounds of {name}: min {lo} must be <= max {hi} "
+                              "(min == max fixes the parameter)")
         if name in out:
             raise ConfigError(k, f"{name} is bounded twice")
         out[name] = (lo, hi)
@@ -289,6 +291,7 @@ class HomodyneConfig:
     performance: dict
     output: dict
     one_time: dict = field(default_factory=dict)
+    fixed: list[str] = field(default_factory=list)  # held at their initial values
     source: str | None = None
     raw: dict = field(default_factory=dict, repr=False)
 
@@ -361,6 +364,11 @@ def validate_config(raw: Any, source: str | None = None, *, require_data: bool =
                 raise ConfigError("parameter_space.bounds",
                                   f"{name} is not a parameter of {mode} mode")
         bounds = d["parameter_space"]["bounds"]
+        for name in d["parameter_space"]["fixed"]:
+            if name not in allowed:
+                raise ConfigError("parameter_space.fixed",
+                                  f"{name!r} is not a parameter of {mode} mode; choose from "
+                                  f"{sorted(allowed)}")
         for name, v in zip(names, values, strict=True):
             lo, hi = bounds.get(name, DEFAULT_BOUNDS[name])
             if not lo <= v <= hi:
@@ -388,9 +396,9 @@ def validate_config(raw: Any, source: str | None = None, *, require_data: bool =
         raise
     return HomodyneConfig(
         analysis_mode=mode, per_angle_scaling=d["per_angle_scaling"], experimental_data=data,
-        initial_parameters=init, bounds=bounds, optimization=d["optimization"],
-        performance=d["performance"], output=d["output"], one_time=d["one_time"],
-        source=source, raw=raw or {})
+        initial_parameters=init, bounds=bounds, fixed=d["parameter_space"]["fixed"],
+        optimization=d["optimization"], performance=d["performance"], output=d["output"],
+        one_time=d["one_time"], source=source, raw=raw or {})
 
 
 def _is_one_time(d: dict, file_path) -> bool:

@@ -17,6 +17,7 @@ from homodyne.data.twotime import TwoTimeSource, open_two_time
 from homodyne.fitrun import FitRun, log_summary
 from homodyne.model import ModelSpec, c2_on_frames
 from homodyne.optimization.engine import EngineOptions
+from homodyne.optimization.fixed import fix_parameters
 from homodyne.optimization.nlsq_wrapper import NLSQWrapper
 from homodyne.optimization.result import FitResult
 from homodyne.optimization.settings import CheckpointSettings
@@ -114,6 +115,7 @@ def start_and_bounds(cfg: HomodyneConfig, spec: ModelSpec, source: TwoTimeSource
     p0 = spec.pack(contrast, offset, cfg.physical_initial())
     lb = spec.pack(c_lo, o_lo, [cfg.bound(n)[0] for n in spec.physical_names])
     ub = spec.pack(c_hi, o_hi, [cfg.bound(n)[1] for n in spec.physical_names])
+    lb, ub = fix_parameters(p0, lb, ub, cfg.fixed, spec.parameter_names)
     return p0, lb, ub
 
 

@@ -4,8 +4,10 @@ import os
 from pathlib import Path
 
 import numpy as np
+from scipy.optimize import least_squares
 
-from homodyne.model import ModelSpec
+from homodyne.jaxconf import jax, jnp
+from homodyne.model import ModelSpec, c2_points
 
 REPO = Path(__file__).resolve().parents[1]
 REAL_DATA = Path(os.environ.get("HOMODYNE_DATA_MIRROR", REPO.parent / "shared" / "data" / "real"))
@@ -25,3 +27,43 @@ def truth_for(spec: ModelSpec) -> np.ndarray:
     offset = np.linspace(1.0, 1.02, k)
     phys = STATIC_PHYS if spec.mode == "static" else LAMINAR_PHYS
     return spec.pack(contrast, offset, phys)
+
+
+def bounds_for(spec):
+    k = spec.n_scaling_sets
+    lo = [0.0] * k + [0.5] * k + [1.0, -2.0, -1000.0]
+    hi = [1.0] * k + [1.5] * k + [1e5, 0.5, 1000.0]
+    if spec.mode == "laminar_flow":
+        lo += [1e-6, -2.0, -1e-2, -30.0]
+        hi += [1.0, 2.0, 1e-2, 30.0]
+    return np.array(lo), np.array(hi)
+
+
+def start_for(spec, truth):
+    """Physical parameters 20-25% off the truth (D_offset and the shear offset shifted)."""
+    k = spec.n_scaling_sets
+    p0 = truth.copy()
+    phys = p0[2 * k :]
+    phys *= np.array([1.25, 0.8, 1.2, 1.2, 0.8, 1.2, 1.2][: phys.size])
+    p0[:k] *= 0.8
+    return p0
+
+
+def noisy_data(spec, truth, sigma=0.01, seed=0):
+    y = np.asarray(c2_points(truth, jnp.arange(spec.n_points), spec))
+    return y + np.random.default_rng(seed).normal(0, sigma, y.size)
+
+
+def scipy_reference(spec, y, p0, lb, ub):
+    g = jnp.arange(spec.n_points)
+    fun = jax.jit(lambda p: c2_points(p, g, spec))
+    jac = jax.jit(jax.jacfwd(lambda p: c2_points(p, g, spec)))
+    res = least_squares(lambda p: np.asarray(fun(p)) - y, p0, jac=lambda p: np.asarray(jac(p)),
+                        bounds=(lb, ub), method="trf", x_scale="jac", ftol=1e-15, xtol=1e-15,
+                        gtol=1e-15, max_nfev=500)
+    return res.x
+
+
+def assert_matches(result, ref, tol_se=1e-3):
+    dz = (result.parameters - ref) / result.uncertainties
+    assert np.all(np.abs(dz) < tol_se), f"distance from scipy in SE: {dz}"

@@ -52,7 +52,7 @@ def test_guide_minimal_config_fills_defaults(workdir):
     (lambda d: d["initial_parameters"].update(values=[1.0, "a", 0.0]),
      "initial_parameters.values[1]", "expected a number"),
     (lambda d: d["parameter_space"]["bounds"][0].update(min=5.0, max=1.0),
-     "parameter_space.bounds[0]", "min 5.0 must be < max 1.0"),
+     "parameter_space.bounds[0]", "min 5.0 must be <= max 1.0"),
     (lambda d: d["initial_parameters"].update(values=[1e6, -1.2, 0.0]),
      "initial_parameters.values", "D0 = 1000000.0 lies outside its bounds"),
     (lambda d: d["experimental_data"].update(file_path="missing.h5"),

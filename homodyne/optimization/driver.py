@@ -16,10 +16,13 @@ import numpy as np
 from homodyne.jaxconf import jax
 from homodyne.memory import peak_rss_mb
 from homodyne.optimization.checkpoint_session import SolverSnapshot
+from homodyne.optimization.coordinates import PowerLawCoordinates, SolverSpace
 from homodyne.optimization.covariance import covariance_from_normal
 from homodyne.optimization.engine import EngineOptions, solve_lm
 from homodyne.optimization.exceptions import NLSQNumericalError, StopFit
+from homodyne.optimization.fixed import FreeSubspace
 from homodyne.optimization.passes import FitMonitor, PassRunner
+from homodyne.optimization.precision import evaluation_error
 from homodyne.optimization.problems import NormalEquations
 from homodyne.optimization.result import FitResult
 
@@ -27,8 +30,9 @@ if TYPE_CHECKING:
     from homodyne.optimization.interfaces import DataSource, Problem
 
 
-def _lm_kwargs(opts: EngineOptions, coarse: bool) -> dict:
+def _lm_kwargs(opts: EngineOptions, coarse: bool, eval_error=None) -> dict:
     return dict(
+        eval_error=eval_error,
         max_iterations=opts.coarse_max_iterations if coarse else opts.max_iterations,
         step_tol_se=opts.coarse_step_tol_se if coarse else opts.step_tol_se,
         gtol=1e-3 if coarse else opts.gtol,
@@ -98,45 +102,72 @@ def _signals_to(mon: FitMonitor):
 
 
 def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequence, n_devices):
-    x = x0
+    # the solver sees only the free parameters (lb == ub fixes one), first in the
+    # internal coordinates of the power laws where there are any (coordinates.py), then
+    # in the user's, where the user's bounds are a box
+    free = FreeSubspace.from_bounds(x0, lb, ub)
+    flb, fub = free.reduce(lb), free.reduce(ub)
+    coords = PowerLawCoordinates.for_problem(problem, lb, ub) \
+        if opts.internal_coordinates else None
+    space = SolverSpace(coords, x0, lb, ub)
+    x = space.start
     coarse_passes = coarse_points = 0
     messages = []
 
+    def eval_error(v):
+        return evaluation_error(problem, space.user(v))
+
     def track(st):
-        mon.lm_info = SolverSnapshot(st.x.copy(), st.ne.cost, st.iteration, st.lam)
+        mon.lm_info = SolverSnapshot(space.user(st.x), st.ne.cost, st.iteration, st.lam)
+
+    def finish(st):
+        return build_result(problem, space.state_in_user(st, free), x0, lb, ub, free,
+                            strategy=strategy, mon=mon, coarse_passes=coarse_passes,
+                            coarse_points=coarse_points, batch_size=data.batch_size, t0=t0,
+                            messages=messages)
 
     try:
         for sub in coarse_levels(data, opts):
             # each level starts a few of its own standard errors from its optimum, so
             # the slow walk along correlated valleys happens on cheap levels
             runner = PassRunner(problem, sub, stage="coarse", monitor=mon)
-            st = solve_lm(runner.evaluate, x, lb, ub, initial_damping=opts.initial_damping,
+            st = solve_lm(space.evaluator(runner.evaluate), x, *space.bounds,
+                          initial_damping=opts.initial_damping,
                           on_iteration=track, gn_trust_se=_trust(sub.n_points, coarse_points),
-                          **_lm_kwargs(opts, True))
+                          **_lm_kwargs(opts, True, eval_error))
             coarse_passes += st.evaluations
             coarse_points = sub.n_points
             x = st.x
             messages.append(f"coarse level of {sub.n_points:,} points: {st.evaluations} "
                             f"passes, {st.reason}")
             if st.reason.startswith("stopped") or mon.signal_received is not None:
-                return build_result(problem, st, x0, lb, ub, strategy=strategy, mon=mon,
-                                    coarse_passes=coarse_passes, coarse_points=coarse_points,
-                                    batch_size=data.batch_size, t0=t0, messages=messages)
+                return finish(st)
         runner = PassRunner(problem, data, stage="full", monitor=mon, n_devices=n_devices)
         trust = _trust(data.n_points, coarse_points)
-        st = solve_lm(runner.evaluate, x, lb, ub, initial_damping=opts.initial_damping,
-                      on_iteration=track, gn_trust_se=trust, **_lm_kwargs(opts, False))
+        full_kw = _lm_kwargs(opts, False, eval_error)
+        st = solve_lm(space.evaluator(runner.evaluate), x, *space.bounds,
+                      initial_damping=opts.initial_damping, on_iteration=track,
+                      gn_trust_se=trust, **full_kw)
+        if coords is not None:
+            messages.append(f"internal coordinates (t_ref = {coords.t_ref:.4g} s): "
+                            f"{st.evaluations} full passes, {st.reason}")
+            if st.reason.startswith("stopped") or mon.signal_received is not None:
+                return finish(st)
+            internal = space.state_in_user(st, free)
+            space, x = SolverSpace(None, x0, lb, ub), internal.x.copy()
+            st = _finish_in_user_coordinates(internal, free, runner, flb, fub, opts, track,
+                                             trust, full_kw, messages)
+        evaluate = free.evaluator(runner.evaluate)
         for name in recovery_sequence if mon.applicator is not None and \
                 mon.signal_received is None else ():
             if st.converged or not st.reason.startswith("damping overflow"):
                 break
             # the solver stalled: restart once from a perturbed copy of the best point
-            x_new = mon.applicator.apply(name, st.x, (lb, ub))
+            x_new = mon.applicator.apply(name, st.x, (flb, fub))
             mon.record_recovery(mon.batches_done, mon.applicator.describe(name))
             try:
-                st2 = solve_lm(runner.evaluate, x_new, lb, ub,
-                               initial_damping=opts.initial_damping, on_iteration=track,
-                               gn_trust_se=trust, **_lm_kwargs(opts, False))
+                st2 = solve_lm(evaluate, x_new, flb, fub, initial_damping=opts.initial_damping,
+                               on_iteration=track, gn_trust_se=trust, **full_kw)
             except NLSQNumericalError as exc:  # the restart point is unusable: keep the best
                 messages.append(f"recovery {name} gave up: {exc}")
                 continue
@@ -146,10 +177,26 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
     except StopFit as stop:  # stopped during a stage's very first pass
         st = _unevaluated(x, str(stop))
     if mon.signal_received is None:
-        mon.save_final(st.x)
-    return build_result(problem, st, x0, lb, ub, strategy=strategy, mon=mon,
-                        coarse_passes=coarse_passes, coarse_points=coarse_points,
-                        batch_size=data.batch_size, t0=t0, messages=messages)
+        mon.save_final(space.user(st.x))
+    return finish(st)
+
+
+def _finish_in_user_coordinates(internal, free, runner, flb, fub, opts, track, trust,
+                                full_kw, messages):
+    """The user-coordinate end of a fit that ran in internal coordinates: no pass where
+    the internal optimum is inside the user's box and passes the convergence test
+    there too; from the nearest point of the box where it crossed a bound (held there
+    by the active set while its gradient points out)."""
+    inside = bool(np.all(internal.x >= flb) and np.all(internal.x <= fub))
+    st = solve_lm(free.evaluator(runner.evaluate), np.clip(internal.x, flb, fub), flb, fub,
+                  initial_damping=opts.initial_damping, on_iteration=track,
+                  gn_trust_se=trust, ne0=internal.ne if inside else None, **full_kw)
+    st.evaluations += internal.evaluations
+    st.iteration += internal.iteration
+    st.history = internal.history + st.history
+    messages.append(f"user coordinates: {st.reason}"
+                    + ("" if inside else " (from the box: the internal optimum crossed a bound)"))
+    return st
 
 
 def _trust(n_points: int, previous_level: int) -> float:
@@ -196,25 +243,27 @@ def _unevaluated(x, reason):
     return LMState(x=x.copy(), ne=ne, lam=math.nan, reason=reason)
 
 
-def build_result(problem, st, x0, lb, ub, *, strategy, mon, coarse_passes, coarse_points,
-                 batch_size, t0, messages) -> FitResult:
+def build_result(problem, st, x0, lb, ub, free, *, strategy, mon, coarse_passes,
+                 coarse_points, batch_size, t0, messages) -> FitResult:
+    """The result over all parameters from the solver state over the free ones
+    (``free``); fixed parameters get zero rows and columns in covariance and JᵀJ."""
     ne = st.ne
-    p = st.x.size
-    dof = max(ne.n - p, 1)
+    x = free.expand(st.x)
+    dof = max(ne.n - free.n_free, 1)
     chi2r = 2.0 * ne.cost / dof
     span = np.where(np.isfinite(ub - lb), ub - lb, 1.0)
-    on_bound = (st.x <= lb + 1e-9 * span) | (st.x >= ub - 1e-9 * span)
+    on_bound = free.free & ((x <= lb + 1e-9 * span) | (x >= ub - 1e-9 * span))
     if ne.n > 0 and np.all(np.isfinite(ne.H)):
-        cov = covariance_from_normal(ne.H, chi2r)
+        cov = free.embed_matrix(covariance_from_normal(ne.H, chi2r))
     else:
-        cov = np.full((p, p), np.nan)
+        cov = np.where(np.outer(free.free, free.free), np.nan, 0.0)
     undetermined = np.isinf(np.diag(cov))
     names = tuple(problem.parameter_names)
-    not_moved = np.abs(st.x - x0) <= 1e-12 * np.maximum(np.abs(x0), 1e-300)
+    not_moved = free.free & (np.abs(x - x0) <= 1e-12 * np.maximum(np.abs(x0), 1e-300))
     full = [r.seconds for r in mon.passes if r.stage == "full"]
     return FitResult(
         parameter_names=names,
-        parameters=st.x.copy(),
+        parameters=x,
         uncertainties=np.sqrt(np.abs(np.diag(cov))),
         covariance=cov,
         cost=ne.cost,
@@ -235,7 +284,8 @@ def build_result(problem, st, x0, lb, ub, *, strategy, mon, coarse_passes, coars
         pass_seconds=full,
         peak_rss_mb=peak_rss_mb(),
         device=jax.devices()[0].platform,
-        normal_matrix=ne.H.copy(),
+        normal_matrix=free.embed_matrix(ne.H),
+        fixed=[n for n, f in zip(names, free.free, strict=True) if not f],
         streaming_diagnostics=mon.diagnostics(),
         recovery_actions=list(mon.recovery_actions),
         history=st.history,

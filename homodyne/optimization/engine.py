@@ -13,7 +13,9 @@ then finishes with full passes, so that it needs few of them.
 
 Convergence is honest: "converged" means both the Gauss–Newton step is below
 ``step_tol_se`` standard errors for every free parameter and the scaled gradient
-(cosine between residual and each Jacobian column) is below ``gtol``.
+(cosine between residual and each Jacobian column) is below ``gtol``. Both tolerances
+are floored at what the model's working precision can resolve (``precision.py``), so a
+float32 model reports converged where its steps become evaluation noise.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 from homodyne.optimization.covariance import column_scales as _scales
 from homodyne.optimization.covariance import covariance_from_normal
 from homodyne.optimization.exceptions import NLSQNumericalError, StopFit
+from homodyne.optimization.precision import convergence_floors
 from homodyne.optimization.problems import NormalEquations
 from homodyne.optimization.settings import EngineOptions
 
@@ -132,8 +135,12 @@ def _convergence_measures(ne: NormalEquations, x, lb, ub, n_params):
 def solve_lm(evaluate: Callable[[np.ndarray], NormalEquations], x0, lb, ub, *,
              max_iterations: int, step_tol_se: float, gtol: float, ftol: float,
              initial_damping: float, ne0: NormalEquations | None = None,
-             on_iteration: Callable | None = None, gn_trust_se: float = 1.0) -> LMState:
+             on_iteration: Callable | None = None, gn_trust_se: float = 1.0,
+             eval_error: Callable[[np.ndarray], float] | None = None) -> LMState:
     """Bounded LM from x0; ``evaluate`` makes one pass and returns the normal equations.
+
+    ``eval_error(x)``: bound on the absolute error of one model value at x (0 or None:
+    exact to float64); it floors ``step_tol_se`` and ``gtol`` (``convergence_floors``).
 
     ``gn_trust_se``: the undamped Gauss-Newton step is tried first when it is under this
     many standard errors. The quadratic model's range does not shrink with the data, so
@@ -145,15 +152,34 @@ def solve_lm(evaluate: Callable[[np.ndarray], NormalEquations], x0, lb, ub, *,
     try:
         return _lm_loop(st, evaluate, lb, ub, max_iterations=max_iterations,
                         step_tol_se=step_tol_se, gtol=gtol, ftol=ftol,
-                        on_iteration=on_iteration, gn_trust_se=gn_trust_se)
+                        on_iteration=on_iteration, gn_trust_se=gn_trust_se,
+                        eval_error=eval_error)
     except StopFit as stop:
         st.reason = str(stop)
         st.converged = False
         return st
 
 
+def _tolerances(st: LMState, step_tol_se, gtol, eval_error) -> tuple[float, float, str]:
+    """(step tolerance, gradient tolerance, note) at the current point: the requested
+    ones, or the working-precision floors where those are larger."""
+    error = eval_error(st.x) if eval_error is not None else 0.0
+    step_floor, cos_floor = convergence_floors(error, st.ne.cost, st.ne.n, st.x.size)
+    note = " (floored at working precision)" if step_floor > step_tol_se or \
+        cos_floor > gtol else ""
+    return max(step_tol_se, step_floor), max(gtol, cos_floor), note
+
+
+def _converged(st: LMState, step_tol_se, gtol, eval_error) -> tuple[bool, str]:
+    """The convergence test and its one-line explanation."""
+    step_tol, g_tol, note = _tolerances(st, step_tol_se, gtol, eval_error)
+    ok = st.step_se <= step_tol and st.grad_cos <= g_tol
+    return ok, (f"Gauss-Newton step {st.step_se:.2e} standard errors <= {step_tol:.2g}, "
+                f"gradient cosine {st.grad_cos:.2e} <= {g_tol:.2g}{note}")
+
+
 def _lm_loop(st: LMState, evaluate, lb, ub, *, max_iterations, step_tol_se, gtol, ftol,
-             on_iteration, gn_trust_se) -> LMState:
+             on_iteration, gn_trust_se, eval_error) -> LMState:
     """The iteration itself; ``st`` always holds the best accepted point."""
     x, ne = st.x, st.ne
     if not _finite(ne):
@@ -170,10 +196,10 @@ def _lm_loop(st: LMState, evaluate, lb, ub, *, max_iterations, step_tol_se, gtol
         if on_iteration is not None and on_iteration(st) is False:
             st.reason = "stopped by callback"
             return st
-        if st.step_se <= step_tol_se and st.grad_cos <= gtol:
+        ok, why = _converged(st, step_tol_se, gtol, eval_error)
+        if ok:
             st.converged = True
-            st.reason = (f"Gauss-Newton step {st.step_se:.2e} standard errors "
-                         f"<= {step_tol_se:g}, gradient cosine {st.grad_cos:.2e} <= {gtol:g}")
+            st.reason = why
             return st
         if st.iteration >= max_iterations:
             st.reason = f"maximum iterations ({max_iterations}) reached"
@@ -208,7 +234,7 @@ def _lm_loop(st: LMState, evaluate, lb, ub, *, max_iterations, step_tol_se, gtol
                 st.iteration += 1
                 if rel <= ftol and pred / max(st.ne.cost, 1e-300) <= ftol:
                     st.step_se, st.grad_cos = _convergence_measures(st.ne, st.x, lb, ub, p)
-                    st.converged = st.step_se <= step_tol_se and st.grad_cos <= gtol
+                    st.converged = _converged(st, step_tol_se, gtol, eval_error)[0]
                     st.reason = (f"relative cost change {rel:.1e} <= ftol; step "
                                  f"{st.step_se:.2e} standard errors")
                     return st

@@ -18,6 +18,7 @@ import numpy as np
 from homodyne.optimization.checkpoint_manager import CheckpointManager
 from homodyne.optimization.checkpoint_session import CheckpointSession
 from homodyne.optimization.driver import coarse_level_sizes, fingerprint, run_fit
+from homodyne.optimization.fixed import fix_parameters
 from homodyne.optimization.passes import FitMonitor
 from homodyne.optimization.problems import CurveProblem, TwoTimeProblem
 from homodyne.optimization.progress import ProgressReporter
@@ -77,7 +78,8 @@ def _spread_sample(source) -> np.ndarray:
 
 
 def normalise_bounds(bounds, p0: np.ndarray, names=None) -> tuple[np.ndarray, np.ndarray]:
-    """(lb, ub) arrays from scalars or sequences; checks order and that p0 lies inside."""
+    """(lb, ub) arrays from scalars or sequences; checks order and that p0 lies inside
+    (min == max fixes a parameter at that value)."""
     if bounds is None:
         bounds = (-np.inf, np.inf)
     try:
@@ -88,8 +90,9 @@ def normalise_bounds(bounds, p0: np.ndarray, names=None) -> tuple[np.ndarray, np
     ub = np.broadcast_to(np.asarray(hi, float), p0.shape).copy()
     names = names or [f"p{i}" for i in range(p0.size)]
     for i, n in enumerate(names):
-        if np.isnan(lb[i]) or np.isnan(ub[i]) or lb[i] >= ub[i]:
-            raise ValueError(f"bounds of {n}: need min < max, got [{lb[i]}, {ub[i]}]")
+        if np.isnan(lb[i]) or np.isnan(ub[i]) or lb[i] > ub[i]:
+            raise ValueError(f"bounds of {n}: need min <= max (min == max fixes it), got "
+                             f"[{lb[i]}, {ub[i]}]")
         if not (lb[i] <= p0[i] <= ub[i]):
             raise ValueError(f"initial value of {n} = {p0[i]} lies outside its bounds "
                              f"[{lb[i]}, {ub[i]}]")
@@ -105,14 +108,16 @@ class FitPlan:
     data: DataSource
 
 
-def validate_start(p0, bounds, names=None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def validate_start(p0, bounds, names=None, fixed=None
+                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The one check of a fit's start and box, at the facade: float64 vectors of one
-    length, p0 finite, min < max and p0 inside. The driver and the solver take
-    (x0, lb, ub) as they are."""
+    length, p0 finite, min <= max and p0 inside; ``fixed`` (names or indices) are held at
+    p0 (lb = ub = p0). The driver and the solver take (x0, lb, ub) as they are."""
     p0 = np.asarray(p0, float).ravel()
     if not np.all(np.isfinite(p0)):
         raise ValueError(f"p0 must be finite, got {p0.tolist()}")
     lb, ub = normalise_bounds(bounds, p0, names)
+    lb, ub = fix_parameters(p0, lb, ub, fixed, names or [f"p{i}" for i in range(p0.size)])
     return p0, lb, ub
 
 
@@ -260,8 +265,10 @@ class NLSQWrapper:
 
     # --- generic curve fitting (the guide's example) ------------------------------
     def fit(self, model_func, xdata, ydata, p0, bounds=(-np.inf, np.inf), method: str = "trf",
-            sigma=None, *, strategy: str | None = None, parameter_names=None) -> FitResult:
-        """Least-squares fit of ``model_func(xdata, *params)`` to ``ydata``."""
+            sigma=None, *, strategy: str | None = None, parameter_names=None,
+            fixed=None) -> FitResult:
+        """Least-squares fit of ``model_func(xdata, *params)`` to ``ydata``; ``fixed``
+        (names or indices) holds those parameters at their p0."""
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS} (both run the bounded "
                              f"Levenberg-Marquardt engine), got {method!r}")
@@ -271,7 +278,7 @@ class NLSQWrapper:
             raise ValueError(f"ydata must be one-dimensional, got shape {y.shape}")
         if x.shape[-1] != y.size:
             raise ValueError(f"xdata's last axis ({x.shape[-1]}) must match ydata ({y.size})")
-        p0, lb, ub = validate_start(p0, bounds, parameter_names)
+        p0, lb, ub = validate_start(p0, bounds, parameter_names, fixed)
         if self.backend == "nlsq":
             from homodyne.optimization.nlsq_backend import fit_with_nlsq
 
@@ -305,9 +312,10 @@ class NLSQWrapper:
         return FitPlan(tier, batch, data)
 
     def fit_two_time(self, source, spec, p0, bounds, *, strategy: str | None = None,
-                     y=None) -> FitResult:
-        """Fit the two-time model to a ``TwoTimeSource`` (or packed values ``y``)."""
-        p0, lb, ub = validate_start(p0, bounds, list(spec.parameter_names))
+                     y=None, fixed=None) -> FitResult:
+        """Fit the two-time model to a ``TwoTimeSource`` (or packed values ``y``);
+        ``fixed`` names parameters held at their p0 ("contrast" names every angle's)."""
+        p0, lb, ub = validate_start(p0, bounds, list(spec.parameter_names), fixed)
         plan = self.plan_two_time(source, spec, strategy=strategy, y=y)
         tier, batch, data = plan.tier, plan.batch_size, plan.data
         problem = TwoTimeProblem(spec, validate=self.validate)

@@ -43,6 +43,7 @@ class FitResult:
     at_bounds: list[str] = field(default_factory=list)
     not_moved: list[str] = field(default_factory=list)
     undetermined: list[str] = field(default_factory=list)
+    fixed: list[str] = field(default_factory=list)  # held at their value (lb == ub): no error
     normal_matrix: np.ndarray | None = None  # JᵀJ at the solution (p x p)
     wall_time_s: float = 0.0
     pass_seconds: list[float] = field(default_factory=list)
@@ -132,6 +133,7 @@ class FitResult:
             flag = " (at bound)" if n in self.at_bounds else ""
             flag += " (did not move)" if n in self.not_moved else ""
             flag += " (NOT DETERMINED by the data)" if n in self.undetermined else ""
+            flag += " (fixed)" if n in self.fixed else ""
             lines.append(f"  {n:>20s} = {v: .10g} +/- {u:.3g}{flag}")
         return "\n".join(lines)
 

@@ -32,6 +32,10 @@ class EngineOptions:
     coarse_step_tol_se: float = 1e-2
     coarse_max_iterations: int = 200
     batch_size: int = 65_536
+    # fit the power laws about a reference time inside the data, in Box-Cox form
+    # (coordinates.py), and finish in the user's coordinates. Opt-in: from some starts
+    # it reaches a different (lower) local minimum than SciPy's TRF on the user's form
+    internal_coordinates: bool = False
 
 
 @dataclass

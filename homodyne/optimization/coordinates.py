@@ -1,0 +1,149 @@
+"""Well-conditioned internal coordinates for the power laws J(t) and gdot(t).
+
+The user writes J(t) = D0 t^alpha + D_offset, with the amplitude defined at t = 1 s,
+far from the data window: amplitude, exponent and offset are then strongly coupled
+and the least-squares valley is curved. Internally each power law is written about a
+reference time t_r inside the data (the geometric mean of the frame times), in the
+Box-Cox form
+
+    J(t) = level + slope (s^alpha - 1) / alpha,   s = t / t_r,
+
+so level = J(t_r), slope = dJ/dln t at t_r and alpha = 0 (logarithmic J) is an
+ordinary point. The map is exact:
+
+    level = D0 t_r^alpha + D_offset,   slope = alpha D0 t_r^alpha,
+    D0 = slope / (alpha t_r^alpha),     D_offset = level - slope / alpha.
+
+The solver sees the normal equations through the map's Jacobian (JᵀJ -> Φᵀ JᵀJ Φ,
+Jᵀr -> Φᵀ Jᵀr, Φ = dx/du); the model, the user's parameters and bounds are untouched.
+A triple with a fixed member stays in user coordinates.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from homodyne.optimization.fixed import FreeSubspace
+from homodyne.optimization.problems import NormalEquations
+
+# |alpha| below this is evaluated at this value (the map's only singular point):
+# J changes by O(1e-12 slope ln^2 s), far below any data's resolution
+_ALPHA_MIN = 1e-12
+
+
+@dataclass(frozen=True)
+class PowerLawCoordinates:
+    """(amplitude, exponent, offset) index triples of a full vector and their t_r.
+
+    Internal vector u: the amplitude slot holds the slope, the offset slot the level,
+    the exponent is shared; every other entry is the user's own."""
+
+    t_ref: float
+    triples: tuple[tuple[int, int, int], ...]
+
+    @classmethod
+    def for_problem(cls, problem, lb, ub) -> PowerLawCoordinates | None:
+        """The power laws of a two-time problem whose three parameters are all free;
+        None where there is none (static fits still have J, curve fits have none)."""
+        spec = getattr(problem, "spec", None)
+        if spec is None:
+            return None
+        base = 2 * spec.n_scaling_sets
+        laws = [(base, base + 1, base + 2)]
+        if spec.mode == "laminar_flow":
+            laws.append((base + 3, base + 4, base + 5))
+        free = np.asarray(lb) < np.asarray(ub)
+        laws = [t for t in laws if free[list(t)].all()]
+        if not laws:
+            return None
+        t = spec.frame_times()
+        return cls(float(np.exp(np.mean(np.log(t)))), tuple(laws))
+
+    def _alpha(self, a):
+        return np.where(np.abs(a) < _ALPHA_MIN, np.copysign(_ALPHA_MIN, a + 0.0), a)
+
+    def to_internal(self, x) -> np.ndarray:
+        u = np.array(x, np.float64)
+        for i, a, o in self.triples:
+            k = x[i] * self.t_ref ** x[a]
+            u[i], u[o] = x[a] * k, k + x[o]
+        return u
+
+    def to_user(self, u) -> np.ndarray:
+        x = np.array(u, np.float64)
+        for i, a, o in self.triples:
+            al = float(self._alpha(u[a]))
+            x[i] = u[i] / (al * self.t_ref ** al)
+            x[o] = u[o] - u[i] / al
+        return x
+
+    def jacobian(self, u) -> np.ndarray:
+        """Φ = dx/du at u (identity outside the triples)."""
+        phi = np.eye(len(u))
+        lt = np.log(self.t_ref)
+        for i, a, o in self.triples:
+            al = float(self._alpha(u[a]))
+            d0 = u[i] / (al * self.t_ref ** al)
+            phi[i, i] = 1.0 / (al * self.t_ref ** al)
+            phi[i, a] = -d0 * (1.0 / al + lt)
+            phi[o, i] = -1.0 / al
+            phi[o, a] = u[i] / al**2
+            phi[o, o] = 1.0
+        return phi
+
+    def internal_bounds(self, lb, ub) -> tuple[np.ndarray, np.ndarray]:
+        """The box the solver keeps: the exponents' own bounds; slope and level free
+        (the user's bounds on the amplitude and offset are checked in user coordinates)."""
+        lo, hi = np.array(lb, np.float64), np.array(ub, np.float64)
+        for i, _, o in self.triples:
+            lo[[i, o]], hi[[i, o]] = -np.inf, np.inf
+        return lo, hi
+
+    def evaluator(self, evaluate):
+        """``evaluate`` (user vector -> normal equations) as a function of u."""
+        def evaluate_internal(u):
+            ne = evaluate(self.to_user(u))
+            phi = self.jacobian(u)
+            return NormalEquations(ne.cost, phi.T @ ne.H @ phi, phi.T @ ne.g, ne.n)
+        return evaluate_internal
+
+
+class SolverSpace:
+    """The vector the solver iterates on: the free entries of the internal full vector
+    (``coords``) or of the user's (``coords`` None), with its box and the way back."""
+
+    def __init__(self, coords: PowerLawCoordinates | None, x0, lb, ub):
+        self.coords = coords
+        if coords is None:
+            u0, ulb, uub = x0, lb, ub
+        else:
+            u0 = coords.to_internal(x0)
+            ulb, uub = coords.internal_bounds(lb, ub)
+        self.free = FreeSubspace.from_bounds(u0, ulb, uub)
+        self.start = self.free.reduce(u0)
+        self.bounds = (self.free.reduce(ulb), self.free.reduce(uub))
+
+    def user(self, v) -> np.ndarray:
+        """The user's full vector for solver vector v."""
+        u = self.free.expand(v)
+        return u if self.coords is None else self.coords.to_user(u)
+
+    def evaluator(self, evaluate):
+        """``evaluate`` (user full vector -> normal equations) on solver vectors."""
+        inner = evaluate if self.coords is None else self.coords.evaluator(evaluate)
+        return self.free.evaluator(inner)
+
+    def state_in_user(self, st, free: FreeSubspace):
+        """``st`` with x and the normal equations in the user's free coordinates
+        (``free``: same free set, as a triple with a fixed member is never mapped)."""
+        if self.coords is None:
+            return st
+        u = self.free.expand(st.x)
+        f = free.free
+        inv = np.linalg.inv(self.coords.jacobian(u)[np.ix_(f, f)])
+        ne = st.ne
+        st.x = free.reduce(self.coords.to_user(u))
+        st.ne = NormalEquations(ne.cost, inv.T @ ne.H @ inv, inv.T @ ne.g, ne.n)
+        return st

@@ -1,0 +1,45 @@
+"""Working precision of one model evaluation, and the convergence floors it sets.
+
+A float32 model evaluated with float64 sums carries an error of about eps_32 |model|
+per point. Its effect on the quantities the convergence test looks at is bounded
+(Cauchy-Schwarz over the points, whatever the error's correlation):
+
+* gradient cosine |g_j| / (||J_j|| ||r||): at most delta / rms(r);
+* Gauss-Newton step in standard errors: at most sqrt(n) delta / sigma,
+
+where delta bounds the absolute error per point. Below those floors the step and the
+gradient are evaluation noise, so asking for less would only stall the fit
+("step vanished at working precision") without moving it closer to the optimum.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+# the step floor never exceeds this many standard errors: where the working precision
+# cannot resolve the optimum better than that, the fit says it did not converge
+MAX_STEP_FLOOR_SE = 1e-2
+
+
+def evaluation_error(problem, params) -> float:
+    """Bound on the absolute error of one model value at ``params`` (full vector):
+    eps of the model's dtype times a bound on |model|; 0 where it evaluates in float64."""
+    spec = getattr(problem, "spec", None)
+    if spec is None or spec.dtype == "float64":
+        return 0.0
+    contrast, offset, _ = spec.split(np.asarray(params, np.float64))
+    # c2 = offset + contrast g1^2 with 0 <= g1^2 <= 1
+    bound = float(np.max(np.abs(offset) + np.abs(contrast)))
+    return float(np.finfo(np.dtype(spec.dtype)).eps) * bound
+
+
+def convergence_floors(error: float, cost: float, n: int, n_params: int) -> tuple[float, float]:
+    """(step floor in standard errors, gradient-cosine floor) for a per-point error
+    bound ``error`` at a point with cost ½ Σ r² over ``n`` points."""
+    if error <= 0.0 or n <= 0 or cost <= 0.0:
+        return 0.0, 0.0
+    rms = math.sqrt(2.0 * cost / n)
+    sigma = math.sqrt(2.0 * cost / max(n - n_params, 1))
+    return min(math.sqrt(n) * error / sigma, MAX_STEP_FLOOR_SE), error / rms

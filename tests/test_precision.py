@@ -1,0 +1,66 @@
+"""float32 model evaluation (float64 sums) converges like float64: same passes, same optimum."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+from conftest import make_spec, truth_for
+from helpers import bounds_for, noisy_data, start_for
+
+from homodyne.data import generate_synthetic, open_two_time
+from homodyne.optimization.engine import EngineOptions
+from homodyne.optimization.nlsq_wrapper import NLSQWrapper
+from homodyne.optimization.precision import MAX_STEP_FLOOR_SE, convergence_floors
+
+
+def _compare(r64, r32):
+    assert r64.converged, r64.stop_reason
+    assert r32.converged, r32.stop_reason
+    assert abs(r32.passes - r64.passes) <= 1, (r32.passes, r64.passes)
+    dz = (r32.parameters - r64.parameters) / r64.uncertainties
+    assert np.all(np.abs(dz) < 0.05), dz
+
+
+def test_float32_standard_fit_converges_in_the_float64_passes():
+    """Without the working-precision floor this fit stalls ("step vanished at working
+    precision") after 28 passes; float64 needs 5."""
+    spec = make_spec("static", n_frames=201, n_phi=5)  # 100,500 points
+    truth = truth_for(spec)
+    y = noisy_data(spec, truth)
+    lb, ub = bounds_for(spec)
+    p0 = start_for(spec, truth)
+    r64 = NLSQWrapper().fit_two_time(None, spec, p0, (lb, ub), y=y)
+    spec32 = dataclasses.replace(spec, dtype="float32")
+    r32 = NLSQWrapper().fit_two_time(None, spec32, p0, (lb, ub), y=y.astype(np.float32))
+    _compare(r64, r32)
+    assert "working precision" in r32.stop_reason
+    assert "working precision" not in r64.stop_reason
+
+
+def test_float32_streaming_fit_converges_in_the_float64_passes(tmp_path):
+    """Streamed from a float32 file, coarse levels then full passes, float32 model."""
+    spec = make_spec("static", n_frames=300, n_phi=3)
+    truth = truth_for(spec)
+    lb, ub = bounds_for(spec)
+    p0 = start_for(spec, truth)
+    results = {}
+    for dtype in ("float64", "float32"):
+        info = generate_synthetic(tmp_path / f"{dtype}.h5", spec, truth, noise_sigma=0.01,
+                                  seed=5, dtype=dtype, block_rows=32)
+        src = open_two_time(info.path)
+        model = dataclasses.replace(src.model_spec(mode="static"), dtype=dtype)
+        wrapper = NLSQWrapper(strategy_override="streaming", batch_size=3000,
+                              options=EngineOptions(coarse_points=5_000))
+        results[dtype] = wrapper.fit_two_time(src, model, p0, (lb, ub))
+    assert results["float32"].coarse_passes > 0
+    _compare(results["float64"], results["float32"])
+
+
+@pytest.mark.parametrize("n", [10_000, 10**9])
+def test_precision_floors(n):
+    """float64 (error 0) keeps the requested tolerances; a float32 error floors both,
+    the step floor never beyond MAX_STEP_FLOOR_SE standard errors."""
+    assert convergence_floors(0.0, 5.0, n, 9) == (0.0, 0.0)
+    step, cos = convergence_floors(1.2e-7 * 1.5, 0.5 * n * 1e-4, n, 9)
+    assert cos == pytest.approx(1.8e-5)
+    assert step == pytest.approx(min(np.sqrt(n) * 1.8e-5, MAX_STEP_FLOOR_SE), rel=1e-3)
