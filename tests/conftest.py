@@ -4,15 +4,7 @@ their SciPy reference (computed once per session; helpers live in helpers.py).""
 from pathlib import Path
 
 import pytest
-from helpers import (
-    REAL_DATA,
-    bounds_for,
-    make_spec,
-    noisy_data,
-    scipy_reference,
-    start_for,
-    truth_for,
-)
+from helpers import REAL_DATA, engine_case
 
 
 @pytest.fixture(scope="session")
@@ -24,19 +16,9 @@ def real_data() -> Path:
 
 @pytest.fixture(scope="session")
 def static_case():
-    spec = make_spec("static", n_frames=201, n_phi=5)  # 100,500 points
-    truth = truth_for(spec)
-    y = noisy_data(spec, truth)
-    lb, ub = bounds_for(spec)
-    p0 = start_for(spec, truth)
-    return spec, truth, y, p0, lb, ub, scipy_reference(spec, y, p0, lb, ub)
+    return engine_case("static", n_frames=201, n_phi=5)  # 100,500 points
 
 
 @pytest.fixture(scope="session")
 def laminar_case():
-    spec = make_spec("laminar_flow", n_frames=160, n_phi=8)  # 101,760 points
-    truth = truth_for(spec)
-    y = noisy_data(spec, truth, seed=1)
-    lb, ub = bounds_for(spec)
-    p0 = start_for(spec, truth)
-    return spec, truth, y, p0, lb, ub, scipy_reference(spec, y, p0, lb, ub)
+    return engine_case("laminar_flow", n_frames=160, n_phi=8, seed=1)  # 101,760 points

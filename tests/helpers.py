@@ -67,3 +67,13 @@ def scipy_reference(spec, y, p0, lb, ub):
 def assert_matches(result, ref, tol_se=1e-3):
     dz = (result.parameters - ref) / result.uncertainties
     assert np.all(np.abs(dz) < tol_se), f"distance from scipy in SE: {dz}"
+
+
+def engine_case(mode: str, n_frames: int, n_phi: int, seed: int = 0):
+    """(spec, truth, noisy y, start 20-25% off, lb, ub, scipy TRF optimum) of one case."""
+    spec = make_spec(mode, n_frames=n_frames, n_phi=n_phi)
+    truth = truth_for(spec)
+    y = noisy_data(spec, truth, seed=seed)
+    lb, ub = bounds_for(spec)
+    p0 = start_for(spec, truth)
+    return spec, truth, y, p0, lb, ub, scipy_reference(spec, y, p0, lb, ub)

@@ -3,8 +3,15 @@ user's form, fewer passes on a curved laminar valley, a binding user bound held.
 
 import numpy as np
 import pytest
-from conftest import make_spec, truth_for
-from helpers import assert_matches, bounds_for, noisy_data, scipy_reference, start_for
+from helpers import (
+    assert_matches,
+    bounds_for,
+    make_spec,
+    noisy_data,
+    scipy_reference,
+    start_for,
+    truth_for,
+)
 
 from homodyne.optimization.coordinates import PowerLawCoordinates
 from homodyne.optimization.engine import EngineOptions

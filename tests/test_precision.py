@@ -4,8 +4,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from conftest import make_spec, truth_for
-from helpers import bounds_for, noisy_data, start_for
+from helpers import bounds_for, make_spec, noisy_data, start_for, truth_for
 
 from homodyne.data import generate_synthetic, open_two_time
 from homodyne.optimization.engine import EngineOptions

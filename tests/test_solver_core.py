@@ -182,7 +182,7 @@ def test_config_fixed_list_and_equal_bounds_fix_parameters():
 
 
 def test_two_time_fit_with_fixed_d_offset_and_contrast_matches_scipy():
-    from conftest import make_spec, truth_for
+    from helpers import make_spec, truth_for
 
     from homodyne.jaxconf import jax
     from homodyne.model import c2_points
