@@ -5,12 +5,8 @@ import numpy as np
 import pytest
 from helpers import (
     assert_matches,
-    bounds_for,
-    make_spec,
-    noisy_data,
     scipy_reference,
     start_for,
-    truth_for,
 )
 
 from homodyne.optimization.coordinates import PowerLawCoordinates
@@ -62,15 +58,12 @@ def test_laminar_valley_reaches_scipys_optimum_in_fewer_passes(laminar_case):
     np.testing.assert_allclose(internal.uncertainties, user.uncertainties, rtol=0.05)
 
 
-def test_binding_bound_on_d_offset_is_held_and_matches_scipy():
+def test_binding_bound_on_d_offset_is_held_and_matches_scipy(static_case):
     """The unconstrained optimum has D_offset ~ 100; with D_offset <= 60 the fit ends on
     that bound, at SciPy's bounded optimum."""
-    spec = make_spec("static", n_frames=201, n_phi=5)
-    truth = truth_for(spec)
-    y = noisy_data(spec, truth)
-    lb, ub = bounds_for(spec)
+    spec, _, y, p0, lb, ub, _ = static_case
+    p0, ub = p0.copy(), ub.copy()
     ub[-1] = 60.0
-    p0 = start_for(spec, truth)
     p0[-1] = 50.0
     ref = scipy_reference(spec, y, p0, lb, ub)
     r = NLSQWrapper(options=INTERNAL).fit_two_time(None, spec, p0, (lb, ub), y=y)
