@@ -30,8 +30,10 @@ from __future__ import annotations
 import logging
 import math
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -235,6 +237,43 @@ class _Pass:
     n_failed: int = 0
 
 
+# data -> the background compilation of its pass kernel (``compile_ahead``)
+_AHEAD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def compile_ahead(problem: Problem, data: DataSource, x: np.ndarray) -> None:
+    """Compile the kernel of ``data``'s passes on a background thread, so that it overlaps
+    the coarse stage (XLA compiles without the GIL); the first pass over ``data`` waits
+    for it. The kernel is called once with no valid point (it computes nothing), which
+    puts the compiled executable in its jit cache. Anything that goes wrong here is
+    ignored: the first pass then compiles (and reports) exactly as without it."""
+    columns = getattr(data, "call_columns", None)
+    if columns is None or getattr(data, "devices", None):
+        return
+    layout = ChunkLayout(data.batch_size, data.batches_per_call, data.stride)
+
+    def work():
+        px = np.asarray(x, dtype=np.float64)
+        ctx = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype),
+                                     jax.eval_shape(problem.prepare, px))
+        out = problem.chunk_fn(layout)(px, ctx, columns(), 0, 0, 0,
+                                       np.ones(layout.n_batches, bool))
+        jax.block_until_ready(out)
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="homodyne-compile")
+    _AHEAD[data] = pool.submit(work)
+    pool.shutdown(wait=False)
+
+
+def _wait_for_compilation(data) -> None:
+    ahead = _AHEAD.pop(data, None)
+    if ahead is not None:
+        try:
+            ahead.result()
+        except Exception:  # noqa: BLE001 - the pass itself compiles and reports instead
+            log.debug("compiling ahead failed", exc_info=True)
+
+
 class PassRunner:
     """Evaluates the normal equations at a parameter vector: one pass over ``data``."""
 
@@ -366,6 +405,7 @@ class PassRunner:
     def _begin(self, index: int, x: np.ndarray) -> _Pass:
         """Stage 1: per-pass context, zero sums (or an interrupted pass's partial sums)."""
         mon = self.monitor
+        _wait_for_compilation(self.data)
         px = jnp.asarray(x)
         ctx = self.problem.prepare(px)
         acc = self.problem.zero_stats(self._layout())
