@@ -286,8 +286,18 @@ class PassRunner:
         self.monitor = monitor or FitMonitor()
         self.n_devices = n_devices
         self._placed: dict = {}
+        self._zeros: dict = {}
         self._home = None
         self._first_done = any(r.stage == stage for r in self.monitor.passes)
+
+    def _zero_sums(self) -> dict:
+        """A pass's running sums, zero, as host arrays (shapes from the problem's zeros,
+        traced once per layout, never compiled)."""
+        layout = self._layout()
+        if layout not in self._zeros:
+            self._zeros[layout] = jax.eval_shape(lambda: self.problem.zero_stats(layout))
+        return jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype),
+                                      self._zeros[layout])
 
     def _layout(self, factor=1) -> ChunkLayout:
         d = self.data
@@ -408,12 +418,12 @@ class PassRunner:
         _wait_for_compilation(self.data)
         px = jnp.asarray(x)
         ctx = self.problem.prepare(px)
-        acc = self.problem.zero_stats(self._layout())
+        acc = self._zero_sums()
         start = 0
         resumed = mon.in_progress(index, self.stage, x)
         if resumed is not None:
             start, partial = resumed
-            acc = {k: jnp.asarray(v) for k, v in partial.items()}
+            acc = {k: np.asarray(v) for k, v in partial.items()}
         run = _Pass(index, x, px, ctx, acc, start, first=not self._first_done,
                     excluded=mon.excluded[self.stage])
         if mon.progress is not None:
@@ -448,7 +458,10 @@ class PassRunner:
         if error is not None:
             n, cost, ok = np.zeros(G, np.int64), np.zeros(G), np.zeros(G, bool)
         else:
-            run.acc = jax.tree_util.tree_map(lambda a, v: a + v, run.acc, stats)
+            # summed on the host: the same float64 additions as on the device, without a
+            # dispatch (and a compiled kernel) per leaf
+            run.acc = jax.tree_util.tree_map(lambda a, v: np.asarray(a + np.asarray(v)),
+                                             run.acc, stats)
         for b in range(real):
             bidx = chunk.pass_batch + b
             if bidx in run.excluded:
