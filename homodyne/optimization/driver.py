@@ -21,7 +21,7 @@ from homodyne.optimization.covariance import covariance_from_normal
 from homodyne.optimization.engine import EngineOptions, solve_lm
 from homodyne.optimization.exceptions import NLSQNumericalError, StopFit
 from homodyne.optimization.fixed import FreeSubspace
-from homodyne.optimization.passes import FitMonitor, PassRunner
+from homodyne.optimization.passes import FitMonitor, PassRunner, compile_ahead
 from homodyne.optimization.precision import evaluation_error
 from homodyne.optimization.problems import NormalEquations
 from homodyne.optimization.result import FitResult
@@ -127,7 +127,10 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
                             messages=messages)
 
     try:
-        for sub in coarse_levels(data, opts):
+        levels = coarse_levels(data, opts)
+        if levels and n_devices == 1:  # the full passes' kernel compiles meanwhile
+            compile_ahead(problem, data, x0)
+        for sub in levels:
             # each level starts a few of its own standard errors from its optimum, so
             # the slow walk along correlated valleys happens on cheap levels
             runner = PassRunner(problem, sub, stage="coarse", monitor=mon)

@@ -30,8 +30,10 @@ from __future__ import annotations
 import logging
 import math
 import time
+import weakref
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -235,6 +237,43 @@ class _Pass:
     n_failed: int = 0
 
 
+# data -> the background compilation of its pass kernel (``compile_ahead``)
+_AHEAD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def compile_ahead(problem: Problem, data: DataSource, x: np.ndarray) -> None:
+    """Compile the kernel of ``data``'s passes on a background thread, so that it overlaps
+    the coarse stage (XLA compiles without the GIL); the first pass over ``data`` waits
+    for it. The kernel is called once with no valid point (it computes nothing), which
+    puts the compiled executable in its jit cache. Anything that goes wrong here is
+    ignored: the first pass then compiles (and reports) exactly as without it."""
+    columns = getattr(data, "call_columns", None)
+    if columns is None or getattr(data, "devices", None):
+        return
+    layout = ChunkLayout(data.batch_size, data.batches_per_call, data.stride)
+
+    def work():
+        px = np.asarray(x, dtype=np.float64)
+        ctx = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype),
+                                     jax.eval_shape(problem.prepare, px))
+        out = problem.chunk_fn(layout)(px, ctx, columns(), 0, 0, 0,
+                                       np.ones(layout.n_batches, bool))
+        jax.block_until_ready(out)
+
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="homodyne-compile")
+    _AHEAD[data] = pool.submit(work)
+    pool.shutdown(wait=False)
+
+
+def _wait_for_compilation(data) -> None:
+    ahead = _AHEAD.pop(data, None)
+    if ahead is not None:
+        try:
+            ahead.result()
+        except Exception:  # noqa: BLE001 - the pass itself compiles and reports instead
+            log.debug("compiling ahead failed", exc_info=True)
+
+
 class PassRunner:
     """Evaluates the normal equations at a parameter vector: one pass over ``data``."""
 
@@ -247,8 +286,18 @@ class PassRunner:
         self.monitor = monitor or FitMonitor()
         self.n_devices = n_devices
         self._placed: dict = {}
+        self._zeros: dict = {}
         self._home = None
         self._first_done = any(r.stage == stage for r in self.monitor.passes)
+
+    def _zero_sums(self) -> dict:
+        """A pass's running sums, zero, as host arrays (shapes from the problem's zeros,
+        traced once per layout, never compiled)."""
+        layout = self._layout()
+        if layout not in self._zeros:
+            self._zeros[layout] = jax.eval_shape(lambda: self.problem.zero_stats(layout))
+        return jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype),
+                                      self._zeros[layout])
 
     def _layout(self, factor=1) -> ChunkLayout:
         d = self.data
@@ -366,14 +415,15 @@ class PassRunner:
     def _begin(self, index: int, x: np.ndarray) -> _Pass:
         """Stage 1: per-pass context, zero sums (or an interrupted pass's partial sums)."""
         mon = self.monitor
+        _wait_for_compilation(self.data)
         px = jnp.asarray(x)
         ctx = self.problem.prepare(px)
-        acc = self.problem.zero_stats(self._layout())
+        acc = self._zero_sums()
         start = 0
         resumed = mon.in_progress(index, self.stage, x)
         if resumed is not None:
             start, partial = resumed
-            acc = {k: jnp.asarray(v) for k, v in partial.items()}
+            acc = {k: np.asarray(v) for k, v in partial.items()}
         run = _Pass(index, x, px, ctx, acc, start, first=not self._first_done,
                     excluded=mon.excluded[self.stage])
         if mon.progress is not None:
@@ -408,7 +458,10 @@ class PassRunner:
         if error is not None:
             n, cost, ok = np.zeros(G, np.int64), np.zeros(G), np.zeros(G, bool)
         else:
-            run.acc = jax.tree_util.tree_map(lambda a, v: a + v, run.acc, stats)
+            # summed on the host: the same float64 additions as on the device, without a
+            # dispatch (and a compiled kernel) per leaf
+            run.acc = jax.tree_util.tree_map(lambda a, v: np.asarray(a + np.asarray(v)),
+                                             run.acc, stats)
         for b in range(real):
             bidx = chunk.pass_batch + b
             if bidx in run.excluded:

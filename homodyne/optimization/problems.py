@@ -15,6 +15,7 @@ the pass layer include them (points read), the sums do not.
 
 from __future__ import annotations
 
+import functools
 import math
 import warnings
 from dataclasses import dataclass
@@ -85,11 +86,17 @@ def _scan_batches(batch_stats, zero, layout: ChunkLayout, validate: bool):
     whether its sums were finite. Only finite batches with ``batch_mask`` set enter the
     sums, so one failed batch never poisons a pass (validation on); with validation
     off (fast mode) nothing is checked and non-finite values propagate.
+
+    Batches wholly past ``n_valid`` (the padding of a pass's last call, e.g. 6 of the 8
+    batches of a streamed 1M-point pass's second call) are not computed: the loop runs
+    only over the batches holding data (their entries of per_batch stay 0, 0, True), and
+    adding their all-zero sums would not change a bit.
     """
-    B = layout.batch_size
+    B, G = layout.batch_size, layout.n_batches
 
     def run(params, ctx, columns, first_batch, origin, n_valid, batch_mask):
-        def body(acc, b):
+        def body(b, carry):
+            acc, per = carry
             pos = (first_batch + b) * B
             cols = _batch_slices(columns, pos, B)
             g0 = origin + layout.stride * pos
@@ -99,12 +106,94 @@ def _scan_batches(batch_stats, zero, layout: ChunkLayout, validate: bool):
             acc = jax.tree_util.tree_map(lambda a, v: a + jnp.where(use, v, 0), acc, stats)
             # a batch whose points all lie in a left-out band holds data: not a failure
             n_read = stats["n"] + stats.get("n_band", 0)
-            return acc, (n_read, stats["cost"], finite)
+            per = tuple(lax.dynamic_update_index_in_dim(a, v.astype(a.dtype), b, 0)
+                        for a, v in zip(per, (n_read, stats["cost"], finite), strict=True))
+            return acc, per
 
-        out, per_batch = lax.scan(body, zero(), jnp.arange(layout.n_batches))
-        return out, per_batch
+        n_run = jnp.clip((n_valid - first_batch * B + B - 1) // B, 0, G)
+        per0 = (jnp.zeros(G, jnp.int64), jnp.zeros(G, jnp.float64), jnp.ones(G, bool))
+        return lax.fori_loop(0, n_run, body, (zero(), per0))
 
     return jax.jit(run)
+
+
+# Kernels are shared by every problem of one spec in the process (a jitted function is
+# compiled once per jit object: a fit's second problem, a test's tenth fit, the production
+# fits of one dataset compile nothing); keyed by everything their closures capture.
+_KERNELS = 64
+
+
+def _local_sets(spec: ModelSpec, layout: ChunkLayout) -> int:
+    if spec.scaling == "shared":
+        return 1
+    span = layout.batch_size * layout.stride
+    return min(spec.n_phi, math.ceil(span / spec.points_per_angle) + 1)
+
+
+def _two_time_zero(spec: ModelSpec, k_local: int):
+    P = spec.n_physical
+    K = spec.n_scaling_sets
+
+    def zero():
+        f = jnp.float64
+        return dict(cost=jnp.zeros((), f), n=jnp.zeros((), jnp.int64),
+                    n_band=jnp.zeros((), jnp.int64),
+                    Hpp=jnp.zeros((P, P), f), gp=jnp.zeros((P,), f),
+                    S=jnp.zeros((K + k_local, 2 * P + 5), f))
+
+    return zero
+
+
+@functools.lru_cache(maxsize=_KERNELS)
+def _two_time_prepare(spec: ModelSpec):
+    """Jitted params -> cumulative integrals and their derivatives (O(N P))."""
+    def prepare(params):
+        _, _, phys = spec.split(params)
+        return frame_integrals_and_jacobian(phys, spec)
+
+    return jax.jit(prepare)
+
+
+@functools.lru_cache(maxsize=_KERNELS)
+def _two_time_chunk_fn(spec: ModelSpec, validate: bool, layout: ChunkLayout):
+    """Jitted (params, ctx, columns, first_batch, origin, n_valid, mask) -> sums."""
+    k_local = _local_sets(spec, layout)
+    B = layout.batch_size
+
+    def batch_stats(params, ctx, cols, g0, n_left):
+        y = cols["y"]
+        valid = _validity(cols, B, n_left, validate)
+        # coordinates stay real for padding/NaN points (clipped), so each point keeps
+        # its own angle; validity only enters through the weights
+        g = jnp.minimum(g0 + layout.stride * jnp.arange(B), spec.n_points - 1)
+        in_band = jnp.zeros((), jnp.int64)
+        if spec.exclude_diagonal_frames > 1:  # the band is left out by position alone
+            _, i, j = point_coordinates(g, spec)
+            kept = spec.band_mask(i, j)
+            in_band = jnp.sum((valid & ~kept).astype(jnp.int64))
+            valid = valid & kept
+        c2, dcon, doff, jp, s = c2_points_with_jacobian(params, ctx, g, spec)
+        w = valid.astype(jnp.float64)
+        if "w" in cols:
+            w = w * jnp.where(valid, cols["w"], 0.0)
+        r = jnp.where(valid, y - c2, 0.0).astype(jnp.float64) * w
+        dcon = dcon.astype(jnp.float64) * w
+        doff = doff.astype(jnp.float64) * w
+        jp = jp.astype(jnp.float64) * w[:, None]
+        rows = jnp.concatenate(
+            [dcon[:, None] * jp, doff[:, None] * jp,
+             jnp.stack([dcon * dcon, dcon * doff, doff * doff, dcon * r, doff * r], 1)],
+            axis=1,
+        )
+        s0 = s[0]
+        onehot = (s - s0)[:, None] == jnp.arange(k_local)[None, :]
+        s_loc = onehot.astype(jnp.float64).T @ rows
+        S = jnp.zeros((spec.n_scaling_sets + k_local, rows.shape[1]), jnp.float64)
+        S = lax.dynamic_update_slice_in_dim(S, s_loc, s0, axis=0)
+        return dict(cost=jnp.sum(r * r), n=jnp.sum(valid.astype(jnp.int64)),
+                    n_band=in_band, Hpp=jp.T @ jp, gp=jp.T @ r, S=S)
+
+    return _scan_batches(batch_stats, _two_time_zero(spec, k_local), layout, validate)
 
 
 class TwoTimeProblem:
@@ -115,83 +204,20 @@ class TwoTimeProblem:
         self.validate = validate
         self.n_params = spec.n_params
         self.parameter_names = spec.parameter_names
-        self._fns: dict = {}
-        self._prepare = jax.jit(self._prepare_impl)
-
-    # per parameter vector: cumulative integrals and their derivatives (O(N P))
-    def _prepare_impl(self, params):
-        _, _, phys = self.spec.split(params)
-        return frame_integrals_and_jacobian(phys, self.spec)
 
     def prepare(self, params):
-        return self._prepare(jnp.asarray(params, dtype=jnp.float64))
+        """Per parameter vector: cumulative integrals and their derivatives (O(N P))."""
+        return _two_time_prepare(self.spec)(jnp.asarray(params, dtype=jnp.float64))
 
     def _local_sets(self, layout: ChunkLayout) -> int:
-        spec = self.spec
-        if spec.scaling == "shared":
-            return 1
-        span = layout.batch_size * layout.stride
-        return min(spec.n_phi, math.ceil(span / spec.points_per_angle) + 1)
+        return _local_sets(self.spec, layout)
 
     def _zero(self, k_local):
-        P = self.spec.n_physical
-        K = self.spec.n_scaling_sets
-
-        def zero():
-            f = jnp.float64
-            return dict(cost=jnp.zeros((), f), n=jnp.zeros((), jnp.int64),
-                        n_band=jnp.zeros((), jnp.int64),
-                        Hpp=jnp.zeros((P, P), f), gp=jnp.zeros((P,), f),
-                        S=jnp.zeros((K + k_local, 2 * P + 5), f))
-
-        return zero
+        return _two_time_zero(self.spec, k_local)
 
     def chunk_fn(self, layout: ChunkLayout):
         """Jitted (params, ctx, columns, first_batch, origin, n_valid) -> sums."""
-        key = (layout,)
-        if key in self._fns:
-            return self._fns[key]
-        spec = self.spec
-        k_local = self._local_sets(layout)
-        B = layout.batch_size
-        validate = self.validate
-
-        def batch_stats(params, ctx, cols, g0, n_left):
-            y = cols["y"]
-            valid = _validity(cols, B, n_left, validate)
-            # coordinates stay real for padding/NaN points (clipped), so each point keeps
-            # its own angle; validity only enters through the weights
-            g = jnp.minimum(g0 + layout.stride * jnp.arange(B), spec.n_points - 1)
-            in_band = jnp.zeros((), jnp.int64)
-            if spec.exclude_diagonal_frames > 1:  # the band is left out by position alone
-                _, i, j = point_coordinates(g, spec)
-                kept = spec.band_mask(i, j)
-                in_band = jnp.sum((valid & ~kept).astype(jnp.int64))
-                valid = valid & kept
-            c2, dcon, doff, jp, s = c2_points_with_jacobian(params, ctx, g, spec)
-            w = valid.astype(jnp.float64)
-            if "w" in cols:
-                w = w * jnp.where(valid, cols["w"], 0.0)
-            r = jnp.where(valid, y - c2, 0.0).astype(jnp.float64) * w
-            dcon = dcon.astype(jnp.float64) * w
-            doff = doff.astype(jnp.float64) * w
-            jp = jp.astype(jnp.float64) * w[:, None]
-            rows = jnp.concatenate(
-                [dcon[:, None] * jp, doff[:, None] * jp,
-                 jnp.stack([dcon * dcon, dcon * doff, doff * doff, dcon * r, doff * r], 1)],
-                axis=1,
-            )
-            s0 = s[0]
-            onehot = (s - s0)[:, None] == jnp.arange(k_local)[None, :]
-            s_loc = onehot.astype(jnp.float64).T @ rows
-            S = jnp.zeros((spec.n_scaling_sets + k_local, rows.shape[1]), jnp.float64)
-            S = lax.dynamic_update_slice_in_dim(S, s_loc, s0, axis=0)
-            return dict(cost=jnp.sum(r * r), n=jnp.sum(valid.astype(jnp.int64)),
-                        n_band=in_band, Hpp=jp.T @ jp, gp=jp.T @ r, S=S)
-
-        fn = _scan_batches(batch_stats, self._zero(k_local), layout, validate)
-        self._fns[key] = fn
-        return fn
+        return _two_time_chunk_fn(self.spec, bool(self.validate), layout)
 
     def zero_stats(self, layout: ChunkLayout):
         return self._zero(self._local_sets(layout))()

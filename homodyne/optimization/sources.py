@@ -79,6 +79,10 @@ class InMemoryData(_Resident):
         per_call = min(n_batches, batches_per_call or n_batches)
         return math.ceil(n_batches / per_call) * per_call * batch_size
 
+    def call_columns(self) -> dict:
+        """Columns with the shapes and dtypes one call gets (to compile its kernel ahead)."""
+        return self.columns
+
     def chunks(self, start_batch: int = 0):
         G = self.batches_per_call
         for first in range(start_batch - start_batch % G, self.n_batches, G):
@@ -195,6 +199,12 @@ class HostArrayData(_Batched):
         self.origin = 0
         self.devices: list = []
 
+    def call_columns(self) -> dict:
+        """Columns with the shapes and dtypes one call gets (to compile its kernel ahead)."""
+        L = self.batch_size * self.batches_per_call
+        return {k: np.zeros(np.shape(v)[:-1] + (L,), np.asarray(v[..., :0]).dtype)
+                for k, v in self.columns.items()}
+
     def chunks(self, start_batch: int = 0):
         B, G = self.batch_size, self.batches_per_call
         for first in range(start_batch, self.n_batches, G):
@@ -226,6 +236,10 @@ class _RunSource(_Batched):
     def _ring(self) -> int:
         # one being computed on, one being read, spares for calls in flight elsewhere
         return max(1, len(self.devices)) + 2
+
+    def call_columns(self) -> dict:
+        """Columns with the shapes and dtypes one call gets (to compile its kernel ahead)."""
+        return {"y": np.zeros(self.batch_size * self.batches_per_call, self.dtype)}
 
     def chunks(self, start_batch: int = 0):
         B, G = self.batch_size, self.batches_per_call

@@ -1,0 +1,101 @@
+"""What makes a pass cheap without changing a bit: kernels shared by the problems of one
+spec, and a call's padding batches (past the data) not computed."""
+
+import logging
+
+import numpy as np
+import pytest
+from helpers import make_spec, truth_for
+
+from homodyne.jaxconf import jax
+from homodyne.model import c2_points
+from homodyne.optimization.exceptions import NLSQConvergenceError
+from homodyne.optimization.passes import PassRunner, _wait_for_compilation, compile_ahead
+from homodyne.optimization.problems import ChunkLayout, TwoTimeProblem
+from homodyne.optimization.sources import HostArrayData, InMemoryData
+
+
+def _data(spec):
+    truth = truth_for(spec)
+    y = np.asarray(c2_points(truth, np.arange(spec.n_points), spec))
+    return truth, y + 1e-3 * np.cos(np.arange(spec.n_points))
+
+
+def test_problems_of_one_spec_share_their_compiled_kernels():
+    spec = make_spec("static", n_frames=30, n_phi=2)
+    layout = ChunkLayout(128, 4)
+    a, b = TwoTimeProblem(spec), TwoTimeProblem(spec)
+    assert a.chunk_fn(layout) is b.chunk_fn(layout)
+    assert a.chunk_fn(layout) is not TwoTimeProblem(spec, validate=False).chunk_fn(layout)
+    assert a.chunk_fn(layout) is not a.chunk_fn(ChunkLayout(128, 4, stride=2))
+    other = make_spec("static", n_frames=31, n_phi=2)
+    assert TwoTimeProblem(other).chunk_fn(layout) is not a.chunk_fn(layout)
+
+
+def test_padding_batches_are_skipped_and_sums_are_bit_identical():
+    """3 batches of data in calls of 8 batches: the 5 padding batches report nothing and
+    the sums equal, bit for bit, those of one 3-batch call over the same batches."""
+    spec = make_spec("static", n_frames=40, n_phi=2)  # 1,560 points
+    truth, y = _data(spec)
+    B = 600  # 3 batches, the last one partial
+    problem = TwoTimeProblem(spec)
+    x = truth * 1.02
+    streamed = PassRunner(problem, HostArrayData({"y": y}, spec.n_points, B, 8))
+    resident = PassRunner(problem, InMemoryData({"y": y}, spec.n_points, B))
+    a, b = streamed.evaluate(x), resident.evaluate(x)
+    assert a.n == b.n == spec.n_points
+    assert a.cost == b.cost
+    np.testing.assert_array_equal(a.H, b.H)
+    np.testing.assert_array_equal(a.g, b.g)
+    # the call itself: per-batch counts of the 3 data batches, nothing for the padding
+    chunk = next(HostArrayData({"y": y}, spec.n_points, B, 8).chunks())
+    fn = problem.chunk_fn(ChunkLayout(B, 8))
+    _, (n, cost, ok) = fn(x, problem.prepare(x), chunk.columns, 0, 0, chunk.n_valid,
+                          np.ones(8, bool))
+    np.testing.assert_array_equal(np.asarray(n), [600, 600, 360, 0, 0, 0, 0, 0])
+    assert np.all(np.asarray(cost)[:3] > 0) and not np.any(np.asarray(cost)[3:])
+    assert np.all(np.asarray(ok))
+
+
+def test_kernel_compiled_ahead_is_the_one_the_pass_uses(caplog):
+    """compile_ahead compiles the pass kernel in the background (no point evaluated); the
+    pass then compiles no kernel of its own and gives the same sums as a pass without it."""
+    spec = make_spec("static", n_frames=36, n_phi=2)
+    truth, y = _data(spec)
+    x = truth * 0.98
+    problem = TwoTimeProblem(spec)
+    data = HostArrayData({"y": y}, spec.n_points, 300, 3)  # a layout no other test uses
+    jax.config.update("jax_log_compiles", True)  # globally: the compile runs in a thread
+    try:
+        with caplog.at_level(logging.WARNING):
+            compile_ahead(problem, data, x)
+            _wait_for_compilation(data)
+            ahead_log = [r.getMessage() for r in caplog.records]
+            caplog.clear()
+            ahead = PassRunner(problem, data).evaluate(x)
+            pass_log = [r.getMessage() for r in caplog.records]
+    finally:
+        jax.config.update("jax_log_compiles", False)
+    assert sum(m.startswith("Compiling jit(run)") for m in ahead_log) == 1
+    assert not any(m.startswith("Compiling jit(run)") for m in pass_log)
+    plain = PassRunner(problem, HostArrayData({"y": y}, spec.n_points, 300, 3)).evaluate(x)
+    assert ahead.cost == plain.cost and ahead.n == plain.n == spec.n_points
+    np.testing.assert_array_equal(ahead.H, plain.H)
+
+
+def test_a_failure_while_compiling_ahead_leaves_the_pass_to_report_it():
+    class Broken(TwoTimeProblem):
+        def chunk_fn(self, layout):
+            raise ValueError("kernel exploded")
+
+    spec = make_spec("static", n_frames=20, n_phi=1)
+    truth, y = _data(spec)
+    errors = []
+    for ahead in (True, False):
+        problem, data = Broken(spec), HostArrayData({"y": y}, spec.n_points, 64, 2)
+        if ahead:
+            compile_ahead(problem, data, truth)
+        with pytest.raises(NLSQConvergenceError, match="ValueError") as err:
+            PassRunner(problem, data).evaluate(truth)
+        errors.append(str(err.value))
+    assert errors[0] == errors[1]
