@@ -40,7 +40,8 @@ def main():
     with open(out, "w") as fh:
         json.dump({"parameters": [float(v).hex() for v in r.parameters],
                    "passes": r.passes, "resumed_from": r.streaming_diagnostics[
-                       "resumed_from_batch"], "cost": float(r.cost).hex()}, fh)
+                       "resumed_from_batch"], "cost": float(r.cost).hex(),
+                   "batches": r.streaming_diagnostics["total_batches_processed"]}, fh)
     print("done", np.asarray(r.parameters))
 
 

@@ -12,10 +12,11 @@ from helpers import (
     truth_for,
 )
 from scipy.optimize import least_squares
+from scipy.stats import chi2 as chi2_dist
 
 from homodyne.data import generate_synthetic, open_two_time
 from homodyne.jaxconf import jax, jnp
-from homodyne.model import c2_points
+from homodyne.model import c2_points, transport_coefficient
 from homodyne.optimization.engine import EngineOptions
 from homodyne.optimization.nlsq_wrapper import NLSQWrapper
 from homodyne.optimization.strategy import DatasetSizeStrategy, OptimizationStrategy
@@ -64,13 +65,41 @@ def test_streaming_from_disk_matches_scipy(tmp_path):
     y = src.read_packed()
     lb, ub = bounds_for(spec)
     p0 = start_for(spec, truth)
-    ref = scipy_reference(spec, y, p0, lb, ub)
     wrapper = NLSQWrapper(strategy_override="streaming", batch_size=3000,
                           options=EngineOptions(coarse_points=5_000))
     result = wrapper.fit_two_time(src, src.model_spec(mode="laminar_flow"), p0, (lb, ub))
     assert result.strategy == "STREAMING" and result.coarse_passes > 0
-    assert_matches(result, ref)
-    assert_recovers(result, truth)
+    assert result.converged, result.summary()
+    # 120 frames do not identify the shear-rate power law: from p0 SciPy's TRF on the
+    # user's form stops in the valley towards beta -> 0 (the logarithmic edge, where
+    # gamma_dot_t0 -> inf), while the internal coordinates pass through that edge to a
+    # lower optimum with beta on its bound. SciPy started there stays there: the
+    # reference is the lower of SciPy's two optima, and it is the engine's
+    from_p0 = scipy_reference(spec, y, p0, lb, ub)
+    from_engine = scipy_reference(spec, y, result.parameters, lb, ub)
+    g = jnp.arange(spec.n_points)
+
+    def chi2(p):
+        return float(np.sum((y - np.asarray(c2_points(p, g, spec))) ** 2)) / 0.01**2
+
+    assert chi2(from_engine) < chi2(from_p0) - 3.0, (chi2(from_engine), chi2(from_p0))
+    assert_matches(result, from_engine)
+    assert result.at_bounds == ["beta"]
+    # the truth is recovered in the likelihood-ratio sense (the per-parameter standard
+    # errors mean little at a bound of a poorly identified model), and so is the shear
+    # rate over the data
+    assert chi2(truth) - chi2(result.parameters) < chi2_dist.ppf(0.999, truth.size)
+    shear = [spec.parameter_names.index(n) for n in
+             ("gamma_dot_t0", "beta", "gamma_dot_t_offset")]
+    t = spec.frame_times()[[0, len(spec.frame_times()) // 2, -1]]
+
+    def rate(p):
+        return transport_coefficient(jnp.asarray(t), p[shear[0]], p[shear[1]], p[shear[2]])
+
+    grads = np.asarray(jax.jacfwd(rate)(jnp.asarray(result.parameters)))
+    err = np.sqrt(np.diag(result.function_covariance(grads)))
+    z_rate = (np.asarray(rate(jnp.asarray(result.parameters))) - np.asarray(rate(truth))) / err
+    assert np.all(np.abs(z_rate) < 3.0), z_rate
 
 
 def test_batch_size_does_not_change_the_result(static_case):

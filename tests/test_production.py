@@ -51,6 +51,17 @@ def test_chx_comparison_table_is_consistent(real_data, tmp_path):
                 real_data / "chx_two_time" / "fit_results_raw.json", tmp_path,
                 max_iterations=60)
     res, df = r["result"], r["comparison"]
+    # the bound D0 >= 0 pushes the optimum (D0 < 0, alpha ~ 0.42 without it) to the
+    # logarithmic edge J(t) = a + b ln t: converged there, D0 and D_offset not
+    # determined one by one, J(t) and its band determined
+    assert res.converged, res.summary()
+    where = res.power_law_optimum["alpha"]
+    assert where.startswith("logarithmic edge, pushed there by the bounds"), where
+    assert "D0 = -" in where and abs(res.parameters[3]) * np.log(350) <= 1e-3
+    assert {"D0", "D_offset"} <= set(res.undetermined)
+    assert np.isinf(res.uncertainties[[2, 4]]).all()
+    assert np.all(np.isfinite(df["rate_fit_err"])) and np.all(df["rate_fit_err"] > 0)
+    assert r["summary"]["power_law_optimum"] == {"alpha": where}
     D0, alpha, Doff = res.parameters[2:]
     t = df["t_frames"].to_numpy()
     np.testing.assert_allclose(df["rate_fit"], D0 * t**alpha + Doff, rtol=1e-10)

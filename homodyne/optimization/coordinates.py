@@ -17,6 +17,12 @@ ordinary point. The map is exact:
 The solver sees the normal equations through the map's Jacobian (JᵀJ -> Φᵀ JᵀJ Φ,
 Jᵀr -> Φᵀ Jᵀr, Φ = dx/du); the model, the user's parameters and bounds are untouched.
 A triple with a fixed member stays in user coordinates.
+
+A lower bound amplitude >= 0 (D0 >= 0) is the sign condition slope/alpha >= 0. Where the
+unbounded internal optimum breaks it, the fit is repeated with alpha held on the slope's
+side of 0 (``sign_bounds``); if alpha ends on that limit the optimum is the logarithmic
+edge of the family (J = level + slope ln s, D0 -> inf, D_offset -> -inf), and the user's
+amplitude and offset are then reported as not determined while J(t) stays determined.
 """
 
 from __future__ import annotations
@@ -31,6 +37,9 @@ from homodyne.optimization.problems import NormalEquations
 # |alpha| below this is evaluated at this value (the map's only singular point):
 # J changes by O(1e-12 slope ln^2 s), far below any data's resolution
 _ALPHA_MIN = 1e-12
+# where the sign condition holds alpha, it stops this far on the slope's side of 0: the
+# logarithmic edge to within slope * 1e-9 * ln^2 s / 2 in J, with a finite D0 = slope/1e-9
+EDGE_ALPHA = 1e-9
 
 
 @dataclass(frozen=True)
@@ -42,6 +51,7 @@ class PowerLawCoordinates:
 
     t_ref: float
     triples: tuple[tuple[int, int, int], ...]
+    log_span: float = 0.0  # ln(t_max / t_min) of the data's frame times
 
     @classmethod
     def for_problem(cls, problem, lb, ub) -> PowerLawCoordinates | None:
@@ -59,7 +69,13 @@ class PowerLawCoordinates:
         if not laws:
             return None
         t = spec.frame_times()
-        return cls(float(np.exp(np.mean(np.log(t)))), tuple(laws))
+        lt = np.log(t)
+        return cls(float(np.exp(np.mean(lt))), tuple(laws), float(lt.max() - lt.min()))
+
+    def at_log_edge(self, alpha: float) -> bool:
+        """Whether t^alpha is 1 + alpha ln t to 1e-6 over the data: the power law is then
+        the logarithmic edge of the family, and only level and slope are determined."""
+        return abs(alpha) * self.log_span <= 1e-3
 
     def _alpha(self, a):
         return np.where(np.abs(a) < _ALPHA_MIN, np.copysign(_ALPHA_MIN, a + 0.0), a)
@@ -101,6 +117,39 @@ class PowerLawCoordinates:
             lo[[i, o]], hi[[i, o]] = -np.inf, np.inf
         return lo, hi
 
+    def sign_bounds(self, u, lb, ub) -> dict[int, tuple[float, float]]:
+        """Exponent bounds that restore amplitude >= its nonnegative lower bound for each
+        triple whose amplitude at u is below it: alpha on the slope's side of 0
+        (|alpha| >= EDGE_ALPHA); empty when every amplitude is inside."""
+        x = self.to_user(u)
+        out = {}
+        for i, a, _ in self.triples:
+            if lb[i] >= 0 and x[i] < lb[i] and u[i] != 0:
+                side = (EDGE_ALPHA, ub[a]) if u[i] > 0 else (lb[a], -EDGE_ALPHA)
+                if side[0] < side[1]:
+                    out[a] = side
+        return out
+
+    def into_box(self, x, lb, ub) -> np.ndarray:
+        """x with each amplitude outside [lb, ub] moved onto its bound at the same level and
+        slope (alpha re-solved; near the logarithmic edge only alpha and the offset change),
+        then clipped into the box."""
+        x = np.array(x, np.float64)
+        u = self.to_internal(x)
+        for i, a, o in self.triples:
+            target = float(np.clip(x[i], lb[i], ub[i]))
+            if target == x[i] or target == 0 or u[i] == 0 or u[i] / target < 0:
+                continue
+            al = float(u[a])
+            for _ in range(100):  # slope = alpha target t_r^alpha: a contraction for small alpha
+                al_new = u[i] / (target * self.t_ref ** al)
+                if abs(al_new - al) <= 1e-15 * abs(al):
+                    break
+                al = al_new
+            if lb[a] <= al <= ub[a] and np.isfinite(al) and al != 0:
+                x[i], x[a], x[o] = target, al, u[o] - u[i] / al
+        return np.clip(x, lb, ub)
+
     def evaluator(self, evaluate):
         """``evaluate`` (user vector -> normal equations) as a function of u."""
         def evaluate_internal(u):
@@ -114,13 +163,16 @@ class SolverSpace:
     """The vector the solver iterates on: the free entries of the internal full vector
     (``coords``) or of the user's (``coords`` None), with its box and the way back."""
 
-    def __init__(self, coords: PowerLawCoordinates | None, x0, lb, ub):
+    def __init__(self, coords: PowerLawCoordinates | None, x0, lb, ub,
+                 exponent_bounds: dict[int, tuple[float, float]] | None = None):
         self.coords = coords
         if coords is None:
             u0, ulb, uub = x0, lb, ub
         else:
             u0 = coords.to_internal(x0)
             ulb, uub = coords.internal_bounds(lb, ub)
+            for a, (lo, hi) in (exponent_bounds or {}).items():
+                ulb[a], uub[a] = lo, hi
         self.free = FreeSubspace.from_bounds(u0, ulb, uub)
         self.start = self.free.reduce(u0)
         self.bounds = (self.free.reduce(ulb), self.free.reduce(uub))

@@ -120,11 +120,14 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
     def track(st):
         mon.lm_info = SolverSnapshot(space.user(st.x), st.ne.cost, st.iteration, st.lam)
 
+    edge: dict[int, str] = {}  # exponent index -> where the power law's optimum lies
+
     def finish(st):
-        return build_result(problem, space.state_in_user(st, free), x0, lb, ub, free,
-                            strategy=strategy, mon=mon, coarse_passes=coarse_passes,
-                            coarse_points=coarse_points, batch_size=data.batch_size, t0=t0,
-                            messages=messages)
+        result = build_result(problem, space.state_in_user(st, free), x0, lb, ub, free,
+                              strategy=strategy, mon=mon, coarse_passes=coarse_passes,
+                              coarse_points=coarse_points, batch_size=data.batch_size,
+                              t0=t0, messages=messages)
+        return _report_edges(result, coords, edge)
 
     try:
         levels = coarse_levels(data, opts)
@@ -156,10 +159,14 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
                             f"{st.evaluations} full passes, {st.reason}")
             if st.reason.startswith("stopped") or mon.signal_received is not None:
                 return finish(st)
+            space, st = _hold_amplitude_signs(problem, coords, space, st, x0, lb, ub, runner,
+                                              opts, track, trust, full_kw, edge, messages)
+            if st.reason.startswith("stopped") or mon.signal_received is not None:
+                return finish(st)
             internal = space.state_in_user(st, free)
             space, x = SolverSpace(None, x0, lb, ub), internal.x.copy()
             st = _finish_in_user_coordinates(internal, free, runner, flb, fub, opts, track,
-                                             trust, full_kw, messages)
+                                             trust, full_kw, messages, coords, lb, ub)
         evaluate = free.evaluator(runner.evaluate)
         for name in recovery_sequence if mon.applicator is not None and \
                 mon.signal_received is None else ():
@@ -184,14 +191,46 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
     return finish(st)
 
 
+def _hold_amplitude_signs(problem, coords, space, st, x0, lb, ub, runner, opts, track,
+                          trust, full_kw, edge, messages):
+    """Where the internal optimum has an amplitude below its nonnegative lower bound
+    (D0 < 0), fit again in internal coordinates with that exponent on the slope's side
+    of 0 (the start of the user-coordinate finish: near the logarithmic edge when the
+    bound pushes the optimum there). Records in ``edge`` (exponent index -> text) where
+    the unbounded optimum lies. Returns the space and state to finish from."""
+    u = space.free.expand(st.x)
+    x = coords.to_user(u)
+    names = problem.parameter_names
+    for i, a, o in coords.triples:
+        inside = all(lb[k] <= x[k] <= ub[k] for k in (i, a, o))
+        edge[a] = "interior" if inside else (
+            f"the unbounded optimum ({names[i]} = {x[i]:.4g}, {names[a]} = {x[a]:.4g}, "
+            f"{names[o]} = {x[o]:.4g}) is outside the bounds")
+    held = coords.sign_bounds(u, lb, ub)
+    if not held:
+        return space, st
+    space = SolverSpace(coords, x0, lb, ub, exponent_bounds=held)
+    st2 = solve_lm(space.evaluator(runner.evaluate), np.clip(st.x, *space.bounds),
+                   *space.bounds, initial_damping=opts.initial_damping, on_iteration=track,
+                   gn_trust_se=trust, **full_kw)
+    st2.evaluations += st.evaluations
+    st2.iteration += st.iteration
+    st2.history = st.history + st2.history
+    messages.append(f"internal coordinates with {len(held)} exponent(s) held on the "
+                    f"side where the amplitude is >= its lower bound: {st2.reason}")
+    return space, st2
+
+
 def _finish_in_user_coordinates(internal, free, runner, flb, fub, opts, track, trust,
-                                full_kw, messages):
+                                full_kw, messages, coords, lb, ub):
     """The user-coordinate end of a fit that ran in internal coordinates: no pass where
     the internal optimum is inside the user's box and passes the convergence test
-    there too; from the nearest point of the box where it crossed a bound (held there
-    by the active set while its gradient points out)."""
+    there too; from the nearest point of the box where it crossed a bound (an amplitude
+    moved onto its bound at the same level and slope, ``into_box``; held there by the
+    active set while its gradient points out)."""
     inside = bool(np.all(internal.x >= flb) and np.all(internal.x <= fub))
-    st = solve_lm(free.evaluator(runner.evaluate), np.clip(internal.x, flb, fub), flb, fub,
+    start = np.clip(free.reduce(coords.into_box(free.expand(internal.x), lb, ub)), flb, fub)
+    st = solve_lm(free.evaluator(runner.evaluate), start, flb, fub,
                   initial_damping=opts.initial_damping, on_iteration=track,
                   gn_trust_se=trust, ne0=internal.ne if inside else None, **full_kw)
     st.evaluations += internal.evaluations
@@ -200,6 +239,30 @@ def _finish_in_user_coordinates(internal, free, runner, flb, fub, opts, track, t
     messages.append(f"user coordinates: {st.reason}"
                     + ("" if inside else " (from the box: the internal optimum crossed a bound)"))
     return st
+
+
+def _report_edges(result: FitResult, coords, edge: dict[int, str]) -> FitResult:
+    """Where each power law's optimum lies; at the logarithmic edge the amplitude and the
+    offset are not determined one by one (only their J(t) is): infinite uncertainty."""
+    if coords is None or not edge:
+        return result
+    names = result.parameter_names
+    for i, a, o in coords.triples:
+        where = edge[a]
+        if coords.at_log_edge(result.parameters[a]):
+            where = "logarithmic edge" + ("" if where == "interior" else
+                                          ", pushed there by the bounds: " + where)
+        elif where != "interior":
+            where = "on the bounds: " + where
+        result.power_law_optimum[names[a]] = where
+        if where.startswith("logarithmic edge"):
+            for k in (i, o):
+                result.uncertainties[k] = np.inf
+                result.covariance[k, :] = result.covariance[:, k] = np.nan
+                result.covariance[k, k] = np.inf
+                if names[k] not in result.undetermined:
+                    result.undetermined.append(names[k])
+    return result
 
 
 def _trust(n_points: int, previous_level: int) -> float:

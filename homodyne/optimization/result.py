@@ -61,6 +61,10 @@ class FitResult:
     history: list = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
     interrupted_by: str | None = None  # "SIGINT"/"SIGTERM" when a signal stopped the fit
+    # per power-law exponent (alpha, beta): "interior", or the logarithmic edge and whether
+    # a bound pushed the optimum there (optimization/coordinates.py); empty when not fitted
+    # in internal coordinates
+    power_law_optimum: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self):
         self.covariance = consistent_covariance(self.covariance)
@@ -135,6 +139,8 @@ class FitResult:
             flag += " (NOT DETERMINED by the data)" if n in self.undetermined else ""
             flag += " (fixed)" if n in self.fixed else ""
             lines.append(f"  {n:>20s} = {v: .10g} +/- {u:.3g}{flag}")
+        for n, where in self.power_law_optimum.items():
+            lines.append(f"  power law of {n}: {where}")
         return "\n".join(lines)
 
 

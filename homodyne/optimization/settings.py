@@ -33,9 +33,8 @@ class EngineOptions:
     coarse_max_iterations: int = 200
     batch_size: int = 65_536
     # fit the power laws about a reference time inside the data, in Box-Cox form
-    # (coordinates.py), and finish in the user's coordinates. Opt-in: from some starts
-    # it reaches a different (lower) local minimum than SciPy's TRF on the user's form
-    internal_coordinates: bool = False
+    # (coordinates.py), and finish in the user's coordinates
+    internal_coordinates: bool = True
 
 
 @dataclass
