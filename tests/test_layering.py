@@ -36,6 +36,7 @@ LAYERS = {
     "homodyne.optimization.result": 2,
     "homodyne.optimization.checkpoint_manager": 2,
     "homodyne.optimization.engine": 3,
+    "homodyne.optimization.saddle": 3,
     "homodyne.optimization.checkpoint_session": 3,
     "homodyne.optimization.fixed": 3,
     "homodyne.optimization.coordinates": 3,

@@ -29,8 +29,9 @@ import numpy as np
 from homodyne.optimization.covariance import column_scales as _scales
 from homodyne.optimization.covariance import covariance_from_normal
 from homodyne.optimization.exceptions import NLSQNumericalError, StopFit
-from homodyne.optimization.precision import convergence_floors
+from homodyne.optimization.precision import convergence_floors, stalled_at_working_precision
 from homodyne.optimization.problems import NormalEquations
+from homodyne.optimization.saddle import MAX_ESCAPES, escape_saddle
 from homodyne.optimization.settings import EngineOptions
 
 __all__ = ["EngineOptions", "LMState", "covariance_from_normal", "solve_lm"]
@@ -111,6 +112,7 @@ class LMState:
     step_se: float = math.inf
     grad_cos: float = math.inf
     history: list = field(default_factory=list)
+    saddle_escapes: list = field(default_factory=list)  # one line per saddle stepped off
 
 
 def _finite(ne: NormalEquations) -> bool:
@@ -136,11 +138,15 @@ def solve_lm(evaluate: Callable[[np.ndarray], NormalEquations], x0, lb, ub, *,
              max_iterations: int, step_tol_se: float, gtol: float, ftol: float,
              initial_damping: float, ne0: NormalEquations | None = None,
              on_iteration: Callable | None = None, gn_trust_se: float = 1.0,
-             eval_error: Callable[[np.ndarray], float] | None = None) -> LMState:
+             eval_error: Callable[[np.ndarray], float] | None = None,
+             rounding_error: Callable[[np.ndarray], float] | None = None) -> LMState:
     """Bounded LM from x0; ``evaluate`` makes one pass and returns the normal equations.
 
     ``eval_error(x)``: bound on the absolute error of one model value at x (0 or None:
     exact to float64); it floors ``step_tol_se`` and ``gtol`` (``convergence_floors``).
+    ``rounding_error(x)``: the same bound whatever the dtype (float64 included); a fit
+    that stalls is reported converged where it cannot improve at that precision
+    (``stalled_at_working_precision``).
 
     ``gn_trust_se``: the undamped Gauss-Newton step is tried first when it is under this
     many standard errors. The quadratic model's range does not shrink with the data, so
@@ -150,10 +156,14 @@ def solve_lm(evaluate: Callable[[np.ndarray], NormalEquations], x0, lb, ub, *,
     ne = ne0 if ne0 is not None else evaluate(x)
     st = LMState(x=x, ne=ne, lam=initial_damping, evaluations=0 if ne0 is not None else 1)
     try:
-        return _lm_loop(st, evaluate, lb, ub, max_iterations=max_iterations,
-                        step_tol_se=step_tol_se, gtol=gtol, ftol=ftol,
-                        on_iteration=on_iteration, gn_trust_se=gn_trust_se,
-                        eval_error=eval_error)
+        st = _lm_loop(st, evaluate, lb, ub, max_iterations=max_iterations,
+                      step_tol_se=step_tol_se, gtol=gtol, ftol=ftol,
+                      on_iteration=on_iteration, gn_trust_se=gn_trust_se,
+                      eval_error=eval_error)
+        if not st.converged and not st.reason.startswith("stopped"):
+            _judge_stall(st, lb, ub, rounding_error)
+        st.reason += "".join(f"; {e}" for e in st.saddle_escapes)
+        return st
     except StopFit as stop:
         st.reason = str(stop)
         st.converged = False
@@ -178,6 +188,36 @@ def _converged(st: LMState, step_tol_se, gtol, eval_error) -> tuple[bool, str]:
                 f"gradient cosine {st.grad_cos:.2e} <= {g_tol:.2g}{note}")
 
 
+def _judge_stall(st: LMState, lb, ub, rounding_error) -> None:
+    """A fit that stopped short of the convergence test is converged all the same where
+    no pass can resolve a further decrease (``precision.stalled_at_working_precision``)."""
+    if not _finite(st.ne) or st.ne.n <= 0:
+        return
+    free = _free_set(st.x, st.ne.g, lb, ub)
+    delta = _solve_scaled(st.ne.H, st.ne.g, 0.0, free, _scales(st.ne.H))
+    gn_decrease = 0.5 * float(st.ne.g @ delta)
+    error = rounding_error(st.x) if rounding_error is not None else 0.0
+    why = stalled_at_working_precision(gn_decrease, st.ne.cost, st.ne.n, st.step_se, error)
+    if why:
+        st.converged = True
+        st.reason = f"{why} ({st.reason})"
+
+
+def _stepped_off_saddle(st: LMState, evaluate, lb, ub) -> bool:
+    """At a converged point: if it is a saddle on a bound (``saddle.py``), move ``st``
+    to where the parameter held on the bound is released, and say so."""
+    if len(st.saddle_escapes) >= MAX_ESCAPES:
+        return False
+    held = ~_free_set(st.x, st.ne.g, lb, ub)
+    escape = escape_saddle(evaluate, st.ne, st.x, lb, ub, held)
+    if escape is None:
+        return False
+    st.x, st.ne = escape.x, escape.ne
+    st.evaluations += escape.evaluations
+    st.saddle_escapes.append(escape.description)
+    return True
+
+
 def _lm_loop(st: LMState, evaluate, lb, ub, *, max_iterations, step_tol_se, gtol, ftol,
              on_iteration, gn_trust_se, eval_error) -> LMState:
     """The iteration itself; ``st`` always holds the best accepted point."""
@@ -197,6 +237,8 @@ def _lm_loop(st: LMState, evaluate, lb, ub, *, max_iterations, step_tol_se, gtol
             st.reason = "stopped by callback"
             return st
         ok, why = _converged(st, step_tol_se, gtol, eval_error)
+        if ok and _stepped_off_saddle(st, evaluate, lb, ub):
+            continue
         if ok:
             st.converged = True
             st.reason = why
