@@ -57,7 +57,7 @@ def scan_values(xj: float, lo: float, hi: float) -> np.ndarray:
         values = np.linspace(lo, hi, SCAN_POINTS)
     else:
         step = max(abs(xj), 1.0)
-        values = np.array([xj + s * k for k in UNBOUNDED_STEPS for s in (-1.0, 1.0)])
+        values = np.array([xj + s * k * step for k in UNBOUNDED_STEPS for s in (-1.0, 1.0)])
         values = np.clip(values, lo, hi)
     return values[np.abs(values - xj) > 1e-12 * max(abs(xj), 1.0)]
 
