@@ -200,7 +200,7 @@ def _judge_stall(st: LMState, lb, ub, rounding_error) -> None:
     why = stalled_at_working_precision(gn_decrease, st.ne.cost, st.ne.n, st.step_se, error)
     if why:
         st.converged = True
-        st.reason = f"{why} ({st.reason})"
+        st.reason = f"{why} (stopped: {st.reason})"
 
 
 def _stepped_off_saddle(st: LMState, evaluate, lb, ub) -> bool:

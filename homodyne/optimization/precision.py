@@ -81,11 +81,11 @@ def stalled_at_working_precision(gn_decrease: float, cost: float, n: int, step_s
     standard errors are rounding noise too)."""
     resolution = cost_resolution(cost, n, error)
     if gn_decrease <= resolution and step_se <= MAX_STEP_FLOOR_SE:
-        return (f"converged at working precision: the Gauss-Newton step ({step_se:.1e} "
+        return (f"at working precision: the Gauss-Newton step ({step_se:.1e} "
                 f"standard errors) predicts a decrease {gn_decrease:.1e} below the cost's "
                 f"resolution {resolution:.1e}")
     rms = math.sqrt(2.0 * max(cost, 0.0) / max(n, 1))
     if error > 0 and rms <= RESIDUAL_FLOOR_FACTOR * error:
-        return (f"converged: residuals vanished at working precision (rms {rms:.1e} <= "
+        return (f"residuals vanished at working precision (rms {rms:.1e} <= "
                 f"{RESIDUAL_FLOOR_FACTOR:.0e} x rounding error {error:.1e})")
     return ""
