@@ -155,13 +155,10 @@ def solve_lm(evaluate: Callable[[np.ndarray], NormalEquations], x0, lb, ub, *,
     x = np.array(x0, dtype=float)  # a copy; x0 inside [lb, ub] (checked at the facade)
     ne = ne0 if ne0 is not None else evaluate(x)
     st = LMState(x=x, ne=ne, lam=initial_damping, evaluations=0 if ne0 is not None else 1)
+    loop = dict(max_iterations=max_iterations, step_tol_se=step_tol_se, gtol=gtol, ftol=ftol,
+                on_iteration=on_iteration, gn_trust_se=gn_trust_se, eval_error=eval_error)
     try:
-        st = _lm_loop(st, evaluate, lb, ub, max_iterations=max_iterations,
-                      step_tol_se=step_tol_se, gtol=gtol, ftol=ftol,
-                      on_iteration=on_iteration, gn_trust_se=gn_trust_se,
-                      eval_error=eval_error)
-        if not st.converged and not st.reason.startswith("stopped"):
-            _judge_stall(st, lb, ub, rounding_error)
+        st = _solve(st, evaluate, lb, ub, loop, rounding_error, initial_damping, MAX_ESCAPES)
         st.reason += "".join(f"; {e}" for e in st.saddle_escapes)
         return st
     except StopFit as stop:
@@ -203,19 +200,33 @@ def _judge_stall(st: LMState, lb, ub, rounding_error) -> None:
         st.reason = f"{why} (stopped: {st.reason})"
 
 
-def _stepped_off_saddle(st: LMState, evaluate, lb, ub) -> bool:
-    """At a converged point: if it is a saddle on a bound (``saddle.py``), move ``st``
-    to where the parameter held on the bound is released, and say so."""
-    if len(st.saddle_escapes) >= MAX_ESCAPES:
-        return False
-    held = ~_free_set(st.x, st.ne.g, lb, ub)
-    escape = escape_saddle(evaluate, st.ne, st.x, lb, ub, held)
+def _solve(st: LMState, evaluate, lb, ub, loop: dict, rounding_error, initial_damping,
+           escapes_left: int) -> LMState:
+    """The LM loop, the verdict on a stall, and at a converged point that is a saddle on
+    a bound (``saddle.py``) a fit from where the held parameter is released: its result
+    replaces this one where it converges lower; else this one stands, with a note."""
+    st = _lm_loop(st, evaluate, lb, ub, **loop)
+    if not st.converged and not st.reason.startswith("stopped"):
+        _judge_stall(st, lb, ub, rounding_error)
+    if not st.converged or escapes_left <= 0:
+        return st
+    escape = escape_saddle(evaluate, st.ne, st.x, lb, ub, ~_free_set(st.x, st.ne.g, lb, ub))
     if escape is None:
-        return False
-    st.x, st.ne = escape.x, escape.ne
-    st.evaluations += escape.evaluations
-    st.saddle_escapes.append(escape.description)
-    return True
+        return st
+    sub = _solve(LMState(x=escape.x, ne=escape.ne, lam=initial_damping, evaluations=0,
+                         iteration=st.iteration), evaluate, lb, ub, loop, rounding_error,
+                 initial_damping, escapes_left - 1)
+    evaluations = st.evaluations + escape.evaluations + sub.evaluations
+    if sub.converged and sub.ne.cost < st.ne.cost:
+        sub.evaluations = evaluations
+        sub.history = st.history + sub.history
+        sub.saddle_escapes = st.saddle_escapes + [escape.description] + sub.saddle_escapes
+        return sub
+    st.evaluations = evaluations
+    st.saddle_escapes.append(f"a saddle on a bound: stepping off it ({escape.description}) "
+                             f"reached no lower converged minimum ({sub.reason}), so the fit "
+                             "stays here")
+    return st
 
 
 def _lm_loop(st: LMState, evaluate, lb, ub, *, max_iterations, step_tol_se, gtol, ftol,
@@ -237,8 +248,6 @@ def _lm_loop(st: LMState, evaluate, lb, ub, *, max_iterations, step_tol_se, gtol
             st.reason = "stopped by callback"
             return st
         ok, why = _converged(st, step_tol_se, gtol, eval_error)
-        if ok and _stepped_off_saddle(st, evaluate, lb, ub):
-            continue
         if ok:
             st.converged = True
             st.reason = why
