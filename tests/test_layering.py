@@ -42,6 +42,7 @@ LAYERS = {
     "homodyne.optimization.coordinates": 3,
     "homodyne.optimization.passes": 4,
     "homodyne.optimization.driver": 5,
+    "homodyne.optimization.restarts": 5,
     "homodyne.optimization.nlsq_backend": 6,
     "homodyne.optimization.nlsq_wrapper": 6,
     "homodyne.optimization": 6,
