@@ -1,5 +1,5 @@
 """Deterministic multi-start (``optimization.restarts``): starts spread over the bounds,
-screened on the coarsest level, the best finished; compared with SciPy from each start."""
+screened on the coarsest level, the best finished; the count checked against single fits from each start, the result against SciPy."""
 
 import numpy as np
 import pytest
@@ -40,29 +40,29 @@ def test_restarts_reach_the_better_minimum_and_count_the_starts_that_did():
     # 2,000-point screening level under 20,000 points
     w = NLSQWrapper(options=EngineOptions(coarse_points=2_000))
     single = w.fit(cosine, X, y, P0, (LB, UB))
-    best = w.fit(cosine, X, y, P0, (LB, UB), restarts=8)
+    best = w.fit(cosine, X, y, P0, (LB, UB), restarts=12)
     # one start stops at a local minimum (a genuine one: converged there)
     assert single.converged and single.restarts is None
     assert single.cost > 5 * best.cost
-    starts = spread_starts(P0, LB, UB, 8)
-    assert len(starts) == 8 and np.array_equal(starts[0], P0)
+    starts = spread_starts(P0, LB, UB, 12)
+    assert len(starts) == 12 and np.array_equal(starts[0], P0)
     assert all(np.all((s >= LB) & (s <= UB)) for s in starts)
     assert best.converged, best.stop_reason
-    assert best.restarts["starts"] == 8 and best.restarts["screening_points"] == 2_000
+    assert best.restarts["starts"] == 12 and best.restarts["screening_points"] == 2_000
     # the count: single fits from every start on the screening level (every 10th point)
-    # that reach its lowest minimum (SciPy's TRF gets there from 1 of the 8 starts)
+    # that reach its lowest minimum (SciPy's TRF from 1 of the first 8)
     screen = NLSQWrapper(options=EngineOptions(coarse=False))
     ends = [screen.fit(cosine, X[::10], y[::10], s, (LB, UB)).cost for s in starts]
-    assert best.restarts["reached_best"] == sum(c <= 1.001 * min(ends) for c in ends) == 3
+    assert best.restarts["reached_best"] == sum(c <= 1.001 * min(ends) for c in ends) == 2
     # the result equals SciPy started from the start that led to it, within 1e-3 SE
     ref = scipy_fit(y, best.restarts["best_start"])
     assert ref.cost == pytest.approx(best.cost, rel=1e-9)
     assert np.all(np.abs(best.parameters - ref.x) <= 1e-3 * best.uncertainties)
     assert best.parameters == pytest.approx([1.0, 3.0, 0.5], abs=0.02)
-    assert "best of 8 starts, reached by 3" in best.summary()
-    assert best.as_dict()["restarts"]["reached_best"] == 3
+    assert "best of 12 starts, reached by 2" in best.summary()
+    assert best.as_dict()["restarts"]["reached_best"] == 2
     # deterministic: the same starts and the same result again
-    again = w.fit(cosine, X, y, P0, (LB, UB), restarts=8)
+    again = w.fit(cosine, X, y, P0, (LB, UB), restarts=12)
     assert np.array_equal(again.parameters, best.parameters)
     # 0 and 1 are the single fit, bit for bit
     for n in (0, 1):
