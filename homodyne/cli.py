@@ -48,6 +48,8 @@ def _fit_parser() -> argparse.ArgumentParser:
 
     p.add_argument("--strategy", choices=TIER_NAMES,
                    help="force a tier (overrides performance.strategy_override)")
+    p.add_argument("--restarts", type=int, help="fit from N starts spread over the bounds "
+                   "and keep the best (overrides optimization.restarts)")
     p.add_argument("--overwrite", action="store_true", help="replace existing results")
     p.add_argument("--quiet", action="store_true", help="log warnings only")
     p.add_argument("--strict", action="store_true",
@@ -210,6 +212,8 @@ def _overrides(a) -> dict:
         o["output.directory"] = a.output_dir
     if getattr(a, "strategy", None):
         o["performance.strategy_override"] = a.strategy
+    if getattr(a, "restarts", None) is not None:
+        o["optimization.restarts"] = a.restarts
     return o
 
 

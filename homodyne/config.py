@@ -19,7 +19,12 @@ from typing import Any
 import yaml
 
 from homodyne.model import LAMINAR_PARAMS, MODES, SCALINGS, STATIC_PARAMS
-from homodyne.optimization.settings import CheckpointSettings, EngineOptions, FaultSettings
+from homodyne.optimization.settings import (
+    CheckpointSettings,
+    EngineOptions,
+    FaultSettings,
+    RestartSettings,
+)
 from homodyne.optimization.strategy import TIER_NAMES
 
 STRATEGIES = TIER_NAMES
@@ -89,6 +94,8 @@ SCHEMA = _s(
         gtol=("float", _ENGINE.gtol, "positive"),
         coarse=("bool", _ENGINE.coarse, None),
         coarse_points=("int", _ENGINE.coarse_points, "positive"),
+        # starts spread over the bounds, the best fit kept (0 or 1: the given start only)
+        restarts=("int", RestartSettings.restarts, "nonnegative"),
         streaming=_s(
             enable_checkpoints=("bool", _CKPT.enable_checkpoints, None),
             checkpoint_dir=("str", _CKPT.checkpoint_dir, None),

@@ -129,7 +129,7 @@ def make_wrapper(cfg: HomodyneConfig) -> NLSQWrapper:
         enable_numerical_validation=stream["validate_numerics"],
         strategy_override=perf["strategy_override"], memory_limit_gb=perf["memory_limit_gb"],
         options=options, enable_progress=perf["enable_progress"], batch_size=perf["batch_size"],
-        max_batch_size=perf["max_batch_size"],
+        max_batch_size=perf["max_batch_size"], restarts=opt["restarts"],
         min_success_rate=stream["min_success_rate"],
         max_retries_per_batch=stream["max_retries_per_batch"],
         checkpoint_config={f.name: stream[f.name] for f in fields(CheckpointSettings)

@@ -106,6 +106,22 @@ def test_cli_fits_static_example_and_writes_outputs(workdir, capsys):
     assert "--overwrite" in capsys.readouterr().err
 
 
+def test_noise_free_data_fit_converges_to_the_truth(tmp_path, monkeypatch):
+    # float64 data without noise: chi2_red ~ 1e-33, the residuals are rounding errors and
+    # so are the standard errors; the stall there is the optimum, exit 0 (not 4)
+    monkeypatch.chdir(tmp_path)
+    assert main(["generate", "--output", "data/static_example.h5", "--frames", "100",
+                 "--angles", "0,45", "--seed", "1", "--noise", "0", "--dtype", "float64"]) == 0
+    (tmp_path / "static.yaml").write_text((EXAMPLES / "static.yaml").read_text())
+    assert main(["--config", "static.yaml", "--output-dir", "out"]) == 0
+    params = json.loads((tmp_path / "out/parameters.json").read_text())
+    assert params["converged"] is True and params["reduced_chi_squared"] < 1e-25
+    assert "residuals vanished at working precision" in params["stop_reason"]
+    for name, value in params["truth"].items():
+        got = params["parameters_by_name"][name]["value"]
+        assert got == pytest.approx(value, rel=1e-8), name
+
+
 def test_cli_fits_laminar_example_with_streaming(workdir):
     (workdir / "lam.yaml").write_text((EXAMPLES / "laminar_flow.yaml").read_text())
     assert main(["--config", "lam.yaml", "--output-dir", "lam", "--strategy", "streaming"]) == 0

@@ -22,7 +22,7 @@ from homodyne.optimization.engine import EngineOptions, solve_lm
 from homodyne.optimization.exceptions import NLSQNumericalError, StopFit
 from homodyne.optimization.fixed import FreeSubspace
 from homodyne.optimization.passes import FitMonitor, PassRunner, compile_ahead
-from homodyne.optimization.precision import evaluation_error
+from homodyne.optimization.precision import evaluation_error, rounding_error
 from homodyne.optimization.problems import NormalEquations
 from homodyne.optimization.result import FitResult
 
@@ -30,9 +30,10 @@ if TYPE_CHECKING:
     from homodyne.optimization.interfaces import DataSource, Problem
 
 
-def _lm_kwargs(opts: EngineOptions, coarse: bool, eval_error=None) -> dict:
+def _lm_kwargs(opts: EngineOptions, coarse: bool, eval_error=None, rounding=None) -> dict:
     return dict(
         eval_error=eval_error,
+        rounding_error=rounding,
         max_iterations=opts.coarse_max_iterations if coarse else opts.max_iterations,
         step_tol_se=opts.coarse_step_tol_se if coarse else opts.step_tol_se,
         gtol=1e-3 if coarse else opts.gtol,
@@ -117,6 +118,9 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
     def eval_error(v):
         return evaluation_error(problem, space.user(v))
 
+    def rounding(v):  # a stall with residuals at this level is noise-free data, fitted
+        return rounding_error(problem, space.user(v))
+
     def track(st):
         mon.lm_info = SolverSnapshot(space.user(st.x), st.ne.cost, st.iteration, st.lam)
 
@@ -140,7 +144,7 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
             st = solve_lm(space.evaluator(runner.evaluate), x, *space.bounds,
                           initial_damping=opts.initial_damping,
                           on_iteration=track, gn_trust_se=_trust(sub.n_points, coarse_points),
-                          **_lm_kwargs(opts, True, eval_error))
+                          **_lm_kwargs(opts, True, eval_error, rounding))
             coarse_passes += st.evaluations
             coarse_points = sub.n_points
             x = st.x
@@ -150,7 +154,7 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
                 return finish(st)
         runner = PassRunner(problem, data, stage="full", monitor=mon, n_devices=n_devices)
         trust = _trust(data.n_points, coarse_points)
-        full_kw = _lm_kwargs(opts, False, eval_error)
+        full_kw = _lm_kwargs(opts, False, eval_error, rounding)
         st = solve_lm(space.evaluator(runner.evaluate), x, *space.bounds,
                       initial_damping=opts.initial_damping, on_iteration=track,
                       gn_trust_se=trust, **full_kw)

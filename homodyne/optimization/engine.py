@@ -29,8 +29,9 @@ import numpy as np
 from homodyne.optimization.covariance import column_scales as _scales
 from homodyne.optimization.covariance import covariance_from_normal
 from homodyne.optimization.exceptions import NLSQNumericalError, StopFit
-from homodyne.optimization.precision import convergence_floors
+from homodyne.optimization.precision import convergence_floors, stalled_at_working_precision
 from homodyne.optimization.problems import NormalEquations
+from homodyne.optimization.saddle import MAX_ESCAPES, escape_saddle
 from homodyne.optimization.settings import EngineOptions
 
 __all__ = ["EngineOptions", "LMState", "covariance_from_normal", "solve_lm"]
@@ -111,6 +112,7 @@ class LMState:
     step_se: float = math.inf
     grad_cos: float = math.inf
     history: list = field(default_factory=list)
+    saddle_escapes: list = field(default_factory=list)  # one line per saddle stepped off
 
 
 def _finite(ne: NormalEquations) -> bool:
@@ -136,11 +138,15 @@ def solve_lm(evaluate: Callable[[np.ndarray], NormalEquations], x0, lb, ub, *,
              max_iterations: int, step_tol_se: float, gtol: float, ftol: float,
              initial_damping: float, ne0: NormalEquations | None = None,
              on_iteration: Callable | None = None, gn_trust_se: float = 1.0,
-             eval_error: Callable[[np.ndarray], float] | None = None) -> LMState:
+             eval_error: Callable[[np.ndarray], float] | None = None,
+             rounding_error: Callable[[np.ndarray], float] | None = None) -> LMState:
     """Bounded LM from x0; ``evaluate`` makes one pass and returns the normal equations.
 
     ``eval_error(x)``: bound on the absolute error of one model value at x (0 or None:
     exact to float64); it floors ``step_tol_se`` and ``gtol`` (``convergence_floors``).
+    ``rounding_error(x)``: the same bound whatever the dtype (float64 included); a fit
+    that stalls is reported converged where it cannot improve at that precision
+    (``stalled_at_working_precision``).
 
     ``gn_trust_se``: the undamped Gauss-Newton step is tried first when it is under this
     many standard errors. The quadratic model's range does not shrink with the data, so
@@ -149,11 +155,12 @@ def solve_lm(evaluate: Callable[[np.ndarray], NormalEquations], x0, lb, ub, *,
     x = np.array(x0, dtype=float)  # a copy; x0 inside [lb, ub] (checked at the facade)
     ne = ne0 if ne0 is not None else evaluate(x)
     st = LMState(x=x, ne=ne, lam=initial_damping, evaluations=0 if ne0 is not None else 1)
+    loop = dict(max_iterations=max_iterations, step_tol_se=step_tol_se, gtol=gtol, ftol=ftol,
+                on_iteration=on_iteration, gn_trust_se=gn_trust_se, eval_error=eval_error)
     try:
-        return _lm_loop(st, evaluate, lb, ub, max_iterations=max_iterations,
-                        step_tol_se=step_tol_se, gtol=gtol, ftol=ftol,
-                        on_iteration=on_iteration, gn_trust_se=gn_trust_se,
-                        eval_error=eval_error)
+        st = _solve(st, evaluate, lb, ub, loop, rounding_error, initial_damping, MAX_ESCAPES)
+        st.reason += "".join(f"; {e}" for e in st.saddle_escapes)
+        return st
     except StopFit as stop:
         st.reason = str(stop)
         st.converged = False
@@ -176,6 +183,50 @@ def _converged(st: LMState, step_tol_se, gtol, eval_error) -> tuple[bool, str]:
     ok = st.step_se <= step_tol and st.grad_cos <= g_tol
     return ok, (f"Gauss-Newton step {st.step_se:.2e} standard errors <= {step_tol:.2g}, "
                 f"gradient cosine {st.grad_cos:.2e} <= {g_tol:.2g}{note}")
+
+
+def _judge_stall(st: LMState, lb, ub, rounding_error) -> None:
+    """A fit that stopped short of the convergence test is converged all the same where
+    no pass can resolve a further decrease (``precision.stalled_at_working_precision``)."""
+    if not _finite(st.ne) or st.ne.n <= 0:
+        return
+    free = _free_set(st.x, st.ne.g, lb, ub)
+    delta = _solve_scaled(st.ne.H, st.ne.g, 0.0, free, _scales(st.ne.H))
+    gn_decrease = 0.5 * float(st.ne.g @ delta)
+    error = rounding_error(st.x) if rounding_error is not None else 0.0
+    why = stalled_at_working_precision(gn_decrease, st.ne.cost, st.ne.n, st.step_se, error)
+    if why:
+        st.converged = True
+        st.reason = f"{why} (stopped: {st.reason})"
+
+
+def _solve(st: LMState, evaluate, lb, ub, loop: dict, rounding_error, initial_damping,
+           escapes_left: int) -> LMState:
+    """The LM loop, the verdict on a stall, and at a converged point that is a saddle on
+    a bound (``saddle.py``) a fit from where the held parameter is released: its result
+    replaces this one where it converges lower; else this one stands, with a note."""
+    st = _lm_loop(st, evaluate, lb, ub, **loop)
+    if not st.converged and not st.reason.startswith("stopped"):
+        _judge_stall(st, lb, ub, rounding_error)
+    if not st.converged or escapes_left <= 0:
+        return st
+    escape = escape_saddle(evaluate, st.ne, st.x, lb, ub, ~_free_set(st.x, st.ne.g, lb, ub))
+    if escape is None:
+        return st
+    sub = _solve(LMState(x=escape.x, ne=escape.ne, lam=initial_damping, evaluations=0,
+                         iteration=st.iteration), evaluate, lb, ub, loop, rounding_error,
+                 initial_damping, escapes_left - 1)
+    evaluations = st.evaluations + escape.evaluations + sub.evaluations
+    if sub.converged and sub.ne.cost < st.ne.cost:
+        sub.evaluations = evaluations
+        sub.history = st.history + sub.history
+        sub.saddle_escapes = st.saddle_escapes + [escape.description] + sub.saddle_escapes
+        return sub
+    st.evaluations = evaluations
+    st.saddle_escapes.append(f"a saddle on a bound: stepping off it ({escape.description}) "
+                             f"reached no lower converged minimum ({sub.reason}), so the fit "
+                             "stays here")
+    return st
 
 
 def _lm_loop(st: LMState, evaluate, lb, ub, *, max_iterations, step_tol_se, gtol, ftol,

@@ -23,8 +23,14 @@ from homodyne.optimization.passes import FitMonitor
 from homodyne.optimization.problems import CurveProblem, TwoTimeProblem
 from homodyne.optimization.progress import ProgressReporter
 from homodyne.optimization.recovery_strategies import RecoveryStrategyApplicator
+from homodyne.optimization.restarts import fit_with_restarts
 from homodyne.optimization.result import FitResult
-from homodyne.optimization.settings import CheckpointSettings, EngineOptions, FaultSettings
+from homodyne.optimization.settings import (
+    CheckpointSettings,
+    EngineOptions,
+    FaultSettings,
+    RestartSettings,
+)
 from homodyne.optimization.sources import HostArrayData, InMemoryData, ShardedData, StreamingData
 from homodyne.optimization.strategy import DEFAULT_BATCH, DatasetSizeStrategy, OptimizationStrategy
 
@@ -134,7 +140,8 @@ class NLSQWrapper:
                  max_retries_per_batch: int = FaultSettings.max_retries_per_batch,
                  checkpoint_config: dict | None = None, callback=None,
                  force_progress: bool = False, adaptive_batching: bool = False,
-                 initial_batch_size: int | None = None, max_batch_size: int = 100_000):
+                 initial_batch_size: int | None = None, max_batch_size: int = 100_000,
+                 restarts: int = RestartSettings.restarts):
         self.enable_large_dataset = enable_large_dataset
         self.enable_recovery = enable_recovery
         self.fast_mode = fast_mode
@@ -158,6 +165,7 @@ class NLSQWrapper:
         self.adaptive_batching = adaptive_batching
         self.initial_batch_size = initial_batch_size
         self.max_batch_size = int(max_batch_size)
+        self.restarts = restarts
 
     # --- tier selection -----------------------------------------------------------
     def select_strategy(self, n_points: int, n_params: int, override=None) -> OptimizationStrategy:
@@ -266,9 +274,10 @@ class NLSQWrapper:
     # --- generic curve fitting (the guide's example) ------------------------------
     def fit(self, model_func, xdata, ydata, p0, bounds=(-np.inf, np.inf), method: str = "trf",
             sigma=None, *, strategy: str | None = None, parameter_names=None,
-            fixed=None) -> FitResult:
+            fixed=None, restarts: int | None = None) -> FitResult:
         """Least-squares fit of ``model_func(xdata, *params)`` to ``ydata``; ``fixed``
-        (names or indices) holds those parameters at their p0."""
+        (names or indices) holds those parameters at their p0; ``restarts`` (default: the
+        wrapper's) > 1 fits from that many starts and keeps the best (``restarts.py``)."""
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS} (both run the bounded "
                              f"Levenberg-Marquardt engine), got {method!r}")
@@ -279,7 +288,11 @@ class NLSQWrapper:
         if x.shape[-1] != y.size:
             raise ValueError(f"xdata's last axis ({x.shape[-1]}) must match ydata ({y.size})")
         p0, lb, ub = validate_start(p0, bounds, parameter_names, fixed)
+        n_starts = self._restarts(restarts)
         if self.backend == "nlsq":
+            if n_starts > 1:
+                raise ValueError("restarts need the homodyne engine (backend='homodyne'); "
+                                 "the nlsq backend fits from one start")
             from homodyne.optimization.nlsq_backend import fit_with_nlsq
 
             return fit_with_nlsq(model_func, x, y, p0, lb, ub, method=self.nlsq_method,
@@ -298,7 +311,7 @@ class NLSQWrapper:
                                validate=self.validate, parameter_names=parameter_names)
         data = self._data(tier, cols, y.size, batch)
         return self._run(problem, data, p0, lb, ub, tier, batch,
-                         lambda: ["curve", _array_digest(cols)])
+                         lambda: ["curve", _array_digest(cols)], n_starts)
 
     # --- the XPCS two-time model --------------------------------------------------
     def plan_two_time(self, source, spec, *, strategy: str | None = None, y=None) -> FitPlan:
@@ -312,16 +325,18 @@ class NLSQWrapper:
         return FitPlan(tier, batch, data)
 
     def fit_two_time(self, source, spec, p0, bounds, *, strategy: str | None = None,
-                     y=None, fixed=None) -> FitResult:
+                     y=None, fixed=None, restarts: int | None = None) -> FitResult:
         """Fit the two-time model to a ``TwoTimeSource`` (or packed values ``y``);
-        ``fixed`` names parameters held at their p0 ("contrast" names every angle's)."""
+        ``fixed`` names parameters held at their p0 ("contrast" names every angle's);
+        ``restarts`` as in ``fit``."""
         p0, lb, ub = validate_start(p0, bounds, list(spec.parameter_names), fixed)
+        n_starts = self._restarts(restarts)
         plan = self.plan_two_time(source, spec, strategy=strategy, y=y)
         tier, batch, data = plan.tier, plan.batch_size, plan.data
         problem = TwoTimeProblem(spec, validate=self.validate)
         return self._run(problem, data, p0, lb, ub, tier, batch,
                          lambda: ["two_time", repr(spec), _array_digest({"y": y}) if y is not None
-                                  else _source_identity(source)])
+                                  else _source_identity(source)], n_starts)
 
     def _monitor(self, tier, identity, p0, lb, ub, batch, data) -> tuple[FitMonitor, bool]:
         faults = FaultSettings(validate_numerics=self.validate,
@@ -345,7 +360,24 @@ class NLSQWrapper:
             resume = bool(ck.resume_from_checkpoint)
         return mon, resume
 
-    def _run(self, problem, data, p0, lb, ub, tier, batch, identity) -> FitResult:
+    def _restarts(self, restarts) -> int:
+        """The number of starts asked for, checked (0 and 1: a single fit)."""
+        n = self.restarts if restarts is None else restarts
+        if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
+            raise ValueError(f"restarts must be a whole number >= 0 (0 or 1: one start), "
+                             f"got {n!r}")
+        if n > 1 and CheckpointSettings.from_mapping(self.checkpoint_config).enable_checkpoints:
+            raise ValueError("restarts cannot be combined with checkpoints (one fit resumes, "
+                             "not a set of starts): set restarts to 0 or disable "
+                             "enable_checkpoints")
+        return int(n)
+
+    def _run(self, problem, data, p0, lb, ub, tier, batch, identity, n_starts=0) -> FitResult:
+        if n_starts > 1:
+            return fit_with_restarts(
+                problem, data, p0, lb, ub, settings=RestartSettings(restarts=n_starts),
+                options=self._options(batch), strategy=tier.value,
+                finish=lambda x: self._run(problem, data, x, lb, ub, tier, batch, identity))
         mon, resume = self._monitor(tier, identity, p0, lb, ub, batch, data)
         try:
             return run_fit(problem, data, p0, lb, ub, options=self._options(batch),

@@ -43,3 +43,49 @@ def convergence_floors(error: float, cost: float, n: int, n_params: int) -> tupl
     rms = math.sqrt(2.0 * cost / n)
     sigma = math.sqrt(2.0 * cost / max(n - n_params, 1))
     return min(math.sqrt(n) * error / sigma, MAX_STEP_FLOOR_SE), error / rms
+
+
+# --- stalls at working precision (float64 too) -------------------------------------
+
+EPS64 = float(np.finfo(np.float64).eps)
+# a stalled fit whose residuals' rms is within this many rounding errors of one model
+# value has fitted noise-free data exactly, as far as the arithmetic can tell
+RESIDUAL_FLOOR_FACTOR = 1e4
+
+
+def rounding_error(problem, params) -> float:
+    """Bound on the rounding error of one model value whatever its dtype (eps of the
+    model's dtype times a bound on |model|); 0 for a problem without a model spec."""
+    spec = getattr(problem, "spec", None)
+    if spec is None:
+        return 0.0
+    contrast, offset, _ = spec.split(np.asarray(params, np.float64))
+    bound = float(np.max(np.abs(offset) + np.abs(contrast)))
+    return float(np.finfo(np.dtype(spec.dtype)).eps) * bound
+
+
+def cost_resolution(cost: float, n: int, error: float) -> float:
+    """The smallest change of the cost ½ Σ r² that a pass resolves: the float64 sum's
+    rounding (eps √n per unit of cost) plus the model's (‖r‖ √n ``error``)."""
+    n = max(n, 1)
+    return EPS64 * math.sqrt(n) * cost + math.sqrt(2.0 * max(cost, 0.0) * n) * error
+
+
+def stalled_at_working_precision(gn_decrease: float, cost: float, n: int, step_se: float,
+                                 error: float) -> str:
+    """Why a fit that can make no further progress is nonetheless at its optimum, or "".
+
+    Either the decrease the full Gauss-Newton step predicts is below what a pass can
+    resolve (and that step is under MAX_STEP_FLOOR_SE standard errors), or the residuals
+    themselves have vanished to the model's rounding error (noise-free data, where
+    standard errors are rounding noise too)."""
+    resolution = cost_resolution(cost, n, error)
+    if gn_decrease <= resolution and step_se <= MAX_STEP_FLOOR_SE:
+        return (f"at working precision: the Gauss-Newton step ({step_se:.1e} "
+                f"standard errors) predicts a decrease {gn_decrease:.1e} below the cost's "
+                f"resolution {resolution:.1e}")
+    rms = math.sqrt(2.0 * max(cost, 0.0) / max(n, 1))
+    if error > 0 and rms <= RESIDUAL_FLOOR_FACTOR * error:
+        return (f"residuals vanished at working precision (rms {rms:.1e} <= "
+                f"{RESIDUAL_FLOOR_FACTOR:.0e} x rounding error {error:.1e})")
+    return ""

@@ -65,6 +65,9 @@ class FitResult:
     # a bound pushed the optimum there (optimization/coordinates.py); empty when not fitted
     # in internal coordinates
     power_law_optimum: dict[str, str] = field(default_factory=dict)
+    # multi-start (restarts.py): starts, reached_best, distinct_minima, finished,
+    # screening_points, best_start, screening_chi2; None for a single start
+    restarts: dict | None = None
 
     def __post_init__(self):
         self.covariance = consistent_covariance(self.covariance)
@@ -132,6 +135,11 @@ class FitResult:
                  f"passes (+{self.coarse_passes} on a {self.coarse_points:,}-point subsample), "
                  f"{self.iterations} iterations, {self.wall_time_s:.2f} s",
                  f"reduced chi2 = {self.reduced_chi_squared:.6g}"]
+        if self.restarts:
+            r = self.restarts
+            lines.append(f"best of {r['starts']} starts, reached by {r['reached_best']} "
+                         f"({r['distinct_minima']} distinct minima on "
+                         f"{r['screening_points']:,} points, {r['finished']} finished)")
         for n, v, u in zip(self.parameter_names, self.parameters, self.uncertainties,
                            strict=True):
             flag = " (at bound)" if n in self.at_bounds else ""

@@ -38,6 +38,16 @@ class EngineOptions:
 
 
 @dataclass
+class RestartSettings:
+    """Deterministic multi-start (``optimization.restarts``; ``restarts.py``): 0 or 1 is
+    a single fit from the start given, exactly as without it."""
+
+    restarts: int = 0  # starts in all, the given one included
+    finish_best: int = 3  # distinct minima of the screening finished on the full data
+    seed: int = 0  # of the scrambled Sobol sequence
+
+
+@dataclass
 class FaultSettings:
     """How a pass treats failing batches (``optimization.streaming`` in the config)."""
 

@@ -1,0 +1,126 @@
+"""Saddles on a bound: a stop where a parameter on its bound leaves another without influence.
+
+With D0 = 0 the exponent alpha has no influence on the model (likewise beta at
+gamma_dot_t0 = 0), so the gradient of D0 at alpha's current value can point out of the
+box although at another alpha it points in: the point passes every first-order test
+and is still no minimum. At a converged point this module looks for such a pair: a
+parameter without influence (its conditional standard error exceeds its whole range)
+and a parameter held on its bound. Two close probes of the former (the cost does not
+change with it) tell where the held one's gradient turns into the box; the solver
+continues from there, which releases it, and goes downhill.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from homodyne.optimization.problems import NormalEquations
+
+# saddles one solve steps off at most (each escape lowers the cost, so this only
+# bounds the work on a cost surface full of them)
+MAX_ESCAPES = 3
+# the probes either side of a parameter without influence: this fraction of its range
+# (of max(|x|, 1) where the range is infinite); small, so the model stays finite there
+PROBE_FRACTION = 1.0 / 64.0
+# the trial goes this many times the distance at which the held gradient is predicted to
+# change sign (linear in the parameter without influence), so that it points in clearly
+OVERSHOOT = 2.0
+
+
+@dataclass(frozen=True)
+class SaddleEscape:
+    """Where to continue from a saddle: the point, its normal equations, what it cost."""
+
+    x: np.ndarray
+    ne: NormalEquations
+    evaluations: int
+    description: str
+
+
+def without_influence(ne: NormalEquations, x, lb, ub, held) -> np.ndarray:
+    """Indices of the parameters the data do not determine within their range: even the
+    conditional standard error sqrt(chi2_red / H_jj) exceeds the range (an exactly
+    vanishing Jacobian column always qualifies). ``held`` ones (on a bound) are left out."""
+    dof = max(ne.n - x.size, 1)
+    chi2r = 2.0 * ne.cost / dof
+    span = ub - lb
+    hjj = np.diag(ne.H)
+    with np.errstate(invalid="ignore", over="ignore"):
+        none = (hjj <= 0) | (np.isfinite(span) & (hjj * span**2 <= chi2r))
+    return np.flatnonzero(none & ~held)
+
+
+def probe_step(xj: float, lo: float, hi: float) -> float:
+    """The probe distance for one parameter without influence."""
+    span = hi - lo
+    return PROBE_FRACTION * (span if np.isfinite(span) else max(abs(xj), 1.0))
+
+
+def _release_gain(ne: NormalEquations, x, lb, ub, held) -> float:
+    """The largest decrease a step of one held parameter alone into the box predicts
+    (g_i² / 2 H_ii where its gradient points into the box, else 0)."""
+    g, hii = ne.g, np.diag(ne.H)
+    into = held & (((x <= lb) & (g > 0)) | ((x >= ub) & (g < 0))) & (hii > 0)
+    if not into.any():
+        return 0.0
+    return float(np.max(np.where(into, g**2 / (2.0 * np.where(hii > 0, hii, 1.0)), 0.0)))
+
+
+def _held_gradients(ne: NormalEquations, x, lb, ub, held) -> np.ndarray:
+    """The gradient of each held parameter, signed so that > 0 points into the box."""
+    return np.where(x <= lb, ne.g, -ne.g)[held]
+
+
+def escape_saddle(evaluate: Callable[[np.ndarray], NormalEquations], ne: NormalEquations,
+                  x, lb, ub, held) -> SaddleEscape | None:
+    """A point to continue from if ``x`` (converged, ``held`` = parameters pinned on a
+    bound by a gradient pointing out) is a saddle on a bound; None if it is not.
+
+    For each parameter without influence two close probes give how the held gradients
+    change with it; where one is predicted to turn into the box, one trial point a little
+    beyond is evaluated. Three passes per parameter without influence, none where no
+    parameter is held on a bound; probes stay close, so the model stays finite."""
+    if not held.any():
+        return None
+    best, evaluations = None, 0
+    g0 = _held_gradients(ne, x, lb, ub, held)
+    for j in without_influence(ne, x, lb, ub, held):
+        h = probe_step(float(x[j]), float(lb[j]), float(ub[j]))
+        sides = [(s, np.clip(x[j] + s * h, lb[j], ub[j])) for s in (-1.0, 1.0)]
+        trials = []
+        slopes = []
+        for _, v in sides:
+            x_try = x.copy()
+            x_try[j] = v
+            ne_try = evaluate(x_try)
+            evaluations += 1
+            trials.append((x_try, ne_try))
+            if np.isfinite(ne_try.cost) and v != x[j]:
+                slopes.append((_held_gradients(ne_try, x_try, lb, ub, held) - g0) / (v - x[j]))
+        if slopes:
+            slope = np.mean(slopes, axis=0)
+            with np.errstate(divide="ignore", invalid="ignore"):
+                root = np.where(slope != 0, -g0 / slope, np.inf)  # where each turns in
+            for r in root[np.isfinite(root)]:
+                x_try = x.copy()
+                x_try[j] = np.clip(x[j] + OVERSHOOT * r, lb[j], ub[j])
+                if x_try[j] != x[j]:
+                    trials.append((x_try, evaluate(x_try)))
+                    evaluations += 1
+        for x_try, ne_try in trials:
+            if not np.isfinite(ne_try.cost):
+                continue
+            score = _release_gain(ne_try, x_try, lb, ub, held) - (ne_try.cost - ne.cost)
+            if score > 0 and (best is None or score > best[0]):
+                best = (score, j, x_try, ne_try)
+    if best is None:
+        return None
+    _, j, x_new, ne_new = best
+    on_bound = ", ".join(str(i) for i in np.flatnonzero(held))
+    return SaddleEscape(x_new, ne_new, evaluations,
+                        f"stepped off a saddle on a bound: parameter {j} (without influence) "
+                        f"moved {x[j]:.6g} -> {x_new[j]:.6g}, releasing parameter(s) "
+                        f"{on_bound} held on a bound")
