@@ -20,8 +20,6 @@ import signal
 import sys
 import threading
 
-from homodyne import __version__
-
 EXIT_USAGE = 2
 EXIT_FIT_FAILED = 3
 EXIT_NOT_CONVERGED = 4
@@ -31,6 +29,8 @@ EXIT_CODES_HELP = ("exit status: 0 converged, 2 bad input, 3 fit failed, 4 NOT c
 
 
 def _fit_parser() -> argparse.ArgumentParser:
+    from homodyne import __version__
+
     p = argparse.ArgumentParser(
         prog="homodyne",
         description="Fit two-time XPCS data (static or laminar flow) or one-time g2 "
@@ -262,6 +262,7 @@ class _CtrlC:
 
     def __init__(self, signals=(signal.SIGINT,)):
         self.signals = tuple(signals)
+        self.previous = {s: signal.getsignal(s) for s in self.signals}
         self.received = False
         self.signum = signal.SIGINT
         self.resend: threading.Timer | None = None
@@ -286,12 +287,12 @@ class _CtrlC:
 
     def done(self) -> None:
         """After the command: a pending re-send is dropped, and once Ctrl-C was pressed a
-        late one is ignored (the command is already ending with its message)."""
+        late one is ignored (the command is already ending with its message); otherwise
+        the handler from before (Python's, or the console script's) is back."""
         if self.resend is not None:
             self.resend.cancel()
-        defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
         for s in self.signals:
-            signal.signal(s, signal.SIG_IGN if self.received else defaults[s])
+            signal.signal(s, signal.SIG_IGN if self.received else self.previous[s])
 
 
 def _fit_many(cfg, overwrite) -> int:
@@ -312,10 +313,13 @@ def main(argv=None) -> int:
     """Run one command; Ctrl-C at any moment ends it with a message, never a traceback."""
     ctrl_c = None
     if threading.current_thread() is threading.main_thread():
-        # SIGTERM (a batch system's stop) too: staged files are removed, one message
+        # SIGTERM (a batch system's stop) too: staged files are removed, one message.
+        # Python's defaults are replaced, and the console script's stop-at-once handlers
+        # (homodyne.entry), which covered the imports; a caller's own handlers are kept
         ours = [s for s, default in ((signal.SIGINT, signal.default_int_handler),
                                      (signal.SIGTERM, signal.SIG_DFL))
-                if signal.getsignal(s) is default]
+                if signal.getsignal(s) is default
+                or getattr(signal.getsignal(s), "homodyne_replaceable", False)]
         ctrl_c = _CtrlC(ours) if ours else None
         for s in ours:
             signal.signal(s, ctrl_c)

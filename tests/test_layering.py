@@ -54,6 +54,7 @@ LAYERS = {
     "homodyne.cli": 9,
     "homodyne.production": 9,
     "homodyne.benchmarks": 9,
+    "homodyne.entry": 10,  # the console script: signal handlers first, then the CLI
 }
 
 
