@@ -101,6 +101,7 @@ def _checked_generate_args(p: argparse.ArgumentParser, argv):
     import os
     import shutil
 
+    from homodyne.data.synthetic import synthetic_file_bytes
     from homodyne.model import LAMINAR_PARAMS, STATIC_PARAMS
 
     a = p.parse_args(argv)
@@ -137,8 +138,9 @@ def _checked_generate_args(p: argparse.ArgumentParser, argv):
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
         p.error(f"argument --output: cannot write into {folder} (a file or read-only); "
                 "choose another --output")
-    need = a.frames**2 * len(a.angle_list) * (4 if a.dtype == "float32" else 8) + 2**16
-    free = shutil.disk_usage(folder).free  # HDF5 running out of disk mid-write crashes
+    need = synthetic_file_bytes(a.frames, len(a.angle_list), block_rows=a.block_rows,
+                                dtype=a.dtype)
+    free = shutil.disk_usage(folder).free  # the writer reserves the room again, when it starts
     if need > free:
         p.error(f"argument --output: the file needs about {need / 2**20:.1f} MiB, {folder} has "
                 f"{free / 2**20:.1f} MiB free; free space or choose another --output")
@@ -146,17 +148,25 @@ def _checked_generate_args(p: argparse.ArgumentParser, argv):
 
 
 def generate_main(argv) -> int:
+    import errno
+
     from homodyne.data.synthetic import generate_synthetic
     from homodyne.model import ModelSpec
+    from homodyne.output import OutputDirError
 
     a = _checked_generate_args(_generate_parser(), argv)
     phys = a.phys or (
         [1e4, -0.5, 100.0] if a.mode == "static" else [1e4, -0.5, 100.0, 1e-5, 0.2, 1e-6, 5.0])
     spec = ModelSpec(mode=a.mode, q=a.q, dt=a.dt, n_frames=a.frames,
                      phi_deg=tuple(a.angle_list), gap_h=a.gap_h, scaling=a.scaling)
-    info = generate_synthetic(a.output, spec, spec.pack(a.contrast, a.offset, phys),
-                              noise_sigma=a.noise, seed=a.seed, block_rows=a.block_rows,
-                              dtype=a.dtype, overwrite=a.overwrite)
+    try:
+        info = generate_synthetic(a.output, spec, spec.pack(a.contrast, a.offset, phys),
+                                  noise_sigma=a.noise, seed=a.seed, block_rows=a.block_rows,
+                                  dtype=a.dtype, overwrite=a.overwrite)
+    except OSError as exc:  # e.g. the disk filled since the check; the file is not kept
+        fix = "free space or " if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        raise OutputDirError(f"could not write {a.output} ({exc.strerror or exc}); nothing was "
+                             f"written: {fix}choose another --output") from None
     print(f"wrote {info.path}: {info.n_points:,} points ({spec.n_phi} angles x "
           f"{spec.n_frames} frames), {spec.mode}, noise {a.noise}, seed {a.seed}")
     return 0

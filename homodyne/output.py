@@ -9,6 +9,7 @@ are never silently overwritten. Files honour the umask and no symlink is followe
 
 from __future__ import annotations
 
+import errno
 import io
 import json
 import math
@@ -66,6 +67,79 @@ def atomic_path(path):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+@contextmanager
+def h5_with_room(path, n_bytes: int):
+    """An HDF5 file created at ``path`` (an empty file, e.g. atomic_path's) with ``n_bytes``
+    reserved on disk before HDF5 writes a byte: a disk without room is an OSError at once.
+
+    HDF5 never sees a failed write (left with a failed flush it crashes the interpreter):
+    should one fail anyway (a bound too small, no fallocate on this file system), the
+    error is kept, later writes are dropped, and it is raised once HDF5 has closed the file.
+    """
+    with open(path, "r+b", buffering=0) as raw:
+        sink = _KeepWriteError(raw)
+        with h5py.File(sink, "w") as h5:  # created empty: a reserved length would be read
+            sink.reserve(n_bytes)  # as a file without an HDF5 signature
+            yield h5
+        sink.raise_kept()
+
+
+class _KeepWriteError:
+    """A file for h5py's fileobj driver whose writes always succeed for HDF5; the first
+    OSError is kept (``raise_kept``) and every later write is dropped."""
+
+    def __init__(self, raw):
+        self.raw = raw
+        self.error: OSError | None = None
+
+    def reserve(self, n_bytes: int) -> None:
+        """Allocate the first ``n_bytes`` of the file; HDF5 truncates it to its real size when
+        it closes the file. File systems that cannot allocate ahead are left to the guard."""
+        try:
+            os.posix_fallocate(self.raw.fileno(), 0, max(1, int(n_bytes)))
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise  # ENOSPC, EDQUOT, EFBIG: no room for the file
+
+    def raise_kept(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        if self.error is None:
+            try:
+                done = 0
+                while done < len(view):  # a raw write may be short
+                    done += self.raw.write(view[done:])
+            except OSError as exc:
+                self.error = exc
+        return len(view)
+
+    def truncate(self, size=None):
+        if self.error is None:
+            try:
+                return self.raw.truncate(size)
+            except OSError as exc:
+                self.error = exc
+        return size
+
+    def seek(self, offset, whence=os.SEEK_SET):
+        return self.raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+    def readinto(self, buffer) -> int:
+        return self.raw.readinto(buffer)
+
+    def read(self, size=-1) -> bytes:
+        return self.raw.read(size)
+
+    def flush(self) -> None:
+        pass
 
 
 class LockHeld(Exception):

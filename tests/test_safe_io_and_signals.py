@@ -9,9 +9,10 @@ import subprocess
 import sys
 import tomllib
 
+import numpy as np
 import pytest
 import yaml
-from helpers import REPO
+from helpers import REPO, tiny_tmpfs
 
 from homodyne.data.synthetic import generate_synthetic
 from homodyne.model import ModelSpec
@@ -30,6 +31,82 @@ def small_fit(tmp_path_factory):
         {"analysis_mode": "static", "experimental_data": {"file_path": str(d / "d.h5")},
          "initial_parameters": {"values": [8000.0, -0.4, 80.0]}, "output": {"plots": False}}))
     return d
+
+
+# --- 1. a disk that fills up while homodyne generate writes ---------------------------------
+
+def run_cli(*args, prelude: str = ""):
+    """``homodyne ARGS`` in a fresh interpreter (a crash is then an exit status, 139)."""
+    code = f"import sys\n{prelude}\nfrom homodyne.cli import main\nsys.exit(main(sys.argv[1:]))"
+    return subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
+                          timeout=300)
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="mounting a tiny tmpfs needs root")
+def test_generate_refuses_a_disk_too_small_for_the_files_real_size(tmp_path):
+    """300 frames in 256-row chunks take 0.8 MiB: the check counted 0.4 MiB, let the write
+    start on a 640 kB disk, and HDF5 crashed the interpreter (139) when the disk was full."""
+    with tiny_tmpfs(tmp_path, "640k") as mnt:
+        proc = run_cli("generate", "--output", str(mnt / "g.h5"), "--frames", "300")
+        assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+        assert proc.stderr.splitlines()[-1] == (
+            f"homodyne generate: error: argument --output: the file needs about 0.8 MiB, {mnt} "
+            "has 0.6 MiB free; free space or choose another --output")
+        assert list(mnt.iterdir()) == []
+
+
+FILLED_SINCE_THE_CHECK = """
+import errno, os, shutil
+real = shutil.disk_usage
+shutil.disk_usage = lambda p: real(p)._replace(free=1 << 40)  # the check saw room
+if {no_fallocate}:  # a file system that cannot reserve room: only the write guard is left
+    def unsupported(fd, offset, length):
+        raise OSError(errno.EOPNOTSUPP, "Operation not supported")
+    os.posix_fallocate = unsupported
+"""
+
+
+@pytest.mark.skipif(not IS_ROOT, reason="mounting a tiny tmpfs needs root")
+@pytest.mark.parametrize("no_fallocate", [False, True], ids=["reserved", "guarded"])
+def test_disk_filling_up_during_generate_is_one_clean_error_and_keeps_the_old_file(
+        tmp_path, no_fallocate):
+    """The free-space check passed, then the disk filled: HDF5 printed a traceback and
+    the interpreter segfaulted. Now the room is reserved before HDF5 writes, and a write
+    that fails anyway never reaches HDF5; the previous file stays as it was."""
+    with tiny_tmpfs(tmp_path, "640k") as mnt:
+        (mnt / "g.h5").write_bytes(b"the previous file")
+        proc = run_cli("generate", "--output", str(mnt / "g.h5"), "--frames", "300",
+                       "--overwrite", prelude=FILLED_SINCE_THE_CHECK.format(
+                           no_fallocate=no_fallocate))
+        assert proc.returncode == 2, (proc.returncode, proc.stderr[-2000:])
+        assert proc.stderr.splitlines() == [
+            f"homodyne: error: could not write {mnt / 'g.h5'} (No space left on device); "
+            "nothing was written: free space or choose another --output"], proc.stderr[-2000:]
+        assert [p.name for p in mnt.iterdir()] == ["g.h5"]
+        assert (mnt / "g.h5").read_bytes() == b"the previous file"
+
+
+def test_the_reserved_room_bounds_the_generated_file(tmp_path):
+    """The bound reserved (and checked) before writing is never below the file's size,
+    and HDF5 trims the reserve: the file is no bigger than before."""
+    from homodyne.data.synthetic import synthetic_file_bytes
+    from homodyne.data.twotime import open_two_time
+
+    cases = [(2, 1, 1, "float32", ()), (37, 16, 3, "float64", (0.02,)),
+             (300, 256, 2, "float32", ()), (300, 100, 1, "float32", (0.02, 0.03))]
+    for n, rows, n_phi, dtype, decoys in cases:
+        spec = ModelSpec(mode="static", n_frames=n, phi_deg=tuple(range(0, 30 * n_phi, 30)))
+        path = tmp_path / f"{n}-{rows}.h5"
+        params = spec.pack(0.3, 1.0, [1e4, -0.5, 100.0])
+        generate_synthetic(path, spec, params, noise_sigma=0.0, block_rows=rows, dtype=dtype,
+                           extra_q=decoys)
+        bound = synthetic_file_bytes(n, n_phi, n_phi * len(decoys), block_rows=rows,
+                                     dtype=dtype)
+        size = path.stat().st_size
+        assert size + 32 * 1024 <= bound < size + 160 * 1024, (n, rows, size, bound)
+        with open_two_time(path, q=spec.q) as src:  # the fits of generated data recover
+            stored = src.read_packed()  # the truth in many tests; here: all was written
+        assert stored.size == spec.n_points and np.all(stored > 0.9), (n, rows)
 
 
 # --- 4. interrupts while the console script starts ------------------------------------------
