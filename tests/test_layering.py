@@ -29,6 +29,7 @@ LAYERS = {
     "homodyne.optimization.precision": 0,
     "homodyne.model": 1,
     "homodyne.data": 2,
+    "homodyne.data.npyfile": 2,  # .npy/.npz headers checked before any data are read
     "homodyne.optimization.problems": 2,
     "homodyne.optimization.sources": 2,
     "homodyne.optimization.interfaces": 2,  # the protocols name problems' and sources' types

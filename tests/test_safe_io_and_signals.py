@@ -4,6 +4,7 @@ killed run, and interrupts while the console script is still importing. Each tes
 on the tree before its fix."""
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -107,6 +108,94 @@ def test_the_reserved_room_bounds_the_generated_file(tmp_path):
         with open_two_time(path, q=spec.q) as src:  # the fits of generated data recover
             stored = src.read_packed()  # the truth in many tests; here: all was written
         assert stored.size == spec.n_points and np.all(stored > 0.9), (n, rows)
+
+
+# --- 2. NPZ/NPY headers that declare huge arrays ----------------------------------------------
+
+def _npy_bytes(shape, payload: bytes, dtype="<f8") -> bytes:
+    """A .npy header declaring ``shape`` followed by ``payload`` (whatever its length)."""
+    import io
+
+    from numpy.lib import format as npy_format
+
+    b = io.BytesIO()
+    npy_format.write_array_header_1_0(b, {"descr": dtype, "fortran_order": False,
+                                          "shape": shape})
+    return b.getvalue() + payload
+
+
+def _npz_table(path, tau_member: bytes | None = None, *, tau_chunks=()):
+    """A valid one-time NPZ table whose 'tau' member is replaced by ``tau_member`` or
+    streamed (deflated) from ``tau_chunks``."""
+    import io
+    import zipfile
+
+    tau = np.logspace(-4, 0, 12)
+    arrays = {"q": np.array([0.005]), "g2": 1 + 0.2 * np.exp(-20 * tau)[:, None],
+              "sigma": np.full((12, 1), 1e-3)}
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, a in arrays.items():
+            b = io.BytesIO()
+            np.save(b, a)
+            zf.writestr(f"{name}.npy", b.getvalue())
+        if tau_member is not None:
+            zf.writestr("tau.npy", tau_member)
+        else:
+            with zf.open("tau.npy", "w", force_zip64=True) as fh:
+                for chunk in tau_chunks:
+                    fh.write(chunk)
+    return path
+
+
+def test_npz_member_declaring_more_than_it_holds_is_refused_before_reading(tmp_path):
+    """A 1 kB member declaring 160 GB: numpy allocated what the header said (MemoryError,
+    a traceback) before finding the data missing."""
+    from homodyne.data.errors import DataFileError
+    from homodyne.onetime.data import read_one_time
+
+    path = _npz_table(tmp_path / "t.npz", _npy_bytes((200_000, 100_000), b"\0" * 1000))
+    with pytest.raises(DataFileError, match=re.escape(
+            "array 'tau' declares shape (200000, 100000) of float64 (160,000,000,000 bytes) "
+            "but holds 1,000 bytes after its header: the file is truncated or corrupt")):
+        read_one_time(path)
+
+
+def test_npz_zip_bomb_is_refused_from_its_header(tmp_path):
+    """320 MB of zeros deflate to 0.3 MB: the header and the zip directory agree, so only a
+    bound on what a table may declare stops it before it is decompressed into memory."""
+    import resource
+
+    from homodyne.data.errors import DataFileError
+    from homodyne.onetime.data import read_one_time
+
+    n = 40_000_000
+    zeros = b"\0" * (1 << 22)
+    whole, rest = divmod(8 * n, len(zeros))
+    chunks = [_npy_bytes((n,), b""), *[zeros] * whole, zeros[:rest]]
+    path = _npz_table(tmp_path / "bomb.npz", tau_chunks=chunks)
+    assert path.stat().st_size < 1 << 20
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(DataFileError, match=re.escape(
+            f"array 'tau' declares shape ({n},) of float64 ({8 * n:,} bytes), more than the "
+            "268,435,456 bytes such an array may have")):
+        read_one_time(path)
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - peak < 100_000  # kB
+
+
+def test_npy_matrix_declaring_more_than_the_file_holds_is_refused_before_reading(tmp_path):
+    from homodyne.data import open_two_time
+    from homodyne.data.errors import DataFileError
+
+    path = tmp_path / "c2.npy"
+    path.write_bytes(_npy_bytes((20_000, 20_000), b"\0" * 4096, dtype="<f4"))
+    with pytest.raises(DataFileError, match=re.escape(
+            "the array declares shape (20000, 20000) of float32 (1,600,000,000 bytes) but "
+            "holds 4,096 bytes after its header")):
+        open_two_time(path)
+    path.write_bytes(_npy_bytes((3, 4), b"\0" * 96))
+    with pytest.raises(DataFileError, match=re.escape(
+            "expected a square two-time matrix, got shape (3, 4)")):
+        open_two_time(path)
 
 
 # --- 4. interrupts while the console script starts ------------------------------------------
