@@ -198,6 +198,69 @@ def test_npy_matrix_declaring_more_than_the_file_holds_is_refused_before_reading
         open_two_time(path)
 
 
+# --- 3. temporary files of killed runs ----------------------------------------------------------
+
+def _killed_mid_write(folder) -> int:
+    """SIGKILL a ``homodyne generate`` into ``folder`` while it writes; its pid."""
+    import time
+
+    proc = subprocess.Popen([sys.executable, "-m", "homodyne.cli", "generate", "--output",
+                             str(folder / "big.h5"), "--frames", "3000", "--angles", "0,9"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    while proc.poll() is None and not list(folder.glob(".tmp-*")):
+        time.sleep(0.002)
+    proc.kill()
+    _, err = proc.communicate()
+    assert proc.returncode == -signal.SIGKILL, err.decode()[-2000:]
+    return proc.pid
+
+
+def test_temporary_files_of_killed_runs_are_removed_by_the_next_run(small_fit, tmp_path,
+                                                                     caplog):
+    """A SIGKILL leaves .tmp-<pid>-* files (generate's file, a result set's staged files,
+    a checkpoint being written); the next run that locks the folder removes them, and only
+    them: files of processes still running and other names stay."""
+    import json
+    import logging
+
+    from homodyne.cli import main
+
+    out, ck = tmp_path / "out", tmp_path / "ck"
+    out.mkdir()
+    ck.mkdir()
+    dead = _killed_mid_write(out)
+    [left] = [p.name for p in out.glob(".tmp-*")]
+    assert left.startswith(f".tmp-{dead}-") and left.endswith("-big.h5")
+    planted = {out / f".tmp-{dead}-0123abcd-parameters.json": "gone",
+               ck / f".tmp-{dead}-89abcdef-homodyne_state_batch_0002.h5": "gone",
+               out / f".tmp-{os.getpid()}-00c0ffee-fit.log": "kept",  # a running writer's
+               out / ".tmp-notours": "kept", ck / "notes.tmp": "kept"}
+    for path in planted:
+        path.write_text("partial")
+    cfg = yaml.safe_load((small_fit / "c.yaml").read_text())
+    cfg["optimization"] = {"streaming": {"enable_checkpoints": True, "checkpoint_dir": str(ck),
+                                         "checkpoint_frequency": 2,
+                                         "checkpoint_min_interval_s": 0}}
+    cfg["performance"] = {"strategy_override": "streaming", "max_batch_size": 500}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    with caplog.at_level(logging.INFO, logger="homodyne.output"):
+        assert main(["--config", str(tmp_path / "c.yaml"), "--output-dir", str(out)]) == 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [".homodyne.lock", ".tmp-notours", f".tmp-{os.getpid()}-00c0ffee-fit.log", "fit.h5",
+         "fit.log", "parameters.json"])
+    assert sorted(p.name for p in ck.glob("*tmp*")) == ["notes.tmp"]
+    gone = ", ".join(sorted([left, f".tmp-{dead}-0123abcd-parameters.json"]))
+    assert f"removed 2 temporary file(s) left in {out} by a run that was killed: {gone}" \
+        in caplog.text
+    assert f"removed 1 temporary file(s) left in {ck} by a run that was killed: " \
+           f".tmp-{dead}-89abcdef-homodyne_state_batch_0002.h5" in caplog.text
+    result = json.loads((out / "parameters.json").read_text())
+    assert result["status"] == "converged"
+    for name, value, se in zip(result["parameter_names"], result["parameters"],
+                               result["uncertainties"], strict=True):
+        assert abs(value - result["truth"][name]) < 3 * se, (name, value, se)
+
+
 # --- 4. interrupts while the console script starts ------------------------------------------
 
 def _console_script() -> list[str]:
