@@ -266,9 +266,14 @@ def configure_console_logging(*, quiet: bool) -> None:
     logging.getLogger("jax").setLevel(logging.WARNING)
 
 
+_IMPORTING = "<frozen importlib._bootstrap"  # also matches _bootstrap_external
+
+
 class _CtrlC:
     """SIGINT or SIGTERM outside the fit: a KeyboardInterrupt, except inside a gc callback (JAX has
-    one), where Python would print it as 'Exception ignored' and drop it: re-sent once."""
+    one), where Python would print it as 'Exception ignored' and drop it, and while a module
+    is imported (raised inside a native module's initialisation, e.g. jaxlib's, it aborts
+    the interpreter): then it is re-sent every 20 ms until it lands outside."""
 
     def __init__(self, signals=(signal.SIGINT,)):
         self.signals = tuple(signals)
@@ -282,7 +287,7 @@ class _CtrlC:
         self.signum = signum
         callbacks = {getattr(cb, "__code__", None) for cb in gc.callbacks}
         while frame is not None:
-            if frame.f_code in callbacks:
+            if frame.f_code in callbacks or frame.f_code.co_filename.startswith(_IMPORTING):
                 if self.resend is None:
                     self.resend = threading.Timer(0.02, self._again, (signum,))
                     self.resend.start()

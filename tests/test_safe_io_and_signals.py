@@ -336,3 +336,29 @@ def test_the_cli_takes_the_signals_over_from_the_console_script(small_fit, tmp_p
     assert capsys.readouterr().err.strip().endswith(INTERRUPTED.format("SIGTERM"))
     assert sorted(p.name for p in tmp_path.iterdir()) == [".homodyne.lock",
                                                           "fit.incomplete.log"]
+
+
+def test_an_interrupt_during_an_import_is_raised_once_the_import_is_over(tmp_path,
+                                                                          monkeypatch):
+    """Raised inside a native module's initialisation (jaxlib's, while the CLI imports JAX)
+    a KeyboardInterrupt aborted the interpreter (exit -6 and a traceback); it is re-sent
+    until the import is over."""
+    import time
+
+    from homodyne.cli import _CtrlC
+
+    (tmp_path / "interrupted_module.py").write_text(
+        "import os, signal, time\nos.kill(os.getpid(), signal.SIGINT)\n"
+        "for _ in range(20):\n    time.sleep(0.005)\nDONE = True\n")
+    monkeypatch.syspath_prepend(tmp_path)
+    ctrl_c = _CtrlC((signal.SIGINT,))
+    old = signal.signal(signal.SIGINT, ctrl_c)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            import interrupted_module  # noqa: F401
+            time.sleep(5)  # the re-sent signal lands here
+        assert sys.modules["interrupted_module"].DONE
+    finally:
+        ctrl_c.done()
+        signal.signal(signal.SIGINT, old)
+        sys.modules.pop("interrupted_module", None)
