@@ -12,12 +12,6 @@ Public API (each name is imported on first use; the guide's module paths, e.g.
 """
 
 from importlib import import_module
-from importlib.metadata import PackageNotFoundError, version
-
-try:
-    __version__ = version("homodyne")
-except PackageNotFoundError:  # running from a source tree that is not installed
-    __version__ = "0.1.0"
 
 _PUBLIC = {
     "NLSQWrapper": "homodyne.optimization.nlsq_wrapper",
@@ -32,7 +26,11 @@ __all__ = ["__version__", *_PUBLIC]
 
 
 def __getattr__(name: str):
-    """Import a public name from its module on first use (keeps ``import homodyne`` light)."""
+    """Import a public name from its module on first use (keeps ``import homodyne`` light:
+    even the version is looked up only when asked for, importlib.metadata costs ~40 ms)."""
+    if name == "__version__":
+        globals()[name] = value = _installed_version()
+        return value
     if name in _PUBLIC:
         value = getattr(import_module(_PUBLIC[name]), name)
         globals()[name] = value
@@ -41,4 +39,13 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(_PUBLIC))
+    return sorted(set(globals()) | set(__all__))
+
+
+def _installed_version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("homodyne")
+    except PackageNotFoundError:  # running from a source tree that is not installed
+        return "0.1.0"

@@ -20,8 +20,6 @@ import signal
 import sys
 import threading
 
-from homodyne import __version__
-
 EXIT_USAGE = 2
 EXIT_FIT_FAILED = 3
 EXIT_NOT_CONVERGED = 4
@@ -31,6 +29,8 @@ EXIT_CODES_HELP = ("exit status: 0 converged, 2 bad input, 3 fit failed, 4 NOT c
 
 
 def _fit_parser() -> argparse.ArgumentParser:
+    from homodyne import __version__
+
     p = argparse.ArgumentParser(
         prog="homodyne",
         description="Fit two-time XPCS data (static or laminar flow) or one-time g2 "
@@ -103,6 +103,7 @@ def _checked_generate_args(p: argparse.ArgumentParser, argv):
     import os
     import shutil
 
+    from homodyne.data.synthetic import synthetic_file_bytes
     from homodyne.model import LAMINAR_PARAMS, STATIC_PARAMS
 
     a = p.parse_args(argv)
@@ -139,8 +140,9 @@ def _checked_generate_args(p: argparse.ArgumentParser, argv):
     if not os.path.isdir(folder) or not os.access(folder, os.W_OK | os.X_OK):
         p.error(f"argument --output: cannot write into {folder} (a file or read-only); "
                 "choose another --output")
-    need = a.frames**2 * len(a.angle_list) * (4 if a.dtype == "float32" else 8) + 2**16
-    free = shutil.disk_usage(folder).free  # HDF5 running out of disk mid-write crashes
+    need = synthetic_file_bytes(a.frames, len(a.angle_list), block_rows=a.block_rows,
+                                dtype=a.dtype)
+    free = shutil.disk_usage(folder).free  # the writer reserves the room again, when it starts
     if need > free:
         p.error(f"argument --output: the file needs about {need / 2**20:.1f} MiB, {folder} has "
                 f"{free / 2**20:.1f} MiB free; free space or choose another --output")
@@ -148,17 +150,25 @@ def _checked_generate_args(p: argparse.ArgumentParser, argv):
 
 
 def generate_main(argv) -> int:
+    import errno
+
     from homodyne.data.synthetic import generate_synthetic
     from homodyne.model import ModelSpec
+    from homodyne.output import OutputDirError
 
     a = _checked_generate_args(_generate_parser(), argv)
     phys = a.phys or (
         [1e4, -0.5, 100.0] if a.mode == "static" else [1e4, -0.5, 100.0, 1e-5, 0.2, 1e-6, 5.0])
     spec = ModelSpec(mode=a.mode, q=a.q, dt=a.dt, n_frames=a.frames,
                      phi_deg=tuple(a.angle_list), gap_h=a.gap_h, scaling=a.scaling)
-    info = generate_synthetic(a.output, spec, spec.pack(a.contrast, a.offset, phys),
-                              noise_sigma=a.noise, seed=a.seed, block_rows=a.block_rows,
-                              dtype=a.dtype, overwrite=a.overwrite)
+    try:
+        info = generate_synthetic(a.output, spec, spec.pack(a.contrast, a.offset, phys),
+                                  noise_sigma=a.noise, seed=a.seed, block_rows=a.block_rows,
+                                  dtype=a.dtype, overwrite=a.overwrite)
+    except OSError as exc:  # e.g. the disk filled since the check; the file is not kept
+        fix = "free space or " if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        raise OutputDirError(f"could not write {a.output} ({exc.strerror or exc}); nothing was "
+                             f"written: {fix}choose another --output") from None
     print(f"wrote {info.path}: {info.n_points:,} points ({spec.n_phi} angles x "
           f"{spec.n_frames} frames), {spec.mode}, noise {a.noise}, seed {a.seed}")
     return 0
@@ -260,12 +270,18 @@ def configure_console_logging(*, quiet: bool) -> None:
     logging.getLogger("jax").setLevel(logging.WARNING)
 
 
+_IMPORTING = "<frozen importlib._bootstrap"  # also matches _bootstrap_external
+
+
 class _CtrlC:
     """SIGINT or SIGTERM outside the fit: a KeyboardInterrupt, except inside a gc callback (JAX has
-    one), where Python would print it as 'Exception ignored' and drop it: re-sent once."""
+    one), where Python would print it as 'Exception ignored' and drop it, and while a module
+    is imported (raised inside a native module's initialisation, e.g. jaxlib's, it aborts
+    the interpreter): then it is re-sent every 20 ms until it lands outside."""
 
     def __init__(self, signals=(signal.SIGINT,)):
         self.signals = tuple(signals)
+        self.previous = {s: signal.getsignal(s) for s in self.signals}
         self.received = False
         self.signum = signal.SIGINT
         self.resend: threading.Timer | None = None
@@ -275,7 +291,7 @@ class _CtrlC:
         self.signum = signum
         callbacks = {getattr(cb, "__code__", None) for cb in gc.callbacks}
         while frame is not None:
-            if frame.f_code in callbacks:
+            if frame.f_code in callbacks or frame.f_code.co_filename.startswith(_IMPORTING):
                 if self.resend is None:
                     self.resend = threading.Timer(0.02, self._again, (signum,))
                     self.resend.start()
@@ -290,12 +306,12 @@ class _CtrlC:
 
     def done(self) -> None:
         """After the command: a pending re-send is dropped, and once Ctrl-C was pressed a
-        late one is ignored (the command is already ending with its message)."""
+        late one is ignored (the command is already ending with its message); otherwise
+        the handler from before (Python's, or the console script's) is back."""
         if self.resend is not None:
             self.resend.cancel()
-        defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}
         for s in self.signals:
-            signal.signal(s, signal.SIG_IGN if self.received else defaults[s])
+            signal.signal(s, signal.SIG_IGN if self.received else self.previous[s])
 
 
 def _fit_many(cfg, overwrite) -> int:
@@ -316,10 +332,13 @@ def main(argv=None) -> int:
     """Run one command; Ctrl-C at any moment ends it with a message, never a traceback."""
     ctrl_c = None
     if threading.current_thread() is threading.main_thread():
-        # SIGTERM (a batch system's stop) too: staged files are removed, one message
+        # SIGTERM (a batch system's stop) too: staged files are removed, one message.
+        # Python's defaults are replaced, and the console script's stop-at-once handlers
+        # (homodyne.entry), which covered the imports; a caller's own handlers are kept
         ours = [s for s, default in ((signal.SIGINT, signal.default_int_handler),
                                      (signal.SIGTERM, signal.SIG_DFL))
-                if signal.getsignal(s) is default]
+                if signal.getsignal(s) is default
+                or getattr(signal.getsignal(s), "homodyne_replaceable", False)]
         ctrl_c = _CtrlC(ours) if ours else None
         for s in ours:
             signal.signal(s, ctrl_c)

@@ -5,14 +5,19 @@ so a crash or a full disk never leaves a partial file under the final name. A ru
 files are staged together (``ResultSet``) and committed at the end, parameters.json
 last, so a folder holds one complete result set or the previous one. Existing results
 are never silently overwritten. Files honour the umask and no symlink is followed.
+Temporary names carry the writer's pid: the next run to lock the folder removes those a
+killed run left behind.
 """
 
 from __future__ import annotations
 
+import errno
 import io
 import json
+import logging
 import math
 import os
+import re
 import secrets
 import signal
 import tempfile
@@ -30,6 +35,7 @@ SET_FILES = ("fit.h5", "c2_heatmaps.png", "c2_cuts.png", "scaling_per_angle.png"
              "residual_histogram.png", "per_q.csv", "g2_fits.png", "rates_vs_q.png", "fit.log",
              MARKER)
 INTERRUPTED = "parameters.interrupted.json"
+log = logging.getLogger(__name__)
 FAILED_LOG = "fit.incomplete.log"
 
 
@@ -47,8 +53,51 @@ def create_new(path, mode: int = 0o666) -> int:
 
 
 def _temp_name(path: Path) -> Path:
-    # the suffix is kept: writers such as matplotlib pick the format from it
+    """The one pattern of every temporary file homodyne writes (TEMP_NAME): the writer's
+    pid in it tells a killed run's leftovers from a running writer's files. The suffix is
+    kept: writers such as matplotlib pick the format from it."""
     return path.with_name(f".tmp-{os.getpid()}-{secrets.token_hex(4)}-{path.name}")
+
+
+TEMP_NAME = re.compile(r"\.tmp-(\d{1,9})-[0-9a-f]{8}-.")
+
+
+def remove_stale_temp_files(folder) -> list[str]:
+    """Delete the temporary files in ``folder`` whose writer no longer runs (a run killed by
+    SIGKILL or a power cut leaves them); called with the folder's lock held. Only regular
+    files named by ``_temp_name`` are touched; returns the names removed (and logs them)."""
+    removed = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        found = TEMP_NAME.match(entry.name)
+        if found is None or _running(int(found.group(1))):
+            continue
+        try:
+            if entry.is_file(follow_symlinks=False):
+                os.unlink(entry.path)
+                removed.append(entry.name)
+        except FileNotFoundError:
+            pass
+    if removed:
+        log.info("removed %d temporary file(s) left in %s by a run that was killed: %s",
+                 len(removed), folder, ", ".join(sorted(removed)))
+    return removed
+
+
+def _running(pid: int) -> bool:
+    """Whether a process ``pid`` exists (one of another user counts too)."""
+    if pid <= 0:
+        return True  # not a pid we write: never ours to remove
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # EPERM: it runs, as someone else
+        return True
+    return True
 
 
 @contextmanager
@@ -56,7 +105,7 @@ def atomic_path(path):
     """Yield a temporary path next to ``path``; on success fsync it and rename it over."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    tmp = _temp_name(path)
     os.close(create_new(tmp))
     try:
         yield tmp
@@ -66,6 +115,79 @@ def atomic_path(path):
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+@contextmanager
+def h5_with_room(path, n_bytes: int):
+    """An HDF5 file created at ``path`` (an empty file, e.g. atomic_path's) with ``n_bytes``
+    reserved on disk before HDF5 writes a byte: a disk without room is an OSError at once.
+
+    HDF5 never sees a failed write (left with a failed flush it crashes the interpreter):
+    should one fail anyway (a bound too small, no fallocate on this file system), the
+    error is kept, later writes are dropped, and it is raised once HDF5 has closed the file.
+    """
+    with open(path, "r+b", buffering=0) as raw:
+        sink = _KeepWriteError(raw)
+        with h5py.File(sink, "w") as h5:  # created empty: a reserved length would be read
+            sink.reserve(n_bytes)  # as a file without an HDF5 signature
+            yield h5
+        sink.raise_kept()
+
+
+class _KeepWriteError:
+    """A file for h5py's fileobj driver whose writes always succeed for HDF5; the first
+    OSError is kept (``raise_kept``) and every later write is dropped."""
+
+    def __init__(self, raw):
+        self.raw = raw
+        self.error: OSError | None = None
+
+    def reserve(self, n_bytes: int) -> None:
+        """Allocate the first ``n_bytes`` of the file; HDF5 truncates it to its real size when
+        it closes the file. File systems that cannot allocate ahead are left to the guard."""
+        try:
+            os.posix_fallocate(self.raw.fileno(), 0, max(1, int(n_bytes)))
+        except OSError as exc:
+            if exc.errno not in (errno.EINVAL, errno.EOPNOTSUPP, errno.ENOSYS):
+                raise  # ENOSPC, EDQUOT, EFBIG: no room for the file
+
+    def raise_kept(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def write(self, data) -> int:
+        view = memoryview(data).cast("B")
+        if self.error is None:
+            try:
+                done = 0
+                while done < len(view):  # a raw write may be short
+                    done += self.raw.write(view[done:])
+            except OSError as exc:
+                self.error = exc
+        return len(view)
+
+    def truncate(self, size=None):
+        if self.error is None:
+            try:
+                return self.raw.truncate(size)
+            except OSError as exc:
+                self.error = exc
+        return size
+
+    def seek(self, offset, whence=os.SEEK_SET):
+        return self.raw.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self.raw.tell()
+
+    def readinto(self, buffer) -> int:
+        return self.raw.readinto(buffer)
+
+    def read(self, size=-1) -> bytes:
+        return self.raw.read(size)
+
+    def flush(self) -> None:
+        pass
 
 
 class LockHeld(Exception):
@@ -79,7 +201,7 @@ class LockHeld(Exception):
 class DirectoryLock:
     """An exclusive lock file (``flock``) held while one run uses a folder; the holder's
     pid is written into it so a second run can say who has it. Released on exit or
-    when the process dies."""
+    when the process dies. Taking it removes the temporary files of killed runs."""
 
     def __init__(self, path):
         self.path = Path(path)
@@ -108,6 +230,7 @@ class DirectoryLock:
         fh.write(f"pid {os.getpid()}")
         fh.flush()
         self._fh = fh
+        remove_stale_temp_files(self.path.parent)  # no other run can be writing there now
 
     def release(self) -> None:
         if self._fh is not None:

@@ -1,9 +1,12 @@
-"""Shared test helpers: small model specs, their true parameters, bounds and starts."""
+"""Shared test helpers: small model specs, their true parameters, bounds and starts; tmpfs."""
 
 import os
+import subprocess
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
+import pytest
 from scipy.optimize import least_squares
 
 from homodyne.jaxconf import jax, jnp
@@ -77,3 +80,17 @@ def engine_case(mode: str, n_frames: int, n_phi: int, seed: int = 0):
     lb, ub = bounds_for(spec)
     p0 = start_for(spec, truth)
     return spec, truth, y, p0, lb, ub, scipy_reference(spec, y, p0, lb, ub)
+
+
+@contextmanager
+def tiny_tmpfs(tmp_path, size: str):
+    """A tmpfs of ``size`` mounted at tmp_path/small for the test (root only: skipped else)."""
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=True)

@@ -269,7 +269,7 @@ def test_full_disk_during_checkpoints_keeps_fitting_and_reports(tmp_path, datafi
     assert len(errors) == 1 and "No space left" in errors[0]
     m = CheckpointManager(ck)
     assert all(m.validate_checkpoint(p) for p in m.list_checkpoints())
-    assert not list(ck.glob("*.tmp"))
+    assert not list(ck.glob(".tmp-*")) and not list(ck.glob("*.tmp"))
 
 
 # --- memory limit ---------------------------------------------------------------------

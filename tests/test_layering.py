@@ -29,6 +29,7 @@ LAYERS = {
     "homodyne.optimization.precision": 0,
     "homodyne.model": 1,
     "homodyne.data": 2,
+    "homodyne.data.npyfile": 2,  # .npy/.npz headers checked before any data are read
     "homodyne.optimization.problems": 2,
     "homodyne.optimization.sources": 2,
     "homodyne.optimization.interfaces": 2,  # the protocols name problems' and sources' types
@@ -56,6 +57,7 @@ LAYERS = {
     "homodyne.cli": 9,
     "homodyne.production": 9,
     "homodyne.benchmarks": 9,
+    "homodyne.entry": 10,  # the console script: signal handlers first, then the CLI
 }
 
 

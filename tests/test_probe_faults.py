@@ -299,7 +299,7 @@ def test_generate_refuses_a_disk_without_room_before_hdf5_writes(tmp_path, capsy
         with pytest.raises(SystemExit) as stop:
             main(["generate", "--output", str(mnt / "g.h5"), "--frames", "300"])
         assert stop.value.code == 2
-        assert f"argument --output: the file needs about 0.4 MiB, {mnt} has 0.1 MiB free; " \
+        assert f"argument --output: the file needs about 0.8 MiB, {mnt} has 0.1 MiB free; " \
             "free space or choose another --output" in capsys.readouterr().err
         assert list(mnt.iterdir()) == []
 

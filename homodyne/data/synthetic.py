@@ -24,7 +24,13 @@ from homodyne.data.twotime import (
     SYNTHETIC_ATTRS,
 )
 from homodyne.model import ModelSpec, c2_rows
-from homodyne.output import atomic_path
+from homodyne.output import atomic_path, h5_with_room
+
+# HDF5's own bytes beyond the chunks, generously: superblock, groups and the small
+# datasets, each matrix's object header, and the chunk index (a B-tree entry per chunk)
+METADATA_BYTES = 64 * 1024
+METADATA_PER_MATRIX = 8 * 1024
+METADATA_PER_CHUNK = 256
 
 
 @dataclass(frozen=True)
@@ -66,7 +72,10 @@ def generate_synthetic(path, spec: ModelSpec, params, *, noise_sigma: float = 0.
     n_real = 1 + len(more_q)
     n_phi = spec.n_phi
     chunk = min(n, max(16, block_rows))
-    with atomic_path(path) as tmp, h5py.File(tmp, "w") as h5:
+    room = (synthetic_file_bytes(n, n_phi * n_real, n_phi * len(extra_q),
+                                 block_rows=block_rows, dtype=dtype)
+            + sum(np.asarray(v).nbytes for v in (attrs or {}).values()))
+    with atomic_path(path) as tmp, h5_with_room(tmp, room) as h5:
         h5[APSU_Q] = qs
         h5[APSU_PHI] = np.asarray(spec.phi_deg, dtype=np.float64)
         h5[FRAME_TIME] = np.array([[spec.dt]])
@@ -101,6 +110,21 @@ def generate_synthetic(path, spec: ModelSpec, params, *, noise_sigma: float = 0.
             block_rows=int(block_rows), q_values=qs[:n_real], **(attrs or {}),
         )
     return SyntheticInfo(path, spec, params, float(noise_sigma), int(seed), spec.n_points)
+
+
+def synthetic_file_bytes(n_frames: int, n_matrices: int, n_decoys: int = 0, *,
+                         block_rows: int = 256, dtype: str = "float32") -> int:
+    """An upper bound of the size of the file ``generate_synthetic`` writes: the whole
+    chunks its row blocks fill (the upper triangle, rounded out to chunks; a decoy bin fills
+    its first row and column) plus HDF5's metadata. The file's room is reserved up front."""
+    n, rows = int(n_frames), int(block_rows)
+    chunk = min(n, max(16, rows))
+    per_side = -(-n // chunk)
+    # the first row block reaching chunk row i starts at row (i*chunk // rows) * rows
+    filled = sum(per_side - (i * chunk // rows * rows) // chunk for i in range(per_side))
+    chunks = n_matrices * filled + n_decoys * (2 * per_side - 1)
+    return (chunks * (chunk * chunk * np.dtype(dtype).itemsize + METADATA_PER_CHUNK)
+            + (n_matrices + n_decoys) * METADATA_PER_MATRIX + METADATA_BYTES)
 
 
 def _spec_dict(spec: ModelSpec) -> dict:

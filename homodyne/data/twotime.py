@@ -17,6 +17,7 @@ import h5py
 import numpy as np
 
 from homodyne.data.errors import DataFileError
+from homodyne.data.npyfile import npy_file_header
 from homodyne.model import ModelSpec, TriangleGrid, triu_row, triu_row_start
 
 OLD_Q = "/xpcs/dqlist"
@@ -28,6 +29,7 @@ APSU_BINS = "/xpcs/twotime/processed_bins"
 APSU_C2 = "/xpcs/twotime/correlation_map"
 FRAME_TIME = "/entry/instrument/detector_1/frame_time"
 SYNTHETIC_ATTRS = "/homodyne/synthetic"
+MAX_NPY_BYTES = 1 << 34  # a bare .npy matrix is read whole: 16 GiB (46k x 46k float64) at most
 
 
 @dataclass(frozen=True)
@@ -357,14 +359,15 @@ def q_bins(path) -> list[float]:
 
 
 def _open_npy(path, q, start_frame, end_frame) -> TwoTimeSource:
+    shape, dtype = npy_file_header(path, max_bytes=MAX_NPY_BYTES)  # before a byte of data
+    if len(shape) != 2 or shape[0] != shape[1]:
+        raise DataFileError(path, f"expected a square two-time matrix, got shape {shape}")
+    if not np.issubdtype(dtype, np.floating):
+        raise DataFileError(path, f"expected floating-point values, got dtype {dtype}")
     try:
         m = np.load(path, allow_pickle=False)
     except (ValueError, OSError) as exc:
         raise DataFileError(path, f"not a readable .npy array: {exc}") from exc
-    if m.ndim != 2 or m.shape[0] != m.shape[1]:
-        raise DataFileError(path, f"expected a square two-time matrix, got shape {m.shape}")
-    if not np.issubdtype(m.dtype, np.floating):
-        raise DataFileError(path, f"expected floating-point values, got dtype {m.dtype}")
     _check_values(path, "matrix", m)
     first, last = _frame_range(path, start_frame, end_frame, m.shape[0])
     return TwoTimeSource(path=path, layout="npy", dataset_names=["matrix"],

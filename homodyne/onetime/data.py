@@ -16,8 +16,11 @@ import numpy as np
 
 from homodyne.data.errors import DataFileError
 from homodyne.data.multitau import G2, OneTimeData, check_axes, read_multitau
+from homodyne.data.npyfile import npz_headers
 
 TABLE_SUFFIXES = (".csv", ".npz")
+TABLE_KEYS = ("tau", "q", "g2", "sigma")
+MAX_TABLE_BYTES = 1 << 28  # one NPZ array: 256 MiB, far above any g2 table (1e4 delays x 1e3 q)
 _Q_IN_NAME = re.compile(r"q\s*=\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)")
 
 
@@ -81,12 +84,13 @@ def _read_npz(path):
     if not isinstance(z, np.lib.npyio.NpzFile):
         raise DataFileError(path, "a single .npy array, not an NPZ table (tau, q, g2, sigma)")
     with z:
-        missing = [k for k in ("tau", "q", "g2", "sigma") if k not in z.files]
+        missing = [k for k in TABLE_KEYS if k not in z.files]
         if missing:
             raise DataFileError(path, f"missing arrays {missing}; an NPZ table needs tau, q, "
                                       "g2 and sigma")
+        npz_headers(path, TABLE_KEYS, max_bytes=MAX_TABLE_BYTES)  # before any data are read
         arrays = {}
-        for k in ("tau", "q", "g2", "sigma"):
+        for k in TABLE_KEYS:
             try:
                 a = z[k]
             except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:

@@ -1,0 +1,75 @@
+""".npy arrays (a bare file or an NPZ member) read only after their header is checked.
+
+A header may declare any shape, and numpy allocates what it declares before reading a
+byte: a small file (or a zip bomb) could ask for gigabytes. The declared size must be
+exactly what the file or member holds after the header, and at most a caller's bound.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import zipfile
+import zlib
+from typing import BinaryIO
+
+import numpy as np
+from numpy.lib import format as npy_format
+
+from homodyne.data.errors import DataFileError
+
+
+def npy_header(fh: BinaryIO, stored: int, *, path, what: str,
+               max_bytes: int) -> tuple[tuple[int, ...], np.dtype]:
+    """Shape and dtype of the .npy stream at ``fh`` (``stored`` bytes long), from its header
+    alone; DataFileError unless the data it declares are there and within ``max_bytes``."""
+    try:
+        version = npy_format.read_magic(fh)
+        if version == (1, 0):
+            shape, _, dtype = npy_format.read_array_header_1_0(fh)
+        elif version == (2, 0):
+            shape, _, dtype = npy_format.read_array_header_2_0(fh)
+        else:
+            raise ValueError(f"format version {version[0]}.{version[1]} is not supported")
+    except (ValueError, EOFError, OSError, zipfile.BadZipFile, zlib.error) as exc:
+        raise DataFileError(path, f"{what} has no readable .npy header ({exc})") from None
+    if dtype.hasobject:
+        raise DataFileError(path, f"{what} is unreadable: Object arrays cannot be loaded "
+                                  "(they hold Python objects); save it with a numeric dtype")
+    declared = math.prod(shape) * dtype.itemsize  # Python ints: no overflow
+    there = stored - fh.tell()
+    if declared != there:
+        raise DataFileError(path, f"{what} declares shape {shape} of {dtype} ({declared:,} "
+                                  f"bytes) but holds {there:,} bytes after its header: the "
+                                  "file is truncated or corrupt; write it again")
+    if declared > max_bytes:
+        raise DataFileError(path, f"{what} declares shape {shape} of {dtype} ({declared:,} "
+                                  f"bytes), more than the {max_bytes:,} bytes such an array "
+                                  "may have")
+    return shape, dtype
+
+
+def npy_file_header(path, *, max_bytes: int) -> tuple[tuple[int, ...], np.dtype]:
+    """The checked header of a bare .npy file (see ``npy_header``)."""
+    try:
+        with open(path, "rb") as fh:
+            return npy_header(fh, os.fstat(fh.fileno()).st_size, path=path,
+                              what="the array", max_bytes=max_bytes)
+    except OSError as exc:
+        raise DataFileError(path, f"cannot read: {exc.strerror or exc}") from None
+
+
+def npz_headers(path, names, *, max_bytes: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
+    """The checked header of each NPZ member ``names`` (without '.npy'), from the zip's
+    directory and each member's first bytes; nothing else is decompressed."""
+    headers = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            for name in names:
+                info = zf.getinfo(f"{name}.npy")
+                with zf.open(info) as fh:
+                    headers[name] = npy_header(fh, info.file_size, path=path,
+                                               what=f"array {name!r}", max_bytes=max_bytes)
+    except (OSError, KeyError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
+        raise DataFileError(path, f"not a readable NPZ file: {exc}") from None
+    return headers
