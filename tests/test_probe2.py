@@ -1,0 +1,95 @@
+"""Faults found by a fresh round of adversarial probing (issue 12, probe2): HDF5 objects that
+are not what they claim, non-finite angles, multi-q runs, and configs."""
+
+import h5py
+import numpy as np
+import pytest
+
+from homodyne.data import DataFileError, open_two_time
+
+C2 = "/xpcs/twotime/correlation_map"
+
+
+def _apsu(path, *, phi=(0.0, 45.0), matrices=None):
+    """A small valid APS-U two-time file (one q, len(phi) angles); ``matrices(h5)`` may
+    write the c2 datasets itself."""
+    m = 1.0 + 0.3 * np.exp(-np.abs(np.subtract.outer(np.arange(20.0), np.arange(20.0))) / 5)
+    with h5py.File(path, "w") as h5:
+        h5["/xpcs/qmap/dynamic_v_list_dim0"] = [0.005]
+        h5["/xpcs/qmap/dynamic_v_list_dim1"] = list(phi)
+        h5["/xpcs/twotime/processed_bins"] = list(range(1, len(phi) + 1))
+        h5["/entry/instrument/detector_1/frame_time"] = 0.1
+        if matrices is None:
+            for k in range(len(phi)):
+                h5[f"{C2}/c2_{k + 1:05d}"] = np.triu(m)
+        else:
+            matrices(h5)
+    return path
+
+
+def _external(target, name="target.h5"):
+    def write(h5):
+        h5[f"{C2}/c2_00001"] = h5py.ExternalLink(name, "/m")
+        h5[f"{C2}/c2_00002"] = h5py.ExternalLink(name, "/m")
+    return write
+
+
+def _virtual(source):
+    def write(h5):
+        for k in (1, 2):
+            layout = h5py.VirtualLayout(shape=(20, 20), dtype="f8")
+            layout[:] = h5py.VirtualSource(source, "/m", shape=(20, 20))
+            h5.create_virtual_dataset(f"{C2}/c2_{k:05d}", layout, fillvalue=0)
+    return write
+
+
+CRAFTED = {
+    "group": (lambda h5: (h5.create_group(f"{C2}/c2_00001"), h5.create_group(f"{C2}/c2_00002")),
+              r"c2_00001 is a group, expected a dataset"),
+    "external": (_external("target.h5"),
+                 r"c2_00001 is an external link to target.h5; external links are not read"),
+    "external_missing": (_external("gone.h5", "gone.h5"),
+                         r"c2_00001 is an external link to gone.h5"),
+    "external_group": (lambda h5: h5.__setitem__(C2, h5py.ExternalLink("target.h5", "/g")),
+                       r"correlation_map is an external link to target.h5"),
+    "virtual_missing": (_virtual("gone.h5"),
+                        r"c2_00001 is a virtual dataset whose source file gone.h5 is missing"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CRAFTED))
+def test_objects_that_are_not_local_datasets_give_one_data_error(tmp_path, case):
+    """A group in place of a matrix crashed with AttributeError (traceback, exit 1); an
+    external link was called 'truncated' or 'corrupt HDF5 metadata'; a virtual dataset
+    whose source is missing was read as zeros."""
+    with h5py.File(tmp_path / "target.h5", "w") as t:
+        t["m"] = np.ones((20, 20))
+        t["g/c2_00001"] = np.ones((20, 20))
+    write, message = CRAFTED[case]
+    with pytest.raises(DataFileError, match=message):
+        open_two_time(_apsu(tmp_path / "crafted.h5", matrices=write))
+
+
+def test_a_virtual_dataset_with_its_source_present_is_read(tmp_path):
+    m = np.triu(np.random.default_rng(0).random((20, 20)) + 1.0)
+    with h5py.File(tmp_path / "source.h5", "w") as s:
+        s["m"] = m
+    src = open_two_time(_apsu(tmp_path / "vds.h5", matrices=_virtual("source.h5")))
+    assert src.phi_deg == (0.0, 45.0)
+
+
+@pytest.mark.parametrize("phi", [(0.0, np.nan), (np.inf, 45.0)])
+def test_non_finite_angles_in_the_file_are_one_data_error(tmp_path, phi):
+    """A NaN angle was written as null in parameters.json (static), silently dropped by
+    phi_ranges or blamed on 'the model overflows ... check p0' (laminar)."""
+    with pytest.raises(DataFileError, match=r"dynamic_v_list_dim1 holds non-finite phi values"):
+        open_two_time(_apsu(tmp_path / "phi.h5", phi=phi))
+
+
+def test_a_q_map_of_text_is_one_data_error(tmp_path):
+    path = _apsu(tmp_path / "text.h5")
+    with h5py.File(path, "r+") as h5:
+        del h5["/xpcs/qmap/dynamic_v_list_dim0"]
+        h5["/xpcs/qmap/dynamic_v_list_dim0"] = np.array([b"small"])
+    with pytest.raises(DataFileError, match=r"dynamic_v_list_dim0 does not hold numbers"):
+        open_two_time(path)
