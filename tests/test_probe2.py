@@ -93,3 +93,71 @@ def test_a_q_map_of_text_is_one_data_error(tmp_path):
         h5["/xpcs/qmap/dynamic_v_list_dim0"] = np.array([b"small"])
     with pytest.raises(DataFileError, match=r"dynamic_v_list_dim0 does not hold numbers"):
         open_two_time(path)
+
+
+# --- multi-q runs ------------------------------------------------------------------------
+
+def _multi_q_file(path, age_s):
+    """Three q bins of one angle (40 frames of a J(t) = 1e4 t^-0.5 decay), and the sample age
+    ``age_s`` as the aging series records it."""
+    rng = np.random.default_rng(1)
+    t = np.arange(1, 41) * 0.1
+    with h5py.File(path, "w") as h5:
+        h5["/xpcs/qmap/dynamic_v_list_dim0"] = [0.004, 0.0054, 0.007]
+        h5["/xpcs/qmap/dynamic_v_list_dim1"] = [0.0]
+        h5["/xpcs/twotime/processed_bins"] = [1, 2, 3]
+        h5["/entry/instrument/detector_1/frame_time"] = 0.1
+        for k, q in enumerate((0.004, 0.0054, 0.007), 1):
+            j = 1e4 * np.abs(np.subtract.outer(t ** 0.5, t ** 0.5)) / 0.5
+            c2 = 1.0 + 0.3 * np.exp(-q * q * j) + 0.01 * rng.standard_normal((40, 40))
+            h5[f"{C2}/c2_{k:05d}"] = np.triu(c2)
+        h5.create_group("/homodyne/synthetic").attrs["age_s"] = age_s
+    return path
+
+
+def test_multi_q_run_with_checkpoints_bad_age_and_planted_links(tmp_path, capsys):
+    """Three fits of one file (q: all) with checkpoints on: every fit shared the one
+    checkpoint_dir, so from the second on no checkpoint could be saved ('give each fit its
+    own checkpoint_dir' - one key for all jobs). A sample age that is not a number crashed
+    the run with a traceback after the first bin. The summary figures were written through
+    symlinks planted in the output folder."""
+    import json
+    from pathlib import Path
+
+    import yaml
+
+    from homodyne.cli import main
+
+    data = _multi_q_file(tmp_path / "series.h5", "young")
+    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "homodyne" / "examples" /
+                          "static.yaml").read_text())
+    raw["experimental_data"].update(file_path=str(data), q="all")
+    raw["optimization"] = {"coarse": False, "streaming": {
+        "enable_checkpoints": True, "checkpoint_dir": str(tmp_path / "ck"),
+        "checkpoint_frequency": 1, "checkpoint_min_interval_s": 0.0}}
+    raw["performance"] = {"strategy_override": "streaming", "batch_size": 200,
+                          "enable_progress": False}
+    raw["output"] = {"plots": False}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(raw))
+    out, victims = tmp_path / "out", tmp_path / "victims"
+    out.mkdir()
+    victims.mkdir()
+    for name in ("parameters_vs_q.png", "parameters_vs_file.png"):
+        (victims / name).write_text("keep")
+        (out / name).symlink_to(victims / name)
+
+    assert main(["--config", str(tmp_path / "cfg.yaml"), "--output-dir", str(out)]) in (0, 4)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "not written" not in err
+    assert "sample age /homodyne/synthetic/age_s unreadable" in err
+    for qi in ("q00", "q01", "q02"):
+        params = json.loads((out / "series" / qi / "parameters.json").read_text())
+        diag = params["streaming_diagnostics"]
+        assert diag["checkpoint_saves"] > 0 and diag["checkpoint_errors"] == []
+        assert list((tmp_path / "ck" / "series" / qi).glob("homodyne_state_batch_*.h5"))
+        assert json.loads((out / "series" / qi / "job.json").read_text())["age_s"] is None
+    assert not list((tmp_path / "ck").glob("homodyne_state_batch_*.h5"))
+    for name in ("parameters_vs_q.png", "parameters_vs_file.png"):
+        assert (victims / name).read_text() == "keep"
+        assert not (out / name).is_symlink()
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"

@@ -90,11 +90,19 @@ def plan_jobs(cfg: HomodyneConfig, out_root=None) -> list[QFitJob]:
 
 
 def job_config(cfg: HomodyneConfig, job: QFitJob) -> HomodyneConfig:
-    """The single-fit config of one job: its file, its bin's exact q, its own folder."""
+    """The single-fit config of one job: its file, its bin's exact q, its own output folder
+    and its own checkpoint folder ``<checkpoint_dir>/<file stem>/q<NN>`` (fits sharing one
+    folder could not save: each newer file of another fit is kept, and the folder is locked)."""
     data = copy.deepcopy(cfg.experimental_data)
     data.update(file_path=job.file, files=None, q=job.q, q_tolerance=None)
     output = {**cfg.output, "directory": str(job.output_dir)}
-    return dataclasses.replace(cfg, experimental_data=data, output=output)
+    optimization = copy.deepcopy(cfg.optimization)
+    stream = optimization["streaming"]
+    if stream.get("checkpoint_dir"):
+        stream["checkpoint_dir"] = str(Path(stream["checkpoint_dir"]) / job.file_id
+                                       / job.output_dir.name)
+    return dataclasses.replace(cfg, experimental_data=data, output=output,
+                               optimization=optimization)
 
 
 def fit_job(cfg: HomodyneConfig, job: QFitJob, *, overwrite: bool | None = None) -> dict:
@@ -110,15 +118,28 @@ def fit_job(cfg: HomodyneConfig, job: QFitJob, *, overwrite: bool | None = None)
 
 
 def file_age(path) -> float | None:
-    """The sample age a file records (synthetic aging series: ``age_s``), else None."""
+    """The sample age a file records (synthetic aging series: ``age_s``), else None; an age
+    that is not one finite number only labels nothing (a warning), it never stops the run."""
     if str(path).endswith(".npy"):
         return None
     import h5py
+    import numpy as np
 
-    with h5py.File(path, "r") as h5:
-        if SYNTHETIC_ATTRS in h5 and "age_s" in h5[SYNTHETIC_ATTRS].attrs:
-            return float(h5[SYNTHETIC_ATTRS].attrs["age_s"])
-    return None
+    try:
+        with h5py.File(path, "r") as h5:
+            if SYNTHETIC_ATTRS not in h5 or "age_s" not in h5[SYNTHETIC_ATTRS].attrs:
+                return None
+            raw = h5[SYNTHETIC_ATTRS].attrs["age_s"]
+        age = float(np.asarray(raw, dtype=float).item())
+    except (OSError, RuntimeError, KeyError, TypeError, ValueError) as exc:
+        log.warning("%s: sample age %s/age_s unreadable (%s); the file is shown without age",
+                    path, SYNTHETIC_ATTRS, exc)
+        return None
+    if not math.isfinite(age):
+        log.warning("%s: sample age %s/age_s = %s is not finite; the file is shown without age",
+                    path, SYNTHETIC_ATTRS, age)
+        return None
+    return age
 
 
 def fit_status(p: dict) -> str:
@@ -169,8 +190,10 @@ def write_summary(rows: list[dict], out_dir) -> Path:
     with atomic_path(out / SUMMARY_FILE) as tmp:
         table.to_csv(tmp, index=False)
     names = [c[:-3] for c in table.columns if c.endswith("_se")]
-    plot_parameters_vs_q(out / "parameters_vs_q.png", table, names)
-    plot_parameters_vs_file(out / "parameters_vs_file.png", table, names)
+    for name, plot in (("parameters_vs_q.png", plot_parameters_vs_q),
+                       ("parameters_vs_file.png", plot_parameters_vs_file)):
+        with atomic_path(out / name) as tmp:  # renamed into place: never through a symlink
+            plot(tmp, table, names)
     return out / SUMMARY_FILE
 
 
