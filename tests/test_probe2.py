@@ -161,3 +161,52 @@ def test_multi_q_run_with_checkpoints_bad_age_and_planted_links(tmp_path, capsys
         assert (victims / name).read_text() == "keep"
         assert not (out / name).is_symlink()
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
+
+
+# --- configs -----------------------------------------------------------------------------
+
+def _example_config(tmp_path) -> str:
+    """The static example with its data path pointed at an existing (empty) file."""
+    from pathlib import Path
+
+    (tmp_path / "data.h5").touch()
+    text = (Path(__file__).resolve().parents[1] / "homodyne" / "examples" /
+            "static.yaml").read_text()
+    return text.replace("data/static_example.h5", str(tmp_path / "data.h5")) \
+        .replace('output:\n  directory: "results/example_static"\n', "")
+
+
+def test_yaml_merge_keys_load_as_in_safe_load_and_duplicates_stay_refused(tmp_path):
+    """`<<: *defaults` (standard YAML, accepted by safe_load and Snakemake) was refused with
+    'could not determine a constructor for the tag ...merge'."""
+    from homodyne.config import ConfigError, load_config
+
+    base = _example_config(tmp_path)
+    cfg = tmp_path / "merge.yaml"
+    cfg.write_text(base + "output:\n  <<: [{plots: false, overwrite: true}]\n"
+                          "  overwrite: false\n")
+    assert load_config(cfg).output == {"directory": "results/fit", "overwrite": False,
+                                       "plots": False}
+    cfg.write_text(base + "output:\n  <<: {plots: false}\n  plots: true\n  plots: false\n")
+    with pytest.raises(ConfigError, match=r"duplicate key 'plots' \(line \d+\); keep only one") \
+            as err:
+        load_config(cfg)
+    assert "\n" not in str(err.value)  # one line, the position included
+
+
+def test_a_value_expanded_by_yaml_aliases_gives_a_short_message(tmp_path):
+    """A 1 kB config whose phi_ranges is a nested alias (9^8 leaves) printed a 140 MB
+    error line after seconds of formatting."""
+    from homodyne.config import ConfigError, load_config
+
+    nested = "&a [1, 2, 3, 4, 5, 6, 7, 8, 9]"
+    for prev, name in zip("abcdefg", "bcdefgh", strict=True):
+        nested = f"&{name} [{nested}" + f", *{prev}" * 8 + "]"
+    cfg = tmp_path / "aliases.yaml"
+    cfg.write_text(_example_config(tmp_path).replace(
+        "  start_frame: 1", f"  phi_ranges: {nested}\n  start_frame: 1"))
+    assert len(nested) < 300  # 300 bytes of YAML, 9^8 numbers once expanded
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg)
+    assert err.value.key == "experimental_data.phi_ranges[0]"
+    assert len(str(err.value)) < 600, len(str(err.value))
