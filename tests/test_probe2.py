@@ -98,16 +98,16 @@ def test_a_q_map_of_text_is_one_data_error(tmp_path):
 # --- multi-q runs ------------------------------------------------------------------------
 
 def _multi_q_file(path, age_s):
-    """Three q bins of one angle (40 frames of a J(t) = 1e4 t^-0.5 decay), and the sample age
+    """Two q bins of one angle (40 frames of a J(t) = 1e4 t^-0.5 decay), and the sample age
     ``age_s`` as the aging series records it."""
     rng = np.random.default_rng(1)
     t = np.arange(1, 41) * 0.1
     with h5py.File(path, "w") as h5:
-        h5["/xpcs/qmap/dynamic_v_list_dim0"] = [0.004, 0.0054, 0.007]
+        h5["/xpcs/qmap/dynamic_v_list_dim0"] = [0.004, 0.0054]
         h5["/xpcs/qmap/dynamic_v_list_dim1"] = [0.0]
-        h5["/xpcs/twotime/processed_bins"] = [1, 2, 3]
+        h5["/xpcs/twotime/processed_bins"] = [1, 2]
         h5["/entry/instrument/detector_1/frame_time"] = 0.1
-        for k, q in enumerate((0.004, 0.0054, 0.007), 1):
+        for k, q in enumerate((0.004, 0.0054), 1):
             j = 1e4 * np.abs(np.subtract.outer(t ** 0.5, t ** 0.5)) / 0.5
             c2 = 1.0 + 0.3 * np.exp(-q * q * j) + 0.01 * rng.standard_normal((40, 40))
             h5[f"{C2}/c2_{k:05d}"] = np.triu(c2)
@@ -115,42 +115,48 @@ def _multi_q_file(path, age_s):
     return path
 
 
-def test_multi_q_run_with_checkpoints_bad_age_and_planted_links(tmp_path, capsys):
-    """Three fits of one file (q: all) with checkpoints on: every fit shared the one
+def test_multi_q_runs_checkpoint_per_bin_survive_a_bad_age_links_and_a_stop(
+        tmp_path, capsys, monkeypatch):
+    """A run of every q bin of a file with checkpoints on: all fits shared the one
     checkpoint_dir, so from the second on no checkpoint could be saved ('give each fit its
-    own checkpoint_dir' - one key for all jobs). A sample age that is not a number crashed
-    the run with a traceback after the first bin. The summary figures were written through
-    symlinks planted in the output folder."""
+    own checkpoint_dir' - one key for all jobs); a sample age that is not a number crashed
+    the run with a traceback after the first bin; the summary figures were written through
+    symlinks planted in the output folder. Then a rerun (--overwrite, other frames)
+    stopped by Ctrl-C in its second bin left the first run's summary.csv beside the first
+    bin's new results."""
     import json
-    from pathlib import Path
 
+    import pandas as pd
     import yaml
 
+    import homodyne.pipeline as pipeline
     from homodyne.cli import main
+    from homodyne.config import load_config
+    from homodyne.production.multiq import run_all
 
     data = _multi_q_file(tmp_path / "series.h5", "young")
-    raw = yaml.safe_load((Path(__file__).resolve().parents[1] / "homodyne" / "examples" /
-                          "static.yaml").read_text())
-    raw["experimental_data"].update(file_path=str(data), q="all")
-    raw["optimization"] = {"coarse": False, "streaming": {
+    raw = yaml.safe_load(_example_config(tmp_path).replace(str(tmp_path / "data.h5"),
+                                                           str(data)))
+    raw["experimental_data"]["q"] = "all"
+    raw["optimization"] = {"coarse": False, "max_iterations": 3, "streaming": {
         "enable_checkpoints": True, "checkpoint_dir": str(tmp_path / "ck"),
         "checkpoint_frequency": 1, "checkpoint_min_interval_s": 0.0}}
     raw["performance"] = {"strategy_override": "streaming", "batch_size": 200,
                           "enable_progress": False}
-    raw["output"] = {"plots": False}
-    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(raw))
     out, victims = tmp_path / "out", tmp_path / "victims"
+    raw["output"] = {"plots": False, "directory": str(out)}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(raw))
     out.mkdir()
     victims.mkdir()
     for name in ("parameters_vs_q.png", "parameters_vs_file.png"):
         (victims / name).write_text("keep")
         (out / name).symlink_to(victims / name)
 
-    assert main(["--config", str(tmp_path / "cfg.yaml"), "--output-dir", str(out)]) in (0, 4)
+    assert main(["--config", str(tmp_path / "cfg.yaml")]) in (0, 4)
     err = capsys.readouterr().err
     assert "Traceback" not in err and "not written" not in err
     assert "sample age /homodyne/synthetic/age_s unreadable" in err
-    for qi in ("q00", "q01", "q02"):
+    for qi in ("q00", "q01"):
         params = json.loads((out / "series" / qi / "parameters.json").read_text())
         diag = params["streaming_diagnostics"]
         assert diag["checkpoint_saves"] > 0 and diag["checkpoint_errors"] == []
@@ -161,6 +167,29 @@ def test_multi_q_run_with_checkpoints_bad_age_and_planted_links(tmp_path, capsys
         assert (victims / name).read_text() == "keep"
         assert not (out / name).is_symlink()
         assert (out / name).read_bytes()[:4] == b"\x89PNG"
+
+    raw["experimental_data"]["start_frame"] = 5
+    raw["optimization"]["streaming"]["enable_checkpoints"] = False
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(raw))
+    real, calls = pipeline.run_from_config, []
+
+    def ctrl_c_in_the_second_fit(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(pipeline, "run_from_config", ctrl_c_in_the_second_fit)
+    with pytest.raises(KeyboardInterrupt):
+        run_all(load_config(tmp_path / "cfg.yaml"), overwrite=True)
+    table = pd.read_csv(out / "summary.csv")
+    assert len(table) == 2
+    for row in table.itertuples():
+        params = json.loads((out / "series" / f"q{row.q_index:02d}" /
+                             "parameters.json").read_text())
+        assert row.n_points == params["n_points"]
+        assert row.reduced_chi2 == pytest.approx(params["reduced_chi_squared"], rel=1e-12)
+    assert list(table.n_points) == [36 * 35 // 2, 40 * 39 // 2]
 
 
 # --- configs -----------------------------------------------------------------------------
@@ -210,3 +239,4 @@ def test_a_value_expanded_by_yaml_aliases_gives_a_short_message(tmp_path):
         load_config(cfg)
     assert err.value.key == "experimental_data.phi_ranges[0]"
     assert len(str(err.value)) < 600, len(str(err.value))
+

@@ -210,14 +210,35 @@ def run_all(cfg: HomodyneConfig, *, overwrite: bool | None = None) -> tuple[list
 
     jobs = plan_jobs(cfg)
     rows = []
-    for k, job in enumerate(jobs, 1):
-        log.info("fit %d/%d: %s, q bin %d (q = %.6g)", k, len(jobs), job.file, job.q_index,
-                 job.q)
-        try:
-            rows.append(fit_job(cfg, job, overwrite=overwrite))
-        except (DataFileError, NLSQOptimizationError) as exc:
-            log.error("%s q bin %d failed: %s", job.file, job.q_index, exc)
-            rows.append({"file": job.file_id, "age_s": None, "q_index": job.q_index,
-                         "q": job.q, "status": f"failed: {exc}",
-                         "output_dir": str(job.output_dir)})
+    try:
+        for k, job in enumerate(jobs, 1):
+            log.info("fit %d/%d: %s, q bin %d (q = %.6g)", k, len(jobs), job.file, job.q_index,
+                     job.q)
+            try:
+                rows.append(fit_job(cfg, job, overwrite=overwrite))
+            except (DataFileError, NLSQOptimizationError) as exc:
+                log.error("%s q bin %d failed: %s", job.file, job.q_index, exc)
+                rows.append({"file": job.file_id, "age_s": None, "q_index": job.q_index,
+                             "q": job.q, "status": f"failed: {exc}",
+                             "output_dir": str(job.output_dir)})
+    except BaseException:
+        if rows:  # interrupted or refused midway: the table must describe the folders as they are
+            _summary_from_disk(jobs, cfg.output["directory"])
+        raise
     return rows, write_summary(rows, cfg.output["directory"])
+
+
+def _summary_from_disk(jobs: list[QFitJob], out_dir) -> None:
+    """summary.csv and plots of the job folders that hold a complete result (this run's or
+    an earlier one's), so a run stopped midway leaves no table of results no longer there."""
+    done = [j.output_dir for j in jobs
+            if (j.output_dir / "parameters.json").is_file() and (j.output_dir / JOB_FILE).is_file()]
+    try:
+        if done:
+            gather(done, out_dir)
+        else:
+            for name in (SUMMARY_FILE, "parameters_vs_q.png", "parameters_vs_file.png"):
+                Path(out_dir, name).unlink(missing_ok=True)
+    except Exception as exc:  # the stop itself is what the user must see
+        log.warning("summary of %s not refreshed after the stop (%s); it may describe an "
+                    "earlier run", out_dir, exc)
