@@ -12,6 +12,7 @@ import difflib
 import math
 import os
 import re
+import reprlib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,6 +144,17 @@ def _type_name(v) -> str:
     return type(v).__name__
 
 
+_SHORT = reprlib.Repr()
+_SHORT.maxlevel, _SHORT.maxlist, _SHORT.maxtuple, _SHORT.maxdict = 2, 6, 6, 6
+_SHORT.maxstring = _SHORT.maxother = 80
+
+
+def _show(value) -> str:
+    """A value as a message shows it: its repr, abbreviated (a YAML alias can expand to
+    millions of items; the message stays one short line)."""
+    return _SHORT.repr(value)
+
+
 _FLOAT_LITERAL = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
@@ -152,18 +164,18 @@ def _check_number(key, value, kind, extra):
         value = float(value)
     if isinstance(value, bool) or not isinstance(value, int | float):
         if kind == "int":
-            raise ConfigError(key, f"expected an integer, got {value!r} ({_type_name(value)})")
-        raise ConfigError(key, f"expected a number, got {value!r} ({_type_name(value)})")
+            raise ConfigError(key, f"expected an integer, got {_show(value)} ({_type_name(value)})")
+        raise ConfigError(key, f"expected a number, got {_show(value)} ({_type_name(value)})")
     if kind == "int" and not float(value).is_integer():
-        raise ConfigError(key, f"expected an integer, got {value!r}")
+        raise ConfigError(key, f"expected an integer, got {_show(value)}")
     if not math.isfinite(value):
-        raise ConfigError(key, f"must be a finite number, got {value!r}")
+        raise ConfigError(key, f"must be a finite number, got {_show(value)}")
     if extra == "positive" and value <= 0:
-        raise ConfigError(key, f"must be > 0, got {value!r}")
+        raise ConfigError(key, f"must be > 0, got {_show(value)}")
     if extra == "nonnegative" and value < 0:
-        raise ConfigError(key, f"must be >= 0, got {value!r}")
+        raise ConfigError(key, f"must be >= 0, got {_show(value)}")
     if extra == "fraction" and not 0 <= value <= 1:
-        raise ConfigError(key, f"must be between 0 and 1, got {value!r}")
+        raise ConfigError(key, f"must be between 0 and 1, got {_show(value)}")
     return int(value) if kind == "int" else float(value)
 
 
@@ -181,7 +193,8 @@ def _validate(node, schema, prefix="") -> dict:
             close = difflib.get_close_matches(str(k), list(extra), n=1)
             hint = f"; did you mean '{prefix}{close[0]}'?" if close else \
                 f"; known keys here: {', '.join(extra)}"
-            raise ConfigError(f"{prefix}{k}", f"unknown key{hint}")
+            raise ConfigError(f"{prefix}{_show(k) if not isinstance(k, str) else k[:80]}",
+                              f"unknown key{hint}")
     for k, sub in extra.items():
         key = f"{prefix}{k}"
         if sub[0] == "section":
@@ -204,26 +217,28 @@ def _value(key, value, spec):
         if isinstance(value, list) and value and all(isinstance(v, str) and v.strip()
                                                      for v in value):
             return list(value)
-        raise ConfigError(key, f"expected a glob pattern or a list of data files, got {value!r}")
+        raise ConfigError(key, "expected a glob pattern or a list of data files, got "
+                               f"{_show(value)}")
     if kind == "bool":
         if not isinstance(value, bool):
-            raise ConfigError(key, f"expected true or false, got {value!r}")
+            raise ConfigError(key, f"expected true or false, got {_show(value)}")
         return value
     if kind in ("str", "path"):
         if not isinstance(value, str) or not value.strip():
-            raise ConfigError(key, f"expected a non-empty string, got {value!r}")
+            raise ConfigError(key, f"expected a non-empty string, got {_show(value)}")
         return value
     if kind == "choice":
         if value not in extra:
-            raise ConfigError(key, f"must be one of {', '.join(map(str, extra))}; got {value!r}")
+            raise ConfigError(key, f"must be one of {', '.join(map(str, extra))}; "
+                                   f"got {_show(value)}")
         return value
     if kind == "list[str]":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-            raise ConfigError(key, f"expected a list of names, got {value!r}")
+            raise ConfigError(key, f"expected a list of names, got {_show(value)}")
         return list(value)
     if kind == "list[float]":
         if not isinstance(value, list):
-            raise ConfigError(key, f"expected a list of numbers, got {value!r}")
+            raise ConfigError(key, f"expected a list of numbers, got {_show(value)}")
         return [_check_number(f"{key}[{i}]", v, "float", None) for i, v in enumerate(value)]
     if kind == "ranges":
         if not isinstance(value, list):
@@ -231,7 +246,7 @@ def _value(key, value, spec):
         out = []
         for i, pair in enumerate(value):
             if not isinstance(pair, list | tuple) or len(pair) != 2:
-                raise ConfigError(f"{key}[{i}]", f"expected [min_deg, max_deg], got {pair!r}")
+                raise ConfigError(f"{key}[{i}]", f"expected [min_deg, max_deg], got {_show(pair)}")
             lo, hi = (_check_number(f"{key}[{i}]", v, "float", None) for v in pair)
             if lo > hi:
                 raise ConfigError(f"{key}[{i}]", f"min {lo} > max {hi}; swap them")
@@ -252,7 +267,7 @@ def _q_selection(key, value):
         return [_check_number(f"{key}[{i}]", v, "float", "positive")
                 for i, v in enumerate(value)]
     if isinstance(value, str) and not _FLOAT_LITERAL.match(value.strip()):
-        raise ConfigError(key, f"expected a number, a list of numbers or 'all', got {value!r}")
+        raise ConfigError(key, f"expected a number, a list of numbers or 'all', got {_show(value)}")
     return _check_number(key, value, "float", "positive")
 
 
@@ -265,7 +280,7 @@ def _bounds(key, value) -> dict:
         k = f"{key}[{i}]"
         if not isinstance(entry, dict) or set(entry) - {"name", "min", "max"} or \
                 "name" not in entry:
-            raise ConfigError(k, f"expected {{name, min, max}}, got {entry!r}")
+            raise ConfigError(k, f"expected {{name, min, max}}, got {_show(entry)}")
         name = entry["name"]
         if name not in known:
             close = difflib.get_close_matches(str(name), sorted(known), n=1)
@@ -360,7 +375,7 @@ def validate_config(raw: Any, source: str | None = None, *, require_data: bool =
         expected = list(STATIC_PARAMS if mode == "static" else LAMINAR_PARAMS)
         if names != expected:
             raise ConfigError("initial_parameters.parameter_names",
-                              f"{mode} mode needs {expected} in this order, got {names}")
+                              f"{mode} mode needs {expected} in this order, got {_show(names)}")
         if len(values) != len(names):
             raise ConfigError("initial_parameters.values",
                               f"{len(values)} values for {len(names)} parameter names")
@@ -428,7 +443,7 @@ def _one_time_config(d: dict, source, raw) -> HomodyneConfig:
                           "missing; set it in the config or pass --data-file")
     qr = ot["q_range"]
     if qr is not None and (len(qr) != 2 or qr[0] > qr[1]):
-        raise ConfigError("one_time.q_range", f"expected [q_min, q_max], got {qr}")
+        raise ConfigError("one_time.q_range", f"expected [q_min, q_max], got {_show(qr)}")
     for i, path in enumerate(ot["series"]):
         if not os.path.isfile(path):
             raise ConfigError(f"one_time.series[{i}]", f"file not found: {path}")
@@ -457,7 +472,7 @@ def _resolve_files(files, base: Path | None) -> list[str]:
         if not found and base is not None and not os.path.isabs(pattern):
             found = sorted(glob.glob(str(base / pattern)))
         if not found:
-            raise ConfigError("experimental_data.files", f"no file matches {files!r}; check "
+            raise ConfigError("experimental_data.files", f"no file matches {_show(files)}; check "
                               "the pattern (quote it in YAML) or list the files")
         files = found
     out = [_resolve(f, base) for f in files]
@@ -478,11 +493,14 @@ def check_data_path(path: str, key: str = "experimental_data.file_path") -> None
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """yaml.SafeLoader that refuses a key given twice in one mapping (not last-wins)."""
+    """yaml.SafeLoader that refuses a key given twice in one mapping (not last-wins); merge
+    keys (``<<: *defaults``) work as in safe_load: a key written out overrides a merged one."""
 
     def construct_mapping(self, node, deep=False):
         seen = set()
         for key_node, _ in node.value:
+            if key_node.tag == "tag:yaml.org,2002:merge":
+                continue
             key = self.construct_object(key_node, deep=True)
             if not isinstance(key, str):
                 continue
@@ -507,7 +525,8 @@ def load_config(path, *, require_data: bool = True, overrides: dict | None = Non
         raise ConfigError("<file>", f"not UTF-8 text (byte {exc.start}); save the config "
                           "as UTF-8", path) from None
     except yaml.YAMLError as exc:
-        raise ConfigError("<yaml>", f"not valid YAML: {exc}", path) from None
+        raise ConfigError("<yaml>", "not valid YAML: " + " ".join(str(exc).split()), path) \
+            from None
     raw = {} if raw is None else raw
     for dotted, value in (overrides or {}).items():
         node = raw

@@ -376,30 +376,65 @@ def _open_npy(path, q, start_frame, end_frame) -> TwoTimeSource:
                          storages=[_detect_storage(m)], _matrix=m)
 
 
-def _read(path, h5, name):
+def _local(path, h5, name) -> None:
+    """Refuse a name that leads (itself or through a parent group) to another file."""
+    parts = name.strip("/").split("/")
+    for k in range(1, len(parts) + 1):
+        link = h5.get("/" + "/".join(parts[:k]), getlink=True)
+        if isinstance(link, h5py.ExternalLink):
+            raise DataFileError(path, f"{name} is an external link to {link.filename}; "
+                                      "external links are not read: copy the data into the file")
+
+
+def _dataset(path, h5, name) -> h5py.Dataset:
+    """``h5[name]`` as a dataset of this file: a group, or data that lives in another file (an
+    external link, a virtual dataset whose source is missing), is named, never read as zeros."""
+    _local(path, h5, name)
     if name not in h5:
         raise DataFileError(path, f"missing dataset {name}")
-    return np.asarray(h5[name][()])
+    obj = h5[name]
+    if not isinstance(obj, h5py.Dataset):
+        raise DataFileError(path, f"{name} is a {type(obj).__name__.lower()}, expected a dataset")
+    if obj.is_virtual:
+        base = os.path.dirname(os.path.abspath(h5.filename))
+        for src in obj.virtual_sources():
+            if src.file_name != "." and not os.path.exists(os.path.join(base, src.file_name)):
+                raise DataFileError(path, f"{name} is a virtual dataset whose source file "
+                                          f"{src.file_name} is missing; copy it next to the file")
+    return obj
+
+
+def _read(path, h5, name):
+    return np.asarray(_dataset(path, h5, name)[()])
+
+
+def _numbers(path, h5, name, dtype=float) -> np.ndarray:
+    """A small map (q, phi, bins) as a flat numeric array, or a DataFileError naming it."""
+    try:
+        return _read(path, h5, name).ravel().astype(dtype)
+    except (TypeError, ValueError) as exc:
+        raise DataFileError(path, f"{name} does not hold numbers ({exc})") from None
 
 
 def _sorted_c2(path, h5, group) -> list[str]:
+    _local(path, h5, group)
     names = sorted(k for k in h5[group].keys() if k.startswith("c2_"))
     if not names:
         raise DataFileError(path, f"no c2_* matrices under {group}")
     return [f"{group}/{k}" for k in names]
 
 
-def _finite_q(path, name, qs):
-    if not np.all(np.isfinite(qs)):
-        raise DataFileError(path, f"{name} holds non-finite q values ({qs.tolist()[:8]}); "
-                                  "fix the file's q map")
-    return qs
+def _finite(path, name, values, what="q"):
+    if not np.all(np.isfinite(values)):
+        raise DataFileError(path, f"{name} holds non-finite {what} values "
+                                  f"({values.tolist()[:8]}); fix the file's q map")
+    return values
 
 
 def _entries_apsu(path, h5):
-    qs = _finite_q(path, APSU_Q, _read(path, h5, APSU_Q).ravel().astype(float))
-    phis = _read(path, h5, APSU_PHI).ravel().astype(float)
-    bins = _read(path, h5, APSU_BINS).ravel().astype(int)
+    qs = _finite(path, APSU_Q, _numbers(path, h5, APSU_Q))
+    phis = _finite(path, APSU_PHI, _numbers(path, h5, APSU_PHI), "phi")
+    bins = _numbers(path, h5, APSU_BINS, int)
     names = _sorted_c2(path, h5, APSU_C2)
     if len(names) != bins.size:
         raise DataFileError(
@@ -417,8 +452,9 @@ def _entries_apsu(path, h5):
 
 
 def _entries_old(path, h5):
-    qs = _finite_q(path, OLD_Q, _read(path, h5, OLD_Q).ravel().astype(float))
-    phis = _read(path, h5, OLD_PHI).ravel().astype(float) if OLD_PHI in h5 else np.zeros_like(qs)
+    qs = _finite(path, OLD_Q, _numbers(path, h5, OLD_Q))
+    phis = _finite(path, OLD_PHI, _numbers(path, h5, OLD_PHI), "phi") if OLD_PHI in h5 \
+        else np.zeros_like(qs)
     names = _sorted_c2(path, h5, OLD_C2)
     if not (len(names) == qs.size == phis.size):
         raise DataFileError(path, f"{OLD_Q} ({qs.size}), {OLD_PHI} ({phis.size}) and "
@@ -467,7 +503,7 @@ def _select(path, entries, q, q_tolerance, phi_ranges):
 def _check_matrices(path, h5, names) -> int:
     shape = None
     for name in names:
-        ds = h5[name]
+        ds = _dataset(path, h5, name)
         if ds.ndim != 2 or ds.shape[0] != ds.shape[1]:
             raise DataFileError(path, f"{name} has shape {ds.shape}, expected a square matrix")
         if not np.issubdtype(ds.dtype, np.floating):

@@ -90,11 +90,19 @@ def plan_jobs(cfg: HomodyneConfig, out_root=None) -> list[QFitJob]:
 
 
 def job_config(cfg: HomodyneConfig, job: QFitJob) -> HomodyneConfig:
-    """The single-fit config of one job: its file, its bin's exact q, its own folder."""
+    """The single-fit config of one job: its file, its bin's exact q, its own output folder
+    and its own checkpoint folder ``<checkpoint_dir>/<file stem>/q<NN>`` (fits sharing one
+    folder could not save: each newer file of another fit is kept, and the folder is locked)."""
     data = copy.deepcopy(cfg.experimental_data)
     data.update(file_path=job.file, files=None, q=job.q, q_tolerance=None)
     output = {**cfg.output, "directory": str(job.output_dir)}
-    return dataclasses.replace(cfg, experimental_data=data, output=output)
+    optimization = copy.deepcopy(cfg.optimization)
+    stream = optimization["streaming"]
+    if stream.get("checkpoint_dir"):
+        stream["checkpoint_dir"] = str(Path(stream["checkpoint_dir"]) / job.file_id
+                                       / job.output_dir.name)
+    return dataclasses.replace(cfg, experimental_data=data, output=output,
+                               optimization=optimization)
 
 
 def fit_job(cfg: HomodyneConfig, job: QFitJob, *, overwrite: bool | None = None) -> dict:
@@ -110,15 +118,28 @@ def fit_job(cfg: HomodyneConfig, job: QFitJob, *, overwrite: bool | None = None)
 
 
 def file_age(path) -> float | None:
-    """The sample age a file records (synthetic aging series: ``age_s``), else None."""
+    """The sample age a file records (synthetic aging series: ``age_s``), else None; an age
+    that is not one finite number only labels nothing (a warning), it never stops the run."""
     if str(path).endswith(".npy"):
         return None
     import h5py
+    import numpy as np
 
-    with h5py.File(path, "r") as h5:
-        if SYNTHETIC_ATTRS in h5 and "age_s" in h5[SYNTHETIC_ATTRS].attrs:
-            return float(h5[SYNTHETIC_ATTRS].attrs["age_s"])
-    return None
+    try:
+        with h5py.File(path, "r") as h5:
+            if SYNTHETIC_ATTRS not in h5 or "age_s" not in h5[SYNTHETIC_ATTRS].attrs:
+                return None
+            raw = h5[SYNTHETIC_ATTRS].attrs["age_s"]
+        age = float(np.asarray(raw, dtype=float).item())
+    except (OSError, RuntimeError, KeyError, TypeError, ValueError) as exc:
+        log.warning("%s: sample age %s/age_s unreadable (%s); the file is shown without age",
+                    path, SYNTHETIC_ATTRS, exc)
+        return None
+    if not math.isfinite(age):
+        log.warning("%s: sample age %s/age_s = %s is not finite; the file is shown without age",
+                    path, SYNTHETIC_ATTRS, age)
+        return None
+    return age
 
 
 def fit_status(p: dict) -> str:
@@ -169,8 +190,10 @@ def write_summary(rows: list[dict], out_dir) -> Path:
     with atomic_path(out / SUMMARY_FILE) as tmp:
         table.to_csv(tmp, index=False)
     names = [c[:-3] for c in table.columns if c.endswith("_se")]
-    plot_parameters_vs_q(out / "parameters_vs_q.png", table, names)
-    plot_parameters_vs_file(out / "parameters_vs_file.png", table, names)
+    for name, plot in (("parameters_vs_q.png", plot_parameters_vs_q),
+                       ("parameters_vs_file.png", plot_parameters_vs_file)):
+        with atomic_path(out / name) as tmp:  # renamed into place: never through a symlink
+            plot(tmp, table, names)
     return out / SUMMARY_FILE
 
 
@@ -187,14 +210,35 @@ def run_all(cfg: HomodyneConfig, *, overwrite: bool | None = None) -> tuple[list
 
     jobs = plan_jobs(cfg)
     rows = []
-    for k, job in enumerate(jobs, 1):
-        log.info("fit %d/%d: %s, q bin %d (q = %.6g)", k, len(jobs), job.file, job.q_index,
-                 job.q)
-        try:
-            rows.append(fit_job(cfg, job, overwrite=overwrite))
-        except (DataFileError, NLSQOptimizationError) as exc:
-            log.error("%s q bin %d failed: %s", job.file, job.q_index, exc)
-            rows.append({"file": job.file_id, "age_s": None, "q_index": job.q_index,
-                         "q": job.q, "status": f"failed: {exc}",
-                         "output_dir": str(job.output_dir)})
+    try:
+        for k, job in enumerate(jobs, 1):
+            log.info("fit %d/%d: %s, q bin %d (q = %.6g)", k, len(jobs), job.file, job.q_index,
+                     job.q)
+            try:
+                rows.append(fit_job(cfg, job, overwrite=overwrite))
+            except (DataFileError, NLSQOptimizationError) as exc:
+                log.error("%s q bin %d failed: %s", job.file, job.q_index, exc)
+                rows.append({"file": job.file_id, "age_s": None, "q_index": job.q_index,
+                             "q": job.q, "status": f"failed: {exc}",
+                             "output_dir": str(job.output_dir)})
+    except BaseException:
+        if rows:  # interrupted or refused midway: the table must describe the folders as they are
+            _summary_from_disk(jobs, cfg.output["directory"])
+        raise
     return rows, write_summary(rows, cfg.output["directory"])
+
+
+def _summary_from_disk(jobs: list[QFitJob], out_dir) -> None:
+    """summary.csv and plots of the job folders that hold a complete result (this run's or
+    an earlier one's), so a run stopped midway leaves no table of results no longer there."""
+    done = [j.output_dir for j in jobs
+            if (j.output_dir / "parameters.json").is_file() and (j.output_dir / JOB_FILE).is_file()]
+    try:
+        if done:
+            gather(done, out_dir)
+        else:
+            for name in (SUMMARY_FILE, "parameters_vs_q.png", "parameters_vs_file.png"):
+                Path(out_dir, name).unlink(missing_ok=True)
+    except Exception as exc:  # the stop itself is what the user must see
+        log.warning("summary of %s not refreshed after the stop (%s); it may describe an "
+                    "earlier run", out_dir, exc)

@@ -56,7 +56,7 @@ def plot_parameters_vs_q(path, table, names) -> Path:
         bottom.set_ylabel("(value - mean) / SE")
     axes[0, 0].legend(fontsize=7, title="file", title_fontsize=7)
     fig.suptitle("per-q fits: value ± SE, weighted mean per file (line ± its SE)")
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=90, format="png")
     plt.close(fig)
     return Path(path)
 
@@ -87,6 +87,6 @@ def plot_parameters_vs_file(path, table, names) -> Path:
             ax.set_xticks(range(len(files)), [str(f) for f in files], rotation=45, ha="right",
                           fontsize=7)
     fig.suptitle("weighted mean over q (red, ± SE) and each q bin (grey) per file")
-    fig.savefig(path, dpi=90)
+    fig.savefig(path, dpi=90, format="png")
     plt.close(fig)
     return Path(path)

@@ -1,0 +1,242 @@
+"""Faults found by a fresh round of adversarial probing (issue 12, probe2): HDF5 objects that
+are not what they claim, non-finite angles, multi-q runs, and configs."""
+
+import h5py
+import numpy as np
+import pytest
+
+from homodyne.data import DataFileError, open_two_time
+
+C2 = "/xpcs/twotime/correlation_map"
+
+
+def _apsu(path, *, phi=(0.0, 45.0), matrices=None):
+    """A small valid APS-U two-time file (one q, len(phi) angles); ``matrices(h5)`` may
+    write the c2 datasets itself."""
+    m = 1.0 + 0.3 * np.exp(-np.abs(np.subtract.outer(np.arange(20.0), np.arange(20.0))) / 5)
+    with h5py.File(path, "w") as h5:
+        h5["/xpcs/qmap/dynamic_v_list_dim0"] = [0.005]
+        h5["/xpcs/qmap/dynamic_v_list_dim1"] = list(phi)
+        h5["/xpcs/twotime/processed_bins"] = list(range(1, len(phi) + 1))
+        h5["/entry/instrument/detector_1/frame_time"] = 0.1
+        if matrices is None:
+            for k in range(len(phi)):
+                h5[f"{C2}/c2_{k + 1:05d}"] = np.triu(m)
+        else:
+            matrices(h5)
+    return path
+
+
+def _external(target, name="target.h5"):
+    def write(h5):
+        h5[f"{C2}/c2_00001"] = h5py.ExternalLink(name, "/m")
+        h5[f"{C2}/c2_00002"] = h5py.ExternalLink(name, "/m")
+    return write
+
+
+def _virtual(source):
+    def write(h5):
+        for k in (1, 2):
+            layout = h5py.VirtualLayout(shape=(20, 20), dtype="f8")
+            layout[:] = h5py.VirtualSource(source, "/m", shape=(20, 20))
+            h5.create_virtual_dataset(f"{C2}/c2_{k:05d}", layout, fillvalue=0)
+    return write
+
+
+CRAFTED = {
+    "group": (lambda h5: (h5.create_group(f"{C2}/c2_00001"), h5.create_group(f"{C2}/c2_00002")),
+              r"c2_00001 is a group, expected a dataset"),
+    "external": (_external("target.h5"),
+                 r"c2_00001 is an external link to target.h5; external links are not read"),
+    "external_missing": (_external("gone.h5", "gone.h5"),
+                         r"c2_00001 is an external link to gone.h5"),
+    "external_group": (lambda h5: h5.__setitem__(C2, h5py.ExternalLink("target.h5", "/g")),
+                       r"correlation_map is an external link to target.h5"),
+    "virtual_missing": (_virtual("gone.h5"),
+                        r"c2_00001 is a virtual dataset whose source file gone.h5 is missing"),
+}
+
+
+@pytest.mark.parametrize("case", sorted(CRAFTED))
+def test_objects_that_are_not_local_datasets_give_one_data_error(tmp_path, case):
+    """A group in place of a matrix crashed with AttributeError (traceback, exit 1); an
+    external link was called 'truncated' or 'corrupt HDF5 metadata'; a virtual dataset
+    whose source is missing was read as zeros."""
+    with h5py.File(tmp_path / "target.h5", "w") as t:
+        t["m"] = np.ones((20, 20))
+        t["g/c2_00001"] = np.ones((20, 20))
+    write, message = CRAFTED[case]
+    with pytest.raises(DataFileError, match=message):
+        open_two_time(_apsu(tmp_path / "crafted.h5", matrices=write))
+
+
+def test_a_virtual_dataset_with_its_source_present_is_read(tmp_path):
+    m = np.triu(np.random.default_rng(0).random((20, 20)) + 1.0)
+    with h5py.File(tmp_path / "source.h5", "w") as s:
+        s["m"] = m
+    src = open_two_time(_apsu(tmp_path / "vds.h5", matrices=_virtual("source.h5")))
+    assert src.phi_deg == (0.0, 45.0)
+
+
+@pytest.mark.parametrize("phi", [(0.0, np.nan), (np.inf, 45.0)])
+def test_non_finite_angles_in_the_file_are_one_data_error(tmp_path, phi):
+    """A NaN angle was written as null in parameters.json (static), silently dropped by
+    phi_ranges or blamed on 'the model overflows ... check p0' (laminar)."""
+    with pytest.raises(DataFileError, match=r"dynamic_v_list_dim1 holds non-finite phi values"):
+        open_two_time(_apsu(tmp_path / "phi.h5", phi=phi))
+
+
+def test_a_q_map_of_text_is_one_data_error(tmp_path):
+    path = _apsu(tmp_path / "text.h5")
+    with h5py.File(path, "r+") as h5:
+        del h5["/xpcs/qmap/dynamic_v_list_dim0"]
+        h5["/xpcs/qmap/dynamic_v_list_dim0"] = np.array([b"small"])
+    with pytest.raises(DataFileError, match=r"dynamic_v_list_dim0 does not hold numbers"):
+        open_two_time(path)
+
+
+# --- multi-q runs ------------------------------------------------------------------------
+
+def _multi_q_file(path, age_s):
+    """Two q bins of one angle (40 frames of a J(t) = 1e4 t^-0.5 decay), and the sample age
+    ``age_s`` as the aging series records it."""
+    rng = np.random.default_rng(1)
+    t = np.arange(1, 41) * 0.1
+    with h5py.File(path, "w") as h5:
+        h5["/xpcs/qmap/dynamic_v_list_dim0"] = [0.004, 0.0054]
+        h5["/xpcs/qmap/dynamic_v_list_dim1"] = [0.0]
+        h5["/xpcs/twotime/processed_bins"] = [1, 2]
+        h5["/entry/instrument/detector_1/frame_time"] = 0.1
+        for k, q in enumerate((0.004, 0.0054), 1):
+            j = 1e4 * np.abs(np.subtract.outer(t ** 0.5, t ** 0.5)) / 0.5
+            c2 = 1.0 + 0.3 * np.exp(-q * q * j) + 0.01 * rng.standard_normal((40, 40))
+            h5[f"{C2}/c2_{k:05d}"] = np.triu(c2)
+        h5.create_group("/homodyne/synthetic").attrs["age_s"] = age_s
+    return path
+
+
+def test_multi_q_runs_checkpoint_per_bin_survive_a_bad_age_links_and_a_stop(
+        tmp_path, capsys, monkeypatch):
+    """A run of every q bin of a file with checkpoints on: all fits shared the one
+    checkpoint_dir, so from the second on no checkpoint could be saved ('give each fit its
+    own checkpoint_dir' - one key for all jobs); a sample age that is not a number crashed
+    the run with a traceback after the first bin; the summary figures were written through
+    symlinks planted in the output folder. Then a rerun (--overwrite, other frames)
+    stopped by Ctrl-C in its second bin left the first run's summary.csv beside the first
+    bin's new results."""
+    import json
+
+    import pandas as pd
+    import yaml
+
+    import homodyne.pipeline as pipeline
+    from homodyne.cli import main
+    from homodyne.config import load_config
+    from homodyne.production.multiq import run_all
+
+    data = _multi_q_file(tmp_path / "series.h5", "young")
+    raw = yaml.safe_load(_example_config(tmp_path).replace(str(tmp_path / "data.h5"),
+                                                           str(data)))
+    raw["experimental_data"]["q"] = "all"
+    raw["optimization"] = {"coarse": False, "max_iterations": 3, "streaming": {
+        "enable_checkpoints": True, "checkpoint_dir": str(tmp_path / "ck"),
+        "checkpoint_frequency": 1, "checkpoint_min_interval_s": 0.0}}
+    raw["performance"] = {"strategy_override": "streaming", "batch_size": 200,
+                          "enable_progress": False}
+    out, victims = tmp_path / "out", tmp_path / "victims"
+    raw["output"] = {"plots": False, "directory": str(out)}
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(raw))
+    out.mkdir()
+    victims.mkdir()
+    for name in ("parameters_vs_q.png", "parameters_vs_file.png"):
+        (victims / name).write_text("keep")
+        (out / name).symlink_to(victims / name)
+
+    assert main(["--config", str(tmp_path / "cfg.yaml")]) in (0, 4)
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "not written" not in err
+    assert "sample age /homodyne/synthetic/age_s unreadable" in err
+    for qi in ("q00", "q01"):
+        params = json.loads((out / "series" / qi / "parameters.json").read_text())
+        diag = params["streaming_diagnostics"]
+        assert diag["checkpoint_saves"] > 0 and diag["checkpoint_errors"] == []
+        assert list((tmp_path / "ck" / "series" / qi).glob("homodyne_state_batch_*.h5"))
+        assert json.loads((out / "series" / qi / "job.json").read_text())["age_s"] is None
+    assert not list((tmp_path / "ck").glob("homodyne_state_batch_*.h5"))
+    for name in ("parameters_vs_q.png", "parameters_vs_file.png"):
+        assert (victims / name).read_text() == "keep"
+        assert not (out / name).is_symlink()
+        assert (out / name).read_bytes()[:4] == b"\x89PNG"
+
+    raw["experimental_data"]["start_frame"] = 5
+    raw["optimization"]["streaming"]["enable_checkpoints"] = False
+    (tmp_path / "cfg.yaml").write_text(yaml.safe_dump(raw))
+    real, calls = pipeline.run_from_config, []
+
+    def ctrl_c_in_the_second_fit(*a, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real(*a, **kw)
+
+    monkeypatch.setattr(pipeline, "run_from_config", ctrl_c_in_the_second_fit)
+    with pytest.raises(KeyboardInterrupt):
+        run_all(load_config(tmp_path / "cfg.yaml"), overwrite=True)
+    table = pd.read_csv(out / "summary.csv")
+    assert len(table) == 2
+    for row in table.itertuples():
+        params = json.loads((out / "series" / f"q{row.q_index:02d}" /
+                             "parameters.json").read_text())
+        assert row.n_points == params["n_points"]
+        assert row.reduced_chi2 == pytest.approx(params["reduced_chi_squared"], rel=1e-12)
+    assert list(table.n_points) == [36 * 35 // 2, 40 * 39 // 2]
+
+
+# --- configs -----------------------------------------------------------------------------
+
+def _example_config(tmp_path) -> str:
+    """The static example with its data path pointed at an existing (empty) file."""
+    from pathlib import Path
+
+    (tmp_path / "data.h5").touch()
+    text = (Path(__file__).resolve().parents[1] / "homodyne" / "examples" /
+            "static.yaml").read_text()
+    return text.replace("data/static_example.h5", str(tmp_path / "data.h5")) \
+        .replace('output:\n  directory: "results/example_static"\n', "")
+
+
+def test_yaml_merge_keys_load_as_in_safe_load_and_duplicates_stay_refused(tmp_path):
+    """`<<: *defaults` (standard YAML, accepted by safe_load and Snakemake) was refused with
+    'could not determine a constructor for the tag ...merge'."""
+    from homodyne.config import ConfigError, load_config
+
+    base = _example_config(tmp_path)
+    cfg = tmp_path / "merge.yaml"
+    cfg.write_text(base + "output:\n  <<: [{plots: false, overwrite: true}]\n"
+                          "  overwrite: false\n")
+    assert load_config(cfg).output == {"directory": "results/fit", "overwrite": False,
+                                       "plots": False}
+    cfg.write_text(base + "output:\n  <<: {plots: false}\n  plots: true\n  plots: false\n")
+    with pytest.raises(ConfigError, match=r"duplicate key 'plots' \(line \d+\); keep only one") \
+            as err:
+        load_config(cfg)
+    assert "\n" not in str(err.value)  # one line, the position included
+
+
+def test_a_value_expanded_by_yaml_aliases_gives_a_short_message(tmp_path):
+    """A 1 kB config whose phi_ranges is a nested alias (9^8 leaves) printed a 140 MB
+    error line after seconds of formatting."""
+    from homodyne.config import ConfigError, load_config
+
+    nested = "&a [1, 2, 3, 4, 5, 6, 7, 8, 9]"
+    for prev, name in zip("abcdefg", "bcdefgh", strict=True):
+        nested = f"&{name} [{nested}" + f", *{prev}" * 8 + "]"
+    cfg = tmp_path / "aliases.yaml"
+    cfg.write_text(_example_config(tmp_path).replace(
+        "  start_frame: 1", f"  phi_ranges: {nested}\n  start_frame: 1"))
+    assert len(nested) < 300  # 300 bytes of YAML, 9^8 numbers once expanded
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg)
+    assert err.value.key == "experimental_data.phi_ranges[0]"
+    assert len(str(err.value)) < 600, len(str(err.value))
+
