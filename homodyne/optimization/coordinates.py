@@ -27,6 +27,7 @@ amplitude and offset are then reported as not determined while J(t) stays determ
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import numpy as np
@@ -37,9 +38,14 @@ from homodyne.optimization.problems import NormalEquations
 # |alpha| below this is evaluated at this value (the map's only singular point):
 # J changes by O(1e-12 slope ln^2 s), far below any data's resolution
 _ALPHA_MIN = 1e-12
-# where the sign condition holds alpha, it stops this far on the slope's side of 0: the
-# logarithmic edge to within slope * 1e-9 * ln^2 s / 2 in J, with a finite D0 = slope/1e-9
-EDGE_ALPHA = 1e-9
+# Near alpha = 0 the map's Jacobian has entries ~ slope/alpha^2 whose products cancel in
+# Φᵀ JᵀJ Φ: its alpha row loses ~1e-16/alpha^4 of its precision. So the internal fit keeps
+# |alpha| >= EDGE_ALPHA where the sign condition holds it (1e-4 relative error; the
+# logarithmic edge to within slope * 1e-3 * ln^2 s / 2 in J, which the finish in user
+# coordinates removes), and a start with |alpha| < START_ALPHA (a plain start has 0)
+# starts at +-START_ALPHA, the same J where the slope is 0
+EDGE_ALPHA = 1e-3
+START_ALPHA = 1e-2
 
 
 @dataclass(frozen=True)
@@ -130,23 +136,28 @@ class PowerLawCoordinates:
                     out[a] = side
         return out
 
-    def into_box(self, x, lb, ub) -> np.ndarray:
+    def into_box(self, x, lb, ub, toward_edge=()) -> np.ndarray:
         """x with each amplitude outside [lb, ub] moved onto its bound at the same level and
         slope (alpha re-solved; near the logarithmic edge only alpha and the offset change),
-        then clipped into the box."""
+        then clipped into the box. Exponents in ``toward_edge`` (held at +-EDGE_ALPHA) are
+        moved on to the edge as far as the box allows: their amplitude to its upper bound
+        (or slope / 1e-9 where it has none)."""
         x = np.array(x, np.float64)
         u = self.to_internal(x)
         for i, a, o in self.triples:
             target = float(np.clip(x[i], lb[i], ub[i]))
-            if target == x[i] or target == 0 or u[i] == 0 or u[i] / target < 0:
+            if a in toward_edge:
+                target = float(ub[i]) if np.isfinite(ub[i]) else abs(u[i]) * 1e9
+            if target == x[i] or target == 0 or u[i] == 0:
                 continue
             al = float(u[a])
-            for _ in range(100):  # slope = alpha target t_r^alpha: a contraction for small alpha
-                al_new = u[i] / (target * self.t_ref ** al)
-                if abs(al_new - al) <= 1e-15 * abs(al):
-                    break
-                al = al_new
-            if lb[a] <= al <= ub[a] and np.isfinite(al) and al != 0:
+            with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+                for _ in range(100):  # slope = alpha target t_r^alpha: contracts for small alpha
+                    al_new = float(u[i] / (target * self.t_ref ** al))
+                    if not abs(al_new - al) > 1e-15 * abs(al):
+                        break
+                    al = al_new
+            if np.isfinite(al) and lb[a] <= al <= ub[a] and al != 0:
                 x[i], x[a], x[o] = target, al, u[o] - u[i] / al
         return np.clip(x, lb, ub)
 
@@ -171,6 +182,10 @@ class SolverSpace:
         else:
             u0 = coords.to_internal(x0)
             ulb, uub = coords.internal_bounds(lb, ub)
+            for _, a, _ in coords.triples:
+                nudged = math.copysign(START_ALPHA, u0[a])
+                if abs(u0[a]) < START_ALPHA and ulb[a] <= nudged <= uub[a]:
+                    u0[a] = nudged
             for a, (lo, hi) in (exponent_bounds or {}).items():
                 ulb[a], uub[a] = lo, hi
         self.free = FreeSubspace.from_bounds(u0, ulb, uub)

@@ -16,7 +16,7 @@ import numpy as np
 from homodyne.jaxconf import jax
 from homodyne.memory import peak_rss_mb
 from homodyne.optimization.checkpoint_session import SolverSnapshot
-from homodyne.optimization.coordinates import PowerLawCoordinates, SolverSpace
+from homodyne.optimization.coordinates import EDGE_ALPHA, PowerLawCoordinates, SolverSpace
 from homodyne.optimization.covariance import covariance_from_normal
 from homodyne.optimization.engine import EngineOptions, solve_lm
 from homodyne.optimization.exceptions import NLSQNumericalError, StopFit
@@ -163,14 +163,17 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
                             f"{st.evaluations} full passes, {st.reason}")
             if st.reason.startswith("stopped") or mon.signal_received is not None:
                 return finish(st)
+            edge_start: set[int] = set()
             space, st = _hold_amplitude_signs(problem, coords, space, st, x0, lb, ub, runner,
-                                              opts, track, trust, full_kw, edge, messages)
+                                              opts, track, trust, full_kw, edge, edge_start,
+                                              messages)
             if st.reason.startswith("stopped") or mon.signal_received is not None:
                 return finish(st)
             internal = space.state_in_user(st, free)
             space, x = SolverSpace(None, x0, lb, ub), internal.x.copy()
             st = _finish_in_user_coordinates(internal, free, runner, flb, fub, opts, track,
-                                             trust, full_kw, messages, coords, lb, ub)
+                                             trust, full_kw, messages, coords, lb, ub,
+                                             edge_start)
         evaluate = free.evaluator(runner.evaluate)
         for name in recovery_sequence if mon.applicator is not None and \
                 mon.signal_received is None else ():
@@ -196,7 +199,7 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
 
 
 def _hold_amplitude_signs(problem, coords, space, st, x0, lb, ub, runner, opts, track,
-                          trust, full_kw, edge, messages):
+                          trust, full_kw, edge, edge_start, messages):
     """Where the internal optimum has an amplitude below its nonnegative lower bound
     (D0 < 0), fit again in internal coordinates with that exponent on the slope's side
     of 0 (the start of the user-coordinate finish: near the logarithmic edge when the
@@ -222,18 +225,24 @@ def _hold_amplitude_signs(problem, coords, space, st, x0, lb, ub, runner, opts, 
     st2.history = st.history + st2.history
     messages.append(f"internal coordinates with {len(held)} exponent(s) held on the "
                     f"side where the amplitude is >= its lower bound: {st2.reason}")
+    u2 = space.free.expand(st2.x)
+    for a, (lo, hi) in held.items():
+        if u2[a] in (lo, hi) and abs(u2[a]) == EDGE_ALPHA:
+            edge_start.add(a)  # on its way to the logarithmic edge
     return space, st2
 
 
 def _finish_in_user_coordinates(internal, free, runner, flb, fub, opts, track, trust,
-                                full_kw, messages, coords, lb, ub):
+                                full_kw, messages, coords, lb, ub, edge_start):
     """The user-coordinate end of a fit that ran in internal coordinates: no pass where
     the internal optimum is inside the user's box and passes the convergence test
     there too; from the nearest point of the box where it crossed a bound (an amplitude
     moved onto its bound at the same level and slope, ``into_box``; held there by the
     active set while its gradient points out)."""
     inside = bool(np.all(internal.x >= flb) and np.all(internal.x <= fub))
-    start = np.clip(free.reduce(coords.into_box(free.expand(internal.x), lb, ub)), flb, fub)
+    start = np.clip(free.reduce(coords.into_box(free.expand(internal.x), lb, ub, edge_start)),
+                    flb, fub)
+    inside = inside and not edge_start
     st = solve_lm(free.evaluator(runner.evaluate), start, flb, fub,
                   initial_damping=opts.initial_damping, on_iteration=track,
                   gn_trust_se=trust, ne0=internal.ne if inside else None, **full_kw)
