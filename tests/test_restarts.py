@@ -1,5 +1,6 @@
 """Deterministic multi-start (``optimization.restarts``): starts spread over the bounds,
-screened on the coarsest level, the best finished; the count checked against single fits from each start, the result against SciPy."""
+screened on the coarsest level, the best finished; the count is checked against single
+fits from every start, the result against SciPy from the start that led to it."""
 
 import numpy as np
 import pytest
