@@ -213,3 +213,17 @@ def test_two_time_fit_with_fixed_d_offset_and_contrast_matches_scipy():
                         method="trf", x_scale="jac", ftol=1e-15, xtol=1e-15, gtol=1e-15)
     assert r.converged, r.summary()
     assert np.all(np.abs(r.parameters[free] - ref.x) <= 1e-3 * r.uncertainties[free])
+
+
+def test_two_time_start_exactly_on_bounds_reaches_scipys_optimum(static_case):
+    # alpha on its lower bound and D_offset on its upper one, both with gradients into
+    # the box: released at once, the fit ends where SciPy's TRF does from the same start
+    from helpers import assert_matches, scipy_reference
+
+    spec, truth, y, p0, lb, ub, _ = static_case
+    start = p0.copy()
+    start[-2], start[-1] = lb[-2], ub[-1]
+    r = NLSQWrapper().fit_two_time(None, spec, start, (lb, ub), y=y)
+    assert r.converged, r.summary()
+    assert not r.at_bounds and not r.not_moved
+    assert_matches(r, scipy_reference(spec, y, start, lb, ub))
