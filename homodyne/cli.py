@@ -274,17 +274,24 @@ _IMPORTING = "<frozen importlib._bootstrap"  # also matches _bootstrap_external
 
 
 class _CtrlC:
-    """SIGINT or SIGTERM outside the fit: a KeyboardInterrupt, except inside a gc callback (JAX has
-    one), where Python would print it as 'Exception ignored' and drop it, and while a module
-    is imported (raised inside a native module's initialisation, e.g. jaxlib's, it aborts
-    the interpreter): then it is re-sent every 20 ms until it lands outside."""
+    """SIGINT or SIGTERM outside the fit: a KeyboardInterrupt. Where it would be lost it is
+    re-sent every 20 ms until it lands outside: inside a gc callback (JAX has one) or any
+    other place Python can only report it as 'Exception ignored' (a weakref callback, a
+    __del__: ``unraisable``), and while a module is imported (raised inside a native
+    module's initialisation, e.g. jaxlib's, it aborts the interpreter)."""
 
     def __init__(self, signals=(signal.SIGINT,)):
         self.signals = tuple(signals)
         self.previous = {s: signal.getsignal(s) for s in self.signals}
+        self.previous_hook = sys.unraisablehook
         self.received = False
         self.signum = signal.SIGINT
         self.resend: threading.Timer | None = None
+
+    def install(self) -> None:
+        for s in self.signals:
+            signal.signal(s, self)
+        sys.unraisablehook = self.unraisable
 
     def __call__(self, signum, frame):
         self.received = True
@@ -292,13 +299,23 @@ class _CtrlC:
         callbacks = {getattr(cb, "__code__", None) for cb in gc.callbacks}
         while frame is not None:
             if frame.f_code in callbacks or frame.f_code.co_filename.startswith(_IMPORTING):
-                if self.resend is None:
-                    self.resend = threading.Timer(0.02, self._again, (signum,))
-                    self.resend.start()
+                self._resend_later()
                 return
             frame = frame.f_back
         self.resend = None
         raise KeyboardInterrupt
+
+    def unraisable(self, info) -> None:
+        """Our KeyboardInterrupt swallowed in a callback: sent again, not printed."""
+        if self.received and isinstance(info.exc_value, KeyboardInterrupt):
+            self._resend_later()
+        else:
+            self.previous_hook(info)
+
+    def _resend_later(self) -> None:
+        if self.resend is None:
+            self.resend = threading.Timer(0.02, self._again, (self.signum,))
+            self.resend.start()
 
     def _again(self, signum) -> None:
         self.resend = None  # a re-sent signal landing in a callback again re-arms it
@@ -312,6 +329,7 @@ class _CtrlC:
             self.resend.cancel()
         for s in self.signals:
             signal.signal(s, signal.SIG_IGN if self.received else self.previous[s])
+        sys.unraisablehook = self.previous_hook
 
 
 def _fit_many(cfg, overwrite) -> int:
@@ -340,8 +358,8 @@ def main(argv=None) -> int:
                 if signal.getsignal(s) is default
                 or getattr(signal.getsignal(s), "homodyne_replaceable", False)]
         ctrl_c = _CtrlC(ours) if ours else None
-        for s in ours:
-            signal.signal(s, ctrl_c)
+        if ctrl_c is not None:
+            ctrl_c.install()
     try:
         return _main(argv)
     except KeyboardInterrupt:  # also while the package and JAX are still being imported

@@ -35,8 +35,8 @@ SET_FILES = ("fit.h5", "c2_heatmaps.png", "c2_cuts.png", "scaling_per_angle.png"
              "residual_histogram.png", "per_q.csv", "g2_fits.png", "rates_vs_q.png", "fit.log",
              MARKER)
 INTERRUPTED = "parameters.interrupted.json"
-log = logging.getLogger(__name__)
 FAILED_LOG = "fit.incomplete.log"
+log = logging.getLogger(__name__)
 
 
 class OutputExistsError(FileExistsError):

@@ -5,12 +5,12 @@ import json
 import os
 import subprocess
 import sys
-from contextlib import contextmanager
 
 import h5py
 import numpy as np
 import pytest
 import yaml
+from helpers import tiny_tmpfs
 
 from homodyne.cli import main
 from homodyne.data.errors import DataFileError
@@ -21,20 +21,6 @@ ERR = "/xpcs/multitau/normalized_g2_err"
 DELAYS = "/xpcs/multitau/delay_list"
 FRAME_TIME = "/entry/instrument/detector_1/frame_time"
 Q_LIST = "/xpcs/qmap/dynamic_v_list_dim0"
-
-
-@contextmanager
-def tiny_tmpfs(tmp_path, size: str):
-    """A tmpfs of ``size`` mounted at tmp_path/small for the test (root only)."""
-    mnt = tmp_path / "small"
-    mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(mnt)],
-                      capture_output=True).returncode:
-        pytest.skip("cannot mount a tmpfs")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", "-l", str(mnt)], check=True)
 
 
 def run_cli(*args, cwd=None):
