@@ -240,3 +240,24 @@ def test_a_value_expanded_by_yaml_aliases_gives_a_short_message(tmp_path):
     assert err.value.key == "experimental_data.phi_ranges[0]"
     assert len(str(err.value)) < 600, len(str(err.value))
 
+
+
+def test_validate_checks_the_data_of_every_file_of_a_run(tmp_path, capsys):
+    """With `files:`, validate only listed the planned fits: a file without one finite
+    value passed (exit 0) and failed the run."""
+    import yaml
+
+    from homodyne.cli import main
+
+    good = _apsu(tmp_path / "a.h5")
+    bad = _apsu(tmp_path / "b.h5", matrices=lambda h5: [
+        h5.__setitem__(f"{C2}/c2_{k:05d}", np.full((20, 20), np.nan)) for k in (1, 2)])
+    raw = yaml.safe_load(_example_config(tmp_path))
+    del raw["experimental_data"]["file_path"]
+    raw["experimental_data"].update(files=[str(good), str(bad)], q=0.005)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["validate", "--config", str(tmp_path / "c.yaml")]) == 2
+    out, err = capsys.readouterr()
+    assert "a.h5  q bin 0 (q = 0.005)" in out and "2 angles x 20 frames, 380 points" in out
+    assert "b.h5: /xpcs/twotime/correlation_map/c2_00001 holds no finite values" in out
+    assert "1 of 2 fits cannot run" in err
