@@ -261,3 +261,26 @@ def test_validate_checks_the_data_of_every_file_of_a_run(tmp_path, capsys):
     assert "a.h5  q bin 0 (q = 0.005)" in out and "2 angles x 20 frames, 380 points" in out
     assert "b.h5: /xpcs/twotime/correlation_map/c2_00001 holds no finite values" in out
     assert "1 of 2 fits cannot run" in err
+
+
+def test_a_selection_too_small_for_the_parameters_is_refused_before_the_fit(
+        tmp_path, capsys, monkeypatch):
+    """start_frame = N-1 (2 frames): a fit ran first ('NOT DETERMINED: fewer points than
+    parameters'), then 'only 2 of the 2 selected points are finite (100.00%) ... choose data
+    without NaN' - there was no NaN."""
+    import yaml
+
+    from homodyne.cli import main
+    from homodyne.optimization.nlsq_wrapper import NLSQWrapper
+
+    raw = yaml.safe_load(_example_config(tmp_path).replace(
+        str(tmp_path / "data.h5"), str(_apsu(tmp_path / "small.h5"))))
+    raw["experimental_data"]["start_frame"] = 19
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.setattr(NLSQWrapper, "fit_two_time", lambda *a, **k: pytest.fail("fitted"))
+    assert main(["--config", str(tmp_path / "c.yaml"), "--output-dir",
+                 str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert ("the selection holds only 2 points (2 angles x 2 frames); a fit of 7 parameters "
+            "needs at least 140: widen the frame or angle selection") in err
+    assert "NaN" not in err
