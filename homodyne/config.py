@@ -429,8 +429,22 @@ def _is_one_time(d: dict, file_path) -> bool:
     return is_one_time_file(file_path)
 
 
+# experimental_data keys of two-time fits: one-time mode has its own (one_time.*)
+TWO_TIME_ONLY = {"files": "one_time.series for more files of the sample",
+                 "q": "one_time.q_range", "q_tolerance": "one_time.q_range",
+                 "phi_ranges": None, "start_frame": "one_time.min_tau_s/max_tau_s",
+                 "end_frame": "one_time.min_tau_s/max_tau_s", "dt": None, "gap_h": None,
+                 "exclude_diagonal_frames": "one_time.min_tau_s"}
+
+
 def _one_time_config(d: dict, source, raw) -> HomodyneConfig:
     ot = d["one_time"]
+    given = (raw or {}).get("experimental_data") or {}
+    for key, instead in TWO_TIME_ONLY.items():
+        if given.get(key) is not None:  # it would do nothing: say so instead of ignoring it
+            use = f"; use {instead}" if instead else ""
+            raise ConfigError(f"experimental_data.{key}", "applies to two-time data only; a "
+                              f"one-time fit (multi-tau g2) fits every q of its file{use}")
     if d["experimental_data"]["file_path"] is None:
         raise ConfigError("experimental_data.file_path",
                           "missing; set it in the config or pass --data-file")

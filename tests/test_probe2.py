@@ -284,3 +284,24 @@ def test_a_selection_too_small_for_the_parameters_is_refused_before_the_fit(
     assert ("the selection holds only 2 points (2 angles x 2 frames); a fit of 7 parameters "
             "needs at least 140: widen the frame or angle selection") in err
     assert "NaN" not in err
+
+
+@pytest.mark.parametrize("key, value, instead", [
+    ("q", "all", "use one_time.q_range"), ("files", ["g2.csv"], "use one_time.series"),
+    ("phi_ranges", [[0, 10]], "fits every q of its file"),
+    ("start_frame", 5, "use one_time.min_tau_s/max_tau_s")])
+def test_two_time_keys_in_a_one_time_config_are_refused_not_ignored(tmp_path, key, value,
+                                                                      instead):
+    """`--q all` with a one-time table was routed to the two-time multi-q runner ('not a
+    readable HDF5 file'); `files:` gave 'file_path: missing'; phi_ranges and start_frame
+    were silently ignored."""
+    from homodyne.config import ConfigError, validate_config
+
+    table = tmp_path / "g2.csv"
+    table.write_text("tau,g2(q=0.005),sigma(q=0.005)\n0.001,1.3,0.01\n0.01,1.2,0.01\n")
+    data = {"file_path": str(table), key: value}
+    if key == "files":
+        data = {key: [str(table)]}
+    with pytest.raises(ConfigError, match=rf"experimental_data\.{key}: applies to two-time "
+                                          rf"data only; .*{instead}"):
+        validate_config({"analysis_mode": "one_time", "experimental_data": data}, "c.yaml")
