@@ -359,6 +359,9 @@ def validate_config(raw: Any, source: str | None = None, *, require_data: bool =
         if _is_one_time(d, data["file_path"]):
             d["one_time"]["series"] = [_resolve(p, base) for p in d["one_time"]["series"]]
             return _one_time_config(d, source, raw)
+        if isinstance(raw, dict) and raw.get("one_time") not in (None, {}):
+            raise ConfigError("one_time", f"applies to analysis_mode: one_time only (this is a "
+                              f"{d['analysis_mode'] or 'two-time'} fit); remove it")
         if values is None:
             raise ConfigError("initial_parameters.values", "missing; give the initial "
                               "physical parameters, e.g. [1000.0, -1.2, 0.0]")
@@ -437,8 +440,17 @@ TWO_TIME_ONLY = {"files": "one_time.series for more files of the sample",
                  "exclude_diagonal_frames": "one_time.min_tau_s"}
 
 
+TWO_TIME_SECTIONS = ("per_angle_scaling", "initial_parameters", "parameter_space",
+                     "optimization", "performance")
+
+
 def _one_time_config(d: dict, source, raw) -> HomodyneConfig:
     ot = d["one_time"]
+    for section in TWO_TIME_SECTIONS:
+        if (raw or {}).get(section) not in (None, {}):
+            raise ConfigError(section, "applies to two-time fits only; a one-time fit takes its "
+                              "start values from the data and its settings from one_time.*: "
+                              "remove it")
     given = (raw or {}).get("experimental_data") or {}
     for key, instead in TWO_TIME_ONLY.items():
         if given.get(key) is not None:  # it would do nothing: say so instead of ignoring it

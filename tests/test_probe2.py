@@ -305,3 +305,25 @@ def test_two_time_keys_in_a_one_time_config_are_refused_not_ignored(tmp_path, ke
     with pytest.raises(ConfigError, match=rf"experimental_data\.{key}: applies to two-time "
                                           rf"data only; .*{instead}"):
         validate_config({"analysis_mode": "one_time", "experimental_data": data}, "c.yaml")
+
+
+def test_sections_of_the_other_mode_are_refused_not_ignored(tmp_path):
+    """`one_time: {beta: fixed}` in a static config, and initial values, bounds or
+    performance settings in a one-time config, were silently ignored."""
+    import yaml
+
+    from homodyne.config import ConfigError, load_config, validate_config
+
+    raw = yaml.safe_load(_example_config(tmp_path))
+    raw["one_time"] = {"beta": "fixed"}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=r"one_time: applies to analysis_mode: one_time only "
+                                          r"\(this is a static fit\); remove it"):
+        load_config(tmp_path / "c.yaml")
+    table = tmp_path / "g2.csv"
+    table.write_text("tau,g2(q=0.005),sigma(q=0.005)\n0.001,1.3,0.01\n0.01,1.2,0.01\n")
+    for section, value in (("performance", {"strategy_override": "streaming"}),
+                           ("initial_parameters", {"values": [1.0, 2.0, 3.0]})):
+        with pytest.raises(ConfigError, match=rf"{section}: applies to two-time fits only"):
+            validate_config({"analysis_mode": "one_time", section: value,
+                             "experimental_data": {"file_path": str(table)}}, "c.yaml")
