@@ -95,6 +95,24 @@ def test_a_q_map_of_text_is_one_data_error(tmp_path):
         open_two_time(path)
 
 
+def test_a_file_locked_by_its_writer_is_named_as_such(tmp_path):
+    """A file still open for writing (the acquisition holds HDF5's lock) was called
+    'not a readable HDF5 file (truncated or corrupt?)'."""
+    import fcntl
+    import os
+
+    path = _apsu(tmp_path / "busy.h5")
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # what HDF5 takes for a writer
+        with pytest.raises(DataFileError, match=r"busy.h5: is open for writing by another "
+                                                r"program \(HDF5 file lock\); wait until"):
+            open_two_time(path)
+    finally:
+        os.close(fd)
+    assert open_two_time(path).phi_deg == (0.0, 45.0)
+
+
 # --- multi-q runs ------------------------------------------------------------------------
 
 def _multi_q_file(path, age_s):
