@@ -345,3 +345,20 @@ def test_sections_of_the_other_mode_are_refused_not_ignored(tmp_path):
         with pytest.raises(ConfigError, match=rf"{section}: applies to two-time fits only"):
             validate_config({"analysis_mode": "one_time", section: value,
                              "experimental_data": {"file_path": str(table)}}, "c.yaml")
+
+
+def test_an_output_folder_name_too_long_is_one_clear_error(tmp_path, capsys):
+    """A folder name over the file system's 255 bytes ended in a traceback (OSError from
+    Path.exists), exit 1."""
+    import yaml
+
+    from homodyne.cli import main
+
+    raw = yaml.safe_load(_example_config(tmp_path).replace(
+        str(tmp_path / "data.h5"), str(_apsu(tmp_path / "small.h5"))))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    long = tmp_path / ("x" * 300)
+    assert main(["--config", str(tmp_path / "c.yaml"), "--output-dir", str(long)]) == 2
+    err = capsys.readouterr().err
+    assert f"output folder {long} cannot be used (File name too long); choose another " \
+           "--output-dir" in err and "Traceback" not in err
