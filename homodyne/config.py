@@ -490,6 +490,9 @@ def _resolve_files(files, base: Path | None) -> list[str]:
         found = sorted(glob.glob(pattern))
         if not found and base is not None and not os.path.isabs(pattern):
             found = sorted(glob.glob(str(base / pattern)))
+        if not found:  # a file name with [ ] is a pattern that does not match itself
+            found = [p for p in (pattern, str(base / pattern) if base else None)
+                     if p is not None and os.path.isfile(p)][:1]
         if not found:
             raise ConfigError("experimental_data.files", f"no file matches {_show(files)}; check "
                               "the pattern (quote it in YAML) or list the files")

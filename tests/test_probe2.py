@@ -362,3 +362,14 @@ def test_an_output_folder_name_too_long_is_one_clear_error(tmp_path, capsys):
     err = capsys.readouterr().err
     assert f"output folder {long} cannot be used (File name too long); choose another " \
            "--output-dir" in err and "Traceback" not in err
+
+
+def test_files_naming_one_file_with_brackets_finds_it(tmp_path):
+    """`files: ".../a[1].h5"` - an existing file whose name is also a glob pattern that
+    does not match itself - was refused with 'no file matches'."""
+    from homodyne.config import validate_config
+
+    data = _apsu(tmp_path / "a[1].h5")
+    cfg = validate_config({"analysis_mode": "static", "experimental_data": {
+        "files": str(data)}, "initial_parameters": {"values": [1e4, -0.5, 100.0]}}, "c.yaml")
+    assert cfg.experimental_data["files"] == [str(data)]
