@@ -373,3 +373,30 @@ def test_files_naming_one_file_with_brackets_finds_it(tmp_path):
     cfg = validate_config({"analysis_mode": "static", "experimental_data": {
         "files": str(data)}, "initial_parameters": {"values": [1e4, -0.5, 100.0]}}, "c.yaml")
     assert cfg.experimental_data["files"] == [str(data)]
+
+
+# --- Python API ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kw, message", [
+    ({"ydata": np.zeros(0), "xdata": np.zeros(0)}, r"ydata is empty: there is nothing to fit"),
+    ({"bounds": ([0, 0, 0], [9, 9, 9])},
+     r"bounds must be scalars or have one value per parameter \(2\), got 3 lower and 3 upper"),
+    ({"model_func": "wrong shape"},
+     r"model_func returns shape \(3,\) for 8 points of xdata; it must return one value per "
+     r"point"),
+])
+def test_api_misuse_is_named_not_blamed_on_nan_or_numpy(kw, message):
+    """Empty data and a model of the wrong output shape ended in 'only 0.0% of batches
+    succeeded ... Check the data for NaN/Inf regions and p0'; bounds of the wrong length in
+    numpy's 'operands could not be broadcast together with remapped shapes'."""
+    import jax.numpy as jnp
+
+    from homodyne.optimization.nlsq_wrapper import NLSQWrapper
+
+    x = np.linspace(0.0, 5.0, 50)
+    args = {"model_func": lambda x, a, b: a * jnp.exp(-b * x), "xdata": x,
+            "ydata": 2 * np.exp(-1.3 * x), "p0": [1.0, 1.0], **kw}
+    if kw.get("model_func") == "wrong shape":
+        args["model_func"] = lambda x, a, b: a * jnp.ones(3)
+    with pytest.raises(ValueError, match=message):
+        NLSQWrapper(enable_progress=False).fit(**args)
