@@ -400,3 +400,24 @@ def test_api_misuse_is_named_not_blamed_on_nan_or_numpy(kw, message):
         args["model_func"] = lambda x, a, b: a * jnp.ones(3)
     with pytest.raises(ValueError, match=message):
         NLSQWrapper(enable_progress=False).fit(**args)
+
+
+def test_a_fit_stopped_by_a_signal_says_interrupted_not_too_few_points():
+    """Ctrl-C in the first pass printed 'NOT DETERMINED: fewer points than parameters:
+    interrupted by SIGINT' and wrote status too_few_points to parameters.interrupted.json."""
+    import os
+    import signal
+
+    import jax.numpy as jnp
+
+    from homodyne.optimization.nlsq_wrapper import NLSQWrapper
+
+    def ctrl_c(batch, params, loss, success):
+        os.kill(os.getpid(), signal.SIGINT)  # the driver turns it into a flag
+
+    x = np.linspace(0.0, 5.0, 400)
+    r = NLSQWrapper(enable_progress=False, callback=ctrl_c, strategy_override="streaming",
+                    batch_size=100).fit(lambda x, a, b: a * jnp.exp(-b * x), x,
+                                        2 * np.exp(-1.3 * x), p0=[1.0, 1.0])
+    assert r.interrupted_by == "SIGINT"
+    assert r.status == "interrupted" and r.as_dict()["status"] == "interrupted"

@@ -15,6 +15,7 @@ STATUS_TEXT = {
     "undetermined": "converged but NOT DETERMINED (every physical parameter on a bound or "
                     "undetermined)",
     "too_few_points": "NOT DETERMINED: fewer points than parameters",
+    "interrupted": "INTERRUPTED (best parameters so far)",
 }
 
 
@@ -68,7 +69,10 @@ class FitResult:
     @property
     def status(self) -> str:
         """The honest outcome: converged, not_converged, undetermined (converged with every
-        physical parameter on a bound or undetermined) or too_few_points."""
+        physical parameter on a bound or undetermined), too_few_points, or interrupted (a
+        signal stopped it: its point counts are those of an unfinished pass)."""
+        if self.interrupted_by:
+            return "interrupted"
         if self.n_points <= len(self.parameter_names):
             return "too_few_points"
         if not self.converged:
