@@ -421,3 +421,20 @@ def test_a_fit_stopped_by_a_signal_says_interrupted_not_too_few_points():
                                         2 * np.exp(-1.3 * x), p0=[1.0, 1.0])
     assert r.interrupted_by == "SIGINT"
     assert r.status == "interrupted" and r.as_dict()["status"] == "interrupted"
+
+
+def test_other_fits_checkpoints_are_reported_once_per_run(tmp_path, caplog):
+    """'3 checkpoint(s) in ... belong to another fit' was logged twice in every run."""
+    import logging
+
+    from homodyne.optimization import checkpoint_manager as cm
+
+    with h5py.File(tmp_path / "homodyne_state_batch_0003.h5", "w") as h5:
+        h5.attrs.update({"batch_idx": 3, "fingerprint": "a" * 64})
+    cm._append_trailer(tmp_path / "homodyne_state_batch_0003.h5", "a" * 64)
+    m = cm.CheckpointManager(tmp_path)
+    m.fingerprint = "b" * 64
+    with caplog.at_level(logging.WARNING, logger="homodyne"):
+        assert m.find_latest_valid_checkpoint() is None
+        assert m.find_latest_valid_checkpoint() is None
+    assert caplog.text.count("belong to another fit") == 1
