@@ -438,3 +438,25 @@ def test_other_fits_checkpoints_are_reported_once_per_run(tmp_path, caplog):
         assert m.find_latest_valid_checkpoint() is None
         assert m.find_latest_valid_checkpoint() is None
     assert caplog.text.count("belong to another fit") == 1
+
+
+def test_a_fit_with_every_physical_parameter_fixed_is_not_called_converged(tmp_path, capsys):
+    """parameter_space.fixed naming every parameter: exit 0 with status 'converged' and zero
+    uncertainties, though the data determined nothing; --strict let it pass."""
+    import json
+
+    import yaml
+
+    from homodyne.cli import main
+
+    raw = yaml.safe_load(_example_config(tmp_path).replace(
+        str(tmp_path / "data.h5"), str(_apsu(tmp_path / "small.h5"))))
+    raw["parameter_space"]["fixed"] = ["D0", "alpha", "D_offset"]
+    raw["output"] = {"plots": False}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["--config", str(tmp_path / "c.yaml"), "--output-dir", str(tmp_path / "o"),
+                 "--strict"]) == 5
+    params = json.loads((tmp_path / "o" / "parameters.json").read_text())
+    assert params["status"] == "undetermined" and params["fixed"] == ["D0", "alpha", "D_offset"]
+    assert "converged but NOT DETERMINED (every physical parameter on a bound, fixed or " \
+           "undetermined)" in capsys.readouterr().err
