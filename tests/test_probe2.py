@@ -460,3 +460,15 @@ def test_a_fit_with_every_physical_parameter_fixed_is_not_called_converged(tmp_p
     assert params["status"] == "undetermined" and params["fixed"] == ["D0", "alpha", "D_offset"]
     assert "converged but NOT DETERMINED (every physical parameter on a bound, fixed or " \
            "undetermined)" in capsys.readouterr().err
+
+
+def test_summary_counts_stay_integers_beside_a_failed_row(tmp_path):
+    """With one failed (file, q) the counts were written as 14280.0 and 6.0."""
+    from homodyne.production.multiq import write_summary
+
+    rows = [{"file": "a", "age_s": None, "q_index": 0, "q": 0.005, "n_points": 14280,
+             "D0": 1e4, "D0_se": 10.0, "status": "ok", "passes": 6},
+            {"file": "b", "age_s": None, "q_index": 0, "q": 0.005, "status": "failed: x"}]
+    lines = write_summary(rows, tmp_path).read_text().splitlines()
+    assert lines[1].startswith("a,,0,0.005,14280,") and ",ok,6" in lines[1]
+    assert lines[2] == "b,,0,0.005,,,,failed: x,"

@@ -198,6 +198,9 @@ def write_summary(rows: list[dict], out_dir) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = pd.DataFrame(rows).sort_values(["file", "q_index"], kind="stable")
+    for column in ("n_points", "passes"):  # counts stay integers beside a failed row's blank
+        if column in table:
+            table[column] = table[column].astype("Int64")
     from homodyne.output import atomic_path
 
     with atomic_path(out / SUMMARY_FILE) as tmp:
