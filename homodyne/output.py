@@ -144,6 +144,10 @@ def check_output_dir(directory, overwrite: bool) -> Path:
     d = Path(directory)
     if d.exists() and not d.is_dir():
         raise OutputExistsError(f"output path {d} exists and is not a directory")
+    for name in (*SET_FILES, INTERRUPTED, FAILED_LOG):
+        if (d / name).is_dir() and not (d / name).is_symlink():  # checked before the fit
+            raise OutputDirError(f"{d / name} is a folder where the result file {name} goes; "
+                                 "move it away or choose another --output-dir")
     existing = [f for f in RESULT_FILES if (d / f).exists()]
     if existing and not overwrite:
         raise OutputExistsError(

@@ -472,3 +472,23 @@ def test_summary_counts_stay_integers_beside_a_failed_row(tmp_path):
     lines = write_summary(rows, tmp_path).read_text().splitlines()
     assert lines[1].startswith("a,,0,0.005,14280,") and ",ok,6" in lines[1]
     assert lines[2] == "b,,0,0.005,,,,failed: x,"
+
+
+def test_a_folder_named_like_a_result_file_is_refused_before_the_fit(tmp_path, capsys,
+                                                                      monkeypatch):
+    """A folder 'fit.h5' in the output folder: the fit ran, then 'could not write the results
+    (Is a directory); free space or choose another --output-dir'."""
+    import yaml
+
+    from homodyne.cli import main
+    from homodyne.optimization.nlsq_wrapper import NLSQWrapper
+
+    raw = yaml.safe_load(_example_config(tmp_path).replace(
+        str(tmp_path / "data.h5"), str(_apsu(tmp_path / "small.h5"))))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    (tmp_path / "o" / "fit.h5").mkdir(parents=True)
+    monkeypatch.setattr(NLSQWrapper, "fit_two_time", lambda *a, **k: pytest.fail("fitted"))
+    assert main(["--config", str(tmp_path / "c.yaml"), "--output-dir", str(tmp_path / "o"),
+                 "--overwrite"]) == 2
+    assert f"{tmp_path / 'o' / 'fit.h5'} is a folder where the result file fit.h5 goes; move " \
+           "it away or choose another --output-dir" in capsys.readouterr().err
