@@ -492,3 +492,29 @@ def test_a_folder_named_like_a_result_file_is_refused_before_the_fit(tmp_path, c
                  "--overwrite"]) == 2
     assert f"{tmp_path / 'o' / 'fit.h5'} is a folder where the result file fit.h5 goes; move " \
            "it away or choose another --output-dir" in capsys.readouterr().err
+
+
+def test_the_workflow_accepts_the_folder_of_every_q_bin_index(tmp_path):
+    """fit_q_bin's wildcard qi was constrained to two digits: a file with 100 or more q
+    bins planned folders q100... that no rule could make."""
+    import re
+    from pathlib import Path
+
+    from homodyne.config import validate_config
+    from homodyne.production.multiq import plan_jobs
+
+    snakefile = (Path(__file__).resolve().parents[1] / "Snakefile").read_text()
+    qi = re.search(r'^\s*qi=r"([^"]+)",', snakefile, re.M).group(1)
+    q = np.linspace(0.001, 0.1, 120)
+    with h5py.File(tmp_path / "many.h5", "w") as h5:
+        h5["/xpcs/qmap/dynamic_v_list_dim0"] = q
+        h5["/xpcs/qmap/dynamic_v_list_dim1"] = [0.0]
+        h5["/xpcs/twotime/processed_bins"] = np.arange(1, q.size + 1)
+        for k in range(q.size):
+            h5[f"{C2}/c2_{k + 1:05d}"] = np.eye(3)
+    cfg = validate_config({"analysis_mode": "static", "experimental_data": {
+        "file_path": str(tmp_path / "many.h5"), "q": "all"},
+        "initial_parameters": {"values": [1e4, -0.5, 100.0]}}, "c.yaml")
+    names = [j.output_dir.name for j in plan_jobs(cfg)]
+    assert names[100] == "q100"
+    assert all(re.fullmatch(qi, n[1:]) for n in names), qi
