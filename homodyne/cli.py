@@ -193,12 +193,24 @@ def validate_main(argv) -> int:
               f"one_time mode ({', '.join(f'{k} {v}' for k, v in cfg.one_time.items())})")
         return 0
     if cfg.is_multi:
-        from homodyne.production.multiq import plan_jobs
+        from homodyne.config import ConfigError
+        from homodyne.data.errors import DataFileError
+        from homodyne.production.multiq import check_job, plan_jobs
 
         jobs = plan_jobs(cfg)
         print(f"{len(jobs)} fits, one per (file, q bin):")
+        unusable = 0
         for j in jobs:
-            print(f"  {j.file}  q bin {j.q_index} (q = {j.q:.6g}) -> {j.output_dir}")
+            try:  # every job's data is checked, as for a single fit
+                what = check_job(cfg, j)
+            except (DataFileError, ConfigError) as exc:
+                unusable += 1
+                what = f"UNUSABLE: {exc}"
+            print(f"  {j.file}  q bin {j.q_index} (q = {j.q:.6g}) -> {j.output_dir}: {what}")
+        if unusable:
+            print(f"homodyne: error: {unusable} of {len(jobs)} fits cannot run (listed above); "
+                  "fix or remove those files", file=sys.stderr)
+            return EXIT_USAGE
         return 0
     with open_data(cfg) as src:
         spec = model_spec(cfg, src)

@@ -366,6 +366,9 @@ def validate_config(raw: Any, source: str | None = None, *, require_data: bool =
         if _is_one_time(d, data["file_path"]):
             d["one_time"]["series"] = [_resolve(p, base) for p in d["one_time"]["series"]]
             return _one_time_config(d, source, raw)
+        if isinstance(raw, dict) and raw.get("one_time") not in (None, {}):
+            raise ConfigError("one_time", f"applies to analysis_mode: one_time only (this is a "
+                              f"{d['analysis_mode'] or 'two-time'} fit); remove it")
         if values is None:
             raise ConfigError("initial_parameters.values", "missing; give the initial "
                               "physical parameters, e.g. [1000.0, -1.2, 0.0]")
@@ -436,8 +439,31 @@ def _is_one_time(d: dict, file_path) -> bool:
     return is_one_time_file(file_path)
 
 
+# experimental_data keys of two-time fits: one-time mode has its own (one_time.*)
+TWO_TIME_ONLY = {"files": "one_time.series for more files of the sample",
+                 "q": "one_time.q_range", "q_tolerance": "one_time.q_range",
+                 "phi_ranges": None, "start_frame": "one_time.min_tau_s/max_tau_s",
+                 "end_frame": "one_time.min_tau_s/max_tau_s", "dt": None, "gap_h": None,
+                 "exclude_diagonal_frames": "one_time.min_tau_s"}
+
+
+TWO_TIME_SECTIONS = ("per_angle_scaling", "initial_parameters", "parameter_space",
+                     "optimization", "performance")
+
+
 def _one_time_config(d: dict, source, raw) -> HomodyneConfig:
     ot = d["one_time"]
+    for section in TWO_TIME_SECTIONS:
+        if (raw or {}).get(section) not in (None, {}):
+            raise ConfigError(section, "applies to two-time fits only; a one-time fit takes its "
+                              "start values from the data and its settings from one_time.*: "
+                              "remove it")
+    given = (raw or {}).get("experimental_data") or {}
+    for key, instead in TWO_TIME_ONLY.items():
+        if given.get(key) is not None:  # it would do nothing: say so instead of ignoring it
+            use = f"; use {instead}" if instead else ""
+            raise ConfigError(f"experimental_data.{key}", "applies to two-time data only; a "
+                              f"one-time fit (multi-tau g2) fits every q of its file{use}")
     if d["experimental_data"]["file_path"] is None:
         raise ConfigError("experimental_data.file_path",
                           "missing; set it in the config or pass --data-file")
@@ -471,6 +497,9 @@ def _resolve_files(files, base: Path | None) -> list[str]:
         found = sorted(glob.glob(pattern))
         if not found and base is not None and not os.path.isabs(pattern):
             found = sorted(glob.glob(str(base / pattern)))
+        if not found:  # a file name with [ ] is a pattern that does not match itself
+            found = [p for p in (pattern, str(base / pattern) if base else None)
+                     if p is not None and os.path.isfile(p)][:1]
         if not found:
             raise ConfigError("experimental_data.files", f"no file matches {_show(files)}; check "
                               "the pattern (quote it in YAML) or list the files")

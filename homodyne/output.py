@@ -266,6 +266,10 @@ def check_output_dir(directory, overwrite: bool) -> Path:
     d = Path(directory)
     if d.exists() and not d.is_dir():
         raise OutputExistsError(f"output path {d} exists and is not a directory")
+    for name in (*SET_FILES, INTERRUPTED, FAILED_LOG):
+        if (d / name).is_dir() and not (d / name).is_symlink():  # checked before the fit
+            raise OutputDirError(f"{d / name} is a folder where the result file {name} goes; "
+                                 "move it away or choose another --output-dir")
     existing = [f for f in RESULT_FILES if (d / f).exists()]
     if existing and not overwrite:
         raise OutputExistsError(
@@ -279,17 +283,21 @@ def ensure_writable_dir(directory, what: str, option: str) -> Path:
     """Create ``directory`` if needed and prove a file can be created in it, or raise
     OutputDirError naming the folder, the reason and ``option`` to change."""
     d = Path(directory)
-    for parent in (d, *d.parents):
-        if parent.exists():
-            if not parent.is_dir():
-                where = "is a file" if parent == d else f"lies below the regular file {parent}"
-                raise OutputDirError(f"{what} {d} {where}; choose another {option}")
-            break
     try:
+        for parent in (d, *d.parents):
+            if parent.exists():  # may itself fail: a name too long, a symlink loop
+                if not parent.is_dir():
+                    where = "is a file" if parent == d else \
+                        f"lies below the regular file {parent}"
+                    raise OutputDirError(f"{what} {d} {where}; choose another {option}")
+                break
         d.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryFile(dir=d):
             pass
     except OSError as exc:
+        if exc.errno in (errno.ENAMETOOLONG, errno.ELOOP):
+            raise OutputDirError(f"{what} {d} cannot be used ({exc.strerror}); choose another "
+                                 f"{option}") from None
         raise OutputDirError(f"{what} {d} is not writable ({exc.strerror or exc}); fix its "
                              f"permissions or choose another {option}") from None
     return d

@@ -253,6 +253,7 @@ def _run_on_device(cfg: HomodyneConfig, out: Path, results: ResultSet) -> FitRun
                  "(requested %s, off by %.3g)", __version__, source.path, spec.mode,
                  spec.n_phi, spec.n_frames, f"{spec.n_points:,}", spec.q,
                  cfg.experimental_data["q"], source.q_tolerance)
+        check_points_kept(source, spec, spec.n_points)
         wrapper = make_wrapper(cfg)
         result = wrapper.fit_two_time(source, spec, p0, (lb, ub))
         log.info("tier %s, batch %d, %d full passes + %d coarse passes, %.2f s, peak RSS "
@@ -291,6 +292,11 @@ def check_points_kept(source, spec: ModelSpec, n_used: int) -> None:
 
     share = n_used / max(spec.n_points, 1)
     needed = MIN_POINTS_PER_PARAMETER * spec.n_params
+    if spec.n_points < needed:  # checked before the fit too: no fit of a hopeless selection
+        raise DataFileError(source.path, f"the selection holds only {spec.n_points:,} points "
+                            f"({spec.n_phi} angles x {spec.n_frames} frames); a fit of "
+                            f"{spec.n_params} parameters needs at least {needed:,}: widen the "
+                            "frame or angle selection")
     if n_used < needed:
         raise DataFileError(source.path, f"only {n_used:,} of the {spec.n_points:,} selected "
                             f"points are finite ({share:.2%}); a fit of {spec.n_params} "

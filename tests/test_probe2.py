@@ -95,6 +95,24 @@ def test_a_q_map_of_text_is_one_data_error(tmp_path):
         open_two_time(path)
 
 
+def test_a_file_locked_by_its_writer_is_named_as_such(tmp_path):
+    """A file still open for writing (the acquisition holds HDF5's lock) was called
+    'not a readable HDF5 file (truncated or corrupt?)'."""
+    import fcntl
+    import os
+
+    path = _apsu(tmp_path / "busy.h5")
+    fd = os.open(path, os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)  # what HDF5 takes for a writer
+        with pytest.raises(DataFileError, match=r"busy.h5: is open for writing by another "
+                                                r"program \(HDF5 file lock\); wait until"):
+            open_two_time(path)
+    finally:
+        os.close(fd)
+    assert open_two_time(path).phi_deg == (0.0, 45.0)
+
+
 # --- multi-q runs ------------------------------------------------------------------------
 
 def _multi_q_file(path, age_s):
@@ -240,3 +258,263 @@ def test_a_value_expanded_by_yaml_aliases_gives_a_short_message(tmp_path):
     assert err.value.key == "experimental_data.phi_ranges[0]"
     assert len(str(err.value)) < 600, len(str(err.value))
 
+
+
+def test_validate_checks_the_data_of_every_file_of_a_run(tmp_path, capsys):
+    """With `files:`, validate only listed the planned fits: a file without one finite
+    value passed (exit 0) and failed the run."""
+    import yaml
+
+    from homodyne.cli import main
+
+    good = _apsu(tmp_path / "a.h5")
+    bad = _apsu(tmp_path / "b.h5", matrices=lambda h5: [
+        h5.__setitem__(f"{C2}/c2_{k:05d}", np.full((20, 20), np.nan)) for k in (1, 2)])
+    raw = yaml.safe_load(_example_config(tmp_path))
+    del raw["experimental_data"]["file_path"]
+    raw["experimental_data"].update(files=[str(good), str(bad)], q=0.005)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["validate", "--config", str(tmp_path / "c.yaml")]) == 2
+    out, err = capsys.readouterr()
+    assert "a.h5  q bin 0 (q = 0.005)" in out and "2 angles x 20 frames, 380 points" in out
+    assert "b.h5: /xpcs/twotime/correlation_map/c2_00001 holds no finite values" in out
+    assert "1 of 2 fits cannot run" in err
+
+
+def test_a_selection_too_small_for_the_parameters_is_refused_before_the_fit(
+        tmp_path, capsys, monkeypatch):
+    """start_frame = N-1 (2 frames): a fit ran first ('NOT DETERMINED: fewer points than
+    parameters'), then 'only 2 of the 2 selected points are finite (100.00%) ... choose data
+    without NaN' - there was no NaN."""
+    import yaml
+
+    from homodyne.cli import main
+    from homodyne.optimization.nlsq_wrapper import NLSQWrapper
+
+    raw = yaml.safe_load(_example_config(tmp_path).replace(
+        str(tmp_path / "data.h5"), str(_apsu(tmp_path / "small.h5"))))
+    raw["experimental_data"]["start_frame"] = 19
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    monkeypatch.setattr(NLSQWrapper, "fit_two_time", lambda *a, **k: pytest.fail("fitted"))
+    assert main(["--config", str(tmp_path / "c.yaml"), "--output-dir",
+                 str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert ("the selection holds only 2 points (2 angles x 2 frames); a fit of 7 parameters "
+            "needs at least 140: widen the frame or angle selection") in err
+    assert "NaN" not in err
+
+
+@pytest.mark.parametrize("key, value, instead", [
+    ("q", "all", "use one_time.q_range"), ("files", ["g2.csv"], "use one_time.series"),
+    ("phi_ranges", [[0, 10]], "fits every q of its file"),
+    ("start_frame", 5, "use one_time.min_tau_s/max_tau_s")])
+def test_two_time_keys_in_a_one_time_config_are_refused_not_ignored(tmp_path, key, value,
+                                                                      instead):
+    """`--q all` with a one-time table was routed to the two-time multi-q runner ('not a
+    readable HDF5 file'); `files:` gave 'file_path: missing'; phi_ranges and start_frame
+    were silently ignored."""
+    from homodyne.config import ConfigError, validate_config
+
+    table = tmp_path / "g2.csv"
+    table.write_text("tau,g2(q=0.005),sigma(q=0.005)\n0.001,1.3,0.01\n0.01,1.2,0.01\n")
+    data = {"file_path": str(table), key: value}
+    if key == "files":
+        data = {key: [str(table)]}
+    with pytest.raises(ConfigError, match=rf"experimental_data\.{key}: applies to two-time "
+                                          rf"data only; .*{instead}"):
+        validate_config({"analysis_mode": "one_time", "experimental_data": data}, "c.yaml")
+
+
+def test_sections_of_the_other_mode_are_refused_not_ignored(tmp_path):
+    """`one_time: {beta: fixed}` in a static config, and initial values, bounds or
+    performance settings in a one-time config, were silently ignored."""
+    import yaml
+
+    from homodyne.config import ConfigError, load_config, validate_config
+
+    raw = yaml.safe_load(_example_config(tmp_path))
+    raw["one_time"] = {"beta": "fixed"}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError, match=r"one_time: applies to analysis_mode: one_time only "
+                                          r"\(this is a static fit\); remove it"):
+        load_config(tmp_path / "c.yaml")
+    table = tmp_path / "g2.csv"
+    table.write_text("tau,g2(q=0.005),sigma(q=0.005)\n0.001,1.3,0.01\n0.01,1.2,0.01\n")
+    for section, value in (("performance", {"strategy_override": "streaming"}),
+                           ("initial_parameters", {"values": [1.0, 2.0, 3.0]})):
+        with pytest.raises(ConfigError, match=rf"{section}: applies to two-time fits only"):
+            validate_config({"analysis_mode": "one_time", section: value,
+                             "experimental_data": {"file_path": str(table)}}, "c.yaml")
+
+
+def test_an_output_folder_name_too_long_is_one_clear_error(tmp_path, capsys):
+    """A folder name over the file system's 255 bytes ended in a traceback (OSError from
+    Path.exists), exit 1."""
+    import yaml
+
+    from homodyne.cli import main
+
+    raw = yaml.safe_load(_example_config(tmp_path).replace(
+        str(tmp_path / "data.h5"), str(_apsu(tmp_path / "small.h5"))))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    long = tmp_path / ("x" * 300)
+    assert main(["--config", str(tmp_path / "c.yaml"), "--output-dir", str(long)]) == 2
+    err = capsys.readouterr().err
+    assert f"output folder {long} cannot be used (File name too long); choose another " \
+           "--output-dir" in err and "Traceback" not in err
+
+
+def test_files_naming_one_file_with_brackets_finds_it(tmp_path):
+    """`files: ".../a[1].h5"` - an existing file whose name is also a glob pattern that
+    does not match itself - was refused with 'no file matches'."""
+    from homodyne.config import validate_config
+
+    data = _apsu(tmp_path / "a[1].h5")
+    cfg = validate_config({"analysis_mode": "static", "experimental_data": {
+        "files": str(data)}, "initial_parameters": {"values": [1e4, -0.5, 100.0]}}, "c.yaml")
+    assert cfg.experimental_data["files"] == [str(data)]
+
+
+# --- Python API ----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("kw, message", [
+    ({"ydata": np.zeros(0), "xdata": np.zeros(0)}, r"ydata is empty: there is nothing to fit"),
+    ({"bounds": ([0, 0, 0], [9, 9, 9])},
+     r"bounds must be scalars or have one value per parameter \(2\), got 3 lower and 3 upper"),
+    ({"model_func": "wrong shape"},
+     r"model_func returns shape \(3,\) for 8 points of xdata; it must return one value per "
+     r"point"),
+])
+def test_api_misuse_is_named_not_blamed_on_nan_or_numpy(kw, message):
+    """Empty data and a model of the wrong output shape ended in 'only 0.0% of batches
+    succeeded ... Check the data for NaN/Inf regions and p0'; bounds of the wrong length in
+    numpy's 'operands could not be broadcast together with remapped shapes'."""
+    import jax.numpy as jnp
+
+    from homodyne.optimization.nlsq_wrapper import NLSQWrapper
+
+    x = np.linspace(0.0, 5.0, 50)
+    args = {"model_func": lambda x, a, b: a * jnp.exp(-b * x), "xdata": x,
+            "ydata": 2 * np.exp(-1.3 * x), "p0": [1.0, 1.0], **kw}
+    if kw.get("model_func") == "wrong shape":
+        args["model_func"] = lambda x, a, b: a * jnp.ones(3)
+    with pytest.raises(ValueError, match=message):
+        NLSQWrapper(enable_progress=False).fit(**args)
+
+
+def test_a_fit_stopped_by_a_signal_says_interrupted_not_too_few_points():
+    """Ctrl-C in the first pass printed 'NOT DETERMINED: fewer points than parameters:
+    interrupted by SIGINT' and wrote status too_few_points to parameters.interrupted.json."""
+    import os
+    import signal
+
+    import jax.numpy as jnp
+
+    from homodyne.optimization.nlsq_wrapper import NLSQWrapper
+
+    def ctrl_c(batch, params, loss, success):
+        os.kill(os.getpid(), signal.SIGINT)  # the driver turns it into a flag
+
+    x = np.linspace(0.0, 5.0, 400)
+    r = NLSQWrapper(enable_progress=False, callback=ctrl_c, strategy_override="streaming",
+                    batch_size=100).fit(lambda x, a, b: a * jnp.exp(-b * x), x,
+                                        2 * np.exp(-1.3 * x), p0=[1.0, 1.0])
+    assert r.interrupted_by == "SIGINT"
+    assert r.status == "interrupted" and r.as_dict()["status"] == "interrupted"
+
+
+def test_other_fits_checkpoints_are_reported_once_per_run(tmp_path, caplog):
+    """'3 checkpoint(s) in ... belong to another fit' was logged twice in every run."""
+    import logging
+
+    from homodyne.optimization import checkpoint_manager as cm
+
+    with h5py.File(tmp_path / "homodyne_state_batch_0003.h5", "w") as h5:
+        h5.attrs.update({"batch_idx": 3, "fingerprint": "a" * 64})
+    cm._append_trailer(tmp_path / "homodyne_state_batch_0003.h5", "a" * 64)
+    m = cm.CheckpointManager(tmp_path)
+    m.fingerprint = "b" * 64
+    with caplog.at_level(logging.WARNING, logger="homodyne"):
+        assert m.find_latest_valid_checkpoint() is None
+        assert m.find_latest_valid_checkpoint() is None
+    assert caplog.text.count("belong to another fit") == 1
+
+
+def test_a_fit_with_every_physical_parameter_fixed_is_not_called_converged(tmp_path, capsys):
+    """parameter_space.fixed naming every parameter: exit 0 with status 'converged' and zero
+    uncertainties, though the data determined nothing; --strict let it pass."""
+    import json
+
+    import yaml
+
+    from homodyne.cli import main
+
+    raw = yaml.safe_load(_example_config(tmp_path).replace(
+        str(tmp_path / "data.h5"), str(_apsu(tmp_path / "small.h5"))))
+    raw["parameter_space"]["fixed"] = ["D0", "alpha", "D_offset"]
+    raw["output"] = {"plots": False}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["--config", str(tmp_path / "c.yaml"), "--output-dir", str(tmp_path / "o"),
+                 "--strict"]) == 5
+    params = json.loads((tmp_path / "o" / "parameters.json").read_text())
+    assert params["status"] == "undetermined" and params["fixed"] == ["D0", "alpha", "D_offset"]
+    assert "converged but NOT DETERMINED (every physical parameter on a bound, fixed or " \
+           "undetermined)" in capsys.readouterr().err
+
+
+def test_summary_counts_stay_integers_beside_a_failed_row(tmp_path):
+    """With one failed (file, q) the counts were written as 14280.0 and 6.0."""
+    from homodyne.production.multiq import write_summary
+
+    rows = [{"file": "a", "age_s": None, "q_index": 0, "q": 0.005, "n_points": 14280,
+             "D0": 1e4, "D0_se": 10.0, "status": "ok", "passes": 6},
+            {"file": "b", "age_s": None, "q_index": 0, "q": 0.005, "status": "failed: x"}]
+    lines = write_summary(rows, tmp_path).read_text().splitlines()
+    assert lines[1].startswith("a,,0,0.005,14280,") and ",ok,6" in lines[1]
+    assert lines[2] == "b,,0,0.005,,,,failed: x,"
+
+
+def test_a_folder_named_like_a_result_file_is_refused_before_the_fit(tmp_path, capsys,
+                                                                      monkeypatch):
+    """A folder 'fit.h5' in the output folder: the fit ran, then 'could not write the results
+    (Is a directory); free space or choose another --output-dir'."""
+    import yaml
+
+    from homodyne.cli import main
+    from homodyne.optimization.nlsq_wrapper import NLSQWrapper
+
+    raw = yaml.safe_load(_example_config(tmp_path).replace(
+        str(tmp_path / "data.h5"), str(_apsu(tmp_path / "small.h5"))))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    (tmp_path / "o" / "fit.h5").mkdir(parents=True)
+    monkeypatch.setattr(NLSQWrapper, "fit_two_time", lambda *a, **k: pytest.fail("fitted"))
+    assert main(["--config", str(tmp_path / "c.yaml"), "--output-dir", str(tmp_path / "o"),
+                 "--overwrite"]) == 2
+    assert f"{tmp_path / 'o' / 'fit.h5'} is a folder where the result file fit.h5 goes; move " \
+           "it away or choose another --output-dir" in capsys.readouterr().err
+
+
+def test_the_workflow_accepts_the_folder_of_every_q_bin_index(tmp_path):
+    """fit_q_bin's wildcard qi was constrained to two digits: a file with 100 or more q
+    bins planned folders q100... that no rule could make."""
+    import re
+    from pathlib import Path
+
+    from homodyne.config import validate_config
+    from homodyne.production.multiq import plan_jobs
+
+    snakefile = (Path(__file__).resolve().parents[1] / "Snakefile").read_text()
+    qi = re.search(r'^\s*qi=r"([^"]+)",', snakefile, re.M).group(1)
+    q = np.linspace(0.001, 0.1, 120)
+    with h5py.File(tmp_path / "many.h5", "w") as h5:
+        h5["/xpcs/qmap/dynamic_v_list_dim0"] = q
+        h5["/xpcs/qmap/dynamic_v_list_dim1"] = [0.0]
+        h5["/xpcs/twotime/processed_bins"] = np.arange(1, q.size + 1)
+        for k in range(q.size):
+            h5[f"{C2}/c2_{k + 1:05d}"] = np.eye(3)
+    cfg = validate_config({"analysis_mode": "static", "experimental_data": {
+        "file_path": str(tmp_path / "many.h5"), "q": "all"},
+        "initial_parameters": {"values": [1e4, -0.5, 100.0]}}, "c.yaml")
+    names = [j.output_dir.name for j in plan_jobs(cfg)]
+    assert names[100] == "q100"
+    assert all(re.fullmatch(qi, n[1:]) for n in names), qi

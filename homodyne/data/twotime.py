@@ -278,12 +278,8 @@ def open_two_time(path, *, q: float | None = None, q_tolerance: float | None = N
         if _magic(path) == HDF5_MAGIC:
             raise DataFileError(path, "is an HDF5 file named .npy; rename it to .h5")
         return _open_npy(path, q, start_frame, end_frame)
-    try:
-        h5 = h5py.File(path, "r")
-        size = os.stat(path).st_size
-    except (OSError, RuntimeError) as exc:
-        raise DataFileError(path, f"not a readable HDF5 file (truncated or corrupt?): {exc}") \
-            from exc
+    h5 = _open_h5(path)
+    size = os.stat(path).st_size
     try:
         if APSU_BINS in h5 and APSU_C2 in h5:
             layout, entries = "aps_u", _entries_apsu(path, h5)
@@ -319,6 +315,19 @@ def open_two_time(path, *, q: float | None = None, q_tolerance: float | None = N
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
 
 
+def _open_h5(path) -> h5py.File:
+    """The file opened read-only, or a DataFileError that says why not."""
+    try:
+        return h5py.File(path, "r")
+    except (OSError, RuntimeError) as exc:
+        if "unable to lock file" in str(exc):
+            raise DataFileError(path, "is open for writing by another program (HDF5 file "
+                                      "lock); wait until it is closed - reading a file while "
+                                      "it is written gives inconsistent data") from exc
+        raise DataFileError(path, f"not a readable HDF5 file (truncated or corrupt?): {exc}") \
+            from exc
+
+
 def _magic(path) -> bytes:
     try:
         with open(path, "rb") as fh:
@@ -343,12 +352,7 @@ def q_bins(path) -> list[float]:
     path = os.fspath(path)
     if path.endswith(".npy"):
         return [1.0]
-    try:
-        h5 = h5py.File(path, "r")
-    except OSError as exc:
-        raise DataFileError(path, f"not a readable HDF5 file (truncated or corrupt?): {exc}") \
-            from exc
-    with h5:
+    with _open_h5(path) as h5:
         if APSU_BINS in h5 and APSU_C2 in h5:
             entries = _entries_apsu(path, h5)
         elif OLD_Q in h5 and OLD_C2 in h5:

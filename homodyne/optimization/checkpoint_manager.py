@@ -256,6 +256,7 @@ class CheckpointManager:
         self._lock = DirectoryLock(self.checkpoint_dir / ".lock")
         # the fit these checkpoints belong to: resume and pruning only see its files
         self.fingerprint: str | None = None
+        self._reported_others: set[Path] = set()  # other fits' files, warned about once
 
     # --- locking --------------------------------------------------------------------
     def acquire_lock(self) -> None:
@@ -352,7 +353,8 @@ class CheckpointManager:
         and skipped, other fits' checkpoints are left alone."""
         files = self.list_checkpoints()
         others = [p for p in files if p not in self._ours(files) and _owner(p) is not None]
-        if others:
+        if set(others) - self._reported_others:
+            self._reported_others.update(others)
             log.warning("%d checkpoint(s) in %s belong to another fit (other data or "
                         "settings); they are not used and not touched", len(others),
                         self.checkpoint_dir)

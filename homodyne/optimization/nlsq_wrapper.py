@@ -92,8 +92,12 @@ def normalise_bounds(bounds, p0: np.ndarray, names=None) -> tuple[np.ndarray, np
         lo, hi = bounds
     except (TypeError, ValueError):
         raise ValueError("bounds must be a pair (lower, upper)") from None
-    lb = np.broadcast_to(np.asarray(lo, float), p0.shape).copy()
-    ub = np.broadcast_to(np.asarray(hi, float), p0.shape).copy()
+    try:
+        lb = np.broadcast_to(np.asarray(lo, float), p0.shape).copy()
+        ub = np.broadcast_to(np.asarray(hi, float), p0.shape).copy()
+    except ValueError:
+        raise ValueError(f"bounds must be scalars or have one value per parameter ({p0.size}), "
+                         f"got {np.size(lo)} lower and {np.size(hi)} upper") from None
     names = names or [f"p{i}" for i in range(p0.size)]
     for i, n in enumerate(names):
         if np.isnan(lb[i]) or np.isnan(ub[i]) or lb[i] > ub[i]:
@@ -287,6 +291,8 @@ class NLSQWrapper:
             raise ValueError(f"ydata must be one-dimensional, got shape {y.shape}")
         if x.shape[-1] != y.size:
             raise ValueError(f"xdata's last axis ({x.shape[-1]}) must match ydata ({y.size})")
+        if y.size == 0:
+            raise ValueError("ydata is empty: there is nothing to fit")
         p0, lb, ub = validate_start(p0, bounds, parameter_names, fixed)
         n_starts = self._restarts(restarts)
         if self.backend == "nlsq":

@@ -261,9 +261,8 @@ class CurveProblem:
         if x_sample is None:
             return True
         try:
-            jax.eval_shape(lambda p, x: self.model_func(x, *p),
-                           jnp.zeros(self.n_params), jnp.asarray(x_sample))
-            return True
+            out = jax.eval_shape(lambda p, x: self.model_func(x, *p),
+                                 jnp.zeros(self.n_params), jnp.asarray(x_sample))
         except Exception as exc:  # noqa: BLE001 - any tracing failure means NumPy fallback
             warnings.warn(
                 "model_func cannot be traced by JAX "
@@ -271,6 +270,11 @@ class CurveProblem:
                 "Jacobian, which is slower. Write it with jax.numpy for speed.",
                 RuntimeWarning, stacklevel=3)
             return False
+        n = np.shape(x_sample)[-1]
+        if getattr(out, "shape", None) not in ((), (n,)):
+            raise ValueError(f"model_func returns shape {getattr(out, 'shape', type(out))} for "
+                             f"{n} points of xdata; it must return one value per point")
+        return True
 
     def prepare(self, params):
         return None

@@ -12,9 +12,10 @@ SCALING_PREFIXES = ("contrast", "offset")
 STATUS_TEXT = {
     "converged": "converged",
     "not_converged": "NOT converged",
-    "undetermined": "converged but NOT DETERMINED (every physical parameter on a bound or "
-                    "undetermined)",
+    "undetermined": "converged but NOT DETERMINED (every physical parameter on a bound, "
+                    "fixed or undetermined)",
     "too_few_points": "NOT DETERMINED: fewer points than parameters",
+    "interrupted": "INTERRUPTED (best parameters so far)",
 }
 
 
@@ -75,13 +76,16 @@ class FitResult:
     @property
     def status(self) -> str:
         """The honest outcome: converged, not_converged, undetermined (converged with every
-        physical parameter on a bound or undetermined) or too_few_points."""
+        physical parameter on a bound, fixed or undetermined), too_few_points, or interrupted (a
+        signal stopped it: its point counts are those of an unfinished pass)."""
+        if self.interrupted_by:
+            return "interrupted"
         if self.n_points <= len(self.parameter_names):
             return "too_few_points"
         if not self.converged:
             return "not_converged"
         physical = [n for n in self.parameter_names if not n.startswith(SCALING_PREFIXES)]
-        flagged = set(self.at_bounds) | set(self.undetermined)
+        flagged = set(self.at_bounds) | set(self.undetermined) | set(self.fixed)
         if physical and all(n in flagged for n in physical):
             return "undetermined"
         return "converged"

@@ -105,6 +105,19 @@ def job_config(cfg: HomodyneConfig, job: QFitJob) -> HomodyneConfig:
                                optimization=optimization)
 
 
+def check_job(cfg: HomodyneConfig, job: QFitJob) -> str:
+    """Open one job's data and set up its fit exactly as the run will (a DataFileError or
+    ConfigError names what is wrong); a line of what it will fit."""
+    from homodyne.pipeline import model_spec, open_data, start_and_bounds
+
+    single = job_config(cfg, job)
+    with open_data(single) as src:
+        spec = model_spec(single, src)
+        start_and_bounds(single, spec, src)
+    return f"{len(spec.phi_deg)} angles x {src.last_frame - src.first_frame + 1} frames, " \
+           f"{spec.n_points:,} points"
+
+
 def fit_job(cfg: HomodyneConfig, job: QFitJob, *, overwrite: bool | None = None) -> dict:
     """Run one job as a normal fit (all its usual outputs), then record which job it was."""
     from homodyne.output import write_json
@@ -185,6 +198,9 @@ def write_summary(rows: list[dict], out_dir) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     table = pd.DataFrame(rows).sort_values(["file", "q_index"], kind="stable")
+    for column in ("n_points", "passes"):  # counts stay integers beside a failed row's blank
+        if column in table:
+            table[column] = table[column].astype("Int64")
     from homodyne.output import atomic_path
 
     with atomic_path(out / SUMMARY_FILE) as tmp:
