@@ -30,7 +30,7 @@ wildcard_constraints:
     folder="aps_8idi_llps_aging|chx_two_time",
     run=RUN_NAMES,
     file=r"[^/]+",
-    qi=r"\d{2,}",
+    qi=r"\d\d+",
     k=r"\d\d",
 
 

@@ -496,7 +496,8 @@ def test_a_folder_named_like_a_result_file_is_refused_before_the_fit(tmp_path, c
 
 def test_the_workflow_accepts_the_folder_of_every_q_bin_index(tmp_path):
     """fit_q_bin's wildcard qi was constrained to two digits: a file with 100 or more q
-    bins planned folders q100... that no rule could make."""
+    bins planned folders q100... that no rule could make. (Snakemake cannot take a
+    brace quantifier such as \\d{2,} in a constraint: the workflow test checks q00 is made.)"""
     import re
     from pathlib import Path
 
