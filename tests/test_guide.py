@@ -227,8 +227,12 @@ def test_nlsq_backend_works_out_of_the_box_and_agrees_with_scipy():
     def model(x, a, k, c):
         return a * jnp.exp(-k * x) + c
 
-    r = NLSQWrapper(backend="nlsq").fit(model, x, y, [1.0, 1.0, 0.0], ([0, 0, -1], [5, 5, 1]))
     ref = least_squares(lambda p: np.asarray(model(x, *p)) - y, [1.0, 1.0, 0.0],
                         bounds=([0, 0, -1], [5, 5, 1]), xtol=1e-15, ftol=1e-15, gtol=1e-15)
-    assert r.backend.startswith("nlsq-")
-    assert np.all(np.abs((r.parameters - ref.x) / r.uncertainties) < 1e-3)
+    # curve_fit_large below its size threshold is nlsq's curve_fit (it raised on array
+    # bounds, which the benchmark's peer run at 300k points hit)
+    for method in ("curve_fit", "curve_fit_large"):
+        r = NLSQWrapper(backend="nlsq", nlsq_method=method).fit(
+            model, x, y, [1.0, 1.0, 0.0], ([0, 0, -1], [5, 5, 1]))
+        assert r.backend.startswith("nlsq-")
+        assert np.all(np.abs((r.parameters - ref.x) / r.uncertainties) < 1e-3), method

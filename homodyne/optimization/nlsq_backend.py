@@ -42,7 +42,11 @@ def fit_with_nlsq(model_func, xdata, ydata, p0, lb, ub, *, method="curve_fit", s
         out = nlsq.curve_fit(model_func, xdata, ydata, p0=p0, bounds=(lb, ub), sigma=sigma,
                              method="trf")
     elif method == "curve_fit_large":
-        out = nlsq.curve_fit_large(model_func, xdata, ydata, p0=p0, bounds=(lb, ub),
+        # bounds as lists: below its size threshold curve_fit_large compares them with
+        # (-inf, inf), which raises for arrays (nlsq 0.6.7)
+        out = nlsq.curve_fit_large(model_func, xdata, ydata, p0=p0,
+                                   bounds=(np.asarray(lb, float).tolist(),
+                                           np.asarray(ub, float).tolist()),
                                    sigma=sigma, memory_limit_gb=memory_limit_gb)
     else:
         opt = nlsq.AdaptiveHybridStreamingOptimizer()
