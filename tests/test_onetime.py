@@ -351,3 +351,21 @@ def test_cli_one_time_series_fits_the_j_model_across_q_and_ages(tmp_path, monkey
     for name, value in truth.items():
         assert abs(jm[name] - value) < 4 * jm["uncertainties"][name], name
     assert (tmp_path / "out/j_model/aging_law.png").stat().st_size > 1000
+
+
+def test_noise_free_g2_table_is_fitted_exactly_and_called_converged(tmp_path):
+    """Noise-free data fitted to rounding (chi2 ~ 1e-27) stalls at working precision:
+    that is the optimum, not a failure (the CLI said NOT converged, exit 4)."""
+    tau = np.geomspace(1e-5, 10.0, 120)
+    g2 = 1.02 + 0.25 * np.exp(-2.0 * 50.0 * tau)
+    table = tmp_path / "exact.csv"
+    np.savetxt(table, np.c_[tau, g2, np.full(tau.size, 1e-3)], delimiter=",",
+               header="tau,g2(q=0.005),sigma(q=0.005)", comments="")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({"analysis_mode": "one_time", "output": {"plots": False},
+                                   "experimental_data": {"file_path": str(table)}}))
+    assert main(["--config", str(cfg), "--output-dir", str(tmp_path / "out")]) == 0
+    saved = json.loads((tmp_path / "out/parameters.json").read_text())
+    assert saved["status"] == "converged"
+    (row,) = pd.read_csv(tmp_path / "out/per_q.csv").to_dict("records")
+    assert row["status"] == "converged" and abs(row["gamma"] / 50.0 - 1) < 1e-8

@@ -315,6 +315,9 @@ class NLSQWrapper:
             cols["w"] = 1.0 / s
         problem = CurveProblem(model_func, p0.size, x_sample=x[..., : min(8, y.size)],
                                validate=self.validate, parameter_names=parameter_names)
+        weighted = np.abs(y * cols["w"]) if "w" in cols else np.abs(y)
+        finite = weighted[np.isfinite(weighted)]
+        problem.value_scale = float(finite.max()) if finite.size else 0.0
         data = self._data(tier, cols, y.size, batch)
         return self._run(problem, data, p0, lb, ub, tier, batch,
                          lambda: ["curve", _array_digest(cols)], n_starts)

@@ -55,10 +55,11 @@ RESIDUAL_FLOOR_FACTOR = 1e4
 
 def rounding_error(problem, params) -> float:
     """Bound on the rounding error of one model value whatever its dtype (eps of the
-    model's dtype times a bound on |model|); 0 for a problem without a model spec."""
+    model's dtype times a bound on |model|); for a generic curve, eps64 times the largest
+    weighted data value (its ``value_scale``, 0 where unknown)."""
     spec = getattr(problem, "spec", None)
     if spec is None:
-        return 0.0
+        return EPS64 * float(getattr(problem, "value_scale", 0.0))
     contrast, offset, _ = spec.split(np.asarray(params, np.float64))
     bound = float(np.max(np.abs(offset) + np.abs(contrast)))
     return float(np.finfo(np.dtype(spec.dtype)).eps) * bound

@@ -256,6 +256,9 @@ class CurveProblem:
         self.parameter_names = tuple(parameter_names or (f"p{i}" for i in range(n_params)))
         self._fns: dict = {}
         self.uses_jax = self._traceable(x_sample)
+        # largest |weighted data value|: scales the rounding of a residual, so that a fit
+        # of noise-free data that stalls at that level is recognised as converged
+        self.value_scale = 0.0
 
     def _traceable(self, x_sample) -> bool:
         if x_sample is None:
