@@ -387,7 +387,7 @@ def main(argv=None) -> int:
 def _main(argv=None) -> int:
     from homodyne.config import ConfigError
     from homodyne.data.errors import DataFileError
-    from homodyne.optimization.exceptions import NLSQOptimizationError
+    from homodyne.optimization.exceptions import NLSQMemoryError, NLSQOptimizationError
     from homodyne.output import OutputDirError, OutputExistsError
     from homodyne.pipeline import FitInterrupted
 
@@ -398,7 +398,8 @@ def _main(argv=None) -> int:
             return commands[argv[0]](argv[1:])
         return fit_main(argv)
     except (ConfigError, DataFileError, OutputExistsError, OutputDirError,
-            FileExistsError) as exc:
+            FileExistsError, NLSQMemoryError) as exc:
+        # (a memory limit below the fit's minimum is a setting to change, like a bad key)
         print(f"homodyne: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except NLSQOptimizationError as exc:

@@ -512,7 +512,11 @@ def _resolve_files(files, base: Path | None) -> list[str]:
 
 def check_data_path(path: str, key: str = "experimental_data.file_path") -> None:
     if not os.path.exists(path):
-        raise ConfigError(key, f"file not found: {path}")
+        from homodyne.data.errors import missing_reason
+
+        why = missing_reason(path)
+        raise ConfigError(key, f"file not found: {path}" if why == "file does not exist"
+                          else f"{path} {why}")
     if os.path.isdir(path):
         raise ConfigError(key,
                           f"{path} is a directory; point it at a data file")

@@ -519,3 +519,54 @@ def test_the_workflow_accepts_the_folder_of_every_q_bin_index(tmp_path):
     names = [j.output_dir.name for j in plan_jobs(cfg)]
     assert names[100] == "q100"
     assert all(re.fullmatch(qi, n[1:]) for n in names), qi
+
+
+@pytest.mark.parametrize("kind", ["loop", "dangling"])
+def test_a_symlink_that_leads_nowhere_is_named_as_such(tmp_path, capsys, kind):
+    """A symlink loop given as the data file said 'file not found: loop1'."""
+    import yaml
+
+    from homodyne.cli import main
+
+    link = tmp_path / "data_link.h5"
+    if kind == "loop":
+        (tmp_path / "other.h5").symlink_to(link)
+        link.symlink_to(tmp_path / "other.h5")
+        why = "is a loop of symbolic links; point it at the data file itself"
+    else:
+        link.symlink_to(tmp_path / "gone.h5")
+        why = f"is a symbolic link to {str(tmp_path / 'gone.h5')!r}, which does not exist"
+    raw = yaml.safe_load(_example_config(tmp_path).replace(str(tmp_path / "data.h5"), str(link)))
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["--config", str(tmp_path / "c.yaml"), "--output-dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert f"{link} {why}" in err and "Traceback" not in err
+    with pytest.raises(DataFileError, match="symbolic link"):
+        open_two_time(link)
+
+
+def test_open_two_time_takes_bytes_and_names_an_empty_or_odd_path(tmp_path):
+    """open_two_time(b'...') raised TypeError about endswith; '' said ': file does not exist'."""
+    data = _apsu(tmp_path / "small.h5")
+    from_bytes, from_str = open_two_time(bytes(data)), open_two_time(data)
+    assert (from_bytes.n_frames, list(from_bytes.phi_deg)) == \
+        (from_str.n_frames, list(from_str.phi_deg))
+    with pytest.raises(DataFileError, match="no data file given"):
+        open_two_time("")
+    with pytest.raises(DataFileError, match="is not a file path"):
+        open_two_time(3.5)
+
+
+def test_a_memory_limit_below_the_fits_minimum_is_a_setting_error(tmp_path, capsys):
+    """performance.memory_limit_gb: 1e-9 gave exit 3 'fit failed'; it is a setting to change."""
+    import yaml
+
+    from homodyne.cli import main
+
+    raw = yaml.safe_load(_example_config(tmp_path).replace(
+        str(tmp_path / "data.h5"), str(_apsu(tmp_path / "small.h5"))))
+    raw.setdefault("performance", {})["memory_limit_gb"] = 1e-9
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["--config", str(tmp_path / "c.yaml"), "--output-dir", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "homodyne: error: performance.memory_limit_gb = 1e-09 is too small" in err

@@ -1,5 +1,8 @@
 """Errors for data files: always name the file and what is wrong with it."""
 
+import errno
+import os
+
 
 class DataFileError(ValueError):
     """A data file is missing, unreadable, or not laid out as expected."""
@@ -8,3 +11,28 @@ class DataFileError(ValueError):
         self.path = str(path)
         self.problem = problem
         super().__init__(f"{self.path}: {problem}")
+
+
+def data_path(path) -> str:
+    """``path`` as a string (bytes and path-likes too); an empty one is an error."""
+    try:
+        text = os.fsdecode(os.fspath(path))
+    except TypeError:
+        raise DataFileError(repr(path), "is not a file path (expected str or os.PathLike)") \
+            from None
+    if not text:
+        raise DataFileError("''", "no data file given (the path is empty)")
+    return text
+
+
+def missing_reason(path: str) -> str:
+    """Why ``path`` cannot be opened although it was named: a dangling symlink or a loop
+    of symlinks is said as such, not as a missing file."""
+    if os.path.islink(path):
+        try:
+            os.stat(path)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                return "is a loop of symbolic links; point it at the data file itself"
+            return f"is a symbolic link to {os.readlink(path)!r}, which does not exist"
+    return "file does not exist"

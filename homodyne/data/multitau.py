@@ -9,7 +9,7 @@ from datetime import datetime
 import h5py
 import numpy as np
 
-from homodyne.data.errors import DataFileError
+from homodyne.data.errors import DataFileError, data_path, missing_reason
 
 G2 = "/xpcs/multitau/normalized_g2"
 G2_ERR = "/xpcs/multitau/normalized_g2_err"
@@ -37,9 +37,9 @@ class OneTimeData:
 
 def read_multitau(path) -> OneTimeData:
     """Read one multi-tau result file; every missing or malformed piece is named."""
-    path = os.fspath(path)
+    path = data_path(path)
     if not os.path.isfile(path):
-        raise DataFileError(path, "file does not exist")
+        raise DataFileError(path, missing_reason(path))
     try:
         h5 = h5py.File(path, "r")
     except OSError as exc:

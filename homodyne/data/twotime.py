@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import h5py
 import numpy as np
 
-from homodyne.data.errors import DataFileError
+from homodyne.data.errors import DataFileError, data_path, missing_reason
 from homodyne.data.npyfile import npy_file_header
 from homodyne.model import ModelSpec, TriangleGrid, triu_row, triu_row_start
 
@@ -269,9 +269,9 @@ def open_two_time(path, *, q: float | None = None, q_tolerance: float | None = N
     Frames are 1-based and inclusive; ``end_frame=-1`` means the last frame.
     Everything is validated here, before any long computation starts.
     """
-    path = os.fspath(path)
+    path = data_path(path)
     if not os.path.exists(path):
-        raise DataFileError(path, "file does not exist")
+        raise DataFileError(path, missing_reason(path))
     if os.path.isdir(path):
         raise DataFileError(path, "is a directory, expected a data file")
     if path.endswith(".npy"):
