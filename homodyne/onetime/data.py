@@ -16,7 +16,7 @@ import numpy as np
 
 from homodyne.data.errors import DataFileError
 from homodyne.data.multitau import G2, OneTimeData, check_axes, read_multitau
-from homodyne.data.npyfile import npz_headers
+from homodyne.data.npyfile import ZIP_ERRORS, npz_headers
 
 TABLE_SUFFIXES = (".csv", ".npz")
 TABLE_KEYS = ("tau", "q", "g2", "sigma")
@@ -93,7 +93,7 @@ def _read_npz(path):
         for k in TABLE_KEYS:
             try:
                 a = z[k]
-            except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+            except ZIP_ERRORS as exc:
                 raise DataFileError(path, f"array {k!r} is unreadable: {exc}") from None
             if a.dtype.kind not in "fiu":
                 raise DataFileError(path, f"array {k!r} holds {a.dtype} values, not real "
