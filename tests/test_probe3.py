@@ -1,8 +1,12 @@
 """Faults found by a third round of adversarial probing (issue 12, probe3): NPZ tables whose
-members cannot be read, ..."""
+members zipfile cannot read, and JAX's persistent compilation cache after a write that never
+finished or in a folder that cannot be written."""
 
 import io
+import os
 import struct
+import subprocess
+import sys
 import zipfile
 
 import numpy as np
@@ -65,3 +69,50 @@ def test_npz_members_zipfile_cannot_read_are_one_data_error(tmp_path, case):
     damage(path)
     with pytest.raises(DataFileError, match=message):
         read_one_time(path)
+
+
+# two small kernels compiled in a fresh process with the cache in ``folder``: their exact values
+_KERNELS = """
+from homodyne.jaxconf import jax, jnp
+f = jax.jit(lambda x: jnp.sum(jnp.sin(x) * jnp.exp(-x / 3.0)) + jnp.linalg.norm(x))
+x = jnp.arange(1000.0)
+print(float(f(x)).hex(), float(jnp.cumsum(x ** 2)[-1]).hex())
+"""
+
+
+def _compile_with_cache(folder) -> tuple[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != "JAX_COMPILATION_CACHE_DIR"}
+    env["HOMODYNE_COMPILATION_CACHE"] = str(folder)
+    done = subprocess.run([sys.executable, "-c", _KERNELS], env=env, capture_output=True,
+                          text=True, timeout=300, check=True)
+    return done.stdout.strip(), done.stderr
+
+
+def test_cache_entries_of_unfinished_writes_are_removed_not_warned_about_forever(tmp_path):
+    """A full disk or a kill while JAX writes an entry leaves it truncated and without its
+    -atime file; JAX read it, warned (two lines per kernel) and never replaced it."""
+    folder = tmp_path / "cache"
+    values, _ = _compile_with_cache(folder)
+    entries = sorted(folder.glob("*-cache"))
+    assert entries
+    for p in entries:  # as a write cut short leaves them
+        os.truncate(p, p.stat().st_size // 2)
+        p.with_name(p.name[: -len("-cache")] + "-atime").unlink()
+    again, err = _compile_with_cache(folder)
+    assert again == values
+    assert "persistent compilation cache" not in err, err
+    assert sorted(folder.glob("*-cache")) == entries  # written anew, complete this time:
+    assert _compile_with_cache(folder) == (values, "")  # read without a warning
+
+
+def test_a_cache_folder_that_cannot_be_written_is_one_warning(tmp_path):
+    """Was a UserWarning (two lines) from JAX for every kernel read and every kernel
+    written (a read-only folder, a .lockfile that is a folder, a path below a file)."""
+    (tmp_path / "file").write_text("x")
+    below_file = tmp_path / "file" / "cache"
+    values, err = _compile_with_cache(below_file)
+    assert values == _compile_with_cache("off")[0]
+    assert err.strip().splitlines() == [
+        f"homodyne: the compilation cache {below_file} cannot be used (Not a directory); "
+        "kernels are compiled in every run: set HOMODYNE_COMPILATION_CACHE to a writable "
+        "folder, or to 'off'"]
