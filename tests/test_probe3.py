@@ -116,3 +116,19 @@ def test_a_cache_folder_that_cannot_be_written_is_one_warning(tmp_path):
         f"homodyne: the compilation cache {below_file} cannot be used (Not a directory); "
         "kernels are compiled in every run: set HOMODYNE_COMPILATION_CACHE to a writable "
         "folder, or to 'off'"]
+
+
+def test_a_cache_whose_lock_another_process_keeps_is_not_waited_for(tmp_path):
+    """Was a 10 s wait for JAX's .lockfile at every kernel read and write (4 kernels: 89 s)
+    and two UserWarnings per kernel."""
+    import filelock
+
+    folder = tmp_path / "cache"
+    folder.mkdir()
+    with filelock.FileLock(folder / ".lockfile"):  # a process stopped inside a cache read
+        values, err = _compile_with_cache(folder)
+    assert values == _compile_with_cache("off")[0]
+    assert err.strip().splitlines() == [
+        f"homodyne: the compilation cache {folder} cannot be used (its .lockfile is held by "
+        "another process); kernels are compiled in every run: set HOMODYNE_COMPILATION_CACHE "
+        "to a writable folder, or to 'off'"]
