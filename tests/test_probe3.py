@@ -1,6 +1,6 @@
 """Faults found by a third round of adversarial probing (issue 12, probe3): NPZ tables whose
-members zipfile cannot read, and JAX's persistent compilation cache after a write that never
-finished or in a folder that cannot be written."""
+members zipfile cannot read; JAX's persistent compilation cache after a write that never
+finished, in a folder that cannot be written, or locked; a multi-start fit stopped by a signal."""
 
 import io
 import os
@@ -132,3 +132,42 @@ def test_a_cache_whose_lock_another_process_keeps_is_not_waited_for(tmp_path):
         f"homodyne: the compilation cache {folder} cannot be used (its .lockfile is held by "
         "another process); kernels are compiled in every run: set HOMODYNE_COMPILATION_CACHE "
         "to a writable folder, or to 'off'"]
+
+
+def _fake_fit(x, cost, interrupted_by=None):
+    from homodyne.optimization.result import FitResult
+
+    x = np.asarray(x, float)
+    return FitResult(parameter_names=("a", "b"), parameters=x, uncertainties=np.full(2, 1e-6),
+                     covariance=np.eye(2) * 1e-12, cost=cost, n_points=100,
+                     reduced_chi_squared=1.0, converged=interrupted_by is None,
+                     stop_reason="stopped" if interrupted_by else "converged",
+                     strategy="STANDARD", iterations=3, passes=3,
+                     interrupted_by=interrupted_by)
+
+
+def test_a_signal_while_multi_start_finishes_a_minimum_stops_the_fit(monkeypatch):
+    """Was: the stopped finish was dropped, the next minima were finished in full and a
+    complete-looking result (status converged, exit 0) came back after Ctrl-C."""
+    from types import SimpleNamespace
+
+    from homodyne.optimization import restarts
+    from homodyne.optimization.settings import EngineOptions, RestartSettings
+
+    # every start screens to its own minimum, the cost growing with the first coordinate
+    monkeypatch.setattr(restarts, "run_fit",
+                        lambda problem, data, x, lb, ub, **kw: _fake_fit(x, 1.0 + x[0]))
+    calls = []
+
+    def finish(x):  # Ctrl-C arrives while the best minimum is finished on the full data
+        calls.append(x)
+        if len(calls) == 1:  # stopped early: its cost is above the others' optimum
+            return _fake_fit(x, 0.9, interrupted_by="SIGINT")
+        return _fake_fit(x, 0.4)
+
+    result = restarts.fit_with_restarts(
+        None, SimpleNamespace(n_points=100), [0.5, 0.5], [0.0, 0.0], [1.0, 1.0],
+        settings=RestartSettings(restarts=6), options=EngineOptions(coarse=False),
+        finish=finish)
+    assert result.status == "interrupted" and result.interrupted_by == "SIGINT"
+    assert len(calls) == 1  # the other minima are not finished after the stop
