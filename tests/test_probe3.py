@@ -171,3 +171,29 @@ def test_a_signal_while_multi_start_finishes_a_minimum_stops_the_fit(monkeypatch
         finish=finish)
     assert result.status == "interrupted" and result.interrupted_by == "SIGINT"
     assert len(calls) == 1  # the other minima are not finished after the stop
+
+
+def test_a_csv_table_too_big_or_binary_is_refused_before_it_is_read(tmp_path, monkeypatch):
+    """Was: an HDF5 or NPZ file named .csv blamed on its 'header has 1 columns', and a CSV of
+    any size read whole (np.loadtxt; a file without a newline by readline)."""
+    import h5py
+
+    from homodyne.onetime import data
+
+    npz = _npz(tmp_path / "t.npz", n_tau=40)
+    h5 = tmp_path / "t.h5"
+    with h5py.File(h5, "w") as f:
+        f["x"] = np.arange(3)
+    for source, what in ((npz, r"a zip \(NPZ\) file named .csv; rename it to .npz"),
+                         (h5, r"an HDF5 file named .csv; rename it to .h5")):
+        named_csv = tmp_path / f"{source.stem}.csv"
+        named_csv.write_bytes(source.read_bytes())
+        with pytest.raises(DataFileError, match=what):
+            read_one_time(named_csv)
+    good = tmp_path / "g2.csv"
+    good.write_text("tau,g2(q=0.005),sigma(q=0.005)\n" + "".join(
+        f"{t},{1 + 0.3 * np.exp(-50 * t)},0.01\n" for t in np.logspace(-3, 1, 40)))
+    assert read_one_time(good).g2.shape == (40, 1)
+    monkeypatch.setattr(data, "MAX_CSV_BYTES", good.stat().st_size - 1)
+    with pytest.raises(DataFileError, match=r"holds 1,\d{3} bytes, more than the 1,\d{3} a g2"):
+        read_one_time(good)
