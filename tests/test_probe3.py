@@ -197,3 +197,36 @@ def test_a_csv_table_too_big_or_binary_is_refused_before_it_is_read(tmp_path, mo
     monkeypatch.setattr(data, "MAX_CSV_BYTES", good.stat().st_size - 1)
     with pytest.raises(DataFileError, match=r"holds 1,\d{3} bytes, more than the 1,\d{3} a g2"):
         read_one_time(good)
+
+
+@pytest.mark.parametrize("restarts, checkpoints, message", [
+    (3, True, r"optimization.restarts: 3 starts cannot be combined with "
+              r"optimization.streaming.enable_checkpoints .* set restarts to 0 or disable"),
+    (10**9, False, r"optimization.restarts: must be between 0 and 10,000 \(starts in all"),
+])
+def test_restarts_checkpoints_or_a_billion_starts_are_one_config_error(
+        tmp_path, capsys, restarts, checkpoints, message):
+    """Was: restarts with checkpoints a ValueError traceback (exit 1) after the output folder
+    was made; 1e9 restarts tens of GB of Sobol points, then 1e9 screening fits."""
+    import re
+
+    import yaml
+
+    from homodyne.cli import main
+    from homodyne.data.synthetic import generate_synthetic
+    from homodyne.model import ModelSpec
+
+    spec = ModelSpec(mode="static", n_frames=40, phi_deg=(0.0,))
+    generate_synthetic(tmp_path / "d.h5", spec, spec.pack(0.3, 1.0, [1e4, -0.5, 100.0]))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "analysis_mode": "static",
+        "experimental_data": {"file_path": str(tmp_path / "d.h5")},
+        "initial_parameters": {"values": [1e4, -0.5, 100.0]},
+        "optimization": {"restarts": restarts, "streaming": {
+            "enable_checkpoints": checkpoints, "checkpoint_dir": str(tmp_path / "ck")}},
+        "output": {"directory": str(tmp_path / "out")}}))
+    assert main(["--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and re.search(message, err), err
+    assert not (tmp_path / "out").exists()
