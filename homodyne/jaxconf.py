@@ -38,8 +38,8 @@ CACHE_ENV = "HOMODYNE_COMPILATION_CACHE"
 CACHE_MAX_BYTES = 1 << 30
 LOCK_FILE = ".lockfile"  # JAX's (jax/_src/lru_cache.py)
 LOCK_WAIT_S = 1.0  # JAX holds it for one entry's read or write: milliseconds
-_OFF = ("0", "off", "false", "no", "none")
-_ON = ("", "1", "on", "true", "yes", "default")
+_OFF = ("0", "off", "false", "no", "none", "n", "f", "disable", "disabled")
+_ON = ("", "1", "on", "true", "yes", "default", "y", "t", "enable", "enabled")
 
 
 def compilation_cache_dir(environ=None) -> str | None:

@@ -230,3 +230,16 @@ def test_restarts_checkpoints_or_a_billion_starts_are_one_config_error(
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and re.search(message, err), err
     assert not (tmp_path / "out").exists()
+
+
+def test_cache_switch_words_are_not_taken_for_folder_names():
+    """Was: HOMODYNE_COMPILATION_CACHE=disabled made a folder 'disabled' in the current
+    folder and filled it."""
+    from homodyne.jaxconf import CACHE_ENV, compilation_cache_dir
+
+    for off in ("disabled", "Disable", "n", "F"):
+        assert compilation_cache_dir({CACHE_ENV: off}) is None
+    for on in ("enabled", "Y"):
+        assert compilation_cache_dir({CACHE_ENV: on, "XDG_CACHE_HOME": "/x"}) == \
+            "/x/homodyne/jax"
+    assert compilation_cache_dir({CACHE_ENV: "./my-cache"}) == "./my-cache"
