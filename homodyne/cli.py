@@ -118,6 +118,13 @@ def _checked_generate_args(p: argparse.ArgumentParser, argv):
         a.phys = _floats(a.physical) if a.physical else None
     except ValueError:
         p.error(f"argument --physical: expected comma-separated numbers, got {a.physical!r}")
+    for opt, values in (("angles", a.angle_list), ("physical", a.phys or []),
+                        ("contrast", [a.contrast]), ("offset", [a.offset])):
+        if not all(math.isfinite(v) for v in values):
+            p.error(f"argument --{opt}: must be finite numbers, got "
+                    f"{getattr(a, opt)!r}")
+    if not 0 <= a.seed < 2**63:
+        p.error(f"argument --seed: must be >= 0 and < 2**63, got {a.seed}")
     if a.phys is not None and len(a.phys) != len(names):
         p.error(f"argument --physical: {a.mode} mode needs {len(names)} values "
                 f"({', '.join(names)}), got {len(a.phys)}")

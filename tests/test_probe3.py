@@ -243,3 +243,23 @@ def test_cache_switch_words_are_not_taken_for_folder_names():
         assert compilation_cache_dir({CACHE_ENV: on, "XDG_CACHE_HOME": "/x"}) == \
             "/x/homodyne/jax"
     assert compilation_cache_dir({CACHE_ENV: "./my-cache"}) == "./my-cache"
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--angles", "0,nan"], "argument --angles: must be finite numbers, got '0,nan'"),
+    (["--physical", "1e4,inf,100"], "argument --physical: must be finite numbers"),
+    (["--contrast", "nan"], "argument --contrast: must be finite numbers, got nan"),
+    (["--offset", "inf"], "argument --offset: must be finite numbers, got inf"),
+    (["--seed", "-1"], "argument --seed: must be >= 0 and < 2**63, got -1"),
+    (["--seed", str(2**64)], "argument --seed: must be >= 0 and < 2**63"),
+])
+def test_generate_refuses_non_finite_values_and_unusable_seeds(tmp_path, capsys, args, message):
+    """Was: NaN/Inf angles, contrast, offset or parameters wrote a file of NaN (exit 0); a
+    negative seed a ValueError traceback, one beyond int64 a TypeError traceback."""
+    from homodyne.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["generate", "--output", str(tmp_path / "d.h5"), "--frames", "20", *args])
+    assert stop.value.code == 2
+    assert message in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
