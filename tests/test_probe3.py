@@ -263,3 +263,20 @@ def test_generate_refuses_non_finite_values_and_unusable_seeds(tmp_path, capsys,
     assert stop.value.code == 2
     assert message in capsys.readouterr().err
     assert list(tmp_path.iterdir()) == []
+
+
+def test_generate_removes_what_a_killed_generate_of_the_same_file_left(tmp_path):
+    """Was: the temporary file of a generate killed by SIGKILL (reserved to the full size of
+    the dataset by fallocate) stayed forever unless the folder became an output folder."""
+    from homodyne.data.synthetic import generate_synthetic
+    from homodyne.model import ModelSpec
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    left = tmp_path / f".tmp-{dead}-0123abcd-d.h5"
+    other = tmp_path / f".tmp-{dead}-0123abcd-other.h5"  # another file's: not ours to judge
+    for f in (left, other):
+        f.write_bytes(b"\0" * 4096)
+    spec = ModelSpec(mode="static", n_frames=20, phi_deg=(0.0,))
+    generate_synthetic(tmp_path / "d.h5", spec, spec.pack(0.3, 1.0, [1e4, -0.5, 100.0]))
+    assert sorted(p.name for p in tmp_path.iterdir()) == [other.name, "d.h5"]
