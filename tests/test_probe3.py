@@ -280,3 +280,31 @@ def test_generate_removes_what_a_killed_generate_of_the_same_file_left(tmp_path)
     spec = ModelSpec(mode="static", n_frames=20, phi_deg=(0.0,))
     generate_synthetic(tmp_path / "d.h5", spec, spec.pack(0.3, 1.0, [1e4, -0.5, 100.0]))
     assert sorted(p.name for p in tmp_path.iterdir()) == [other.name, "d.h5"]
+
+
+def test_multi_q_strict_and_summary_see_a_fit_that_determines_nothing(tmp_path, capsys):
+    """Was: with every physical parameter fixed each bin's parameters.json said status
+    'undetermined' but summary.csv said 'ok', and --strict exited 0 (ignored for multi-q)."""
+    import pandas as pd
+    import yaml
+
+    from homodyne.cli import main
+    from homodyne.data.synthetic import generate_synthetic
+    from homodyne.model import ModelSpec
+
+    spec = ModelSpec(mode="static", n_frames=30, phi_deg=(0.0,))
+    generate_synthetic(tmp_path / "d.h5", spec, spec.pack(0.3, 1.0, [1e4, -0.5, 100.0]),
+                       more_q=(0.007,))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "analysis_mode": "static",
+        "experimental_data": {"file_path": str(tmp_path / "d.h5"), "q": "all"},
+        "initial_parameters": {"values": [1e4, -0.5, 100.0]},
+        "parameter_space": {"fixed": ["D0", "alpha", "D_offset"]},
+        "performance": {"enable_progress": False},
+        "output": {"directory": str(tmp_path / "out"), "plots": False}}))
+    assert main(["--config", str(cfg)]) == 0
+    table = pd.read_csv(tmp_path / "out" / "summary.csv")
+    assert list(table["status"]) == ["undetermined: no physical parameter determined "
+                                     "(fixed: D0, alpha, D_offset)"] * 2
+    assert main(["--config", str(cfg), "--overwrite", "--strict"]) == 5
