@@ -308,3 +308,30 @@ def test_multi_q_strict_and_summary_see_a_fit_that_determines_nothing(tmp_path, 
     assert list(table["status"]) == ["undetermined: no physical parameter determined "
                                      "(fixed: D0, alpha, D_offset)"] * 2
     assert main(["--config", str(cfg), "--overwrite", "--strict"]) == 5
+
+
+def test_frame_times_of_a_nanosecond_fit_without_an_overflow_traceback(tmp_path, capsys):
+    """Was: OverflowError (Python float t_r ** alpha) from the internal coordinates' move
+    into the box, a traceback, exit 1, with experimental_data.dt: 1e-9."""
+    import json
+
+    import yaml
+
+    from homodyne.cli import main
+    from homodyne.data.synthetic import generate_synthetic
+    from homodyne.model import ModelSpec
+
+    spec = ModelSpec(mode="static", n_frames=80, phi_deg=(0.0, 45.0))
+    generate_synthetic(tmp_path / "d.h5", spec, spec.pack(0.3, 1.0, [1e4, -0.5, 100.0]),
+                       seed=3)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "analysis_mode": "static",
+        "experimental_data": {"file_path": str(tmp_path / "d.h5"), "dt": 1e-9},
+        "initial_parameters": {"values": [8000.0, -0.4, 80.0]},
+        "performance": {"enable_progress": False},
+        "output": {"directory": str(tmp_path / "out"), "plots": False}}))
+    code = main(["--config", str(cfg)])
+    result = json.loads((tmp_path / "out" / "parameters.json").read_text())
+    assert code == {"converged": 0, "not_converged": 4, "undetermined": 0}[result["status"]]
+    assert "Traceback" not in capsys.readouterr().err
