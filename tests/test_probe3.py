@@ -105,17 +105,22 @@ def test_cache_entries_of_unfinished_writes_are_removed_not_warned_about_forever
     assert _compile_with_cache(folder) == (values, "")  # read without a warning
 
 
+def _assert_compiled_without(folder, why):
+    """The kernels compile with the cache in ``folder`` unused, after one warning saying why."""
+    values, err = _compile_with_cache(folder)
+    assert values == _compile_with_cache("off")[0]
+    assert err.strip().splitlines() == [
+        f"homodyne: the compilation cache {folder} cannot be used ({why}); kernels are "
+        "compiled in every run: set HOMODYNE_COMPILATION_CACHE to a writable folder, or to "
+        "'off'"]
+
+
 def test_a_cache_folder_that_cannot_be_written_is_one_warning(tmp_path):
     """Was a UserWarning (two lines) from JAX for every kernel read and every kernel
     written (a read-only folder, a .lockfile that is a folder, a path below a file)."""
     (tmp_path / "file").write_text("x")
     below_file = tmp_path / "file" / "cache"
-    values, err = _compile_with_cache(below_file)
-    assert values == _compile_with_cache("off")[0]
-    assert err.strip().splitlines() == [
-        f"homodyne: the compilation cache {below_file} cannot be used (Not a directory); "
-        "kernels are compiled in every run: set HOMODYNE_COMPILATION_CACHE to a writable "
-        "folder, or to 'off'"]
+    _assert_compiled_without(below_file, "Not a directory")
 
 
 def test_a_cache_whose_lock_another_process_keeps_is_not_waited_for(tmp_path):
@@ -126,12 +131,7 @@ def test_a_cache_whose_lock_another_process_keeps_is_not_waited_for(tmp_path):
     folder = tmp_path / "cache"
     folder.mkdir()
     with filelock.FileLock(folder / ".lockfile"):  # a process stopped inside a cache read
-        values, err = _compile_with_cache(folder)
-    assert values == _compile_with_cache("off")[0]
-    assert err.strip().splitlines() == [
-        f"homodyne: the compilation cache {folder} cannot be used (its .lockfile is held by "
-        "another process); kernels are compiled in every run: set HOMODYNE_COMPILATION_CACHE "
-        "to a writable folder, or to 'off'"]
+        _assert_compiled_without(folder, "its .lockfile is held by another process")
 
 
 def _fake_fit(x, cost, interrupted_by=None):
