@@ -118,6 +118,13 @@ def _checked_generate_args(p: argparse.ArgumentParser, argv):
         a.phys = _floats(a.physical) if a.physical else None
     except ValueError:
         p.error(f"argument --physical: expected comma-separated numbers, got {a.physical!r}")
+    for opt, values in (("angles", a.angle_list), ("physical", a.phys or []),
+                        ("contrast", [a.contrast]), ("offset", [a.offset])):
+        if not all(math.isfinite(v) for v in values):
+            p.error(f"argument --{opt}: must be finite numbers, got "
+                    f"{getattr(a, opt)!r}")
+    if not 0 <= a.seed < 2**63:
+        p.error(f"argument --seed: must be >= 0 and < 2**63, got {a.seed}")
     if a.phys is not None and len(a.phys) != len(names):
         p.error(f"argument --physical: {a.mode} mode needs {len(names)} values "
                 f"({', '.join(names)}), got {len(a.phys)}")
@@ -247,7 +254,7 @@ def fit_main(argv) -> int:
     configure_console_logging(quiet=a.quiet)
     cfg = load_config(a.config, overrides=_overrides(a))
     if cfg.is_multi:
-        return _fit_many(cfg, a.overwrite or None)
+        return _fit_many(cfg, a.overwrite or None, strict=a.strict)
     run = run_from_config(cfg, overwrite=a.overwrite or None)
     print(run.result.summary())
     print(f"results in {run.output_dir}")
@@ -344,8 +351,9 @@ class _CtrlC:
         sys.unraisablehook = self.previous_hook
 
 
-def _fit_many(cfg, overwrite) -> int:
-    """One fit per (file, q bin) in this process, then summary.csv and its plots."""
+def _fit_many(cfg, overwrite, *, strict: bool = False) -> int:
+    """One fit per (file, q bin) in this process, then summary.csv and its plots; the exit
+    status of the worst fit (failed, then not converged, then --strict undetermined)."""
     from homodyne.production.multiq import run_all
 
     rows, summary = run_all(cfg, overwrite=overwrite)
@@ -355,7 +363,18 @@ def _fit_many(cfg, overwrite) -> int:
           f"{len(rows) - failed - statuses.count('ok')} flagged); table in {summary}")
     if failed:
         return EXIT_FIT_FAILED
-    return EXIT_NOT_CONVERGED if any("not converged" in s for s in statuses) else 0
+    if any("not converged" in s for s in statuses):
+        return EXIT_NOT_CONVERGED
+    return max((exit_status(_result_status(r["output_dir"]), strict=strict) for r in rows),
+               default=0)
+
+
+def _result_status(folder) -> str:
+    """The ``status`` a fit wrote to ``folder``/parameters.json."""
+    import json
+    from pathlib import Path
+
+    return json.loads((Path(folder) / "parameters.json").read_text())["status"]
 
 
 def main(argv=None) -> int:

@@ -21,6 +21,7 @@ import yaml
 
 from homodyne.model import LAMINAR_PARAMS, MODES, SCALINGS, STATIC_PARAMS
 from homodyne.optimization.settings import (
+    MAX_RESTARTS,
     CheckpointSettings,
     EngineOptions,
     FaultSettings,
@@ -96,7 +97,7 @@ SCHEMA = _s(
         coarse=("bool", _ENGINE.coarse, None),
         coarse_points=("int", _ENGINE.coarse_points, "positive"),
         # starts spread over the bounds, the best fit kept (0 or 1: the given start only)
-        restarts=("int", RestartSettings.restarts, "nonnegative"),
+        restarts=("int", RestartSettings.restarts, "starts"),
         streaming=_s(
             enable_checkpoints=("bool", _CKPT.enable_checkpoints, None),
             checkpoint_dir=("str", _CKPT.checkpoint_dir, None),
@@ -176,6 +177,9 @@ def _check_number(key, value, kind, extra):
         raise ConfigError(key, f"must be >= 0, got {_show(value)}")
     if extra == "fraction" and not 0 <= value <= 1:
         raise ConfigError(key, f"must be between 0 and 1, got {_show(value)}")
+    if extra == "starts" and not 0 <= value <= MAX_RESTARTS:
+        raise ConfigError(key, f"must be between 0 and {MAX_RESTARTS:,} (starts in all; 0 or "
+                               f"1: the given start only), got {_show(value)}")
     return int(value) if kind == "int" else float(value)
 
 
@@ -410,6 +414,12 @@ def validate_config(raw: Any, source: str | None = None, *, require_data: bool =
             raise ConfigError("experimental_data.file_path",
                               "missing; set it (or experimental_data.files) in the config "
                               "or pass --data-file")
+        opt = d["optimization"]
+        if opt["restarts"] > 1 and opt["streaming"]["enable_checkpoints"]:
+            raise ConfigError("optimization.restarts", f"{opt['restarts']} starts cannot be "
+                              "combined with optimization.streaming.enable_checkpoints (one fit "
+                              "resumes, not a set of starts): set restarts to 0 or disable "
+                              "checkpoints")
         end = data["end_frame"]
         if end != -1 and end < data["start_frame"] + 1:
             raise ConfigError("experimental_data.end_frame",

@@ -30,7 +30,13 @@ for _signal, _default in ((signal.SIGINT, signal.default_int_handler),
 
 
 def main() -> int:
-    """The CLI's main, imported only now that an interrupt is handled."""
+    """The CLI's main, imported only now that an interrupt is handled. Once it has returned
+    its status (results committed, or nothing written) the signals are ignored: one that
+    lands while Python and JAX shut down (a tenth of a second or more) turned a complete
+    run's exit status into 130/143."""
     from homodyne.cli import main as cli_main
 
-    return cli_main()
+    status = cli_main()
+    for s in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(s, signal.SIG_IGN)
+    return status

@@ -13,8 +13,16 @@ is ``$XDG_CACHE_HOME/homodyne/jax`` (``~/.cache/homodyne/jax``), least recently 
 entries are evicted beyond ``CACHE_MAX_BYTES``. ``HOMODYNE_COMPILATION_CACHE=off``
 turns it off, ``HOMODYNE_COMPILATION_CACHE=/some/folder`` moves it; a folder the user
 gave JAX itself (``JAX_COMPILATION_CACHE_DIR``) is left as it is.
+
+JAX writes an entry in place and its ``-atime`` companion after it, both under the
+folder's ``.lockfile``; an entry without one is a write that never finished (a full disk,
+a killed process), which JAX would read, warn about and never replace, in every later
+run. Such entries are removed before JAX reads any. A folder that cannot be written (read
+only, a file, a ``.lockfile`` another process keeps) is not used: one warning instead of
+two per kernel (and, for the lock, 10 s of waiting at each).
 """
 
+import logging
 import os
 
 import jax
@@ -24,12 +32,14 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 
 __all__ = ["CACHE_ENV", "CACHE_MAX_BYTES", "compilation_cache_dir", "jax", "jnp",
-           "set_compilation_cache"]
+           "remove_unfinished_entries", "set_compilation_cache", "usable_cache_dir"]
 
 CACHE_ENV = "HOMODYNE_COMPILATION_CACHE"
 CACHE_MAX_BYTES = 1 << 30
-_OFF = ("0", "off", "false", "no", "none")
-_ON = ("", "1", "on", "true", "yes", "default")
+LOCK_FILE = ".lockfile"  # JAX's (jax/_src/lru_cache.py)
+LOCK_WAIT_S = 1.0  # JAX holds it for one entry's read or write: milliseconds
+_OFF = ("0", "off", "false", "no", "none", "n", "f", "disable", "disabled")
+_ON = ("", "1", "on", "true", "yes", "default", "y", "t", "enable", "enabled")
 
 
 def compilation_cache_dir(environ=None) -> str | None:
@@ -44,10 +54,48 @@ def compilation_cache_dir(environ=None) -> str | None:
     return os.path.join(base, "homodyne", "jax")
 
 
+def usable_cache_dir(path: str) -> str | None:
+    """``path``, created if needed and rid of the entries of unfinished writes; None (one
+    warning) when JAX could neither lock nor write it there."""
+    import filelock
+
+    try:
+        os.makedirs(path, exist_ok=True)
+        os.close(os.open(os.path.join(path, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o666))
+        remove_unfinished_entries(path)
+    except (OSError, filelock.Timeout) as exc:
+        why = (f"its {LOCK_FILE} is held by another process" if isinstance(exc, filelock.Timeout)
+               else exc.strerror or str(exc))
+        logging.getLogger(__name__).warning(
+            "homodyne: the compilation cache %s cannot be used (%s); kernels are compiled "
+            "in every run: set %s to a writable folder, or to 'off'", path, why, CACHE_ENV)
+        return None
+    return path
+
+
+def remove_unfinished_entries(path: str) -> list[str]:
+    """Delete the ``-cache`` files of ``path`` that have no ``-atime`` file (see the module
+    docstring), holding JAX's lock so that no write in progress is taken for one. A lock
+    held for more than LOCK_WAIT_S is filelock.Timeout: JAX would wait 10 s for it at every
+    kernel read and write (a suspended or hung process holds it)."""
+    import filelock
+
+    removed = []
+    with filelock.FileLock(os.path.join(path, LOCK_FILE), timeout=LOCK_WAIT_S):
+        names = set(os.listdir(path))
+        for name in names:
+            if name.endswith("-cache") and name[: -len("-cache")] + "-atime" not in names:
+                os.unlink(os.path.join(path, name))
+                removed.append(name)
+    return removed
+
+
 def set_compilation_cache(path: str | None) -> None:
     """Use ``path`` as JAX's persistent compilation cache (None: no persistent cache).
     Every compiled kernel is stored (the small ones too: reading one is cheaper than
     compiling it)."""
+    if path is not None:
+        path = usable_cache_dir(path)
     if path is not None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)

@@ -62,10 +62,11 @@ def _temp_name(path: Path) -> Path:
 TEMP_NAME = re.compile(r"\.tmp-(\d{1,9})-[0-9a-f]{8}-.")
 
 
-def remove_stale_temp_files(folder) -> list[str]:
+def remove_stale_temp_files(folder, of: str | None = None) -> list[str]:
     """Delete the temporary files in ``folder`` whose writer no longer runs (a run killed by
-    SIGKILL or a power cut leaves them); called with the folder's lock held. Only regular
-    files named by ``_temp_name`` are touched; returns the names removed (and logs them)."""
+    SIGKILL or a power cut leaves them); called with the folder's lock held, or with ``of``
+    (a file name): only the temporary files of that file. Only regular files named by
+    ``_temp_name`` are touched; returns the names removed (and logs them)."""
     removed = []
     try:
         entries = list(os.scandir(folder))
@@ -73,7 +74,8 @@ def remove_stale_temp_files(folder) -> list[str]:
         return removed
     for entry in entries:
         found = TEMP_NAME.match(entry.name)
-        if found is None or _running(int(found.group(1))):
+        if found is None or _running(int(found.group(1))) or \
+                (of is not None and entry.name[found.end() - 1:] != of):
             continue
         try:
             if entry.is_file(follow_symlinks=False):

@@ -7,6 +7,7 @@ exactly what the file or member holds after the header, and at most a caller's b
 
 from __future__ import annotations
 
+import lzma
 import math
 import os
 import zipfile
@@ -17,6 +18,12 @@ import numpy as np
 from numpy.lib import format as npy_format
 
 from homodyne.data.errors import DataFileError
+
+# what reading a zip member can raise besides OSError: a damaged or truncated archive, a
+# broken deflate/LZMA stream, a compression method zipfile lacks (NotImplementedError), an
+# encrypted member (RuntimeError: password required)
+ZIP_ERRORS = (OSError, KeyError, EOFError, ValueError, zipfile.BadZipFile, zlib.error,
+              lzma.LZMAError, NotImplementedError, RuntimeError)
 
 
 def npy_header(fh: BinaryIO, stored: int, *, path, what: str,
@@ -31,7 +38,7 @@ def npy_header(fh: BinaryIO, stored: int, *, path, what: str,
             shape, _, dtype = npy_format.read_array_header_2_0(fh)
         else:
             raise ValueError(f"format version {version[0]}.{version[1]} is not supported")
-    except (ValueError, EOFError, OSError, zipfile.BadZipFile, zlib.error) as exc:
+    except ZIP_ERRORS as exc:
         raise DataFileError(path, f"{what} has no readable .npy header ({exc})") from None
     if dtype.hasobject:
         raise DataFileError(path, f"{what} is unreadable: Object arrays cannot be loaded "
@@ -70,6 +77,8 @@ def npz_headers(path, names, *, max_bytes: int) -> dict[str, tuple[tuple[int, ..
                 with zf.open(info) as fh:
                     headers[name] = npy_header(fh, info.file_size, path=path,
                                                what=f"array {name!r}", max_bytes=max_bytes)
-    except (OSError, KeyError, zipfile.BadZipFile, EOFError, zlib.error) as exc:
+    except DataFileError:
+        raise
+    except ZIP_ERRORS as exc:
         raise DataFileError(path, f"not a readable NPZ file: {exc}") from None
     return headers

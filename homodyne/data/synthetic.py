@@ -24,7 +24,7 @@ from homodyne.data.twotime import (
     SYNTHETIC_ATTRS,
 )
 from homodyne.model import ModelSpec, c2_rows
-from homodyne.output import atomic_path, h5_with_room
+from homodyne.output import atomic_path, h5_with_room, remove_stale_temp_files
 
 # HDF5's own bytes beyond the chunks, generously: superblock, groups and the small
 # datasets, each matrix's object header, and the chunk index (a B-tree entry per chunk)
@@ -75,6 +75,8 @@ def generate_synthetic(path, spec: ModelSpec, params, *, noise_sigma: float = 0.
     room = (synthetic_file_bytes(n, n_phi * n_real, n_phi * len(extra_q),
                                  block_rows=block_rows, dtype=dtype)
             + sum(np.asarray(v).nbytes for v in (attrs or {}).values()))
+    # a generate killed (SIGKILL) while writing this file left its reserved temporary file
+    remove_stale_temp_files(os.path.dirname(os.path.abspath(path)), of=os.path.basename(path))
     with atomic_path(path) as tmp, h5_with_room(tmp, room) as h5:
         h5[APSU_Q] = qs
         h5[APSU_PHI] = np.asarray(spec.phi_deg, dtype=np.float64)

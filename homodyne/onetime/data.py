@@ -16,11 +16,17 @@ import numpy as np
 
 from homodyne.data.errors import DataFileError, data_path, missing_reason
 from homodyne.data.multitau import G2, OneTimeData, check_axes, read_multitau
-from homodyne.data.npyfile import npz_headers
+from homodyne.data.npyfile import ZIP_ERRORS, npz_headers
 
 TABLE_SUFFIXES = (".csv", ".npz")
 TABLE_KEYS = ("tau", "q", "g2", "sigma")
 MAX_TABLE_BYTES = 1 << 28  # one NPZ array: 256 MiB, far above any g2 table (1e4 delays x 1e3 q)
+MAX_CSV_BYTES = 1 << 30  # a CSV table is read whole: the same values as text, with room
+MAX_HEADER_CHARS = 1 << 20
+# what a binary file named .csv is, from its first bytes
+_NOT_CSV = {b"\x89HDF\r\n\x1a\n": "an HDF5 file named .csv; rename it to .h5",
+            b"PK\x03\x04": "a zip (NPZ) file named .csv; rename it to .npz",
+            b"\x93NUMPY": "a .npy array named .csv"}
 _Q_IN_NAME = re.compile(r"q\s*=\s*([-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)")
 
 
@@ -54,8 +60,17 @@ def read_one_time(path) -> OneTimeData:
 
 
 def _read_csv(path):
+    size = os.path.getsize(path)
+    if size > MAX_CSV_BYTES:
+        raise DataFileError(path, f"holds {size:,} bytes, more than the {MAX_CSV_BYTES:,} a g2 "
+                                  "table may have; is it the right file?")
+    with open(path, "rb") as fh:
+        start = fh.read(8)
+    for magic, what in _NOT_CSV.items():
+        if start.startswith(magic):
+            raise DataFileError(path, f"is {what}")
     with open(path, encoding="utf-8", errors="replace") as fh:
-        header = fh.readline().strip().lstrip("#").split(",")
+        header = fh.readline(MAX_HEADER_CHARS).strip().lstrip("#").split(",")
     names = [h.strip() for h in header]
     if len(names) < 3 or (len(names) - 1) % 2:
         raise DataFileError(path, f"header has {len(names)} columns; expected tau, then a g2 "
@@ -93,7 +108,7 @@ def _read_npz(path):
         for k in TABLE_KEYS:
             try:
                 a = z[k]
-            except (OSError, ValueError, zipfile.BadZipFile, EOFError) as exc:
+            except ZIP_ERRORS as exc:
                 raise DataFileError(path, f"array {k!r} is unreadable: {exc}") from None
             if a.dtype.kind not in "fiu":
                 raise DataFileError(path, f"array {k!r} holds {a.dtype} values, not real "

@@ -76,7 +76,9 @@ class PowerLawCoordinates:
             return None
         t = spec.frame_times()
         lt = np.log(t)
-        return cls(float(np.exp(np.mean(lt))), tuple(laws), float(lt.max() - lt.min()))
+        # a NumPy float: t_r ** alpha overflows to inf (a Python float raises OverflowError,
+        # e.g. frame times of 1e-9 s when alpha is re-solved far from its bounds)
+        return cls(np.float64(np.exp(np.mean(lt))), tuple(laws), float(lt.max() - lt.min()))
 
     def at_log_edge(self, alpha: float) -> bool:
         """Whether t^alpha is 1 + alpha ln t to 1e-6 over the data: the power law is then

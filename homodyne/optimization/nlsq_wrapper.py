@@ -26,6 +26,7 @@ from homodyne.optimization.recovery_strategies import RecoveryStrategyApplicator
 from homodyne.optimization.restarts import fit_with_restarts
 from homodyne.optimization.result import FitResult
 from homodyne.optimization.settings import (
+    MAX_RESTARTS,
     CheckpointSettings,
     EngineOptions,
     FaultSettings,
@@ -372,9 +373,10 @@ class NLSQWrapper:
     def _restarts(self, restarts) -> int:
         """The number of starts asked for, checked (0 and 1: a single fit)."""
         n = self.restarts if restarts is None else restarts
-        if isinstance(n, bool) or not isinstance(n, int | np.integer) or n < 0:
-            raise ValueError(f"restarts must be a whole number >= 0 (0 or 1: one start), "
-                             f"got {n!r}")
+        if isinstance(n, bool) or not isinstance(n, int | np.integer) or \
+                not 0 <= n <= MAX_RESTARTS:
+            raise ValueError(f"restarts must be a whole number >= 0 and <= {MAX_RESTARTS:,} (0 "
+                             f"or 1: one start), got {n!r}")
         if n > 1 and CheckpointSettings.from_mapping(self.checkpoint_config).enable_checkpoints:
             raise ValueError("restarts cannot be combined with checkpoints (one fit resumes, "
                              "not a set of starts): set restarts to 0 or disable "

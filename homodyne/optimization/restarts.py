@@ -108,8 +108,12 @@ def fit_with_restarts(problem, data, x0, lb, ub, *, settings: RestartSettings,
     for s in usable:
         if not any(same_minimum(s.fit, lead.fit) for lead in leaders):
             leaders.append(s)
-    finished = [(lead, finish(lead.fit.parameters))
-                for lead in leaders[: max(settings.finish_best, 1)]]
+    finished = []
+    for lead in leaders[: max(settings.finish_best, 1)]:
+        fit = finish(lead.fit.parameters)
+        if fit.interrupted_by is not None:  # stopped: not finished, nor the next ones
+            return fit
+        finished.append((lead, fit))
     lead, best = min(finished, key=lambda pair: pair[1].cost)
     reached = sum(same_minimum(s.fit, lead.fit) for s in screened)
     best.restarts = dict(starts=len(starts), reached_best=int(reached),

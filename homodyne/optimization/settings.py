@@ -37,12 +37,17 @@ class EngineOptions:
     internal_coordinates: bool = True
 
 
+# more starts than this is a typo, not a plan: each is a fit of the screening subsample,
+# and the Sobol points alone of 1e9 starts would take tens of GB
+MAX_RESTARTS = 10_000
+
+
 @dataclass
 class RestartSettings:
     """Deterministic multi-start (``optimization.restarts``; ``restarts.py``): 0 or 1 is
     a single fit from the start given, exactly as without it."""
 
-    restarts: int = 0  # starts in all, the given one included
+    restarts: int = 0  # starts in all, the given one included (at most MAX_RESTARTS)
     finish_best: int = 3  # distinct minima of the screening finished on the full data
     seed: int = 0  # of the scrambled Sobol sequence
 

@@ -163,6 +163,9 @@ def fit_status(p: dict) -> str:
         flags.append(f"at bound: {', '.join(p['at_bounds'])}")
     if p.get("undetermined"):
         flags.append(f"undetermined: {', '.join(p['undetermined'])}")
+    if not flags and p.get("status") in ("undetermined", "too_few_points"):
+        flags.append(p["status"].replace("_", " ") + ": no physical parameter determined "
+                     f"(fixed: {', '.join(p.get('fixed') or []) or 'none'})")
     return "; ".join(flags) or "ok"
 
 
