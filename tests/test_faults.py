@@ -296,8 +296,12 @@ def test_ctrl_c_in_the_first_second_is_a_clean_message(fitted, tmp_path, library
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, err[-2000:]
-    assert "Traceback" not in err and err.strip().endswith(
-        "homodyne: interrupted (Ctrl-C); results already in the output folder are untouched")
+    # before the fit: the start-up message; an interrupt that lands while a module is
+    # imported is raised once the import is over, which may already be inside the fit
+    last = err.strip().splitlines()[-1]
+    assert "Traceback" not in err, err[-2000:]
+    assert last == ("homodyne: interrupted (Ctrl-C); results already in the output folder "
+                    "are untouched") or last.startswith("homodyne: interrupted by SIGINT: "), last
 
 
 # --- result sets -------------------------------------------------------------------------------
