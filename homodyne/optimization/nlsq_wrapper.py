@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -110,6 +110,52 @@ def normalise_bounds(bounds, p0: np.ndarray, names=None) -> tuple[np.ndarray, np
     return lb, ub
 
 
+BACKENDS = ("homodyne", "nlsq")
+
+
+def check_wrapper_settings(backend, batch_size, min_success_rate, max_retries_per_batch,
+                           memory_limit_gb, checkpoint_config) -> None:
+    """Refuse a constructor value the wrapper would silently ignore or fail on later with
+    a NumPy error: an unknown backend or checkpoint key, a negative batch size, a
+    success rate outside [0, 1], a negative retry count, a non-positive memory limit."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 0):
+        raise ValueError(f"batch_size must be a whole number >= 1 (None: automatic), got "
+                         f"{batch_size!r}")
+    if not 0.0 <= float(min_success_rate) <= 1.0:
+        raise ValueError(f"min_success_rate must lie in [0, 1], got {min_success_rate!r}")
+    if isinstance(max_retries_per_batch, bool) or int(max_retries_per_batch) < 0:
+        raise ValueError(f"max_retries_per_batch must be a whole number >= 0, got "
+                         f"{max_retries_per_batch!r}")
+    if memory_limit_gb is not None and not (np.isfinite(memory_limit_gb) and memory_limit_gb > 0):
+        raise ValueError(f"memory_limit_gb must be a finite number > 0 (None: this machine's "
+                         f"memory), got {memory_limit_gb!r}")
+    known = {f.name for f in fields(CheckpointSettings)} | {"keep_last_n"}
+    unknown = sorted(set(checkpoint_config or {}) - known)
+    if unknown:
+        raise ValueError(f"checkpoint_config: unknown key(s) {unknown}; the keys are "
+                         f"{sorted(known)}")
+
+
+def check_curve_data(x, y, sigma):
+    """``fit``'s data as arrays of real numbers with one sigma per point (or one for all)."""
+    for name, a in (("xdata", x), ("ydata", y)):
+        if a.dtype.kind not in "biuf":
+            raise ValueError(f"{name} must hold real numbers, got dtype {a.dtype}")
+    if x.ndim == 0:
+        raise ValueError("xdata must have at least one axis whose last length matches ydata")
+    if sigma is None:
+        return None
+    s = np.asarray(sigma)
+    if s.dtype.kind not in "biuf":
+        raise ValueError(f"sigma must hold real numbers, got dtype {s.dtype}")
+    if s.ndim > 1 or s.size not in (1, y.size):
+        raise ValueError(f"sigma must be one value or one per point of ydata ({y.size}), got "
+                         f"shape {s.shape}")
+    return np.broadcast_to(s.astype(float).ravel(), y.shape)
+
+
 @dataclass
 class FitPlan:
     """How a two-time fit will run: its tier, batch size and the data its passes walk."""
@@ -147,6 +193,8 @@ class NLSQWrapper:
                  force_progress: bool = False, adaptive_batching: bool = False,
                  initial_batch_size: int | None = None, max_batch_size: int = 100_000,
                  restarts: int = RestartSettings.restarts):
+        check_wrapper_settings(backend, batch_size, min_success_rate, max_retries_per_batch,
+                               memory_limit_gb, checkpoint_config)
         self.enable_large_dataset = enable_large_dataset
         self.enable_recovery = enable_recovery
         self.fast_mode = fast_mode
@@ -288,6 +336,7 @@ class NLSQWrapper:
                              f"Levenberg-Marquardt engine), got {method!r}")
         y = np.asarray(ydata)
         x = np.asarray(xdata)
+        s = check_curve_data(x, y, sigma)
         if y.ndim != 1:
             raise ValueError(f"ydata must be one-dimensional, got shape {y.shape}")
         if x.shape[-1] != y.size:
@@ -309,8 +358,7 @@ class NLSQWrapper:
         batch = min(self._batch(tier, y.size, p0.size), max(y.size, 1))
         batch = self.memory_plan(tier, y.size, p0.size, batch)
         cols = {"x": x, "y": y}
-        if sigma is not None:
-            s = np.broadcast_to(np.asarray(sigma, float), y.shape)
+        if s is not None:
             if np.any(s <= 0):
                 raise ValueError("sigma must be positive everywhere")
             cols["w"] = 1.0 / s
