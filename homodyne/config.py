@@ -483,10 +483,20 @@ def _one_time_config(d: dict, source, raw) -> HomodyneConfig:
     for i, path in enumerate(ot["series"]):
         if not os.path.isfile(path):
             raise ConfigError(f"one_time.series[{i}]", f"file not found: {path}")
+    seen = {os.path.realpath(d["experimental_data"]["file_path"]): "experimental_data.file_path"}
+    for i, path in enumerate(ot["series"]):  # one file twice: two equal ages, a degenerate fit
+        first = seen.setdefault(os.path.realpath(path), f"one_time.series[{i}]")
+        if first != f"one_time.series[{i}]":
+            raise ConfigError(f"one_time.series[{i}]", f"{path} is already {first}; list each "
+                              "file of the aging series once")
     ages = ot["ages_s"]
     if ages is not None and len(ages) != 1 + len(ot["series"]):
         raise ConfigError("one_time.ages_s", f"{len(ages)} ages for {1 + len(ot['series'])} "
                           "files (experimental_data.file_path, then one_time.series)")
+    for i, age in enumerate(ages or []):
+        if age <= 0:
+            raise ConfigError(f"one_time.ages_s[{i}]", f"must be > 0 (seconds since the sample "
+                              f"was prepared), got {age}")
     lo, hi = ot["min_tau_s"], ot["max_tau_s"]
     if lo is not None and hi is not None and lo >= hi:
         raise ConfigError("one_time.min_tau_s", f"{lo} must be < max_tau_s ({hi})")
