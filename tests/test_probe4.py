@@ -1,6 +1,10 @@
 """probe4 (issue 12): Python API misuse is one ValueError naming the argument, never a
 key that does nothing or a NumPy/JAX error from deep inside the fit."""
 
+import subprocess
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -82,3 +86,54 @@ def test_an_aging_series_with_a_file_twice_or_an_age_not_positive_is_a_config_er
         _one_time(tmp_path, series, ages)
     assert str(err.value) == message.format(d=tmp_path)
     assert _one_time(tmp_path, ["b.hdf"], [1.0, 5.0]).one_time["ages_s"] == [1.0, 5.0]
+
+
+@pytest.mark.skipif(not (Path(sys.executable).with_name("snakemake")).exists(),
+                    reason="snakemake not installed")
+def test_a_measured_data_folder_that_does_not_exist_stops_the_workflow_plan(tmp_path):
+    """Was: `fits.aps_aging.folder` with a typo planned fit_aps_aging over no file at all
+    (dry run exit 0); now the plan stops naming the key and the folders there are."""
+    import yaml
+    from helpers import REPO
+
+    cfg = yaml.safe_load((REPO / "config/test.yaml").read_text())
+    cfg["fits"]["aps_aging"]["folder"] = "aps_8idi_llps_agin"
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    proc = subprocess.run([str(Path(sys.executable).with_name("snakemake")), "-n", "--nolock",
+                           "fit", "--configfile", str(tmp_path / "c.yaml")], cwd=REPO,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode != 0
+    assert ("fits.aps_aging.folder: 'aps_8idi_llps_agin' is no folder of the measured data; "
+            "choose one of ['aps_8idi_llps_aging', 'chx_two_time']") in proc.stdout + proc.stderr
+
+
+def test_a_one_time_table_given_to_a_two_time_fit_is_named_not_called_corrupt(tmp_path):
+    """Was: "not a readable HDF5 file (truncated or corrupt?)" for a good CSV / NPZ table."""
+    from homodyne.data.errors import DataFileError
+    from homodyne.data.twotime import open_two_time
+
+    (tmp_path / "g2.csv").write_text("tau,g2(q=0.004)\n1e-5,1.2\n1e-4,1.1\n")
+    np.savez(tmp_path / "g2.npz", tau=np.ones(3), q=np.ones(1), g2=np.ones((3, 1)))
+    (tmp_path / "bad.h5").write_text("tau,g2\n")
+    for name in ("g2.csv", "g2.npz"):
+        with pytest.raises(DataFileError) as err:
+            open_two_time(str(tmp_path / name), q=0.004)
+        assert str(err.value).endswith(f"{name}: is a one-time g2 table, not two-time HDF5 "
+                                       "data; set analysis_mode: one_time to fit it")
+    with pytest.raises(DataFileError, match="not a readable HDF5 file"):
+        open_two_time(str(tmp_path / "bad.h5"), q=0.004)
+
+
+def test_the_angles_available_are_listed_as_plain_numbers(tmp_path):
+    """Was: "(available: [np.float64(0.0), np.float64(45.0), ...])"."""
+    from homodyne.cli import main
+    from homodyne.data.errors import DataFileError
+    from homodyne.data.twotime import open_two_time
+
+    path = tmp_path / "l.h5"
+    assert main(["generate", "--output", str(path), "--frames", "12", "--angles", "0,45,90",
+                 "--mode", "laminar_flow"]) == 0
+    with pytest.raises(DataFileError) as err:
+        open_two_time(str(path), q=0.0054, phi_ranges=[[10, 20]])
+    assert str(err.value).endswith("no angle in phi ranges [(10.0, 20.0)] at q=0.0054 "
+                                   "(available: [0.0, 45.0, 90.0])")

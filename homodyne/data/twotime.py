@@ -324,8 +324,15 @@ def _open_h5(path) -> h5py.File:
             raise DataFileError(path, "is open for writing by another program (HDF5 file "
                                       "lock); wait until it is closed - reading a file while "
                                       "it is written gives inconsistent data") from exc
+        if "file signature not found" in str(exc) and path.lower().endswith(ONE_TIME_TABLES):
+            # HDF5 looked for its signature everywhere: a good table, not a damaged file
+            raise DataFileError(path, "is a one-time g2 table, not two-time HDF5 data; set "
+                                      "analysis_mode: one_time to fit it") from exc
         raise DataFileError(path, f"not a readable HDF5 file (truncated or corrupt?): {exc}") \
             from exc
+
+
+ONE_TIME_TABLES = (".csv", ".npz")
 
 
 def _magic(path) -> bytes:
@@ -497,7 +504,7 @@ def _select(path, entries, q, q_tolerance, phi_ranges):
         ranges = [(float(lo), float(hi)) for lo, hi in phi_ranges]
         chosen = [e for e in chosen if _in_ranges(e[1], ranges)]
         if not chosen:
-            avail = sorted({e[1] for e in entries if e[0] == q_sel})
+            avail = sorted({float(e[1]) for e in entries if e[0] == q_sel})
             raise DataFileError(path, f"no angle in phi ranges {ranges} at q={q_sel:.6g} "
                                       f"(available: {avail})")
     chosen.sort(key=lambda e: e[1])

@@ -62,12 +62,19 @@ def real_data_files(folder):
     that building the DAG imports nothing from homodyne (the list homodyne.realdata.registry
     reads)."""
     listing = Path(workflow.basedir, "homodyne", "realdata_sha256.txt").read_text()
-    rels = (
+    rels = [
         line.split(maxsplit=1)[1].strip()
         for line in listing.splitlines()
         if line.strip()
-    )
-    return sorted(r for r in rels if r.startswith(folder + "/"))
+    ]
+    files = sorted(r for r in rels if r.startswith(f"{folder}/"))
+    if not files:  # a typo would plan a fit of no file
+        folders = sorted({r.split("/", 1)[0] for r in rels})
+        raise ValueError(
+            f"fits.aps_aging.folder: {folder!r} is no folder of the measured data; "
+            f"choose one of {folders}"
+        )
+    return files
 
 
 def data_mirror():
