@@ -137,3 +137,26 @@ def test_the_angles_available_are_listed_as_plain_numbers(tmp_path):
         open_two_time(str(path), q=0.0054, phi_ranges=[[10, 20]])
     assert str(err.value).endswith("no angle in phi ranges [(10.0, 20.0)] at q=0.0054 "
                                    "(available: [0.0, 45.0, 90.0])")
+
+
+def test_fit_two_time_refuses_values_that_are_not_this_specs_points():
+    """Was: y 5 points short fitted to a 'converged' wrong result; y complex fitted its real
+    part; y 2-D blamed on NaN/Inf; no source and no y -> AttributeError on None."""
+    from helpers import bounds_for, make_spec, noisy_data, start_for, truth_for
+
+    spec = make_spec("static", n_frames=20, n_phi=2)
+    y = noisy_data(spec, truth_for(spec), seed=0)
+    p0, bounds = start_for(spec, truth_for(spec)), bounds_for(spec)
+    n = f"{spec.n_points:,}"
+    for values, message in [
+            (y[:-5], f"y must be the {n} packed points of this spec (one axis), got shape "
+                     f"({spec.n_points - 5},)"),
+            (y.reshape(2, -1), f"y must be the {n} packed points of this spec (one axis), got "
+                               f"shape (2, {spec.n_points // 2})"),
+            (y + 0j, "y must hold real numbers, got dtype complex128"),
+            (None, "fit_two_time needs a TwoTimeSource or the packed values y")]:
+        with pytest.raises(ValueError) as err:
+            NLSQWrapper().fit_two_time(None, spec, p0, bounds, y=values)
+        assert str(err.value) == message
+    with pytest.raises(ValueError, match=r"^p0 has 6 values; the model has 7 parameters"):
+        NLSQWrapper().fit_two_time(None, spec, p0[:-1], bounds, y=y)

@@ -156,6 +156,25 @@ def check_curve_data(x, y, sigma):
     return np.broadcast_to(s.astype(float).ravel(), y.shape)
 
 
+def check_two_time_data(source, spec, p0, y):
+    """``fit_two_time``'s inputs: a source or packed values ``y`` of exactly the spec's
+    points (real numbers, one axis), and one start value per parameter of the spec."""
+    if np.size(p0) != spec.n_params:
+        raise ValueError(f"p0 has {np.size(p0)} values; the model has {spec.n_params} "
+                         f"parameters {list(spec.parameter_names)}")
+    if y is None:
+        if source is None:
+            raise ValueError("fit_two_time needs a TwoTimeSource or the packed values y")
+        return None
+    y = np.asarray(y)
+    if y.dtype.kind not in "biuf":
+        raise ValueError(f"y must hold real numbers, got dtype {y.dtype}")
+    if y.shape != (spec.n_points,):
+        raise ValueError(f"y must be the {spec.n_points:,} packed points of this spec (one "
+                         f"axis), got shape {y.shape}")
+    return y
+
+
 @dataclass
 class FitPlan:
     """How a two-time fit will run: its tier, batch size and the data its passes walk."""
@@ -387,6 +406,7 @@ class NLSQWrapper:
         """Fit the two-time model to a ``TwoTimeSource`` (or packed values ``y``);
         ``fixed`` names parameters held at their p0 ("contrast" names every angle's);
         ``restarts`` as in ``fit``."""
+        y = check_two_time_data(source, spec, p0, y)
         p0, lb, ub = validate_start(p0, bounds, list(spec.parameter_names), fixed)
         n_starts = self._restarts(restarts)
         plan = self.plan_two_time(source, spec, strategy=strategy, y=y)
