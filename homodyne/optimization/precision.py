@@ -29,10 +29,7 @@ def evaluation_error(problem, params) -> float:
     spec = getattr(problem, "spec", None)
     if spec is None or spec.dtype == "float64":
         return 0.0
-    contrast, offset, _ = spec.split(np.asarray(params, np.float64))
-    # c2 = offset + contrast g1^2 with 0 <= g1^2 <= 1
-    bound = float(np.max(np.abs(offset) + np.abs(contrast)))
-    return float(np.finfo(np.dtype(spec.dtype)).eps) * bound
+    return rounding_error(problem, params)
 
 
 def convergence_floors(error: float, cost: float, n: int, n_params: int) -> tuple[float, float]:
@@ -61,6 +58,7 @@ def rounding_error(problem, params) -> float:
     if spec is None:
         return EPS64 * float(getattr(problem, "value_scale", 0.0))
     contrast, offset, _ = spec.split(np.asarray(params, np.float64))
+    # c2 = offset + contrast g1^2 with 0 <= g1^2 <= 1
     bound = float(np.max(np.abs(offset) + np.abs(contrast)))
     return float(np.finfo(np.dtype(spec.dtype)).eps) * bound
 
