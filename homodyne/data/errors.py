@@ -36,3 +36,17 @@ def missing_reason(path: str) -> str:
                 return "is a loop of symbolic links; point it at the data file itself"
             return f"is a symbolic link to {os.readlink(path)!r}, which does not exist"
     return "file does not exist"
+
+
+def data_file(path) -> str:
+    """``path`` as a string, refused with the reason when it names no file to read:
+    nothing there (``missing_reason``), a directory, a pipe or a device."""
+    text = data_path(path)
+    if not os.path.exists(text):
+        raise DataFileError(text, missing_reason(text))
+    if os.path.isdir(text):
+        raise DataFileError(text, "is a directory, expected a data file")
+    if not os.path.isfile(text):  # a FIFO or device would block or read forever
+        raise DataFileError(text, "is not a regular file (a pipe or device), expected a "
+                            "data file")
+    return text

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from datetime import datetime
 
 import h5py
 import numpy as np
 
-from homodyne.data.errors import DataFileError, data_path, missing_reason
+from homodyne.data.errors import DataFileError, data_file
 
 G2 = "/xpcs/multitau/normalized_g2"
 G2_ERR = "/xpcs/multitau/normalized_g2_err"
@@ -37,9 +36,7 @@ class OneTimeData:
 
 def read_multitau(path) -> OneTimeData:
     """Read one multi-tau result file; every missing or malformed piece is named."""
-    path = data_path(path)
-    if not os.path.isfile(path):
-        raise DataFileError(path, missing_reason(path))
+    path = data_file(path)
     try:
         h5 = h5py.File(path, "r")
     except OSError as exc:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import h5py
 import numpy as np
 
-from homodyne.data.errors import DataFileError, data_path, missing_reason
+from homodyne.data.errors import DataFileError, data_file
 from homodyne.data.npyfile import npy_file_header
 from homodyne.model import ModelSpec, TriangleGrid, triu_row, triu_row_start
 
@@ -269,11 +269,7 @@ def open_two_time(path, *, q: float | None = None, q_tolerance: float | None = N
     Frames are 1-based and inclusive; ``end_frame=-1`` means the last frame.
     Everything is validated here, before any long computation starts.
     """
-    path = data_path(path)
-    if not os.path.exists(path):
-        raise DataFileError(path, missing_reason(path))
-    if os.path.isdir(path):
-        raise DataFileError(path, "is a directory, expected a data file")
+    path = data_file(path)
     if path.endswith(".npy"):
         if _magic(path) == HDF5_MAGIC:
             raise DataFileError(path, "is an HDF5 file named .npy; rename it to .h5")

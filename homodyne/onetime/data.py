@@ -14,7 +14,7 @@ import zipfile
 
 import numpy as np
 
-from homodyne.data.errors import DataFileError, data_path, missing_reason
+from homodyne.data.errors import DataFileError, data_file
 from homodyne.data.multitau import G2, OneTimeData, check_axes, read_multitau
 from homodyne.data.npyfile import ZIP_ERRORS, npz_headers
 
@@ -46,9 +46,7 @@ def is_one_time_file(path) -> bool:
 
 def read_one_time(path) -> OneTimeData:
     """A multi-tau HDF5 result or a CSV/NPZ table, as ``OneTimeData`` (g2[tau, q])."""
-    path = data_path(path)
-    if not os.path.isfile(path):
-        raise DataFileError(path, missing_reason(path))
+    path = data_file(path)
     low = path.lower()
     if low.endswith(".csv"):
         tau, q, g2, err = _read_csv(path)
