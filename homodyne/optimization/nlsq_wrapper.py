@@ -139,12 +139,19 @@ def check_wrapper_settings(backend, batch_size, min_success_rate, max_retries_pe
 
 
 def check_curve_data(x, y, sigma):
-    """``fit``'s data as arrays of real numbers with one sigma per point (or one for all)."""
+    """``fit``'s data: real numbers, ydata one non-empty axis matching xdata's last, and
+    sigma (returned per point, or None) one positive value per point or one for all."""
     for name, a in (("xdata", x), ("ydata", y)):
         if a.dtype.kind not in "biuf":
             raise ValueError(f"{name} must hold real numbers, got dtype {a.dtype}")
     if x.ndim == 0:
         raise ValueError("xdata must have at least one axis whose last length matches ydata")
+    if y.ndim != 1:
+        raise ValueError(f"ydata must be one-dimensional, got shape {y.shape}")
+    if x.shape[-1] != y.size:
+        raise ValueError(f"xdata's last axis ({x.shape[-1]}) must match ydata ({y.size})")
+    if y.size == 0:
+        raise ValueError("ydata is empty: there is nothing to fit")
     if sigma is None:
         return None
     s = np.asarray(sigma)
@@ -153,6 +160,8 @@ def check_curve_data(x, y, sigma):
     if s.ndim > 1 or s.size not in (1, y.size):
         raise ValueError(f"sigma must be one value or one per point of ydata ({y.size}), got "
                          f"shape {s.shape}")
+    if np.any(s <= 0):
+        raise ValueError("sigma must be positive everywhere")
     return np.broadcast_to(s.astype(float).ravel(), y.shape)
 
 
@@ -356,12 +365,6 @@ class NLSQWrapper:
         y = np.asarray(ydata)
         x = np.asarray(xdata)
         s = check_curve_data(x, y, sigma)
-        if y.ndim != 1:
-            raise ValueError(f"ydata must be one-dimensional, got shape {y.shape}")
-        if x.shape[-1] != y.size:
-            raise ValueError(f"xdata's last axis ({x.shape[-1]}) must match ydata ({y.size})")
-        if y.size == 0:
-            raise ValueError("ydata is empty: there is nothing to fit")
         p0, lb, ub = validate_start(p0, bounds, parameter_names, fixed)
         n_starts = self._restarts(restarts)
         if self.backend == "nlsq":
@@ -378,8 +381,6 @@ class NLSQWrapper:
         batch = self.memory_plan(tier, y.size, p0.size, batch)
         cols = {"x": x, "y": y}
         if s is not None:
-            if np.any(s <= 0):
-                raise ValueError("sigma must be positive everywhere")
             cols["w"] = 1.0 / s
         problem = CurveProblem(model_func, p0.size, x_sample=x[..., : min(8, y.size)],
                                validate=self.validate, parameter_names=parameter_names)
