@@ -14,12 +14,13 @@ entries are evicted beyond ``CACHE_MAX_BYTES``. ``HOMODYNE_COMPILATION_CACHE=off
 turns it off, ``HOMODYNE_COMPILATION_CACHE=/some/folder`` moves it; a folder the user
 gave JAX itself (``JAX_COMPILATION_CACHE_DIR``) is left as it is.
 
-JAX writes an entry in place and its ``-atime`` companion after it, both under the
-folder's ``.lockfile``; an entry without one is a write that never finished (a full disk,
-a killed process), which JAX would read, warn about and never replace, in every later
-run. Such entries are removed before JAX reads any. A folder that cannot be written (read
-only, a file, a ``.lockfile`` another process keeps) is not used: one warning instead of
-two per kernel (and, for the lock, 10 s of waiting at each).
+JAX loads whatever bytes it finds under a kernel's key: an entry cut short or damaged in
+place, or another kernel's entry under this key, would be warned about in every run or
+crash inside JAX. Each entry is therefore written with its key and a digest
+(:mod:`homodyne.jaxcache`), and one that does not match is removed and compiled anew. A
+JAX without the hook this needs runs with the cache off (one warning). A folder that cannot
+be written (read only, a file, a ``.lockfile`` another process keeps) is not used: one
+warning instead of two per kernel (and, for the lock, 10 s of waiting at each).
 """
 
 import logging
@@ -32,7 +33,7 @@ jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp  # noqa: E402
 
 __all__ = ["CACHE_ENV", "CACHE_MAX_BYTES", "compilation_cache_dir", "jax", "jnp",
-           "remove_unfinished_entries", "set_compilation_cache", "usable_cache_dir"]
+           "set_compilation_cache", "usable_cache_dir"]
 
 CACHE_ENV = "HOMODYNE_COMPILATION_CACHE"
 CACHE_MAX_BYTES = 1 << 30
@@ -55,47 +56,42 @@ def compilation_cache_dir(environ=None) -> str | None:
 
 
 def usable_cache_dir(path: str) -> str | None:
-    """``path``, created if needed and rid of the entries of unfinished writes; None (one
-    warning) when JAX could neither lock nor write it there."""
+    """``path``, created if needed; None (one warning) when JAX could neither lock nor
+    write it there. A lock held for more than LOCK_WAIT_S counts as unusable: JAX would
+    wait 10 s for it at every kernel read and write (a suspended or hung process holds it)."""
     import filelock
 
     try:
         os.makedirs(path, exist_ok=True)
         os.close(os.open(os.path.join(path, LOCK_FILE), os.O_RDWR | os.O_CREAT, 0o666))
-        remove_unfinished_entries(path)
+        with filelock.FileLock(os.path.join(path, LOCK_FILE), timeout=LOCK_WAIT_S):
+            pass
     except (OSError, filelock.Timeout) as exc:
         why = (f"its {LOCK_FILE} is held by another process" if isinstance(exc, filelock.Timeout)
                else exc.strerror or str(exc))
-        logging.getLogger(__name__).warning(
-            "homodyne: the compilation cache %s cannot be used (%s); kernels are compiled "
-            "in every run: set %s to a writable folder, or to 'off'", path, why, CACHE_ENV)
+        _cache_unused(path, why, f"set {CACHE_ENV} to a writable folder, or to 'off'")
         return None
     return path
 
 
-def remove_unfinished_entries(path: str) -> list[str]:
-    """Delete the ``-cache`` files of ``path`` that have no ``-atime`` file (see the module
-    docstring), holding JAX's lock so that no write in progress is taken for one. A lock
-    held for more than LOCK_WAIT_S is filelock.Timeout: JAX would wait 10 s for it at every
-    kernel read and write (a suspended or hung process holds it)."""
-    import filelock
-
-    removed = []
-    with filelock.FileLock(os.path.join(path, LOCK_FILE), timeout=LOCK_WAIT_S):
-        names = set(os.listdir(path))
-        for name in names:
-            if name.endswith("-cache") and name[: -len("-cache")] + "-atime" not in names:
-                os.unlink(os.path.join(path, name))
-                removed.append(name)
-    return removed
+def _cache_unused(path: str, why: str, fix: str) -> None:
+    logging.getLogger(__name__).warning(
+        "homodyne: the compilation cache %s cannot be used (%s); kernels are compiled "
+        "in every run: %s", path, why, fix)
 
 
 def set_compilation_cache(path: str | None) -> None:
-    """Use ``path`` as JAX's persistent compilation cache (None: no persistent cache).
-    Every compiled kernel is stored (the small ones too: reading one is cheaper than
-    compiling it)."""
+    """Use ``path`` as JAX's persistent compilation cache (None: no persistent cache), its
+    entries checked (homodyne.jaxcache). Every compiled kernel is stored (the small ones
+    too: reading one is cheaper than compiling it)."""
+    from homodyne import jaxcache
+
     if path is not None:
         path = usable_cache_dir(path)
+    if path is not None and not jaxcache.install(path):
+        _cache_unused(path, f"JAX {jax.__version__} has no hook for checked entries",
+                      f"use the JAX version homodyne pins, or set {CACHE_ENV} to 'off'")
+        path = None
     if path is not None:
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
         jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)

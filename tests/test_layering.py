@@ -15,6 +15,7 @@ REPO = Path(__file__).resolve().parents[1]
 LAYERS = {
     "homodyne": 0,  # the package root: __version__ and the lazy public names
     "homodyne.jaxconf": 0,
+    "homodyne.jaxcache": 0,  # compilation cache entries checked against key and digest
     "homodyne.memory": 0,
     "homodyne.output": 0,
     "homodyne.plots": 0,
