@@ -3,11 +3,17 @@ cache's entries checked against their key and digest, a multi-start fit's report
 multi-q root folder."""
 
 import os
+import re
 import subprocess
 import sys
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
 
 from homodyne.jaxcache import unpack_entry
 from homodyne.jaxconf import jax
+from homodyne.optimization.restarts import spread_starts
 
 # kernels compiled in a fresh process with the cache in ``folder``: their exact values
 _KERNELS = """
@@ -78,3 +84,123 @@ def test_a_jax_without_the_cache_hook_runs_with_the_cache_off_after_one_warning(
         "kernels are compiled in every run: use the JAX version homodyne pins, or set "
         "HOMODYNE_COMPILATION_CACHE to 'off'"]
     assert not list(folder.glob("*-cache"))
+
+
+def _fake_fit(x, cost, *, n_points=100, passes=3, coarse_passes=0, interrupted_by=None,
+              pause=0.0):
+    import time
+
+    from homodyne.optimization.result import FitResult
+
+    time.sleep(pause)
+    x = np.asarray(x, float)
+    return FitResult(parameter_names=("a", "b"), parameters=x, uncertainties=np.full(2, 1e-6),
+                     covariance=np.eye(2) * 1e-12, cost=cost, n_points=n_points,
+                     reduced_chi_squared=1.0, converged=interrupted_by is None,
+                     stop_reason=f"interrupted by {interrupted_by}: the best parameters so far "
+                     "are kept" if interrupted_by else "converged", strategy="STANDARD",
+                     iterations=2, passes=passes, coarse_passes=coarse_passes,
+                     wall_time_s=0.0, interrupted_by=interrupted_by)
+
+
+def _multi_start(monkeypatch, screen_fit, finish, n_starts=6, coarse=True):
+    """fit_with_restarts over 1,000 points (a 100-point screening level when ``coarse``)
+    with run_fit replaced by ``screen_fit(x, calls)``."""
+    from homodyne.optimization import restarts
+    from homodyne.optimization.settings import EngineOptions, RestartSettings
+
+    calls = []
+
+    def run_fit(problem, data, x, lb, ub, **kw):
+        calls.append(x)
+        return screen_fit(np.asarray(x, float), len(calls))
+
+    monkeypatch.setattr(restarts, "run_fit", run_fit)
+    data = SimpleNamespace(n_points=1000,
+                           subsample=lambda m, batch, dtype: SimpleNamespace(n_points=m))
+    return restarts.fit_with_restarts(
+        None, data, [0.5, 0.5], [0.0, 0.0], [1.0, 1.0],
+        settings=RestartSettings(restarts=n_starts),
+        options=EngineOptions(coarse=coarse, coarse_points=100), finish=finish)
+
+
+def test_multi_start_reports_the_whole_runs_time_passes_and_iterations(monkeypatch):
+    """probe3 L4: the result carried the finishing fit's wall time and passes only (0.90 s
+    and 3 passes for a 5.2 s run of 8 starts); the screening cost was only in the log."""
+    finishes = []
+
+    def finish(x):
+        finishes.append(x)
+        return _fake_fit(x, 0.1 * len(finishes), n_points=1000, passes=4, coarse_passes=2,
+                         pause=0.02)
+
+    best = _multi_start(monkeypatch, lambda x, k: _fake_fit(x, 1.0 + x[0], pause=0.03),
+                        finish)
+    r = best.restarts
+    assert len(finishes) == 3 and r["finished"] == 3 and r["starts"] == 6
+    assert (r["screening_passes"], r["finishing_passes"]) == (6 * 3, 3 * 4)
+    # full passes are the finishes'; the screening passes ran on the 100-point level
+    assert (best.passes, best.coarse_passes, best.coarse_points) == (12, 3 * 2 + 18, 100)
+    assert best.iterations == 9 * 2
+    assert r["screening_seconds"] >= 6 * 0.03 and r["finishing_seconds"] >= 3 * 0.02
+    assert best.wall_time_s == pytest.approx(r["screening_seconds"] + r["finishing_seconds"])
+    assert best.as_dict()["restarts"] == r
+    assert re.fullmatch(r"screening 18 passes in \d+\.\d\d s, finishing 12 full passes in "
+                        r"\d+\.\d\d s", best.summary().splitlines()[4])
+    # no screening level (small data): the screening passes are full passes
+    finishes.clear()
+    small = _multi_start(monkeypatch, lambda x, k: _fake_fit(x, 1.0 + x[0]), finish,
+                         coarse=False)
+    assert (small.passes, small.coarse_passes) == (6 * 3 + 3 * 4, 3 * 2)
+
+
+def test_multi_start_stopped_while_screening_keeps_the_best_start_screened(monkeypatch):
+    """probe3 L3: a signal during the screening saved the screening fit of the start being
+    fitted (a partial pass: 249,750 of 999,000 points, or 0), not the best screened so
+    far, and 'the best parameters so far are kept' overstated it."""
+    def screen(x, k):  # the 4th start is stopped in a partial pass of a seemingly low cost
+        if k == 4:
+            return _fake_fit(x, 0.01, n_points=25, interrupted_by="SIGINT")
+        return _fake_fit(x, 1.0 + x[0])
+
+    stopped = _multi_start(monkeypatch, screen, finish=lambda x: pytest.fail("finished"))
+    starts = spread_starts([0.5, 0.5], [0.0, 0.0], [1.0, 1.0], 6)
+    best = min(starts[:3], key=lambda s: s[0])
+    assert stopped.status == "interrupted" and stopped.interrupted_by == "SIGINT"
+    assert np.array_equal(stopped.parameters, best)
+    assert (stopped.cost, stopped.n_points) == (1.0 + best[0], 100)  # honest: its own fit
+    assert stopped.stop_reason == (
+        "interrupted by SIGINT while screening start 4 of 6 (multi-start): the parameters "
+        "are the best of the 3 starts screened so far, fitted on a 100-point subsample, not "
+        "on the full data (chi2 and points are the subsample's)")
+    r = stopped.restarts
+    assert (r["interrupted_while"], r["screened"], r["starts"]) == ("screening", 3, 6)
+    assert r["best_start"] == list(best) and r["screening_passes"] == 4 * 3
+    assert stopped.summary().splitlines()[0].startswith("INTERRUPTED")
+    # stopped in the very first start: that fit as it stood, said so
+    first = _multi_start(monkeypatch, lambda x, k: _fake_fit(x, 0.5, n_points=0,
+                                                             interrupted_by="SIGTERM"),
+                         finish=lambda x: pytest.fail("finished"))
+    assert first.status == "interrupted" and first.restarts["screened"] == 0
+    assert "the fit of start 1 as it stood, on a 100-point subsample" in first.stop_reason
+
+
+def test_multi_start_stopped_while_finishing_keeps_the_best_minimum_finished(monkeypatch):
+    """After one minimum was finished on the full data, a signal in the next finish
+    returned that stopped fit (partial pass); the finished one is the best known."""
+    finishes = []
+
+    def finish(x):
+        finishes.append(x)
+        if len(finishes) == 2:
+            return _fake_fit(x, 0.01, n_points=10, interrupted_by="SIGINT")
+        return _fake_fit(x, 0.4, n_points=1000)
+
+    stopped = _multi_start(monkeypatch, lambda x, k: _fake_fit(x, 1.0 + x[0]), finish)
+    assert len(finishes) == 2 and stopped.status == "interrupted"
+    assert np.array_equal(stopped.parameters, finishes[0])
+    assert (stopped.cost, stopped.n_points) == (0.4, 1000)
+    assert stopped.stop_reason.endswith("while finishing minimum 2 of 3 on the full data "
+                                        "(multi-start): the parameters are the best of the "
+                                        "1 minima finished so far")
+    assert stopped.restarts["interrupted_while"] == "finishing"

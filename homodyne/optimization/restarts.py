@@ -12,12 +12,14 @@ every parameter within a tolerance of it).
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from homodyne.optimization.driver import run_fit
+from homodyne.optimization.interfaces import DataSource
 from homodyne.optimization.passes import FitMonitor
 from homodyne.optimization.result import FitResult
 from homodyne.optimization.settings import EngineOptions, RestartSettings
@@ -88,40 +90,136 @@ def fit_with_restarts(problem, data, x0, lb, ub, *, settings: RestartSettings,
                       options: EngineOptions, finish: Callable[[np.ndarray], FitResult],
                       strategy: str = "STANDARD") -> FitResult:
     """The best of ``settings.restarts`` fits (see the module docstring). ``finish(x)``
-    runs the full fit from x (the caller's monitor, progress and recovery)."""
+    runs the full fit from x (the caller's monitor, progress and recovery). Its wall time,
+    passes and iterations are those of the whole run (screening and finishing; the
+    restarts block splits them). A signal stops it at once with the best parameters
+    known so far (``interrupted``)."""
+    run = _Run(time.perf_counter(), screening_data(data, options), int(data.n_points))
     starts = spread_starts(x0, lb, ub, settings.restarts, settings.seed)
-    screen = screening_data(data, options)
     one_level = replace(options, coarse=False)
-    screened = []
-    for start in starts:
-        fit = run_fit(problem, screen, start, lb, ub, options=one_level, strategy=strategy,
+    screened: list[Screened] = []
+    for k, start in enumerate(starts):
+        fit = run_fit(problem, run.screen, start, lb, ub, options=one_level, strategy=strategy,
                       monitor=FitMonitor())
+        run.screening.append(fit)
         if fit.interrupted_by is not None:  # a signal: stop here, as a single fit would
-            return fit
+            return run.stopped_screening(fit, screened, k, len(starts))
         screened.append(Screened(start, fit))
+    run.screening_s = time.perf_counter() - run.t0
     usable = [s for s in screened if math.isfinite(s.fit.cost)]
     if not usable:
-        return finish(np.asarray(x0, np.float64))
+        best = finish(np.asarray(x0, np.float64))
+        run.finishing.append(best)
+        return run.account(best)
     usable.sort(key=lambda s: s.fit.cost)
     # the best start of each distinct minimum, best minima first
     leaders: list[Screened] = []
     for s in usable:
         if not any(same_minimum(s.fit, lead.fit) for lead in leaders):
             leaders.append(s)
-    finished = []
-    for lead in leaders[: max(settings.finish_best, 1)]:
+    n_finish = min(len(leaders), max(settings.finish_best, 1))
+    finished: list[tuple[Screened, FitResult]] = []
+    for k, lead in enumerate(leaders[:n_finish]):
         fit = finish(lead.fit.parameters)
+        run.finishing.append(fit)
         if fit.interrupted_by is not None:  # stopped: not finished, nor the next ones
-            return fit
+            return run.stopped_finishing(fit, finished, k, n_finish, len(starts), screened)
         finished.append((lead, fit))
     lead, best = min(finished, key=lambda pair: pair[1].cost)
     reached = sum(same_minimum(s.fit, lead.fit) for s in screened)
     best.restarts = dict(starts=len(starts), reached_best=int(reached),
                          distinct_minima=len(leaders), finished=len(finished),
-                         screening_points=int(screen.n_points),
+                         screening_points=int(run.screen.n_points),
                          best_start=[float(v) for v in lead.start],
                          screening_chi2=[float(s.fit.chi_squared) for s in screened])
     best.messages.append(f"multi-start: best of {len(starts)} starts, reached by "
-                         f"{reached}; {len(leaders)} distinct minima on {screen.n_points:,} "
-                         f"points, {len(finished)} finished on the full data")
-    return best
+                         f"{reached}; {len(leaders)} distinct minima on "
+                         f"{run.screen.n_points:,} points, {len(finished)} finished on the "
+                         "full data")
+    return run.account(best)
+
+
+@dataclass
+class _Run:
+    """One multi-start run: its screening level and the fits made, for the whole run's
+    account (wall time, passes, iterations) and the best result after a signal."""
+
+    t0: float
+    screen: DataSource
+    n_points: int
+    screening: list[FitResult] = field(default_factory=list)
+    finishing: list[FitResult] = field(default_factory=list)
+    screening_s: float | None = None
+
+    def account(self, result: FitResult, **block) -> FitResult:
+        """``result`` with the whole run's wall time, passes and iterations; its restarts
+        block (``block`` added) with the screening and finishing shares."""
+        total = time.perf_counter() - self.t0
+        screening_s = total if self.screening_s is None else self.screening_s
+        # summed before ``result`` (one of the fits) is changed
+        s_passes = sum(f.passes for f in self.screening)
+        f_passes = sum(f.passes for f in self.finishing)
+        f_coarse = sum(f.coarse_passes for f in self.finishing)
+        iterations = sum(f.iterations for f in self.screening + self.finishing)
+        subsample = self.screen.n_points < self.n_points  # else the screening was full data
+        result.passes = f_passes + (0 if subsample else s_passes)
+        result.coarse_passes = f_coarse + (s_passes if subsample else 0)
+        if subsample and not result.coarse_points:
+            result.coarse_points = int(self.screen.n_points)
+        result.iterations = iterations
+        result.wall_time_s = total
+        result.restarts = {**(result.restarts or {}), **block,
+                           "screening_passes": int(s_passes),
+                           "screening_seconds": float(screening_s),
+                           "finishing_passes": int(f_passes),
+                           "finishing_seconds": float(total - screening_s)}
+        return result
+
+    def stopped_screening(self, fit: FitResult, screened: list[Screened], k: int,
+                          n_starts: int) -> FitResult:
+        """After a signal while start ``k`` was screened: the best start screened in full
+        so far (its χ² and points those of the screening subsample), else that start's fit
+        as it stood."""
+        done = [s for s in screened if math.isfinite(s.fit.cost)]
+        where = (f"interrupted by {fit.interrupted_by} while screening start {k + 1} of "
+                 f"{n_starts} (multi-start): the parameters are ")
+        if done:
+            best = min(done, key=lambda s: s.fit.cost)
+            result = replace(best.fit, messages=list(best.fit.messages), converged=False,
+                             interrupted_by=fit.interrupted_by)
+            result.stop_reason = where + (
+                f"the best of the {len(done)} starts screened so far, fitted on a "
+                f"{self.screen.n_points:,}-point subsample, not on the full data (chi2 and "
+                "points are the subsample's)")
+            start = best.start
+        else:
+            result, start = fit, None
+            result.stop_reason = where + (
+                f"the fit of start {k + 1} as it stood, on a {self.screen.n_points:,}-point "
+                "subsample, not on the full data")
+        return self.account(result, starts=n_starts, interrupted_while="screening",
+                            screened=len(done), screening_points=int(self.screen.n_points),
+                            best_start=None if start is None else [float(v) for v in start],
+                            screening_chi2=[float(s.fit.chi_squared) for s in screened])
+
+    def stopped_finishing(self, fit: FitResult, finished: list, k: int, n_finish: int,
+                          n_starts: int, screened: list[Screened]) -> FitResult:
+        """After a signal while minimum ``k`` was finished on the full data: the best
+        minimum finished so far, else the stopped fit as it stood."""
+        where = (f"interrupted by {fit.interrupted_by} while finishing minimum {k + 1} of "
+                 f"{n_finish} on the full data (multi-start): ")
+        if finished:
+            lead, best = min(finished, key=lambda pair: pair[1].cost)
+            result = replace(best, messages=list(best.messages), converged=False,
+                             interrupted_by=fit.interrupted_by)
+            result.stop_reason = where + (f"the parameters are the best of the "
+                                          f"{len(finished)} minima finished so far")
+            start = lead.start
+        else:
+            result, start = fit, None
+            result.stop_reason = where + "the parameters are that fit's best so far"
+        return self.account(result, starts=n_starts, interrupted_while="finishing",
+                            screened=len(screened), finished=len(finished),
+                            screening_points=int(self.screen.n_points),
+                            best_start=None if start is None else [float(v) for v in start],
+                            screening_chi2=[float(s.fit.chi_squared) for s in screened])

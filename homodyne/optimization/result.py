@@ -67,7 +67,10 @@ class FitResult:
     # in internal coordinates
     power_law_optimum: dict[str, str] = field(default_factory=dict)
     # multi-start (restarts.py): starts, reached_best, distinct_minima, finished,
-    # screening_points, best_start, screening_chi2; None for a single start
+    # screening_points, best_start, screening_chi2, and the shares of the whole run's
+    # passes and wall time (screening_passes, screening_seconds, finishing_passes,
+    # finishing_seconds); after a signal interrupted_while ("screening", "finishing") and
+    # screened instead of reached_best and distinct_minima. None for a single start
     restarts: dict | None = None
 
     def __post_init__(self):
@@ -140,10 +143,7 @@ class FitResult:
                  f"{self.iterations} iterations, {self.wall_time_s:.2f} s",
                  f"reduced chi2 = {self.reduced_chi_squared:.6g}"]
         if self.restarts:
-            r = self.restarts
-            lines.append(f"best of {r['starts']} starts, reached by {r['reached_best']} "
-                         f"({r['distinct_minima']} distinct minima on "
-                         f"{r['screening_points']:,} points, {r['finished']} finished)")
+            lines.extend(restarts_summary(self.restarts))
         for n, v, u in zip(self.parameter_names, self.parameters, self.uncertainties,
                            strict=True):
             flag = " (at bound)" if n in self.at_bounds else ""
@@ -154,6 +154,23 @@ class FitResult:
         for n, where in self.power_law_optimum.items():
             lines.append(f"  power law of {n}: {where}")
         return "\n".join(lines)
+
+
+def restarts_summary(r: dict) -> list[str]:
+    """The summary lines of a multi-start run (FitResult.restarts)."""
+    if r.get("interrupted_while"):
+        head = (f"multi-start of {r['starts']} starts interrupted while "
+                f"{r['interrupted_while']} ({r['screened']} screened on "
+                f"{r['screening_points']:,} points)")
+    else:
+        head = (f"best of {r['starts']} starts, reached by {r['reached_best']} "
+                f"({r['distinct_minima']} distinct minima on {r['screening_points']:,} "
+                f"points, {r['finished']} finished)")
+    if "screening_seconds" not in r:
+        return [head]
+    return [head, f"screening {r['screening_passes']} passes in {r['screening_seconds']:.2f} "
+                  f"s, finishing {r['finishing_passes']} full passes in "
+                  f"{r['finishing_seconds']:.2f} s"]
 
 
 def consistent_covariance(cov):
