@@ -43,7 +43,9 @@ def _fit_parser() -> argparse.ArgumentParser:
     p.add_argument("--output-dir", help="output folder (overrides output.directory)")
     p.add_argument("--q", type=_q_argument, help="q bin(s) to fit: a number, comma-separated "
                    "numbers, or 'all' (overrides experimental_data.q); several bins or files "
-                   "give one fit per (file, q) and a summary.csv")
+                   "give one fit per (file, q) and a summary.csv; one number on a multi-q "
+                   "config refits that bin in its folder <file>/q<NN> and refreshes the "
+                   "summary.csv")
     from homodyne.optimization.strategy import TIER_NAMES
 
     p.add_argument("--strategy", choices=TIER_NAMES,
@@ -252,9 +254,15 @@ def fit_main(argv) -> int:
 
     a = _fit_parser().parse_args(argv)
     configure_console_logging(quiet=a.quiet)
-    cfg = load_config(a.config, overrides=_overrides(a))
+    overrides = _overrides(a)
+    cfg = load_config(a.config, overrides=overrides)
     if cfg.is_multi:
         return _fit_many(cfg, a.overwrite or None, strict=a.strict)
+    if a.q is not None and not a.output_dir:  # one q bin of a multi-q config: its own folder
+        del overrides["experimental_data.q"]
+        whole = load_config(a.config, overrides=overrides)
+        if whole.is_multi:
+            return _fit_many(cfg, a.overwrite or None, strict=a.strict, table_of=whole)
     run = run_from_config(cfg, overwrite=a.overwrite or None)
     print(run.result.summary())
     print(f"results in {run.output_dir}")
@@ -351,12 +359,13 @@ class _CtrlC:
         sys.unraisablehook = self.previous_hook
 
 
-def _fit_many(cfg, overwrite, *, strict: bool = False) -> int:
+def _fit_many(cfg, overwrite, *, strict: bool = False, table_of=None) -> int:
     """One fit per (file, q bin) in this process, then summary.csv and its plots; the exit
-    status of the worst fit (failed, then not converged, then --strict undetermined)."""
+    status of the worst fit (failed, then not converged, then --strict undetermined).
+    ``table_of``: the multi-q config of which ``cfg`` selects one q (``--q``)."""
     from homodyne.production.multiq import run_all
 
-    rows, summary = run_all(cfg, overwrite=overwrite)
+    rows, summary = run_all(cfg, overwrite=overwrite, table_of=table_of)
     statuses = [r["status"] for r in rows]
     failed = sum(s.startswith("failed") for s in statuses)
     print(f"{len(rows)} fits ({statuses.count('ok')} ok, {failed} failed, "

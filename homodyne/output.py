@@ -5,8 +5,8 @@ so a crash or a full disk never leaves a partial file under the final name. A ru
 files are staged together (``ResultSet``) and committed at the end, parameters.json
 last, so a folder holds one complete result set or the previous one. Existing results
 are never silently overwritten. Files honour the umask and no symlink is followed.
-Temporary names carry the writer's pid: the next run to lock the folder removes those a
-killed run left behind.
+Temporary names carry the writer's pid and host: the next run on this host to lock the
+folder removes those a killed run left behind.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ SET_FILES = ("fit.h5", "c2_heatmaps.png", "c2_cuts.png", "scaling_per_angle.png"
              "residual_histogram.png", "per_q.csv", "g2_fits.png", "rates_vs_q.png", "fit.log",
              MARKER)
 INTERRUPTED = "parameters.interrupted.json"
+MULTI_Q_TABLE = "summary.csv"  # the root of a multi-q run (production/multiq.py) holds it
 FAILED_LOG = "fit.incomplete.log"
 log = logging.getLogger(__name__)
 
@@ -54,19 +55,28 @@ def create_new(path, mode: int = 0o666) -> int:
 
 def _temp_name(path: Path) -> Path:
     """The one pattern of every temporary file homodyne writes (TEMP_NAME): the writer's
-    pid in it tells a killed run's leftovers from a running writer's files. The suffix is
+    pid and host in it tell a killed run's leftovers from a running writer's files (on a
+    folder shared by several hosts, NFS, only this host's are judged). The suffix is
     kept: writers such as matplotlib pick the format from it."""
-    return path.with_name(f".tmp-{os.getpid()}-{secrets.token_hex(4)}-{path.name}")
+    return path.with_name(f".tmp-{os.getpid()}.{_host()}-{secrets.token_hex(4)}-{path.name}")
 
 
-TEMP_NAME = re.compile(r"\.tmp-(\d{1,9})-[0-9a-f]{8}-.")
+def _host() -> str:
+    """This host's name as it goes into temporary names: [A-Za-z0-9_], at most 32 chars."""
+    import socket
+
+    return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:32] or "_"
+
+
+# pid, then the host (absent in the names of versions before it was added: judged by pid)
+TEMP_NAME = re.compile(r"\.tmp-(\d{1,9})(?:\.([A-Za-z0-9_]{1,32}))?-[0-9a-f]{8}-.")
 
 
 def remove_stale_temp_files(folder, of: str | None = None) -> list[str]:
-    """Delete the temporary files in ``folder`` whose writer no longer runs (a run killed by
-    SIGKILL or a power cut leaves them); called with the folder's lock held, or with ``of``
-    (a file name): only the temporary files of that file. Only regular files named by
-    ``_temp_name`` are touched; returns the names removed (and logs them)."""
+    """Delete the temporary files in ``folder`` whose writer on this host no longer runs
+    (a run killed by SIGKILL or a power cut leaves them); called with the folder's lock
+    held, or with ``of`` (a file name): only the temporary files of that file. Only regular
+    files named by ``_temp_name`` are touched; returns the names removed (and logs them)."""
     removed = []
     try:
         entries = list(os.scandir(folder))
@@ -74,9 +84,10 @@ def remove_stale_temp_files(folder, of: str | None = None) -> list[str]:
         return removed
     for entry in entries:
         found = TEMP_NAME.match(entry.name)
-        if found is None or _running(int(found.group(1))) or \
+        if found is None or found.group(2) not in (None, _host()) or \
+                _running(int(found.group(1))) or \
                 (of is not None and entry.name[found.end() - 1:] != of):
-            continue
+            continue  # not ours, another host's (its pids mean nothing here), or running
         try:
             if entry.is_file(follow_symlinks=False):
                 os.unlink(entry.path)
@@ -272,6 +283,12 @@ def check_output_dir(directory, overwrite: bool) -> Path:
         if (d / name).is_dir() and not (d / name).is_symlink():  # checked before the fit
             raise OutputDirError(f"{d / name} is a folder where the result file {name} goes; "
                                  "move it away or choose another --output-dir")
+    if os.path.lexists(d / MULTI_Q_TABLE):
+        raise OutputDirError(
+            f"{d} holds a multi-q run ({MULTI_Q_TABLE} and a folder per file and q bin): a "
+            "single fit there would mix two kinds of results; to refit one q bin run its "
+            "config with --q and no --output-dir (the fit goes to its own folder <file>/q<NN> "
+            "there), or choose another --output-dir")
     existing = [f for f in RESULT_FILES if (d / f).exists()]
     if existing and not overwrite:
         raise OutputExistsError(

@@ -204,3 +204,67 @@ def test_multi_start_stopped_while_finishing_keeps_the_best_minimum_finished(mon
                                         "(multi-start): the parameters are the best of the "
                                         "1 minima finished so far")
     assert stopped.restarts["interrupted_while"] == "finishing"
+
+
+def test_the_multi_q_folder_is_locked_swept_and_never_given_a_single_fit(tmp_path, capsys):
+    """probe2 W18 / probe3 L7: the multi-q folder (summary.csv, plots) took no lock and the
+    temporary files a killed run left there stayed; temporary files were judged by pid only
+    (a folder shared by two hosts). probe3 L5: `--q X` on a multi-q config wrote a single
+    fit into the multi-q folder, beside summary.csv and the per-bin folders."""
+    import json
+
+    import pandas as pd
+    import yaml
+
+    from homodyne.cli import main
+    from homodyne.data.synthetic import generate_synthetic
+    from homodyne.model import ModelSpec
+    from homodyne.output import _host
+    from homodyne.pipeline import OutputLock
+
+    spec = ModelSpec(mode="static", n_frames=30, phi_deg=(0.0,))
+    generate_synthetic(tmp_path / "d.h5", spec, spec.pack(0.3, 1.0, [1e4, -0.5, 100.0]),
+                       more_q=(0.007,))
+    root = tmp_path / "out"
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "analysis_mode": "static",
+        "experimental_data": {"file_path": str(tmp_path / "d.h5"), "q": "all"},
+        "initial_parameters": {"values": [1e4, -0.5, 100.0]},
+        "performance": {"enable_progress": False},
+        "output": {"directory": str(root), "plots": False}}))
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    root.mkdir()
+    left = {f".tmp-{dead}.{_host()}-0123abcd-summary.csv": False,  # this host's: removed
+            f".tmp-{dead}-4567abcd-parameters_vs_q.png": False,  # a name before hosts were in
+            f".tmp-{dead}.{_host()}x-89abcdef-summary.csv": True}  # another host's: kept
+    for name in left:
+        (root / name).write_text("partial")
+    assert main(["--config", str(cfg)]) == 0
+    assert sorted(p.name for p in root.iterdir()) == sorted(
+        [".homodyne.lock", "d", "summary.csv", "parameters_vs_q.png", "parameters_vs_file.png",
+         *[n for n, kept in left.items() if kept]])
+    with OutputLock(root):  # another run writes the multi-q folder
+        assert main(["--config", str(cfg), "--overwrite"]) == 2
+    assert f"{root} is in use by pid {os.getpid()}; wait for it to finish" in \
+        capsys.readouterr().err
+
+    q01 = root / "d" / "q01" / "parameters.json"
+    before = json.loads(q01.read_text())
+    q01.write_text(json.dumps({**before, "n_points": 1}))  # so that the refit shows
+    assert main(["--config", str(cfg), "--q", "0.007", "--overwrite"]) == 0
+    assert not (root / "parameters.json").exists()
+    assert json.loads(q01.read_text())["n_points"] == before["n_points"]
+    table = pd.read_csv(root / "summary.csv")  # refreshed from both bin folders
+    assert list(table["q_index"]) == [0, 1] and list(table["n_points"]) == [before["n_points"]] * 2
+
+    assert main(["--config", str(cfg), "--q", "0.007", "--output-dir", str(root)]) == 2
+    assert f"{root} holds a multi-q run (summary.csv and a folder per file and q bin)" in \
+        capsys.readouterr().err
+    single = tmp_path / "single"
+    single.mkdir()
+    (single / "parameters.json").write_text("{}")
+    assert main(["--config", str(cfg), "--output-dir", str(single)]) == 2
+    assert f"{single} holds a single fit (parameters.json): a multi-q run there would mix" in \
+        capsys.readouterr().err

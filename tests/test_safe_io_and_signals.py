@@ -17,6 +17,7 @@ from helpers import REPO, tiny_tmpfs
 
 from homodyne.data.synthetic import generate_synthetic
 from homodyne.model import ModelSpec
+from homodyne.output import _host
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 INTERRUPTED = "homodyne: interrupted ({}); results already in the output folder are untouched"
@@ -230,7 +231,7 @@ def test_temporary_files_of_killed_runs_are_removed_by_the_next_run(small_fit, t
     ck.mkdir()
     dead = _killed_mid_write(out)
     [left] = [p.name for p in out.glob(".tmp-*")]
-    assert left.startswith(f".tmp-{dead}-") and left.endswith("-big.h5")
+    assert left.startswith(f".tmp-{dead}.{_host()}-") and left.endswith("-big.h5")
     planted = {out / f".tmp-{dead}-0123abcd-parameters.json": "gone",
                ck / f".tmp-{dead}-89abcdef-homodyne_state_batch_0002.h5": "gone",
                out / f".tmp-{os.getpid()}-00c0ffee-fit.log": "kept",  # a running writer's

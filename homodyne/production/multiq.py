@@ -17,10 +17,11 @@ from pathlib import Path
 
 from homodyne.config import ConfigError, HomodyneConfig
 from homodyne.data.twotime import DEFAULT_Q_TOLERANCE, SYNTHETIC_ATTRS, q_bins
+from homodyne.output import MARKER, MULTI_Q_TABLE, OutputDirError
 
 log = logging.getLogger("homodyne")
 JOB_FILE = "job.json"
-SUMMARY_FILE = "summary.csv"
+SUMMARY_FILE = MULTI_Q_TABLE
 
 
 @dataclass(frozen=True)
@@ -217,44 +218,75 @@ def write_summary(rows: list[dict], out_dir) -> Path:
 
 
 def gather(job_dirs, out_dir) -> Path:
-    """The gather step: a summary row from every job folder, then table and plots."""
+    """The gather step: a summary row from every job folder, then table and plots, with
+    the run's folder locked (as a run of every job in one process locks it)."""
+    with root_lock(out_dir):
+        return _gather(job_dirs, out_dir)
+
+
+def _gather(job_dirs, out_dir) -> Path:
     return write_summary([summary_row(d) for d in job_dirs], out_dir)
 
 
-def run_all(cfg: HomodyneConfig, *, overwrite: bool | None = None) -> tuple[list[dict], Path]:
+def root_lock(out_dir):
+    """The lock of a multi-q run's folder (summary.csv, plots): one run at a time, and the
+    temporary files a killed one left there are removed; a single fit's results there
+    are refused (two kinds of results in one folder)."""
+    from homodyne.pipeline import OutputLock
+
+    if Path(out_dir, MARKER).exists():
+        raise OutputDirError(
+            f"{out_dir} holds a single fit ({MARKER}): a multi-q run there would mix two kinds "
+            "of results; choose another output.directory (--output-dir) for the multi-q run")
+    return OutputLock(Path(out_dir))
+
+
+def run_all(cfg: HomodyneConfig, *, overwrite: bool | None = None,
+            table_of: HomodyneConfig | None = None) -> tuple[list[dict], Path]:
     """Every job in this process, one after the other (a small set; the workflow runs them
-    as parallel jobs), then the summary. A job that fails is a row with its error."""
+    as parallel jobs), then the summary. A job that fails is a row with its error. With
+    ``table_of`` (the whole multi-q config of which ``cfg`` selects one q: ``--q``), the
+    summary is refreshed from every complete job folder of that config."""
     from homodyne.data.errors import DataFileError
     from homodyne.optimization.exceptions import NLSQOptimizationError
 
+    root = cfg.output["directory"]
     jobs = plan_jobs(cfg)
     rows = []
-    try:
-        for k, job in enumerate(jobs, 1):
-            log.info("fit %d/%d: %s, q bin %d (q = %.6g)", k, len(jobs), job.file, job.q_index,
-                     job.q)
-            try:
-                rows.append(fit_job(cfg, job, overwrite=overwrite))
-            except (DataFileError, NLSQOptimizationError) as exc:
-                log.error("%s q bin %d failed: %s", job.file, job.q_index, exc)
-                rows.append({"file": job.file_id, "age_s": None, "q_index": job.q_index,
-                             "q": job.q, "status": f"failed: {exc}",
-                             "output_dir": str(job.output_dir)})
-    except BaseException:
-        if rows:  # interrupted or refused midway: the table must describe the folders as they are
-            _summary_from_disk(jobs, cfg.output["directory"])
-        raise
-    return rows, write_summary(rows, cfg.output["directory"])
+    with root_lock(root):
+        try:
+            for k, job in enumerate(jobs, 1):
+                log.info("fit %d/%d: %s, q bin %d (q = %.6g)", k, len(jobs), job.file,
+                         job.q_index, job.q)
+                try:
+                    rows.append(fit_job(cfg, job, overwrite=overwrite))
+                except (DataFileError, NLSQOptimizationError) as exc:
+                    log.error("%s q bin %d failed: %s", job.file, job.q_index, exc)
+                    rows.append({"file": job.file_id, "age_s": None, "q_index": job.q_index,
+                                 "q": job.q, "status": f"failed: {exc}",
+                                 "output_dir": str(job.output_dir)})
+        except BaseException:
+            if rows:  # interrupted or refused midway: the table must describe the folders
+                _summary_from_disk(jobs, root)  # as they are
+            raise
+        if table_of is not None:
+            return rows, _gather(_complete(plan_jobs(table_of)), root)
+        return rows, write_summary(rows, root)
+
+
+def _complete(jobs: list[QFitJob]) -> list[Path]:
+    """The folders of ``jobs`` that hold a complete result (this run's or an earlier one's)."""
+    return [j.output_dir for j in jobs
+            if (j.output_dir / "parameters.json").is_file() and (j.output_dir / JOB_FILE).is_file()]
 
 
 def _summary_from_disk(jobs: list[QFitJob], out_dir) -> None:
     """summary.csv and plots of the job folders that hold a complete result (this run's or
     an earlier one's), so a run stopped midway leaves no table of results no longer there."""
-    done = [j.output_dir for j in jobs
-            if (j.output_dir / "parameters.json").is_file() and (j.output_dir / JOB_FILE).is_file()]
+    done = _complete(jobs)
     try:
         if done:
-            gather(done, out_dir)
+            _gather(done, out_dir)
         else:
             for name in (SUMMARY_FILE, "parameters_vs_q.png", "parameters_vs_file.png"):
                 Path(out_dir, name).unlink(missing_ok=True)
