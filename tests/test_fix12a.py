@@ -6,6 +6,7 @@ import os
 import re
 import subprocess
 import sys
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -268,3 +269,57 @@ def test_the_multi_q_folder_is_locked_swept_and_never_given_a_single_fit(tmp_pat
     assert main(["--config", str(cfg), "--output-dir", str(single)]) == 2
     assert f"{single} holds a single fit (parameters.json): a multi-q run there would mix" in \
         capsys.readouterr().err
+
+
+SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+
+
+@pytest.mark.skipif(not SNAKEMAKE.exists(), reason="snakemake not installed")
+@pytest.mark.parametrize("key, value, message", [
+    ("multiq.runs.multiq_chx.config", "config/fits/nope.yaml",
+     "multiq.runs.multiq_chx.config: 'config/fits/nope.yaml' is not a file; name the fit "
+     "config of this run (e.g. config/fits/synthetic_aging.yaml)"),
+    ("fits.chx.alpha_window", [1.15, 0.85],
+     "fits.chx.alpha_window: [1.15, 0.85] is not [low, high] with low < high; give e.g. "
+     "[0.85, 1.15]"),
+])
+def test_the_workflow_plan_refuses_a_missing_run_config_and_a_reversed_window(
+        tmp_path, key, value, message):
+    """probe4 L7: both passed the dry run (`snakemake -n`) and failed, or selected nothing,
+    only when the jobs ran."""
+    import yaml
+    from helpers import REPO
+
+    cfg = yaml.safe_load((REPO / "config/test.yaml").read_text())
+    *parents, last = key.split(".")
+    node = cfg
+    for k in parents:
+        node = node[k]
+    node[last] = value
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(cfg))
+    proc = subprocess.run([str(SNAKEMAKE), "-n", "--nolock", "fit", "--configfile",
+                           str(tmp_path / "c.yaml")], cwd=REPO, capture_output=True, text=True,
+                          timeout=300)
+    assert proc.returncode != 0
+    assert message in proc.stdout + proc.stderr
+
+
+def test_a_multi_q_run_name_must_be_a_folder_name():
+    """probe4 L7: a run named 'a/b' passed the schema (its outputs nested one folder deeper);
+    and the package refuses a reversed CHX alpha window too."""
+    import yaml
+    from helpers import REPO
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    from homodyne.production.chx import check_alpha_window
+
+    schema = str(REPO / "workflow/schemas/config.schema.yaml")
+    cfg = yaml.safe_load((REPO / "config/test.yaml").read_text())
+    validate(cfg, schema)
+    cfg["multiq"]["runs"]["a/b"] = cfg["multiq"]["runs"].pop("multiq_chx")
+    with pytest.raises(WorkflowError, match=r"'a/b' does not match"):
+        validate(cfg, schema)
+    assert check_alpha_window([0.85, 1.15]) == (0.85, 1.15)
+    with pytest.raises(ValueError, match=r"fits.chx.alpha_window: \[1.15, 0.85\] is not"):
+        check_alpha_window([1.15, 0.85])

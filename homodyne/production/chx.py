@@ -38,7 +38,7 @@ def authors_rates(results_json, alpha_window=(0.85, 1.15)) -> pd.DataFrame:
         "gamma": np.asarray(p["gamma"], float), "gamma_err": np.asarray(e["gamma"], float),
         "alpha": np.asarray(p["alpha"], float), "beta": np.asarray(p["beta"], float),
     })
-    lo, hi = alpha_window
+    lo, hi = check_alpha_window(alpha_window)
     ok = df["alpha"].between(lo, hi) & np.isfinite(df["gamma"]) & \
         np.isfinite(df["gamma_err"]) & (df["gamma_err"] > 0) & (df["gamma_err"] < df["gamma"])
     df = df[ok].copy()
@@ -65,8 +65,19 @@ def rate_with_errors(result, spec, t) -> tuple[np.ndarray, np.ndarray]:
     return values, np.sqrt(np.clip(np.diag(cov), 0, None))
 
 
+def check_alpha_window(alpha_window) -> tuple[float, float]:
+    """(low, high) of the alpha window, or a ValueError naming the fix (a reversed window
+    selects no age at all)."""
+    lo, hi = (float(v) for v in alpha_window)
+    if not lo < hi:
+        raise ValueError(f"fits.chx.alpha_window: [{lo:g}, {hi:g}] is not [low, high] with "
+                         "low < high; give e.g. [0.85, 1.15]")
+    return lo, hi
+
+
 def fit_chx(npy_path, results_json, out_dir, *, alpha_window=(0.85, 1.15),
             max_iterations: int = 300) -> dict:
+    alpha_window = check_alpha_window(alpha_window)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     src = open_two_time(npy_path, q=1.0)

@@ -77,5 +77,17 @@ def real_data_files(folder):
     return files
 
 
+def chx_alpha_window():
+    """fits.chx.alpha_window (default [0.85, 1.15]); a reversed window, which would select no
+    age, stops the plan."""
+    window = config["fits"]["chx"].get("alpha_window", [0.85, 1.15])
+    if not window[0] < window[1]:
+        raise ValueError(
+            f"fits.chx.alpha_window: {window} is not [low, high] with low < high; "
+            "give e.g. [0.85, 1.15]"
+        )
+    return window
+
+
 def data_mirror():
     return os.environ.get("HOMODYNE_DATA_MIRROR", config.get("data_mirror", ""))

@@ -47,7 +47,7 @@ rule fit_chx:
         mem_mb=2000,
         runtime=20,
     params:
-        alpha_window=config["fits"]["chx"].get("alpha_window", [0.85, 1.15]),
+        alpha_window=chx_alpha_window(),
     script:
         "../scripts/fit_chx.py"
 

@@ -59,4 +59,16 @@ def q_fit_jobs(wildcards):
     ]
 
 
+def check_multiq_runs():
+    """Every run's fit config exists (the schema checks the run names): a missing one would
+    only fail when its jobs run."""
+    for run, spec in multiq_runs().items():
+        if not _Path(spec["config"]).is_file():
+            raise ValueError(
+                f"multiq.runs.{run}.config: {spec['config']!r} is not a file; name the fit "
+                "config of this run (e.g. config/fits/synthetic_aging.yaml)"
+            )
+
+
+check_multiq_runs()
 RUN_NAMES = "|".join(_re.escape(r) for r in multiq_runs()) or "no_multiq_run"
