@@ -48,6 +48,14 @@ def unpack_entry(key: str, stored: bytes) -> bytes | None:
     return payload if hashlib.sha256(payload).digest() == digest else None
 
 
+def _intact(path: str, key: str) -> bool:
+    try:
+        with open(path, "rb") as fh:
+            return unpack_entry(key, fh.read()) is not None
+    except OSError:
+        return False
+
+
 class CheckedEntries:
     """JAX's cache interface (``get``/``put``) over JAX's own file cache ``base``, with
     every entry checked against its key and digest (see the module docstring)."""
@@ -60,6 +68,8 @@ class CheckedEntries:
     def get(self, key: str) -> bytes | None:
         try:
             stored = self._base.get(key)
+        except TimeoutError:  # JAX's lock held too long (filelock.Timeout): a miss
+            return None
         except OSError as exc:  # an entry that is a folder, unreadable, ...
             self._discard(key, exc.strerror or str(exc))
             return None
@@ -83,10 +93,10 @@ class CheckedEntries:
                 entry = os.path.join(folder, key + _CACHE_SUFFIX)
                 if os.path.isdir(entry) and not os.path.islink(entry):
                     shutil.rmtree(entry)
-                else:
-                    os.unlink(entry)
-                with contextlib.suppress(FileNotFoundError):
-                    os.unlink(os.path.join(folder, key + _ATIME_SUFFIX))
+                elif not _intact(entry, key):  # else another process has just replaced it
+                    with contextlib.suppress(FileNotFoundError):
+                        os.unlink(entry)
+                        os.unlink(os.path.join(folder, key + _ATIME_SUFFIX))
         except Exception as exc:  # noqa: BLE001 - a miss all the same, never a crash
             why = f"{why}; not removed: {exc}"
         (log.debug if self._warned else log.warning)(

@@ -60,14 +60,22 @@ def test_cache_entries_damaged_foreign_or_without_atime_are_never_run_nor_swept(
     (folder / f"{cum}-cache").write_bytes(before[foreign][0])  # another kernel's entry
     kept = next(k for k in sorted(before) if k not in (lam, cum, foreign))
     (folder / f"{kept}-atime").unlink()  # as a JAX that writes no -atime leaves it
+    a_dir = next(k for k in sorted(before) if k not in (lam, cum, foreign, kept))
+    (folder / f"{a_dir}-cache").unlink()
+    (folder / f"{a_dir}-cache").mkdir()  # an entry that is a folder
+    (folder / f"{a_dir}-cache" / "x").write_text("x")
 
     again, err = _compile_with_cache(folder)
     assert again == values
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and "not used (damaged, cut short, another kernel's" in lines[0]
+    assert len(lines) == 1 and re.fullmatch(  # one line for the four entries
+        rf"homodyne: compilation cache entry \S+-cache in {folder} not used \((damaged, cut "
+        r"short, another kernel's or an older format|Is a directory)\); the kernel is "
+        r"compiled and stored anew", lines[0]), err
     after = _entries(folder)
     assert after.keys() == before.keys()
-    assert unpack_entry(lam, after[lam][0]) and unpack_entry(cum, after[cum][0])  # anew
+    for key in (lam, cum, a_dir):  # written anew
+        assert unpack_entry(key, after[key][0])
     assert after[kept] == before[kept]  # read, not swept
     assert _compile_with_cache(folder) == (values, "")  # silent from now on
     assert _entries(folder) == after
