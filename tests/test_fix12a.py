@@ -213,6 +213,14 @@ def test_multi_start_stopped_while_finishing_keeps_the_best_minimum_finished(mon
                                         "(multi-start): the parameters are the best of the "
                                         "1 minima finished so far")
     assert stopped.restarts["interrupted_while"] == "finishing"
+    # stopped in the first finish before a full pass: the best screened minimum, said so
+    first = _multi_start(monkeypatch, lambda x, k: _fake_fit(x, 1.0 + x[0]),
+                         lambda x: _fake_fit(x, 0.0, n_points=0, interrupted_by="SIGTERM"))
+    best = min(spread_starts([0.5, 0.5], [0.0, 0.0], [1.0, 1.0], 6), key=lambda s: s[0])
+    assert np.array_equal(first.parameters, best) and first.n_points == 100
+    assert first.status == "interrupted" and first.stop_reason.endswith(
+        "the parameters are the best screened minimum, fitted on a 100-point subsample, not "
+        "on the full data (chi2 and points are the subsample's)")
 
 
 def test_the_multi_q_folder_is_locked_swept_and_never_given_a_single_fit(tmp_path, capsys):

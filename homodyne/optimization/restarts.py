@@ -123,7 +123,8 @@ def fit_with_restarts(problem, data, x0, lb, ub, *, settings: RestartSettings,
         fit = finish(lead.fit.parameters)
         run.finishing.append(fit)
         if fit.interrupted_by is not None:  # stopped: not finished, nor the next ones
-            return run.stopped_finishing(fit, finished, k, n_finish, len(starts), screened)
+            return run.stopped_finishing(fit, lead, finished, k, n_finish, len(starts),
+                                         screened)
         finished.append((lead, fit))
     lead, best = min(finished, key=lambda pair: pair[1].cost)
     reached = sum(same_minimum(s.fit, lead.fit) for s in screened)
@@ -202,22 +203,29 @@ class _Run:
                             best_start=None if start is None else [float(v) for v in start],
                             screening_chi2=[float(s.fit.chi_squared) for s in screened])
 
-    def stopped_finishing(self, fit: FitResult, finished: list, k: int, n_finish: int,
-                          n_starts: int, screened: list[Screened]) -> FitResult:
-        """After a signal while minimum ``k`` was finished on the full data: the best
-        minimum finished so far, else the stopped fit as it stood."""
+    def stopped_finishing(self, fit: FitResult, lead: Screened, finished: list, k: int,
+                          n_finish: int, n_starts: int, screened: list[Screened]) -> FitResult:
+        """After a signal while minimum ``k`` (``lead``) was finished on the full data: the
+        best minimum finished so far, else the stopped fit if it evaluated a point on the
+        full data, else ``lead``'s screening fit (its χ² and points the subsample's)."""
         where = (f"interrupted by {fit.interrupted_by} while finishing minimum {k + 1} of "
-                 f"{n_finish} on the full data (multi-start): ")
+                 f"{n_finish} on the full data (multi-start): the parameters are ")
         if finished:
-            lead, best = min(finished, key=lambda pair: pair[1].cost)
+            best_lead, best = min(finished, key=lambda pair: pair[1].cost)
             result = replace(best, messages=list(best.messages), converged=False,
                              interrupted_by=fit.interrupted_by)
-            result.stop_reason = where + (f"the parameters are the best of the "
-                                          f"{len(finished)} minima finished so far")
+            result.stop_reason = where + f"the best of the {len(finished)} minima finished so far"
+            start = best_lead.start
+        elif fit.n_points > 0:
+            result, start = fit, lead.start
+            result.stop_reason = where + "that fit's best so far"
+        else:  # stopped before its first pass was complete: nothing evaluated on the full data
+            result = replace(lead.fit, messages=list(lead.fit.messages), converged=False,
+                             interrupted_by=fit.interrupted_by)
+            result.stop_reason = where + (
+                f"the best screened minimum, fitted on a {self.screen.n_points:,}-point "
+                "subsample, not on the full data (chi2 and points are the subsample's)")
             start = lead.start
-        else:
-            result, start = fit, None
-            result.stop_reason = where + "the parameters are that fit's best so far"
         return self.account(result, starts=n_starts, interrupted_while="finishing",
                             screened=len(screened), finished=len(finished),
                             screening_points=int(self.screen.n_points),

@@ -270,7 +270,9 @@ def run_all(cfg: HomodyneConfig, *, overwrite: bool | None = None,
                 _summary_from_disk(jobs, root)  # as they are
             raise
         if table_of is not None:
-            return rows, _gather(_complete(plan_jobs(table_of)), root)
+            table = plan_jobs(table_of)
+            table += [j for j in jobs if j.output_dir not in {t.output_dir for t in table}]
+            return rows, _gather(_complete(table), root)
         return rows, write_summary(rows, root)
 
 
