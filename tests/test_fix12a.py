@@ -210,8 +210,8 @@ def test_multi_start_stopped_while_finishing_keeps_the_best_minimum_finished(mon
     assert np.array_equal(stopped.parameters, finishes[0])
     assert (stopped.cost, stopped.n_points) == (0.4, 1000)
     assert stopped.stop_reason.endswith("while finishing minimum 2 of 3 on the full data "
-                                        "(multi-start): the parameters are the best of the "
-                                        "1 minima finished so far")
+                                        "(multi-start): the parameters are the one minimum "
+                                        "finished so far")
     assert stopped.restarts["interrupted_while"] == "finishing"
     # stopped in the first finish before a full pass: the best screened minimum, said so
     first = _multi_start(monkeypatch, lambda x, k: _fake_fit(x, 1.0 + x[0]),

@@ -140,6 +140,10 @@ def fit_with_restarts(problem, data, x0, lb, ub, *, settings: RestartSettings,
     return run.account(best)
 
 
+def _best_of(n: int, one: str, many: str) -> str:
+    return f"the best of the {n} {many}" if n > 1 else f"the one {one}"
+
+
 @dataclass
 class _Run:
     """One multi-start run: its screening level and the fits made, for the whole run's
@@ -189,7 +193,7 @@ class _Run:
             result = replace(best.fit, messages=list(best.fit.messages), converged=False,
                              interrupted_by=fit.interrupted_by)
             result.stop_reason = where + (
-                f"the best of the {len(done)} starts screened so far, fitted on a "
+                f"{_best_of(len(done), 'start', 'starts')} screened so far, fitted on a "
                 f"{self.screen.n_points:,}-point subsample, not on the full data (chi2 and "
                 "points are the subsample's)")
             start = best.start
@@ -214,7 +218,8 @@ class _Run:
             best_lead, best = min(finished, key=lambda pair: pair[1].cost)
             result = replace(best, messages=list(best.messages), converged=False,
                              interrupted_by=fit.interrupted_by)
-            result.stop_reason = where + f"the best of the {len(finished)} minima finished so far"
+            result.stop_reason = where + (
+                f"{_best_of(len(finished), 'minimum', 'minima')} finished so far")
             start = best_lead.start
         elif fit.n_points > 0:
             result, start = fit, lead.start
