@@ -5,9 +5,10 @@ whatever bytes it finds there: an entry damaged in place that still decompresses
 valid entry of another kernel under this key, is deserialised and run (a warning in every
 run, or a crash inside JAX). :class:`CheckedEntries` wraps JAX's file cache: each entry is
 written with a header holding its key and a SHA-256 digest of the payload, and an entry
-whose header does not match (damaged, cut short, another kernel's, written by JAX itself
-or an older homodyne) is a miss: it is removed, with one log line per process, and JAX
-compiles and stores the kernel anew.
+whose header does not match (damaged, cut short, another kernel's) is a miss: it is
+removed, with one log line per process, and JAX compiles and stores the kernel anew. An
+entry without the header (JAX's own format, as an older homodyne wrote it) is replaced
+the same way, without a word.
 
 The cache is plugged in through JAX's private ``jax._src.compilation_cache.get_file_cache``;
 :func:`install` says whether that hook exists (a JAX without it: the caller turns the
@@ -76,16 +77,19 @@ class CheckedEntries:
         if stored is None:
             return None
         payload = unpack_entry(key, stored)
-        if payload is None:
-            self._discard(key, "damaged, cut short, another kernel's or an older format")
+        if payload is None and not stored.startswith(MAGIC):  # JAX's own format (an older
+            self._discard(key, "no homodyne header", quiet=True)  # homodyne) or not an entry
+        elif payload is None:
+            self._discard(key, "damaged, cut short or another kernel's")
         return payload
 
     def put(self, key: str, value: bytes) -> None:
         self._base.put(key, pack_entry(key, value))
 
-    def _discard(self, key: str, why: str) -> None:
+    def _discard(self, key: str, why: str, quiet: bool = False) -> None:
         """Remove the entry of ``key`` (under JAX's lock) so that the kernel compiled now
-        takes its place; the first of a process is logged."""
+        takes its place; the first of a process is logged (unless ``quiet``: entries of the
+        format before the header, replaced once after an upgrade)."""
         folder = os.fspath(self._path)
         lock = getattr(self._base, "lock", None) or contextlib.nullcontext()
         try:
@@ -99,10 +103,10 @@ class CheckedEntries:
                         os.unlink(os.path.join(folder, key + _ATIME_SUFFIX))
         except Exception as exc:  # noqa: BLE001 - a miss all the same, never a crash
             why = f"{why}; not removed: {exc}"
-        (log.debug if self._warned else log.warning)(
+        (log.debug if self._warned or quiet else log.warning)(
             "homodyne: compilation cache entry %s%s in %s not used (%s); the kernel is "
             "compiled and stored anew", key, _CACHE_SUFFIX, folder, why)
-        self._warned = True
+        self._warned = self._warned or not quiet
 
 
 def install(folder: str) -> bool:
