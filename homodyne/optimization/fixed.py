@@ -72,7 +72,8 @@ def _fixed_items(fixed, names) -> list:
 
 def fix_parameters(p0, lb, ub, fixed, names) -> tuple[np.ndarray, np.ndarray]:
     """Bounds with each parameter in ``fixed`` (names, indices or a full boolean mask)
-    pinned at its p0; "contrast" or "offset" names every per-angle entry (contrast[0], contrast[1], ...)."""
+    pinned at its p0; "contrast" or "offset" names every per-angle entry (contrast[0],
+    contrast[1], ...)."""
     lb, ub = np.array(lb, float), np.array(ub, float)
     names = list(names)
     for item in _fixed_items(fixed, names):
