@@ -185,6 +185,7 @@ def _logged_run(cfg: HomodyneConfig, out: Path) -> FitRun:
         run = _run(cfg, out, results)
         log.removeHandler(handler)
         handler.close()
+        stream.close()  # (a StreamHandler leaves its stream open)
         try:
             run.files = {FILE_KEYS.get(n, n): p for n, p in results.commit().items()}
         except OSError as exc:
@@ -195,6 +196,7 @@ def _logged_run(cfg: HomodyneConfig, out: Path) -> FitRun:
         log.removeHandler(handler)
         log.setLevel(previous)
         handler.close()
+        stream.close()
         if not committed:
             results.discard()
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import h5py
 import numpy as np
@@ -73,6 +73,10 @@ def read_multitau(path) -> OneTimeData:
         start = datetime.fromisoformat(raw.strip())
     except ValueError as exc:
         raise DataFileError(path, f"{START_TIME} is not a date/time: {raw!r}") from exc
+    now = datetime.now(start.tzinfo)
+    if start > now + timedelta(days=1):  # a day of slack for a file written in another zone
+        raise DataFileError(path, f"{START_TIME} = {raw.strip()!r} lies in the future; fix "
+                                  "the file's start time, or give one_time.ages_s")
     if frame_time.size != 1 or not (frame_time[0] > 0 and np.isfinite(frame_time[0])):
         raise DataFileError(path, f"{FRAME_TIME} must be one finite time > 0 (seconds), got "
                                   f"{frame_time.tolist()}")
