@@ -328,10 +328,13 @@ class ResultSet:
         held = {signal.SIGINT, signal.SIGTERM}
         old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
         try:
-            _unlink(self.folder / MARKER)
-            for name in SET_FILES:
-                if name not in self.staged:
-                    _unlink(self.folder / name)  # an old run's file is not part of this set
+            # an earlier run's set (its marker or fit.h5 is there) is replaced; in a folder
+            # without one, a file of the same name as ours was not written by us: kept
+            if any((self.folder / name).exists() for name in RESULT_FILES):
+                _unlink(self.folder / MARKER)
+                for name in SET_FILES:
+                    if name not in self.staged:
+                        _unlink(self.folder / name)  # the old set's file, not of this set
             for name, tmp in sorted(self.staged.items(), key=lambda kv: kv[0] == MARKER):
                 os.replace(tmp, self.folder / name)
             _unlink(self.folder / INTERRUPTED)

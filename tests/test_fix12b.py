@@ -307,3 +307,30 @@ def test_some_unusable_q_bins_are_one_warning_line(tmp_path, caplog, real_data):
     assert [r.getMessage()[:44] for r in caplog.records] == [
         "3 of 27 q bins skipped (fewer than two usabl"]
 
+
+# --- outputs (probe2 W14, W20) ------------------------------------------------------------
+
+def test_a_first_run_keeps_a_strange_file_and_its_truth_lists_the_selected_angles(
+        tmp_path, capsys):
+    import json
+
+    from homodyne.data.synthetic import generate_synthetic
+    from homodyne.model import ModelSpec
+
+    spec = ModelSpec(mode="static", n_frames=40, phi_deg=(0.0, 45.0))
+    data = tmp_path / "d.h5"
+    generate_synthetic(data, spec, spec.pack([0.3, 0.2], [1.0, 1.1], [1e4, -0.5, 100.0]),
+                       seed=2)
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "c2_heatmaps.png").write_bytes(b"the user's own figure")
+    cfg = _static_cfg(data, phi_ranges=[[40.0, 50.0]])
+    cfg["output"] = {"directory": str(out), "plots": False}
+    code, _ = _cli(capsys, "--config", _yaml(tmp_path, cfg))
+    assert code == 0
+    assert (out / "c2_heatmaps.png").read_bytes() == b"the user's own figure"
+    result = json.loads((out / "parameters.json").read_text())
+    assert result["phi_deg"] == [45.0]
+    assert result["truth"] == {"contrast[0]": 0.2, "offset[0]": 1.1, "D0": 1e4,
+                               "alpha": -0.5, "D_offset": 100.0}
+    assert set(result["truth"]) == set(result["parameter_names"])
