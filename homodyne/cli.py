@@ -184,7 +184,7 @@ def generate_main(argv) -> int:
 
 
 def validate_main(argv) -> int:
-    from homodyne.pipeline import model_spec, open_data, start_and_bounds
+    from homodyne.pipeline import check_points_kept, model_spec, open_data, start_and_bounds
 
     p = argparse.ArgumentParser(prog="homodyne validate",
                                 description="Validate a config and summarise its data.")
@@ -218,6 +218,7 @@ def validate_main(argv) -> int:
         return 0
     with open_data(cfg) as src:
         spec = model_spec(cfg, src)
+        check_points_kept(src, spec, spec.n_points)  # as the run checks before its fit
         p0, lb, ub = start_and_bounds(cfg, spec, src)
         print(f"{src.path}: layout {src.layout}, storage {src.storage}, q = {src.q:.6g}, "
               f"angles {list(spec.phi_deg)}, frames {src.first_frame}..{src.last_frame}, "
