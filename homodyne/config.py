@@ -582,6 +582,8 @@ def load_config(path, *, require_data: bool = True, overrides: dict | None = Non
                 ) -> HomodyneConfig:
     """Read a YAML file safely and validate it (``overrides`` patch nested keys first)."""
     path = os.fspath(path)
+    if not path.strip():
+        raise ConfigError("--config", "empty path; give the YAML config file")
     if os.path.isdir(path):
         raise ConfigError("--config", f"{path} is a directory; give the YAML config file in it")
     if not os.path.isfile(path):

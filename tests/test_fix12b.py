@@ -66,10 +66,12 @@ def test_fixed_booleans_are_a_full_mask_or_refused():
         w.fit(model, X, Y, [1.0, 1.0], fixed=[True])
     assert str(err.value).startswith("fixed: booleans are only accepted as a mask of one per "
                                      "parameter (2: ['p0', 'p1']), got [True]")
-    # a full mask holds exactly the True ones: a at its p0 = 2.0, b fitted to the truth
-    res = w.fit(model, X, Y, [2.0, 1.0], fixed=[True, False])
-    np.testing.assert_allclose(res.x, [2.0, 0.7], rtol=1e-6)
-    assert res.x[0] == 2.0
+    # a full mask holds exactly the True ones: a at its p0 = 2.0, b fitted to the truth;
+    # one name as a string is that name (it was read letter by letter: "unknown 'p'")
+    for fixed in ([True, False], np.array([True, False]), "p0"):
+        res = w.fit(model, X, Y, [2.0, 1.0], fixed=fixed)
+        np.testing.assert_allclose(res.x, [2.0, 0.7], rtol=1e-6)
+        assert res.x[0] == 2.0
 
 
 @pytest.mark.parametrize("p0, names, message", [
@@ -218,7 +220,8 @@ def test_options_are_named_not_the_config_key_they_override(tmp_path, capsys, re
             (["--config", one_time, "--q", "0.01"], "--q: applies to two-time data only; a "
              "one-time fit (multi-tau g2) fits every q of its file; use one_time.q_range"),
             (["--config", str(tmp_path)], f"--config: {tmp_path} is a directory; give the YAML "
-             "config file in it")):
+             "config file in it"),
+            (["validate", "--config", ""], "--config: empty path; give the YAML config file")):
         assert _cli(capsys, *argv) == (2, [f"homodyne: error: {line}"]), argv
 
 
@@ -280,10 +283,15 @@ def test_bad_multitau_values_give_one_error_line_and_no_warnings(tmp_path, capsy
         err = h5["/xpcs/multitau/normalized_g2_err"][()]
     delays[3] = np.nan
     nan_delay = _multitau(tmp_path, real_data, "d.hdf", **{"/xpcs/multitau/delay_list": delays})
+    tiny_frame = _multitau(tmp_path, real_data, "f.hdf", **{
+        "/entry/instrument/detector_1/frame_time": np.array([1e-300])})
     negative = _multitau(tmp_path, real_data, "e.hdf",
                          **{"/xpcs/multitau/normalized_g2_err": -np.abs(err) - 1e-3})
     for path, quiet, line in (
             (nan_delay, "--quiet", "tau must hold at least two finite delays > 0 (seconds)"),
+            (tiny_frame, "--quiet", "/entry/instrument/detector_1/frame_time = 1e-300 s is not a "
+                                    "detector frame time (it must lie between 1e-12 s and 1e+06 "
+                                    "s)"),
             (negative, "--quiet", "no q bin has two usable points (finite g2, finite sigma > 0, "
                                   "delay in [2e-05, 1.64] s); check the errors column and "
                                   "one_time.min_tau_s/max_tau_s/q_range"),

@@ -59,6 +59,8 @@ class FreeSubspace:
 def _fixed_items(fixed, names) -> list:
     """``fixed`` as names and indices; booleans only as a full-length mask (True: held),
     since ``[True]`` would otherwise be read as index 1."""
+    if isinstance(fixed, str):  # one name, not its letters
+        fixed = [fixed]
     items = list(fixed if fixed is not None else ())
     flags = [isinstance(i, bool | np.bool_) for i in items]
     if not any(flags):
