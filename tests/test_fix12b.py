@@ -352,3 +352,24 @@ def test_a_first_run_keeps_a_strange_file_and_its_truth_lists_the_selected_angle
     assert result["truth"] == {"contrast[0]": 0.2, "offset[0]": 1.1, "D0": 1e4,
                                "alpha": -0.5, "D_offset": 100.0}
     assert set(result["truth"]) == set(result["parameter_names"])
+    assert result["result_files"] == ["fit.h5", "fit.log", "parameters.json"]
+    # a rerun replaces exactly the set that was there: the user's figure (same name as one
+    # of ours, but not of that set) stays
+    assert _cli(capsys, "--config", _yaml(tmp_path, cfg), "--overwrite")[0] == 0
+    assert (out / "c2_heatmaps.png").read_bytes() == b"the user's own figure"
+
+
+def test_an_older_set_without_its_list_and_an_odd_marker_are_replaced_by_name(tmp_path):
+    import json
+    import os
+
+    from homodyne.output import SET_FILES, previous_set_files
+
+    assert previous_set_files(tmp_path) == ()  # no set: nothing here is ours
+    (tmp_path / "parameters.json").write_text(json.dumps({"status": "converged"}))
+    assert previous_set_files(tmp_path) == SET_FILES  # a set from before the list
+    (tmp_path / "parameters.json").write_text(json.dumps({"result_files": ["../x", "a"]}))
+    assert previous_set_files(tmp_path) == SET_FILES  # a list of foreign names is not used
+    (tmp_path / "parameters.json").unlink()
+    os.mkfifo(tmp_path / "parameters.json")  # never blocks on a pipe
+    assert previous_set_files(tmp_path) == SET_FILES
