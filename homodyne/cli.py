@@ -88,6 +88,8 @@ def _q_argument(text: str):
         return "all"
     try:
         values = _floats(text)
+        if not values:
+            raise ValueError(text)
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected a number, comma-separated numbers or 'all', got {text!r}") from None
@@ -184,23 +186,18 @@ def generate_main(argv) -> int:
 
 
 def validate_main(argv) -> int:
-    from homodyne.config import load_config
-    from homodyne.pipeline import model_spec, open_data, start_and_bounds
+    from homodyne.pipeline import check_points_kept, model_spec, open_data, start_and_bounds
 
     p = argparse.ArgumentParser(prog="homodyne validate",
                                 description="Validate a config and summarise its data.")
     p.add_argument("--config", required=True)
     p.add_argument("--data-file")
+    p.add_argument("--q", type=_q_argument, help="q bin(s), as for a fit (overrides "
+                   "experimental_data.q)")
     a = p.parse_args(argv)
-    cfg = load_config(a.config, overrides=_overrides(a))
+    cfg = load_options_config(a)
     if cfg.analysis_mode == "one_time":
-        from homodyne.onetime.data import read_one_time
-
-        d = read_one_time(cfg.experimental_data["file_path"])
-        print(f"{d.path}: one-time g2, {d.tau.size} delays {d.tau.min():.3g}-"
-              f"{d.tau.max():.3g} s, {d.q.size} q bins {d.q.min():.4g}-{d.q.max():.4g} 1/Å, "
-              f"one_time mode ({', '.join(f'{k} {v}' for k, v in cfg.one_time.items())})")
-        return 0
+        return _validate_one_time(cfg)
     if cfg.is_multi:
         from homodyne.config import ConfigError
         from homodyne.data.errors import DataFileError
@@ -223,6 +220,7 @@ def validate_main(argv) -> int:
         return 0
     with open_data(cfg) as src:
         spec = model_spec(cfg, src)
+        check_points_kept(src, spec, spec.n_points)  # as the run checks before its fit
         p0, lb, ub = start_and_bounds(cfg, spec, src)
         print(f"{src.path}: layout {src.layout}, storage {src.storage}, q = {src.q:.6g}, "
               f"angles {list(spec.phi_deg)}, frames {src.first_frame}..{src.last_frame}, "
@@ -230,6 +228,50 @@ def validate_main(argv) -> int:
         for n, v, lo, hi in zip(spec.parameter_names, p0, lb, ub, strict=True):
             print(f"  {n:>20s} start {v: .6g} in [{lo:g}, {hi:g}]")
     return 0
+
+
+def _validate_one_time(cfg) -> int:
+    """The one-time run's own checks (q_range, the delay window, usable bins, the aging
+    series' files and ages) without fitting."""
+    from homodyne.onetime.data import read_one_time
+    from homodyne.onetime.fit import usable_bins
+    from homodyne.onetime.run import options_from_config
+
+    d = read_one_time(cfg.experimental_data["file_path"])
+    lo, hi, usable = usable_bins(d, options_from_config(cfg))
+    series = []
+    if cfg.one_time["series"]:
+        from homodyne.production.aging import load_series
+
+        paths = [cfg.experimental_data["file_path"], *cfg.one_time["series"]]
+        series = zip(*load_series(paths, cfg.one_time["ages_s"]), strict=True)
+    print(f"{d.path}: one-time g2, {d.tau.size} delays {d.tau.min():.3g}-"
+          f"{d.tau.max():.3g} s, {d.q.size} q bins {d.q.min():.4g}-{d.q.max():.4g} 1/Å, "
+          f"{len(usable)} to fit with delays in [{lo:.3g}, {hi:.3g}] s, one_time mode "
+          f"({', '.join(f'{k} {v}' for k, v in cfg.one_time.items())})")
+    for f, age in series:
+        print(f"  aging series: {f.path} at age {age:.6g} s")
+    return 0
+
+
+# command-line options that override a config key: an error in the value names the option
+OPTION_KEYS = {"experimental_data.q": "--q", "optimization.restarts": "--restarts"}
+
+
+def load_options_config(a):
+    """load_config with the command line's overrides; a ConfigError about a value that
+    came from an option names that option (``--q``), not the config file's key."""
+    from homodyne.config import ConfigError, load_config
+
+    overrides = _overrides(a)
+    try:
+        return load_config(a.config, overrides=overrides)
+    except ConfigError as exc:
+        for dotted, option in OPTION_KEYS.items():
+            if dotted in overrides and (exc.key == dotted or exc.key.startswith(dotted + "[")
+                                        or dotted.startswith(exc.key + ".")):
+                raise ConfigError(option, exc.problem) from None
+        raise
 
 
 def _overrides(a) -> dict:
@@ -249,16 +291,17 @@ def _overrides(a) -> dict:
 
 
 def fit_main(argv) -> int:
-    from homodyne.config import load_config
     from homodyne.pipeline import run_from_config
 
     a = _fit_parser().parse_args(argv)
     configure_console_logging(quiet=a.quiet)
-    overrides = _overrides(a)
-    cfg = load_config(a.config, overrides=overrides)
+    cfg = load_options_config(a)
     if cfg.is_multi:
         return _fit_many(cfg, a.overwrite or None, strict=a.strict)
     if a.q is not None and not a.output_dir:  # one q bin of a multi-q config: its own folder
+        from homodyne.config import load_config
+
+        overrides = _overrides(a)
         del overrides["experimental_data.q"]
         whole = load_config(a.config, overrides=overrides)
         if whole.is_multi:

@@ -19,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from homodyne.model import LAMINAR_PARAMS, MODES, SCALINGS, STATIC_PARAMS
+from homodyne.model import FRAME_TIME_RANGE_S, LAMINAR_PARAMS, MODES, SCALINGS, STATIC_PARAMS
 from homodyne.optimization.settings import (
     MAX_RESTARTS,
     CheckpointSettings,
@@ -77,7 +77,7 @@ SCHEMA = _s(
         phi_ranges=("ranges", None, None),
         start_frame=("int", 1, "positive"),
         end_frame=("int", -1, None),
-        dt=("float", None, "positive"),
+        dt=("float", None, "frame_time"),
         gap_h=("float", 2.0e6, "positive"),
         exclude_diagonal_frames=("int", 0, "nonnegative"),
     ),
@@ -173,6 +173,9 @@ def _check_number(key, value, kind, extra):
         raise ConfigError(key, f"must be a finite number, got {_show(value)}")
     if extra == "positive" and value <= 0:
         raise ConfigError(key, f"must be > 0, got {_show(value)}")
+    if extra == "frame_time" and not FRAME_TIME_RANGE_S[0] <= value <= FRAME_TIME_RANGE_S[1]:
+        raise ConfigError(key, f"must be a frame time between {FRAME_TIME_RANGE_S[0]:g} s and "
+                               f"{FRAME_TIME_RANGE_S[1]:g} s, got {_show(value)}")
     if extra == "nonnegative" and value < 0:
         raise ConfigError(key, f"must be >= 0, got {_show(value)}")
     if extra == "fraction" and not 0 <= value <= 1:
@@ -247,6 +250,9 @@ def _value(key, value, spec):
     if kind == "ranges":
         if not isinstance(value, list):
             raise ConfigError(key, "expected a list of [min_deg, max_deg] pairs")
+        if not value:
+            raise ConfigError(key, "an empty list selects no angle; give [min_deg, max_deg] "
+                                   "pairs, or remove the key to fit every angle of the file")
         out = []
         for i, pair in enumerate(value):
             if not isinstance(pair, list | tuple) or len(pair) != 2:
@@ -368,6 +374,10 @@ def validate_config(raw: Any, source: str | None = None, *, require_data: bool =
             data["file_path"] = _resolve(data["file_path"], base)
             check_data_path(data["file_path"])
         if _is_one_time(d, data["file_path"]):
+            for i, p in enumerate(d["one_time"]["series"]):
+                if not p.strip():
+                    raise ConfigError(f"one_time.series[{i}]", "empty path; give a multi-tau "
+                                      "file of the aging series or remove the entry")
             d["one_time"]["series"] = [_resolve(p, base) for p in d["one_time"]["series"]]
             return _one_time_config(d, source, raw)
         if isinstance(raw, dict) and raw.get("one_time") not in (None, {}):
@@ -380,6 +390,10 @@ def validate_config(raw: Any, source: str | None = None, *, require_data: bool =
             names = list(STATIC_PARAMS if len(values) == 3 else LAMINAR_PARAMS)
         mode = d["analysis_mode"] or ("static" if len(names) == 3 else "laminar_flow")
         expected = list(STATIC_PARAMS if mode == "static" else LAMINAR_PARAMS)
+        given = (raw.get("experimental_data") or {}) if isinstance(raw, dict) else {}
+        if mode == "static" and given.get("gap_h") is not None:  # it would do nothing
+            raise ConfigError("experimental_data.gap_h", "applies to laminar_flow fits only "
+                              "(the static model has no shear term); remove it")
         if names != expected:
             raise ConfigError("initial_parameters.parameter_names",
                               f"{mode} mode needs {expected} in this order, got {_show(names)}")
@@ -481,8 +495,7 @@ def _one_time_config(d: dict, source, raw) -> HomodyneConfig:
     if qr is not None and (len(qr) != 2 or qr[0] > qr[1]):
         raise ConfigError("one_time.q_range", f"expected [q_min, q_max], got {_show(qr)}")
     for i, path in enumerate(ot["series"]):
-        if not os.path.isfile(path):
-            raise ConfigError(f"one_time.series[{i}]", f"file not found: {path}")
+        check_data_path(path, key=f"one_time.series[{i}]")
     seen = {os.path.realpath(d["experimental_data"]["file_path"]): "experimental_data.file_path"}
     for i, path in enumerate(ot["series"]):  # one file twice: two equal ages, a degenerate fit
         first = seen.setdefault(os.path.realpath(path), f"one_time.series[{i}]")
@@ -569,6 +582,10 @@ def load_config(path, *, require_data: bool = True, overrides: dict | None = Non
                 ) -> HomodyneConfig:
     """Read a YAML file safely and validate it (``overrides`` patch nested keys first)."""
     path = os.fspath(path)
+    if not path.strip():
+        raise ConfigError("--config", "empty path; give the YAML config file")
+    if os.path.isdir(path):
+        raise ConfigError("--config", f"{path} is a directory; give the YAML config file in it")
     if not os.path.isfile(path):
         raise ConfigError("--config", f"config file not found: {path}")
     try:

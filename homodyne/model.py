@@ -30,6 +30,8 @@ from homodyne.jaxconf import jax, jnp
 STATIC_PARAMS = ("D0", "alpha", "D_offset")
 LAMINAR_PARAMS = STATIC_PARAMS + ("gamma_dot_t0", "beta", "gamma_dot_t_offset", "phi0")
 MODES = ("static", "laminar_flow")
+# a detector frame time (seconds) the float64 model represents without overflow
+FRAME_TIME_RANGE_S = (1e-12, 1e6)
 SCALINGS = ("individual", "shared")
 
 
@@ -91,6 +93,10 @@ class ModelSpec(TriangleGrid):
         object.__setattr__(self, "exclude_diagonal_frames", int(k))
         if not (self.q > 0 and self.dt > 0):
             raise ValueError(f"q and dt must be positive, got q={self.q}, dt={self.dt}")
+        lo, hi = FRAME_TIME_RANGE_S
+        if not lo <= self.dt <= hi:
+            raise ValueError(f"dt = {self.dt:g} s is not a frame time: it must lie between "
+                             f"{lo:g} s and {hi:g} s")
         object.__setattr__(self, "phi_deg", tuple(float(p) for p in self.phi_deg))
 
     # --- names ----------------------------------------------------------

@@ -20,6 +20,7 @@ import os
 import re
 import secrets
 import signal
+import stat
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,6 +35,8 @@ MARKER = "parameters.json"  # committed last: its presence means the set is comp
 SET_FILES = ("fit.h5", "c2_heatmaps.png", "c2_cuts.png", "scaling_per_angle.png",
              "residual_histogram.png", "per_q.csv", "g2_fits.png", "rates_vs_q.png", "fit.log",
              MARKER)
+SET_LIST_KEY = "result_files"  # in the marker: the files of its set
+MAX_MARKER_BYTES = 16 << 20  # a marker larger than this is not read for its list
 INTERRUPTED = "parameters.interrupted.json"
 MULTI_Q_TABLE = "summary.csv"  # the root of a multi-q run (production/multiq.py) holds it
 FAILED_LOG = "fit.incomplete.log"
@@ -340,15 +343,21 @@ class ResultSet:
         return tmp
 
     def commit(self) -> dict[str, Path]:
+        previous = previous_set_files(self.folder)
+        if MARKER in self.staged:  # the marker lists its set: the next run removes only those
+            marker = self.staged[MARKER]
+            payload = json.loads(marker.read_text())
+            payload[SET_LIST_KEY] = sorted(self.staged)
+            marker.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
         for tmp in self.staged.values():
             _fsync(tmp)
         held = {signal.SIGINT, signal.SIGTERM}
         old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
         try:
             _unlink(self.folder / MARKER)
-            for name in SET_FILES:
+            for name in previous:
                 if name not in self.staged:
-                    _unlink(self.folder / name)  # an old run's file is not part of this set
+                    _unlink(self.folder / name)  # the old set's file, not of this set
             for name, tmp in sorted(self.staged.items(), key=lambda kv: kv[0] == MARKER):
                 os.replace(tmp, self.folder / name)
             _unlink(self.folder / INTERRUPTED)
@@ -368,6 +377,25 @@ class ResultSet:
             else:
                 _unlink(tmp)
         self.staged = {}
+
+
+def previous_set_files(folder: Path) -> tuple[str, ...]:
+    """The files of the result set now in ``folder`` (a later set replaces exactly these):
+    those its marker lists; every SET_FILES name for a set whose marker lists none (an
+    older version's, or an unreadable marker beside fit.h5); none in a folder without a
+    set, whose files of our names were not written by us and are left alone."""
+    if not any((folder / name).exists() for name in RESULT_FILES):
+        return ()
+    try:  # bounded, never through a link, never blocking on a FIFO
+        fd = os.open(folder / MARKER, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as fh:
+            raw = fh.read(MAX_MARKER_BYTES + 1) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
+        listed = json.loads(raw)[SET_LIST_KEY] if 0 < len(raw) <= MAX_MARKER_BYTES else None
+    except (OSError, ValueError, KeyError, TypeError):
+        listed = None
+    if isinstance(listed, list) and set(listed) <= set(SET_FILES):
+        return tuple(listed)
+    return SET_FILES
 
 
 def _unlink(path: Path) -> None:

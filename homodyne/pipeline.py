@@ -185,6 +185,7 @@ def _logged_run(cfg: HomodyneConfig, out: Path) -> FitRun:
         run = _run(cfg, out, results)
         log.removeHandler(handler)
         handler.close()
+        stream.close()  # (a StreamHandler leaves its stream open)
         try:
             run.files = {FILE_KEYS.get(n, n): p for n, p in results.commit().items()}
         except OSError as exc:
@@ -195,6 +196,7 @@ def _logged_run(cfg: HomodyneConfig, out: Path) -> FitRun:
         log.removeHandler(handler)
         log.setLevel(previous)
         handler.close()
+        stream.close()
         if not committed:
             results.discard()
 
@@ -308,11 +310,28 @@ def check_points_kept(source, spec: ModelSpec, n_used: int) -> None:
 
 
 def _truth(source, spec):
+    """The synthetic file's true parameters, for the angles this fit selected: a
+    per-angle entry (contrast[k]) of the file's angle k is named after that angle's
+    index in the fit, the angles left out are not listed."""
     attrs = source.attrs
     if "true_parameters" not in attrs:
         return None
     names = [str(n) for n in attrs["parameter_names"]]
-    return dict(zip(names, np.asarray(attrs["true_parameters"]).tolist(), strict=True))
+    truth = dict(zip(names, np.asarray(attrs["true_parameters"]).tolist(), strict=True))
+    file_phi = np.asarray(attrs.get("phi_deg", ()), float).ravel()
+    index = {}  # file angle -> this fit's angle
+    for j, phi in enumerate(source.phi_deg):
+        hits = np.flatnonzero(np.isclose(file_phi, phi))
+        if hits.size:
+            index[int(hits[0])] = j
+    out = {}
+    for name, value in truth.items():
+        base, _, k = name.partition("[")
+        if not k:
+            out[name] = value
+        elif int(k.rstrip("]")) in index:
+            out[f"{base}[{index[int(k.rstrip(']'))]}]"] = value
+    return out
 
 
 def write_two_time_outputs(out, source, spec, result, *, plots: bool = True, title=None,

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 
 import h5py
 import numpy as np
 
 from homodyne.data.errors import DataFileError, data_file
+from homodyne.model import FRAME_TIME_RANGE_S
 
 G2 = "/xpcs/multitau/normalized_g2"
 G2_ERR = "/xpcs/multitau/normalized_g2_err"
@@ -73,10 +74,18 @@ def read_multitau(path) -> OneTimeData:
         start = datetime.fromisoformat(raw.strip())
     except ValueError as exc:
         raise DataFileError(path, f"{START_TIME} is not a date/time: {raw!r}") from exc
+    now = datetime.now(start.tzinfo)
+    if start > now + timedelta(days=1):  # a day of slack for a file written in another zone
+        raise DataFileError(path, f"{START_TIME} = {raw.strip()!r} lies in the future; fix "
+                                  "the file's start time, or give one_time.ages_s")
     if frame_time.size != 1 or not (frame_time[0] > 0 and np.isfinite(frame_time[0])):
         raise DataFileError(path, f"{FRAME_TIME} must be one finite time > 0 (seconds), got "
                                   f"{frame_time.tolist()}")
     frame_time = float(frame_time[0])
+    low, high = FRAME_TIME_RANGE_S
+    if not low <= frame_time <= high:
+        raise DataFileError(path, f"{FRAME_TIME} = {frame_time:g} s is not a detector frame "
+                                  f"time (it must lie between {low:g} s and {high:g} s)")
     check_axes(path, delays * frame_time, q)
     return OneTimeData(path, delays * frame_time, q, phi, g2, err, frame_time, start)
 

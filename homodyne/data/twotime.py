@@ -18,7 +18,13 @@ import numpy as np
 
 from homodyne.data.errors import DataFileError, data_file
 from homodyne.data.npyfile import npy_file_header
-from homodyne.model import ModelSpec, TriangleGrid, triu_row, triu_row_start
+from homodyne.model import (
+    FRAME_TIME_RANGE_S,
+    ModelSpec,
+    TriangleGrid,
+    triu_row,
+    triu_row_start,
+)
 
 OLD_Q = "/xpcs/dqlist"
 OLD_PHI = "/xpcs/dphilist"
@@ -441,7 +447,11 @@ def _finite(path, name, values, what="q"):
 def _entries_apsu(path, h5):
     qs = _finite(path, APSU_Q, _numbers(path, h5, APSU_Q))
     phis = _finite(path, APSU_PHI, _numbers(path, h5, APSU_PHI), "phi")
-    bins = _numbers(path, h5, APSU_BINS, int)
+    bins = _numbers(path, h5, APSU_BINS)
+    if not np.all(np.isfinite(bins) & (bins == np.round(bins))):
+        raise DataFileError(path, f"{APSU_BINS} must hold whole bin numbers, got "
+                                  f"{bins.tolist()[:8]}; fix the file")
+    bins = bins.astype(int)
     names = _sorted_c2(path, h5, APSU_C2)
     if len(names) != bins.size:
         raise DataFileError(
@@ -558,19 +568,31 @@ def _detect_storage(ds) -> str:
 
 
 def _frame_time(h5) -> float | str | None:
-    """The file's frame time, None if absent, or the problem with it (a string)."""
+    """The file's frame time, None if absent, or the problem with it (a string): one
+    positive time in FRAME_TIME_RANGE_S (an array only if all its values are equal)."""
     for name in (FRAME_TIME, "/xpcs/twotime/frame_time", "/measurement/instrument/detector/"
                  "exposure_period"):
         if name in h5:
-            values = np.asarray(h5[name][()]).ravel()
-            try:
-                dt = float(values[0])
-            except (IndexError, TypeError, ValueError):
-                dt = None
-            if dt is None or not np.isfinite(dt) or dt <= 0:
-                return f"{name} = {values.tolist()[:4]} is not a positive frame time"
-            return dt
+            return _one_frame_time(name, np.asarray(h5[name][()]).ravel())
     return None
+
+
+def _one_frame_time(name, values) -> float | str:
+    try:
+        times = values.astype(float)
+    except (TypeError, ValueError):
+        times = np.array([np.nan])
+    if times.size == 0 or not np.all(np.isfinite(times)) or np.any(times <= 0):
+        return f"{name} = {values.tolist()[:4]} is not a positive frame time"
+    lo, hi = times.min(), times.max()
+    if hi - lo > 1e-9 * hi:
+        return (f"{name} holds {times.size} different frame times ({lo:g} to {hi:g} s); "
+                "a fit needs one")
+    low, high = FRAME_TIME_RANGE_S
+    if not low <= lo <= high:
+        return (f"{name} = {lo:g} s is not a detector frame time (it must lie between "
+                f"{low:g} s and {high:g} s)")
+    return float(times[0])
 
 
 def _frame_range(path, start_frame, end_frame, n_file) -> tuple[int, int]:

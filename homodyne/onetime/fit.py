@@ -190,6 +190,43 @@ def fit_q(tau, g2, sigma, *, free_beta: bool, max_iterations: int = 200) -> FitR
     return w.fit(model, tau, g2, p0, (lb, ub), sigma=sigma, parameter_names=names)
 
 
+def usable_bins(data: OneTimeData, options: OneTimeOptions
+                ) -> tuple[float, float, list[tuple[int, np.ndarray]]]:
+    """The delay window and the q bins a fit uses (index, mask of usable delays): those in
+    q_range with two or more points of finite g2, finite sigma > 0 and delay in the
+    window. Bins skipped are one warning line; none usable is a DataFileError naming why
+    (the same check for the run and ``homodyne validate``)."""
+    lo = options.min_tau_s if options.min_tau_s is not None else float(np.min(data.tau))
+    hi = options.max_tau_s if options.max_tau_s is not None else float(np.max(data.tau))
+    qr = options.q_range
+    chosen = [i for i, q in enumerate(data.q) if qr is None or qr[0] <= q <= qr[1]]
+    if not chosen:
+        raise DataFileError(data.path, f"one_time.q_range [{qr[0]:g}, {qr[1]:g}] selects no q "
+                                       f"bin (the file has {data.q.size} bins, q = "
+                                       f"{data.q.min():.4g} to {data.q.max():.4g}); widen it")
+    in_window = (data.tau >= lo) & (data.tau <= hi)
+    if in_window.sum() < 2:
+        raise DataFileError(data.path, f"{int(in_window.sum())} delays of the file lie in "
+                                       f"[{lo:.3g}, {hi:.3g}] s (the file's delays: "
+                                       f"{data.tau.min():.3g} to {data.tau.max():.3g} s); fix "
+                                       "one_time.min_tau_s/max_tau_s")
+    usable, skipped = [], []
+    for i in chosen:
+        g, s = data.g2[:, i], data.g2_err[:, i]
+        with np.errstate(invalid="ignore"):
+            ok = np.isfinite(g) & np.isfinite(s) & (s > 0) & in_window
+        (usable if ok.sum() >= 2 else skipped).append((i, ok))
+    if not usable:
+        raise DataFileError(data.path, f"no q bin has two usable points (finite g2, finite "
+                                       f"sigma > 0, delay in [{lo:.3g}, {hi:.3g}] s); check the "
+                                       "errors column and one_time.min_tau_s/max_tau_s/q_range")
+    if skipped:
+        log.warning("%d of %d q bins skipped (fewer than two usable points: finite g2, finite "
+                    "sigma > 0, delay in the window): q = %s", len(skipped), len(chosen),
+                    ", ".join(f"{data.q[i]:.5g}" for i, _ in skipped))
+    return lo, hi, usable
+
+
 def fit_one_time(data: OneTimeData, options: OneTimeOptions = OneTimeOptions()
                  ) -> OneTimeResult:
     """Fit every q bin of ``data`` with usable points; then Gamma(q) = A q^n."""
@@ -197,30 +234,19 @@ def fit_one_time(data: OneTimeData, options: OneTimeOptions = OneTimeOptions()
         raise ValueError(f"beta must be 'free' or 'fixed', got {options.beta!r}")
     if options.errors not in ("measured", "scatter"):
         raise ValueError(f"errors must be 'measured' or 'scatter', got {options.errors!r}")
-    lo = options.min_tau_s if options.min_tau_s is not None else float(np.min(data.tau))
-    hi = options.max_tau_s if options.max_tau_s is not None else float(np.max(data.tau))
+    lo, hi, usable = usable_bins(data, options)
     log.info("one-time fit of %s: %d delays %.3g-%.3g s used (%s), %d q bins, beta %s, "
              "errors %s", data.path, int(np.sum((data.tau >= lo) & (data.tau <= hi))), lo, hi,
              "from the data" if options.max_tau_s is None else "max_tau_s set", data.q.size,
              options.beta, options.errors)
     fits = []
-    for i, q in enumerate(data.q):
-        if options.q_range is not None and not options.q_range[0] <= q <= options.q_range[1]:
-            continue
-        g, s = data.g2[:, i], data.g2_err[:, i]
-        ok = np.isfinite(g) & np.isfinite(s) & (s > 0) & (data.tau >= lo) & (data.tau <= hi)
-        if ok.sum() < 2:
-            log.warning("q = %.5g: %d usable points, skipped", q, int(ok.sum()))
-            continue
-        tau, g, s = data.tau[ok], g[ok], s[ok]
+    for i, ok in usable:
+        q = data.q[i]
+        tau, g, s = data.tau[ok], data.g2[ok, i], data.g2_err[ok, i]
         scale = error_scale(g, s) if options.errors == "scatter" else 1.0
         r = fit_q(tau, g, s * scale, free_beta=options.beta == "free",
                   max_iterations=options.max_iterations)
         fits.append(QFit(float(q), i, r, scale, tau, g, s * scale))
-    if not fits:
-        raise DataFileError(data.path, f"no q bin has two usable points (finite g2, finite "
-                                       f"sigma > 0, delay in [{lo:.3g}, {hi:.3g}] s); check the "
-                                       "errors column and one_time.min_tau_s/max_tau_s/q_range")
     res = OneTimeResult(data.path, options, fits)
     res.power_law = rate_power_law(res.resolved)
     return res

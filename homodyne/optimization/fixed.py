@@ -56,12 +56,29 @@ class FreeSubspace:
         return lambda x_free: self.reduce_equations(evaluate(self.expand(x_free)))
 
 
+def _fixed_items(fixed, names) -> list:
+    """``fixed`` as names and indices; booleans only as a full-length mask (True: held),
+    since ``[True]`` would otherwise be read as index 1."""
+    if isinstance(fixed, str):  # one name, not its letters
+        fixed = [fixed]
+    items = list(fixed if fixed is not None else ())
+    flags = [isinstance(i, bool | np.bool_) for i in items]
+    if not any(flags):
+        return items
+    if all(flags) and len(items) == len(names):
+        return [i for i, held in enumerate(items) if held]
+    raise ValueError(f"fixed: booleans are only accepted as a mask of one per parameter "
+                     f"({len(names)}: {names}), got {items!r}; or name the parameters to "
+                     f"hold (names or indices)")
+
+
 def fix_parameters(p0, lb, ub, fixed, names) -> tuple[np.ndarray, np.ndarray]:
-    """Bounds with each parameter in ``fixed`` (names or indices) pinned at its p0;
-    "contrast" or "offset" names every per-angle entry (contrast[0], contrast[1], ...)."""
+    """Bounds with each parameter in ``fixed`` (names, indices or a full boolean mask)
+    pinned at its p0; "contrast" or "offset" names every per-angle entry (contrast[0],
+    contrast[1], ...)."""
     lb, ub = np.array(lb, float), np.array(ub, float)
     names = list(names)
-    for item in fixed or ():
+    for item in _fixed_items(fixed, names):
         if isinstance(item, int | np.integer):
             if not 0 <= item < len(names):
                 raise ValueError(f"fixed: index {item} out of range for {len(names)} "

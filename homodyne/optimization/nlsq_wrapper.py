@@ -113,16 +113,37 @@ def normalise_bounds(bounds, p0: np.ndarray, names=None) -> tuple[np.ndarray, np
 BACKENDS = ("homodyne", "nlsq")
 
 
+def _whole(value) -> bool:
+    """A whole number (an int or an integral float such as 1e6), never a bool."""
+    if isinstance(value, bool | np.bool_):
+        return False
+    if isinstance(value, int | np.integer):
+        return True
+    return isinstance(value, float | np.floating) and math.isfinite(value) and \
+        float(value).is_integer()
+
+
 def check_wrapper_settings(backend, batch_size, min_success_rate, max_retries_per_batch,
-                           memory_limit_gb, checkpoint_config) -> None:
+                           memory_limit_gb, checkpoint_config, *, callback=None,
+                           parallel_batches=1, initial_batch_size=None,
+                           max_batch_size=100_000) -> None:
     """Refuse a constructor value the wrapper would silently ignore or fail on later with
-    a NumPy error: an unknown backend or checkpoint key, a negative batch size, a
-    success rate outside [0, 1], a negative retry count, a non-positive memory limit."""
+    a NumPy error: an unknown backend or checkpoint key, a batch size or device count that
+    is not a whole number >= 1, a success rate outside [0, 1], a negative retry count, a
+    non-positive memory limit, a callback that cannot be called."""
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 0):
-        raise ValueError(f"batch_size must be a whole number >= 1 (None: automatic), got "
-                         f"{batch_size!r}")
+    for name, value, auto in (("batch_size", batch_size, True),
+                              ("initial_batch_size", initial_batch_size, True),
+                              ("max_batch_size", max_batch_size, False),
+                              ("parallel_batches", parallel_batches, False)):
+        if (value is None and auto) or (_whole(value) and value >= 1):
+            continue
+        hint = " (None: automatic)" if auto else ""
+        raise ValueError(f"{name} must be a whole number >= 1{hint}, got {value!r}")
+    if callback is not None and not callable(callback):
+        raise ValueError(f"callback must be callable (called as callback(batch_idx, params, "
+                         f"loss, success) after each batch) or None, got {callback!r}")
     if not 0.0 <= float(min_success_rate) <= 1.0:
         raise ValueError(f"min_success_rate must lie in [0, 1], got {min_success_rate!r}")
     if isinstance(max_retries_per_batch, bool) or int(max_retries_per_batch) < 0:
@@ -144,6 +165,9 @@ def check_curve_data(x, y, sigma):
     for name, a in (("xdata", x), ("ydata", y)):
         if a.dtype.kind not in "biuf":
             raise ValueError(f"{name} must hold real numbers, got dtype {a.dtype}")
+    if y.dtype.kind == "b":
+        raise ValueError("ydata must hold measured numbers, got booleans (dtype bool); "
+                         "convert them with ydata.astype(float) if that is what you mean")
     if x.ndim == 0:
         raise ValueError("xdata must have at least one axis whose last length matches ydata")
     if y.ndim != 1:
@@ -152,17 +176,43 @@ def check_curve_data(x, y, sigma):
         raise ValueError(f"xdata's last axis ({x.shape[-1]}) must match ydata ({y.size})")
     if y.size == 0:
         raise ValueError("ydata is empty: there is nothing to fit")
+    bad = ~np.isfinite(x)
+    if bad.any():
+        first = tuple(int(i) for i in np.argwhere(bad)[0])
+        where = first[0] if len(first) == 1 else first
+        raise ValueError(f"xdata holds {int(bad.sum())} NaN/Inf value(s) (first at index "
+                         f"{where}: {x[first]}): the model cannot be evaluated there; remove "
+                         f"those points (a NaN in ydata marks a point to skip)")
     if sigma is None:
         return None
     s = np.asarray(sigma)
-    if s.dtype.kind not in "biuf":
+    if s.dtype.kind not in "iuf":
         raise ValueError(f"sigma must hold real numbers, got dtype {s.dtype}")
     if s.ndim > 1 or s.size not in (1, y.size):
         raise ValueError(f"sigma must be one value or one per point of ydata ({y.size}), got "
                          f"shape {s.shape}")
     if np.any(s <= 0):
         raise ValueError("sigma must be positive everywhere")
-    return np.broadcast_to(s.astype(float).ravel(), y.shape)
+    s = np.broadcast_to(s.astype(float).ravel(), y.shape)
+    check_weights(y, s)
+    return s
+
+
+MAX_WEIGHTED = 1e100  # |ydata|/sigma and 1/sigma above this overflow the sums of squares
+
+
+def check_weights(y, s) -> None:
+    """Refuse a sigma so small that the weighted values 1/sigma or ydata/sigma would
+    overflow the engine's float64 sums of squares (named here, not as a model overflow)."""
+    with np.errstate(all="ignore"):
+        scale = np.maximum(1.0, np.abs(y)) / s
+    scale = np.where(np.isfinite(y) & np.isfinite(s), scale, 0.0)
+    worst = int(np.argmax(scale))
+    if not np.isfinite(scale[worst]) or scale[worst] > MAX_WEIGHTED:
+        raise ValueError(f"sigma is too small for float64 weights: sigma[{worst}] = "
+                         f"{s[worst]:g} makes max(1, |ydata|)/sigma = {scale[worst]:.3g} "
+                         f"(at most {MAX_WEIGHTED:g}, or the sums of squares overflow); "
+                         f"rescale ydata and sigma together")
 
 
 def check_two_time_data(source, spec, p0, y):
@@ -182,6 +232,39 @@ def check_two_time_data(source, spec, p0, y):
         raise ValueError(f"y must be the {spec.n_points:,} packed points of this spec (one "
                          f"axis), got shape {y.shape}")
     return y
+
+
+def check_model_arity(model_func, n_p0: int, parameter_names=None) -> None:
+    """p0 must have one value per parameter of ``model_func(xdata, *params)``: named by
+    ``parameter_names`` or, without them, by the function's signature when it has no
+    ``*args`` (known before any evaluation, instead of a TypeError from inside the model)."""
+    import inspect
+
+    if not callable(model_func):
+        raise ValueError(f"model_func must be callable as model_func(xdata, *params), got "
+                         f"{model_func!r}")
+    if parameter_names is not None:
+        if len(parameter_names) != n_p0:
+            raise ValueError(f"p0 has {n_p0} values but parameter_names names "
+                             f"{len(parameter_names)}: {list(parameter_names)}")
+        return
+    try:
+        sig = inspect.signature(model_func)
+    except (TypeError, ValueError):  # a builtin or C function: not knowable
+        return
+    params = list(sig.parameters.values())
+    kinds = inspect.Parameter
+    if any(p.kind == kinds.VAR_POSITIONAL for p in params):
+        return
+    positional = [p for p in params if p.kind in (kinds.POSITIONAL_ONLY,
+                                                   kinds.POSITIONAL_OR_KEYWORD)][1:]
+    required = [p for p in positional if p.default is kinds.empty]
+    if not len(required) <= n_p0 <= len(positional):
+        names = [p.name for p in positional]
+        want = (f"{len(positional)}" if len(required) == len(positional)
+                else f"{len(required)} to {len(positional)}")
+        raise ValueError(f"p0 has {n_p0} values but model_func takes {want} parameters "
+                         f"after xdata {names}: give one start value per parameter")
 
 
 @dataclass
@@ -222,7 +305,10 @@ class NLSQWrapper:
                  initial_batch_size: int | None = None, max_batch_size: int = 100_000,
                  restarts: int = RestartSettings.restarts):
         check_wrapper_settings(backend, batch_size, min_success_rate, max_retries_per_batch,
-                               memory_limit_gb, checkpoint_config)
+                               memory_limit_gb, checkpoint_config, callback=callback,
+                               parallel_batches=parallel_batches,
+                               initial_batch_size=initial_batch_size,
+                               max_batch_size=max_batch_size)
         self.enable_large_dataset = enable_large_dataset
         self.enable_recovery = enable_recovery
         self.fast_mode = fast_mode
@@ -365,6 +451,7 @@ class NLSQWrapper:
         y = np.asarray(ydata)
         x = np.asarray(xdata)
         s = check_curve_data(x, y, sigma)
+        check_model_arity(model_func, np.size(p0), parameter_names)
         p0, lb, ub = validate_start(p0, bounds, parameter_names, fixed)
         n_starts = self._restarts(restarts)
         if self.backend == "nlsq":

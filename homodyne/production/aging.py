@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import curve_fit
 
+from homodyne.data.errors import DataFileError
 from homodyne.data.multitau import read_multitau, scatter_ratio
 from homodyne.jaxconf import jax, jnp
 from homodyne.optimization.engine import EngineOptions
@@ -33,6 +34,31 @@ from homodyne.optimization.nlsq_wrapper import NLSQWrapper
 from homodyne.output import write_json
 
 log = logging.getLogger("homodyne")
+
+
+MAX_SERIES_SPAN_S = 30 * 86400.0  # an aging series measured within a month
+
+
+def check_start_times(data) -> None:
+    """Start times (sorted) that make an aging series: within MAX_SERIES_SPAN_S of the
+    series' median start (a wrong date in one file would set every age; name that file)."""
+    try:
+        t = np.array([d.start_time.timestamp() for d in data])
+    except (OverflowError, ValueError, OSError):
+        t = None
+    if t is None or len({d.start_time.tzinfo is None for d in data}) > 1:
+        raise DataFileError(data[0].path, "the files' /entry/start_time cannot be compared "
+                                          "(time zones mixed or out of range); give "
+                                          "one_time.ages_s")
+    far = np.abs(t - np.median(t))
+    worst = int(np.argmax(far))
+    if far[worst] > MAX_SERIES_SPAN_S:
+        raise DataFileError(data[worst].path,
+                            f"/entry/start_time = {data[worst].start_time} is "
+                            f"{far[worst] / 86400:.4g} days from the series' median start "
+                            f"({len(data)} files); an aging series spans at most "
+                            f"{MAX_SERIES_SPAN_S / 86400:.0f} days: fix that file's start "
+                            "time, or give one_time.ages_s")
 
 
 def load_series(paths, ages_s=None) -> tuple[list, np.ndarray]:
@@ -57,6 +83,7 @@ def load_series(paths, ages_s=None) -> tuple[list, np.ndarray]:
                          "seconds] or fit the whole series")
     else:
         data = sorted(files, key=lambda d: d.start_time)
+        check_start_times(data)
         starts = np.array([(d.start_time - data[0].start_time).total_seconds() for d in data])
         ends = np.append(starts[1:], starts[-1] + (starts[-1] - starts[-2]))
         ages = 0.5 * (starts + ends)
