@@ -294,7 +294,7 @@ def _lm_loop(st: LMState, evaluate, lb, ub, *, max_iterations, step_tol_se, gtol
             # the quadratic model, its curvature along an extrapolated step reduced to the
             # one the shrinking steps show (1 / stretch of Gauss-Newton's)
             pred = float(step @ st.ne.g - 0.5 * step @ st.ne.H @ step
-                         / (stretch if try_gauss_newton else 1.0))
+                         / (max(stretch, 1.0) if try_gauss_newton else 1.0))
             if not np.any(step != 0) or pred <= 0:
                 if try_gauss_newton:
                     try_gauss_newton = False
