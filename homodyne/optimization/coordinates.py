@@ -145,12 +145,10 @@ class PowerLawCoordinates:
 
     @staticmethod
     def start_side(u, i: int, a: int, first_step) -> int:
-        """The quadrant a start at internal u lies in; where it is in neither or at the
-        origin (a plain start: alpha nudged off 0, slope ~ 0) the side the solver's
-        first step ``first_step`` moves the slope to."""
-        if abs(u[a]) > START_ALPHA and u[i] * u[a] > 0:
-            return 1 if u[a] > 0 else -1
-        move = first_step[i] if first_step[i] != 0 else u[i]
+        """The quadrant for a start at internal u: J's trend there (the slope's sign, which
+        alpha's nudge off 0 leaves as it was); where J is flat (a plain start: alpha = 0
+        or D0 = 0) the side the solver's first step ``first_step`` moves the slope to."""
+        move = u[i] if u[i] != 0 else first_step[i]
         return -1 if move < 0 else 1
 
     @staticmethod

@@ -249,15 +249,21 @@ def _fit_internal(problem, coords, space, x, x0, lb, ub, runner, opts, track, tr
     names = problem.parameter_names
     edge_start: set[int] = set()
     for i, a, o in coords.triples:
-        where = x_end
+        where, located = x_end, True
         if binds.get((i, a, o)) == "alpha":
             edge_start.add(a)  # on its way to the logarithmic edge
-            where, st = _locate_unbounded(coords, u_end, st.ne, (i, a, o), sides, x0, lb,
-                                          ub, evaluate, opts, st, messages, names)
+            where, located, st = _locate_unbounded(coords, u_end, st.ne, (i, a, o), sides, x0,
+                                                   lb, ub, evaluate, opts, st, messages, names)
         inside = all(lb[k] <= where[k] <= ub[k] for k in (i, a, o))
+        point = (f"{names[i]} = {where[i]:.4g}, {names[a]} = {where[a]:.4g}, "
+                 f"{names[o]} = {where[o]:.4g}")
+        if not st.converged:  # the held fit stopped short: no case can be told
+            edge[a] = f"unknown: the internal fit stopped short ({st.reason})"
+            continue
         edge[a] = "interior" if inside and a not in edge_start else (
-            f"the unbounded optimum ({names[i]} = {where[i]:.4g}, {names[a]} = "
-            f"{where[a]:.4g}, {names[o]} = {where[o]:.4g}) is outside the bounds")
+            f"the unbounded optimum ({point}) is outside the bounds" if located else
+            f"{names[i]} >= {lb[i]:g} binds: without it the fit heads to ({point}; not "
+            f"converged in {LOCATE_ITERATIONS} iterations)")
     return held_space, st, edge_start
 
 
@@ -296,11 +302,16 @@ def _binding_limits(hs, st, sides) -> dict[tuple[int, int, int], str | None]:
     return out
 
 
+# iterations of the fit that locates the unbounded optimum, for the report only
+LOCATE_ITERATIONS = 8
+
+
 def _locate_unbounded(coords, u, ne, triple, sides, x0, lb, ub, evaluate, opts, st,
                       messages, names):
     """Where the optimum lies without the amplitude's sign limit, for the report only: a
-    short fit from the held optimum at the coarse stages' tolerance, its passes counted.
-    Returns that point (user coordinates) and ``st`` with the passes added."""
+    short fit from the held optimum at the coarse stages' tolerance and at most
+    LOCATE_ITERATIONS iterations, its passes counted. Returns that point (user
+    coordinates), whether it converged, and ``st`` with the passes added."""
     others = {t: s for t, s in sides.items() if t != triple}
     held: dict[int, tuple[float, float]] = {}
     for (i, a, _), side in others.items():
@@ -308,11 +319,12 @@ def _locate_unbounded(coords, u, ne, triple, sides, x0, lb, ub, evaluate, opts, 
     ls = SolverSpace(coords, x0, lb, ub, held=held, u0=u)
     loc = solve_lm(ls.evaluator(evaluate), ls.start, *ls.bounds,
                    initial_damping=opts.initial_damping, ne0=ne,
-                   **_lm_kwargs(opts, True, None, None))
+                   **{**_lm_kwargs(opts, True, None, None),
+                      "max_iterations": LOCATE_ITERATIONS})
     st.evaluations += loc.evaluations
     messages.append(f"internal coordinates without {names[triple[0]]}'s sign limit (to report "
                     f"where that optimum lies): {loc.evaluations} passes, {loc.reason}")
-    return ls.user(loc.x), st
+    return ls.user(loc.x), loc.converged, st
 
 
 def _chain(st2, st) -> None:
@@ -361,7 +373,11 @@ def _report_edges(result: FitResult, coords, edge: dict[int, str]) -> FitResult:
         where = edge[a]
         if coords.at_log_edge(result.parameters[a]):
             where = "logarithmic edge" + ("" if where == "interior" else
+                                          f" (whether the bounds push it there is {where})"
+                                          if where.startswith("unknown") else
                                           ", pushed there by the bounds: " + where)
+        elif where.startswith("unknown"):
+            pass
         elif where != "interior":
             where = "on the bounds: " + where
         result.power_law_optimum[names[a]] = where
