@@ -2,8 +2,11 @@
 
 A single start can stop at a local minimum (on measured two-time windows Δχ² ≈ 0.9 above
 the best one in 2 of 7 fits). The user's start and ``restarts - 1`` points of a scrambled
-Sobol sequence with a fixed seed (log-uniform over bounds spanning decades) are each
-fitted on the coarsest subsample (cheap: one level of the coarse-to-fine ladder), the best
+Sobol sequence with a fixed seed (log-uniform over bounds spanning decades; for two-time
+fits each power law drawn in the internal coordinates over the values the data resolve,
+``spread_in_internal``: drawn in the user's box, D_offset of hundreds puts almost every
+start on the plateau where c2 is flat) are each fitted on the coarsest subsample
+(cheap: one level of the coarse-to-fine ladder), the best
 ``finish_best`` distinct minima are finished on the full data, and the best of those is
 the result. It says how many starts reached its minimum (at the screening level: Δχ² and
 every parameter within a tolerance of it).
@@ -106,7 +109,7 @@ def same_minimum(a: FitResult, b: FitResult) -> bool:
     return bool(np.all(np.abs(a.parameters - b.parameters)[ok] <= SAME_SE * se[ok]))
 
 
-def ls_finite(lb, ub) -> bool:
+def bounds_finite(lb, ub) -> bool:
     """Whether every bound is finite (the Sobol numbers can be read back from a start)."""
     return bool(np.all(np.isfinite(lb)) and np.all(np.isfinite(ub)))
 
@@ -134,7 +137,7 @@ def fit_with_restarts(problem, data, x0, lb, ub, *, settings: RestartSettings,
     runs the full fit from x (the caller's monitor, progress and recovery)."""
     starts = spread_starts(x0, lb, ub, settings.restarts, settings.seed)
     coords = PowerLawCoordinates.for_problem(problem, lb, ub) \
-        if options.internal_coordinates and ls_finite(lb, ub) else None
+        if options.internal_coordinates and bounds_finite(lb, ub) else None
     if coords is not None:
         starts = spread_in_internal(starts, np.asarray(x0, np.float64), lb, ub, coords,
                                     power_law_scales(problem, coords),
