@@ -58,13 +58,38 @@ def noisy_data(spec, truth, sigma=0.01, seed=0):
 
 
 def scipy_reference(spec, y, p0, lb, ub):
+    return trf(spec, y, p0, lb, ub, max_nfev=500).x
+
+
+def chx_window(real_data, start_frame=1, end_frame=-1, min_contrast=0.0):
+    """A window of the measured CHX matrix and its plain start: (spec, y, p0, lb, ub).
+    Contrast and offset from estimate_scaling (contrast at least ``min_contrast``), D0
+    small, alpha = 0, D_offset = 0; bounds D0 in [0, 1e3], alpha in [-2, 2], D_offset
+    in [-1e3, 1e3]."""
+    from homodyne.data import open_two_time
+    from homodyne.pipeline import estimate_scaling
+
+    src = open_two_time(real_data / "chx_two_time" / "test_g2.npy", q=1.0,
+                        start_frame=start_frame, end_frame=end_frame)
+    try:
+        spec = src.model_spec(mode="static", dt=1.0, scaling="shared")
+        y = src.read_packed()
+        con, off = estimate_scaling(src, 0)
+    finally:
+        src.close()
+    p0 = spec.pack(max(con, min_contrast), off, [1e-3, 0.0, 0.0])
+    lb, ub = spec.pack(0.0, 0.5, [0.0, -2.0, -1e3]), spec.pack(1.0, 1.5, [1e3, 2.0, 1e3])
+    return spec, y, p0, lb, ub
+
+
+def trf(spec, y, p0, lb, ub, max_nfev=1000):
+    """SciPy's TRF on the two-time model at full tolerance: the reference optimiser."""
     g = jnp.arange(spec.n_points)
     fun = jax.jit(lambda p: c2_points(p, g, spec))
     jac = jax.jit(jax.jacfwd(lambda p: c2_points(p, g, spec)))
-    res = least_squares(lambda p: np.asarray(fun(p)) - y, p0, jac=lambda p: np.asarray(jac(p)),
-                        bounds=(lb, ub), method="trf", x_scale="jac", ftol=1e-15, xtol=1e-15,
-                        gtol=1e-15, max_nfev=500)
-    return res.x
+    return least_squares(lambda p: np.asarray(fun(p)) - y, p0, jac=lambda p: np.asarray(jac(p)),
+                         bounds=(lb, ub), method="trf", x_scale="jac", ftol=1e-15, xtol=1e-15,
+                         gtol=1e-15, max_nfev=max_nfev)
 
 
 def assert_matches(result, ref, tol_se=1e-3):

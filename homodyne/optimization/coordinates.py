@@ -18,11 +18,15 @@ The solver sees the normal equations through the map's Jacobian (JᵀJ -> Φᵀ 
 Jᵀr -> Φᵀ Jᵀr, Φ = dx/du); the model, the user's parameters and bounds are untouched.
 A triple with a fixed member stays in user coordinates.
 
-A lower bound amplitude >= 0 (D0 >= 0) is the sign condition slope/alpha >= 0. Where the
-unbounded internal optimum breaks it, the fit is repeated with alpha held on the slope's
-side of 0 (``sign_bounds``); if alpha ends on that limit the optimum is the logarithmic
-edge of the family (J = level + slope ln s, D0 -> inf, D_offset -> -inf), and the user's
-amplitude and offset are then reported as not determined while J(t) stays determined.
+A lower bound amplitude >= 0 (D0 >= 0) is the sign condition slope * alpha >= 0: two
+quadrants of (slope, alpha), each a box (``quadrant``): J increasing (slope >= 0,
+alpha >= EDGE_ALPHA) or decreasing (slope <= 0, alpha <= -EDGE_ALPHA). The internal fit
+holds one from the start (``start_side``). At its end the multipliers of the held
+limits say which case it is: none binds (the sign condition is not active), alpha's
+binds (the bound pushes the optimum to the logarithmic edge of the family,
+J = level + slope ln s, D0 -> inf, D_offset -> -inf; the user's amplitude and offset are
+then reported as not determined while J(t) stays determined) or the slope's binds (J's
+trend is the other one: the other quadrant is fitted).
 """
 
 from __future__ import annotations
@@ -125,18 +129,39 @@ class PowerLawCoordinates:
             lo[[i, o]], hi[[i, o]] = -np.inf, np.inf
         return lo, hi
 
-    def sign_bounds(self, u, lb, ub) -> dict[int, tuple[float, float]]:
-        """Exponent bounds that restore amplitude >= its nonnegative lower bound for each
-        triple whose amplitude at u is below it: alpha on the slope's side of 0
-        (|alpha| >= EDGE_ALPHA); empty when every amplitude is inside."""
-        x = self.to_user(u)
-        out = {}
-        for i, a, _ in self.triples:
-            if lb[i] >= 0 and x[i] < lb[i] and u[i] != 0:
-                side = (EDGE_ALPHA, ub[a]) if u[i] > 0 else (lb[a], -EDGE_ALPHA)
-                if side[0] < side[1]:
-                    out[a] = side
-        return out
+    def held_triples(self, lb) -> tuple[tuple[int, int, int], ...]:
+        """The triples whose amplitude has a nonnegative lower bound (D0 >= 0)."""
+        return tuple(t for t in self.triples if lb[t[0]] >= 0)
+
+    @staticmethod
+    def quadrant(i: int, a: int, side: int, lb, ub) -> dict[int, tuple[float, float]]:
+        """Bounds on slope (i) and exponent (a) that keep amplitude >= 0 with J increasing
+        (side +1) or decreasing (-1); empty where the exponent's bounds exclude that side."""
+        if side > 0:
+            lo = max(EDGE_ALPHA, float(lb[a]))
+            return {i: (0.0, math.inf), a: (lo, float(ub[a]))} if lo < ub[a] else {}
+        hi = min(-EDGE_ALPHA, float(ub[a]))
+        return {i: (-math.inf, 0.0), a: (float(lb[a]), hi)} if lb[a] < hi else {}
+
+    @staticmethod
+    def start_side(u, i: int, a: int, first_step) -> int:
+        """The quadrant for a start at internal u: J's trend there (the slope's sign, which
+        alpha's nudge off 0 leaves as it was); where J is flat (a plain start: alpha = 0
+        or D0 = 0) the side the solver's first step ``first_step`` moves the slope to."""
+        move = u[i] if u[i] != 0 else first_step[i]
+        return -1 if move < 0 else 1
+
+    @staticmethod
+    def into_quadrant(u, held: dict[int, tuple[float, float]], alphas) -> np.ndarray:
+        """u clipped into the held bounds; an exponent moved to the other side of 0 starts
+        at +-START_ALPHA (where the slope is ~0, the same J) rather than on its limit."""
+        u = np.array(u, np.float64)
+        for k, (lo, hi) in held.items():
+            if k in alphas and not lo <= u[k] <= hi:
+                u[k] = float(np.clip(math.copysign(START_ALPHA, lo + hi), lo, hi)) \
+                    if math.isfinite(lo + hi) else (lo if math.isfinite(lo) else hi)
+            u[k] = float(np.clip(u[k], lo, hi))
+        return u
 
     def into_box(self, x, lb, ub, toward_edge=()) -> np.ndarray:
         """x with each amplitude outside [lb, ub] moved onto its bound at the same level and
@@ -177,19 +202,20 @@ class SolverSpace:
     (``coords``) or of the user's (``coords`` None), with its box and the way back."""
 
     def __init__(self, coords: PowerLawCoordinates | None, x0, lb, ub,
-                 exponent_bounds: dict[int, tuple[float, float]] | None = None):
+                 held: dict[int, tuple[float, float]] | None = None, u0=None):
         self.coords = coords
         if coords is None:
             u0, ulb, uub = x0, lb, ub
         else:
-            u0 = coords.to_internal(x0)
             ulb, uub = coords.internal_bounds(lb, ub)
-            for _, a, _ in coords.triples:
-                nudged = math.copysign(START_ALPHA, u0[a])
-                if abs(u0[a]) < START_ALPHA and ulb[a] <= nudged <= uub[a]:
-                    u0[a] = nudged
-            for a, (lo, hi) in (exponent_bounds or {}).items():
-                ulb[a], uub[a] = lo, hi
+            if u0 is None:
+                u0 = coords.to_internal(x0)
+                for _, a, _ in coords.triples:
+                    nudged = math.copysign(START_ALPHA, u0[a])
+                    if abs(u0[a]) < START_ALPHA and ulb[a] <= nudged <= uub[a]:
+                        u0[a] = nudged
+            for k, (lo, hi) in (held or {}).items():
+                ulb[k], uub[k] = lo, hi
         self.free = FreeSubspace.from_bounds(u0, ulb, uub)
         self.start = self.free.reduce(u0)
         self.bounds = (self.free.reduce(ulb), self.free.reduce(uub))

@@ -18,7 +18,7 @@ from homodyne.memory import peak_rss_mb
 from homodyne.optimization.checkpoint_session import SolverSnapshot
 from homodyne.optimization.coordinates import EDGE_ALPHA, PowerLawCoordinates, SolverSpace
 from homodyne.optimization.covariance import covariance_from_normal
-from homodyne.optimization.engine import EngineOptions, solve_lm
+from homodyne.optimization.engine import EngineOptions, first_step, solve_lm
 from homodyne.optimization.exceptions import NLSQNumericalError, StopFit
 from homodyne.optimization.fixed import FreeSubspace
 from homodyne.optimization.passes import FitMonitor, PassRunner, compile_ahead
@@ -155,18 +155,14 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
         runner = PassRunner(problem, data, stage="full", monitor=mon, n_devices=n_devices)
         trust = _trust(data.n_points, coarse_points)
         full_kw = _lm_kwargs(opts, False, eval_error, rounding)
-        st = solve_lm(space.evaluator(runner.evaluate), x, *space.bounds,
-                      initial_damping=opts.initial_damping, on_iteration=track,
-                      gn_trust_se=trust, **full_kw)
-        if coords is not None:
-            messages.append(f"internal coordinates (t_ref = {coords.t_ref:.4g} s): "
-                            f"{st.evaluations} full passes, {st.reason}")
-            if st.reason.startswith("stopped") or mon.signal_received is not None:
-                return finish(st)
-            edge_start: set[int] = set()
-            space, st = _hold_amplitude_signs(problem, coords, space, st, x0, lb, ub, runner,
-                                              opts, track, trust, full_kw, edge, edge_start,
-                                              messages)
+        if coords is None:
+            st = solve_lm(space.evaluator(runner.evaluate), x, *space.bounds,
+                          initial_damping=opts.initial_damping, on_iteration=track,
+                          gn_trust_se=trust, **full_kw)
+        else:
+            space, st, edge_start = _fit_internal(
+                problem, coords, space, x, x0, lb, ub, runner, opts, track, trust, full_kw,
+                edge, messages)
             if st.reason.startswith("stopped") or mon.signal_received is not None:
                 return finish(st)
             internal = space.state_in_user(st, free)
@@ -198,38 +194,150 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
     return finish(st)
 
 
-def _hold_amplitude_signs(problem, coords, space, st, x0, lb, ub, runner, opts, track,
-                          trust, full_kw, edge, edge_start, messages):
-    """Where the internal optimum has an amplitude below its nonnegative lower bound
-    (D0 < 0), fit again in internal coordinates with that exponent on the slope's side
-    of 0 (the start of the user-coordinate finish: near the logarithmic edge when the
-    bound pushes the optimum there). Records in ``edge`` (exponent index -> text) where
-    the unbounded optimum lies. Returns the space and state to finish from."""
-    u = space.free.expand(st.x)
-    x = coords.to_user(u)
+def _fit_internal(problem, coords, space, x, x0, lb, ub, runner, opts, track, trust,
+                  full_kw, edge, messages):
+    """The fit in internal coordinates with each amplitude >= 0 held from the start by a
+    quadrant of (slope, alpha) (``PowerLawCoordinates.quadrant``), picked by the start or,
+    at a plain start, by the solver's first step. At the end the held limits'
+    multipliers (the gradient's sign on them) tell the case: the slope's binds -> J's
+    trend is the other one, that quadrant is fitted and the lower cost kept; alpha's binds
+    -> the bound pushes the optimum to the logarithmic edge (a short unbounded fit from
+    there says where the unbounded optimum lies); neither -> the sign condition is not
+    active. Fills ``edge`` (exponent index -> where the optimum lies); returns the
+    space, the state and the exponents on their way to the logarithmic edge."""
+    evaluate = runner.evaluate
+    triples = coords.held_triples(lb)
+    u = space.free.expand(x)
+    ne0 = None
+    sides: dict[tuple[int, int, int], int] = {}
+    if triples:  # the start's pass; its first step picks the quadrant of a plain start
+        ne0 = space.evaluator(evaluate)(x)
+        step = space.free.expand(first_step(ne0, x, *space.bounds, opts.initial_damping))
+        sides = {t: coords.start_side(u, t[0], t[1], step) for t in triples}
+    held_space, st = _held_fit(coords, space, u, sides, x0, lb, ub, evaluate, opts, track,
+                               trust, full_kw, ne0)
+    if triples:
+        messages.append(f"internal coordinates (t_ref = {coords.t_ref:.4g} s), "
+                        f"{_quadrants(problem, sides)}: {st.evaluations} passes, {st.reason}")
+    else:
+        messages.append(f"internal coordinates (t_ref = {coords.t_ref:.4g} s): "
+                        f"{st.evaluations} full passes, {st.reason}")
+    if st.reason.startswith("stopped"):
+        return held_space, st, set()
+    binds = _binding_limits(held_space, st, sides)
+    flip = {t: -sides[t] for t in triples if binds[t] == "slope"}
+    if flip:  # J's trend is the other one: fit that quadrant too, keep the lower cost
+        u_end = held_space.free.expand(st.x)
+        for i, _, _ in flip:
+            u_end[i] = 0.0
+        sides2 = {**sides, **flip}
+        space2, st2 = _held_fit(coords, space, u_end, sides2, x0, lb, ub, evaluate, opts,
+                                track, trust, full_kw, None)
+        _chain(st2, st)
+        messages.append(f"internal coordinates, slope held at 0 with its gradient pointing "
+                        f"out: {_quadrants(problem, sides2)}: {st2.evaluations} passes in all, "
+                        f"{st2.reason}")
+        if st2.reason.startswith("stopped"):
+            return space2, st2, set()
+        if st2.converged and st2.ne.cost < st.ne.cost or not st.converged:
+            held_space, st, sides = space2, st2, sides2
+            binds = _binding_limits(held_space, st, sides)
+        else:
+            st.evaluations, st.iteration = st2.evaluations, st2.iteration
+    u_end = held_space.free.expand(st.x)
+    x_end = coords.to_user(u_end)
     names = problem.parameter_names
+    edge_start: set[int] = set()
     for i, a, o in coords.triples:
-        inside = all(lb[k] <= x[k] <= ub[k] for k in (i, a, o))
-        edge[a] = "interior" if inside else (
-            f"the unbounded optimum ({names[i]} = {x[i]:.4g}, {names[a]} = {x[a]:.4g}, "
-            f"{names[o]} = {x[o]:.4g}) is outside the bounds")
-    held = coords.sign_bounds(u, lb, ub)
-    if not held:
-        return space, st
-    space = SolverSpace(coords, x0, lb, ub, exponent_bounds=held)
-    st2 = solve_lm(space.evaluator(runner.evaluate), np.clip(st.x, *space.bounds),
-                   *space.bounds, initial_damping=opts.initial_damping, on_iteration=track,
-                   gn_trust_se=trust, **full_kw)
+        where, located = x_end, True
+        if binds.get((i, a, o)) == "alpha":
+            edge_start.add(a)  # on its way to the logarithmic edge
+            where, located, st = _locate_unbounded(coords, u_end, st.ne, (i, a, o), sides, x0,
+                                                   lb, ub, evaluate, opts, st, messages, names)
+        inside = all(lb[k] <= where[k] <= ub[k] for k in (i, a, o))
+        point = (f"{names[i]} = {where[i]:.4g}, {names[a]} = {where[a]:.4g}, "
+                 f"{names[o]} = {where[o]:.4g}")
+        if not st.converged:  # the held fit stopped short: no case can be told
+            edge[a] = f"unknown: the internal fit stopped short ({st.reason})"
+            continue
+        edge[a] = "interior" if inside and a not in edge_start else (
+            f"the unbounded optimum ({point}) is outside the bounds" if located else
+            f"{names[i]} >= {lb[i]:g} binds: without it the fit heads to ({point}; not "
+            f"converged in {LOCATE_ITERATIONS} iterations)")
+    return held_space, st, edge_start
+
+
+def _held_fit(coords, space, u, sides, x0, lb, ub, evaluate, opts, track, trust, full_kw,
+              ne0):
+    """One internal fit from internal ``u`` with the quadrants ``sides`` held; ``ne0``:
+    the normal equations at ``space``'s vector of u (reused where u needs no move)."""
+    held: dict[int, tuple[float, float]] = {}
+    for (i, a, _), side in sides.items():
+        held.update(coords.quadrant(i, a, side, lb, ub) or coords.quadrant(i, a, -side, lb, ub))
+    u0 = coords.into_quadrant(u, held, {a for _, a, _ in sides})
+    hs = SolverSpace(coords, x0, lb, ub, held=held, u0=u0)
+    reuse = ne0 is not None and np.array_equal(u0, u)
+    st = solve_lm(hs.evaluator(evaluate), hs.start, *hs.bounds,
+                  initial_damping=opts.initial_damping, on_iteration=track,
+                  gn_trust_se=trust, ne0=ne0 if reuse else None, **full_kw)
+    st.evaluations += ne0 is not None and reuse
+    return hs, st
+
+
+def _binding_limits(hs, st, sides) -> dict[tuple[int, int, int], str | None]:
+    """Per held triple, the sign limit its gradient pushes against at the end (the KKT
+    multiplier's sign): "slope" (held at 0), "alpha" (held at +-EDGE_ALPHA) or None."""
+    u = hs.free.expand(st.x)
+    g = hs.free.expand(st.ne.g)  # descent direction: J^T r
+    lo, hi = (hs.free.expand(b) for b in hs.bounds)
+    out: dict[tuple[int, int, int], str | None] = {}
+    for (i, a, o), side in sides.items():
+        limit = lo[a] if side > 0 else hi[a]
+        if u[i] == 0.0 and g[i] * side < 0:
+            out[(i, a, o)] = "slope"
+        elif u[a] == limit and abs(limit) == EDGE_ALPHA and g[a] * side < 0:
+            out[(i, a, o)] = "alpha"
+        else:
+            out[(i, a, o)] = None
+    return out
+
+
+# iterations of the fit that locates the unbounded optimum, for the report only
+LOCATE_ITERATIONS = 8
+
+
+def _locate_unbounded(coords, u, ne, triple, sides, x0, lb, ub, evaluate, opts, st,
+                      messages, names):
+    """Where the optimum lies without the amplitude's sign limit, for the report only: a
+    short fit from the held optimum at the coarse stages' tolerance and at most
+    LOCATE_ITERATIONS iterations, its passes counted. Returns that point (user
+    coordinates), whether it converged, and ``st`` with the passes added."""
+    others = {t: s for t, s in sides.items() if t != triple}
+    held: dict[int, tuple[float, float]] = {}
+    for (i, a, _), side in others.items():
+        held.update(coords.quadrant(i, a, side, lb, ub))
+    ls = SolverSpace(coords, x0, lb, ub, held=held, u0=u)
+    loc = solve_lm(ls.evaluator(evaluate), ls.start, *ls.bounds,
+                   initial_damping=opts.initial_damping, ne0=ne,
+                   **{**_lm_kwargs(opts, True, None, None),
+                      "max_iterations": LOCATE_ITERATIONS})
+    st.evaluations += loc.evaluations
+    messages.append(f"internal coordinates without {names[triple[0]]}'s sign limit (to report "
+                    f"where that optimum lies): {loc.evaluations} passes, {loc.reason}")
+    return ls.user(loc.x), loc.converged, st
+
+
+def _chain(st2, st) -> None:
+    """st2 continues st: its counts and history include st's."""
     st2.evaluations += st.evaluations
     st2.iteration += st.iteration
     st2.history = st.history + st2.history
-    messages.append(f"internal coordinates with {len(held)} exponent(s) held on the "
-                    f"side where the amplitude is >= its lower bound: {st2.reason}")
-    u2 = space.free.expand(st2.x)
-    for a, (lo, hi) in held.items():
-        if u2[a] in (lo, hi) and abs(u2[a]) == EDGE_ALPHA:
-            edge_start.add(a)  # on its way to the logarithmic edge
-    return space, st2
+
+
+def _quadrants(problem, sides) -> str:
+    names = problem.parameter_names
+    return ", ".join(f"{names[i]} >= 0 held with J {'increasing' if s > 0 else 'decreasing'}"
+                     for (i, _, _), s in sides.items())
 
 
 def _finish_in_user_coordinates(internal, free, runner, flb, fub, opts, track, trust,
@@ -249,7 +357,8 @@ def _finish_in_user_coordinates(internal, free, runner, flb, fub, opts, track, t
     st.evaluations += internal.evaluations
     st.iteration += internal.iteration
     st.history = internal.history + st.history
-    messages.append(f"user coordinates: {st.reason}"
+    messages.append(f"user coordinates: {st.evaluations - internal.evaluations} passes, "
+                    f"{st.reason}"
                     + ("" if inside else " (from the box: the internal optimum crossed a bound)"))
     return st
 
@@ -264,7 +373,11 @@ def _report_edges(result: FitResult, coords, edge: dict[int, str]) -> FitResult:
         where = edge[a]
         if coords.at_log_edge(result.parameters[a]):
             where = "logarithmic edge" + ("" if where == "interior" else
+                                          f" (whether the bounds push it there is {where})"
+                                          if where.startswith("unknown") else
                                           ", pushed there by the bounds: " + where)
+        elif where.startswith("unknown"):
+            pass
         elif where != "interior":
             where = "on the bounds: " + where
         result.power_law_optimum[names[a]] = where

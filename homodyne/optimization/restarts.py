@@ -2,8 +2,11 @@
 
 A single start can stop at a local minimum (on measured two-time windows Δχ² ≈ 0.9 above
 the best one in 2 of 7 fits). The user's start and ``restarts - 1`` points of a scrambled
-Sobol sequence with a fixed seed (log-uniform over bounds spanning decades) are each
-fitted on the coarsest subsample (cheap: one level of the coarse-to-fine ladder), the best
+Sobol sequence with a fixed seed (log-uniform over bounds spanning decades; for two-time
+fits each power law drawn in the internal coordinates over the values the data resolve,
+``spread_in_internal``: drawn in the user's box, D_offset of hundreds puts almost every
+start on the plateau where c2 is flat) are each fitted on the coarsest subsample
+(cheap: one level of the coarse-to-fine ladder), the best
 ``finish_best`` distinct minima are finished on the full data, and the best of those is
 the result. It says how many starts reached its minimum (at the screening level: Δχ² and
 every parameter within a tolerance of it).
@@ -18,6 +21,7 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from homodyne.optimization.coordinates import PowerLawCoordinates
 from homodyne.optimization.driver import run_fit
 from homodyne.optimization.interfaces import DataSource
 from homodyne.optimization.passes import FitMonitor
@@ -59,6 +63,43 @@ def spread_starts(x0, lb, ub, n_starts: int, seed: int = 0) -> list[np.ndarray]:
     return starts
 
 
+def power_law_scales(problem, coords: PowerLawCoordinates) -> list[tuple[float, float]]:
+    """Per power law of ``coords``, the range of its value at t_ref that the data resolve:
+    J whose decay exp(-q^2 J tau) reaches 1/e between one frame and the whole window,
+    and a shear rate whose sinc phase q h gdot tau reaches 1 over the same lags."""
+    spec = problem.spec
+    t = spec.frame_times()
+    lags = (spec.dt, max(float(t[-1] - t[0]), spec.dt))
+    per = [spec.q * spec.q, spec.q * spec.gap_h]
+    return [(1.0 / (per[k] * lags[1]), 1.0 / (per[k] * lags[0]))
+            for k in range(len(coords.triples))]
+
+
+def spread_in_internal(starts, x0, lb, ub, coords: PowerLawCoordinates, scales,
+                       n_scaling: int) -> list[np.ndarray]:
+    """The Sobol starts with each power law re-drawn in the internal coordinates from the
+    same Sobol numbers: level = its value at t_ref, log-uniform over ``scales``; alpha
+    uniform over its bounds; slope a fraction in [-1, 1] of the level (on alpha's side
+    where the amplitude must be >= 0), moved into the user's box at the same level and
+    slope. Contrast and offset (the first ``n_scaling`` entries) keep x0: they enter
+    linearly, and user-box draws of them mostly start where the data are not resolved."""
+    out = [starts[0]]
+    for x in starts[1:]:
+        row = (x - lb) / np.where(ub > lb, ub - lb, 1.0)  # the Sobol numbers back
+        x = x.copy()
+        x[:n_scaling] = x0[:n_scaling]
+        u = coords.to_internal(x)
+        for (i, a, o), (lo, hi) in zip(coords.triples, scales, strict=True):
+            level = math.exp(math.log(lo) + row[o] * math.log(hi / lo))
+            u[a] = lb[a] + row[a] * (ub[a] - lb[a])
+            frac = 2.0 * row[i] - 1.0
+            if lb[i] >= 0:
+                frac = abs(frac) * (1.0 if u[a] >= 0 else -1.0)
+            u[o], u[i] = level, frac * level
+        out.append(np.clip(coords.into_box(coords.to_user(u), lb, ub), lb, ub))
+    return out
+
+
 def same_minimum(a: FitResult, b: FitResult) -> bool:
     """Whether two fits of the same data stopped at the same minimum (Δχ² and every
     determined parameter within SAME_CHI2 reduced-χ² units and SAME_SE of ``b``'s SE)."""
@@ -68,6 +109,11 @@ def same_minimum(a: FitResult, b: FitResult) -> bool:
     se = b.uncertainties
     ok = np.isfinite(se) & (se > 0)
     return bool(np.all(np.abs(a.parameters - b.parameters)[ok] <= SAME_SE * se[ok]))
+
+
+def bounds_finite(lb, ub) -> bool:
+    """Whether every bound is finite (the Sobol numbers can be read back from a start)."""
+    return bool(np.all(np.isfinite(lb)) and np.all(np.isfinite(ub)))
 
 
 @dataclass(frozen=True)
@@ -96,6 +142,12 @@ def fit_with_restarts(problem, data, x0, lb, ub, *, settings: RestartSettings,
     known so far (``interrupted``)."""
     run = _Run(time.perf_counter(), screening_data(data, options), int(data.n_points))
     starts = spread_starts(x0, lb, ub, settings.restarts, settings.seed)
+    coords = PowerLawCoordinates.for_problem(problem, lb, ub) \
+        if options.internal_coordinates and bounds_finite(lb, ub) else None
+    if coords is not None:
+        starts = spread_in_internal(starts, np.asarray(x0, np.float64), lb, ub, coords,
+                                    power_law_scales(problem, coords),
+                                    2 * problem.spec.n_scaling_sets)
     one_level = replace(options, coarse=False)
     screened: list[Screened] = []
     for k, start in enumerate(starts):
