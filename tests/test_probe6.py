@@ -1,0 +1,68 @@
+"""Faults found by a fifth round of adversarial probing (issue 12, probe6): config values that
+crash (a memory limit of 1e300 GB, an integer of 4,400 digits, a NUL in a path), empty path
+options that silently fell back to the config, ``homodyne generate`` writing NaN/Inf, and the
+workflow keeping results of an edited fit config or ignoring mistyped keys."""
+
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+
+from helpers import REPO
+from homodyne.config import ConfigError, load_config
+
+STATIC = {"analysis_mode": "static",
+          "initial_parameters": {"values": [8000.0, -0.4, 80.0]}}
+
+
+def _config(tmp_path, text: str, name="c.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_a_memory_limit_of_1e300_gb_plans_the_fit_instead_of_overflowing():
+    """Was: ``performance.memory_limit_gb: 1e300`` (or the API's memory_limit_gb=1e300) ->
+    OverflowError traceback from int(inf) in memory_plan; NaN in the guide's
+    ``DatasetSizeStrategy.build_streaming_config`` -> "cannot convert float NaN to integer"."""
+    from homodyne.optimization.nlsq_wrapper import NLSQWrapper
+    from homodyne.optimization.strategy import DatasetSizeStrategy, OptimizationStrategy
+
+    wrapper = NLSQWrapper(memory_limit_gb=1e300)
+    assert wrapper.memory_plan(OptimizationStrategy.STANDARD, 3540, 7, 3540) == 3540
+    x = np.linspace(0.0, 1.0, 200)
+    result = wrapper.fit(lambda x, a, b: a * x + b, x, 2.0 * x + 1.0, [1.0, 0.0])
+    np.testing.assert_allclose(result.parameters, [2.0, 1.0], atol=1e-8)
+    selector = DatasetSizeStrategy()
+    for bad in (math.nan, 0.0, -1.0, True, "16"):
+        with pytest.raises(ValueError) as err:
+            selector.build_streaming_config(1000, 9, memory_limit_gb=bad)
+        assert str(err.value) == ("memory_limit_gb must be a finite number > 0 (None: this "
+                                  f"machine's memory), got {bad!r}")
+    with pytest.raises(ValueError, match="memory_limit_gb must be a finite number > 0"):
+        DatasetSizeStrategy(memory_limit_gb=math.nan)
+    assert selector.build_streaming_config(1000, 9, memory_limit_gb=np.float32(16.0))[
+        "batch_size"] == 1000
+
+
+@pytest.mark.parametrize("args", [["--physical", "1e308,-0.5,100"], ["--noise", "1e300"]])
+def test_generate_refuses_parameters_whose_c2_is_not_finite(tmp_path, capsys, args):
+    """Was: finite arguments whose model overflows (D0 = 1e308: 171 of 190 values NaN) or
+    whose noise overflows float32 (every value +-inf) wrote the file, exit 0."""
+    from homodyne.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main(["generate", "--output", str(tmp_path / "d.h5"), "--frames", "20", *args])
+    assert stop.value.code == 2
+    err = capsys.readouterr().err
+    assert "homodyne generate: error: arguments --physical/--contrast/--offset/--noise/--q/" \
+           "--dt: the model with parameters" in err
+    assert "gives non-finite c2 values in float32 (angle 0, q 0.0054, frames 1..20); choose " \
+           "smaller values" in err and "RuntimeWarning" not in err
+    assert list(tmp_path.iterdir()) == []
