@@ -51,6 +51,26 @@ def test_a_memory_limit_of_1e300_gb_plans_the_fit_instead_of_overflowing():
         "batch_size"] == 1000
 
 
+@pytest.mark.parametrize("option", ["--data-file", "--output-dir"])
+def test_an_empty_path_option_is_refused_not_replaced_by_the_configs(tmp_path, capsys, option):
+    """Was: ``--data-file "$DATA"`` with DATA unset (or ``--output-dir ""``) fell back to the
+    config's file (folder) without a word: exit 0, a fit of other data than asked for."""
+    from homodyne.cli import main
+
+    cfg = _config(tmp_path, yaml.safe_dump({**STATIC, "experimental_data": {
+        "file_path": str(tmp_path / "missing.h5")}}))
+    commands = [["--config", str(cfg), option, ""]]
+    if option == "--data-file":
+        commands.append(["validate", "--config", str(cfg), option, " "])
+    for argv in commands:
+        with pytest.raises(SystemExit) as stop:
+            main(argv)
+        assert stop.value.code == 2
+        assert f"argument {option}: empty; give a path (is a shell variable unset?)" in \
+            capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == [cfg]
+
+
 @pytest.mark.parametrize("args", [["--physical", "1e308,-0.5,100"], ["--noise", "1e300"]])
 def test_generate_refuses_parameters_whose_c2_is_not_finite(tmp_path, capsys, args):
     """Was: finite arguments whose model overflows (D0 = 1e308: 171 of 190 values NaN) or
