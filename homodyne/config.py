@@ -217,10 +217,10 @@ def _value(key, value, spec):
         return _q_selection(key, value)
     if kind == "files":
         if isinstance(value, str) and value.strip():
-            return value
+            return _no_nul(key, value)
         if isinstance(value, list) and value and all(isinstance(v, str) and v.strip()
                                                      for v in value):
-            return list(value)
+            return [_no_nul(f"{key}[{i}]", v) for i, v in enumerate(value)]
         raise ConfigError(key, "expected a glob pattern or a list of data files, got "
                                f"{_show(value)}")
     if kind == "bool":
@@ -230,7 +230,7 @@ def _value(key, value, spec):
     if kind in ("str", "path"):
         if not isinstance(value, str) or not value.strip():
             raise ConfigError(key, f"expected a non-empty string, got {_show(value)}")
-        return value
+        return _no_nul(key, value)
     if kind == "choice":
         if value not in extra:
             raise ConfigError(key, f"must be one of {', '.join(map(str, extra))}; "
@@ -239,7 +239,7 @@ def _value(key, value, spec):
     if kind == "list[str]":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(key, f"expected a list of names, got {_show(value)}")
-        return list(value)
+        return [_no_nul(f"{key}[{i}]", v) for i, v in enumerate(value)]
     if kind == "list[float]":
         if not isinstance(value, list):
             raise ConfigError(key, f"expected a list of numbers, got {_show(value)}")
@@ -259,6 +259,14 @@ def _value(key, value, spec):
     if kind == "bounds":
         return _bounds(key, value)
     raise AssertionError(kind)
+
+
+def _no_nul(key, value: str) -> str:
+    """A path or name: no NUL character (the OS refuses it with a ValueError, not an
+    OSError, deep inside mkdir or open)."""
+    if "\0" in value:
+        raise ConfigError(key, f"contains a NUL character (\\0): {_show(value)}; remove it")
+    return value
 
 
 def _q_selection(key, value):
@@ -580,6 +588,12 @@ def load_config(path, *, require_data: bool = True, overrides: dict | None = Non
     except yaml.YAMLError as exc:
         raise ConfigError("<yaml>", "not valid YAML: " + " ".join(str(exc).split()), path) \
             from None
+    except ValueError as exc:  # a scalar YAML matched but Python cannot build: an integer of
+        # more than 4,300 digits, a date such as 2024-13-45
+        why = " ".join(str(exc).split())
+        why = why if len(why) <= 100 else why[:97] + "..."
+        raise ConfigError("<yaml>", f"a value YAML reads as a number or date cannot be built "
+                          f"({why}); quote it or correct it", path) from None
     raw = {} if raw is None else raw
     for dotted, value in (overrides or {}).items():
         node = raw

@@ -71,6 +71,47 @@ def test_an_empty_path_option_is_refused_not_replaced_by_the_configs(tmp_path, c
     assert list(tmp_path.iterdir()) == [cfg]
 
 
+@pytest.mark.parametrize("value, why", [
+    ("9" * 4400, "(Exceeds the limit (4300 digits) for integer string conversion: value has "
+                 "4400 digits; use sys.set...)"),
+    ("2024-13-45", "(month must be in 1..12)"),
+])
+def test_a_yaml_value_python_cannot_build_is_one_config_error(tmp_path, value, why):
+    """Was: an integer of more than 4,300 digits, or a date such as 2024-13-45, -> a
+    ValueError traceback from PyYAML's constructor (exit 1)."""
+    cfg = _config(tmp_path, f"experimental_data:\n  dt: {value}\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg, require_data=False)
+    assert str(err.value) == (f"{cfg}: <yaml>: a value YAML reads as a number or date cannot "
+                              f"be built {why}; quote it or correct it")
+
+
+@pytest.mark.parametrize("section, key", [
+    ("output", "directory"), ("optimization.streaming", "checkpoint_dir"),
+    ("experimental_data", "file_path"), ("experimental_data", "files"),
+])
+def test_a_nul_character_in_a_path_is_one_config_error(tmp_path, section, key):
+    """Was: ``output.directory: "out/a\\0b"`` (or checkpoint_dir) -> ValueError "embedded
+    null byte" traceback from mkdir (exit 1); in file_path "file not found" with the NUL."""
+    raw = {**STATIC, "experimental_data": {"file_path": str(tmp_path / "c.yaml")},
+           "optimization": {"streaming": {"enable_checkpoints": True}}}
+    node = raw
+    for part in section.split("."):
+        node = node.setdefault(part, {})
+    if key == "files":
+        node.pop("file_path")
+        node["files"] = ["a.h5", "b\0.h5"]
+    else:
+        node[key] = "x\0y"
+    cfg = _config(tmp_path, yaml.safe_dump(raw))
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg)
+    where = f"{section}.{key}" + ("[1]" if key == "files" else "")
+    shown = "'b\\x00.h5'" if key == "files" else "'x\\x00y'"
+    assert str(err.value) == f"{cfg}: {where}: contains a NUL character (\\0): {shown}; " \
+                             "remove it"
+
+
 @pytest.mark.parametrize("args", [["--physical", "1e308,-0.5,100"], ["--noise", "1e300"]])
 def test_generate_refuses_parameters_whose_c2_is_not_finite(tmp_path, capsys, args):
     """Was: finite arguments whose model overflows (D0 = 1e308: 171 of 190 values NaN) or
