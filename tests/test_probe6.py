@@ -3,6 +3,7 @@ crash (a memory limit of 1e300 GB, an integer of 4,400 digits, a NUL in a path),
 options that silently fell back to the config, ``homodyne generate`` writing NaN/Inf, and the
 workflow keeping results of an edited fit config or ignoring mistyped keys."""
 
+import json
 import math
 import os
 import shutil
@@ -13,8 +14,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-
 from helpers import REPO
+
 from homodyne.config import ConfigError, load_config
 
 STATIC = {"analysis_mode": "static",
@@ -127,3 +128,65 @@ def test_generate_refuses_parameters_whose_c2_is_not_finite(tmp_path, capsys, ar
     assert "gives non-finite c2 values in float32 (angle 0, q 0.0054, frames 1..20); choose " \
            "smaller values" in err and "RuntimeWarning" not in err
     assert list(tmp_path.iterdir()) == []
+
+
+SNAKEMAKE = Path(sys.executable).with_name("snakemake")
+needs_snakemake = pytest.mark.skipif(not SNAKEMAKE.exists(), reason="snakemake not installed")
+
+
+def _workflow_copy(tmp_path) -> Path:
+    """The workflow alone (rules, schema, configs, profiles): enough for dry runs."""
+    dst = tmp_path / "repo"
+    dst.mkdir()
+    shutil.copy(REPO / "Snakefile", dst)
+    for folder in ("workflow", "config", "profiles"):
+        shutil.copytree(REPO / folder, dst / folder)
+    (dst / "homodyne").mkdir()  # the checksums of the measured data (common.smk)
+    shutil.copy(REPO / "homodyne/realdata_sha256.txt", dst / "homodyne")
+    cfg = yaml.safe_load((REPO / "config/test.yaml").read_text())
+    cfg["multiq"] = {"synthetic": {"q": [0.004], "ages_s": [0], "frames": 20, "angles": [0],
+                                   "seed": 1},
+                     "runs": {"multiq_synthetic": {"config": "config/fits/synthetic_aging.yaml",
+                                                   "synthetic": True}}}
+    (dst / "config/c.yaml").write_text(yaml.safe_dump(cfg))
+    return dst
+
+
+def _dry_run(repo, *args) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PATH=f"{SNAKEMAKE.parent}:{os.environ['PATH']}")
+    return subprocess.run([str(SNAKEMAKE), "-n", "--nolock", "-c1", "--configfile",
+                           "config/c.yaml", *args], cwd=repo, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+@needs_snakemake
+def test_editing_a_multi_q_runs_fit_config_refits_the_run(tmp_path):
+    """Was: after a complete multi-q run, editing its fit config (bounds, start values, q)
+    left every per-bin parameters.json and summary.csv of the old settings ("Nothing to be
+    done": the config was only a params path); now it is an input of the plan and the fits."""
+    repo = _workflow_copy(tmp_path)
+    run = repo / "results/fits/multiq_synthetic"
+    data = repo / "results/datasets/aging_series/age_00.h5"
+    outputs = {run / "jobs.json": [{"file": str(data.relative_to(repo)), "file_id": "age_00",
+                                    "q_index": 0, "q": 0.004}],
+               run / "age_00/q00/parameters.json": {}, run / "age_00/q00/job.json": {},
+               run / "summary.csv": None, run / "parameters_vs_q.png": None,
+               run / "parameters_vs_file.png": None}
+    data.parent.mkdir(parents=True)
+    data.write_bytes(b"")
+    for path, content in outputs.items():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(content) if content is not None else "")
+    fit_config = repo / "config/fits/synthetic_aging.yaml"
+    t0 = fit_config.stat().st_mtime
+    os.utime(data, (t0, t0))
+    for path in outputs:  # a finished run, each step after its inputs
+        os.utime(path, (t0 + 10, t0 + 10))
+    target = ("--rerun-triggers", "mtime", "--", "results/fits/multiq_synthetic/summary.csv")
+    assert "Nothing to be done" in _dry_run(repo, *target).stdout
+    fit_config.write_text(fit_config.read_text().replace("max: 100000.0", "max: 50000.0"))
+    os.utime(fit_config, (t0 + 20, t0 + 20))
+    plan = _dry_run(repo, *target)
+    assert plan.returncode == 0, plan.stderr[-2000:]
+    assert "Updated input files: config/fits/synthetic_aging.yaml" in plan.stdout
+    assert "plan_q_fits" in plan.stdout and "gather_q_fits" in plan.stdout
