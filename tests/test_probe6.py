@@ -190,3 +190,27 @@ def test_editing_a_multi_q_runs_fit_config_refits_the_run(tmp_path):
     assert plan.returncode == 0, plan.stderr[-2000:]
     assert "Updated input files: config/fits/synthetic_aging.yaml" in plan.stdout
     assert "plan_q_fits" in plan.stdout and "gather_q_fits" in plan.stdout
+
+
+@needs_snakemake
+@pytest.mark.parametrize("where, key, value", [
+    (("fits", "aps_aging"), "max_tau", 0.5), (("fits", "chx"), "alpha_windw", [0.9, 1.1]),
+    (("fits", "laminar_synthetic"), "sed", 3), (("fits", "laminar_synthetic"), "seed", -1),
+    (("multiq", "synthetic"), "seed", -1), (("datasets", "static_130k"), "seed", -1),
+])
+def test_the_workflow_schema_refuses_mistyped_fit_keys_and_negative_seeds(where, key, value):
+    """Was: a typo under fits.chx / fits.aps_aging / fits.laminar_synthetic was ignored (the
+    default used, e.g. max_tau_s 2.0 for `max_tau: 0.5`); a negative seed passed the plan and
+    the job died with numpy's "expected non-negative integer" traceback."""
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    schema = str(REPO / "workflow/schemas/config.schema.yaml")
+    for name in ("config.yaml", "gpu.yaml", "test.yaml"):  # the shipped configs still pass
+        validate(yaml.safe_load((REPO / "config" / name).read_text()), schema)
+    cfg = yaml.safe_load((REPO / "config/test.yaml").read_text())
+    cfg[where[0]][where[1]][key] = value
+    with pytest.raises(WorkflowError) as err:
+        validate(cfg, schema)
+    assert (f"'{key}' was unexpected" if value != -1 else "-1 is less than the minimum of 0") \
+        in str(err.value)
