@@ -505,6 +505,14 @@ def _one_time_config(d: dict, source, raw) -> HomodyneConfig:
         if age <= 0:
             raise ConfigError(f"one_time.ages_s[{i}]", f"must be > 0 (seconds since the sample "
                               f"was prepared), got {age}")
+    given = (raw or {}).get("one_time") or {}
+    if not ot["series"]:  # without a series there is no J-model fit for them to steer
+        for key in ("ages_s", "nonnegative_J"):
+            if given.get(key) not in (None, False):
+                raise ConfigError(f"one_time.{key}", "applies to the aging J-model fitted over "
+                                  "experimental_data.file_path and one_time.series; with no "
+                                  "series it would do nothing: list the other files of the "
+                                  "series or remove it")
     lo, hi = ot["min_tau_s"], ot["max_tau_s"]
     if lo is not None and hi is not None and lo >= hi:
         raise ConfigError("one_time.min_tau_s", f"{lo} must be < max_tau_s ({hi})")

@@ -214,3 +214,20 @@ def test_the_workflow_schema_refuses_mistyped_fit_keys_and_negative_seeds(where,
         validate(cfg, schema)
     assert (f"'{key}' was unexpected" if value != -1 else "-1 is less than the minimum of 0") \
         in str(err.value)
+
+
+@pytest.mark.parametrize("key, value", [("ages_s", [100.0]), ("nonnegative_J", True)])
+def test_aging_keys_without_an_aging_series_are_refused_not_ignored(tmp_path, key, value):
+    """Was: one_time.ages_s or nonnegative_J: true with no one_time.series were accepted and
+    did nothing (a single file gets no J-model fit)."""
+    (tmp_path / "g2.csv").write_text("tau,g2(q=0.004)\n1e-5,1.2\n1e-4,1.1\n")
+    raw = {"analysis_mode": "one_time", "experimental_data": {"file_path": "g2.csv"}}
+    cfg = _config(tmp_path, yaml.safe_dump({**raw, "one_time": {key: value}}))
+    with pytest.raises(ConfigError) as err:
+        load_config(cfg)
+    assert str(err.value) == (f"{cfg}: one_time.{key}: applies to the aging J-model fitted over "
+                              "experimental_data.file_path and one_time.series; with no series "
+                              "it would do nothing: list the other files of the series or "
+                              "remove it")
+    off = _config(tmp_path, yaml.safe_dump({**raw, "one_time": {"nonnegative_J": False}}), "o.yaml")
+    assert load_config(off).one_time["nonnegative_J"] is False
