@@ -561,6 +561,9 @@ def check_data_path(path: str, key: str = "experimental_data.file_path") -> None
                                "at a data file")
 
 
+MAX_CONFIG_BYTES = 1 << 20  # configs are a few kB; anything this big is data given by mistake
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """yaml.SafeLoader that refuses a key given twice in one mapping (not last-wins); merge
     keys (``<<: *defaults``) work as in safe_load: a key written out overrides a merged one."""
@@ -587,6 +590,11 @@ def load_config(path, *, require_data: bool = True, overrides: dict | None = Non
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise ConfigError("--config", f"config file not found: {path}")
+    size = os.path.getsize(path)
+    if size > MAX_CONFIG_BYTES:  # YAML would parse a data table for minutes, in GBs
+        raise ConfigError("--config", f"{path} holds {size:,} bytes; a config is a small YAML "
+                          f"file (at most {MAX_CONFIG_BYTES:,} bytes): is it the data? give "
+                          "data with experimental_data.file_path or --data-file")
     try:
         with open(path, encoding="utf-8") as fh:
             raw = yaml.load(fh, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader

@@ -260,3 +260,20 @@ def test_the_workflow_reads_a_fit_configs_relative_data_paths_as_the_cli_does(tm
     assert none.returncode != 0
     assert ("multiq run none: experimental_data.files/file_path of config/fits/none.yaml "
             "(['nowhere/*.h5']) matches no file") in none.stdout + none.stderr
+
+
+def test_a_data_table_given_as_the_config_is_refused_before_yaml_parses_it(tmp_path):
+    """Was: `homodyne --config g2.csv` (a 36 MB one-time table given by mistake) was parsed
+    by YAML for 42 s in 350 MB before "expected a mapping of keys, got str"; a GB table
+    would take many minutes and GBs."""
+    from homodyne.config import MAX_CONFIG_BYTES
+
+    rows = "".join(f"{k * 1e-5:.6e},1.2\n" for k in range(MAX_CONFIG_BYTES // 17 + 1))
+    table = _config(tmp_path, "tau,g2(q=0.004)\n" + rows, "g2.csv")
+    size = table.stat().st_size
+    assert size > MAX_CONFIG_BYTES
+    with pytest.raises(ConfigError) as err:
+        load_config(table)
+    assert str(err.value) == (f"--config: {table} holds {size:,} bytes; a config is a small "
+                              "YAML file (at most 1,048,576 bytes): is it the data? give data "
+                              "with experimental_data.file_path or --data-file")
