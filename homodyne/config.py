@@ -406,6 +406,12 @@ def validate_config(raw: Any, source: str | None = None, *, require_data: bool =
                 raise ConfigError("parameter_space.fixed",
                                   f"{name!r} is not a parameter of {mode} mode; choose from "
                                   f"{sorted(allowed)}")
+        for name in ("contrast", "offset"):  # no value: held at a rough estimate from the data
+            if name in d["parameter_space"]["fixed"] and init[name] is None:
+                raise ConfigError("parameter_space.fixed", f"{name} is fixed but "
+                                  f"initial_parameters.{name} is not given: it would be held at "
+                                  "a rough estimate from the data's first row; give the value "
+                                  "(or bounds with min == max), or let it be fitted")
         for name, v in zip(names, values, strict=True):
             lo, hi = bounds.get(name, DEFAULT_BOUNDS[name])
             if not lo <= v <= hi:

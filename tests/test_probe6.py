@@ -277,3 +277,21 @@ def test_a_data_table_given_as_the_config_is_refused_before_yaml_parses_it(tmp_p
     assert str(err.value) == (f"--config: {table} holds {size:,} bytes; a config is a small "
                               "YAML file (at most 1,048,576 bytes): is it the data? give data "
                               "with experimental_data.file_path or --data-file")
+
+
+@pytest.mark.parametrize("name", ["contrast", "offset"])
+def test_a_fixed_scaling_parameter_without_a_value_is_refused(tmp_path, name):
+    """Was: `fixed: [contrast, offset]` with no initial_parameters.contrast/offset held them at
+    the rough estimate from the first row (contrast 0.16 for a true 0.30): exit 0 with
+    D_offset = -17993 for a true 100, the log only saying "(fixed)"."""
+    data = _config(tmp_path, "", "d.h5")
+    raw = {**STATIC, "experimental_data": {"file_path": str(data)},
+           "parameter_space": {"fixed": ["D0", name]}}
+    with pytest.raises(ConfigError) as err:
+        load_config(_config(tmp_path, yaml.safe_dump(raw)))
+    assert str(err.value).endswith(
+        f"parameter_space.fixed: {name} is fixed but initial_parameters.{name} is not given: it "
+        "would be held at a rough estimate from the data's first row; give the value (or "
+        "bounds with min == max), or let it be fitted")
+    raw["initial_parameters"] = {**raw["initial_parameters"], name: 1.0}
+    assert load_config(_config(tmp_path, yaml.safe_dump(raw))).fixed == ["D0", name]
