@@ -295,3 +295,32 @@ def test_a_fixed_scaling_parameter_without_a_value_is_refused(tmp_path, name):
         "bounds with min == max), or let it be fitted")
     raw["initial_parameters"] = {**raw["initial_parameters"], name: 1.0}
     assert load_config(_config(tmp_path, yaml.safe_dump(raw))).fixed == ["D0", name]
+
+
+def test_a_jobs_cgroup_memory_limit_caps_the_memory_the_fit_plans_with(tmp_path, monkeypatch):
+    """Was: tiers and batches were planned from psutil's free memory of the whole node, so a
+    Slurm job of 2 GB on a 256 GB node (fit_q_bin asks mem_mb=2000) planned in-memory tiers
+    for 128 GB and was killed by the job's limit instead of streaming."""
+    from homodyne.optimization import strategy
+
+    def fake(lines, files):
+        root = tmp_path / str(len(list(tmp_path.iterdir())))
+        (root / "proc/self").mkdir(parents=True)
+        (root / "proc/self/cgroup").write_text(lines)
+        for path, text in files.items():
+            (root / "sys/fs/cgroup" / path).parent.mkdir(parents=True, exist_ok=True)
+            (root / "sys/fs/cgroup" / path).write_text(text)
+        return strategy.cgroup_memory_limit(str(root))
+
+    assert fake("0::/job_1/step_0\n", {"job_1/memory.max": "2147483648\n",
+                                       "job_1/step_0/memory.max": "max\n"}) == 2**31
+    assert fake("9:memory:/slurm/uid_0/job_5\n1:name=systemd:/x\n",
+                {"memory/slurm/memory.limit_in_bytes": "9223372036854771712\n",
+                 "memory/slurm/uid_0/job_5/memory.limit_in_bytes": "1073741824\n"}) == 2**30
+    assert fake("0::/\n", {"memory.max": "max\n"}) is None
+    assert strategy.cgroup_memory_limit(str(tmp_path / "nowhere")) is None
+    selector = strategy.DatasetSizeStrategy()
+    assert selector.select_strategy(9_000_000, 7) == strategy.OptimizationStrategy.LARGE
+    monkeypatch.setattr(strategy, "cgroup_memory_limit", lambda: 100 * 2**20)
+    assert strategy.available_memory_gb() == pytest.approx(100 / 1024)
+    assert selector.select_strategy(9_000_000, 7) == strategy.OptimizationStrategy.STREAMING
