@@ -301,6 +301,7 @@ def test_a_jobs_cgroup_memory_limit_caps_the_memory_the_fit_plans_with(tmp_path,
     """Was: tiers and batches were planned from psutil's free memory of the whole node, so a
     Slurm job of 2 GB on a 256 GB node (fit_q_bin asks mem_mb=2000) planned in-memory tiers
     for 128 GB and was killed by the job's limit instead of streaming."""
+    from homodyne import memory
     from homodyne.optimization import strategy
 
     def fake(lines, files):
@@ -310,7 +311,7 @@ def test_a_jobs_cgroup_memory_limit_caps_the_memory_the_fit_plans_with(tmp_path,
         for path, text in files.items():
             (root / "sys/fs/cgroup" / path).parent.mkdir(parents=True, exist_ok=True)
             (root / "sys/fs/cgroup" / path).write_text(text)
-        return strategy.cgroup_memory_limit(str(root))
+        return memory.cgroup_memory_limit(str(root))
 
     assert fake("0::/job_1/step_0\n", {"job_1/memory.max": "2147483648\n",
                                        "job_1/step_0/memory.max": "max\n"}) == 2**31
@@ -318,9 +319,10 @@ def test_a_jobs_cgroup_memory_limit_caps_the_memory_the_fit_plans_with(tmp_path,
                 {"memory/slurm/memory.limit_in_bytes": "9223372036854771712\n",
                  "memory/slurm/uid_0/job_5/memory.limit_in_bytes": "1073741824\n"}) == 2**30
     assert fake("0::/\n", {"memory.max": "max\n"}) is None
-    assert strategy.cgroup_memory_limit(str(tmp_path / "nowhere")) is None
+    assert memory.cgroup_memory_limit(str(tmp_path / "nowhere")) is None
     selector = strategy.DatasetSizeStrategy()
     assert selector.select_strategy(9_000_000, 7) == strategy.OptimizationStrategy.LARGE
-    monkeypatch.setattr(strategy, "cgroup_memory_limit", lambda: 100 * 2**20)
+    monkeypatch.setattr(memory, "cgroup_memory_limit", lambda: 100 * 2**20)
     assert strategy.available_memory_gb() == pytest.approx(100 / 1024)
+    assert not memory.memory_allows(100_000)  # 51 MB a batch run: more than a quarter
     assert selector.select_strategy(9_000_000, 7) == strategy.OptimizationStrategy.STREAMING

@@ -14,10 +14,8 @@ from __future__ import annotations
 import math
 import numbers
 from enum import StrEnum
-from pathlib import Path
 
-import psutil
-
+from homodyne.memory import available_bytes
 from homodyne.optimization.settings import CheckpointSettings
 
 
@@ -43,40 +41,9 @@ DEFAULT_BATCH = 65_536
 
 
 def available_memory_gb() -> float:
-    """Free memory for this process: the machine's, capped by the memory limit of its
-    control group (a Slurm job's --mem, a container's --memory), which psutil does not see:
-    a 2 GB job on a 256 GB node must not plan a fit for 128 GB."""
-    avail = psutil.virtual_memory().available
-    limit = cgroup_memory_limit()
-    return (avail if limit is None else min(avail, limit)) / 2**30
-
-
-def cgroup_memory_limit(root: str = "/") -> int | None:
-    """The smallest memory limit (bytes) on this process's control group and its parents
-    (cgroup v2 memory.max or v1 memory.limit_in_bytes), or None where there is none or it
-    cannot be read; ``root`` is prepended to /proc and /sys (tests)."""
-    try:
-        lines = Path(root, "proc/self/cgroup").read_text().splitlines()
-    except OSError:
-        return None
-    limits = []
-    for line in lines:
-        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
-        if controllers == "":  # v2: one hierarchy
-            base, name = Path(root, "sys/fs/cgroup"), "memory.max"
-        elif "memory" in controllers.split(","):  # v1: the memory controller's own
-            base, name = Path(root, "sys/fs/cgroup/memory"), "memory.limit_in_bytes"
-        else:
-            continue
-        parts = [q for q in path.strip().split("/") if q]
-        for depth in range(len(parts), -1, -1):  # the group itself and every parent
-            try:
-                text = (base.joinpath(*parts[:depth]) / name).read_text().strip()
-            except OSError:
-                continue
-            if text.isdigit() and int(text) < 2**60:  # "max" / v1's huge "unlimited"
-                limits.append(int(text))
-    return min(limits) if limits else None
+    """Free memory for this process (``homodyne.memory.available_bytes``: the machine's,
+    capped by the job's or container's cgroup limit)."""
+    return available_bytes() / 2**30
 
 
 def bytes_per_point(n_parameters: int) -> int:
