@@ -39,8 +39,10 @@ def _fit_parser() -> argparse.ArgumentParser:
                + EXIT_CODES_HELP + ".")
     p.add_argument("--version", action="version", version=f"homodyne {__version__}")
     p.add_argument("--config", required=True, help="YAML configuration file")
-    p.add_argument("--data-file", help="data file (overrides experimental_data.file_path)")
-    p.add_argument("--output-dir", help="output folder (overrides output.directory)")
+    p.add_argument("--data-file", type=_path_argument,
+                   help="data file (overrides experimental_data.file_path)")
+    p.add_argument("--output-dir", type=_path_argument,
+                   help="output folder (overrides output.directory)")
     p.add_argument("--q", type=_q_argument, help="q bin(s) to fit: a number, comma-separated "
                    "numbers, or 'all' (overrides experimental_data.q); several bins or files "
                    "give one fit per (file, q) and a summary.csv; one number on a multi-q "
@@ -94,6 +96,14 @@ def _q_argument(text: str):
         raise argparse.ArgumentTypeError(
             f"expected a number, comma-separated numbers or 'all', got {text!r}") from None
     return values[0] if len(values) == 1 else values
+
+
+def _path_argument(text: str) -> str:
+    """A path option's value: never empty (``--data-file "$DATA"`` with DATA unset must not
+    fall back to the config's file, nor ``--output-dir ""`` to the config's folder)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("empty; give a path (is a shell variable unset?)")
+    return text
 
 
 def _floats(text: str) -> list[float]:
@@ -163,11 +173,12 @@ def _checked_generate_args(p: argparse.ArgumentParser, argv):
 def generate_main(argv) -> int:
     import errno
 
-    from homodyne.data.synthetic import generate_synthetic
+    from homodyne.data.synthetic import NonFiniteSynthetic, generate_synthetic
     from homodyne.model import ModelSpec
     from homodyne.output import OutputDirError
 
-    a = _checked_generate_args(_generate_parser(), argv)
+    parser = _generate_parser()
+    a = _checked_generate_args(parser, argv)
     phys = a.phys or (
         [1e4, -0.5, 100.0] if a.mode == "static" else [1e4, -0.5, 100.0, 1e-5, 0.2, 1e-6, 5.0])
     spec = ModelSpec(mode=a.mode, q=a.q, dt=a.dt, n_frames=a.frames,
@@ -176,6 +187,8 @@ def generate_main(argv) -> int:
         info = generate_synthetic(a.output, spec, spec.pack(a.contrast, a.offset, phys),
                                   noise_sigma=a.noise, seed=a.seed, block_rows=a.block_rows,
                                   dtype=a.dtype, overwrite=a.overwrite)
+    except NonFiniteSynthetic as exc:  # nothing is written (the temporary file is removed)
+        parser.error(f"arguments --physical/--contrast/--offset/--noise/--q/--dt: {exc}")
     except OSError as exc:  # e.g. the disk filled since the check; the file is not kept
         fix = "free space or " if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
         raise OutputDirError(f"could not write {a.output} ({exc.strerror or exc}); nothing was "
@@ -191,7 +204,7 @@ def validate_main(argv) -> int:
     p = argparse.ArgumentParser(prog="homodyne validate",
                                 description="Validate a config and summarise its data.")
     p.add_argument("--config", required=True)
-    p.add_argument("--data-file")
+    p.add_argument("--data-file", type=_path_argument)
     p.add_argument("--q", type=_q_argument, help="q bin(s), as for a fit (overrides "
                    "experimental_data.q)")
     a = p.parse_args(argv)

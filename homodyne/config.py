@@ -220,10 +220,10 @@ def _value(key, value, spec):
         return _q_selection(key, value)
     if kind == "files":
         if isinstance(value, str) and value.strip():
-            return value
+            return _no_nul(key, value)
         if isinstance(value, list) and value and all(isinstance(v, str) and v.strip()
                                                      for v in value):
-            return list(value)
+            return [_no_nul(f"{key}[{i}]", v) for i, v in enumerate(value)]
         raise ConfigError(key, "expected a glob pattern or a list of data files, got "
                                f"{_show(value)}")
     if kind == "bool":
@@ -233,7 +233,7 @@ def _value(key, value, spec):
     if kind in ("str", "path"):
         if not isinstance(value, str) or not value.strip():
             raise ConfigError(key, f"expected a non-empty string, got {_show(value)}")
-        return value
+        return _no_nul(key, value)
     if kind == "choice":
         if value not in extra:
             raise ConfigError(key, f"must be one of {', '.join(map(str, extra))}; "
@@ -242,7 +242,7 @@ def _value(key, value, spec):
     if kind == "list[str]":
         if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
             raise ConfigError(key, f"expected a list of names, got {_show(value)}")
-        return list(value)
+        return [_no_nul(f"{key}[{i}]", v) for i, v in enumerate(value)]
     if kind == "list[float]":
         if not isinstance(value, list):
             raise ConfigError(key, f"expected a list of numbers, got {_show(value)}")
@@ -265,6 +265,14 @@ def _value(key, value, spec):
     if kind == "bounds":
         return _bounds(key, value)
     raise AssertionError(kind)
+
+
+def _no_nul(key, value: str) -> str:
+    """A path or name: no NUL character (the OS refuses it with a ValueError, not an
+    OSError, deep inside mkdir or open)."""
+    if "\0" in value:
+        raise ConfigError(key, f"contains a NUL character (\\0): {_show(value)}; remove it")
+    return value
 
 
 def _q_selection(key, value):
@@ -412,6 +420,12 @@ def validate_config(raw: Any, source: str | None = None, *, require_data: bool =
                 raise ConfigError("parameter_space.fixed",
                                   f"{name!r} is not a parameter of {mode} mode; choose from "
                                   f"{sorted(allowed)}")
+        for name in ("contrast", "offset"):  # no value: held at a rough estimate from the data
+            if name in d["parameter_space"]["fixed"] and init[name] is None:
+                raise ConfigError("parameter_space.fixed", f"{name} is fixed but "
+                                  f"initial_parameters.{name} is not given: it would be held at "
+                                  "a rough estimate from the data's first row; give the value "
+                                  "(or bounds with min == max), or let it be fitted")
         for name, v in zip(names, values, strict=True):
             lo, hi = bounds.get(name, DEFAULT_BOUNDS[name])
             if not lo <= v <= hi:
@@ -510,6 +524,14 @@ def _one_time_config(d: dict, source, raw) -> HomodyneConfig:
         if age <= 0:
             raise ConfigError(f"one_time.ages_s[{i}]", f"must be > 0 (seconds since the sample "
                               f"was prepared), got {age}")
+    given = (raw or {}).get("one_time") or {}
+    if not ot["series"]:  # without a series there is no J-model fit for them to steer
+        for key in ("ages_s", "nonnegative_J"):
+            if given.get(key) not in (None, False):
+                raise ConfigError(f"one_time.{key}", "applies to the aging J-model fitted over "
+                                  "experimental_data.file_path and one_time.series; with no "
+                                  "series it would do nothing: list the other files of the "
+                                  "series or remove it")
     lo, hi = ot["min_tau_s"], ot["max_tau_s"]
     if lo is not None and hi is not None and lo >= hi:
         raise ConfigError("one_time.min_tau_s", f"{lo} must be < max_tau_s ({hi})")
@@ -558,6 +580,9 @@ def check_data_path(path: str, key: str = "experimental_data.file_path") -> None
                                "at a data file")
 
 
+MAX_CONFIG_BYTES = 1 << 20  # configs are a few kB; anything this big is data given by mistake
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
     """yaml.SafeLoader that refuses a key given twice in one mapping (not last-wins); merge
     keys (``<<: *defaults``) work as in safe_load: a key written out overrides a merged one."""
@@ -588,6 +613,11 @@ def load_config(path, *, require_data: bool = True, overrides: dict | None = Non
         raise ConfigError("--config", f"{path} is a directory; give the YAML config file in it")
     if not os.path.isfile(path):
         raise ConfigError("--config", f"config file not found: {path}")
+    size = os.path.getsize(path)
+    if size > MAX_CONFIG_BYTES:  # YAML would parse a data table for minutes, in GBs
+        raise ConfigError("--config", f"{path} holds {size:,} bytes; a config is a small YAML "
+                          f"file (at most {MAX_CONFIG_BYTES:,} bytes): is it the data? give "
+                          "data with experimental_data.file_path or --data-file")
     try:
         with open(path, encoding="utf-8") as fh:
             raw = yaml.load(fh, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
@@ -597,6 +627,12 @@ def load_config(path, *, require_data: bool = True, overrides: dict | None = Non
     except yaml.YAMLError as exc:
         raise ConfigError("<yaml>", "not valid YAML: " + " ".join(str(exc).split()), path) \
             from None
+    except ValueError as exc:  # a scalar YAML matched but Python cannot build: an integer of
+        # more than 4,300 digits, a date such as 2024-13-45
+        why = " ".join(str(exc).split())
+        why = why if len(why) <= 100 else why[:97] + "..."
+        raise ConfigError("<yaml>", f"a value YAML reads as a number or date cannot be built "
+                          f"({why}); quote it or correct it", path) from None
     raw = {} if raw is None else raw
     for dotted, value in (overrides or {}).items():
         node = raw

@@ -1,8 +1,10 @@
-"""Process memory: glibc heap tuning (arenas, trimming) and resident-set measurements.
+"""Process memory: glibc heap tuning (arenas, trimming), resident-set measurements and the
+free memory a fit may plan with (capped by the job's cgroup limit).
 
 Used by the streamed data sources (constant memory), the pass runner (trim after a
-streamed pass, room to grow a batch), the driver (peak RSS in the result) and the
-benchmarks (RSS sampled during a fit). Imports nothing from homodyne.
+streamed pass, room to grow a batch), the tier planner (free memory), the driver (peak
+RSS in the result) and the benchmarks (RSS sampled during a fit). Imports nothing from
+homodyne.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import ctypes.util
 import functools
 import threading
 import time
+from pathlib import Path
 
 import numpy as np
 import psutil
@@ -42,7 +45,44 @@ def trim_heap() -> None:
 
 def memory_allows(points: int) -> bool:
     """True when a batch run of ``points`` points leaves most of the free memory free."""
-    return points * 8 * 64 < 0.25 * psutil.virtual_memory().available
+    return points * 8 * 64 < 0.25 * available_bytes()
+
+
+def available_bytes() -> int:
+    """Free memory for this process: the machine's, capped by the memory limit of its
+    control group (a Slurm job's --mem, a container's --memory), which psutil does not see:
+    a 2 GB job on a 256 GB node must not plan a fit for 128 GB."""
+    avail = psutil.virtual_memory().available
+    limit = cgroup_memory_limit()
+    return avail if limit is None else min(avail, limit)
+
+
+def cgroup_memory_limit(root: str = "/") -> int | None:
+    """The smallest memory limit (bytes) on this process's control group and its parents
+    (cgroup v2 memory.max or v1 memory.limit_in_bytes), or None where there is none or it
+    cannot be read; ``root`` is prepended to /proc and /sys (tests)."""
+    try:
+        lines = Path(root, "proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    limits = []
+    for line in lines:
+        _, controllers, path = (line.split(":", 2) + ["", ""])[:3]
+        if controllers == "":  # v2: one hierarchy
+            base, name = Path(root, "sys/fs/cgroup"), "memory.max"
+        elif "memory" in controllers.split(","):  # v1: the memory controller's own
+            base, name = Path(root, "sys/fs/cgroup/memory"), "memory.limit_in_bytes"
+        else:
+            continue
+        parts = [q for q in path.strip().split("/") if q]
+        for depth in range(len(parts), -1, -1):  # the group itself and every parent
+            try:
+                text = (base.joinpath(*parts[:depth]) / name).read_text().strip()
+            except OSError:
+                continue
+            if text.isdigit() and int(text) < 2**60:  # "max" / v1's huge "unlimited"
+                limits.append(int(text))
+    return min(limits) if limits else None
 
 
 def rss_bytes() -> int:

@@ -45,6 +45,10 @@ class SyntheticInfo:
     n_points: int
 
 
+class NonFiniteSynthetic(ValueError):
+    """The parameters asked for give c2 values that are NaN or overflow the dtype."""
+
+
 def generate_synthetic(path, spec: ModelSpec, params, *, noise_sigma: float = 0.01,
                        seed: int = 0, block_rows: int = 256, dtype: str = "float32",
                        extra_q: tuple[float, ...] = (), more_q: tuple[float, ...] = (),
@@ -102,7 +106,14 @@ def generate_synthetic(path, spec: ModelSpec, params, *, noise_sigma: float = 0.
                 rng = np.random.default_rng([seed, k, r0] if qi == 0 else [seed, k, r0, qi])
                 noise = rng.standard_normal(values.shape) * noise_sigma
                 values = np.triu(np.where(mask, values + noise, values), r0)
-                ds[r0:r1, r0:] = values[:, r0:].astype(dtype)
+                with np.errstate(over="ignore", invalid="ignore"):  # checked just below
+                    stored = values[:, r0:].astype(dtype)
+                if not np.all(np.isfinite(stored)):  # a file of NaN/Inf is no dataset
+                    raise NonFiniteSynthetic(
+                        f"the model with parameters {params.tolist()}, noise {noise_sigma:g} "
+                        f"gives non-finite c2 values in {dtype} (angle {spec.phi_deg[k]:g}, "
+                        f"q {qs[qi]:g}, frames {r0 + 1}..{r1}); choose smaller values")
+                ds[r0:r1, r0:] = stored
         meta = h5.require_group(SYNTHETIC_ATTRS)
         meta.attrs.update(
             mode=spec.mode, q=spec.q, dt=spec.dt, gap_h=spec.gap_h, scaling=spec.scaling,

@@ -33,7 +33,12 @@ from homodyne.optimization.settings import (
     RestartSettings,
 )
 from homodyne.optimization.sources import HostArrayData, InMemoryData, ShardedData, StreamingData
-from homodyne.optimization.strategy import DEFAULT_BATCH, DatasetSizeStrategy, OptimizationStrategy
+from homodyne.optimization.strategy import (
+    DEFAULT_BATCH,
+    DatasetSizeStrategy,
+    OptimizationStrategy,
+    checked_memory_limit,
+)
 
 if TYPE_CHECKING:
     from homodyne.optimization.interfaces import DataSource
@@ -149,9 +154,7 @@ def check_wrapper_settings(backend, batch_size, min_success_rate, max_retries_pe
     if isinstance(max_retries_per_batch, bool) or int(max_retries_per_batch) < 0:
         raise ValueError(f"max_retries_per_batch must be a whole number >= 0, got "
                          f"{max_retries_per_batch!r}")
-    if memory_limit_gb is not None and not (np.isfinite(memory_limit_gb) and memory_limit_gb > 0):
-        raise ValueError(f"memory_limit_gb must be a finite number > 0 (None: this machine's "
-                         f"memory), got {memory_limit_gb!r}")
+    checked_memory_limit(memory_limit_gb)
     known = {f.name for f in fields(CheckpointSettings)} | {"keep_last_n"}
     unknown = sorted(set(checkpoint_config or {}) - known)
     if unknown:
@@ -418,8 +421,8 @@ class NLSQWrapper:
                 f"fit ({n_points:,} points, tier {tier}); the smallest workable value is "
                 f"{smallest / 2**30 * 1.1:.2f} GB (runtime {base / 2**30:.2f} GB + coarse sample "
                 f"{coarse / 2**30:.2f} GB + data {held / 2**30:.2f} GB + one batch)")
-        fit = int((0.9 * limit - base - coarse - held) / per_point)
-        return max(MIN_BATCH, min(batch, fit))
+        fit = (0.9 * limit - base - coarse - held) / per_point  # a float: a limit of
+        return max(MIN_BATCH, min(batch, int(min(fit, batch))))  # 1e300 GB is no overflow
 
     def _calls(self, tier, n_points, batch) -> int | None:
         if tier == OptimizationStrategy.CHUNKED:

@@ -12,10 +12,10 @@ they are batched:
 from __future__ import annotations
 
 import math
+import numbers
 from enum import StrEnum
 
-import psutil
-
+from homodyne.memory import available_bytes
 from homodyne.optimization.settings import CheckpointSettings
 
 
@@ -41,7 +41,9 @@ DEFAULT_BATCH = 65_536
 
 
 def available_memory_gb() -> float:
-    return psutil.virtual_memory().available / 2**30
+    """Free memory for this process (``homodyne.memory.available_bytes``: the machine's,
+    capped by the job's or container's cgroup limit)."""
+    return available_bytes() / 2**30
 
 
 def bytes_per_point(n_parameters: int) -> int:
@@ -50,15 +52,29 @@ def bytes_per_point(n_parameters: int) -> int:
     return 8 * (3 + 3 * n_parameters + 5)
 
 
+def checked_memory_limit(memory_limit_gb):
+    """A memory limit in GB: None (this machine's memory) or a finite number > 0 (NaN
+    would fail later as "cannot convert float NaN to integer"; 0 or less forces STREAMING
+    and the smallest batch without a word)."""
+    if memory_limit_gb is None:
+        return None
+    if isinstance(memory_limit_gb, bool) or not isinstance(memory_limit_gb, numbers.Real) \
+            or not (math.isfinite(memory_limit_gb) and memory_limit_gb > 0):
+        raise ValueError(f"memory_limit_gb must be a finite number > 0 (None: this machine's "
+                         f"memory), got {memory_limit_gb!r}")
+    return memory_limit_gb
+
+
 class DatasetSizeStrategy:
     """Chooses the tier by size and memory, and sizes streaming batches."""
 
     def __init__(self, memory_limit_gb: float | None = None, memory_fraction: float = 0.5):
-        self.memory_limit_gb = memory_limit_gb
+        self.memory_limit_gb = checked_memory_limit(memory_limit_gb)
         self.memory_fraction = memory_fraction
 
     def _memory_gb(self, memory_limit_gb=None) -> float:
-        limit = memory_limit_gb if memory_limit_gb is not None else self.memory_limit_gb
+        limit = checked_memory_limit(memory_limit_gb) if memory_limit_gb is not None \
+            else self.memory_limit_gb
         avail = available_memory_gb()
         return min(limit, avail) if limit is not None else avail
 

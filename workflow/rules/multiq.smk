@@ -24,7 +24,9 @@ rule generate_aging_series_file:
 
 checkpoint plan_q_fits:
     input:
-        lambda w: list(run_files(w.run).values()),
+        # the fit config too: an edited one (q, bounds, ...) plans and fits the run anew
+        data=lambda w: list(run_files(w.run).values()),
+        config=lambda w: multiq_runs()[w.run]["config"],
     output:
         "results/fits/{run}/jobs.json",
     log:
@@ -46,6 +48,7 @@ checkpoint plan_q_fits:
 rule fit_q_bin:
     input:
         data=lambda w: run_files(w.run)[w.file],
+        config=lambda w: multiq_runs()[w.run]["config"],
     output:
         params="results/fits/{run}/{file}/q{qi}/parameters.json",
         job="results/fits/{run}/{file}/q{qi}/job.json",

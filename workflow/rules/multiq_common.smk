@@ -2,6 +2,7 @@
 without importing homodyne)."""
 
 import glob as _glob
+import os as _os
 import json as _json
 import re as _re
 from pathlib import Path as _Path
@@ -20,20 +21,40 @@ def series_files():
     return [f"{SERIES_DIR}/age_{k:02d}.h5" for k in range(len(ages))]
 
 
+def _config_relative(pattern, base):
+    """Paths (a glob expanded) as `homodyne --config` reads them: from the working folder,
+    else from the fit config's folder (homodyne.config._resolve and _resolve_files)."""
+    pattern = _os.path.expanduser(pattern)
+    found = sorted(_glob.glob(pattern)) if _glob.has_magic(pattern) else [pattern]
+    if _os.path.isabs(pattern) or any(_os.path.exists(f) for f in found):
+        return found
+    alt = str(_Path(base) / pattern)
+    found_alt = sorted(_glob.glob(alt)) if _glob.has_magic(alt) else [alt]
+    return found_alt if any(_os.path.exists(f) for f in found_alt) else found
+
+
 def run_files(run):
     """File id (stem) -> path of a run: the synthetic series, or the files its fit config
-    names (experimental_data.files: list or glob, or file_path)."""
+    names (experimental_data.files: list or glob, or file_path; relative to the working
+    folder or, as the command line reads them, to the fit config's folder)."""
     spec = multiq_runs()[run]
     if spec.get("synthetic"):
         files = series_files()
     else:
         with open(spec["config"]) as fh:
             data = (_yaml.safe_load(fh) or {}).get("experimental_data") or {}
-        files = data.get("files") or [data["file_path"]]
-        if isinstance(files, str):
-            files = sorted(_glob.glob(files)) if _glob.has_magic(files) else [files]
+        names = data.get("files") or [data.get("file_path")]
+        names = [names] if isinstance(names, str) else names
+        base = _Path(spec["config"]).parent
+        files = [f for name in names if name for f in _config_relative(name, base)]
+        if not files:
+            raise ValueError(
+                f"multiq run {run}: experimental_data.files/file_path of {spec['config']} "
+                f"({names}) matches no file (paths are read from the working folder, then "
+                "from the config's folder)"
+            )
     ids = [_Path(f).stem for f in files]
-    if len(set(ids)) != len(ids) or not ids:
+    if len(set(ids)) != len(ids):
         raise ValueError(
             f"multiq run {run}: needs files with distinct names, got {files}"
         )
