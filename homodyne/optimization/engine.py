@@ -11,11 +11,17 @@ the box are frozen for that step).
 Coarse-to-fine: a large fit first converges on a deterministic strided subsample,
 then finishes with full passes, so that it needs few of them.
 
+Where Gauss-Newton converges only linearly (large residuals against the model's
+nonlinearity), JᵀJ is corrected along the last accepted step by the curvature that
+step's gradient change measured (``curvature.py``), at no extra pass.
+
 Convergence is honest: "converged" means both the Gauss–Newton step is below
 ``step_tol_se`` standard errors for every free parameter and the scaled gradient
 (cosine between residual and each Jacobian column) is below ``gtol``. Both tolerances
 are floored at what the model's working precision can resolve (``precision.py``), so a
-float32 model reports converged where its steps become evaluation noise.
+float32 model reports converged where its steps become evaluation noise; a step whose
+predicted decrease is below the cost's rounding noise is judged by the gradients
+(``precision.gain_ratio``), not by a difference of two noisy costs.
 """
 
 from __future__ import annotations
@@ -28,8 +34,14 @@ import numpy as np
 
 from homodyne.optimization.covariance import column_scales as _scales
 from homodyne.optimization.covariance import covariance_from_normal
+from homodyne.optimization.curvature import secant_curvature
 from homodyne.optimization.exceptions import NLSQNumericalError, StopFit
-from homodyne.optimization.precision import convergence_floors, stalled_at_working_precision
+from homodyne.optimization.precision import (
+    convergence_floors,
+    cost_noise,
+    gain_ratio,
+    stalled_at_working_precision,
+)
 from homodyne.optimization.problems import NormalEquations
 from homodyne.optimization.saddle import MAX_ESCAPES, escape_saddle
 from homodyne.optimization.settings import EngineOptions
@@ -177,6 +189,12 @@ def _tolerances(st: LMState, step_tol_se, gtol, eval_error) -> tuple[float, floa
     return max(step_tol_se, step_floor), max(gtol, cos_floor), note
 
 
+def _cost_noise(st: LMState, eval_error) -> float:
+    """The cost change a pass at ``st.x`` cannot resolve (``precision.cost_noise``)."""
+    error = eval_error(st.x) if eval_error is not None else 0.0
+    return cost_noise(st.ne.cost, error)
+
+
 def _converged(st: LMState, step_tol_se, gtol, eval_error) -> tuple[bool, str]:
     """The convergence test and its one-line explanation."""
     step_tol, g_tol, note = _tolerances(st, step_tol_se, gtol, eval_error)
@@ -240,6 +258,8 @@ def _lm_loop(st: LMState, evaluate, lb, ub, *, max_iterations, step_tol_se, gtol
     p = x.size
     d = _scales(ne.H)
     gn_failed_at = math.inf
+    curvature = None  # the secant correction of JᵀJ along the last accepted step
+    noise = _cost_noise(st, eval_error)
     while True:
         st.step_se, st.grad_cos = _convergence_measures(st.ne, st.x, lb, ub, p)
         st.history.append(dict(iteration=st.iteration, cost=st.ne.cost, lam=st.lam,
@@ -263,10 +283,11 @@ def _lm_loop(st: LMState, evaluate, lb, ub, *, max_iterations, step_tol_se, gtol
         # inner loop: raise the damping until a step is accepted
         while True:
             lam = 0.0 if try_gauss_newton else st.lam
-            delta = _bounded_step(st.ne.H, st.ne.g, lam, st.x, lb, ub, d)
+            B = st.ne.H if curvature is None else st.ne.H + curvature
+            delta = _bounded_step(B, st.ne.g, lam, st.x, lb, ub, d)
             x_try = _truncate_to_box(st.x, delta, lb, ub)
             step = x_try - st.x
-            pred = float(step @ st.ne.g - 0.5 * step @ st.ne.H @ step)
+            pred = float(step @ st.ne.g - 0.5 * step @ B @ step)
             if not np.any(step != 0) or pred <= 0:
                 if try_gauss_newton:
                     try_gauss_newton = False
@@ -276,10 +297,13 @@ def _lm_loop(st: LMState, evaluate, lb, ub, *, max_iterations, step_tol_se, gtol
             ne_try = evaluate(x_try)
             st.evaluations += 1
             actual = st.ne.cost - ne_try.cost if _finite(ne_try) else -math.inf
-            rho = actual / pred
+            rho = gain_ratio(st.ne, ne_try, step, actual, pred, noise)
             if rho > 1e-4:
                 rel = actual / max(st.ne.cost, 1e-300)
+                blocked = bool(np.any(((x_try <= lb) | (x_try >= ub)) & (st.x > lb) & (st.x < ub)))
+                curvature = secant_curvature(st.ne, ne_try, step, blocked)
                 st.x, st.ne = x_try, ne_try
+                noise = _cost_noise(st, eval_error)
                 st.lam *= max(0.1, 1.0 - (2.0 * rho - 1.0) ** 3)
                 st.nu = 2.0
                 st.iteration += 1
