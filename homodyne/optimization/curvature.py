@@ -12,6 +12,8 @@ as in NL2SOL).
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from homodyne.optimization.problems import NormalEquations
@@ -45,3 +47,24 @@ def secant_curvature(old: NormalEquations, new: NormalEquations, step: np.ndarra
     if shs <= 0.0:
         return None
     return (factor - 1.0) * np.outer(Hs, Hs) / shs
+
+
+# --- geodesic acceleration (Transtrum & Sethna 2012), opt-in -------------------------
+
+# the usual acceptance: the acceleration's share of the step, 2|a|/|v| in the Marquardt-
+# scaled variables, at most this; beyond it the plain step is taken
+ALPHA_RATIO = 0.75
+
+
+def geodesic_correction(solve, velocity, q, d, alpha_ratio: float = ALPHA_RATIO):
+    """(½ a, 2|a|/|v|) for the LM step ``velocity`` v, where a = -solve(q) solves the
+    geodesic equation along v (``solve``: the damped normal matrix's inverse on the
+    step's free set; q = Jᵀ r''_v, r'' the residuals' second directional derivative
+    along v; ``d`` the Marquardt scales). ½ a is zero where 2|a|/|v| > ``alpha_ratio``."""
+    zero = np.zeros_like(velocity)
+    if q is None or not np.all(np.isfinite(q)):
+        return zero, math.inf
+    a = -solve(np.asarray(q, np.float64))
+    v_norm = float(np.linalg.norm(d * velocity))
+    ratio = 2.0 * float(np.linalg.norm(d * a)) / v_norm if v_norm > 0 else math.inf
+    return (0.5 * a if ratio <= alpha_ratio else zero), ratio

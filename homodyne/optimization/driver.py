@@ -21,6 +21,7 @@ from homodyne.optimization.covariance import covariance_from_normal
 from homodyne.optimization.engine import EngineOptions, solve_lm
 from homodyne.optimization.exceptions import NLSQNumericalError, StopFit
 from homodyne.optimization.fixed import FreeSubspace
+from homodyne.optimization.geodesic import geodesic_pass, space_maps, supports
 from homodyne.optimization.passes import FitMonitor, PassRunner, compile_ahead
 from homodyne.optimization.precision import evaluation_error, rounding_error
 from homodyne.optimization.problems import NormalEquations
@@ -67,6 +68,12 @@ def run_fit(problem: Problem, data: DataSource, x0: np.ndarray, lb: np.ndarray,
     length with x0 inside, as ``nlsq_wrapper.validate_start`` returns them."""
     opts = options or EngineOptions()
     mon = monitor or FitMonitor()
+    if opts.geodesic_acceleration and not supports(problem):
+        raise ValueError("geodesic_acceleration is built for two-time fits only; set "
+                         "optimization.geodesic_acceleration: false for this fit")
+    if opts.geodesic_acceleration and mon.checkpoints is not None:
+        raise ValueError("geodesic_acceleration cannot be combined with checkpoints (its "
+                         "directional passes are not replayed on resume): disable one")
     t0 = time.perf_counter()
     ck = mon.checkpoints
     if ck is not None:
@@ -144,6 +151,7 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
             st = solve_lm(space.evaluator(runner.evaluate), x, *space.bounds,
                           initial_damping=opts.initial_damping,
                           on_iteration=track, gn_trust_se=_trust(sub.n_points, coarse_points),
+                          geodesic=_geodesic(opts, problem, runner, space),
                           **_lm_kwargs(opts, True, eval_error, rounding))
             coarse_passes += st.evaluations
             coarse_points = sub.n_points
@@ -157,7 +165,8 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
         full_kw = _lm_kwargs(opts, False, eval_error, rounding)
         st = solve_lm(space.evaluator(runner.evaluate), x, *space.bounds,
                       initial_damping=opts.initial_damping, on_iteration=track,
-                      gn_trust_se=trust, **full_kw)
+                      gn_trust_se=trust, geodesic=_geodesic(opts, problem, runner, space),
+                      **full_kw)
         if coords is not None:
             messages.append(f"internal coordinates (t_ref = {coords.t_ref:.4g} s): "
                             f"{st.evaluations} full passes, {st.reason}")
@@ -219,7 +228,8 @@ def _hold_amplitude_signs(problem, coords, space, st, x0, lb, ub, runner, opts, 
     space = SolverSpace(coords, x0, lb, ub, exponent_bounds=held)
     st2 = solve_lm(space.evaluator(runner.evaluate), np.clip(st.x, *space.bounds),
                    *space.bounds, initial_damping=opts.initial_damping, on_iteration=track,
-                   gn_trust_se=trust, **full_kw)
+                   gn_trust_se=trust, geodesic=_geodesic(opts, problem, runner, space),
+                   **full_kw)
     st2.evaluations += st.evaluations
     st2.iteration += st.iteration
     st2.history = st.history + st2.history
@@ -245,7 +255,8 @@ def _finish_in_user_coordinates(internal, free, runner, flb, fub, opts, track, t
     inside = inside and not edge_start
     st = solve_lm(free.evaluator(runner.evaluate), start, flb, fub,
                   initial_damping=opts.initial_damping, on_iteration=track,
-                  gn_trust_se=trust, ne0=internal.ne if inside else None, **full_kw)
+                  gn_trust_se=trust, ne0=internal.ne if inside else None,
+                  geodesic=_geodesic(opts, runner.problem, runner, free), **full_kw)
     st.evaluations += internal.evaluations
     st.iteration += internal.iteration
     st.history = internal.history + st.history
@@ -276,6 +287,16 @@ def _report_edges(result: FitResult, coords, edge: dict[int, str]) -> FitResult:
                 if names[k] not in result.undetermined:
                     result.undetermined.append(names[k])
     return result
+
+
+def _geodesic(opts: EngineOptions, problem, runner: PassRunner, space):
+    """Geodesic acceleration's directional pass over ``runner``'s data for a solver on
+    ``space`` (geodesic.py), or None where it is off (the default)."""
+    if not opts.geodesic_acceleration:
+        return None
+    user, jacobian = space_maps(space)
+    return geodesic_pass(lambda p: PassRunner(p, runner.data, stage=runner.stage,
+                                              monitor=runner.monitor), problem, user, jacobian)
 
 
 def _trust(n_points: int, previous_level: int) -> float:

@@ -34,7 +34,7 @@ import numpy as np
 
 from homodyne.optimization.covariance import column_scales as _scales
 from homodyne.optimization.covariance import covariance_from_normal
-from homodyne.optimization.curvature import secant_curvature
+from homodyne.optimization.curvature import geodesic_correction, secant_curvature
 from homodyne.optimization.exceptions import NLSQNumericalError, StopFit
 from homodyne.optimization.precision import (
     convergence_floors,
@@ -80,6 +80,11 @@ def _free_set(x, g, lb, ub) -> np.ndarray:
 def _bounded_step(H, g, lam, x, lb, ub, d) -> np.ndarray:
     """Damped step on the free set; a variable on a bound that the coupled solution would
     push out of the box is frozen too, and the step re-solved (active-set iteration)."""
+    return _bounded_step_and_set(H, g, lam, x, lb, ub, d)[0]
+
+
+def _bounded_step_and_set(H, g, lam, x, lb, ub, d) -> tuple[np.ndarray, np.ndarray]:
+    """``_bounded_step`` and the free set it was solved on."""
     free = _free_set(x, g, lb, ub)
     for _ in range(x.size + 1):
         delta = _solve_scaled(H, g, lam, free, d)
@@ -87,7 +92,7 @@ def _bounded_step(H, g, lam, x, lb, ub, d) -> np.ndarray:
         if not out.any():
             break
         free &= ~out
-    return delta
+    return delta, free
 
 
 def _truncate_to_box(x, delta, lb, ub) -> np.ndarray:
@@ -125,6 +130,8 @@ class LMState:
     grad_cos: float = math.inf
     history: list = field(default_factory=list)
     saddle_escapes: list = field(default_factory=list)  # one line per saddle stepped off
+    # geodesic acceleration: [steps accelerated, steps where 2|a|/|v| was too large]
+    geodesic_steps: list = field(default_factory=lambda: [0, 0])
 
 
 def _finite(ne: NormalEquations) -> bool:
@@ -151,7 +158,9 @@ def solve_lm(evaluate: Callable[[np.ndarray], NormalEquations], x0, lb, ub, *,
              initial_damping: float, ne0: NormalEquations | None = None,
              on_iteration: Callable | None = None, gn_trust_se: float = 1.0,
              eval_error: Callable[[np.ndarray], float] | None = None,
-             rounding_error: Callable[[np.ndarray], float] | None = None) -> LMState:
+             rounding_error: Callable[[np.ndarray], float] | None = None,
+             geodesic: Callable[[np.ndarray, np.ndarray], np.ndarray | None] | None = None
+             ) -> LMState:
     """Bounded LM from x0; ``evaluate`` makes one pass and returns the normal equations.
 
     ``eval_error(x)``: bound on the absolute error of one model value at x (0 or None:
@@ -159,6 +168,9 @@ def solve_lm(evaluate: Callable[[np.ndarray], NormalEquations], x0, lb, ub, *,
     ``rounding_error(x)``: the same bound whatever the dtype (float64 included); a fit
     that stalls is reported converged where it cannot improve at that precision
     (``stalled_at_working_precision``).
+
+    ``geodesic(x, v)``: Jᵀ r''_v at x by one more pass (None: no acceleration, the
+    default); each trial step v then gets geodesic acceleration (``_accelerate``).
 
     ``gn_trust_se``: the undamped Gauss-Newton step is tried first when it is under this
     many standard errors. The quadratic model's range does not shrink with the data, so
@@ -168,7 +180,8 @@ def solve_lm(evaluate: Callable[[np.ndarray], NormalEquations], x0, lb, ub, *,
     ne = ne0 if ne0 is not None else evaluate(x)
     st = LMState(x=x, ne=ne, lam=initial_damping, evaluations=0 if ne0 is not None else 1)
     loop = dict(max_iterations=max_iterations, step_tol_se=step_tol_se, gtol=gtol, ftol=ftol,
-                on_iteration=on_iteration, gn_trust_se=gn_trust_se, eval_error=eval_error)
+                on_iteration=on_iteration, gn_trust_se=gn_trust_se, eval_error=eval_error,
+                geodesic=geodesic)
     try:
         st = _solve(st, evaluate, lb, ub, loop, rounding_error, initial_damping, MAX_ESCAPES)
         st.reason += "".join(f"; {e}" for e in st.saddle_escapes)
@@ -247,8 +260,20 @@ def _solve(st: LMState, evaluate, lb, ub, loop: dict, rounding_error, initial_da
     return st
 
 
+def _accelerate(st: LMState, geodesic, B, lam, free, d, delta) -> np.ndarray:
+    """The step with geodesic acceleration: ``geodesic(x, v)`` makes one pass for
+    q = Jᵀ r''_v (``geodesic.py``); the step becomes v + ½ a where 2|a|/|v| is small
+    enough (``curvature.geodesic_correction``)."""
+    q = geodesic(st.x, delta)
+    st.evaluations += 1
+    half_a, ratio = geodesic_correction(lambda rhs: _solve_scaled(B, rhs, lam, free, d),
+                                        delta, q, d)
+    st.geodesic_steps[0 if np.any(half_a != 0) else 1] += 1
+    return delta + half_a
+
+
 def _lm_loop(st: LMState, evaluate, lb, ub, *, max_iterations, step_tol_se, gtol, ftol,
-             on_iteration, gn_trust_se, eval_error) -> LMState:
+             on_iteration, gn_trust_se, eval_error, geodesic=None) -> LMState:
     """The iteration itself; ``st`` always holds the best accepted point."""
     x, ne = st.x, st.ne
     if not _finite(ne):
@@ -284,7 +309,7 @@ def _lm_loop(st: LMState, evaluate, lb, ub, *, max_iterations, step_tol_se, gtol
         while True:
             lam = 0.0 if try_gauss_newton else st.lam
             B = st.ne.H if curvature is None else st.ne.H + curvature
-            delta = _bounded_step(B, st.ne.g, lam, st.x, lb, ub, d)
+            delta, free = _bounded_step_and_set(B, st.ne.g, lam, st.x, lb, ub, d)
             x_try = _truncate_to_box(st.x, delta, lb, ub)
             step = x_try - st.x
             pred = float(step @ st.ne.g - 0.5 * step @ B @ step)
@@ -294,6 +319,10 @@ def _lm_loop(st: LMState, evaluate, lb, ub, *, max_iterations, step_tol_se, gtol
                     continue
                 st.reason = "no further decrease possible (step vanished at working precision)"
                 return st
+            if geodesic is not None:  # judged against the velocity's predicted decrease
+                x_try = _truncate_to_box(st.x, _accelerate(st, geodesic, B, lam, free, d,
+                                                           delta), lb, ub)
+                step = x_try - st.x
             ne_try = evaluate(x_try)
             st.evaluations += 1
             actual = st.ne.cost - ne_try.cost if _finite(ne_try) else -math.inf
