@@ -5,9 +5,8 @@ parameters, e.g. a weak shear rate), the Hessian of ½ Σ r² is JᵀJ + Σ r �
 JᵀJ, and Gauss-Newton converges only linearly: on the laminar model each step
 overshoots by ~45% along the shear direction, 16 passes where 6 would do. The change
 of the gradient over an accepted step measures the true curvature along that step
-exactly (to second order) at no extra pass; ``secant_curvature`` turns it into a
-rank-one correction of JᵀJ along that direction (a one-step structured secant update,
-as in NL2SOL).
+exactly (to second order) at no extra pass; ``SecantModel`` learns Σ r ∇²r from those
+changes (structured symmetric rank-one updates, as in NL2SOL) inside the quadratic basin.
 """
 
 from __future__ import annotations
@@ -23,30 +22,53 @@ from homodyne.optimization.problems import NormalEquations
 MIN_FACTOR, MAX_FACTOR = 0.5, 5.0
 # JᵀJ within this fraction of the measured curvature is left as it is (Gauss-Newton's
 # quadratic convergence, and its results bit for bit, where it is good)
-NEGLIGIBLE = 1e-2
+NEGLIGIBLE = 0.1
 
 
-def secant_curvature(old: NormalEquations, new: NormalEquations, step: np.ndarray,
-                     blocked: bool = False):
-    """The p x p correction C (or None) with sᵀ(H_new + C)s equal to the curvature of
-    the cost along ``step`` s measured by the gradient change, -sᵀ(g_new - g_old)
-    (g = Jᵀr, r = data - model), and C zero on directions JᵀJ-orthogonal to s.
-    None for a step that a bound ``blocked`` (the active set changed: the next step
-    lies in another subspace) and where JᵀJ is already right along s."""
-    if blocked:
-        return None
-    Hs = new.H @ step
-    gn = 0.5 * float(step @ old.H @ step + step @ Hs)
-    true = float(step @ (old.g - new.g))
-    if not (np.isfinite(gn) and np.isfinite(true)) or gn <= 0.0:
-        return None
-    factor = min(max(true / gn, MIN_FACTOR), MAX_FACTOR)
-    if abs(factor - 1.0) < NEGLIGIBLE:
-        return None
-    shs = float(step @ Hs)
-    if shs <= 0.0:
-        return None
-    return (factor - 1.0) * np.outer(Hs, Hs) / shs
+class SecantModel:
+    """S, the part Σ r ∇²r of the cost's Hessian that JᵀJ misses, learnt from the
+    gradient changes over accepted steps by symmetric rank-one updates (as NL2SOL):
+    after an update, sᵀ(JᵀJ + S)s is the curvature -sᵀ(g_new - g_old) measured along the
+    step s (g = Jᵀr, r = data - model)."""
+
+    def __init__(self, n: int):
+        self.S = np.zeros((n, n))
+
+    def update(self, old: NormalEquations, new: NormalEquations, step: np.ndarray,
+               blocked: bool = False) -> None:
+        """Learn from ``step`` (nothing from a step a bound ``blocked``: it left the
+        subspace whose curvature the gradient change measures)."""
+        if blocked:
+            return
+        y = (old.g - new.g) - 0.5 * (old.H + new.H) @ step
+        u = y - self.S @ step
+        den = float(u @ step)
+        if not np.all(np.isfinite(u)) or \
+                abs(den) <= 1e-8 * float(np.linalg.norm(u) * np.linalg.norm(step)):
+            return
+        self.S = self.S + np.outer(u, u) / den
+
+    def correction(self, H: np.ndarray):
+        """S with its curvature relative to JᵀJ (eigenvalues of H^-½ S H^-½) held within
+        [MIN_FACTOR - 1, MAX_FACTOR - 1], or None where it is negligible: JᵀJ + S stays
+        positive definite and the solver never stalls on it."""
+        if not np.any(self.S):
+            return None
+        diag = np.diag(H)
+        d = np.sqrt(np.where(diag > 0, diag, 1.0))
+        dd = np.outer(d, d)
+        w, V = np.linalg.eigh(H / dd)
+        keep = w > max(w.max(), 0.0) * 1e-10
+        if not keep.any():
+            return None
+        Vk, sq = V[:, keep], np.sqrt(w[keep])
+        M = (Vk.T @ (self.S / dd) @ Vk) / np.outer(sq, sq)
+        mu, U = np.linalg.eigh(0.5 * (M + M.T))
+        mu = np.clip(mu, MIN_FACTOR - 1.0, MAX_FACTOR - 1.0)
+        if np.max(np.abs(mu)) < NEGLIGIBLE:
+            return None
+        M = (U * mu) @ U.T
+        return (Vk @ (M * np.outer(sq, sq)) @ Vk.T) * dd
 
 
 # --- geodesic acceleration (Transtrum & Sethna 2012), opt-in -------------------------

@@ -34,7 +34,7 @@ import numpy as np
 
 from homodyne.optimization.covariance import column_scales as _scales
 from homodyne.optimization.covariance import covariance_from_normal
-from homodyne.optimization.curvature import geodesic_correction, secant_curvature
+from homodyne.optimization.curvature import SecantModel, geodesic_correction
 from homodyne.optimization.exceptions import NLSQNumericalError, StopFit
 from homodyne.optimization.precision import (
     convergence_floors,
@@ -283,7 +283,7 @@ def _lm_loop(st: LMState, evaluate, lb, ub, *, max_iterations, step_tol_se, gtol
     p = x.size
     d = _scales(ne.H)
     gn_failed_at = math.inf
-    curvature = None  # the secant correction of JᵀJ along the last accepted step
+    secant = SecantModel(p)  # what JᵀJ misses of the Hessian, from accepted steps
     noise = _cost_noise(st, eval_error)
     while True:
         st.step_se, st.grad_cos = _convergence_measures(st.ne, st.x, lb, ub, p)
@@ -308,6 +308,7 @@ def _lm_loop(st: LMState, evaluate, lb, ub, *, max_iterations, step_tol_se, gtol
         # inner loop: raise the damping until a step is accepted
         while True:
             lam = 0.0 if try_gauss_newton else st.lam
+            curvature = secant.correction(st.ne.H)
             B = st.ne.H if curvature is None else st.ne.H + curvature
             delta, free = _bounded_step_and_set(B, st.ne.g, lam, st.x, lb, ub, d)
             x_try = _truncate_to_box(st.x, delta, lb, ub)
@@ -329,8 +330,11 @@ def _lm_loop(st: LMState, evaluate, lb, ub, *, max_iterations, step_tol_se, gtol
             rho = gain_ratio(st.ne, ne_try, step, actual, pred, noise)
             if rho > 1e-4:
                 rel = actual / max(st.ne.cost, 1e-300)
-                blocked = bool(np.any(((x_try <= lb) | (x_try >= ub)) & (st.x > lb) & (st.x < ub)))
-                curvature = secant_curvature(st.ne, ne_try, step, blocked)
+                # only a step inside the quadratic basin measures the curvature near the
+                # optimum (a long one averages it over the way there)
+                if st.step_se < gn_trust_se:
+                    secant.update(st.ne, ne_try, step, blocked=bool(np.any(
+                        ((x_try <= lb) | (x_try >= ub)) & (st.x > lb) & (st.x < ub))))
                 st.x, st.ne = x_try, ne_try
                 noise = _cost_noise(st, eval_error)
                 st.lam *= max(0.1, 1.0 - (2.0 * rho - 1.0) ** 3)
