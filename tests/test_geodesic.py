@@ -123,3 +123,21 @@ def test_geodesic_acceleration_is_refused_where_it_is_not_built():
     with pytest.raises(ValueError, match="two-time fits only"):
         NLSQWrapper(options=EngineOptions(geodesic_acceleration=True)).fit(
             lambda x, a: a * x, x, 2 * x, [1.0], ([0.0], [5.0]))
+
+
+def test_config_key_switches_it_on_and_defaults_off(tmp_path):
+    from homodyne.config import ConfigError, validate_config
+    from homodyne.pipeline import make_wrapper
+
+    data = tmp_path / "d.h5"
+    data.touch()
+    raw = {"experimental_data": {"file_path": str(data)},
+           "initial_parameters": {"parameter_names": ["D0", "alpha", "D_offset"],
+                                  "values": [1000.0, -1.2, 0.0]}}
+    assert make_wrapper(validate_config(raw)).options.geodesic_acceleration is False
+    raw["optimization"] = {"geodesic_acceleration": True}
+    assert make_wrapper(validate_config(raw)).options.geodesic_acceleration is True
+    raw["optimization"] = {"geodesic_acceleration": "yes please"}
+    with pytest.raises(ConfigError) as err:
+        validate_config(raw)
+    assert err.value.key == "optimization.geodesic_acceleration"
