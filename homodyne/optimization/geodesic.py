@@ -68,13 +68,14 @@ def _directional_fn(spec, validate: bool, layout: ChunkLayout, h: float):
         return dict(cost=jnp.sum(r * r), n=jnp.sum(valid.astype(jnp.int64)), n_band=in_band,
                     q=q, rq=-jnp.sum(r * w * m2))
 
-    def zero():
-        f = jnp.float64
-        return dict(cost=jnp.zeros((), f), n=jnp.zeros((), jnp.int64),
-                    n_band=jnp.zeros((), jnp.int64), q=jnp.zeros((p,), f),
-                    rq=jnp.zeros((), f))
+    return _scan_batches(batch_stats, functools.partial(_zero_sums, p), layout, validate)
 
-    return _scan_batches(batch_stats, zero, layout, validate)
+
+def _zero_sums(p: int) -> dict:
+    """A directional pass's running sums, zero."""
+    f = jnp.float64
+    return dict(cost=jnp.zeros((), f), n=jnp.zeros((), jnp.int64),
+                n_band=jnp.zeros((), jnp.int64), q=jnp.zeros((p,), f), rq=jnp.zeros((), f))
 
 
 class DirectionalProblem:
@@ -96,11 +97,7 @@ class DirectionalProblem:
         return _directional_fn(self.spec, self.validate, layout, self.h)
 
     def zero_stats(self, layout: ChunkLayout):
-        p = self.n_params
-        f = jnp.float64
-        return dict(cost=jnp.zeros((), f), n=jnp.zeros((), jnp.int64),
-                    n_band=jnp.zeros((), jnp.int64), q=jnp.zeros((p,), f),
-                    rq=jnp.zeros((), f))
+        return _zero_sums(self.n_params)
 
     def assemble(self, stats) -> NormalEquations:
         """cost: ½ Σ r² at x; g: Jᵀ r''_v (user coordinates); H: unused (empty)."""
