@@ -305,11 +305,11 @@ def _lm_loop(st: LMState, evaluate, lb, ub, *, max_iterations, step_tol_se, gtol
         # try the undamped Gauss-Newton step first: it converges in one or two passes
         # there ... unless one was just rejected: then wait until the step has halved
         try_gauss_newton = st.step_se < min(gn_trust_se, 0.5 * gn_failed_at)
+        curvature = secant.correction(st.ne.H)
+        B = st.ne.H if curvature is None else st.ne.H + curvature
         # inner loop: raise the damping until a step is accepted
         while True:
             lam = 0.0 if try_gauss_newton else st.lam
-            curvature = secant.correction(st.ne.H)
-            B = st.ne.H if curvature is None else st.ne.H + curvature
             delta, free = _bounded_step_and_set(B, st.ne.g, lam, st.x, lb, ub, d)
             x_try = _truncate_to_box(st.x, delta, lb, ub)
             step = x_try - st.x
