@@ -98,6 +98,8 @@ SCHEMA = _s(
         coarse_points=("int", _ENGINE.coarse_points, "positive"),
         # starts spread over the bounds, the best fit kept (0 or 1: the given start only)
         restarts=("int", RestartSettings.restarts, "starts"),
+        # each LM step corrected along the model's curvature: one more pass per step
+        geodesic_acceleration=("bool", _ENGINE.geodesic_acceleration, None),
         streaming=_s(
             enable_checkpoints=("bool", _CKPT.enable_checkpoints, None),
             checkpoint_dir=("str", _CKPT.checkpoint_dir, None),

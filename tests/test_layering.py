@@ -39,6 +39,8 @@ LAYERS = {
     "homodyne.optimization.checkpoint_manager": 2,
     "homodyne.optimization.engine": 3,
     "homodyne.optimization.saddle": 3,
+    "homodyne.optimization.curvature": 3,  # JᵀJ corrected along the last step (secant)
+    "homodyne.optimization.geodesic": 3,  # opt-in geodesic acceleration's directional pass
     "homodyne.optimization.checkpoint_session": 3,
     "homodyne.optimization.fixed": 3,
     "homodyne.optimization.coordinates": 3,

@@ -21,6 +21,7 @@ from homodyne.optimization.covariance import covariance_from_normal
 from homodyne.optimization.engine import EngineOptions, first_step, solve_lm
 from homodyne.optimization.exceptions import NLSQNumericalError, StopFit
 from homodyne.optimization.fixed import FreeSubspace
+from homodyne.optimization.geodesic import geodesic_pass, space_maps, supports
 from homodyne.optimization.passes import FitMonitor, PassRunner, compile_ahead
 from homodyne.optimization.precision import evaluation_error, rounding_error
 from homodyne.optimization.problems import NormalEquations
@@ -67,6 +68,12 @@ def run_fit(problem: Problem, data: DataSource, x0: np.ndarray, lb: np.ndarray,
     length with x0 inside, as ``nlsq_wrapper.validate_start`` returns them."""
     opts = options or EngineOptions()
     mon = monitor or FitMonitor()
+    if opts.geodesic_acceleration and not supports(problem):
+        raise ValueError("geodesic_acceleration is built for two-time fits only; set "
+                         "optimization.geodesic_acceleration: false for this fit")
+    if opts.geodesic_acceleration and mon.checkpoints is not None:
+        raise ValueError("geodesic_acceleration cannot be combined with checkpoints (its "
+                         "directional passes are not replayed on resume): disable one")
     t0 = time.perf_counter()
     ck = mon.checkpoints
     if ck is not None:
@@ -144,6 +151,7 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
             st = solve_lm(space.evaluator(runner.evaluate), x, *space.bounds,
                           initial_damping=opts.initial_damping,
                           on_iteration=track, gn_trust_se=_trust(sub.n_points, coarse_points),
+                          geodesic=_geodesic(opts, problem, runner, space),
                           **_lm_kwargs(opts, True, eval_error, rounding))
             coarse_passes += st.evaluations
             coarse_points = sub.n_points
@@ -158,7 +166,8 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
         if coords is None:
             st = solve_lm(space.evaluator(runner.evaluate), x, *space.bounds,
                           initial_damping=opts.initial_damping, on_iteration=track,
-                          gn_trust_se=trust, **full_kw)
+                          gn_trust_se=trust, geodesic=_geodesic(opts, problem, runner, space),
+                          **full_kw)
         else:
             space, st, edge_start = _fit_internal(
                 problem, coords, space, x, x0, lb, ub, runner, opts, track, trust, full_kw,
@@ -214,8 +223,11 @@ def _fit_internal(problem, coords, space, x, x0, lb, ub, runner, opts, track, tr
         ne0 = space.evaluator(evaluate)(x)
         step = space.free.expand(first_step(ne0, x, *space.bounds, opts.initial_damping))
         sides = {t: coords.start_side(u, t[0], t[1], step) for t in triples}
+    def geodesic_for(sp):
+        return _geodesic(opts, problem, runner, sp)
+
     held_space, st = _held_fit(coords, space, u, sides, x0, lb, ub, evaluate, opts, track,
-                               trust, full_kw, ne0)
+                               trust, full_kw, ne0, geodesic_for)
     if triples:
         messages.append(f"internal coordinates (t_ref = {coords.t_ref:.4g} s), "
                         f"{_quadrants(problem, sides)}: {st.evaluations} passes, {st.reason}")
@@ -232,7 +244,7 @@ def _fit_internal(problem, coords, space, x, x0, lb, ub, runner, opts, track, tr
             u_end[i] = 0.0
         sides2 = {**sides, **flip}
         space2, st2 = _held_fit(coords, space, u_end, sides2, x0, lb, ub, evaluate, opts,
-                                track, trust, full_kw, None)
+                                track, trust, full_kw, None, geodesic_for)
         _chain(st2, st)
         messages.append(f"internal coordinates, slope held at 0 with its gradient pointing "
                         f"out: {_quadrants(problem, sides2)}: {st2.evaluations} passes in all, "
@@ -268,9 +280,10 @@ def _fit_internal(problem, coords, space, x, x0, lb, ub, runner, opts, track, tr
 
 
 def _held_fit(coords, space, u, sides, x0, lb, ub, evaluate, opts, track, trust, full_kw,
-              ne0):
+              ne0, geodesic_for=None):
     """One internal fit from internal ``u`` with the quadrants ``sides`` held; ``ne0``:
-    the normal equations at ``space``'s vector of u (reused where u needs no move)."""
+    the normal equations at ``space``'s vector of u (reused where u needs no move);
+    ``geodesic_for(space)``: the opt-in geodesic pass on that space."""
     held: dict[int, tuple[float, float]] = {}
     for (i, a, _), side in sides.items():
         held.update(coords.quadrant(i, a, side, lb, ub) or coords.quadrant(i, a, -side, lb, ub))
@@ -279,7 +292,8 @@ def _held_fit(coords, space, u, sides, x0, lb, ub, evaluate, opts, track, trust,
     reuse = ne0 is not None and np.array_equal(u0, u)
     st = solve_lm(hs.evaluator(evaluate), hs.start, *hs.bounds,
                   initial_damping=opts.initial_damping, on_iteration=track,
-                  gn_trust_se=trust, ne0=ne0 if reuse else None, **full_kw)
+                  gn_trust_se=trust, ne0=ne0 if reuse else None,
+                  geodesic=geodesic_for(hs) if geodesic_for else None, **full_kw)
     st.evaluations += ne0 is not None and reuse
     return hs, st
 
@@ -353,7 +367,8 @@ def _finish_in_user_coordinates(internal, free, runner, flb, fub, opts, track, t
     inside = inside and not edge_start
     st = solve_lm(free.evaluator(runner.evaluate), start, flb, fub,
                   initial_damping=opts.initial_damping, on_iteration=track,
-                  gn_trust_se=trust, ne0=internal.ne if inside else None, **full_kw)
+                  gn_trust_se=trust, ne0=internal.ne if inside else None,
+                  geodesic=_geodesic(opts, runner.problem, runner, free), **full_kw)
     st.evaluations += internal.evaluations
     st.iteration += internal.iteration
     st.history = internal.history + st.history
@@ -389,6 +404,16 @@ def _report_edges(result: FitResult, coords, edge: dict[int, str]) -> FitResult:
                 if names[k] not in result.undetermined:
                     result.undetermined.append(names[k])
     return result
+
+
+def _geodesic(opts: EngineOptions, problem, runner: PassRunner, space):
+    """Geodesic acceleration's directional pass over ``runner``'s data for a solver on
+    ``space`` (geodesic.py), or None where it is off (the default)."""
+    if not opts.geodesic_acceleration:
+        return None
+    user, jacobian = space_maps(space)
+    return geodesic_pass(lambda p: PassRunner(p, runner.data, stage=runner.stage,
+                                              monitor=runner.monitor), problem, user, jacobian)
 
 
 def _trust(n_points: int, previous_level: int) -> float:

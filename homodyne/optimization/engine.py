@@ -11,11 +11,17 @@ the box are frozen for that step).
 Coarse-to-fine: a large fit first converges on a deterministic strided subsample,
 then finishes with full passes, so that it needs few of them.
 
+Where Gauss-Newton converges only linearly (large residuals against the model's
+nonlinearity), JᵀJ is corrected along the last accepted step by the curvature that
+step's gradient change measured (``curvature.py``), at no extra pass.
+
 Convergence is honest: "converged" means both the Gauss–Newton step is below
 ``step_tol_se`` standard errors for every free parameter and the scaled gradient
 (cosine between residual and each Jacobian column) is below ``gtol``. Both tolerances
 are floored at what the model's working precision can resolve (``precision.py``), so a
-float32 model reports converged where its steps become evaluation noise.
+float32 model reports converged where its steps become evaluation noise; a step whose
+predicted decrease is below the cost's rounding noise is judged by the gradients
+(``precision.gain_ratio``), not by a difference of two noisy costs.
 """
 
 from __future__ import annotations
@@ -28,8 +34,14 @@ import numpy as np
 
 from homodyne.optimization.covariance import column_scales as _scales
 from homodyne.optimization.covariance import covariance_from_normal
+from homodyne.optimization.curvature import SecantModel, geodesic_correction
 from homodyne.optimization.exceptions import NLSQNumericalError, StopFit
-from homodyne.optimization.precision import convergence_floors, stalled_at_working_precision
+from homodyne.optimization.precision import (
+    convergence_floors,
+    cost_noise,
+    gain_ratio,
+    stalled_at_working_precision,
+)
 from homodyne.optimization.problems import NormalEquations
 from homodyne.optimization.saddle import MAX_ESCAPES, escape_saddle
 from homodyne.optimization.settings import EngineOptions
@@ -68,6 +80,11 @@ def _free_set(x, g, lb, ub) -> np.ndarray:
 def _bounded_step(H, g, lam, x, lb, ub, d) -> np.ndarray:
     """Damped step on the free set; a variable on a bound that the coupled solution would
     push out of the box is frozen too, and the step re-solved (active-set iteration)."""
+    return _bounded_step_and_set(H, g, lam, x, lb, ub, d)[0]
+
+
+def _bounded_step_and_set(H, g, lam, x, lb, ub, d) -> tuple[np.ndarray, np.ndarray]:
+    """``_bounded_step`` and the free set it was solved on."""
     free = _free_set(x, g, lb, ub)
     for _ in range(x.size + 1):
         delta = _solve_scaled(H, g, lam, free, d)
@@ -75,7 +92,7 @@ def _bounded_step(H, g, lam, x, lb, ub, d) -> np.ndarray:
         if not out.any():
             break
         free &= ~out
-    return delta
+    return delta, free
 
 
 def _truncate_to_box(x, delta, lb, ub) -> np.ndarray:
@@ -113,6 +130,8 @@ class LMState:
     grad_cos: float = math.inf
     history: list = field(default_factory=list)
     saddle_escapes: list = field(default_factory=list)  # one line per saddle stepped off
+    # geodesic acceleration: [steps accelerated, steps where 2|a|/|v| was too large]
+    geodesic_steps: list = field(default_factory=lambda: [0, 0])
 
 
 def _finite(ne: NormalEquations) -> bool:
@@ -159,7 +178,9 @@ def solve_lm(evaluate: Callable[[np.ndarray], NormalEquations], x0, lb, ub, *,
              initial_damping: float, ne0: NormalEquations | None = None,
              on_iteration: Callable | None = None, gn_trust_se: float = 1.0,
              eval_error: Callable[[np.ndarray], float] | None = None,
-             rounding_error: Callable[[np.ndarray], float] | None = None) -> LMState:
+             rounding_error: Callable[[np.ndarray], float] | None = None,
+             geodesic: Callable[[np.ndarray, np.ndarray], np.ndarray | None] | None = None
+             ) -> LMState:
     """Bounded LM from x0; ``evaluate`` makes one pass and returns the normal equations.
 
     ``eval_error(x)``: bound on the absolute error of one model value at x (0 or None:
@@ -167,6 +188,9 @@ def solve_lm(evaluate: Callable[[np.ndarray], NormalEquations], x0, lb, ub, *,
     ``rounding_error(x)``: the same bound whatever the dtype (float64 included); a fit
     that stalls is reported converged where it cannot improve at that precision
     (``stalled_at_working_precision``).
+
+    ``geodesic(x, v)``: Jᵀ r''_v at x by one more pass (None: no acceleration, the
+    default); each trial step v then gets geodesic acceleration (``_accelerate``).
 
     ``gn_trust_se``: the undamped Gauss-Newton step is tried first when it is under this
     many standard errors. The quadratic model's range does not shrink with the data, so
@@ -176,7 +200,8 @@ def solve_lm(evaluate: Callable[[np.ndarray], NormalEquations], x0, lb, ub, *,
     ne = ne0 if ne0 is not None else evaluate(x)
     st = LMState(x=x, ne=ne, lam=initial_damping, evaluations=0 if ne0 is not None else 1)
     loop = dict(max_iterations=max_iterations, step_tol_se=step_tol_se, gtol=gtol, ftol=ftol,
-                on_iteration=on_iteration, gn_trust_se=gn_trust_se, eval_error=eval_error)
+                on_iteration=on_iteration, gn_trust_se=gn_trust_se, eval_error=eval_error,
+                geodesic=geodesic)
     try:
         st = _solve(st, evaluate, lb, ub, loop, rounding_error, initial_damping, MAX_ESCAPES)
         st.reason += "".join(f"; {e}" for e in st.saddle_escapes)
@@ -195,6 +220,12 @@ def _tolerances(st: LMState, step_tol_se, gtol, eval_error) -> tuple[float, floa
     note = " (floored at working precision)" if step_floor > step_tol_se or \
         cos_floor > gtol else ""
     return max(step_tol_se, step_floor), max(gtol, cos_floor), note
+
+
+def _cost_noise(st: LMState, eval_error) -> float:
+    """The cost change a pass at ``st.x`` cannot resolve (``precision.cost_noise``)."""
+    error = eval_error(st.x) if eval_error is not None else 0.0
+    return cost_noise(st.ne.cost, error)
 
 
 def _converged(st: LMState, step_tol_se, gtol, eval_error) -> tuple[bool, str]:
@@ -249,8 +280,20 @@ def _solve(st: LMState, evaluate, lb, ub, loop: dict, rounding_error, initial_da
     return st
 
 
+def _accelerate(st: LMState, geodesic, B, lam, free, d, delta) -> np.ndarray:
+    """The step with geodesic acceleration: ``geodesic(x, v)`` makes one pass for
+    q = Jᵀ r''_v (``geodesic.py``); the step becomes v + ½ a where 2|a|/|v| is small
+    enough (``curvature.geodesic_correction``)."""
+    q = geodesic(st.x, delta)
+    st.evaluations += 1
+    half_a, ratio = geodesic_correction(lambda rhs: _solve_scaled(B, rhs, lam, free, d),
+                                        delta, q, d)
+    st.geodesic_steps[0 if np.any(half_a != 0) else 1] += 1
+    return delta + half_a
+
+
 def _lm_loop(st: LMState, evaluate, lb, ub, *, max_iterations, step_tol_se, gtol, ftol,
-             on_iteration, gn_trust_se, eval_error) -> LMState:
+             on_iteration, gn_trust_se, eval_error, geodesic=None) -> LMState:
     """The iteration itself; ``st`` always holds the best accepted point."""
     x, ne = st.x, st.ne
     if not _finite(ne):
@@ -261,6 +304,8 @@ def _lm_loop(st: LMState, evaluate, lb, ub, *, max_iterations, step_tol_se, gtol
     d = _scales(ne.H)
     gn_failed_at = math.inf
     prev_gn = None  # the last accepted plain Gauss-Newton step
+    secant = SecantModel(p)  # what JᵀJ misses of the Hessian, from accepted steps
+    noise = _cost_noise(st, eval_error)
     while True:
         st.step_se, st.grad_cos = _convergence_measures(st.ne, st.x, lb, ub, p)
         st.history.append(dict(iteration=st.iteration, cost=st.ne.cost, lam=st.lam,
@@ -281,11 +326,13 @@ def _lm_loop(st: LMState, evaluate, lb, ub, *, max_iterations, step_tol_se, gtol
         # try the undamped Gauss-Newton step first: it converges in one or two passes
         # there ... unless one was just rejected: then wait until the step has halved
         try_gauss_newton = st.step_se < min(gn_trust_se, 0.5 * gn_failed_at)
+        curvature = secant.correction(st.ne.H)
+        B = st.ne.H if curvature is None else st.ne.H + curvature
         stretch = 1.0  # > 1: the Gauss-Newton step extrapolated along a linear tail
         # inner loop: raise the damping until a step is accepted
         while True:
             lam = 0.0 if try_gauss_newton else st.lam
-            delta = _bounded_step(st.ne.H, st.ne.g, lam, st.x, lb, ub, d)
+            delta, free = _bounded_step_and_set(B, st.ne.g, lam, st.x, lb, ub, d)
             if try_gauss_newton and prev_gn is not None and stretch == 1.0:
                 stretch = tail_stretch(delta, prev_gn, d)
                 delta = delta * stretch
@@ -293,7 +340,7 @@ def _lm_loop(st: LMState, evaluate, lb, ub, *, max_iterations, step_tol_se, gtol
             step = x_try - st.x
             # the quadratic model, its curvature along an extrapolated step reduced to the
             # one the shrinking steps show (1 / stretch of Gauss-Newton's)
-            pred = float(step @ st.ne.g - 0.5 * step @ st.ne.H @ step
+            pred = float(step @ st.ne.g - 0.5 * step @ B @ step
                          / (max(stretch, 1.0) if try_gauss_newton else 1.0))
             if not np.any(step != 0) or pred <= 0:
                 if try_gauss_newton:
@@ -301,10 +348,14 @@ def _lm_loop(st: LMState, evaluate, lb, ub, *, max_iterations, step_tol_se, gtol
                     continue
                 st.reason = "no further decrease possible (step vanished at working precision)"
                 return st
+            if geodesic is not None:  # judged against the velocity's predicted decrease
+                x_try = _truncate_to_box(st.x, _accelerate(st, geodesic, B, lam, free, d,
+                                                           delta), lb, ub)
+                step = x_try - st.x
             ne_try = evaluate(x_try)
             st.evaluations += 1
             actual = st.ne.cost - ne_try.cost if _finite(ne_try) else -math.inf
-            rho = actual / pred
+            rho = gain_ratio(st.ne, ne_try, step, actual, pred, noise)
             if try_gauss_newton and stretch > 1.0 and not rho > 0.75:
                 st.iteration += 1  # the extrapolation overshot: the plain step instead
                 stretch = 0.0
@@ -312,7 +363,13 @@ def _lm_loop(st: LMState, evaluate, lb, ub, *, max_iterations, step_tol_se, gtol
             if rho > 1e-4:
                 prev_gn = step if try_gauss_newton and stretch == 1.0 else None
                 rel = actual / max(st.ne.cost, 1e-300)
+                # only a step inside the quadratic basin measures the curvature near the
+                # optimum (a long one averages it over the way there)
+                if st.step_se < gn_trust_se:
+                    secant.update(st.ne, ne_try, step, blocked=bool(np.any(
+                        ((x_try <= lb) | (x_try >= ub)) & (st.x > lb) & (st.x < ub))))
                 st.x, st.ne = x_try, ne_try
+                noise = _cost_noise(st, eval_error)
                 st.lam *= max(0.1, 1.0 - (2.0 * rho - 1.0) ** 3)
                 st.nu = 2.0
                 st.iteration += 1

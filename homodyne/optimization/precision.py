@@ -88,3 +88,31 @@ def stalled_at_working_precision(gn_decrease: float, cost: float, n: int, step_s
         return (f"residuals vanished at working precision (rms {rms:.1e} <= "
                 f"{RESIDUAL_FLOOR_FACTOR:.0e} x rounding error {error:.1e})")
     return ""
+
+
+# --- judging a step below the cost's resolution --------------------------------------
+
+# the cost difference of two nearby points carries the rounding of both: about
+# ||r|| x error / 2.5 for independent roundings; this many times that is noise
+COST_NOISE_FACTOR = 3.0
+
+
+def cost_noise(cost: float, error: float) -> float:
+    """The change of ½ Σ r² below which two passes' costs cannot be told apart, for a
+    per-point model error ``error`` (0 in float64: every change counts)."""
+    if error <= 0.0 or not math.isfinite(cost):
+        return 0.0
+    return COST_NOISE_FACTOR * math.sqrt(2.0 * max(cost, 0.0)) * error
+
+
+def gain_ratio(old, new, step, actual: float, pred: float, noise: float) -> float:
+    """Actual over predicted decrease of the cost for ``step`` between passes ``old`` and
+    ``new`` (normal equations, g = Jᵀr). Where the prediction is below the cost's noise,
+    the decrease is measured by the trapezoid rule on the gradients, ½ sᵀ(g_old + g_new),
+    whose rounding shrinks with the step (the costs' does not); a cost increase beyond
+    the noise still rejects the step."""
+    if not math.isfinite(actual) or pred <= 0.0:
+        return actual / pred if pred > 0.0 else -math.inf
+    if noise > 0.0 and pred < noise and actual > -noise:
+        return 0.5 * float(step @ (old.g + new.g)) / pred
+    return actual / pred

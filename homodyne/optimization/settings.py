@@ -35,6 +35,9 @@ class EngineOptions:
     # fit the power laws about a reference time inside the data, in Box-Cox form
     # (coordinates.py), and finish in the user's coordinates
     internal_coordinates: bool = True
+    # geodesic acceleration of each LM step (Transtrum & Sethna 2012; geodesic.py): one
+    # more pass per trial step; off by default
+    geodesic_acceleration: bool = False
 
 
 # more starts than this is a typo, not a plan: each is a fit of the screening subsample,
