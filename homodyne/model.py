@@ -224,6 +224,40 @@ def frame_integrals_and_jacobian(physical, spec: ModelSpec):
     return cj, cg, jac[0].astype(spec.jdtype), jac[1].astype(spec.jdtype)
 
 
+def _cumulative_trapezoid_host(f, dt):
+    """``cumulative_trapezoid`` along axis 0 in NumPy float64."""
+    inc = (f[:-1] + f[1:]) * (0.5 * dt)
+    return np.concatenate([np.zeros((1,) + f.shape[1:]), np.cumsum(inc, axis=0)])
+
+
+def _power_law_integrals_host(t, amp, exponent, offset, dt):
+    """Cumulative integrals of a t^e + c and of its derivatives w.r.t. (a, e, c),
+    (N,) and (N, 3): the derivatives in closed form (t > 0)."""
+    te = t**exponent
+    f = np.stack([amp * te + offset, te, amp * te * np.log(t), np.ones_like(t)], axis=1)
+    c = _cumulative_trapezoid_host(f, dt)
+    return c[:, 0], c[:, 1:]
+
+
+def frame_integrals_and_jacobian_host(physical, spec: ModelSpec):
+    """``frame_integrals_and_jacobian`` in NumPy float64 (cast to the model's dtype):
+    O(N P) on the host with nothing to compile; compiling the JAX form costs more than
+    all the passes of a small fit. Equal to it to rounding (the sums run in another
+    order; test_model checks it)."""
+    p = np.asarray(physical, dtype=np.float64)
+    t = spec.frame_times()
+    n, n_phys = t.size, spec.n_physical
+    cj, dj = _power_law_integrals_host(t, p[0], p[1], p[2], spec.dt)
+    dcj, dcg = np.zeros((n, n_phys)), np.zeros((n, n_phys))
+    dcj[:, :3] = dj
+    if spec.mode == "static":
+        cg = np.zeros(n)
+    else:
+        cg, dcg[:, 3:6] = _power_law_integrals_host(t, p[3], p[4], p[5], spec.dt)
+    out = np.dtype(spec.jdtype)
+    return tuple(np.ascontiguousarray(a, dtype=out) for a in (cj, cg, dcj, dcg))
+
+
 def triu_row_start(r, n_frames: int):
     """Row-major position of (r, r+1), the first point of row r, in the strict upper
     triangle of an N x N matrix: r (2N - r - 1) / 2 (ints, NumPy or JAX arrays)."""

@@ -12,6 +12,7 @@ from homodyne.model import (
     c2_points,
     c2_points_with_jacobian,
     frame_integrals_and_jacobian,
+    frame_integrals_and_jacobian_host,
     pack_upper,
     sinc,
     sinc_prime,
@@ -104,6 +105,31 @@ def test_constant_transport_gives_exponential():
     t = (1 + np.arange(60)) * 0.5
     expect = 1.0 + 0.25 * np.exp(-(0.01**2) * (D0 + Doff) * np.abs(t[None] - t[:, None]))
     np.testing.assert_allclose(m, expect, rtol=1e-13)
+
+
+@pytest.mark.parametrize("mode", ["static", "laminar_flow"])
+@pytest.mark.parametrize("dtype", ["float64", "float32"])
+def test_host_frame_integrals_equal_the_autodiff_ones(mode, dtype):
+    """The passes' frame integrals and derivatives (NumPy, closed form, nothing to
+    compile) against JAX autodiff of the model's own integrals, to rounding; including
+    the logarithmic edge (alpha = 0) and the model's float32."""
+    spec = make_spec(mode, n_frames=3000, n_phi=2, dtype=dtype, first_frame=5)
+    reference = jax.jit(frame_integrals_and_jacobian, static_argnums=1)
+    rtol = 1e-13 if dtype == "float64" else 1e-5
+    for alpha in (-0.5, 0.0, 1e-9, 1.3):
+        phys = truth_for(spec)[2 * spec.n_scaling_sets :]
+        phys[1] = alpha
+        if mode == "laminar_flow":
+            phys[4] = -alpha
+        _assert_same_integrals(reference(phys, spec), frame_integrals_and_jacobian_host(
+            phys, spec), rtol)
+
+
+def _assert_same_integrals(ref, host, rtol):
+    for r, h in zip(ref, host, strict=True):
+        r = np.asarray(r)
+        assert h.dtype == r.dtype and h.shape == r.shape
+        np.testing.assert_allclose(h, r, rtol=rtol, atol=rtol * np.max(np.abs(r), initial=0))
 
 
 @pytest.mark.parametrize("mode", ["static", "laminar_flow"])

@@ -5,11 +5,12 @@ import logging
 
 import numpy as np
 import pytest
-from helpers import make_spec, truth_for
+from helpers import bounds_for, make_spec, start_for, truth_for
 
 from homodyne.jaxconf import jax
 from homodyne.model import c2_points
 from homodyne.optimization.exceptions import NLSQConvergenceError
+from homodyne.optimization.nlsq_wrapper import NLSQWrapper
 from homodyne.optimization.passes import PassRunner, _wait_for_compilation, compile_ahead
 from homodyne.optimization.problems import ChunkLayout, TwoTimeProblem
 from homodyne.optimization.sources import HostArrayData, InMemoryData
@@ -99,3 +100,23 @@ def test_a_failure_while_compiling_ahead_leaves_the_pass_to_report_it():
             PassRunner(problem, data).evaluate(truth)
         errors.append(str(err.value))
     assert errors[0] == errors[1]
+
+
+def test_a_fit_of_a_new_data_shape_compiles_one_program(caplog):
+    """A whole STANDARD fit of a shape no other test uses compiles one program, its pass
+    kernel: the per-pass frame integrals are computed on the host and nothing runs as an
+    eager JAX op (each would be a compilation of its own, and compiling is most of a
+    small fit's first run). Counted at lowering, so a persistent-cache hit counts too."""
+    spec = make_spec("laminar_flow", n_frames=43, n_phi=2)
+    truth, y = _data(spec)
+    jax.config.update("jax_log_compiles", True)
+    try:
+        with caplog.at_level(logging.WARNING):
+            r = NLSQWrapper().fit_two_time(None, spec, start_for(spec, truth),
+                                           bounds_for(spec), y=y)
+    finally:
+        jax.config.update("jax_log_compiles", False)
+    compiled = [m.split(" ")[1] for m in (rec.getMessage() for rec in caplog.records)
+                if m.startswith("Compiling ")]
+    assert compiled == ["jit(run)"]
+    assert r.passes >= 2

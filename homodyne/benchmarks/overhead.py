@@ -5,8 +5,9 @@ than the 1% targets. Here every variant (checkpoints at a frequency, validation,
 mode ...) gets its own ``PassRunner`` over the same data in one process, and each
 round evaluates one pass of every variant at the same parameters, in a rotating order.
 An overhead is the median over rounds of (variant pass / baseline pass of the same
-round) - 1; a second, identical baseline (``null``) shows what "no difference" reads
-as on this machine.
+round) - 1 in process CPU time (wall time, which also counts other processes' use of
+the cores, is reported beside it), with a distribution-free 95% interval of that
+median; a second, identical baseline (``null``) shows what "no difference" reads as.
 """
 
 from __future__ import annotations
@@ -59,7 +60,25 @@ def variants(checkpoint_frequencies=(10, 100), fault_modes=("validation", "full"
     return runs, pairs
 
 
-def _runner(v: Variant, spec, data, workdir: Path):
+def _own_kernels(problem):
+    """``problem`` with pass kernels compiled for it alone instead of the process-wide
+    shared ones: two compiled copies of one program differ in speed by up to ~1-2% (code
+    and buffer placement), so a comparison against one copy measures that luck too."""
+    from homodyne.optimization.problems import _two_time_chunk_fn
+
+    own: dict = {}
+
+    def chunk_fn(layout):
+        if layout not in own:
+            own[layout] = _two_time_chunk_fn.__wrapped__(problem.spec, bool(problem.validate),
+                                                         layout)
+        return own[layout]
+
+    problem.chunk_fn = chunk_fn
+    return problem
+
+
+def _runner(v: Variant, spec, data, workdir: Path, own_kernels: bool = False):
     from homodyne.optimization.checkpoint_manager import CheckpointManager
     from homodyne.optimization.checkpoint_session import CheckpointSession
     from homodyne.optimization.passes import FitMonitor, PassRunner
@@ -72,31 +91,82 @@ def _runner(v: Variant, spec, data, workdir: Path):
         mon.checkpoints = CheckpointSession(
             CheckpointManager(workdir / v.name, v.checkpoint_frequency, 3, True,
                               v.checkpoint_min_interval_s), f"overhead-{v.name}")
-    return PassRunner(TwoTimeProblem(spec, validate=v.validate), data, monitor=mon)
+    problem = TwoTimeProblem(spec, validate=v.validate)
+    return PassRunner(_own_kernels(problem) if own_kernels else problem, data, monitor=mon)
 
 
 def _paired(runners: dict, rounds: int, x) -> dict:
-    """Pass times per runner: every round runs one pass of each, in a rotating order."""
+    """Pass times per runner: every round runs one pass of each, in a rotating order.
+    Returns {"cpu": {name: [s, ...]}, "wall": {...}}: the process CPU time of each pass
+    (every thread's, XLA's included) and its wall time. CPU time is what a comparison
+    uses: on a shared machine a pass's wall time also counts the time other processes
+    held the cores, which is most of the pass-to-pass spread."""
     names = list(runners)
     for r in runners.values():  # compile and warm every variant
         r.evaluate(x)
-    times = {n: [] for n in names}
+    cpu: dict[str, list[float]] = {n: [] for n in names}
+    wall: dict[str, list[float]] = {n: [] for n in names}
     for k in range(rounds):
         for n in names[k % len(names):] + names[: k % len(names)]:
-            t0 = time.perf_counter()
+            c0, t0 = time.process_time(), time.perf_counter()
             runners[n].evaluate(x)
-            times[n].append(time.perf_counter() - t0)
+            wall[n].append(time.perf_counter() - t0)
+            cpu[n].append(time.process_time() - c0)
     for r in runners.values():
         r.monitor.flush()
-    return times
+    return {"cpu": cpu, "wall": wall}
+
+
+def median_ci(values, z: float = 1.96) -> tuple[float, float]:
+    """Distribution-free ~95% confidence interval of the median: the order statistics
+    n/2 -+ z sqrt(n)/2 (binomial, normal approximation; the whole range for n < 6)."""
+    v = np.sort(np.asarray(values, dtype=float))
+    n = v.size
+    k = max(int(np.floor((n - z * np.sqrt(n)) / 2)), 0)
+    return float(v[k]), float(v[max(n - 1 - k, k)])
 
 
 def _compare(times, name, base) -> dict:
-    ratio = np.asarray(times[name]) / np.asarray(times[base]) - 1.0
-    return {"baseline": base, "overhead": float(np.median(ratio)),
+    """Median over rounds of (pass / the same round's baseline pass) - 1 in CPU time,
+    its 95% interval and quartiles; the same median in wall time for reference."""
+    cpu, wall = times["cpu"], times["wall"]
+    ratio = np.asarray(cpu[name]) / np.asarray(cpu[base]) - 1.0
+    ratio_wall = np.asarray(wall[name]) / np.asarray(wall[base]) - 1.0
+    lo, hi = median_ci(ratio)
+    return {"baseline": base, "clock": "process CPU", "overhead": float(np.median(ratio)),
+            "ci95": [lo, hi],
             "q25": float(np.quantile(ratio, 0.25)), "q75": float(np.quantile(ratio, 0.75)),
-            "pass_s": float(np.median(times[name])),
-            "baseline_pass_s": float(np.median(times[base]))}
+            "overhead_wall": float(np.median(ratio_wall)),
+            "q25_wall": float(np.quantile(ratio_wall, 0.25)),
+            "q75_wall": float(np.quantile(ratio_wall, 0.75)),
+            "pass_s": float(np.median(wall[name])),
+            "baseline_pass_s": float(np.median(wall[base])),
+            "pass_cpu_s": float(np.median(cpu[name])),
+            "baseline_pass_cpu_s": float(np.median(cpu[base]))}
+
+
+def kernel_overheads(spec, y, batch: int, batches_per_call: int, x, *, rounds: int,
+                     fault_modes=("validation", "full", "fast"), copies: int = 2) -> dict:
+    """The fault-tolerance modes against all checks off ('none'; 'null' is a second
+    all-off variant, what "no difference" reads as) on in-memory passes over ``y``.
+    Each variant runs ``copies`` separately compiled kernels and a round's time is their
+    mean, so that no comparison rests on the placement of one compiled copy."""
+    from homodyne.optimization.sources import InMemoryData
+
+    n = y.size
+    mem = InMemoryData({"y": y}, n, min(batch, n), batches_per_call=batches_per_call)
+    kvs = [Variant(m, *FAULT_MODES["none" if m == "null" else m])
+           for m in dict.fromkeys(("none", "null", *fault_modes))]
+    workdir = Path(tempfile.mkdtemp(prefix="homodyne-overhead-"))
+    try:
+        runners = {(v.name, c): _runner(v, spec, mem, workdir, own_kernels=True)
+                   for v in kvs for c in range(copies)}
+        raw = _paired(runners, rounds, x)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+    times = {clock: {v.name: list(np.mean([t[(v.name, c)] for c in range(copies)], axis=0))
+                     for v in kvs} for clock, t in raw.items()}
+    return {v.name: _compare(times, v.name, "none") for v in kvs if v.name != "none"}
 
 
 def bench_overheads(data_path, out_json, *, tier: str = "streaming", rounds: int = 12,
@@ -107,11 +177,10 @@ def bench_overheads(data_path, out_json, *, tier: str = "streaming", rounds: int
 
     Checkpoints are measured on ``tier`` passes. The fault-tolerance modes change only
     the work per point, so they are also measured on an in-memory run of the first
-    ``kernel_points`` points (short passes, 20x the rounds, so the median of a ~1% effect
-    is resolved to ~0.2%): the kernel cost without the disk reads' noise."""
+    ``kernel_points`` points (short passes, 10x the rounds of two compiled copies of each
+    kernel: ``kernel_overheads``): the kernel cost without the disk reads' noise."""
     from homodyne.benchmarks.runner import _problem_setup
     from homodyne.optimization.nlsq_wrapper import NLSQWrapper
-    from homodyne.optimization.sources import InMemoryData
 
     src = open_two_time(data_path)
     spec, _, _, truth = _problem_setup(src)
@@ -131,7 +200,7 @@ def bench_overheads(data_path, out_json, *, tier: str = "streaming", rounds: int
             sec = ck.save_seconds if ck is not None else []
             # what the saves cost, accounted directly (CPU of snapshot + writer) against
             # this variant's pass time: not subject to the machine's pass-to-pass noise
-            busy = float(np.sum(times[name]))
+            busy = float(np.sum(times["wall"][name]))
             accounted = float(np.sum(ck.cpu_seconds if ck is not None else [])) / busy
             result[name] = {
                 **_compare(times, name, base),
@@ -146,18 +215,15 @@ def bench_overheads(data_path, out_json, *, tier: str = "streaming", rounds: int
             }
         n_k = min(kernel_points, spec.n_points)
         y = next(src.iter_points(0, n_k, n_k))[1]
-        mem = InMemoryData({"y": y}, n_k, min(batch, n_k), batches_per_call=data.batches_per_call)
-        # 'null': a second all-checks-off runner, what "no difference" reads as
-        kvs = [Variant(m, *FAULT_MODES["none" if m == "null" else m])
-               for m in dict.fromkeys(("none", "null", *fault_modes))]
-        ktimes = _paired({v.name: _runner(v, spec, mem, workdir) for v in kvs}, 20 * rounds, x)
-        kernel = {v.name: _compare(ktimes, v.name, "none") for v in kvs if v.name != "none"}
+        kernel = kernel_overheads(spec, y, batch, data.batches_per_call, x,
+                                  rounds=10 * rounds, fault_modes=fault_modes)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
         src.close()
     rec = {"kind": "overhead", "name": f"overhead-{tier}", "dataset": Path(data_path).stem,
            "n_points": spec.n_points, "mode": spec.mode, "tier": strategy.value,
            "batch_size": batch, "rounds": rounds, "variants": result,
-           "kernel_points": n_k, "kernel_rounds": 20 * rounds, "kernel": kernel}
+           "kernel_points": n_k, "kernel_rounds": 10 * rounds, "kernel_copies": 2,
+           "kernel": kernel}
     write_json(out_json, rec)
     return rec

@@ -210,9 +210,11 @@ def _overhead_rows(rec: dict | None) -> list[dict]:
         o = k["overhead"] if k is not None else (None if d is None else d["overhead"])
         note = f"ours: <= {ours_max:.0%}; "
         if k is not None:
+            ci = (f"95% interval of the median {_pct(k['ci95'][0])}..{_pct(k['ci95'][1])}, "
+                  if "ci95" in k else "")
             note += (f"paired in-memory passes of {rec['kernel_points']:,} points vs all checks "
-                     f"off (IQR {_pct(k['q25'])}..{_pct(k['q75'])}; null "
-                     f"{_pct(knull['overhead']) if knull else 'n/a'})")
+                     f"off, {k.get('clock', 'wall')} time ({ci}IQR {_pct(k['q25'])}.."
+                     f"{_pct(k['q75'])}; null {_pct(knull['overhead']) if knull else 'n/a'})")
         if d is not None:
             note += f"; paired {rec['tier']} passes: {_pct(d['overhead'])}" + noise
         rows.append(_row(f"{label} overhead", f"~{guide:.1%}" if mode == "validation" else

@@ -39,7 +39,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from homodyne.jaxconf import jax, jnp
+from homodyne.jaxconf import jax
 from homodyne.memory import memory_allows, trim_heap
 from homodyne.optimization.checkpoint_session import (
     STAGES,
@@ -226,7 +226,7 @@ class _Pass:
 
     index: int
     x: np.ndarray
-    px: jax.Array
+    px: np.ndarray
     ctx: object
     acc: dict
     start: int
@@ -254,8 +254,7 @@ def compile_ahead(problem: Problem, data: DataSource, x: np.ndarray) -> None:
 
     def work():
         px = np.asarray(x, dtype=np.float64)
-        ctx = jax.tree_util.tree_map(lambda s: np.zeros(s.shape, s.dtype),
-                                     jax.eval_shape(problem.prepare, px))
+        ctx = problem.prepare(px)  # a host computation: its values are never used
         out = problem.chunk_fn(layout)(px, ctx, columns(), 0, 0, 0,
                                        np.ones(layout.n_batches, bool))
         jax.block_until_ready(out)
@@ -316,7 +315,7 @@ class PassRunner:
         """Dispatch one call without waiting for it (JAX runs it asynchronously)."""
         fn = self.problem.chunk_fn(self._layout())
         pxd, ctxd = self._on_device(px, ctx, chunk.device)
-        m = jnp.asarray(mask) if chunk.device is None else jax.device_put(mask, chunk.device)
+        m = mask if chunk.device is None else jax.device_put(mask, chunk.device)
         return fn(pxd, ctxd, chunk.columns, chunk.first_batch, chunk.origin, chunk.n_valid, m)
 
     def _finish(self, out, chunk, px, ctx, mask):
@@ -343,7 +342,7 @@ class PassRunner:
                 fn = self.problem.chunk_fn(layout)
                 m = np.repeat(mask, factor)
                 stats, (n, cost, ok) = fn(px, ctx, chunk.columns, chunk.first_batch * factor,
-                                          chunk.origin, chunk.n_valid, jnp.asarray(m))
+                                          chunk.origin, chunk.n_valid, m)
                 n, cost, ok = (np.asarray(v) for v in (n, cost, ok))
                 if chunk.device is not None:
                     stats = jax.device_put(stats, self._home)
@@ -416,7 +415,7 @@ class PassRunner:
         """Stage 1: per-pass context, zero sums (or an interrupted pass's partial sums)."""
         mon = self.monitor
         _wait_for_compilation(self.data)
-        px = jnp.asarray(x)
+        px = x  # a host array goes in as it is: jnp.asarray would compile a conversion
         ctx = self.problem.prepare(px)
         acc = self._zero_sums()
         start = 0

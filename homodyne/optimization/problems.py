@@ -26,7 +26,7 @@ from homodyne.jaxconf import jax, jnp
 from homodyne.model import (
     ModelSpec,
     c2_points_with_jacobian,
-    frame_integrals_and_jacobian,
+    frame_integrals_and_jacobian_host,
     point_coordinates,
 )
 
@@ -145,16 +145,6 @@ def _two_time_zero(spec: ModelSpec, k_local: int):
 
 
 @functools.lru_cache(maxsize=_KERNELS)
-def _two_time_prepare(spec: ModelSpec):
-    """Jitted params -> cumulative integrals and their derivatives (O(N P))."""
-    def prepare(params):
-        _, _, phys = spec.split(params)
-        return frame_integrals_and_jacobian(phys, spec)
-
-    return jax.jit(prepare)
-
-
-@functools.lru_cache(maxsize=_KERNELS)
 def _two_time_chunk_fn(spec: ModelSpec, validate: bool, layout: ChunkLayout):
     """Jitted (params, ctx, columns, first_batch, origin, n_valid, mask) -> sums."""
     k_local = _local_sets(spec, layout)
@@ -206,8 +196,10 @@ class TwoTimeProblem:
         self.parameter_names = spec.parameter_names
 
     def prepare(self, params):
-        """Per parameter vector: cumulative integrals and their derivatives (O(N P))."""
-        return _two_time_prepare(self.spec)(jnp.asarray(params, dtype=jnp.float64))
+        """Per parameter vector: cumulative integrals and their derivatives (O(N P)),
+        on the host (no kernel to compile), placed on the default device once per pass."""
+        _, _, phys = self.spec.split(np.asarray(params, dtype=np.float64))
+        return jax.device_put(frame_integrals_and_jacobian_host(phys, self.spec))
 
     def _local_sets(self, layout: ChunkLayout) -> int:
         return _local_sets(self.spec, layout)
