@@ -205,3 +205,45 @@ def test_standard_output_that_cannot_be_written_keeps_the_exit_status(tmp_path):
         "homodyne: warning: standard output cannot be written (No space left on device); "
         "the rest of it is dropped"]
     assert open_two_time(out).n_frames == 8
+
+
+def _fit_state(x, **edits):
+    from homodyne.optimization.checkpoint_session import PassRecord, checkpoint_state
+    from homodyne.optimization.problems import NormalEquations
+
+    ne = NormalEquations(1.5, np.eye(x.size), np.ones(x.size), 100)
+    state = checkpoint_state([PassRecord("full", x, ne, 0.1, 4)], solver=None, n_failed=0,
+                             recovery_actions=[], excluded={"coarse": set(), "full": {3}},
+                             stage="full", x=x, next_batch=2,
+                             partial={"cost": np.float64(0.5), "n": np.int64(10)})
+    for key, value in edits.items():
+        if value is None:
+            del state[key]
+        else:
+            state[key] = value
+    return state
+
+
+@pytest.mark.parametrize("edit, reason", [
+    ({"pass_x": None}, "fields ['pass_x'] are missing (written by another version?)"),
+    ({"current_stage": None}, "fields ['current_stage'] are missing"),
+    ({"pass_failed": np.zeros(0, np.int64)}, "pass_failed has shape (0,), expected 1 passes"),
+    ({"current_stage": np.arange(3)}, "current_stage = array([0, 1, 2]) is not a stage"),
+    ({"excluded_full": np.array([0.5])}, "excluded_full is not a list of batch numbers"),
+])
+def test_a_sealed_checkpoint_this_version_cannot_resume_is_skipped_for_the_previous(
+        tmp_path, edit, reason, caplog):
+    """A checkpoint whose digest and fingerprint are right but whose fields are not what
+    this version reads (another version's layout, an edit re-sealed) was resumed: a
+    KeyError/IndexError traceback, or batches skipped and a wrong fit."""
+    from homodyne.optimization.checkpoint_manager import CheckpointManager
+    from homodyne.optimization.checkpoint_session import CheckpointSession
+
+    x = np.array([1.0, 2.0, 3.0])
+    session = CheckpointSession(CheckpointManager(tmp_path, keep_last_n=5), fingerprint="fp")
+    session.manager.save_checkpoint(2, _fit_state(x), fingerprint="fp")
+    session.manager.save_checkpoint(4, _fit_state(x, **edit), fingerprint="fp")
+    with caplog.at_level("WARNING", logger="homodyne.checkpoint"):
+        point = session.load_resume()
+    assert point.batch == 2
+    assert reason in caplog.text and "falling back to the previous one" in caplog.text
