@@ -247,3 +247,38 @@ def test_a_sealed_checkpoint_this_version_cannot_resume_is_skipped_for_the_previ
         point = session.load_resume()
     assert point.batch == 2
     assert reason in caplog.text and "falling back to the previous one" in caplog.text
+
+
+def test_a_signal_while_the_coarse_subsample_is_read_stops_the_read(tmp_path):
+    """The coarse subsample of streamed data is one full read of the file, and it did not
+    look at the signal flag: Ctrl-C/SIGTERM waited for the whole read (minutes on a
+    1B-point file; > 60 s seen on a file declaring 10^12 points)."""
+    import signal
+
+    from homodyne.optimization.nlsq_wrapper import NLSQWrapper
+    from homodyne.optimization.settings import EngineOptions
+
+    spec = make_spec("static", n_frames=400, n_phi=3)
+    generate_synthetic(tmp_path / "d.h5", spec, truth_for(spec), noise_sigma=0.01, seed=5)
+    src = open_two_time(tmp_path / "d.h5")
+    runs_after_signal = []
+    read = src.iter_points_into
+
+    def counting(*args, **kwargs):
+        for item in read(*args, **kwargs):
+            if not runs_after_signal:
+                os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C at the first run read
+            runs_after_signal.append(item[0])
+            yield item
+
+    src.iter_points_into = counting
+    opts = EngineOptions(coarse_points=2000, coarse_level_factor=4, batch_size=1000)
+    k = spec.n_scaling_sets
+    p0 = spec.pack([0.25] * k, [1.0] * k, [8000.0, -0.4, 80.0])
+    bounds = (spec.pack(0.0, 0.5, [1, -2, -1000]), spec.pack(1.0, 1.5, [1e5, 0.5, 1000]))
+    result = NLSQWrapper(strategy_override="streaming", batch_size=1000, options=opts,
+                         enable_progress=False).fit_two_time(src, spec, p0, bounds)
+    assert result.interrupted_by == "SIGINT"
+    # one run of the subsample, then the first chunk of the full pass (and the one read
+    # ahead) - not the 60 runs of 4,000 points the whole file is
+    assert len(runs_after_signal) <= 4, len(runs_after_signal)
