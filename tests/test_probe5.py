@@ -282,3 +282,32 @@ def test_a_signal_while_the_coarse_subsample_is_read_stops_the_read(tmp_path):
     # one run of the subsample, then the first chunk of the full pass (and the one read
     # ahead) - not the 60 runs of 4,000 points the whole file is
     assert len(runs_after_signal) <= 4, len(runs_after_signal)
+
+
+@pytest.mark.parametrize("change, how", [
+    ("in_place", "was written to while being read"),
+    ("replaced", "was replaced while being read"),
+])
+def test_a_data_file_changed_while_it_is_read_stops_the_fit(base_file, tmp_path, change, how):
+    """Same size, new content (a block rewritten in place) or a new file renamed over it
+    (`homodyne generate --overwrite`): a streaming fit went on - passes over two versions
+    of the data (exit 4, "damping overflow"), or the old data fitted and written as the
+    results of the new file (exit 0)."""
+    path = tmp_path / "d.h5"
+    shutil.copy(base_file, path)
+    src = open_two_time(path, q=0.0054)
+    first = src.read_rows(0, 0, 4)
+    if change == "in_place":
+        with open(path, "r+b") as fh:
+            fh.seek(os.path.getsize(path) // 2)
+            fh.write(b"\0" * 64)
+        st = os.stat(path)
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # coarse clocks
+    else:
+        shutil.copy(base_file, tmp_path / "new.h5")
+        os.replace(tmp_path / "new.h5", path)
+    with pytest.raises(DataFileError, match=how + r" \(by another program\?\); the fit would "
+                                            "mix two versions of the data"):
+        src.read_rows(0, 0, 4)
+    src.close()
+    assert first.shape == (4, 40)

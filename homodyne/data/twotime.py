@@ -59,6 +59,7 @@ class TwoTimeSource(TriangleGrid):
     frame_time: float | str | None = None  # a string says what is wrong with the file's
     attrs: dict = field(default_factory=dict)
     file_size: int | None = None  # bytes at open; a shrinking file is refused mid-fit
+    file_version: tuple | None = None  # (inode, mtime_ns) at open: a changed file too
     _matrix: np.ndarray | None = field(default=None, repr=False)
     _h5: h5py.File | None = field(default=None, repr=False)
 
@@ -99,19 +100,26 @@ class TwoTimeSource(TriangleGrid):
                 raise DataFileError(self.path, f"cannot open as HDF5 ({exc})") from exc
         return self._h5
 
-    def _check_unchanged(self) -> None:
-        """Refuse to go on reading a file that shrank since it was opened: HDF5 would
-        return fill values (zeros) past its end instead of an error."""
+    def check_unchanged(self) -> None:
+        """Refuse to go on reading a file that shrank since it was opened (HDF5 would
+        return fill values, zeros, past its end instead of an error), or that was written
+        or replaced meanwhile (later passes would fit other data than the first, and the
+        results would name a file that no longer holds what was fitted)."""
         if self.file_size is None:
             return
         try:
-            size = os.stat(self.path).st_size
+            st = os.stat(self.path)
         except OSError as exc:
             raise DataFileError(self.path, f"disappeared while being read ({exc})") from exc
-        if size < self.file_size:
+        if st.st_size < self.file_size:
             raise DataFileError(self.path, f"was truncated while being read ({self.file_size:,} "
-                                f"bytes at open, {size:,} now); restore the complete file and "
-                                "run again")
+                                f"bytes at open, {st.st_size:,} now); restore the complete file "
+                                "and run again")
+        if self.file_version is not None and (st.st_ino, st.st_mtime_ns) != self.file_version:
+            how = "replaced" if st.st_ino != self.file_version[0] else "written to"
+            raise DataFileError(self.path, f"was {how} while being read (by another program?); "
+                                "the fit would mix two versions of the data - run again once "
+                                "the file is complete")
 
     def close(self) -> None:
         if self._h5 is not None:
@@ -145,7 +153,7 @@ class TwoTimeSource(TriangleGrid):
                 ds.read_direct(block, sel)
             else:
                 block = ds[sel]
-            self._check_unchanged()
+            self.check_unchanged()
         except (OSError, RuntimeError, TypeError) as exc:
             raise DataFileError(
                 self.path, f"cannot read rows {r0}..{r1} of {self.dataset_names[angle]}: {exc}"
@@ -274,8 +282,9 @@ def open_two_time(path, *, q: float | None = None, q_tolerance: float | None = N
         if _magic(path) == HDF5_MAGIC:
             raise DataFileError(path, "is an HDF5 file named .npy; rename it to .h5")
         return _open_npy(path, q, start_frame, end_frame)
+    st = os.stat(path)  # before the file is opened: a change from here on is seen
+    size, version = st.st_size, (st.st_ino, st.st_mtime_ns)
     h5 = _open_h5(path)
-    size = os.stat(path).st_size
     try:
         if APSU_BINS in h5 and APSU_C2 in h5:
             layout, entries = "aps_u", _entries_apsu(path, h5)
@@ -306,7 +315,7 @@ def open_two_time(path, *, q: float | None = None, q_tolerance: float | None = N
     return TwoTimeSource(path=path, layout=layout, dataset_names=names, q=q_sel,
                          q_requested=q, phi_deg=phis, first_frame=first,
                          last_frame=last, storages=storages, frame_time=frame_time, attrs=attrs,
-                         file_size=size)
+                         file_size=size, file_version=version)
 
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
