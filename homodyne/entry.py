@@ -29,13 +29,55 @@ for _signal, _default in ((signal.SIGINT, signal.default_int_handler),
         signal.signal(_signal, stop_at_once)
 
 
+class StdoutGuard:
+    """Standard output whose failure (a full disk behind ``> log.txt``, a reader that went
+    away: ``| head``) costs one warning, never the exit status: the summary is printed
+    after the results are committed, and a traceback there told a pipeline the fit failed."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.failed = False
+
+    def write(self, text: str) -> int:
+        if not self.failed:
+            try:
+                return self._stream.write(text)
+            except OSError as exc:
+                self._fail(exc)
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.failed:
+            try:
+                self._stream.flush()
+            except OSError as exc:
+                self._fail(exc)
+
+    def _fail(self, exc: OSError) -> None:
+        self.failed = True
+        try:  # what is still buffered goes nowhere, also when Python flushes it at exit
+            fd = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(fd, self._stream.fileno())
+            os.close(fd)
+        except (OSError, ValueError):
+            pass
+        os.write(2, (f"homodyne: warning: standard output cannot be written "
+                     f"({exc.strerror or exc}); the rest of it is dropped\n").encode())
+
+    def __getattr__(self, name):
+        return getattr(self._stream, name)
+
+
 def main() -> int:
     """The CLI's main, imported only now that an interrupt is handled. Once it has returned
     its status (results committed, or nothing written) the signals are ignored: one that
     lands while Python and JAX shut down (a tenth of a second or more) turned a complete
     run's exit status into 130/143."""
+    import sys
+
     from homodyne.cli import main as cli_main
 
+    sys.stdout = StdoutGuard(sys.stdout)
     status = cli_main()
     for s in (signal.SIGINT, signal.SIGTERM):
         signal.signal(s, signal.SIG_IGN)

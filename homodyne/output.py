@@ -241,10 +241,19 @@ class DirectoryLock:
             holder = fh.read().strip() or None
             fh.close()
             raise LockHeld(holder) from None
-        fh.seek(0)
-        fh.truncate()
-        fh.write(f"pid {os.getpid()}")
-        fh.flush()
+        try:  # a full disk fails here, after the (empty) file was created
+            fh.seek(0)
+            fh.truncate()
+            fh.write(f"pid {os.getpid()}")
+            fh.flush()
+        except OSError as exc:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+            try:
+                fh.close()
+            except OSError:
+                pass  # close flushes the pid again into the same full disk
+            raise OutputDirError(f"cannot write the lock file {self.path} ({exc.strerror or exc}); "
+                                 "free space in that folder or choose another one") from None
         self._fh = fh
         remove_stale_temp_files(self.path.parent)  # no other run can be writing there now
 

@@ -265,6 +265,7 @@ def _run_on_device(cfg: HomodyneConfig, out: Path, results: ResultSet) -> FitRun
         log_summary(result)
         if not result.interrupted_by:
             check_points_kept(source, spec, result.n_points)
+            source.check_unchanged()  # results only for the file that is still there
         if result.interrupted_by:
             # best so far, under a name that does not block the resuming run
             write_json(out / "parameters.interrupted.json", {

@@ -63,6 +63,9 @@ def read_multitau(path) -> OneTimeData:
             err = _numeric(h5, G2_ERR, path, delays.size * q.size)
             if not isinstance(h5[START_TIME], h5py.Dataset):
                 raise DataFileError(path, f"{START_TIME} is not a dataset")
+            if h5[START_TIME].size not in (None, 1):  # one date; never read billions
+                raise DataFileError(path, f"{START_TIME} holds {h5[START_TIME].size:,} values; "
+                                          "expected one date/time")
             raw = h5[START_TIME][()]
     except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
         if isinstance(exc, DataFileError):

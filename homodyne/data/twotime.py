@@ -65,6 +65,7 @@ class TwoTimeSource(TriangleGrid):
     frame_time: float | str | None = None  # a string says what is wrong with the file's
     attrs: dict = field(default_factory=dict)
     file_size: int | None = None  # bytes at open; a shrinking file is refused mid-fit
+    file_version: tuple | None = None  # (inode, mtime_ns) at open: a changed file too
     _matrix: np.ndarray | None = field(default=None, repr=False)
     _h5: h5py.File | None = field(default=None, repr=False)
 
@@ -105,19 +106,26 @@ class TwoTimeSource(TriangleGrid):
                 raise DataFileError(self.path, f"cannot open as HDF5 ({exc})") from exc
         return self._h5
 
-    def _check_unchanged(self) -> None:
-        """Refuse to go on reading a file that shrank since it was opened: HDF5 would
-        return fill values (zeros) past its end instead of an error."""
+    def check_unchanged(self) -> None:
+        """Refuse to go on reading a file that shrank since it was opened (HDF5 would
+        return fill values, zeros, past its end instead of an error), or that was written
+        or replaced meanwhile (later passes would fit other data than the first, and the
+        results would name a file that no longer holds what was fitted)."""
         if self.file_size is None:
             return
         try:
-            size = os.stat(self.path).st_size
+            st = os.stat(self.path)
         except OSError as exc:
             raise DataFileError(self.path, f"disappeared while being read ({exc})") from exc
-        if size < self.file_size:
+        if st.st_size < self.file_size:
             raise DataFileError(self.path, f"was truncated while being read ({self.file_size:,} "
-                                f"bytes at open, {size:,} now); restore the complete file and "
-                                "run again")
+                                f"bytes at open, {st.st_size:,} now); restore the complete file "
+                                "and run again")
+        if self.file_version is not None and (st.st_ino, st.st_mtime_ns) != self.file_version:
+            how = "replaced" if st.st_ino != self.file_version[0] else "written to"
+            raise DataFileError(self.path, f"was {how} while being read (by another program?); "
+                                "the fit would mix two versions of the data - run again once "
+                                "the file is complete")
 
     def close(self) -> None:
         if self._h5 is not None:
@@ -151,7 +159,7 @@ class TwoTimeSource(TriangleGrid):
                 ds.read_direct(block, sel)
             else:
                 block = ds[sel]
-            self._check_unchanged()
+            self.check_unchanged()
         except (OSError, RuntimeError, TypeError) as exc:
             raise DataFileError(
                 self.path, f"cannot read rows {r0}..{r1} of {self.dataset_names[angle]}: {exc}"
@@ -280,8 +288,9 @@ def open_two_time(path, *, q: float | None = None, q_tolerance: float | None = N
         if _magic(path) == HDF5_MAGIC:
             raise DataFileError(path, "is an HDF5 file named .npy; rename it to .h5")
         return _open_npy(path, q, start_frame, end_frame)
+    st = os.stat(path)  # before the file is opened: a change from here on is seen
+    size, version = st.st_size, (st.st_ino, st.st_mtime_ns)
     h5 = _open_h5(path)
-    size = os.stat(path).st_size
     try:
         if APSU_BINS in h5 and APSU_C2 in h5:
             layout, entries = "aps_u", _entries_apsu(path, h5)
@@ -301,6 +310,7 @@ def open_two_time(path, *, q: float | None = None, q_tolerance: float | None = N
         frame_time = _frame_time(h5)
         attrs = dict(h5[SYNTHETIC_ATTRS].attrs) if SYNTHETIC_ATTRS in h5 else {}
         _check_extents(path, h5, names, size)
+        _check_written(path, h5, names, storages)
     except (OSError, RuntimeError, KeyError) as exc:
         # HDF5 reports corrupt metadata as any of these, from anywhere in the file
         raise DataFileError(path, f"corrupt HDF5 metadata ({type(exc).__name__}: {exc}); "
@@ -311,7 +321,7 @@ def open_two_time(path, *, q: float | None = None, q_tolerance: float | None = N
     return TwoTimeSource(path=path, layout=layout, dataset_names=names, q=q_sel,
                          q_requested=q, phi_deg=phis, first_frame=first,
                          last_frame=last, storages=storages, frame_time=frame_time, attrs=attrs,
-                         file_size=size)
+                         file_size=size, file_version=version)
 
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -353,6 +363,63 @@ def _check_extents(path, h5, names, size) -> None:
         if offset is not None and offset + ds.id.get_storage_size() > size:
             raise DataFileError(path, f"{name} extends past the end of the file "
                                       f"({size:,} bytes): the file is truncated; copy it again")
+
+
+def _chunk_rows(n: int, rows: int, cols: int, storage: str):
+    """Per chunk row i, the first chunk column j holding a point of the stored part of an
+    n x n matrix in (rows x cols) chunks: above the diagonal ("upper"), all ("full");
+    "lower" is the mirror image (transpose the chunk shape and the result)."""
+    n_r, n_c = -(-n // rows), -(-n // cols)
+    first_row = np.arange(n_r, dtype=np.int64) * rows
+    if storage == "full":
+        return np.zeros(n_r, np.int64), n_c
+    # chunk column j holds a point above the diagonal of chunk row i when its last
+    # column lies right of the row's first point: (j+1) cols - 1 > i rows
+    j_min = (first_row + 1) // cols
+    return np.where(first_row + 1 < n, j_min, n_c), n_c
+
+
+def _chunks_missing(ds, storage: str) -> tuple[int, int]:
+    """(chunks of the stored part never written, chunks that part has)."""
+    n = ds.shape[0]
+    rows, cols = ds.chunks if storage != "lower" else ds.chunks[::-1]
+    j_min, n_c = _chunk_rows(n, rows, cols, storage)
+    need = int(np.sum(n_c - j_min))
+    have = ds.id.get_num_chunks()
+    if have < need:  # cheap: too few chunks at all (a file declaring far more than it holds)
+        return need - have, need
+    if have >= (-(-n // rows)) * n_c:  # every chunk of the matrix exists
+        return 0, need
+    written = set()
+    for k in range(have):
+        r, c = ds.id.get_chunk_info(k).chunk_offset
+        written.add((r // rows, c // cols) if storage != "lower" else (c // rows, r // cols))
+    missing = sum(1 for i, j0 in enumerate(j_min) for j in range(int(j0), n_c)
+                  if (i, j) not in written)
+    return missing, need
+
+
+def _check_written(path, h5, names, storages) -> None:
+    """Refuse a matrix part of which was never written (HDF5 returns its fill value,
+    e.g. zeros, which would be fitted as data): a writer stopped early, a dataset grown
+    and not filled. Contiguous storage must exist; a chunked matrix needs every chunk
+    of the half (or whole) it stores."""
+    for name, storage in zip(names, storages, strict=True):
+        ds = h5[name]
+        layout = ds.id.get_create_plist().get_layout()
+        if layout == h5py.h5d.CONTIGUOUS and ds.id.get_offset() is None and \
+                ds.id.get_create_plist().get_external_count() == 0:
+            missing = "none of it was ever written"
+        elif layout == h5py.h5d.CHUNKED:
+            lost, need = _chunks_missing(ds, storage)
+            if not lost:
+                continue
+            missing = f"{lost:,} of the {need:,} chunks of its {storage} part were never written"
+        else:
+            continue
+        raise DataFileError(path, f"{name} is incomplete: {missing} (HDF5 would read its fill "
+                                  "value there as data); the writer stopped early - copy or "
+                                  "export the file again")
 
 
 def q_bins(path) -> list[float]:
@@ -417,14 +484,25 @@ def _dataset(path, h5, name) -> h5py.Dataset:
     return obj
 
 
-def _read(path, h5, name):
-    return np.asarray(_dataset(path, h5, name)[()])
+MAX_MAP_VALUES = 1_000_000  # q, phi, bins or frame times in one file: far above any real map
+
+
+def _read(path, h5, name, max_values: int = MAX_MAP_VALUES):
+    """A small dataset read whole, after its declared size is checked: a file of a few
+    kB may declare billions of values (never written), which would be allocated."""
+    ds = _dataset(path, h5, name)
+    if ds.size is not None and ds.size > max_values:
+        raise DataFileError(path, f"{name} declares {ds.size:,} values, at most "
+                                  f"{max_values:,} expected; the file is damaged or not an "
+                                  "APS two-time result")
+    return np.asarray(ds[()])
 
 
 def _numbers(path, h5, name, dtype=float) -> np.ndarray:
     """A small map (q, phi, bins) as a flat numeric array, or a DataFileError naming it."""
+    values = _read(path, h5, name)
     try:
-        return _read(path, h5, name).ravel().astype(dtype)
+        return values.ravel().astype(dtype)
     except (TypeError, ValueError) as exc:
         raise DataFileError(path, f"{name} does not hold numbers ({exc})") from None
 
@@ -523,8 +601,13 @@ def _check_matrices(path, h5, names) -> int:
         ds = _dataset(path, h5, name)
         if ds.ndim != 2 or ds.shape[0] != ds.shape[1]:
             raise DataFileError(path, f"{name} has shape {ds.shape}, expected a square matrix")
-        if not np.issubdtype(ds.dtype, np.floating):
-            raise DataFileError(path, f"{name} has dtype {ds.dtype}, expected floating point")
+        try:
+            dtype = ds.dtype
+        except ValueError as exc:  # an HDF5 float wider than any NumPy type
+            raise DataFileError(path, f"{name} has an HDF5 data type NumPy cannot hold "
+                                      f"({exc}); store it as float32 or float64") from None
+        if not np.issubdtype(dtype, np.floating):
+            raise DataFileError(path, f"{name} has dtype {dtype}, expected floating point")
         if shape is not None and ds.shape != shape:
             raise DataFileError(path, f"{name} has shape {ds.shape}, others {shape}")
         shape = ds.shape
@@ -573,7 +656,7 @@ def _frame_time(h5) -> float | str | None:
     for name in (FRAME_TIME, "/xpcs/twotime/frame_time", "/measurement/instrument/detector/"
                  "exposure_period"):
         if name in h5:
-            return _one_frame_time(name, np.asarray(h5[name][()]).ravel())
+            return _one_frame_time(name, _read(h5.filename, h5, name).ravel())
     return None
 
 

@@ -21,6 +21,7 @@ import logging
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import h5py
@@ -257,6 +258,9 @@ class CheckpointManager:
         # the fit these checkpoints belong to: resume and pruning only see its files
         self.fingerprint: str | None = None
         self._reported_others: set[Path] = set()  # other fits' files, warned about once
+        # what a user of the manager needs of a state beyond these generic checks (a fit:
+        # every field it reads); raises ValueError naming what is wrong
+        self.state_check: Callable[[dict], None] | None = None
 
     # --- locking --------------------------------------------------------------------
     def acquire_lock(self) -> None:
@@ -319,8 +323,11 @@ class CheckpointManager:
         try:
             _verify_bytes(path)
             with h5py.File(path, "r") as h5:
-                return _read_checked(h5)
-        except _Refused as exc:
+                state = _read_checked(h5)
+            if self.state_check is not None:
+                self.state_check(state)
+            return state
+        except (_Refused, ValueError) as exc:
             reason = str(exc)
         except Exception as exc:  # noqa: BLE001 - a sealed file HDF5 cannot read: refused
             reason = f"{type(exc).__name__}: {exc}"

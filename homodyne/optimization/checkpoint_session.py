@@ -99,6 +99,40 @@ def checkpoint_state(passes: list[PassRecord], *, solver: SolverSnapshot | None,
     return state
 
 
+PASS_FIELDS = ("pass_stage", "pass_x", "pass_cost", "pass_H", "pass_g", "pass_n",
+               "pass_seconds", "pass_batches", "pass_failed")
+
+
+def check_fit_state(state: dict) -> None:
+    """ValueError unless ``state`` holds every field a fit reads when it resumes, each of
+    the shape ``checkpoint_state`` writes: a sealed file of another version (the
+    fingerprint holds none) or an edited one crashed the resume or skipped batches."""
+    missing = [k for k in (*PASS_FIELDS, "parameters", "current_x", "current_stage",
+                           "next_batch", "batch_idx", *(f"excluded_{s}" for s in STAGES))
+               if k not in state]
+    if missing:
+        raise ValueError(f"fields {missing} are missing (written by another version?)")
+    n, x = int(state["n_passes"]), np.asarray(state["current_x"])
+    p = x.size
+    for k in PASS_FIELDS:
+        lead = np.shape(state[k])[:1]
+        if lead != (n,):
+            raise ValueError(f"{k} has shape {np.shape(state[k])}, expected {n} passes")
+    if not isinstance(state["current_stage"], str) or \
+            state["current_stage"] not in (*STAGES, "done"):
+        raise ValueError(f"current_stage = {state['current_stage']!r} is not a stage")
+    if np.shape(state["parameters"]) != (p,):
+        raise ValueError(f"parameters has shape {np.shape(state['parameters'])}, expected "
+                         f"({p},)")
+    for s in STAGES:
+        ex = np.asarray(state[f"excluded_{s}"])
+        if ex.ndim != 1 or ex.dtype.kind not in "iu" or ex.size > 10_000_000:
+            raise ValueError(f"excluded_{s} is not a list of batch numbers")
+    partial = state.get("partial")
+    if partial is not None and not isinstance(partial, dict):
+        raise ValueError("partial is not a group of sums")
+
+
 @dataclass
 class CheckpointSession:
     """The checkpoints of one fit in ``manager``'s directory, tagged with ``fingerprint``."""
@@ -119,6 +153,7 @@ class CheckpointSession:
 
     def __post_init__(self):
         self.manager.fingerprint = self.fingerprint  # it resumes and prunes this fit's files
+        self.manager.state_check = check_fit_state  # a file this version cannot resume: skipped
 
     # --- the directory -----------------------------------------------------------------
     def acquire(self) -> None:

@@ -141,7 +141,7 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
         return _report_edges(result, coords, edge)
 
     try:
-        levels = coarse_levels(data, opts)
+        levels = coarse_levels(data, opts, stop=lambda: mon.signal_received is not None)
         if levels and n_devices == 1:  # the full passes' kernel compiles meanwhile
             compile_ahead(problem, data, x0)
         for sub in levels:
@@ -439,16 +439,21 @@ def coarse_level_sizes(n_points: int, opts: EngineOptions, *, streamed: bool = F
     return sizes, streamed and spill and sizes[-1] > opts.streaming_coarse_max_points
 
 
-def coarse_levels(data: DataSource, opts: EngineOptions) -> list[DataSource]:
+def coarse_levels(data: DataSource, opts: EngineOptions, stop=None) -> list[DataSource]:
     """Nested strided subsamples (sizes from ``coarse_level_sizes``), held as float32.
     One read of the data collects the densest level; the sparser ones are strided
-    subsets of it."""
+    subsets of it. Streamed data are read with ``stop`` (a signal ends the read: no
+    levels, the first full chunk then stops the fit with its checkpoint)."""
     sizes, to_file = coarse_level_sizes(data.n_points, opts,
                                         streamed=data.streamed, spill=data.can_spill)
     if not sizes:
         return []
-    kw = {"to_file": True} if to_file else {}
+    kw: dict = {"to_file": True} if to_file else {}
+    if data.streamed and stop is not None:
+        kw["stop"] = stop
     dense = data.subsample(sizes[-1], opts.batch_size, dtype=np.float32, **kw)
+    if dense is None:
+        return []
     return [dense.subsample(m, opts.batch_size) for m in sizes[:-1]] + [dense]
 
 

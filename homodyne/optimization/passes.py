@@ -422,7 +422,14 @@ class PassRunner:
         resumed = mon.in_progress(index, self.stage, x)
         if resumed is not None:
             start, partial = resumed
-            acc = {k: np.asarray(v) for k, v in partial.items()}
+            shapes = {k: np.shape(v) for k, v in acc.items()}
+            if {k: np.shape(v) for k, v in partial.items()} == shapes and \
+                    0 <= start <= self.data.n_batches:
+                acc = {k: np.asarray(v) for k, v in partial.items()}
+            else:  # sums of another problem or version: only this pass is recomputed
+                log.warning("resume: the checkpoint's partial sums (next batch %d) do not "
+                            "fit this pass; recomputing it from its first batch", start)
+                start = 0
         run = _Pass(index, x, px, ctx, acc, start, first=not self._first_done,
                     excluded=mon.excluded[self.stage])
         if mon.progress is not None:

@@ -213,7 +213,8 @@ class HostArrayData(_Batched):
             yield Chunk(cols, 0, lo, hi - lo, first, math.ceil((hi - lo) / B),
                         _round_robin(self.devices, first // G))
 
-    def subsample(self, max_points: int, batch_size: int, dtype=None) -> InMemoryData:
+    def subsample(self, max_points: int, batch_size: int, dtype=None,
+                  stop=None) -> InMemoryData:  # host memory: quick, ``stop`` not needed
         s = max(1, math.ceil(self.n_points / max_points))
         cols = {k: np.asarray(v[..., :: s]).astype(dtype or v.dtype) for k, v in
                 self.columns.items()}
@@ -264,10 +265,12 @@ class _RunSource(_Batched):
                 yield chunk(item)
 
     def subsample(self, max_points: int, batch_size: int, dtype=None, *,
-                  to_file: bool = False):
+                  to_file: bool = False, stop=None):
         """Every s-th point in one sequential read: straight into the padded array the
         device copy is made from (memory: the sample, twice, briefly), or, with
-        ``to_file``, into a temporary file streamed like the data (memory: none)."""
+        ``to_file``, into a temporary file streamed like the data (memory: none).
+        ``stop()`` true between runs (a signal arrived) ends the read: None is returned
+        (the read is a full pass over the data, minutes on a large file)."""
         s = max(1, math.ceil(self.n_points / max_points))
         n = math.ceil(self.n_points / s)
         batch = min(batch_size, n)
@@ -275,12 +278,17 @@ class _RunSource(_Batched):
         if to_file:
             fh = tempfile.TemporaryFile(prefix="homodyne-level-")  # noqa: SIM115 - kept open
             for pos, vals, nv in self._runs(0, ring=1):
+                if stop is not None and stop():
+                    fh.close()
+                    return None
                 fh.write(np.ascontiguousarray(vals[(-pos) % s : nv : s], dtype).tobytes())
             fh.flush()
             return FileLevelData(fh, n, batch, self.stride * s, dtype, self.batches_per_call,
                                  self.devices)
         y = np.zeros(InMemoryData.padded_length(n, batch), dtype=dtype)
         for pos, vals, nv in self._runs(0, ring=1):
+            if stop is not None and stop():
+                return None
             first = (-pos) % s
             picked = vals[first:nv:s]
             y[(pos + first) // s : (pos + first) // s + picked.size] = picked
