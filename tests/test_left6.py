@@ -1,0 +1,85 @@
+"""Items a sixth probe round left open (issue 12, probe6 "Weak / left"): result files the
+workflow's gather reads back (hand-edited, foreign, another model's), keys that did nothing
+or silently lost to another key, a laminar summary that contradicted itself, checkpoint
+folders and batch sizes accepted until they failed later, and --config given a pipe."""
+
+import types
+
+import numpy as np
+import pytest
+
+from homodyne.config import ConfigError, validate_config
+
+STATIC = {"analysis_mode": "static", "initial_parameters": {"values": [8000.0, -0.4, 80.0]}}
+
+
+def _result(names, at_bounds=()):
+    """A FitResult as the engine builds it (only what parameters.json needs)."""
+    from homodyne.optimization.result import FitResult
+
+    k = len(names)
+    return FitResult(parameter_names=tuple(names), parameters=np.arange(1.0, k + 1),
+                     uncertainties=np.full(k, 0.1), covariance=np.eye(k) * 0.01, cost=1.0,
+                     n_points=500, reduced_chi_squared=1.02, converged=True,
+                     stop_reason="converged", strategy="STANDARD", iterations=4, passes=5,
+                     at_bounds=list(at_bounds))
+
+
+STATIC_NAMES = ["contrast", "offset", "D0", "alpha", "D_offset"]
+LAMINAR_NAMES = [*STATIC_NAMES, "gamma_dot_t0", "beta", "gamma_dot_t_offset", "phi0"]
+
+
+def _job_folder(root, q_index, names=STATIC_NAMES):
+    """One bin folder as fit_job leaves it: parameters.json and job.json."""
+    from homodyne.output import write_json
+    from homodyne.production.multiq import JOB_FILE
+
+    folder = root / "a" / f"q{q_index:02d}"
+    folder.mkdir(parents=True)
+    write_json(folder / "parameters.json", _result(names).as_dict())
+    write_json(folder / JOB_FILE, {"file": "a.h5", "file_id": "a", "q_index": q_index,
+                                   "q": 0.001 * (q_index + 1), "age_s": None})
+    return folder
+
+
+@pytest.mark.parametrize("name, text, problem", [
+    ("parameters.json", '{"n_points": 5', "unreadable (JSONDecodeError"),
+    ("parameters.json", "[1, 2]", "holds a JSON list, not an object"),
+    ("parameters.json", b"\xff\xfe{}", "unreadable (UnicodeDecodeError"),
+    ("job.json", '{"file_id": "a", "q": 0.001, "age_s": null}', "has no 'q_index'"),
+    ("job.json", '{"file_id": "a", "q_index": "2", "q": 0.001, "age_s": null}',
+     "'q_index' is '2', not int"),
+])
+def test_gather_names_a_result_file_that_is_not_a_result_of_the_run(tmp_path, name, text,
+                                                                    problem):
+    """Was: a hand-edited parameters.json / job.json in a bin folder -> a raw
+    JSONDecodeError / KeyError / TypeError traceback from summary_row in the rule log."""
+    from homodyne.production.multiq import ResultFileError, gather
+
+    good, bad = _job_folder(tmp_path, 0), _job_folder(tmp_path, 1)
+    target = bad / name
+    target.unlink()
+    (target.write_bytes if isinstance(text, bytes) else target.write_text)(text)
+    with pytest.raises(ResultFileError) as err:
+        gather([good, bad], tmp_path / "run")
+    message = str(err.value)
+    assert message.startswith(f"{target}: {problem}") and "\n" not in message, message
+    assert not (tmp_path / "run" / "summary.csv").exists()
+
+
+def test_gather_refuses_another_models_result_instead_of_mixing_it_in(tmp_path):
+    """Was: a laminar run's parameters.json dropped into a static run's bin went into
+    summary.csv without a word (columns no other row has, blanks elsewhere)."""
+    from homodyne.production.multiq import ResultFileError, gather
+
+    folders = [_job_folder(tmp_path, 0), _job_folder(tmp_path, 1),
+               _job_folder(tmp_path, 2, LAMINAR_NAMES)]
+    with pytest.raises(ResultFileError) as err:
+        gather(folders, tmp_path / "run")
+    assert str(err.value).startswith(
+        f"{folders[2] / 'parameters.json'} holds parameters {LAMINAR_NAMES}, the other "
+        f"results of this run {STATIC_NAMES}: results of different models cannot share one "
+        "summary")
+    assert not (tmp_path / "run" / "summary.csv").exists()
+    table = gather(folders[:2], tmp_path / "run").read_text().splitlines()  # real files: fine
+    assert len(table) == 3 and table[0].startswith("file,age_s,q_index,q,n_points,contrast,")
