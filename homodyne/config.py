@@ -90,7 +90,8 @@ SCHEMA = _s(
     # defaults are in parsed form; ``fixed`` holds the named parameters at their initial value
     parameter_space=_s(bounds=("bounds", {}, None), fixed=("list[str]", [], None)),
     optimization=_s(
-        method=("choice", "trf", ("trf", "lm")),
+        # one engine (bounded Levenberg-Marquardt, the guide's 'trf'); 'lm' is refused
+        method=("choice", "trf", ("trf",)),
         max_iterations=("int", _ENGINE.max_iterations, "positive"),
         step_tol_se=("float", _ENGINE.step_tol_se, "positive"),
         gtol=("float", _ENGINE.gtol, "positive"),
@@ -235,6 +236,10 @@ def _value(key, value, spec):
             raise ConfigError(key, f"expected a non-empty string, got {_show(value)}")
         return _no_nul(key, value)
     if kind == "choice":
+        if key == "optimization.method" and value == "lm":
+            raise ConfigError(key, "'lm' is not a separate method here: homodyne has one "
+                              "engine, a bounded Levenberg-Marquardt trust region (the guide's "
+                              "'trf'), which every fit uses; write trf or remove the key")
         if value not in extra:
             raise ConfigError(key, f"must be one of {', '.join(map(str, extra))}; "
                                    f"got {_show(value)}")

@@ -83,3 +83,16 @@ def test_gather_refuses_another_models_result_instead_of_mixing_it_in(tmp_path):
     assert not (tmp_path / "run" / "summary.csv").exists()
     table = gather(folders[:2], tmp_path / "run").read_text().splitlines()  # real files: fine
     assert len(table) == 3 and table[0].startswith("file,age_s,q_index,q,n_points,contrast,")
+
+
+def test_optimization_method_lm_is_refused_not_ignored():
+    """Was: ``optimization.method: lm`` validated and never passed to the engine (one
+    engine: every fit ran the same bounded Levenberg-Marquardt)."""
+    assert validate_config({**STATIC, "optimization": {"method": "trf"}},
+                           require_data=False).optimization["method"] == "trf"
+    with pytest.raises(ConfigError) as err:
+        validate_config({**STATIC, "optimization": {"method": "lm"}}, require_data=False)
+    assert str(err.value) == (
+        "optimization.method: 'lm' is not a separate method here: homodyne has one engine, a "
+        "bounded Levenberg-Marquardt trust region (the guide's 'trf'), which every fit uses; "
+        "write trf or remove the key")
