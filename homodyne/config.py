@@ -616,8 +616,11 @@ def load_config(path, *, require_data: bool = True, overrides: dict | None = Non
         raise ConfigError("--config", "empty path; give the YAML config file")
     if os.path.isdir(path):
         raise ConfigError("--config", f"{path} is a directory; give the YAML config file in it")
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise ConfigError("--config", f"config file not found: {path}")
+    if not os.path.isfile(path):  # a pipe (<(...)), /dev/null, a device: not a saved config
+        raise ConfigError("--config", f"{path} is not a regular file (a pipe or device); give "
+                          "the YAML config file itself")
     size = os.path.getsize(path)
     if size > MAX_CONFIG_BYTES:  # YAML would parse a data table for minutes, in GBs
         raise ConfigError("--config", f"{path} holds {size:,} bytes; a config is a small YAML "

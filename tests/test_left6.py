@@ -96,3 +96,65 @@ def test_optimization_method_lm_is_refused_not_ignored():
         "optimization.method: 'lm' is not a separate method here: homodyne has one engine, a "
         "bounded Levenberg-Marquardt trust region (the guide's 'trf'), which every fit uses; "
         "write trf or remove the key")
+
+
+@pytest.mark.parametrize("section, keys, message", [
+    ("optimization", {"coarse": False, "coarse_points": 5000},
+     "optimization.coarse_points: is set but optimization.coarse is false: there is no coarse "
+     "stage for it to size; remove one of the two keys"),
+    ("streaming", {"enable_fault_tolerance": False, "max_retries_per_batch": 5},
+     "optimization.streaming.max_retries_per_batch: is set but "
+     "optimization.streaming.enable_fault_tolerance is false: without fault tolerance a failed "
+     "batch is not retried; remove one of the two keys"),
+    ("both", ({"fast_mode": True}, {"validate_numerics": True}),
+     "optimization.streaming.validate_numerics: is set but performance.fast_mode is true: fast "
+     "mode turns the NaN/Inf validation off; remove one of the two keys"),
+    ("performance", {"batch_size": 200_000, "max_batch_size": 1000},
+     "performance.batch_size: 200,000 exceeds performance.max_batch_size (1,000); lower "
+     "batch_size or raise max_batch_size"),
+])
+def test_two_keys_where_the_second_would_silently_lose_are_refused(section, keys, message):
+    """Was: each combination accepted, the second key silently without effect."""
+    raw = dict(STATIC)
+    if section == "optimization":
+        raw["optimization"] = keys
+    elif section == "streaming":
+        raw["optimization"] = {"streaming": keys}
+    elif section == "both":
+        raw["performance"], raw["optimization"] = keys[0], {"streaming": keys[1]}
+    else:
+        raw["performance"] = keys
+    with pytest.raises(ConfigError) as err:
+        validate_config(raw, require_data=False)
+    assert str(err.value) == message
+    # each key alone (or with the other at its default) is still fine
+    validate_config({**STATIC, "performance": {"fast_mode": True},
+                     "optimization": {"coarse": False,
+                                      "streaming": {"enable_fault_tolerance": False,
+                                                    "validate_numerics": False}}},
+                    require_data=False)
+
+
+@pytest.mark.parametrize("written, used", [({"max_iterations": 5}, 5), ({}, 500)])
+def test_one_time_max_iterations_caps_the_aging_fit_as_written(monkeypatch, tmp_path,
+                                                               written, used):
+    """Was: ``one_time.max_iterations: 5`` silently raised to 500 for the aging J-model fit
+    (max(value, 500)); unset, that fit keeps its 500."""
+    import homodyne.production.aging as aging
+    from homodyne.onetime.run import fit_j_model
+
+    seen = {}
+
+    def fake_fit_aging(paths, folder, **kw):
+        seen.update(kw)
+        raise RuntimeError("stop here")
+
+    monkeypatch.setattr(aging, "fit_aging", fake_fit_aging)
+    ot = {"min_tau_s": None, "max_tau_s": None, "errors": "scatter", "max_iterations":
+          written.get("max_iterations", 200), "series": ["b.h5"], "ages_s": None,
+          "nonnegative_J": False}
+    cfg = types.SimpleNamespace(one_time=ot, experimental_data={"file_path": "a.h5"},
+                                raw={"one_time": written})
+    with pytest.raises(RuntimeError, match="stop here"):
+        fit_j_model(cfg, tmp_path)
+    assert seen["max_iterations"] == used
