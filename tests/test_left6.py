@@ -158,3 +158,27 @@ def test_one_time_max_iterations_caps_the_aging_fit_as_written(monkeypatch, tmp_
     with pytest.raises(RuntimeError, match="stop here"):
         fit_j_model(cfg, tmp_path)
     assert seen["max_iterations"] == used
+
+
+def test_a_power_law_whose_exponent_ends_on_its_bound_is_not_called_interior():
+    """Was: "beta = -2 +/- 3.33 (at bound)" and two lines below "power law of beta:
+    interior" (the label of the internal-coordinate optimum, before the finish in user
+    coordinates moved beta onto its bound)."""
+    from homodyne.optimization.driver import _report_edges
+
+    class Coords:  # the power laws of a laminar fit: (amplitude, exponent, offset)
+        triples = [(2, 3, 4), (5, 6, 7)]
+
+        @staticmethod
+        def at_log_edge(exponent):
+            return False
+
+    result = _result(LAMINAR_NAMES, at_bounds=["beta"])
+    result = _report_edges(result, Coords(), {3: "interior", 6: "interior"})
+    assert result.power_law_optimum["alpha"] == "interior"
+    assert result.power_law_optimum["beta"] == (
+        "on the bounds: beta (the internal-coordinate optimum lay inside them; the finish in "
+        "user coordinates ended on the bound)")
+    lines = result.summary().splitlines()
+    assert any(line.strip().startswith("beta =") and "(at bound)" in line for line in lines)
+    assert "  power law of beta: on the bounds: beta (" in "\n".join(lines)
