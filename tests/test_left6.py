@@ -182,3 +182,50 @@ def test_a_power_law_whose_exponent_ends_on_its_bound_is_not_called_interior():
     lines = result.summary().splitlines()
     assert any(line.strip().startswith("beta =") and "(at bound)" in line for line in lines)
     assert "  power law of beta: on the bounds: beta (" in "\n".join(lines)
+
+
+@pytest.mark.parametrize("make, message", [
+    (lambda d: "", "checkpoint_dir is empty; give the folder for the checkpoints"),
+    (lambda d: "  ", "checkpoint_dir is empty; give the folder for the checkpoints"),
+    (lambda d: str(d / "a\0b"), "checkpoint_dir '"),
+    (lambda d: (d / "f").write_text("x") and d / "f", "checkpoint_dir "),
+])
+def test_a_checkpoint_folder_that_cannot_be_one_is_refused_at_construction(tmp_path, make,
+                                                                         message):
+    """Was: CheckpointManager("") / a regular file / a NUL in the name accepted, failing
+    only at the first save of a long fit."""
+    from homodyne.optimization.checkpoint_manager import CheckpointManager
+
+    with pytest.raises(ValueError) as err:
+        CheckpointManager(make(tmp_path))
+    assert str(err.value).startswith(message)
+    assert any(w in str(err.value) for w in ("empty", "NUL", "is a file, not a folder"))
+    CheckpointManager(tmp_path / "new")  # a folder still to be made is fine
+
+
+def test_a_missing_checkpoint_is_called_missing_not_corrupt(tmp_path):
+    from homodyne.optimization.checkpoint_manager import CheckpointManager
+    from homodyne.optimization.exceptions import NLSQCheckpointError
+
+    path = tmp_path / "homodyne_state_batch_0003.h5"
+    with pytest.raises(NLSQCheckpointError) as err:
+        CheckpointManager(tmp_path).load_checkpoint(path)
+    assert str(err.value).startswith(f"checkpoint {path} does not exist")
+    assert "corrupt" not in str(err.value)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"initial_batch_size": -1}, "initial_batch_size must be a whole number >= 1, got -1"),
+    ({"initial_batch_size": 0}, "initial_batch_size must be a whole number >= 1, got 0"),
+    ({"min_batch_size": 0}, "min_batch_size must be a whole number >= 1, got 0"),
+    ({"min_batch_size": 5000, "max_batch_size": 1000},
+     "min_batch_size (5000) exceeds max_batch_size (1000)"),
+])
+def test_build_streaming_config_refuses_batch_sizes_below_one(kwargs, message):
+    """Was: build_streaming_config(initial_batch_size=-1, adaptive) returned batch_size -1."""
+    from homodyne.optimization.strategy import DatasetSizeStrategy
+
+    with pytest.raises(ValueError) as err:
+        DatasetSizeStrategy().build_streaming_config(10_000, 5, memory_limit_gb=16,
+                                                     adaptive_batching=True, **kwargs)
+    assert str(err.value) == message
