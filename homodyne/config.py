@@ -453,6 +453,7 @@ def validate_config(raw: Any, source: str | None = None, *, require_data: bool =
                               "combined with optimization.streaming.enable_checkpoints (one fit "
                               "resumes, not a set of starts): set restarts to 0 or disable "
                               "checkpoints")
+        _refuse_contradictions(raw if isinstance(raw, dict) else {}, d)
         end = data["end_frame"]
         if end != -1 and end < data["start_frame"] + 1:
             raise ConfigError("experimental_data.end_frame",
@@ -467,6 +468,35 @@ def validate_config(raw: Any, source: str | None = None, *, require_data: bool =
         initial_parameters=init, bounds=bounds, fixed=d["parameter_space"]["fixed"],
         optimization=d["optimization"], performance=d["performance"], output=d["output"],
         one_time=d["one_time"], source=source, raw=raw or {})
+
+
+def _given(raw: dict, dotted: str):
+    """The value the user wrote for a dotted key (None when not written)."""
+    node = raw
+    for k in dotted.split("."):
+        node = node.get(k) if isinstance(node, dict) else None
+    return node
+
+
+def _refuse_contradictions(raw: dict, d: dict) -> None:
+    """Two keys of which the second would silently lose: one ConfigError naming both."""
+    perf = d["performance"]
+    pairs = [("optimization.coarse", False, "optimization.coarse_points",
+              "there is no coarse stage for it to size"),
+             ("optimization.streaming.enable_fault_tolerance", False,
+              "optimization.streaming.max_retries_per_batch",
+              "without fault tolerance a failed batch is not retried"),
+             ("performance.fast_mode", True, "optimization.streaming.validate_numerics",
+              "fast mode turns the NaN/Inf validation off")]
+    for first, value, second, why in pairs:
+        if _given(raw, first) is value and _given(raw, second) not in (None, False):
+            raise ConfigError(second, f"is set but {first} is {str(value).lower()}: {why}; "
+                              f"remove one of the two keys")
+    batch, most = perf["batch_size"], perf["max_batch_size"]
+    if batch is not None and batch > most:
+        raise ConfigError("performance.batch_size", f"{batch:,} exceeds "
+                          f"performance.max_batch_size ({most:,}); lower batch_size or raise "
+                          "max_batch_size")
 
 
 def _is_one_time(d: dict, file_path) -> bool:

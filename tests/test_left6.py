@@ -229,3 +229,19 @@ def test_build_streaming_config_refuses_batch_sizes_below_one(kwargs, message):
         DatasetSizeStrategy().build_streaming_config(10_000, 5, memory_limit_gb=16,
                                                      adaptive_batching=True, **kwargs)
     assert str(err.value) == message
+
+
+@pytest.mark.parametrize("path", ["/dev/null", "fifo"])
+def test_a_config_that_is_a_pipe_or_device_is_named_so_not_missing(tmp_path, capsys, path):
+    """Was: ``--config <(cat c.yaml)`` (a pipe) or /dev/null -> "config file not found"."""
+    import os
+
+    from homodyne.cli import main
+
+    if path == "fifo":
+        path = str(tmp_path / "fifo")
+        os.mkfifo(path)
+    assert main(["--config", path]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (f"homodyne: error: --config: {path} is not a regular file (a pipe or "
+                   "device); give the YAML config file itself")
