@@ -114,9 +114,6 @@ class DatasetSizeStrategy:
             if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral)
                                   or v < 1):
                 raise ValueError(f"{name} must be a whole number >= 1, got {v!r}")
-        if min_batch_size > max_batch_size:
-            raise ValueError(f"min_batch_size ({min_batch_size}) exceeds max_batch_size "
-                             f"({max_batch_size})")
         mem_gb = self._memory_gb(memory_limit_gb)
         raw = int(0.1 * mem_gb * 2**30 / bytes_per_point(n_parameters))
         batch = max(min_batch_size, min(max_batch_size, raw, max(n_points, 1)))
