@@ -85,6 +85,22 @@ def test_gather_refuses_another_models_result_instead_of_mixing_it_in(tmp_path):
     assert len(table) == 3 and table[0].startswith("file,age_s,q_index,q,n_points,contrast,")
 
 
+def test_the_workflows_gather_rule_ends_with_the_one_line(tmp_path):
+    """The rule script (rule gather_q_fits) exits with the error line, no traceback."""
+    import runpy
+
+    from helpers import REPO
+
+    bad = _job_folder(tmp_path, 0)
+    (bad / "job.json").write_text("{")
+    job = types.SimpleNamespace(input=[str(bad / "parameters.json")], log=[],
+                                output=types.SimpleNamespace(summary=str(tmp_path / "s.csv")))
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_path(str(REPO / "workflow" / "scripts" / "gather_q_fits.py"),
+                       init_globals={"snakemake": job})
+    assert str(stop.value.code).startswith(f"gather: error: {bad / 'job.json'}: unreadable")
+
+
 def test_optimization_method_lm_is_refused_not_ignored():
     """Was: ``optimization.method: lm`` validated and never passed to the engine (one
     engine: every fit ran the same bounded Levenberg-Marquardt)."""
