@@ -90,7 +90,8 @@ SCHEMA = _s(
     # defaults are in parsed form; ``fixed`` holds the named parameters at their initial value
     parameter_space=_s(bounds=("bounds", {}, None), fixed=("list[str]", [], None)),
     optimization=_s(
-        method=("choice", "trf", ("trf", "lm")),
+        # one engine (bounded Levenberg-Marquardt, the guide's 'trf'); 'lm' is refused
+        method=("choice", "trf", ("trf",)),
         max_iterations=("int", _ENGINE.max_iterations, "positive"),
         step_tol_se=("float", _ENGINE.step_tol_se, "positive"),
         gtol=("float", _ENGINE.gtol, "positive"),
@@ -237,6 +238,10 @@ def _value(key, value, spec):
             raise ConfigError(key, f"expected a non-empty string, got {_show(value)}")
         return _no_nul(key, value)
     if kind == "choice":
+        if key == "optimization.method" and value == "lm":
+            raise ConfigError(key, "'lm' is not a separate method here: homodyne has one "
+                              "engine, a bounded Levenberg-Marquardt trust region (the guide's "
+                              "'trf'), which every fit uses; write trf or remove the key")
         if value not in extra:
             raise ConfigError(key, f"must be one of {', '.join(map(str, extra))}; "
                                    f"got {_show(value)}")
@@ -450,6 +455,7 @@ def validate_config(raw: Any, source: str | None = None, *, require_data: bool =
                               "combined with optimization.streaming.enable_checkpoints (one fit "
                               "resumes, not a set of starts): set restarts to 0 or disable "
                               "checkpoints")
+        _refuse_contradictions(raw if isinstance(raw, dict) else {}, d)
         end = data["end_frame"]
         if end != -1 and end < data["start_frame"] + 1:
             raise ConfigError("experimental_data.end_frame",
@@ -464,6 +470,35 @@ def validate_config(raw: Any, source: str | None = None, *, require_data: bool =
         initial_parameters=init, bounds=bounds, fixed=d["parameter_space"]["fixed"],
         optimization=d["optimization"], performance=d["performance"], output=d["output"],
         one_time=d["one_time"], source=source, raw=raw or {})
+
+
+def _given(raw: dict, dotted: str):
+    """The value the user wrote for a dotted key (None when not written)."""
+    node = raw
+    for k in dotted.split("."):
+        node = node.get(k) if isinstance(node, dict) else None
+    return node
+
+
+def _refuse_contradictions(raw: dict, d: dict) -> None:
+    """Two keys of which the second would silently lose: one ConfigError naming both."""
+    perf = d["performance"]
+    pairs = [("optimization.coarse", False, "optimization.coarse_points",
+              "there is no coarse stage for it to size"),
+             ("optimization.streaming.enable_fault_tolerance", False,
+              "optimization.streaming.max_retries_per_batch",
+              "without fault tolerance a failed batch is not retried"),
+             ("performance.fast_mode", True, "optimization.streaming.validate_numerics",
+              "fast mode turns the NaN/Inf validation off")]
+    for first, value, second, why in pairs:
+        if _given(raw, first) is value and _given(raw, second) not in (None, False):
+            raise ConfigError(second, f"is set but {first} is {str(value).lower()}: {why}; "
+                              f"remove one of the two keys")
+    batch, most = perf["batch_size"], perf["max_batch_size"]
+    if batch is not None and batch > most:
+        raise ConfigError("performance.batch_size", f"{batch:,} exceeds "
+                          f"performance.max_batch_size ({most:,}); lower batch_size or raise "
+                          "max_batch_size")
 
 
 def _is_one_time(d: dict, file_path) -> bool:
@@ -613,8 +648,11 @@ def load_config(path, *, require_data: bool = True, overrides: dict | None = Non
         raise ConfigError("--config", "empty path; give the YAML config file")
     if os.path.isdir(path):
         raise ConfigError("--config", f"{path} is a directory; give the YAML config file in it")
-    if not os.path.isfile(path):
+    if not os.path.exists(path):
         raise ConfigError("--config", f"config file not found: {path}")
+    if not os.path.isfile(path):  # a pipe (<(...)), /dev/null, a device: not a saved config
+        raise ConfigError("--config", f"{path} is not a regular file (a pipe or device); give "
+                          "the YAML config file itself")
     size = os.path.getsize(path)
     if size > MAX_CONFIG_BYTES:  # YAML would parse a data table for minutes, in GBs
         raise ConfigError("--config", f"{path} holds {size:,} bytes; a config is a small YAML "

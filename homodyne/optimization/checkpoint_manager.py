@@ -231,6 +231,23 @@ def _check_values(state: dict) -> None:
         raise _Refused("fingerprint is not text")
 
 
+def _checked_dir(checkpoint_dir) -> Path:
+    """The checkpoint folder as a Path; an empty name, a NUL or an existing non-folder is
+    refused here, not at the first save of a long fit."""
+    name = os.fspath(checkpoint_dir)
+    if not str(name).strip():
+        raise ValueError("checkpoint_dir is empty; give the folder for the checkpoints "
+                         "(e.g. './checkpoints')")
+    if "\0" in str(name):
+        raise ValueError(f"checkpoint_dir {name!r} contains a NUL character; give a valid "
+                         "folder name")
+    path = Path(name)
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"checkpoint_dir {path} is a file, not a folder; give a folder for "
+                         "the checkpoints")
+    return path
+
+
 class CheckpointManager:
     """Saves, finds, validates, loads and prunes checkpoints in one directory."""
 
@@ -249,7 +266,7 @@ class CheckpointManager:
         self.min_interval_s = float(min_interval_s)
         if keep_last_n < 1:
             raise ValueError(f"keep_last_n must be >= 1, got {keep_last_n}")
-        self.checkpoint_dir = Path(checkpoint_dir)
+        self.checkpoint_dir = _checked_dir(checkpoint_dir)
         self.checkpoint_frequency = int(checkpoint_frequency)
         self.keep_last_n = int(keep_last_n)
         self.enable_compression = enable_compression
@@ -320,6 +337,9 @@ class CheckpointManager:
     def check_checkpoint(self, path) -> dict:
         """The stored state, or NLSQCheckpointError saying why the file is refused: its
         bytes are verified before HDF5 sees them, then every field before it is read."""
+        if not Path(path).exists():
+            raise NLSQCheckpointError(f"checkpoint {path} does not exist; list the folder's "
+                                      "checkpoints with find_latest_valid_checkpoint()")
         try:
             _verify_bytes(path)
             with h5py.File(path, "r") as h5:

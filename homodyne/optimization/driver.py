@@ -393,6 +393,11 @@ def _report_edges(result: FitResult, coords, edge: dict[int, str]) -> FitResult:
                                           ", pushed there by the bounds: " + where)
         elif where.startswith("unknown"):
             pass
+        elif where == "interior" and any(names[k] in result.at_bounds for k in (i, a, o)):
+            # the label must agree with the "(at bound)" flags of the same summary
+            held = ", ".join(names[k] for k in (i, a, o) if names[k] in result.at_bounds)
+            where = (f"on the bounds: {held} (the internal-coordinate optimum lay inside "
+                     "them; the finish in user coordinates ended on the bound)")
         elif where != "interior":
             where = "on the bounds: " + where
         result.power_law_optimum[names[a]] = where

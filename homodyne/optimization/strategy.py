@@ -109,6 +109,11 @@ class DatasetSizeStrategy:
                                min_batch_size: int = MIN_BATCH,
                                max_batch_size: int = MAX_BATCH) -> dict:
         """Streaming settings; batch_size = 10% of memory / bytes per point, bounded."""
+        for name, v in (("initial_batch_size", initial_batch_size),
+                        ("min_batch_size", min_batch_size), ("max_batch_size", max_batch_size)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral)
+                                  or v < 1):
+                raise ValueError(f"{name} must be a whole number >= 1, got {v!r}")
         mem_gb = self._memory_gb(memory_limit_gb)
         raw = int(0.1 * mem_gb * 2**30 / bytes_per_point(n_parameters))
         batch = max(min_batch_size, min(max_batch_size, raw, max(n_points, 1)))

@@ -170,27 +170,110 @@ def fit_status(p: dict) -> str:
     return "; ".join(flags) or "ok"
 
 
+class ResultFileError(OutputDirError):
+    """A job folder's ``job.json`` / ``parameters.json`` that is not a result this run wrote
+    (hand-edited, truncated, another model's); the file is named, nothing is gathered."""
+
+
+_JOB_FIELDS = {"file_id": (str,), "q_index": (int,), "q": (int, float),
+               "age_s": (int, float, type(None))}
+_RESULT_FIELDS = {"n_points": (int,), "parameters_by_name": (dict,), "converged": (bool,),
+                  "reduced_chi_squared": (int, float, str, type(None)), "strategy": (str,),
+                  "passes": (int,), "wall_time_s": (int, float)}
+
+
+def _read_record(path: Path, fields: dict) -> dict:
+    """A JSON object holding ``fields`` with the expected types, or a ResultFileError
+    naming the file and what is wrong with it (never a traceback from a file we read)."""
+    def bad(what: str) -> ResultFileError:
+        return ResultFileError(f"{path}: {what}; it is not a result of this run (edited or "
+                               "copied in?): rerun that job (delete the file) or remove the folder")
+
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise bad(f"unreadable ({type(exc).__name__}: {exc})") from None
+    if not isinstance(data, dict):
+        raise bad(f"holds a JSON {type(data).__name__}, not an object")
+    for key, types in fields.items():
+        if key not in data:
+            raise bad(f"has no {key!r}")
+        v = data[key]
+        if not isinstance(v, types) or (isinstance(v, bool) and bool not in types):
+            raise bad(f"{key!r} is {v!r}, not {' or '.join(t.__name__ for t in types)}")
+    return data
+
+
+def _parameters(path: Path, by_name: dict) -> dict[str, tuple[float, float]]:
+    """(value, standard error) per parameter of a parameters.json (checked numbers)."""
+    out = {}
+    for name, v in by_name.items():
+        value = v.get("value") if isinstance(v, dict) else None
+        se = v.get("uncertainty") if isinstance(v, dict) else None
+        if (not isinstance(value, (int, float)) or isinstance(value, bool)
+                or not (se is None or (isinstance(se, (int, float)) and not isinstance(se, bool)))):
+            raise ResultFileError(f"{path}: parameter {name!r} is {v!r}, not a value and an "
+                                  "uncertainty; rerun that job (delete the file)")
+        out[name] = (float(value), _number(se))
+    return out
+
+
 def summary_row(job_dir) -> dict:
-    """One row of summary.csv from a finished job's ``job.json`` and ``parameters.json``."""
+    """One row of summary.csv from a finished job's ``job.json`` and ``parameters.json``
+    (a file that is not such a result: ResultFileError naming it)."""
     job_dir = Path(job_dir)
-    job = json.loads((job_dir / JOB_FILE).read_text())
-    p = json.loads((job_dir / "parameters.json").read_text())
+    job = _read_record(job_dir / JOB_FILE, _JOB_FIELDS)
+    p = _read_record(job_dir / "parameters.json", _RESULT_FIELDS)
     row = {"file": job["file_id"], "age_s": job["age_s"], "q_index": job["q_index"],
            "q": job["q"], "n_points": p["n_points"]}
-    for name, v in p["parameters_by_name"].items():
-        row[name] = v["value"]
-        row[f"{name}_se"] = _number(v["uncertainty"])
-    row.update(reduced_chi2=p["reduced_chi_squared"], status=fit_status(p),
+    for name, (value, se) in _parameters(job_dir / "parameters.json",
+                                         p["parameters_by_name"]).items():
+        row[name] = value
+        row[f"{name}_se"] = se
+    for key in ("at_bounds", "undetermined", "fixed"):
+        listed = p.get(key) or []
+        if not isinstance(listed, list) or not all(isinstance(n, str) for n in listed):
+            raise ResultFileError(f"{job_dir / 'parameters.json'}: {key!r} is {listed!r}, not "
+                                  "a list of names; rerun that job (delete the file)")
+    if not isinstance(p.get("status", ""), str):
+        raise ResultFileError(f"{job_dir / 'parameters.json'}: 'status' is {p['status']!r}, "
+                              "not a word; rerun that job (delete the file)")
+    row.update(reduced_chi2=_number(p["reduced_chi_squared"]), status=fit_status(p),
                tier=p["strategy"], passes=p["passes"], time_s=p["wall_time_s"],
                output_dir=str(job_dir))
     return row
 
 
+def same_model(rows: list[dict]) -> None:
+    """Refuse rows of different models in one table (a laminar result in a static run's
+    folder would fill columns no other row has): the odd file is named."""
+    def names(row):
+        return tuple(k[:-3] for k in row if k.endswith("_se"))
+
+    fitted = [r for r in rows if any(k.endswith("_se") for k in r)]
+    if not fitted:
+        return
+    kinds: dict[tuple, list[dict]] = {}
+    for r in fitted:
+        kinds.setdefault(names(r), []).append(r)
+    if len(kinds) == 1:
+        return
+    usual = max(kinds, key=lambda k: len(kinds[k]))
+    odd = next(r for r in fitted if names(r) != usual)
+    raise ResultFileError(
+        f"{Path(odd['output_dir']) / 'parameters.json'} holds parameters {list(names(odd))}, "
+        f"the other results of this run {list(usual)}: results of different models cannot "
+        "share one summary; remove the folder that does not belong or rerun that job")
+
+
 def _number(v) -> float:
-    """JSON writes inf/nan as strings or null; back to floats."""
+    """JSON writes inf/nan as strings or null; back to floats (any other text: nan)."""
     if v is None:
         return math.nan
-    return float(v)
+    try:
+        return float(v)
+    except ValueError:
+        return math.nan
 
 
 def write_summary(rows: list[dict], out_dir) -> Path:
@@ -201,6 +284,7 @@ def write_summary(rows: list[dict], out_dir) -> Path:
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    same_model(rows)
     table = pd.DataFrame(rows).sort_values(["file", "q_index"], kind="stable")
     for column in ("n_points", "passes"):  # counts stay integers beside a failed row's blank
         if column in table:
