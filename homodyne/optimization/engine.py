@@ -153,21 +153,6 @@ def _convergence_measures(ne: NormalEquations, x, lb, ub, n_params):
     return float(np.nanmax(step, initial=0.0)), float(np.nanmax(np.nan_to_num(cos), initial=0.0))
 
 
-def tail_stretch(gn, prev, d) -> float:
-    """Where consecutive Gauss-Newton steps point one way and shrink by a steady ratio r
-    (linear convergence: residuals too large for Gauss-Newton's curvature), the rest of
-    their geometric series is gn / (1 - r): returns 1 / (1 - r) for steps within 18
-    degrees and 0.1 < r < 0.9 (in the Marquardt-scaled variables d), else 1."""
-    a, b = gn * d, prev * d
-    na, nb = float(a @ a), float(b @ b)
-    if not (na > 0 and nb > 0):
-        return 1.0
-    r = math.sqrt(na / nb)
-    if float(a @ b) / math.sqrt(na * nb) < 0.95 or not 0.1 < r < 0.9:
-        return 1.0
-    return 1.0 / (1.0 - r)
-
-
 def first_step(ne: NormalEquations, x, lb, ub, lam: float) -> np.ndarray:
     """The damped step the solver would take first from x (damping ``lam``)."""
     return _bounded_step(ne.H, ne.g, lam, np.asarray(x, float), lb, ub, _scales(ne.H))
@@ -303,7 +288,6 @@ def _lm_loop(st: LMState, evaluate, lb, ub, *, max_iterations, step_tol_se, gtol
     p = x.size
     d = _scales(ne.H)
     gn_failed_at = math.inf
-    prev_gn = None  # the last accepted plain Gauss-Newton step
     secant = SecantModel(p)  # what JᵀJ misses of the Hessian, from accepted steps
     noise = _cost_noise(st, eval_error)
     while True:
@@ -328,20 +312,13 @@ def _lm_loop(st: LMState, evaluate, lb, ub, *, max_iterations, step_tol_se, gtol
         try_gauss_newton = st.step_se < min(gn_trust_se, 0.5 * gn_failed_at)
         curvature = secant.correction(st.ne.H)
         B = st.ne.H if curvature is None else st.ne.H + curvature
-        stretch = 1.0  # > 1: the Gauss-Newton step extrapolated along a linear tail
         # inner loop: raise the damping until a step is accepted
         while True:
             lam = 0.0 if try_gauss_newton else st.lam
             delta, free = _bounded_step_and_set(B, st.ne.g, lam, st.x, lb, ub, d)
-            if try_gauss_newton and prev_gn is not None and stretch == 1.0:
-                stretch = tail_stretch(delta, prev_gn, d)
-                delta = delta * stretch
             x_try = _truncate_to_box(st.x, delta, lb, ub)
             step = x_try - st.x
-            # the quadratic model, its curvature along an extrapolated step reduced to the
-            # one the shrinking steps show (1 / stretch of Gauss-Newton's)
-            pred = float(step @ st.ne.g - 0.5 * step @ B @ step
-                         / (max(stretch, 1.0) if try_gauss_newton else 1.0))
+            pred = float(step @ st.ne.g - 0.5 * step @ B @ step)
             if not np.any(step != 0) or pred <= 0:
                 if try_gauss_newton:
                     try_gauss_newton = False
@@ -356,12 +333,7 @@ def _lm_loop(st: LMState, evaluate, lb, ub, *, max_iterations, step_tol_se, gtol
             st.evaluations += 1
             actual = st.ne.cost - ne_try.cost if _finite(ne_try) else -math.inf
             rho = gain_ratio(st.ne, ne_try, step, actual, pred, noise)
-            if try_gauss_newton and stretch > 1.0 and not rho > 0.75:
-                st.iteration += 1  # the extrapolation overshot: the plain step instead
-                stretch = 0.0
-                continue
             if rho > 1e-4:
-                prev_gn = step if try_gauss_newton and stretch == 1.0 else None
                 rel = actual / max(st.ne.cost, 1e-300)
                 # only a step inside the quadratic basin measures the curvature near the
                 # optimum (a long one averages it over the way there)
