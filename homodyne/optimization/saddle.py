@@ -141,8 +141,9 @@ def escape_saddle(evaluate: Callable[[np.ndarray], NormalEquations], ne: NormalE
 
 def _probe_side(evaluate, x, j, h, lo, hi, c0, unit) -> tuple[list, int]:
     """Probes x_j + h, h / PROBE_SHRINK, ... (within [lo, hi]): [(cost, x, ne)] of those
-    that lower the cost by more than ``unit``, and the evaluations spent. Stops at the first
-    such probe (after one step beyond it, sqrt(PROBE_SHRINK) times as far) or where a probe changes the cost by less than NEGLIGIBLE * unit."""
+    that lower the cost by more than ``unit``, and the evaluations spent. Stops at the
+    first such probe (after one step beyond it, sqrt(PROBE_SHRINK) times as far) or where
+    a probe changes the cost by less than NEGLIGIBLE * unit."""
     found, evaluations = [], 0
     for _ in range(MAX_SHRINKS + 1):
         v = float(np.clip(x[j] + h, lo, hi))
