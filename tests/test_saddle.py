@@ -37,6 +37,9 @@ def test_a_start_at_zero_shear_reaches_the_optimum(laminar_case, monkeypatch):
     assert stuck.parameters[spec.parameter_names.index("gamma_dot_t0")] == 0.0
     noise_units = (stuck.chi_squared - result.chi_squared) / result.reduced_chi_squared
     assert noise_units > 100, noise_units
+    # ... and says so: the shear parameters are not determined there
+    shear = {"gamma_dot_t0", "beta", "gamma_dot_t_offset", "phi0"}
+    assert shear <= set(stuck.undetermined), stuck.summary()
 
 
 def test_an_ordinary_fit_is_unchanged(laminar_case, monkeypatch):
