@@ -11,10 +11,10 @@ continues from there, which releases it, and goes downhill.
 
 A stationary point off the bounds can be a saddle too: at zero shear (sinc is even)
 every shear derivative vanishes, so the fit stops there although the data have shear.
-Where no bound holds anything but parameters have no influence, each of those is
-probed both ways with steps shrinking from the bound-case probe until one lowers the
-cost by more than the noise (or the cost no longer changes); the solver continues from
-the lowest probe.
+Where parameters have no influence and the bound case finds nothing, each of those is
+probed with steps shrinking from the bound-case probe until one lowers the cost by more
+than the noise (or the cost no longer changes), and once the other way; the solver
+continues from the lowest probe.
 """
 
 from __future__ import annotations
@@ -35,9 +35,9 @@ PROBE_FRACTION = 1.0 / 64.0
 # the trial goes this many times the distance at which the held gradient is predicted to
 # change sign (linear in the parameter without influence), so that it points in clearly
 OVERSHOOT = 2.0
-# interior probes: each shrinks the last by this factor, at most this many times; a probe
-# counts where it lowers chi2 by more than one noise unit (cost by chi2_red / 2), and the
-# shrinking stops where the cost changes by less than NEGLIGIBLE noise units
+# interior probes: each shrinks the last by at least this factor, at most this many times;
+# a probe counts where it lowers chi2 by more than one noise unit (cost by chi2_red / 2),
+# and the shrinking stops where the cost changes by less than NEGLIGIBLE noise units
 PROBE_SHRINK = 8.0
 MAX_SHRINKS = 8
 NEGLIGIBLE = 0.01
@@ -139,34 +139,44 @@ def escape_saddle(evaluate: Callable[[np.ndarray], NormalEquations], ne: NormalE
                         f"{on_bound} held on a bound")
 
 
-def _probe_side(evaluate, x, j, h, lo, hi, c0, unit) -> tuple[list, int]:
-    """Probes x_j + h, h / PROBE_SHRINK, ... (within [lo, hi]): [(cost, x, ne)] of those
-    that lower the cost by more than ``unit``, and the evaluations spent. Stops at the
-    first such probe (after one step beyond it, sqrt(PROBE_SHRINK) times as far) or where
-    a probe changes the cost by less than NEGLIGIBLE * unit."""
-    found, evaluations = [], 0
+def _probe(evaluate, x, j, v, c0, unit, found) -> float:
+    """One probe with x_j = v (an evaluation): appended to ``found`` where it lowers the
+    cost by more than ``unit``; returns the cost change in units (inf where not finite)."""
+    x_try = x.copy()
+    x_try[j] = v
+    ne_try = evaluate(x_try)
+    change = (ne_try.cost - c0) / unit if np.isfinite(ne_try.cost) else np.inf
+    if change < -1.0:
+        found.append((ne_try.cost, x_try, ne_try))
+    return change
+
+
+def _probe_shrinking(evaluate, x, j, h, lo, hi, c0, unit) -> tuple[list, int, tuple]:
+    """Probes x_j + h with h shrinking (within [lo, hi]): the probes that lower the cost
+    by more than ``unit`` as [(cost, x, ne)], the evaluations spent and the lowest probe's
+    (change in units, step). A rise of C units shrinks the step by max(PROBE_SHRINK,
+    C^(1/4)): at a stationary point the cost changes at least quadratically, and a step
+    whose quartic rise is one unit lands in a dip where one deeper than a unit exists. Stops at the
+    first probe that lowers the cost (after one step beyond it, sqrt(PROBE_SHRINK) times
+    as far), or where a probe changes the cost by less than NEGLIGIBLE units."""
+    found: list = []
+    evaluations, lowest = 0, (np.inf, h)
     for _ in range(MAX_SHRINKS + 1):
         v = float(np.clip(x[j] + h, lo, hi))
         if v == x[j]:
             break
-        x_try = x.copy()
-        x_try[j] = v
-        ne_try = evaluate(x_try)
+        change = _probe(evaluate, x, j, v, c0, unit, found)
         evaluations += 1
-        change = ne_try.cost - c0 if np.isfinite(ne_try.cost) else np.inf
-        if change < -unit:
-            found.append((ne_try.cost, x_try, ne_try))
-            x_far = x.copy()  # one step beyond, halfway (log scale) to the last larger probe
-            x_far[j] = float(np.clip(x[j] + h * np.sqrt(PROBE_SHRINK), lo, hi))
-            ne_far = evaluate(x_far)
+        lowest = min(lowest, (change, v - x[j]))
+        if found:
+            far = float(np.clip(x[j] + h * np.sqrt(PROBE_SHRINK), lo, hi))
+            lowest = min(lowest, (_probe(evaluate, x, j, far, c0, unit, found), far - x[j]))
             evaluations += 1
-            if np.isfinite(ne_far.cost) and ne_far.cost - c0 < -unit:
-                found.append((ne_far.cost, x_far, ne_far))
             break
-        if abs(change) < NEGLIGIBLE * unit:
+        if abs(change) < NEGLIGIBLE:
             break
-        h /= PROBE_SHRINK
-    return found, evaluations
+        h /= max(PROBE_SHRINK, change**0.25) if change > 0 else PROBE_SHRINK
+    return found, evaluations, lowest
 
 
 def escape_stationary(evaluate: Callable[[np.ndarray], NormalEquations], ne: NormalEquations,
@@ -175,25 +185,33 @@ def escape_stationary(evaluate: Callable[[np.ndarray], NormalEquations], ne: Nor
     minimum along a parameter without influence (zero first derivative, the cost lower a
     small step away: zero shear with shear in the data); None if no probe finds lower.
 
-    Runs only where some parameter has no influence: each is probed both ways where the
-    bounds allow (``_probe_side``); an ordinary fit spends nothing here."""
+    Runs only where some parameter has no influence: each is probed with shrinking steps
+    on one side (``_probe_shrinking``; the positive one where the bounds allow), then once
+    on the other at the lowest probe's distance where that one changed the cost at all
+    (the change is quadratic, even, to leading order at a stationary point). An ordinary
+    fit spends nothing here."""
     candidates = without_influence(ne, x, lb, ub, held)
     if candidates.size == 0 or not np.isfinite(ne.cost):
         return None
     unit = max(ne.cost / max(ne.n - x.size, 1), 1e-300)  # chi2_red / 2: one noise unit of chi2
-    best, evaluations = None, 0
+    found: list = []
+    evaluations = 0
     for j in candidates:
         h = probe_step(float(x[j]), float(lb[j]), float(ub[j]))
-        for sign in (1.0, -1.0):  # on a tie (an even model) the positive side
-            found, spent = _probe_side(evaluate, x, j, sign * h, lb[j], ub[j], ne.cost, unit)
-            evaluations += spent
-            for cost, x_try, ne_try in found:
-                if best is None or cost < best[0]:
-                    best = (cost, j, x_try, ne_try)
-    if best is None:
+        sign = 1.0 if x[j] + h <= ub[j] or x[j] - h < lb[j] else -1.0
+        side, spent, (change, step) = _probe_shrinking(evaluate, x, j, sign * h, lb[j],
+                                                       ub[j], ne.cost, unit)
+        evaluations += spent
+        mirror = float(np.clip(x[j] - step, lb[j], ub[j]))
+        if abs(change) >= NEGLIGIBLE and mirror != x[j] and \
+                np.sign(mirror - x[j]) != np.sign(step):
+            _probe(evaluate, x, j, mirror, ne.cost, unit, side)
+            evaluations += 1
+        found += [(cost, j, x_try, ne_try) for cost, x_try, ne_try in side]
+    if not found:
         return None
-    cost, j, x_new, ne_new = best
-    return SaddleEscape(x_new, ne_new, evaluations,
+    cost, j, x_new, _ = best = min(found, key=lambda f: f[0])  # a tie: the first found
+    return SaddleEscape(x_new, best[3], evaluations,
                         f"stepped off a stationary point that is no minimum: parameter {j} "
                         f"(without influence) moved {x[j]:.6g} -> {x_new[j]:.6g}, chi2 lower "
                         f"by {(ne.cost - cost) / unit:.3g} noise units")
