@@ -43,7 +43,7 @@ from homodyne.optimization.precision import (
     stalled_at_working_precision,
 )
 from homodyne.optimization.problems import NormalEquations
-from homodyne.optimization.saddle import MAX_ESCAPES, escape_saddle
+from homodyne.optimization.saddle import MAX_ESCAPES, escape_saddle, escape_stationary
 from homodyne.optimization.settings import EngineOptions
 
 __all__ = ["EngineOptions", "LMState", "covariance_from_normal", "first_step", "solve_lm"]
@@ -238,15 +238,18 @@ def _judge_stall(st: LMState, lb, ub, rounding_error) -> None:
 
 def _solve(st: LMState, evaluate, lb, ub, loop: dict, rounding_error, initial_damping,
            escapes_left: int) -> LMState:
-    """The LM loop, the verdict on a stall, and at a converged point that is a saddle on
-    a bound (``saddle.py``) a fit from where the held parameter is released: its result
+    """The LM loop, the verdict on a stall, and at a converged point that is a saddle (on
+    a bound, or off them along a parameter without influence: ``saddle.py``) a fit from
+    where the held parameter is released or the cost is lower: its result
     replaces this one where it converges lower; else this one stands, with a note."""
     st = _lm_loop(st, evaluate, lb, ub, **loop)
     if not st.converged and not st.reason.startswith("stopped"):
         _judge_stall(st, lb, ub, rounding_error)
     if not st.converged or escapes_left <= 0:
         return st
-    escape = escape_saddle(evaluate, st.ne, st.x, lb, ub, ~_free_set(st.x, st.ne.g, lb, ub))
+    held = ~_free_set(st.x, st.ne.g, lb, ub)
+    escape = escape_saddle(evaluate, st.ne, st.x, lb, ub, held) or \
+        escape_stationary(evaluate, st.ne, st.x, lb, ub, held)
     if escape is None:
         return st
     sub = _solve(LMState(x=escape.x, ne=escape.ne, lam=initial_damping, evaluations=0,
@@ -259,7 +262,7 @@ def _solve(st: LMState, evaluate, lb, ub, loop: dict, rounding_error, initial_da
         sub.saddle_escapes = st.saddle_escapes + [escape.description] + sub.saddle_escapes
         return sub
     st.evaluations = evaluations
-    st.saddle_escapes.append(f"a saddle on a bound: stepping off it ({escape.description}) "
+    st.saddle_escapes.append(f"a saddle: stepping off it ({escape.description}) "
                              f"reached no lower converged minimum ({sub.reason}), so the fit "
                              "stays here")
     return st

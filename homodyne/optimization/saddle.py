@@ -8,6 +8,13 @@ parameter without influence (its conditional standard error exceeds its whole ra
 and a parameter held on its bound. Two close probes of the former (the cost does not
 change with it) tell where the held one's gradient turns into the box; the solver
 continues from there, which releases it, and goes downhill.
+
+A stationary point off the bounds can be a saddle too: at zero shear (sinc is even)
+every shear derivative vanishes, so the fit stops there although the data have shear.
+Where parameters have no influence and the bound case finds nothing, each of those is
+probed with steps shrinking from the bound-case probe until one lowers the cost by more
+than the noise (or the cost no longer changes), and once the other way; the solver
+continues from the lowest probe.
 """
 
 from __future__ import annotations
@@ -28,6 +35,12 @@ PROBE_FRACTION = 1.0 / 64.0
 # the trial goes this many times the distance at which the held gradient is predicted to
 # change sign (linear in the parameter without influence), so that it points in clearly
 OVERSHOOT = 2.0
+# interior probes: each shrinks the last by at least this factor, at most this many times;
+# a probe counts where it lowers chi2 by more than one noise unit (cost by chi2_red / 2),
+# and the shrinking stops where the cost changes by less than NEGLIGIBLE noise units
+PROBE_SHRINK = 8.0
+MAX_SHRINKS = 8
+NEGLIGIBLE = 0.01
 
 
 @dataclass(frozen=True)
@@ -124,3 +137,81 @@ def escape_saddle(evaluate: Callable[[np.ndarray], NormalEquations], ne: NormalE
                         f"stepped off a saddle on a bound: parameter {j} (without influence) "
                         f"moved {x[j]:.6g} -> {x_new[j]:.6g}, releasing parameter(s) "
                         f"{on_bound} held on a bound")
+
+
+def _probe(evaluate, x, j, v, c0, unit, found) -> float:
+    """One probe with x_j = v (an evaluation): appended to ``found`` where it lowers the
+    cost by more than ``unit``; returns the cost change in units (inf where not finite)."""
+    x_try = x.copy()
+    x_try[j] = v
+    ne_try = evaluate(x_try)
+    change = (ne_try.cost - c0) / unit if np.isfinite(ne_try.cost) else np.inf
+    if change < -1.0:
+        found.append((ne_try.cost, x_try, ne_try))
+    return change
+
+
+def _probe_shrinking(evaluate, x, j, h, lo, hi, c0, unit) -> tuple[list, int, tuple]:
+    """Probes x_j + h with h shrinking (within [lo, hi]): the probes that lower the cost
+    by more than ``unit`` as [(cost, x, ne)], the evaluations spent and the lowest probe's
+    (change in units, step). A rise of C units shrinks the step by max(PROBE_SHRINK,
+    C^(1/4)): at a stationary point the cost changes at least quadratically, and a step
+    whose quartic rise is one unit lands in a dip where one deeper than a unit exists. Stops at the
+    first probe that lowers the cost (after one step beyond it, sqrt(PROBE_SHRINK) times
+    as far), or where a probe changes the cost by less than NEGLIGIBLE units."""
+    found: list = []
+    evaluations, lowest = 0, (np.inf, h)
+    for _ in range(MAX_SHRINKS + 1):
+        v = float(np.clip(x[j] + h, lo, hi))
+        if v == x[j]:
+            break
+        change = _probe(evaluate, x, j, v, c0, unit, found)
+        evaluations += 1
+        lowest = min(lowest, (change, v - x[j]))
+        if found:
+            far = float(np.clip(x[j] + h * np.sqrt(PROBE_SHRINK), lo, hi))
+            lowest = min(lowest, (_probe(evaluate, x, j, far, c0, unit, found), far - x[j]))
+            evaluations += 1
+            break
+        if abs(change) < NEGLIGIBLE:
+            break
+        h /= max(PROBE_SHRINK, change**0.25) if change > 0 else PROBE_SHRINK
+    return found, evaluations, lowest
+
+
+def escape_stationary(evaluate: Callable[[np.ndarray], NormalEquations], ne: NormalEquations,
+                      x, lb, ub, held) -> SaddleEscape | None:
+    """A point to continue from if ``x`` (converged) is a stationary point that is no
+    minimum along a parameter without influence (zero first derivative, the cost lower a
+    small step away: zero shear with shear in the data); None if no probe finds lower.
+
+    Runs only where some parameter has no influence: each is probed with shrinking steps
+    on one side (``_probe_shrinking``; the positive one where the bounds allow), then once
+    on the other at the lowest probe's distance where that one changed the cost at all
+    (the change is quadratic, even, to leading order at a stationary point). An ordinary
+    fit spends nothing here."""
+    candidates = without_influence(ne, x, lb, ub, held)
+    if candidates.size == 0 or not np.isfinite(ne.cost):
+        return None
+    unit = max(ne.cost / max(ne.n - x.size, 1), 1e-300)  # chi2_red / 2: one noise unit of chi2
+    found: list = []
+    evaluations = 0
+    for j in candidates:
+        h = probe_step(float(x[j]), float(lb[j]), float(ub[j]))
+        sign = 1.0 if x[j] + h <= ub[j] or x[j] - h < lb[j] else -1.0
+        side, spent, (change, step) = _probe_shrinking(evaluate, x, j, sign * h, lb[j],
+                                                       ub[j], ne.cost, unit)
+        evaluations += spent
+        mirror = float(np.clip(x[j] - step, lb[j], ub[j]))
+        if abs(change) >= NEGLIGIBLE and mirror != x[j] and \
+                np.sign(mirror - x[j]) != np.sign(step):
+            _probe(evaluate, x, j, mirror, ne.cost, unit, side)
+            evaluations += 1
+        found += [(cost, j, x_try, ne_try) for cost, x_try, ne_try in side]
+    if not found:
+        return None
+    cost, j, x_new, _ = best = min(found, key=lambda f: f[0])  # a tie: the first found
+    return SaddleEscape(x_new, best[3], evaluations,
+                        f"stepped off a stationary point that is no minimum: parameter {j} "
+                        f"(without influence) moved {x[j]:.6g} -> {x_new[j]:.6g}, chi2 lower "
+                        f"by {(ne.cost - cost) / unit:.3g} noise units")
