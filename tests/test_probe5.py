@@ -311,3 +311,22 @@ def test_a_data_file_changed_while_it_is_read_stops_the_fit(base_file, tmp_path,
         src.read_rows(0, 0, 4)
     src.close()
     assert first.shape == (4, 40)
+
+
+@pytest.mark.skipif(not MULTITAU.exists(), reason="measured data not present")
+def test_a_multitau_g2_never_written_is_refused_not_read_as_fill_values(tmp_path):
+    """normalized_g2 chunked and never written (fill value 1.2) was read as 1,647 g2
+    values of 1.2 and fitted (probe5 N8)."""
+    path = tmp_path / "m.hdf"
+    shutil.copy(MULTITAU, path)
+    name = "/xpcs/multitau/normalized_g2"
+    with h5py.File(path, "a") as f:
+        shape = f[name].shape
+        del f[name]
+        f.create_dataset(name, shape=shape, dtype="f8", chunks=(1, shape[1]), fillvalue=1.2)
+    with pytest.raises(DataFileError, match="normalized_g2 is incomplete: part of it was "
+                                            "never written"):
+        read_multitau(path)
+    with h5py.File(path, "a") as f:  # written in full: read as the data
+        f[name][...] = 1.5
+    assert np.all(read_multitau(path).g2 == 1.5)

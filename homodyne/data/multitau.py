@@ -102,7 +102,24 @@ def _numeric(h5, name: str, path: str, max_size: int) -> np.ndarray:
         raise DataFileError(path, f"{name} is {kind}, not numbers")
     if obj.size > max_size:
         raise DataFileError(path, f"{name} holds {obj.size} values, at most {max_size} expected")
+    if never_written(obj):
+        raise DataFileError(path, f"{name} is incomplete: part of it was never written (HDF5 "
+                                  "would read its fill value there as data); the writer "
+                                  "stopped early - export the file again")
     return np.asarray(obj[()], dtype=np.float64)
+
+
+def never_written(ds) -> bool:
+    """Whether part of a dataset's storage was never written, so that HDF5 would return
+    its fill value there: contiguous storage never allocated, or chunks missing."""
+    plist = ds.id.get_create_plist()
+    layout = plist.get_layout()
+    if layout == h5py.h5d.CONTIGUOUS:
+        return bool(ds.size) and ds.id.get_offset() is None and plist.get_external_count() == 0
+    if layout == h5py.h5d.CHUNKED:
+        chunks = int(np.prod([-(-n // c) for n, c in zip(ds.shape, ds.chunks, strict=True)]))
+        return ds.id.get_num_chunks() < chunks
+    return False
 
 
 def check_axes(path, tau, q) -> None:
