@@ -6,6 +6,7 @@ import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import h5py
@@ -330,3 +331,20 @@ def test_a_multitau_g2_never_written_is_refused_not_read_as_fill_values(tmp_path
     with h5py.File(path, "a") as f:  # written in full: read as the data
         f[name][...] = 1.5
     assert np.all(read_multitau(path).g2 == 1.5)
+
+
+@pytest.mark.parametrize("bad", [np.nan, 1e30, -np.inf])
+def test_bins_that_are_not_whole_numbers_are_named_without_numpy_warnings(base_file, tmp_path,
+                                                                          bad):
+    """NaN or 1e30 in processed_bins gave the right error after two numpy RuntimeWarning
+    lines (probe5 W2); now the one error only."""
+    def edit(f):
+        bins = f["/xpcs/twotime/processed_bins"][()].astype(float)
+        bins[0] = bad
+        _replace(f, "/xpcs/twotime/processed_bins", data=bins)
+
+    path = _variant(base_file, tmp_path, edit)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        with pytest.raises(DataFileError, match="processed_bins must hold whole bin numbers"):
+            open_two_time(path, q=0.0054)

@@ -526,7 +526,9 @@ def _entries_apsu(path, h5):
     qs = _finite(path, APSU_Q, _numbers(path, h5, APSU_Q))
     phis = _finite(path, APSU_PHI, _numbers(path, h5, APSU_PHI), "phi")
     bins = _numbers(path, h5, APSU_BINS)
-    if not np.all(np.isfinite(bins) & (bins == np.round(bins))):
+    with np.errstate(invalid="ignore"):  # NaN compares false: refused below, no warning
+        whole = np.isfinite(bins) & (bins == np.round(bins)) & (np.abs(bins) < 2**31)
+    if not np.all(whole):
         raise DataFileError(path, f"{APSU_BINS} must hold whole bin numbers, got "
                                   f"{bins.tolist()[:8]}; fix the file")
     bins = bins.astype(int)
