@@ -7,7 +7,8 @@ status 2, never a traceback from deep inside.
 Exit status: 0 fit converged; 2 bad input (config, data, output folder); 3 the fit
 failed; 4 the fit did NOT converge (results are written, the warning is printed even
 with --quiet); 5 with --strict only: the fit "converged" but every physical parameter is
-on a bound or undetermined, or there are fewer points than parameters; 130/143 SIGINT/SIGTERM.
+on a bound or undetermined, or there are fewer points than parameters; 130/143/129
+SIGINT/SIGTERM/SIGHUP.
 """
 
 from __future__ import annotations
@@ -25,7 +26,8 @@ EXIT_FIT_FAILED = 3
 EXIT_NOT_CONVERGED = 4
 EXIT_UNDETERMINED = 5
 EXIT_CODES_HELP = ("exit status: 0 converged, 2 bad input, 3 fit failed, 4 NOT converged, "
-                   "5 (--strict) converged but undetermined, 130/143 interrupted")
+                   "5 (--strict) converged but undetermined, 130/143/129 interrupted "
+                   "(Ctrl-C/SIGTERM/SIGHUP)")
 
 
 def _fit_parser() -> argparse.ArgumentParser:
@@ -357,7 +359,7 @@ _IMPORTING = "<frozen importlib._bootstrap"  # also matches _bootstrap_external
 
 
 class _CtrlC:
-    """SIGINT or SIGTERM outside the fit: a KeyboardInterrupt. Where it would be lost it is
+    """SIGINT, SIGTERM or SIGHUP outside the fit: a KeyboardInterrupt. Where it would be lost it is
     re-sent every 20 ms until it lands outside: inside a gc callback (JAX has one) or any
     other place Python can only report it as 'Exception ignored' (a weakref callback, a
     __del__: ``unraisable``), and while a module is imported (raised inside a native
@@ -446,11 +448,13 @@ def main(argv=None) -> int:
     """Run one command; Ctrl-C at any moment ends it with a message, never a traceback."""
     ctrl_c = None
     if threading.current_thread() is threading.main_thread():
-        # SIGTERM (a batch system's stop) too: staged files are removed, one message.
+        # SIGTERM (a batch system's stop) and SIGHUP (a closed terminal or ssh link) too:
+        # staged files are removed, one message.
         # Python's defaults are replaced, and the console script's stop-at-once handlers
         # (homodyne.entry), which covered the imports; a caller's own handlers are kept
-        ours = [s for s, default in ((signal.SIGINT, signal.default_int_handler),
-                                     (signal.SIGTERM, signal.SIG_DFL))
+        from homodyne.stopsignals import STOP_SIGNALS
+
+        ours = [s for s, default in STOP_SIGNALS
                 if signal.getsignal(s) is default
                 or getattr(signal.getsignal(s), "homodyne_replaceable", False)]
         ctrl_c = _CtrlC(ours) if ours else None
@@ -459,10 +463,12 @@ def main(argv=None) -> int:
     try:
         return _main(argv)
     except KeyboardInterrupt:  # also while the package and JAX are still being imported
-        term = ctrl_c is not None and ctrl_c.signum == signal.SIGTERM
-        print(f"homodyne: interrupted ({'SIGTERM' if term else 'Ctrl-C'}); results already "
-              "in the output folder are untouched", file=sys.stderr)
-        return 143 if term else 130
+        from homodyne.stopsignals import signal_name
+
+        signum = ctrl_c.signum if ctrl_c is not None else signal.SIGINT
+        print(f"homodyne: interrupted ({signal_name(signum)}); results already in the output "
+              "folder are untouched", file=sys.stderr)
+        return 128 + signum
     finally:
         if ctrl_c is not None:
             ctrl_c.done()
@@ -491,7 +497,7 @@ def _main(argv=None) -> int:
         return EXIT_FIT_FAILED
     except FitInterrupted as exc:
         print(f"homodyne: {exc}", file=sys.stderr)
-        return 128 + (2 if exc.result.interrupted_by == "SIGINT" else 15)
+        return 128 + signal.Signals[exc.result.interrupted_by]
 
 
 if __name__ == "__main__":

@@ -360,7 +360,7 @@ class ResultSet:
             marker.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
         for tmp in self.staged.values():
             _fsync(tmp)
-        held = {signal.SIGINT, signal.SIGTERM}
+        held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
         old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
         try:
             _unlink(self.folder / MARKER)

@@ -45,7 +45,7 @@ FILE_KEYS = {"parameters.json": "parameters", "fit.h5": "fit", "c2_heatmaps.png"
 
 
 class FitInterrupted(Exception):
-    """The fit stopped on SIGINT/SIGTERM; the best result so far was written."""
+    """The fit stopped on SIGINT/SIGTERM/SIGHUP; the best result so far was written."""
 
     def __init__(self, result: FitResult):
         super().__init__(result.stop_reason)

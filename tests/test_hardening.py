@@ -165,7 +165,7 @@ def slow_setup(tmp_path_factory):
     return d
 
 
-@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
 def test_signal_saves_checkpoint_and_best_result_then_resume_finishes(slow_setup, sig):
     d = slow_setup
     out = d / f"out_{sig.name}"

@@ -21,6 +21,7 @@ LAYERS = {
     "homodyne.plots": 0,
     "homodyne.realdata": 0,
     "homodyne.rulelog": 0,
+    "homodyne.stopsignals": 0,  # the signals that stop a run, and their names
     "homodyne.data.errors": 0,
     "homodyne.optimization.exceptions": 0,
     "homodyne.optimization.settings": 0,

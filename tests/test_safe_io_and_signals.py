@@ -18,6 +18,7 @@ from helpers import REPO, tiny_tmpfs
 from homodyne.data.synthetic import generate_synthetic
 from homodyne.model import ModelSpec
 from homodyne.output import _host
+from homodyne.stopsignals import signal_name
 
 IS_ROOT = hasattr(os, "geteuid") and os.geteuid() == 0
 INTERRUPTED = "homodyne: interrupted ({}); results already in the output folder are untouched"
@@ -278,6 +279,8 @@ def _console_script() -> list[str]:
     ("argparse", signal.SIGTERM),
     ("yaml", signal.SIGTERM),  # the config module, before the fit's own handlers
     ("jax", signal.SIGINT),  # the engine's imports, inside the CLI
+    ("argparse", signal.SIGHUP),  # a closed terminal: 129, one line (was no message)
+    ("yaml", signal.SIGHUP),
 ])
 def test_interrupt_while_the_console_script_imports_is_one_clean_line(
         small_fit, tmp_path, after, signum):
@@ -302,7 +305,7 @@ def test_interrupt_while_the_console_script_imports_is_one_clean_line(
     assert "Traceback" not in err and "Exception ignored" not in err, said[-20:]
     # before the fit: the one line; an interrupt that lands in the fit (it waits for an
     # import to end) ends it as the fit's handler does, with its own one line
-    what = "SIGTERM" if signum == signal.SIGTERM else "Ctrl-C"
+    what = signal_name(signum)
     assert said == [INTERRUPTED.format(what)] or said[-1].startswith(
         f"homodyne: interrupted by {signal.Signals(signum).name}: "), said[-20:]
     assert not (tmp_path / "out" / "parameters.json").exists()

@@ -26,6 +26,7 @@ from homodyne.optimization.passes import FitMonitor, PassRunner, compile_ahead
 from homodyne.optimization.precision import evaluation_error, rounding_error
 from homodyne.optimization.problems import NormalEquations
 from homodyne.optimization.result import FitResult
+from homodyne.stopsignals import STOP_SIGNALS
 
 if TYPE_CHECKING:
     from homodyne.optimization.interfaces import DataSource, Problem
@@ -92,7 +93,7 @@ def run_fit(problem: Problem, data: DataSource, x0: np.ndarray, lb: np.ndarray,
 
 @contextmanager
 def _signals_to(mon: FitMonitor):
-    """SIGINT/SIGTERM only set a flag; the pass stops at the next chunk boundary (after
+    """SIGINT/SIGTERM/SIGHUP only set a flag; the pass stops at the next chunk boundary (after
     saving a checkpoint) so nothing half-written is left. Main thread only."""
     if threading.current_thread() is not threading.main_thread():
         yield
@@ -101,7 +102,7 @@ def _signals_to(mon: FitMonitor):
     def handler(signum, frame):
         mon.signal_received = signum
 
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    old = {s: signal.signal(s, handler) for s, _ in STOP_SIGNALS}
     try:
         yield
     finally:

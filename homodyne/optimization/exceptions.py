@@ -30,7 +30,8 @@ class StopFit(Exception):
 
 
 class Interrupted(StopFit):
-    """SIGINT or SIGTERM arrived: a checkpoint was saved (when enabled) and the fit stops."""
+    """SIGINT, SIGTERM or SIGHUP arrived: a checkpoint was saved (when enabled), the fit
+    stops."""
 
     def __init__(self, signum: int, message: str):
         super().__init__(message)

@@ -154,7 +154,7 @@ class FitMonitor:
             self.checkpoints.flush()
 
     def check_signal(self, stage, x, next_batch, partial) -> None:
-        """After each chunk: on SIGINT/SIGTERM save a checkpoint now and stop."""
+        """After each chunk: on SIGINT/SIGTERM/SIGHUP save a checkpoint now and stop."""
         if self.signal_received is None:
             return
         import signal as _signal

@@ -61,7 +61,7 @@ class FitResult:
     recovery_actions: list = field(default_factory=list)
     history: list = field(default_factory=list)
     messages: list[str] = field(default_factory=list)
-    interrupted_by: str | None = None  # "SIGINT"/"SIGTERM" when a signal stopped the fit
+    interrupted_by: str | None = None  # "SIGINT"/"SIGTERM"/"SIGHUP": the signal that stopped it
     # per power-law exponent (alpha, beta): "interior", or the logarithmic edge and whether
     # a bound pushed the optimum there (optimization/coordinates.py); empty when not fitted
     # in internal coordinates

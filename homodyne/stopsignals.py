@@ -1,0 +1,17 @@
+"""The signals that stop a run, and how its one message names them.
+
+Ctrl-C (SIGINT), a batch system's stop (SIGTERM) and a closed terminal or dropped ssh
+link (SIGHUP) all end a run the same way: a checkpoint where checkpoints are on, the best
+parameters so far, one line, exit status 128 + the signal's number (130, 143, 129).
+"""
+
+import signal
+
+# each signal with Python's default handler for it (a different handler is a caller's own)
+STOP_SIGNALS = ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL),
+                (signal.SIGHUP, signal.SIG_DFL))
+
+
+def signal_name(signum: int) -> str:
+    """How a stop names its signal: Ctrl-C, SIGTERM or SIGHUP."""
+    return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
