@@ -12,6 +12,13 @@ STOP_SIGNALS = ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, si
                 (signal.SIGHUP, signal.SIG_DFL))
 
 
+def fit_stop_signals() -> list[int]:
+    """The signals a fit stops on: all three, but a SIGHUP ignored at the start (``nohup``)
+    stays ignored, so that closing the terminal does not stop a run meant to outlive it."""
+    return [s for s, _ in STOP_SIGNALS
+            if not (s == signal.SIGHUP and signal.getsignal(s) is signal.SIG_IGN)]
+
+
 def signal_name(signum: int) -> str:
     """How a stop names its signal: Ctrl-C, SIGTERM or SIGHUP."""
     return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name

@@ -119,3 +119,8 @@ def tiny_tmpfs(tmp_path, size: str):
         yield mnt
     finally:
         subprocess.run(["umount", "-l", str(mnt)], check=True)
+
+
+# first lines of a child's ``python -c``: SIGHUP at its default, as under a terminal (a
+# test runner started with nohup passes it on ignored; a preexec_fn would fork under JAX)
+HANGUP_DEFAULT = "import signal\nsignal.signal(signal.SIGHUP, signal.SIG_DFL)\n"

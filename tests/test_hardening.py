@@ -16,6 +16,7 @@ import h5py
 import numpy as np
 import pytest
 import yaml
+from helpers import HANGUP_DEFAULT
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -146,7 +147,9 @@ def test_bad_data_files_are_named_before_any_fit(tmp_path):
 # --- interruptions --------------------------------------------------------------------
 
 def _cli(args, **kw):
-    return subprocess.Popen([sys.executable, "-m", "homodyne.cli", *args],
+    code = HANGUP_DEFAULT + "import runpy\nrunpy.run_module('homodyne.cli', " \
+        "run_name='__main__', alter_sys=True)"
+    return subprocess.Popen([sys.executable, "-c", code, *args],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 

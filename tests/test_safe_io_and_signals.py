@@ -13,7 +13,7 @@ import tomllib
 import numpy as np
 import pytest
 import yaml
-from helpers import REPO, tiny_tmpfs
+from helpers import HANGUP_DEFAULT, REPO, tiny_tmpfs
 
 from homodyne.data.synthetic import generate_synthetic
 from homodyne.model import ModelSpec
@@ -265,13 +265,13 @@ def test_temporary_files_of_killed_runs_are_removed_by_the_next_run(small_fit, t
 
 # --- 4. interrupts while the console script starts ------------------------------------------
 
-def _console_script() -> list[str]:
+def _console_script(prelude: str = HANGUP_DEFAULT) -> list[str]:
     """The command pip's console-script template runs for ``homodyne`` (read from
-    pyproject, so the test does not depend on a re-installed script)."""
+    pyproject, so the test does not depend on a re-installed script), after ``prelude``."""
     target = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
     module, func = target["homodyne"].split(":")
     return [sys.executable, "-c",
-            f"import re\nimport sys\nfrom {module} import {func}\nsys.exit({func}())"]
+            f"{prelude}import re\nimport sys\nfrom {module} import {func}\nsys.exit({func}())"]
 
 
 @pytest.mark.parametrize("after, signum", [
@@ -402,3 +402,30 @@ def test_an_interrupt_swallowed_in_a_weakref_callback_is_sent_again(capsys):
         ctrl_c.done()
         signal.signal(signal.SIGINT, old)
     assert ref() is None and "Exception ignored" not in capsys.readouterr().err
+
+
+def test_a_run_started_with_nohup_is_not_stopped_by_a_hangup(small_fit, tmp_path):
+    """SIGHUP ignored at the start (nohup) stays ignored through the imports and the fit:
+    closing the terminal must not stop a run meant to outlive it (exit 0, results)."""
+    import signal as sig
+    import threading
+    import time
+
+    env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1"}
+    nohup = "import signal\nsignal.signal(signal.SIGHUP, signal.SIG_IGN)\n"
+    proc = subprocess.Popen([*_console_script(nohup), "--config", str(small_fit / "c.yaml"),
+                             "--output-dir", str(tmp_path / "out"), "--quiet"],
+                            stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+
+    def hang_up_until_done():
+        while proc.poll() is None:
+            proc.send_signal(sig.SIGHUP)
+            time.sleep(0.02)
+
+    hangups = threading.Thread(target=hang_up_until_done)
+    hangups.start()
+    _, err = proc.communicate(timeout=300)
+    hangups.join()
+    said = [ln for ln in err.splitlines() if not ln.startswith("import time:")]
+    assert proc.returncode == 0, said[-20:]
+    assert (tmp_path / "out" / "parameters.json").exists()

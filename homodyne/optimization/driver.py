@@ -26,7 +26,7 @@ from homodyne.optimization.passes import FitMonitor, PassRunner, compile_ahead
 from homodyne.optimization.precision import evaluation_error, rounding_error
 from homodyne.optimization.problems import NormalEquations
 from homodyne.optimization.result import FitResult
-from homodyne.stopsignals import STOP_SIGNALS
+from homodyne.stopsignals import fit_stop_signals
 
 if TYPE_CHECKING:
     from homodyne.optimization.interfaces import DataSource, Problem
@@ -102,7 +102,7 @@ def _signals_to(mon: FitMonitor):
     def handler(signum, frame):
         mon.signal_received = signum
 
-    old = {s: signal.signal(s, handler) for s, _ in STOP_SIGNALS}
+    old = {s: signal.signal(s, handler) for s in fit_stop_signals()}
     try:
         yield
     finally:
