@@ -32,6 +32,15 @@ LAMINAR_PARAMS = STATIC_PARAMS + ("gamma_dot_t0", "beta", "gamma_dot_t_offset", 
 MODES = ("static", "laminar_flow")
 # a detector frame time (seconds) the float64 model represents without overflow
 FRAME_TIME_RANGE_S = (1e-12, 1e6)
+
+
+def frame_time_problem(name: str, dt: float) -> str | None:
+    """What is wrong with ``dt`` (seconds) as a frame time, or None where it is one."""
+    lo, hi = FRAME_TIME_RANGE_S
+    if lo <= dt <= hi:
+        return None
+    return (f"{name} = {dt:g} s is not a detector frame time (it must lie between {lo:g} s "
+            f"and {hi:g} s)")
 SCALINGS = ("individual", "shared")
 
 
@@ -93,10 +102,9 @@ class ModelSpec(TriangleGrid):
         object.__setattr__(self, "exclude_diagonal_frames", int(k))
         if not (self.q > 0 and self.dt > 0):
             raise ValueError(f"q and dt must be positive, got q={self.q}, dt={self.dt}")
-        lo, hi = FRAME_TIME_RANGE_S
-        if not lo <= self.dt <= hi:
-            raise ValueError(f"dt = {self.dt:g} s is not a frame time: it must lie between "
-                             f"{lo:g} s and {hi:g} s")
+        problem = frame_time_problem("dt", self.dt)
+        if problem:
+            raise ValueError(problem)
         object.__setattr__(self, "phi_deg", tuple(float(p) for p in self.phi_deg))
 
     # --- names ----------------------------------------------------------

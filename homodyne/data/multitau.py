@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 
 from homodyne.data.errors import DataFileError, data_file
-from homodyne.model import FRAME_TIME_RANGE_S
+from homodyne.model import frame_time_problem
 
 G2 = "/xpcs/multitau/normalized_g2"
 G2_ERR = "/xpcs/multitau/normalized_g2_err"
@@ -85,10 +85,9 @@ def read_multitau(path) -> OneTimeData:
         raise DataFileError(path, f"{FRAME_TIME} must be one finite time > 0 (seconds), got "
                                   f"{frame_time.tolist()}")
     frame_time = float(frame_time[0])
-    low, high = FRAME_TIME_RANGE_S
-    if not low <= frame_time <= high:
-        raise DataFileError(path, f"{FRAME_TIME} = {frame_time:g} s is not a detector frame "
-                                  f"time (it must lie between {low:g} s and {high:g} s)")
+    problem = frame_time_problem(FRAME_TIME, frame_time)
+    if problem:
+        raise DataFileError(path, problem)
     check_axes(path, delays * frame_time, q)
     return OneTimeData(path, delays * frame_time, q, phi, g2, err, frame_time, start)
 

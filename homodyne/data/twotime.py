@@ -19,9 +19,9 @@ import numpy as np
 from homodyne.data.errors import DataFileError, data_file
 from homodyne.data.npyfile import npy_file_header
 from homodyne.model import (
-    FRAME_TIME_RANGE_S,
     ModelSpec,
     TriangleGrid,
+    frame_time_problem,
     triu_row,
     triu_row_start,
 )
@@ -673,11 +673,7 @@ def _one_frame_time(name, values) -> float | str:
     if hi - lo > 1e-9 * hi:
         return (f"{name} holds {times.size} different frame times ({lo:g} to {hi:g} s); "
                 "a fit needs one")
-    low, high = FRAME_TIME_RANGE_S
-    if not low <= lo <= high:
-        return (f"{name} = {lo:g} s is not a detector frame time (it must lie between "
-                f"{low:g} s and {high:g} s)")
-    return float(times[0])
+    return frame_time_problem(name, lo) or float(times[0])
 
 
 def _frame_range(path, start_frame, end_frame, n_file) -> tuple[int, int]:
