@@ -18,7 +18,7 @@ from homodyne.memory import peak_rss_mb
 from homodyne.optimization.checkpoint_session import SolverSnapshot
 from homodyne.optimization.coordinates import EDGE_ALPHA, PowerLawCoordinates, SolverSpace
 from homodyne.optimization.covariance import covariance_from_normal
-from homodyne.optimization.engine import EngineOptions, first_step, solve_lm
+from homodyne.optimization.engine import EngineOptions, first_step, solve_lm, trial_point
 from homodyne.optimization.exceptions import NLSQNumericalError, StopFit
 from homodyne.optimization.fixed import FreeSubspace
 from homodyne.optimization.geodesic import geodesic_pass, space_maps, supports
@@ -265,8 +265,8 @@ def _fit_internal(problem, coords, space, x, x0, lb, ub, runner, opts, track, tr
         where, located = x_end, True
         if binds.get((i, a, o)) == "alpha":
             edge_start.add(a)  # on its way to the logarithmic edge
-            where, located, st = _locate_unbounded(coords, u_end, st.ne, (i, a, o), sides, x0,
-                                                   lb, ub, evaluate, opts, st, messages, names)
+            where, located = _locate_unbounded(coords, u_end, st.ne, (i, a, o), sides, x0,
+                                               lb, ub, st, names), False
         inside = all(lb[k] <= where[k] <= ub[k] for k in (i, a, o))
         point = (f"{names[i]} = {where[i]:.4g}, {names[a]} = {where[a]:.4g}, "
                  f"{names[o]} = {where[o]:.4g}")
@@ -275,8 +275,8 @@ def _fit_internal(problem, coords, space, x, x0, lb, ub, runner, opts, track, tr
             continue
         edge[a] = "interior" if inside and a not in edge_start else (
             f"the unbounded optimum ({point}) is outside the bounds" if located else
-            f"{names[i]} >= {lb[i]:g} binds: without it the fit heads to ({point}; not "
-            f"converged in {LOCATE_ITERATIONS} iterations)")
+            f"{names[i]} >= {lb[i]:g} binds: without it the fit heads to ({point}; one "
+            "Gauss-Newton step from the held optimum, an estimate)")
     return held_space, st, edge_start
 
 
@@ -317,29 +317,17 @@ def _binding_limits(hs, st, sides) -> dict[tuple[int, int, int], str | None]:
     return out
 
 
-# iterations of the fit that locates the unbounded optimum, for the report only
-LOCATE_ITERATIONS = 8
-
-
-def _locate_unbounded(coords, u, ne, triple, sides, x0, lb, ub, evaluate, opts, st,
-                      messages, names):
-    """Where the optimum lies without the amplitude's sign limit, for the report only: a
-    short fit from the held optimum at the coarse stages' tolerance and at most
-    LOCATE_ITERATIONS iterations, its passes counted. Returns that point (user
-    coordinates), whether it converged, and ``st`` with the passes added."""
+def _locate_unbounded(coords, u, ne, triple, sides, x0, lb, ub, st, names):
+    """Where the optimum lies without the amplitude's sign limit, for the report only and
+    at no pass: one Gauss-Newton step (damped as the held fit ended) from the held
+    optimum on its own normal equations, with that limit released. Returns that point
+    (user coordinates)."""
     others = {t: s for t, s in sides.items() if t != triple}
     held: dict[int, tuple[float, float]] = {}
     for (i, a, _), side in others.items():
         held.update(coords.quadrant(i, a, side, lb, ub))
     ls = SolverSpace(coords, x0, lb, ub, held=held, u0=u)
-    loc = solve_lm(ls.evaluator(evaluate), ls.start, *ls.bounds,
-                   initial_damping=opts.initial_damping, ne0=ne,
-                   **{**_lm_kwargs(opts, True, None, None),
-                      "max_iterations": LOCATE_ITERATIONS})
-    st.evaluations += loc.evaluations
-    messages.append(f"internal coordinates without {names[triple[0]]}'s sign limit (to report "
-                    f"where that optimum lies): {loc.evaluations} passes, {loc.reason}")
-    return ls.user(loc.x), loc.converged, st
+    return ls.user(trial_point(ne, ls.start, *ls.bounds, st.lam))
 
 
 def _chain(st2, st) -> None:

@@ -46,7 +46,8 @@ from homodyne.optimization.problems import NormalEquations
 from homodyne.optimization.saddle import MAX_ESCAPES, escape_saddle, escape_stationary
 from homodyne.optimization.settings import EngineOptions
 
-__all__ = ["EngineOptions", "LMState", "covariance_from_normal", "first_step", "solve_lm"]
+__all__ = ["EngineOptions", "LMState", "covariance_from_normal", "first_step", "solve_lm",
+           "trial_point"]
 
 
 # --- linear algebra on the p x p state -------------------------------------------
@@ -156,6 +157,12 @@ def _convergence_measures(ne: NormalEquations, x, lb, ub, n_params):
 def first_step(ne: NormalEquations, x, lb, ub, lam: float) -> np.ndarray:
     """The damped step the solver would take first from x (damping ``lam``)."""
     return _bounded_step(ne.H, ne.g, lam, np.asarray(x, float), lb, ub, _scales(ne.H))
+
+
+def trial_point(ne: NormalEquations, x, lb, ub, lam: float) -> np.ndarray:
+    """Where the solver's first damped step (damping ``lam``) from x would land: no pass."""
+    x = np.asarray(x, float)
+    return _truncate_to_box(x, first_step(ne, x, lb, ub, lam), lb, ub)
 
 
 def solve_lm(evaluate: Callable[[np.ndarray], NormalEquations], x0, lb, ub, *,
