@@ -211,8 +211,8 @@ def _fit_internal(problem, coords, space, x, x0, lb, ub, runner, opts, track, tr
     at a plain start, by the solver's first step. At the end the held limits'
     multipliers (the gradient's sign on them) tell the case: the slope's binds -> J's
     trend is the other one, that quadrant is fitted and the lower cost kept; alpha's binds
-    -> the bound pushes the optimum to the logarithmic edge (a short unbounded fit from
-    there says where the unbounded optimum lies); neither -> the sign condition is not
+    -> the bound pushes the optimum to the logarithmic edge (one Gauss-Newton step from
+    there estimates where the unbounded optimum lies); neither -> the sign condition is not
     active. Fills ``edge`` (exponent index -> where the optimum lies); returns the
     space, the state and the exponents on their way to the logarithmic edge."""
     evaluate = runner.evaluate
