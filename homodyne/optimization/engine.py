@@ -323,6 +323,7 @@ def _lm_loop(st: LMState, evaluate, lb, ub, *, max_iterations, step_tol_se, gtol
         curvature = secant.correction(st.ne.H)
         B = st.ne.H if curvature is None else st.ne.H + curvature
         # inner loop: raise the damping until a step is accepted
+        rejected = False
         while True:
             lam = 0.0 if try_gauss_newton else st.lam
             delta, free = _bounded_step_and_set(B, st.ne.g, lam, st.x, lb, ub, d)
@@ -352,7 +353,11 @@ def _lm_loop(st: LMState, evaluate, lb, ub, *, max_iterations, step_tol_se, gtol
                         ((x_try <= lb) | (x_try >= ub)) & (st.x > lb) & (st.x < ub))))
                 st.x, st.ne = x_try, ne_try
                 noise = _cost_noise(st, eval_error)
-                st.lam *= max(0.1, 1.0 - (2.0 * rho - 1.0) ** 3)
+                # the damping a step was just rejected at is not lowered at once: the
+                # quadratic model was found unreliable on that scale (the walk along a
+                # curved valley otherwise alternates one accepted and two rejected steps)
+                if not rejected:
+                    st.lam *= max(0.1, 1.0 - (2.0 * rho - 1.0) ** 3)
                 st.nu = 2.0
                 st.iteration += 1
                 if rel <= ftol and pred / max(st.ne.cost, 1e-300) <= ftol:
@@ -363,6 +368,7 @@ def _lm_loop(st: LMState, evaluate, lb, ub, *, max_iterations, step_tol_se, gtol
                     return st
                 break
             st.iteration += 1
+            rejected = True
             if try_gauss_newton:
                 try_gauss_newton = False
                 gn_failed_at = st.step_se
