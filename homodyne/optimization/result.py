@@ -199,9 +199,12 @@ def _same(a, b) -> bool:
 def poorly_determined(names, values, uncertainties) -> list[str]:
     """Names whose standard error is not finite or exceeds its limit: RELATIVE_SE_LIMIT x
     |value|, or ANGLE_SE_LIMIT_DEG for an angle (see RELATIVE_SE_LIMIT)."""
+    values = np.ravel(np.asarray(values, dtype=float))
+    uncertainties = np.ravel(np.asarray(uncertainties, dtype=float))
+    if not len(names) == values.size == uncertainties.size:  # a partial record: no judgement
+        return []
     out = []
-    for n, v, u in zip(names, np.asarray(values, dtype=float),
-                       np.asarray(uncertainties, dtype=float), strict=True):
+    for n, v, u in zip(names, values, uncertainties, strict=True):
         limit = ANGLE_SE_LIMIT_DEG if n in ANGLE_PARAMETERS else RELATIVE_SE_LIMIT * abs(v)
         if not np.isfinite(u) or u > limit:
             out.append(n)
