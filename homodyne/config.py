@@ -564,9 +564,12 @@ def _one_time_config(d: dict, source, raw) -> HomodyneConfig:
         raise ConfigError("one_time.ages_s", f"{len(ages)} ages for {1 + len(ot['series'])} "
                           "files (experimental_data.file_path, then one_time.series)")
     for i, age in enumerate(ages or []):
-        if not 0 < age <= MAX_AGE_S:
-            raise ConfigError(f"one_time.ages_s[{i}]", f"must be > 0 and at most {MAX_AGE_S:g} "
-                              f"(seconds since the sample was prepared), got {age}")
+        if age <= 0:
+            raise ConfigError(f"one_time.ages_s[{i}]", f"must be > 0 (seconds since the sample "
+                              f"was prepared), got {age}")
+        if age > MAX_AGE_S:
+            raise ConfigError(f"one_time.ages_s[{i}]", f"{age:g} s is older than any sample "
+                              f"(at most {MAX_AGE_S:g} s): give the ages in seconds")
     given = (raw or {}).get("one_time") or {}
     if not ot["series"]:  # without a series there is no J-model fit for them to steer
         for key in ("ages_s", "nonnegative_J"):
