@@ -21,6 +21,7 @@ import yaml
 
 from homodyne.model import FRAME_TIME_RANGE_S, LAMINAR_PARAMS, MODES, SCALINGS, STATIC_PARAMS
 from homodyne.optimization.settings import (
+    MAX_AGE_S,
     MAX_RESTARTS,
     CheckpointSettings,
     EngineOptions,
@@ -494,6 +495,11 @@ def _refuse_contradictions(raw: dict, d: dict) -> None:
         if _given(raw, first) is value and _given(raw, second) not in (None, False):
             raise ConfigError(second, f"is set but {first} is {str(value).lower()}: {why}; "
                               f"remove one of the two keys")
+    opt = d["optimization"]
+    if opt["geodesic_acceleration"] and opt["streaming"]["enable_checkpoints"]:
+        raise ConfigError("optimization.geodesic_acceleration", "cannot be combined with "
+                          "optimization.streaming.enable_checkpoints (its directional passes "
+                          "are not replayed on resume); set one of the two to false")
     batch, most = perf["batch_size"], perf["max_batch_size"]
     if batch is not None and batch > most:
         raise ConfigError("performance.batch_size", f"{batch:,} exceeds "
@@ -561,6 +567,9 @@ def _one_time_config(d: dict, source, raw) -> HomodyneConfig:
         if age <= 0:
             raise ConfigError(f"one_time.ages_s[{i}]", f"must be > 0 (seconds since the sample "
                               f"was prepared), got {age}")
+        if age > MAX_AGE_S:
+            raise ConfigError(f"one_time.ages_s[{i}]", f"{age:g} s is older than any sample "
+                              f"(at most {MAX_AGE_S:g} s): give the ages in seconds")
     given = (raw or {}).get("one_time") or {}
     if not ot["series"]:  # without a series there is no J-model fit for them to steer
         for key in ("ages_s", "nonnegative_J"):
@@ -674,6 +683,9 @@ def load_config(path, *, require_data: bool = True, overrides: dict | None = Non
         raise ConfigError("<yaml>", f"a value YAML reads as a number or date cannot be built "
                           f"({why}); quote it or correct it", path) from None
     raw = {} if raw is None else raw
+    if overrides is not None and not isinstance(overrides, dict):
+        raise TypeError(f"overrides must be a dict of dotted keys (e.g. "
+                        f"{{'experimental_data.q': 0.0054}}), got {type(overrides).__name__}")
     for dotted, value in (overrides or {}).items():
         node = raw
         *parents, last = dotted.split(".")

@@ -87,9 +87,19 @@ class ModelSpec(TriangleGrid):
             raise ValueError(f"per_angle_scaling must be one of {SCALINGS}, got {self.scaling!r}")
         if self.dtype not in ("float64", "float32"):
             raise ValueError(f"dtype must be 'float64' or 'float32', got {self.dtype!r}")
+        for name in ("n_frames", "first_frame"):
+            v = getattr(self, name)
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+                raise ValueError(f"{name} must be a whole number, got {v!r}")
+            object.__setattr__(self, name, int(v))
         if self.n_frames < 2:
             raise ValueError(f"need at least 2 frames, got n_frames={self.n_frames}")
-        if not self.phi_deg:
+        phi = np.asarray(self.phi_deg, dtype=object)
+        if phi.ndim != 1 or not all(isinstance(p, (int, float, np.integer, np.floating))
+                                    and not isinstance(p, (bool, np.bool_)) for p in phi):
+            raise ValueError(f"phi_deg must be a sequence of angles in degrees, got "
+                             f"{self.phi_deg!r}")
+        if not phi.size:
             raise ValueError("need at least one angle (phi_deg is empty)")
         if self.first_frame < 1:
             raise ValueError(f"first_frame is 1-based, got {self.first_frame}")

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from homodyne import __version__
-from homodyne.config import ConfigError, HomodyneConfig
+from homodyne.config import ConfigError, HomodyneConfig, load_config
 from homodyne.data.twotime import TwoTimeSource, open_two_time
 from homodyne.fitrun import FitRun, log_summary
 from homodyne.model import ModelSpec, c2_on_frames
@@ -139,7 +139,16 @@ def make_wrapper(cfg: HomodyneConfig) -> NLSQWrapper:
 
 def run_from_config(cfg: HomodyneConfig, *, output_dir=None, overwrite: bool | None = None
                     ) -> FitRun:
-    """Fit the configured data and write parameters, model, residuals, figures and a log."""
+    """Fit the configured data and write parameters, model, residuals, figures and a log.
+    ``cfg``: a HomodyneConfig, or the path of a YAML config (read with load_config)."""
+    if isinstance(cfg, (str, os.PathLike)):
+        cfg = load_config(cfg)
+    if not isinstance(cfg, HomodyneConfig):
+        raise TypeError(f"run_from_config takes a HomodyneConfig (load_config(path)) or the "
+                        f"path of a YAML config, got {type(cfg).__name__}")
+    if overwrite is not None and not isinstance(overwrite, bool):
+        raise TypeError(f"overwrite must be True, False or None (the config's "
+                        f"output.overwrite), got {overwrite!r}")
     out = Path(output_dir or cfg.output["directory"])
     ensure_writable_dir(out, "output folder", "--output-dir")
     if cfg.streaming["enable_checkpoints"]:

@@ -9,6 +9,7 @@ Points are ordered angle-major, then row-major inside the triangle, matching
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -283,6 +284,8 @@ def open_two_time(path, *, q: float | None = None, q_tolerance: float | None = N
     Frames are 1-based and inclusive; ``end_frame=-1`` means the last frame.
     Everything is validated here, before any long computation starts.
     """
+    q, q_tolerance, phi_ranges, start_frame, end_frame = check_selection(
+        q, q_tolerance, phi_ranges, start_frame, end_frame)
     path = data_file(path)
     if path.endswith(".npy"):
         if _magic(path) == HDF5_MAGIC:
@@ -568,6 +571,41 @@ DEFAULT_Q_TOLERANCE = 0.10  # relative: a requested q within 10% of a bin select
 
 def _fmt_bins(qs) -> str:
     return ", ".join(f"{v:.6g}" for v in qs)
+
+
+def _real(name: str, value, *, positive: bool) -> float:
+    """One finite real number (numpy/JAX scalars and 0-d arrays too; not a bool or text)."""
+    kind = np.asarray(value).dtype.kind if np.ndim(value) == 0 else None
+    if isinstance(value, bool) or kind not in ("i", "u", "f"):
+        raise ValueError(f"{name} must be a number, got {value!r}")
+    v = float(value)
+    if not math.isfinite(v) or (positive and v <= 0):
+        raise ValueError(f"{name} must be a finite number{' > 0' if positive else ''}, got {v}")
+    return v
+
+
+def _whole(name: str, value) -> int:
+    """A whole number (numpy integers too; not a bool, a fraction or text)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise ValueError(f"{name} must be a whole number, got {value!r}")
+    return int(value)
+
+
+def check_selection(q, q_tolerance, phi_ranges, start_frame, end_frame):
+    """``open_two_time``'s selection arguments, checked and made plain Python values:
+    a wrong type or value is named here, not met later as a numpy error or a silent NaN."""
+    q = None if q is None else _real("q", q, positive=True)
+    if q_tolerance is not None:
+        q_tolerance = _real("q_tolerance", q_tolerance, positive=True)
+    if phi_ranges is not None:
+        pairs = np.asarray(phi_ranges, dtype=object)
+        if pairs.size and (pairs.ndim != 2 or pairs.shape[1] != 2):
+            raise ValueError(f"phi_ranges must be a list of (min_deg, max_deg) pairs, got "
+                             f"{phi_ranges!r}")
+        phi_ranges = [(_real("phi_ranges", lo, positive=False),
+                       _real("phi_ranges", hi, positive=False)) for lo, hi in pairs] or None
+    return (q, q_tolerance, phi_ranges, _whole("start_frame", start_frame),
+            _whole("end_frame", end_frame))
 
 
 def _select(path, entries, q, q_tolerance, phi_ranges):

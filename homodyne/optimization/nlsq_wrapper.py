@@ -162,6 +162,29 @@ def check_wrapper_settings(backend, batch_size, min_success_rate, max_retries_pe
                          f"{sorted(known)}")
 
 
+def plain_array(a, name: str) -> np.ndarray:
+    """``a`` as a plain numpy array JAX can take: native byte order (h5py returns
+    big-endian data as such), and a masked array's masked points as NaN for ydata and
+    sigma (a NaN marks a point to skip) - never its hidden values. Masked xdata is refused."""
+    if np.ma.isMaskedArray(a):
+        mask = np.ma.getmaskarray(a)
+        if mask.any() and name == "xdata":
+            raise ValueError(f"xdata is a masked array with {int(mask.sum())} masked value(s): "
+                             "the model needs every x; leave those points out, or mask them in "
+                             "ydata (a masked or NaN ydata point is skipped)")
+        data = np.ma.getdata(a)
+        if mask.any():
+            if data.dtype.kind not in "biuf":
+                raise ValueError(f"{name} must hold real numbers, got dtype {data.dtype}")
+            a = np.where(mask, np.nan, data.astype(float))
+        else:
+            a = data
+    a = np.asarray(a)
+    if a.dtype.byteorder not in ("=", "|") and a.dtype.kind in "biufc":
+        a = a.astype(a.dtype.newbyteorder("="))
+    return a
+
+
 def check_curve_data(x, y, sigma):
     """``fit``'s data: real numbers, ydata one non-empty axis matching xdata's last, and
     sigma (returned per point, or None) one positive value per point or one for all."""
@@ -188,7 +211,7 @@ def check_curve_data(x, y, sigma):
                          f"those points (a NaN in ydata marks a point to skip)")
     if sigma is None:
         return None
-    s = np.asarray(sigma)
+    s = plain_array(sigma, "sigma")
     if s.dtype.kind not in "iuf":
         raise ValueError(f"sigma must hold real numbers, got dtype {s.dtype}")
     if s.ndim > 1 or s.size not in (1, y.size):
@@ -228,7 +251,7 @@ def check_two_time_data(source, spec, p0, y):
         if source is None:
             raise ValueError("fit_two_time needs a TwoTimeSource or the packed values y")
         return None
-    y = np.asarray(y)
+    y = plain_array(y, "y")
     if y.dtype.kind not in "biuf":
         raise ValueError(f"y must hold real numbers, got dtype {y.dtype}")
     if y.shape != (spec.n_points,):
@@ -451,8 +474,8 @@ class NLSQWrapper:
         if method not in METHODS:
             raise ValueError(f"method must be one of {METHODS} (both run the bounded "
                              f"Levenberg-Marquardt engine), got {method!r}")
-        y = np.asarray(ydata)
-        x = np.asarray(xdata)
+        y = plain_array(ydata, "ydata")
+        x = plain_array(xdata, "xdata")
         s = check_curve_data(x, y, sigma)
         check_model_arity(model_func, np.size(p0), parameter_names)
         p0, lb, ub = validate_start(p0, bounds, parameter_names, fixed)

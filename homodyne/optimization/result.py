@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
 from homodyne.optimization.covariance import pinv_normal
 
 SCALING_PREFIXES = ("contrast", "offset")
+# "Determined by the data": a free parameter's standard error is finite and at most
+# RELATIVE_SE_LIMIT times its magnitude (beyond it the data fix not even its sign: D_offset
+# = 4971 +/- 19100 is not a measurement). An angle (phi0) has no natural zero: it is
+# undetermined when its 1-SE interval spans more than half a turn of the flow direction
+# (SE > ANGLE_SE_LIMIT_DEG; the model has a 180 deg period). Fixed parameters (SE 0) are
+# reported as fixed, never as undetermined.
+RELATIVE_SE_LIMIT = 1.0
+ANGLE_SE_LIMIT_DEG = 90.0
+ANGLE_PARAMETERS = ("phi0",)
 STATUS_TEXT = {
     "converged": "converged",
     "not_converged": "NOT converged",
@@ -19,7 +28,7 @@ STATUS_TEXT = {
 }
 
 
-@dataclass
+@dataclass(eq=False)
 class FitResult:
     """Parameters, uncertainties (covariance scaled by reduced χ²) and how the fit went."""
 
@@ -75,6 +84,18 @@ class FitResult:
 
     def __post_init__(self):
         self.covariance = consistent_covariance(self.covariance)
+        vague = poorly_determined(self.parameter_names, self.parameters, self.uncertainties)
+        self.undetermined = [n for n in self.parameter_names
+                             if n in self.undetermined or n in vague]
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like the dataclass it replaces
+
+    def __eq__(self, other) -> bool:
+        """Field by field; arrays element by element (NaN equal to NaN, as in a record
+        read back): two results are equal when every number and list is the same."""
+        if not isinstance(other, FitResult):
+            return NotImplemented
+        return all(_same(getattr(self, f.name), getattr(other, f.name)) for f in fields(self))
 
     @property
     def status(self) -> str:
@@ -148,12 +169,54 @@ class FitResult:
                            strict=True):
             flag = " (at bound)" if n in self.at_bounds else ""
             flag += " (did not move)" if n in self.not_moved else ""
-            flag += " (NOT DETERMINED by the data)" if n in self.undetermined else ""
+            flag += ((" (NOT DETERMINED by the data)" if not np.isfinite(u) else
+                      f" (NOT DETERMINED by the data: {undetermined_reason(n)})")
+                     if n in self.undetermined else "")
             flag += " (fixed)" if n in self.fixed else ""
             lines.append(f"  {n:>20s} = {v: .10g} +/- {u:.3g}{flag}")
         for n, where in self.power_law_optimum.items():
             lines.append(f"  power law of {n}: {where}")
         return "\n".join(lines)
+
+
+def _same(a, b) -> bool:
+    """Equality of two result fields, arrays and nested lists/dicts of numbers included."""
+    if isinstance(a, np.ndarray) or isinstance(b, np.ndarray):
+        try:
+            return bool(np.array_equal(np.asarray(a, float), np.asarray(b, float),
+                                       equal_nan=True))
+        except (TypeError, ValueError):
+            return bool(np.array_equal(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    if isinstance(a, float) and isinstance(b, float) and a != a and b != b:
+        return True
+    return bool(a == b)
+
+
+def poorly_determined(names, values, uncertainties) -> list[str]:
+    """Names whose standard error is not finite or exceeds its limit: RELATIVE_SE_LIMIT x
+    |value|, or ANGLE_SE_LIMIT_DEG for an angle (see RELATIVE_SE_LIMIT)."""
+    values = np.ravel(np.asarray(values, dtype=float))
+    uncertainties = np.ravel(np.asarray(uncertainties, dtype=float))
+    if not len(names) == values.size == uncertainties.size:  # a partial record: no judgement
+        return []
+    out = []
+    for n, v, u in zip(names, values, uncertainties, strict=True):
+        limit = ANGLE_SE_LIMIT_DEG if n in ANGLE_PARAMETERS else RELATIVE_SE_LIMIT * abs(v)
+        if not np.isfinite(u) or u > limit:
+            out.append(n)
+    return out
+
+
+def undetermined_reason(name: str) -> str:
+    """Why a parameter with a finite standard error counts as not determined."""
+    if name in ANGLE_PARAMETERS:
+        return f"standard error above {ANGLE_SE_LIMIT_DEG:g} deg"
+    return "standard error above |value|" if RELATIVE_SE_LIMIT == 1.0 else \
+        f"standard error above {RELATIVE_SE_LIMIT:g} x |value|"
 
 
 def restarts_summary(r: dict) -> list[str]:

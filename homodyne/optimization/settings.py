@@ -91,3 +91,8 @@ class CheckpointSettings:
             config["keep_last_checkpoints"] = config["keep_last_n"]
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in config.items() if k in names})
+
+
+# one_time.ages_s / fit_aging(ages_s=...): seconds since the sample was prepared; older than
+# this (about 300 years) is a unit slip, and the J-model's start values overflow near 1e20 s
+MAX_AGE_S = 1.0e10

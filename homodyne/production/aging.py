@@ -31,6 +31,7 @@ from homodyne.data.multitau import read_multitau, scatter_ratio
 from homodyne.jaxconf import jax, jnp
 from homodyne.optimization.engine import EngineOptions
 from homodyne.optimization.nlsq_wrapper import NLSQWrapper
+from homodyne.optimization.settings import MAX_AGE_S
 from homodyne.output import write_json
 
 log = logging.getLogger("homodyne")
@@ -71,9 +72,9 @@ def load_series(paths, ages_s=None) -> tuple[list, np.ndarray]:
     files = [read_multitau(p) for p in paths]
     if ages_s is not None:
         ages_s = np.asarray(ages_s, float).ravel()
-        if ages_s.size != len(files) or not np.all(np.isfinite(ages_s) & (ages_s > 0)):
-            raise ValueError(f"ages_s: need one finite age > 0 per file ({len(files)} files), "
-                             f"got {ages_s.tolist()}")
+        if ages_s.size != len(files) or not np.all((ages_s > 0) & (ages_s <= MAX_AGE_S)):
+            raise ValueError(f"ages_s: need one age in (0, {MAX_AGE_S:g}] s per file "
+                             f"({len(files)} files), got {ages_s.tolist()}")
         order = np.argsort(ages_s, kind="stable")
         data, ages = [files[i] for i in order], ages_s[order]
         source = "given (ages_s)"

@@ -9,24 +9,40 @@ def dataset_points(name):
     return len(d["angles"]) * d["frames"] * (d["frames"] - 1) // 2
 
 
+def known_dataset(name, key):
+    """``name`` when it is a dataset under ``datasets:``; a typo stops the plan naming the
+    key (else the DAG fails later with a KeyError in generate_dataset)."""
+    if name not in config["datasets"]:
+        raise ValueError(
+            f"{key}: {name!r} is not a dataset under datasets:; "
+            f"choose one of {sorted(config['datasets'])} or add it there"
+        )
+    return name
+
+
 def engine_runs():
     """Every engine run of the grid: (dataset, run name)."""
     b = config["benchmark"]
     runs = []
     for ds, tiers in b["tiers"].items():
+        known_dataset(ds, "benchmark.tiers")
         for tier in tiers:
             for dev in b.get("devices", ["cpu"]):
                 runs.append((ds, f"engine_{tier}_{dev}"))
     ds, tier = b.get("overhead_dataset"), b.get("overhead_tier", "streaming")
     if ds:
-        runs.append((ds, f"overhead_{tier}"))
+        runs.append(
+            (known_dataset(ds, "benchmark.overhead_dataset"), f"overhead_{tier}")
+        )
     return runs
 
 
 def peer_runs():
     p = config["benchmark"].get("peers", {})
     return [
-        (ds, f"peer_{m}") for ds in p.get("datasets", []) for m in p.get("methods", [])
+        (known_dataset(ds, "benchmark.peers.datasets"), f"peer_{m}")
+        for ds in p.get("datasets", [])
+        for m in p.get("methods", [])
     ]
 
 
