@@ -40,25 +40,34 @@ def _result(values, ses, names=("contrast", "offset", "D0", "alpha", "D_offset")
 
 
 def test_a_parameter_whose_standard_error_exceeds_its_value_is_not_determined():
-    """Was: "determined" meant a finite variance only. Now: SE > |value| (the data fix not even
-    its sign), an infinite SE, or for the angle phi0 an SE above 90 deg: not determined; fixed
-    parameters (SE 0) never are."""
+    """Was: "determined" meant a finite variance only. Now: an infinite SE, or an SE above the
+    power law's level |amplitude| + |offset| (amplitudes, offsets), above 1 (exponents), above
+    90 deg (phi0): not determined; fixed parameters (SE 0) never are."""
     r = _result([0.3, 1.0, 0.001, 0.1, 4971.0], [0.01, 0.01, 1.9e4, 1.8e6, 1.91e4],
                 at_bounds=["D0", "alpha"])
     assert r.undetermined == ["D0", "alpha", "D_offset"]
     assert r.status == "undetermined"
     assert r.summary().splitlines()[0].startswith("converged but NOT DETERMINED")
-    assert "(NOT DETERMINED by the data: standard error above |value|)" in r.summary()
+    assert "(NOT DETERMINED by the data: standard error above |D0| + |D_offset|)" in r.summary()
     d = json.loads(json.dumps(r.as_dict()))
     assert d["parameters_by_name"]["D_offset"] == {"value": 4971.0, "uncertainty": 1.91e4,
                                                    "determined": False}
     assert d["status"] == "undetermined"
+    # an offset small against the power law's level (288 +/- 404 beside D0 = 1e4) is measured
     kept = _result([0.3, 1.0, 1e4, -0.5, 287.7], [0.01, 0.01, 450.0, 0.03, 404.0])
-    assert kept.undetermined == ["D_offset"] and kept.status == "converged"
+    assert kept.undetermined == [] and kept.status == "converged"
+    # zero is an ordinary value of an exponent or an offset (normal diffusion, constant shear)
+    lam = ("D0", "alpha", "D_offset", "gamma_dot_t0", "beta", "gamma_dot_t_offset", "phi0")
+    zero = _result([1e4, 0.003, 0.0, 1e-3, 0.0, -2e-6, 0.2],
+                   [80, 0.02, 30.0, 1e-5, 0.01, 1e-5, 1.4], names=lam)
+    assert zero.undetermined == [] and zero.status == "converged"
+    slope = _result([1e4, 0.003, 0.0, 1e-3, 0.0, -2e-6, 0.2],
+                    [80, 1.2, 30.0, 1e-5, 0.01, 2e-3, 1.4], names=lam)
+    assert slope.undetermined == ["alpha", "gamma_dot_t_offset"]
+    assert "alpha" in slope.summary() and "standard error above 1)" in slope.summary()
     fixed = _result([0.3, 1.0, 1e4, 0.0, 0.0], [0.01, 0.01, 450.0, 0.0, 0.0],
                     fixed=["alpha", "D_offset"])
     assert fixed.undetermined == []
-    lam = ("D0", "alpha", "D_offset", "gamma_dot_t0", "beta", "gamma_dot_t_offset", "phi0")
     angle = _result([1e4, -0.5, 100, 1e-5, 0.2, 1e-6, 0.2], [80, 0.01, 80, 1e-7, 0.01, 1e-7, 1.4],
                     names=lam)
     assert angle.undetermined == []  # phi0 = 0.2 +/- 1.4 deg is determined

@@ -9,15 +9,24 @@ import numpy as np
 from homodyne.optimization.covariance import pinv_normal
 
 SCALING_PREFIXES = ("contrast", "offset")
-# "Determined by the data": a free parameter's standard error is finite and at most
-# RELATIVE_SE_LIMIT times its magnitude (beyond it the data fix not even its sign: D_offset
-# = 4971 +/- 19100 is not a measurement). An angle (phi0) has no natural zero: it is
-# undetermined when its 1-SE interval spans more than half a turn of the flow direction
-# (SE > ANGLE_SE_LIMIT_DEG; the model has a 180 deg period). Fixed parameters (SE 0) are
-# reported as fixed, never as undetermined.
+# "Determined by the data": a free parameter's standard error is finite and within a limit
+# set by the scale the parameter acts on. A power law's amplitude and offset (D0 and D_offset,
+# gamma_dot_t0 and gamma_dot_t_offset) are judged against the level they set together at the
+# convention's reference time t = 1 s, |amplitude| + |offset|: beyond it the data fix not even
+# the size of that term (D_offset = 4971 +/- 19100 beside D0 = 0.001 is not a measurement),
+# while an offset of 288 +/- 404 beside D0 = 1e4 is measured (small against J). An exponent
+# (alpha, beta) is undetermined when its SE exceeds EXPONENT_SE_LIMIT (the power law's slope
+# unknown to within +-1); zero is an ordinary value of both (normal diffusion, constant shear).
+# An angle (phi0) when its 1-SE interval spans more than half a turn of the flow direction
+# (SE > ANGLE_SE_LIMIT_DEG; the model has a 180 deg period). Any other parameter (scaling,
+# one-time rates) when SE > RELATIVE_SE_LIMIT x |value|. Fixed parameters (SE 0) are reported
+# as fixed, never as undetermined.
 RELATIVE_SE_LIMIT = 1.0
+EXPONENT_SE_LIMIT = 1.0
 ANGLE_SE_LIMIT_DEG = 90.0
 ANGLE_PARAMETERS = ("phi0",)
+# (amplitude, exponent, offset) of each power law of physics.md
+POWER_LAWS = (("D0", "alpha", "D_offset"), ("gamma_dot_t0", "beta", "gamma_dot_t_offset"))
 STATUS_TEXT = {
     "converged": "converged",
     "not_converged": "NOT converged",
@@ -197,24 +206,42 @@ def _same(a, b) -> bool:
 
 
 def poorly_determined(names, values, uncertainties) -> list[str]:
-    """Names whose standard error is not finite or exceeds its limit: RELATIVE_SE_LIMIT x
-    |value|, or ANGLE_SE_LIMIT_DEG for an angle (see RELATIVE_SE_LIMIT)."""
+    """Names whose standard error is not finite or exceeds its limit (see RELATIVE_SE_LIMIT):
+    the power-law level for amplitudes and offsets, EXPONENT_SE_LIMIT for exponents,
+    ANGLE_SE_LIMIT_DEG for an angle, RELATIVE_SE_LIMIT x |value| otherwise."""
     values = np.ravel(np.asarray(values, dtype=float))
     uncertainties = np.ravel(np.asarray(uncertainties, dtype=float))
     if not len(names) == values.size == uncertainties.size:  # a partial record: no judgement
         return []
+    value = dict(zip(names, values, strict=True))
     out = []
-    for n, v, u in zip(names, values, uncertainties, strict=True):
-        limit = ANGLE_SE_LIMIT_DEG if n in ANGLE_PARAMETERS else RELATIVE_SE_LIMIT * abs(v)
-        if not np.isfinite(u) or u > limit:
+    for n, u in zip(names, uncertainties, strict=True):
+        if not np.isfinite(u) or u > _se_limit(n, value):
             out.append(n)
     return out
+
+
+def _se_limit(name: str, value: dict) -> float:
+    """The standard error above which ``name`` counts as not determined (see RELATIVE_SE_LIMIT)."""
+    if name in ANGLE_PARAMETERS:
+        return ANGLE_SE_LIMIT_DEG
+    for amplitude, exponent, offset in POWER_LAWS:
+        if name == exponent:
+            return EXPONENT_SE_LIMIT
+        if name in (amplitude, offset):
+            return abs(value.get(amplitude, 0.0)) + abs(value.get(offset, 0.0))
+    return RELATIVE_SE_LIMIT * abs(value[name])
 
 
 def undetermined_reason(name: str) -> str:
     """Why a parameter with a finite standard error counts as not determined."""
     if name in ANGLE_PARAMETERS:
         return f"standard error above {ANGLE_SE_LIMIT_DEG:g} deg"
+    for amplitude, exponent, offset in POWER_LAWS:
+        if name == exponent:
+            return f"standard error above {EXPONENT_SE_LIMIT:g}"
+        if name in (amplitude, offset):
+            return f"standard error above |{amplitude}| + |{offset}|"
     return "standard error above |value|" if RELATIVE_SE_LIMIT == 1.0 else \
         f"standard error above {RELATIVE_SE_LIMIT:g} x |value|"
 
