@@ -120,3 +120,39 @@ def test_a_fit_of_a_new_data_shape_compiles_one_program(caplog):
                 if m.startswith("Compiling ")]
     assert compiled == ["jit(run)"]
     assert r.passes >= 2
+
+
+@pytest.mark.parametrize("mode,scaling,band", [("laminar_flow", "individual", 0),
+                                               ("laminar_flow", "shared", 0),
+                                               ("static", "individual", 3)])
+def test_pass_sums_equal_the_dense_normal_equations(mode, scaling, band):
+    """A pass's JᵀJ, Jᵀr, ½ Σ r² and point count (one Gram matrix per batch, batches
+    spanning two angles) equal those of the dense autodiff Jacobian, with weights, NaN
+    data points and (static) a left-out diagonal band; a batch that overflows fails."""
+    spec = make_spec(mode, n_frames=24, n_phi=3, scaling=scaling, exclude_diagonal_frames=band)
+    truth, y = _data(spec)
+    y[::37] = np.nan
+    w = 0.5 + np.cos(np.arange(spec.n_points)) ** 2
+    x = truth * 1.03
+    ne = PassRunner(TwoTimeProblem(spec), InMemoryData({"y": y, "w": w}, spec.n_points,
+                                                       100)).evaluate(x)
+    g = np.arange(spec.n_points)
+    i, j = np.triu_indices(spec.n_frames, 1)
+    keep = np.isfinite(y) & np.tile(j - i >= band, spec.n_phi)
+    J = np.asarray(jax.jit(jax.jacfwd(lambda p: c2_points(p, g, spec)))(x))[keep]
+    J = J * w[keep, None]
+    r = (y - np.asarray(jax.jit(lambda p: c2_points(p, g, spec))(x)))[keep] * w[keep]
+    assert ne.n == keep.sum()
+    np.testing.assert_allclose(ne.cost, 0.5 * r @ r, rtol=1e-12)
+    scale = np.sqrt(np.outer(np.diag(J.T @ J), np.diag(J.T @ J)))
+    np.testing.assert_allclose(ne.H / scale, J.T @ J / scale, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(ne.g, J.T @ r, rtol=1e-10,
+                               atol=1e-12 * np.sqrt(np.diag(J.T @ J) * (r @ r)).max())
+    # one weight that overflows the Gram matrix: that batch (and only it) fails
+    w[150] = 1e200
+    mon_data = InMemoryData({"y": y, "w": w}, spec.n_points, 100)
+    chunk = next(mon_data.chunks())
+    fn = TwoTimeProblem(spec).chunk_fn(ChunkLayout(100, mon_data.batches_per_call))
+    _, (n, cost, ok) = fn(x, TwoTimeProblem(spec).prepare(x), chunk.columns, 0, 0,
+                          chunk.n_valid, np.ones(mon_data.batches_per_call, bool))
+    assert np.flatnonzero(~np.asarray(ok)).tolist() == [1]
