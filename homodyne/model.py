@@ -367,7 +367,9 @@ def c2_points_with_jacobian(params, table, g, spec: ModelSpec):
     dt = spec.jdtype
     phys = phys.astype(dt)
     q = spec.q
-    angle, i, j = point_coordinates(g, spec)
+    # computed once and kept: XLA would otherwise repeat the triangle arithmetic inside
+    # each gather (larger kernels, slower to compile and to run; the same bits)
+    angle, i, j = jax.lax.optimization_barrier(point_coordinates(g, spec))
     s = _scaling_index(angle, spec)
     con = contrast.astype(dt)[s]
     d = table[j] - table[i]  # C and dC between the point's two frames
