@@ -276,6 +276,25 @@ def frame_integrals_and_jacobian_host(physical, spec: ModelSpec):
     return tuple(np.ascontiguousarray(a, dtype=out) for a in (cj, cg, dcj, dcg))
 
 
+def frame_table(frame_ctx, spec: ModelSpec, xp=np):
+    """The one table a pass gathers from, one row per frame: C_J and its derivatives
+    w.r.t. (D0, alpha, D_offset), then (laminar flow) C_g and its derivatives w.r.t. the
+    shear-rate parameters, (N, 4) or (N, 8). ``frame_ctx`` is (C_J, C_g, dC_J, dC_g) as
+    ``frame_integrals_and_jacobian`` returns them; ``xp`` is numpy or jax.numpy. Two
+    gathers per point (its rows i and j) instead of one per column."""
+    cj, cg, dcj, dcg = frame_ctx
+    cols = [cj[:, None], dcj[:, :3]]
+    if spec.mode == "laminar_flow":
+        cols += [cg[:, None], dcg[:, 3:6]]
+    return xp.concatenate(cols, axis=1)
+
+
+def frame_table_host(physical, spec: ModelSpec) -> np.ndarray:
+    """``frame_table`` of ``frame_integrals_and_jacobian_host`` (NumPy, model dtype)."""
+    return np.ascontiguousarray(frame_table(frame_integrals_and_jacobian_host(physical, spec),
+                                            spec))
+
+
 def triu_row_start(r, n_frames: int):
     """Row-major position of (r, r+1), the first point of row r, in the strict upper
     triangle of an N x N matrix: r (2N - r - 1) / 2 (ints, NumPy or JAX arrays)."""
@@ -345,34 +364,36 @@ def _c2_from_integrals(contrast, offset, phys, cj, cg, angle, i, j, spec: ModelS
     return offset[s].astype(g1.dtype) + contrast[s].astype(g1.dtype) * g1 * g1
 
 
-def c2_points_with_jacobian(params, frame_ctx, g, spec: ModelSpec):
+def c2_points_with_jacobian(params, table, g, spec: ModelSpec):
     """c2 at points g and its derivatives, exploiting the Jacobian's sparsity.
 
     Returns (c2, d_contrast, d_offset, d_physical[..., P], scaling_index): a point
     touches only its own angle's contrast/offset (one column each) and the physical
-    columns. ``frame_ctx`` is ``frame_integrals_and_jacobian(physical, spec)``.
-    C_J depends only on (D0, alpha, D_offset) and C_g only on the three shear-rate
-    parameters, so only those derivative columns are gathered per point.
+    columns. ``table`` is ``frame_table`` of ``frame_integrals_and_jacobian(physical,
+    spec)``: C_J depends only on (D0, alpha, D_offset) and C_g only on the three
+    shear-rate parameters, so a point needs only the difference of two table rows.
     """
     contrast, offset, phys = spec.split(params)
-    cj, cg, dcj, dcg = frame_ctx
     dt = spec.jdtype
     phys = phys.astype(dt)
     q = spec.q
-    angle, i, j = point_coordinates(g, spec)
+    # computed once and kept: XLA would otherwise repeat the triangle arithmetic inside
+    # each gather (larger kernels, slower to compile and to run; the same bits)
+    angle, i, j = jax.lax.optimization_barrier(point_coordinates(g, spec))
     s = _scaling_index(angle, spec)
     con = contrast.astype(dt)[s]
-    dj = cj[j] - cj[i]
+    d = table[j] - table[i]  # C and dC between the point's two frames
+    dj = d[..., 0]
     sj = jnp.where(dj >= 0, 1.0, -1.0).astype(dt)
     g1d = jnp.exp(-0.5 * q * q * jnp.abs(dj))
     # d g1d / d theta_J = g1d * (-q^2/2) * sign * (dC[j] - dC[i])
-    d_ij = (dcj[:, :3][j] - dcj[:, :3][i]) * sj[..., None]
+    d_ij = d[..., 1:4] * sj[..., None]
     if spec.mode == "static":
         g1 = g1d
         dg1 = (g1d * (-0.5 * q * q))[..., None] * d_ij
     else:
         cos_d, sin_d = _angle_geometry(phys, angle, spec)
-        dg_ = cg[j] - cg[i]
+        dg_ = d[..., 4]
         sg = jnp.where(dg_ >= 0, 1.0, -1.0).astype(dt)
         ig = jnp.abs(dg_)
         a = 0.5 * q * spec.gap_h
@@ -385,7 +406,7 @@ def c2_points_with_jacobian(params, frame_ctx, g, spec: ModelSpec):
         g1s = jnp.where(small, 1.0 - x2 / 6.0, sn / xs)
         ds = jnp.where(small, x * (-1.0 / 3.0 + x2 / 30.0), (cs - sn / xs) / xs)
         g1 = g1d * g1s
-        d_ig = (dcg[:, 3:6][j] - dcg[:, 3:6][i]) * sg[..., None]
+        d_ig = d[..., 5:8] * sg[..., None]
         dg_j = (g1s * g1d * (-0.5 * q * q))[..., None] * d_ij
         dg_g = (g1d * ds * a * cos_d)[..., None] * d_ig
         dg_phi0 = g1d * ds * a * ig * (-sin_d) * (jnp.pi / 180.0)

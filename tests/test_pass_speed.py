@@ -9,7 +9,7 @@ from helpers import bounds_for, make_spec, start_for, truth_for
 
 from homodyne.jaxconf import jax
 from homodyne.model import c2_points
-from homodyne.optimization.exceptions import NLSQConvergenceError
+from homodyne.optimization.exceptions import NLSQConvergenceError, NLSQNumericalError
 from homodyne.optimization.nlsq_wrapper import NLSQWrapper
 from homodyne.optimization.passes import PassRunner, _wait_for_compilation, compile_ahead
 from homodyne.optimization.problems import ChunkLayout, TwoTimeProblem
@@ -120,3 +120,78 @@ def test_a_fit_of_a_new_data_shape_compiles_one_program(caplog):
                 if m.startswith("Compiling ")]
     assert compiled == ["jit(run)"]
     assert r.passes >= 2
+
+
+@pytest.mark.parametrize("mode,scaling,band", [("laminar_flow", "individual", 0),
+                                               ("laminar_flow", "shared", 0),
+                                               ("static", "individual", 3)])
+def test_pass_sums_equal_the_dense_normal_equations(mode, scaling, band):
+    """A pass's JᵀJ, Jᵀr, ½ Σ r² and point count (one Gram matrix per batch, batches
+    spanning two angles) equal those of the dense autodiff Jacobian, with weights, NaN
+    data points and (static) a left-out diagonal band; a batch that overflows fails."""
+    spec = make_spec(mode, n_frames=24, n_phi=3, scaling=scaling, exclude_diagonal_frames=band)
+    truth, y = _data(spec)
+    y[::37] = np.nan
+    w = 0.5 + np.cos(np.arange(spec.n_points)) ** 2
+    x = truth * 1.03
+    ne = PassRunner(TwoTimeProblem(spec), InMemoryData({"y": y, "w": w}, spec.n_points,
+                                                       100)).evaluate(x)
+    g = np.arange(spec.n_points)
+    i, j = np.triu_indices(spec.n_frames, 1)
+    keep = np.isfinite(y) & np.tile(j - i >= band, spec.n_phi)
+    J = np.asarray(jax.jit(jax.jacfwd(lambda p: c2_points(p, g, spec)))(x))[keep]
+    J = J * w[keep, None]
+    r = (y - np.asarray(jax.jit(lambda p: c2_points(p, g, spec))(x)))[keep] * w[keep]
+    assert ne.n == keep.sum()
+    np.testing.assert_allclose(ne.cost, 0.5 * r @ r, rtol=1e-12)
+    scale = np.sqrt(np.outer(np.diag(J.T @ J), np.diag(J.T @ J)))
+    np.testing.assert_allclose(ne.H / scale, J.T @ J / scale, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(ne.g, J.T @ r, rtol=1e-10,
+                               atol=1e-12 * np.sqrt(np.diag(J.T @ J) * (r @ r)).max())
+    # one weight that overflows the Gram matrix: that batch (and only it) fails
+    w[150] = 1e200
+    mon_data = InMemoryData({"y": y, "w": w}, spec.n_points, 100)
+    chunk = next(mon_data.chunks())
+    fn = TwoTimeProblem(spec).chunk_fn(ChunkLayout(100, mon_data.batches_per_call))
+    _, (n, cost, ok) = fn(x, TwoTimeProblem(spec).prepare(x), chunk.columns, 0, 0,
+                          chunk.n_valid, np.ones(mon_data.batches_per_call, bool))
+    assert np.flatnonzero(~np.asarray(ok)).tolist() == [1]
+
+
+def test_finite_data_skip_the_per_point_check_with_the_same_bits():
+    """In-memory data checked once for NaN/inf: clean data run a kernel without the
+    per-point check and give bit-identical sums; data with a NaN (in y or in the
+    weights) keep the check and leave that point out; the sums are still checked."""
+    spec = make_spec("laminar_flow", n_frames=30, n_phi=2)
+    truth, y = _data(spec)
+    x = truth * 1.02
+    clean = InMemoryData({"y": y}, spec.n_points, 256)
+    assert clean.finite
+    checked = InMemoryData({"y": y}, spec.n_points, 256)
+    checked.finite = False
+    a = PassRunner(TwoTimeProblem(spec), clean).evaluate(x)
+    b = PassRunner(TwoTimeProblem(spec), checked).evaluate(x)
+    assert a.cost == b.cost and a.n == b.n == spec.n_points
+    np.testing.assert_array_equal(a.H, b.H)
+    np.testing.assert_array_equal(a.g, b.g)
+    w = np.ones(spec.n_points)
+    w[5] = np.inf
+    y_nan = y.copy()
+    y_nan[7] = np.nan
+    for cols in ({"y": y_nan}, {"y": y, "w": w}):
+        data = InMemoryData(cols, spec.n_points, 256)
+        assert not data.finite
+        ne = PassRunner(TwoTimeProblem(spec), data).evaluate(x)
+        assert ne.n == spec.n_points - 1 and np.isfinite(ne.cost)
+    # a non-finite model on clean data: the batch sums' check fails the batches it
+    # reaches (the first angle's contrast: batches 0 and 1 of 4) and only those
+    bad = x.copy()
+    bad[0] = np.nan
+    runner = PassRunner(TwoTimeProblem(spec), clean)
+    ne = runner.evaluate(bad)
+    assert [(f["batch"], f["error"]) for f in runner.monitor.failures] == \
+        [(0, "non_finite"), (1, "non_finite")]
+    assert ne.n == spec.n_points - 512 and np.isfinite(ne.cost)
+    bad[1] = np.nan  # both contrasts: every batch fails
+    with pytest.raises(NLSQNumericalError, match="Non-finite model values"):
+        PassRunner(TwoTimeProblem(spec), clean).evaluate(bad)

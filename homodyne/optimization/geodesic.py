@@ -44,7 +44,7 @@ def _directional_fn(spec, validate: bool, layout: ChunkLayout, h: float):
     B, p = layout.batch_size, spec.n_params
 
     def batch_stats(params, ctx, cols, g0, n_left):
-        valid = _validity(cols, B, n_left, validate)
+        valid = _validity(cols, B, n_left, validate and not layout.finite)
         g = jnp.minimum(g0 + layout.stride * jnp.arange(B), spec.n_points - 1)
         in_band = jnp.zeros((), jnp.int64)
         if spec.exclude_diagonal_frames > 1:

@@ -237,6 +237,13 @@ class _Pass:
     n_failed: int = 0
 
 
+def data_layout(data: DataSource, factor: int = 1) -> ChunkLayout:
+    """How a pass's calls walk ``data`` (batches split ``factor``-fold after a memory
+    error); data known to be finite (``data.finite``) skip the per-point check."""
+    return ChunkLayout(data.batch_size // factor, data.batches_per_call * factor, data.stride,
+                       bool(getattr(data, "finite", False)))
+
+
 # data -> the background compilation of its pass kernel (``compile_ahead``)
 _AHEAD: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 
@@ -250,7 +257,7 @@ def compile_ahead(problem: Problem, data: DataSource, x: np.ndarray) -> None:
     columns = getattr(data, "call_columns", None)
     if columns is None or getattr(data, "devices", None):
         return
-    layout = ChunkLayout(data.batch_size, data.batches_per_call, data.stride)
+    layout = data_layout(data)
 
     def work():
         px = np.asarray(x, dtype=np.float64)
@@ -299,8 +306,7 @@ class PassRunner:
                                       self._zeros[layout])
 
     def _layout(self, factor=1) -> ChunkLayout:
-        d = self.data
-        return ChunkLayout(d.batch_size // factor, d.batches_per_call * factor, d.stride)
+        return data_layout(self.data, factor)
 
     def _on_device(self, px, ctx, device):
         """Parameters and per-pass context placed on ``device`` (cached per pass)."""

@@ -26,7 +26,7 @@ from homodyne.jaxconf import jax, jnp
 from homodyne.model import (
     ModelSpec,
     c2_points_with_jacobian,
-    frame_integrals_and_jacobian_host,
+    frame_table_host,
     point_coordinates,
 )
 
@@ -39,11 +39,14 @@ class ChunkLayout:
 
     Batch b of a call covers buffer positions [(first + b) B, (first + b + 1) B) and
     global point indices origin + stride * position; positions >= n_valid are padding.
+    ``finite``: the data are known to hold no NaN/inf (checked once when loaded), so
+    validation need not check each point in every pass.
     """
 
     batch_size: int
     n_batches: int
     stride: int = 1
+    finite: bool = False
 
 
 @dataclass
@@ -65,7 +68,8 @@ def _batch_slices(columns, start, size):
 
 
 def _validity(columns, size, n_left, validate):
-    """Points in range and (when validating) with finite data."""
+    """Points in range and (when validating) with finite data. ``validate`` is False
+    where the data are known to be finite (``ChunkLayout.finite``): the same points."""
     valid = jnp.arange(size) < n_left
     if validate:
         valid &= jnp.isfinite(columns["y"])
@@ -79,11 +83,18 @@ def _all_finite(stats) -> jnp.ndarray:
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(v)) for v in leaves]))
 
 
-def _scan_batches(batch_stats, zero, layout: ChunkLayout, validate: bool):
+def _count_and_cost(stats):
+    """A batch's points read (a left-out band's points count: they hold data) and cost."""
+    return stats["n"] + stats.get("n_band", 0), stats["cost"]
+
+
+def _scan_batches(batch_stats, zero, layout: ChunkLayout, validate: bool,
+                  finite=_all_finite, count_and_cost=_count_and_cost):
     """Build a jitted function summing ``batch_stats`` over a call's batches in order.
 
     Returns (sums, per_batch) where per_batch holds each batch's point count, cost and
-    whether its sums were finite. Only finite batches with ``batch_mask`` set enter the
+    whether its sums were finite (``finite(stats)``; ``count_and_cost(stats)`` gives the
+    other two). Only finite batches with ``batch_mask`` set enter the
     sums, so one failed batch never poisons a pass (validation on); with validation
     off (fast mode) nothing is checked and non-finite values propagate.
 
@@ -101,13 +112,13 @@ def _scan_batches(batch_stats, zero, layout: ChunkLayout, validate: bool):
             cols = _batch_slices(columns, pos, B)
             g0 = origin + layout.stride * pos
             stats = batch_stats(params, ctx, cols, g0, n_valid - pos)
-            finite = _all_finite(stats) if validate else jnp.array(True)
-            use = finite & batch_mask[b]
+            ok = finite(stats) if validate else jnp.array(True)
+            use = ok & batch_mask[b]
             acc = jax.tree_util.tree_map(lambda a, v: a + jnp.where(use, v, 0), acc, stats)
             # a batch whose points all lie in a left-out band holds data: not a failure
-            n_read = stats["n"] + stats.get("n_band", 0)
+            n_read, cost = count_and_cost(stats)
             per = tuple(lax.dynamic_update_index_in_dim(a, v.astype(a.dtype), b, 0)
-                        for a, v in zip(per, (n_read, stats["cost"], finite), strict=True))
+                        for a, v in zip(per, (n_read, cost, ok), strict=True))
             return acc, per
 
         n_run = jnp.clip((n_valid - first_batch * B + B - 1) // B, 0, G)
@@ -130,29 +141,58 @@ def _local_sets(spec: ModelSpec, layout: ChunkLayout) -> int:
     return min(spec.n_phi, math.ceil(span / spec.points_per_angle) + 1)
 
 
+def _gram_width(spec: ModelSpec, k_local: int) -> int:
+    """Columns of a batch's A = [J_physical | J_contrast | J_offset | r] (local sets)."""
+    return spec.n_physical + 2 * k_local + 1
+
+
+def _scaling_rows(G, n_physical: int, k_local: int, xp=np):
+    """Rows of ``S`` (see TwoTimeProblem) for the k_local scaling sets of a Gram matrix
+    G = AᵀA: per set, its contrast and offset columns against the physical ones, against
+    each other, and against r. ``xp`` is numpy or jax.numpy."""
+    P, c, o, r = n_physical, n_physical, n_physical + k_local, n_physical + 2 * k_local
+    Gc, Go = G[c:o], G[o:r]
+
+    def diag(block):
+        return xp.diagonal(block)[:, None]
+
+    return xp.concatenate([Gc[:, :P], Go[:, :P], diag(Gc[:, c:o]), diag(Gc[:, o:r]),
+                           diag(Go[:, o:r]), Gc[:, r:], Go[:, r:]], axis=1)
+
+
 def _two_time_zero(spec: ModelSpec, k_local: int):
-    P = spec.n_physical
+    W = _gram_width(spec, k_local)
     K = spec.n_scaling_sets
 
     def zero():
         f = jnp.float64
-        return dict(cost=jnp.zeros((), f), n=jnp.zeros((), jnp.int64),
-                    n_band=jnp.zeros((), jnp.int64),
-                    Hpp=jnp.zeros((P, P), f), gp=jnp.zeros((P,), f),
-                    S=jnp.zeros((K + k_local, 2 * P + 5), f))
+        sums = dict(G=jnp.zeros((W, W), f), n=jnp.zeros((), jnp.int64),
+                    n_band=jnp.zeros((), jnp.int64))
+        if spec.scaling != "shared":
+            sums["S"] = jnp.zeros((K + k_local, 2 * spec.n_physical + 5), f)
+        return sums
 
     return zero
 
 
 @functools.lru_cache(maxsize=_KERNELS)
 def _two_time_chunk_fn(spec: ModelSpec, validate: bool, layout: ChunkLayout):
-    """Jitted (params, ctx, columns, first_batch, origin, n_valid, mask) -> sums."""
+    """Jitted (params, ctx, columns, first_batch, origin, n_valid, mask) -> sums.
+
+    A batch's sums are one Gram matrix G = AᵀA of A = [J_physical | J_contrast |
+    J_offset | r] (weighted; the scaling columns of the batch's k_local consecutive
+    angles), one matrix product: JᵀJ, Jᵀr and the cost ½ Σ r² are its blocks. Its
+    physical and r rows are the same in every batch; with per-angle scaling the scaling
+    rows are placed at the batch's first angle in ``S`` (K + k_local rows, see
+    ``TwoTimeProblem.assemble``). A non-finite value anywhere in A makes G non-finite
+    (its diagonal holds the squares), so one check of G validates the batch."""
     k_local = _local_sets(spec, layout)
-    B = layout.batch_size
+    B, P = layout.batch_size, spec.n_physical
+    cost_at = _gram_width(spec, k_local) - 1
 
     def batch_stats(params, ctx, cols, g0, n_left):
         y = cols["y"]
-        valid = _validity(cols, B, n_left, validate)
+        valid = _validity(cols, B, n_left, validate and not layout.finite)
         # coordinates stay real for padding/NaN points (clipped), so each point keeps
         # its own angle; validity only enters through the weights
         g = jnp.minimum(g0 + layout.stride * jnp.arange(B), spec.n_points - 1)
@@ -170,20 +210,28 @@ def _two_time_chunk_fn(spec: ModelSpec, validate: bool, layout: ChunkLayout):
         dcon = dcon.astype(jnp.float64) * w
         doff = doff.astype(jnp.float64) * w
         jp = jp.astype(jnp.float64) * w[:, None]
-        rows = jnp.concatenate(
-            [dcon[:, None] * jp, doff[:, None] * jp,
-             jnp.stack([dcon * dcon, dcon * doff, doff * doff, dcon * r, doff * r], 1)],
-            axis=1,
-        )
         s0 = s[0]
-        onehot = (s - s0)[:, None] == jnp.arange(k_local)[None, :]
-        s_loc = onehot.astype(jnp.float64).T @ rows
-        S = jnp.zeros((spec.n_scaling_sets + k_local, rows.shape[1]), jnp.float64)
-        S = lax.dynamic_update_slice_in_dim(S, s_loc, s0, axis=0)
-        return dict(cost=jnp.sum(r * r), n=jnp.sum(valid.astype(jnp.int64)),
-                    n_band=in_band, Hpp=jp.T @ jp, gp=jp.T @ r, S=S)
+        onehot = ((s - s0)[:, None] == jnp.arange(k_local)[None, :]).astype(jnp.float64)
+        A = jnp.concatenate([jp, dcon[:, None] * onehot, doff[:, None] * onehot, r[:, None]],
+                            axis=1)
+        G = A.T @ A
+        # a float64 sum of 0/1 values is exact (and compiles to less than an int64 sum)
+        sums = dict(G=G, n=jnp.sum(valid, dtype=jnp.float64).astype(jnp.int64),
+                    n_band=in_band)
+        if spec.scaling != "shared":
+            S = jnp.zeros((spec.n_scaling_sets + k_local, 2 * P + 5), jnp.float64)
+            sums["S"] = lax.dynamic_update_slice_in_dim(
+                S, _scaling_rows(G, P, k_local, jnp), s0, axis=0)
+        return sums
 
-    return _scan_batches(batch_stats, _two_time_zero(spec, k_local), layout, validate)
+    def finite(sums):
+        return jnp.all(jnp.isfinite(sums["G"]))
+
+    def count_and_cost(sums):
+        return sums["n"] + sums["n_band"], sums["G"][cost_at, cost_at]
+
+    return _scan_batches(batch_stats, _two_time_zero(spec, k_local), layout, validate,
+                         finite, count_and_cost)
 
 
 class TwoTimeProblem:
@@ -196,10 +244,11 @@ class TwoTimeProblem:
         self.parameter_names = spec.parameter_names
 
     def prepare(self, params):
-        """Per parameter vector: cumulative integrals and their derivatives (O(N P)),
-        on the host (no kernel to compile), placed on the default device once per pass."""
+        """Per parameter vector: the frame table of cumulative integrals and their
+        derivatives (O(N P)), on the host (no kernel to compile), placed on the default
+        device once per pass."""
         _, _, phys = self.spec.split(np.asarray(params, dtype=np.float64))
-        return jax.device_put(frame_integrals_and_jacobian_host(phys, self.spec))
+        return jax.device_put(frame_table_host(phys, self.spec))
 
     def _local_sets(self, layout: ChunkLayout) -> int:
         return _local_sets(self.spec, layout)
@@ -215,16 +264,25 @@ class TwoTimeProblem:
         return self._zero(self._local_sets(layout))()
 
     def assemble(self, stats) -> NormalEquations:
+        """The normal equations from a pass's sums: the physical and r blocks of the
+        summed Gram matrix G, and per scaling set k the row S[k] = [J_c·J_phys,
+        J_o·J_phys, J_c·J_c, J_c·J_o, J_o·J_o, J_c·r, J_o·r] (with shared scaling, the
+        one set's rows of G)."""
         spec = self.spec
         P, K = spec.n_physical, spec.n_scaling_sets
-        S = np.asarray(stats["S"])
-        S = S[:K] + 0.0  # the padding rows past K are never hit (dynamic slices clamp)
+        G = np.asarray(stats["G"])
+        k_local = (G.shape[0] - P - 1) // 2
+        if "S" in stats:
+            S = np.asarray(stats["S"])
+            S = S[:K] + 0.0  # the padding rows past K are never hit (dynamic slices clamp)
+        else:
+            S = _scaling_rows(G, P, k_local)
         n = self.n_params
         H = np.zeros((n, n))
         g = np.zeros(n)
         ph = slice(2 * K, n)
-        H[ph, ph] = np.asarray(stats["Hpp"])
-        g[ph] = np.asarray(stats["gp"])
+        H[ph, ph] = G[:P, :P]
+        g[ph] = G[:P, -1]
         for k in range(K):
             c, o = k, K + k
             H[c, c] = S[k, 2 * P]
@@ -234,7 +292,7 @@ class TwoTimeProblem:
             H[o, ph] = H[ph, o] = S[k, P : 2 * P]
             g[c] = S[k, 2 * P + 3]
             g[o] = S[k, 2 * P + 4]
-        return NormalEquations(0.5 * float(stats["cost"]), H, g, int(stats["n"]))
+        return NormalEquations(0.5 * float(G[-1, -1]), H, g, int(stats["n"]))
 
 
 class CurveProblem:
@@ -301,7 +359,7 @@ class CurveProblem:
         f = self.model_func
 
         def batch_stats(params, ctx, cols, g0, n_left):
-            valid = _validity(cols, B, n_left, validate)
+            valid = _validity(cols, B, n_left, validate and not layout.finite)
             x = cols["x"]
 
             def model(p):

@@ -45,11 +45,27 @@ class Chunk:
     device: object = None  # where the call runs (None: the default device)
 
 
+def all_finite(columns: dict, step: int = 1 << 22) -> bool:
+    """Whether every floating column holds no NaN or inf (checked in slices of ``step``
+    points: the check's own memory stays small)."""
+    for v in columns.values():
+        a = np.asarray(v)
+        if not np.issubdtype(a.dtype, np.floating):
+            continue
+        for lo in range(0, a.shape[-1], step):
+            if not np.isfinite(a[..., lo: lo + step]).all():
+                return False
+    return True
+
+
 class _Resident:
     """Shared by the in-memory sources: nothing streamed, nothing to adapt."""
 
     streamed = False
     can_spill = False
+    # the data hold no NaN/inf (checked once, when placed): a pass then need not check
+    # each point again (its sums are still checked)
+    finite = False
 
     def adapt(self, seconds: float, memory_ok) -> bool:
         return False
@@ -68,6 +84,7 @@ class InMemoryData(_Resident):
         self.batches_per_call = min(self.n_batches, batches_per_call or self.n_batches)
         length = self.padded_length(self.n_points, self.batch_size, batches_per_call)
         self.device = device
+        self.finite = all_finite(columns)
         self.columns = {k: jax.device_put(_pad(np.asarray(v), length), device)
                         for k, v in columns.items()}
 
@@ -109,6 +126,7 @@ class _Batched:
 
     streamed = True  # memory must not grow with the data (caps the coarse levels)
     can_spill = False  # big coarse levels can go to a temporary file (subsample(to_file))
+    finite = False  # read anew in every pass: each point is checked there
 
     batch_size: int
     n_points: int
@@ -161,6 +179,7 @@ class ShardedData(_Resident):
                                                  batches_per_call=batches_per_call,
                                                  device=dev)))
         self.batches_per_call = self.shards[0][1].batches_per_call
+        self.finite = all(shard.finite for _, shard in self.shards)
         self._host = columns
 
     def chunks(self, start_batch: int = 0):
