@@ -228,11 +228,16 @@ class DirectoryLock:
         import fcntl
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:  # never through a symlink planted in the folder
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+        try:  # never through a symlink planted in the folder, never blocking on a FIFO
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK,
+                         0o666)
         except OSError as exc:
             raise OutputDirError(f"cannot create the lock file {self.path} ({exc.strerror}); "
                                  "remove it if it is a symbolic link") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OutputDirError(f"the lock file {self.path} is not a regular file (a pipe or "
+                                 "device); remove it")
         fh = os.fdopen(fd, "r+")
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

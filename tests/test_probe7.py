@@ -1,0 +1,180 @@
+"""Faults found by a sixth round of adversarial probing (issue 12, probe7): re-sealed
+checkpoints whose next batch, sums, dtypes, version or exclusions were edited, FIFOs named
+like a checkpoint or a lock file, files whose truth attributes or storage crash or fool the
+reader (see /work/notes/probe7_findings.md)."""
+
+import io
+import shutil
+import threading
+
+import h5py
+import numpy as np
+import pytest
+from helpers import make_spec, truth_for
+
+from homodyne import __version__
+from homodyne.data import open_two_time
+from homodyne.data.synthetic import generate_synthetic
+from homodyne.optimization import checkpoint_manager as cm
+from homodyne.optimization.checkpoint_manager import CheckpointManager
+from homodyne.optimization.nlsq_wrapper import NLSQWrapper
+from homodyne.output import DirectoryLock, OutputDirError
+
+BATCH = 1500  # 14,280 points: 10 batches a pass
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    d = tmp_path_factory.mktemp("p7data")
+    spec = make_spec("static", n_frames=120, n_phi=2)
+    generate_synthetic(d / "a.h5", spec, truth_for(spec), noise_sigma=0.01, seed=3)
+    return d
+
+
+def _fit(path, ck):
+    src = open_two_time(path)
+    spec = src.model_spec()
+    k = spec.n_scaling_sets
+    p0 = spec.pack([0.25] * k, [1.0] * k, [8000.0, -0.4, 80.0])
+    bounds = (spec.pack(0.0, 0.5, [1, -2, -1000]), spec.pack(1.0, 1.5, [1e5, 0.5, 1000]))
+    w = NLSQWrapper(strategy_override="streaming", batch_size=BATCH,
+                    checkpoint_config={"enable_checkpoints": True, "checkpoint_dir": str(ck),
+                                       "checkpoint_frequency": 1,
+                                       "checkpoint_min_interval_s": 0.0,
+                                       "keep_last_checkpoints": 10**6})
+    with src:
+        return w.fit_two_time(src, spec, p0, bounds)
+
+
+@pytest.fixture(scope="module")
+def reference(data, tmp_path_factory):
+    """An uninterrupted fit and every checkpoint it wrote."""
+    ck = tmp_path_factory.mktemp("p7ck")
+    return _fit(data / "a.h5", ck), ck
+
+
+def _reseal(path, edit) -> None:
+    """Edit a checkpoint's fields and seal it again (a valid digest, this fit's fingerprint):
+    what another writer, another version or a hand edit leaves."""
+    raw = path.read_bytes()
+    size = len(raw) - cm.TRAILER_BYTES
+    fp = raw[size + len(cm.TRAILER_MAGIC): len(raw) - 32].rstrip(b" ").decode()
+    body = io.BytesIO(raw[:size])
+    with h5py.File(body, "a") as h5:
+        edit(h5)
+    path.write_bytes(body.getvalue())
+    cm._append_trailer(path, fp)
+
+
+def _mid_pass(ck):
+    """A checkpoint written inside a pass after the first: (path, next batch)."""
+    for path in CheckpointManager(ck).list_checkpoints():
+        with h5py.File(path, "r") as h5:
+            nb, n = int(h5.attrs["next_batch"]), int(h5.attrs["n_passes"])
+            if n >= 1 and "partial" in h5 and 2 <= nb <= 7:
+                return path, nb
+    raise AssertionError("no mid-pass checkpoint written")
+
+
+@pytest.mark.parametrize("next_batch", [9, 1], ids=["skips_batches", "sums_batches_twice"])
+def test_a_next_batch_edited_to_another_valid_batch_is_not_resumed(
+        data, reference, tmp_path, next_batch, caplog):
+    """A re-sealed checkpoint whose next_batch was edited to another batch of the pass (9 of
+    10: eight batches skipped; 1: batches summed twice) was resumed: wrong parameters, "only
+    36% of the points are finite", exit 0. Its partial sums must prove which batches they hold:
+    the pass is recomputed and the fit ends bit for bit as the uninterrupted one."""
+    ref, ck_ref = reference
+    src, nb = _mid_pass(ck_ref)
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    shutil.copy(src, ck / src.name)
+    assert nb != next_batch
+    _reseal(ck / src.name, lambda h5: h5.attrs.__setitem__("next_batch", next_batch))
+    with caplog.at_level("WARNING", logger="homodyne.engine"):
+        again = _fit(data / "a.h5", ck)
+    assert again.streaming_diagnostics["resumed_from_batch"] is not None
+    assert f"record {nb} batches summed, not the {next_batch} before the next batch" in \
+        caplog.text
+    np.testing.assert_array_equal(again.parameters, ref.parameters)
+    assert again.n_points == ref.n_points
+
+
+def _nan_h(h5):
+    h5["pass_H"][0, 0, 0] = np.nan
+
+
+def _f32_h(h5):
+    h = h5["pass_H"][()]
+    del h5["pass_H"]
+    h5["pass_H"] = h.astype(np.float32)
+
+
+def _exclude_all(h5):
+    del h5["excluded_full"]
+    h5["excluded_full"] = np.arange(10)
+
+
+@pytest.mark.parametrize("edit, reason", [
+    (_nan_h, "pass_H is not finite"),
+    (lambda h5: h5["pass_cost"].__setitem__(0, np.nan), "pass_cost holds NaN"),
+    (_f32_h, "pass_H is stored as float32, not as written"),
+    (lambda h5: h5.attrs.__setitem__("homodyne_version", "9.9.9"),
+     f"written by homodyne 9.9.9, this is {__version__}"),
+    (_exclude_all, "excluded_full lists 10 batches that its passes do not count as failed"),
+])
+def test_a_resealed_checkpoint_with_sums_or_exclusions_it_cannot_hold_is_skipped(
+        data, reference, tmp_path, edit, reason, caplog):
+    """NaN in a stored H: LinAlgError traceback; NaN cost: "fit failed ... check p0"; H of
+    float32 or another version's file: resumed to other parameters; every batch excluded:
+    "only 0 of the points are finite". Each is now refused for the previous checkpoint."""
+    ref, ck_ref = reference
+    src, _ = _mid_pass(ck_ref)
+    files = CheckpointManager(ck_ref).list_checkpoints()
+    ck = tmp_path / "ck"
+    ck.mkdir()
+    for path in files[: files.index(src) + 1]:
+        shutil.copy(path, ck / path.name)
+    _reseal(ck / src.name, edit)
+    with caplog.at_level("WARNING", logger="homodyne.checkpoint"):
+        again = _fit(data / "a.h5", ck)
+    assert reason in caplog.text and "falling back to the previous one" in caplog.text
+    np.testing.assert_array_equal(again.parameters, ref.parameters)
+
+
+def _finishes(fn, seconds=20.0):
+    """Run ``fn`` on a thread; whether it returned (a FIFO open blocks it for ever)."""
+    out = {}
+    t = threading.Thread(target=lambda: out.setdefault("value", fn()), daemon=True)
+    t.start()
+    t.join(seconds)
+    return not t.is_alive(), out.get("value")
+
+
+def test_a_fifo_named_like_a_checkpoint_does_not_hang_the_search(reference, tmp_path):
+    """``mkfifo ck/homodyne_state_batch_9999.h5`` (or a link to a FIFO): the run hung for ever
+    in open() looking for checkpoints, and SIGTERM/Ctrl-C could not stop it."""
+    _, ck_ref = reference
+    ck = tmp_path / "ck"
+    shutil.copytree(ck_ref, ck)
+    newest = CheckpointManager(ck).list_checkpoints()[-1]
+    import os
+
+    os.mkfifo(ck / "homodyne_state_batch_99999.h5")
+    os.symlink(ck / "homodyne_state_batch_99999.h5", ck / "homodyne_state_batch_99998.h5")
+    done, found = _finishes(CheckpointManager(ck).find_latest_valid_checkpoint)
+    assert done and found == newest
+    done, owner = _finishes(lambda: cm._owner(ck / "homodyne_state_batch_99999.h5"))
+    assert done and owner is None
+
+
+def test_a_fifo_as_the_lock_file_is_one_clear_error(tmp_path):
+    """A FIFO named .homodyne.lock / .lock: io.UnsupportedOperation traceback, exit 1."""
+    import os
+
+    os.mkfifo(tmp_path / ".lock")
+    done, _ = _finishes(lambda: pytest.raises(OutputDirError, DirectoryLock(tmp_path / ".lock")
+                                              .acquire))
+    assert done
+    with pytest.raises(OutputDirError, match=r"\.lock is not a regular file \(a pipe or "
+                                             r"device\); remove it"):
+        DirectoryLock(tmp_path / ".lock").acquire()
