@@ -4,6 +4,7 @@ like a checkpoint or a lock file, files whose truth attributes or storage crash 
 reader (see /work/notes/probe7_findings.md)."""
 
 import io
+import os
 import shutil
 import threading
 
@@ -157,8 +158,6 @@ def test_a_fifo_named_like_a_checkpoint_does_not_hang_the_search(reference, tmp_
     ck = tmp_path / "ck"
     shutil.copytree(ck_ref, ck)
     newest = CheckpointManager(ck).list_checkpoints()[-1]
-    import os
-
     os.mkfifo(ck / "homodyne_state_batch_99999.h5")
     os.symlink(ck / "homodyne_state_batch_99999.h5", ck / "homodyne_state_batch_99998.h5")
     done, found = _finishes(CheckpointManager(ck).find_latest_valid_checkpoint)
@@ -169,8 +168,6 @@ def test_a_fifo_named_like_a_checkpoint_does_not_hang_the_search(reference, tmp_
 
 def test_a_fifo_as_the_lock_file_is_one_clear_error(tmp_path):
     """A FIFO named .homodyne.lock / .lock: io.UnsupportedOperation traceback, exit 1."""
-    import os
-
     os.mkfifo(tmp_path / ".lock")
     done, _ = _finishes(lambda: pytest.raises(OutputDirError, DirectoryLock(tmp_path / ".lock")
                                               .acquire))
@@ -178,3 +175,154 @@ def test_a_fifo_as_the_lock_file_is_one_clear_error(tmp_path):
     with pytest.raises(OutputDirError, match=r"\.lock is not a regular file \(a pipe or "
                                              r"device\); remove it"):
         DirectoryLock(tmp_path / ".lock").acquire()
+
+
+# --- data files ---------------------------------------------------------------------------
+
+C2 = "/xpcs/twotime/correlation_map"
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    d = tmp_path_factory.mktemp("p7small")
+    spec = make_spec("static", n_frames=40, n_phi=2)
+    generate_synthetic(d / "b.h5", spec, truth_for(spec), noise_sigma=0.01, seed=3)
+    return d / "b.h5"
+
+
+def _crafted(small, tmp_path, edit, name="x.h5"):
+    path = tmp_path / name
+    shutil.copy(small, path)
+    with h5py.File(path, "a") as h5:
+        for key in sorted(h5[C2]):
+            edit(h5, key, h5[C2][key][()])
+    return path
+
+
+@pytest.mark.parametrize("attrs, why", [
+    ({"true_parameters": np.array([1.0, 2.0])}, "zip() argument 2 is shorter"),
+    ({"parameter_names": np.array(["contrast[x]"] + ["D0"] * 6, dtype=object)},
+     "invalid literal for int()"),
+    ({"phi_deg": "north"}, "could not convert string to float"),
+    ({"true_parameters": np.ones(7) * (1 + 1j)}, "type complex128"),
+])
+def test_synthetic_truth_attributes_of_another_shape_cost_a_warning_not_the_fit(
+        small, tmp_path, attrs, why, caplog):
+    """/homodyne/synthetic attributes of odd shape or type (another writer's, an edit) raised
+    a traceback after the whole fit, and its results were never written."""
+    from homodyne.pipeline import _truth
+
+    def edit(h5, key, _):
+        h5["/homodyne/synthetic"].attrs.update(attrs)
+
+    src = open_two_time(_crafted(small, tmp_path, edit))
+    with caplog.at_level("WARNING", logger="homodyne"):
+        assert _truth(src, src.model_spec()) is None
+    assert why in caplog.text and "it is not listed in parameters.json" in caplog.text
+    assert _truth(open_two_time(small), None)["D0"] == truth_for(src.model_spec())[-3]
+
+
+OPEN_HUGE = """
+import resource, sys
+resource.setrlimit(resource.RLIMIT_AS, (3 << 30, 3 << 30))
+from homodyne.data import open_two_time
+from homodyne.data.errors import DataFileError
+try:
+    open_two_time(sys.argv[1])
+except DataFileError as exc:
+    print(exc)
+"""
+
+
+def test_a_matrix_declaring_a_billion_frames_is_refused_before_a_row_is_read(small, tmp_path):
+    """An 80 kB file declaring 2^30 x 2^30 matrices (never written): the value probe read a
+    whole row first - 8 GiB, a MemoryError traceback (or the OOM killer)."""
+    import subprocess
+    import sys
+
+    def edit(h5, key, _):
+        del h5[C2][key]
+        h5[C2].create_dataset(key, shape=(2**30, 2**30), dtype="f8", chunks=(1, 1 << 16),
+                              fillvalue=1.0)
+
+    path = _crafted(small, tmp_path, edit)
+    proc = subprocess.run([sys.executable, "-c", OPEN_HUGE, str(path)], capture_output=True,
+                          text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-800:]
+    assert "c2_00001 declares 1,073,741,824 x 1,073,741,824 values, more frames than any " \
+        "two-time result holds (at most 1,048,576)" in proc.stdout
+
+
+def _external_half(h5, key, values):
+    raw = os.path.join(os.path.dirname(h5.filename), f"{key}.bin")
+    values = values.astype("<f8")
+    with open(raw, "wb") as fh:
+        fh.write(values.tobytes()[: values.nbytes // 2])
+    del h5[C2][key]
+    h5[C2].create_dataset(key, shape=values.shape, dtype="<f8",
+                          external=[(raw, 0, values.nbytes)])
+
+
+def _virtual_half(h5, key, values):
+    h5[f"/raw_{key}"] = values[:, : values.shape[1] // 2]
+    del h5[C2][key]
+    layout = h5py.VirtualLayout(shape=values.shape, dtype="f8")
+    layout[:, : values.shape[1] // 2] = h5py.VirtualSource(".", f"/raw_{key}",
+                                                           shape=(values.shape[0],
+                                                                  values.shape[1] // 2))
+    h5[C2].create_virtual_dataset(key, layout, fillvalue=1.0)
+
+
+def _virtual_source_short(h5, key, values):
+    src = os.path.join(os.path.dirname(h5.filename), f"src_{key}.h5")
+    with h5py.File(src, "w") as other:
+        other["m"] = values[: values.shape[0] // 2]
+    del h5[C2][key]
+    layout = h5py.VirtualLayout(shape=values.shape, dtype="f8")
+    layout[:] = h5py.VirtualSource(src, "m", shape=values.shape)
+    h5[C2].create_virtual_dataset(key, layout, fillvalue=np.nan)
+
+
+def _filter_missing(h5, key, values):
+    del h5[C2][key]
+    dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+    dcpl.set_chunk(values.shape)
+    dcpl.set_filter(32001, h5py.h5z.FLAG_OPTIONAL, (0, 0, 0, 0, 5, 1, 1))
+    dsid = h5py.h5d.create(h5[C2].id, key.encode(), h5py.h5t.IEEE_F64LE,
+                           h5py.h5s.create_simple(values.shape), dcpl=dcpl)
+    dsid.write_direct_chunk((0, 0), values.astype("<f8").tobytes())
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_external_half, r"c2_00001 keeps its values in the external raw file .*c2_00001\.bin; "
+                     r"external storage is not read"),
+    (_virtual_half, r"c2_00001 is a virtual dataset that maps 800 of its 1,600 values \(the "
+                    r"rest would read as its fill value\)"),
+    (_virtual_source_short, r"c2_00001 is a virtual dataset whose source .*src_c2_00001\.h5:m "
+                            r"holds 800 of the 1,600 values mapped"),
+    (_filter_missing, r"c2_00001: it is compressed with HDF5 filter 32001, which this "
+                      r"installation lacks; install the filter's plugin"),
+], ids=["external_raw_half", "virtual_half_mapped", "virtual_source_short", "filter_missing"])
+def test_storage_that_would_read_fill_values_or_blame_truncation_is_named(
+        small, tmp_path, edit, message):
+    """External raw storage half as long as declared, a virtual dataset mapping half the
+    matrix or a source holding half of it: the rest was read as zeros / the fill value and
+    fitted (exit 0); a filter this HDF5 lacks was called a truncated file."""
+    from homodyne.data.errors import DataFileError
+
+    with pytest.raises(DataFileError, match=message):
+        open_two_time(_crafted(small, tmp_path, edit))
+
+
+def test_a_lower_triangular_npy_matrix_is_read_as_its_upper_mirror(small, tmp_path):
+    """A .npy matrix stored below the diagonal (zeros above, as the HDF5 reader accepts):
+    its empty upper triangle was fitted - contrast and offset on their bounds, exit 0."""
+    with h5py.File(small) as h5:
+        m = h5[f"{C2}/c2_00001"][()]
+    full = np.triu(m) + np.triu(m, 1).T
+    np.save(tmp_path / "upper.npy", np.triu(full))
+    np.save(tmp_path / "lower.npy", np.tril(full))
+    upper = open_two_time(tmp_path / "upper.npy").read_packed()
+    lower = open_two_time(tmp_path / "lower.npy").read_packed()
+    assert np.all(upper != 0)
+    np.testing.assert_array_equal(lower, upper)
