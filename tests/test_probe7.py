@@ -142,6 +142,18 @@ def test_a_resealed_checkpoint_with_sums_or_exclusions_it_cannot_hold_is_skipped
     np.testing.assert_array_equal(again.parameters, ref.parameters)
 
 
+def test_a_folder_named_like_an_old_temporary_checkpoint_does_not_fail_every_save(data,
+                                                                                 tmp_path):
+    """A folder ``.homodyne_state_batch_x.tmp`` in checkpoint_dir: pruning raised
+    IsADirectoryError after each save, so every checkpoint was reported "not written" (and a
+    stop said checkpoints were off) although the files were there."""
+    ck = tmp_path / "ck"
+    (ck / ".homodyne_state_batch_x.tmp").mkdir(parents=True)
+    diag = _fit(data / "a.h5", ck).streaming_diagnostics
+    assert diag["checkpoint_errors"] == [] and diag["checkpoint_saves"] > 0
+    assert (ck / ".homodyne_state_batch_x.tmp").is_dir()
+
+
 def _finishes(fn, seconds=20.0):
     """Run ``fn`` on a thread; whether it returned (a FIFO open blocks it for ever)."""
     out = {}

@@ -433,5 +433,6 @@ class CheckpointManager:
         for p in doomed:
             p.unlink(missing_ok=True)
         for stale in self.checkpoint_dir.glob(".homodyne_state_batch_*.tmp"):
-            stale.unlink(missing_ok=True)
+            if stale.is_file() and not stale.is_symlink():  # (a folder of that name: not ours)
+                stale.unlink(missing_ok=True)
         return doomed

@@ -288,12 +288,15 @@ class CheckpointSession:
         (atomic writes), the fit goes on, and the error is reported. Path or None."""
         try:
             path = self.manager.save_checkpoint(batch, state, fingerprint=self.fingerprint)
-            self.manager.cleanup_old_checkpoints()
         except (OSError, RuntimeError) as exc:
             msg = f"checkpoint at batch {batch} not written: {exc}"
             log.error("%s; the previous checkpoint stays valid", msg)
             self.errors.append(msg)
             return None
+        try:  # the checkpoint is written: a failure here only leaves older files behind
+            self.manager.cleanup_old_checkpoints()
+        except OSError as exc:
+            log.warning("checkpoint at batch %d written; older ones not pruned: %s", batch, exc)
         return path
 
     def flush(self) -> None:
