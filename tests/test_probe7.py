@@ -338,3 +338,36 @@ def test_a_lower_triangular_npy_matrix_is_read_as_its_upper_mirror(small, tmp_pa
     lower = open_two_time(tmp_path / "lower.npy").read_packed()
     assert np.all(upper != 0)
     np.testing.assert_array_equal(lower, upper)
+
+
+G2 = "/xpcs/multitau/normalized_g2"
+
+
+@pytest.mark.parametrize("kind", ["external_raw_half", "virtual_half_mapped"])
+def test_multitau_g2_in_storage_that_reads_fill_values_is_refused(real_data, tmp_path, kind):
+    """A multi-tau g2 kept in an external raw file half as long as declared (zeros) or a
+    virtual dataset mapping half of it (fill value 1.2): fitted silently, exit 0, "27 with a
+    resolved rate"."""
+    from homodyne.data.errors import DataFileError
+    from homodyne.data.multitau import read_multitau
+
+    src = sorted((real_data / "aps_8idi_llps_aging").glob("*.hdf"))[0]
+    path = tmp_path / "g.hdf"
+    shutil.copy(src, path)
+    with h5py.File(path, "a") as h5:
+        g2 = h5[G2][()].astype("<f8")
+        del h5[G2]
+        if kind == "external_raw_half":
+            (tmp_path / "g2.bin").write_bytes(g2.tobytes()[: g2.nbytes // 2])
+            h5.create_dataset(G2, shape=g2.shape, dtype="<f8",
+                              external=[(str(tmp_path / "g2.bin"), 0, g2.nbytes)])
+            message = "normalized_g2 keeps its values in the external raw file"
+        else:
+            half = g2.shape[1] // 2
+            h5["/raw_g2"] = g2[:, :half]
+            layout = h5py.VirtualLayout(shape=g2.shape, dtype="f8")
+            layout[:, :half] = h5py.VirtualSource(".", "/raw_g2", shape=(g2.shape[0], half))
+            h5.create_virtual_dataset(G2, layout, fillvalue=1.2)
+            message = f"normalized_g2 is a virtual dataset that maps {g2.shape[0] * half:,} of"
+    with pytest.raises(DataFileError, match=message):
+        read_multitau(path)

@@ -17,6 +17,7 @@ import h5py
 import numpy as np
 
 from homodyne.data.errors import DataFileError, data_file
+from homodyne.data.h5storage import refuse_unread_storage
 from homodyne.data.npyfile import npy_file_header
 from homodyne.model import (
     ModelSpec,
@@ -476,52 +477,8 @@ def _dataset(path, h5, name) -> h5py.Dataset:
     obj = h5[name]
     if not isinstance(obj, h5py.Dataset):
         raise DataFileError(path, f"{name} is a {type(obj).__name__.lower()}, expected a dataset")
-    if obj.id.get_create_plist().get_external_count():
-        raw = obj.id.get_create_plist().get_external(0)[0].decode(errors="replace")
-        raise DataFileError(path, f"{name} keeps its values in the external raw file {raw}; "
-                                  "external storage is not read (HDF5 reads zeros past its "
-                                  "end): copy the data into the file")
-    if obj.is_virtual:
-        _check_virtual(path, h5, name, obj)
+    refuse_unread_storage(path, h5, name, obj)
     return obj
-
-
-def _check_virtual(path, h5, name, obj) -> None:
-    """A virtual dataset whose sources are missing or shorter than mapped, or that maps only
-    part of itself, would read its fill value there as data: refused, naming the gap."""
-    base = os.path.dirname(os.path.abspath(h5.filename))
-    mapped = 0
-    for src in obj.virtual_sources():
-        want = src.vspace.get_select_npoints()
-        mapped += want
-        if src.file_name == ".":
-            held = _source_size(h5, src.dset_name)
-        else:
-            full = os.path.join(base, src.file_name)
-            if not os.path.exists(full):
-                raise DataFileError(path, f"{name} is a virtual dataset whose source file "
-                                          f"{src.file_name} is missing; copy it next to the file")
-            try:
-                with h5py.File(full, "r") as other:
-                    held = _source_size(other, src.dset_name)
-            except (OSError, RuntimeError) as exc:
-                raise DataFileError(path, f"{name} is a virtual dataset whose source file "
-                                          f"{src.file_name} cannot be read ({exc})") from None
-        if held < want:
-            what = "is missing" if held < 0 else f"holds {held:,} of the {want:,} values mapped"
-            raise DataFileError(path, f"{name} is a virtual dataset whose source "
-                                      f"{src.file_name}:{src.dset_name} {what} (HDF5 would read "
-                                      "its fill value instead); copy the complete data in")
-    if mapped < obj.size:
-        raise DataFileError(path, f"{name} is a virtual dataset that maps {mapped:,} of its "
-                                  f"{obj.size:,} values (the rest would read as its fill "
-                                  "value); copy the complete data in")
-
-
-def _source_size(h5, name) -> int:
-    """Values held by dataset ``name`` of an open file, -1 if there is none."""
-    obj = h5.get(name)
-    return int(obj.size) if isinstance(obj, h5py.Dataset) else -1
 
 
 MAX_MAP_VALUES = 1_000_000  # q, phi, bins or frame times in one file: far above any real map
