@@ -315,6 +315,24 @@ def check_output_dir(directory, overwrite: bool) -> Path:
     return d
 
 
+def check_inputs_outside_results(folder, inputs) -> None:
+    """Refuse a run whose input file (e.g. the data, copied into the output folder as
+    fit.h5) is one of the result files it would write there: committing the results
+    would replace, and so destroy, the data."""
+    d = Path(folder)
+    for name in (*SET_FILES, INTERRUPTED, FAILED_LOG):
+        target = d / name
+        for path in inputs:
+            try:
+                same = path is not None and target.exists() and os.path.samefile(path, target)
+            except OSError:
+                same = False
+            if same:
+                raise OutputDirError(f"the input file {path} is {target}, a result file this "
+                                     "run writes: the results would replace it; move the file "
+                                     "out of the output folder or choose another --output-dir")
+
+
 def ensure_writable_dir(directory, what: str, option: str) -> Path:
     """Create ``directory`` if needed and prove a file can be created in it, or raise
     OutputDirError naming the folder, the reason and ``option`` to change."""

@@ -27,6 +27,7 @@ from homodyne.output import (
     OutputDirError,
     OutputExistsError,
     ResultSet,
+    check_inputs_outside_results,
     check_output_dir,
     create_new,
     ensure_writable_dir,
@@ -147,6 +148,8 @@ def run_from_config(cfg: HomodyneConfig, *, output_dir=None, overwrite: bool | N
                             "optimization.streaming.checkpoint_dir")
     with OutputLock(out):
         out = check_output_dir(out, cfg.output["overwrite"] if overwrite is None else overwrite)
+        check_inputs_outside_results(out, [cfg.experimental_data["file_path"],
+                                           *cfg.one_time["series"]])
         return _logged_run(cfg, out)
 
 

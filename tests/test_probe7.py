@@ -371,3 +371,24 @@ def test_multitau_g2_in_storage_that_reads_fill_values_is_refused(real_data, tmp
             message = f"normalized_g2 is a virtual dataset that maps {g2.shape[0] * half:,} of"
     with pytest.raises(DataFileError, match=message):
         read_multitau(path)
+
+
+def test_a_data_file_named_like_a_result_file_in_the_output_folder_is_not_overwritten(
+        small, tmp_path):
+    """The data copied into the output folder as fit.h5 and fitted there with --overwrite:
+    the results replaced the data file (measured data lost, the rerun then failed)."""
+    from homodyne.config import load_config
+    from homodyne.pipeline import run_from_config
+
+    out = tmp_path / "out"
+    out.mkdir()
+    shutil.copy(small, out / "fit.h5")
+    before = (out / "fit.h5").read_bytes()
+    cfg_path = tmp_path / "c.yaml"
+    cfg_path.write_text("analysis_mode: static\nexperimental_data:\n  file_path: out/fit.h5\n"
+                        "initial_parameters:\n  values: [8000.0, -0.4, 80.0]\n"
+                        "output:\n  plots: false\n")
+    with pytest.raises(OutputDirError, match=r"out/fit\.h5, a result file this run writes: the "
+                                             r"results would replace it"):
+        run_from_config(load_config(cfg_path), output_dir=out, overwrite=True)
+    assert (out / "fit.h5").read_bytes() == before
