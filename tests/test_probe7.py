@@ -11,7 +11,7 @@ import threading
 import h5py
 import numpy as np
 import pytest
-from helpers import make_spec, truth_for
+from helpers import bounds_for, make_spec, start_for, truth_for
 
 from homodyne import __version__
 from homodyne.data import open_two_time
@@ -24,27 +24,28 @@ from homodyne.output import DirectoryLock, OutputDirError
 BATCH = 1500  # 14,280 points: 10 batches a pass
 
 
+def _synthetic(folder, name, n_frames):
+    spec = make_spec("static", n_frames=n_frames, n_phi=2)
+    generate_synthetic(folder / name, spec, truth_for(spec), noise_sigma=0.01, seed=3)
+    return folder / name
+
+
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
-    d = tmp_path_factory.mktemp("p7data")
-    spec = make_spec("static", n_frames=120, n_phi=2)
-    generate_synthetic(d / "a.h5", spec, truth_for(spec), noise_sigma=0.01, seed=3)
-    return d
+    return _synthetic(tmp_path_factory.mktemp("p7data"), "a.h5", 120).parent
 
 
 def _fit(path, ck):
     src = open_two_time(path)
     spec = src.model_spec()
-    k = spec.n_scaling_sets
-    p0 = spec.pack([0.25] * k, [1.0] * k, [8000.0, -0.4, 80.0])
-    bounds = (spec.pack(0.0, 0.5, [1, -2, -1000]), spec.pack(1.0, 1.5, [1e5, 0.5, 1000]))
+    p0 = start_for(spec, truth_for(spec))
     w = NLSQWrapper(strategy_override="streaming", batch_size=BATCH,
                     checkpoint_config={"enable_checkpoints": True, "checkpoint_dir": str(ck),
                                        "checkpoint_frequency": 1,
                                        "checkpoint_min_interval_s": 0.0,
                                        "keep_last_checkpoints": 10**6})
     with src:
-        return w.fit_two_time(src, spec, p0, bounds)
+        return w.fit_two_time(src, spec, p0, bounds_for(spec))
 
 
 @pytest.fixture(scope="module")
@@ -196,10 +197,7 @@ C2 = "/xpcs/twotime/correlation_map"
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    d = tmp_path_factory.mktemp("p7small")
-    spec = make_spec("static", n_frames=40, n_phi=2)
-    generate_synthetic(d / "b.h5", spec, truth_for(spec), noise_sigma=0.01, seed=3)
-    return d / "b.h5"
+    return _synthetic(tmp_path_factory.mktemp("p7small"), "b.h5", 40)
 
 
 def _crafted(small, tmp_path, edit, name="x.h5"):
