@@ -228,11 +228,16 @@ class DirectoryLock:
         import fcntl
 
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:  # never through a symlink planted in the folder
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o666)
+        try:  # never through a symlink planted in the folder, never blocking on a FIFO
+            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK,
+                         0o666)
         except OSError as exc:
             raise OutputDirError(f"cannot create the lock file {self.path} ({exc.strerror}); "
                                  "remove it if it is a symbolic link") from None
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            os.close(fd)
+            raise OutputDirError(f"the lock file {self.path} is not a regular file (a pipe or "
+                                 "device); remove it")
         fh = os.fdopen(fd, "r+")
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -308,6 +313,24 @@ def check_output_dir(directory, overwrite: bool) -> Path:
             "or pass --overwrite (output.overwrite: true) to replace them")
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+def check_inputs_outside_results(folder, inputs) -> None:
+    """Refuse a run whose input file (e.g. the data, copied into the output folder as
+    fit.h5) is one of the result files it would write there: committing the results
+    would replace, and so destroy, the data."""
+    d = Path(folder)
+    for name in (*SET_FILES, INTERRUPTED, FAILED_LOG):
+        target = d / name
+        for path in inputs:
+            try:
+                same = path is not None and target.exists() and os.path.samefile(path, target)
+            except OSError:
+                same = False
+            if same:
+                raise OutputDirError(f"the input file {path} is {target}, a result file this "
+                                     "run writes: the results would replace it; move the file "
+                                     "out of the output folder or choose another --output-dir")
 
 
 def ensure_writable_dir(directory, what: str, option: str) -> Path:

@@ -27,6 +27,7 @@ from homodyne.output import (
     OutputDirError,
     OutputExistsError,
     ResultSet,
+    check_inputs_outside_results,
     check_output_dir,
     create_new,
     ensure_writable_dir,
@@ -156,6 +157,8 @@ def run_from_config(cfg: HomodyneConfig, *, output_dir=None, overwrite: bool | N
                             "optimization.streaming.checkpoint_dir")
     with OutputLock(out):
         out = check_output_dir(out, cfg.output["overwrite"] if overwrite is None else overwrite)
+        check_inputs_outside_results(out, [cfg.experimental_data["file_path"],
+                                           *cfg.one_time["series"]])
         return _logged_run(cfg, out)
 
 
@@ -323,15 +326,30 @@ def check_points_kept(source, spec: ModelSpec, n_used: int) -> None:
 def _truth(source, spec):
     """The synthetic file's true parameters, for the angles this fit selected: a
     per-angle entry (contrast[k]) of the file's angle k is named after that angle's
-    index in the fit, the angles left out are not listed."""
+    index in the fit, the angles left out are not listed. Attributes that do not hold
+    such a table (another writer's, an edit) are named in a warning and not listed: they
+    only label the results, and a fit must not be lost to them."""
     attrs = source.attrs
     if "true_parameters" not in attrs:
         return None
-    names = [str(n) for n in attrs["parameter_names"]]
-    truth = dict(zip(names, np.asarray(attrs["true_parameters"]).tolist(), strict=True))
+    try:
+        return _truth_table(attrs, source.phi_deg)
+    except (KeyError, ValueError, TypeError, IndexError) as exc:
+        log.warning("%s: the synthetic truth in %s is not a table of names and numbers "
+                    "(%s: %s); it is not listed in parameters.json", source.path,
+                    "/homodyne/synthetic", type(exc).__name__, exc)
+        return None
+
+
+def _truth_table(attrs, phi_deg) -> dict:
+    names = [str(n) for n in np.atleast_1d(attrs["parameter_names"])]
+    values = np.atleast_1d(attrs["true_parameters"])
+    if values.ndim != 1 or values.dtype.kind not in "iuf":
+        raise TypeError(f"true_parameters of shape {values.shape} and type {values.dtype}")
+    truth = dict(zip(names, values.astype(float).tolist(), strict=True))
     file_phi = np.asarray(attrs.get("phi_deg", ()), float).ravel()
     index = {}  # file angle -> this fit's angle
-    for j, phi in enumerate(source.phi_deg):
+    for j, phi in enumerate(phi_deg):
         hits = np.flatnonzero(np.isclose(file_phi, phi))
         if hits.size:
             index[int(hits[0])] = j

@@ -32,6 +32,7 @@ LAYERS = {
     "homodyne.model": 1,
     "homodyne.data": 2,
     "homodyne.data.npyfile": 2,  # .npy/.npz headers checked before any data are read
+    "homodyne.data.h5storage": 2,  # HDF5 storage that would read zeros/fill values refused
     "homodyne.optimization.problems": 2,
     "homodyne.optimization.sources": 2,
     "homodyne.optimization.interfaces": 2,  # the protocols name problems' and sources' types

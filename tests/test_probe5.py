@@ -213,7 +213,8 @@ def _fit_state(x, **edits):
     from homodyne.optimization.problems import NormalEquations
 
     ne = NormalEquations(1.5, np.eye(x.size), np.ones(x.size), 100)
-    state = checkpoint_state([PassRecord("full", x, ne, 0.1, 4)], solver=None, n_failed=0,
+    state = checkpoint_state([PassRecord("full", x, ne, 0.1, 4, failed=1)], solver=None,
+                             n_failed=1,
                              recovery_actions=[], excluded={"coarse": set(), "full": {3}},
                              stage="full", x=x, next_batch=2,
                              partial={"cost": np.float64(0.5), "n": np.int64(10)})

@@ -9,6 +9,7 @@ import h5py
 import numpy as np
 
 from homodyne.data.errors import DataFileError, data_file
+from homodyne.data.h5storage import refuse_unread_storage
 from homodyne.model import frame_time_problem
 
 G2 = "/xpcs/multitau/normalized_g2"
@@ -101,6 +102,7 @@ def _numeric(h5, name: str, path: str, max_size: int) -> np.ndarray:
         raise DataFileError(path, f"{name} is {kind}, not numbers")
     if obj.size > max_size:
         raise DataFileError(path, f"{name} holds {obj.size} values, at most {max_size} expected")
+    refuse_unread_storage(path, h5, name, obj)
     if never_written(obj):
         raise DataFileError(path, f"{name} is incomplete: part of it was never written (HDF5 "
                                   "would read its fill value there as data); the writer "

@@ -18,6 +18,7 @@ import h5py
 import numpy as np
 
 from homodyne.data.errors import DataFileError, data_file
+from homodyne.data.h5storage import refuse_unread_storage
 from homodyne.data.npyfile import npy_file_header
 from homodyne.model import (
     ModelSpec,
@@ -162,9 +163,8 @@ class TwoTimeSource(TriangleGrid):
                 block = ds[sel]
             self.check_unchanged()
         except (OSError, RuntimeError, TypeError) as exc:
-            raise DataFileError(
-                self.path, f"cannot read rows {r0}..{r1} of {self.dataset_names[angle]}: {exc}"
-            ) from exc
+            raise DataFileError(self.path, _unreadable(
+                ds, self.dataset_names[angle], exc, f"rows {r0}..{r1}")) from exc
         block = block.T if lower else block
         return block if as_stored or out is not None else np.asarray(block, dtype=np.float64)
 
@@ -453,10 +453,12 @@ def _open_npy(path, q, start_frame, end_frame) -> TwoTimeSource:
         raise DataFileError(path, f"not a readable .npy array: {exc}") from exc
     _check_values(path, "matrix", m)
     first, last = _frame_range(path, start_frame, end_frame, m.shape[0])
+    storage = _detect_storage(m)
+    if storage == "lower":  # read as the upper triangle it mirrors (a view, no copy)
+        m, storage = m.T, "upper"
     return TwoTimeSource(path=path, layout="npy", dataset_names=["matrix"],
                          q=1.0 if q is None else float(q), q_requested=q, phi_deg=(0.0,),
-                         first_frame=first, last_frame=last,
-                         storages=[_detect_storage(m)], _matrix=m)
+                         first_frame=first, last_frame=last, storages=[storage], _matrix=m)
 
 
 def _local(path, h5, name) -> None:
@@ -478,12 +480,7 @@ def _dataset(path, h5, name) -> h5py.Dataset:
     obj = h5[name]
     if not isinstance(obj, h5py.Dataset):
         raise DataFileError(path, f"{name} is a {type(obj).__name__.lower()}, expected a dataset")
-    if obj.is_virtual:
-        base = os.path.dirname(os.path.abspath(h5.filename))
-        for src in obj.virtual_sources():
-            if src.file_name != "." and not os.path.exists(os.path.join(base, src.file_name)):
-                raise DataFileError(path, f"{name} is a virtual dataset whose source file "
-                                          f"{src.file_name} is missing; copy it next to the file")
+    refuse_unread_storage(path, h5, name, obj)
     return obj
 
 
@@ -655,16 +652,41 @@ def _check_matrices(path, h5, names) -> int:
         if n < 2:
             raise DataFileError(path, f"{name} is {n}x{n}; a two-time matrix needs at least "
                                       "2 frames")
+        if n > MAX_FRAMES:  # checked before a row (n values) is read
+            raise DataFileError(path, f"{name} declares {n:,} x {n:,} values, more frames than "
+                                      f"any two-time result holds (at most {MAX_FRAMES:,}); the "
+                                      "file is damaged")
         probe_rows = sorted({0, n // 2, n - 2}) if n > 2 else [0]
         try:
             probe = np.concatenate([ds[r, r + 1 :] for r in probe_rows if r + 1 < n] +
                                    [ds[r + 1 :, r] for r in probe_rows if r + 1 < n])
         except OSError as exc:
-            raise DataFileError(path, f"cannot read {name} (truncated file?): {exc}") from exc
+            raise DataFileError(path, _unreadable(ds, name, exc, "truncated file?")) from exc
         _check_values(path, name, probe)
     if shape[0] < 2:
         raise DataFileError(path, f"matrices have {shape[0]} frame(s); need at least 2")
     return int(shape[0])
+
+
+MAX_FRAMES = 1 << 20  # a 1M x 1M matrix holds 5e11 points: 500 times the largest fit planned
+
+
+def _unreadable(ds, name, exc, where: str) -> str:
+    """Why a matrix cannot be read: a compression filter this HDF5 lacks is named with the
+    fix (it is a good file), anything else as HDF5 says it."""
+    try:
+        plist = ds.id.get_create_plist()
+        lacking = [plist.get_filter(i) for i in range(plist.get_nfilters())]
+        lacking = [(code, label.decode(errors="replace")) for code, _, _, label in lacking
+                   if not h5py.h5z.filter_avail(code)]
+    except (OSError, RuntimeError, ValueError):
+        lacking = []
+    if lacking:
+        names = ", ".join(f"{code}{f' ({label})' if label else ''}" for code, label in lacking)
+        return (f"cannot read {name}: it is compressed with HDF5 filter {names}, which this "
+                "installation lacks; install the filter's plugin (e.g. pip install hdf5plugin, "
+                "then set HDF5_PLUGIN_PATH) or export the file without it")
+    return f"cannot read {name} ({where}): {exc}"
 
 
 def _check_values(path, name, values) -> None:

@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import re
+import stat
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -130,10 +131,20 @@ def _tail(fh) -> tuple[int, bytes]:
     return size, tail
 
 
+def _open_regular(path):
+    """``path`` opened for reading if it is a regular file: a FIFO (or a link to one) named
+    like a checkpoint would block open() for ever, a device would never end."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise _Refused("not a regular file (a pipe, device or folder)")
+    return os.fdopen(fd, "rb")
+
+
 def _owner(path) -> str | None:
     """The fingerprint in a file's trailer (its last bytes only), None if unreadable."""
     try:
-        with open(path, "rb") as fh:
+        with _open_regular(path) as fh:
             tail = _tail(fh)[1]
     except (OSError, _Refused):
         return None
@@ -142,7 +153,7 @@ def _owner(path) -> str | None:
 
 def _verify_bytes(path) -> None:
     """Refuse a file whose bytes are not exactly those written (before any parsing)."""
-    with open(path, "rb") as fh:
+    with _open_regular(path) as fh:
         size, tail = _tail(fh)
         fh.seek(0)
         if _hash_prefix(fh, size - 32) != tail[-32:]:
@@ -157,6 +168,21 @@ def _declared_bytes(obj) -> int:
     if dtype.kind not in "biufS" or dtype.hasobject or dtype.names is not None:
         raise _Refused(f"field of unsupported type {dtype}")
     return int(np.prod(shape or (), dtype=np.float64)) * dtype.itemsize
+
+
+# the kind of number each field is written as (a field of another kind or width, e.g. an H of
+# float32 from another writer, would resume to other parameters than the run that wrote it)
+# (the lists of excluded batches are checked by the fit: check_fit_state)
+_INTEGER_FIELDS = ("pass_stage", "pass_n", "pass_batches", "pass_failed", "partial_points")
+
+
+def _expected_dtype(key: str, dtype) -> bool:
+    if key in _INTEGER_FIELDS or key in ("partial/n", "partial/n_band"):
+        return dtype == np.int64
+    if key.startswith("pass_") or key.startswith("partial/") or \
+            key in ("parameters", "current_x"):
+        return dtype == np.float64
+    return True
 
 
 def _expected_shape(key: str, n: int, p: int) -> tuple | None:
@@ -191,6 +217,8 @@ def _read_checked(h5: h5py.File) -> dict:
             elif isinstance(item, h5py.Dataset):
                 budget[0] += _declared_bytes(item)
                 shapes[f"{prefix}{key}"] = item.shape
+                if not _expected_dtype(f"{prefix}{key}", item.dtype):
+                    raise _Refused(f"{prefix}{key} is stored as {item.dtype}, not as written")
             else:
                 raise _Refused(f"{prefix}{key} is neither a group nor a dataset")
             if budget[0] > MAX_STATE_BYTES:
@@ -216,9 +244,12 @@ def _check_values(state: dict) -> None:
         v = state.get(key, 0)
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise _Refused(f"{key} = {v!r} is not a non-negative integer")
-    for key in ("parameters", "current_x", "pass_x"):
+    for key in ("parameters", "current_x", "pass_x", "pass_H", "pass_g", "pass_seconds"):
         if key in state and not np.all(np.isfinite(state[key])):
             raise _Refused(f"{key} is not finite")
+    if "pass_cost" in state and np.any(np.isnan(state["pass_cost"]) |
+                                       (state["pass_cost"] < 0)):
+        raise _Refused("pass_cost holds NaN or a negative cost")  # +inf: a failed trial
     for key in ("pass_n", "pass_batches"):
         if key in state and np.any(np.asarray(state[key]) < 0):
             raise _Refused(f"{key} holds negative counts")
@@ -301,11 +332,12 @@ class CheckpointManager:
         return self.checkpoint_dir / f"homodyne_state_batch_{int(batch_idx):04d}.h5"
 
     def list_checkpoints(self) -> list[Path]:
-        """All checkpoint files, oldest first (by batch index)."""
+        """All checkpoint files, oldest first (by batch index); only regular files (a
+        FIFO of such a name would block the run for ever when opened)."""
         if not self.checkpoint_dir.is_dir():
             return []
         found = [(int(m.group(1)), p) for p in self.checkpoint_dir.iterdir()
-                 if (m := PATTERN.match(p.name))]
+                 if (m := PATTERN.match(p.name)) and p.is_file()]
         return [p for _, p in sorted(found)]
 
     def save_checkpoint(self, batch_idx: int, state: dict, *, fingerprint: str = "") -> Path:
@@ -401,5 +433,6 @@ class CheckpointManager:
         for p in doomed:
             p.unlink(missing_ok=True)
         for stale in self.checkpoint_dir.glob(".homodyne_state_batch_*.tmp"):
-            stale.unlink(missing_ok=True)
+            if stale.is_file() and not stale.is_symlink():  # (a folder of that name: not ours)
+                stale.unlink(missing_ok=True)
         return doomed

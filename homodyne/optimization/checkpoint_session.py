@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from homodyne import __version__
 from homodyne.optimization.checkpoint_manager import CheckpointManager
 from homodyne.optimization.exceptions import NLSQCheckpointError
 from homodyne.optimization.problems import NormalEquations
@@ -66,9 +67,10 @@ class ResumePoint:
 def checkpoint_state(passes: list[PassRecord], *, solver: SolverSnapshot | None,
                      n_failed: int, recovery_actions: list[dict],
                      excluded: dict[str, set[int]], stage: str | None, x, next_batch: int,
-                     partial: dict | None) -> dict:
+                     partial: dict | None, summed=None) -> dict:
     """The state written to a checkpoint: every completed pass (p x p each), the pass in
-    progress (its point, next batch and partial sums) and the batches excluded."""
+    progress (its point, next batch, partial sums and ``summed``: per batch before
+    ``next_batch``, the points its sums hold) and the batches excluded."""
     p = len(x)
     P = passes
     state = {
@@ -96,6 +98,8 @@ def checkpoint_state(passes: list[PassRecord], *, solver: SolverSnapshot | None,
         state[f"excluded_{s}"] = np.array(sorted(excluded[s]) or [-1], np.int64)
     if partial is not None:
         state["partial"] = {k: np.asarray(v) for k, v in partial.items()}
+        if summed is not None:
+            state["partial_points"] = np.asarray(summed, np.int64)
     return state
 
 
@@ -128,9 +132,34 @@ def check_fit_state(state: dict) -> None:
         ex = np.asarray(state[f"excluded_{s}"])
         if ex.ndim != 1 or ex.dtype.kind not in "iu" or ex.size > 10_000_000:
             raise ValueError(f"excluded_{s} is not a list of batch numbers")
+        _check_excluded(state, s, ex[ex >= 0])
+    written_by = state.get("homodyne_version")
+    if written_by != __version__:  # its sums may not be what this version computes
+        raise ValueError(f"written by homodyne {written_by}, this is {__version__}")
     partial = state.get("partial")
     if partial is not None and not isinstance(partial, dict):
         raise ValueError("partial is not a group of sums")
+
+
+def _check_excluded(state: dict, stage: str, excluded: np.ndarray) -> None:
+    """Batches excluded from ``stage`` are batches of it that failed: each completed pass of
+    the stage counts them as failed, and they lie before the pass in progress's next batch
+    (an edit excluding good batches would be fitted as missing data)."""
+    if not excluded.size:
+        return
+    done = [k for k in range(int(state["n_passes"]))
+            if STAGES[int(state["pass_stage"][k])] == stage]
+    if done:
+        limit = min(int(state["pass_batches"][k]) for k in done)
+        counted = min(int(state["pass_failed"][k]) for k in done)
+    elif state["current_stage"] == stage:
+        limit = counted = int(state["next_batch"])
+    else:
+        limit = counted = 0
+    if len(set(excluded.tolist())) != excluded.size or excluded.max() >= limit or \
+            excluded.size > counted:
+        raise ValueError(f"excluded_{stage} lists {excluded.size} batches that its passes "
+                         "do not count as failed")
 
 
 @dataclass
@@ -207,15 +236,18 @@ class CheckpointSession:
                 failed)
 
     def in_progress(self, index: int, stage: str, x: np.ndarray
-                    ) -> tuple[int, dict[str, np.ndarray]] | None:
-        """(next_batch, partial sums) of the interrupted pass ``index``, if it is this one."""
+                    ) -> tuple[int, dict[str, np.ndarray], np.ndarray | None] | None:
+        """(next_batch, partial sums, points per batch summed) of the interrupted pass
+        ``index``, if it is this one."""
         r = self.replay
         if r is None or "partial" not in r or int(r["n_passes"]) != index:
             return None
         if r["current_stage"] != stage or not np.array_equal(r["current_x"], x):
             return None
         self.replay = None
-        return int(r["next_batch"]), {k: np.asarray(v) for k, v in r["partial"].items()}
+        summed = r.get("partial_points")
+        return (int(r["next_batch"]), {k: np.asarray(v) for k, v in r["partial"].items()},
+                None if summed is None else np.asarray(summed))
 
     # --- saving ------------------------------------------------------------------------
     def due(self, batches_done: int, clock: float) -> bool:
@@ -256,12 +288,15 @@ class CheckpointSession:
         (atomic writes), the fit goes on, and the error is reported. Path or None."""
         try:
             path = self.manager.save_checkpoint(batch, state, fingerprint=self.fingerprint)
-            self.manager.cleanup_old_checkpoints()
         except (OSError, RuntimeError) as exc:
             msg = f"checkpoint at batch {batch} not written: {exc}"
             log.error("%s; the previous checkpoint stays valid", msg)
             self.errors.append(msg)
             return None
+        try:  # the checkpoint is written: a failure here only leaves older files behind
+            self.manager.cleanup_old_checkpoints()
+        except OSError as exc:
+            log.warning("checkpoint at batch %d written; older ones not pruned: %s", batch, exc)
         return path
 
     def flush(self) -> None:

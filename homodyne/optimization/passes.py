@@ -136,14 +136,14 @@ class FitMonitor:
         return ck is not None and ck.due(self.batches_done, self.clock.seconds())
 
     def maybe_save(self, stage, x, next_batch, partial, force: bool = False,
-                   started: float | None = None) -> None:
+                   started: float | None = None, summed=None) -> None:
         """Snapshot the state (p x p arrays, cheap) and write it on a background thread,
         so the file I/O overlaps the next batches. A save that is not due is skipped
         (never a stall); ``force`` waits for a pending one and writes now."""
         ck = self.checkpoints
         if ck is None or (not force and not self.save_due()):
             return
-        state = self._state(stage, x, next_batch, partial)
+        state = self._state(stage, x, next_batch, partial, summed)
         snapshot_s = time.perf_counter() - started if started is not None else 0.0
         ck.save(self.batches_done, state, clock=self.clock.seconds(), snapshot_s=snapshot_s,
                 wait=force)
@@ -153,14 +153,14 @@ class FitMonitor:
         if self.checkpoints is not None:
             self.checkpoints.flush()
 
-    def check_signal(self, stage, x, next_batch, partial) -> None:
+    def check_signal(self, stage, x, next_batch, partial, summed=None) -> None:
         """After each chunk: on SIGINT/SIGTERM/SIGHUP save a checkpoint now and stop."""
         if self.signal_received is None:
             return
         import signal as _signal
 
         name = _signal.Signals(self.signal_received).name
-        self.maybe_save(stage, x, next_batch, partial, force=True)
+        self.maybe_save(stage, x, next_batch, partial, force=True, summed=summed)
         ck = self.checkpoints
         if ck is not None and ck.last_path:
             how = (f"checkpoint saved at batch {self.batches_done} "
@@ -174,11 +174,11 @@ class FitMonitor:
         if self.checkpoints is not None:
             self.checkpoints.final(self.batches_done, self._state(None, x, 0, None))
 
-    def _state(self, stage, x, next_batch, partial) -> dict:
+    def _state(self, stage, x, next_batch, partial, summed=None) -> dict:
         return checkpoint_state(self.passes, solver=self.lm_info, n_failed=len(self.failures),
                                 recovery_actions=self.recovery_actions,
                                 excluded=self.excluded, stage=stage, x=x,
-                                next_batch=next_batch, partial=partial)
+                                next_batch=next_batch, partial=partial, summed=summed)
 
     # --- diagnostics ------------------------------------------------------------------
     def diagnostics(self) -> dict:
@@ -220,6 +220,30 @@ def _rate(batches: int, failed: int) -> float:
     return (batches - failed) / batches if batches else 1.0
 
 
+def _summed_problem(points, start: int, partial: dict, excluded: set[int],
+                    n_batches: int) -> str | None:
+    """What is wrong with a resumed pass's record of the points summed per batch, or None:
+    it must cover exactly batches 0..start-1, agree with the partial sums' point count,
+    hold nothing for an excluded batch and something for every other batch of the data
+    (one that failed makes this pass a failed trial: recomputing it costs nothing). A next
+    batch edited to another valid one (batches skipped or summed twice) or sums of another
+    pass are caught here."""
+    if points is None:
+        return "carry no record of the batches summed (written by another version?)"
+    points = np.asarray(points)
+    if points.ndim != 1 or points.dtype.kind not in "iu" or points.size != start:
+        return f"record {points.size} batches summed, not the {start} before the next batch"
+    total = int(np.asarray(partial.get("n", -1))) + int(np.asarray(partial.get("n_band", 0)))
+    if np.any(points < 0) or int(points.sum()) != total:
+        return (f"hold {total:,} points but the batches summed record {int(points.sum()):,}")
+    if any(points[b] for b in excluded if 0 <= b < start):
+        return "hold points of a batch that is excluded"
+    empty = [b for b in np.flatnonzero(points[:n_batches] == 0) if b not in excluded]
+    if empty:
+        return f"hold no points of batch {empty[0]}, which is not excluded"
+    return None
+
+
 @dataclass
 class _Pass:
     """One pass in progress: its point, the running sums and what went wrong so far."""
@@ -235,6 +259,9 @@ class _Pass:
     trial_failed: bool = False
     n_real: int = 0
     n_failed: int = 0
+    # per batch from the pass's first, the points its sums hold (0: left out or failed):
+    # stored with the partial sums, so a resume can prove they cover batches 0..start-1
+    summed: list[int] = field(default_factory=list)
 
 
 def data_layout(data: DataSource, factor: int = 1) -> ChunkLayout:
@@ -398,7 +425,7 @@ class PassRunner:
                 stats, n, cost, ok, error = self._finish(out, chunk, run.px, run.ctx, mask)
             else:
                 stats, n, cost, ok, error = self._call(run.px, run.ctx, chunk, mask)
-            self._account(run, chunk, stats, n, cost, ok, error)
+            self._account(run, chunk, mask, stats, n, cost, ok, error)
             self._checkpoint_or_stop(run, chunk.pass_batch + self.data.batches_per_call)
         ne = self._close(run)
         seconds = time.perf_counter() - t0
@@ -424,20 +451,25 @@ class PassRunner:
         px = x  # a host array goes in as it is: jnp.asarray would compile a conversion
         ctx = self.problem.prepare(px)
         acc = self._zero_sums()
-        start = 0
+        start, summed = 0, list[int]()
         resumed = mon.in_progress(index, self.stage, x)
         if resumed is not None:
-            start, partial = resumed
+            start, partial, points = resumed
             shapes = {k: np.shape(v) for k, v in acc.items()}
+            problem: str | None = "do not fit this pass"  # another problem or version
             if {k: np.shape(v) for k, v in partial.items()} == shapes and \
                     0 <= start <= self.data.n_batches:
+                problem = _summed_problem(points, start, partial, mon.excluded[self.stage],
+                                          self.data.n_batches)
+            if problem is None:
                 acc = {k: np.asarray(v) for k, v in partial.items()}
-            else:  # sums of another problem or version: only this pass is recomputed
-                log.warning("resume: the checkpoint's partial sums (next batch %d) do not "
-                            "fit this pass; recomputing it from its first batch", start)
+                summed = [int(v) for v in points]
+            else:  # only this pass is recomputed; its completed passes stay replayed
+                log.warning("resume: the checkpoint's partial sums (next batch %d) %s; "
+                            "recomputing this pass from its first batch", start, problem)
                 start = 0
         run = _Pass(index, x, px, ctx, acc, start, first=not self._first_done,
-                    excluded=mon.excluded[self.stage])
+                    excluded=mon.excluded[self.stage], summed=summed)
         if mon.progress is not None:
             mon.progress.new_pass(self.stage, index, self.data.n_points, self.data.n_batches)
         self._placed = {}
@@ -462,14 +494,17 @@ class PassRunner:
         while queue:
             yield queue.pop(0)
 
-    def _account(self, run: _Pass, chunk, stats, n, cost, ok, error) -> None:
+    def _account(self, run: _Pass, chunk, mask, stats, n, cost, ok, error) -> None:
         """Stage 3: add a call's sums; per batch: validation, exclusion, callback, progress."""
         mon = self.monitor
         G = self.data.batches_per_call
         real = min(chunk.n_batches, G)
         if error is not None:
             n, cost, ok = np.zeros(G, np.int64), np.zeros(G), np.zeros(G, bool)
+            run.summed.extend([0] * G)
         else:
+            # the kernel summed a batch when its sums were finite and the mask let it in
+            run.summed.extend(np.where(ok & mask, n, 0).astype(np.int64).tolist())
             # summed on the host: the same float64 additions as on the device, without a
             # dispatch (and a compiled kernel) per leaf
             run.acc = jax.tree_util.tree_map(lambda a, v: np.asarray(a + np.asarray(v)),
@@ -508,11 +543,11 @@ class PassRunner:
         mon = self.monitor
         if mon.signal_received is not None:  # saves now (checkpoints on) and stops
             partial = jax.device_get(run.acc) if mon.checkpoints is not None else None
-            mon.check_signal(self.stage, run.x, next_batch, partial)
+            mon.check_signal(self.stage, run.x, next_batch, partial, run.summed)
         elif mon.save_due():
             started = time.perf_counter()
             mon.maybe_save(self.stage, run.x, next_batch, jax.device_get(run.acc),
-                           started=started)
+                           started=started, summed=run.summed)
 
     def _close(self, run: _Pass) -> NormalEquations:
         """Stage 5: the normal equations of the pass; a stage's first pass checks the batch
