@@ -28,37 +28,78 @@ def refuse_unread_storage(path, h5: h5py.File, name: str, obj: h5py.Dataset) -> 
         _check_virtual(path, h5, name, obj)
 
 
-def _check_virtual(path, h5, name, obj) -> None:
+MAX_VIRTUAL_DEPTH = 8  # virtual datasets mapping virtual datasets: far above any real layout
+
+
+def _check_virtual(path, h5, name, obj, seen: tuple = ()) -> None:
+    """Every value of the virtual ``obj`` mapped once at least, from sources that exist and
+    hold the values mapped; a source that is itself virtual is checked the same way. A
+    mapping that leads back to a dataset on its way (HDF5 recurses until it crashes) or
+    nests too deep is refused."""
+    key = (os.path.realpath(h5.filename), obj.name)
+    if key in seen or len(seen) >= MAX_VIRTUAL_DEPTH:
+        what = "maps itself" if key in seen else f"nests more than {MAX_VIRTUAL_DEPTH} deep"
+        raise DataFileError(path, f"{name} is a virtual dataset that {what} (through "
+                                  f"{' -> '.join(n for _, n in (*seen, key))}); HDF5 cannot "
+                                  "read it: copy the complete data in")
+    seen = (*seen, key)
     base = os.path.dirname(os.path.abspath(h5.filename))
-    mapped = 0
-    for src in obj.virtual_sources():
-        want = src.vspace.get_select_npoints()
-        mapped += want
+    sources = obj.virtual_sources()
+    for src in sources:
         if src.file_name == ".":
-            held = _size(h5, src.dset_name)
-        else:
-            full = os.path.join(base, src.file_name)
-            if not os.path.exists(full):
-                raise DataFileError(path, f"{name} is a virtual dataset whose source file "
-                                          f"{src.file_name} is missing; copy it next to the file")
-            try:
-                with h5py.File(full, "r") as other:
-                    held = _size(other, src.dset_name)
-            except (OSError, RuntimeError) as exc:
-                raise DataFileError(path, f"{name} is a virtual dataset whose source file "
-                                          f"{src.file_name} cannot be read ({exc})") from None
-        if held < want:
-            what = "is missing" if held < 0 else f"holds {held:,} of the {want:,} values mapped"
-            raise DataFileError(path, f"{name} is a virtual dataset whose source "
-                                      f"{src.file_name}:{src.dset_name} {what} (HDF5 would read "
-                                      "its fill value instead); copy the complete data in")
+            _check_source(path, name, h5, src, seen)
+            continue
+        full = os.path.join(base, src.file_name)
+        if not os.path.exists(full):
+            raise DataFileError(path, f"{name} is a virtual dataset whose source file "
+                                      f"{src.file_name} is missing; copy it next to the file")
+        try:
+            with h5py.File(full, "r") as other:
+                _check_source(path, name, other, src, seen)
+        except (OSError, RuntimeError) as exc:
+            raise DataFileError(path, f"{name} is a virtual dataset whose source file "
+                                      f"{src.file_name} cannot be read ({exc})") from None
+    mapped = _mapped(sources)
     if mapped < obj.size:
         raise DataFileError(path, f"{name} is a virtual dataset that maps {mapped:,} of its "
                                   f"{obj.size:,} values (the rest would read as its fill "
                                   "value); copy the complete data in")
 
 
-def _size(h5, name) -> int:
-    """Values held by dataset ``name`` of an open file, -1 if there is none."""
-    obj = h5.get(name)
-    return int(obj.size) if isinstance(obj, h5py.Dataset) else -1
+def _check_source(path, name, h5, src, seen) -> None:
+    """The source ``src`` of ``name`` (in the open file ``h5``) holds every value mapped."""
+    ds = h5.get(src.dset_name)
+    want = src.vspace.get_select_npoints()
+    held = int(ds.size or 0) if isinstance(ds, h5py.Dataset) else -1
+    space = src.src_space
+    if held >= want > 0 and ds.shape is not None and space.get_select_type() in (
+            h5py.h5s.SEL_HYPERSLABS, h5py.h5s.SEL_POINTS):  # (all: the whole source)
+        hi = space.get_select_bounds()[1]
+        if len(hi) != len(ds.shape) or any(h >= n for h, n in zip(hi, ds.shape, strict=True)):
+            raise DataFileError(path, f"{name} is a virtual dataset that maps values beyond the "
+                                      f"end of its source {src.file_name}:{src.dset_name} "
+                                      f"(shape {ds.shape}; HDF5 would read its fill value "
+                                      "instead); copy the complete data in")
+    if held < want:
+        what = "is missing" if held < 0 else f"holds {held:,} of the {want:,} values mapped"
+        raise DataFileError(path, f"{name} is a virtual dataset whose source "
+                                  f"{src.file_name}:{src.dset_name} {what} (HDF5 would read "
+                                  "its fill value instead); copy the complete data in")
+    if ds.is_virtual:
+        _check_virtual(path, h5, name, ds, seen)
+
+
+def _mapped(sources) -> int:
+    """Values of the virtual dataset that some source maps: the union of the mappings (two
+    sources mapping one region count it once)."""
+    if not sources:
+        return 0
+    union = sources[0].vspace.copy()
+    for src in sources[1:]:
+        if union.get_select_type() == h5py.h5s.SEL_ALL:
+            break
+        if src.vspace.get_select_type() == h5py.h5s.SEL_ALL:
+            union = src.vspace.copy()
+            break
+        union.modify_select(src.vspace, h5py.h5s.SELECT_OR)
+    return int(union.get_select_npoints())

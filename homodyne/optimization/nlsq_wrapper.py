@@ -164,8 +164,9 @@ def check_wrapper_settings(backend, batch_size, min_success_rate, max_retries_pe
 
 def plain_array(a, name: str) -> np.ndarray:
     """``a`` as a plain numpy array JAX can take: native byte order (h5py returns
-    big-endian data as such), and a masked array's masked points as NaN for ydata and
-    sigma (a NaN marks a point to skip) - never its hidden values. Masked xdata is refused."""
+    big-endian data as such), a long double as float64, and a masked array's masked points
+    as NaN for ydata and sigma (a NaN marks a point to skip) - never its hidden values.
+    Masked xdata is refused."""
     if np.ma.isMaskedArray(a):
         mask = np.ma.getmaskarray(a)
         if mask.any() and name == "xdata":
@@ -182,6 +183,8 @@ def plain_array(a, name: str) -> np.ndarray:
     a = np.asarray(a)
     if a.dtype.byteorder not in ("=", "|") and a.dtype.kind in "biufc":
         a = a.astype(a.dtype.newbyteorder("="))
+    if a.dtype.kind == "f" and a.dtype.itemsize > 8:  # long double: JAX computes in float64
+        a = a.astype(np.float64)
     return a
 
 

@@ -1,0 +1,158 @@
+"""Regression tests for probe9's findings (issue 12, a fresh round over this session's
+changes): virtual datasets that crashed HDF5 or read fill values past the storage checks,
+legitimate storage that must still be read, and long-double arrays in the Python API."""
+
+import shutil
+import subprocess
+import sys
+
+import h5py
+import numpy as np
+import pytest
+from helpers import make_spec, truth_for
+
+from homodyne.data import open_two_time
+from homodyne.data.errors import DataFileError
+from homodyne.data.synthetic import generate_synthetic
+
+C2 = "/xpcs/twotime/correlation_map"
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    spec = make_spec("static", n_frames=30, n_phi=2)
+    path = tmp_path_factory.mktemp("p9small") / "b.h5"
+    generate_synthetic(path, spec, truth_for(spec), noise_sigma=0.01, seed=3)
+    return path
+
+
+def _crafted(small, tmp_path, edit):
+    """A copy of ``small`` whose matrices ``edit(h5, key, values, folder)`` rewrote."""
+    path = tmp_path / "x.h5"
+    shutil.copy(small, path)
+    with h5py.File(path, "a") as h5:
+        for key in sorted(h5[C2]):
+            values = h5[C2][key][()]
+            del h5[C2][key]
+            edit(h5, key, values, tmp_path)
+    return path
+
+
+def _layout(values, *maps):
+    lay = h5py.VirtualLayout(shape=values.shape, dtype="f8")
+    for where, source in maps:
+        lay[where] = source
+    return lay
+
+
+def _maps_itself(h5, key, values, folder):
+    src = h5py.VirtualSource(".", f"{C2}/{key}", shape=values.shape)
+    h5[C2].create_virtual_dataset(key, _layout(values, (slice(None), src)), fillvalue=1.0)
+
+
+def _maps_a_pair(h5, key, values, folder):
+    there = h5py.VirtualSource(".", f"/loop/{key}", shape=values.shape)
+    back = h5py.VirtualSource(".", f"{C2}/{key}", shape=values.shape)
+    h5[C2].create_virtual_dataset(key, _layout(values, (slice(None), there)), fillvalue=1.0)
+    h5.require_group("loop").create_virtual_dataset(
+        key, _layout(values, (slice(None), back)), fillvalue=1.0)
+
+
+@pytest.mark.parametrize("edit", [_maps_itself, _maps_a_pair])
+def test_a_virtual_dataset_that_maps_itself_is_refused_not_a_segfault(small, tmp_path, edit):
+    """Was: HDF5 recursed reading the matrix until the process died (exit 139, no word)."""
+    path = _crafted(small, tmp_path, edit)
+    code = ("from homodyne.data import open_two_time\n"
+            "from homodyne.data.errors import DataFileError\n"
+            f"try:\n    open_two_time({str(path)!r}).read_packed()\n"
+            "except DataFileError as exc:\n    print(exc)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "is a virtual dataset that maps itself (through" in done.stdout
+
+
+def _half_mapped_twice(h5, key, values, folder):
+    n = values.shape[0] // 2
+    with h5py.File(folder / "half.h5", "a") as src:
+        src[key] = values[:n]
+    part = h5py.VirtualSource("half.h5", key, shape=(n, values.shape[1]))
+    h5[C2].create_virtual_dataset(key, _layout(values, (slice(0, n), part),
+                                               (slice(0, n), part)), fillvalue=1.0)
+
+
+def _beyond_the_source(h5, key, values, folder):
+    n = values.shape[0]
+    with h5py.File(folder / "same.h5", "a") as src:
+        src[key] = values
+    declared = h5py.VirtualSource("same.h5", key, shape=(2 * n, n))
+    h5[C2].create_virtual_dataset(key, _layout(values, (slice(None), declared[n // 2: n // 2 + n])),
+                                  fillvalue=1.0)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_half_mapped_twice, r"maps 450 of its 900 values \(the rest would read as its fill value"),
+    (_beyond_the_source, r"maps values beyond the end of its source same.h5:c2_00001 "
+                         r"\(shape \(30, 30\)"),
+])
+def test_virtual_mappings_that_read_fill_values_are_named(small, tmp_path, edit, message):
+    """Was: one region mapped twice counted as the whole matrix (the unmapped half fitted as
+    fill values, exit 0); a mapping past the end of a source that holds as many values as
+    mapped was called a truncated file."""
+    with pytest.raises(DataFileError, match=message):
+        open_two_time(_crafted(small, tmp_path, edit)).read_packed()
+
+
+def _filters(h5, key, values, folder):
+    h5[C2].create_dataset(key, data=values.astype(">f4"), chunks=(7, 30), compression="gzip",
+                          shuffle=True, fletcher32=True)
+
+
+def _rows_in_another_file(h5, key, values, folder):
+    n, m = values.shape[0] // 2, values.shape[0]
+    with h5py.File(folder / "rows.h5", "a") as src:
+        src[f"{key}a"], src[f"{key}b"] = values[:n], values[n:]
+    maps = [(slice(0, n), h5py.VirtualSource("rows.h5", f"{key}a", shape=(n, m))),
+            (slice(n, m), h5py.VirtualSource("rows.h5", f"{key}b", shape=(m - n, m)))]
+    h5[C2].create_virtual_dataset(key, _layout(values, *maps), fillvalue=np.nan)
+
+
+def _nested_and_sliced(h5, key, values, folder):
+    m = values.shape[0]
+    big = np.zeros((m + 3, m + 3))
+    big[:m, :m] = values
+    h5[f"/raw/{key}"] = big
+    inner = h5py.VirtualSource(".", f"/raw/{key}", shape=big.shape)[:m, :m]
+    h5["raw"].create_virtual_dataset(f"v{key}", _layout(values, (slice(None), inner)))
+    outer = h5py.VirtualSource(".", f"/raw/v{key}", shape=values.shape)
+    h5[C2].create_virtual_dataset(key, _layout(values, (slice(None), outer)))
+
+
+@pytest.mark.parametrize("edit", [_filters, _rows_in_another_file, _nested_and_sliced])
+def test_legitimate_storage_is_still_read(small, tmp_path, edit):
+    """Control for the checks above: compressed big-endian float32 data, a virtual dataset
+    whose rows come from two sources in another file, and a virtual dataset of a virtual
+    dataset of a slice are read as the plain file."""
+    plain = open_two_time(small).read_packed()
+    got = open_two_time(_crafted(small, tmp_path, edit)).read_packed()
+    tol = 1e-7 if edit is _filters else 0
+    np.testing.assert_allclose(got, plain, rtol=tol, atol=0)
+
+
+def test_the_api_takes_a_long_double_array():
+    """Was: ``ydata.astype(np.longdouble)`` -> JAX TypeError "Dtype float128 is not a valid
+    JAX array type"; it is fitted as float64."""
+    import jax.numpy as jnp
+
+    from homodyne.optimization.nlsq_wrapper import NLSQWrapper
+
+    def model(x, a, b):
+        return a * jnp.exp(-b * x)
+
+    x = np.linspace(0.0, 5.0, 300)
+    y = 2.0 * np.exp(-1.3 * x) + 0.01 * np.random.default_rng(1).standard_normal(x.size)
+    kw = {"p0": [1.0, 1.0], "bounds": ([0.0, 0.0], [10.0, 10.0])}
+    ref = NLSQWrapper().fit(model, x, y, **kw)
+    got = NLSQWrapper().fit(model, x.astype(np.longdouble), y.astype(np.longdouble),
+                            sigma=np.full(x.size, 0.01, np.longdouble), **kw)
+    np.testing.assert_allclose(got.parameters, ref.parameters, rtol=1e-7)
