@@ -316,9 +316,9 @@ def check_output_dir(directory, overwrite: bool) -> Path:
 
 
 def check_inputs_outside_results(folder, inputs) -> None:
-    """Refuse a run whose input file (e.g. the data, copied into the output folder as
-    fit.h5) is one of the result files it would write there: committing the results
-    would replace, and so destroy, the data."""
+    """Refuse a run whose input file (the data copied into the output folder as fit.h5, the
+    config kept there as fit.log) is one of the result files it would write there:
+    committing the results would replace, and so destroy, it."""
     d = Path(folder)
     for name in (*SET_FILES, INTERRUPTED, FAILED_LOG):
         target = d / name

@@ -158,7 +158,7 @@ def run_from_config(cfg: HomodyneConfig, *, output_dir=None, overwrite: bool | N
     with OutputLock(out):
         out = check_output_dir(out, cfg.output["overwrite"] if overwrite is None else overwrite)
         check_inputs_outside_results(out, [cfg.experimental_data["file_path"],
-                                           *cfg.one_time["series"]])
+                                           *cfg.one_time["series"], cfg.source])
         return _logged_run(cfg, out)
 
 

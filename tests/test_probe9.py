@@ -156,3 +156,22 @@ def test_the_api_takes_a_long_double_array():
     got = NLSQWrapper().fit(model, x.astype(np.longdouble), y.astype(np.longdouble),
                             sigma=np.full(x.size, 0.01, np.longdouble), **kw)
     np.testing.assert_allclose(got.parameters, ref.parameters, rtol=1e-7)
+
+
+@pytest.mark.parametrize("name", ["fit.log", "parameters.json"])
+def test_a_config_kept_in_the_output_folder_under_a_result_name_is_not_overwritten(
+        small, tmp_path, name):
+    """The config stored in the output folder as fit.log (or as JSON, parameters.json) and
+    run there with --overwrite: the run's log / marker replaced the config, without a word."""
+    from homodyne.config import load_config
+    from homodyne.output import OutputDirError
+    from homodyne.pipeline import run_from_config
+
+    out = tmp_path / "out"
+    out.mkdir()
+    text = (f"analysis_mode: static\nexperimental_data:\n  file_path: {small}\n"
+            "initial_parameters:\n  values: [8000.0, -0.4, 80.0]\noutput:\n  plots: false\n")
+    (out / name).write_text(text)
+    with pytest.raises(OutputDirError, match=rf"out/{name}, a result file this run writes"):
+        run_from_config(load_config(out / name), output_dir=out, overwrite=True)
+    assert (out / name).read_text() == text
