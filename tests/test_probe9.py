@@ -175,3 +175,26 @@ def test_a_config_kept_in_the_output_folder_under_a_result_name_is_not_overwritt
     with pytest.raises(OutputDirError, match=rf"out/{name}, a result file this run writes"):
         run_from_config(load_config(out / name), output_dir=out, overwrite=True)
     assert (out / name).read_text() == text
+
+
+@pytest.mark.parametrize("strategy", ["standard", "streaming"])
+def test_one_absurd_finite_value_is_a_data_error_naming_it(tmp_path, strategy):
+    """Was: one c2 value of 1e200 (finite, so past the NaN/inf checks) among 1,560 points ->
+    exit 3 "the model overflows there; check p0, bounds and the model function"."""
+    from homodyne.config import load_config
+    from homodyne.pipeline import run_from_config
+
+    spec = make_spec("static", n_frames=40, n_phi=2)
+    path = tmp_path / "d.h5"
+    generate_synthetic(path, spec, truth_for(spec), noise_sigma=0.01, seed=3, dtype="float64")
+    with h5py.File(path, "a") as h5:
+        h5[f"{C2}/c2_00002"][5, 10] = 1e200
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(f"analysis_mode: static\nexperimental_data:\n  file_path: {path}\n"
+                   "initial_parameters:\n  values: [8000.0, -0.4, 80.0]\n"
+                   f"performance:\n  strategy_override: {strategy}\n  batch_size: 500\n"
+                   "output:\n  plots: false\n")
+    with pytest.raises(DataFileError, match=r"c2_00002 holds 1e\+200 at frames \(6, 11\): a "
+                                            r"two-time correlation is of order 1"):
+        run_from_config(load_config(cfg), output_dir=tmp_path / "out")
+    assert not (tmp_path / "out" / "parameters.json").exists()

@@ -166,7 +166,31 @@ class TwoTimeSource(TriangleGrid):
             raise DataFileError(self.path, _unreadable(
                 ds, self.dataset_names[angle], exc, f"rows {r0}..{r1}")) from exc
         block = block.T if lower else block
+        self._refuse_absurd(angle, r0, c0, block)
         return block if as_stored or out is not None else np.asarray(block, dtype=np.float64)
+
+    def _refuse_absurd(self, angle: int, r0: int, c0: int, block: np.ndarray) -> None:
+        """DataFileError if a point of ``block`` (rows r0.., columns c0..; the points are
+        above the diagonal) is finite but beyond MAX_ABS_C2: its square overflows the fit's
+        sums, which was reported as the model overflowing at the user's start."""
+        if block.dtype.kind != "f" or float(np.finfo(block.dtype).max) <= MAX_ABS_C2:
+            return  # (float32 cannot hold such values)
+        big = np.abs(block) > MAX_ABS_C2
+        if not big.any():
+            return
+        rows, cols = np.nonzero(big)
+        above = r0 + rows < c0 + cols
+        if not above.any():
+            return
+        i, j = int(r0 + rows[above][0]), int(c0 + cols[above][0])
+        f0 = self.first_frame
+        raise DataFileError(self.path, f"{self.dataset_names[angle]} holds "
+                                       f"{float(block[rows[above][0], cols[above][0]]):.3g} "
+                                       f"at frames ({f0 + i}, {f0 + j}): a two-time "
+                                       f"correlation is of order 1 and values beyond "
+                                       f"{MAX_ABS_C2:g} cannot be fitted (their squares "
+                                       "overflow); the file is damaged - set bad points "
+                                       "to NaN to leave them out")
 
     def _row_offset(self, r: int) -> int:
         return triu_row_start(r, self.n_frames)
@@ -668,6 +692,7 @@ def _check_matrices(path, h5, names) -> int:
     return int(shape[0])
 
 
+MAX_ABS_C2 = 1e100  # a correlation value beyond this is damage: its square overflows sums
 MAX_FRAMES = 1 << 20  # a 1M x 1M matrix holds 5e11 points: 500 times the largest fit planned
 
 
