@@ -198,3 +198,24 @@ def test_one_absurd_finite_value_is_a_data_error_naming_it(tmp_path, strategy):
                                             r"two-time correlation is of order 1"):
         run_from_config(load_config(cfg), output_dir=tmp_path / "out")
     assert not (tmp_path / "out" / "parameters.json").exists()
+
+
+@pytest.mark.parametrize("tier", [None, "streaming"])
+def test_the_api_names_a_finite_ydata_value_whose_square_overflows(tier):
+    """Was: one ydata value of 1e200 (no sigma) -> NLSQNumericalError "the model overflows
+    there; check p0, bounds and the model function"; streamed in batches of 100, its batch was
+    dropped with a warning and the fit 'converged' on 1,900 of 2,000 points."""
+    import jax.numpy as jnp
+
+    from homodyne.optimization.nlsq_wrapper import NLSQWrapper
+
+    def model(x, a, b):
+        return a * jnp.exp(-b * x)
+
+    x = np.linspace(0.0, 5.0, 2000)
+    y = 2.0 * np.exp(-0.7 * x)
+    y[7] = 1e200
+    wrapper = NLSQWrapper(strategy_override=tier, batch_size=100 if tier else None)
+    with pytest.raises(ValueError, match=r"ydata\[7\] = 1e\+200: values beyond 1e\+100 cannot "
+                                         r"be fitted"):
+        wrapper.fit(model, x, y, p0=[1.0, 1.0], bounds=([0.0, 0.0], [10.0, 10.0]))

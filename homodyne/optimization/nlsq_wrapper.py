@@ -213,6 +213,7 @@ def check_curve_data(x, y, sigma):
                          f"{where}: {x[first]}): the model cannot be evaluated there; remove "
                          f"those points (a NaN in ydata marks a point to skip)")
     if sigma is None:
+        check_magnitude(y, "ydata")
         return None
     s = plain_array(sigma, "sigma")
     if s.dtype.kind not in "iuf":
@@ -260,7 +261,22 @@ def check_two_time_data(source, spec, p0, y):
     if y.shape != (spec.n_points,):
         raise ValueError(f"y must be the {spec.n_points:,} packed points of this spec (one "
                          f"axis), got shape {y.shape}")
+    check_magnitude(y, "y")
     return y
+
+
+def check_magnitude(y, name: str) -> None:
+    """Refuse a finite value beyond MAX_WEIGHTED: its square overflows the engine's float64
+    sums (was reported as the model overflowing at p0, or cost its batch silently)."""
+    if y.dtype.kind != "f" or float(np.finfo(y.dtype).max) <= MAX_WEIGHTED:
+        return
+    with np.errstate(all="ignore"):
+        big = np.isfinite(y) & (np.abs(y) > MAX_WEIGHTED)
+    if big.any():
+        worst = int(np.argmax(big))
+        raise ValueError(f"{name}[{worst}] = {y[worst]:.3g}: values beyond {MAX_WEIGHTED:g} "
+                         "cannot be fitted (their squares overflow the float64 sums); "
+                         "rescale the data or mark bad points NaN to skip them")
 
 
 def check_model_arity(model_func, n_p0: int, parameter_names=None) -> None:
