@@ -219,3 +219,26 @@ def test_the_api_names_a_finite_ydata_value_whose_square_overflows(tier):
     with pytest.raises(ValueError, match=r"ydata\[7\] = 1e\+200: values beyond 1e\+100 cannot "
                                          r"be fitted"):
         wrapper.fit(model, x, y, p0=[1.0, 1.0], bounds=([0.0, 0.0], [10.0, 10.0]))
+
+
+def test_a_multitau_start_time_that_maps_itself_is_refused_not_a_segfault(real_data, tmp_path):
+    """The multi-tau reader read /entry/start_time without the storage check the other
+    datasets get: a virtual start_time mapping itself killed the process (exit -11)."""
+    from homodyne.data.multitau import START_TIME
+
+    path = tmp_path / "g.hdf"
+    shutil.copy(sorted((real_data / "aps_8idi_llps_aging").glob("*.hdf"))[0], path)
+    with h5py.File(path, "a") as h5:
+        dtype = h5[START_TIME].dtype
+        del h5[START_TIME]
+        lay = h5py.VirtualLayout(shape=(1,), dtype=dtype)
+        lay[...] = h5py.VirtualSource(".", START_TIME, shape=(1,))
+        h5.create_virtual_dataset(START_TIME, lay)
+    code = ("from homodyne.data.multitau import read_multitau\n"
+            "from homodyne.data.errors import DataFileError\n"
+            f"try:\n    read_multitau({str(path)!r})\n"
+            "except DataFileError as exc:\n    print(exc)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "/entry/start_time is a virtual dataset that maps itself" in done.stdout

@@ -67,6 +67,7 @@ def read_multitau(path) -> OneTimeData:
             if h5[START_TIME].size not in (None, 1):  # one date; never read billions
                 raise DataFileError(path, f"{START_TIME} holds {h5[START_TIME].size:,} values; "
                                           "expected one date/time")
+            refuse_unread_storage(path, h5, START_TIME, h5[START_TIME])
             raw = h5[START_TIME][()]
     except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
         if isinstance(exc, DataFileError):
