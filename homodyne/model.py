@@ -63,6 +63,17 @@ class TriangleGrid:
         return self.n_phi * self.points_per_angle
 
 
+def whole_number(name: str, value) -> int:
+    """``value`` as an int: an integer (numpy's too) or an integral float such as 3.0, as
+    the config takes it; a bool, a fraction or text is a ValueError naming ``name``."""
+    if not isinstance(value, (bool, np.bool_)):
+        if isinstance(value, (int, np.integer)):
+            return int(value)
+        if isinstance(value, (float, np.floating)) and float(value).is_integer():
+            return int(value)
+    raise ValueError(f"{name} must be a whole number, got {value!r}")
+
+
 @dataclass(frozen=True)
 class ModelSpec(TriangleGrid):
     """Everything the model needs besides the parameter vector; hashable (static for jit)."""
@@ -88,10 +99,7 @@ class ModelSpec(TriangleGrid):
         if self.dtype not in ("float64", "float32"):
             raise ValueError(f"dtype must be 'float64' or 'float32', got {self.dtype!r}")
         for name in ("n_frames", "first_frame"):
-            v = getattr(self, name)
-            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
-                raise ValueError(f"{name} must be a whole number, got {v!r}")
-            object.__setattr__(self, name, int(v))
+            object.__setattr__(self, name, whole_number(name, getattr(self, name)))
         if self.n_frames < 2:
             raise ValueError(f"need at least 2 frames, got n_frames={self.n_frames}")
         phi = np.asarray(self.phi_deg, dtype=object)

@@ -242,3 +242,17 @@ def test_a_multitau_start_time_that_maps_itself_is_refused_not_a_segfault(real_d
                           timeout=120)
     assert done.returncode == 0, done.stderr[-2000:]
     assert "/entry/start_time is a virtual dataset that maps itself" in done.stdout
+
+
+def test_integral_floats_are_whole_numbers_as_in_the_config(small):
+    """Was: open_two_time(start_frame=3.0) -> "start_frame must be a whole number, got 3.0"
+    (the config's start_frame: 3.0 is taken); ModelSpec(n_frames=10.0) the same."""
+    from homodyne.model import ModelSpec
+
+    got = open_two_time(small, start_frame=3.0, end_frame=np.float64(20))
+    want = open_two_time(small, start_frame=3, end_frame=20)
+    assert (got.first_frame, got.n_frames) == (want.first_frame, want.n_frames) == (3, 18)
+    assert ModelSpec(n_frames=10.0).n_points == ModelSpec(n_frames=10).n_points == 45
+    for bad in (2.5, float("nan"), True, "3"):
+        with pytest.raises(ValueError, match=f"start_frame must be a whole number, got {bad!r}"):
+            open_two_time(small, start_frame=bad)

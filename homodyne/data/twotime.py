@@ -26,6 +26,7 @@ from homodyne.model import (
     frame_time_problem,
     triu_row,
     triu_row_start,
+    whole_number,
 )
 
 OLD_Q = "/xpcs/dqlist"
@@ -605,13 +606,6 @@ def _real(name: str, value, *, positive: bool) -> float:
     return v
 
 
-def _whole(name: str, value) -> int:
-    """A whole number (numpy integers too; not a bool, a fraction or text)."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise ValueError(f"{name} must be a whole number, got {value!r}")
-    return int(value)
-
-
 def check_selection(q, q_tolerance, phi_ranges, start_frame, end_frame):
     """``open_two_time``'s selection arguments, checked and made plain Python values:
     a wrong type or value is named here, not met later as a numpy error or a silent NaN."""
@@ -625,8 +619,8 @@ def check_selection(q, q_tolerance, phi_ranges, start_frame, end_frame):
                              f"{phi_ranges!r}")
         phi_ranges = [(_real("phi_ranges", lo, positive=False),
                        _real("phi_ranges", hi, positive=False)) for lo, hi in pairs] or None
-    return (q, q_tolerance, phi_ranges, _whole("start_frame", start_frame),
-            _whole("end_frame", end_frame))
+    return (q, q_tolerance, phi_ranges, whole_number("start_frame", start_frame),
+            whole_number("end_frame", end_frame))
 
 
 def _select(path, entries, q, q_tolerance, phi_ranges):
