@@ -2,6 +2,8 @@
 changes): virtual datasets that crashed HDF5 or read fill values past the storage checks,
 legitimate storage that must still be read, and long-double arrays in the Python API."""
 
+import json
+import os
 import shutil
 import subprocess
 import sys
@@ -256,3 +258,33 @@ def test_integral_floats_are_whole_numbers_as_in_the_config(small):
     for bad in (2.5, float("nan"), True, "3"):
         with pytest.raises(ValueError, match=f"start_frame must be a whole number, got {bad!r}"):
             open_two_time(small, start_frame=bad)
+
+
+def _absolute_source(h5, key, values, folder):
+    (folder / "beamline").mkdir(exist_ok=True)
+    with h5py.File(folder / "beamline" / "src.h5", "a") as src:
+        src[key] = values
+    full = h5py.VirtualSource(str(folder / "beamline" / "src.h5"), key, shape=values.shape)
+    h5[C2].create_virtual_dataset(key, _layout(values, (slice(None), full)), fillvalue=np.nan)
+
+
+def test_a_virtual_dataset_copied_with_its_sources_is_read_where_hdf5_finds_them(
+        small, tmp_path):
+    """A file naming its sources by absolute paths of the machine that wrote it, copied with
+    them into one folder: HDF5 reads the copies next to it, the check said "source file
+    /.../src.h5 is missing; copy it next to the file" (where it was). HDF5_VDS_PREFIX too."""
+    path = _crafted(small, tmp_path, _absolute_source)
+    plain = open_two_time(small).read_packed()
+    shutil.move(tmp_path / "beamline" / "src.h5", tmp_path / "src.h5")
+    np.testing.assert_array_equal(open_two_time(path).read_packed(), plain)
+    (tmp_path / "elsewhere").mkdir()
+    shutil.move(tmp_path / "src.h5", tmp_path / "elsewhere" / "src.h5")
+    with pytest.raises(DataFileError, match="beamline/src.h5 is missing"):
+        open_two_time(path)
+    code = ("from homodyne.data import open_two_time\n"
+            f"print(open_two_time({str(path)!r}).read_packed().tolist())\n")
+    env = {**os.environ, "HDF5_VDS_PREFIX": "${ORIGIN}/elsewhere"}  # HDF5 reads it at start
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert done.returncode == 0, done.stderr[-2000:]
+    np.testing.assert_array_equal(np.array(json.loads(done.stdout)), plain)

@@ -45,12 +45,13 @@ def _check_virtual(path, h5, name, obj, seen: tuple = ()) -> None:
     seen = (*seen, key)
     base = os.path.dirname(os.path.abspath(h5.filename))
     sources = obj.virtual_sources()
+    prefix = obj.id.get_access_plist().get_virtual_prefix().decode(errors="replace")
     for src in sources:
         if src.file_name == ".":
             _check_source(path, name, h5, src, seen)
             continue
-        full = os.path.join(base, src.file_name)
-        if not os.path.exists(full):
+        full = _source_file(src.file_name, base, prefix)
+        if full is None:
             raise DataFileError(path, f"{name} is a virtual dataset whose source file "
                                       f"{src.file_name} is missing; copy it next to the file")
         try:
@@ -64,6 +65,23 @@ def _check_virtual(path, h5, name, obj, seen: tuple = ()) -> None:
         raise DataFileError(path, f"{name} is a virtual dataset that maps {mapped:,} of its "
                                   f"{obj.size:,} values (the rest would read as its fill "
                                   "value); copy the complete data in")
+
+
+def _source_file(file_name: str, base: str, prefix: str) -> str | None:
+    """Where HDF5 finds a virtual source file (H5Pset_virtual_prefix): the name itself when
+    absolute, else its relative part (an absolute name's last component) under each folder
+    of the dataset's virtual prefix (HDF5_VDS_PREFIX as HDF5 read it), the virtual file's
+    folder and the working folder; None if in none. A beamline file names its sources by
+    absolute paths of that machine: copied with them into one folder it is still read."""
+    if os.path.isabs(file_name) and os.path.exists(file_name):
+        return file_name
+    rel = os.path.basename(file_name) if os.path.isabs(file_name) else file_name
+    prefixes = [p.replace("${ORIGIN}", base) for p in prefix.split(os.pathsep) if p]
+    for folder in (*prefixes, base, os.getcwd()):
+        candidate = os.path.join(folder, rel)
+        if os.path.exists(candidate):
+            return candidate
+    return None
 
 
 def _check_source(path, name, h5, src, seen) -> None:
