@@ -92,15 +92,40 @@ def _beyond_the_source(h5, key, values, folder):
                                   fillvalue=1.0)
 
 
+def _source_in_external_raw(h5, key, values, folder):
+    raw = folder / f"{key}.bin"
+    data = values.astype("<f8").tobytes()
+    raw.write_bytes(data[: len(data) // 2])
+    with h5py.File(folder / "ext.h5", "a") as src:
+        src.create_dataset(key, shape=values.shape, dtype="<f8",
+                           external=[(str(raw), 0, len(data))])
+    whole = h5py.VirtualSource("ext.h5", key, shape=values.shape)
+    h5[C2].create_virtual_dataset(key, _layout(values, (slice(None), whole)), fillvalue=1.0)
+
+
+def _source_half_written(h5, key, values, folder):
+    n = values.shape[0]
+    with h5py.File(folder / "half_written.h5", "a") as src:
+        src.create_dataset(key, shape=values.shape, dtype="f8", chunks=(5, n), fillvalue=1.0)
+        src[key][: n // 2] = values[: n // 2]
+    whole = h5py.VirtualSource("half_written.h5", key, shape=values.shape)
+    h5[C2].create_virtual_dataset(key, _layout(values, (slice(None), whole)), fillvalue=1.0)
+
+
 @pytest.mark.parametrize("edit, message", [
+    (_source_in_external_raw, r"c2_00001 \(through its virtual source ext.h5:c2_00001\) keeps "
+                              r"its values in the external raw file"),
+    (_source_half_written, r"source half_written.h5:c2_00001 was never \(or only in part\) "
+                           r"written"),
     (_half_mapped_twice, r"maps 450 of its 900 values \(the rest would read as its fill value"),
     (_beyond_the_source, r"maps values beyond the end of its source same.h5:c2_00001 "
                          r"\(shape \(30, 30\)"),
 ])
 def test_virtual_mappings_that_read_fill_values_are_named(small, tmp_path, edit, message):
-    """Was: one region mapped twice counted as the whole matrix (the unmapped half fitted as
-    fill values, exit 0); a mapping past the end of a source that holds as many values as
-    mapped was called a truncated file."""
+    """Was: a virtual source in external raw storage half as long as declared (zeros) or
+    chunked and half written (fill values), and one region mapped twice counted as the whole
+    matrix (the unmapped half): all fitted, exit 0; a mapping past the end of a source that
+    holds as many values as mapped was called a truncated file."""
     with pytest.raises(DataFileError, match=message):
         open_two_time(_crafted(small, tmp_path, edit)).read_packed()
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 
 import h5py
+import numpy as np
 
 from homodyne.data.errors import DataFileError
 
@@ -18,14 +19,20 @@ from homodyne.data.errors import DataFileError
 def refuse_unread_storage(path, h5: h5py.File, name: str, obj: h5py.Dataset) -> None:
     """DataFileError unless every value of ``obj`` (``name`` in the open file ``h5`` at
     ``path``) is stored in this file, or in virtual sources that hold all it maps."""
+    _refuse_external(path, name, obj)
+    if obj.is_virtual:
+        _check_virtual(path, h5, name, obj)
+
+
+def _refuse_external(path, name: str, obj: h5py.Dataset, via: str = "") -> None:
+    """DataFileError if ``obj`` keeps its values in external raw files (``via``: the
+    virtual source it is, for the message)."""
     plist = obj.id.get_create_plist()
     if plist.get_external_count():
         raw = plist.get_external(0)[0].decode(errors="replace")
-        raise DataFileError(path, f"{name} keeps its values in the external raw file {raw}; "
-                                  "external storage is not read (HDF5 reads zeros past its "
-                                  "end): copy the data into the file")
-    if obj.is_virtual:
-        _check_virtual(path, h5, name, obj)
+        raise DataFileError(path, f"{name}{via} keeps its values in the external raw file "
+                                  f"{raw}; external storage is not read (HDF5 reads zeros "
+                                  "past its end): copy the data into the file")
 
 
 MAX_VIRTUAL_DEPTH = 8  # virtual datasets mapping virtual datasets: far above any real layout
@@ -103,6 +110,12 @@ def _check_source(path, name, h5, src, seen) -> None:
         raise DataFileError(path, f"{name} is a virtual dataset whose source "
                                   f"{src.file_name}:{src.dset_name} {what} (HDF5 would read "
                                   "its fill value instead); copy the complete data in")
+    _refuse_external(path, name, ds, f" (through its virtual source {src.file_name}:"
+                                     f"{src.dset_name})")
+    if never_written(ds):
+        raise DataFileError(path, f"{name} is a virtual dataset whose source {src.file_name}:"
+                                  f"{src.dset_name} was never (or only in part) written (HDF5 "
+                                  "would read its fill value instead); copy the complete data in")
     if ds.is_virtual:
         _check_virtual(path, h5, name, ds, seen)
 
@@ -121,3 +134,16 @@ def _mapped(sources) -> int:
             break
         union.modify_select(src.vspace, h5py.h5s.SELECT_OR)
     return int(union.get_select_npoints())
+
+
+def never_written(ds) -> bool:
+    """Whether part of a dataset's storage was never written, so that HDF5 would return
+    its fill value there: contiguous storage never allocated, or chunks missing."""
+    plist = ds.id.get_create_plist()
+    layout = plist.get_layout()
+    if layout == h5py.h5d.CONTIGUOUS:
+        return bool(ds.size) and ds.id.get_offset() is None and plist.get_external_count() == 0
+    if layout == h5py.h5d.CHUNKED:
+        chunks = int(np.prod([-(-n // c) for n, c in zip(ds.shape, ds.chunks, strict=True)]))
+        return ds.id.get_num_chunks() < chunks
+    return False

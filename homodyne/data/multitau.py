@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 
 from homodyne.data.errors import DataFileError, data_file
-from homodyne.data.h5storage import refuse_unread_storage
+from homodyne.data.h5storage import never_written, refuse_unread_storage
 from homodyne.model import frame_time_problem
 
 G2 = "/xpcs/multitau/normalized_g2"
@@ -109,19 +109,6 @@ def _numeric(h5, name: str, path: str, max_size: int) -> np.ndarray:
                                   "would read its fill value there as data); the writer "
                                   "stopped early - export the file again")
     return np.asarray(obj[()], dtype=np.float64)
-
-
-def never_written(ds) -> bool:
-    """Whether part of a dataset's storage was never written, so that HDF5 would return
-    its fill value there: contiguous storage never allocated, or chunks missing."""
-    plist = ds.id.get_create_plist()
-    layout = plist.get_layout()
-    if layout == h5py.h5d.CONTIGUOUS:
-        return bool(ds.size) and ds.id.get_offset() is None and plist.get_external_count() == 0
-    if layout == h5py.h5d.CHUNKED:
-        chunks = int(np.prod([-(-n // c) for n, c in zip(ds.shape, ds.chunks, strict=True)]))
-        return ds.id.get_num_chunks() < chunks
-    return False
 
 
 def check_axes(path, tau, q) -> None:
