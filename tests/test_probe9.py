@@ -313,3 +313,18 @@ def test_a_virtual_dataset_copied_with_its_sources_is_read_where_hdf5_finds_them
                           timeout=120, env=env)
     assert done.returncode == 0, done.stderr[-2000:]
     np.testing.assert_array_equal(np.array(json.loads(done.stdout)), plain)
+
+
+def test_a_virtual_source_that_is_a_fifo_is_refused_not_waited_on(small, tmp_path):
+    """Was: the storage check opened the source to count its values: a FIFO of the source's
+    name blocked the run for ever (as probe7's checkpoint FIFOs did)."""
+    path = _crafted(small, tmp_path, _rows_in_another_file)
+    (tmp_path / "rows.h5").unlink()
+    os.mkfifo(tmp_path / "rows.h5")
+    code = ("from homodyne.data import open_two_time\n"
+            "from homodyne.data.errors import DataFileError\n"
+            f"try:\n    open_two_time({str(path)!r})\n"
+            "except DataFileError as exc:\n    print(exc)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=60)
+    assert "rows.h5 is not a regular file (a pipe or device)" in done.stdout, done.stderr

@@ -61,6 +61,10 @@ def _check_virtual(path, h5, name, obj, seen: tuple = ()) -> None:
         if full is None:
             raise DataFileError(path, f"{name} is a virtual dataset whose source file "
                                       f"{src.file_name} is missing; copy it next to the file")
+        if not os.path.isfile(full):  # a FIFO or device: opening it would block or never end
+            raise DataFileError(path, f"{name} is a virtual dataset whose source file {full} "
+                                      "is not a regular file (a pipe or device); copy the data "
+                                      "in")
         try:
             with h5py.File(full, "r") as other:
                 _check_source(path, name, other, src, seen)
