@@ -60,18 +60,25 @@ def _maps_a_pair(h5, key, values, folder):
         key, _layout(values, (slice(None), back)), fillvalue=1.0)
 
 
+def _error_in_a_child(call: str, timeout: int = 120) -> str:
+    """What ``call`` prints as a DataFileError in a fresh interpreter: a crash or a hang
+    there fails the test instead of the test session."""
+    code = ("from homodyne.data import open_two_time\n"
+            "from homodyne.data.errors import DataFileError\n"
+            "from homodyne.data.multitau import read_multitau\n"
+            f"try:\n    {call}\nexcept DataFileError as exc:\n    print(exc)\n")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=timeout)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stdout
+
+
 @pytest.mark.parametrize("edit", [_maps_itself, _maps_a_pair])
 def test_a_virtual_dataset_that_maps_itself_is_refused_not_a_segfault(small, tmp_path, edit):
     """Was: HDF5 recursed reading the matrix until the process died (exit 139, no word)."""
     path = _crafted(small, tmp_path, edit)
-    code = ("from homodyne.data import open_two_time\n"
-            "from homodyne.data.errors import DataFileError\n"
-            f"try:\n    open_two_time({str(path)!r}).read_packed()\n"
-            "except DataFileError as exc:\n    print(exc)\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "is a virtual dataset that maps itself (through" in done.stdout
+    out = _error_in_a_child(f"open_two_time({str(path)!r}).read_packed()")
+    assert "is a virtual dataset that maps itself (through" in out
 
 
 def _half_mapped_twice(h5, key, values, folder):
@@ -261,14 +268,8 @@ def test_a_multitau_start_time_that_maps_itself_is_refused_not_a_segfault(real_d
         lay = h5py.VirtualLayout(shape=(1,), dtype=dtype)
         lay[...] = h5py.VirtualSource(".", START_TIME, shape=(1,))
         h5.create_virtual_dataset(START_TIME, lay)
-    code = ("from homodyne.data.multitau import read_multitau\n"
-            "from homodyne.data.errors import DataFileError\n"
-            f"try:\n    read_multitau({str(path)!r})\n"
-            "except DataFileError as exc:\n    print(exc)\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=120)
-    assert done.returncode == 0, done.stderr[-2000:]
-    assert "/entry/start_time is a virtual dataset that maps itself" in done.stdout
+    out = _error_in_a_child(f"read_multitau({str(path)!r})")
+    assert "/entry/start_time is a virtual dataset that maps itself" in out
 
 
 def test_integral_floats_are_whole_numbers_as_in_the_config(small):
@@ -321,10 +322,5 @@ def test_a_virtual_source_that_is_a_fifo_is_refused_not_waited_on(small, tmp_pat
     path = _crafted(small, tmp_path, _rows_in_another_file)
     (tmp_path / "rows.h5").unlink()
     os.mkfifo(tmp_path / "rows.h5")
-    code = ("from homodyne.data import open_two_time\n"
-            "from homodyne.data.errors import DataFileError\n"
-            f"try:\n    open_two_time({str(path)!r})\n"
-            "except DataFileError as exc:\n    print(exc)\n")
-    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                          timeout=60)
-    assert "rows.h5 is not a regular file (a pipe or device)" in done.stdout, done.stderr
+    out = _error_in_a_child(f"open_two_time({str(path)!r})", timeout=60)
+    assert "rows.h5 is not a regular file (a pipe or device)" in out
