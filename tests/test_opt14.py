@@ -34,3 +34,24 @@ def test_offset_crossing_its_bound_restarts_at_the_same_level_and_slope(n_frames
     _cost_matches(result, ref)
     assert_matches(result, ref.x)
     assert "D_offset" in result.at_bounds
+
+
+def test_start_on_a_bound_corner_tries_the_other_trend():
+    """From the corner D0 = 1e5, alpha = -2, D_offset = -1e3 (J decreasing) with the truth
+    increasing (alpha = 0.46): the quadrant of the start's trend ends with alpha held at
+    the logarithmic edge, a local minimum with offsets dragged onto their bound (chi2
+    350x SciPy's, reported converged). The other quadrant, fitted from the start too,
+    holds SciPy's optimum (opt14 comparison, seed 101)."""
+    spec = make_spec("static", n_frames=50, n_phi=6)
+    truth = spec.pack([0.2117, 0.4032, 0.3161, 0.1824, 0.4652, 0.4412],
+                      [1.0473, 0.9725, 1.0305, 1.0181, 0.9971, 0.9531], [1577.7, 0.4642, 273.75])
+    y = noisy_data(spec, truth, sigma=3.3e-4, seed=0)
+    lb, ub = spec.pack(0.0, 0.5, STATIC_LB), spec.pack(1.0, 1.5, STATIC_UB)
+    p0 = spec.pack([0.1900, 0.3605, 0.2668, 0.1479, 0.3880, 0.5283],
+                   [1.0309, 1.0328, 1.0102, 0.8745, 1.1090, 0.9927], [1e5, -2.0, -1000.0])
+    ref = trf(spec, y, p0, lb, ub)
+    assert ref.status > 0
+    result = NLSQWrapper().fit_two_time(None, spec, p0, (lb, ub), y=y)
+    assert result.converged and not result.at_bounds, result.summary()
+    _cost_matches(result, ref)
+    assert_matches(result, ref.x)

@@ -238,17 +238,24 @@ def _fit_internal(problem, coords, space, x, x0, lb, ub, runner, opts, track, tr
     if st.reason.startswith("stopped"):
         return held_space, st, set()
     binds = _binding_limits(held_space, st, sides)
-    flip = {t: -sides[t] for t in triples if binds[t] == "slope"}
-    if flip:  # J's trend is the other one: fit that quadrant too, keep the lower cost
-        u_end = held_space.free.expand(st.x)
+    # the slope's limit binds: J's trend is the other one. Alpha's binds where the start's
+    # own trend picked the quadrant (a plain start's is picked by the first step): the
+    # other quadrant may hold a lower optimum than this one's logarithmic edge (a start
+    # on a bound corner). Either way fit that quadrant too and keep the lower cost; after
+    # alpha's, from the start (the fit towards the edge drags the other parameters away)
+    trend = coords.to_internal(x0)  # the user's start (a coarse level's end has a trend)
+    trend_flip = {t for t in triples if binds[t] == "alpha" and trend[t[0]] != 0}
+    flip = {t: -sides[t] for t in triples if binds[t] == "slope" or t in trend_flip}
+    if flip:
+        u_end = u.copy() if trend_flip else held_space.free.expand(st.x)
         for i, _, _ in flip:
             u_end[i] = 0.0
         sides2 = {**sides, **flip}
         space2, st2 = _held_fit(coords, space, u_end, sides2, x0, lb, ub, evaluate, opts,
                                 track, trust, full_kw, None, geodesic_for)
         _chain(st2, st)
-        messages.append(f"internal coordinates, slope held at 0 with its gradient pointing "
-                        f"out: {_quadrants(problem, sides2)}: {st2.evaluations} passes in all, "
+        messages.append(f"internal coordinates, the other quadrant (a held limit binds): "
+                        f"{_quadrants(problem, sides2)}: {st2.evaluations} passes in all, "
                         f"{st2.reason}")
         if st2.reason.startswith("stopped"):
             return space2, st2, set()
