@@ -238,13 +238,15 @@ def _fit_internal(problem, coords, space, x, x0, lb, ub, runner, opts, track, tr
     if st.reason.startswith("stopped"):
         return held_space, st, set()
     binds = _binding_limits(held_space, st, sides)
-    # the slope's limit binds: J's trend is the other one. Alpha's binds where the start's
-    # own trend picked the quadrant (a plain start's is picked by the first step): the
-    # other quadrant may hold a lower optimum than this one's logarithmic edge (a start
-    # on a bound corner). Either way fit that quadrant too and keep the lower cost; after
-    # alpha's, from the start (the fit towards the edge drags the other parameters away)
+    # the slope's limit binds: J's trend is the other one. Alpha's binds at a converged
+    # end where the start's own trend picked the quadrant (a plain start's is picked by
+    # the first step): the other quadrant may hold a lower optimum than this one's
+    # logarithmic edge (a start on a bound corner). Either way fit that quadrant too and
+    # keep the lower cost; after alpha's, from the start (the fit towards the edge drags
+    # the other parameters away)
     trend = coords.to_internal(x0)  # the user's start (a coarse level's end has a trend)
-    trend_flip = {t for t in triples if binds[t] == "alpha" and trend[t[0]] != 0}
+    trend_flip = {t for t in triples if binds[t] == "alpha" and trend[t[0]] != 0} \
+        if st.converged else set()
     flip = {t: -sides[t] for t in triples if binds[t] == "slope" or t in trend_flip}
     if flip:
         u_end = u.copy() if trend_flip else held_space.free.expand(st.x)
