@@ -242,16 +242,19 @@ def _fit_internal(problem, coords, space, x, x0, lb, ub, runner, opts, track, tr
     # end where the start's own trend picked the quadrant (a plain start's is picked by
     # the first step): the other quadrant may hold a lower optimum than this one's
     # logarithmic edge (a start on a bound corner). Either way fit that quadrant too and
-    # keep the lower cost; after alpha's, from the start (the fit towards the edge drags
-    # the other parameters away)
+    # keep the lower cost; after alpha's, from the mirror image of the end (below)
     trend = coords.to_internal(x0)  # the user's start (a coarse level's end has a trend)
     trend_flip = {t for t in triples if binds[t] == "alpha" and trend[t[0]] != 0} \
         if st.converged else set()
     flip = {t: -sides[t] for t in triples if binds[t] == "slope" or t in trend_flip}
     if flip:
-        u_end = u.copy() if trend_flip else held_space.free.expand(st.x)
-        for i, _, _ in flip:
-            u_end[i] = 0.0
+        u_end = held_space.free.expand(st.x)
+        for i, a, o in flip:
+            if (i, a, o) in trend_flip:  # the model has |∫J|: -J is the same fit, and at
+                # the edge (|alpha| = EDGE_ALPHA) it lies in the other quadrant's corner
+                u_end[[i, a, o]] = -u_end[[i, a, o]]
+            else:
+                u_end[i] = 0.0
         sides2 = {**sides, **flip}
         space2, st2 = _held_fit(coords, space, u_end, sides2, x0, lb, ub, evaluate, opts,
                                 track, trust, full_kw, None, geodesic_for)
@@ -261,7 +264,15 @@ def _fit_internal(problem, coords, space, x, x0, lb, ub, runner, opts, track, tr
                         f"{st2.reason}")
         if st2.reason.startswith("stopped"):
             return space2, st2, set()
-        if st2.converged and st2.ne.cost < st.ne.cost or not st.converged:
+        better = st2.converged and st2.ne.cost < st.ne.cost or not st.converged
+        if trend_flip and st.converged and st2.converged:
+            # level and slope are free: the lower internal cost may lie outside the user's
+            # box. Judge the two by the cost where the finish in user coordinates starts
+            costs = [_box_cost(coords, hs, s_, _binding_limits(hs, s_, sd), lb, ub, evaluate)
+                     for hs, s_, sd in ((held_space, st, sides), (space2, st2, sides2))]
+            st2.evaluations += sum(c[1] for c in costs)
+            better = costs[1][0] < costs[0][0]
+        if better:
             held_space, st, sides = space2, st2, sides2
             binds = _binding_limits(held_space, st, sides)
         else:
@@ -306,6 +317,17 @@ def _held_fit(coords, space, u, sides, x0, lb, ub, evaluate, opts, track, trust,
                   geodesic=geodesic_for(hs) if geodesic_for else None, **full_kw)
     st.evaluations += ne0 is not None and reuse
     return hs, st
+
+
+def _box_cost(coords, hs, st, binds, lb, ub, evaluate) -> tuple[float, int]:
+    """(cost, passes spent) at the point of the user's box where the finish in user
+    coordinates would start from this internal end (``into_box``); its own cost, no pass,
+    where the end is inside the box."""
+    x = coords.to_user(hs.free.expand(st.x))
+    if np.all(x >= lb) and np.all(x <= ub):
+        return float(st.ne.cost), 0
+    edge = {a for (_, a, _), b in binds.items() if b == "alpha"}
+    return float(evaluate(coords.into_box(x, lb, ub, edge)).cost), 1
 
 
 def _binding_limits(hs, st, sides) -> dict[tuple[int, int, int], str | None]:
