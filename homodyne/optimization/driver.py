@@ -242,17 +242,22 @@ def _fit_internal(problem, coords, space, x, x0, lb, ub, runner, opts, track, tr
     # end where the start's own trend picked the quadrant (a plain start's is picked by
     # the first step): the other quadrant may hold a lower optimum than this one's
     # logarithmic edge (a start on a bound corner). Either way fit that quadrant too and
-    # keep the lower cost; after alpha's, from the mirror image of the end (below)
+    # keep the lower cost; after alpha's, from the mirror image of the end where that
+    # makes J(t_ref) positive (below), else from the start
     trend = coords.to_internal(x0)  # the user's start (a coarse level's end has a trend)
     trend_flip = {t for t in triples if binds[t] == "alpha" and trend[t[0]] != 0} \
         if st.converged else set()
     flip = {t: -sides[t] for t in triples if binds[t] == "slope" or t in trend_flip}
+    # the model has |∫J|: -J is the same fit, and an end at the edge (|alpha| = EDGE_ALPHA)
+    # with J(t_ref) < 0 mirrored is the other quadrant's corner with J(t_ref) > 0
+    u_end = held_space.free.expand(st.x)
+    mirror = {t for t in trend_flip if u_end[t[2]] < 0}
     if flip:
-        u_end = held_space.free.expand(st.x)
+        if trend_flip - mirror:
+            u_end = u.copy()  # from the start: the way to the edge drags the rest along
         for i, a, o in flip:
-            if (i, a, o) in trend_flip:  # the model has |∫J|: -J is the same fit, and at
-                # the edge (|alpha| = EDGE_ALPHA) it lies in the other quadrant's corner
-                u_end[[i, a, o]] = -u_end[[i, a, o]]
+            if (i, a, o) in mirror:
+                u_end[[i, a, o]] = -held_space.free.expand(st.x)[[i, a, o]]
             else:
                 u_end[i] = 0.0
         sides2 = {**sides, **flip}
@@ -265,7 +270,7 @@ def _fit_internal(problem, coords, space, x, x0, lb, ub, runner, opts, track, tr
         if st2.reason.startswith("stopped"):
             return space2, st2, set()
         better = st2.converged and st2.ne.cost < st.ne.cost or not st.converged
-        if trend_flip and st.converged and st2.converged:
+        if mirror and st.converged and st2.converged:
             # level and slope are free: the lower internal cost may lie outside the user's
             # box. Judge the two by the cost where the finish in user coordinates starts
             costs = [_box_cost(coords, hs, s_, _binding_limits(hs, s_, sd), lb, ub, evaluate)
