@@ -186,7 +186,29 @@ class PowerLawCoordinates:
                     al = al_new
             if np.isfinite(al) and lb[a] <= al <= ub[a] and al != 0:
                 x[i], x[a], x[o] = target, al, u[o] - u[i] / al
+        for i, a, o in self.triples:
+            if not lb[o] <= x[o] <= ub[o]:
+                on_bound = self._offset_on_bound(u, (i, a, o), lb, ub, x[o])
+                if on_bound is not None:
+                    x[i], x[a], x[o] = on_bound
         return np.clip(x, lb, ub)
+
+    def _offset_on_bound(self, u, triple, lb, ub, offset) -> tuple | None:
+        """(amplitude, exponent, offset) with the offset on the bound it crossed and the
+        same level and slope (amplitude t_r^alpha = level - bound, alpha = slope / that),
+        exact; None where the amplitude or exponent that needs is outside its bounds.
+        Clipping the offset alone would move J by the whole excess at every time."""
+        i, a, o = triple
+        bound = float(np.clip(offset, lb[o], ub[o]))
+        rest = float(u[o]) - bound  # amplitude * t_r^alpha
+        if rest == 0 or u[i] == 0:
+            return None
+        al = float(u[i]) / rest
+        with np.errstate(over="ignore", invalid="ignore"):
+            amp = float(rest / self.t_ref ** al)
+        if not (np.isfinite(amp) and lb[a] <= al <= ub[a] and lb[i] <= amp <= ub[i]):
+            return None
+        return amp, al, bound
 
     def evaluator(self, evaluate):
         """``evaluate`` (user vector -> normal equations) as a function of u."""

@@ -238,21 +238,46 @@ def _fit_internal(problem, coords, space, x, x0, lb, ub, runner, opts, track, tr
     if st.reason.startswith("stopped"):
         return held_space, st, set()
     binds = _binding_limits(held_space, st, sides)
-    flip = {t: -sides[t] for t in triples if binds[t] == "slope"}
-    if flip:  # J's trend is the other one: fit that quadrant too, keep the lower cost
-        u_end = held_space.free.expand(st.x)
-        for i, _, _ in flip:
-            u_end[i] = 0.0
+    # the slope's limit binds: J's trend is the other one. Alpha's binds at a converged
+    # end where the start's own trend picked the quadrant (a plain start's is picked by
+    # the first step): the other quadrant may hold a lower optimum than this one's
+    # logarithmic edge (a start on a bound corner). Either way fit that quadrant too and
+    # keep the lower cost; after alpha's, from the mirror image of the end where that
+    # makes J(t_ref) positive (below), else from the start
+    trend = coords.to_internal(x0)  # the user's start (a coarse level's end has a trend)
+    trend_flip = {t for t in triples if binds[t] == "alpha" and trend[t[0]] != 0} \
+        if st.converged else set()
+    flip = {t: -sides[t] for t in triples if binds[t] == "slope" or t in trend_flip}
+    # the model has |∫J|: -J is the same fit, and an end at the edge (|alpha| = EDGE_ALPHA)
+    # with J(t_ref) < 0 mirrored is the other quadrant's corner with J(t_ref) > 0
+    u_end = held_space.free.expand(st.x)
+    mirror = {t for t in trend_flip if u_end[t[2]] < 0}
+    if flip:
+        if trend_flip - mirror:
+            u_end = u.copy()  # from the start: the way to the edge drags the rest along
+        for i, a, o in flip:
+            if (i, a, o) in mirror:
+                u_end[[i, a, o]] = -held_space.free.expand(st.x)[[i, a, o]]
+            else:
+                u_end[i] = 0.0
         sides2 = {**sides, **flip}
         space2, st2 = _held_fit(coords, space, u_end, sides2, x0, lb, ub, evaluate, opts,
                                 track, trust, full_kw, None, geodesic_for)
         _chain(st2, st)
-        messages.append(f"internal coordinates, slope held at 0 with its gradient pointing "
-                        f"out: {_quadrants(problem, sides2)}: {st2.evaluations} passes in all, "
+        messages.append(f"internal coordinates, the other quadrant (a held limit binds): "
+                        f"{_quadrants(problem, sides2)}: {st2.evaluations} passes in all, "
                         f"{st2.reason}")
         if st2.reason.startswith("stopped"):
             return space2, st2, set()
-        if st2.converged and st2.ne.cost < st.ne.cost or not st.converged:
+        better = st2.converged and st2.ne.cost < st.ne.cost or not st.converged
+        if mirror and st.converged and st2.converged:
+            # level and slope are free: the lower internal cost may lie outside the user's
+            # box. Judge the two by the cost where the finish in user coordinates starts
+            costs = [_box_cost(coords, hs, s_, _binding_limits(hs, s_, sd), lb, ub, evaluate)
+                     for hs, s_, sd in ((held_space, st, sides), (space2, st2, sides2))]
+            st2.evaluations += sum(c[1] for c in costs)
+            better = costs[1][0] < costs[0][0]
+        if better:
             held_space, st, sides = space2, st2, sides2
             binds = _binding_limits(held_space, st, sides)
         else:
@@ -297,6 +322,17 @@ def _held_fit(coords, space, u, sides, x0, lb, ub, evaluate, opts, track, trust,
                   geodesic=geodesic_for(hs) if geodesic_for else None, **full_kw)
     st.evaluations += ne0 is not None and reuse
     return hs, st
+
+
+def _box_cost(coords, hs, st, binds, lb, ub, evaluate) -> tuple[float, int]:
+    """(cost, passes spent) at the point of the user's box where the finish in user
+    coordinates would start from this internal end (``into_box``); its own cost, no pass,
+    where the end is inside the box."""
+    x = coords.to_user(hs.free.expand(st.x))
+    if np.all(x >= lb) and np.all(x <= ub):
+        return float(st.ne.cost), 0
+    edge = {a for (_, a, _), b in binds.items() if b == "alpha"}
+    return float(evaluate(coords.into_box(x, lb, ub, edge)).cost), 1
 
 
 def _binding_limits(hs, st, sides) -> dict[tuple[int, int, int], str | None]:
