@@ -59,8 +59,11 @@ def test_chx_comparison_table_is_consistent(real_data, tmp_path):
     assert where.startswith("logarithmic edge, pushed there by the bounds"), where
     assert "D0 = -" in where and abs(res.parameters[3]) * np.log(350) <= 1e-3
     # where the unbounded optimum lies is estimated from the held optimum at no pass (a
-    # short fit for it took 3 more): held stage 9 passes, user-coordinate finish 3
-    assert "an estimate" in where and res.passes <= 12, res.summary()
+    # short fit for it took 3 more): held stage 9 passes; the start has a J trend of its own
+    # and alpha's held limit binds, so the other trend is fitted too (10 passes, not lower);
+    # user-coordinate finish 3
+    assert "an estimate" in where and res.passes <= 26, res.summary()
+    assert any("the other quadrant" in m for m in res.messages), res.messages
     assert {"D0", "D_offset"} <= set(res.undetermined)
     assert np.isinf(res.uncertainties[[2, 4]]).all()
     assert np.all(np.isfinite(df["rate_fit_err"])) and np.all(df["rate_fit_err"] > 0)
