@@ -23,3 +23,36 @@ def test_fit_h5_keeps_values_beyond_float32_without_a_warning(tmp_path):
         np.testing.assert_array_equal(h5["residuals"][()], data - model)
         assert h5["model"].dtype == np.float32  # values that fit stay compact
         np.testing.assert_array_equal(h5["model"][()], model)
+
+
+def test_a_reversed_phi_range_is_named_and_ranges_do_not_wrap(tmp_path, capsys):
+    """probe9 W4: [[10, 0]] through the API said only "no angle in phi ranges"; [[350, 370]]
+    selected nothing from angles 0..90 without saying that ranges do not wrap modulo 360."""
+    import pytest
+    import yaml
+
+    from homodyne.cli import main
+    from homodyne.data.errors import DataFileError
+    from homodyne.data.twotime import open_two_time
+
+    path = tmp_path / "l.h5"
+    assert main(["generate", "--output", str(path), "--frames", "12", "--angles", "0,45,90",
+                 "--mode", "laminar_flow"]) == 0
+    with pytest.raises(ValueError) as err:
+        open_two_time(str(path), q=0.0054, phi_ranges=[[0, 50], [10, 0]])
+    assert str(err.value) == ("phi_ranges[1] is reversed: min 10.0 > max 0.0; swap them (a range "
+                              "is [min_deg, max_deg] and does not wrap modulo 360)")
+    with pytest.raises(DataFileError) as err:
+        open_two_time(str(path), q=0.0054, phi_ranges=[[350, 370]])
+    assert str(err.value).endswith("(available: [0.0, 45.0, 90.0]); ranges are compared with "
+                                   "the file's angles as stored, without wrapping modulo 360")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "analysis_mode": "static", "initial_parameters": {"values": [8000.0, -0.4, 80.0]},
+        "experimental_data": {"file_path": str(path), "phi_ranges": [[10, 0]]}}))
+    capsys.readouterr()
+    assert main(["--config", str(cfg), "--output-dir", str(tmp_path / "out")]) == 2
+    err_text = capsys.readouterr().err
+    assert ("experimental_data.phi_ranges[0]: reversed range: min 10.0 > max 0.0; swap them "
+            "(ranges do not wrap modulo 360)") in err_text
+    assert not (tmp_path / "out").exists()

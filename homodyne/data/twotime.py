@@ -619,6 +619,10 @@ def check_selection(q, q_tolerance, phi_ranges, start_frame, end_frame):
                              f"{phi_ranges!r}")
         phi_ranges = [(_real("phi_ranges", lo, positive=False),
                        _real("phi_ranges", hi, positive=False)) for lo, hi in pairs] or None
+        for i, (lo, hi) in enumerate(phi_ranges or ()):
+            if lo > hi:
+                raise ValueError(f"phi_ranges[{i}] is reversed: min {lo} > max {hi}; swap them "
+                                 "(a range is [min_deg, max_deg] and does not wrap modulo 360)")
     return (q, q_tolerance, phi_ranges, whole_number("start_frame", start_frame),
             whole_number("end_frame", end_frame))
 
@@ -645,7 +649,8 @@ def _select(path, entries, q, q_tolerance, phi_ranges):
         if not chosen:
             avail = sorted({float(e[1]) for e in entries if e[0] == q_sel})
             raise DataFileError(path, f"no angle in phi ranges {ranges} at q={q_sel:.6g} "
-                                      f"(available: {avail})")
+                                      f"(available: {avail}); ranges are compared with the "
+                                      "file's angles as stored, without wrapping modulo 360")
     chosen.sort(key=lambda e: e[1])
     return float(q_sel), chosen
 
