@@ -56,3 +56,30 @@ def test_a_reversed_phi_range_is_named_and_ranges_do_not_wrap(tmp_path, capsys):
     assert ("experimental_data.phi_ranges[0]: reversed range: min 10.0 > max 0.0; swap them "
             "(ranges do not wrap modulo 360)") in err_text
     assert not (tmp_path / "out").exists()
+
+
+def test_points_with_infinite_sigma_are_skipped_and_not_counted():
+    """probe9 W5: a point with sigma = inf (weight 0) counted in n_points and in the reduced
+    chi2's degrees of freedom; it carries no information, so it is skipped like a NaN point."""
+    import pytest
+
+    from homodyne.optimization.nlsq_wrapper import NLSQWrapper
+
+    x = np.linspace(0.0, 1.0, 200)
+    y = 2.0 * x + 1.0 + 0.01 * np.random.default_rng(0).standard_normal(200)
+    sigma = np.full(200, 0.01)
+    sigma[:50] = np.inf
+
+    def line(x, a, b):
+        return a * x + b
+
+    fit = NLSQWrapper().fit(line, x, y, [1.0, 0.0], sigma=sigma)
+    kept = NLSQWrapper().fit(line, x[50:], y[50:], [1.0, 0.0], sigma=sigma[50:])
+    assert fit.n_points == kept.n_points == 150
+    assert fit.reduced_chi_squared == pytest.approx(kept.reduced_chi_squared, rel=1e-9)
+    np.testing.assert_allclose(fit.parameters, kept.parameters, rtol=1e-9)
+    with pytest.raises(ValueError) as err:
+        NLSQWrapper().fit(line, x, y, [1.0, 0.0], sigma=np.inf)
+    assert str(err.value) == ("no point is left to fit: every point's ydata is NaN or its sigma "
+                              "is infinite or NaN (an infinite sigma carries no information, so "
+                              "that point is skipped)")
