@@ -4,6 +4,7 @@ import warnings
 
 import h5py
 import numpy as np
+import pytest
 
 from homodyne.output import write_fit_h5
 
@@ -28,7 +29,6 @@ def test_fit_h5_keeps_values_beyond_float32_without_a_warning(tmp_path):
 def test_a_reversed_phi_range_is_named_and_ranges_do_not_wrap(tmp_path, capsys):
     """probe9 W4: [[10, 0]] through the API said only "no angle in phi ranges"; [[350, 370]]
     selected nothing from angles 0..90 without saying that ranges do not wrap modulo 360."""
-    import pytest
     import yaml
 
     from homodyne.cli import main
@@ -61,7 +61,6 @@ def test_a_reversed_phi_range_is_named_and_ranges_do_not_wrap(tmp_path, capsys):
 def test_points_with_infinite_sigma_are_skipped_and_not_counted():
     """probe9 W5: a point with sigma = inf (weight 0) counted in n_points and in the reduced
     chi2's degrees of freedom; it carries no information, so it is skipped like a NaN point."""
-    import pytest
 
     from homodyne.optimization.nlsq_wrapper import NLSQWrapper
 
@@ -83,3 +82,37 @@ def test_points_with_infinite_sigma_are_skipped_and_not_counted():
     assert str(err.value) == ("no point is left to fit: every point's ydata is NaN or its sigma "
                               "is infinite or NaN (an infinite sigma carries no information, so "
                               "that point is skipped)")
+
+
+def test_a_multitau_g2_linked_to_a_missing_file_is_named_as_such(tmp_path):
+    """probe7 W3: it was called "damaged HDF5 file (metadata unreadable: can't open file)"."""
+
+    from homodyne.data.errors import DataFileError
+    from homodyne.data.multitau import (
+        DELAYS,
+        FRAME_TIME,
+        G2,
+        G2_ERR,
+        Q_LIST,
+        START_TIME,
+        read_multitau,
+    )
+
+    def write(name, g2):
+        with h5py.File(tmp_path / name, "w") as h5:
+            h5[G2] = g2
+            h5[G2_ERR] = np.full((5, 2), 0.01)
+            h5[DELAYS] = np.arange(1.0, 6.0)
+            h5[FRAME_TIME] = [0.1]
+            h5[START_TIME] = b"2024-01-01T00:00:00"
+            h5[Q_LIST] = [0.01, 0.02]
+        return str(tmp_path / name)
+
+    g2 = 1.0 + 0.2 * np.exp(-np.arange(1.0, 6.0))[:, None] * np.ones(2)
+    np.testing.assert_array_equal(read_multitau(write("good.h5", g2)).g2, g2)
+    with pytest.raises(DataFileError) as err:
+        read_multitau(write("linked.h5", h5py.ExternalLink("gone.h5", "/g2")))
+    assert str(err.value).endswith(
+        "linked.h5: /xpcs/multitau/normalized_g2 is an external link to gone.h5, which cannot "
+        "be opened (missing or unreadable): copy the data into the file, or put that file where "
+        "the link points")

@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 
 from homodyne.data.errors import DataFileError, data_file
-from homodyne.data.h5storage import refuse_unread_storage
+from homodyne.data.h5storage import external_link, refuse_unread_storage
 from homodyne.data.npyfile import npy_file_header
 from homodyne.model import (
     ModelSpec,
@@ -488,12 +488,10 @@ def _open_npy(path, q, start_frame, end_frame) -> TwoTimeSource:
 
 def _local(path, h5, name) -> None:
     """Refuse a name that leads (itself or through a parent group) to another file."""
-    parts = name.strip("/").split("/")
-    for k in range(1, len(parts) + 1):
-        link = h5.get("/" + "/".join(parts[:k]), getlink=True)
-        if isinstance(link, h5py.ExternalLink):
-            raise DataFileError(path, f"{name} is an external link to {link.filename}; "
-                                      "external links are not read: copy the data into the file")
+    link = external_link(h5, name)
+    if link is not None:
+        raise DataFileError(path, f"{name} is an external link to {link.filename}; "
+                                  "external links are not read: copy the data into the file")
 
 
 def _dataset(path, h5, name) -> h5py.Dataset:
