@@ -267,7 +267,8 @@ def _value(key, value, spec):
                 raise ConfigError(f"{key}[{i}]", f"expected [min_deg, max_deg], got {_show(pair)}")
             lo, hi = (_check_number(f"{key}[{i}]", v, "float", None) for v in pair)
             if lo > hi:
-                raise ConfigError(f"{key}[{i}]", f"min {lo} > max {hi}; swap them")
+                raise ConfigError(f"{key}[{i}]", f"reversed range: min {lo} > max {hi}; swap "
+                                                  "them (ranges do not wrap modulo 360)")
             out.append((lo, hi))
         return out
     if kind == "bounds":

@@ -446,6 +446,18 @@ def _fsync(path: Path, flags: int = os.O_NOFOLLOW) -> None:
         os.close(fd)
 
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
+def _compact(values: np.ndarray) -> np.ndarray:
+    """float32 to keep the file small, float64 where a value does not fit float32
+    (casting it would overflow to inf with a numpy warning on the console)."""
+    finite = np.abs(values[np.isfinite(values)])
+    if finite.size and float(finite.max()) > _FLOAT32_MAX:
+        return values
+    return values.astype(np.float32)
+
+
 def write_fit_h5(path, *, phi_deg, frames, data, model, attrs: dict) -> Path:
     """Per-angle data, model and residual matrices (possibly decimated) with metadata.
 
@@ -457,9 +469,11 @@ def write_fit_h5(path, *, phi_deg, frames, data, model, attrs: dict) -> Path:
         h5["phi_deg"] = np.asarray(phi_deg, float)
         h5["frames"] = np.asarray(frames)
         opts = dict(compression="gzip", compression_opts=4, shuffle=True)
-        h5.create_dataset("data", data=np.asarray(data, np.float32), **opts)
-        h5.create_dataset("model", data=np.asarray(model, np.float32), **opts)
-        h5.create_dataset("residuals", data=np.asarray(data - model, np.float32), **opts)
+        data, model = np.asarray(data, float), np.asarray(model, float)
+        with np.errstate(over="ignore", invalid="ignore"):
+            residuals = data - model
+        for name, values in (("data", data), ("model", model), ("residuals", residuals)):
+            h5.create_dataset(name, data=_compact(values), **opts)
         for k, v in attrs.items():
             h5.attrs[k] = v if not isinstance(v, dict | list) else json.dumps(_jsonable(v))
     with atomic_path(path) as tmp:

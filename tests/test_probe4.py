@@ -136,7 +136,8 @@ def test_the_angles_available_are_listed_as_plain_numbers(tmp_path):
     with pytest.raises(DataFileError) as err:
         open_two_time(str(path), q=0.0054, phi_ranges=[[10, 20]])
     assert str(err.value).endswith("no angle in phi ranges [(10.0, 20.0)] at q=0.0054 "
-                                   "(available: [0.0, 45.0, 90.0])")
+                                   "(available: [0.0, 45.0, 90.0]); ranges are compared "
+                                   "with the file's angles as stored, without wrapping modulo 360")
 
 
 def test_fit_two_time_refuses_values_that_are_not_this_specs_points():

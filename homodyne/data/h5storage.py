@@ -16,6 +16,17 @@ import numpy as np
 from homodyne.data.errors import DataFileError
 
 
+def external_link(h5: h5py.File, name: str) -> h5py.ExternalLink | None:
+    """The external link ``name`` (itself or a parent group) leads through, or None: its
+    data live in another file."""
+    parts = name.strip("/").split("/")
+    for k in range(1, len(parts) + 1):
+        link = h5.get("/" + "/".join(parts[:k]), getlink=True)
+        if isinstance(link, h5py.ExternalLink):
+            return link
+    return None
+
+
 def refuse_unread_storage(path, h5: h5py.File, name: str, obj: h5py.Dataset) -> None:
     """DataFileError unless every value of ``obj`` (``name`` in the open file ``h5`` at
     ``path``) is stored in this file, or in virtual sources that hold all it maps."""

@@ -9,7 +9,7 @@ import h5py
 import numpy as np
 
 from homodyne.data.errors import DataFileError, data_file
-from homodyne.data.h5storage import never_written, refuse_unread_storage
+from homodyne.data.h5storage import external_link, never_written, refuse_unread_storage
 from homodyne.model import frame_time_problem
 
 G2 = "/xpcs/multitau/normalized_g2"
@@ -45,6 +45,8 @@ def read_multitau(path) -> OneTimeData:
         raise DataFileError(path, f"not a readable HDF5 file: {exc}") from exc
     try:
         with h5:
+            for name in (G2, G2_ERR, DELAYS, FRAME_TIME, START_TIME, Q_LIST, PHI_LIST):
+                _refuse_dangling_link(path, h5, name)
             for name in (G2, G2_ERR, DELAYS, FRAME_TIME, START_TIME, Q_LIST):
                 if name not in h5:
                     raise DataFileError(path, f"missing dataset {name} (not a multi-tau "
@@ -92,6 +94,21 @@ def read_multitau(path) -> OneTimeData:
         raise DataFileError(path, problem)
     check_axes(path, delays * frame_time, q)
     return OneTimeData(path, delays * frame_time, q, phi, g2, err, frame_time, start)
+
+
+def _refuse_dangling_link(path, h5, name: str) -> None:
+    """An external link whose file cannot be opened is named as such, not as damage to
+    this (good) file."""
+    link = external_link(h5, name)
+    if link is None:
+        return
+    try:
+        h5[name]
+    except (KeyError, OSError):
+        raise DataFileError(path, f"{name} is an external link to {link.filename}, which "
+                                  "cannot be opened (missing or unreadable): copy the data "
+                                  "into the file, or put that file where the link points"
+                            ) from None
 
 
 def _numeric(h5, name: str, path: str, max_size: int) -> np.ndarray:

@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 
 from homodyne.data.errors import DataFileError, data_file
-from homodyne.data.h5storage import refuse_unread_storage
+from homodyne.data.h5storage import external_link, refuse_unread_storage
 from homodyne.data.npyfile import npy_file_header
 from homodyne.model import (
     ModelSpec,
@@ -488,12 +488,10 @@ def _open_npy(path, q, start_frame, end_frame) -> TwoTimeSource:
 
 def _local(path, h5, name) -> None:
     """Refuse a name that leads (itself or through a parent group) to another file."""
-    parts = name.strip("/").split("/")
-    for k in range(1, len(parts) + 1):
-        link = h5.get("/" + "/".join(parts[:k]), getlink=True)
-        if isinstance(link, h5py.ExternalLink):
-            raise DataFileError(path, f"{name} is an external link to {link.filename}; "
-                                      "external links are not read: copy the data into the file")
+    link = external_link(h5, name)
+    if link is not None:
+        raise DataFileError(path, f"{name} is an external link to {link.filename}; "
+                                  "external links are not read: copy the data into the file")
 
 
 def _dataset(path, h5, name) -> h5py.Dataset:
@@ -619,6 +617,10 @@ def check_selection(q, q_tolerance, phi_ranges, start_frame, end_frame):
                              f"{phi_ranges!r}")
         phi_ranges = [(_real("phi_ranges", lo, positive=False),
                        _real("phi_ranges", hi, positive=False)) for lo, hi in pairs] or None
+        for i, (lo, hi) in enumerate(phi_ranges or ()):
+            if lo > hi:
+                raise ValueError(f"phi_ranges[{i}] is reversed: min {lo} > max {hi}; swap them "
+                                 "(a range is [min_deg, max_deg] and does not wrap modulo 360)")
     return (q, q_tolerance, phi_ranges, whole_number("start_frame", start_frame),
             whole_number("end_frame", end_frame))
 
@@ -645,7 +647,8 @@ def _select(path, entries, q, q_tolerance, phi_ranges):
         if not chosen:
             avail = sorted({float(e[1]) for e in entries if e[0] == q_sel})
             raise DataFileError(path, f"no angle in phi ranges {ranges} at q={q_sel:.6g} "
-                                      f"(available: {avail})")
+                                      f"(available: {avail}); ranges are compared with the "
+                                      "file's angles as stored, without wrapping modulo 360")
     chosen.sort(key=lambda e: e[1])
     return float(q_sel), chosen
 

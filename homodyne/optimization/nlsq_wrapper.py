@@ -190,7 +190,8 @@ def plain_array(a, name: str) -> np.ndarray:
 
 def check_curve_data(x, y, sigma):
     """``fit``'s data: real numbers, ydata one non-empty axis matching xdata's last, and
-    sigma (returned per point, or None) one positive value per point or one for all."""
+    sigma (returned per point, or None) one positive value per point or one for all; an
+    infinite sigma is returned as NaN, the mark of a point to skip."""
     for name, a in (("xdata", x), ("ydata", y)):
         if a.dtype.kind not in "biuf":
             raise ValueError(f"{name} must hold real numbers, got dtype {a.dtype}")
@@ -223,7 +224,13 @@ def check_curve_data(x, y, sigma):
                          f"shape {s.shape}")
     if np.any(s <= 0):
         raise ValueError("sigma must be positive everywhere")
-    s = np.broadcast_to(s.astype(float).ravel(), y.shape)
+    # an infinite sigma carries no information: that point is skipped like a NaN one and
+    # not counted in n_points nor the reduced chi2's degrees of freedom
+    s = np.broadcast_to(np.where(np.isinf(s), np.nan, s.astype(float)).ravel(), y.shape)
+    if not np.any(np.isfinite(y) & np.isfinite(s)):
+        raise ValueError("no point is left to fit: every point's ydata is NaN or its sigma is "
+                         "infinite or NaN (an infinite sigma carries no information, so that "
+                         "point is skipped)")
     check_weights(y, s)
     return s
 
