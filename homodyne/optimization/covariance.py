@@ -16,6 +16,23 @@ def column_scales(H: np.ndarray) -> np.ndarray:
     return d
 
 
+# An eigenvalue of the scaled JᵀJ below this fraction of the largest is numerically zero: a
+# direction the data do not determine.
+NULL_EIGENVALUE = 1e-13
+
+
+def _null_bound(null_vectors: np.ndarray, floor: float, determined_var: np.ndarray) -> np.ndarray:
+    """Parameters a null direction leaves undetermined: those whose variance along it, taken
+    at the largest eigenvalue still counted as zero (``floor``), would at least equal their
+    variance from the determined directions. A loading of 1e-6 on a parameter outside the
+    degeneracy (D0 beside a shear amplitude and offset degenerate at beta ~ 0) leaves it
+    determined; a loading of order one (alpha when D0 = 0) does not."""
+    if not null_vectors.size:
+        return np.zeros(null_vectors.shape[0], bool)
+    along_null = (null_vectors ** 2).sum(axis=1) / max(floor, np.finfo(float).tiny)
+    return along_null >= determined_var
+
+
 def covariance_from_normal(H: np.ndarray, scale: float, free=None) -> np.ndarray:
     """scale * H⁻¹ in scaled variables; frozen parameters get NaN and parameters in the
     null space of H (not determined by the data) get an infinite variance."""
@@ -27,10 +44,11 @@ def covariance_from_normal(H: np.ndarray, scale: float, free=None) -> np.ndarray
         d = column_scales(H)[idx]
         Hs = H[np.ix_(idx, idx)] / np.outer(d, d)
         w, V = np.linalg.eigh(Hs)
-        good = w > max(w.max(), 0.0) * 1e-13
+        floor = max(w.max(), 0.0) * NULL_EIGENVALUE
+        good = w > floor
+        determined_var = (V[:, good] ** 2 / w[good]).sum(axis=1)
         sub = (V[:, good] / w[good]) @ V[:, good].T / np.outer(d, d) * scale
-        null_load = np.abs(V[:, ~good]).max(axis=1) if (~good).any() else np.zeros(idx.size)
-        undetermined = (null_load > 1e-6) | (np.diag(H)[idx] <= 0)
+        undetermined = _null_bound(V[:, ~good], floor, determined_var) | (np.diag(H)[idx] <= 0)
         sub[undetermined, undetermined] = np.inf
         cov[np.ix_(idx, idx)] = sub
     return cov
