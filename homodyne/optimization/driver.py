@@ -250,14 +250,14 @@ def _fit_internal(problem, coords, space, x, x0, lb, ub, runner, opts, track, tr
     flip = {t: -sides[t] for t in triples if binds[t] == "slope" or t in trend_flip}
     # the model has |∫J|: -J is the same fit, and an end at the edge (|alpha| = EDGE_ALPHA)
     # with J(t_ref) < 0 mirrored is the other quadrant's corner with J(t_ref) > 0
-    u_end = held_space.free.expand(st.x)
-    mirror = {t for t in trend_flip if u_end[t[2]] < 0}
+    u_held = held_space.free.expand(st.x)
+    mirror = {t for t in trend_flip if u_held[t[2]] < 0}
     if flip:
-        if trend_flip - mirror:
-            u_end = u.copy()  # from the start: the way to the edge drags the rest along
+        # from the start where the way to the edge drags the rest along, else from the end
+        u_end = u.copy() if trend_flip - mirror else u_held.copy()
         for i, a, o in flip:
             if (i, a, o) in mirror:
-                u_end[[i, a, o]] = -held_space.free.expand(st.x)[[i, a, o]]
+                u_end[[i, a, o]] = -u_held[[i, a, o]]
             else:
                 u_end[i] = 0.0
         sides2 = {**sides, **flip}
@@ -291,7 +291,7 @@ def _fit_internal(problem, coords, space, x, x0, lb, ub, runner, opts, track, tr
         if binds.get((i, a, o)) == "alpha":
             edge_start.add(a)  # on its way to the logarithmic edge
             where, located = _locate_unbounded(coords, u_end, st.ne, (i, a, o), sides, x0,
-                                               lb, ub, st, names), False
+                                               lb, ub, st.lam), False
         inside = all(lb[k] <= where[k] <= ub[k] for k in (i, a, o))
         point = (f"{names[i]} = {where[i]:.4g}, {names[a]} = {where[a]:.4g}, "
                  f"{names[o]} = {where[o]:.4g}")
@@ -353,7 +353,7 @@ def _binding_limits(hs, st, sides) -> dict[tuple[int, int, int], str | None]:
     return out
 
 
-def _locate_unbounded(coords, u, ne, triple, sides, x0, lb, ub, st, names):
+def _locate_unbounded(coords, u, ne, triple, sides, x0, lb, ub, lam: float):
     """Where the optimum lies without the amplitude's sign limit, for the report only and
     at no pass: one Gauss-Newton step (damped as the held fit ended) from the held
     optimum on its own normal equations, with that limit released. Returns that point
@@ -363,7 +363,7 @@ def _locate_unbounded(coords, u, ne, triple, sides, x0, lb, ub, st, names):
     for (i, a, _), side in others.items():
         held.update(coords.quadrant(i, a, side, lb, ub))
     ls = SolverSpace(coords, x0, lb, ub, held=held, u0=u)
-    return ls.user(trial_point(ne, ls.start, *ls.bounds, st.lam))
+    return ls.user(trial_point(ne, ls.start, *ls.bounds, lam))
 
 
 def _chain(st2, st) -> None:
