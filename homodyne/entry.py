@@ -10,6 +10,7 @@ start-up (before this line can run) is the only moment left uncovered.
 
 import os
 import signal
+import warnings
 
 from homodyne.stopsignals import STOP_SIGNALS, signal_name
 
@@ -22,6 +23,13 @@ def stop_at_once(signum, frame) -> None:
     os.write(2, (INTERRUPTED.format(what) + "\n").encode())  # never Python's buffered stderr
     os._exit(128 + signum)
 
+
+# JAX probes for a TPU on its first use and warns from a timer thread when the probe takes
+# over 60 s ("Did you run your code on all TPU hosts?"). homodyne never asks for a TPU, and
+# a stop signal during the probe (the CLI re-sends it until it lands outside native code)
+# can stretch it that long: the warning then followed the one-line interrupt message.
+warnings.filterwarnings("ignore", message="TPU backend initialization is taking more than",
+                        category=UserWarning)
 
 stop_at_once.homodyne_replaceable = True  # the CLI installs its own handlers over it
 
