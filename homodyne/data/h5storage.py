@@ -9,6 +9,7 @@ value is read: fill values fitted as data give a wrong result without a word.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import h5py
 import numpy as np
@@ -27,12 +28,32 @@ def external_link(h5: h5py.File, name: str) -> h5py.ExternalLink | None:
     return None
 
 
-def refuse_unread_storage(path, h5: h5py.File, name: str, obj: h5py.Dataset) -> None:
+def refuse_unread_storage(path, h5: h5py.File, name: str, obj: h5py.Dataset
+                          ) -> list[FileVersion]:
     """DataFileError unless every value of ``obj`` (``name`` in the open file ``h5`` at
-    ``path``) is stored in this file, or in virtual sources that hold all it maps."""
+    ``path``) is stored in this file, or in virtual sources that hold all it maps. Returns
+    the other files its values live in (virtual sources, nested ones too), each as it was
+    before it was opened: a reader watches them as it watches the file itself."""
     _refuse_external(path, name, obj)
+    files: list[FileVersion] = []
     if obj.is_virtual:
-        _check_virtual(path, h5, name, obj)
+        _check_virtual(path, h5, name, obj, files)
+    return files
+
+
+@dataclass(frozen=True)
+class FileVersion:
+    """A file as stat saw it: a later stat that differs means it was written or replaced."""
+
+    path: str
+    size: int
+    inode: int
+    mtime_ns: int
+
+    @classmethod
+    def of(cls, path: str) -> FileVersion:
+        st = os.stat(path)
+        return cls(os.path.abspath(path), st.st_size, st.st_ino, st.st_mtime_ns)
 
 
 def _refuse_external(path, name: str, obj: h5py.Dataset, via: str = "") -> None:
@@ -49,7 +70,7 @@ def _refuse_external(path, name: str, obj: h5py.Dataset, via: str = "") -> None:
 MAX_VIRTUAL_DEPTH = 8  # virtual datasets mapping virtual datasets: far above any real layout
 
 
-def _check_virtual(path, h5, name, obj, seen: tuple = ()) -> None:
+def _check_virtual(path, h5, name, obj, files: list, seen: tuple = ()) -> None:
     """Every value of the virtual ``obj`` mapped once at least, from sources that exist and
     hold the values mapped; a source that is itself virtual is checked the same way. A
     mapping that leads back to a dataset on its way (HDF5 recurses until it crashes) or
@@ -66,7 +87,7 @@ def _check_virtual(path, h5, name, obj, seen: tuple = ()) -> None:
     prefix = obj.id.get_access_plist().get_virtual_prefix().decode(errors="replace")
     for src in sources:
         if src.file_name == ".":
-            _check_source(path, name, h5, src, seen)
+            _check_source(path, name, h5, src, files, seen)
             continue
         full = _source_file(src.file_name, base, prefix)
         if full is None:
@@ -77,8 +98,11 @@ def _check_virtual(path, h5, name, obj, seen: tuple = ()) -> None:
                                       "is not a regular file (a pipe or device); copy the data "
                                       "in")
         try:
+            version = FileVersion.of(full)  # before it is opened: a change from here on is seen
+            if all(f.path != version.path for f in files):
+                files.append(version)
             with h5py.File(full, "r") as other:
-                _check_source(path, name, other, src, seen)
+                _check_source(path, name, other, src, files, seen)
         except (OSError, RuntimeError) as exc:
             raise DataFileError(path, f"{name} is a virtual dataset whose source file "
                                       f"{src.file_name} cannot be read ({exc})") from None
@@ -106,7 +130,7 @@ def _source_file(file_name: str, base: str, prefix: str) -> str | None:
     return None
 
 
-def _check_source(path, name, h5, src, seen) -> None:
+def _check_source(path, name, h5, src, files, seen) -> None:
     """The source ``src`` of ``name`` (in the open file ``h5``) holds every value mapped."""
     ds = h5.get(src.dset_name)
     want = src.vspace.get_select_npoints()
@@ -132,7 +156,7 @@ def _check_source(path, name, h5, src, seen) -> None:
                                   f"{src.dset_name} was never (or only in part) written (HDF5 "
                                   "would read its fill value instead); copy the complete data in")
     if ds.is_virtual:
-        _check_virtual(path, h5, name, ds, seen)
+        _check_virtual(path, h5, name, ds, files, seen)
 
 
 def _mapped(sources) -> int:

@@ -18,7 +18,7 @@ import h5py
 import numpy as np
 
 from homodyne.data.errors import DataFileError, data_file
-from homodyne.data.h5storage import external_link, refuse_unread_storage
+from homodyne.data.h5storage import FileVersion, external_link, refuse_unread_storage
 from homodyne.data.npyfile import npy_file_header
 from homodyne.model import (
     ModelSpec,
@@ -69,6 +69,7 @@ class TwoTimeSource(TriangleGrid):
     attrs: dict = field(default_factory=dict)
     file_size: int | None = None  # bytes at open; a shrinking file is refused mid-fit
     file_version: tuple | None = None  # (inode, mtime_ns) at open: a changed file too
+    source_files: tuple[FileVersion, ...] = ()  # other files a virtual matrix reads, at open
     _matrix: np.ndarray | None = field(default=None, repr=False)
     _h5: h5py.File | None = field(default=None, repr=False)
 
@@ -129,6 +130,24 @@ class TwoTimeSource(TriangleGrid):
             raise DataFileError(self.path, f"was {how} while being read (by another program?); "
                                 "the fit would mix two versions of the data - run again once "
                                 "the file is complete")
+        for src in self.source_files:
+            self._check_source_unchanged(src)
+
+    def _check_source_unchanged(self, src: FileVersion) -> None:
+        """The same refusal for a file a virtual matrix keeps its values in."""
+        try:
+            now = FileVersion.of(src.path)
+        except OSError as exc:
+            raise DataFileError(self.path, f"virtual source file {src.path} disappeared while "
+                                           f"being read ({exc}); restore it and run again") \
+                from exc
+        if now == src:
+            return
+        how = ("truncated" if now.size < src.size else
+               "replaced" if now.inode != src.inode else "written to")
+        raise DataFileError(self.path, f"virtual source file {src.path} was {how} while being "
+                                       "read (by another program?); the fit would mix two "
+                                       "versions of the data - run again once it is complete")
 
     def close(self) -> None:
         if self._h5 is not None:
@@ -333,7 +352,8 @@ def open_two_time(path, *, q: float | None = None, q_tolerance: float | None = N
         q_sel, chosen = _select(path, entries, q, q_tolerance, phi_ranges)
         names = [name for (_, _, name) in chosen]
         phis = tuple(float(phi) for (_, phi, _) in chosen)
-        n_file = _check_matrices(path, h5, names)
+        sources: list[FileVersion] = []
+        n_file = _check_matrices(path, h5, names, sources)
         storages = [_detect_storage(h5[name]) for name in names]
         frame_time = _frame_time(h5)
         attrs = dict(h5[SYNTHETIC_ATTRS].attrs) if SYNTHETIC_ATTRS in h5 else {}
@@ -349,7 +369,7 @@ def open_two_time(path, *, q: float | None = None, q_tolerance: float | None = N
     return TwoTimeSource(path=path, layout=layout, dataset_names=names, q=q_sel,
                          q_requested=q, phi_deg=phis, first_frame=first,
                          last_frame=last, storages=storages, frame_time=frame_time, attrs=attrs,
-                         file_size=size, file_version=version)
+                         file_size=size, file_version=version, source_files=tuple(sources))
 
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -494,16 +514,19 @@ def _local(path, h5, name) -> None:
                                   "external links are not read: copy the data into the file")
 
 
-def _dataset(path, h5, name) -> h5py.Dataset:
+def _dataset(path, h5, name, sources: list | None = None) -> h5py.Dataset:
     """``h5[name]`` as a dataset of this file: a group, or data that lives in another file (an
-    external link, a virtual dataset whose source is missing), is named, never read as zeros."""
+    external link, a virtual dataset whose source is missing), is named, never read as zeros.
+    The files a virtual dataset reads are added to ``sources`` (new ones only)."""
     _local(path, h5, name)
     if name not in h5:
         raise DataFileError(path, f"missing dataset {name}")
     obj = h5[name]
     if not isinstance(obj, h5py.Dataset):
         raise DataFileError(path, f"{name} is a {type(obj).__name__.lower()}, expected a dataset")
-    refuse_unread_storage(path, h5, name, obj)
+    files = refuse_unread_storage(path, h5, name, obj)
+    if sources is not None:
+        sources.extend(f for f in files if all(s.path != f.path for s in sources))
     return obj
 
 
@@ -653,10 +676,10 @@ def _select(path, entries, q, q_tolerance, phi_ranges):
     return float(q_sel), chosen
 
 
-def _check_matrices(path, h5, names) -> int:
+def _check_matrices(path, h5, names, sources: list) -> int:
     shape = None
     for name in names:
-        ds = _dataset(path, h5, name)
+        ds = _dataset(path, h5, name, sources)
         if ds.ndim != 2 or ds.shape[0] != ds.shape[1]:
             raise DataFileError(path, f"{name} has shape {ds.shape}, expected a square matrix")
         try:

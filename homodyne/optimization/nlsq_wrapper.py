@@ -63,16 +63,24 @@ SAMPLE_WIDTH = 256  # points taken evenly across each sampled row
 
 def _source_identity(source) -> list:
     """Path, size, mtime_ns, inode and selection of a file, plus a digest of its first and
-    last points and of row pieces spread over every selected matrix: data edited or
-    replaced in place changes it, so a checkpoint of the old data is never resumed."""
-    import os
-
+    last points and of row pieces spread over every selected matrix, and size, mtime_ns and
+    inode of every file a virtual matrix reads: data edited or replaced in place changes
+    it, so a checkpoint of the old data is never resumed."""
     head = next(source.iter_points(0, 4096, 4096))[1]
     tail = next(source.iter_points(max(0, source.n_points - 4096), 4096, 4096))[1]
-    st = os.stat(source.path)
-    return [os.path.abspath(source.path), st.st_size, st.st_mtime_ns, st.st_ino,
-            source.dataset_names, source.first_frame, source.last_frame,
-            _array_digest({"h": head, "t": tail, "spread": _spread_sample(source)})]
+    # the files a virtual matrix keeps its values in (the content sample reads through it)
+    stored_in = [_file_stamp(f.path) for f in getattr(source, "source_files", ())]
+    return [*_file_stamp(source.path), source.dataset_names, source.first_frame, source.last_frame,
+            _array_digest({"h": head, "t": tail, "spread": _spread_sample(source)}),
+            *([stored_in] if stored_in else [])]
+
+
+def _file_stamp(path) -> list:
+    """Absolute path, size, mtime_ns and inode of a file as it is now."""
+    import os
+
+    st = os.stat(path)
+    return [os.path.abspath(path), st.st_size, st.st_mtime_ns, st.st_ino]
 
 
 def _spread_sample(source) -> np.ndarray:

@@ -1,0 +1,82 @@
+"""Regression tests for issue 12's items left open by the probing rounds (fix12c): virtual
+sources watched like the data file, the power-law rule only for the built-in model, the
+same points counted by both backends, APS-U matrix names, the restarts' power-law label,
+small API/CLI/schema refusals and a prompt exit when interrupted during JAX's start."""
+
+import os
+import shutil
+
+import h5py
+import pytest
+from helpers import make_spec, truth_for
+
+from homodyne.data import open_two_time
+from homodyne.data.errors import DataFileError
+from homodyne.data.synthetic import generate_synthetic
+
+C2 = "/xpcs/twotime/correlation_map"
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory):
+    spec = make_spec("static", n_frames=30, n_phi=2)
+    path = tmp_path_factory.mktemp("f12c") / "b.h5"
+    generate_synthetic(path, spec, truth_for(spec), noise_sigma=0.01, seed=3)
+    return path
+
+
+# --- 1. virtual sources are watched like the file ----------------------------------
+
+def _virtual_copy(small, folder):
+    """A copy of ``small`` whose matrices are virtual datasets reading ``src.h5``."""
+    src, path = folder / "src.h5", folder / "v.h5"
+    shutil.copy(small, path)
+    with h5py.File(path, "a") as h5, h5py.File(src, "w") as out:
+        for key in sorted(h5[C2]):
+            values = h5[C2][key][()]
+            del h5[C2][key]
+            out[key] = values
+            lay = h5py.VirtualLayout(shape=values.shape, dtype="f8")
+            lay[:] = h5py.VirtualSource("src.h5", key, shape=values.shape)
+            h5[C2].create_virtual_dataset(key, lay)
+    return path, src
+
+
+def _rewrite(src):
+    """The source written to in place with the same values (a new mtime, same size)."""
+    st = os.stat(src)
+    with h5py.File(src, "a") as h5:
+        key = sorted(h5)[0]
+        h5[key][0, 1] = h5[key][0, 1]
+    os.utime(src, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+
+
+def test_a_virtual_source_written_while_read_is_refused(small, tmp_path):
+    """Was: only the file holding the virtual dataset was watched; its source rewritten
+    during a streaming fit went unseen (later passes would mix two versions)."""
+    path, src = _virtual_copy(small, tmp_path)
+    source = open_two_time(path)
+    assert [f.path for f in source.source_files] == [str(src)]
+    source.read_rows(0, 0, 2)  # unchanged: read
+    _rewrite(src)
+    with pytest.raises(DataFileError, match=rf"virtual source file {src} was written to while "
+                                            "being read"):
+        source.read_rows(0, 0, 2)
+    source.close()
+    os.remove(src)
+    with pytest.raises(DataFileError, match=rf"virtual source file {src} disappeared"):
+        source.check_unchanged()
+
+
+def test_a_virtual_source_changed_between_runs_changes_the_fingerprint(small, tmp_path):
+    """Was: the checkpoint fingerprint stamped only the main file; a source rewritten
+    between runs (same sampled values) resumed the old fit's checkpoints."""
+    from homodyne.optimization.nlsq_wrapper import _source_identity
+
+    path, src = _virtual_copy(small, tmp_path)
+    with open_two_time(path) as source:
+        before = _source_identity(source)
+        assert _source_identity(source) == before  # stable while nothing changes
+    _rewrite(src)
+    with open_two_time(path) as source:
+        assert _source_identity(source) != before
