@@ -7,6 +7,7 @@ import os
 import shutil
 
 import h5py
+import numpy as np
 import pytest
 from helpers import make_spec, truth_for
 
@@ -80,3 +81,25 @@ def test_a_virtual_source_changed_between_runs_changes_the_fingerprint(small, tm
     _rewrite(src)
     with open_two_time(path) as source:
         assert _source_identity(source) != before
+
+
+# --- 2. the power-law rule only for the built-in model --------------------------------
+
+def _line(x, d0, alpha):
+    return d0 + alpha * x
+
+
+def test_a_user_model_with_power_law_names_is_judged_by_the_generic_rule():
+    """Was: a user's model with parameters named "D0"/"alpha" was judged by the power-law
+    limits: alpha = 200 +/- 1.7 counted as NOT DETERMINED (exponent SE above 1)."""
+    from homodyne.optimization.nlsq_wrapper import NLSQWrapper
+
+    x = np.linspace(0.0, 1.0, 100)
+    y = _line(x, 3.0, 200.0) + 5.0 * np.random.default_rng(4).standard_normal(x.size)
+    kw = {"p0": [1.0, 100.0], "bounds": ([-1e3, -1e3], [1e3, 1e3])}
+    named = NLSQWrapper().fit(_line, x, y, parameter_names=["D0", "alpha"], **kw)
+    plain = NLSQWrapper().fit(_line, x, y, parameter_names=["a", "b"], **kw)
+    assert 1.0 < named.uncertainties[1] < 0.1 * named.parameters[1]  # SE > 1, well measured
+    assert named.generic_rules and "alpha" not in named.undetermined
+    assert named.undetermined == plain.undetermined == []  # names change nothing
+    np.testing.assert_array_equal(named.parameters, plain.parameters)

@@ -298,6 +298,8 @@ class TwoTimeProblem:
 class CurveProblem:
     """A generic ``model_func(xdata, *params)`` fitted to ydata (optionally weighted)."""
 
+    generic_rules = True  # its parameter names mean nothing here (FitResult.generic_rules)
+
     def __init__(self, model_func, n_params: int, x_sample=None, validate: bool = True,
                  parameter_names=None):
         self.model_func = model_func

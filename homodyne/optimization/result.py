@@ -20,7 +20,9 @@ SCALING_PREFIXES = ("contrast", "offset")
 # An angle (phi0) when its 1-SE interval spans more than half a turn of the flow direction
 # (SE > ANGLE_SE_LIMIT_DEG; the model has a 180 deg period). Any other parameter (scaling,
 # one-time rates) when SE > RELATIVE_SE_LIMIT x |value|. Fixed parameters (SE 0) are reported
-# as fixed, never as undetermined.
+# as fixed, never as undetermined. The rules by name hold for the built-in models only: the
+# parameters of a user's own model function (its "alpha" or "D0" included) all get the
+# RELATIVE_SE_LIMIT rule (FitResult.generic_rules).
 RELATIVE_SE_LIMIT = 1.0
 EXPONENT_SE_LIMIT = 1.0
 ANGLE_SE_LIMIT_DEG = 90.0
@@ -63,6 +65,9 @@ class FitResult:
     not_moved: list[str] = field(default_factory=list)
     undetermined: list[str] = field(default_factory=list)
     fixed: list[str] = field(default_factory=list)  # held at their value (lb == ub): no error
+    # a user's own model function: names mean nothing to homodyne, every parameter is judged
+    # by the RELATIVE_SE_LIMIT rule (the power-law and angle rules are for the built-in models)
+    generic_rules: bool = False
     normal_matrix: np.ndarray | None = None  # JᵀJ at the solution (p x p)
     wall_time_s: float = 0.0
     pass_seconds: list[float] = field(default_factory=list)
@@ -93,7 +98,8 @@ class FitResult:
 
     def __post_init__(self):
         self.covariance = consistent_covariance(self.covariance)
-        vague = poorly_determined(self.parameter_names, self.parameters, self.uncertainties)
+        vague = poorly_determined(self.parameter_names, self.parameters, self.uncertainties,
+                                  generic=self.generic_rules)
         self.undetermined = [n for n in self.parameter_names
                              if n in self.undetermined or n in vague]
 
@@ -179,7 +185,8 @@ class FitResult:
             flag = " (at bound)" if n in self.at_bounds else ""
             flag += " (did not move)" if n in self.not_moved else ""
             flag += ((" (NOT DETERMINED by the data)" if not np.isfinite(u) else
-                      f" (NOT DETERMINED by the data: {undetermined_reason(n)})")
+                      f" (NOT DETERMINED by the data: "
+                      f"{undetermined_reason(n, generic=self.generic_rules)})")
                      if n in self.undetermined else "")
             flag += " (fixed)" if n in self.fixed else ""
             lines.append(f"  {n:>20s} = {v: .10g} +/- {u:.3g}{flag}")
@@ -205,10 +212,11 @@ def _same(a, b) -> bool:
     return bool(a == b)
 
 
-def poorly_determined(names, values, uncertainties) -> list[str]:
+def poorly_determined(names, values, uncertainties, *, generic: bool = False) -> list[str]:
     """Names whose standard error is not finite or exceeds its limit (see RELATIVE_SE_LIMIT):
     the power-law level for amplitudes and offsets, EXPONENT_SE_LIMIT for exponents,
-    ANGLE_SE_LIMIT_DEG for an angle, RELATIVE_SE_LIMIT x |value| otherwise."""
+    ANGLE_SE_LIMIT_DEG for an angle, RELATIVE_SE_LIMIT x |value| otherwise (for every
+    parameter of a ``generic`` model: a user's model function)."""
     values = np.ravel(np.asarray(values, dtype=float))
     uncertainties = np.ravel(np.asarray(uncertainties, dtype=float))
     if not len(names) == values.size == uncertainties.size:  # a partial record: no judgement
@@ -216,13 +224,15 @@ def poorly_determined(names, values, uncertainties) -> list[str]:
     value = dict(zip(names, values, strict=True))
     out = []
     for n, u in zip(names, uncertainties, strict=True):
-        if not np.isfinite(u) or u > _se_limit(n, value):
+        if not np.isfinite(u) or u > _se_limit(n, value, generic):
             out.append(n)
     return out
 
 
-def _se_limit(name: str, value: dict) -> float:
+def _se_limit(name: str, value: dict, generic: bool) -> float:
     """The standard error above which ``name`` counts as not determined (see RELATIVE_SE_LIMIT)."""
+    if generic:
+        return RELATIVE_SE_LIMIT * abs(value[name])
     if name in ANGLE_PARAMETERS:
         return ANGLE_SE_LIMIT_DEG
     for amplitude, exponent, offset in POWER_LAWS:
@@ -233,8 +243,10 @@ def _se_limit(name: str, value: dict) -> float:
     return RELATIVE_SE_LIMIT * abs(value[name])
 
 
-def undetermined_reason(name: str) -> str:
+def undetermined_reason(name: str, *, generic: bool = False) -> str:
     """Why a parameter with a finite standard error counts as not determined."""
+    if generic:
+        name = ""  # no rule by name
     if name in ANGLE_PARAMETERS:
         return f"standard error above {ANGLE_SE_LIMIT_DEG:g} deg"
     for amplitude, exponent, offset in POWER_LAWS:
