@@ -103,3 +103,25 @@ def test_a_user_model_with_power_law_names_is_judged_by_the_generic_rule():
     assert named.generic_rules and "alpha" not in named.undetermined
     assert named.undetermined == plain.undetermined == []  # names change nothing
     np.testing.assert_array_equal(named.parameters, plain.parameters)
+
+
+# --- 3. both backends fit and count the same points --------------------------------
+
+def test_both_backends_leave_out_points_with_infinite_sigma():
+    """Was: the nlsq backend passed sigma = inf points on to nlsq and counted them (n_points
+    and degrees of freedom 10 higher than the homodyne engine's for the same data)."""
+    from homodyne.optimization.nlsq_wrapper import NLSQWrapper
+
+    x = np.linspace(0.0, 1.0, 100)
+    y = _line(x, 3.0, 200.0) + 5.0 * np.random.default_rng(4).standard_normal(x.size)
+    sigma = np.full(x.size, 5.0)
+    sigma[::10] = np.inf
+    y[5] = np.nan
+    kw = {"p0": [1.0, 100.0], "bounds": ([-1e3, -1e3], [1e3, 1e3]), "sigma": sigma,
+          "parameter_names": ["D0", "alpha"]}
+    ours = NLSQWrapper().fit(_line, x, y, **kw)
+    theirs = NLSQWrapper(backend="nlsq").fit(_line, x, y, **kw)
+    assert ours.n_points == theirs.n_points == 89
+    np.testing.assert_allclose(theirs.parameters, ours.parameters, rtol=1e-6)
+    np.testing.assert_allclose(theirs.reduced_chi_squared, ours.reduced_chi_squared, rtol=1e-6)
+    assert theirs.undetermined == ours.undetermined == []  # the generic rule in both

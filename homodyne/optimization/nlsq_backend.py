@@ -37,6 +37,7 @@ def fit_with_nlsq(model_func, xdata, ydata, p0, lb, ub, *, method="curve_fit", s
         raise ValueError(f"nlsq method must be one of {METHODS}, got {method!r}")
     t0 = time.perf_counter()
     p0 = np.asarray(p0, float)
+    xdata, ydata, sigma = _points_to_fit(xdata, ydata, sigma)
     out: object
     if method == "curve_fit":
         out = nlsq.curve_fit(model_func, xdata, ydata, p0=p0, bounds=(lb, ub), sigma=sigma,
@@ -64,6 +65,21 @@ def fit_with_nlsq(model_func, xdata, ydata, p0, lb, ub, *, method="curve_fit", s
         converged=False, stop_reason=f"nlsq {method} (its own status is not trusted here)",
         strategy=method, iterations=-1, passes=-1, wall_time_s=time.perf_counter() - t0,
         backend=f"nlsq-{nlsq.__version__}", generic_rules=True)
+
+
+def _points_to_fit(xdata, ydata, sigma):
+    """The points the homodyne engine fits too: a NaN in ydata, or a NaN or infinite sigma
+    (no information), leaves that point out, so that both backends count the same points
+    and degrees of freedom."""
+    y = np.asarray(ydata, float)
+    keep = np.isfinite(y)
+    if sigma is not None:
+        s = np.broadcast_to(np.asarray(sigma, float), y.shape)
+        keep &= np.isfinite(s)
+        sigma = s[keep]
+    if keep.all():
+        return xdata, ydata, sigma
+    return np.asarray(xdata)[..., keep], y[keep], sigma
 
 
 def _unpack(out):
