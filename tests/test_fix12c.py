@@ -125,3 +125,57 @@ def test_both_backends_leave_out_points_with_infinite_sigma():
     np.testing.assert_allclose(theirs.parameters, ours.parameters, rtol=1e-6)
     np.testing.assert_allclose(theirs.reduced_chi_squared, ours.reduced_chi_squared, rtol=1e-6)
     assert theirs.undetermined == ours.undetermined == []  # the generic rule in both
+
+
+# --- 4. APS-U matrices are paired with their bins by the number in their name ----------
+
+BINS = "/xpcs/twotime/processed_bins"
+
+
+def _renamed(small, tmp_path, renames, bins=None, n_q=1):
+    """A copy of ``small`` with matrices renamed, processed_bins replaced and ``n_q`` q bins."""
+    path = tmp_path / "r.h5"
+    shutil.copy(small, path)
+    with h5py.File(path, "a") as h5:
+        for old, new in renames.items():
+            h5[C2].move(old, new)
+        if bins is not None:
+            del h5[BINS]
+            h5[BINS] = np.asarray(bins)
+        q = h5["/xpcs/qmap/dynamic_v_list_dim0"][()]
+        del h5["/xpcs/qmap/dynamic_v_list_dim0"]
+        h5["/xpcs/qmap/dynamic_v_list_dim0"] = np.full(n_q, q[0])
+    return path
+
+
+@pytest.mark.parametrize(("renames", "bins", "message"), [
+    ({"c2_00001": "c2_zzz"}, None, rf"{C2}/c2_zzz is not named c2_NNNNN \(NNNNN: its position "
+                                   rf"in {BINS}, as boost_corr writes it\); the matrices cannot "
+                                   "be paired with their q/phi bins - rename it"),
+    ({"c2_00002": "c2_001"}, None, rf"{C2}/c2_00001 and {C2}/c2_001 both carry the number 1"),
+    ({"c2_00002": "c2_00005"}, None, rf"the matrices under {C2} are numbered 1, 5: neither "
+                                     rf"their positions 1..2 in {BINS} nor the bins it lists "
+                                     r"\(\[1, 2\]\)"),
+    ({}, [2, 1], r"numbered 1, 2: both their positions 1..2 in .* and, in another order, the "
+                 r"bins it lists \(\[2, 1\]\); they cannot be paired"),
+])
+def test_apsu_matrix_names_that_cannot_be_paired_with_bins_are_refused(
+        small, tmp_path, renames, bins, message):
+    """Was: matrices paired with processed_bins by sorted name - c2_00001 renamed c2_zzz
+    sorted last and the two angles were swapped without a word."""
+    with pytest.raises(DataFileError, match=message):
+        open_two_time(_renamed(small, tmp_path, renames, bins))
+
+
+BY_BIN = {"c2_00002": "c2_00004", "c2_00001": "c2_00003"}
+
+
+@pytest.mark.parametrize(("renames", "bins"), [({}, [3, 4]), (BY_BIN, [3, 4]), (BY_BIN, [4, 3])])
+def test_apsu_matrices_pair_by_position_or_by_bin_number(small, tmp_path, renames, bins):
+    """Bins 3 and 4 (the second q): matrices named by their position (boost_corr: c2_00001,
+    c2_00002) or by their bin numbers (c2_00003, c2_00004; listed in either order: paired
+    by sorted name, bins [4, 3] swapped the angles) are read with the same angles."""
+    plain = open_two_time(small)
+    got = open_two_time(_renamed(small, tmp_path, renames, bins, n_q=2))
+    assert got.phi_deg == plain.phi_deg
+    np.testing.assert_array_equal(got.read_packed(), plain.read_packed())

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -585,13 +586,53 @@ def _entries_apsu(path, h5):
         )
     n_phi = max(1, phis.size)
     out = []
-    for b, name in zip(bins, names, strict=True):
+    for b, name in _apsu_pairs(path, names, bins):
         qi, pi = (b - 1) // n_phi, (b - 1) % n_phi
         if b < 1 or qi >= qs.size:
             raise DataFileError(path, f"processed bin {b} is outside the q/phi map "
                                       f"({qs.size} q x {n_phi} phi)")
         out.append((qs[qi], phis[pi] if phis.size else 0.0, name))
     return out
+
+
+C2_NAME = re.compile(r"c2_(\d+)")
+
+
+def _apsu_pairs(path, names, bins) -> list[tuple[int, str]]:
+    """(bin, matrix) pairs of an APS-U file. boost_corr names the matrices c2_00001,
+    c2_00002, ... in the order of processed_bins (c2_K is the K-th bin listed); a file
+    whose matrices carry the bin numbers themselves (c2_B for bin B) is read too. Names
+    that follow neither (no number, a number twice, numbers that are neither positions nor
+    bins, or that read differently either way) are refused: pairing them by sorted name
+    would give matrices the wrong angles without a word."""
+    numbered: dict[int, str] = {}
+    for name in names:
+        m = C2_NAME.fullmatch(name.rsplit("/", 1)[-1])
+        if m is None:
+            raise DataFileError(path, f"{name} is not named c2_NNNNN (NNNNN: its position in "
+                                      f"{APSU_BINS}, as boost_corr writes it); the matrices "
+                                      "cannot be paired with their q/phi bins - rename it")
+        k = int(m.group(1))
+        if k in numbered:
+            raise DataFileError(path, f"{numbered[k]} and {name} both carry the number {k}; "
+                                      "the matrices cannot be paired with their q/phi bins - "
+                                      "rename one")
+        numbered[k] = name
+    listed = [int(b) for b in bins]
+    by_position = sorted(numbered) == list(range(1, len(listed) + 1))
+    by_bin = sorted(numbered) == sorted(listed)
+    if by_position and (not by_bin or all(listed[k - 1] == k for k in numbered)):
+        return [(listed[k - 1], numbered[k]) for k in sorted(numbered)]
+    if by_bin and not by_position:
+        return [(b, numbered[b]) for b in listed]
+    shown = ", ".join(str(k) for k in sorted(numbered)[:8])
+    why = (f"both their positions 1..{len(listed)} in {APSU_BINS} and, in another order, "
+           "the bins it lists") if by_position else \
+        f"neither their positions 1..{len(listed)} in {APSU_BINS} nor the bins it lists"
+    raise DataFileError(path, f"the matrices under {APSU_C2} are numbered {shown}"
+                              f"{', ...' if len(numbered) > 8 else ''}: {why} ({listed[:8]}); "
+                              "they cannot be paired with their q/phi bins - name them "
+                              "c2_00001, c2_00002, ... in the order of processed_bins")
 
 
 def _entries_old(path, h5):
