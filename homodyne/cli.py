@@ -30,16 +30,22 @@ EXIT_CODES_HELP = ("exit status: 0 converged, 2 bad input, 3 fit failed, 4 NOT c
                    "(Ctrl-C/SIGTERM/SIGHUP)")
 
 
-def _fit_parser() -> argparse.ArgumentParser:
+def _version_flag(p: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """``--version`` on every command (``homodyne generate --version`` too)."""
     from homodyne import __version__
 
+    p.add_argument("--version", action="version", version=f"homodyne {__version__}")
+    return p
+
+
+def _fit_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="homodyne",
         description="Fit two-time XPCS data (static or laminar flow) or one-time g2 "
                     "(analysis_mode: one_time, multi-tau HDF5 or a CSV/NPZ table).",
         epilog="Other commands: 'homodyne generate --help', 'homodyne validate --help'. "
                + EXIT_CODES_HELP + ".")
-    p.add_argument("--version", action="version", version=f"homodyne {__version__}")
+    _version_flag(p)
     p.add_argument("--config", required=True, help="YAML configuration file")
     p.add_argument("--data-file", type=_path_argument,
                    help="data file (overrides experimental_data.file_path)")
@@ -67,6 +73,7 @@ def _fit_parser() -> argparse.ArgumentParser:
 def _generate_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="homodyne generate",
                                 description="Write a synthetic two-time dataset (APS-U layout).")
+    _version_flag(p)
     p.add_argument("--output", required=True, help="HDF5 file to write")
     p.add_argument("--mode", choices=["static", "laminar_flow"], default="static")
     p.add_argument("--frames", type=int, default=500, help="frames per angle")
@@ -205,6 +212,7 @@ def validate_main(argv) -> int:
 
     p = argparse.ArgumentParser(prog="homodyne validate",
                                 description="Validate a config and summarise its data.")
+    _version_flag(p)
     p.add_argument("--config", required=True)
     p.add_argument("--data-file", type=_path_argument)
     p.add_argument("--q", type=_q_argument, help="q bin(s), as for a fit (overrides "

@@ -5,6 +5,7 @@ small API/CLI/schema refusals and a prompt exit when interrupted during JAX's st
 
 import os
 import shutil
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -179,3 +180,59 @@ def test_apsu_matrices_pair_by_position_or_by_bin_number(small, tmp_path, rename
     got = open_two_time(_renamed(small, tmp_path, renames, bins, n_q=2))
     assert got.phi_deg == plain.phi_deg
     np.testing.assert_array_equal(got.read_packed(), plain.read_packed())
+
+
+# --- 6. small refusals: p0 missing, generate --version, workflow config ----------------
+
+def test_a_missing_p0_is_named():
+    """Was: "p0 has 1 values but model_func takes 2 parameters" (None counted as a value)."""
+    from homodyne.optimization.nlsq_wrapper import NLSQWrapper
+
+    x = np.linspace(0.0, 1.0, 10)
+    with pytest.raises(ValueError, match=r"^p0 is required: one start value per parameter"):
+        NLSQWrapper().fit(_line, x, x, p0=None)
+
+
+@pytest.mark.parametrize("command", ["generate", "validate"])
+def test_every_command_prints_the_version(command, capsys):
+    """Was: `homodyne generate --version` -> "the following arguments are required:
+    --output" (exit 2)."""
+    from homodyne import __version__
+    from homodyne.cli import main
+
+    with pytest.raises(SystemExit) as stop:
+        main([command, "--version"])
+    assert stop.value.code == 0
+    assert capsys.readouterr().out == f"homodyne {__version__}\n"
+
+
+def _workflow_config():
+    import yaml
+
+    root = Path(__file__).resolve().parents[1]
+    return root, yaml.safe_load((root / "config/test.yaml").read_text())
+
+
+def test_a_dataset_name_the_rules_cannot_use_is_refused_by_the_schema():
+    """Was: `datasets."a/b"` passed the schema (run names had a pattern, datasets none)."""
+    snakemake_utils = pytest.importorskip("snakemake.utils")
+    from snakemake.exceptions import WorkflowError
+
+    root, cfg = _workflow_config()
+    cfg["datasets"]["a/b"] = next(iter(cfg["datasets"].values()))
+    with pytest.raises(WorkflowError, match=r"'a/b' does not match"):
+        snakemake_utils.validate(cfg, str(root / "workflow/schemas/config.schema.yaml"))
+
+
+def test_a_nan_in_the_workflow_config_stops_the_plan():
+    """Was: `physics.static: [.nan, ...]` passed the schema and the dry run; the generate
+    job refused it only when it ran. common.smk (plain Python, read as the plan is made)
+    now stops the plan."""
+    root, cfg = _workflow_config()
+    common = root / "workflow/rules/common.smk"
+    code = compile(common.read_text(), str(common), "exec")
+    exec(code, {"config": cfg})  # the test config passes
+    cfg["physics"]["static"][0] = float("nan")
+    with pytest.raises(ValueError, match=r"^config physics\.static\[0\]: must be a finite "
+                                         r"number, got nan; fix the config$"):
+        exec(code, {"config": cfg})

@@ -336,11 +336,19 @@ class FitPlan:
     data: DataSource
 
 
+def require_p0(p0) -> None:
+    """p0 must be given: the engine does not guess a start (None was counted as one value)."""
+    if p0 is None:
+        raise ValueError("p0 is required: one start value per parameter (homodyne does not "
+                         "guess a start)")
+
+
 def validate_start(p0, bounds, names=None, fixed=None
                    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The one check of a fit's start and box, at the facade: float64 vectors of one
     length, p0 finite, min <= max and p0 inside; ``fixed`` (names or indices) are held at
     p0 (lb = ub = p0). The driver and the solver take (x0, lb, ub) as they are."""
+    require_p0(p0)
     p0 = np.asarray(p0, float).ravel()
     if not np.all(np.isfinite(p0)):
         raise ValueError(f"p0 must be finite, got {p0.tolist()}")
@@ -511,6 +519,7 @@ class NLSQWrapper:
         y = plain_array(ydata, "ydata")
         x = plain_array(xdata, "xdata")
         s = check_curve_data(x, y, sigma)
+        require_p0(p0)
         check_model_arity(model_func, np.size(p0), parameter_names)
         p0, lb, ub = validate_start(p0, bounds, parameter_names, fixed)
         n_starts = self._restarts(restarts)
@@ -554,6 +563,7 @@ class NLSQWrapper:
         """Fit the two-time model to a ``TwoTimeSource`` (or packed values ``y``);
         ``fixed`` names parameters held at their p0 ("contrast" names every angle's);
         ``restarts`` as in ``fit``."""
+        require_p0(p0)
         y = check_two_time_data(source, spec, p0, y)
         p0, lb, ub = validate_start(p0, bounds, list(spec.parameter_names), fixed)
         n_starts = self._restarts(restarts)

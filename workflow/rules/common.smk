@@ -1,7 +1,26 @@
 """Helpers shared by the rules: the benchmark grid and resource estimates."""
 
+import math
 import os
 from pathlib import Path
+
+
+def refuse_non_finite(tree, key=""):
+    """Every number in the config is finite: JSON Schema's number admits YAML's .nan and
+    .inf, which the jobs would refuse only when they run."""
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            refuse_non_finite(v, f"{key}.{k}" if key else str(k))
+    elif isinstance(tree, list):
+        for i, v in enumerate(tree):
+            refuse_non_finite(v, f"{key}[{i}]")
+    elif isinstance(tree, float) and not math.isfinite(tree):
+        raise ValueError(
+            f"config {key}: must be a finite number, got {tree}; fix the config"
+        )
+
+
+refuse_non_finite(config)
 
 
 def dataset_points(name):
