@@ -12,7 +12,7 @@ import os
 import signal
 import warnings
 
-from homodyne.stopsignals import STOP_SIGNALS, signal_name
+from homodyne.stopsignals import STOP_SIGNALS, cancel_pending_timers, signal_name
 
 INTERRUPTED = "homodyne: interrupted ({}); results already in the output folder are untouched"
 
@@ -81,7 +81,8 @@ def main() -> int:
     """The CLI's main, imported only now that an interrupt is handled. Once it has returned
     its status (results committed, or nothing written) the signals are ignored: one that
     lands while Python and JAX shut down (a tenth of a second or more) turned a complete
-    run's exit status into 130/143/129."""
+    run's exit status into 130/143/129. Timers still pending then are cancelled: Python
+    would wait for them before exiting."""
     import sys
 
     from homodyne.cli import main as cli_main
@@ -90,4 +91,5 @@ def main() -> int:
     status = cli_main()
     for s, _ in STOP_SIGNALS:
         signal.signal(s, signal.SIG_IGN)
+    cancel_pending_timers()  # a timer JAX left behind held the exit for 60 s
     return status

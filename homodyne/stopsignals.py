@@ -6,6 +6,7 @@ parameters so far, one line, exit status 128 + the signal's number (130, 143, 12
 """
 
 import signal
+import threading
 
 # each signal with Python's default handler for it (a different handler is a caller's own)
 STOP_SIGNALS = ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL),
@@ -22,3 +23,16 @@ def fit_stop_signals() -> list[int]:
 def signal_name(signum: int) -> str:
     """How a stop names its signal: Ctrl-C, SIGTERM or SIGHUP."""
     return "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
+
+
+def cancel_pending_timers() -> int:
+    """Cancel the ``threading.Timer`` threads still waiting once a command has returned
+    (how many): Python waits for them before it exits. JAX starts one (its 60 s "TPU
+    backend initialization is taking more than..." warning) as it probes for a TPU and
+    cancels it in a ``finally`` that a stop signal landing as the timer starts skips: the
+    interrupted program then took 60 s to exit after its one-line message."""
+    pending = [t for t in threading.enumerate()
+               if isinstance(t, threading.Timer) and t.is_alive()]
+    for t in pending:
+        t.cancel()
+    return len(pending)
