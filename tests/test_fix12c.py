@@ -274,3 +274,38 @@ def test_an_interrupt_as_jax_starts_its_tpu_probe_ends_the_program_at_once(tmp_p
     assert done.stderr.splitlines()[-1] == ("homodyne: interrupted (Ctrl-C); results already "
                                             "in the output folder are untouched")
     assert took < 30, f"took {took:.0f} s to exit"
+
+
+# --- 5. the power-law label belongs to the parameters reported -----------------------
+
+def test_a_power_law_ending_inside_the_bounds_is_not_labelled_on_the_bounds():
+    """Was (probe8 F10, with --restarts 4): "power law of alpha: on the bounds: the
+    unbounded optimum (D0 = -9817, ...) is outside the bounds" beside D0 = 9986 +/- 78 with
+    no "(at bound)" flag: the label of the internal-coordinate stage, before the finish in
+    user coordinates ended inside the bounds."""
+    from homodyne.optimization.driver import _report_edges
+    from homodyne.optimization.result import FitResult
+
+    class Coords:  # the static power law: (amplitude, exponent, offset)
+        triples = [(2, 3, 4)]
+
+        @staticmethod
+        def at_log_edge(exponent):
+            return False
+
+    names = ("contrast", "offset", "D0", "alpha", "D_offset")
+    outside = ("the unbounded optimum (D0 = -9817, alpha = -0.5, D_offset = 95) is outside "
+               "the bounds")
+
+    def reported(at_bounds):
+        result = FitResult(parameter_names=names,
+                           parameters=np.array([0.3, 1, 9986, -0.5, 95]),
+                           uncertainties=np.full(5, 0.1), covariance=np.eye(5) * 0.01, cost=1.0,
+                           n_points=500, reduced_chi_squared=1.0, converged=True,
+                           stop_reason="converged", strategy="STANDARD", iterations=4,
+                           passes=5, at_bounds=at_bounds)
+        return _report_edges(result, Coords(), {3: outside}).power_law_optimum["alpha"]
+
+    assert reported([]) == (f"interior (the internal-coordinate fit: {outside}; the finish "
+                            "in user coordinates ended inside the bounds)")
+    assert reported(["D0"]) == f"on the bounds: {outside}"  # as before, beside (at bound)

@@ -423,6 +423,11 @@ def _report_edges(result: FitResult, coords, edge: dict[int, str]) -> FitResult:
             held = ", ".join(names[k] for k in (i, a, o) if names[k] in result.at_bounds)
             where = (f"on the bounds: {held} (the internal-coordinate optimum lay inside "
                      "them; the finish in user coordinates ended on the bound)")
+        elif where != "interior" and not any(names[k] in result.at_bounds for k in (i, a, o)):
+            # the label belongs to the parameters reported: the internal-coordinate optimum
+            # lay outside the bounds, the finish in user coordinates ended inside them
+            where = (f"interior (the internal-coordinate fit: {where}; the finish in user "
+                     "coordinates ended inside the bounds)")
         elif where != "interior":
             where = "on the bounds: " + where
         result.power_law_optimum[names[a]] = where
