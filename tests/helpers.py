@@ -107,6 +107,15 @@ def engine_case(mode: str, n_frames: int, n_phi: int, seed: int = 0):
     return spec, truth, y, p0, lb, ub, scipy_reference(spec, y, p0, lb, ub)
 
 
+def small_two_time_file(path, n_frames: int = 30, n_phi: int = 2, seed: int = 3):
+    """A small synthetic static two-time file (APS-U layout) at ``path``, for file tests."""
+    from homodyne.data.synthetic import generate_synthetic
+
+    spec = make_spec("static", n_frames=n_frames, n_phi=n_phi)
+    generate_synthetic(path, spec, truth_for(spec), noise_sigma=0.01, seed=seed)
+    return path
+
+
 @contextmanager
 def tiny_tmpfs(tmp_path, size: str):
     """A tmpfs of ``size`` mounted at tmp_path/small for the test (root only: skipped else)."""

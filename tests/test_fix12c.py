@@ -10,21 +10,17 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from helpers import make_spec, truth_for
+from helpers import small_two_time_file
 
 from homodyne.data import open_two_time
 from homodyne.data.errors import DataFileError
-from homodyne.data.synthetic import generate_synthetic
 
 C2 = "/xpcs/twotime/correlation_map"
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    spec = make_spec("static", n_frames=30, n_phi=2)
-    path = tmp_path_factory.mktemp("f12c") / "b.h5"
-    generate_synthetic(path, spec, truth_for(spec), noise_sigma=0.01, seed=3)
-    return path
+    return small_two_time_file(tmp_path_factory.mktemp("f12c") / "b.h5")
 
 
 # --- 1. virtual sources are watched like the file ----------------------------------

@@ -11,7 +11,7 @@ import sys
 import h5py
 import numpy as np
 import pytest
-from helpers import make_spec, truth_for
+from helpers import make_spec, small_two_time_file, truth_for
 
 from homodyne.data import open_two_time
 from homodyne.data.errors import DataFileError
@@ -22,10 +22,7 @@ C2 = "/xpcs/twotime/correlation_map"
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory):
-    spec = make_spec("static", n_frames=30, n_phi=2)
-    path = tmp_path_factory.mktemp("p9small") / "b.h5"
-    generate_synthetic(path, spec, truth_for(spec), noise_sigma=0.01, seed=3)
-    return path
+    return small_two_time_file(tmp_path_factory.mktemp("p9small") / "b.h5")
 
 
 def _crafted(small, tmp_path, edit):
