@@ -46,8 +46,12 @@ def convergence_floors(error: float, cost: float, n: int, n_params: int) -> tupl
 
 EPS64 = float(np.finfo(np.float64).eps)
 # a stalled fit whose residuals' rms is within this many rounding errors of one model
-# value has fitted noise-free data exactly, as far as the arithmetic can tell
+# value has fitted noise-free data exactly, as far as the arithmetic can tell. In float64
+# the frame integrals' differences amplify the rounding (cancellation), hence the margin;
+# a float32 model's differences and c2 are formed in float64 (model.py), so its rms on
+# noise-free data is about eps_32 |c2| / 3: 1e4 of those (1e-3) would be real noise
 RESIDUAL_FLOOR_FACTOR = 1e4
+REDUCED_PRECISION_RESIDUAL_FACTOR = 10.0
 
 
 def rounding_error(problem, params) -> float:
@@ -71,22 +75,24 @@ def cost_resolution(cost: float, n: int, error: float) -> float:
 
 
 def stalled_at_working_precision(gn_decrease: float, cost: float, n: int, step_se: float,
-                                 error: float) -> str:
+                                 error: float, reduced_precision: bool = False) -> str:
     """Why a fit that can make no further progress is nonetheless at its optimum, or "".
 
     Either the decrease the full Gauss-Newton step predicts is below what a pass can
     resolve (and that step is under MAX_STEP_FLOOR_SE standard errors), or the residuals
     themselves have vanished to the model's rounding error (noise-free data, where
-    standard errors are rounding noise too)."""
+    standard errors are rounding noise too); ``reduced_precision``: the model evaluates
+    in float32 (``error`` its rounding), whose floor has a smaller margin."""
     resolution = cost_resolution(cost, n, error)
     if gn_decrease <= resolution and step_se <= MAX_STEP_FLOOR_SE:
         return (f"at working precision: the Gauss-Newton step ({step_se:.1e} "
                 f"standard errors) predicts a decrease {gn_decrease:.1e} below the cost's "
                 f"resolution {resolution:.1e}")
     rms = math.sqrt(2.0 * max(cost, 0.0) / max(n, 1))
-    if error > 0 and rms <= RESIDUAL_FLOOR_FACTOR * error:
+    factor = REDUCED_PRECISION_RESIDUAL_FACTOR if reduced_precision else RESIDUAL_FLOOR_FACTOR
+    if error > 0 and rms <= factor * error:
         return (f"residuals vanished at working precision (rms {rms:.1e} <= "
-                f"{RESIDUAL_FLOOR_FACTOR:.0e} x rounding error {error:.1e})")
+                f"{factor:.0e} x rounding error {error:.1e})")
     return ""
 
 
