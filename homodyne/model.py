@@ -20,6 +20,7 @@ order is ``contrast[0..K-1], offset[0..K-1], physical...``.
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -298,9 +299,25 @@ def frame_table(frame_ctx, spec: ModelSpec, xp=np):
 
 
 def frame_table_host(physical, spec: ModelSpec) -> np.ndarray:
-    """``frame_table`` of ``frame_integrals_and_jacobian_host`` (NumPy, model dtype)."""
-    return np.ascontiguousarray(frame_table(frame_integrals_and_jacobian_host(physical, spec),
-                                            spec))
+    """``frame_table`` of ``frame_integrals_and_jacobian_host`` (NumPy, model dtype).
+
+    float32: computed in float64, then each integral column (C_J, C_g) split into a
+    float32 head and the float32 rest, appended as the last columns: a point's
+    difference of two rows is then exact to float32 rounding of the difference itself,
+    not of the integrals (which grow along the frames: two rounded integrals differ by
+    eps_32 C(t_max), far beyond eps_32 |C_j - C_i| near the diagonal at late times)."""
+    s64 = dataclasses.replace(spec, dtype="float64")
+    table = frame_table(frame_integrals_and_jacobian_host(physical, s64), spec)
+    if spec.dtype == "float64":
+        return np.ascontiguousarray(table)
+    head = table.astype(spec.dtype)
+    cols = _INTEGRAL_COLUMNS[spec.mode]
+    rest = (table[:, cols] - head[:, cols].astype(np.float64)).astype(spec.dtype)
+    return np.ascontiguousarray(np.concatenate([head, rest], axis=1))
+
+
+# the columns of ``frame_table`` holding integrals (the others hold their derivatives)
+_INTEGRAL_COLUMNS = {"static": [0], "laminar_flow": [0, 4]}
 
 
 def triu_row_start(r, n_frames: int):
@@ -340,11 +357,13 @@ def point_coordinates(g, spec: ModelSpec):
     return angle, i, j
 
 
-def _angle_geometry(physical, angle, spec: ModelSpec):
-    """cos and sin of (phi0 - phi_k) in radians, computed per angle then gathered."""
-    phi = jnp.asarray(spec.phi_deg, dtype=spec.jdtype)
-    d = jnp.deg2rad(physical[6].astype(spec.jdtype) - phi)
-    return jnp.cos(d)[angle], jnp.sin(d)[angle]
+def _angle_geometry(physical, angle, spec: ModelSpec, dtype=None):
+    """cos and sin of (phi0 - phi_k) in radians, computed per angle in ``dtype`` (the
+    model's by default), then cast to the model's and gathered."""
+    dt = dtype or spec.jdtype
+    phi = jnp.asarray(spec.phi_deg, dtype=dt)
+    d = jnp.deg2rad(physical[6].astype(dt) - phi)
+    return jnp.cos(d).astype(spec.jdtype)[angle], jnp.sin(d).astype(spec.jdtype)[angle]
 
 
 def c2_points(params, g, spec: ModelSpec):
@@ -372,6 +391,23 @@ def _c2_from_integrals(contrast, offset, phys, cj, cg, angle, i, j, spec: ModelS
     return offset[s].astype(g1.dtype) + contrast[s].astype(g1.dtype) * g1 * g1
 
 
+def _sinc_and_derivative(x, dtype: str):
+    """sinc(x) and sinc'(x) from one sin/cos evaluation, by their series near 0 where
+    the closed form of sinc' cancels (cos x - sin x / x ~ -x^2/3: a relative error
+    eps / x^2, 36% at x = 1e-3 in float32). float32 takes its series to |x| < 0.1
+    (truncation < 1e-10, cancellation beyond < 4e-5 of sinc'), float64 to 1e-3."""
+    small = jnp.abs(x) < (1e-3 if dtype == "float64" else 0.1)
+    xs = jnp.where(small, 1.0, x)
+    sn, cs = jnp.sin(xs), jnp.cos(xs)
+    x2 = x * x
+    if dtype == "float64":
+        sinc, dsinc = 1.0 - x2 / 6.0, x * (-1.0 / 3.0 + x2 / 30.0)
+    else:
+        sinc = 1.0 + x2 * (-1.0 / 6 + x2 / 120)
+        dsinc = x * (-1.0 / 3 + x2 * (1.0 / 30 - x2 / 840))
+    return jnp.where(small, sinc, sn / xs), jnp.where(small, dsinc, (cs - sn / xs) / xs)
+
+
 def c2_points_with_jacobian(params, table, g, spec: ModelSpec):
     """c2 at points g and its derivatives, exploiting the Jacobian's sparsity.
 
@@ -380,10 +416,11 @@ def c2_points_with_jacobian(params, table, g, spec: ModelSpec):
     columns. ``table`` is ``frame_table`` of ``frame_integrals_and_jacobian(physical,
     spec)``: C_J depends only on (D0, alpha, D_offset) and C_g only on the three
     shear-rate parameters, so a point needs only the difference of two table rows.
+    A float32 model takes ``frame_table_host``'s table (the integrals' float32 rests
+    appended) and returns c2 in float64: only g1 and the derivatives are float32.
     """
     contrast, offset, phys = spec.split(params)
     dt = spec.jdtype
-    phys = phys.astype(dt)
     q = spec.q
     # computed once and kept: XLA would otherwise repeat the triangle arithmetic inside
     # each gather (larger kernels, slower to compile and to run; the same bits)
@@ -391,7 +428,9 @@ def c2_points_with_jacobian(params, table, g, spec: ModelSpec):
     s = _scaling_index(angle, spec)
     con = contrast.astype(dt)[s]
     d = table[j] - table[i]  # C and dC between the point's two frames
-    dj = d[..., 0]
+    # a float32 table ends with the integrals' rests (``frame_table_host``)
+    rests = spec.dtype != "float64"
+    dj = d[..., 0] + d[..., -len(_INTEGRAL_COLUMNS[spec.mode])] if rests else d[..., 0]
     sj = jnp.where(dj >= 0, 1.0, -1.0).astype(dt)
     g1d = jnp.exp(-0.5 * q * q * jnp.abs(dj))
     # d g1d / d theta_J = g1d * (-q^2/2) * sign * (dC[j] - dC[i])
@@ -400,19 +439,14 @@ def c2_points_with_jacobian(params, table, g, spec: ModelSpec):
         g1 = g1d
         dg1 = (g1d * (-0.5 * q * q))[..., None] * d_ij
     else:
-        cos_d, sin_d = _angle_geometry(phys, angle, spec)
-        dg_ = d[..., 4]
+        # phi0 in float64: its float32 rounding (1e-6 degrees) can be a standard error
+        cos_d, sin_d = _angle_geometry(phys, angle, spec, jnp.float64)
+        dg_ = d[..., 4] + d[..., -1] if rests else d[..., 4]
         sg = jnp.where(dg_ >= 0, 1.0, -1.0).astype(dt)
         ig = jnp.abs(dg_)
         a = 0.5 * q * spec.gap_h
         x = a * cos_d * ig
-        # sinc and its derivative from one sin/cos evaluation (series near 0)
-        small = jnp.abs(x) < 1e-3
-        xs = jnp.where(small, 1.0, x)
-        sn, cs = jnp.sin(xs), jnp.cos(xs)
-        x2 = x * x
-        g1s = jnp.where(small, 1.0 - x2 / 6.0, sn / xs)
-        ds = jnp.where(small, x * (-1.0 / 3.0 + x2 / 30.0), (cs - sn / xs) / xs)
+        g1s, ds = _sinc_and_derivative(x, spec.dtype)
         g1 = g1d * g1s
         d_ig = d[..., 5:8] * sg[..., None]
         dg_j = (g1s * g1d * (-0.5 * q * q))[..., None] * d_ij
@@ -420,7 +454,10 @@ def c2_points_with_jacobian(params, table, g, spec: ModelSpec):
         dg_phi0 = g1d * ds * a * ig * (-sin_d) * (jnp.pi / 180.0)
         dg1 = jnp.concatenate([dg_j, dg_g, dg_phi0[..., None]], axis=-1)
     g2 = g1 * g1
-    c2 = offset.astype(dt)[s] + con * g2
+    # c2 in float64 whatever the model's dtype: the offset (~1) rounded to float32 would
+    # carry an error of eps_32 to every point, as large as its standard error at low noise
+    f64 = jnp.float64
+    c2 = offset.astype(f64)[s] + contrast.astype(f64)[s] * g2.astype(f64)
     d_phys = (2.0 * con * g1)[..., None] * dg1
     return c2, g2, jnp.ones_like(g2), d_phys, s
 

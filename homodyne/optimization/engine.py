@@ -228,16 +228,19 @@ def _converged(st: LMState, step_tol_se, gtol, eval_error) -> tuple[bool, str]:
                 f"gradient cosine {st.grad_cos:.2e} <= {g_tol:.2g}{note}")
 
 
-def _judge_stall(st: LMState, lb, ub, rounding_error) -> None:
+def _judge_stall(st: LMState, lb, ub, rounding_error, eval_error=None) -> None:
     """A fit that stopped short of the convergence test is converged all the same where
-    no pass can resolve a further decrease (``precision.stalled_at_working_precision``)."""
+    no pass can resolve a further decrease (``precision.stalled_at_working_precision``);
+    ``eval_error`` > 0: the model evaluates in reduced precision (float32)."""
     if not _finite(st.ne) or st.ne.n <= 0:
         return
     free = _free_set(st.x, st.ne.g, lb, ub)
     delta = _solve_scaled(st.ne.H, st.ne.g, 0.0, free, _scales(st.ne.H))
     gn_decrease = 0.5 * float(st.ne.g @ delta)
     error = rounding_error(st.x) if rounding_error is not None else 0.0
-    why = stalled_at_working_precision(gn_decrease, st.ne.cost, st.ne.n, st.step_se, error)
+    reduced = eval_error is not None and eval_error(st.x) > 0.0
+    why = stalled_at_working_precision(gn_decrease, st.ne.cost, st.ne.n, st.step_se, error,
+                                       reduced)
     if why:
         st.converged = True
         st.reason = f"{why} (stopped: {st.reason})"
@@ -251,7 +254,7 @@ def _solve(st: LMState, evaluate, lb, ub, loop: dict, rounding_error, initial_da
     replaces this one where it converges lower; else this one stands, with a note."""
     st = _lm_loop(st, evaluate, lb, ub, **loop)
     if not st.converged and not st.reason.startswith("stopped"):
-        _judge_stall(st, lb, ub, rounding_error)
+        _judge_stall(st, lb, ub, rounding_error, loop["eval_error"])
     if not st.converged or escapes_left <= 0:
         return st
     held = ~_free_set(st.x, st.ne.g, lb, ub)
