@@ -119,3 +119,32 @@ def test_measured_window_where_an_unbounded_first_stage_stopped_short(real_data)
         and r.at_bounds == ["alpha"]  # the label agrees with the (at bound) flag
     assert r.parameters[2] > 0 and r.cost <= ref.cost + 1e-9
     assert_matches(r, ref.x)
+
+
+def test_measured_window_at_the_logarithmic_edge_finishes_from_a_predicted_edge_point(real_data):
+    """Frames 1-175 from a plain start end at the logarithmic edge (alpha's held limit
+    binds). The finish in user coordinates starts where the held optimum's own normal
+    equations put the edge point (alpha moved from -1e-3 to its box value, the rest
+    re-solved, no pass): 2 passes there instead of 3 from the plain box point, the same
+    optimum (SciPy's TRF is still crawling after 1000 evaluations here, above it)."""
+    spec, y, p0, lb, ub = chx_window(real_data, end_frame=175)
+    r = NLSQWrapper().fit_two_time(None, spec, p0, (lb, ub), y=y)
+    assert r.converged, r.summary()
+    assert r.power_law_optimum["alpha"].startswith("logarithmic edge, pushed there")
+    finish = [m for m in r.messages if m.startswith("user coordinates")]
+    assert finish and finish[0].startswith("user coordinates: 2 passes"), r.messages
+    assert r.passes <= 23, r.summary()
+    # the same optimum as from the plain box point: rerun with the prediction off
+    import homodyne.optimization.driver as driver
+
+    plain = driver._at_edge
+    try:
+        driver._at_edge = lambda coords, hs, st, lb, ub, edge: coords.to_user(
+            hs.free.expand(st.x))
+        r0 = NLSQWrapper().fit_two_time(None, spec, p0, (lb, ub), y=y)
+    finally:
+        driver._at_edge = plain
+    assert r0.converged and r0.passes == r.passes + 1, (r0.passes, r.passes)
+    assert abs(r.cost - r0.cost) <= 1e-9 * r0.cost, (r.cost, r0.cost)
+    dz = (r.parameters - r0.parameters) / r.uncertainties
+    assert np.all(np.abs(np.nan_to_num(dz)) < 1e-3), dz
