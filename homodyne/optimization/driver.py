@@ -32,6 +32,13 @@ if TYPE_CHECKING:
     from homodyne.optimization.interfaces import DataSource, Problem
 
 
+# A held fit on its way to the logarithmic edge stops this close to its end (standard
+# errors, gradient cosine): the finish in user coordinates starts from the edge point
+# its sums predict (``_at_edge``) and converges at the full tolerance there
+EDGE_STEP_SE = 1e-2
+EDGE_GTOL = 1e-4
+
+
 def _lm_kwargs(opts: EngineOptions, coarse: bool, eval_error=None, rounding=None) -> dict:
     return dict(
         eval_error=eval_error,
@@ -320,9 +327,31 @@ def _held_fit(coords, space, u, sides, x0, lb, ub, evaluate, opts, track, trust,
     st = solve_lm(hs.evaluator(evaluate), hs.start, *hs.bounds,
                   initial_damping=opts.initial_damping, on_iteration=track,
                   gn_trust_se=trust, ne0=ne0 if reuse else None,
+                  good_enough=_edge_bound(hs, sides),
                   geodesic=geodesic_for(hs) if geodesic_for else None, **full_kw)
     st.evaluations += ne0 is not None and reuse
     return hs, st
+
+
+def _edge_bound(hs, sides):
+    """The held fit's early stop: every held exponent on its limit +-EDGE_ALPHA with its
+    gradient pointing out (on its way to the logarithmic edge, where the finish in user
+    coordinates starts from the edge point those sums predict) and the fit within
+    EDGE_STEP_SE standard errors and gradient cosine EDGE_GTOL of that end."""
+    def good_enough(st):
+        if not sides or st.step_se > EDGE_STEP_SE or st.grad_cos > EDGE_GTOL:
+            return None
+        u = hs.free.expand(st.x)
+        g = hs.free.expand(st.ne.g)
+        lo, hi = (hs.free.expand(b) for b in hs.bounds)
+        for (_, a, _), side in sides.items():
+            limit = lo[a] if side > 0 else hi[a]
+            if not (u[a] == limit and abs(limit) == EDGE_ALPHA and g[a] * side < 0):
+                return None
+        return (f"on the way to the logarithmic edge: Gauss-Newton step {st.step_se:.2e} "
+                f"standard errors <= {EDGE_STEP_SE:g}, gradient cosine {st.grad_cos:.2e} <= "
+                f"{EDGE_GTOL:g} (the finish in user coordinates follows)")
+    return good_enough
 
 
 def _box_cost(coords, hs, st, binds, lb, ub, evaluate) -> tuple[float, int]:
