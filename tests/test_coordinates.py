@@ -119,3 +119,42 @@ def test_measured_window_where_an_unbounded_first_stage_stopped_short(real_data)
         and r.at_bounds == ["alpha"]  # the label agrees with the (at bound) flag
     assert r.parameters[2] > 0 and r.cost <= ref.cost + 1e-9
     assert_matches(r, ref.x)
+
+
+def test_measured_window_at_the_logarithmic_edge_finishes_from_a_predicted_edge_point(real_data):
+    """Frames 1-175 from a plain start end at the logarithmic edge (alpha's held limit
+    binds). The held fit stops once within 1e-2 standard errors of that end (its gradient
+    cosine under 1e-4), and the finish in user coordinates starts where the held end's own
+    normal equations put the edge point (alpha moved from -1e-3 to its box value, the rest
+    re-solved, no pass): 20 passes in all; 22 with the held fit at full tolerance; 23 from
+    the plain box point as well. The same optimum each way (SciPy's TRF is still crawling
+    after 1000 evaluations here, above it)."""
+    import homodyne.optimization.driver as driver
+
+    spec, y, p0, lb, ub = chx_window(real_data, end_frame=175)
+
+    def fit():
+        return NLSQWrapper().fit_two_time(None, spec, p0, (lb, ub), y=y)
+
+    r = fit()
+    assert r.converged, r.summary()
+    assert r.power_law_optimum["alpha"].startswith("logarithmic edge, pushed there")
+    assert "on the way to the logarithmic edge" in r.messages[0], r.messages
+    finish = [m for m in r.messages if m.startswith("user coordinates")]
+    assert finish and finish[0].startswith("user coordinates: 2 passes"), r.messages
+    assert r.passes <= 20, r.summary()
+    plain = driver._at_edge, driver.EDGE_STEP_SE
+    try:
+        driver.EDGE_STEP_SE = -1.0  # the held fit to the full tolerance
+        r1 = fit()
+        driver._at_edge = lambda coords, hs, st, lb, ub, edge: coords.to_user(
+            hs.free.expand(st.x))  # and the finish from the plain box point
+        r0 = fit()
+    finally:
+        driver._at_edge, driver.EDGE_STEP_SE = plain
+    assert r0.converged and r1.converged
+    assert r.passes < r1.passes < r0.passes, (r.passes, r1.passes, r0.passes)
+    for other in (r1, r0):
+        assert abs(r.cost - other.cost) <= 1e-9 * other.cost, (r.cost, other.cost)
+        dz = (r.parameters - other.parameters) / r.uncertainties
+        assert np.all(np.abs(np.nan_to_num(dz)) < 1e-3), dz

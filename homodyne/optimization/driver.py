@@ -32,6 +32,13 @@ if TYPE_CHECKING:
     from homodyne.optimization.interfaces import DataSource, Problem
 
 
+# A held fit on its way to the logarithmic edge stops this close to its end (standard
+# errors, gradient cosine): the finish in user coordinates starts from the edge point
+# its sums predict (``_at_edge``) and converges at the full tolerance there
+EDGE_STEP_SE = 1e-2
+EDGE_GTOL = 1e-4
+
+
 def _lm_kwargs(opts: EngineOptions, coarse: bool, eval_error=None, rounding=None) -> dict:
     return dict(
         eval_error=eval_error,
@@ -175,11 +182,12 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
                 edge, messages)
             if st.reason.startswith("stopped") or mon.signal_received is not None:
                 return finish(st)
+            toward = _at_edge(coords, space, st, lb, ub, edge_start) if edge_start else None
             internal = space.state_in_user(st, free)
             space, x = SolverSpace(None, x0, lb, ub), internal.x.copy()
             st = _finish_in_user_coordinates(internal, free, runner, flb, fub, opts, track,
                                              trust, full_kw, messages, coords, lb, ub,
-                                             edge_start)
+                                             edge_start, toward)
         evaluate = free.evaluator(runner.evaluate)
         for name in recovery_sequence if mon.applicator is not None and \
                 mon.signal_received is None else ():
@@ -319,9 +327,31 @@ def _held_fit(coords, space, u, sides, x0, lb, ub, evaluate, opts, track, trust,
     st = solve_lm(hs.evaluator(evaluate), hs.start, *hs.bounds,
                   initial_damping=opts.initial_damping, on_iteration=track,
                   gn_trust_se=trust, ne0=ne0 if reuse else None,
+                  good_enough=_edge_bound(hs, sides),
                   geodesic=geodesic_for(hs) if geodesic_for else None, **full_kw)
     st.evaluations += ne0 is not None and reuse
     return hs, st
+
+
+def _edge_bound(hs, sides):
+    """The held fit's early stop: every held exponent on its limit +-EDGE_ALPHA with its
+    gradient pointing out (on its way to the logarithmic edge, where the finish in user
+    coordinates starts from the edge point those sums predict) and the fit within
+    EDGE_STEP_SE standard errors and gradient cosine EDGE_GTOL of that end."""
+    def good_enough(st):
+        if not sides or st.step_se > EDGE_STEP_SE or st.grad_cos > EDGE_GTOL:
+            return None
+        u = hs.free.expand(st.x)
+        g = hs.free.expand(st.ne.g)
+        lo, hi = (hs.free.expand(b) for b in hs.bounds)
+        for (_, a, _), side in sides.items():
+            limit = lo[a] if side > 0 else hi[a]
+            if not (u[a] == limit and abs(limit) == EDGE_ALPHA and g[a] * side < 0):
+                return None
+        return (f"on the way to the logarithmic edge: Gauss-Newton step {st.step_se:.2e} "
+                f"standard errors <= {EDGE_STEP_SE:g}, gradient cosine {st.grad_cos:.2e} <= "
+                f"{EDGE_GTOL:g} (the finish in user coordinates follows)")
+    return good_enough
 
 
 def _box_cost(coords, hs, st, binds, lb, ub, evaluate) -> tuple[float, int]:
@@ -379,16 +409,41 @@ def _quadrants(problem, sides) -> str:
                      for (i, _, _), s in sides.items())
 
 
+def _at_edge(coords, hs, st, lb, ub, edge_start) -> np.ndarray:
+    """Where the finish in user coordinates starts after a held fit that ended on its way
+    to the logarithmic edge, at no pass: each exponent in ``edge_start`` moved from its
+    held limit (+-EDGE_ALPHA) to its value at the box point (``into_box``), and the
+    other free parameters re-solved for it on the held optimum's own normal equations
+    (one Gauss-Newton step with those exponents fixed). Returns the full user vector.
+    The held optimum itself is 1e-3 of an exponent away: its J differs there by
+    slope * 1e-3 * ln^2 s / 2, which the alpha column of those sums carries to first order."""
+    u = hs.free.expand(st.x)
+    u_box = coords.to_internal(coords.into_box(coords.to_user(u), lb, ub, edge_start))
+    idx = np.flatnonzero(hs.free.free)  # full index of each solver entry
+    lo, hi = hs.bounds
+    moved = np.isin(idx, list(edge_start))
+    rest = ~moved & (st.x > lo) & (st.x < hi)  # a parameter on a limit stays there
+    step = np.zeros(idx.size)
+    step[moved] = (u_box - u)[idx[moved]]
+    if rest.any():
+        H, g = st.ne.H, st.ne.g
+        rhs = g[rest] - H[np.ix_(rest, moved)] @ step[moved]
+        d = np.sqrt(np.maximum(np.diag(H)[rest], 1e-300))  # Marquardt-scaled solve
+        step[rest] = np.linalg.lstsq(H[np.ix_(rest, rest)] / np.outer(d, d), rhs / d,
+                                     rcond=1e-14)[0] / d
+    return coords.to_user(hs.free.expand(st.x + step))
+
+
 def _finish_in_user_coordinates(internal, free, runner, flb, fub, opts, track, trust,
-                                full_kw, messages, coords, lb, ub, edge_start):
+                                full_kw, messages, coords, lb, ub, edge_start, toward=None):
     """The user-coordinate end of a fit that ran in internal coordinates: no pass where
     the internal optimum is inside the user's box and passes the convergence test
     there too; from the nearest point of the box where it crossed a bound (an amplitude
     moved onto its bound at the same level and slope, ``into_box``; held there by the
     active set while its gradient points out)."""
     inside = bool(np.all(internal.x >= flb) and np.all(internal.x <= fub))
-    start = np.clip(free.reduce(coords.into_box(free.expand(internal.x), lb, ub, edge_start)),
-                    flb, fub)
+    x_end = free.expand(internal.x) if toward is None else toward
+    start = np.clip(free.reduce(coords.into_box(x_end, lb, ub, edge_start)), flb, fub)
     inside = inside and not edge_start
     st = solve_lm(free.evaluator(runner.evaluate), start, flb, fub,
                   initial_damping=opts.initial_damping, on_iteration=track,

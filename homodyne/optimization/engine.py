@@ -168,7 +168,9 @@ def trial_point(ne: NormalEquations, x, lb, ub, lam: float) -> np.ndarray:
 def solve_lm(evaluate: Callable[[np.ndarray], NormalEquations], x0, lb, ub, *,
              max_iterations: int, step_tol_se: float, gtol: float, ftol: float,
              initial_damping: float, ne0: NormalEquations | None = None,
-             on_iteration: Callable | None = None, gn_trust_se: float = 1.0,
+             on_iteration: Callable | None = None,
+             good_enough: Callable[[LMState], str | None] | None = None,
+             gn_trust_se: float = 1.0,
              eval_error: Callable[[np.ndarray], float] | None = None,
              rounding_error: Callable[[np.ndarray], float] | None = None,
              geodesic: Callable[[np.ndarray, np.ndarray], np.ndarray | None] | None = None
@@ -184,6 +186,9 @@ def solve_lm(evaluate: Callable[[np.ndarray], NormalEquations], x0, lb, ub, *,
     ``geodesic(x, v)``: Jᵀ r''_v at x by one more pass (None: no acceleration, the
     default); each trial step v then gets geodesic acceleration (``_accelerate``).
 
+    ``good_enough(st)``: a caller's own earlier stop (a one-line reason, or None to go on),
+    asked where the convergence test fails; the stop then counts as converged.
+
     ``gn_trust_se``: the undamped Gauss-Newton step is tried first when it is under this
     many standard errors. The quadratic model's range does not shrink with the data, so
     a stage that starts from a coarser level's optimum (n_c points) trusts
@@ -193,7 +198,7 @@ def solve_lm(evaluate: Callable[[np.ndarray], NormalEquations], x0, lb, ub, *,
     st = LMState(x=x, ne=ne, lam=initial_damping, evaluations=0 if ne0 is not None else 1)
     loop = dict(max_iterations=max_iterations, step_tol_se=step_tol_se, gtol=gtol, ftol=ftol,
                 on_iteration=on_iteration, gn_trust_se=gn_trust_se, eval_error=eval_error,
-                geodesic=geodesic)
+                geodesic=geodesic, good_enough=good_enough)
     try:
         st = _solve(st, evaluate, lb, ub, loop, rounding_error, initial_damping, MAX_ESCAPES)
         st.reason += "".join(f"; {e}" for e in st.saddle_escapes)
@@ -291,7 +296,8 @@ def _accelerate(st: LMState, geodesic, B, lam, free, d, delta) -> np.ndarray:
 
 
 def _lm_loop(st: LMState, evaluate, lb, ub, *, max_iterations, step_tol_se, gtol, ftol,
-             on_iteration, gn_trust_se, eval_error, geodesic=None) -> LMState:
+             on_iteration, gn_trust_se, eval_error, geodesic=None,
+             good_enough=None) -> LMState:
     """The iteration itself; ``st`` always holds the best accepted point."""
     x, ne = st.x, st.ne
     if not _finite(ne):
@@ -311,6 +317,9 @@ def _lm_loop(st: LMState, evaluate, lb, ub, *, max_iterations, step_tol_se, gtol
             st.reason = "stopped by callback"
             return st
         ok, why = _converged(st, step_tol_se, gtol, eval_error)
+        enough = None if ok or good_enough is None else good_enough(st)
+        if enough:
+            ok, why = True, enough
         if ok:
             st.converged = True
             st.reason = why
