@@ -126,7 +126,7 @@ def test_measured_window_at_the_logarithmic_edge_finishes_from_a_predicted_edge_
     binds). The held fit stops once within 1e-2 standard errors of that end (its gradient
     cosine under 1e-4), and the finish in user coordinates starts where the held end's own
     normal equations put the edge point (alpha moved from -1e-3 to its box value, the rest
-    re-solved, no pass): 20 passes in all; 22 with the held fit at full tolerance; 23 from
+    re-solved, no pass): 21 passes in all; 23 with the held fit at full tolerance; 24 from
     the plain box point as well. The same optimum each way (SciPy's TRF is still crawling
     after 1000 evaluations here, above it)."""
     import homodyne.optimization.driver as driver
@@ -142,7 +142,7 @@ def test_measured_window_at_the_logarithmic_edge_finishes_from_a_predicted_edge_
     assert "on the way to the logarithmic edge" in r.messages[0], r.messages
     finish = [m for m in r.messages if m.startswith("user coordinates")]
     assert finish and finish[0].startswith("user coordinates: 2 passes"), r.messages
-    assert r.passes <= 20, r.summary()
+    assert r.passes <= 21, r.summary()
     plain = driver._at_edge, driver.EDGE_STEP_SE
     try:
         driver.EDGE_STEP_SE = -1.0  # the held fit to the full tolerance
