@@ -120,7 +120,7 @@ def _checked_generate_args(p: argparse.ArgumentParser, argv):
     import shutil
 
     from homodyne.data.synthetic import synthetic_file_bytes
-    from homodyne.model import LAMINAR_PARAMS, STATIC_PARAMS
+    from homodyne.model import LAMINAR_PARAMS, STATIC_PARAMS, frame_time_problem
 
     a = p.parse_args(argv)
     try:
@@ -152,6 +152,12 @@ def _checked_generate_args(p: argparse.ArgumentParser, argv):
             p.error(f"argument --{opt.replace('_', '-')}: must be > 0, got {v}")
     if not (math.isfinite(a.noise) and a.noise >= 0):
         p.error(f"argument --noise: must be >= 0, got {a.noise}")
+    problem = frame_time_problem("--dt", a.dt)  # the range a fit accepts from the file
+    if problem:
+        p.error(f"argument --dt: {problem}")
+    if a.output.lower().endswith(".npy"):  # the readers take a .npy file for a bare matrix
+        p.error(f"argument --output: {a.output} would be an HDF5 file named .npy, which the "
+                "fit refuses; name it .h5")
     out = os.path.abspath(a.output)
     folder = os.path.dirname(out)
     if os.path.isdir(out):
@@ -183,8 +189,11 @@ def generate_main(argv) -> int:
     a = _checked_generate_args(parser, argv)
     phys = a.phys or (
         [1e4, -0.5, 100.0] if a.mode == "static" else [1e4, -0.5, 100.0, 1e-5, 0.2, 1e-6, 5.0])
-    spec = ModelSpec(mode=a.mode, q=a.q, dt=a.dt, n_frames=a.frames,
-                     phi_deg=tuple(a.angle_list), gap_h=a.gap_h, scaling=a.scaling)
+    try:  # what the checks above let through and the model still refuses: one line
+        spec = ModelSpec(mode=a.mode, q=a.q, dt=a.dt, n_frames=a.frames,
+                         phi_deg=tuple(a.angle_list), gap_h=a.gap_h, scaling=a.scaling)
+    except ValueError as exc:
+        parser.error(f"arguments --q/--dt/--frames/--angles: {exc}")
     try:
         info = generate_synthetic(a.output, spec, spec.pack(a.contrast, a.offset, phys),
                                   noise_sigma=a.noise, seed=a.seed, block_rows=a.block_rows,

@@ -318,6 +318,9 @@ def _bounds(key, value) -> dict:
         if lo > hi:
             raise ConfigError(k, f"bounds of {name}: min {lo} must be <= max {hi} "
                               "(min == max fixes the parameter)")
+        if not math.isfinite(hi - lo):  # the start's margin and the restarts' spread use it
+            raise ConfigError(k, f"bounds of {name}: the width max - min = {hi:g} - ({lo:g}) "
+                              "exceeds the largest float; narrow them (e.g. to +/-1e300)")
         if name in out:
             raise ConfigError(k, f"{name} is bounded twice")
         out[name] = (lo, hi)

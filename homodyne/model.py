@@ -259,7 +259,8 @@ def _cumulative_trapezoid_host(f, dt):
 def _power_law_integrals_host(t, amp, exponent, offset, dt):
     """Cumulative integrals of a t^e + c and of its derivatives w.r.t. (a, e, c),
     (N,) and (N, 3): the derivatives in closed form (t > 0)."""
-    te = t**exponent
+    with np.errstate(over="ignore"):  # an extreme exponent: inf, a failed batch, no warning
+        te = t**exponent
     f = np.stack([amp * te + offset, te, amp * te * np.log(t), np.ones_like(t)], axis=1)
     c = _cumulative_trapezoid_host(f, dt)
     return c[:, 0], c[:, 1:]

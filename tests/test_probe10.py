@@ -1,0 +1,128 @@
+"""Regression tests for probe10's findings (issue 12, a fresh round over main): an ASCII
+standard output, ``homodyne generate`` values the fit refuses, damaged .npy headers, bounds
+whose width overflows, and a multi-start whose Sobol start makes the model overflow."""
+
+import os
+import subprocess
+import sys
+import zipfile
+
+import numpy as np
+import pytest
+from helpers import bounds_for, make_spec, noisy_data, start_for, truth_for
+
+from homodyne.cli import main
+from homodyne.config import ConfigError, validate_config
+from homodyne.data import open_two_time
+from homodyne.data.errors import DataFileError
+from homodyne.onetime.data import read_one_time
+from homodyne.optimization.nlsq_wrapper import NLSQWrapper
+
+
+def test_an_ascii_standard_output_escapes_a_non_ascii_path_instead_of_a_traceback(tmp_path):
+    """Was a UnicodeEncodeError traceback and exit 1 after the work was done (the result set
+    committed): the console script printing a path with 'ü' under PYTHONIOENCODING=ascii."""
+    out = tmp_path / "ü" / "d.h5"
+    script = ("import sys\n"
+              "from homodyne import entry\n"
+              f"sys.argv = ['homodyne', 'generate', '--output', {str(out)!r}, '--frames', '20']\n"
+              "sys.exit(entry.main())\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "PYTHONIOENCODING": "ascii"})
+    assert (done.returncode, done.stderr) == (0, "")
+    assert done.stdout.startswith(f"wrote {str(out).replace('ü', chr(92) + 'xfc')}: 190 points")
+    assert out.is_file()
+
+
+@pytest.mark.parametrize("argv, option", [
+    (["--dt", "1e300"], "argument --dt: --dt = 1e+300 s is not a detector frame time"),
+    (["--dt", "1e-13"], "argument --dt: --dt = 1e-13 s is not a detector frame time"),
+    (["--output-name", "d.npy"], "argument --output: {out} would be an HDF5 file named .npy"),
+])
+def test_generate_refuses_what_the_fit_would_refuse(tmp_path, capsys, argv, option):
+    """Was a ValueError traceback (exit 1) for a frame time outside the range a fit takes,
+    and an HDF5 file named .npy that every fit then refused."""
+    out = tmp_path / (argv[1] if argv[0] == "--output-name" else "d.h5")
+    extra = [] if argv[0] == "--output-name" else argv
+    with pytest.raises(SystemExit) as stop:
+        main(["generate", "--output", str(out), "--frames", "10", *extra])
+    err = capsys.readouterr().err
+    assert stop.value.code == 2
+    assert option.format(out=out) in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def _npy_bytes(tmp_path) -> bytes:
+    c2 = 1.0 + 0.3 * np.exp(-np.abs(np.subtract.outer(np.arange(20.0), np.arange(20.0))) / 5)
+    np.save(tmp_path / "ok.npy", c2)
+    return (tmp_path / "ok.npy").read_bytes()
+
+
+def _flipped(raw: bytes, offset: int, xor: int) -> bytes:
+    b = bytearray(raw)
+    b[offset] ^= xor
+    return bytes(b)
+
+
+# offsets in the header of a 20 x 20 float64 .npy (10 magic+length, then the dict text):
+# a quote, the dict's comma, a space of the padding turned into a NUL
+@pytest.mark.parametrize("offset, xor", [(11, 1), (24, 0xFF), (100, 0x20), (20, 0x20)])
+def test_a_damaged_npy_header_is_a_data_error(tmp_path, offset, xor):
+    """Was tokenize.TokenError escaping numpy's header parser: a traceback, exit 1 (104 of
+    384 one-byte flips over the measured CHX matrix's header)."""
+    raw = _npy_bytes(tmp_path)
+    path = tmp_path / "bad.npy"
+    path.write_bytes(_flipped(raw, offset, xor))
+    with pytest.raises(DataFileError, match="the array has no readable .npy header"):
+        open_two_time(path)
+
+
+def test_a_damaged_npy_header_inside_a_one_time_npz_table_is_a_data_error(tmp_path):
+    tau = np.logspace(-3, 0, 12)
+    g2 = 1 + 0.3 * np.exp(-np.outer(tau, [5.0, 20.0]))
+    np.savez(tmp_path / "ok.npz", tau=tau, q=np.array([0.01, 0.02]), g2=g2,
+             sigma=np.full_like(g2, 0.01))
+    with zipfile.ZipFile(tmp_path / "ok.npz") as zin, \
+            zipfile.ZipFile(tmp_path / "bad.npz", "w") as zout:
+        for info in zin.infolist():
+            member = zin.read(info)
+            zout.writestr(info, _flipped(member, 100, 0x20) if info.filename == "g2.npy"
+                          else member)
+    assert read_one_time(tmp_path / "ok.npz").g2.shape == (12, 2)
+    with pytest.raises(DataFileError, match="array 'g2' has no readable .npy header "
+                                            r"\(source code cannot contain null bytes\)"):
+        read_one_time(tmp_path / "bad.npz")
+
+
+@pytest.mark.parametrize("name", ["contrast", "offset", "D0"])
+def test_bounds_whose_width_overflows_are_a_config_error(name):
+    """Was p0 = -inf ('p0 must be finite' traceback, exit 1) for contrast or offset bounds of
+    +/-1e308 (the start's 1% margin of hi - lo = inf), and NaN restart starts for D0."""
+    raw = {"experimental_data": {},
+           "initial_parameters": {"values": [8000.0, -0.4, 80.0]},
+           "parameter_space": {"bounds": [{"name": name, "min": -1e308, "max": 1e308}]}}
+    with pytest.raises(ConfigError, match=rf"parameter_space.bounds\[0\]: bounds of {name}: "
+                       r"the width max - min = 1e\+308 - \(-1e\+308\) exceeds the largest "
+                       r"float; narrow them"):
+        validate_config(raw, require_data=False)
+    raw["parameter_space"]["bounds"][0].update(min=-1e300, max=1e300)  # still taken
+    assert validate_config(raw, require_data=False).bound(name) == (-1e300, 1e300)
+
+
+def test_a_restart_start_where_the_model_overflows_is_skipped_not_the_fit():
+    """Was exit 3 'Non-finite model values ... at the full stage's first parameters [...,
+    nan, -815, nan]': alpha bounds of +/-1000 put a Sobol start where t^-alpha overflows,
+    and that one start failed the whole multi-start fit."""
+    spec = make_spec("static", n_frames=24, n_phi=2)
+    truth = truth_for(spec)
+    y = noisy_data(spec, truth, seed=4)
+    lb, ub = bounds_for(spec)
+    k = 2 * spec.n_scaling_sets
+    lb[k + 1], ub[k + 1] = -1e3, 1e3  # alpha
+    best = NLSQWrapper(restarts=3).fit_two_time(None, spec, start_for(spec, truth), (lb, ub),
+                                                y=y)
+    assert "skipped: model not finite there" in best.messages[-1]
+    assert best.converged
+    # D0, alpha as the data give them (truth 1e4, -0.5), not a start's overflow
+    assert abs(best.parameters[k] - truth[k]) < 4 * best.uncertainties[k]
+    assert abs(best.parameters[k + 1] - truth[k + 1]) < 4 * best.uncertainties[k + 1]
