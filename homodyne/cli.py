@@ -178,6 +178,22 @@ def _checked_generate_args(p: argparse.ArgumentParser, argv):
     return a
 
 
+def check_jax_backend() -> None:
+    """JAX's backend, started now, or one ConfigError naming JAX_PLATFORMS: a platform this
+    machine lacks (cuda without a GPU, a typo) failed deep inside JAX at the first array,
+    as a traceback (an empty AssertionError for cuda)."""
+    from homodyne.config import ConfigError
+    from homodyne.jaxconf import jax
+
+    try:
+        jax.devices()
+    except (RuntimeError, AssertionError) as exc:
+        why = str(exc).split(" (set JAX_PLATFORMS")[0] or "no backend could be initialised"
+        platforms = os.environ.get("JAX_PLATFORMS", "")
+        raise ConfigError("JAX_PLATFORMS", f"{platforms!r}: JAX cannot start it ({why}); "
+                          "unset JAX_PLATFORMS or set it to cpu") from None
+
+
 def generate_main(argv) -> int:
     import errno
 
@@ -187,6 +203,7 @@ def generate_main(argv) -> int:
 
     parser = _generate_parser()
     a = _checked_generate_args(parser, argv)
+    check_jax_backend()
     phys = a.phys or (
         [1e4, -0.5, 100.0] if a.mode == "static" else [1e4, -0.5, 100.0, 1e-5, 0.2, 1e-6, 5.0])
     try:  # what the checks above let through and the model still refuses: one line
@@ -320,6 +337,7 @@ def fit_main(argv) -> int:
     a = _fit_parser().parse_args(argv)
     configure_console_logging(quiet=a.quiet)
     cfg = load_options_config(a)
+    check_jax_backend()
     if cfg.is_multi:
         return _fit_many(cfg, a.overwrite or None, strict=a.strict)
     if a.q is not None and not a.output_dir:  # one q bin of a multi-q config: its own folder

@@ -2,6 +2,7 @@
 standard output, ``homodyne generate`` values the fit refuses, damaged .npy headers, bounds
 whose width overflows, and a multi-start whose Sobol start makes the model overflow."""
 
+import json
 import os
 import subprocess
 import sys
@@ -15,8 +16,11 @@ from homodyne.cli import main
 from homodyne.config import ConfigError, validate_config
 from homodyne.data import open_two_time
 from homodyne.data.errors import DataFileError
+from homodyne.data.synthetic import generate_synthetic
 from homodyne.onetime.data import read_one_time
 from homodyne.optimization.nlsq_wrapper import NLSQWrapper
+from homodyne.optimization.result import FitResult
+from homodyne.pipeline import write_two_time_outputs
 
 
 def test_an_ascii_standard_output_escapes_a_non_ascii_path_instead_of_a_traceback(tmp_path):
@@ -126,3 +130,63 @@ def test_a_restart_start_where_the_model_overflows_is_skipped_not_the_fit():
     # D0, alpha as the data give them (truth 1e4, -0.5), not a start's overflow
     assert abs(best.parameters[k] - truth[k]) < 4 * best.uncertainties[k]
     assert abs(best.parameters[k + 1] - truth[k + 1]) < 4 * best.uncertainties[k + 1]
+
+
+def test_jax_platforms_naming_a_backend_jax_lacks_is_one_clean_error(tmp_path):
+    """Was a traceback from deep inside JAX at the first array (an empty AssertionError for
+    JAX_PLATFORMS=cuda on a machine without a GPU, a RuntimeError for a typo), exit 1."""
+    script = ("import sys\n"
+              "from homodyne import entry\n"
+              f"sys.argv = ['homodyne', 'generate', '--output', {str(tmp_path / 'd.h5')!r}, "
+              "'--frames', '20']\n"
+              "sys.exit(entry.main())\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120, env={**os.environ, "JAX_PLATFORMS": "bogus"})
+    assert done.returncode == 2
+    assert done.stderr.startswith("homodyne: error: JAX_PLATFORMS: 'bogus': JAX cannot start it")
+    assert done.stderr.rstrip().endswith("unset JAX_PLATFORMS or set it to cpu")
+    assert done.stderr.count("\n") == 1 and not (tmp_path / "d.h5").exists()
+
+
+def test_fit_h5_and_the_figures_state_an_outcome_that_is_not_converged(tmp_path, monkeypatch):
+    """Was: fit.h5 held only the parameters and the heat maps' title only the file name, so
+    either file read on its own passed a NOT converged fit for a converged one."""
+    import h5py
+
+    from homodyne import plots
+
+    spec = make_spec("static", n_frames=24, n_phi=2)
+    generate_synthetic(tmp_path / "d.h5", spec, truth_for(spec), noise_sigma=0.01, seed=3)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps({
+        "experimental_data": {"file_path": str(tmp_path / "d.h5")},
+        "initial_parameters": {"values": [8000.0, -0.4, 80.0]},
+        "optimization": {"max_iterations": 1},
+        "output": {"directory": str(tmp_path / "out"), "plots": False}}))
+    assert main(["--config", str(cfg), "--quiet"]) == 4
+    result = json.loads((tmp_path / "out" / "parameters.json").read_text())
+    with h5py.File(tmp_path / "out" / "fit.h5") as h5:
+        attrs = dict(h5.attrs)
+    assert result["status"] == attrs["status"] == "not_converged"
+    assert attrs["data_file"] == result["data_file"] == str(tmp_path / "d.h5")
+    assert json.loads(attrs["parameter_names"]) == result["parameter_names"]
+    assert np.array_equal(attrs["parameters"], result["parameters"])
+
+    titles = []  # the heat maps of each outcome (figures not drawn)
+    monkeypatch.setattr(plots, "plot_heatmaps", lambda path, **kw: titles.append(kw["title"]))
+    for name in ("plot_cuts", "plot_scaling", "plot_residual_histogram"):
+        monkeypatch.setattr(plots, name, lambda path, **kw: None)
+    names = ("contrast[0]", "contrast[1]", "offset[0]", "offset[1]", "D0", "alpha", "D_offset")
+    base = {k: result[k] for k in ("parameters", "uncertainties", "covariance", "cost",
+                                   "n_points", "stop_reason", "strategy", "iterations",
+                                   "passes")}
+    with open_two_time(tmp_path / "d.h5") as src:
+        for kw in ({"converged": True}, {"converged": False},
+                   {"converged": True, "at_bounds": ["D0", "alpha", "D_offset"]}):
+            fit = FitResult(parameter_names=names, reduced_chi_squared=1.0,
+                            **{**base, **kw, "parameters": np.array(result["parameters"]),
+                               "uncertainties": np.array(result["uncertainties"]),
+                               "covariance": np.array(result["covariance"])})
+            write_two_time_outputs(tmp_path / "w", src, spec, fit, plots=True)
+    assert titles == ["d.h5 (static)", "d.h5 (static): NOT converged",
+                      "d.h5 (static): converged but NOT DETERMINED"]
