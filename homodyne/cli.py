@@ -129,6 +129,8 @@ def _checked_generate_args(p: argparse.ArgumentParser, argv):
         p.error(f"argument --angles: expected comma-separated numbers, got {a.angles!r}")
     if not a.angle_list:
         p.error("argument --angles: give at least one angle")
+    if len(set(a.angle_list)) < len(a.angle_list):  # a file the fit refuses (one bin twice)
+        p.error(f"argument --angles: an angle is given twice ({a.angles!r}); list each once")
     names = STATIC_PARAMS if a.mode == "static" else LAMINAR_PARAMS
     try:
         a.phys = _floats(a.physical) if a.physical else None

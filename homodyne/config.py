@@ -204,8 +204,8 @@ def _validate(node, schema, prefix="") -> dict:
             close = difflib.get_close_matches(str(k), list(extra), n=1)
             hint = f"; did you mean '{prefix}{close[0]}'?" if close else \
                 f"; known keys here: {', '.join(extra)}"
-            raise ConfigError(f"{prefix}{_show(k) if not isinstance(k, str) else k[:80]}",
-                              f"unknown key{hint}")
+            shown = k[:80] if isinstance(k, str) and k.isprintable() else _show(k)
+            raise ConfigError(f"{prefix}{shown}", f"unknown key{hint}")
     for k, sub in extra.items():
         key = f"{prefix}{k}"
         if sub[0] == "section":

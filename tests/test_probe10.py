@@ -42,6 +42,7 @@ def test_an_ascii_standard_output_escapes_a_non_ascii_path_instead_of_a_tracebac
     (["--dt", "1e300"], "argument --dt: --dt = 1e+300 s is not a detector frame time"),
     (["--dt", "1e-13"], "argument --dt: --dt = 1e-13 s is not a detector frame time"),
     (["--output-name", "d.npy"], "argument --output: {out} would be an HDF5 file named .npy"),
+    (["--angles", "0,45,0.0"], "argument --angles: an angle is given twice ('0,45,0.0')"),
 ])
 def test_generate_refuses_what_the_fit_would_refuse(tmp_path, capsys, argv, option):
     """Was a ValueError traceback (exit 1) for a frame time outside the range a fit takes,
@@ -190,3 +191,50 @@ def test_fit_h5_and_the_figures_state_an_outcome_that_is_not_converged(tmp_path,
             write_two_time_outputs(tmp_path / "w", src, spec, fit, plots=True)
     assert titles == ["d.h5 (static)", "d.h5 (static): NOT converged",
                       "d.h5 (static): converged but NOT DETERMINED"]
+
+
+def _two_matrices(tmp_path, name, **maps):
+    """An APS-U (``bins``) or older-layout (``dq``) file of two 12-frame matrices."""
+    import h5py
+
+    c2 = 1.0 + 0.3 * np.exp(-np.abs(np.subtract.outer(np.arange(12.0), np.arange(12.0))) / 4)
+    path = tmp_path / f"{name}.h5"
+    with h5py.File(path, "w") as h5:
+        h5["/entry/instrument/detector_1/frame_time"] = 0.1
+        if "bins" in maps:
+            h5["/xpcs/qmap/dynamic_v_list_dim0"] = maps["q"]
+            h5["/xpcs/qmap/dynamic_v_list_dim1"] = maps["phi"]
+            h5["/xpcs/twotime/processed_bins"] = maps["bins"]
+            for k in (1, 2):
+                h5[f"/xpcs/twotime/correlation_map/c2_{k:05d}"] = c2 * (1 + 0.01 * k)
+        else:
+            h5["/xpcs/dqlist"], h5["/xpcs/dphilist"] = maps["q"], maps["phi"]
+            for k in (1, 2):
+                h5[f"/exchange/C2T_all/c2_{k:05d}"] = c2 * (1 + 0.01 * k)
+    return path
+
+
+@pytest.mark.parametrize("maps", [
+    {"q": [0.0054], "phi": [0.0, 45.0], "bins": [1, 1]},  # one bin listed twice
+    {"q": [0.0054], "phi": [0.0, 0.0], "bins": [1, 2]},  # a phi map with one angle twice
+    {"q": [0.0054, 0.0054], "phi": [0.0], "bins": [1, 2]},  # two q bins of one value
+    {"q": [0.0054, 0.0054], "phi": [10.0, 10.0]},  # older layout, one pair twice
+])
+def test_a_file_listing_one_q_phi_bin_twice_is_refused(tmp_path, maps):
+    """Was fitted as two angles at the same phi (parameters.json phi_deg [0, 0] for a file
+    whose matrices are of two angles; a laminar fit's shear term then wrong), exit 0."""
+    with pytest.raises(DataFileError, match=r"c2_00001 and .*c2_00002 are both at q = 0.0054, "
+                                            r"phi = (0|10) deg: the file lists one \(q, phi\) "
+                                            "bin twice"):
+        open_two_time(_two_matrices(tmp_path, "dup", **maps), q=0.0054)
+    fine = {"q": [0.0054], "phi": [0.0, 45.0], "bins": [1, 2]} if "bins" in maps else \
+        {"q": [0.0054, 0.0054], "phi": [0.0, 45.0]}  # the same layout, each bin once
+    with open_two_time(_two_matrices(tmp_path, "fine", **fine), q=0.0054) as src:
+        assert src.phi_deg == (0.0, 45.0)
+
+
+def test_a_config_key_with_an_invisible_character_is_shown_as_such():
+    """Was "analysis_mode: unknown key; did you mean 'analysis_mode'?" (the NUL invisible)."""
+    with pytest.raises(ConfigError, match=r"^'analysis_mode\\x00': unknown key; did you mean "
+                                          "'analysis_mode'"):
+        validate_config({"analysis_mode\0": "static"}, require_data=False)
