@@ -238,3 +238,28 @@ def test_a_config_key_with_an_invisible_character_is_shown_as_such():
     with pytest.raises(ConfigError, match=r"^'analysis_mode\\x00': unknown key; did you mean "
                                           "'analysis_mode'"):
         validate_config({"analysis_mode\0": "static"}, require_data=False)
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"mode": "laminar_flow", "gap_h": float("nan")}, "got gap_h=nan"),
+    ({"mode": "laminar_flow", "gap_h": -1.0}, "got gap_h=-1.0"),
+    ({"q": "0.0054"}, "got q='0.0054'"),
+    ({"dt": True}, "got dt=True"),
+    ({"phi_deg": (0.0, float("nan"))}, "phi_deg must be finite angles in degrees"),
+])
+def test_model_spec_names_a_value_the_model_cannot_use(kw, message):
+    """Was accepted (gap_h NaN or negative, phi NaN, dt=True: a NaN model or a 1 s frame)
+    or a raw TypeError ('>' not supported between 'str' and 'int') for q given as text."""
+    from homodyne.model import ModelSpec
+
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        ModelSpec(**{"mode": "static", "n_frames": 10, "phi_deg": (0.0,), **kw})
+
+
+@pytest.mark.parametrize("names", [["a", "a"], [1, 2]])
+def test_parameter_names_must_be_distinct_strings(names):
+    """Was accepted: parameters_by_name then held one entry for two parameters."""
+    x = np.linspace(0.0, 1.0, 50)
+    with pytest.raises(ValueError, match="parameter_names must be distinct strings"):
+        NLSQWrapper().fit(lambda x, a, b: a * x + b, x, 2 * x + 1, [1.0, 0.0],
+                          parameter_names=names)
