@@ -263,3 +263,16 @@ def test_parameter_names_must_be_distinct_strings(names):
     with pytest.raises(ValueError, match="parameter_names must be distinct strings"):
         NLSQWrapper().fit(lambda x, a, b: a * x + b, x, 2 * x + 1, [1.0, 0.0],
                           parameter_names=names)
+
+
+def test_a_benchmark_record_of_an_undetermined_fit_claims_no_recovery_error(tmp_path):
+    """Was max_abs_error_se = 0.0 (a perfect recovery) for a fit whose every SE is infinite
+    (1 point, 5 parameters): (fit - truth) / inf."""
+    from homodyne.benchmarks.runner import bench_engine
+
+    spec = make_spec("static", n_frames=2, n_phi=1)
+    generate_synthetic(tmp_path / "tiny.h5", spec, truth_for(spec), noise_sigma=0.01, seed=3)
+    rec = bench_engine(tmp_path / "tiny.h5", tmp_path / "rec.json", tier="standard")
+    assert rec["n_points"] == 1 and not np.isfinite(rec["uncertainties"]).any()
+    assert rec["max_abs_error_se"] is None
+    assert json.loads((tmp_path / "rec.json").read_text())["max_abs_error_se"] is None
