@@ -276,3 +276,33 @@ def test_a_benchmark_record_of_an_undetermined_fit_claims_no_recovery_error(tmp_
     assert rec["n_points"] == 1 and not np.isfinite(rec["uncertainties"]).any()
     assert rec["max_abs_error_se"] is None
     assert json.loads((tmp_path / "rec.json").read_text())["max_abs_error_se"] is None
+
+
+@pytest.mark.parametrize("header, message", [
+    ("tau,sigma(q=0.005),g2(q=0.005)", "columns 'sigma(q=0.005)', 'g2(q=0.005)': expected a "
+                                       "g2 column then the sigma column of the same q"),
+    ("tau,g2(q=0.005),sigma(q=0.007)", "columns 'g2(q=0.005)', 'sigma(q=0.007)': expected"),
+    ("tau,g2(q=0.005),sigma(q=0.005),g2(q=0.005),sigma(q=0.005)",
+     r"the header names a q value twice \(\[0.005, 0.005\]\)"),
+])
+def test_a_csv_table_whose_columns_are_not_g2_then_sigma_is_refused(tmp_path, header, message):
+    """Was read by position: a sigma column first was fitted as g2 (exit 0, 'undetermined'),
+    and one q given twice gave two fits reported under one q."""
+    n = header.count(",")
+    rows = "".join(f"{t}" + ",1.2,0.01" * (n // 2) + "\n" for t in (0.001, 0.01, 0.1))
+    (tmp_path / "g2.csv").write_text(f"{header}\n{rows}")
+    pattern = message if "twice" in message else message.replace("(", r"\(").replace(")", r"\)")
+    with pytest.raises(DataFileError, match=pattern):
+        read_one_time(tmp_path / "g2.csv")
+    (tmp_path / "ok.csv").write_text('"tau","g2(q=0.005)","sigma(q=0.005)"\n'
+                                     "0.001,1.3,0.01\n0.01,1.2,0.01\n")
+    assert read_one_time(tmp_path / "ok.csv").q.tolist() == [0.005]  # quoted names still read
+
+
+def test_a_csv_table_without_rows_is_one_message_without_a_numpy_warning(tmp_path, recwarn):
+    """Was numpy's 'UserWarning: loadtxt: input contained no data' on the console, then
+    '1 columns of numbers for 3 names'."""
+    (tmp_path / "g2.csv").write_text("tau,g2(q=0.005),sigma(q=0.005)\n")
+    with pytest.raises(DataFileError, match="holds a header but no rows of numbers below it"):
+        read_one_time(tmp_path / "g2.csv")
+    assert not [w for w in recwarn if "loadtxt" in str(w.message)]
