@@ -306,3 +306,12 @@ def test_a_csv_table_without_rows_is_one_message_without_a_numpy_warning(tmp_pat
     with pytest.raises(DataFileError, match="holds a header but no rows of numbers below it"):
         read_one_time(tmp_path / "g2.csv")
     assert not [w for w in recwarn if "loadtxt" in str(w.message)]
+
+
+def test_an_npz_table_naming_a_q_twice_is_refused(tmp_path):
+    tau = np.logspace(-3, 0, 8)
+    g2 = 1 + 0.3 * np.exp(-np.outer(tau, [5.0, 20.0]))
+    np.savez(tmp_path / "t.npz", tau=tau, q=np.array([0.01, 0.01]), g2=g2,
+             sigma=np.full_like(g2, 0.01))
+    with pytest.raises(DataFileError, match=r"the table names a q value twice \(\[0.01, 0.01\]\)"):
+        read_one_time(tmp_path / "t.npz")

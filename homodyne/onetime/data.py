@@ -135,4 +135,7 @@ def _checked(path, tau, q, g2, err) -> OneTimeData:
         raise DataFileError(path, f"g2 {g2.shape}, sigma {err.shape}, {tau.size} delays and "
                                   f"{q.size} q values do not fit together")
     check_axes(path, tau, q)
+    if np.unique(q).size < q.size:  # a table's q twice: two fits reported under one q
+        raise DataFileError(path, f"the table names a q value twice ({q.tolist()}); give "
+                                  "each q once")
     return OneTimeData(path, tau, q, np.zeros(1), g2, err, float("nan"), None)
