@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import logging
 import math
 import os
 import re
@@ -369,10 +370,23 @@ class HomodyneConfig:
 
 
 def _resolve(path: str, base: Path | None) -> str:
+    """A relative path from the working folder, else from the config's folder (``base``);
+    a different file of that name beside the config is named in a warning: which of the two
+    was fitted must not depend on where the command happened to be started, unsaid."""
     p = Path(os.path.expanduser(path))
-    if p.is_absolute() or p.exists() or base is None:
+    if p.is_absolute() or base is None:
         return str(p)
     alt = base / p
+    if p.exists():
+        try:
+            other = alt.exists() and not os.path.samefile(p, alt)
+        except OSError:
+            other = False
+        if other:
+            logging.getLogger(__name__).warning(
+                "%s is read from the working folder (%s); the config's folder holds another "
+                "file of that name (%s): give an absolute path to choose", path, p.resolve(), alt)
+        return str(p)
     return str(alt) if alt.exists() else str(p)
 
 

@@ -315,3 +315,25 @@ def test_an_npz_table_naming_a_q_twice_is_refused(tmp_path):
              sigma=np.full_like(g2, 0.01))
     with pytest.raises(DataFileError, match=r"the table names a q value twice \(\[0.01, 0.01\]\)"):
         read_one_time(tmp_path / "t.npz")
+
+
+def test_a_relative_data_path_naming_two_files_warns_which_one_is_fitted(tmp_path, monkeypatch,
+                                                                         caplog):
+    """Was silent: started from another folder holding a file of the same name, the run
+    fitted that one, not the file beside the config (both b.h5 in the log and results)."""
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "run").mkdir()
+    for folder in ("cfg", "run"):
+        (tmp_path / folder / "b.h5").write_bytes(folder.encode())
+    raw = {"experimental_data": {"file_path": "b.h5"},
+           "initial_parameters": {"values": [8000.0, -0.4, 80.0]}}
+    source = str(tmp_path / "cfg" / "c.yaml")
+    monkeypatch.chdir(tmp_path / "run")
+    assert validate_config(raw, source).experimental_data["file_path"] == "b.h5"
+    assert "b.h5 is read from the working folder" in caplog.text
+    assert str(tmp_path / "cfg" / "b.h5") in caplog.text
+    caplog.clear()
+    monkeypatch.chdir(tmp_path / "cfg")  # the same file both ways: nothing to say
+    raw["experimental_data"]["file_path"] = "b.h5"
+    validate_config(raw, source)
+    assert "working folder" not in caplog.text
