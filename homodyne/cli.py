@@ -340,16 +340,18 @@ def fit_main(argv) -> int:
     configure_console_logging(quiet=a.quiet)
     cfg = load_options_config(a)
     check_jax_backend()
-    if cfg.is_multi:
-        return _fit_many(cfg, a.overwrite or None, strict=a.strict)
-    if a.q is not None and not a.output_dir:  # one q bin of a multi-q config: its own folder
+    whole = None
+    if isinstance(a.q, float) and not a.output_dir:  # one q bin of a multi-q config: its
+        # own folder, and the summary refreshed from every bin's folder (also for a config
+        # of several files, which is itself multi: its table lost the other bins' rows)
         from homodyne.config import load_config
 
         overrides = _overrides(a)
         del overrides["experimental_data.q"]
         whole = load_config(a.config, overrides=overrides)
-        if whole.is_multi:
-            return _fit_many(cfg, a.overwrite or None, strict=a.strict, table_of=whole)
+        whole = whole if whole.is_multi else None
+    if cfg.is_multi or whole is not None:
+        return _fit_many(cfg, a.overwrite or None, strict=a.strict, table_of=whole)
     run = run_from_config(cfg, overwrite=a.overwrite or None)
     print(run.result.summary())
     print(f"results in {run.output_dir}")

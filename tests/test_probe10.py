@@ -337,3 +337,26 @@ def test_a_relative_data_path_naming_two_files_warns_which_one_is_fitted(tmp_pat
     raw["experimental_data"]["file_path"] = "b.h5"
     validate_config(raw, source)
     assert "working folder" not in caplog.text
+
+
+def test_one_q_bin_refitted_from_a_config_of_files_keeps_every_row_of_the_summary(tmp_path):
+    """Was: `--q 0.006` on a config listing its files (experimental_data.files, the workflow's
+    style) refitted the bin and rewrote summary.csv with that bin's row only, although the
+    other bin's folder and results stayed (the help: 'refreshes the summary.csv')."""
+    import pandas as pd
+
+    from homodyne.production.multiq_data import AgingSeries, write_series_file
+
+    data = write_series_file(tmp_path, AgingSeries(q=(0.004, 0.006), ages_s=(0.0,), frames=16,
+                                                   angles=(0.0,)), 0)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps({
+        "experimental_data": {"files": [str(data)], "q": "all"},
+        "initial_parameters": {"values": [1e4, -0.5, 100.0]},
+        "output": {"directory": str(tmp_path / "out"), "plots": False}}))
+    main(["--config", str(cfg), "--quiet"])
+    before = pd.read_csv(tmp_path / "out" / "summary.csv")
+    main(["--config", str(cfg), "--q", "0.006", "--overwrite", "--quiet"])
+    after = pd.read_csv(tmp_path / "out" / "summary.csv")
+    assert list(before["q_index"]) == list(after["q_index"]) == [0, 1]
+    assert after["D0"].tolist() == before["D0"].tolist()  # the same data and settings
