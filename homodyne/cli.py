@@ -127,7 +127,7 @@ def _checked_generate_args(p: argparse.ArgumentParser, argv):
     import shutil
 
     from homodyne.data.synthetic import synthetic_file_bytes
-    from homodyne.model import LAMINAR_PARAMS, STATIC_PARAMS
+    from homodyne.model import LAMINAR_PARAMS, STATIC_PARAMS, frame_time_problem
 
     a = p.parse_args(argv)
     try:
@@ -136,6 +136,8 @@ def _checked_generate_args(p: argparse.ArgumentParser, argv):
         p.error(f"argument --angles: expected comma-separated numbers, got {a.angles!r}")
     if not a.angle_list:
         p.error("argument --angles: give at least one angle")
+    if len(set(a.angle_list)) < len(a.angle_list):  # a file the fit refuses (one bin twice)
+        p.error(f"argument --angles: an angle is given twice ({a.angles!r}); list each once")
     names = STATIC_PARAMS if a.mode == "static" else LAMINAR_PARAMS
     try:
         a.phys = _floats(a.physical) if a.physical else None
@@ -159,6 +161,12 @@ def _checked_generate_args(p: argparse.ArgumentParser, argv):
             p.error(f"argument --{opt.replace('_', '-')}: must be > 0, got {v}")
     if not (math.isfinite(a.noise) and a.noise >= 0):
         p.error(f"argument --noise: must be >= 0, got {a.noise}")
+    problem = frame_time_problem("--dt", a.dt)  # the range a fit accepts from the file
+    if problem:
+        p.error(f"argument --dt: {problem}")
+    if a.output.lower().endswith(".npy"):  # the readers take a .npy file for a bare matrix
+        p.error(f"argument --output: {a.output} would be an HDF5 file named .npy, which the "
+                "fit refuses; name it .h5")
     out = os.path.abspath(a.output)
     folder = os.path.dirname(out)
     if os.path.isdir(out):
@@ -179,6 +187,22 @@ def _checked_generate_args(p: argparse.ArgumentParser, argv):
     return a
 
 
+def check_jax_backend() -> None:
+    """JAX's backend, started now, or one ConfigError naming JAX_PLATFORMS: a platform this
+    machine lacks (cuda without a GPU, a typo) failed deep inside JAX at the first array,
+    as a traceback (an empty AssertionError for cuda)."""
+    from homodyne.config import ConfigError
+    from homodyne.jaxconf import jax
+
+    try:
+        jax.devices()
+    except (RuntimeError, AssertionError) as exc:
+        why = str(exc).split(" (set JAX_PLATFORMS")[0] or "no backend could be initialised"
+        platforms = os.environ.get("JAX_PLATFORMS", "")
+        raise ConfigError("JAX_PLATFORMS", f"{platforms!r}: JAX cannot start it ({why}); "
+                          "unset JAX_PLATFORMS or set it to cpu") from None
+
+
 def generate_main(argv) -> int:
     import errno
 
@@ -188,10 +212,14 @@ def generate_main(argv) -> int:
 
     parser = _generate_parser()
     a = _checked_generate_args(parser, argv)
+    check_jax_backend()
     phys = a.phys or (
         [1e4, -0.5, 100.0] if a.mode == "static" else [1e4, -0.5, 100.0, 1e-5, 0.2, 1e-6, 5.0])
-    spec = ModelSpec(mode=a.mode, q=a.q, dt=a.dt, n_frames=a.frames,
-                     phi_deg=tuple(a.angle_list), gap_h=a.gap_h, scaling=a.scaling)
+    try:  # what the checks above let through and the model still refuses: one line
+        spec = ModelSpec(mode=a.mode, q=a.q, dt=a.dt, n_frames=a.frames,
+                         phi_deg=tuple(a.angle_list), gap_h=a.gap_h, scaling=a.scaling)
+    except ValueError as exc:
+        parser.error(f"arguments --q/--dt/--frames/--angles: {exc}")
     try:
         info = generate_synthetic(a.output, spec, spec.pack(a.contrast, a.offset, phys),
                                   noise_sigma=a.noise, seed=a.seed, block_rows=a.block_rows,
@@ -319,16 +347,19 @@ def fit_main(argv) -> int:
     a = _fit_parser().parse_args(argv)
     configure_console_logging(quiet=a.quiet)
     cfg = load_options_config(a)
-    if cfg.is_multi:
-        return _fit_many(cfg, a.overwrite or None, strict=a.strict)
-    if a.q is not None and not a.output_dir:  # one q bin of a multi-q config: its own folder
+    check_jax_backend()
+    whole = None
+    if isinstance(a.q, float) and not a.output_dir:  # one q bin of a multi-q config: its
+        # own folder, and the summary refreshed from every bin's folder (also for a config
+        # of several files, which is itself multi: its table lost the other bins' rows)
         from homodyne.config import load_config
 
         overrides = _overrides(a)
         del overrides["experimental_data.q"]
         whole = load_config(a.config, overrides=overrides)
-        if whole.is_multi:
-            return _fit_many(cfg, a.overwrite or None, strict=a.strict, table_of=whole)
+        whole = whole if whole.is_multi else None
+    if cfg.is_multi or whole is not None:
+        return _fit_many(cfg, a.overwrite or None, strict=a.strict, table_of=whole)
     run = run_from_config(cfg, overwrite=a.overwrite or None)
     print(run.result.summary())
     print(f"results in {run.output_dir}")

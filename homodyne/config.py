@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import difflib
+import logging
 import math
 import os
 import re
@@ -204,8 +205,8 @@ def _validate(node, schema, prefix="") -> dict:
             close = difflib.get_close_matches(str(k), list(extra), n=1)
             hint = f"; did you mean '{prefix}{close[0]}'?" if close else \
                 f"; known keys here: {', '.join(extra)}"
-            raise ConfigError(f"{prefix}{_show(k) if not isinstance(k, str) else k[:80]}",
-                              f"unknown key{hint}")
+            shown = k[:80] if isinstance(k, str) and k.isprintable() else _show(k)
+            raise ConfigError(f"{prefix}{shown}", f"unknown key{hint}")
     for k, sub in extra.items():
         key = f"{prefix}{k}"
         if sub[0] == "section":
@@ -318,6 +319,9 @@ def _bounds(key, value) -> dict:
         if lo > hi:
             raise ConfigError(k, f"bounds of {name}: min {lo} must be <= max {hi} "
                               "(min == max fixes the parameter)")
+        if not math.isfinite(hi - lo):  # the start's margin and the restarts' spread use it
+            raise ConfigError(k, f"bounds of {name}: the width max - min = {hi:g} - ({lo:g}) "
+                              "exceeds the largest float; narrow them (e.g. to +/-1e300)")
         if name in out:
             raise ConfigError(k, f"{name} is bounded twice")
         out[name] = (lo, hi)
@@ -366,10 +370,23 @@ class HomodyneConfig:
 
 
 def _resolve(path: str, base: Path | None) -> str:
+    """A relative path from the working folder, else from the config's folder (``base``);
+    a different file of that name beside the config is named in a warning: which of the two
+    was fitted must not depend on where the command happened to be started, unsaid."""
     p = Path(os.path.expanduser(path))
-    if p.is_absolute() or p.exists() or base is None:
+    if p.is_absolute() or base is None:
         return str(p)
     alt = base / p
+    if p.exists():
+        try:
+            other = alt.exists() and not os.path.samefile(p, alt)
+        except OSError:
+            other = False
+        if other:
+            logging.getLogger(__name__).warning(
+                "%s is read from the working folder (%s); the config's folder holds another "
+                "file of that name (%s): give an absolute path to choose", path, p.resolve(), alt)
+        return str(p)
     return str(alt) if alt.exists() else str(p)
 
 

@@ -38,10 +38,17 @@ for _signal, _default in STOP_SIGNALS:
         signal.signal(_signal, stop_at_once)
 
 
+def escaped(text: str, encoding: str | None) -> str:
+    """``text`` with what ``encoding`` cannot hold written as backslash escapes."""
+    encoding = encoding or "ascii"
+    return text.encode(encoding, "backslashreplace").decode(encoding)
+
+
 class StdoutGuard:
     """Standard output whose failure (a full disk behind ``> log.txt``, a reader that went
     away: ``| head``) costs one warning, never the exit status: the summary is printed
-    after the results are committed, and a traceback there told a pipeline the fit failed."""
+    after the results are committed, and a traceback there told a pipeline the fit failed.
+    Text its encoding cannot hold (a non-ASCII path under an ASCII stdout) is escaped."""
 
     def __init__(self, stream):
         self._stream = stream
@@ -50,7 +57,11 @@ class StdoutGuard:
     def write(self, text: str) -> int:
         if not self.failed:
             try:
-                return self._stream.write(text)
+                try:
+                    return self._stream.write(text)
+                except UnicodeEncodeError:  # a path or unit (1/Å) this stream's encoding
+                    # lacks (PYTHONIOENCODING=ascii): escaped as stderr does, not a traceback
+                    return self._stream.write(escaped(text, self._stream.encoding))
             except OSError as exc:
                 self._fail(exc)
         return len(text)

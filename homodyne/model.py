@@ -21,6 +21,7 @@ order is ``contrast[0..K-1], offset[0..K-1], physical...``.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from functools import partial
 
@@ -119,11 +120,17 @@ class ModelSpec(TriangleGrid):
             raise ValueError(f"exclude_diagonal_frames = {k} leaves no point of "
                              f"{self.n_frames} frames; use a value below {self.n_frames}")
         object.__setattr__(self, "exclude_diagonal_frames", int(k))
-        if not (self.q > 0 and self.dt > 0):
-            raise ValueError(f"q and dt must be positive, got q={self.q}, dt={self.dt}")
+        for name in ("q", "dt", "gap_h"):  # a NaN, text or a bool met later as a NaN model
+            v = getattr(self, name)
+            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer,
+                                                                     np.floating)) \
+                    or not (math.isfinite(v) and v > 0):
+                raise ValueError(f"q, dt and gap_h must be finite numbers > 0, got {name}={v!r}")
         problem = frame_time_problem("dt", self.dt)
         if problem:
             raise ValueError(problem)
+        if not all(math.isfinite(p) for p in phi):
+            raise ValueError(f"phi_deg must be finite angles in degrees, got {self.phi_deg!r}")
         object.__setattr__(self, "phi_deg", tuple(float(p) for p in self.phi_deg))
 
     # --- names ----------------------------------------------------------
@@ -260,7 +267,8 @@ def _cumulative_trapezoid_host(f, dt):
 def _power_law_integrals_host(t, amp, exponent, offset, dt):
     """Cumulative integrals of a t^e + c and of its derivatives w.r.t. (a, e, c),
     (N,) and (N, 3): the derivatives in closed form (t > 0)."""
-    te = t**exponent
+    with np.errstate(over="ignore"):  # an extreme exponent: inf, a failed batch, no warning
+        te = t**exponent
     f = np.stack([amp * te + offset, te, amp * te * np.log(t), np.ones_like(t)], axis=1)
     c = _cumulative_trapezoid_host(f, dt)
     return c[:, 0], c[:, 1:]

@@ -19,7 +19,7 @@ from homodyne.model import ModelSpec, c2_on_frames
 from homodyne.optimization.engine import EngineOptions
 from homodyne.optimization.fixed import fix_parameters
 from homodyne.optimization.nlsq_wrapper import NLSQWrapper
-from homodyne.optimization.result import FitResult
+from homodyne.optimization.result import STATUS_TEXT, FitResult
 from homodyne.optimization.settings import CheckpointSettings
 from homodyne.output import (
     DirectoryLock,
@@ -374,10 +374,15 @@ def write_two_time_outputs(out, source, spec, result, *, plots: bool = True, tit
     idx = np.unique(np.linspace(0, n - 1, min(n, MAX_PLOT_FRAMES)).astype(int))
     data = np.stack([source.read_on_frames(a, idx) for a in range(spec.n_phi)])
     model = c2_on_frames(result.parameters, spec, idx)
+    # the outcome in every file of the set: a figure or fit.h5 read on its own must not
+    # pass for a converged fit
     files = {"fit": write_fit_h5(stage("fit.h5"), phi_deg=spec.phi_deg,
                                  frames=source.first_frame + idx, data=data, model=model,
                                  attrs={"decimated": idx.size < n, "n_frames": n,
-                                        "parameters": result.parameters})}
+                                        "parameters": result.parameters,
+                                        "parameter_names": list(result.parameter_names),
+                                        "status": result.status,
+                                        "data_file": str(source.path)})}
     if plots:
         from homodyne.plots import (
             plot_cuts,
@@ -387,9 +392,12 @@ def write_two_time_outputs(out, source, spec, result, *, plots: bool = True, tit
         )
 
         times = (source.first_frame + idx) * spec.dt
+        title = title or f"{Path(source.path).name} ({spec.mode})"
+        if result.status != "converged":  # "NOT converged", "converged but NOT DETERMINED"
+            title += f": {STATUS_TEXT[result.status].split(' (')[0]}"
         files["heatmaps"] = plot_heatmaps(stage("c2_heatmaps.png"), times=times,
                                           phi_deg=spec.phi_deg, data=data, model=model,
-                                          title=title or f"{Path(source.path).name} ({spec.mode})")
+                                          title=title)
         files["cuts"] = plot_cuts(stage("c2_cuts.png"), times=times, phi_deg=spec.phi_deg,
                                   data=data, model=model)
         (c, o, _), (c_se, o_se, _) = spec.split(result.parameters), \

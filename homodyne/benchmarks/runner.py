@@ -53,13 +53,25 @@ def _record(kind, name, src, spec, t_wall, rss, params, se, truth, extra) -> dic
         "peak_rss_hwm_mb": _hwm_mb(),
         "parameters": np.asarray(params).tolist(), "uncertainties": np.asarray(se).tolist(),
         "parameter_names": list(spec.parameter_names),
-        "max_abs_error_se": float(np.max(np.abs((np.asarray(params) - truth) / np.asarray(se))))
-        if truth is not None else None,
+        "max_abs_error_se": _error_se(params, se, truth),
         "homodyne_version": __version__, "host": platform.node(),
         "machine": platform.machine(), "timestamp": time.time(),
     }
     rec.update(extra)
     return rec
+
+
+def _error_se(params, se, truth) -> float | None:
+    """The largest |fit - truth| in standard errors over the parameters the fit determines
+    (finite SE > 0); None without a truth or with none determined (an infinite SE made an
+    undetermined fit read as a perfect recovery, 0.0)."""
+    if truth is None:
+        return None
+    se = np.asarray(se, dtype=float)
+    ok = np.isfinite(se) & (se > 0)
+    if not ok.any():
+        return None
+    return float(np.max(np.abs((np.asarray(params, dtype=float) - truth)[ok] / se[ok])))
 
 
 def _hwm_mb():

@@ -10,6 +10,7 @@ from __future__ import annotations
 import lzma
 import math
 import os
+import tokenize
 import zipfile
 import zlib
 from typing import BinaryIO
@@ -24,6 +25,9 @@ from homodyne.data.errors import DataFileError
 # encrypted member (RuntimeError: password required)
 ZIP_ERRORS = (OSError, KeyError, EOFError, ValueError, zipfile.BadZipFile, zlib.error,
               lzma.LZMAError, NotImplementedError, RuntimeError)
+# what numpy's header parser raises besides ValueError for a damaged header (a NUL in its
+# space padding, a quote or comma flipped): Python's tokenizer and parser errors
+HEADER_ERRORS = (*ZIP_ERRORS, tokenize.TokenError, SyntaxError)
 
 
 def npy_header(fh: BinaryIO, stored: int, *, path, what: str,
@@ -38,8 +42,9 @@ def npy_header(fh: BinaryIO, stored: int, *, path, what: str,
             shape, _, dtype = npy_format.read_array_header_2_0(fh)
         else:
             raise ValueError(f"format version {version[0]}.{version[1]} is not supported")
-    except ZIP_ERRORS as exc:
-        raise DataFileError(path, f"{what} has no readable .npy header ({exc})") from None
+    except HEADER_ERRORS as exc:
+        why = exc.args[0] if isinstance(exc, tokenize.TokenError) and exc.args else exc
+        raise DataFileError(path, f"{what} has no readable .npy header ({why})") from None
     if dtype.hasobject:
         raise DataFileError(path, f"{what} is unreadable: Object arrays cannot be loaded "
                                   "(they hold Python objects); save it with a numeric dtype")

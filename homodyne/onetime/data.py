@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import warnings
 import zipfile
 
 import numpy as np
@@ -69,21 +70,34 @@ def _read_csv(path):
             raise DataFileError(path, f"is {what}")
     with open(path, encoding="utf-8", errors="replace") as fh:
         header = fh.readline(MAX_HEADER_CHARS).strip().lstrip("#").split(",")
-    names = [h.strip() for h in header]
+    names = [h.strip().strip("\"'").strip() for h in header]  # quoted names too
     if len(names) < 3 or (len(names) - 1) % 2:
         raise DataFileError(path, f"header has {len(names)} columns; expected tau, then a g2 "
                                   "and a sigma column per q, e.g. tau,g2(q=0.005),sigma(q=0.005)")
     q = []
-    for name in names[1::2]:
+    for name, err_name in zip(names[1::2], names[2::2], strict=True):
         found = _Q_IN_NAME.search(name)
         if not found:
             raise DataFileError(path, f"column {name!r} names no q value; write it as "
                                       "g2(q=<value in 1/Å>)")
         q.append(float(found.group(1)))
+        # the columns are read by position: a sigma column first would be fitted as g2
+        err_q = _Q_IN_NAME.search(err_name)
+        if not name.lower().startswith("g2") or not err_name.lower().startswith("sigma") \
+                or (err_q is not None and float(err_q.group(1)) != q[-1]):
+            raise DataFileError(path, f"columns {name!r}, {err_name!r}: expected a g2 column "
+                                      "then the sigma column of the same q, e.g. "
+                                      "tau,g2(q=0.005),sigma(q=0.005)")
+    if len(set(q)) < len(q):  # one q twice: two fits reported under one q
+        raise DataFileError(path, f"the header names a q value twice ({q}); give each q once")
     try:
-        table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
+        with warnings.catch_warnings():  # numpy's "input contained no data": said below
+            warnings.simplefilter("ignore", UserWarning)
+            table = np.loadtxt(path, delimiter=",", skiprows=1, ndmin=2)
     except ValueError as exc:
         raise DataFileError(path, f"not a numeric table below the header: {exc}") from None
+    if table.size == 0:
+        raise DataFileError(path, "holds a header but no rows of numbers below it")
     if table.shape[1] != len(names):
         raise DataFileError(path, f"{table.shape[1]} columns of numbers for {len(names)} names")
     return table[:, 0], np.array(q), table[:, 1::2], table[:, 2::2]
@@ -121,4 +135,7 @@ def _checked(path, tau, q, g2, err) -> OneTimeData:
         raise DataFileError(path, f"g2 {g2.shape}, sigma {err.shape}, {tau.size} delays and "
                                   f"{q.size} q values do not fit together")
     check_axes(path, tau, q)
+    if np.unique(q).size < q.size:  # a table's q twice: two fits reported under one q
+        raise DataFileError(path, f"the table names a q value twice ({q.tolist()}); give "
+                                  "each q once")
     return OneTimeData(path, tau, q, np.zeros(1), g2, err, float("nan"), None)

@@ -307,6 +307,9 @@ def check_model_arity(model_func, n_p0: int, parameter_names=None) -> None:
         if len(parameter_names) != n_p0:
             raise ValueError(f"p0 has {n_p0} values but parameter_names names "
                              f"{len(parameter_names)}: {list(parameter_names)}")
+        names = list(parameter_names)  # the keys of parameters_by_name and of fixed=
+        if not all(isinstance(n, str) for n in names) or len(set(names)) < len(names):
+            raise ValueError(f"parameter_names must be distinct strings, got {names}")
         return
     try:
         sig = inspect.signature(model_func)

@@ -14,6 +14,7 @@ every parameter within a tolerance of it).
 
 from __future__ import annotations
 
+import logging
 import math
 import time
 from collections.abc import Callable
@@ -23,10 +24,13 @@ import numpy as np
 
 from homodyne.optimization.coordinates import PowerLawCoordinates
 from homodyne.optimization.driver import run_fit
+from homodyne.optimization.exceptions import NLSQNumericalError
 from homodyne.optimization.interfaces import DataSource
 from homodyne.optimization.passes import FitMonitor
 from homodyne.optimization.result import FitResult
 from homodyne.optimization.settings import EngineOptions, RestartSettings
+
+log = logging.getLogger(__name__)
 
 # two screening fits reached the same minimum when their χ² differ by at most this many
 # units of the reduced χ² and every determined parameter by at most this many SE
@@ -84,19 +88,22 @@ def spread_in_internal(starts, x0, lb, ub, coords: PowerLawCoordinates, scales,
     slope. Contrast and offset (the first ``n_scaling`` entries) keep x0: they enter
     linearly, and user-box draws of them mostly start where the data are not resolved."""
     out = [starts[0]]
-    for x in starts[1:]:
-        row = (x - lb) / np.where(ub > lb, ub - lb, 1.0)  # the Sobol numbers back
-        x = x.copy()
+    for box_start in starts[1:]:
+        row = (box_start - lb) / np.where(ub > lb, ub - lb, 1.0)  # the Sobol numbers back
+        x = box_start.copy()
         x[:n_scaling] = x0[:n_scaling]
-        u = coords.to_internal(x)
-        for (i, a, o), (lo, hi) in zip(coords.triples, scales, strict=True):
-            level = math.exp(math.log(lo) + row[o] * math.log(hi / lo))
-            u[a] = lb[a] + row[a] * (ub[a] - lb[a])
-            frac = 2.0 * row[i] - 1.0
-            if lb[i] >= 0:
-                frac = abs(frac) * (1.0 if u[a] >= 0 else -1.0)
-            u[o], u[i] = level, frac * level
-        out.append(np.clip(coords.into_box(coords.to_user(u), lb, ub), lb, ub))
+        with np.errstate(all="ignore"):  # t_ref^-alpha overflows for |alpha| in the hundreds
+            u = coords.to_internal(x)
+            for (i, a, o), (lo, hi) in zip(coords.triples, scales, strict=True):
+                level = math.exp(math.log(lo) + row[o] * math.log(hi / lo))
+                u[a] = lb[a] + row[a] * (ub[a] - lb[a])
+                frac = 2.0 * row[i] - 1.0
+                if lb[i] >= 0:
+                    frac = abs(frac) * (1.0 if u[a] >= 0 else -1.0)
+                u[o], u[i] = level, frac * level
+            start = np.clip(coords.into_box(coords.to_user(u), lb, ub), lb, ub)
+        # no such start in the user's coordinates: the Sobol point of the user's box instead
+        out.append(start if np.all(np.isfinite(start)) else box_start)
     return out
 
 
@@ -151,8 +158,14 @@ def fit_with_restarts(problem, data, x0, lb, ub, *, settings: RestartSettings,
     one_level = replace(options, coarse=False)
     screened: list[Screened] = []
     for k, start in enumerate(starts):
-        fit = run_fit(problem, run.screen, start, lb, ub, options=one_level, strategy=strategy,
-                      monitor=FitMonitor())
+        try:
+            fit = run_fit(problem, run.screen, start, lb, ub, options=one_level,
+                          strategy=strategy, monitor=FitMonitor())
+        except NLSQNumericalError:  # the model overflows at this start (alpha near wide
+            # bounds): one start less, not the whole fit (x0 failing alone: below)
+            log.warning("multi-start: start %d of %d skipped: the model or its gradient is "
+                        "not finite there", k + 1, len(starts))
+            continue
         run.screening.append(fit)
         if fit.interrupted_by is not None:  # a signal: stop here, as a single fit would
             return run.stopped_screening(fit, screened, k, len(starts))
@@ -185,7 +198,10 @@ def fit_with_restarts(problem, data, x0, lb, ub, *, settings: RestartSettings,
                          screening_points=int(run.screen.n_points),
                          best_start=[float(v) for v in lead.start],
                          screening_chi2=[float(s.fit.chi_squared) for s in screened])
-    best.messages.append(f"multi-start: best of {len(starts)} starts, reached by "
+    skipped = len(starts) - len(screened)
+    best.messages.append(f"multi-start: best of {len(starts)} starts"
+                         f"{f' ({skipped} skipped: model not finite there)' if skipped else ''}"
+                         ", reached by "
                          f"{reached}; {len(leaders)} distinct minima on "
                          f"{run.screen.n_points:,} points, {len(finished)} finished on the "
                          "full data")
