@@ -404,10 +404,15 @@ class ResultSet:
         """Delete the staged files; the log is kept as fit.incomplete.log (fit.log stays the
         log of the results that remain)."""
         for name, tmp in self.staged.items():
-            if keep_log and name == "fit.log" and tmp.exists():
-                os.replace(tmp, self.folder / FAILED_LOG)
-            else:
-                _unlink(tmp)
+            try:  # best effort: the folder may have become read-only, gone or a file (the
+                # next run to lock it removes what is left); the run's own error is reported
+                if keep_log and name == "fit.log" and tmp.exists():
+                    os.replace(tmp, self.folder / FAILED_LOG)
+                else:
+                    _unlink(tmp)
+            except OSError as exc:
+                log.debug("could not remove the unfinished file %s (%s)", tmp,
+                          exc.strerror or exc)
         self.staged = {}
 
 
