@@ -279,10 +279,15 @@ def _run_on_device(cfg: HomodyneConfig, out: Path, results: ResultSet) -> FitRun
             check_points_kept(source, spec, result.n_points)
             source.check_unchanged()  # results only for the file that is still there
         if result.interrupted_by:
-            # best so far, under a name that does not block the resuming run
-            write_json(out / "parameters.interrupted.json", {
-                "data_file": source.path, "interrupted_by": result.interrupted_by,
-                **result.as_dict()})
+            # best so far, under a name that does not block the resuming run; a folder
+            # that cannot take it (made read-only, removed) costs that file, not the stop
+            try:
+                write_json(out / "parameters.interrupted.json", {
+                    "data_file": source.path, "interrupted_by": result.interrupted_by,
+                    **result.as_dict()})
+            except OSError as exc:
+                log.warning("best parameters so far not written to %s (%s)", out,
+                            exc.strerror or exc)
             log.warning("%s", result.stop_reason)
             raise FitInterrupted(result)
         try:

@@ -2,10 +2,34 @@
 disks, checkpoints and concurrency): a run whose output folder became unusable mid-run
 ends with its one clean error, never a traceback from cleaning up its staged files."""
 
+import errno
 import os
 import shutil
+import signal
 
+import pytest
+import yaml
+
+from homodyne.cli import main
 from homodyne.output import FAILED_LOG, ResultSet
+
+EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "homodyne", "examples")
+
+
+@pytest.fixture(scope="module")
+def small_cfg(tmp_path_factory):
+    """A 60-frame dataset and a streaming config for it (no plots, no progress bar)."""
+    d = tmp_path_factory.mktemp("p11")
+    assert main(["generate", "--output", str(d / "data.h5"), "--frames", "60",
+                 "--angles", "0,45", "--seed", "3"]) == 0
+    with open(os.path.join(EXAMPLES, "static.yaml")) as fh:
+        raw = yaml.safe_load(fh)
+    raw["experimental_data"]["file_path"] = str(d / "data.h5")
+    raw["output"] = {"plots": False}
+    raw["performance"] = {"enable_progress": False, "strategy_override": "streaming",
+                          "batch_size": 500}
+    (d / "cfg.yaml").write_text(yaml.safe_dump(raw))
+    return d
 
 
 def _staged(folder):
@@ -39,3 +63,34 @@ def test_discarding_staged_files_of_a_read_only_folder_does_not_raise(tmp_path, 
     results.discard()  # main: PermissionError from moving the log to fit.incomplete.log
     monkeypatch.undo()
     assert not (out / FAILED_LOG).exists() and results.staged == {}
+
+
+@pytest.mark.parametrize("error", [errno.EACCES, errno.EEXIST])
+def test_a_stop_whose_best_parameters_cannot_be_written_still_exits_as_a_stop(
+        small_cfg, tmp_path, monkeypatch, capsys, error):
+    """Ctrl-C mid-fit with the output folder made read-only (EACCES) or replaced by a file
+    (EEXIST when the folder is re-created): main wrote parameters.interrupted.json unguarded:
+    a PermissionError traceback (exit 1), or 'error: [Errno 17] File exists' (exit 2)."""
+    import homodyne.pipeline as pipeline
+
+    real_make, real_write = pipeline.make_wrapper, pipeline.write_json
+
+    def make_wrapper(cfg):  # Ctrl-C at the first batch (the driver turns it into a flag)
+        wrapper = real_make(cfg)
+        wrapper.callback = lambda *a: os.kill(os.getpid(), signal.SIGINT)
+        return wrapper
+
+    def write_json(path, payload):
+        if str(path).endswith("parameters.interrupted.json"):
+            raise OSError(error, os.strerror(error), str(path))
+        return real_write(path, payload)
+
+    monkeypatch.setattr(pipeline, "make_wrapper", make_wrapper)
+    monkeypatch.setattr(pipeline, "write_json", write_json)
+    assert main(["--config", str(small_cfg / "cfg.yaml"), "--output-dir",
+                 str(tmp_path / "out")]) == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and "homodyne: error" not in err, err[-2000:]
+    assert err.splitlines()[-1].startswith("homodyne: interrupted by SIGINT"), err[-2000:]
+    assert f"best parameters so far not written to {tmp_path / 'out'} " \
+           f"({os.strerror(error)})" in err
