@@ -94,3 +94,33 @@ def test_a_stop_whose_best_parameters_cannot_be_written_still_exits_as_a_stop(
     assert err.splitlines()[-1].startswith("homodyne: interrupted by SIGINT"), err[-2000:]
     assert f"best parameters so far not written to {tmp_path / 'out'} " \
            f"({os.strerror(error)})" in err
+
+
+@pytest.mark.parametrize("name", ["fit.h5", "parameters.json", "fit.incomplete.log"])
+def test_a_folder_made_at_a_result_name_during_the_run_leaves_one_complete_set(tmp_path, name):
+    """A folder appearing at a result name mid-run: fit.h5 / parameters.json -> the old marker
+    was removed and part of the new set renamed in, then 'could not write ... the previous
+    results are untouched' (they were not); fit.incomplete.log -> the new set was committed
+    in full, then the same error and exit 2 claimed it was not."""
+    from homodyne.output import OutputDirError
+
+    out = tmp_path / "out"
+    old = ResultSet(out)
+    out.mkdir()
+    for f in ("fit.log", "fit.h5", "parameters.json"):
+        old.stage(f).write_text("{}" if f == "parameters.json" else "old " + f)
+    old.commit()
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    new = _staged(out)
+    new.stage("parameters.json").write_text("{}")
+    (out / name).unlink(missing_ok=True)
+    (out / name).mkdir()  # made by someone else while the run fitted
+    with pytest.raises(OutputDirError, match=f"{out / name} is a folder where the result file "
+                       rf"{name} goes \(made during the run; the previous results are "
+                       r"untouched\); move it away or choose another --output-dir"):
+        new.commit()
+    new.discard()
+    after = {p.name: p.read_bytes() for p in out.iterdir()
+             if p.is_file() and not p.name.startswith(".tmp-")}  # (removed by the next run)
+    assert after.pop(FAILED_LOG, b"fit.log") == b"fit.log"  # the failed run's log, kept
+    assert after == {k: v for k, v in before.items() if k != name}
