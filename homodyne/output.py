@@ -241,7 +241,13 @@ class DirectoryLock:
         fh = os.fdopen(fd, "r+")
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                fh.close()  # (ENOLCK, EOPNOTSUPP...): no run holds it; it cannot be held
+                raise OutputDirError(
+                    f"cannot lock {self.path} ({exc.strerror or exc}): the file system of that "
+                    "folder does not support file locks (a network mount without its lock "
+                    "service?); choose a folder on a local disk") from None
             fh.seek(0)
             holder = fh.read().strip() or None
             fh.close()

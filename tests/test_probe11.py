@@ -124,3 +124,25 @@ def test_a_folder_made_at_a_result_name_during_the_run_leaves_one_complete_set(t
              if p.is_file() and not p.name.startswith(".tmp-")}  # (removed by the next run)
     assert after.pop(FAILED_LOG, b"fit.log") == b"fit.log"  # the failed run's log, kept
     assert after == {k: v for k, v in before.items() if k != name}
+
+
+@pytest.mark.parametrize("error", [errno.ENOLCK, errno.EOPNOTSUPP])
+def test_a_folder_whose_file_system_cannot_lock_is_named_not_blamed_on_a_run(
+        tmp_path, monkeypatch, error):
+    """flock failing for want of lock support (NFS without its lock service: ENOLCK) was
+    read as 'in use by pid 4242; wait for that run to finish' (the pid a dead run left in
+    the file), for ever: every run refused, the one to wait for long gone."""
+    import fcntl
+
+    from homodyne.output import DirectoryLock, OutputDirError
+
+    (tmp_path / ".homodyne.lock").write_text("pid 4242")
+
+    def no_locks(fd, operation):
+        raise OSError(error, os.strerror(error))
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(OutputDirError, match=rf"cannot lock {tmp_path / '.homodyne.lock'} "
+                       rf"\({os.strerror(error)}\): the file system of that folder does not "
+                       "support file locks .*; choose a folder on a local disk"):
+        DirectoryLock(tmp_path / ".homodyne.lock").acquire()
