@@ -146,3 +146,27 @@ def test_a_folder_whose_file_system_cannot_lock_is_named_not_blamed_on_a_run(
                        rf"\({os.strerror(error)}\): the file system of that folder does not "
                        "support file locks .*; choose a folder on a local disk"):
         DirectoryLock(tmp_path / ".homodyne.lock").acquire()
+
+
+@pytest.mark.parametrize("actions, refused", [('["x"]', True), ("retry", True),
+                                              ([{"batch": 3, "action": "retry"}], False)])
+def test_a_checkpoint_whose_recovery_actions_are_not_records_is_skipped(tmp_path, actions,
+                                                                       refused):
+    """A sealed checkpoint whose recovery_actions held text ('["x"]') resumed: the text was
+    taken as a list of characters and the next save died with h5py's TypeError 'No
+    conversion path for dtype <U1' (a traceback, exit 1)."""
+    import numpy as np
+
+    from homodyne.optimization.checkpoint_manager import CheckpointManager
+    from homodyne.optimization.checkpoint_session import CheckpointSession, checkpoint_state
+
+    state = checkpoint_state([], solver=None, n_failed=0, recovery_actions=[],
+                             excluded={"coarse": set(), "full": set()}, stage="full",
+                             x=np.ones(3), next_batch=0, partial=None)
+    state["recovery_actions"] = actions
+    session = CheckpointSession(CheckpointManager(tmp_path), fingerprint="f" * 64)
+    session.save(6, state, clock=0.0, wait=True)
+    resumed = session.load_resume()
+    assert (resumed is None) == refused
+    if not refused:
+        assert resumed.recovery_actions == actions

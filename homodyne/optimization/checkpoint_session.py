@@ -139,6 +139,10 @@ def check_fit_state(state: dict) -> None:
     partial = state.get("partial")
     if partial is not None and not isinstance(partial, dict):
         raise ValueError("partial is not a group of sums")
+    actions = state.get("recovery_actions")  # (text other than '[{...' is read as text)
+    if actions is not None and not (isinstance(actions, list) and
+                                    all(isinstance(a, dict) for a in actions)):
+        raise ValueError("recovery_actions is not a list of records")
 
 
 def _check_excluded(state: dict, stage: str, excluded: np.ndarray) -> None:
