@@ -170,3 +170,45 @@ def test_a_checkpoint_whose_recovery_actions_are_not_records_is_skipped(tmp_path
     assert (resumed is None) == refused
     if not refused:
         assert resumed.recovery_actions == actions
+
+
+def test_a_full_checkpoint_disk_is_reported_once_not_at_every_save(tmp_path, caplog,
+                                                                   monkeypatch):
+    """A checkpoint folder without room: one ERROR line per save (19 in a 1 s fit of 250
+    batches; thousands in a long one), each saying 'the previous checkpoint stays valid'
+    though none had been written."""
+    import logging
+
+    import numpy as np
+
+    from homodyne.optimization.checkpoint_manager import CheckpointManager
+    from homodyne.optimization.checkpoint_session import CheckpointSession, checkpoint_state
+
+    state = checkpoint_state([], solver=None, n_failed=0, recovery_actions=[],
+                             excluded={"coarse": set(), "full": set()}, stage="full",
+                             x=np.ones(3), next_batch=0, partial=None)
+    manager = CheckpointManager(tmp_path)
+    session = CheckpointSession(manager, fingerprint="f" * 64)
+    real = manager.save_checkpoint
+    full = [True]
+
+    def save(*args, **kw):
+        if full[0]:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(*args, **kw)
+
+    monkeypatch.setattr(manager, "save_checkpoint", save)
+    with caplog.at_level(logging.ERROR, logger="homodyne"):
+        for batch in (3, 6, 9):
+            session.save(batch, state, clock=0.0, wait=True)
+        full[0] = False
+        session.save(12, state, clock=0.0, wait=True)
+        full[0] = True
+        session.save(15, state, clock=0.0, wait=True)
+    said = [r.getMessage() for r in caplog.records if "not written" in r.getMessage()]
+    assert len(session.errors) == 4 and len(said) == 2, said
+    assert said[0] == ("checkpoint at batch 3 not written: [Errno 28] No space left on device; "
+                       "no checkpoint of this run is on disk yet; later saves failing the same "
+                       "way are not reported")
+    assert said[1].startswith("checkpoint at batch 15 not written") and \
+        "the previous checkpoint stays valid" in said[1]
