@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -228,8 +229,16 @@ class FileLogHandler(logging.StreamHandler):
 
 
 def _write_error(out: Path, exc: BaseException) -> OutputDirError:
+    """The one error of results that could not be written, with the fix for its cause."""
     reason = getattr(exc, "strerror", None) or str(exc)
-    return OutputDirError(f"could not write the results to {out} ({reason}); free space or "
+    code = getattr(exc, "errno", None)
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "make the folder writable"
+    elif code in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST):
+        fix = "keep the folder in place while the fit runs"  # removed, moved or replaced
+    else:  # ENOSPC, EDQUOT, EFBIG, and what h5py reports without a number
+        fix = "free space"
+    return OutputDirError(f"could not write the results to {out} ({reason}); {fix} or "
                           "choose another --output-dir; the previous results are untouched")
 
 

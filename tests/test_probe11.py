@@ -212,3 +212,27 @@ def test_a_full_checkpoint_disk_is_reported_once_not_at_every_save(tmp_path, cap
                        "way are not reported")
     assert said[1].startswith("checkpoint at batch 15 not written") and \
         "the previous checkpoint stays valid" in said[1]
+
+
+@pytest.mark.parametrize("error, fix", [
+    (errno.ENOENT, "keep the folder in place while the fit runs"),
+    (errno.EACCES, "make the folder writable")])  # (ENOSPC: test_faults.py)
+def test_results_that_could_not_be_written_name_the_fix_for_the_cause(
+        small_cfg, tmp_path, monkeypatch, capsys, error, fix):
+    """The output folder removed or made read-only mid-run: 'could not write the results
+    (No such file or directory); free space or choose another --output-dir'."""
+    import homodyne.pipeline as pipeline
+
+    real = pipeline.write_json
+
+    def write_json(path, payload):
+        if str(path).endswith("parameters.json"):
+            raise OSError(error, os.strerror(error), str(path))
+        return real(path, payload)
+
+    monkeypatch.setattr(pipeline, "write_json", write_json)
+    out = tmp_path / "out"
+    assert main(["--config", str(small_cfg / "cfg.yaml"), "--output-dir", str(out)]) == 2
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"homodyne: error: could not write the results to {out} ({os.strerror(error)}); "
+        f"{fix} or choose another --output-dir; the previous results are untouched")
