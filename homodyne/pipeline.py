@@ -199,7 +199,7 @@ def _logged_run(cfg: HomodyneConfig, out: Path) -> FitRun:
         run = _run(cfg, out, results)
         log.removeHandler(handler)
         handler.close()
-        stream.close()  # (a StreamHandler leaves its stream open)
+        handler.close_stream()  # (a StreamHandler leaves its stream open)
         try:
             run.files = {FILE_KEYS.get(n, n): p for n, p in results.commit().items()}
         except OSError as exc:
@@ -210,7 +210,7 @@ def _logged_run(cfg: HomodyneConfig, out: Path) -> FitRun:
         log.removeHandler(handler)
         log.setLevel(previous)
         handler.close()
-        stream.close()
+        handler.close_stream()
         if not committed:
             results.discard()
 
@@ -221,11 +221,21 @@ class FileLogHandler(logging.StreamHandler):
     own writes then report the full disk."""
 
     def handleError(self, record) -> None:
+        self._incomplete(sys.exc_info()[1])
+
+    def _incomplete(self, exc) -> None:
         if self.level > logging.CRITICAL:
             return
         self.setLevel(logging.CRITICAL + 1)
-        exc = sys.exc_info()[1]
         print(f"homodyne: warning: fit.log is incomplete: {exc}", file=sys.stderr)
+
+    def close_stream(self) -> None:
+        """Close fit.log; what is still buffered may fail to go out (disk full, a file size
+        limit): that costs the log's tail and one warning, never the results."""
+        try:
+            self.stream.close()
+        except OSError as exc:
+            self._incomplete(exc)
 
 
 def _write_error(out: Path, exc: BaseException) -> OutputDirError:

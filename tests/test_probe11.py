@@ -236,3 +236,22 @@ def test_results_that_could_not_be_written_name_the_fix_for_the_cause(
     assert capsys.readouterr().err.splitlines()[-1] == (
         f"homodyne: error: could not write the results to {out} ({os.strerror(error)}); "
         f"{fix} or choose another --output-dir; the previous results are untouched")
+
+
+def test_a_file_size_limit_on_the_log_is_one_clean_error(small_cfg, tmp_path):
+    """`ulimit -f 1`: fit.log's buffered tail failed when the log was closed: OSError 'File
+    too large' traceback (exit 1) from _logged_run instead of the clean exit 2."""
+    import subprocess
+    import sys
+
+    code = ("import resource, sys\n"
+            "resource.setrlimit(resource.RLIMIT_FSIZE, (1024, 1024))\n"
+            "from homodyne.cli import main\n"
+            "sys.exit(main(sys.argv[1:]))\n")
+    proc = subprocess.run([sys.executable, "-c", code, "--config", str(small_cfg / "cfg.yaml"),
+                           "--output-dir", str(tmp_path / "out")], capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-3000:]
+    assert "homodyne: warning: fit.log is incomplete: [Errno 27] File too large" in proc.stderr
+    assert proc.stderr.splitlines()[-1].startswith(
+        f"homodyne: error: could not write the results to {tmp_path / 'out'} (File too large)")
