@@ -307,8 +307,7 @@ def _run_on_device(cfg: HomodyneConfig, out: Path, results: ResultSet) -> FitRun
             except OSError as exc:
                 log.warning("best parameters so far not written to %s (%s)", out,
                             exc.strerror or exc)
-            log.warning("%s", result.stop_reason)
-            raise FitInterrupted(result)
+            raise FitInterrupted(result)  # its reason is the stop's one line (the CLI's last)
         try:
             write_json(results.stage("parameters.json"), {
                 "homodyne_version": __version__, "data_file": source.path,

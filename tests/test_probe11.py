@@ -32,6 +32,19 @@ def small_cfg(tmp_path_factory):
     return d
 
 
+@pytest.fixture
+def ctrl_c_default():
+    """The stop signals at Python's defaults for a test that stops main() in-process, and
+    put back afterwards: after a stop the CLI ignores all three for the rest of the
+    process, which later tests (and the children they start) would inherit."""
+    defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL,
+                signal.SIGHUP: signal.SIG_DFL}
+    before = {s: signal.signal(s, h) for s, h in defaults.items()}
+    yield
+    for s, h in before.items():
+        signal.signal(s, h)
+
+
 def _staged(folder):
     """A result set with a staged log and a staged result file, as a run mid-fit has."""
     results = ResultSet(folder)
@@ -67,7 +80,7 @@ def test_discarding_staged_files_of_a_read_only_folder_does_not_raise(tmp_path, 
 
 @pytest.mark.parametrize("error", [errno.EACCES, errno.EEXIST])
 def test_a_stop_whose_best_parameters_cannot_be_written_still_exits_as_a_stop(
-        small_cfg, tmp_path, monkeypatch, capsys, error):
+        small_cfg, tmp_path, monkeypatch, capsys, ctrl_c_default, error):
     """Ctrl-C mid-fit with the output folder made read-only (EACCES) or replaced by a file
     (EEXIST when the folder is re-created): main wrote parameters.interrupted.json unguarded:
     a PermissionError traceback (exit 1), or 'error: [Errno 17] File exists' (exit 2)."""
@@ -255,3 +268,65 @@ def test_a_file_size_limit_on_the_log_is_one_clean_error(small_cfg, tmp_path):
     assert "homodyne: warning: fit.log is incomplete: [Errno 27] File too large" in proc.stderr
     assert proc.stderr.splitlines()[-1].startswith(
         f"homodyne: error: could not write the results to {tmp_path / 'out'} (File too large)")
+
+
+def test_a_stop_in_the_fit_says_its_reason_once(small_cfg, tmp_path, monkeypatch, capsys,
+                                               ctrl_c_default):
+    """A stop landing in the fit printed its reason three times: the summary's first line
+    (WARNING INTERRUPTED ...: interrupted by SIGINT: checkpoint saved ...), a WARNING
+    repeating it, then the one line 'homodyne: interrupted by SIGINT: ...'."""
+    import homodyne.pipeline as pipeline
+
+    real_make = pipeline.make_wrapper
+
+    def make_wrapper(cfg):  # Ctrl-C at the first batch (the driver turns it into a flag)
+        wrapper = real_make(cfg)
+        wrapper.callback = lambda *a: os.kill(os.getpid(), signal.SIGINT)
+        return wrapper
+
+    monkeypatch.setattr(pipeline, "make_wrapper", make_wrapper)
+    out = tmp_path / "out"
+    assert main(["--config", str(small_cfg / "cfg.yaml"), "--output-dir", str(out),
+                 "--quiet"]) == 130
+    err = capsys.readouterr().err
+    assert err.count("interrupted by SIGINT") == 1, err[-2000:]
+    assert err.splitlines()[-1].startswith("homodyne: interrupted by SIGINT: ")
+    assert "INTERRUPTED (best parameters so far): interrupted by SIGINT" in \
+        (out / FAILED_LOG).read_text()  # the log keeps the summary
+
+
+@pytest.mark.parametrize("when", ["after_the_final_checkpoint", "after_the_result"])
+def test_a_stop_just_after_the_fit_ends_is_a_clean_stop_not_lost(
+        small_cfg, tmp_path, monkeypatch, capsys, ctrl_c_default, when):
+    """Ctrl-C after the fit's last stop check, while the fit's own handler still held it
+    (a sweep of stops 0-0.9 s after the first checkpoint hit both): after the final
+    checkpoint -> exit 130 with a convergence message as the stop's line ('homodyne:
+    Gauss-Newton step ... <= 0.0001') and the finished fit kept only as
+    parameters.interrupted.json; after the result was built -> swallowed: exit 0 and the
+    results written over the old ones."""
+    import homodyne.optimization.driver as driver
+    from homodyne.optimization.passes import FitMonitor
+
+    def ctrl_c():
+        os.kill(os.getpid(), signal.SIGINT)
+
+    if when == "after_the_final_checkpoint":
+        real_save = FitMonitor.save_final
+        monkeypatch.setattr(FitMonitor, "save_final",
+                            lambda self, x: (real_save(self, x), ctrl_c())[0])
+    else:
+        real_edges = driver._report_edges
+        monkeypatch.setattr(driver, "_report_edges",
+                            lambda *a: (ctrl_c(), real_edges(*a))[1])
+    out = tmp_path / "out"
+    raw = yaml.safe_load((small_cfg / "cfg.yaml").read_text())
+    raw["optimization"] = {"streaming": {"enable_checkpoints": True, "checkpoint_dir":
+                                         str(tmp_path / "ck"), "checkpoint_min_interval_s": 0}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["--config", str(tmp_path / "c.yaml"), "--output-dir", str(out)]) == 130
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        "homodyne: interrupted (Ctrl-C); results already in the output folder are untouched")
+    assert sorted(p.name for p in out.iterdir()) == [".homodyne.lock", FAILED_LOG]
+    monkeypatch.undo()  # the rerun resumes from the final checkpoint and writes the results
+    assert main(["--config", str(tmp_path / "c.yaml"), "--output-dir", str(out)]) == 0
+    assert "resumes from batch" in capsys.readouterr().err
