@@ -25,8 +25,10 @@ class FitRun:
 
 def log_summary(result) -> None:
     """The summary in the log; its first line (the outcome) as a warning unless converged,
-    so --quiet still shows a fit that failed or determined nothing."""
+    so --quiet still shows a fit that failed or determined nothing (a stopped fit: the
+    stop's own message says it once, FitInterrupted)."""
     first, *rest = result.summary().splitlines()
-    log.log(logging.INFO if result.status == "converged" else logging.WARNING, "%s", first)
+    quiet = result.status in ("converged", "interrupted")
+    log.log(logging.INFO if quiet else logging.WARNING, "%s", first)
     for line in rest:
         log.info(line)

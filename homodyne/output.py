@@ -241,7 +241,13 @@ class DirectoryLock:
         fh = os.fdopen(fd, "r+")
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as exc:
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                fh.close()  # (ENOLCK, EOPNOTSUPP...): no run holds it; it cannot be held
+                raise OutputDirError(
+                    f"cannot lock {self.path} ({exc.strerror or exc}): the file system of that "
+                    "folder does not support file locks (a network mount without its lock "
+                    "service?); choose a folder on a local disk") from None
             fh.seek(0)
             holder = fh.read().strip() or None
             fh.close()
@@ -296,10 +302,7 @@ def check_output_dir(directory, overwrite: bool) -> Path:
     d = Path(directory)
     if d.exists() and not d.is_dir():
         raise OutputExistsError(f"output path {d} exists and is not a directory")
-    for name in (*SET_FILES, INTERRUPTED, FAILED_LOG):
-        if (d / name).is_dir() and not (d / name).is_symlink():  # checked before the fit
-            raise OutputDirError(f"{d / name} is a folder where the result file {name} goes; "
-                                 "move it away or choose another --output-dir")
+    refuse_folders_at_result_names(d, (*SET_FILES, INTERRUPTED, FAILED_LOG))  # before the fit
     if os.path.lexists(d / MULTI_Q_TABLE):
         raise OutputDirError(
             f"{d} holds a multi-q run ({MULTI_Q_TABLE} and a folder per file and q bin): a "
@@ -313,6 +316,16 @@ def check_output_dir(directory, overwrite: bool) -> Path:
             "or pass --overwrite (output.overwrite: true) to replace them")
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+def refuse_folders_at_result_names(folder: Path, names, during: bool = False) -> None:
+    """OutputDirError if a result file's name in ``folder`` is a folder (not a link to
+    one): renaming a file over it fails, after part of a set would have been replaced."""
+    for name in names:
+        if (folder / name).is_dir() and not (folder / name).is_symlink():
+            when = " (made during the run; the previous results are untouched)" if during else ""
+            raise OutputDirError(f"{folder / name} is a folder where the result file {name} "
+                                 f"goes{when}; move it away or choose another --output-dir")
 
 
 def check_inputs_outside_results(folder, inputs) -> None:
@@ -383,6 +396,8 @@ class ResultSet:
             marker.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
         for tmp in self.staged.values():
             _fsync(tmp)
+        refuse_folders_at_result_names(self.folder, sorted({*previous, *self.staged, INTERRUPTED,
+                                                            FAILED_LOG}), during=True)
         held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
         old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
         try:
@@ -392,9 +407,13 @@ class ResultSet:
                     _unlink(self.folder / name)  # the old set's file, not of this set
             for name, tmp in sorted(self.staged.items(), key=lambda kv: kv[0] == MARKER):
                 os.replace(tmp, self.folder / name)
-            _unlink(self.folder / INTERRUPTED)
-            _unlink(self.folder / FAILED_LOG)
-            _fsync(self.folder, os.O_DIRECTORY)
+            try:  # the set is in place (its marker last): what follows cannot undo it
+                _unlink(self.folder / INTERRUPTED)
+                _unlink(self.folder / FAILED_LOG)
+                _fsync(self.folder, os.O_DIRECTORY)
+            except OSError as exc:
+                log.warning("results written to %s, but %s (%s)", self.folder,
+                            "an older run's file there was not removed", exc)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
         files, self.staged = {n: self.folder / n for n in self.staged}, {}
@@ -404,10 +423,15 @@ class ResultSet:
         """Delete the staged files; the log is kept as fit.incomplete.log (fit.log stays the
         log of the results that remain)."""
         for name, tmp in self.staged.items():
-            if keep_log and name == "fit.log" and tmp.exists():
-                os.replace(tmp, self.folder / FAILED_LOG)
-            else:
-                _unlink(tmp)
+            try:  # best effort: the folder may have become read-only, gone or a file (the
+                # next run to lock it removes what is left); the run's own error is reported
+                if keep_log and name == "fit.log" and tmp.exists():
+                    os.replace(tmp, self.folder / FAILED_LOG)
+                else:
+                    _unlink(tmp)
+            except OSError as exc:
+                log.debug("could not remove the unfinished file %s (%s)", tmp,
+                          exc.strerror or exc)
         self.staged = {}
 
 

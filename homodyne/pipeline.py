@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import sys
@@ -198,7 +199,7 @@ def _logged_run(cfg: HomodyneConfig, out: Path) -> FitRun:
         run = _run(cfg, out, results)
         log.removeHandler(handler)
         handler.close()
-        stream.close()  # (a StreamHandler leaves its stream open)
+        handler.close_stream()  # (a StreamHandler leaves its stream open)
         try:
             run.files = {FILE_KEYS.get(n, n): p for n, p in results.commit().items()}
         except OSError as exc:
@@ -209,7 +210,7 @@ def _logged_run(cfg: HomodyneConfig, out: Path) -> FitRun:
         log.removeHandler(handler)
         log.setLevel(previous)
         handler.close()
-        stream.close()
+        handler.close_stream()
         if not committed:
             results.discard()
 
@@ -220,16 +221,34 @@ class FileLogHandler(logging.StreamHandler):
     own writes then report the full disk."""
 
     def handleError(self, record) -> None:
+        self._incomplete(sys.exc_info()[1])
+
+    def _incomplete(self, exc) -> None:
         if self.level > logging.CRITICAL:
             return
         self.setLevel(logging.CRITICAL + 1)
-        exc = sys.exc_info()[1]
         print(f"homodyne: warning: fit.log is incomplete: {exc}", file=sys.stderr)
+
+    def close_stream(self) -> None:
+        """Close fit.log; what is still buffered may fail to go out (disk full, a file size
+        limit): that costs the log's tail and one warning, never the results."""
+        try:
+            self.stream.close()
+        except OSError as exc:
+            self._incomplete(exc)
 
 
 def _write_error(out: Path, exc: BaseException) -> OutputDirError:
+    """The one error of results that could not be written, with the fix for its cause."""
     reason = getattr(exc, "strerror", None) or str(exc)
-    return OutputDirError(f"could not write the results to {out} ({reason}); free space or "
+    code = getattr(exc, "errno", None)
+    if code in (errno.EACCES, errno.EPERM, errno.EROFS):
+        fix = "make the folder writable"
+    elif code in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST):
+        fix = "keep the folder in place while the fit runs"  # removed, moved or replaced
+    else:  # ENOSPC, EDQUOT, EFBIG, and what h5py reports without a number
+        fix = "free space"
+    return OutputDirError(f"could not write the results to {out} ({reason}); {fix} or "
                           "choose another --output-dir; the previous results are untouched")
 
 
@@ -279,12 +298,16 @@ def _run_on_device(cfg: HomodyneConfig, out: Path, results: ResultSet) -> FitRun
             check_points_kept(source, spec, result.n_points)
             source.check_unchanged()  # results only for the file that is still there
         if result.interrupted_by:
-            # best so far, under a name that does not block the resuming run
-            write_json(out / "parameters.interrupted.json", {
-                "data_file": source.path, "interrupted_by": result.interrupted_by,
-                **result.as_dict()})
-            log.warning("%s", result.stop_reason)
-            raise FitInterrupted(result)
+            # best so far, under a name that does not block the resuming run; a folder
+            # that cannot take it (made read-only, removed) costs that file, not the stop
+            try:
+                write_json(out / "parameters.interrupted.json", {
+                    "data_file": source.path, "interrupted_by": result.interrupted_by,
+                    **result.as_dict()})
+            except OSError as exc:
+                log.warning("best parameters so far not written to %s (%s)", out,
+                            exc.strerror or exc)
+            raise FitInterrupted(result)  # its reason is the stop's one line (the CLI's last)
         try:
             write_json(results.stage("parameters.json"), {
                 "homodyne_version": __version__, "data_file": source.path,

@@ -139,6 +139,10 @@ def check_fit_state(state: dict) -> None:
     partial = state.get("partial")
     if partial is not None and not isinstance(partial, dict):
         raise ValueError("partial is not a group of sums")
+    actions = state.get("recovery_actions")  # (text other than '[{...' is read as text)
+    if actions is not None and not (isinstance(actions, list) and
+                                    all(isinstance(a, dict) for a in actions)):
+        raise ValueError("recovery_actions is not a list of records")
 
 
 def _check_excluded(state: dict, stage: str, excluded: np.ndarray) -> None:
@@ -176,6 +180,7 @@ class CheckpointSession:
     cpu_seconds: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     _last_batch: int = 0
+    _failing: tuple | None = None  # why the last save failed (None: it did not)
     _last_time: float = -math.inf  # on the fit clock
     _writer: ThreadPoolExecutor | None = None
     _pending: Future | None = None
@@ -290,9 +295,15 @@ class CheckpointSession:
             path = self.manager.save_checkpoint(batch, state, fingerprint=self.fingerprint)
         except (OSError, RuntimeError) as exc:
             msg = f"checkpoint at batch {batch} not written: {exc}"
-            log.error("%s; the previous checkpoint stays valid", msg)
-            self.errors.append(msg)
+            self.errors.append(msg)  # (all of them: streaming_diagnostics.checkpoint_errors)
+            reason = (type(exc), getattr(exc, "errno", None))
+            if reason != self._failing:  # a full disk fails every save: said once, not per save
+                log.error("%s; %s; later saves failing the same way are not reported", msg,
+                          "the previous checkpoint stays valid" if self.last_path else
+                          "no checkpoint of this run is on disk yet")
+            self._failing = reason
             return None
+        self._failing = None
         try:  # the checkpoint is written: a failure here only leaves older files behind
             self.manager.cleanup_old_checkpoints()
         except OSError as exc:

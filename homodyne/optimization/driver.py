@@ -90,8 +90,14 @@ def run_fit(problem: Problem, data: DataSource, x0: np.ndarray, lb: np.ndarray,
         with _signals_to(mon):
             if ck is not None and resume:
                 mon.load_resume()
-            return _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0,
-                           recovery_sequence, n_devices)
+            result = _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0,
+                             recovery_sequence, n_devices)
+        if mon.signal_received is not None and not mon.signal_acted_on:
+            # it came after the fit's last stop check (the end of the passes, its final
+            # checkpoint, the result): the caller's handler gets it, as a moment later (the
+            # CLI: its one line, nothing written); it was swallowed, or stopped a finished fit
+            signal.raise_signal(mon.signal_received)
+        return result
     finally:
         mon.flush()
         if ck is not None:
@@ -207,7 +213,7 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
                 st = st2
     except StopFit as stop:  # stopped during a stage's very first pass
         st = _unevaluated(x, str(stop))
-    if mon.signal_received is None:
+    if not mon.signal_acted_on:  # (a signal after the last pass: saved, then re-raised)
         mon.save_final(space.user(st.x))
     return finish(st)
 
@@ -604,5 +610,5 @@ def build_result(problem, st, x0, lb, ub, free, *, strategy, mon, coarse_passes,
         history=st.history,
         messages=messages,
         interrupted_by=signal.Signals(mon.signal_received).name
-        if mon.signal_received is not None else None,
+        if mon.signal_acted_on else None,
     )

@@ -108,6 +108,7 @@ class FitMonitor:
     recovery_actions: list[dict] = field(default_factory=list)
     lm_info: SolverSnapshot | None = None
     signal_received: int | None = None
+    signal_acted_on: bool = False  # the fit stopped for it (False: it came after the fit)
     clock: FitClock = field(default_factory=FitClock)
 
     # --- resume -------------------------------------------------------------------
@@ -168,6 +169,7 @@ class FitMonitor:
         else:
             how = ("checkpoints are off (optimization.streaming.enable_checkpoints: true "
                    "makes the next run resume); the best parameters so far are kept")
+        self.signal_acted_on = True
         raise Interrupted(self.signal_received, f"interrupted by {name}: {how}")
 
     def save_final(self, x) -> None:
