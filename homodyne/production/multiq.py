@@ -119,16 +119,33 @@ def check_job(cfg: HomodyneConfig, job: QFitJob) -> str:
            f"{spec.n_points:,} points"
 
 
+def settings_digest(cfg: HomodyneConfig) -> str:
+    """The fingerprint of a multi-q config's fit settings: everything but which data is
+    fitted (files, q selection) and where outputs and checkpoints go, so every job of one
+    config shares it and an edit that changes the fits changes it (job.json keeps it)."""
+    from homodyne.optimization.driver import fingerprint
+
+    settings = dataclasses.asdict(cfg)
+    for key in ("output", "source", "raw"):
+        settings.pop(key, None)
+    for key in ("file_path", "files", "q", "q_tolerance"):
+        settings["experimental_data"].pop(key, None)
+    settings["optimization"].get("streaming", {}).pop("checkpoint_dir", None)
+    return fingerprint(settings)
+
+
 def fit_job(cfg: HomodyneConfig, job: QFitJob, *, overwrite: bool | None = None) -> dict:
-    """Run one job as a normal fit (all its usual outputs), then record which job it was."""
+    """Run one job as a normal fit (all its usual outputs), then record which job it was
+    and the digest of the settings it was fitted with."""
     from homodyne.output import write_json
     from homodyne.pipeline import run_from_config
 
     run_from_config(job_config(cfg, job), overwrite=overwrite)
+    settings = settings_digest(cfg)
     identity = {"file": job.file, "file_id": job.file_id, "q_index": job.q_index, "q": job.q,
-                "age_s": file_age(job.file)}
+                "age_s": file_age(job.file), "settings": settings}
     write_json(job.output_dir / JOB_FILE, identity)
-    return summary_row(job.output_dir)
+    return summary_row(job.output_dir, settings)
 
 
 def file_age(path) -> float | None:
@@ -218,14 +235,18 @@ def _parameters(path: Path, by_name: dict) -> dict[str, tuple[float, float]]:
     return out
 
 
-def summary_row(job_dir) -> dict:
+def summary_row(job_dir, settings: str | None = None) -> dict:
     """One row of summary.csv from a finished job's ``job.json`` and ``parameters.json``
-    (a file that is not such a result: ResultFileError naming it)."""
+    (a file that is not such a result: ResultFileError naming it); with ``settings`` (the
+    current config's settings_digest) a column ``settings_match`` says whether the job was
+    fitted with them (False too for a job.json that recorded none)."""
     job_dir = Path(job_dir)
     job = _read_record(job_dir / JOB_FILE, _JOB_FIELDS)
     p = _read_record(job_dir / "parameters.json", _RESULT_FIELDS)
     row = {"file": job["file_id"], "age_s": job["age_s"], "q_index": job["q_index"],
            "q": job["q"], "n_points": p["n_points"]}
+    if settings is not None:
+        row["settings_match"] = job.get("settings") == settings
     for name, (value, se) in _parameters(job_dir / "parameters.json",
                                          p["parameters_by_name"]).items():
         row[name] = value
@@ -308,8 +329,18 @@ def gather(job_dirs, out_dir) -> Path:
         return _gather(job_dirs, out_dir)
 
 
-def _gather(job_dirs, out_dir) -> Path:
-    return write_summary([summary_row(d) for d in job_dirs], out_dir)
+def _gather(job_dirs, out_dir, settings: str | None = None) -> Path:
+    """The table of ``job_dirs``; with ``settings`` (the current config's digest) the rows
+    fitted with other settings are marked (settings_match False) and named in a warning."""
+    rows = [summary_row(d, settings) for d in job_dirs]
+    stale = [r for r in rows if r.get("settings_match") is False]
+    if stale:
+        log.warning("%d of %d bins in %s were fitted with other settings than the current "
+                    "config (settings_match False): %s; refit them (homodyne --config ... "
+                    "--q all --overwrite) before comparing them with the others", len(stale),
+                    len(rows), Path(out_dir) / SUMMARY_FILE,
+                    ", ".join(f"{r['file']} q bin {r['q_index']}" for r in stale))
+    return write_summary(rows, out_dir)
 
 
 def root_lock(out_dir):
@@ -351,12 +382,12 @@ def run_all(cfg: HomodyneConfig, *, overwrite: bool | None = None,
                                  "output_dir": str(job.output_dir)})
         except BaseException:
             if rows:  # interrupted or refused midway: the table must describe the folders
-                _summary_from_disk(jobs, root)  # as they are
+                _summary_from_disk(jobs, root, settings_digest(cfg))  # as they are
             raise
         if table_of is not None:
             table = plan_jobs(table_of)
             table += [j for j in jobs if j.output_dir not in {t.output_dir for t in table}]
-            return rows, _gather(_complete(table), root)
+            return rows, _gather(_complete(table), root, settings_digest(table_of))
         return rows, write_summary(rows, root)
 
 
@@ -366,13 +397,13 @@ def _complete(jobs: list[QFitJob]) -> list[Path]:
             if (j.output_dir / "parameters.json").is_file() and (j.output_dir / JOB_FILE).is_file()]
 
 
-def _summary_from_disk(jobs: list[QFitJob], out_dir) -> None:
+def _summary_from_disk(jobs: list[QFitJob], out_dir, settings: str | None = None) -> None:
     """summary.csv and plots of the job folders that hold a complete result (this run's or
     an earlier one's), so a run stopped midway leaves no table of results no longer there."""
     done = _complete(jobs)
     try:
         if done:
-            _gather(done, out_dir)
+            _gather(done, out_dir, settings)
         else:
             for name in (SUMMARY_FILE, "parameters_vs_q.png", "parameters_vs_file.png"):
                 Path(out_dir, name).unlink(missing_ok=True)

@@ -1,0 +1,36 @@
+"""Issue 12, items probe10 left weak (W4, W6, W7): a result on disk must belong to this data
+and these settings, and what the config reading says must reach the run's log."""
+
+import json
+
+from homodyne.cli import main
+
+
+def test_a_refreshed_summary_marks_bins_fitted_with_other_settings(tmp_path, caplog):
+    """Was (probe10 W4): after a config edit, `--q X` refitted one bin and refreshed
+    summary.csv from every job folder, mixing the old settings' rows with the new one's
+    without a word (job.json recorded the file and q only)."""
+    import pandas as pd
+
+    from homodyne.production.multiq_data import AgingSeries, write_series_file
+
+    data = write_series_file(tmp_path, AgingSeries(q=(0.004, 0.006), ages_s=(0.0,), frames=16,
+                                                   angles=(0.0,)), 0)
+    cfg = tmp_path / "c.yaml"
+    raw = {"experimental_data": {"files": [str(data)], "q": "all"},
+           "initial_parameters": {"values": [1e4, -0.5, 100.0]},
+           "output": {"directory": str(tmp_path / "out"), "plots": False}}
+    cfg.write_text(json.dumps(raw))
+    assert main(["--config", str(cfg), "--quiet"]) == 0
+    before = pd.read_csv(tmp_path / "out" / "summary.csv")
+    assert before["settings_match"].tolist() == [True, True]
+    raw["initial_parameters"]["values"] = [2e4, -0.5, 100.0]  # other settings: bin 0 is stale
+    cfg.write_text(json.dumps(raw))
+    caplog.clear()
+    main(["--config", str(cfg), "--q", "0.006", "--overwrite", "--quiet"])
+    after = pd.read_csv(tmp_path / "out" / "summary.csv")
+    assert after["q_index"].tolist() == [0, 1]
+    assert after["settings_match"].tolist() == [False, True]
+    assert after["D0"][0] == before["D0"][0]  # left as it was, marked
+    assert "1 of 2 bins" in caplog.text and "q bin 0; refit them" in caplog.text
+
