@@ -707,8 +707,14 @@ def load_config(path, *, require_data: bool = True, overrides: dict | None = Non
     for dotted, value in (overrides or {}).items():
         node = raw
         *parents, last = dotted.split(".")
-        for k in parents:
-            node = node.setdefault(k, {}) if isinstance(node, dict) else node
+        for depth, k in enumerate(parents):
+            if not isinstance(node, dict):
+                break
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                above = ".".join(parents[:depth + 1])
+                raise ConfigError(dotted, f"{above} is a value ({_show(node)}), not a section "
+                                  "with keys; override it as a whole or correct the key", path)
         if isinstance(node, dict):
             node[last] = value
     return validate_config(raw, path, require_data=require_data)

@@ -34,3 +34,23 @@ def test_a_refreshed_summary_marks_bins_fitted_with_other_settings(tmp_path, cap
     assert after["D0"][0] == before["D0"][0]  # left as it was, marked
     assert "1 of 2 bins" in caplog.text and "q bin 0; refit them" in caplog.text
 
+
+def test_an_override_below_a_value_is_an_error_naming_the_key(tmp_path):
+    """Was (probe10 W6): a dotted override below a scalar ('analysis_mode.x') was dropped
+    without a word; the run went on without the setting the caller asked for."""
+    import pytest
+
+    from homodyne.config import ConfigError, load_config
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("analysis_mode: static\noptimization: {max_iterations: 50}\n"
+                   "initial_parameters: {values: [1.0e4, -0.5, 100.0]}\n")
+    with pytest.raises(ConfigError, match=r"analysis_mode\.x: analysis_mode is a value "
+                                          r"\('static'\), not a section") as err:
+        load_config(cfg, require_data=False, overrides={"analysis_mode.x": 1})
+    assert err.value.key == "analysis_mode.x"
+    with pytest.raises(ConfigError, match=r"optimization\.max_iterations is a value"):
+        load_config(cfg, require_data=False, overrides={"optimization.max_iterations.a.b": 1})
+    ok = load_config(cfg, require_data=False, overrides={"optimization.max_iterations": 7})
+    assert ok.optimization["max_iterations"] == 7
+
