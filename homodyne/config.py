@@ -8,6 +8,7 @@ reads plain data classes.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import difflib
 import logging
 import math
@@ -347,6 +348,9 @@ class HomodyneConfig:
     fixed: list[str] = field(default_factory=list)  # held at their initial values
     source: str | None = None
     raw: dict = field(default_factory=dict, repr=False)
+    # warnings said while the config was read (before a run's fit.log opens): the run
+    # writes them into its fit.log too
+    config_warnings: tuple[str, ...] = field(default=(), repr=False)
 
     @property
     def physical_names(self) -> tuple[str, ...]:
@@ -390,9 +394,33 @@ def _resolve(path: str, base: Path | None) -> str:
     return str(alt) if alt.exists() else str(p)
 
 
+class _KeptWarnings(logging.Handler):
+    """The warnings logged while a config is validated, kept for the run's fit.log."""
+
+    def __init__(self):
+        super().__init__(logging.WARNING)
+        self.messages: list[str] = []
+
+    def emit(self, record) -> None:
+        self.messages.append(record.getMessage())
+
+
 def validate_config(raw: Any, source: str | None = None, *, require_data: bool = True
                     ) -> HomodyneConfig:
-    """Validate a parsed YAML mapping; fills defaults; raises one clear ConfigError."""
+    """Validate a parsed YAML mapping; fills defaults; raises one clear ConfigError. What
+    it warns about is also kept (``config_warnings``) for the fit.log that opens later."""
+    kept = _KeptWarnings()
+    logger = logging.getLogger(__name__)
+    logger.addHandler(kept)
+    try:
+        cfg = _validate_config(raw, source, require_data=require_data)
+    finally:
+        logger.removeHandler(kept)
+    return dataclasses.replace(cfg, config_warnings=tuple(kept.messages)) if kept.messages \
+        else cfg
+
+
+def _validate_config(raw: Any, source: str | None, *, require_data: bool) -> HomodyneConfig:
     try:
         d = _validate(raw, SCHEMA)
         init = d["initial_parameters"]

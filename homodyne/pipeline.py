@@ -194,6 +194,9 @@ def _logged_run(cfg: HomodyneConfig, out: Path) -> FitRun:
     previous = log.level
     log.setLevel(logging.INFO)  # the file log is complete whatever the console shows
     log.addHandler(handler)
+    for message in cfg.config_warnings:  # said on the console before this log opened
+        handler.handle(log.makeRecord(log.name, logging.WARNING, __file__, 0,
+                                      "(reading the config) %s", (message,), None))
     committed = False
     try:
         run = _run(cfg, out, results)

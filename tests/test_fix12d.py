@@ -54,3 +54,26 @@ def test_an_override_below_a_value_is_an_error_naming_the_key(tmp_path):
     ok = load_config(cfg, require_data=False, overrides={"optimization.max_iterations": 7})
     assert ok.optimization["max_iterations"] == 7
 
+
+def test_the_ambiguous_data_path_warning_reaches_fit_log(tmp_path, monkeypatch):
+    """Was (probe10 W7): the warning that a relative data path names another file beside
+    the config (B12) went to the console only: fit.log opens after the config is read."""
+    import shutil
+
+    from homodyne.production.multiq_data import AgingSeries, write_series_file
+
+    (tmp_path / "cfg").mkdir()
+    (tmp_path / "run").mkdir()
+    data = write_series_file(tmp_path / "cfg", AgingSeries(q=(0.005,), ages_s=(0.0,), frames=16,
+                                                           angles=(0.0,)), 0)
+    shutil.copy(data, tmp_path / "run" / data.name)
+    cfg = tmp_path / "cfg" / "c.yaml"
+    cfg.write_text(json.dumps({
+        "experimental_data": {"file_path": data.name},
+        "initial_parameters": {"values": [1e4, -0.5, 100.0]},
+        "output": {"directory": str(tmp_path / "out"), "plots": False}}))
+    monkeypatch.chdir(tmp_path / "run")
+    assert main(["--config", str(cfg), "--quiet"]) == 0
+    text = (tmp_path / "out" / "fit.log").read_text()
+    assert f"WARNING (reading the config) {data.name} is read from the working folder" in text
+    assert str(data) in text

@@ -126,7 +126,7 @@ def settings_digest(cfg: HomodyneConfig) -> str:
     from homodyne.optimization.driver import fingerprint
 
     settings = dataclasses.asdict(cfg)
-    for key in ("output", "source", "raw"):
+    for key in ("output", "source", "raw", "config_warnings"):
         settings.pop(key, None)
     for key in ("file_path", "files", "q", "q_tolerance"):
         settings["experimental_data"].pop(key, None)
