@@ -336,8 +336,9 @@ def _gather(job_dirs, out_dir, settings: str | None = None) -> Path:
     stale = [r for r in rows if r.get("settings_match") is False]
     if stale:
         log.warning("%d of %d bins in %s were fitted with other settings than the current "
-                    "config (settings_match False): %s; refit them (homodyne --config ... "
-                    "--q all --overwrite) before comparing them with the others", len(stale),
+                    "config's, or before job.json recorded them (settings_match False): %s; "
+                    "refit them (homodyne --config ... --q all --overwrite) before comparing "
+                    "them with the others", len(stale),
                     len(rows), Path(out_dir) / SUMMARY_FILE,
                     ", ".join(f"{r['file']} q bin {r['q_index']}" for r in stale))
     return write_summary(rows, out_dir)
