@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
@@ -302,7 +303,89 @@ def _fit_internal(problem, coords, space, x, x0, lb, ub, runner, opts, track, tr
             f"the unbounded optimum ({point}) is outside the bounds" if located else
             f"{names[i]} >= {lb[i]:g} binds: without it the fit heads to ({point}; one "
             "Gauss-Newton step from the held optimum, an estimate)")
+    if st.converged:
+        crossed = _crossed_bounds(coords, x_end, lb, ub, {t for t, b in binds.items()
+                                                          if b == "alpha"})
+        if crossed:
+            def track_user(hs, s_):  # the snapshot as the stage's own space has it
+                track(dataclasses.replace(s_, x=space.free.reduce(
+                    coords.to_internal(hs.user(s_.x)))))
+
+            held_space, st = _fit_on_crossed_bounds(
+                problem, coords, held_space, st, sides, crossed, x0, lb, ub, evaluate, opts,
+                track_user, trust, full_kw, geodesic_for, messages)
     return held_space, st, edge_start
+
+
+def _crossed_bounds(coords, x, lb, ub, toward_edge) -> set[tuple[int, int, int]]:
+    """The power laws (not those on their way to the logarithmic edge) whose amplitude or
+    offset the internal optimum ``x`` puts outside the user's box."""
+    return {t for t in coords.triples if t not in toward_edge
+            and any(not lb[k] <= x[k] <= ub[k] for k in (t[0], t[2]))}
+
+
+def _fit_on_crossed_bounds(problem, coords, held_space, st, sides, crossed, x0, lb, ub,
+                           evaluate, opts, track, trust, full_kw, geodesic_for, messages):
+    """The internal optimum lies outside the user's box: refit with the crossed amplitude
+    or offset held on the bound it crossed (its power law in user coordinates, the others
+    still internal in their quadrants), from the box point with the same J(t_ref) and
+    slope (``into_box``); repeated while the end crosses another bound. A power law with
+    J(t_ref) < 0 is mirrored first (-J is the same fit: the model has |∫J|). The finish
+    in user coordinates then starts from a constrained optimum, not from a box point far
+    from it. Returns a user-coordinate space and the state over its free parameters."""
+    x = coords.to_user(held_space.free.expand(st.x))
+    user_free = SolverSpace(None, x0, lb, ub).free
+    names = problem.parameter_names
+    hold: dict[int, float] = {}
+    for _ in range(3):
+        for i, _a, o in crossed:
+            if coords.to_internal(x)[o] < 0:
+                x[[i, o]] = -x[[i, o]]
+        xb = coords.into_box(x, lb, ub)
+        hold.update({k: float(xb[k]) for i, _a, o in crossed for k in (i, o)
+                     if not lb[k] <= x[k] <= ub[k] and xb[k] in (lb[k], ub[k])})
+        if not hold:
+            break
+        x = xb
+        hlb, hub = np.array(lb, np.float64), np.array(ub, np.float64)
+        for k, bound in hold.items():
+            hlb[k] = hub[k] = bound
+        sub = PowerLawCoordinates.for_problem(problem, hlb, hub)
+        keep = {t: s for t, s in sides.items() if sub is not None and t in sub.triples}
+
+        def kw(hs):  # the precision limits and the snapshot on this space's vectors
+            return dict(full_kw, eval_error=lambda v: evaluation_error(problem, hs.user(v)),
+                        rounding_error=lambda v: rounding_error(problem, hs.user(v)),
+                        on_iteration=lambda s_: track(hs, s_))
+
+        if sub is None:
+            hs = SolverSpace(None, x, hlb, hub)
+            st2 = solve_lm(hs.evaluator(evaluate), hs.start, *hs.bounds,
+                           initial_damping=opts.initial_damping, gn_trust_se=trust,
+                           geodesic=geodesic_for(hs), **kw(hs))
+        else:
+            hs, st2 = _held_fit(sub, None, sub.to_internal(x), keep, x, hlb, hub, evaluate,
+                                opts, None, trust, kw, None, geodesic_for)
+        _chain(st2, st)
+        st = st2
+        messages.append("the internal optimum crossed a bound: refit with "
+                        + ", ".join(f"{names[k]} = {b:g}" for k, b in hold.items())
+                        + f" held: {st.evaluations} passes in all, {st.reason}")
+        x = hs.user(st.x)
+        if st.reason.startswith("stopped"):
+            stopped = _unevaluated(user_free.reduce(np.clip(x, lb, ub)), st.reason)
+            stopped.evaluations, stopped.iteration = st.evaluations, st.iteration
+            return SolverSpace(None, x0, lb, ub), stopped
+        crossed = _crossed_bounds(coords, x, lb, ub, ())
+        if not crossed or not st.converged:
+            break
+    if not hold:  # into_box moved no crossed parameter onto a bound: the usual finish
+        return held_space, st
+    # the finish starts here with every parameter free: its first pass, reused
+    st.x = user_free.reduce(np.clip(x, lb, ub))
+    st.ne = user_free.evaluator(evaluate)(st.x)
+    st.evaluations += 1
+    return SolverSpace(None, x0, lb, ub), st
 
 
 def _held_fit(coords, space, u, sides, x0, lb, ub, evaluate, opts, track, trust, full_kw,
@@ -316,10 +399,12 @@ def _held_fit(coords, space, u, sides, x0, lb, ub, evaluate, opts, track, trust,
     u0 = coords.into_quadrant(u, held, {a for _, a, _ in sides})
     hs = SolverSpace(coords, x0, lb, ub, held=held, u0=u0)
     reuse = ne0 is not None and np.array_equal(u0, u)
+    kw = dict(on_iteration=track)
+    kw.update(full_kw(hs) if callable(full_kw) else full_kw)  # keywords for this space
     st = solve_lm(hs.evaluator(evaluate), hs.start, *hs.bounds,
-                  initial_damping=opts.initial_damping, on_iteration=track,
+                  initial_damping=opts.initial_damping,
                   gn_trust_se=trust, ne0=ne0 if reuse else None,
-                  geodesic=geodesic_for(hs) if geodesic_for else None, **full_kw)
+                  geodesic=geodesic_for(hs) if geodesic_for else None, **kw)
     st.evaluations += ne0 is not None and reuse
     return hs, st
 
