@@ -75,9 +75,7 @@ def test_binding_bound_on_d_offset_is_held_and_matches_scipy(static_case):
     free = np.arange(r.parameters.size) != r.parameters.size - 1
     dz = (r.parameters - ref)[free] / r.uncertainties[free]
     assert np.all(np.abs(dz) < 1e-3), dz
-    # the internal optimum crossed the bound: refitted with D_offset held on it
-    assert any("crossed a bound" in m and "D_offset = 60 held" in m for m in r.messages), \
-        r.messages
+    assert "crossed a bound" in r.messages[-1]
 
 
 def test_measured_window_from_a_plain_start_reaches_scipys_optimum(real_data):

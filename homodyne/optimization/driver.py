@@ -171,7 +171,7 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
                           gn_trust_se=trust, geodesic=_geodesic(opts, problem, runner, space),
                           **full_kw)
         else:
-            space, st, edge_start = _fit_internal(
+            space, st, edge_start, refit = _fit_internal(
                 problem, coords, space, x, x0, lb, ub, runner, opts, track, trust, full_kw,
                 edge, messages)
             if st.reason.startswith("stopped") or mon.signal_received is not None:
@@ -181,6 +181,10 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
             st = _finish_in_user_coordinates(internal, free, runner, flb, fub, opts, track,
                                              trust, full_kw, messages, coords, lb, ub,
                                              edge_start)
+            if refit is not None and not _ends_on(free.expand(st.x), st, refit[0]) \
+                    and mon.signal_received is None:
+                st = _refit_and_finish(refit[1], st, free, runner, flb, fub, opts, track,
+                                       trust, full_kw, messages, coords, lb, ub, edge_start)
         evaluate = free.evaluator(runner.evaluate)
         for name in recovery_sequence if mon.applicator is not None and \
                 mon.signal_received is None else ():
@@ -237,7 +241,7 @@ def _fit_internal(problem, coords, space, x, x0, lb, ub, runner, opts, track, tr
         messages.append(f"internal coordinates (t_ref = {coords.t_ref:.4g} s): "
                         f"{st.evaluations} full passes, {st.reason}")
     if st.reason.startswith("stopped"):
-        return held_space, st, set()
+        return held_space, st, set(), None
     binds = _binding_limits(held_space, st, sides)
     # the slope's limit binds: J's trend is the other one. Alpha's binds at a converged
     # end where the start's own trend picked the quadrant (a plain start's is picked by
@@ -269,7 +273,7 @@ def _fit_internal(problem, coords, space, x, x0, lb, ub, runner, opts, track, tr
                         f"{_quadrants(problem, sides2)}: {st2.evaluations} passes in all, "
                         f"{st2.reason}")
         if st2.reason.startswith("stopped"):
-            return space2, st2, set()
+            return space2, st2, set(), None
         better = st2.converged and st2.ne.cost < st.ne.cost or not st.converged
         if mirror and st.converged and st2.converged:
             # level and slope are free: the lower internal cost may lie outside the user's
@@ -303,18 +307,22 @@ def _fit_internal(problem, coords, space, x, x0, lb, ub, runner, opts, track, tr
             f"the unbounded optimum ({point}) is outside the bounds" if located else
             f"{names[i]} >= {lb[i]:g} binds: without it the fit heads to ({point}; one "
             "Gauss-Newton step from the held optimum, an estimate)")
-    if st.converged:
-        crossed = _crossed_bounds(coords, x_end, lb, ub, {t for t, b in binds.items()
-                                                          if b == "alpha"})
-        if crossed:
-            def track_user(hs, s_):  # the snapshot as the stage's own space has it
-                track(dataclasses.replace(s_, x=space.free.reduce(
-                    coords.to_internal(hs.user(s_.x)))))
+    crossed = _crossed_bounds(coords, x_end, lb, ub, {t for t, b in binds.items()
+                                                      if b == "alpha"}) if st.converged else set()
+    hold = _crossed_hold(coords, x_end, crossed, lb, ub)[1]
+    refit = None
+    if hold:  # run only where the finish from the box point ends off these bounds
+        def track_user(hs, s_):  # the snapshot as the stage's own space has it
+            track(dataclasses.replace(s_, x=space.free.reduce(
+                coords.to_internal(hs.user(s_.x)))))
 
-            held_space, st = _fit_on_crossed_bounds(
-                problem, coords, held_space, st, sides, crossed, x0, lb, ub, evaluate, opts,
-                track_user, trust, full_kw, geodesic_for, messages)
-    return held_space, st, edge_start
+        def refit_from(st_done):
+            return _fit_on_crossed_bounds(problem, coords, x_end, st_done, sides, crossed, x0,
+                                          lb, ub, evaluate, opts, track_user, trust, full_kw,
+                                          geodesic_for, messages)
+
+        refit = (hold, refit_from)
+    return held_space, st, edge_start, refit
 
 
 def _crossed_bounds(coords, x, lb, ub, toward_edge) -> set[tuple[int, int, int]]:
@@ -324,28 +332,57 @@ def _crossed_bounds(coords, x, lb, ub, toward_edge) -> set[tuple[int, int, int]]
             and any(not lb[k] <= x[k] <= ub[k] for k in (t[0], t[2]))}
 
 
-def _fit_on_crossed_bounds(problem, coords, held_space, st, sides, crossed, x0, lb, ub,
+def _crossed_hold(coords, x, crossed, lb, ub) -> tuple[np.ndarray, dict[int, float]]:
+    """The box point of the user-coordinate ``x`` (each power law in ``crossed`` with
+    J(t_ref) < 0 mirrored first: -J is the same fit, the model has |∫J|) and the crossed
+    amplitudes and offsets ``into_box`` put on a bound there (index -> bound)."""
+    x = np.array(x, np.float64)
+    for i, _a, o in crossed:
+        if coords.to_internal(x)[o] < 0:
+            x[[i, o]] = -x[[i, o]]
+    xb = coords.into_box(x, lb, ub)
+    return xb, {k: float(xb[k]) for i, _a, o in crossed for k in (i, o)
+                if not lb[k] <= x[k] <= ub[k] and xb[k] in (lb[k], ub[k])}
+
+
+def _ends_on(x, st, hold) -> bool:
+    """The finish converged with every held amplitude/offset on the bound ``hold`` names."""
+    return st.converged and all(x[k] == b for k, b in hold.items())
+
+
+def _refit_and_finish(refit_from, st, free, runner, flb, fub, opts, track, trust, full_kw,
+                      messages, coords, lb, ub, edge_start):
+    """The finish from the box point ended off the bounds the internal optimum crossed
+    (or short of convergence): refit on them (``_fit_on_crossed_bounds``), finish again
+    from there, keep the better end. Counts include both."""
+    space, st_r = refit_from(st)
+    if st_r.reason.startswith("stopped"):
+        return st_r
+    st2 = _finish_in_user_coordinates(space.state_in_user(st_r, free), free, runner, flb, fub,
+                                      opts, track, trust, full_kw, messages, coords, lb, ub,
+                                      edge_start)
+    if st2.converged and st2.ne.cost < st.ne.cost or not st.converged:
+        return st2
+    st.evaluations, st.iteration = st2.evaluations, st2.iteration
+    return st
+
+
+def _fit_on_crossed_bounds(problem, coords, x, st, sides, crossed, x0, lb, ub,
                            evaluate, opts, track, trust, full_kw, geodesic_for, messages):
-    """The internal optimum lies outside the user's box: refit with the crossed amplitude
-    or offset held on the bound it crossed (its power law in user coordinates, the others
-    still internal in their quadrants), from the box point with the same J(t_ref) and
-    slope (``into_box``); repeated while the end crosses another bound. A power law with
-    J(t_ref) < 0 is mirrored first (-J is the same fit: the model has |∫J|). The finish
-    in user coordinates then starts from a constrained optimum, not from a box point far
-    from it. Returns a user-coordinate space and the state over its free parameters."""
-    x = coords.to_user(held_space.free.expand(st.x))
+    """The internal optimum ``x`` (user coordinates) lies outside the user's box and the
+    finish from its box point ended elsewhere: refit with the crossed amplitude or offset
+    held on the bound it crossed (its power law in user coordinates, the others still
+    internal in their quadrants), from the box point with the same J(t_ref) and slope
+    (``_crossed_hold``); repeated while the end crosses another bound. The finish in user
+    coordinates then starts from a constrained optimum, not from a box point far from it.
+    ``st``: the state whose counts this continues. Returns a user-coordinate space and the
+    state over its free parameters."""
     user_free = SolverSpace(None, x0, lb, ub).free
     names = problem.parameter_names
     hold: dict[int, float] = {}
     for _ in range(3):
-        for i, _a, o in crossed:
-            if coords.to_internal(x)[o] < 0:
-                x[[i, o]] = -x[[i, o]]
-        xb = coords.into_box(x, lb, ub)
-        hold.update({k: float(xb[k]) for i, _a, o in crossed for k in (i, o)
-                     if not lb[k] <= x[k] <= ub[k] and xb[k] in (lb[k], ub[k])})
-        if not hold:
-            break
+        xb, more = _crossed_hold(coords, x, crossed, lb, ub)
+        hold.update(more)
         x = xb
         hlb, hub = np.array(lb, np.float64), np.array(ub, np.float64)
         for k, bound in hold.items():
@@ -379,8 +416,6 @@ def _fit_on_crossed_bounds(problem, coords, held_space, st, sides, crossed, x0, 
         crossed = _crossed_bounds(coords, x, lb, ub, ())
         if not crossed or not st.converged:
             break
-    if not hold:  # into_box moved no crossed parameter onto a bound: the usual finish
-        return held_space, st
     # the finish starts here with every parameter free: its first pass, reused
     st.x = user_free.reduce(np.clip(x, lb, ub))
     st.ne = user_free.evaluator(evaluate)(st.x)
