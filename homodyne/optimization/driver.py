@@ -309,20 +309,22 @@ def _fit_internal(problem, coords, space, x, x0, lb, ub, runner, opts, track, tr
             "Gauss-Newton step from the held optimum, an estimate)")
     crossed = _crossed_bounds(coords, x_end, lb, ub, {t for t, b in binds.items()
                                                       if b == "alpha"}) if st.converged else set()
-    hold = _crossed_hold(coords, x_end, crossed, lb, ub)[1]
-    refit = None
-    if hold:  # run only where the finish from the box point ends off these bounds
-        def track_user(hs, s_):  # the snapshot as the stage's own space has it
-            track(dataclasses.replace(s_, x=space.free.reduce(
-                coords.to_internal(hs.user(s_.x)))))
+    _, hold, mirrored = _crossed_hold(coords, x_end, crossed, lb, ub)
+    if not hold:
+        return held_space, st, edge_start, None
 
-        def refit_from(st_done):
-            return _fit_on_crossed_bounds(problem, coords, x_end, st_done, sides, crossed, x0,
-                                          lb, ub, evaluate, opts, track_user, trust, full_kw,
-                                          geodesic_for, messages)
+    def track_user(hs, s_):  # the snapshot as the stage's own space has it
+        track(dataclasses.replace(s_, x=space.free.reduce(coords.to_internal(hs.user(s_.x)))))
 
-        refit = (hold, refit_from)
-    return held_space, st, edge_start, refit
+    def refit_from(st_done):
+        return _fit_on_crossed_bounds(problem, coords, x_end, st_done, sides, crossed, x0,
+                                      lb, ub, evaluate, opts, track_user, trust, full_kw,
+                                      geodesic_for, messages)
+
+    if mirrored:  # the box point of J(t_ref) < 0 is not that of |J|: refit at once
+        return (*refit_from(st), edge_start, None)
+    # else only where the finish from the box point ends off these bounds
+    return held_space, st, edge_start, (hold, refit_from)
 
 
 def _crossed_bounds(coords, x, lb, ub, toward_edge) -> set[tuple[int, int, int]]:
@@ -332,17 +334,21 @@ def _crossed_bounds(coords, x, lb, ub, toward_edge) -> set[tuple[int, int, int]]
             and any(not lb[k] <= x[k] <= ub[k] for k in (t[0], t[2]))}
 
 
-def _crossed_hold(coords, x, crossed, lb, ub) -> tuple[np.ndarray, dict[int, float]]:
+def _crossed_hold(coords, x, crossed, lb,
+                  ub) -> tuple[np.ndarray, dict[int, float], bool]:
     """The box point of the user-coordinate ``x`` (each power law in ``crossed`` with
-    J(t_ref) < 0 mirrored first: -J is the same fit, the model has |∫J|) and the crossed
-    amplitudes and offsets ``into_box`` put on a bound there (index -> bound)."""
+    J(t_ref) < 0 mirrored first: -J is the same fit, the model has |∫J|), the crossed
+    amplitudes and offsets ``into_box`` put on a bound there (index -> bound), and
+    whether any power law was mirrored."""
     x = np.array(x, np.float64)
+    mirrored = False
     for i, _a, o in crossed:
         if coords.to_internal(x)[o] < 0:
             x[[i, o]] = -x[[i, o]]
+            mirrored = True
     xb = coords.into_box(x, lb, ub)
     return xb, {k: float(xb[k]) for i, _a, o in crossed for k in (i, o)
-                if not lb[k] <= x[k] <= ub[k] and xb[k] in (lb[k], ub[k])}
+                if not lb[k] <= x[k] <= ub[k] and xb[k] in (lb[k], ub[k])}, mirrored
 
 
 def _ends_on(x, st, hold) -> bool:
@@ -369,19 +375,19 @@ def _refit_and_finish(refit_from, st, free, runner, flb, fub, opts, track, trust
 
 def _fit_on_crossed_bounds(problem, coords, x, st, sides, crossed, x0, lb, ub,
                            evaluate, opts, track, trust, full_kw, geodesic_for, messages):
-    """The internal optimum ``x`` (user coordinates) lies outside the user's box and the
-    finish from its box point ended elsewhere: refit with the crossed amplitude or offset
-    held on the bound it crossed (its power law in user coordinates, the others still
-    internal in their quadrants), from the box point with the same J(t_ref) and slope
-    (``_crossed_hold``); repeated while the end crosses another bound. The finish in user
-    coordinates then starts from a constrained optimum, not from a box point far from it.
-    ``st``: the state whose counts this continues. Returns a user-coordinate space and the
-    state over its free parameters."""
+    """The internal optimum ``x`` (user coordinates) lies outside the user's box with
+    J(t_ref) < 0, or the finish from its box point ended elsewhere: refit with the crossed
+    amplitude or offset held on the bound it crossed (its power law in user coordinates,
+    the others still internal in their quadrants), from the box point with the same
+    J(t_ref) and slope (``_crossed_hold``); repeated while the end crosses another bound.
+    The finish in user coordinates then starts from a constrained optimum, not from a box
+    point far from it. ``st``: the state whose counts this continues. Returns a
+    user-coordinate space and the state over its free parameters."""
     user_free = SolverSpace(None, x0, lb, ub).free
     names = problem.parameter_names
     hold: dict[int, float] = {}
     for _ in range(3):
-        xb, more = _crossed_hold(coords, x, crossed, lb, ub)
+        xb, more, _ = _crossed_hold(coords, x, crossed, lb, ub)
         hold.update(more)
         x = xb
         hlb, hub = np.array(lb, np.float64), np.array(ub, np.float64)
