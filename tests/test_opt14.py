@@ -78,3 +78,26 @@ def test_the_mirror_image_of_an_edge_end_continues_into_the_other_quadrant():
     _cost_matches(result, ref)
     assert_matches(result, ref.x)
     assert result.passes <= 20, result.summary()
+
+
+def test_internal_optimum_outside_the_box_is_refitted_on_the_bound_it_crossed():
+    """Laminar, 6 angles x 20 frames, shared scaling, plain start, J nearly flat (opt14 v3
+    seed 2042, reduced): the internal fit ends with J(t_ref) < 0 and D0 = 0 (-J is the
+    same fit), outside the user's box. Finishing in user coordinates from the clipped box
+    point stopped at 200 passes, NOT converged, with D0 = 1 and D_offset = -1000 on their
+    bounds, alpha = -1.42 and chi2 308x SciPy's (the full case: alpha = -2, chi2 450x, reported
+    converged); refitted with the crossed amplitude and offset held on their bounds (the
+    mirror image, J > 0) and then released, it reaches SciPy's optimum."""
+    spec = make_spec("laminar_flow", n_frames=20, n_phi=6, scaling="shared")
+    truth = spec.pack(0.18, 1.0, [2180.0, -0.02, 291.8, 6.15e-4, -0.729, -5.82e-5, -19.13])
+    y = noisy_data(spec, truth, sigma=1e-4, seed=0)
+    lb = spec.pack(0.0, 0.5, STATIC_LB + [1e-6, -2.0, -1e-2, -30.0])
+    ub = spec.pack(1.0, 1.5, STATIC_UB + [1.0, 2.0, 1e-2, 30.0])
+    p0 = spec.pack(0.09, 1.0, [100.0, 0.0, 0.0, 1e-4, 0.0, 0.0, 0.0])
+    ref = trf(spec, y, p0, lb, ub)
+    assert ref.status > 0
+    result = NLSQWrapper().fit_two_time(None, spec, p0, (lb, ub), y=y)
+    assert result.converged, result.summary()
+    assert any("crossed a bound: refit with" in m for m in result.messages), result.messages
+    _cost_matches(result, ref)
+    assert_matches(result, ref.x)
