@@ -101,3 +101,24 @@ def test_internal_optimum_outside_the_box_is_refitted_on_the_bound_it_crossed():
     assert any("crossed a bound: refit with" in m for m in result.messages), result.messages
     _cost_matches(result, ref)
     assert_matches(result, ref.x)
+
+
+def test_a_finish_from_the_predicted_edge_point_that_fails_is_redone_from_the_box():
+    """Laminar, 1 angle x 50 frames, plain start (opt14 v3 seed 2038, other noise): the
+    shear's held fit ends on its way to the logarithmic edge and the finish in user
+    coordinates started from the edge point the held end's sums predict; here that
+    extrapolation led the finish astray (its iteration cap at 295x SciPy's cost). Where
+    it does not converge the finish is redone from the plain box point, which reaches
+    SciPy's cost (also at its cap: honestly NOT converged)."""
+    spec = make_spec("laminar_flow", n_frames=50, n_phi=1)
+    truth = spec.pack(0.4932, 0.9519, [950.76, -1.0105, -3.3845, 2.2e-3, -0.4263, 2.018e-4,
+                                        14.474])
+    y = noisy_data(spec, truth, sigma=0.00466, seed=3)
+    p0 = spec.pack(0.2466, 1.0, [100.0, 0.0, 0.0, 1e-4, 0.0, 0.0, 0.0])
+    lb = spec.pack(0.0, 0.5, STATIC_LB + [1e-6, -2.0, -1e-2, -30.0])
+    ub = spec.pack(1.0, 1.5, STATIC_UB + [1.0, 2.0, 1e-2, 30.0])
+    ref = trf(spec, y, p0, lb, ub)
+    assert ref.status > 0
+    result = NLSQWrapper().fit_two_time(None, spec, p0, (lb, ub), y=y)
+    assert sum(m.startswith("user coordinates") for m in result.messages) == 2, result.messages
+    _cost_matches(result, ref)

@@ -195,6 +195,11 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
             st = _finish_in_user_coordinates(internal, free, runner, flb, fub, opts, track,
                                              trust, full_kw, messages, coords, lb, ub,
                                              edge_start, toward)
+            if toward is not None and not st.converged and mon.signal_received is None \
+                    and not st.reason.startswith("stopped"):
+                st = _finish_again_from_the_box(st, internal, free, runner, flb, fub, opts,
+                                                track, trust, full_kw, messages, coords, lb,
+                                                ub, edge_start)
             if refit is not None and st.converged and mon.signal_received is None \
                     and not _ends_on(free.expand(st.x), refit[0]):
                 st = _refit_and_finish(refit[1], st, free, runner, flb, fub, opts, track,
@@ -370,6 +375,21 @@ def _ends_on(x, hold) -> bool:
     converged elsewhere may be a worse minimum (opt14 F6); one that did not converge is
     left as it is (v3 seed 2038: at SciPy's cost, a refit from there took 213 passes)."""
     return all(x[k] == b for k, b in hold.items())
+
+
+def _finish_again_from_the_box(st, internal, free, runner, flb, fub, opts, track, trust,
+                               full_kw, messages, coords, lb, ub, edge_start):
+    """The finish from the predicted edge point (``_at_edge``, an extrapolation) did not
+    converge: finish again from the plain box point of the held end, keep the better end
+    (converged first, then the lower cost). Counts include both."""
+    spent = dataclasses.replace(internal, evaluations=st.evaluations, iteration=st.iteration,
+                                history=st.history)
+    st2 = _finish_in_user_coordinates(spent, free, runner, flb, fub, opts, track, trust,
+                                      full_kw, messages, coords, lb, ub, edge_start)
+    if (st2.converged, -st2.ne.cost) > (st.converged, -st.ne.cost):
+        return st2
+    st.evaluations, st.iteration = st2.evaluations, st2.iteration
+    return st
 
 
 def _refit_and_finish(refit_from, st, free, runner, flb, fub, opts, track, trust, full_kw,
