@@ -738,7 +738,9 @@ def load_config(path, *, require_data: bool = True, overrides: dict | None = Non
         for depth, k in enumerate(parents):
             if not isinstance(node, dict):
                 break
-            node = node.setdefault(k, {})
+            if node.get(k) is None:  # a section whose keys are all commented out reads
+                node[k] = {}  # as null, which validation takes as empty: so does an override
+            node = node[k]
             if not isinstance(node, dict):
                 above = ".".join(parents[:depth + 1])
                 raise ConfigError(dotted, f"{above} is a value ({_show(node)}), not a section "
