@@ -1,6 +1,8 @@
 """Issue 12, a fresh probing round (probe12) over the session's merged changes: each test
 fails on main ec16ff5."""
 
+import json
+
 import pytest
 
 
@@ -22,3 +24,29 @@ def test_an_override_into_a_section_whose_keys_are_all_commented_out_is_applied(
     assert ok.output["directory"] == str(tmp_path / "o")
     with pytest.raises(ConfigError, match=r"analysis_mode is a value \('static'\)"):
         load_config(cfg, require_data=False, overrides={"analysis_mode.x": 1})
+
+
+def test_a_progress_bar_or_checkpoint_keeping_edit_does_not_mark_bins_as_other_settings(
+        tmp_path):
+    """Was (fix12d's settings digest): switching the progress bar off or keeping 5
+    checkpoints instead of 3 changed the multi-q settings digest, so `--q X` marked every
+    other bin settings_match False with a warning to refit them, though their fits are
+    those the edited config gives. An edit that changes the fit still changes it."""
+    from homodyne.config import load_config
+    from homodyne.production.multiq import settings_digest
+
+    def digest(**sections):
+        cfg = tmp_path / "c.yaml"
+        cfg.write_text(json.dumps({"analysis_mode": "static",
+                                   "initial_parameters": {"values": [1e4, -0.5, 100.0]},
+                                   **sections}))
+        return settings_digest(load_config(cfg, require_data=False))
+
+    base = digest()
+    assert digest(performance={"enable_progress": False},
+                  optimization={"streaming": {"keep_last_checkpoints": 5,
+                                              "checkpoint_min_interval_s": 0.0,
+                                              "resume_from_checkpoint": False,
+                                              "checkpoint_dir": "elsewhere"}}) == base
+    assert digest(optimization={"streaming": {"checkpoint_frequency": 3}}) != base
+    assert digest(optimization={"max_iterations": 7}) != base

@@ -130,8 +130,22 @@ def settings_digest(cfg: HomodyneConfig) -> str:
         settings.pop(key, None)
     for key in ("file_path", "files", "q", "q_tolerance"):
         settings["experimental_data"].pop(key, None)
-    settings["optimization"].get("streaming", {}).pop("checkpoint_dir", None)
+    for section, keys in _NOT_FIT_SETTINGS.items():
+        node = settings
+        for name in section.split("."):
+            node = node.get(name) or {}
+        for key in keys:
+            node.pop(key, None)
     return fingerprint(settings)
+
+
+# where checkpoints go and how many are kept, how a run shows its progress: not what it fits
+# (a progress bar switched off must not mark every other bin as fitted with other settings)
+_NOT_FIT_SETTINGS = {
+    "optimization.streaming": ("checkpoint_dir", "keep_last_checkpoints",
+                               "checkpoint_min_interval_s", "resume_from_checkpoint"),
+    "performance": ("enable_progress",),
+}
 
 
 def fit_job(cfg: HomodyneConfig, job: QFitJob, *, overwrite: bool | None = None) -> dict:
