@@ -294,8 +294,8 @@ def _run_on_device(cfg: HomodyneConfig, out: Path, results: ResultSet) -> FitRun
         wrapper = make_wrapper(cfg)
         result = wrapper.fit_two_time(source, spec, p0, (lb, ub))
         log.info("tier %s, batch %d, %d full passes + %d coarse passes, %.2f s, peak RSS "
-                 "%.0f MB", result.strategy, result.batch_size, result.passes,
-                 result.coarse_passes, result.wall_time_s, result.peak_rss_mb or -1)
+                 "%.0f MB, %s model", result.strategy, result.batch_size, result.passes,
+                 result.coarse_passes, result.wall_time_s, result.peak_rss_mb or -1, spec.dtype)
         log_summary(result)
         if not result.interrupted_by:
             check_points_kept(source, spec, result.n_points)
@@ -315,7 +315,8 @@ def _run_on_device(cfg: HomodyneConfig, out: Path, results: ResultSet) -> FitRun
             write_json(results.stage("parameters.json"), {
                 "homodyne_version": __version__, "data_file": source.path,
                 "analysis_mode": spec.mode, "q": spec.q, "dt": spec.dt,
-                "phi_deg": spec.phi_deg, "frames": [source.first_frame, source.last_frame],
+                "model_dtype": spec.dtype, "phi_deg": spec.phi_deg,
+                "frames": [source.first_frame, source.last_frame],
                 "initial": p0, "lower": lb, "upper": ub, "truth": _truth(source, spec),
                 **result.as_dict()})
             write_two_time_outputs(out, source, spec, result, plots=cfg.output["plots"],

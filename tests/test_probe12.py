@@ -50,3 +50,24 @@ def test_a_progress_bar_or_checkpoint_keeping_edit_does_not_mark_bins_as_other_s
                                               "checkpoint_dir": "elsewhere"}}) == base
     assert digest(optimization={"streaming": {"checkpoint_frequency": 3}}) != base
     assert digest(optimization={"max_iterations": 7}) != base
+
+
+def test_a_float32_fit_records_its_precision_in_the_results(tmp_path):
+    """Was: a fit with performance.dtype float32 (a float32 model) wrote parameters.json and
+    fit.log exactly like a float64 one: a result read later could not say it was fitted in
+    reduced precision."""
+    from helpers import small_two_time_file
+
+    from homodyne.cli import main
+
+    data = small_two_time_file(tmp_path / "b.h5", n_frames=20, n_phi=1)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps({
+        "analysis_mode": "static", "experimental_data": {"file_path": str(data)},
+        "initial_parameters": {"values": [1e4, -0.5, 100.0]},
+        "performance": {"dtype": "float32"},
+        "output": {"directory": str(tmp_path / "out"), "plots": False}}))
+    assert main(["--config", str(cfg), "--quiet"]) in (0, 4)
+    assert json.loads((tmp_path / "out" / "parameters.json").read_text())["model_dtype"] \
+        == "float32"
+    assert "float32 model" in (tmp_path / "out" / "fit.log").read_text()
