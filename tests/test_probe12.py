@@ -71,3 +71,24 @@ def test_a_float32_fit_records_its_precision_in_the_results(tmp_path):
     assert json.loads((tmp_path / "out" / "parameters.json").read_text())["model_dtype"] \
         == "float32"
     assert "float32 model" in (tmp_path / "out" / "fit.log").read_text()
+
+
+@pytest.mark.parametrize("how", [{"fixed": ["b"]}, {"bounds": ([0.0, 0.7], [10.0, 0.7])}])
+def test_the_nlsq_backend_names_a_held_parameter_instead_of_nlsqs_bound_error(how):
+    """Was: NLSQWrapper(backend='nlsq').fit(..., fixed=['b']) (or a point bound) passed
+    lb == ub to nlsq, which raised 'Each lower bound must be strictly less than each upper
+    bound', naming neither the parameter nor the fix; the homodyne engine fits it."""
+    import numpy as np
+
+    from homodyne.optimization.nlsq_wrapper import NLSQWrapper
+
+    x = np.linspace(0.0, 5.0, 20)
+
+    def model(x, a, b):
+        return a * np.exp(-b * x)
+
+    kw = {"bounds": ([0.0, 0.0], [10.0, 10.0]), **how}
+    with pytest.raises(ValueError, match=r"^b: held fixed .* needs the homodyne engine "
+                                         r"\(backend='homodyne'\)"):
+        NLSQWrapper(backend="nlsq").fit(model, x, 2 * np.exp(-0.7 * x), [1.0, 0.7],
+                                        parameter_names=["a", "b"], **kw)

@@ -530,6 +530,12 @@ class NLSQWrapper:
             if n_starts > 1:
                 raise ValueError("restarts need the homodyne engine (backend='homodyne'); "
                                  "the nlsq backend fits from one start")
+            held = [str(parameter_names[k]) if parameter_names is not None else f"p[{k}]"
+                    for k in np.flatnonzero(lb == ub)]
+            if held:  # nlsq refuses lb == ub with its own words, naming no parameter
+                raise ValueError(f"{', '.join(held)}: held fixed (fixed, or bounds with min = "
+                                 "max), which needs the homodyne engine "
+                                 "(backend='homodyne'); the nlsq backend fits every parameter")
             from homodyne.optimization.nlsq_backend import fit_with_nlsq
 
             return fit_with_nlsq(model_func, x, y, p0, lb, ub, method=self.nlsq_method,
