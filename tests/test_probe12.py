@@ -92,3 +92,28 @@ def test_the_nlsq_backend_names_a_held_parameter_instead_of_nlsqs_bound_error(ho
                                          r"\(backend='homodyne'\)"):
         NLSQWrapper(backend="nlsq").fit(model, x, 2 * np.exp(-0.7 * x), [1.0, 0.7],
                                         parameter_names=["a", "b"], **kw)
+
+
+def test_a_stop_while_the_multi_q_plots_are_drawn_leaves_no_plot_of_other_results(
+        tmp_path, monkeypatch):
+    """Was: a multi-q run stopped (SIGTERM, exit 143) after summary.csv was rewritten with
+    the refitted bins but before the parameter-vs-q/-vs-file plots were redrawn left the
+    previous run's plots beside the new table (seen with a 3-bin --overwrite run stopped
+    2.0 s in)."""
+    import homodyne.production.multiq_plots as plots
+    from homodyne.production.multiq import write_summary
+
+    for name in ("parameters_vs_q.png", "parameters_vs_file.png"):
+        (tmp_path / name).write_bytes(b"old run's plot")
+
+    def stopped(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(plots, "plot_parameters_vs_q", stopped)
+    rows = [{"file": "a", "age_s": 0.0, "q_index": 0, "q": 0.005, "n_points": 10,
+             "D0": 1.0, "D0_se": 0.1}]
+    with pytest.raises(KeyboardInterrupt):
+        write_summary(rows, tmp_path)
+    assert "0.005" in (tmp_path / "summary.csv").read_text()
+    assert not (tmp_path / "parameters_vs_q.png").exists()
+    assert not (tmp_path / "parameters_vs_file.png").exists()

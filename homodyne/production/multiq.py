@@ -326,11 +326,14 @@ def write_summary(rows: list[dict], out_dir) -> Path:
             table[column] = table[column].astype("Int64")
     from homodyne.output import atomic_path
 
+    plots = (("parameters_vs_q.png", plot_parameters_vs_q),
+             ("parameters_vs_file.png", plot_parameters_vs_file))
+    for name, _ in plots:  # the old plots go first: a stop before the new ones are drawn
+        (out / name).unlink(missing_ok=True)  # must not leave them beside the new table
     with atomic_path(out / SUMMARY_FILE) as tmp:
         table.to_csv(tmp, index=False)
     names = [c[:-3] for c in table.columns if c.endswith("_se")]
-    for name, plot in (("parameters_vs_q.png", plot_parameters_vs_q),
-                       ("parameters_vs_file.png", plot_parameters_vs_file)):
+    for name, plot in plots:
         with atomic_path(out / name) as tmp:  # renamed into place: never through a symlink
             plot(tmp, table, names)
     return out / SUMMARY_FILE
