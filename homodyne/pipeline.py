@@ -409,7 +409,8 @@ def write_two_time_outputs(out, source, spec, result, *, plots: bool = True, tit
                                         "parameters": result.parameters,
                                         "parameter_names": list(result.parameter_names),
                                         "status": result.status,
-                                        "data_file": str(source.path)})}
+                                        "data_file": str(source.path),
+                                        "model_dtype": spec.dtype})}
     if plots:
         from homodyne.plots import (
             plot_cuts,

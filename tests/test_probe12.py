@@ -53,9 +53,9 @@ def test_a_progress_bar_or_checkpoint_keeping_edit_does_not_mark_bins_as_other_s
 
 
 def test_a_float32_fit_records_its_precision_in_the_results(tmp_path):
-    """Was: a fit with performance.dtype float32 (a float32 model) wrote parameters.json and
-    fit.log exactly like a float64 one: a result read later could not say it was fitted in
-    reduced precision."""
+    """Was: a fit with performance.dtype float32 (a float32 model) wrote parameters.json,
+    fit.h5 and fit.log exactly like a float64 one: a result read later could not say it was
+    fitted in reduced precision."""
     from helpers import small_two_time_file
 
     from homodyne.cli import main
@@ -71,6 +71,10 @@ def test_a_float32_fit_records_its_precision_in_the_results(tmp_path):
     assert json.loads((tmp_path / "out" / "parameters.json").read_text())["model_dtype"] \
         == "float32"
     assert "float32 model" in (tmp_path / "out" / "fit.log").read_text()
+    import h5py
+
+    with h5py.File(tmp_path / "out" / "fit.h5", "r") as h5:
+        assert h5.attrs["model_dtype"] == "float32"
 
 
 @pytest.mark.parametrize("how", [{"fixed": ["b"]}, {"bounds": ([0.0, 0.7], [10.0, 0.7])}])
