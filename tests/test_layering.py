@@ -47,6 +47,7 @@ LAYERS = {
     "homodyne.optimization.fixed": 3,
     "homodyne.optimization.coordinates": 3,
     "homodyne.optimization.passes": 4,
+    "homodyne.optimization.internal_stage": 5,  # the internal-coordinate stage of a fit
     "homodyne.optimization.driver": 5,
     "homodyne.optimization.restarts": 5,
     "homodyne.optimization.nlsq_backend": 6,
