@@ -175,6 +175,15 @@ def _ends_on(x, hold) -> bool:
     return all(x[k] == b for k, b in hold.items())
 
 
+def _better_end(st, st2):
+    """Of a finish ``st`` and the one ``st2`` tried after it (whose counts include st's),
+    the better end: converged first, then the lower cost; the counts are st2's."""
+    if (st2.converged, -st2.ne.cost) > (st.converged, -st.ne.cost):
+        return st2
+    st.evaluations, st.iteration = st2.evaluations, st2.iteration
+    return st
+
+
 def _finish_again_from_the_box(st, internal, free, runner, flb, fub, opts, track, trust,
                                full_kw, messages, coords, lb, ub, edge_start):
     """The finish from the predicted edge point (``_at_edge``, an extrapolation) did not
@@ -184,10 +193,7 @@ def _finish_again_from_the_box(st, internal, free, runner, flb, fub, opts, track
                                 history=st.history)
     st2 = _finish_in_user_coordinates(spent, free, runner, flb, fub, opts, track, trust,
                                       full_kw, messages, coords, lb, ub, edge_start)
-    if (st2.converged, -st2.ne.cost) > (st.converged, -st.ne.cost):
-        return st2
-    st.evaluations, st.iteration = st2.evaluations, st2.iteration
-    return st
+    return _better_end(st, st2)
 
 
 def _refit_and_finish(refit_from, st, free, runner, flb, fub, opts, track, trust, full_kw,
@@ -202,11 +208,7 @@ def _refit_and_finish(refit_from, st, free, runner, flb, fub, opts, track, trust
     st2 = _finish_in_user_coordinates(space.state_in_user(st_r, free), free, runner, flb, fub,
                                       opts, track, trust, full_kw, messages, coords, lb, ub,
                                       edge_start)
-    # the refit's end where it converged lower, or the finish's (converged) stays
-    if (st2.converged, -st2.ne.cost) > (st.converged, -st.ne.cost):
-        return st2
-    st.evaluations, st.iteration = st2.evaluations, st2.iteration
-    return st
+    return _better_end(st, st2)
 
 
 def _fit_on_crossed_bounds(problem, coords, x, st, sides, crossed, x0, lb, ub,
