@@ -17,6 +17,7 @@ from homodyne.config import ConfigError, HomodyneConfig, load_config
 from homodyne.data.twotime import TwoTimeSource, open_two_time
 from homodyne.fitrun import FitRun, log_summary
 from homodyne.model import ModelSpec, c2_on_frames
+from homodyne.optimization.checkpoint_manager import refuse_checkpoint_dir_in_use
 from homodyne.optimization.engine import EngineOptions
 from homodyne.optimization.fixed import fix_parameters
 from homodyne.optimization.nlsq_wrapper import NLSQWrapper
@@ -157,6 +158,8 @@ def run_from_config(cfg: HomodyneConfig, *, output_dir=None, overwrite: bool | N
         ensure_writable_dir(cfg.streaming["checkpoint_dir"], "checkpoint folder",
                             "optimization.streaming.checkpoint_dir")
     with OutputLock(out):
+        if cfg.streaming["enable_checkpoints"]:  # held by another run: refused before the data
+            refuse_checkpoint_dir_in_use(cfg.streaming["checkpoint_dir"])
         out = check_output_dir(out, cfg.output["overwrite"] if overwrite is None else overwrite)
         check_inputs_outside_results(out, [cfg.experimental_data["file_path"],
                                            *cfg.one_time["series"], cfg.source])

@@ -279,6 +279,35 @@ def _checked_dir(checkpoint_dir) -> Path:
     return path
 
 
+class CheckpointDirError(NLSQCheckpointError, OutputDirError):
+    """The checkpoint folder cannot be taken for this run (another live run holds it, or
+    its file system cannot lock): a folder to change, as for the output folder (the
+    command line's exit 2), not a failed fit."""
+
+
+def take_checkpoint_lock(lock: DirectoryLock, folder: Path) -> None:
+    """Take ``lock`` (the folder's .lock) or raise CheckpointDirError naming the folder,
+    the run that holds it and the fix."""
+    try:
+        lock.acquire()
+    except OutputDirError as exc:
+        raise CheckpointDirError(str(exc)) from None
+    except LockHeld as held:
+        raise CheckpointDirError(
+            f"checkpoint folder {folder} is in use by {held.holder or 'another run'}; wait "
+            "for it to finish or set optimization.streaming.checkpoint_dir to another "
+            "folder") from None
+
+
+def refuse_checkpoint_dir_in_use(folder) -> None:
+    """CheckpointDirError when another live run holds ``folder``, before a fit reads any
+    data: its lock is taken and let go at once (the fit takes it for its whole run)."""
+    folder = Path(folder)
+    lock = DirectoryLock(folder / ".lock")
+    take_checkpoint_lock(lock, folder)
+    lock.release()
+
+
 class CheckpointManager:
     """Saves, finds, validates, loads and prunes checkpoints in one directory."""
 
@@ -312,17 +341,9 @@ class CheckpointManager:
 
     # --- locking --------------------------------------------------------------------
     def acquire_lock(self) -> None:
-        """Take this directory for the current run; a second run is refused."""
-        try:
-            self._lock.acquire()
-        except OutputDirError as exc:
-            raise NLSQCheckpointError(str(exc)) from None
-        except LockHeld as held:
-            holder = held.holder or "another process"
-            raise NLSQCheckpointError(
-                f"checkpoint directory {self.checkpoint_dir} is in use by {holder}; wait for "
-                "that run to finish or set optimization.streaming.checkpoint_dir to another "
-                "folder") from None
+        """Take this directory for the current run; a second run is refused
+        (CheckpointDirError: a setting to change, not a failed fit)."""
+        take_checkpoint_lock(self._lock, self.checkpoint_dir)
 
     def release_lock(self) -> None:
         self._lock.release()
