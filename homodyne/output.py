@@ -268,6 +268,23 @@ class DirectoryLock:
         self._fh = fh
         remove_stale_temp_files(self.path.parent)  # no other run can be writing there now
 
+    @property
+    def held(self) -> bool:
+        """This process holds the lock (acquired, not released)."""
+        return self._fh is not None
+
+    def lost(self) -> bool:
+        """True when this process holds the lock but its file is no longer at its path
+        (the folder or the file was removed or replaced): the flock then guards nothing."""
+        if self._fh is None:
+            return False
+        held = os.fstat(self._fh.fileno())
+        try:
+            now = os.lstat(self.path)
+        except OSError:
+            return True
+        return (now.st_dev, now.st_ino) != (held.st_dev, held.st_ino)
+
     def release(self) -> None:
         if self._fh is not None:
             import fcntl

@@ -57,3 +57,42 @@ def test_a_checkpoint_folder_another_run_holds_is_refused_like_the_output_folder
     assert isinstance(caught.value, OutputDirError)
     holder.release_lock()
     assert main(["--config", str(cfg), "--quiet"]) in (0, 4)  # free again: the fit runs
+
+
+def test_a_checkpoint_folder_removed_during_the_run_is_locked_again_before_the_next_save(
+        tmp_path, caplog):
+    """Was (probe11 W5): the checkpoint folder removed mid-run took its .lock with it; the
+    next save re-created the folder unlocked, so a second run of the same fit could take
+    it and both would write there. Now the save locks the new folder first (one warning);
+    once another run holds it, this run's saves are refused and write nothing there."""
+    import shutil
+
+    import numpy as np
+
+    from homodyne.optimization.checkpoint_manager import CheckpointManager
+    from homodyne.optimization.exceptions import NLSQCheckpointError
+
+    ck = tmp_path / "ck"
+    state = {"parameters": np.arange(3.0)}
+    run = CheckpointManager(ck)
+    run.acquire_lock()
+    run.save_checkpoint(1, state, fingerprint="A" * 64)
+    shutil.rmtree(ck)  # removed during the run
+    run.save_checkpoint(2, state, fingerprint="A" * 64)
+    assert [p.name for p in run.list_checkpoints()] == ["homodyne_state_batch_0002.h5"]
+    assert "was removed or replaced during the run" in caplog.text
+    with pytest.raises(NLSQCheckpointError, match=f"is in use by pid {os.getpid()}"):
+        CheckpointManager(ck).acquire_lock()  # a second run of the fit: refused
+
+    shutil.rmtree(ck)  # removed again, and another run takes the new folder first
+    other = CheckpointManager(ck)
+    other.acquire_lock()
+    with pytest.raises(NLSQCheckpointError, match="removed during this run and cannot be "
+                                                 "locked again: checkpoint folder .* is in use"):
+        run.save_checkpoint(3, state, fingerprint="A" * 64)
+    assert sorted(p.name for p in ck.iterdir()) == [".lock"]  # nothing written there
+    other.release_lock()  # that run ends: the next save takes the folder again
+    run.save_checkpoint(4, state, fingerprint="A" * 64)
+    with pytest.raises(NLSQCheckpointError, match=f"is in use by pid {os.getpid()}"):
+        CheckpointManager(ck).acquire_lock()
+    run.release_lock()

@@ -332,6 +332,7 @@ class CheckpointManager:
         self.enable_compression = enable_compression
         self.save_times: list[float] = []
         self._lock = DirectoryLock(self.checkpoint_dir / ".lock")
+        self._locked = False  # this run holds the folder (acquire_lock), until release_lock
         # the fit these checkpoints belong to: resume and pruning only see its files
         self.fingerprint: str | None = None
         self._reported_others: set[Path] = set()  # other fits' files, warned about once
@@ -344,9 +345,28 @@ class CheckpointManager:
         """Take this directory for the current run; a second run is refused
         (CheckpointDirError: a setting to change, not a failed fit)."""
         take_checkpoint_lock(self._lock, self.checkpoint_dir)
+        self._locked = True
 
     def release_lock(self) -> None:
+        self._locked = False
         self._lock.release()
+
+    def _relock_if_lost(self) -> None:
+        """The folder (or its .lock) removed or replaced during the run took the lock
+        with it, and a save re-creates the folder: the lock is taken again there first, so
+        a second run of this fit cannot take it; held by another run by then, the save is
+        refused (CheckpointDirError) and nothing is written into that run's folder."""
+        if not self._locked or (self._lock.held and not self._lock.lost()):
+            return
+        self._lock.release()
+        try:
+            take_checkpoint_lock(self._lock, self.checkpoint_dir)
+        except (CheckpointDirError, OSError) as exc:  # (OSError: a file where it was)
+            raise CheckpointDirError(f"the checkpoint folder was removed during this run and "
+                                     f"cannot be locked again: {exc}") from None
+        log.warning("checkpoint folder %s was removed or replaced during the run (its "
+                    "checkpoints with it); locked again, later checkpoints go there",
+                    self.checkpoint_dir)
 
     # --- files ----------------------------------------------------------------------
     def path_for(self, batch_idx: int) -> Path:
@@ -364,6 +384,7 @@ class CheckpointManager:
     def save_checkpoint(self, batch_idx: int, state: dict, *, fingerprint: str = "") -> Path:
         """Write ``state`` (nested dict of arrays/scalars) atomically; returns the path."""
         t0 = time.perf_counter()
+        self._relock_if_lost()
         path = self.path_for(batch_idx)
         if self.fingerprint is None:
             self.fingerprint = fingerprint
