@@ -96,3 +96,39 @@ def test_a_checkpoint_folder_removed_during_the_run_is_locked_again_before_the_n
     with pytest.raises(NLSQCheckpointError, match=f"is in use by pid {os.getpid()}"):
         CheckpointManager(ck).acquire_lock()
     run.release_lock()
+
+
+def test_a_first_finish_kept_after_a_second_one_counts_and_lists_both(monkeypatch):
+    """Was (probe12 W4): _finish_again_from_the_box kept the first finish with the
+    evaluations and iterations of both finishes but only the first one's history: the
+    history was shorter than the iterations counted. Now the kept end's history is the
+    whole record (both finishes); its point, cost and reason stay the first finish's."""
+    import dataclasses
+
+    import numpy as np
+
+    import homodyne.optimization.internal_stage as stage
+    from homodyne.optimization.engine import LMState
+    from homodyne.optimization.problems import NormalEquations
+
+    def state(cost, iterations, evaluations, converged):
+        history = [dict(iteration=k, cost=cost + 1.0 / (k + 1)) for k in range(iterations + 1)]
+        return LMState(x=np.full(2, cost), ne=NormalEquations(cost, np.eye(2), np.zeros(2), 9),
+                       lam=1.0, iteration=iterations, evaluations=evaluations,
+                       converged=converged, reason=f"end at {cost}", history=history)
+
+    first = state(1.0, 4, 6, converged=False)  # the finish from the predicted edge point
+
+    def second_finish(spent, *a, **k):  # continues ``spent``: its counts and history
+        st2 = state(5.0, 3, 4, converged=False)  # a worse end: the first one is kept
+        st2.evaluations += spent.evaluations
+        st2.iteration += spent.iteration
+        st2.history = spent.history + st2.history
+        return st2
+
+    monkeypatch.setattr(stage, "_finish_in_user_coordinates", second_finish)
+    internal = dataclasses.replace(first, history=[], evaluations=0, iteration=0)
+    kept = stage._finish_again_from_the_box(first, internal, *[None] * 13)
+    assert kept.reason == "end at 1.0" and kept.ne.cost == 1.0
+    assert (kept.evaluations, kept.iteration) == (10, 7)
+    assert [h["iteration"] for h in kept.history] == [0, 1, 2, 3, 4, 0, 1, 2, 3]

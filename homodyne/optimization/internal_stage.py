@@ -103,7 +103,7 @@ def _fit_internal(problem, coords, space, x, x0, lb, ub, runner, opts, track, tr
             held_space, st, sides = space2, st2, sides2
             binds = _binding_limits(held_space, st, sides)
         else:
-            st.evaluations, st.iteration = st2.evaluations, st2.iteration
+            _kept_after(st, st2)
     u_end = held_space.free.expand(st.x)
     x_end = coords.to_user(u_end)
     names = problem.parameter_names
@@ -176,11 +176,19 @@ def _ends_on(x, hold) -> bool:
 
 
 def _better_end(st, st2):
-    """Of a finish ``st`` and the one ``st2`` tried after it (whose counts include st's),
-    the better end: converged first, then the lower cost; the counts are st2's."""
+    """Of a finish ``st`` and the one ``st2`` tried after it (whose counts and history
+    include st's), the better end: converged first, then the lower cost; the counts and
+    the history are st2's."""
     if (st2.converged, -st2.ne.cost) > (st.converged, -st.ne.cost):
         return st2
-    st.evaluations, st.iteration = st2.evaluations, st2.iteration
+    return _kept_after(st, st2)
+
+
+def _kept_after(st, st2):
+    """``st`` kept after ``st2`` was tried from it: its counts and its history are st2's,
+    which include st's (every pass and iteration the fit made, the discarded try's too),
+    so the history covers the iterations counted; its point and its reason stay st's."""
+    st.evaluations, st.iteration, st.history = st2.evaluations, st2.iteration, st2.history
     return st
 
 
