@@ -122,10 +122,18 @@ class ModelSpec(TriangleGrid):
         object.__setattr__(self, "exclude_diagonal_frames", int(k))
         for name in ("q", "dt", "gap_h"):  # a NaN, text or a bool met later as a NaN model
             v = getattr(self, name)
-            if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer,
-                                                                     np.floating)) \
-                    or not (math.isfinite(v) and v > 0):
-                raise ValueError(f"q, dt and gap_h must be finite numbers > 0, got {name}={v!r}")
+            if isinstance(v, np.ndarray) and v.ndim == 0:  # as h5py's ds[()] gives a scalar
+                v = v[()]
+            number = isinstance(v, (int, float, np.integer, np.floating)) and \
+                not isinstance(v, (bool, np.bool_))
+            try:
+                f = float(v) if number else math.nan
+            except OverflowError:  # an int beyond any float (10**400)
+                f = math.nan
+            if not (math.isfinite(f) and f > 0):
+                raise ValueError(f"q, dt and gap_h must be finite numbers > 0, got {name}="
+                                 f"{getattr(self, name)!r}")
+            object.__setattr__(self, name, f)  # a Python float: one repr, hash and JSON
         problem = frame_time_problem("dt", self.dt)
         if problem:
             raise ValueError(problem)

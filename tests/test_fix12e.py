@@ -132,3 +132,21 @@ def test_a_first_finish_kept_after_a_second_one_counts_and_lists_both(monkeypatc
     assert kept.reason == "end at 1.0" and kept.ne.cost == 1.0
     assert (kept.evaluations, kept.iteration) == (10, 7)
     assert [h["iteration"] for h in kept.history] == [0, 1, 2, 3, 4, 0, 1, 2, 3]
+
+
+def test_model_spec_takes_a_numpy_scalar_or_0d_array_and_keeps_a_python_float():
+    """Was (probe12 W5): ModelSpec(q=np.array(0.005)) (a 0-d array, as h5py's ds[()] gives
+    for a scalar) was refused as not a number; a numpy scalar q or gap_h kept its numpy
+    type (repr, equality with the same spec made of floats, json.dumps all differed)."""
+    import numpy as np
+
+    from homodyne.model import ModelSpec
+
+    spec = ModelSpec(q=np.array(0.005), dt=np.float32(0.5), gap_h=np.array(2e6, np.float32))
+    assert [type(v) for v in (spec.q, spec.dt, spec.gap_h)] == [float] * 3
+    same = ModelSpec(q=0.005, dt=0.5, gap_h=2e6)
+    assert spec == same and repr(spec) == repr(same) and hash(spec) == hash(same)
+    assert json.dumps([spec.q, spec.dt, spec.gap_h]) == "[0.005, 0.5, 2000000.0]"
+    for bad in (np.array([0.005]), np.array(np.nan), np.bool_(True), 10**400):
+        with pytest.raises(ValueError, match="q, dt and gap_h must be finite numbers > 0"):
+            ModelSpec(q=bad)
