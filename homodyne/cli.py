@@ -127,7 +127,7 @@ def _checked_generate_args(p: argparse.ArgumentParser, argv):
     import shutil
 
     from homodyne.data.synthetic import synthetic_file_bytes
-    from homodyne.model import LAMINAR_PARAMS, STATIC_PARAMS, frame_time_problem
+    from homodyne.model import LAMINAR_PARAMS, STATIC_PARAMS, frame_time_problem, same_angle_pair
 
     a = p.parse_args(argv)
     try:
@@ -138,6 +138,10 @@ def _checked_generate_args(p: argparse.ArgumentParser, argv):
         p.error("argument --angles: give at least one angle")
     if len(set(a.angle_list)) < len(a.angle_list):  # a file the fit refuses (one bin twice)
         p.error(f"argument --angles: an angle is given twice ({a.angles!r}); list each once")
+    same = same_angle_pair(a.angle_list)
+    if same:  # (0 and 360: one angle for the model, and the fit refuses such a file)
+        p.error(f"argument --angles: {a.angle_list[same[0]]:g} and {a.angle_list[same[1]]:g} "
+                "are one angle (equal modulo 360 degrees); list each once")
     names = STATIC_PARAMS if a.mode == "static" else LAMINAR_PARAMS
     try:
         a.phys = _floats(a.physical) if a.physical else None

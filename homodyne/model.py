@@ -36,6 +36,18 @@ MODES = ("static", "laminar_flow")
 FRAME_TIME_RANGE_S = (1e-12, 1e6)
 
 
+def same_angle_pair(phi_deg) -> tuple[int, int] | None:
+    """Indices of the first two angles (degrees) that are one direction for the model
+    (equal modulo 360: 0 and 360, 10 and -350), or None."""
+    seen: dict[float, int] = {}
+    for k, phi in enumerate(phi_deg):
+        turn = float(phi) % 360.0
+        if turn in seen:
+            return seen[turn], k
+        seen[turn] = k
+    return None
+
+
 def frame_time_problem(name: str, dt: float) -> str | None:
     """What is wrong with ``dt`` (seconds) as a frame time, or None where it is one."""
     lo, hi = FRAME_TIME_RANGE_S

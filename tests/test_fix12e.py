@@ -150,3 +150,30 @@ def test_model_spec_takes_a_numpy_scalar_or_0d_array_and_keeps_a_python_float():
     for bad in (np.array([0.005]), np.array(np.nan), np.bool_(True), 10**400):
         with pytest.raises(ValueError, match="q, dt and gap_h must be finite numbers > 0"):
             ModelSpec(q=bad)
+
+
+def test_two_angles_equal_modulo_360_are_one_angle_in_generate_and_in_a_file(tmp_path, capsys):
+    """Was (probe12 W7): `homodyne generate --angles 0,360` was accepted, and a file with
+    phi 0 and 360 at one q passed the one-bin-twice check (it compared the numbers): for
+    the model they are one angle, fitted as two. Both are refused, naming the two angles."""
+    import h5py
+    from helpers import small_two_time_file
+
+    from homodyne.cli import main
+    from homodyne.data import DataFileError, open_two_time
+
+    out = tmp_path / "g.h5"
+    with pytest.raises(SystemExit) as stop:
+        main(["generate", "--output", str(out), "--frames", "10", "--angles", "10,45,-350"])
+    assert stop.value.code == 2 and not out.exists()
+    assert "argument --angles: 10 and -350 are one angle (equal modulo 360 degrees); list " \
+        "each once" in capsys.readouterr().err
+
+    data = small_two_time_file(tmp_path / "b.h5", n_frames=12, n_phi=2)
+    with h5py.File(data, "r+") as h5:
+        phi = h5["/xpcs/qmap/dynamic_v_list_dim1"]
+        phi[...] = [0.0, 360.0][: phi.size]
+    with pytest.raises(DataFileError, match=r"c2_00001 and .*c2_00002 are both at q = "
+                                            r"0.0054, phi = 0 and 360 deg \(one angle modulo "
+                                            r"360\): the file lists one \(q, phi\) bin twice"):
+        open_two_time(data, q=0.0054)

@@ -25,6 +25,7 @@ from homodyne.model import (
     ModelSpec,
     TriangleGrid,
     frame_time_problem,
+    same_angle_pair,
     triu_row,
     triu_row_start,
     whole_number,
@@ -714,12 +715,14 @@ def _select(path, entries, q, q_tolerance, phi_ranges):
                                       f"(available: {avail}); ranges are compared with the "
                                       "file's angles as stored, without wrapping modulo 360")
     chosen.sort(key=lambda e: e[1])
-    for a, b in zip(chosen, chosen[1:], strict=False):  # one bin listed twice: two matrices
-        if a[1] == b[1]:  # would be fitted as two angles (a laminar fit's phi is wrong)
-            raise DataFileError(path, f"{a[2]} and {b[2]} are both at q = {q_sel:.6g}, phi = "
-                                      f"{float(a[1]):g} deg: the file lists one (q, phi) "
-                                      "bin twice (in its q/phi map or processed bins); fix "
-                                      "the file")
+    same = same_angle_pair([e[1] for e in chosen])  # one bin listed twice: two matrices
+    if same:  # would be fitted as two angles (a laminar fit's phi is wrong)
+        a, b = chosen[same[0]], chosen[same[1]]
+        at = f"{float(a[1]):g} deg" if a[1] == b[1] else \
+            f"{float(a[1]):g} and {float(b[1]):g} deg (one angle modulo 360)"
+        raise DataFileError(path, f"{a[2]} and {b[2]} are both at q = {q_sel:.6g}, phi = {at}: "
+                                  "the file lists one (q, phi) bin twice (in its q/phi map or "
+                                  "processed bins); fix the file")
     return float(q_sel), chosen
 
 
