@@ -287,9 +287,9 @@ def _cumulative_trapezoid_host(f, dt):
 def _power_law_integrals_host(t, amp, exponent, offset, dt):
     """Cumulative integrals of a t^e + c and of its derivatives w.r.t. (a, e, c),
     (N,) and (N, 3): the derivatives in closed form (t > 0)."""
-    with np.errstate(over="ignore"):  # an extreme exponent: inf, a failed batch, no warning
-        te = t**exponent
-    f = np.stack([amp * te + offset, te, amp * te * np.log(t), np.ones_like(t)], axis=1)
+    with np.errstate(over="ignore", invalid="ignore"):  # an extreme exponent: inf (or
+        te = t**exponent  # 0 * inf), a failed batch, no warning
+        f = np.stack([amp * te + offset, te, amp * te * np.log(t), np.ones_like(t)], axis=1)
     c = _cumulative_trapezoid_host(f, dt)
     return c[:, 0], c[:, 1:]
 

@@ -50,6 +50,10 @@ _ALPHA_MIN = 1e-12
 # starts at +-START_ALPHA, the same J where the slope is 0
 EDGE_ALPHA = 1e-3
 START_ALPHA = 1e-2
+# the maps below overflow (t_r^alpha for |alpha| in the hundreds) or divide by it: their
+# callers judge a non-finite result (a start falls back to its point in the user's box,
+# a pass's non-finite model fails its batch, the solver rejects a non-finite step), so
+# numpy's RuntimeWarnings would only reach the console as noise (np.errstate below)
 
 
 @dataclass(frozen=True)
@@ -94,31 +98,34 @@ class PowerLawCoordinates:
 
     def to_internal(self, x) -> np.ndarray:
         u = np.array(x, np.float64)
-        for i, a, o in self.triples:
-            k = x[i] * self.t_ref ** x[a]
-            u[i], u[o] = x[a] * k, k + x[o]
+        with np.errstate(all="ignore"):
+            for i, a, o in self.triples:
+                k = x[i] * self.t_ref ** x[a]
+                u[i], u[o] = x[a] * k, k + x[o]
         return u
 
     def to_user(self, u) -> np.ndarray:
         x = np.array(u, np.float64)
-        for i, a, o in self.triples:
-            al = float(self._alpha(u[a]))
-            x[i] = u[i] / (al * self.t_ref ** al)
-            x[o] = u[o] - u[i] / al
+        with np.errstate(all="ignore"):
+            for i, a, o in self.triples:
+                al = float(self._alpha(u[a]))
+                x[i] = u[i] / (al * self.t_ref ** al)
+                x[o] = u[o] - u[i] / al
         return x
 
     def jacobian(self, u) -> np.ndarray:
         """Φ = dx/du at u (identity outside the triples)."""
         phi = np.eye(len(u))
         lt = np.log(self.t_ref)
-        for i, a, o in self.triples:
-            al = float(self._alpha(u[a]))
-            d0 = u[i] / (al * self.t_ref ** al)
-            phi[i, i] = 1.0 / (al * self.t_ref ** al)
-            phi[i, a] = -d0 * (1.0 / al + lt)
-            phi[o, i] = -1.0 / al
-            phi[o, a] = u[i] / al**2
-            phi[o, o] = 1.0
+        with np.errstate(all="ignore"):
+            for i, a, o in self.triples:
+                al = float(self._alpha(u[a]))
+                d0 = u[i] / (al * self.t_ref ** al)
+                phi[i, i] = 1.0 / (al * self.t_ref ** al)
+                phi[i, a] = -d0 * (1.0 / al + lt)
+                phi[o, i] = -1.0 / al
+                phi[o, a] = u[i] / al**2
+                phi[o, o] = 1.0
         return phi
 
     def internal_bounds(self, lb, ub) -> tuple[np.ndarray, np.ndarray]:
@@ -215,7 +222,8 @@ class PowerLawCoordinates:
         def evaluate_internal(u):
             ne = evaluate(self.to_user(u))
             phi = self.jacobian(u)
-            return NormalEquations(ne.cost, phi.T @ ne.H @ phi, phi.T @ ne.g, ne.n)
+            with np.errstate(all="ignore"):
+                return NormalEquations(ne.cost, phi.T @ ne.H @ phi, phi.T @ ne.g, ne.n)
         return evaluate_internal
 
 
