@@ -308,6 +308,13 @@ def _jsonable(v):
     return v
 
 
+def data_file_fields(path) -> dict:
+    """``data_file`` as given (relative to the folder the run started in) and
+    ``data_file_abs``, the same file's absolute path with links resolved: a result read
+    from elsewhere still names its data."""
+    return {"data_file": str(path), "data_file_abs": str(Path(path).resolve())}
+
+
 def write_json(path, payload: dict) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(json.dumps(_jsonable(payload), indent=2, allow_nan=False) + "\n")

@@ -32,6 +32,7 @@ from homodyne.output import (
     check_inputs_outside_results,
     check_output_dir,
     create_new,
+    data_file_fields,
     ensure_writable_dir,
     write_fit_h5,
     write_json,
@@ -308,7 +309,7 @@ def _run_on_device(cfg: HomodyneConfig, out: Path, results: ResultSet) -> FitRun
             # that cannot take it (made read-only, removed) costs that file, not the stop
             try:
                 write_json(out / "parameters.interrupted.json", {
-                    "data_file": source.path, "interrupted_by": result.interrupted_by,
+                    **data_file_fields(source.path), "interrupted_by": result.interrupted_by,
                     **result.as_dict()})
             except OSError as exc:
                 log.warning("best parameters so far not written to %s (%s)", out,
@@ -316,7 +317,7 @@ def _run_on_device(cfg: HomodyneConfig, out: Path, results: ResultSet) -> FitRun
             raise FitInterrupted(result)  # its reason is the stop's one line (the CLI's last)
         try:
             write_json(results.stage("parameters.json"), {
-                "homodyne_version": __version__, "data_file": source.path,
+                "homodyne_version": __version__, **data_file_fields(source.path),
                 "analysis_mode": spec.mode, "q": spec.q, "dt": spec.dt,
                 "model_dtype": spec.dtype, "phi_deg": spec.phi_deg,
                 "frames": [source.first_frame, source.last_frame],
@@ -412,7 +413,7 @@ def write_two_time_outputs(out, source, spec, result, *, plots: bool = True, tit
                                         "parameters": result.parameters,
                                         "parameter_names": list(result.parameter_names),
                                         "status": result.status,
-                                        "data_file": str(source.path),
+                                        **data_file_fields(source.path),
                                         "model_dtype": spec.dtype})}
     if plots:
         from homodyne.plots import (

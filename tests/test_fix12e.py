@@ -207,3 +207,23 @@ def test_extreme_exponent_bounds_with_restarts_fit_without_numpy_warnings(tmp_pa
     assert fit.status == "converged" and fit.restarts["starts"] == 8
     assert np.all(np.abs(fit.parameters - truth) < 5 * fit.uncertainties)
     assert any("skipped: model not finite there" in m for m in fit.messages)
+
+
+def test_the_results_name_their_data_file_also_by_its_absolute_path(tmp_path, monkeypatch):
+    """Was (probe10 W3): parameters.json and fit.h5 named the data only by the path as given
+    (relative to the folder the run started in): read elsewhere, a result could not say
+    which file it fitted. `data_file` is kept as given; `data_file_abs` is added."""
+    import h5py
+    from helpers import small_two_time_file
+
+    from homodyne.cli import main
+
+    small_two_time_file(tmp_path / "b.h5", n_frames=20, n_phi=1)
+    monkeypatch.chdir(tmp_path)
+    cfg = _config(tmp_path, "b.h5")
+    assert main(["--config", str(cfg), "--quiet"]) in (0, 4)
+    where = str((tmp_path / "b.h5").resolve())
+    params = json.loads((tmp_path / "out" / "parameters.json").read_text())
+    assert (params["data_file"], params["data_file_abs"]) == ("b.h5", where)
+    with h5py.File(tmp_path / "out" / "fit.h5", "r") as h5:
+        assert (h5.attrs["data_file"], h5.attrs["data_file_abs"]) == ("b.h5", where)

@@ -16,7 +16,7 @@ from homodyne import __version__
 from homodyne.fitrun import FitRun, log_summary
 from homodyne.onetime.data import read_one_time
 from homodyne.onetime.fit import OneTimeOptions, OneTimeResult, fit_one_time
-from homodyne.output import atomic_path, write_json
+from homodyne.output import atomic_path, data_file_fields, write_json
 
 log = logging.getLogger("homodyne")
 
@@ -98,7 +98,7 @@ def write_one_time_outputs(out, result: OneTimeResult, *, plots: bool = True,
 def parameters_payload(result: OneTimeResult) -> dict:
     o = result.options
     return {
-        "homodyne_version": __version__, "data_file": result.data_file,
+        "homodyne_version": __version__, **data_file_fields(result.data_file),
         "analysis_mode": "one_time", "status": result.status,
         "summary": result.summary().splitlines()[0], "n_points": result.n_points,
         "options": {"beta": o.beta, "errors": o.errors, "min_tau_s": o.min_tau_s,
