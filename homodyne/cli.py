@@ -505,12 +505,14 @@ def main(argv=None) -> int:
             ctrl_c.install()
     try:
         return _main(argv)
-    except KeyboardInterrupt:  # also while the package and JAX are still being imported
+    except KeyboardInterrupt as stop:  # also while the package and JAX are still imported
         from homodyne.stopsignals import signal_name
 
         signum = ctrl_c.signum if ctrl_c is not None else signal.SIGINT
-        print(f"homodyne: interrupted ({signal_name(signum)}); results already in the output "
-              "folder are untouched", file=sys.stderr)
+        kept = getattr(stop, "bins_kept", None)  # a multi-q run: the bins it replaced
+        print(f"homodyne: interrupted ({signal_name(signum)}); "
+              f"{kept or 'results already in the output folder are untouched'}",
+              file=sys.stderr)
         return 128 + signum
     finally:
         if ctrl_c is not None:
@@ -539,7 +541,8 @@ def _main(argv=None) -> int:
         print(f"homodyne: fit failed: {exc}", file=sys.stderr)
         return EXIT_FIT_FAILED
     except FitInterrupted as exc:
-        print(f"homodyne: {exc}", file=sys.stderr)
+        kept = getattr(exc, "bins_kept", None)  # a multi-q run: the bins it replaced
+        print(f"homodyne: {exc}{f'; {kept}' if kept else ''}", file=sys.stderr)
         return 128 + signal.Signals[exc.result.interrupted_by]
 
 

@@ -227,3 +227,67 @@ def test_the_results_name_their_data_file_also_by_its_absolute_path(tmp_path, mo
     assert (params["data_file"], params["data_file_abs"]) == ("b.h5", where)
     with h5py.File(tmp_path / "out" / "fit.h5", "r") as h5:
         assert (h5.attrs["data_file"], h5.attrs["data_file_abs"]) == ("b.h5", where)
+
+
+@pytest.mark.parametrize("stop", ["outside a fit", "in a fit", "while the table is written"])
+def test_a_multi_q_run_stopped_after_some_bins_says_which_bins_it_replaced(
+        tmp_path, capsys, monkeypatch, stop):
+    """Was (probe12 W2): a multi-q run stopped after some bins were refitted ended with
+    'results already in the output folder are untouched', untrue of the bins it had
+    already replaced. The line names them; a stop before any bin keeps the old line."""
+    import types
+
+    import yaml
+
+    import homodyne.production.multiq as multiq
+    from homodyne.cli import main
+    from homodyne.data.synthetic import generate_synthetic
+    from homodyne.model import ModelSpec
+    from homodyne.pipeline import FitInterrupted
+
+    spec = ModelSpec(mode="static", n_frames=20, phi_deg=(0.0,))
+    generate_synthetic(tmp_path / "d.h5", spec, spec.pack(0.3, 1.0, [1e4, -0.5, 100.0]),
+                       more_q=(0.007, 0.009))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "analysis_mode": "static",
+        "experimental_data": {"file_path": str(tmp_path / "d.h5"), "q": "all"},
+        "initial_parameters": {"values": [1e4, -0.5, 100.0]},
+        "performance": {"enable_progress": False},
+        "output": {"directory": str(tmp_path / "out"), "plots": False}}))
+    fit_job, calls = multiq.fit_job, []
+    reason = "interrupted by SIGTERM: run the same command again to resume"
+
+    def stopped_at_the_third(*a, **k):
+        calls.append(1)
+        if len(calls) == 3 and stop != "while the table is written":
+            if stop == "in a fit":
+                raise FitInterrupted(types.SimpleNamespace(stop_reason=reason,
+                                                           interrupted_by="SIGTERM"))
+            raise KeyboardInterrupt
+        return fit_job(*a, **k)
+
+    def table_stopped(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(multiq, "fit_job", stopped_at_the_third)
+    if stop == "while the table is written":
+        monkeypatch.setattr(multiq, "write_summary", table_stopped)
+    code = main(["--config", str(cfg), "--quiet"])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    bins = ("q00", "q01", "q02") if stop == "while the table is written" else ("q00", "q01")
+    kept = (f"bins fitted before the stop are kept: "
+            f"{', '.join(os.path.join('d', b) for b in bins)}; the other bins' results are "
+            "untouched")
+    if stop == "in a fit":
+        assert (code, last) == (143, f"homodyne: {reason}; {kept}")
+    else:
+        assert (code, last) == (130, f"homodyne: interrupted (Ctrl-C); {kept}")
+    if stop == "while the table is written":
+        return
+    calls.clear()
+    calls.extend([1, 1])  # the next run stops in its first bin: nothing replaced
+    assert main(["--config", str(cfg), "--quiet", "--overwrite"]) in (130, 143)
+    assert capsys.readouterr().err.strip().splitlines()[-1] in (
+        f"homodyne: {reason}",
+        "homodyne: interrupted (Ctrl-C); results already in the output folder are untouched")

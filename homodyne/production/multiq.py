@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import math
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -386,7 +387,7 @@ def run_all(cfg: HomodyneConfig, *, overwrite: bool | None = None,
     root = cfg.output["directory"]
     jobs = plan_jobs(cfg)
     rows = []
-    with root_lock(root):
+    with root_lock(root), _bins_named_on_stop(rows, root):
         try:
             for k, job in enumerate(jobs, 1):
                 log.info("fit %d/%d: %s, q bin %d (q = %.6g)", k, len(jobs), job.file,
@@ -407,6 +408,30 @@ def run_all(cfg: HomodyneConfig, *, overwrite: bool | None = None,
             table += [j for j in jobs if j.output_dir not in {t.output_dir for t in table}]
             return rows, _gather(_complete(table), root, settings_digest(table_of))
         return rows, write_summary(rows, root)
+
+
+@contextmanager
+def _bins_named_on_stop(rows: list[dict], root):
+    """A stop (or error) raised inside, once some of ``rows`` hold new results, carries
+    ``bins_kept``: the command line's one line then names those bins instead of calling
+    the whole output folder untouched."""
+    try:
+        yield
+    except BaseException as stop:
+        fitted = [r for r in rows if not r["status"].startswith("failed")]
+        if fitted:
+            stop.bins_kept = bins_kept_line(fitted, root)
+        raise
+
+
+def bins_kept_line(fitted: list[dict], root) -> str:
+    """What a multi-q run stopped midway leaves: the bins it fitted (their folders under
+    ``root``) hold its new results, every other result is as it was."""
+    folders = ", ".join(str(Path(r["output_dir"]).relative_to(root))
+                        if Path(r["output_dir"]).is_relative_to(root) else str(r["output_dir"])
+                        for r in fitted)
+    return (f"bins fitted before the stop are kept: {folders}; the other bins' results are "
+            "untouched")
 
 
 def _complete(jobs: list[QFitJob]) -> list[Path]:
