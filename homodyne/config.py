@@ -658,6 +658,10 @@ def _resolve_files(files, base: Path | None) -> list[str]:
 
 
 def check_data_path(path: str, key: str = "experimental_data.file_path") -> None:
+    from homodyne.data.errors import unnameable_reason
+
+    if (why := unnameable_reason(path)) is not None:
+        raise ConfigError(key, f"{path} {why}")
     if not os.path.exists(path):
         from homodyne.data.errors import missing_reason
 

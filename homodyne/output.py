@@ -373,7 +373,11 @@ def check_inputs_outside_results(folder, inputs) -> None:
 def ensure_writable_dir(directory, what: str, option: str) -> Path:
     """Create ``directory`` if needed and prove a file can be created in it, or raise
     OutputDirError naming the folder, the reason and ``option`` to change."""
+    from homodyne.data.errors import unnameable_reason  # (homodyne.data imports this module)
+
     d = Path(directory)
+    if (why := unnameable_reason(str(d), as_text=False)) is not None:
+        raise OutputDirError(f"{what} {d} {why}")
     try:
         for parent in (d, *d.parents):
             if parent.exists():  # may itself fail: a name too long, a symlink loop

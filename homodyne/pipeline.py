@@ -191,7 +191,9 @@ def _logged_run(cfg: HomodyneConfig, out: Path) -> FitRun:
     """The run, logged to a staged fit.log committed with its results (or kept as
     fit.incomplete.log when there are none, so fit.log stays the log of what is there)."""
     results = ResultSet(out)
-    stream = os.fdopen(create_new(results.stage("fit.log")), "w")
+    # UTF-8 whatever the locale (LC_ALL=C: ASCII), a name that is not text escaped
+    stream = os.fdopen(create_new(results.stage("fit.log")), "w", encoding="utf-8",
+                       errors="backslashreplace")
     handler = FileLogHandler(stream)
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
     handler.setLevel(logging.INFO)

@@ -7,14 +7,14 @@ import os
 import pytest
 
 
-def _config(tmp_path, data, **streaming):
-    cfg = tmp_path / "c.yaml"
+def _config(tmp_path, data, out="out", name="c.yaml", **streaming):
+    cfg = tmp_path / name
     cfg.write_text(json.dumps({
         "analysis_mode": "static", "experimental_data": {"file_path": str(data)},
         "initial_parameters": {"values": [1e4, -0.5, 100.0]},
         "optimization": {"streaming": streaming},
         "performance": {"enable_progress": False},
-        "output": {"directory": str(tmp_path / "out"), "plots": False}}))
+        "output": {"directory": str(tmp_path / out), "plots": False}}))
     return cfg
 
 
@@ -291,3 +291,36 @@ def test_a_multi_q_run_stopped_after_some_bins_says_which_bins_it_replaced(
     assert capsys.readouterr().err.strip().splitlines()[-1] in (
         f"homodyne: {reason}",
         "homodyne: interrupted (Ctrl-C); results already in the output folder are untouched")
+
+
+def test_a_non_ascii_path_under_an_ascii_locale_names_the_locale_not_a_missing_file(tmp_path):
+    """Was (probe10 W1): LC_ALL=C with Python's UTF-8 mode off (PYTHONUTF8=0) and a
+    non-ASCII data path in the config: 'file not found' although the file exists (the
+    file-name encoding, ASCII, cannot hold the name); a non-ASCII output folder: a
+    UnicodeEncodeError traceback. Both are one exit-2 line naming the locale and the fix."""
+    import shutil
+    import subprocess
+    import sys
+
+    from helpers import small_two_time_file
+
+    small_two_time_file(tmp_path / "b.h5", n_frames=20, n_phi=1)
+    shutil.copy(tmp_path / "b.h5", tmp_path / "nö.h5")
+    data_cfg = _config(tmp_path, tmp_path / "nö.h5")
+    out_cfg = _config(tmp_path, tmp_path / "b.h5", out="outü", name="o.yaml")
+    as_argv = "os.fsdecode(b'n\\xc3\\xb6.h5')"  # a name as argv gives it: bytes not ASCII
+    code = ("import os\nfrom homodyne.cli import main\n"
+            f"print(main(['--config', {str(data_cfg)!r}]), main(['--config', {str(out_cfg)!r}]),"
+            f" main(['--config', {str(out_cfg)!r}, '--data-file', {as_argv}]))")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("LC_", "LANG", "PYTHONIO"))}
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, timeout=120,
+                          env={**env, "LC_ALL": "C", "PYTHONUTF8": "0"}, cwd=tmp_path)
+    err = done.stderr.decode("ascii", "backslashreplace")
+    assert (done.returncode, done.stdout.split()) == (0, [b"2", b"2", b"2"]), err
+    fix = ("cannot be used as a path in this locale: Python's file names are ascii here "
+           "(LC_ALL/LC_CTYPE/LANG = 'C', UTF-8 mode off), which cannot hold this name; set "
+           "PYTHONUTF8=1 or a UTF-8 locale (e.g. LC_ALL=C.UTF-8)")
+    assert err.splitlines() == [
+        f"homodyne: error: {data_cfg}: experimental_data.file_path: {tmp_path}/n\\xf6.h5 {fix}",
+        f"homodyne: error: output folder {tmp_path}/out\\xfc {fix}",
+        f"homodyne: error: {out_cfg}: experimental_data.file_path: n\\udcc3\\udcb6.h5 {fix}"]

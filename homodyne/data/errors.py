@@ -1,7 +1,9 @@
 """Errors for data files: always name the file and what is wrong with it."""
 
+import codecs
 import errno
 import os
+import sys
 
 
 class DataFileError(ValueError):
@@ -25,6 +27,33 @@ def data_path(path) -> str:
     return text
 
 
+def unnameable_reason(path: str, *, as_text: bool = True) -> str | None:
+    """Why ``path`` cannot be given to the file system, or (``as_text``: a data file the
+    results name) written in the results as text: characters this process's file-name
+    encoding cannot hold (a non-ASCII name under LC_ALL=C with Python's UTF-8 mode off:
+    the file seems not to exist), or a name that came in as bytes that are not text in it
+    (kept as surrogates); None when it can."""
+    encoding = sys.getfilesystemencoding()
+    try:
+        os.fsencode(path)
+        if as_text:
+            path.encode("utf-8")
+        return None
+    except UnicodeEncodeError:
+        pass
+    if codecs.lookup(encoding).name != "utf-8":
+        return (f"cannot be used as a path in this locale: Python's file names are "
+                f"{encoding} here (LC_ALL/LC_CTYPE/LANG = {_locale_setting()!r}, UTF-8 mode "
+                "off), which cannot hold this name; set PYTHONUTF8=1 or a UTF-8 locale (e.g. "
+                "LC_ALL=C.UTF-8)")
+    return "is a name that is not valid UTF-8 (shown escaped); rename the file"
+
+
+def _locale_setting() -> str:
+    return next((os.environ[k] for k in ("LC_ALL", "LC_CTYPE", "LANG") if os.environ.get(k)),
+                "")
+
+
 def missing_reason(path: str) -> str:
     """Why ``path`` cannot be opened although it was named: a dangling symlink or a loop
     of symlinks is said as such, not as a missing file."""
@@ -42,6 +71,8 @@ def data_file(path) -> str:
     """``path`` as a string, refused with the reason when it names no file to read:
     nothing there (``missing_reason``), a directory, a pipe or a device."""
     text = data_path(path)
+    if (why := unnameable_reason(text)) is not None:
+        raise DataFileError(text, why)
     if not os.path.exists(text):
         raise DataFileError(text, missing_reason(text))
     if os.path.isdir(text):
