@@ -324,3 +324,33 @@ def test_a_non_ascii_path_under_an_ascii_locale_names_the_locale_not_a_missing_f
         f"homodyne: error: {data_cfg}: experimental_data.file_path: {tmp_path}/n\\xf6.h5 {fix}",
         f"homodyne: error: output folder {tmp_path}/out\\xfc {fix}",
         f"homodyne: error: {out_cfg}: experimental_data.file_path: n\\udcc3\\udcb6.h5 {fix}"]
+
+
+def test_a_power_law_at_the_logarithmic_edge_is_labelled_by_the_point_reported(tmp_path):
+    """Was (probe12 W3): a static fit of data with alpha = 0 (J constant: D0 and D_offset
+    one rate) reported D0 = 110104 and D_offset = -100000 on its bound, labelled
+    'logarithmic edge, pushed there by the bounds: D0 >= 0.001 binds ... (D0 = -14.95...)',
+    which describes the internal-coordinate fit's end, not the point reported. The label
+    now says which is which, and names the bound the reported point lies on."""
+    from homodyne.cli import main
+    from homodyne.data.synthetic import generate_synthetic
+    from homodyne.model import ModelSpec
+
+    spec = ModelSpec(mode="static", n_frames=120, phi_deg=(0.0, 60.0))
+    generate_synthetic(tmp_path / "z.h5", spec, spec.pack(0.3, 1.0, [1e4, 0.0, 0.0]),
+                       noise_sigma=0.01, seed=4)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps({
+        "analysis_mode": "static", "experimental_data": {"file_path": str(tmp_path / "z.h5")},
+        "initial_parameters": {"values": [8000.0, -0.4, 80.0]},
+        "parameter_space": {"bounds": [{"name": "alpha", "min": -2.0, "max": 0.5}]},
+        "output": {"directory": str(tmp_path / "out"), "plots": False}}))
+    assert main(["--config", str(cfg), "--quiet"]) == 0
+    p = json.loads((tmp_path / "out" / "parameters.json").read_text())
+    label, at = p["power_law_optimum"]["alpha"], p["parameters_by_name"]
+    assert p["status"] == "undetermined" and p["at_bounds"] == ["D_offset"]
+    assert label.startswith("logarithmic edge, pushed there by the bounds (the "
+                            "internal-coordinate fit: D0 >= ")
+    assert label.endswith("); the reported point lies along the edge, where D0 and D_offset "
+                          f"part with J(t) unchanged, on the bound D_offset = "
+                          f"{at['D_offset']['value']:.6g}")

@@ -431,10 +431,18 @@ def _report_edges(result: FitResult, coords, edge: dict[int, str]) -> FitResult:
     for i, a, o in coords.triples:
         where = edge[a]
         if coords.at_log_edge(result.parameters[a]):
+            # the reported point may lie far along the edge from the internal fit's end:
+            # the amplitude and the offset part with J(t) unchanged, up to a bound
+            stops = [f"{names[k]} = {result.parameters[k]:.6g}" for k in (i, o)
+                     if names[k] in result.at_bounds]
+            pushed = (f" (the internal-coordinate fit: {where}); the reported point lies "
+                      f"along the edge, where {names[i]} and {names[o]} part with J(t) "
+                      f"unchanged, on the bound {' and '.join(stops)}") if stops else \
+                ": " + where
             where = "logarithmic edge" + ("" if where == "interior" else
                                           f" (whether the bounds push it there is {where})"
                                           if where.startswith("unknown") else
-                                          ", pushed there by the bounds: " + where)
+                                          ", pushed there by the bounds" + pushed)
         elif where.startswith("unknown"):
             pass
         elif where == "interior" and any(names[k] in result.at_bounds for k in (i, a, o)):
