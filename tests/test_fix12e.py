@@ -7,10 +7,10 @@ import os
 import pytest
 
 
-def _config(tmp_path, data, out="out", name="c.yaml", **streaming):
+def _config(tmp_path, data, out="out", name="c.yaml", q=None, **streaming):
     cfg = tmp_path / name
     cfg.write_text(json.dumps({
-        "analysis_mode": "static", "experimental_data": {"file_path": str(data)},
+        "analysis_mode": "static", "experimental_data": {"file_path": str(data), "q": q},
         "initial_parameters": {"values": [1e4, -0.5, 100.0]},
         "optimization": {"streaming": streaming},
         "performance": {"enable_progress": False},
@@ -237,8 +237,6 @@ def test_a_multi_q_run_stopped_after_some_bins_says_which_bins_it_replaced(
     already replaced. The line names them; a stop before any bin keeps the old line."""
     import types
 
-    import yaml
-
     import homodyne.production.multiq as multiq
     from homodyne.cli import main
     from homodyne.data.synthetic import generate_synthetic
@@ -248,13 +246,7 @@ def test_a_multi_q_run_stopped_after_some_bins_says_which_bins_it_replaced(
     spec = ModelSpec(mode="static", n_frames=20, phi_deg=(0.0,))
     generate_synthetic(tmp_path / "d.h5", spec, spec.pack(0.3, 1.0, [1e4, -0.5, 100.0]),
                        more_q=(0.007, 0.009))
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(yaml.safe_dump({
-        "analysis_mode": "static",
-        "experimental_data": {"file_path": str(tmp_path / "d.h5"), "q": "all"},
-        "initial_parameters": {"values": [1e4, -0.5, 100.0]},
-        "performance": {"enable_progress": False},
-        "output": {"directory": str(tmp_path / "out"), "plots": False}}))
+    cfg = _config(tmp_path, tmp_path / "d.h5", q="all")
     fit_job, calls = multiq.fit_job, []
     reason = "interrupted by SIGTERM: run the same command again to resume"
 
