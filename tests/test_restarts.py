@@ -72,6 +72,20 @@ def test_restarts_reach_the_better_minimum_and_count_the_starts_that_did():
                               single.parameters)
 
 
+def test_restarts_judge_did_not_move_against_the_users_start():
+    # screened on the full data (20,000 points, no coarse level): the finish starts at the
+    # screened optimum and stays there; judged against that start, every parameter was
+    # reported "(did not move)"
+    y = cosine_data()
+    best = NLSQWrapper().fit(cosine, X, y, P0, (LB, UB), restarts=4)
+    assert best.restarts["screening_points"] == X.size
+    assert np.all(best.parameters != P0)
+    assert best.not_moved == [] and "did not move" not in best.summary()
+    fixed = NLSQWrapper().fit(cosine, X, y, P0, ([0.5, 1.0, -2.0], [0.5, 6.0, 2.0]),
+                              restarts=4)
+    assert fixed.parameters[0] == 0.5 and fixed.not_moved == []
+
+
 def test_restarts_are_checked():
     y = cosine_data()[:100]
     with pytest.raises(ValueError, match="restarts must be a whole number >= 0"):

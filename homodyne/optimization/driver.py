@@ -232,6 +232,13 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
     return finish(st)
 
 
+def not_moved_from(names, x, x0, free) -> list[str]:
+    """Names of the free parameters whose value is still the start's (to 1e-12 relative)."""
+    x, x0 = np.asarray(x, np.float64), np.asarray(x0, np.float64)
+    same = np.asarray(free, bool) & (np.abs(x - x0) <= 1e-12 * np.maximum(np.abs(x0), 1e-300))
+    return [n for n, b in zip(names, same, strict=True) if b]
+
+
 def _trust(n_points: int, previous_level: int) -> float:
     """Gauss-Newton trust radius in this stage's standard errors: one standard error of
     the level it starts from (1 when there is none)."""
@@ -289,7 +296,6 @@ def build_result(problem, st, x0, lb, ub, free, *, strategy, mon, coarse_passes,
         cov = np.where(np.outer(free.free, free.free), np.nan, 0.0)
     undetermined = np.isinf(np.diag(cov))
     names = tuple(problem.parameter_names)
-    not_moved = free.free & (np.abs(x - x0) <= 1e-12 * np.maximum(np.abs(x0), 1e-300))
     full = [r.seconds for r in mon.passes if r.stage == "full"]
     return FitResult(
         parameter_names=names,
@@ -308,7 +314,7 @@ def build_result(problem, st, x0, lb, ub, free, *, strategy, mon, coarse_passes,
         coarse_points=coarse_points,
         batch_size=batch_size,
         at_bounds=[n for n, b in zip(names, on_bound, strict=True) if b],
-        not_moved=[n for n, b in zip(names, not_moved, strict=True) if b],
+        not_moved=not_moved_from(names, x, x0, free.free),
         undetermined=[n for n, b in zip(names, undetermined, strict=True) if b],
         wall_time_s=time.perf_counter() - t0,
         pass_seconds=full,

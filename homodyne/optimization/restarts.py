@@ -23,7 +23,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from homodyne.optimization.coordinates import PowerLawCoordinates
-from homodyne.optimization.driver import run_fit
+from homodyne.optimization.driver import not_moved_from, run_fit
 from homodyne.optimization.exceptions import NLSQNumericalError
 from homodyne.optimization.interfaces import DataSource
 from homodyne.optimization.passes import FitMonitor
@@ -193,6 +193,9 @@ def fit_with_restarts(problem, data, x0, lb, ub, *, settings: RestartSettings,
         finished.append((lead, fit))
     lead, best = min(finished, key=lambda pair: pair[1].cost)
     reached = sum(same_minimum(s.fit, lead.fit) for s in screened)
+    # "did not move" is judged against the user's start, not the screened start finished
+    best.not_moved = not_moved_from(best.parameter_names, best.parameters, x0,
+                                     np.asarray(lb) < np.asarray(ub))
     best.restarts = dict(starts=len(starts), reached_best=int(reached),
                          distinct_minima=len(leaders), finished=len(finished),
                          screening_points=int(run.screen.n_points),
