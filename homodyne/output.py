@@ -447,9 +447,9 @@ def previous_set_files(folder: Path) -> tuple[str, ...]:
         with os.fdopen(fd, "rb") as fh:
             raw = fh.read(MAX_MARKER_BYTES + 1) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
         listed = json.loads(raw)[SET_LIST_KEY] if 0 < len(raw) <= MAX_MARKER_BYTES else None
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):  # edited: nested deep
         listed = None
-    if isinstance(listed, list) and set(listed) <= set(SET_FILES):
+    if isinstance(listed, list) and all(isinstance(n, str) and n in SET_FILES for n in listed):
         return tuple(listed)
     return SET_FILES
 
