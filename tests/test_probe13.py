@@ -1,5 +1,6 @@
 """Issue 12, a fresh probing round (probe13) over main a417fd7: each test fails there."""
 
+import numpy as np
 import pytest
 
 
@@ -67,3 +68,78 @@ def test_a_two_time_file_whose_q_map_holds_zero_or_negative_q_is_a_data_error(tm
         h5["xpcs/qmap/dynamic_v_list_dim0"][...] = q
     with pytest.raises(DataFileError, match=r"dynamic_v_list_dim0 holds q values <= 0"):
         open_two_time(path)
+
+
+def _bin_folder(root, file_id, q_index):
+    """A bin folder as fit_job leaves it (parameters.json with the pipeline's data_file/q)."""
+    from homodyne.optimization.result import FitResult
+    from homodyne.output import write_json
+    from homodyne.production.multiq import JOB_FILE
+
+    folder = root / file_id / f"q{q_index:02d}"
+    folder.mkdir(parents=True)
+    q = 0.001 * (q_index + 1)
+    r = FitResult(parameter_names=("contrast", "offset", "D0", "alpha", "D_offset"),
+                  parameters=np.arange(1.0, 6.0) * (q_index + 1), uncertainties=np.full(5, 0.1),
+                  covariance=np.eye(5) * 0.01, cost=1.0, n_points=500,
+                  reduced_chi_squared=1.0, converged=True, stop_reason="converged",
+                  strategy="STANDARD", iterations=4, passes=5)
+    write_json(folder / "parameters.json",
+               {"data_file": f"{file_id}.h5", "q": q, **r.as_dict()})
+    write_json(folder / JOB_FILE, {"file": f"{file_id}.h5", "file_id": file_id,
+                                   "q_index": q_index, "q": q, "age_s": None})
+    return folder
+
+
+@pytest.mark.parametrize("copied", ["folder", "parameters.json"])
+def test_gather_refuses_a_bin_folder_or_result_copied_from_another_bin(tmp_path, copied):
+    """Was: a bin folder copied over another (cp -r a/q00 a/q02) gave summary.csv two rows
+    of bin a/q00 and none of a/q02; another bin's parameters.json copied into a folder gave
+    that bin's parameters under this bin's file and q: both without a word."""
+    import shutil
+
+    from homodyne.production.multiq import ResultFileError, gather
+
+    folders = [_bin_folder(tmp_path, "a", k) for k in range(3)]
+    assert len(gather(folders, tmp_path).read_text().splitlines()) == 4  # as written: fine
+    if copied == "folder":
+        shutil.rmtree(folders[2])
+        shutil.copytree(folders[0], folders[2])
+        problem = f"{folders[2] / 'job.json'}: names the bin a/q00, not this folder's (a/q02)"
+    else:
+        shutil.copy(folders[0] / "parameters.json", folders[2] / "parameters.json")
+        problem = (f"{folders[2] / 'parameters.json'}: a fit of a.h5 at q = 0.001, but the "
+                   "folder's job.json names a.h5 at q = 0.003")
+    with pytest.raises(ResultFileError) as err:
+        gather(folders, tmp_path)
+    assert str(err.value).startswith(problem), err.value
+
+
+def test_the_rate_power_law_of_two_nearly_equal_q_has_its_true_large_uncertainty():
+    """Was: two q bins 2e-7 apart (a CSV naming q = 0.005 and 0.005000001): n = 9.056e+04
+    +/- 0.002 (the pseudo-inverse of a singular AᵀA dropped the variance) and numpy's
+    'overflow encountered in exp' for the prefactor on the console. Two points fix the line
+    exactly: var(n) = (s1² + s2²) / (ln q1 - ln q2)² with s = sigma_Gamma / Gamma."""
+    import warnings
+
+    from homodyne.onetime.fit import rate_power_law
+
+    class Fit:
+        def __init__(self, q, gamma, err):
+            self.q, self._v = q, {"gamma": (gamma, err)}
+
+        def value(self, name):
+            return self._v[name][0]
+
+        def error(self, name):
+            return self._v[name][1]
+
+    fits = [Fit(0.005, 12.513, 0.2), Fit(0.005000001, 12.742, 0.2)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        pl = rate_power_law(fits)
+    s1, s2 = 0.2 / 12.513, 0.2 / 12.742
+    expected = np.sqrt(s1**2 + s2**2) / abs(np.log(0.005) - np.log(0.005000001))
+    assert pl["exponent_err"] == pytest.approx(expected, rel=1e-3)
+    assert pl["exponent"] == pytest.approx(np.log(12.742 / 12.513) / np.log(1.0000002),
+                                           rel=1e-6)
