@@ -361,8 +361,13 @@ def fit_main(argv) -> int:
     if cfg.is_multi or whole is not None:
         return _fit_many(cfg, a.overwrite or None, strict=a.strict, table_of=whole)
     run = run_from_config(cfg, overwrite=a.overwrite or None)
-    print(run.result.summary())
-    print(f"results in {run.output_dir}")
+    try:
+        print(run.result.summary())
+        print(f"results in {run.output_dir}")
+    except KeyboardInterrupt as stop:  # the new set is in place: the stop must not say
+        from homodyne.output import StoppedAfterCommit  # the old one is untouched
+
+        raise StoppedAfterCommit(run.output_dir) from stop
     return exit_status(run.result.status, strict=a.strict)
 
 
@@ -501,12 +506,14 @@ def main(argv=None) -> int:
             ctrl_c.install()
     try:
         return _main(argv)
-    except KeyboardInterrupt:  # also while the package and JAX are still being imported
+    except KeyboardInterrupt as stop:  # also while the package and JAX are still imported
         from homodyne.stopsignals import signal_name
 
         signum = ctrl_c.signum if ctrl_c is not None else signal.SIGINT
-        print(f"homodyne: interrupted ({signal_name(signum)}); results already in the output "
-              "folder are untouched", file=sys.stderr)
+        folder = getattr(stop, "folder", None)  # output.StoppedAfterCommit
+        done = f"the results in {folder} were complete and are kept" if folder is not None \
+            else "results already in the output folder are untouched"
+        print(f"homodyne: interrupted ({signal_name(signum)}); {done}", file=sys.stderr)
         return 128 + signum
     finally:
         if ctrl_c is not None:
