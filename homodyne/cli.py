@@ -365,8 +365,13 @@ def fit_main(argv) -> int:
     if cfg.is_multi or whole is not None:
         return _fit_many(cfg, a.overwrite or None, strict=a.strict, table_of=whole)
     run = run_from_config(cfg, overwrite=a.overwrite or None)
-    print(run.result.summary())
-    print(f"results in {run.output_dir}")
+    try:
+        print(run.result.summary())
+        print(f"results in {run.output_dir}")
+    except KeyboardInterrupt as stop:  # the new set is in place: the stop must not say
+        from homodyne.output import StoppedAfterCommit  # the old one is untouched
+
+        raise StoppedAfterCommit(run.output_dir) from stop
     return exit_status(run.result.status, strict=a.strict)
 
 
@@ -510,9 +515,11 @@ def main(argv=None) -> int:
 
         signum = ctrl_c.signum if ctrl_c is not None else signal.SIGINT
         kept = getattr(stop, "bins_kept", None)  # a multi-q run: the bins it replaced
-        print(f"homodyne: interrupted ({signal_name(signum)}); "
-              f"{kept or 'results already in the output folder are untouched'}",
-              file=sys.stderr)
+        folder = getattr(stop, "folder", None)  # output.StoppedAfterCommit
+        done = kept or (f"the results in {folder} were complete and are kept"
+                        if folder is not None
+                        else "results already in the output folder are untouched")
+        print(f"homodyne: interrupted ({signal_name(signum)}); {done}", file=sys.stderr)
         return 128 + signum
     finally:
         if ctrl_c is not None:

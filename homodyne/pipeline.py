@@ -29,6 +29,7 @@ from homodyne.output import (
     OutputDirError,
     OutputExistsError,
     ResultSet,
+    StoppedAfterCommit,
     check_inputs_outside_results,
     check_output_dir,
     create_new,
@@ -158,13 +159,21 @@ def run_from_config(cfg: HomodyneConfig, *, output_dir=None, overwrite: bool | N
     if cfg.streaming["enable_checkpoints"]:
         ensure_writable_dir(cfg.streaming["checkpoint_dir"], "checkpoint folder",
                             "optimization.streaming.checkpoint_dir")
-    with OutputLock(out):
-        if cfg.streaming["enable_checkpoints"]:  # held by another run: refused before the data
-            refuse_checkpoint_dir_in_use(cfg.streaming["checkpoint_dir"])
-        out = check_output_dir(out, cfg.output["overwrite"] if overwrite is None else overwrite)
-        check_inputs_outside_results(out, [cfg.experimental_data["file_path"],
-                                           *cfg.one_time["series"], cfg.source])
-        return _logged_run(cfg, out)
+    run = None
+    try:
+        with OutputLock(out):
+            if cfg.streaming["enable_checkpoints"]:  # held by another run: refused before the data
+                refuse_checkpoint_dir_in_use(cfg.streaming["checkpoint_dir"])
+            out = check_output_dir(out, cfg.output["overwrite"] if overwrite is None
+                                   else overwrite)
+            check_inputs_outside_results(out, [cfg.experimental_data["file_path"],
+                                               *cfg.one_time["series"], cfg.source])
+            run = _logged_run(cfg, out)
+    except KeyboardInterrupt as stop:  # while the lock was released: the set is in place
+        if run is not None and not isinstance(stop, StoppedAfterCommit):
+            raise StoppedAfterCommit(out) from stop
+        raise
+    return run
 
 
 class OutputLock:
@@ -215,6 +224,10 @@ def _logged_run(cfg: HomodyneConfig, out: Path) -> FitRun:
             raise _write_error(out, exc) from None
         committed = True
         return run
+    except KeyboardInterrupt as stop:
+        if committed and not isinstance(stop, StoppedAfterCommit):
+            raise StoppedAfterCommit(out) from stop
+        raise
     finally:
         log.removeHandler(handler)
         log.setLevel(previous)

@@ -119,8 +119,8 @@ class FitResult:
         signal stopped it: its point counts are those of an unfinished pass)."""
         if self.interrupted_by:
             return "interrupted"
-        if self.n_points <= len(self.parameter_names):
-            return "too_few_points"
+        if self.n_points <= len(self.parameter_names) and (self.passes or self.coarse_passes):
+            return "too_few_points"  # (no pass finished: stopped before any point was seen)
         if not self.converged:
             return "not_converged"
         physical = [n for n in self.parameter_names if not n.startswith(SCALING_PREFIXES)]
