@@ -36,6 +36,7 @@ from homodyne.optimization.internal_stage import (
 from homodyne.optimization.passes import FitMonitor, PassRunner, compile_ahead
 from homodyne.optimization.precision import evaluation_error, rounding_error
 from homodyne.optimization.result import FitResult
+from homodyne.optimization.start_estimate import applies, start_from_data
 from homodyne.stopsignals import fit_stop_signals
 
 if TYPE_CHECKING:
@@ -87,6 +88,9 @@ def run_fit(problem: Problem, data: DataSource, x0: np.ndarray, lb: np.ndarray,
     if opts.geodesic_acceleration and mon.checkpoints is not None:
         raise ValueError("geodesic_acceleration cannot be combined with checkpoints (its "
                          "directional passes are not replayed on resume): disable one")
+    if opts.start_estimate and mon.checkpoints is not None:
+        raise ValueError("start_estimate cannot be combined with checkpoints (its pass is "
+                         "not replayed on resume): disable one")
     t0 = time.perf_counter()
     ck = mon.checkpoints
     if ck is not None:
@@ -136,10 +140,16 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
     flb, fub = free.reduce(lb), free.reduce(ub)
     coords = PowerLawCoordinates.for_problem(problem, lb, ub) \
         if opts.internal_coordinates else None
-    space = SolverSpace(coords, x0, lb, ub)
-    x = space.start
     coarse_passes = coarse_points = 0
     messages = []
+    start, start_seconds = x0, []  # the data-driven start's pass counts as a full pass
+    if opts.start_estimate and applies(problem, x0, lb, ub):
+        start, line, _, seconds = start_from_data(
+            problem, data, x0, lb, ub, stop=lambda: mon.signal_received is not None)
+        start_seconds.append(seconds)
+        messages.append(line)
+    space = SolverSpace(coords, start, lb, ub)
+    x = space.start
 
     def eval_error(v):
         return evaluation_error(problem, space.user(v))
@@ -157,6 +167,8 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
                               strategy=strategy, mon=mon, coarse_passes=coarse_passes,
                               coarse_points=coarse_points, batch_size=data.batch_size,
                               t0=t0, messages=messages)
+        result.passes += len(start_seconds)
+        result.pass_seconds = start_seconds + result.pass_seconds
         return _report_edges(result, coords, edge)
 
     try:
@@ -189,7 +201,7 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
                           **full_kw)
         else:
             space, st, edge_start, refit = _fit_internal(
-                problem, coords, space, x, x0, lb, ub, runner, opts, track, trust, full_kw,
+                problem, coords, space, x, start, lb, ub, runner, opts, track, trust, full_kw,
                 edge, messages)
             if st.reason.startswith("stopped") or mon.signal_received is not None:
                 return finish(st)
