@@ -76,3 +76,23 @@ def test_measured_window_from_the_estimate_reaches_a_lower_minimum(real_data):
     ref = trf(spec, y, on.parameters, lb, ub, max_nfev=200)
     assert ref.status > 0 and ref.cost >= on.cost - 1e-9
     assert_matches(on, ref.x)
+
+
+def test_with_coarse_levels_the_estimate_reads_the_densest_level():
+    """Data big enough for coarse levels: the cells come from the densest level (a coarse
+    pass, counted in coarse_passes; no extra full pass), and the optimum is the one the
+    fit reaches without the estimate."""
+    spec = make_spec("static", n_frames=200, n_phi=1)
+    truth = spec.pack(0.3, 1.0, TRUTH_PHYS)
+    y = noisy_data(spec, truth, sigma=0.02, seed=6)
+    lb, ub = spec.pack(0.0, 0.5, [0.0, -2.0, -1e4]), spec.pack(1.0, 1.5, [1e6, 2.0, 1e4])
+    plain = spec.pack(0.2, 1.05, [1e-3, 0.0, 0.0])
+    opts = dict(coarse_points=2000, coarse_level_factor=4)
+    on = NLSQWrapper(options=EngineOptions(start_estimate=True, **opts)).fit_two_time(
+        None, spec, plain, (lb, ub), y=y)
+    off = NLSQWrapper(options=EngineOptions(**opts)).fit_two_time(None, spec, plain, (lb, ub),
+                                                                  y=y)
+    assert on.messages[0].endswith(f"(on the coarse level of {on.coarse_points:,} points)")
+    assert on.converged and off.converged and len(on.pass_seconds) == on.passes
+    dz = (on.parameters - off.parameters) / off.uncertainties
+    assert np.all(np.abs(dz) < 1e-3), dz

@@ -142,13 +142,8 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
         if opts.internal_coordinates else None
     coarse_passes = coarse_points = 0
     messages = []
-    start, start_seconds = x0, []  # the data-driven start's pass counts as a full pass
-    if opts.start_estimate and applies(problem, x0, lb, ub):
-        start, line, _, seconds = start_from_data(
-            problem, data, x0, lb, ub, stop=lambda: mon.signal_received is not None)
-        start_seconds.append(seconds)
-        messages.append(line)
-    space = SolverSpace(coords, start, lb, ub)
+    start, start_seconds = x0, []  # a data-driven start's pass over the full data
+    space = SolverSpace(coords, x0, lb, ub)
     x = space.start
 
     def eval_error(v):
@@ -175,6 +170,21 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
         levels = coarse_levels(data, opts, stop=lambda: mon.signal_received is not None)
         if levels and n_devices == 1:  # the full passes' kernel compiles meanwhile
             compile_ahead(problem, data, x0)
+        if opts.start_estimate and applies(problem, x0, lb, ub):
+            # on the densest coarse level where there is one (a coarse pass), else a full pass
+            source = levels[-1] if levels else data
+            est, line, _, seconds = start_from_data(
+                problem, source, x0, lb, ub, stop=lambda: mon.signal_received is not None)
+            if levels:
+                coarse_passes += 1
+                line += f" (on the coarse level of {source.n_points:,} points)"
+            else:
+                start_seconds.append(seconds)
+            messages.append(line)
+            if mon.signal_received is None:  # else the cells are partial: not used
+                start = est
+                space = SolverSpace(coords, start, lb, ub)
+                x = space.start
         for sub in levels:
             # each level starts a few of its own standard errors from its optimum, so
             # the slow walk along correlated valleys happens on cheap levels
