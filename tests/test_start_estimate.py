@@ -1,4 +1,4 @@
-"""The opt-in data-driven start of J(t) (start_estimate.py): from a plain start (J flat)
+"""The data-driven start of J(t) (start_estimate.py): from a plain start (J flat)
 its estimate lies near the truth of a synthetic static two-time matrix, and the fit
 from it ends at SciPy's optimum, with its pass counted."""
 
@@ -55,7 +55,8 @@ def test_fit_from_the_estimate_ends_at_scipys_optimum(case):
     assert np.all(np.abs(dz) < 1e-3), dz
     assert on.cost <= ref.cost + 1e-9
     assert len(on.pass_seconds) == on.passes  # the estimate's pass is one of them
-    off = NLSQWrapper().fit_two_time(None, spec, plain, (lb, ub), y=y)
+    off = NLSQWrapper(options=EngineOptions(start_estimate=False)).fit_two_time(
+        None, spec, plain, (lb, ub), y=y)
     assert not any(m.startswith("start estimate") for m in off.messages)
 
 
@@ -65,8 +66,9 @@ def test_measured_window_from_the_estimate_reaches_a_lower_minimum(real_data):
     mirrored to D0 >= 0: the model has |∫J|) it converges in 6 passes at an interior
     minimum 0.007 lower, where SciPy's TRF started from it stays."""
     spec, y, p0, lb, ub = chx_window(real_data, end_frame=175)
-    off = NLSQWrapper().fit_two_time(None, spec, p0, (lb, ub), y=y)
-    on = NLSQWrapper(options=EngineOptions(start_estimate=True)).fit_two_time(
+    off = NLSQWrapper(options=EngineOptions(start_estimate=False)).fit_two_time(
+        None, spec, p0, (lb, ub), y=y)
+    on = NLSQWrapper().fit_two_time(
         None, spec, p0, (lb, ub), y=y)
     assert on.converged and on.passes <= 8, on.summary()
     assert on.cost < off.cost - 1e-3, (on.cost, off.cost)
@@ -90,9 +92,23 @@ def test_with_coarse_levels_the_estimate_reads_the_densest_level():
     opts = dict(coarse_points=2000, coarse_level_factor=4)
     on = NLSQWrapper(options=EngineOptions(start_estimate=True, **opts)).fit_two_time(
         None, spec, plain, (lb, ub), y=y)
-    off = NLSQWrapper(options=EngineOptions(**opts)).fit_two_time(None, spec, plain, (lb, ub),
-                                                                  y=y)
+    off = NLSQWrapper(options=EngineOptions(start_estimate=False, **opts)).fit_two_time(
+        None, spec, plain, (lb, ub), y=y)
     assert on.messages[0].endswith(f"(on the coarse level of {on.coarse_points:,} points)")
     assert on.converged and off.converged and len(on.pass_seconds) == on.passes
     dz = (on.parameters - off.parameters) / off.uncertainties
     assert np.all(np.abs(dz) < 1e-3), dz
+
+
+def test_the_config_key_turns_it_off(tmp_path):
+    from homodyne.config import validate_config
+    from homodyne.pipeline import make_wrapper
+
+    data = tmp_path / "d.h5"
+    data.touch()
+    raw = {"experimental_data": {"file_path": str(data)},
+           "initial_parameters": {"parameter_names": ["D0", "alpha", "D_offset"],
+                                  "values": [1000.0, 0.0, 0.0]}}
+    assert make_wrapper(validate_config(raw)).options.start_estimate is True
+    raw["optimization"] = {"start_estimate": False}
+    assert make_wrapper(validate_config(raw)).options.start_estimate is False

@@ -88,9 +88,6 @@ def run_fit(problem: Problem, data: DataSource, x0: np.ndarray, lb: np.ndarray,
     if opts.geodesic_acceleration and mon.checkpoints is not None:
         raise ValueError("geodesic_acceleration cannot be combined with checkpoints (its "
                          "directional passes are not replayed on resume): disable one")
-    if opts.start_estimate and mon.checkpoints is not None:
-        raise ValueError("start_estimate cannot be combined with checkpoints (its pass is "
-                         "not replayed on resume): disable one")
     t0 = time.perf_counter()
     ck = mon.checkpoints
     if ck is not None:
@@ -170,8 +167,9 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
         levels = coarse_levels(data, opts, stop=lambda: mon.signal_received is not None)
         if levels and n_devices == 1:  # the full passes' kernel compiles meanwhile
             compile_ahead(problem, data, x0)
-        if opts.start_estimate and applies(problem, x0, lb, ub):
-            # on the densest coarse level where there is one (a coarse pass), else a full pass
+        if opts.start_estimate and mon.checkpoints is None and applies(problem, x0, lb, ub):
+            # on the densest coarse level where there is one (a coarse pass), else a full
+            # pass; not with checkpoints (a resumed fit would not replay it)
             source = levels[-1] if levels else data
             est, line, _, seconds = start_from_data(
                 problem, source, x0, lb, ub, stop=lambda: mon.signal_received is not None)

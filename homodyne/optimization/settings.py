@@ -39,8 +39,9 @@ class EngineOptions:
     # more pass per trial step; off by default
     geodesic_acceleration: bool = False
     # a static two-time fit from a plain start (J flat) first estimates J(t), contrast and
-    # offset from one pass over the data (start_estimate.py); off by default
-    start_estimate: bool = False
+    # offset from one pass over the data or the densest coarse level (start_estimate.py);
+    # not with checkpoints
+    start_estimate: bool = True
 
 
 # more starts than this is a typo, not a plan: each is a fit of the screening subsample,

@@ -4,11 +4,13 @@ One pass over the data sums the points into cells of (angle, log-age, lag): weig
 weighted data and squares, mean frame indices. A cell's model value is nearly constant,
 so the cells give the cost of any parameter vector to within the spread of the model
 inside a cell, at no further pass. On them: a grid over (alpha, J at the first frame,
-J at the last frame) with each angle's contrast and offset solved linearly, then a
-nonlinear polish (SciPy TRF on the cells). The model has |∫J|, so a J < 0 fit (D0 < 0)
+J at the last frame) on the angles' pooled cells with one contrast and offset solved
+linearly, then a polish of (D0, alpha, D_offset) by SciPy's TRF on the cells with each
+scaling set's contrast and offset solved linearly at every trial. The model has |∫J|, so a J < 0 fit (D0 < 0)
 is the same fit as its mirror -J (D0 > 0): both families are searched. The estimate is
-taken only where its cell cost is below the plain start's. Off by default
-(``EngineOptions.start_estimate``); the driver counts its pass as a full pass.
+taken only where its cell cost is below the plain start's (judged on the cells: no pass).
+``EngineOptions.start_estimate`` / ``optimization.start_estimate`` (default on); the driver
+counts its pass: a full pass, or a coarse one where it reads the densest coarse level.
 """
 
 from __future__ import annotations
@@ -34,6 +36,7 @@ class Cells:
     """Sums over the points of each occupied cell (weights w² of residuals (y - c2) w)."""
 
     angle: np.ndarray  # int
+    cell: np.ndarray  # int: the cell inside its angle (age bin x lag cell)
     w: np.ndarray  # sum w²
     wy: np.ndarray  # sum w² y
     wyy: np.ndarray  # sum w² y²
@@ -91,8 +94,9 @@ def cell_sums(spec, data, stop=None) -> tuple[Cells, int]:
             acc[row] += np.bincount(c, v, minlength=size)
     keep = acc[0] > 0
     n = acc[0, keep]
-    cells = Cells(np.flatnonzero(keep) // (AGE_BINS * n_lag), acc[1, keep], acc[2, keep],
-                  acc[3, keep], acc[4, keep] / n, acc[5, keep] / n)
+    at = np.flatnonzero(keep)
+    cells = Cells(at // (AGE_BINS * n_lag), at % (AGE_BINS * n_lag), acc[1, keep],
+                  acc[2, keep], acc[3, keep], acc[4, keep] / n, acc[5, keep] / n)
     return cells, batches
 
 
@@ -114,37 +118,74 @@ def cell_cost(spec, cells, x) -> float:
     return 0.5 * float(np.sum(cells.wyy - 2 * m * cells.wy + m * m * cells.w))
 
 
+ROW_BLOCK = 2_000_000  # grid rows x cells evaluated at once (16 MB per array)
+
+
+def _pooled(cells) -> Cells:
+    """The cells of all angles summed cell by cell (J is shared by the angles): the
+    grid's cost then does not grow with the number of angles."""
+    key, inverse = np.unique(cells.cell, return_inverse=True)
+    w = np.bincount(inverse, cells.w)
+
+    def total(v):
+        return np.bincount(inverse, v)
+
+    n = np.bincount(inverse)
+    return Cells(np.zeros(key.size, np.int64), key, w, total(cells.wy), total(cells.wyy),
+                 total(cells.i) / n, total(cells.j) / n)
+
+
+def _scaling_sets(spec, cells):
+    """Each cell's scaling set and where each set's cells start (cells are angle-major);
+    None where a set has no cell."""
+    s = cells.angle if spec.scaling != "shared" else np.zeros_like(cells.angle)
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    return (s, starts) if starts.size == spec.n_scaling_sets else None
+
+
+def _linear_scaling(g, cells, starts):
+    """Per grid row and scaling set: contrast and offset solved linearly for the decay
+    g (rows, cells) and the cost they leave."""
+    def per_set(v):
+        return np.add.reduceat(v, starts, axis=-1)
+
+    sw, swy = per_set(cells.w), per_set(cells.wy)
+    sg, sgg, sgy = per_set(g * cells.w), per_set(g * g * cells.w), per_set(g * cells.wy)
+    det = sgg * sw - sg ** 2
+    det = np.where(det > 0, det, np.nan)
+    con = (sgy * sw - sg * swy) / det
+    off = (swy - con * sg) / sw
+    cost = 0.5 * (cells.wyy.sum() - 2 * np.sum(con * sgy + off * swy, axis=-1)
+                  + np.sum(con ** 2 * sgg + 2 * con * off * sg + off ** 2 * sw, axis=-1))
+    return con, off, cost
+
+
 def _grid(spec, cells, lb, ub) -> dict[bool, tuple[float, np.ndarray]]:
     """The grid's best (cost, x) of each family (J > 0, and J < 0 mirrored to D0 >= 0:
     their minima differ): per exponent, J at both ends of the window on a log
-    grid (same sign: J never crosses 0 inside the data), the scaling solved linearly."""
+    grid (same sign: J never crosses 0 inside the data), one contrast and offset solved
+    linearly on the angles' pooled cells (every set starts with them)."""
     t = spec.frame_times()
-    k = 2 * spec.n_scaling_sets
     K = spec.n_scaling_sets
-    s = cells.angle if spec.scaling != "shared" else np.zeros_like(cells.angle)
-    onehot = (s[None, :] == np.arange(K)[:, None]).astype(np.float64)  # (K, cells)
+    k = 2 * K
+    cells, starts = _pooled(cells), np.zeros(1, np.int64)
     rate = spec.q ** 2 * spec.dt  # J -> decay per frame
     levels = np.geomspace(1e-4, 3.0, N_LEVEL) / rate
     ja, jb = (v.ravel() for v in np.meshgrid(levels, levels, indexing="ij"))
     lo_a, hi_a = max(lb[k + 1], -2.0), min(ub[k + 1], 2.0)
+    lag = _integral(spec, cells, 0.0, 0.0, 1.0)
+    rows = max(1, ROW_BLOCK // lag.size)
     best: dict[bool, tuple[float, np.ndarray]] = {}
     for alpha in np.linspace(lo_a, hi_a, N_ALPHA):
-        if abs(alpha) < 1e-6 or not lo_a <= alpha <= hi_a:
+        if abs(alpha) < 1e-6:
             continue
         d0 = (jb - ja) / (t[-1] ** alpha - t[0] ** alpha)
         d_off = ja - d0 * t[0] ** alpha
         base = _integral(spec, cells, 1.0, alpha, 0.0)
-        lag = _integral(spec, cells, 0.0, 0.0, 1.0)
-        g = np.exp(-spec.q ** 2 * np.abs(d0[:, None] * base + d_off[:, None] * lag))
-        # per scaling set: [Σw g², Σw g, Σw, Σw g y, Σw y] -> contrast, offset, cost
-        sw, swy = onehot @ cells.w, onehot @ cells.wy
-        sg, sgg, sgy = (g * cells.w) @ onehot.T, (g * g * cells.w) @ onehot.T, \
-            (g * cells.wy) @ onehot.T
-        det = np.where(sgg * sw - sg ** 2 > 0, sgg * sw - sg ** 2, np.nan)
-        con = (sgy * sw - sg * swy) / det
-        off = (swy - con * sg) / sw
-        cost = 0.5 * (cells.wyy.sum() - 2 * np.sum(con * sgy + off * swy, axis=1)
-                      + np.sum(con ** 2 * sgg + 2 * con * off * sg + off ** 2 * sw, axis=1))
+        parts = [_linear_scaling(np.exp(-spec.q ** 2 * np.abs(
+            d0[r:r + rows, None] * base + d_off[r:r + rows, None] * lag)), cells, starts)
+            for r in range(0, d0.size, rows)]
+        con, off, cost = (np.concatenate(v) for v in zip(*parts, strict=True))
         mirror = np.where(d0 < 0, -1.0, 1.0) if lb[k] >= 0 else np.ones_like(d0)
         d0m, d_offm = d0 * mirror, d_off * mirror
         ok = (np.all((con >= lb[:K]) & (con <= ub[:K]) & (off >= lb[K:k]) & (off <= ub[K:k]),
@@ -161,38 +202,51 @@ def _grid(spec, cells, lb, ub) -> dict[bool, tuple[float, np.ndarray]]:
     return best
 
 
-def _polish(spec, cells, x, lb, ub):
-    """SciPy TRF on the cells from the grid's x; kept only where J keeps one sign over
-    the data (a J through 0 makes a kinked |∫J| the full fit walks badly)."""
+def _polish(spec, cells, starts, x, lb, ub):
+    """SciPy TRF on the cells over (D0, alpha, D_offset) from the grid's x, each set's
+    contrast and offset solved linearly (clipped to their bounds) for every trial; kept
+    only where J keeps one sign over the data (a J through 0 makes a kinked |∫J| the full
+    fit walks badly)."""
     from scipy.optimize import least_squares
 
-    s = cells.angle if spec.scaling != "shared" else np.zeros_like(cells.angle)
+    K = spec.n_scaling_sets
+    k = 2 * K
+    s = np.repeat(np.arange(K), np.diff(np.r_[starts, cells.w.size]))
     sw = np.sqrt(cells.w)
     ybar = cells.wy / cells.w
 
+    def scaled(p):
+        g = np.exp(-spec.q ** 2 * np.abs(_integral(spec, cells, *p)))
+        con, off, _ = _linear_scaling(g, cells, starts)
+        return np.clip(con, lb[:K], ub[:K]), np.clip(off, lb[K:k], ub[K:k]), g
+
     def residuals(p):
-        con, off, phys = spec.split(p)
-        g = np.exp(-spec.q ** 2 * np.abs(_integral(spec, cells, *phys[:3])))
+        con, off, g = scaled(p)
         return sw * (ybar - off[s] - con[s] * g)
 
-    span = ub - lb
-    inside = np.clip(x, lb + 1e-9 * span, ub - 1e-9 * span)
-    p = least_squares(residuals, inside, bounds=(lb, ub), x_scale="jac", max_nfev=100).x
-    k = 2 * spec.n_scaling_sets
-    j = p[k] * spec.frame_times() ** p[k + 1] + p[k + 2]
-    return p if np.all(j > 0) or np.all(j < 0) else x
+    lo, hi = lb[k:k + 3], ub[k:k + 3]
+    span = hi - lo
+    inside = np.clip(x[k:k + 3], lo + 1e-9 * span, hi - 1e-9 * span)
+    p = least_squares(residuals, inside, bounds=(lo, hi), x_scale="jac", max_nfev=100).x
+    con, off, _ = scaled(p)
+    j = p[0] * spec.frame_times() ** p[1] + p[2]
+    return spec.pack(con, off, p) if np.all(j > 0) or np.all(j < 0) else x
 
 
 def estimate(spec, cells, x0, lb, ub) -> tuple[np.ndarray | None, str]:
     """The start the cells suggest and a line saying what was done; None where the plain
     start's cell cost is not higher."""
     lb, ub = np.asarray(lb, np.float64), np.asarray(ub, np.float64)
+    sets = _scaling_sets(spec, cells)
+    if sets is None:
+        return None, "start estimate: a scaling set without data; plain start kept"
+    _, starts = sets
     plain = cell_cost(spec, cells, x0)
     k = 2 * spec.n_scaling_sets
     margin = ALPHA_MARGIN * (ub[k + 1] - lb[k + 1])
     cost, x = math.inf, None
-    for _, xg in _grid(spec, cells, lb, ub).values():  # each family polished, the lower
-        xp = _polish(spec, cells, xg, lb, ub)
+    for _, xg in _grid(spec, cells, lb, ub).values():  # each family polished
+        xp = _polish(spec, cells, starts, xg, lb, ub)
         c = cell_cost(spec, cells, xp)  # judged before alpha is moved off its bounds
         if c < cost:
             cost, x = c, xp
