@@ -6,8 +6,9 @@ so the cells give the cost of any parameter vector to within the spread of the m
 inside a cell, at no further pass. On them: a grid over (alpha, J at the first frame,
 J at the last frame) on the angles' pooled cells with one contrast and offset solved
 linearly, then a polish of (D0, alpha, D_offset) by SciPy's TRF on the cells with each
-scaling set's contrast and offset solved linearly at every trial. The model has |∫J|, so a J < 0 fit (D0 < 0)
-is the same fit as its mirror -J (D0 > 0): both families are searched. The estimate is
+scaling set's contrast and offset solved linearly at every trial. The model has |∫J|,
+so a J < 0 fit (D0 < 0) is the same fit as its mirror -J (D0 > 0): both families are
+searched. The estimate is
 taken only where its cell cost is below the plain start's (judged on the cells: no pass).
 ``EngineOptions.start_estimate`` / ``optimization.start_estimate`` (default on); the driver
 counts its pass: a full pass, or a coarse one where it reads the densest coarse level.
