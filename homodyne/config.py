@@ -104,6 +104,8 @@ SCHEMA = _s(
         restarts=("int", RestartSettings.restarts, "starts"),
         # each LM step corrected along the model's curvature: one more pass per step
         geodesic_acceleration=("bool", _ENGINE.geodesic_acceleration, None),
+        # a static fit from a plain start (J flat) first estimates J(t) from the data
+        start_estimate=("bool", _ENGINE.start_estimate, None),
         streaming=_s(
             enable_checkpoints=("bool", _CKPT.enable_checkpoints, None),
             checkpoint_dir=("str", _CKPT.checkpoint_dir, None),

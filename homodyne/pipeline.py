@@ -129,7 +129,8 @@ def make_wrapper(cfg: HomodyneConfig) -> NLSQWrapper:
     options = EngineOptions(max_iterations=opt["max_iterations"], step_tol_se=opt["step_tol_se"],
                             gtol=opt["gtol"], coarse=opt["coarse"],
                             coarse_points=opt["coarse_points"],
-                            geodesic_acceleration=opt["geodesic_acceleration"])
+                            geodesic_acceleration=opt["geodesic_acceleration"],
+                            start_estimate=opt["start_estimate"])
     return NLSQWrapper(
         enable_recovery=stream["enable_fault_tolerance"], fast_mode=perf["fast_mode"],
         enable_numerical_validation=stream["validate_numerics"],
