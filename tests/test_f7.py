@@ -1,9 +1,16 @@
 """f7: no worse minimum reported as converged (issue 14 item 3) and an honest goodness of
 fit where the data carry their uncertainties."""
 
-import pytest
-from helpers import make_spec, noisy_data, trf
+import json
 
+import numpy as np
+import pytest
+import yaml
+from helpers import make_spec, noisy_data, trf
+from scipy.stats import chi2
+
+from homodyne.cli import EXIT_UNDETERMINED, main
+from homodyne.jaxconf import jnp
 from homodyne.optimization.nlsq_wrapper import NLSQWrapper
 
 
@@ -32,3 +39,71 @@ def test_an_edge_end_with_a_negative_level_goes_on_in_the_other_quadrant():
     assert "D_offset" in result.at_bounds and result.parameters[4] == ub[4]
     assert any(m.startswith("internal coordinates, the other quadrant") and
                "D0 >= 0 held with J decreasing" in m for m in result.messages), result.messages
+
+
+def _decays(x, a, b, c):
+    return a * jnp.exp(-b * x) + c
+
+
+def _curve(wrong: bool, sigma=2e-3, seed=0):
+    """One exponential decay with noise sigma; ``wrong``: a second, slower decay in the
+    data that the one-decay model lacks."""
+    x = np.linspace(0.0, 5.0, 400)
+    y = 0.8 * np.exp(-1.5 * x) + 1.0 + (0.1 * np.exp(-0.2 * x) if wrong else 0.0)
+    return x, y + np.random.default_rng(seed).normal(0.0, sigma, x.size), sigma
+
+
+@pytest.mark.parametrize("wrong", [True, False])
+def test_a_wrong_model_with_sigma_is_a_poor_fit_and_a_correct_one_is_not(wrong):
+    """With sigma given, chi2 of a correct model follows the chi2 distribution with N - p
+    degrees of freedom; a wrong model (one decay fitted to two) converges to a chi2 no
+    correct model reaches (p-value < 1e-6): status poor_fit, said first in the summary and
+    in parameters.json. The p-value is SciPy's chi2 upper tail. Unit weights carry no
+    scale: no statement, the same fit stays "converged"."""
+    x, y, sigma = _curve(wrong)
+    w = NLSQWrapper()
+    r = w.fit(_decays, x, y, [1.0, 1.0, 0.5], ([0, 0, -5], [10, 10, 5]), sigma=np.full(x.size,
+                                                                                     sigma))
+    assert r.converged, r.summary()
+    dof = x.size - 3
+    assert r.chi2_p_value == pytest.approx(chi2.sf(2 * r.cost, dof), rel=1e-9, abs=1e-300)
+    first = r.summary().splitlines()[0]
+    saved = json.loads(json.dumps(r.as_dict(), allow_nan=False))
+    if wrong:
+        assert r.reduced_chi_squared > 2.0 and r.chi2_p_value < 1e-6
+        assert r.status == "poor_fit" and saved["status"] == "poor_fit"
+        assert first.startswith(f"converged, but the fit is poor: reduced chi2 = "
+                                f"{r.reduced_chi_squared:.4g} with the data's sigma"), first
+        assert first.endswith(f"try optimization.restarts ({r.stop_reason})"), first
+        assert saved["goodness_of_fit"].endswith("try optimization.restarts")
+    else:
+        assert r.chi2_p_value > 1e-3
+        assert r.status == "converged" and saved["status"] == "converged"
+        assert first == f"converged: {r.stop_reason}" and "poor" not in saved["goodness_of_fit"]
+    unit = w.fit(_decays, x, y, [1.0, 1.0, 0.5], ([0, 0, -5], [10, 10, 5]))
+    assert unit.chi2_p_value is None and unit.status == "converged", unit.summary()
+    assert unit.as_dict()["goodness_of_fit"] == ""
+
+
+def test_strict_exits_nonzero_on_a_poor_one_time_fit(tmp_path, monkeypatch, capsys):
+    """One-time g2 with a second, slow decay the model lacks, sigma 1e-3: the q bin's rate
+    is resolved but its fit is poor; the run's status is poor_fit, said first, written to
+    parameters.json and per_q.csv, and --strict exits 5 (without it 0)."""
+    tau = np.geomspace(1e-5, 10.0, 80)
+    g2 = 1.0 + 0.2 * np.exp(-2.0 * 50.0 * tau) + 0.05 * np.exp(-2.0 * 0.5 * tau)
+    g2 += np.random.default_rng(0).normal(0.0, 1e-3, tau.size)
+    table = tmp_path / "two_decays.csv"
+    np.savetxt(table, np.c_[tau, g2, np.full(tau.size, 1e-3)], delimiter=",",
+               header="tau,g2(q=0.005),sigma(q=0.005)", comments="")
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(
+        {"analysis_mode": "one_time", "experimental_data": {"file_path": str(table)},
+         "one_time": {"beta": "fixed"}, "output": {"plots": False}}))
+    assert main(["--config", "c.yaml", "--output-dir", "a"]) == 0
+    first = capsys.readouterr().out.splitlines()[0]
+    assert first.startswith("converged, but the fit is poor: 1 q bins fitted, 1 with a "
+                            "resolved rate; the fit is poor (chi2 with the data's sigma) at "
+                            "q = 0.005"), first
+    saved = json.loads((tmp_path / "a/parameters.json").read_text())
+    assert saved["status"] == "poor_fit" and saved["per_q"][0]["status"] == "poor_fit"
+    assert main(["--strict", "--config", "c.yaml", "--output-dir", "b"]) == EXIT_UNDETERMINED
