@@ -7,7 +7,8 @@ status 2, never a traceback from deep inside.
 Exit status: 0 fit converged; 2 bad input (config, data, output folder); 3 the fit
 failed; 4 the fit did NOT converge (results are written, the warning is printed even
 with --quiet); 5 with --strict only: the fit "converged" but every physical parameter is
-on a bound or undetermined, or there are fewer points than parameters; 130/143/129
+on a bound or undetermined, or there are fewer points than parameters, or (sigma given)
+its chi2 is far beyond a correct model's (status poor_fit); 130/143/129
 SIGINT/SIGTERM/SIGHUP.
 """
 
@@ -26,7 +27,7 @@ EXIT_FIT_FAILED = 3
 EXIT_NOT_CONVERGED = 4
 EXIT_UNDETERMINED = 5
 EXIT_CODES_HELP = ("exit status: 0 converged, 2 bad input, 3 fit failed, 4 NOT converged, "
-                   "5 (--strict) converged but undetermined, 130/143/129 interrupted "
+                   "5 (--strict) converged but undetermined or a poor fit, 130/143/129 interrupted "
                    "(Ctrl-C/SIGTERM/SIGHUP)")
 
 
@@ -66,7 +67,8 @@ def _fit_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="log warnings only")
     p.add_argument("--strict", action="store_true",
                    help="exit 5 when the fit converged but determines no physical parameter "
-                        "(all on bounds or undetermined) or has fewer points than parameters")
+                        "(all on bounds or undetermined), has fewer points than parameters, "
+                        "or (data with sigma) fits poorly: chi2 p-value below 1e-6")
     return p
 
 
@@ -377,10 +379,11 @@ def fit_main(argv) -> int:
 
 def exit_status(status: str, *, strict: bool) -> int:
     """0, or EXIT_NOT_CONVERGED, or (with --strict) EXIT_UNDETERMINED for a fit that
-    determines nothing; the status itself is logged as a warning by the run."""
+    determines nothing or fits poorly (poor_fit); the status itself is logged as a warning
+    by the run."""
     if status == "not_converged":
         return EXIT_NOT_CONVERGED
-    if strict and status in ("undetermined", "too_few_points"):
+    if strict and status in ("undetermined", "too_few_points", "poor_fit"):
         return EXIT_UNDETERMINED
     return 0
 

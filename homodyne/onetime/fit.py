@@ -86,7 +86,8 @@ class OneTimeResult:
     @property
     def status(self) -> str:
         """not_converged if any q did not converge; undetermined if no q determined its
-        rate (too_few_points if every q lacked points); else converged."""
+        rate (too_few_points if every q lacked points); poor_fit if a resolved rate's fit is
+        poor (its chi2 with the data's sigma, FitResult.status); else converged."""
         states = [f.result.status for f in self.fits]
         if not states or all(s == "too_few_points" for s in states):
             return "too_few_points"
@@ -94,12 +95,15 @@ class OneTimeResult:
             return "not_converged"
         if not self.resolved:
             return "undetermined"
+        if any(f.result.status == "poor_fit" for f in self.resolved):
+            return "poor_fit"
         return "converged"
 
     @property
     def resolved(self) -> list[QFit]:
-        """q bins whose fit converged with a rate inside its bounds known to within 100%."""
-        return [f for f in self.fits if f.result.status == "converged"
+        """q bins whose fit converged with a rate inside its bounds known to within 100%
+        (a poor fit's too: its status says so)."""
+        return [f for f in self.fits if f.result.status in ("converged", "poor_fit")
                 and not ({"gamma"} & (set(f.result.undetermined) | set(f.result.at_bounds)))
                 and f.error("gamma") < f.value("gamma")]
 
@@ -109,6 +113,12 @@ class OneTimeResult:
                f"{len(self.resolved)} with a resolved rate"
         if bad:
             head += f"; NOT converged at q = {', '.join(bad)}"
+        poor = [f"{f.q:.4g}" for f in self.resolved if f.result.status == "poor_fit"]
+        if poor:
+            head += (f"; the fit is poor (chi2 with the data's sigma) at q = {', '.join(poor)}: "
+                     "a wrong model or a sigma too small" + (" (one_time.errors: scatter)"
+                                                            if self.options.errors == "measured"
+                                                            else ""))
         lines = [head, f"one-time g2 of {self.data_file}: {self.n_points:,} points, beta "
                  f"{self.options.beta}, errors {self.options.errors}"]
         pl = self.power_law

@@ -594,6 +594,7 @@ class NLSQWrapper:
         weighted = np.abs(y * cols["w"]) if "w" in cols else np.abs(y)
         finite = weighted[np.isfinite(weighted)]
         problem.value_scale = float(finite.max()) if finite.size else 0.0
+        problem.sigma_given = s is not None  # chi2 then judges the fit (FitResult.status)
         data = self._data(tier, cols, y.size, batch)
         return self._run(problem, data, p0, lb, ub, tier, batch,
                          lambda: ["curve", _array_digest(cols)], n_starts)
