@@ -74,7 +74,13 @@ def test_measured_window_from_the_estimate_reaches_a_lower_minimum(real_data):
     assert on.cost < off.cost - 1e-3, (on.cost, off.cost)
     d0, alpha, d_off = on.parameters[2:]
     t = spec.frame_times()
-    assert np.all(d0 * t ** alpha + d_off < 0) and on.power_law_optimum["alpha"] == "interior"
+    assert np.all(d0 * t ** alpha + d_off < 0)
+    # and the report says so: the same fit is the positive J with D0, D_offset negated
+    assert on.power_law_optimum["alpha"] == (
+        f"interior; J(t) < 0 at every frame: c2 depends on |∫J| only, so this is the fit "
+        f"J(t) = {-d0:.6g} t^{alpha:.6g} + {-d_off:.6g} > 0 (D0 and D_offset negated)")
+    assert "J(t) < 0 at every frame" in on.summary()
+    assert "J(t) < 0" not in off.summary()
     ref = trf(spec, y, on.parameters, lb, ub, max_nfev=200)
     assert ref.status > 0 and ref.cost >= on.cost - 1e-9
     assert_matches(on, ref.x)

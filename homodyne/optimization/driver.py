@@ -161,7 +161,7 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
                               t0=t0, messages=messages)
         result.passes += len(start_seconds)
         result.pass_seconds = start_seconds + result.pass_seconds
-        return _report_edges(result, coords, edge)
+        return _note_negative_j(_report_edges(result, coords, edge), problem)
 
     try:
         levels = coarse_levels(data, opts, stop=lambda: mon.signal_received is not None)
@@ -250,6 +250,28 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
     if not mon.signal_acted_on:  # (a signal after the last pass: saved, then re-raised)
         mon.save_final(space.user(st.x))
     return finish(st)
+
+
+def _note_negative_j(result: FitResult, problem) -> FitResult:
+    """Say so where the fitted J(t) is negative at every frame: c2 depends on |∫J| only,
+    so that fit is the positive J(t) with D0 and D_offset negated (a mirror the bounds on
+    D0 may exclude); a scientist reading D_offset < 0 must not take J for positive."""
+    spec = getattr(problem, "spec", None)
+    if spec is None or not np.all(np.isfinite(result.parameters)):
+        return result
+    i, a, o = (2 * spec.n_scaling_sets + k for k in range(3))
+    d0, alpha, d_off = (float(result.parameters[k]) for k in (i, a, o))
+    with np.errstate(all="ignore"):
+        j = d0 * spec.frame_times() ** alpha + d_off
+    if not np.all(j < 0):
+        return result
+    names = result.parameter_names
+    note = (f"J(t) < 0 at every frame: c2 depends on |∫J| only, so this is the fit "
+            f"J(t) = {-d0:.6g} t^{alpha:.6g} + {-d_off:.6g} > 0 ({names[i]} and {names[o]} "
+            "negated)")
+    where = result.power_law_optimum.get(names[a])
+    result.power_law_optimum[names[a]] = f"{where}; {note}" if where else note
+    return result
 
 
 def not_moved_from(names, x, x0, free) -> list[str]:
