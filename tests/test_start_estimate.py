@@ -118,3 +118,125 @@ def test_the_config_key_turns_it_off(tmp_path):
     assert make_wrapper(validate_config(raw)).options.start_estimate is True
     raw["optimization"] = {"start_estimate": False}
     assert make_wrapper(validate_config(raw)).options.start_estimate is False
+
+
+# --- with checkpoints: the estimate runs, and a resumed fit repeats the uninterrupted one
+
+
+def _streamed(spec, y, plain, lb, ub, ck=None, stop_after=None):
+    """The case fitted on the streaming tier in batches of 500 points, a checkpoint every
+    8 batches in ``ck`` (none without), stopped by the callback after ``stop_after``
+    batches. (8 batches per call, as without checkpoints: fewer per call sum the points in
+    another order, and the fit ends 1e-12 away, with or without the estimate.)"""
+    seen = []
+
+    def cb(batch_idx, params, loss, success):
+        seen.append(batch_idx)
+        return stop_after is None or len(seen) < stop_after
+
+    config = None if ck is None else {"enable_checkpoints": True, "checkpoint_dir": str(ck),
+                                      "checkpoint_frequency": 8,
+                                      "checkpoint_min_interval_s": 0.0}
+    w = NLSQWrapper(strategy_override="streaming", batch_size=500, callback=cb,
+                    checkpoint_config=config)
+    return w.fit_two_time(None, spec, plain, (lb, ub), y=y), len(seen)
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(case, tmp_path_factory):
+    """The checkpointed fit run through, and its batch count."""
+    spec, _, y, plain, lb, ub = case
+    return _streamed(spec, y, plain, lb, ub, tmp_path_factory.mktemp("ck_full"))
+
+
+def _saves_in_order(monkeypatch):
+    """Each due save waits for the one before (else one still being written skips the
+    next, and which batches a stopped fit saved varies with the load)."""
+    from homodyne.optimization.checkpoint_session import CheckpointSession
+
+    due = CheckpointSession.due
+
+    def due_after_the_previous_save(session, batches_done, clock):
+        if session._pending is not None:
+            session._pending.result()
+        return due(session, batches_done, clock)
+
+    monkeypatch.setattr(CheckpointSession, "due", due_after_the_previous_save)
+
+
+def _files(folder):
+    return sorted(p.name for p in folder.glob("homodyne_state_batch_*.h5"))
+
+
+def test_with_checkpoints_the_estimate_runs_and_a_resumed_fit_is_bit_for_bit(
+        case, uninterrupted, tmp_path, monkeypatch):
+    """The estimate no longer skipped with checkpoints: the fit ends where it ends without
+    them, and one stopped halfway and resumed ends bit for bit there (its passes replayed
+    from the recomputed start: at least one whole pass; the estimate's pass counted
+    again)."""
+    spec, _, y, plain, lb, ub = case
+    full, batches = uninterrupted
+    assert full.messages[0].startswith("start estimate from") and full.converged
+    off, _ = _streamed(spec, y, plain, lb, ub)
+    np.testing.assert_array_equal(full.parameters, off.parameters)
+    assert full.cost == off.cost and full.passes == off.passes
+    _saves_in_order(monkeypatch)
+    stopped, _ = _streamed(spec, y, plain, lb, ub, tmp_path, stop_after=batches // 2)
+    assert stopped.stop_reason.startswith("stopped by callback") and _files(tmp_path)
+    resumed, _ = _streamed(spec, y, plain, lb, ub, tmp_path)
+    assert resumed.streaming_diagnostics["resumed_from_batch"] > -(-y.size // 500)
+    assert resumed.messages[0] == full.messages[0]
+    np.testing.assert_array_equal(resumed.parameters, full.parameters)
+    assert resumed.cost == full.cost and resumed.passes == full.passes
+
+
+def test_a_stop_during_the_estimate_saves_nothing_and_the_rerun_ends_the_same(
+        case, uninterrupted, tmp_path, monkeypatch):
+    """SIGINT while the estimate reads the data: the fit stops before its first pass with
+    no checkpoint (one would hold the plain start's path); the rerun ends bit for bit
+    where the uninterrupted fit does."""
+    import os
+    import signal
+
+    from homodyne.optimization import start_estimate
+
+    spec, _, y, plain, lb, ub = case
+    real = start_estimate.cell_sums
+
+    def interrupted(spec_, data, stop=None):
+        os.kill(os.getpid(), signal.SIGINT)  # the fit's handler only sets its flag
+        return real(spec_, data, stop)
+
+    monkeypatch.setattr(start_estimate, "cell_sums", interrupted)
+    stopped, seen = _streamed(spec, y, plain, lb, ub, tmp_path)
+    assert stopped.interrupted_by == "SIGINT" and seen == 0 and _files(tmp_path) == []
+    assert stopped.stop_reason == ("interrupted by SIGINT during the start estimate, before "
+                                   "the first pass: nothing saved; run the same command again "
+                                   "to start (or resume) the fit")
+    monkeypatch.setattr(start_estimate, "cell_sums", real)
+    rerun, _ = _streamed(spec, y, plain, lb, ub, tmp_path)
+    np.testing.assert_array_equal(rerun.parameters, uninterrupted[0].parameters)
+    assert rerun.passes == uninterrupted[0].passes
+
+
+def test_a_checkpoint_of_a_path_from_another_start_is_not_resumed(
+        case, uninterrupted, tmp_path, monkeypatch, caplog):
+    """A checkpoint of this fit (same fingerprint) whose passes started at the plain start
+    (as the estimate skipped with checkpoints left them): not resumed, its files deleted,
+    and the fit from the estimate ends as the uninterrupted one."""
+    import logging
+
+    from homodyne.optimization import driver
+
+    spec, _, y, plain, lb, ub = case
+    full, batches = uninterrupted
+    monkeypatch.setattr(driver, "applies", lambda *a: False)
+    _streamed(spec, y, plain, lb, ub, tmp_path, stop_after=batches // 3)
+    assert _files(tmp_path)
+    monkeypatch.undo()
+    with caplog.at_level(logging.WARNING, logger="homodyne"):
+        rerun, _ = _streamed(spec, y, plain, lb, ub, tmp_path)
+    assert "started from another point than this fit's" in caplog.text
+    assert rerun.streaming_diagnostics["resumed_from_batch"] is None
+    np.testing.assert_array_equal(rerun.parameters, full.parameters)
+    assert rerun.cost == full.cost and rerun.passes == full.passes

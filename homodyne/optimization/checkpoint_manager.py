@@ -180,7 +180,7 @@ def _expected_dtype(key: str, dtype) -> bool:
     if key in _INTEGER_FIELDS or key in ("partial/n", "partial/n_band"):
         return dtype == np.int64
     if key.startswith("pass_") or key.startswith("partial/") or \
-            key in ("parameters", "current_x"):
+            key in ("parameters", "current_x", "start"):
         return dtype == np.float64
     return True
 
@@ -189,8 +189,8 @@ def _expected_shape(key: str, n: int, p: int) -> tuple | None:
     """The shape a field of the fit state must have (None: any small shape)."""
     table = {"pass_stage": (n,), "pass_cost": (n,), "pass_n": (n,), "pass_seconds": (n,),
              "pass_batches": (n,), "pass_x": (n, p), "pass_g": (n, p), "pass_H": (n, p, p),
-             "parameters": (p,), "current_x": (p,), "partial/H": (p, p), "partial/g": (p,),
-             "partial/cost": (), "partial/n": ()}
+             "parameters": (p,), "current_x": (p,), "start": (p,), "partial/H": (p, p),
+             "partial/g": (p,), "partial/cost": (), "partial/n": ()}
     return table.get(key)
 
 
@@ -244,7 +244,8 @@ def _check_values(state: dict) -> None:
         v = state.get(key, 0)
         if isinstance(v, bool) or not isinstance(v, int) or v < 0:
             raise _Refused(f"{key} = {v!r} is not a non-negative integer")
-    for key in ("parameters", "current_x", "pass_x", "pass_H", "pass_g", "pass_seconds"):
+    for key in ("parameters", "current_x", "start", "pass_x", "pass_H", "pass_g",
+                "pass_seconds"):
         if key in state and not np.all(np.isfinite(state[key])):
             raise _Refused(f"{key} is not finite")
     if "pass_cost" in state and np.any(np.isnan(state["pass_cost"]) |
@@ -466,6 +467,13 @@ class CheckpointManager:
             except NLSQCheckpointError as exc:
                 log.warning("%s; falling back to the previous one", exc)
         return None
+
+    def remove_checkpoints(self) -> list[Path]:
+        """Delete every checkpoint of this fit (other fits' files are never touched)."""
+        doomed = self._ours(self.list_checkpoints())
+        for p in doomed:
+            p.unlink(missing_ok=True)
+        return doomed
 
     def cleanup_old_checkpoints(self) -> list[Path]:
         """Delete all but the newest ``keep_last_n`` checkpoints of this fit; returns what

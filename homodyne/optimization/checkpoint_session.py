@@ -67,10 +67,11 @@ class ResumePoint:
 def checkpoint_state(passes: list[PassRecord], *, solver: SolverSnapshot | None,
                      n_failed: int, recovery_actions: list[dict],
                      excluded: dict[str, set[int]], stage: str | None, x, next_batch: int,
-                     partial: dict | None, summed=None) -> dict:
+                     partial: dict | None, summed=None, start=None) -> dict:
     """The state written to a checkpoint: every completed pass (p x p each), the pass in
     progress (its point, next batch, partial sums and ``summed``: per batch before
-    ``next_batch``, the points its sums hold) and the batches excluded."""
+    ``next_batch``, the points its sums hold), the batches excluded and ``start``, the
+    point the fit's passes started from (a data-driven start: not the user's p0)."""
     p = len(x)
     P = passes
     state = {
@@ -96,6 +97,8 @@ def checkpoint_state(passes: list[PassRecord], *, solver: SolverSnapshot | None,
     }
     for s in STAGES:
         state[f"excluded_{s}"] = np.array(sorted(excluded[s]) or [-1], np.int64)
+    if start is not None:
+        state["start"] = np.asarray(start, float)
     if partial is not None:
         state["partial"] = {k: np.asarray(v) for k, v in partial.items()}
         if summed is not None:
@@ -125,9 +128,9 @@ def check_fit_state(state: dict) -> None:
     if not isinstance(state["current_stage"], str) or \
             state["current_stage"] not in (*STAGES, "done"):
         raise ValueError(f"current_stage = {state['current_stage']!r} is not a stage")
-    if np.shape(state["parameters"]) != (p,):
-        raise ValueError(f"parameters has shape {np.shape(state['parameters'])}, expected "
-                         f"({p},)")
+    for key in ("parameters", "start"):
+        if key in state and np.shape(state[key]) != (p,):
+            raise ValueError(f"{key} has shape {np.shape(state[key])}, expected ({p},)")
     for s in STAGES:
         ex = np.asarray(state[f"excluded_{s}"])
         if ex.ndim != 1 or ex.dtype.kind not in "iu" or ex.size > 10_000_000:
@@ -221,6 +224,21 @@ class CheckpointSession:
                  self.resumed_from, path)
         return ResumePoint(self.resumed_from, list(state.get("recovery_actions") or []),
                            excluded)
+
+    def same_start(self, start: np.ndarray) -> bool:
+        """Whether the checkpoint being resumed started its passes at ``start`` (one
+        without a stored start, written before starts were stored, is taken as not): its
+        passes, batch count and exclusions belong to that path only."""
+        stored = None if self.replay is None else self.replay.get("start")
+        return stored is not None and np.array_equal(np.asarray(stored), start)
+
+    def forget_resume(self) -> list:
+        """Drop the checkpoint being resumed and delete this fit's checkpoints (they hold
+        another path, and a newer batch number would outrank this run's saves)."""
+        self.replay = None
+        self.resumed_from = None
+        self._last_batch = 0
+        return self.manager.remove_checkpoints()
 
     def replayed(self, index: int, stage: str, x: np.ndarray
                  ) -> tuple[NormalEquations, float, int, int] | None:

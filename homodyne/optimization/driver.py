@@ -167,9 +167,10 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
         levels = coarse_levels(data, opts, stop=lambda: mon.signal_received is not None)
         if levels and n_devices == 1:  # the full passes' kernel compiles meanwhile
             compile_ahead(problem, data, x0)
-        if opts.start_estimate and mon.checkpoints is None and applies(problem, x0, lb, ub):
+        if opts.start_estimate and applies(problem, x0, lb, ub):
             # on the densest coarse level where there is one (a coarse pass), else a full
-            # pass; not with checkpoints (a resumed fit would not replay it)
+            # pass; deterministic, so a resumed fit computes it again (counted again) and
+            # replays its checkpoint's passes from the same start
             source = levels[-1] if levels else data
             est, line, _, seconds = start_from_data(
                 problem, source, x0, lb, ub, stop=lambda: mon.signal_received is not None)
@@ -179,10 +180,12 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
             else:
                 start_seconds.append(seconds)
             messages.append(line)
-            if mon.signal_received is None:  # else the cells are partial: not used
-                start = est
-                space = SolverSpace(coords, start, lb, ub)
-                x = space.start
+            if mon.signal_received is not None:  # the cells are partial: no path from them
+                mon.stop_before_passes("the start estimate")
+            start = est
+            space = SolverSpace(coords, start, lb, ub)
+            x = space.start
+        mon.begin_path(start)
         for sub in levels:
             # each level starts a few of its own standard errors from its optimum, so
             # the slow walk along correlated valleys happens on cheap levels

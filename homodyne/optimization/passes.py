@@ -110,6 +110,7 @@ class FitMonitor:
     signal_received: int | None = None
     signal_acted_on: bool = False  # the fit stopped for it (False: it came after the fit)
     clock: FitClock = field(default_factory=FitClock)
+    start: np.ndarray | None = None  # where the passes start (stored with each checkpoint)
 
     # --- resume -------------------------------------------------------------------
     def load_resume(self) -> None:
@@ -120,6 +121,24 @@ class FitMonitor:
         self.batches_done = point.batch
         self.recovery_actions = point.recovery_actions
         self.excluded.update(point.excluded)
+
+    def begin_path(self, start: np.ndarray) -> None:
+        """The passes start at ``start`` (the user's p0 or a data-driven start). A resumed
+        checkpoint whose passes started elsewhere is not this path: its passes, batch
+        count, exclusions and recovery log are dropped and its files deleted, and the fit
+        starts over (a warning says so)."""
+        self.start = np.array(start, np.float64)
+        ck = self.checkpoints
+        if ck is None or ck.replay is None or ck.same_start(self.start):
+            return
+        removed = ck.forget_resume()
+        self.batches_done = 0
+        self.recovery_actions = []
+        self.excluded = {s: set() for s in STAGES}
+        log.warning("resume: the checkpoint's passes started from another point than this "
+                    "fit's (e.g. a start estimate interrupted, or written before starts were "
+                    "stored); not resumed, its %d file(s) of this fit deleted, starting over",
+                    len(removed))
 
     def replayed(self, index: int, stage: str, x: np.ndarray):
         """The stored result of completed pass ``index`` when resuming (else None)."""
@@ -172,6 +191,20 @@ class FitMonitor:
         self.signal_acted_on = True
         raise Interrupted(self.signal_received, f"interrupted by {name}: {how}")
 
+    def stop_before_passes(self, during: str) -> None:
+        """A signal arrived before the first pass (``during`` something else): stop with
+        nothing saved, so a checkpoint never holds a path the next run would not take;
+        the last checkpoint, if any, stays the one to resume."""
+        import signal as _signal
+
+        signum = self.signal_received
+        assert signum is not None  # (called only once one arrived)
+        name = _signal.Signals(signum).name
+        self.signal_acted_on = True
+        raise Interrupted(signum, f"interrupted by {name} during {during}, "
+                          "before the first pass: nothing saved; run the same command "
+                          "again to start (or resume) the fit")
+
     def save_final(self, x) -> None:
         if self.checkpoints is not None:
             self.checkpoints.final(self.batches_done, self._state(None, x, 0, None))
@@ -180,7 +213,8 @@ class FitMonitor:
         return checkpoint_state(self.passes, solver=self.lm_info, n_failed=len(self.failures),
                                 recovery_actions=self.recovery_actions,
                                 excluded=self.excluded, stage=stage, x=x,
-                                next_batch=next_batch, partial=partial, summed=summed)
+                                next_batch=next_batch, partial=partial, summed=summed,
+                                start=self.start)
 
     # --- diagnostics ------------------------------------------------------------------
     def diagnostics(self) -> dict:
