@@ -346,7 +346,7 @@ def _overrides(a) -> dict:
 
 
 def fit_main(argv) -> int:
-    from homodyne.pipeline import run_from_config
+    from homodyne.pipeline import mark_results_written, run_from_config
 
     a = _fit_parser().parse_args(argv)
     configure_console_logging(quiet=a.quiet)
@@ -364,9 +364,14 @@ def fit_main(argv) -> int:
         whole = whole if whole.is_multi else None
     if cfg.is_multi or whole is not None:
         return _fit_many(cfg, a.overwrite or None, strict=a.strict, table_of=whole)
-    run = run_from_config(cfg, overwrite=a.overwrite or None)
-    print(run.result.summary())
-    print(f"results in {run.output_dir}")
+    run = None
+    try:
+        run = run_from_config(cfg, overwrite=a.overwrite or None)
+        print(run.result.summary())
+        print(f"results in {run.output_dir}")
+    except KeyboardInterrupt as stop:
+        mark_results_written(stop, run)
+        raise
     return exit_status(run.result.status, strict=a.strict)
 
 
@@ -510,6 +515,9 @@ def main(argv=None) -> int:
 
         signum = ctrl_c.signum if ctrl_c is not None else signal.SIGINT
         kept = getattr(stop, "bins_kept", None)  # a multi-q run: the bins it replaced
+        written = getattr(stop, "results_written", None)  # a stop once they were committed
+        if not kept and written is not None:
+            kept = f"the fit had finished: {written} holds its complete results"
         print(f"homodyne: interrupted ({signal_name(signum)}); "
               f"{kept or 'results already in the output folder are untouched'}",
               file=sys.stderr)

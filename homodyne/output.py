@@ -409,6 +409,9 @@ class ResultSet:
     def __init__(self, folder):
         self.folder = Path(folder)
         self.staged: dict[str, Path] = {}
+        # the files once the set is in place: a stop held off during the commit lands as it
+        # ends, and its caller can still tell that the new set is complete
+        self.committed: dict[str, Path] | None = None
 
     def stage(self, name: str) -> Path:
         tmp = _temp_name(self.folder / name)
@@ -435,6 +438,7 @@ class ResultSet:
                     _unlink(self.folder / name)  # the old set's file, not of this set
             for name, tmp in sorted(self.staged.items(), key=lambda kv: kv[0] == MARKER):
                 os.replace(tmp, self.folder / name)
+            self.committed, self.staged = {n: self.folder / n for n in self.staged}, {}
             try:  # the set is in place (its marker last): what follows cannot undo it
                 _unlink(self.folder / INTERRUPTED)
                 _unlink(self.folder / FAILED_LOG)
@@ -444,8 +448,7 @@ class ResultSet:
                             "an older run's file there was not removed", exc)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, old)
-        files, self.staged = {n: self.folder / n for n in self.staged}, {}
-        return files
+        return self.committed
 
     def discard(self, keep_log: bool = True) -> None:
         """Delete the staged files; the log is kept as fit.incomplete.log (fit.log stays the

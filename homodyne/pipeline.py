@@ -158,13 +158,27 @@ def run_from_config(cfg: HomodyneConfig, *, output_dir=None, overwrite: bool | N
     if cfg.streaming["enable_checkpoints"]:
         ensure_writable_dir(cfg.streaming["checkpoint_dir"], "checkpoint folder",
                             "optimization.streaming.checkpoint_dir")
-    with OutputLock(out):
-        if cfg.streaming["enable_checkpoints"]:  # held by another run: refused before the data
-            refuse_checkpoint_dir_in_use(cfg.streaming["checkpoint_dir"])
-        out = check_output_dir(out, cfg.output["overwrite"] if overwrite is None else overwrite)
-        check_inputs_outside_results(out, [cfg.experimental_data["file_path"],
-                                           *cfg.one_time["series"], cfg.source])
-        return _logged_run(cfg, out)
+    run = None
+    try:
+        with OutputLock(out):
+            if cfg.streaming["enable_checkpoints"]:  # held by another run: refused before
+                refuse_checkpoint_dir_in_use(cfg.streaming["checkpoint_dir"])  # the data
+            out = check_output_dir(out, cfg.output["overwrite"] if overwrite is None
+                                   else overwrite)
+            check_inputs_outside_results(out, [cfg.experimental_data["file_path"],
+                                               *cfg.one_time["series"], cfg.source])
+            run = _logged_run(cfg, out)
+    except KeyboardInterrupt as stop:
+        mark_results_written(stop, run)
+        raise
+    return run
+
+
+def mark_results_written(stop: BaseException, run: FitRun | None) -> None:
+    """A stop that lands once ``run``'s results are committed (while the lock is let go,
+    the summary printed) says so: its one line must not call the folder untouched."""
+    if run is not None and getattr(stop, "results_written", None) is None:
+        stop.results_written = run.output_dir
 
 
 class OutputLock:
@@ -213,6 +227,11 @@ def _logged_run(cfg: HomodyneConfig, out: Path) -> FitRun:
             run.files = {FILE_KEYS.get(n, n): p for n, p in results.commit().items()}
         except OSError as exc:
             raise _write_error(out, exc) from None
+        except KeyboardInterrupt as stop:  # a stop held off while the set went in lands as
+            committed = results.committed is not None  # the commit ends: the set is complete
+            if committed:
+                stop.results_written = out
+            raise
         committed = True
         return run
     finally:

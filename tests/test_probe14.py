@@ -1,0 +1,71 @@
+"""Regression tests for probe14's findings (issue 12, a fresh round of probing signals,
+disks, checkpoints and concurrency): a stop's one line tells the truth about what is on
+disk - the new results once they were committed, the checkpoint a rerun really resumes from."""
+
+import os
+import signal
+
+import pytest
+import yaml
+
+from homodyne.cli import main
+
+EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "homodyne", "examples")
+
+
+@pytest.fixture(scope="module")
+def small_cfg(tmp_path_factory):
+    """A 60-frame dataset and a streaming config for it (no plots, no progress bar)."""
+    d = tmp_path_factory.mktemp("p14")
+    assert main(["generate", "--output", str(d / "data.h5"), "--frames", "60",
+                 "--angles", "0,45", "--seed", "3"]) == 0
+    with open(os.path.join(EXAMPLES, "static.yaml")) as fh:
+        raw = yaml.safe_load(fh)
+    raw["experimental_data"]["file_path"] = str(d / "data.h5")
+    raw["output"] = {"plots": False}
+    raw["performance"] = {"enable_progress": False, "strategy_override": "streaming",
+                          "batch_size": 500}
+    (d / "cfg.yaml").write_text(yaml.safe_dump(raw))
+    return d
+
+
+@pytest.fixture
+def stop_signals_default():
+    """The stop signals at Python's defaults for a test that stops main() in-process, put
+    back afterwards (after a stop the CLI ignores them for the rest of the process)."""
+    defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL,
+                signal.SIGHUP: signal.SIG_DFL}
+    before = {s: signal.signal(s, h) for s, h in defaults.items()}
+    yield
+    for s, h in before.items():
+        signal.signal(s, h)
+
+
+@pytest.mark.parametrize("where", ["during_the_commit", "while_the_summary_is_printed"])
+def test_a_stop_once_the_results_are_committed_says_they_are_complete(
+        small_cfg, tmp_path, monkeypatch, capsys, stop_signals_default, where):
+    """SIGTERM while the result set was renamed into place (held off, it lands as the commit
+    ends) or while the summary was printed: exit 143 'results already in the output folder
+    are untouched' beside the new complete set (the previous one was replaced)."""
+    import homodyne.output as output
+
+    def term():
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    if where == "during_the_commit":
+        real_fsync = output._fsync
+        monkeypatch.setattr(output, "_fsync", lambda path, *flags: (
+            flags and term(), real_fsync(path, *flags))[1])  # the folder's fsync: in commit
+    else:  # (the summary's first print; fit.log's copy of it is written before the commit)
+        import homodyne.cli as cli
+
+        monkeypatch.setattr(cli, "print", lambda *a, **kw: (
+            "file" not in kw and term(),
+            print(*a, **kw))[1], raising=False)
+    out = tmp_path / "out"
+    assert main(["--config", str(small_cfg / "cfg.yaml"), "--output-dir", str(out)]) == 143
+    assert capsys.readouterr().err.splitlines()[-1] == (
+        f"homodyne: interrupted (SIGTERM); the fit had finished: {out} holds its complete "
+        "results")
+    assert (out / "parameters.json").is_file() and (out / "fit.h5").is_file()
+    assert not (out / "fit.incomplete.log").exists()
