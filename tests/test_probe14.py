@@ -2,7 +2,9 @@
 disks, checkpoints and concurrency): a stop's one line tells the truth about what is on
 disk - the new results once they were committed, the checkpoint a rerun really resumes from."""
 
+import errno
 import os
+import shutil
 import signal
 
 import pytest
@@ -41,6 +43,15 @@ def stop_signals_default():
         signal.signal(s, h)
 
 
+def _checkpointed(small_cfg, tmp_path) -> str:
+    raw = yaml.safe_load((small_cfg / "cfg.yaml").read_text())
+    raw["optimization"] = {"streaming": {
+        "enable_checkpoints": True, "checkpoint_dir": str(tmp_path / "ck"),
+        "checkpoint_frequency": 1, "checkpoint_min_interval_s": 0}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    return str(tmp_path / "c.yaml")
+
+
 @pytest.mark.parametrize("where", ["during_the_commit", "while_the_summary_is_printed"])
 def test_a_stop_once_the_results_are_committed_says_they_are_complete(
         small_cfg, tmp_path, monkeypatch, capsys, stop_signals_default, where):
@@ -69,3 +80,49 @@ def test_a_stop_once_the_results_are_committed_says_they_are_complete(
         "results")
     assert (out / "parameters.json").is_file() and (out / "fit.h5").is_file()
     assert not (out / "fit.incomplete.log").exists()
+
+
+@pytest.mark.parametrize("failure", ["folder_replaced_by_a_file", "saves_refused"])
+def test_a_stop_whose_checkpoint_could_not_be_written_names_what_a_rerun_resumes_from(
+        small_cfg, tmp_path, monkeypatch, capsys, stop_signals_default, failure):
+    """A stop whose own checkpoint failed (folder read-only or replaced by a file) said
+    'checkpoint saved at batch 74 (ck/..._0030.h5); run the same command again to resume':
+    no save at 74, and with the folder replaced the file named was gone."""
+    from homodyne.optimization.checkpoint_manager import CheckpointManager
+
+    real_save = CheckpointManager.save_checkpoint
+    calls = []
+
+    def save(self, batch_idx, state, **kw):
+        calls.append(batch_idx)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)  # acted on at the next batch: a forced save
+            if failure == "folder_replaced_by_a_file":
+                shutil.move(self.checkpoint_dir, tmp_path / "moved")
+                self.checkpoint_dir.write_text("x")
+        if len(calls) >= 2 and failure == "saves_refused":
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_save(self, batch_idx, state, **kw)
+
+    monkeypatch.setattr(CheckpointManager, "save_checkpoint", save)
+    cfg = _checkpointed(small_cfg, tmp_path)
+    out = tmp_path / "out"
+    assert main(["--config", cfg, "--output-dir", str(out)]) == 143
+    err = capsys.readouterr().err
+    last = err.splitlines()[-1]
+    assert len(calls) >= 3, calls  # the stop's own save was tried (and failed)
+    if failure == "folder_replaced_by_a_file":
+        assert last == ("homodyne: interrupted by SIGTERM: no checkpoint of this run could be "
+                        "written or is left on disk (the error is above); the best parameters "
+                        "so far are kept, the next run starts afresh"), err[-3000:]
+        assert f"a file now stands at {tmp_path / 'ck'}" in err
+        assert "is no longer on disk" in err and "stays valid" not in err
+        return
+    first = tmp_path / "ck" / f"homodyne_state_batch_{calls[0]:04d}.h5"
+    assert last == (f"homodyne: interrupted by SIGTERM: the checkpoint at batch {calls[-1]} "
+                    "could not be written (the error is above); the last one, at batch "
+                    f"{calls[0]} ({first}), is kept: run the same command again to resume "
+                    "from there"), err[-3000:]
+    monkeypatch.undo()
+    assert main(["--config", cfg, "--output-dir", str(out)]) == 0
+    assert f"resumes from batch {calls[0]} " in capsys.readouterr().err

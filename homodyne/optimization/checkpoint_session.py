@@ -21,6 +21,7 @@ import math
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -175,6 +176,7 @@ class CheckpointSession:
     replay: dict | None = None
     resumed_from: int | None = None
     last_path: str | None = None
+    last_batch: int | None = None  # the batch of the last checkpoint written (last_path)
     save_seconds: list[float] = field(default_factory=list)
     # CPU a save costs: the snapshot on the fitting thread + the writer thread's CPU time
     cpu_seconds: list[float] = field(default_factory=list)
@@ -283,7 +285,7 @@ class CheckpointSession:
         path = self._save(batch, state)
         if path is None:
             return
-        self.last_path = str(path)
+        self.last_path, self.last_batch = str(path), batch
         self.save_seconds.append(time.perf_counter() - t0)
         self.cpu_seconds.append(snapshot_s + time.thread_time() - c0)
 
@@ -299,8 +301,7 @@ class CheckpointSession:
             reason = (type(exc), getattr(exc, "errno", None))
             if reason != self._failing:  # a full disk fails every save: said once, not per save
                 log.error("%s; %s; later saves failing the same way are not reported", msg,
-                          "the previous checkpoint stays valid" if self.last_path else
-                          "no checkpoint of this run is on disk yet")
+                          self.kept_checkpoint())
             self._failing = reason
             return None
         self._failing = None
@@ -309,6 +310,28 @@ class CheckpointSession:
         except OSError as exc:
             log.warning("checkpoint at batch %d written; older ones not pruned: %s", batch, exc)
         return path
+
+    def kept_checkpoint(self) -> str:
+        """What a failed save leaves to resume from: the last checkpoint written, while it
+        is still on disk (a checkpoint folder removed or replaced by a file took it along)."""
+        if self.last_path is None:
+            return "no checkpoint of this run is on disk yet"
+        if not Path(self.last_path).is_file():
+            return f"the last one written ({self.last_path}) is no longer on disk"
+        return f"the previous checkpoint stays valid (batch {self.last_batch}, {self.last_path})"
+
+    def stop_line(self, batch: int) -> str:
+        """How a stop at ``batch`` names the checkpoint a rerun resumes from: the one just
+        saved, else (that save failed) the last one still on disk, else none."""
+        if self.last_batch == batch and self.last_path and Path(self.last_path).is_file():
+            return (f"checkpoint saved at batch {batch} ({self.last_path}); run the same "
+                    "command again to resume")
+        if self.last_path and Path(self.last_path).is_file():
+            return (f"the checkpoint at batch {batch} could not be written (the error is above); "
+                    f"the last one, at batch {self.last_batch} ({self.last_path}), is kept: "
+                    "run the same command again to resume from there")
+        return ("no checkpoint of this run could be written or is left on disk (the error is "
+                "above); the best parameters so far are kept, the next run starts afresh")
 
     def flush(self) -> None:
         """Wait for a checkpoint still being written (end of fit, signals)."""
