@@ -115,7 +115,7 @@ def test_a_stop_whose_checkpoint_could_not_be_written_names_what_a_rerun_resumes
         assert last == ("homodyne: interrupted by SIGTERM: no checkpoint of this run could be "
                         "written or is left on disk (the error is above); the best parameters "
                         "so far are kept, the next run starts afresh"), err[-3000:]
-        assert f"a file now stands at {tmp_path / 'ck'}" in err
+        assert f"a file or a broken link now stands at {tmp_path / 'ck'}" in err
         assert "is no longer on disk" in err and "stays valid" not in err
         return
     first = tmp_path / "ck" / f"homodyne_state_batch_{calls[0]:04d}.h5"
@@ -126,3 +126,38 @@ def test_a_stop_whose_checkpoint_could_not_be_written_names_what_a_rerun_resumes
     monkeypatch.undo()
     assert main(["--config", cfg, "--output-dir", str(out)]) == 0
     assert f"resumes from batch {calls[0]} " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("which", ["output", "checkpoint", "below_output", "loop"])
+def test_a_folder_given_as_a_broken_or_looping_link_is_named_as_such(
+        small_cfg, tmp_path, capsys, which):
+    """A symbolic link to a folder that does not exist (a moved scratch disk) as the output
+    or checkpoint folder: exit 2 '... is not writable (File exists); fix its permissions',
+    naming neither the link nor the fix; a link loop said the same."""
+    link = tmp_path / "link"
+    if which == "loop":
+        os.symlink(tmp_path / "other", link)
+        os.symlink(link, tmp_path / "other")
+    else:
+        os.symlink(tmp_path / "gone", link)
+    cfg = _checkpointed(small_cfg, tmp_path)
+    out = tmp_path / "out"
+    if which == "checkpoint":
+        raw = yaml.safe_load(open(cfg))
+        raw["optimization"]["streaming"]["checkpoint_dir"] = str(link)
+        (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    else:
+        out = link / "sub" if which == "below_output" else link
+    assert main(["--config", cfg, "--output-dir", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    what, option = (("checkpoint folder", "optimization.streaming.checkpoint_dir")
+                    if which == "checkpoint" else ("output folder", "--output-dir"))
+    if which == "loop":
+        assert err == (f"homodyne: error: {what} {link} is a symbolic link that cannot be "
+                       f"followed (Too many levels of symbolic links); choose another {option}")
+        return
+    where = "lies below" if which == "below_output" else "is"
+    assert err == (f"homodyne: error: {what} {out if which != 'checkpoint' else link} {where} a "
+                   f"symbolic link to {tmp_path / 'gone'}, which does not exist (a broken "
+                   f"link); create that folder or choose another {option}")
+    assert not (tmp_path / "gone").exists()

@@ -362,7 +362,7 @@ class CheckpointManager:
         try:
             take_checkpoint_lock(self._lock, self.checkpoint_dir)
         except (CheckpointDirError, OSError) as exc:  # (OSError: a file where it was)
-            why = (f"a file now stands at {self.checkpoint_dir}"
+            why = (f"a file or a broken link now stands at {self.checkpoint_dir}"
                    if os.path.lexists(self.checkpoint_dir) and not self.checkpoint_dir.is_dir()
                    else str(exc))
             raise CheckpointDirError(f"the checkpoint folder was removed or replaced during "
