@@ -161,3 +161,43 @@ def test_a_folder_given_as_a_broken_or_looping_link_is_named_as_such(
                    f"symbolic link to {tmp_path / 'gone'}, which does not exist (a broken "
                    f"link); create that folder or choose another {option}")
     assert not (tmp_path / "gone").exists()
+
+
+def test_a_multi_q_bin_stopped_as_it_is_committed_is_named_among_the_bins_kept(
+        tmp_path, capsys, monkeypatch, stop_signals_default):
+    """SIGTERM held off while bin q01's results were renamed into place lands as that commit
+    ends: the line named only q00 as replaced ('the other bins' results are untouched'),
+    though q01 held this run's new results."""
+    import json
+
+    import homodyne.output as output
+    from homodyne.data.synthetic import generate_synthetic
+    from homodyne.model import ModelSpec
+
+    spec = ModelSpec(mode="static", n_frames=20, phi_deg=(0.0,))
+    generate_synthetic(tmp_path / "d.h5", spec, spec.pack(0.3, 1.0, [1e4, -0.5, 100.0]),
+                       more_q=(0.007, 0.009))
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps({
+        "analysis_mode": "static",
+        "experimental_data": {"file_path": str(tmp_path / "d.h5"), "q": "all"},
+        "initial_parameters": {"values": [1e4, -0.5, 100.0]},
+        "performance": {"enable_progress": False},
+        "output": {"directory": str(tmp_path / "out"), "plots": False}}))
+    real_fsync, commits = output._fsync, []
+
+    def fsync(path, *flags):
+        if flags:  # the folder's fsync: inside a bin's commit, signals held off
+            commits.append(path)
+            if len(commits) == 2:
+                os.kill(os.getpid(), signal.SIGTERM)
+        return real_fsync(path, *flags)
+
+    monkeypatch.setattr(output, "_fsync", fsync)
+    assert main(["--config", str(cfg), "--quiet"]) == 143
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "homodyne: interrupted (SIGTERM); bins fitted before the stop are kept: "
+        f"{os.path.join('d', 'q00')}, {os.path.join('d', 'q01')}; the other bins' results are "
+        "untouched")
+    assert (tmp_path / "out" / "d" / "q01" / "parameters.json").is_file()
+    assert not (tmp_path / "out" / "d" / "q02").exists()
