@@ -123,9 +123,17 @@ def test_a_stop_whose_checkpoint_could_not_be_written_names_what_a_rerun_resumes
                     "could not be written (the error is above); the last one, at batch "
                     f"{calls[0]} ({first}), is kept: run the same command again to resume "
                     "from there"), err[-3000:]
-    monkeypatch.undo()
+    def refused(self, batch_idx, state, **kw):
+        raise PermissionError(errno.EACCES, "Permission denied")
+
+    # the rerun resumes from it; its own saves refused too, that checkpoint stays valid (was:
+    # 'no checkpoint of this run is on disk yet')
+    monkeypatch.setattr(CheckpointManager, "save_checkpoint", refused)
     assert main(["--config", cfg, "--output-dir", str(out)]) == 0
-    assert f"resumes from batch {calls[0]} " in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert f"resumes from batch {calls[0]} " in err
+    assert (f"not written: [Errno 13] Permission denied; the previous checkpoint stays valid "
+            f"(batch {calls[0]}, {first}); later saves") in err, err[-3000:]
 
 
 @pytest.mark.parametrize("which", ["output", "checkpoint", "below_output", "loop"])

@@ -214,6 +214,8 @@ class CheckpointSession:
         self.replay = state
         self.resumed_from = int(state["batch_idx"])
         self._last_batch = self.resumed_from
+        # what a failed save or a stop falls back to until this run writes its own
+        self.last_path, self.last_batch = str(path), self.resumed_from
         excluded: dict[str, set[int]] = {}
         for stage in STAGES:
             key = f"excluded_{stage}"
