@@ -209,3 +209,28 @@ def test_a_multi_q_bin_stopped_as_it_is_committed_is_named_among_the_bins_kept(
         "untouched")
     assert (tmp_path / "out" / "d" / "q01" / "parameters.json").is_file()
     assert not (tmp_path / "out" / "d" / "q02").exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_a_stop_signal_ignored_at_the_start_is_ignored_in_the_fit_too(
+        small_cfg, tmp_path, monkeypatch, capsys, stop_signals_default, sig):
+    """A run started with SIGINT ignored (a shell script's background job, ``cmd &``): a
+    SIGINT outside the fit was ignored (exit 0, results written) but one landing in the fit
+    stopped it (exit 130): the outcome depended on the moment. Only SIGHUP kept its
+    ignored state in the fit."""
+    import homodyne.pipeline as pipeline
+
+    real_make = pipeline.make_wrapper
+
+    def make_wrapper(cfg):  # the signal at the first batch, inside the fit
+        wrapper = real_make(cfg)
+        wrapper.callback = lambda *a: os.kill(os.getpid(), sig)
+        return wrapper
+
+    monkeypatch.setattr(pipeline, "make_wrapper", make_wrapper)
+    signal.signal(sig, signal.SIG_IGN)  # (put back by the fixture)
+    out = tmp_path / "out"
+    assert main(["--config", str(small_cfg / "cfg.yaml"), "--output-dir", str(out),
+                 "--quiet"]) == 0, capsys.readouterr().err[-2000:]
+    assert (out / "parameters.json").is_file()
+    assert signal.getsignal(sig) is signal.SIG_IGN
