@@ -9,38 +9,21 @@ import signal
 
 import pytest
 import yaml
+from helpers import multi_q_cli_config, stop_signals_at_default, streaming_cli_config
 
 from homodyne.cli import main
-
-EXAMPLES = os.path.join(os.path.dirname(__file__), "..", "homodyne", "examples")
 
 
 @pytest.fixture(scope="module")
 def small_cfg(tmp_path_factory):
-    """A 60-frame dataset and a streaming config for it (no plots, no progress bar)."""
-    d = tmp_path_factory.mktemp("p14")
-    assert main(["generate", "--output", str(d / "data.h5"), "--frames", "60",
-                 "--angles", "0,45", "--seed", "3"]) == 0
-    with open(os.path.join(EXAMPLES, "static.yaml")) as fh:
-        raw = yaml.safe_load(fh)
-    raw["experimental_data"]["file_path"] = str(d / "data.h5")
-    raw["output"] = {"plots": False}
-    raw["performance"] = {"enable_progress": False, "strategy_override": "streaming",
-                          "batch_size": 500}
-    (d / "cfg.yaml").write_text(yaml.safe_dump(raw))
-    return d
+    """The folder of a 60-frame dataset and its streaming config (cfg.yaml)."""
+    return streaming_cli_config(tmp_path_factory.mktemp("p14")).parent
 
 
 @pytest.fixture
 def stop_signals_default():
-    """The stop signals at Python's defaults for a test that stops main() in-process, put
-    back afterwards (after a stop the CLI ignores them for the rest of the process)."""
-    defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL,
-                signal.SIGHUP: signal.SIG_DFL}
-    before = {s: signal.signal(s, h) for s, h in defaults.items()}
-    yield
-    for s, h in before.items():
-        signal.signal(s, h)
+    with stop_signals_at_default():
+        yield
 
 
 def _checkpointed(small_cfg, tmp_path) -> str:
@@ -176,22 +159,9 @@ def test_a_multi_q_bin_stopped_as_it_is_committed_is_named_among_the_bins_kept(
     """SIGTERM held off while bin q01's results were renamed into place lands as that commit
     ends: the line named only q00 as replaced ('the other bins' results are untouched'),
     though q01 held this run's new results."""
-    import json
-
     import homodyne.output as output
-    from homodyne.data.synthetic import generate_synthetic
-    from homodyne.model import ModelSpec
 
-    spec = ModelSpec(mode="static", n_frames=20, phi_deg=(0.0,))
-    generate_synthetic(tmp_path / "d.h5", spec, spec.pack(0.3, 1.0, [1e4, -0.5, 100.0]),
-                       more_q=(0.007, 0.009))
-    cfg = tmp_path / "c.yaml"
-    cfg.write_text(json.dumps({
-        "analysis_mode": "static",
-        "experimental_data": {"file_path": str(tmp_path / "d.h5"), "q": "all"},
-        "initial_parameters": {"values": [1e4, -0.5, 100.0]},
-        "performance": {"enable_progress": False},
-        "output": {"directory": str(tmp_path / "out"), "plots": False}}))
+    cfg = multi_q_cli_config(tmp_path)
     real_fsync, commits = output._fsync, []
 
     def fsync(path, *flags):

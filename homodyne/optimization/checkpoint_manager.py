@@ -365,7 +365,7 @@ class CheckpointManager:
             why = (f"a file or a broken link now stands at {self.checkpoint_dir}"
                    if os.path.lexists(self.checkpoint_dir) and not self.checkpoint_dir.is_dir()
                    else str(exc))
-            raise CheckpointDirError(f"the checkpoint folder was removed or replaced during "
+            raise CheckpointDirError(f"the checkpoint folder was replaced or removed during "
                                      f"this run and cannot be locked again: {why}") from None
         log.warning("checkpoint folder %s was removed or replaced during the run (its "
                     "checkpoints with it); locked again, later checkpoints go there",
