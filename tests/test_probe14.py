@@ -204,3 +204,31 @@ def test_a_stop_signal_ignored_at_the_start_is_ignored_in_the_fit_too(
                  "--quiet"]) == 0, capsys.readouterr().err[-2000:]
     assert (out / "parameters.json").is_file()
     assert signal.getsignal(sig) is signal.SIG_IGN
+
+
+def test_a_stop_with_resuming_off_does_not_say_the_same_command_resumes(
+        small_cfg, tmp_path, monkeypatch, capsys, stop_signals_default):
+    """optimization.streaming.resume_from_checkpoint: false, stopped by SIGTERM: 'checkpoint
+    saved at batch N (...); run the same command again to resume' - the same command
+    starts afresh."""
+    from homodyne.optimization.checkpoint_manager import CheckpointManager
+
+    real_save, calls = CheckpointManager.save_checkpoint, []
+
+    def save(self, batch_idx, state, **kw):
+        calls.append(batch_idx)
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return real_save(self, batch_idx, state, **kw)
+
+    monkeypatch.setattr(CheckpointManager, "save_checkpoint", save)
+    raw = yaml.safe_load(open(_checkpointed(small_cfg, tmp_path)))
+    raw["optimization"]["streaming"]["resume_from_checkpoint"] = False
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["--config", str(tmp_path / "c.yaml"), "--output-dir", str(tmp_path / "o")]) == 143
+    last = capsys.readouterr().err.splitlines()[-1]
+    ck = tmp_path / "ck" / f"homodyne_state_batch_{calls[-1]:04d}.h5"
+    assert last == (f"homodyne: interrupted by SIGTERM: checkpoint saved at batch {calls[-1]} "
+                    f"({ck}); resume_from_checkpoint is false, so the same command starts "
+                    "afresh: set it to true to resume")
+    assert ck.is_file()

@@ -177,6 +177,7 @@ class CheckpointSession:
     resumed_from: int | None = None
     last_path: str | None = None
     last_batch: int | None = None  # the batch of the last checkpoint written (last_path)
+    resumes: bool = True  # resume_from_checkpoint: the same command resumes from them
     save_seconds: list[float] = field(default_factory=list)
     # CPU a save costs: the snapshot on the fitting thread + the writer thread's CPU time
     cpu_seconds: list[float] = field(default_factory=list)
@@ -325,13 +326,15 @@ class CheckpointSession:
     def stop_line(self, batch: int) -> str:
         """How a stop at ``batch`` names the checkpoint a rerun resumes from: the one just
         saved, else (that save failed) the last one still on disk, else none."""
+        rerun = ("run the same command again to resume" if self.resumes else
+                 "resume_from_checkpoint is false, so the same command starts afresh: set it "
+                 "to true to resume")
         if self.last_batch == batch and self.last_path and Path(self.last_path).is_file():
-            return (f"checkpoint saved at batch {batch} ({self.last_path}); run the same "
-                    "command again to resume")
+            return f"checkpoint saved at batch {batch} ({self.last_path}); {rerun}"
         if self.last_path and Path(self.last_path).is_file():
             return (f"the checkpoint at batch {batch} could not be written (the error is above); "
                     f"the last one, at batch {self.last_batch} ({self.last_path}), is kept: "
-                    "run the same command again to resume from there")
+                    f"{rerun}{' from there' if self.resumes else ''}")
         return ("no checkpoint of this run could be written or is left on disk (the error is "
                 "above); the best parameters so far are kept, the next run starts afresh")
 
