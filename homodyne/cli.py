@@ -7,7 +7,8 @@ status 2, never a traceback from deep inside.
 Exit status: 0 fit converged; 2 bad input (config, data, output folder); 3 the fit
 failed; 4 the fit did NOT converge (results are written, the warning is printed even
 with --quiet); 5 with --strict only: the fit "converged" but every physical parameter is
-on a bound or undetermined, or there are fewer points than parameters; 130/143/129
+on a bound or undetermined, or there are fewer points than parameters, or (sigma given)
+its chi2 is far beyond a correct model's (status poor_fit); 130/143/129
 SIGINT/SIGTERM/SIGHUP.
 """
 
@@ -26,7 +27,7 @@ EXIT_FIT_FAILED = 3
 EXIT_NOT_CONVERGED = 4
 EXIT_UNDETERMINED = 5
 EXIT_CODES_HELP = ("exit status: 0 converged, 2 bad input, 3 fit failed, 4 NOT converged, "
-                   "5 (--strict) converged but undetermined, 130/143/129 interrupted "
+                   "5 (--strict) converged but undetermined or a poor fit, 130/143/129 interrupted "
                    "(Ctrl-C/SIGTERM/SIGHUP)")
 
 
@@ -66,7 +67,8 @@ def _fit_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="log warnings only")
     p.add_argument("--strict", action="store_true",
                    help="exit 5 when the fit converged but determines no physical parameter "
-                        "(all on bounds or undetermined) or has fewer points than parameters")
+                        "(all on bounds or undetermined), has fewer points than parameters, "
+                        "or (data with sigma) fits poorly: chi2 p-value below 1e-6")
     return p
 
 
@@ -346,7 +348,7 @@ def _overrides(a) -> dict:
 
 
 def fit_main(argv) -> int:
-    from homodyne.pipeline import mark_results_written, run_from_config
+    from homodyne.pipeline import run_from_config
 
     a = _fit_parser().parse_args(argv)
     configure_console_logging(quiet=a.quiet)
@@ -364,23 +366,24 @@ def fit_main(argv) -> int:
         whole = whole if whole.is_multi else None
     if cfg.is_multi or whole is not None:
         return _fit_many(cfg, a.overwrite or None, strict=a.strict, table_of=whole)
-    run = None
+    run = run_from_config(cfg, overwrite=a.overwrite or None)
     try:
-        run = run_from_config(cfg, overwrite=a.overwrite or None)
         print(run.result.summary())
         print(f"results in {run.output_dir}")
-    except KeyboardInterrupt as stop:
-        mark_results_written(stop, run)
-        raise
+    except KeyboardInterrupt as stop:  # the new set is in place: the stop must not say
+        from homodyne.output import StoppedAfterCommit  # the old one is untouched
+
+        raise StoppedAfterCommit(run.output_dir) from stop
     return exit_status(run.result.status, strict=a.strict)
 
 
 def exit_status(status: str, *, strict: bool) -> int:
     """0, or EXIT_NOT_CONVERGED, or (with --strict) EXIT_UNDETERMINED for a fit that
-    determines nothing; the status itself is logged as a warning by the run."""
+    determines nothing or fits poorly (poor_fit); the status itself is logged as a warning
+    by the run."""
     if status == "not_converged":
         return EXIT_NOT_CONVERGED
-    if strict and status in ("undetermined", "too_few_points"):
+    if strict and status in ("undetermined", "too_few_points", "poor_fit"):
         return EXIT_UNDETERMINED
     return 0
 
@@ -515,12 +518,11 @@ def main(argv=None) -> int:
 
         signum = ctrl_c.signum if ctrl_c is not None else signal.SIGINT
         kept = getattr(stop, "bins_kept", None)  # a multi-q run: the bins it replaced
-        written = getattr(stop, "results_written", None)  # a stop once they were committed
-        if not kept and written is not None:
-            kept = f"the fit had finished: {written} holds its complete results"
-        print(f"homodyne: interrupted ({signal_name(signum)}); "
-              f"{kept or 'results already in the output folder are untouched'}",
-              file=sys.stderr)
+        folder = getattr(stop, "folder", None)  # output.StoppedAfterCommit
+        done = kept or (f"the results in {folder} were complete and are kept"
+                        if folder is not None
+                        else "results already in the output folder are untouched")
+        print(f"homodyne: interrupted ({signal_name(signum)}); {done}", file=sys.stderr)
         return 128 + signum
     finally:
         if ctrl_c is not None:

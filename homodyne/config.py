@@ -104,6 +104,8 @@ SCHEMA = _s(
         restarts=("int", RestartSettings.restarts, "starts"),
         # each LM step corrected along the model's curvature: one more pass per step
         geodesic_acceleration=("bool", _ENGINE.geodesic_acceleration, None),
+        # a static fit from a plain start (J flat) first estimates J(t) from the data
+        start_estimate=("bool", _ENGINE.start_estimate, None),
         streaming=_s(
             enable_checkpoints=("bool", _CKPT.enable_checkpoints, None),
             checkpoint_dir=("str", _CKPT.checkpoint_dir, None),
@@ -165,6 +167,13 @@ def _show(value) -> str:
 _FLOAT_LITERAL = re.compile(r"^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$")
 
 
+def _fits_a_float(value: int) -> bool:
+    try:
+        return math.isfinite(float(value))
+    except OverflowError:
+        return False
+
+
 def _check_number(key, value, kind, extra):
     # PyYAML (YAML 1.1) reads 2.0e6 -- no sign in the exponent -- as a string
     if isinstance(value, str) and _FLOAT_LITERAL.match(value.strip()):
@@ -173,6 +182,9 @@ def _check_number(key, value, kind, extra):
         if kind == "int":
             raise ConfigError(key, f"expected an integer, got {_show(value)} ({_type_name(value)})")
         raise ConfigError(key, f"expected a number, got {_show(value)} ({_type_name(value)})")
+    if isinstance(value, int) and not _fits_a_float(value):  # 10**400: float() overflows
+        raise ConfigError(key, f"must be a finite number, got an integer of "
+                               f"{len(str(abs(value)))} digits")
     if kind == "int" and not float(value).is_integer():
         raise ConfigError(key, f"expected an integer, got {_show(value)}")
     if not math.isfinite(value):
@@ -726,6 +738,9 @@ def load_config(path, *, require_data: bool = True, overrides: dict | None = Non
     except yaml.YAMLError as exc:
         raise ConfigError("<yaml>", "not valid YAML: " + " ".join(str(exc).split()), path) \
             from None
+    except RecursionError:  # thousands of nested [ or {: no config is built like that
+        raise ConfigError("<yaml>", "lists or mappings nested too deeply to read; a config "
+                          "nests a few levels: correct the file", path) from None
     except ValueError as exc:  # a scalar YAML matched but Python cannot build: an integer of
         # more than 4,300 digits, a date such as 2024-13-45
         why = " ".join(str(exc).split())

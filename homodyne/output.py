@@ -19,9 +19,11 @@ import math
 import os
 import re
 import secrets
+import shutil
 import signal
 import stat
 import tempfile
+import threading
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TextIO
@@ -34,7 +36,8 @@ MARKER = "parameters.json"  # committed last: its presence means the set is comp
 # every file a run may write (two-time, then one-time): a new set removes the old ones
 SET_FILES = ("fit.h5", "c2_heatmaps.png", "c2_cuts.png", "scaling_per_angle.png",
              "residual_histogram.png", "per_q.csv", "g2_fits.png", "rates_vs_q.png", "fit.log",
-             MARKER)
+             "j_model", MARKER)
+SET_FOLDERS = ("j_model",)  # entries of a set that are folders (a one-time series' J-model)
 SET_LIST_KEY = "result_files"  # in the marker: the files of its set
 MAX_MARKER_BYTES = 16 << 20  # a marker larger than this is not read for its list
 INTERRUPTED = "parameters.interrupted.json"
@@ -94,6 +97,10 @@ def remove_stale_temp_files(folder, of: str | None = None) -> list[str]:
         try:
             if entry.is_file(follow_symlinks=False):
                 os.unlink(entry.path)
+                removed.append(entry.name)
+            elif entry.is_dir(follow_symlinks=False) and \
+                    entry.name[found.end() - 1:] in SET_FOLDERS:  # a staged folder
+                shutil.rmtree(entry.path, ignore_errors=True)
                 removed.append(entry.name)
         except FileNotFoundError:
             pass
@@ -346,10 +353,20 @@ def refuse_folders_at_result_names(folder: Path, names, during: bool = False) ->
     """OutputDirError if a result file's name in ``folder`` is a folder (not a link to
     one): renaming a file over it fails, after part of a set would have been replaced."""
     for name in names:
+        if name in SET_FOLDERS:
+            if os.path.lexists(folder / name) and not _real_dir(folder / name):
+                raise OutputDirError(f"{folder / name} is a file or link where the result "
+                                     f"folder {name} goes; move it away or choose another "
+                                     "--output-dir")
+            continue
         if (folder / name).is_dir() and not (folder / name).is_symlink():
             when = " (made during the run; the previous results are untouched)" if during else ""
             raise OutputDirError(f"{folder / name} is a folder where the result file {name} "
                                  f"goes{when}; move it away or choose another --output-dir")
+
+
+def _real_dir(path: Path) -> bool:
+    return path.is_dir() and not path.is_symlink()
 
 
 def check_inputs_outside_results(folder, inputs) -> None:
@@ -425,9 +442,6 @@ class ResultSet:
     def __init__(self, folder):
         self.folder = Path(folder)
         self.staged: dict[str, Path] = {}
-        # the files once the set is in place: a stop held off during the commit lands as it
-        # ends, and its caller can still tell that the new set is complete
-        self.committed: dict[str, Path] | None = None
 
     def stage(self, name: str) -> Path:
         tmp = _temp_name(self.folder / name)
@@ -442,20 +456,28 @@ class ResultSet:
             payload[SET_LIST_KEY] = sorted(self.staged)
             marker.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
         for tmp in self.staged.values():
+            for inner in sorted(tmp.iterdir()) if _real_dir(tmp) else ():
+                _fsync(inner)
             _fsync(tmp)
         refuse_folders_at_result_names(self.folder, sorted({*previous, *self.staged, INTERRUPTED,
                                                             FAILED_LOG}), during=True)
-        held = {signal.SIGINT, signal.SIGTERM, signal.SIGHUP}
-        old = signal.pthread_sigmask(signal.SIG_BLOCK, held)
+        stops: list[int] = []
+        handlers = _hold_stops(stops)
+        old_folders = []  # the previous set's folders, renamed aside, removed at the end
         try:
             _unlink(self.folder / MARKER)
             for name in previous:
                 if name not in self.staged:
                     _unlink(self.folder / name)  # the old set's file, not of this set
             for name, tmp in sorted(self.staged.items(), key=lambda kv: kv[0] == MARKER):
+                if name in SET_FOLDERS and _real_dir(self.folder / name):
+                    aside = _temp_name(self.folder / name)  # a folder is not renamed over one
+                    os.replace(self.folder / name, aside)
+                    old_folders.append(aside)
                 os.replace(tmp, self.folder / name)
-            self.committed, self.staged = {n: self.folder / n for n in self.staged}, {}
             try:  # the set is in place (its marker last): what follows cannot undo it
+                for aside in old_folders:
+                    shutil.rmtree(aside)
                 _unlink(self.folder / INTERRUPTED)
                 _unlink(self.folder / FAILED_LOG)
                 _fsync(self.folder, os.O_DIRECTORY)
@@ -463,8 +485,14 @@ class ResultSet:
                 log.warning("results written to %s, but %s (%s)", self.folder,
                             "an older run's file there was not removed", exc)
         finally:
-            signal.pthread_sigmask(signal.SIG_SETMASK, old)
-        return self.committed
+            held = _release_stops(handlers, stops)
+        files, self.staged = {n: self.folder / n for n in self.staged}, {}
+        if held is not None:  # a stop that came while the set was renamed into place
+            try:
+                signal.raise_signal(held)
+            except KeyboardInterrupt as exc:
+                raise StoppedAfterCommit(self.folder) from exc
+        return files
 
     def discard(self, keep_log: bool = True) -> None:
         """Delete the staged files; the log is kept as fit.incomplete.log (fit.log stays the
@@ -482,6 +510,42 @@ class ResultSet:
         self.staged = {}
 
 
+class StoppedAfterCommit(KeyboardInterrupt):
+    """Ctrl-C (or SIGTERM/SIGHUP) that came while a result set was renamed into place: it
+    is acted on once the set is complete, and the folder holds the new set, not the old."""
+
+    def __init__(self, folder: Path):
+        super().__init__(str(folder))
+        self.folder = folder
+
+
+_STOPS = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+
+def _hold_stops(stops: list[int]) -> dict:
+    """Stop signals wait while a set is renamed into place. Blocking them in this thread is
+    not enough: another thread (JAX's) receives them and Python runs the handler in the
+    main thread anyway, so in the main thread the handlers record them instead (into
+    ``stops``). Returns what ``_release_stops`` puts back."""
+    held = {"mask": signal.pthread_sigmask(signal.SIG_BLOCK, set(_STOPS))}
+    if threading.current_thread() is threading.main_thread():
+        for s in _STOPS:  # (elsewhere handlers run in the main thread, never in this one)
+            previous = signal.getsignal(s)
+            if previous is not None:  # (None: a handler not installed from Python, kept)
+                held[s] = previous
+                signal.signal(s, lambda signum, frame: stops.append(signum))
+    return held
+
+
+def _release_stops(held: dict, stops: list[int]) -> int | None:
+    """Put the handlers back; the first stop that came meanwhile, to be raised again."""
+    for s in _STOPS:
+        if s in held:
+            signal.signal(s, held[s])
+    signal.pthread_sigmask(signal.SIG_SETMASK, held["mask"])
+    return next((s for s in stops if held.get(s) not in (signal.SIG_IGN, None)), None)
+
+
 def previous_set_files(folder: Path) -> tuple[str, ...]:
     """The files of the result set now in ``folder`` (a later set replaces exactly these):
     those its marker lists; every SET_FILES name for a set whose marker lists none (an
@@ -494,16 +558,21 @@ def previous_set_files(folder: Path) -> tuple[str, ...]:
         with os.fdopen(fd, "rb") as fh:
             raw = fh.read(MAX_MARKER_BYTES + 1) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
         listed = json.loads(raw)[SET_LIST_KEY] if 0 < len(raw) <= MAX_MARKER_BYTES else None
-    except (OSError, ValueError, KeyError, TypeError):
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):  # edited: nested deep
         listed = None
-    if isinstance(listed, list) and set(listed) <= set(SET_FILES):
+    if isinstance(listed, list) and all(isinstance(n, str) and n in SET_FILES for n in listed):
         return tuple(listed)
     return SET_FILES
 
 
 def _unlink(path: Path) -> None:
+    """Remove a file (or a result folder of SET_FOLDERS, with what is in it)."""
     try:
-        os.unlink(path)
+        if path.name in SET_FOLDERS and _real_dir(path) or \
+                (path.name.startswith(".tmp-") and _real_dir(path)):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
     except FileNotFoundError:
         pass
 

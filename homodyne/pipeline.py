@@ -29,6 +29,7 @@ from homodyne.output import (
     OutputDirError,
     OutputExistsError,
     ResultSet,
+    StoppedAfterCommit,
     check_inputs_outside_results,
     check_output_dir,
     create_new,
@@ -128,7 +129,8 @@ def make_wrapper(cfg: HomodyneConfig) -> NLSQWrapper:
     options = EngineOptions(max_iterations=opt["max_iterations"], step_tol_se=opt["step_tol_se"],
                             gtol=opt["gtol"], coarse=opt["coarse"],
                             coarse_points=opt["coarse_points"],
-                            geodesic_acceleration=opt["geodesic_acceleration"])
+                            geodesic_acceleration=opt["geodesic_acceleration"],
+                            start_estimate=opt["start_estimate"])
     return NLSQWrapper(
         enable_recovery=stream["enable_fault_tolerance"], fast_mode=perf["fast_mode"],
         enable_numerical_validation=stream["validate_numerics"],
@@ -161,24 +163,18 @@ def run_from_config(cfg: HomodyneConfig, *, output_dir=None, overwrite: bool | N
     run = None
     try:
         with OutputLock(out):
-            if cfg.streaming["enable_checkpoints"]:  # held by another run: refused before
-                refuse_checkpoint_dir_in_use(cfg.streaming["checkpoint_dir"])  # the data
+            if cfg.streaming["enable_checkpoints"]:  # held by another run: refused before the data
+                refuse_checkpoint_dir_in_use(cfg.streaming["checkpoint_dir"])
             out = check_output_dir(out, cfg.output["overwrite"] if overwrite is None
                                    else overwrite)
             check_inputs_outside_results(out, [cfg.experimental_data["file_path"],
                                                *cfg.one_time["series"], cfg.source])
             run = _logged_run(cfg, out)
-    except KeyboardInterrupt as stop:
-        mark_results_written(stop, run)
+    except KeyboardInterrupt as stop:  # while the lock was released: the set is in place
+        if run is not None and not isinstance(stop, StoppedAfterCommit):
+            raise StoppedAfterCommit(out) from stop
         raise
     return run
-
-
-def mark_results_written(stop: BaseException, run: FitRun | None) -> None:
-    """A stop that lands once ``run``'s results are committed (while the lock is let go,
-    the summary printed) says so: its one line must not call the folder untouched."""
-    if run is not None and getattr(stop, "results_written", None) is None:
-        stop.results_written = run.output_dir
 
 
 class OutputLock:
@@ -227,13 +223,12 @@ def _logged_run(cfg: HomodyneConfig, out: Path) -> FitRun:
             run.files = {FILE_KEYS.get(n, n): p for n, p in results.commit().items()}
         except OSError as exc:
             raise _write_error(out, exc) from None
-        except KeyboardInterrupt as stop:  # a stop held off while the set went in lands as
-            committed = results.committed is not None  # the commit ends: the set is complete
-            if committed:
-                stop.results_written = out
-            raise
         committed = True
         return run
+    except KeyboardInterrupt as stop:
+        if committed and not isinstance(stop, StoppedAfterCommit):
+            raise StoppedAfterCommit(out) from stop
+        raise
     finally:
         log.removeHandler(handler)
         log.setLevel(previous)

@@ -46,6 +46,7 @@ LAYERS = {
     "homodyne.optimization.checkpoint_session": 3,
     "homodyne.optimization.fixed": 3,
     "homodyne.optimization.coordinates": 3,
+    "homodyne.optimization.start_estimate": 3,  # opt-in data-driven start of J(t)
     "homodyne.optimization.passes": 4,
     "homodyne.optimization.internal_stage": 5,  # the internal-coordinate stage of a fit
     "homodyne.optimization.driver": 5,

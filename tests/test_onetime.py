@@ -82,7 +82,11 @@ def test_measured_multitau_fit_agrees_with_scipy(real_data):
     d = read_one_time(real_data / AGING / MEASURED)
     r = fit_one_time(d, OneTimeOptions(beta="fixed", errors="scatter", min_tau_s=1e-3,
                                        q_range=(0.0035, 0.011)))
-    assert r.status == "converged" and len(r.fits) == 7 and len(r.resolved) == 7, r.summary()
+    # the real g2 is not one exponential everywhere: with the scatter's errors a bin whose
+    # chi2 no correct model reaches (p < 1e-6; q = 0.0038, reduced chi2 3.1) is poor_fit
+    poor = any(f.result.chi2_p_value < 1e-6 for f in r.fits)
+    assert r.status == ("poor_fit" if poor else "converged") and len(r.fits) == 7 \
+        and len(r.resolved) == 7, r.summary()
     for f in r.fits:
         _assert_matches_scipy(f, free_beta=False)
         assert f.error_scale >= 1.0

@@ -35,36 +35,6 @@ def _checkpointed(small_cfg, tmp_path) -> str:
     return str(tmp_path / "c.yaml")
 
 
-@pytest.mark.parametrize("where", ["during_the_commit", "while_the_summary_is_printed"])
-def test_a_stop_once_the_results_are_committed_says_they_are_complete(
-        small_cfg, tmp_path, monkeypatch, capsys, stop_signals_default, where):
-    """SIGTERM while the result set was renamed into place (held off, it lands as the commit
-    ends) or while the summary was printed: exit 143 'results already in the output folder
-    are untouched' beside the new complete set (the previous one was replaced)."""
-    import homodyne.output as output
-
-    def term():
-        os.kill(os.getpid(), signal.SIGTERM)
-
-    if where == "during_the_commit":
-        real_fsync = output._fsync
-        monkeypatch.setattr(output, "_fsync", lambda path, *flags: (
-            flags and term(), real_fsync(path, *flags))[1])  # the folder's fsync: in commit
-    else:  # (the summary's first print; fit.log's copy of it is written before the commit)
-        import homodyne.cli as cli
-
-        monkeypatch.setattr(cli, "print", lambda *a, **kw: (
-            "file" not in kw and term(),
-            print(*a, **kw))[1], raising=False)
-    out = tmp_path / "out"
-    assert main(["--config", str(small_cfg / "cfg.yaml"), "--output-dir", str(out)]) == 143
-    assert capsys.readouterr().err.splitlines()[-1] == (
-        f"homodyne: interrupted (SIGTERM); the fit had finished: {out} holds its complete "
-        "results")
-    assert (out / "parameters.json").is_file() and (out / "fit.h5").is_file()
-    assert not (out / "fit.incomplete.log").exists()
-
-
 @pytest.mark.parametrize("failure", ["folder_replaced_by_a_file", "saves_refused"])
 def test_a_stop_whose_checkpoint_could_not_be_written_names_what_a_rerun_resumes_from(
         small_cfg, tmp_path, monkeypatch, capsys, stop_signals_default, failure):

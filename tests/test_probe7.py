@@ -18,6 +18,7 @@ from homodyne.data import open_two_time
 from homodyne.data.synthetic import generate_synthetic
 from homodyne.optimization import checkpoint_manager as cm
 from homodyne.optimization.checkpoint_manager import CheckpointManager
+from homodyne.optimization.checkpoint_session import CheckpointSession
 from homodyne.optimization.nlsq_wrapper import NLSQWrapper
 from homodyne.output import DirectoryLock, OutputDirError
 
@@ -50,9 +51,20 @@ def _fit(path, ck):
 
 @pytest.fixture(scope="module")
 def reference(data, tmp_path_factory):
-    """An uninterrupted fit and every checkpoint it wrote."""
+    """An uninterrupted fit and every checkpoint it wrote: one after every batch (a save
+    is skipped while the previous one is still being written, so under load the batches
+    saved varied from run to run; here each waits for the one before)."""
     ck = tmp_path_factory.mktemp("p7ck")
-    return _fit(data / "a.h5", ck), ck
+    due = CheckpointSession.due
+
+    def due_after_the_previous_save(session, batches_done, clock):
+        if session._pending is not None:
+            session._pending.result()
+        return due(session, batches_done, clock)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(CheckpointSession, "due", due_after_the_previous_save)
+        return _fit(data / "a.h5", ck), ck
 
 
 def _reseal(path, edit) -> None:

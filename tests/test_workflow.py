@@ -168,6 +168,21 @@ def test_fit_target_on_real_data(repo_copy, real_data):
     for job in table["output_dir"]:
         assert (repo_copy / job / "parameters.json").exists()
         assert (repo_copy / job / "c2_cuts.png").stat().st_size > 1000
+    # a hand-edited production result: one error naming the folders, not a KeyError
+    from homodyne.production.multiq import ResultFileError
+    from homodyne.production.report import write_fit_summary
+
+    chx = fits / "chx/parameters.json"
+    edited = json.loads(chx.read_text())
+    del edited["parameters_by_name"]
+    chx.write_text(json.dumps(edited))
+    dirs = [fits / n for n in ("chx", "aging", "laminar")]
+    with pytest.raises(ResultFileError, match="lack a field.*'parameters_by_name'"):
+        write_fit_summary(fits / "summary2.md", *dirs)
+    chx.write_text("[1, 2]")
+    with pytest.raises(ResultFileError, match="chx/parameters.json is not a result"):
+        write_fit_summary(fits / "summary2.md", *dirs)
+    assert not (fits / "summary2.md").exists()
     # the measured CHX matrix through the same scatter/gather: one bin, an honest status
     chx = pd.read_csv(fits / "multiq_chx/summary.csv")
     assert len(chx) == 1 and chx["file"].iloc[0] == "test_g2" and chx["q"].iloc[0] == 1.0

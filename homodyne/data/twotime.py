@@ -567,6 +567,9 @@ def _finite(path, name, values, what="q"):
     if not np.all(np.isfinite(values)):
         raise DataFileError(path, f"{name} holds non-finite {what} values "
                                   f"({values.tolist()[:8]}); fix the file's q map")
+    if what == "q" and not np.all(values > 0):  # q = 0 or < 0: no decay to fit (ModelSpec
+        raise DataFileError(path, f"{name} holds q values <= 0 "  # refused it: a traceback)
+                                  f"({values.tolist()[:8]}); fix the file's q map")
     return values
 
 

@@ -86,7 +86,8 @@ class OneTimeResult:
     @property
     def status(self) -> str:
         """not_converged if any q did not converge; undetermined if no q determined its
-        rate (too_few_points if every q lacked points); else converged."""
+        rate (too_few_points if every q lacked points); poor_fit if a resolved rate's fit is
+        poor (its chi2 with the data's sigma, FitResult.status); else converged."""
         states = [f.result.status for f in self.fits]
         if not states or all(s == "too_few_points" for s in states):
             return "too_few_points"
@@ -94,12 +95,15 @@ class OneTimeResult:
             return "not_converged"
         if not self.resolved:
             return "undetermined"
+        if any(f.result.status == "poor_fit" for f in self.resolved):
+            return "poor_fit"
         return "converged"
 
     @property
     def resolved(self) -> list[QFit]:
-        """q bins whose fit converged with a rate inside its bounds known to within 100%."""
-        return [f for f in self.fits if f.result.status == "converged"
+        """q bins whose fit converged with a rate inside its bounds known to within 100%
+        (a poor fit's too: its status says so)."""
+        return [f for f in self.fits if f.result.status in ("converged", "poor_fit")
                 and not ({"gamma"} & (set(f.result.undetermined) | set(f.result.at_bounds)))
                 and f.error("gamma") < f.value("gamma")]
 
@@ -109,6 +113,12 @@ class OneTimeResult:
                f"{len(self.resolved)} with a resolved rate"
         if bad:
             head += f"; NOT converged at q = {', '.join(bad)}"
+        poor = [f"{f.q:.4g}" for f in self.resolved if f.result.status == "poor_fit"]
+        if poor:
+            head += (f"; the fit is poor (chi2 with the data's sigma) at q = {', '.join(poor)}: "
+                     "a wrong model or a sigma too small" + (" (one_time.errors: scatter)"
+                                                            if self.options.errors == "measured"
+                                                            else ""))
         lines = [head, f"one-time g2 of {self.data_file}: {self.n_points:,} points, beta "
                  f"{self.options.beta}, errors {self.options.errors}"]
         pl = self.power_law
@@ -263,9 +273,18 @@ def rate_power_law(fits: list[QFit]) -> dict:
     w = np.where(np.isfinite(e) & (e > 0), g / np.where(e > 0, e, 1.0), 1.0)
     A = np.vstack([np.ones_like(q), np.log(q)]).T * w[:, None]
     coef, *_ = np.linalg.lstsq(A, np.log(g) * w, rcond=None)
-    cov = np.linalg.pinv(A.T @ A)
+    # (AᵀA)⁻¹ from A's R factor: nearly equal q make AᵀA singular to working precision,
+    # and its pseudo-inverse then dropped the large variance (n = 9e4 +/- 0.002 for two q
+    # 1e-7 apart); R⁻¹ keeps it
+    try:
+        r_inv = np.linalg.inv(np.linalg.qr(A, mode="r"))
+        cov = r_inv @ r_inv.T
+    except np.linalg.LinAlgError:
+        cov = np.full((2, 2), np.inf)
     resid = (np.log(g) - coef[0] - coef[1] * np.log(q)) * w
     scale = max(1.0, float(resid @ resid) / max(len(q) - 2, 1))
+    with np.errstate(over="ignore"):  # a huge exponent's prefactor overflows: inf
+        prefactor = float(np.exp(coef[0]))
     return {"exponent": float(coef[1]), "exponent_err": float(np.sqrt(cov[1, 1] * scale)),
-            "prefactor": float(np.exp(coef[0])), "n_q": len(q),
+            "prefactor": prefactor, "n_q": len(q),
             "J_median": float(np.median(g / q**2))}

@@ -34,8 +34,8 @@ def run_one_time(cfg, out: Path, stage=None):
     t0 = time.perf_counter()
     data = read_one_time(cfg.experimental_data["file_path"])
     result = fit_one_time(data, options_from_config(cfg))
-    if cfg.one_time["series"]:
-        result.j_model = fit_j_model(cfg, out / "j_model")
+    if cfg.one_time["series"]:  # staged like every file of the set: committed with it
+        result.j_model = fit_j_model(cfg, Path(stage("j_model")) if stage else out / "j_model")
     log_summary(result)
     files = write_one_time_outputs(out, result, plots=cfg.output["plots"], stage=stage)
     log.info("done in %.2f s; outputs in %s", time.perf_counter() - t0, out)
@@ -59,7 +59,7 @@ def fit_j_model(cfg, folder: Path) -> dict:
     res, s = r["result"], r["summary"]
     by = dict(zip(res.parameter_names, res.parameters.tolist(), strict=True))
     se = dict(zip(res.parameter_names, res.uncertainties.tolist(), strict=True))
-    return {"status": res.status, "stop_reason": res.stop_reason, "folder": folder.name,
+    return {"status": res.status, "stop_reason": res.stop_reason, "folder": "j_model",
             "files": s["files"], "ages_s": s["ages_s"], "D0": by["D0"], "alpha": by["alpha"],
             "D_offset": by["D_offset"], "offset": by["offset"],
             "uncertainties": {k: se[k] for k in ("D0", "alpha", "D_offset", "offset")},

@@ -36,6 +36,7 @@ from homodyne.optimization.internal_stage import (
 from homodyne.optimization.passes import FitMonitor, PassRunner, compile_ahead
 from homodyne.optimization.precision import evaluation_error, rounding_error
 from homodyne.optimization.result import FitResult
+from homodyne.optimization.start_estimate import applies, start_from_data
 from homodyne.stopsignals import fit_stop_signals
 
 if TYPE_CHECKING:
@@ -136,10 +137,11 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
     flb, fub = free.reduce(lb), free.reduce(ub)
     coords = PowerLawCoordinates.for_problem(problem, lb, ub) \
         if opts.internal_coordinates else None
-    space = SolverSpace(coords, x0, lb, ub)
-    x = space.start
     coarse_passes = coarse_points = 0
     messages = []
+    start, start_seconds = x0, []  # a data-driven start's pass over the full data
+    space = SolverSpace(coords, x0, lb, ub)
+    x = space.start
 
     def eval_error(v):
         return evaluation_error(problem, space.user(v))
@@ -157,12 +159,30 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
                               strategy=strategy, mon=mon, coarse_passes=coarse_passes,
                               coarse_points=coarse_points, batch_size=data.batch_size,
                               t0=t0, messages=messages)
+        result.passes += len(start_seconds)
+        result.pass_seconds = start_seconds + result.pass_seconds
         return _report_edges(result, coords, edge)
 
     try:
         levels = coarse_levels(data, opts, stop=lambda: mon.signal_received is not None)
         if levels and n_devices == 1:  # the full passes' kernel compiles meanwhile
             compile_ahead(problem, data, x0)
+        if opts.start_estimate and mon.checkpoints is None and applies(problem, x0, lb, ub):
+            # on the densest coarse level where there is one (a coarse pass), else a full
+            # pass; not with checkpoints (a resumed fit would not replay it)
+            source = levels[-1] if levels else data
+            est, line, _, seconds = start_from_data(
+                problem, source, x0, lb, ub, stop=lambda: mon.signal_received is not None)
+            if levels:
+                coarse_passes += 1
+                line += f" (on the coarse level of {source.n_points:,} points)"
+            else:
+                start_seconds.append(seconds)
+            messages.append(line)
+            if mon.signal_received is None:  # else the cells are partial: not used
+                start = est
+                space = SolverSpace(coords, start, lb, ub)
+                x = space.start
         for sub in levels:
             # each level starts a few of its own standard errors from its optimum, so
             # the slow walk along correlated valleys happens on cheap levels
@@ -189,7 +209,7 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
                           **full_kw)
         else:
             space, st, edge_start, refit = _fit_internal(
-                problem, coords, space, x, x0, lb, ub, runner, opts, track, trust, full_kw,
+                problem, coords, space, x, start, lb, ub, runner, opts, track, trust, full_kw,
                 edge, messages)
             if st.reason.startswith("stopped") or mon.signal_received is not None:
                 return finish(st)
@@ -323,6 +343,7 @@ def build_result(problem, st, x0, lb, ub, free, *, strategy, mon, coarse_passes,
         normal_matrix=free.embed_matrix(ne.H),
         fixed=[n for n, f in zip(names, free.free, strict=True) if not f],
         generic_rules=getattr(problem, "generic_rules", False),
+        sigma_given=getattr(problem, "sigma_given", False),
         streaming_diagnostics=mon.diagnostics(),
         recovery_actions=list(mon.recovery_actions),
         history=st.history,

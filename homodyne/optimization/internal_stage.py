@@ -67,14 +67,28 @@ def _fit_internal(problem, coords, space, x, x0, lb, ub, runner, opts, track, tr
     # keep the lower cost; after alpha's, from the mirror image of the end where that
     # makes J(t_ref) positive (below), else from the start
     trend = coords.to_internal(x0)  # the user's start (a coarse level's end has a trend)
-    trend_flip = {t for t in triples if binds[t] == "alpha" and trend[t[0]] != 0} \
-        if st.converged else set()
-    flip = {t: -sides[t] for t in triples if binds[t] == "slope" or t in trend_flip}
     # the model has |∫J|: -J is the same fit, and an end at the edge (|alpha| = EDGE_ALPHA)
-    # with J(t_ref) < 0 mirrored is the other quadrant's corner with J(t_ref) > 0
-    u_held = held_space.free.expand(st.x)
-    mirror = {t for t in trend_flip if u_held[t[2]] < 0}
-    if flip:
+    # with J(t_ref) < 0 mirrored is the other quadrant's corner with J(t_ref) > 0. So also
+    # where a plain start's first step picked the quadrant: an end on its way to the edge
+    # with J(t_ref) < 0 is fitted on in the other quadrant from its mirror image (opt14
+    # seed 2039: the box point of the negative level was far from |J|, and the finish from
+    # it ended at chi2 20x SciPy's, reported converged). Repeated while the kept end has
+    # such a triple not yet flipped (2039: J's case shows only after the shear's flip),
+    # each triple's other quadrant once
+    tried: set[tuple[int, int, int]] = set()
+    while True:
+        u_held = held_space.free.expand(st.x)
+        trend_flip = {t for t in triples if t not in tried and binds[t] == "alpha"
+                      and (trend[t[0]] != 0 or u_held[t[2]] < 0)} if st.converged else set()
+        if tried:  # a later round: only an edge end with J(t_ref) < 0 (a slope's limit
+            # binding there is left to the crossed-bound refit below: opt14 seed 2042)
+            trend_flip = {t for t in trend_flip if u_held[t[2]] < 0}
+        flip = {t: -sides[t] for t in triples if t not in tried and (
+            t in trend_flip or binds[t] == "slope" and not tried)}
+        if not flip:
+            break
+        tried.update(flip)
+        mirror = {t for t in trend_flip if u_held[t[2]] < 0}
         # from the start where the way to the edge drags the rest along, else from the end
         u_end = u.copy() if trend_flip - mirror else u_held.copy()
         for i, a, o in flip:

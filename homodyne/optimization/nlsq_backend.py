@@ -64,7 +64,7 @@ def fit_with_nlsq(model_func, xdata, ydata, p0, lb, ub, *, method="curve_fit", s
         covariance=pcov, cost=cost, n_points=n, reduced_chi_squared=2 * cost / max(n - p0.size, 1),
         converged=False, stop_reason=f"nlsq {method} (its own status is not trusted here)",
         strategy=method, iterations=-1, passes=-1, wall_time_s=time.perf_counter() - t0,
-        backend=f"nlsq-{nlsq.__version__}", generic_rules=True)
+        backend=f"nlsq-{nlsq.__version__}", generic_rules=True, sigma_given=sigma is not None)
 
 
 def _points_to_fit(xdata, ydata, sigma):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 from dataclasses import dataclass, fields
 from typing import TYPE_CHECKING
 
@@ -168,6 +169,27 @@ def check_wrapper_settings(backend, batch_size, min_success_rate, max_retries_pe
     if unknown:
         raise ValueError(f"checkpoint_config: unknown key(s) {unknown}; the keys are "
                          f"{sorted(known)}")
+    for key, value in (checkpoint_config or {}).items():
+        why = _checkpoint_value_problem(key, value)
+        if why:
+            raise ValueError(f"checkpoint_config[{key!r}] must be {why}, got {value!r}")
+
+
+def _checkpoint_value_problem(key: str, value) -> str | None:
+    """What a checkpoint_config value must be, when it is not (the text "false" is true to
+    Python: it switched checkpoints or resuming on; "10" failed inside the manager)."""
+    if key in ("enable_checkpoints", "resume_from_checkpoint", "enable_compression"):
+        return None if isinstance(value, bool | np.bool_) else "True or False"
+    if key in ("checkpoint_frequency", "keep_last_checkpoints", "keep_last_n"):
+        return None if _whole(value) and value >= 1 else "a whole number >= 1"
+    if key == "checkpoint_min_interval_s":
+        ok = isinstance(value, int | float | np.integer | np.floating) and \
+            not isinstance(value, bool) and math.isfinite(value) and value >= 0
+        return None if ok else "a number of seconds >= 0"
+    if key == "checkpoint_dir":
+        return None if isinstance(value, str | os.PathLike) and str(value).strip() else \
+            "a folder (a non-empty str or path)"
+    return None
 
 
 def plain_array(a, name: str) -> np.ndarray:
@@ -269,6 +291,7 @@ def check_two_time_data(source, spec, p0, y):
     if y is None:
         if source is None:
             raise ValueError("fit_two_time needs a TwoTimeSource or the packed values y")
+        check_spec_of_source(source, spec)
         return None
     y = plain_array(y, "y")
     if y.dtype.kind not in "biuf":
@@ -278,6 +301,25 @@ def check_two_time_data(source, spec, p0, y):
                          f"axis), got shape {y.shape}")
     check_magnitude(y, "y")
     return y
+
+
+def check_spec_of_source(source, spec) -> None:
+    """The spec must describe the source's selection: another q fits other rates (D0 off
+    by (q_source / q_spec)^2), other angles another shear term, other frames fail inside
+    the passes with a broadcast error."""
+    def differs(a, b, exact=False):
+        if a is None or b is None:
+            return False
+        a, b = np.atleast_1d(np.asarray(a, float)), np.atleast_1d(np.asarray(b, float))
+        return a.shape != b.shape or not np.allclose(a, b, rtol=0 if exact else 1e-6, atol=0)
+
+    checks = (("n_frames", True), ("first_frame", True), ("phi_deg", False), ("q", False))
+    for name, exact in checks:
+        ours, theirs = getattr(spec, name, None), getattr(source, name, None)
+        if differs(ours, theirs, exact):
+            raise ValueError(f"spec.{name} = {ours!r} but the source holds {theirs!r}: the "
+                             "spec must describe the data fitted; build it with "
+                             "source.model_spec(mode=..., dt=...)")
 
 
 def check_magnitude(y, name: str) -> None:
@@ -552,6 +594,7 @@ class NLSQWrapper:
         weighted = np.abs(y * cols["w"]) if "w" in cols else np.abs(y)
         finite = weighted[np.isfinite(weighted)]
         problem.value_scale = float(finite.max()) if finite.size else 0.0
+        problem.sigma_given = s is not None  # chi2 then judges the fit (FitResult.status)
         data = self._data(tier, cols, y.size, batch)
         return self._run(problem, data, p0, lb, ub, tier, batch,
                          lambda: ["curve", _array_digest(cols)], n_starts)

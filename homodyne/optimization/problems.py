@@ -311,6 +311,7 @@ class CurveProblem:
         # largest |weighted data value|: scales the rounding of a residual, so that a fit
         # of noise-free data that stalls at that level is recognised as converged
         self.value_scale = 0.0
+        self.sigma_given = False  # weighted by the data's sigma: chi2 judges the fit
 
     def _traceable(self, x_sample) -> bool:
         if x_sample is None:

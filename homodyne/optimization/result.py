@@ -29,8 +29,16 @@ ANGLE_SE_LIMIT_DEG = 90.0
 ANGLE_PARAMETERS = ("phi0",)
 # (amplitude, exponent, offset) of each power law of physics.md
 POWER_LAWS = (("D0", "alpha", "D_offset"), ("gamma_dot_t0", "beta", "gamma_dot_t_offset"))
+# Goodness of fit, where the data carry their uncertainties (sigma given, not unit weights):
+# at the optimum of a correct model chi2 follows the chi2 distribution with N - p degrees of
+# freedom (reduced chi2 1 +- sqrt(2 / (N - p))). A converged fit whose chi2 is beyond that
+# distribution's upper POOR_FIT_P tail (N - p = 1000: reduced chi2 > 1.23; 50: > 2.0) is
+# "poor_fit": a local minimum, a wrong model or a sigma too small. Unit weights carry no
+# scale, so no such statement is made without sigma.
+POOR_FIT_P = 1e-6
 STATUS_TEXT = {
     "converged": "converged",
+    "poor_fit": "converged, but the fit is poor",
     "not_converged": "NOT converged",
     "undetermined": "converged but NOT DETERMINED (every physical parameter on a bound, "
                     "fixed or undetermined)",
@@ -65,6 +73,9 @@ class FitResult:
     not_moved: list[str] = field(default_factory=list)
     undetermined: list[str] = field(default_factory=list)
     fixed: list[str] = field(default_factory=list)  # held at their value (lb == ub): no error
+    # the residuals are weighted by the data's own uncertainties (sigma given): chi2 then
+    # measures the fit (POOR_FIT_P); with unit weights it does not
+    sigma_given: bool = False
     # a user's own model function: names mean nothing to homodyne, every parameter is judged
     # by the RELATIVE_SE_LIMIT rule (the power-law and angle rules are for the built-in models)
     generic_rules: bool = False
@@ -115,19 +126,54 @@ class FitResult:
     @property
     def status(self) -> str:
         """The honest outcome: converged, not_converged, undetermined (converged with every
-        physical parameter on a bound, fixed or undetermined), too_few_points, or interrupted (a
-        signal stopped it: its point counts are those of an unfinished pass)."""
+        physical parameter on a bound, fixed or undetermined), poor_fit (converged, with sigma
+        given, to a chi2 a correct model reaches with probability below POOR_FIT_P),
+        too_few_points, or interrupted (a signal stopped it: its point counts are those of an
+        unfinished pass)."""
         if self.interrupted_by:
             return "interrupted"
-        if self.n_points <= len(self.parameter_names):
-            return "too_few_points"
+        if self.n_points <= len(self.parameter_names) and (self.passes or self.coarse_passes):
+            return "too_few_points"  # (no pass finished: stopped before any point was seen)
         if not self.converged:
             return "not_converged"
         physical = [n for n in self.parameter_names if not n.startswith(SCALING_PREFIXES)]
         flagged = set(self.at_bounds) | set(self.undetermined) | set(self.fixed)
         if physical and all(n in flagged for n in physical):
             return "undetermined"
+        if self.chi2_p_value is not None and self.chi2_p_value < POOR_FIT_P:
+            return "poor_fit"
         return "converged"
+
+    @property
+    def degrees_of_freedom(self) -> int:
+        """Points minus free parameters (N - p)."""
+        return self.n_points - (len(self.parameter_names) - len(self.fixed))
+
+    @property
+    def chi2_p_value(self) -> float | None:
+        """P(chi2 >= this fit's chi2) for a correct model with these sigma (the upper tail of
+        the chi2 distribution with N - p degrees of freedom); None without sigma (unit
+        weights), without degrees of freedom or without a finite cost."""
+        dof = self.degrees_of_freedom
+        if not self.sigma_given or dof < 1 or not np.isfinite(self.cost):
+            return None
+        from scipy.special import chdtrc
+
+        return float(chdtrc(dof, 2.0 * self.cost))
+
+    @property
+    def goodness_of_fit(self) -> str:
+        """What chi2 says of this fit: empty without sigma; else the reduced chi2 with its
+        p-value and, for a poor fit, what it may mean and what to try."""
+        p = self.chi2_p_value
+        if p is None:
+            return ""
+        text = (f"reduced chi2 = {self.reduced_chi_squared:.4g} with the data's sigma (chi2 "
+                f"p-value {p:.2g} for {self.degrees_of_freedom:,} degrees of freedom)")
+        if p < POOR_FIT_P:
+            text += ("; a local minimum or a wrong model (or a sigma too small): try "
+                     "optimization.restarts")
+        return text
 
     @property
     def x(self) -> np.ndarray:
@@ -159,7 +205,8 @@ class FitResult:
 
     def as_dict(self) -> dict:
         """Plain JSON-ready dict (no NumPy types)."""
-        d = {"status": self.status, **asdict(self)}
+        d = {"status": self.status, **asdict(self), "goodness_of_fit": self.goodness_of_fit,
+             "chi2_p_value": self.chi2_p_value}
         for k, v in list(d.items()):
             if isinstance(v, np.ndarray):
                 d[k] = v.tolist()
@@ -173,11 +220,16 @@ class FitResult:
         return d
 
     def summary(self) -> str:
-        lines = [f"{STATUS_TEXT[self.status]}: {self.stop_reason}",
+        head = f"{STATUS_TEXT[self.status]}: " + (
+            f"{self.goodness_of_fit} ({self.stop_reason})" if self.status == "poor_fit" else
+            self.stop_reason)
+        lines = [head,
                  f"strategy {self.strategy}, {self.n_points:,} points, {self.passes} full "
                  f"passes (+{self.coarse_passes} on a {self.coarse_points:,}-point subsample), "
                  f"{self.iterations} iterations, {self.wall_time_s:.2f} s",
-                 f"reduced chi2 = {self.reduced_chi_squared:.6g}"]
+                 f"reduced chi2 = {self.reduced_chi_squared:.6g}"
+                 + (f" (chi2 p-value {self.chi2_p_value:.2g}, sigma given)"
+                    if self.chi2_p_value is not None else "")]
         if self.restarts:
             lines.extend(restarts_summary(self.restarts))
         for n, v, u in zip(self.parameter_names, self.parameters, self.uncertainties,

@@ -38,6 +38,10 @@ class EngineOptions:
     # geodesic acceleration of each LM step (Transtrum & Sethna 2012; geodesic.py): one
     # more pass per trial step; off by default
     geodesic_acceleration: bool = False
+    # a static two-time fit from a plain start (J flat) first estimates J(t), contrast and
+    # offset from one pass over the data or the densest coarse level (start_estimate.py);
+    # not with checkpoints
+    start_estimate: bool = True
 
 
 # more starts than this is a typo, not a plan: each is a fit of the screening subsample,

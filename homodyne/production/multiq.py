@@ -258,6 +258,7 @@ def summary_row(job_dir, settings: str | None = None) -> dict:
     job_dir = Path(job_dir)
     job = _read_record(job_dir / JOB_FILE, _JOB_FIELDS)
     p = _read_record(job_dir / "parameters.json", _RESULT_FIELDS)
+    _same_job(job_dir, job, p)
     row = {"file": job["file_id"], "age_s": job["age_s"], "q_index": job["q_index"],
            "q": job["q"], "n_points": p["n_points"]}
     if settings is not None:
@@ -278,6 +279,25 @@ def summary_row(job_dir, settings: str | None = None) -> dict:
                tier=p["strategy"], passes=p["passes"], time_s=p["wall_time_s"],
                output_dir=str(job_dir))
     return row
+
+
+def _same_job(job_dir: Path, job: dict, p: dict) -> None:
+    """A bin folder's job.json must name this folder's bin, and its parameters.json that
+    bin's file and q: a folder or file copied from another bin would put one fit in two
+    rows, or one bin's parameters under another's name."""
+    where = f"{job['file_id']}/q{job['q_index']:02d}"
+    if f"{job_dir.parent.name}/{job_dir.name}" != where:
+        raise ResultFileError(f"{job_dir / JOB_FILE}: names the bin {where}, not this folder's "
+                              f"({job_dir.parent.name}/{job_dir.name}): copied from another "
+                              "bin? rerun that job (delete the folder)")
+    same_file = p.get("data_file") in (None, job.get("file")) or "file" not in job
+    q = p.get("q")
+    same_q = not isinstance(q, int | float) or math.isclose(q, job["q"], rel_tol=1e-6)
+    if not (same_file and same_q):
+        raise ResultFileError(f"{job_dir / 'parameters.json'}: a fit of {p.get('data_file')} "
+                              f"at q = {q}, but the folder's job.json names {job.get('file')} "
+                              f"at q = {job['q']}: copied from another bin? rerun that job "
+                              "(delete the file)")
 
 
 def same_model(rows: list[dict]) -> None:
@@ -419,9 +439,9 @@ def _bins_named_on_stop(rows: list[dict], root):
         yield
     except BaseException as stop:
         fitted = [r for r in rows if not r["status"].startswith("failed")]
-        written = getattr(stop, "results_written", None)  # a bin stopped once committed
+        written = getattr(stop, "folder", None)  # a bin stopped once committed: its set is
         if written is not None and str(written) not in {str(r["output_dir"]) for r in fitted}:
-            fitted.append({"output_dir": str(written)})
+            fitted.append({"output_dir": str(written)})  # in place (StoppedAfterCommit)
         if fitted:
             stop.bins_kept = bins_kept_line(fitted, root)
         raise

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from homodyne.production.multiq import ResultFileError
+
 
 def _fmt(v, unc=None):
     if v is None:
@@ -27,10 +29,39 @@ def _params(p, names):
     return rows
 
 
+def _load(folder) -> dict:
+    """A production fit's parameters.json; one that is not a JSON object is named."""
+    path = Path(folder) / "parameters.json"
+    try:
+        p = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise ResultFileError(f"{path} cannot be read as a result ({exc}); rerun that fit "
+                              "(snakemake --forcerun on its rule)") from None
+    if not isinstance(p, dict):
+        raise ResultFileError(f"{path} is not a result (not a JSON object); rerun that fit")
+    return p
+
+
 def write_fit_summary(out_md, chx_dir, aging_dir, laminar_dir, one_time_dir=None) -> Path:
-    chx = json.loads((Path(chx_dir) / "parameters.json").read_text())
-    aging = json.loads((Path(aging_dir) / "parameters.json").read_text())
-    lam = json.loads((Path(laminar_dir) / "parameters.json").read_text())
+    """Write results/fits/summary.md from the production fits' parameters.json; a file
+    without the fields it reads (hand-edited, another version) is one ResultFileError
+    naming the folders, never a traceback."""
+    dirs = [chx_dir, aging_dir, laminar_dir] + ([one_time_dir] if one_time_dir else [])
+    loaded = [_load(d) for d in dirs]
+    try:
+        L = _summary_lines(*loaded)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as exc:
+        raise ResultFileError(
+            f"the production results in {', '.join(str(d) for d in dirs)} lack a field the "
+            f"summary reads or hold it in another form ({type(exc).__name__}: {exc}); rerun "
+            "those fits (snakemake --forcerun on their rules)") from None
+    out = Path(out_md)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("\n".join(L) + "\n")
+    return out
+
+
+def _summary_lines(chx: dict, aging: dict, lam: dict, ot: dict | None = None) -> list[str]:
     L = ["# Production fits", "",
          "Every number below comes from this run; figures sit next to each fit's "
          "`parameters.json`. Convergence means the Gauss-Newton step is below 1e-4 standard "
@@ -93,12 +124,9 @@ def write_fit_summary(out_md, chx_dir, aging_dir, laminar_dir, one_time_dir=None
     for r in lam["truth_vs_fit"]:
         L.append(f"| {r['name']} | {r['truth']:.4g} | {_fmt(r['fit'], r['se'])} | "
                  f"{r['z']:+.2f} |")
-    if one_time_dir is not None:
-        L += _one_time_section(json.loads((Path(one_time_dir) / "parameters.json").read_text()))
-    out = Path(out_md)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(L) + "\n")
-    return out
+    if ot is not None:
+        L += _one_time_section(ot)
+    return L
 
 
 def _one_time_section(ot: dict) -> list[str]:

@@ -1,0 +1,272 @@
+"""A data-driven start for J(t) of a static two-time fit from a plain start (J flat).
+
+One pass over the data sums the points into cells of (angle, log-age, lag): weight,
+weighted data and squares, mean frame indices. A cell's model value is nearly constant,
+so the cells give the cost of any parameter vector to within the spread of the model
+inside a cell, at no further pass. On them: a grid over (alpha, J at the first frame,
+J at the last frame) on the angles' pooled cells with one contrast and offset solved
+linearly, then a polish of (D0, alpha, D_offset) by SciPy's TRF on the cells with each
+scaling set's contrast and offset solved linearly at every trial. The model has |∫J|,
+so a J < 0 fit (D0 < 0) is the same fit as its mirror -J (D0 > 0): both families are
+searched. The estimate is
+taken only where its cell cost is below the plain start's (judged on the cells: no pass).
+``EngineOptions.start_estimate`` / ``optimization.start_estimate`` (default on); the driver
+counts its pass: a full pass, or a coarse one where it reads the densest coarse level.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+from homodyne.model import point_coordinates
+
+AGE_BINS = 12  # log-spaced bins of the age sqrt(t1 t2)
+EXACT_LAGS = 64  # lags 1..64 frames each a cell; longer ones in log-spaced bins
+LAG_BINS = 32
+N_ALPHA = 17  # exponents on the grid, spread over the bounds (0 left out)
+N_LEVEL = 25  # values of J at each end of the window, log-spaced
+ALPHA_MARGIN = 0.02  # of alpha's span: the start keeps off alpha's bounds
+
+
+@dataclass(frozen=True)
+class Cells:
+    """Sums over the points of each occupied cell (weights w² of residuals (y - c2) w)."""
+
+    angle: np.ndarray  # int
+    cell: np.ndarray  # int: the cell inside its angle (age bin x lag cell)
+    w: np.ndarray  # sum w²
+    wy: np.ndarray  # sum w² y
+    wyy: np.ndarray  # sum w² y²
+    i: np.ndarray  # mean first frame index (0-based)
+    j: np.ndarray  # mean second frame index
+
+
+def applies(problem, x0, lb, ub) -> bool:
+    """Static two-time fit with D0, alpha, D_offset free and J flat at the start
+    (D0 = 0 or alpha = 0): a plain start, which has no trend of its own to keep."""
+    spec = getattr(problem, "spec", None)
+    if spec is None or spec.mode != "static":
+        return False
+    k = 2 * spec.n_scaling_sets
+    if not np.all(np.asarray(lb)[k:k + 3] < np.asarray(ub)[k:k + 3]):
+        return False
+    return x0[k] == 0 or x0[k + 1] == 0
+
+
+def _lag_cell(d, n_frames: int) -> np.ndarray:
+    """Lag (frames) -> lag cell: exact up to EXACT_LAGS, then log-spaced bins."""
+    top = max(n_frames - 1, EXACT_LAGS + 1)
+    edges = np.geomspace(EXACT_LAGS + 1, top + 1, LAG_BINS + 1)
+    binned = EXACT_LAGS + np.clip(np.searchsorted(edges, d, side="right") - 1, 0, LAG_BINS - 1)
+    return np.where(d <= EXACT_LAGS, d - 1, binned)
+
+
+def cell_sums(spec, data, stop=None) -> tuple[Cells, int]:
+    """One pass over ``data`` (host side): the cell sums and the batches read."""
+    n_lag = EXACT_LAGS + LAG_BINS
+    size = spec.n_phi * AGE_BINS * n_lag
+    acc = np.zeros((6, size))
+    t = spec.frame_times()
+    lt = np.log(t)
+    span = max(lt[-1] - lt[0], 1e-12)
+    batches = 0
+    for ch in data.chunks():
+        if stop is not None and stop():
+            break
+        lo = ch.first_batch * data.batch_size
+        hi = min((ch.first_batch + ch.n_batches) * data.batch_size, ch.n_valid)
+        batches += ch.n_batches
+        if hi <= lo:
+            continue
+        y = np.asarray(ch.columns["y"][..., lo:hi], np.float64)
+        w2 = np.ones_like(y) if "w" not in ch.columns else \
+            np.asarray(ch.columns["w"][..., lo:hi], np.float64) ** 2
+        g = ch.origin + data.stride * np.arange(lo, hi, dtype=np.int64)
+        a, i, j = (np.asarray(v) for v in point_coordinates(g, spec))
+        ok = np.isfinite(y) & np.isfinite(w2) & spec.band_mask(i, j)
+        a, i, j, y, w2 = a[ok], i[ok], j[ok], y[ok], w2[ok]
+        age = np.clip(((lt[i] + lt[j]) / 2 - lt[0]) / span * AGE_BINS, 0, AGE_BINS - 1)
+        c = (a * AGE_BINS + age.astype(np.int64)) * n_lag + _lag_cell(j - i, spec.n_frames)
+        for row, v in enumerate((np.ones_like(y), w2, w2 * y, w2 * y * y, i, j)):
+            acc[row] += np.bincount(c, v, minlength=size)
+    keep = acc[0] > 0
+    n = acc[0, keep]
+    at = np.flatnonzero(keep)
+    cells = Cells(at // (AGE_BINS * n_lag), at % (AGE_BINS * n_lag), acc[1, keep],
+                  acc[2, keep], acc[3, keep], acc[4, keep] / n, acc[5, keep] / n)
+    return cells, batches
+
+
+def _integral(spec, cells, d0, alpha, d_off) -> np.ndarray:
+    """∫J between the cells' mean frames (trapezoid on the frame grid, interpolated)."""
+    t = spec.frame_times()
+    f = d0 * t ** alpha + d_off
+    c = np.concatenate([[0.0], np.cumsum((f[:-1] + f[1:]) * (0.5 * spec.dt))])
+    k = np.arange(spec.n_frames)
+    return np.interp(cells.j, k, c) - np.interp(cells.i, k, c)
+
+
+def cell_cost(spec, cells, x) -> float:
+    """½ Σ w² (y - c2)² over the cells, the model taken at each cell's mean frames."""
+    con, off, phys = spec.split(np.asarray(x, np.float64))
+    s = cells.angle if spec.scaling != "shared" else np.zeros_like(cells.angle)
+    g = np.exp(-spec.q ** 2 * np.abs(_integral(spec, cells, *phys[:3])))
+    m = off[s] + con[s] * g
+    return 0.5 * float(np.sum(cells.wyy - 2 * m * cells.wy + m * m * cells.w))
+
+
+ROW_BLOCK = 2_000_000  # grid rows x cells evaluated at once (16 MB per array)
+
+
+def _pooled(cells) -> Cells:
+    """The cells of all angles summed cell by cell (J is shared by the angles): the
+    grid's cost then does not grow with the number of angles."""
+    key, inverse = np.unique(cells.cell, return_inverse=True)
+    w = np.bincount(inverse, cells.w)
+
+    def total(v):
+        return np.bincount(inverse, v)
+
+    n = np.bincount(inverse)
+    return Cells(np.zeros(key.size, np.int64), key, w, total(cells.wy), total(cells.wyy),
+                 total(cells.i) / n, total(cells.j) / n)
+
+
+def _scaling_sets(spec, cells):
+    """Each cell's scaling set and where each set's cells start (cells are angle-major);
+    None where a set has no cell."""
+    s = cells.angle if spec.scaling != "shared" else np.zeros_like(cells.angle)
+    starts = np.flatnonzero(np.r_[True, s[1:] != s[:-1]])
+    return (s, starts) if starts.size == spec.n_scaling_sets else None
+
+
+def _linear_scaling(g, cells, starts):
+    """Per grid row and scaling set: contrast and offset solved linearly for the decay
+    g (rows, cells) and the cost they leave."""
+    def per_set(v):
+        return np.add.reduceat(v, starts, axis=-1)
+
+    sw, swy = per_set(cells.w), per_set(cells.wy)
+    sg, sgg, sgy = per_set(g * cells.w), per_set(g * g * cells.w), per_set(g * cells.wy)
+    det = sgg * sw - sg ** 2
+    det = np.where(det > 0, det, np.nan)
+    con = (sgy * sw - sg * swy) / det
+    off = (swy - con * sg) / sw
+    cost = 0.5 * (cells.wyy.sum() - 2 * np.sum(con * sgy + off * swy, axis=-1)
+                  + np.sum(con ** 2 * sgg + 2 * con * off * sg + off ** 2 * sw, axis=-1))
+    return con, off, cost
+
+
+def _grid(spec, cells, lb, ub) -> dict[bool, tuple[float, np.ndarray]]:
+    """The grid's best (cost, x) of each family (J > 0, and J < 0 mirrored to D0 >= 0:
+    their minima differ): per exponent, J at both ends of the window on a log
+    grid (same sign: J never crosses 0 inside the data), one contrast and offset solved
+    linearly on the angles' pooled cells (every set starts with them)."""
+    t = spec.frame_times()
+    K = spec.n_scaling_sets
+    k = 2 * K
+    cells, starts = _pooled(cells), np.zeros(1, np.int64)
+    rate = spec.q ** 2 * spec.dt  # J -> decay per frame
+    levels = np.geomspace(1e-4, 3.0, N_LEVEL) / rate
+    ja, jb = (v.ravel() for v in np.meshgrid(levels, levels, indexing="ij"))
+    lo_a, hi_a = max(lb[k + 1], -2.0), min(ub[k + 1], 2.0)
+    lag = _integral(spec, cells, 0.0, 0.0, 1.0)
+    rows = max(1, ROW_BLOCK // lag.size)
+    best: dict[bool, tuple[float, np.ndarray]] = {}
+    for alpha in np.linspace(lo_a, hi_a, N_ALPHA):
+        if abs(alpha) < 1e-6:
+            continue
+        d0 = (jb - ja) / (t[-1] ** alpha - t[0] ** alpha)
+        d_off = ja - d0 * t[0] ** alpha
+        base = _integral(spec, cells, 1.0, alpha, 0.0)
+        parts = [_linear_scaling(np.exp(-spec.q ** 2 * np.abs(
+            d0[r:r + rows, None] * base + d_off[r:r + rows, None] * lag)), cells, starts)
+            for r in range(0, d0.size, rows)]
+        con, off, cost = (np.concatenate(v) for v in zip(*parts, strict=True))
+        mirror = np.where(d0 < 0, -1.0, 1.0) if lb[k] >= 0 else np.ones_like(d0)
+        d0m, d_offm = d0 * mirror, d_off * mirror
+        ok = (np.all((con >= lb[:K]) & (con <= ub[:K]) & (off >= lb[K:k]) & (off <= ub[K:k]),
+                     axis=1) & (d0m >= lb[k]) & (d0m <= ub[k]) & (d_offm >= lb[k + 2])
+              & (d_offm <= ub[k + 2]) & np.isfinite(cost))
+        for family in (False, True):
+            fam = ok & ((mirror < 0) == family)
+            if not fam.any():
+                continue
+            m = int(np.argmin(np.where(fam, cost, np.inf)))
+            if cost[m] < best.get(family, (math.inf,))[0]:
+                best[family] = (float(cost[m]),
+                                spec.pack(con[m], off[m], [d0m[m], alpha, d_offm[m]]))
+    return best
+
+
+def _polish(spec, cells, starts, x, lb, ub):
+    """SciPy TRF on the cells over (D0, alpha, D_offset) from the grid's x, each set's
+    contrast and offset solved linearly (clipped to their bounds) for every trial; kept
+    only where J keeps one sign over the data (a J through 0 makes a kinked |∫J| the full
+    fit walks badly)."""
+    from scipy.optimize import least_squares
+
+    K = spec.n_scaling_sets
+    k = 2 * K
+    s = np.repeat(np.arange(K), np.diff(np.r_[starts, cells.w.size]))
+    sw = np.sqrt(cells.w)
+    ybar = cells.wy / cells.w
+
+    def scaled(p):
+        g = np.exp(-spec.q ** 2 * np.abs(_integral(spec, cells, *p)))
+        con, off, _ = _linear_scaling(g, cells, starts)
+        return np.clip(con, lb[:K], ub[:K]), np.clip(off, lb[K:k], ub[K:k]), g
+
+    def residuals(p):
+        con, off, g = scaled(p)
+        return sw * (ybar - off[s] - con[s] * g)
+
+    lo, hi = lb[k:k + 3], ub[k:k + 3]
+    span = hi - lo
+    inside = np.clip(x[k:k + 3], lo + 1e-9 * span, hi - 1e-9 * span)
+    p = least_squares(residuals, inside, bounds=(lo, hi), x_scale="jac", max_nfev=100).x
+    con, off, _ = scaled(p)
+    j = p[0] * spec.frame_times() ** p[1] + p[2]
+    return spec.pack(con, off, p) if np.all(j > 0) or np.all(j < 0) else x
+
+
+def estimate(spec, cells, x0, lb, ub) -> tuple[np.ndarray | None, str]:
+    """The start the cells suggest and a line saying what was done; None where the plain
+    start's cell cost is not higher."""
+    lb, ub = np.asarray(lb, np.float64), np.asarray(ub, np.float64)
+    sets = _scaling_sets(spec, cells)
+    if sets is None:
+        return None, "start estimate: a scaling set without data; plain start kept"
+    _, starts = sets
+    plain = cell_cost(spec, cells, x0)
+    k = 2 * spec.n_scaling_sets
+    margin = ALPHA_MARGIN * (ub[k + 1] - lb[k + 1])
+    cost, x = math.inf, None
+    for _, xg in _grid(spec, cells, lb, ub).values():  # each family polished
+        xp = _polish(spec, cells, starts, xg, lb, ub)
+        c = cell_cost(spec, cells, xp)  # judged before alpha is moved off its bounds
+        if c < cost:
+            cost, x = c, xp
+    if x is None:
+        return None, "start estimate: no grid point inside the bounds; plain start kept"
+    x[k + 1] = np.clip(x[k + 1], lb[k + 1] + margin, ub[k + 1] - margin)
+    cost = cell_cost(spec, cells, x)
+    if not cost < plain:
+        return None, (f"start estimate: cell cost {cost:.6g} not below the plain start's "
+                      f"{plain:.6g}; plain start kept")
+    return x, (f"start estimate from {cells.w.size} cells: cell cost {plain:.6g} -> "
+               f"{cost:.6g}, D0 = {x[k]:.4g}, alpha = {x[k + 1]:.4g}, "
+               f"D_offset = {x[k + 2]:.4g}")
+
+
+def start_from_data(problem, data, x0, lb, ub, stop=None):
+    """(start, message, batches read, seconds): one pass over ``data``, then
+    ``estimate``; start is ``x0`` where the estimate is not taken."""
+    t0 = time.perf_counter()
+    cells, batches = cell_sums(problem.spec, data, stop)
+    x, message = estimate(problem.spec, cells, x0, lb, ub)
+    return (x0 if x is None else x), message, batches, time.perf_counter() - t0
