@@ -397,6 +397,9 @@ def ensure_writable_dir(directory, what: str, option: str) -> Path:
         raise OutputDirError(f"{what} {d} {why}")
     try:
         for parent in (d, *d.parents):
+            if parent.is_symlink():  # broken or a loop: mkdir says 'File exists'
+                _refuse_unfollowable_link(parent, f"{what} {d} "
+                                          f"{'is' if parent == d else 'lies below'}", option)
             if parent.exists():  # may itself fail: a name too long, a symlink loop
                 if not parent.is_dir():
                     where = "is a file" if parent == d else \
@@ -413,6 +416,19 @@ def ensure_writable_dir(directory, what: str, option: str) -> Path:
         raise OutputDirError(f"{what} {d} is not writable ({exc.strerror or exc}); fix its "
                              f"permissions or choose another {option}") from None
     return d
+
+
+def _refuse_unfollowable_link(link: Path, subject: str, option: str) -> None:
+    """OutputDirError for a symbolic link whose target does not exist or that loops."""
+    try:
+        os.stat(link)
+    except FileNotFoundError:
+        raise OutputDirError(f"{subject} a symbolic link to {os.readlink(link)}, which does "
+                             f"not exist (a broken link); create that folder or choose "
+                             f"another {option}") from None
+    except OSError as exc:
+        raise OutputDirError(f"{subject} a symbolic link that cannot be followed "
+                             f"({exc.strerror}); choose another {option}") from None
 
 
 class ResultSet:

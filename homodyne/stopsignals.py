@@ -14,10 +14,11 @@ STOP_SIGNALS = ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, si
 
 
 def fit_stop_signals() -> list[int]:
-    """The signals a fit stops on: all three, but a SIGHUP ignored at the start (``nohup``)
-    stays ignored, so that closing the terminal does not stop a run meant to outlive it."""
-    return [s for s, _ in STOP_SIGNALS
-            if not (s == signal.SIGHUP and signal.getsignal(s) is signal.SIG_IGN)]
+    """The signals a fit stops on: all three, but one ignored at the start stays ignored, as
+    it is outside the fit: a SIGHUP under ``nohup`` (closing the terminal does not stop a
+    run meant to outlive it), a SIGINT in a shell script's background job (``cmd &``: the
+    Ctrl-C meant for the script). A stop then never depends on the moment it lands."""
+    return [s for s, _ in STOP_SIGNALS if signal.getsignal(s) is not signal.SIG_IGN]
 
 
 def signal_name(signum: int) -> str:

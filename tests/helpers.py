@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from scipy.optimize import least_squares
 
 from homodyne.jaxconf import jax, jnp
@@ -133,3 +134,53 @@ def tiny_tmpfs(tmp_path, size: str):
 # first lines of a child's ``python -c``: SIGHUP at its default, as under a terminal (a
 # test runner started with nohup passes it on ignored; a preexec_fn would fork under JAX)
 HANGUP_DEFAULT = "import signal\nsignal.signal(signal.SIGHUP, signal.SIG_DFL)\n"
+
+
+def streaming_cli_config(folder: Path) -> Path:
+    """A 60-frame, 2-angle file and a streaming config for it (batch 500, no plots, no
+    progress bar) in ``folder``: the CLI's quickest fit that still runs in batches."""
+    from homodyne.cli import main
+
+    assert main(["generate", "--output", str(folder / "data.h5"), "--frames", "60",
+                 "--angles", "0,45", "--seed", "3"]) == 0
+    raw = yaml.safe_load((REPO / "homodyne" / "examples" / "static.yaml").read_text())
+    raw["experimental_data"]["file_path"] = str(folder / "data.h5")
+    raw["output"] = {"plots": False}
+    raw["performance"] = {"enable_progress": False, "strategy_override": "streaming",
+                          "batch_size": 500}
+    (folder / "cfg.yaml").write_text(yaml.safe_dump(raw))
+    return folder / "cfg.yaml"
+
+
+def multi_q_cli_config(folder: Path, n_frames: int = 20, more_q=(0.007, 0.009)) -> Path:
+    """A static one-angle file with 1 + len(more_q) q bins and a config fitting them all
+    (q: all) into ``folder``/out, no plots."""
+    from homodyne.data.synthetic import generate_synthetic
+
+    spec = ModelSpec(mode="static", n_frames=n_frames, phi_deg=(0.0,))
+    generate_synthetic(folder / "d.h5", spec, spec.pack(0.3, 1.0, STATIC_PHYS), more_q=more_q)
+    cfg = folder / "c.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "analysis_mode": "static",
+        "experimental_data": {"file_path": str(folder / "d.h5"), "q": "all"},
+        "initial_parameters": {"values": STATIC_PHYS},
+        "performance": {"enable_progress": False},
+        "output": {"directory": str(folder / "out"), "plots": False}}))
+    return cfg
+
+
+@contextmanager
+def stop_signals_at_default():
+    """SIGINT, SIGTERM and SIGHUP at Python's defaults for a test that stops main()
+    in-process, put back afterwards (after a stop the CLI ignores them for the rest of the
+    process, which later tests and their children would inherit)."""
+    import signal
+
+    defaults = {signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL,
+                signal.SIGHUP: signal.SIG_DFL}
+    before = {s: signal.signal(s, h) for s, h in defaults.items()}
+    try:
+        yield
+    finally:
+        for s, h in before.items():
+            signal.signal(s, h)

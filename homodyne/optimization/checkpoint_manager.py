@@ -363,8 +363,11 @@ class CheckpointManager:
         try:
             take_checkpoint_lock(self._lock, self.checkpoint_dir)
         except (CheckpointDirError, OSError) as exc:  # (OSError: a file where it was)
-            raise CheckpointDirError(f"the checkpoint folder was removed during this run and "
-                                     f"cannot be locked again: {exc}") from None
+            why = (f"a file or a broken link now stands at {self.checkpoint_dir}"
+                   if os.path.lexists(self.checkpoint_dir) and not self.checkpoint_dir.is_dir()
+                   else str(exc))
+            raise CheckpointDirError(f"the checkpoint folder was replaced or removed during "
+                                     f"this run and cannot be locked again: {why}") from None
         log.warning("checkpoint folder %s was removed or replaced during the run (its "
                     "checkpoints with it); locked again, later checkpoints go there",
                     self.checkpoint_dir)

@@ -21,6 +21,7 @@ import math
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -178,6 +179,8 @@ class CheckpointSession:
     replay: dict | None = None
     resumed_from: int | None = None
     last_path: str | None = None
+    last_batch: int | None = None  # the batch of the last checkpoint written (last_path)
+    resumes: bool = True  # resume_from_checkpoint: the same command resumes from them
     save_seconds: list[float] = field(default_factory=list)
     # CPU a save costs: the snapshot on the fitting thread + the writer thread's CPU time
     cpu_seconds: list[float] = field(default_factory=list)
@@ -215,6 +218,8 @@ class CheckpointSession:
         self.replay = state
         self.resumed_from = int(state["batch_idx"])
         self._last_batch = self.resumed_from
+        # what a failed save or a stop falls back to until this run writes its own
+        self.last_path, self.last_batch = str(path), self.resumed_from
         excluded: dict[str, set[int]] = {}
         for stage in STAGES:
             key = f"excluded_{stage}"
@@ -301,7 +306,7 @@ class CheckpointSession:
         path = self._save(batch, state)
         if path is None:
             return
-        self.last_path = str(path)
+        self.last_path, self.last_batch = str(path), batch
         self.save_seconds.append(time.perf_counter() - t0)
         self.cpu_seconds.append(snapshot_s + time.thread_time() - c0)
 
@@ -317,8 +322,7 @@ class CheckpointSession:
             reason = (type(exc), getattr(exc, "errno", None))
             if reason != self._failing:  # a full disk fails every save: said once, not per save
                 log.error("%s; %s; later saves failing the same way are not reported", msg,
-                          "the previous checkpoint stays valid" if self.last_path else
-                          "no checkpoint of this run is on disk yet")
+                          self.kept_checkpoint())
             self._failing = reason
             return None
         self._failing = None
@@ -327,6 +331,30 @@ class CheckpointSession:
         except OSError as exc:
             log.warning("checkpoint at batch %d written; older ones not pruned: %s", batch, exc)
         return path
+
+    def kept_checkpoint(self) -> str:
+        """What a failed save leaves to resume from: the last checkpoint written, while it
+        is still on disk (a checkpoint folder removed or replaced by a file took it along)."""
+        if self.last_path is None:
+            return "no checkpoint of this run is on disk yet"
+        if not Path(self.last_path).is_file():
+            return f"the last one written ({self.last_path}) is no longer on disk"
+        return f"the previous checkpoint stays valid (batch {self.last_batch}, {self.last_path})"
+
+    def stop_line(self, batch: int) -> str:
+        """How a stop at ``batch`` names the checkpoint a rerun resumes from: the one just
+        saved, else (that save failed) the last one still on disk, else none."""
+        rerun = ("run the same command again to resume" if self.resumes else
+                 "resume_from_checkpoint is false, so the same command starts afresh: set it "
+                 "to true to resume")
+        if self.last_batch == batch and self.last_path and Path(self.last_path).is_file():
+            return f"checkpoint saved at batch {batch} ({self.last_path}); {rerun}"
+        if self.last_path and Path(self.last_path).is_file():
+            return (f"the checkpoint at batch {batch} could not be written (the error is above); "
+                    f"the last one, at batch {self.last_batch} ({self.last_path}), is kept: "
+                    f"{rerun}{' from there' if self.resumes else ''}")
+        return ("no checkpoint of this run could be written or is left on disk (the error is "
+                "above); the best parameters so far are kept, the next run starts afresh")
 
     def flush(self) -> None:
         """Wait for a checkpoint still being written (end of fit, signals)."""

@@ -644,7 +644,8 @@ class NLSQWrapper:
                                         ck.checkpoint_min_interval_s)
             mon.checkpoints = CheckpointSession(manager, fingerprint(
                 identity(), p0, lb, ub, str(tier), batch, data.batches_per_call,
-                self.options.__dict__, self.validate))
+                self.options.__dict__, self.validate),
+                resumes=bool(ck.resume_from_checkpoint))
             resume = bool(ck.resume_from_checkpoint)
         return mon, resume
 

@@ -182,9 +182,8 @@ class FitMonitor:
         name = _signal.Signals(self.signal_received).name
         self.maybe_save(stage, x, next_batch, partial, force=True, summed=summed)
         ck = self.checkpoints
-        if ck is not None and ck.last_path:
-            how = (f"checkpoint saved at batch {self.batches_done} "
-                   f"({ck.last_path}); run the same command again to resume")
+        if ck is not None:
+            how = ck.stop_line(self.batches_done)
         else:
             how = ("checkpoints are off (optimization.streaming.enable_checkpoints: true "
                    "makes the next run resume); the best parameters so far are kept")

@@ -439,6 +439,9 @@ def _bins_named_on_stop(rows: list[dict], root):
         yield
     except BaseException as stop:
         fitted = [r for r in rows if not r["status"].startswith("failed")]
+        written = getattr(stop, "folder", None)  # a bin stopped once committed: its set is
+        if written is not None and str(written) not in {str(r["output_dir"]) for r in fitted}:
+            fitted.append({"output_dir": str(written)})  # in place (StoppedAfterCommit)
         if fitted:
             stop.bins_kept = bins_kept_line(fitted, root)
         raise
