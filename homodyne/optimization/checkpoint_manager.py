@@ -352,6 +352,10 @@ class CheckpointManager:
         self._locked = False
         self._lock.release()
 
+    def _holds_folder(self) -> bool:
+        """This run holds the folder's lock now (taken, not released, not lost)."""
+        return self._locked and self._lock.held and not self._lock.lost()
+
     def _relock_if_lost(self) -> None:
         """The folder (or its .lock) removed or replaced during the run took the lock
         with it, and a save re-creates the folder: the lock is taken again there first, so
@@ -394,9 +398,15 @@ class CheckpointManager:
             self.fingerprint = fingerprint
         owner = _owner(path) if path.exists() else None
         if owner is not None and owner != fingerprint[:FINGERPRINT_BYTES]:
-            raise FileExistsError(errno.EEXIST, f"{path.name} belongs to another fit (other "
-                                  "data or settings) and is kept; give each fit its own "
-                                  "optimization.streaming.checkpoint_dir", str(path))
+            if not self._holds_folder():
+                raise FileExistsError(errno.EEXIST, f"{path.name} belongs to another fit "
+                                      "(other data or settings) and is kept; give each fit "
+                                      "its own optimization.streaming.checkpoint_dir", str(path))
+            # this run holds the folder's lock: no live run can need that file (its fit's
+            # own rerun falls back to its older checkpoints, or starts afresh)
+            log.warning("%s in %s belonged to another fit (other data or settings, no run "
+                        "uses it now: this run holds the folder); replaced by this fit's "
+                        "checkpoint", path.name, self.checkpoint_dir)
         buffer = io.BytesIO()  # HDF5 writes to memory; a full disk is then a plain OSError
         with h5py.File(buffer, "w") as h5:  # (a half-flushed HDF5 file crashes when freed)
             _write(h5, state, self.enable_compression)
