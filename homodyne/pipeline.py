@@ -157,13 +157,12 @@ def run_from_config(cfg: HomodyneConfig, *, output_dir=None, overwrite: bool | N
                         f"output.overwrite), got {overwrite!r}")
     out = Path(output_dir or cfg.output["directory"])
     ensure_writable_dir(out, "output folder", "--output-dir")
-    if cfg.streaming["enable_checkpoints"]:
-        ensure_writable_dir(cfg.streaming["checkpoint_dir"], "checkpoint folder",
-                            "optimization.streaming.checkpoint_dir")
     run = None
     try:
-        with OutputLock(out):
+        with OutputLock(out):  # (a run refused here creates no checkpoint folder)
             if cfg.streaming["enable_checkpoints"]:  # held by another run: refused before the data
+                ensure_writable_dir(cfg.streaming["checkpoint_dir"], "checkpoint folder",
+                                    "optimization.streaming.checkpoint_dir")
                 refuse_checkpoint_dir_in_use(cfg.streaming["checkpoint_dir"])
             out = check_output_dir(out, cfg.output["overwrite"] if overwrite is None
                                    else overwrite)

@@ -5,8 +5,13 @@ frame times, one-time rows dropped without a word, batch sizes and p0 the API ac
 import logging
 
 import numpy as np
+import pytest
+import yaml
+from helpers import streaming_cli_config
 
+from homodyne.cli import main
 from homodyne.optimization.checkpoint_manager import CheckpointManager, _owner
+from homodyne.output import DirectoryLock
 
 
 def test_a_locked_run_replaces_another_fits_checkpoint_of_the_same_batch(tmp_path, caplog):
@@ -27,3 +32,32 @@ def test_a_locked_run_replaces_another_fits_checkpoint_of_the_same_batch(tmp_pat
     np.testing.assert_array_equal(mine.load_checkpoint(path)["parameters"], -np.arange(3.0))
     assert "homodyne_state_batch_0010.h5 in" in caplog.text
     assert "belonged to another fit" in caplog.text and "replaced" in caplog.text
+
+
+@pytest.fixture(scope="module")
+def small_cfg(tmp_path_factory):
+    """The folder of a 60-frame dataset and its streaming config (cfg.yaml)."""
+    return streaming_cli_config(tmp_path_factory.mktemp("f12f")).parent
+
+
+def _checkpointed(small_cfg, tmp_path) -> str:
+    raw = yaml.safe_load((small_cfg / "cfg.yaml").read_text())
+    raw["optimization"] = {"streaming": {"enable_checkpoints": True,
+                                         "checkpoint_dir": str(tmp_path / "ck" / "deep")}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(raw))
+    return str(tmp_path / "c.yaml")
+
+
+def test_a_run_refused_by_the_output_lock_creates_no_checkpoint_folder(small_cfg, tmp_path,
+                                                                        capsys):
+    """probe14 W5: the checkpoint folder was created before the output folder's lock."""
+    (tmp_path / "out").mkdir()
+    held = DirectoryLock(tmp_path / "out" / ".homodyne.lock")
+    held.acquire()
+    try:
+        rc = main(["--config", _checkpointed(small_cfg, tmp_path),
+                   "--output-dir", str(tmp_path / "out")])
+    finally:
+        held.release()
+    assert rc == 2 and "is in use by pid" in capsys.readouterr().err
+    assert not (tmp_path / "ck").exists()
