@@ -4,12 +4,15 @@ frame times, one-time rows dropped without a word, batch sizes and p0 the API ac
 
 import logging
 
+import h5py
 import numpy as np
 import pytest
 import yaml
-from helpers import streaming_cli_config
+from helpers import small_two_time_file, streaming_cli_config
 
 from homodyne.cli import main
+from homodyne.data.errors import DataFileError
+from homodyne.data.twotime import APSU_Q, FRAME_TIME, open_two_time
 from homodyne.optimization.checkpoint_manager import CheckpointManager, _owner
 from homodyne.output import DirectoryLock
 
@@ -61,3 +64,17 @@ def test_a_run_refused_by_the_output_lock_creates_no_checkpoint_folder(small_cfg
         held.release()
     assert rc == 2 and "is in use by pid" in capsys.readouterr().err
     assert not (tmp_path / "ck").exists()
+
+
+@pytest.mark.parametrize("name", [FRAME_TIME, APSU_Q])
+def test_a_boolean_frame_time_or_q_in_the_file_is_refused_naming_the_dataset(tmp_path, name):
+    """probe13 W1: a frame time stored as an HDF5 boolean True was read as dt = 1 s."""
+    path = small_two_time_file(tmp_path / "d.h5")
+    with h5py.File(path, "r+") as h5:
+        shape = h5[name].shape if name in h5 else ()
+        if name in h5:
+            del h5[name]
+        h5[name] = np.ones(shape, dtype=bool)
+    with pytest.raises(DataFileError, match=f"{name} holds booleans .*not"):
+        with open_two_time(path) as source:
+            source.model_spec()

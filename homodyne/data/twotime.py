@@ -549,6 +549,9 @@ def _read(path, h5, name, max_values: int = MAX_MAP_VALUES):
 def _numbers(path, h5, name, dtype=float) -> np.ndarray:
     """A small map (q, phi, bins) as a flat numeric array, or a DataFileError naming it."""
     values = _read(path, h5, name)
+    if values.dtype.kind == "b":  # True/False would read as 1/0
+        raise DataFileError(path, f"{name} holds booleans ({values.ravel().tolist()[:8]}), "
+                                  "not numbers; fix the file's map")
     try:
         return values.ravel().astype(dtype)
     except (TypeError, ValueError) as exc:
@@ -821,6 +824,8 @@ def _frame_time(h5) -> float | str | None:
 
 
 def _one_frame_time(name, values) -> float | str:
+    if values.dtype.kind == "b":  # True would read as 1 s
+        return f"{name} holds booleans ({values.tolist()[:4]}), not a frame time in seconds"
     try:
         times = values.astype(float)
     except (TypeError, ValueError):
