@@ -78,3 +78,26 @@ def test_a_boolean_frame_time_or_q_in_the_file_is_refused_naming_the_dataset(tmp
     with pytest.raises(DataFileError, match=f"{name} holds booleans .*not"):
         with open_two_time(path) as source:
             source.model_spec()
+
+
+def test_one_time_points_dropped_for_their_sigma_are_counted_per_bin(tmp_path, caplog):
+    """probe13 W2: rows with sigma <= 0 or inf (or g2 NaN) were dropped without a word."""
+    from homodyne.onetime.data import read_one_time
+    from homodyne.onetime.fit import OneTimeOptions, usable_bins
+
+    tau = np.geomspace(1e-5, 1.0, 20)
+    g2 = 1 + 0.3 * np.exp(-2 * 50.0 * tau)
+    sig = np.full(20, 0.01)
+    bad = sig.copy()
+    bad[[3, 4]] = [0.0, np.inf]
+    g2_nan = g2.copy()
+    g2_nan[7] = np.nan
+    rows = np.column_stack([tau, g2, sig, g2_nan, bad])
+    (tmp_path / "g2.csv").write_text(
+        "tau,g2(q=0.005),sigma(q=0.005),g2(q=0.007),sigma(q=0.007)\n" +
+        "\n".join(",".join(repr(float(v)) for v in row) for row in rows))
+    with caplog.at_level(logging.WARNING, logger="homodyne"):
+        *_, usable = usable_bins(read_one_time(tmp_path / "g2.csv"), OneTimeOptions())
+    assert [int(ok.sum()) for _, ok in usable] == [20, 17]
+    assert "delay points dropped in 1 of 2 q bins" in caplog.text
+    assert "of 20 in the window: q = 0.007: 17 kept, 3 dropped" in caplog.text

@@ -234,6 +234,12 @@ def usable_bins(data: OneTimeData, options: OneTimeOptions
         log.warning("%d of %d q bins skipped (fewer than two usable points: finite g2, finite "
                     "sigma > 0, delay in the window): q = %s", len(skipped), len(chosen),
                     ", ".join(f"{data.q[i]:.5g}" for i, _ in skipped))
+    n_window = int(in_window.sum())
+    if thinned := [(i, int(ok.sum())) for i, ok in usable if ok.sum() < n_window]:
+        log.warning("delay points dropped in %d of %d q bins (g2 or sigma not finite, or "
+                    "sigma <= 0), of %d in the window: %s", len(thinned), len(usable),
+                    n_window, "; ".join(f"q = {data.q[i]:.5g}: {k} kept, {n_window - k} "
+                                        "dropped" for i, k in thinned))
     return lo, hi, usable
 
 
