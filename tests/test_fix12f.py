@@ -101,3 +101,26 @@ def test_one_time_points_dropped_for_their_sigma_are_counted_per_bin(tmp_path, c
     assert [int(ok.sum()) for _, ok in usable] == [20, 17]
     assert "delay points dropped in 1 of 2 q bins" in caplog.text
     assert "of 20 in the window: q = 0.007: 17 kept, 3 dropped" in caplog.text
+
+
+def test_the_wrapper_refuses_a_first_batch_larger_than_the_largest():
+    """probe13 W4: initial_batch_size 5000 above max_batch_size 1000 was accepted."""
+    from homodyne.optimization.nlsq_wrapper import NLSQWrapper
+
+    with pytest.raises(ValueError, match=r"initial_batch_size \(5000\) is larger than "
+                                         r"max_batch_size \(1000\)"):
+        NLSQWrapper(adaptive_batching=True, initial_batch_size=5000, max_batch_size=1000)
+    assert NLSQWrapper(adaptive_batching=True, initial_batch_size=1000,
+                       max_batch_size=1000).initial_batch_size == 1000
+
+
+@pytest.mark.parametrize("p0", [["0.5", "1", "0"], [b"0.5", 1.0, 0.0], ["0.5", 1.0, 0.0],
+                                [True, 1.0, 0.0]])
+def test_the_wrapper_refuses_a_start_given_as_text_or_booleans(p0):
+    """probe13 W4: p0 as text was converted to numbers by numpy without a word."""
+    from homodyne.optimization.nlsq_wrapper import validate_start
+
+    with pytest.raises(TypeError, match=r"p0 must hold numbers .*got \["):
+        validate_start(p0, ([0.0] * 3, [2.0] * 3))
+    x0, _, _ = validate_start([0.5, 1, np.float32(0.0)], ([0.0] * 3, [2.0] * 3))
+    np.testing.assert_array_equal(x0, [0.5, 1.0, 0.0])

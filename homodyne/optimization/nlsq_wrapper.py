@@ -155,6 +155,10 @@ def check_wrapper_settings(backend, batch_size, min_success_rate, max_retries_pe
             continue
         hint = " (None: automatic)" if auto else ""
         raise ValueError(f"{name} must be a whole number >= 1{hint}, got {value!r}")
+    if initial_batch_size is not None and initial_batch_size > max_batch_size:
+        raise ValueError(f"initial_batch_size ({initial_batch_size}) is larger than "
+                         f"max_batch_size ({max_batch_size}); make initial_batch_size <= "
+                         "max_batch_size")
     if callback is not None and not callable(callback):
         raise ValueError(f"callback must be callable (called as callback(batch_idx, params, "
                          f"loss, success) after each batch) or None, got {callback!r}")
@@ -394,6 +398,11 @@ def validate_start(p0, bounds, names=None, fixed=None
     length, p0 finite, min <= max and p0 inside; ``fixed`` (names or indices) are held at
     p0 (lb = ub = p0). The driver and the solver take (x0, lb, ub) as they are."""
     require_p0(p0)
+    raw = np.asarray(p0)
+    if raw.dtype.kind in "USb" or any(isinstance(v, str | bytes | bool | np.bool_)
+                                      for v in np.asarray(p0, dtype=object).ravel()):
+        raise TypeError(f"p0 must hold numbers (one start value per parameter), got "
+                        f"{raw.ravel().tolist()[:8]}")
     p0 = np.asarray(p0, float).ravel()
     if not np.all(np.isfinite(p0)):
         raise ValueError(f"p0 must be finite, got {p0.tolist()}")
