@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import time
+from contextlib import ExitStack
 from dataclasses import fields
 from pathlib import Path
 
@@ -17,7 +18,7 @@ from homodyne.config import ConfigError, HomodyneConfig, load_config
 from homodyne.data.twotime import TwoTimeSource, open_two_time
 from homodyne.fitrun import FitRun, log_summary
 from homodyne.model import ModelSpec, c2_on_frames
-from homodyne.optimization.checkpoint_manager import refuse_checkpoint_dir_in_use
+from homodyne.optimization.checkpoint_manager import hold_checkpoint_dir
 from homodyne.optimization.engine import EngineOptions
 from homodyne.optimization.fixed import fix_parameters
 from homodyne.optimization.nlsq_wrapper import NLSQWrapper
@@ -158,17 +159,19 @@ def run_from_config(cfg: HomodyneConfig, *, output_dir=None, overwrite: bool | N
     out = Path(output_dir or cfg.output["directory"])
     ensure_writable_dir(out, "output folder", "--output-dir")
     run = None
-    try:
-        with OutputLock(out):  # (a run refused here creates no checkpoint folder)
-            if cfg.streaming["enable_checkpoints"]:  # held by another run: refused before the data
+    try:  # (a run refused by the output folder's lock creates no checkpoint folder)
+        with OutputLock(out), ExitStack() as held:
+            checkpoint_lock = None
+            if cfg.streaming["enable_checkpoints"]:  # held by another run: refused before
                 ensure_writable_dir(cfg.streaming["checkpoint_dir"], "checkpoint folder",
-                                    "optimization.streaming.checkpoint_dir")
-                refuse_checkpoint_dir_in_use(cfg.streaming["checkpoint_dir"])
+                                    "optimization.streaming.checkpoint_dir")  # the data;
+                checkpoint_lock = hold_checkpoint_dir(cfg.streaming["checkpoint_dir"])
+                held.callback(checkpoint_lock.release)  # else held until the run ends
             out = check_output_dir(out, cfg.output["overwrite"] if overwrite is None
                                    else overwrite)
             check_inputs_outside_results(out, [cfg.experimental_data["file_path"],
                                                *cfg.one_time["series"], cfg.source])
-            run = _logged_run(cfg, out)
+            run = _logged_run(cfg, out, checkpoint_lock)
     except KeyboardInterrupt as stop:  # while the lock was released: the set is in place
         if run is not None and not isinstance(stop, StoppedAfterCommit):
             raise StoppedAfterCommit(out) from stop
@@ -196,7 +199,7 @@ class OutputLock:
         self._lock.release()
 
 
-def _logged_run(cfg: HomodyneConfig, out: Path) -> FitRun:
+def _logged_run(cfg: HomodyneConfig, out: Path, checkpoint_lock=None) -> FitRun:
     """The run, logged to a staged fit.log committed with its results (or kept as
     fit.incomplete.log when there are none, so fit.log stays the log of what is there)."""
     results = ResultSet(out)
@@ -214,7 +217,7 @@ def _logged_run(cfg: HomodyneConfig, out: Path) -> FitRun:
                                       "(reading the config) %s", (message,), None))
     committed = False
     try:
-        run = _run(cfg, out, results)
+        run = _run(cfg, out, results, checkpoint_lock)
         log.removeHandler(handler)
         handler.close()
         handler.close_stream()  # (a StreamHandler leaves its stream open)
@@ -289,7 +292,8 @@ def jax_device(name: str):
     return jax.devices("cpu")[0]
 
 
-def _run(cfg: HomodyneConfig, out: Path, results: ResultSet) -> FitRun:
+def _run(cfg: HomodyneConfig, out: Path, results: ResultSet, checkpoint_lock=None
+         ) -> FitRun:
     import jax
 
     if cfg.analysis_mode == "one_time":
@@ -297,10 +301,11 @@ def _run(cfg: HomodyneConfig, out: Path, results: ResultSet) -> FitRun:
 
         return run_one_time(cfg, out, results.stage)
     with jax.default_device(jax_device(cfg.performance["device"])):
-        return _run_on_device(cfg, out, results)
+        return _run_on_device(cfg, out, results, checkpoint_lock)
 
 
-def _run_on_device(cfg: HomodyneConfig, out: Path, results: ResultSet) -> FitRun:
+def _run_on_device(cfg: HomodyneConfig, out: Path, results: ResultSet,
+                   checkpoint_lock=None) -> FitRun:
     t0 = time.perf_counter()
     with open_data(cfg) as source:
         spec = model_spec(cfg, source)
@@ -311,6 +316,7 @@ def _run_on_device(cfg: HomodyneConfig, out: Path, results: ResultSet) -> FitRun
                  cfg.experimental_data["q"], source.q_tolerance)
         check_points_kept(source, spec, spec.n_points)
         wrapper = make_wrapper(cfg)
+        wrapper.checkpoint_lock = checkpoint_lock  # held since before the data were read
         result = wrapper.fit_two_time(source, spec, p0, (lb, ub))
         log.info("tier %s, batch %d, %d full passes + %d coarse passes, %.2f s, peak RSS "
                  "%.0f MB, %s model", result.strategy, result.batch_size, result.passes,

@@ -124,3 +124,36 @@ def test_the_wrapper_refuses_a_start_given_as_text_or_booleans(p0):
         validate_start(p0, ([0.0] * 3, [2.0] * 3))
     x0, _, _ = validate_start([0.5, 1, np.float32(0.0)], ([0.0] * 3, [2.0] * 3))
     np.testing.assert_array_equal(x0, [0.5, 1.0, 0.0])
+
+
+def test_the_checkpoint_folder_is_held_from_the_early_check_to_the_end_of_the_fit(
+        small_cfg, tmp_path, monkeypatch, capsys):
+    """probe14 W4: the lock was taken and let go before the data were read, so a second
+    run started at the same instant passed that check too and was refused only after
+    reading the data, leaving fit.incomplete.log. A rival that tries the folder while this
+    run reads its data is now refused, and this run's fit goes on with the folder."""
+    import homodyne.pipeline as pipeline
+    from homodyne.output import LockHeld
+
+    cfg = _checkpointed(small_cfg, tmp_path)
+    ck = tmp_path / "ck" / "deep"
+    rival, real_open = [], pipeline.open_data
+
+    def open_after_a_rival_tried(c):
+        lock = DirectoryLock(ck / ".lock")  # a second run at the same instant
+        try:
+            lock.acquire()
+            rival.append("took the folder")
+            lock.release()
+        except LockHeld:
+            rival.append("refused")
+        return real_open(c)
+
+    monkeypatch.setattr(pipeline, "open_data", open_after_a_rival_tried)
+    assert main(["--config", cfg, "--output-dir", str(tmp_path / "out"), "--quiet"]) in (0, 4)
+    assert rival == ["refused"]
+    assert sorted(ck.glob("homodyne_state_batch_*.h5")) and \
+        (tmp_path / "out" / "parameters.json").exists()
+    lock = DirectoryLock(ck / ".lock")  # the run is over: the folder is free again
+    lock.acquire()
+    lock.release()

@@ -300,13 +300,15 @@ def take_checkpoint_lock(lock: DirectoryLock, folder: Path) -> None:
             "folder") from None
 
 
-def refuse_checkpoint_dir_in_use(folder) -> None:
-    """CheckpointDirError when another live run holds ``folder``, before a fit reads any
-    data: its lock is taken and let go at once (the fit takes it for its whole run)."""
+def hold_checkpoint_dir(folder) -> DirectoryLock:
+    """The lock of ``folder``, taken for a whole run before it reads any data
+    (CheckpointDirError when another live run holds it). The run's fit uses it
+    (``CheckpointManager(lock=...)``) and the caller releases it at the end, so no other
+    run can take the folder between this check and the fit."""
     folder = Path(folder)
     lock = DirectoryLock(folder / ".lock")
     take_checkpoint_lock(lock, folder)
-    lock.release()
+    return lock
 
 
 class CheckpointManager:
@@ -316,10 +318,13 @@ class CheckpointManager:
                  checkpoint_frequency: int = _DEFAULTS.checkpoint_frequency,
                  keep_last_n: int = _DEFAULTS.keep_last_checkpoints,
                  enable_compression: bool = _DEFAULTS.enable_compression,
-                 min_interval_s: float = DEFAULT_MIN_INTERVAL_S):
+                 min_interval_s: float = DEFAULT_MIN_INTERVAL_S,
+                 lock: DirectoryLock | None = None):
         """``min_interval_s``: a fit saves every ``checkpoint_frequency`` batches but at
         most once per this many seconds (0: exactly every ``checkpoint_frequency``);
-        a save costs a few ms of CPU, a 65k-point batch a few ms of compute."""
+        a save costs a few ms of CPU, a 65k-point batch a few ms of compute. ``lock``:
+        the folder's lock as its caller holds it (hold_checkpoint_dir), used and left to
+        that caller to release, instead of one taken and released by this manager."""
         if checkpoint_frequency < 1:
             raise ValueError(f"checkpoint_frequency must be >= 1, got {checkpoint_frequency}")
         if not min_interval_s >= 0:
@@ -332,7 +337,11 @@ class CheckpointManager:
         self.keep_last_n = int(keep_last_n)
         self.enable_compression = enable_compression
         self.save_times: list[float] = []
-        self._lock = DirectoryLock(self.checkpoint_dir / ".lock")
+        if lock is not None and Path(lock.path) != self.checkpoint_dir / ".lock":
+            raise ValueError(f"lock {lock.path} is not the lock of the checkpoint folder "
+                             f"{self.checkpoint_dir}; pass hold_checkpoint_dir(checkpoint_dir)")
+        self._lock = lock or DirectoryLock(self.checkpoint_dir / ".lock")
+        self._lock_given = lock is not None  # its caller releases it
         self._locked = False  # this run holds the folder (acquire_lock), until release_lock
         # the fit these checkpoints belong to: resume and pruning only see its files
         self.fingerprint: str | None = None
@@ -345,12 +354,15 @@ class CheckpointManager:
     def acquire_lock(self) -> None:
         """Take this directory for the current run; a second run is refused
         (CheckpointDirError: a setting to change, not a failed fit)."""
-        take_checkpoint_lock(self._lock, self.checkpoint_dir)
+        if not (self._lock_given and self._lock.held and not self._lock.lost()):
+            self._lock.release()  # (a given lock whose file is gone: taken again)
+            take_checkpoint_lock(self._lock, self.checkpoint_dir)
         self._locked = True
 
     def release_lock(self) -> None:
         self._locked = False
-        self._lock.release()
+        if not self._lock_given:
+            self._lock.release()
 
     def _holds_folder(self) -> bool:
         """This run holds the folder's lock now (taken, not released, not lost)."""

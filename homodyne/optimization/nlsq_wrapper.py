@@ -43,6 +43,7 @@ from homodyne.optimization.strategy import (
 
 if TYPE_CHECKING:
     from homodyne.optimization.interfaces import DataSource
+    from homodyne.output import DirectoryLock
 
 METHODS = ("trf", "lm")
 CALLS_PER_PASS_CHUNKED = 32
@@ -425,7 +426,11 @@ class NLSQWrapper:
                  checkpoint_config: dict | None = None, callback=None,
                  force_progress: bool = False, adaptive_batching: bool = False,
                  initial_batch_size: int | None = None, max_batch_size: int = 100_000,
-                 restarts: int = RestartSettings.restarts):
+                 restarts: int = RestartSettings.restarts,
+                 checkpoint_lock: DirectoryLock | None = None):
+        """``checkpoint_lock``: the checkpoint folder's lock as the caller already holds it
+        (hold_checkpoint_dir, taken before the data were read); the fit uses it and leaves
+        its release to the caller. None: the fit takes the folder's lock for its run."""
         check_wrapper_settings(backend, batch_size, min_success_rate, max_retries_per_batch,
                                memory_limit_gb, checkpoint_config, callback=callback,
                                parallel_batches=parallel_batches,
@@ -455,6 +460,7 @@ class NLSQWrapper:
         self.initial_batch_size = initial_batch_size
         self.max_batch_size = int(max_batch_size)
         self.restarts = restarts
+        self.checkpoint_lock = checkpoint_lock
 
     # --- tier selection -----------------------------------------------------------
     def select_strategy(self, n_points: int, n_params: int, override=None) -> OptimizationStrategy:
@@ -650,7 +656,8 @@ class NLSQWrapper:
         if ck.enable_checkpoints:
             manager = CheckpointManager(ck.checkpoint_dir, ck.checkpoint_frequency,
                                         ck.keep_last_checkpoints, ck.enable_compression,
-                                        ck.checkpoint_min_interval_s)
+                                        ck.checkpoint_min_interval_s,
+                                        lock=self.checkpoint_lock)
             mon.checkpoints = CheckpointSession(manager, fingerprint(
                 identity(), p0, lb, ub, str(tier), batch, data.batches_per_call,
                 self.options.__dict__, self.validate),
