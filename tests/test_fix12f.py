@@ -24,15 +24,19 @@ def test_a_locked_run_replaces_another_fits_checkpoint_of_the_same_batch(tmp_pat
     earlier = CheckpointManager(tmp_path / "ck").save_checkpoint(10, state,
                                                                  fingerprint="A" * 64)
     mine = CheckpointManager(tmp_path / "ck")
+    mine.fingerprint = "B" * 64
     mine.acquire_lock()
     try:
         with caplog.at_level(logging.WARNING, logger="homodyne.checkpoint"):
+            assert mine.find_latest_valid_checkpoint() is None  # not resumed from
             path = mine.save_checkpoint(10, {**state, "parameters": -np.arange(3.0)},
                                         fingerprint="B" * 64)
     finally:
         mine.release_lock()
     assert path == earlier and _owner(path) == "B" * 64
     np.testing.assert_array_equal(mine.load_checkpoint(path)["parameters"], -np.arange(3.0))
+    assert "belong to another fit (other data or settings); they are not used, and one " \
+        "on a batch this fit saves is replaced" in caplog.text
     assert "homodyne_state_batch_0010.h5 in" in caplog.text
     assert "belonged to another fit" in caplog.text and "replaced" in caplog.text
 

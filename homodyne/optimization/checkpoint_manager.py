@@ -7,8 +7,9 @@ Only then are the expected fields read, each shape and size checked against what
 file declares before a byte of data is read. Files are written atomically (temporary
 file, fsync, rename). A corrupt latest checkpoint is reported and the previous valid
 one is used. Pruning and resuming only touch this fit's files (by fingerprint), so
-checkpoints of other fits in the same folder are left alone. A directory is locked by
-the run using it, so two runs never interleave their checkpoints.
+checkpoints of other fits in the same folder are not used or pruned; a run holding the
+folder's lock replaces one only where it saves the same batch (no live run can need it).
+A directory is locked by the run using it, so two runs never interleave their checkpoints.
 """
 
 from __future__ import annotations
@@ -477,14 +478,16 @@ class CheckpointManager:
 
     def find_latest_valid_checkpoint(self) -> Path | None:
         """Newest checkpoint of this fit that validates; corrupt newer ones are reported
-        and skipped, other fits' checkpoints are left alone."""
+        and skipped, other fits' checkpoints are not used."""
         files = self.list_checkpoints()
         others = [p for p in files if p not in self._ours(files) and _owner(p) is not None]
         if set(others) - self._reported_others:
             self._reported_others.update(others)
             log.warning("%d checkpoint(s) in %s belong to another fit (other data or "
-                        "settings); they are not used and not touched", len(others),
-                        self.checkpoint_dir)
+                        "settings); they are not used%s", len(others), self.checkpoint_dir,
+                        ", and one on a batch this fit saves is replaced (no run uses them "
+                        "now: this run holds the folder)" if self._holds_folder() else
+                        " and not touched")
         for path in reversed([p for p in files if p not in others]):
             try:
                 self.check_checkpoint(path)
