@@ -92,3 +92,23 @@ def test_the_production_summary_says_when_the_chx_fit_has_j_negative(tmp_path):
     text = write_fit_summary(plain / "s.md", *_production_results(
         plain, {"alpha": "interior"})).read_text()
     assert "J(t) < 0" not in text and "rate q²·|J(t)| falls from" in text
+
+
+def test_a_poor_fit_from_restarts_is_not_told_to_try_restarts():
+    """A fit with sigma 10x too small is poor_fit; after 4 starts its first line said
+    'try optimization.restarts' as to a single start: it names the starts instead."""
+    import jax.numpy as jnp
+
+    x = np.linspace(0, 5, 400)
+    y = 2 * np.exp(-0.7 * x) + 0.1 + np.random.default_rng(0).normal(0, 0.01, x.size)
+
+    def f(x, a, b, c):
+        return a * jnp.exp(-b * x) + c
+
+    sigma, bounds = np.full(x.size, 0.001), ([0, 0, -1], [10, 10, 1])
+    many = NLSQWrapper().fit(f, x, y, [1, 1, 0], bounds=bounds, sigma=sigma, restarts=4)
+    assert many.status == "poor_fit" and many.restarts["starts"] == 4
+    assert "; the best of 4 starts: a wrong model or a sigma too small" in many.goodness_of_fit
+    assert "try optimization.restarts" not in many.summary()
+    one = NLSQWrapper().fit(f, x, y, [1, 1, 0], bounds=bounds, sigma=sigma)
+    assert one.status == "poor_fit" and one.goodness_of_fit.endswith("try optimization.restarts")
