@@ -133,7 +133,7 @@ def _rate_lines(chx: dict) -> list[str]:
     mirror of the positive J the rate shows (c2 depends on |∫J| only)."""
     (first, last), (e_first, e_last) = (chx["rate_at_first_and_last_frame"],
                                         chx["rate_err_at_first_and_last_frame"])
-    trend = "falls" if last < first else "rises" if last > first else "stays"
+    trend = "falls" if last < first else "rises" if last > first else "goes"
     lines = [f"- rate q²·|J(t)| {trend} from {_fmt(first, e_first)} at frame 1 to "
              f"{_fmt(last, e_last)} per frame at the last frame."]
     notes = [v[v.index("J(t) < 0"):] for v in (chx.get("power_law_optimum") or {}).values()
