@@ -40,7 +40,7 @@ class EngineOptions:
     geodesic_acceleration: bool = False
     # a static two-time fit from a plain start (J flat) first estimates J(t), contrast and
     # offset from one pass over the data or the densest coarse level (start_estimate.py);
-    # with checkpoints too (recomputed on resume; its start is stored in each checkpoint)
+    # not with checkpoints
     start_estimate: bool = True
 
 
