@@ -170,7 +170,10 @@ class FitResult:
             return ""
         text = (f"reduced chi2 = {self.reduced_chi_squared:.4g} with the data's sigma (chi2 "
                 f"p-value {p:.2g} for {self.degrees_of_freedom:,} degrees of freedom)")
-        if p < POOR_FIT_P:
+        if p < POOR_FIT_P and self.restarts and self.restarts.get("starts", 0) > 1:
+            text += (f"; the best of {self.restarts['starts']} starts: a wrong model or a "
+                     "sigma too small (or a minimum none of the starts reached)")
+        elif p < POOR_FIT_P:
             text += ("; a local minimum or a wrong model (or a sigma too small): try "
                      "optimization.restarts")
         return text

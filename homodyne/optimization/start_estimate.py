@@ -215,10 +215,15 @@ def _polish(spec, cells, starts, x, lb, ub):
     s = np.repeat(np.arange(K), np.diff(np.r_[starts, cells.w.size]))
     sw = np.sqrt(cells.w)
     ybar = cells.wy / cells.w
+    con0, off0 = x[:K], x[K:k]  # the grid's (pooled) scaling
 
     def scaled(p):
         g = np.exp(-spec.q ** 2 * np.abs(_integral(spec, cells, *p)))
         con, off, _ = _linear_scaling(g, cells, starts)
+        # a set whose decay has no spread over its cells (one cell, or one lag) leaves
+        # its contrast and offset undetermined (NaN): it keeps the grid's
+        solved = np.isfinite(con) & np.isfinite(off)
+        con, off = np.where(solved, con, con0), np.where(solved, off, off0)
         return np.clip(con, lb[:K], ub[:K]), np.clip(off, lb[K:k], ub[K:k]), g
 
     def residuals(p):

@@ -124,7 +124,7 @@ def _plot(path, t, band, err, authors):
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2), constrained_layout=True)
-    ax.plot(t, band, "C0-", label="this fit: q²·J(t) (two-time, all ages)")
+    ax.plot(t, band, "C0-", label="this fit: q²·|J(t)| (two-time, all ages)")
     ax.fill_between(t, band - err, band + err, color="C0", alpha=0.3)
     ax.errorbar(authors["t_frames"], authors["two_gamma"], authors["two_gamma_err"], fmt="o",
                 color="C3", ms=4, label="authors: 2·gamma (one-time cuts, alpha ≈ 1)")

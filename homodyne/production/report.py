@@ -73,9 +73,7 @@ def _summary_lines(chx: dict, aging: dict, lam: dict, ot: dict | None = None) ->
          f"- status: {'converged' if chx['converged'] else 'NOT converged'} ({chx['stop_reason']})",
          f"- reduced chi2 = {chx['reduced_chi_squared']:.4g} (no errors in the file: residuals in "
          "data units)",
-         f"- rate q²·J(t) falls from {_fmt(chx['rate_at_first_and_last_frame'][0], chx['rate_err_at_first_and_last_frame'][0])}"  # noqa: E501
-         f" at frame 1 to {_fmt(chx['rate_at_first_and_last_frame'][1], chx['rate_err_at_first_and_last_frame'][1])}"  # noqa: E501
-         " per frame at the last frame.",
+         *_rate_lines(chx),
          f"- against the authors' per-age 2·gamma where their stretching exponent is within "
          f"{chx['alpha_window']}: {chx['n_compared']} ages, median |z| = "
          f"{_fmt(chx['median_abs_z'])}, {100 * (chx['fraction_within_2_sigma'] or 0):.0f}% within "
@@ -127,6 +125,20 @@ def _summary_lines(chx: dict, aging: dict, lam: dict, ot: dict | None = None) ->
     if ot is not None:
         L += _one_time_section(ot)
     return L
+
+
+def _rate_lines(chx: dict) -> list[str]:
+    """The CHX rate q²·|J(t)| at the first and last frame, and the fit's own note where its
+    J(t) is negative at every frame: the table's D0 and D_offset then give J < 0, the
+    mirror of the positive J the rate shows (c2 depends on |∫J| only)."""
+    (first, last), (e_first, e_last) = (chx["rate_at_first_and_last_frame"],
+                                        chx["rate_err_at_first_and_last_frame"])
+    trend = "falls" if last < first else "rises" if last > first else "goes"
+    lines = [f"- rate q²·|J(t)| {trend} from {_fmt(first, e_first)} at frame 1 to "
+             f"{_fmt(last, e_last)} per frame at the last frame."]
+    notes = [v[v.index("J(t) < 0"):] for v in (chx.get("power_law_optimum") or {}).values()
+             if isinstance(v, str) and "J(t) < 0" in v]
+    return lines + [f"- {n}." for n in notes]
 
 
 def _one_time_section(ot: dict) -> list[str]:
