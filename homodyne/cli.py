@@ -388,10 +388,24 @@ def exit_status(status: str, *, strict: bool) -> int:
     return 0
 
 
+class _CurrentStderr(logging.StreamHandler):
+    """A console handler that writes to whatever sys.stderr is when a record comes: one
+    left from an earlier in-process main() (a notebook, a test's captured stream) must not
+    write to a stream closed since ("Logging error: I/O operation on closed file")."""
+
+    @property
+    def stream(self):
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value):  # StreamHandler.__init__ sets it: sys.stderr is looked up
+        pass
+
+
 def configure_console_logging(*, quiet: bool) -> None:
     """homodyne's INFO lines on stderr unless quiet (warnings always); other libraries
     (JAX's backend probing: "Unable to initialize backend 'tpu'") only from WARNING up."""
-    handler = logging.StreamHandler(sys.stderr)
+    handler = _CurrentStderr()
     handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
     handler.setLevel(logging.WARNING if quiet else logging.INFO)
     handler.addFilter(lambda r: r.name.split(".")[0] == "homodyne"

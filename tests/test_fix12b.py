@@ -322,7 +322,10 @@ def test_some_unusable_q_bins_are_one_warning_line(tmp_path, caplog, real_data):
     with caplog.at_level(logging.WARNING, logger="homodyne"):
         _, _, usable = usable_bins(read_one_time(path), OneTimeOptions())
     assert [i for i, _ in usable] == list(range(3, 27))
-    assert [r.getMessage()[:44] for r in caplog.records] == [
+    # the skipped bins are one line (the points with sigma = 0 that the measured file holds
+    # in 15 of the other bins are counted on a line of their own)
+    assert [r.getMessage()[:44] for r in caplog.records
+            if "q bins skipped" in r.getMessage()] == [
         "3 of 27 q bins skipped (fewer than two usabl"]
 
 

@@ -94,17 +94,23 @@ def test_one_time_points_dropped_for_their_sigma_are_counted_per_bin(tmp_path, c
     sig = np.full(20, 0.01)
     bad = sig.copy()
     bad[[3, 4]] = [0.0, np.inf]
+    bad[8:17] = -1.0
     g2_nan = g2.copy()
     g2_nan[7] = np.nan
-    rows = np.column_stack([tau, g2, sig, g2_nan, bad])
+    few = sig.copy()
+    few[19] = 0.0  # one point of sigma = 0 at the longest delay, as measured files hold
+    rows = np.column_stack([tau, g2, sig, g2_nan, bad, g2, few])
     (tmp_path / "g2.csv").write_text(
-        "tau,g2(q=0.005),sigma(q=0.005),g2(q=0.007),sigma(q=0.007)\n" +
+        "tau,g2(q=0.005),sigma(q=0.005),g2(q=0.007),sigma(q=0.007),g2(q=0.009),"
+        "sigma(q=0.009)\n" +
         "\n".join(",".join(repr(float(v)) for v in row) for row in rows))
     with caplog.at_level(logging.WARNING, logger="homodyne"):
         *_, usable = usable_bins(read_one_time(tmp_path / "g2.csv"), OneTimeOptions())
-    assert [int(ok.sum()) for _, ok in usable] == [20, 17]
-    assert "delay points dropped in 1 of 2 q bins" in caplog.text
-    assert "of 20 in the window: q = 0.007: 17 kept, 3 dropped" in caplog.text
+    assert [int(ok.sum()) for _, ok in usable] == [20, 8, 19]
+    # the bin that lost more than half is warned about; one point of sigma = 0 is not
+    assert [r.getMessage() for r in caplog.records] == [
+        "delay points dropped (more than half) in 1 of 3 q bins (g2 or sigma not finite, or "
+        "sigma <= 0), of 20 in the window: q = 0.007: 8 kept, 12 dropped"]
 
 
 def test_the_wrapper_refuses_a_first_batch_larger_than_the_largest():
@@ -161,3 +167,21 @@ def test_the_checkpoint_folder_is_held_from_the_early_check_to_the_end_of_the_fi
     lock = DirectoryLock(ck / ".lock")  # the run is over: the folder is free again
     lock.acquire()
     lock.release()
+
+
+def test_the_console_log_writes_to_the_stderr_of_the_moment(monkeypatch, capsys):
+    """A console handler from an earlier in-process main() (a notebook, another test) wrote
+    to the stream that was stderr then: closed since, a warning was 'Logging error: I/O
+    operation on closed file' plus a traceback on the new stderr."""
+    import io
+
+    from homodyne.cli import configure_console_logging
+
+    old = io.StringIO()
+    monkeypatch.setattr("sys.stderr", old)
+    configure_console_logging(quiet=True)
+    old.close()
+    monkeypatch.undo()
+    logging.getLogger("homodyne.test").warning("seen on the stderr of now")
+    err = capsys.readouterr().err
+    assert err == "WARNING seen on the stderr of now\n"

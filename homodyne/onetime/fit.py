@@ -235,11 +235,19 @@ def usable_bins(data: OneTimeData, options: OneTimeOptions
                     "sigma > 0, delay in the window): q = %s", len(skipped), len(chosen),
                     ", ".join(f"{data.q[i]:.5g}" for i, _ in skipped))
     n_window = int(in_window.sum())
-    if thinned := [(i, int(ok.sum())) for i, ok in usable if ok.sum() < n_window]:
-        log.warning("delay points dropped in %d of %d q bins (g2 or sigma not finite, or "
-                    "sigma <= 0), of %d in the window: %s", len(thinned), len(usable),
-                    n_window, "; ".join(f"q = {data.q[i]:.5g}: {k} kept, {n_window - k} "
-                                        "dropped" for i, k in thinned))
+    thinned = [(i, int(ok.sum())) for i, ok in usable if ok.sum() < n_window]
+    # a bin that keeps fewer than half its delays is warned about (a table of sigma <= 0
+    # fitted on 1 point of 180 said nothing); a few points of sigma = 0 at the long delays,
+    # as measured multi-tau files hold, only at DEBUG
+    worst = [(i, k) for i, k in thinned if 2 * k < n_window]
+    if thinned:
+        shown = worst or thinned
+        log.log(logging.WARNING if worst else logging.DEBUG,
+                "delay points dropped%s in %d of %d q bins (g2 or sigma not finite, or sigma "
+                "<= 0), of %d in the window: %s", " (more than half)" if worst else "",
+                len(shown), len(usable), n_window,
+                "; ".join(f"q = {data.q[i]:.5g}: {k} kept, {n_window - k} dropped"
+                          for i, k in shown))
     return lo, hi, usable
 
 
