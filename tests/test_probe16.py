@@ -1,0 +1,38 @@
+"""Regression tests for probe16's findings (issue 12, a fresh round over the workflow layer
+and the command line)."""
+
+import json
+
+import pandas as pd
+
+from homodyne.cli import main
+from homodyne.production.multiq_data import AgingSeries, write_series_file
+
+
+def _two_bin_files(tmp_path):
+    """Two files of two q bins each, and a config listing them (the workflow's style)."""
+    series = AgingSeries(q=(0.004, 0.006), ages_s=(0.0, 600.0), frames=16, angles=(0.0,))
+    files = [str(write_series_file(tmp_path, series, k)) for k in range(2)]
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(json.dumps({
+        "experimental_data": {"files": files, "q": "all"},
+        "initial_parameters": {"values": [1e4, -0.5, 100.0]},
+        "output": {"directory": str(tmp_path / "cfg_out"), "plots": False}}))
+    return cfg
+
+
+def test_one_q_bin_refitted_into_an_output_dir_keeps_every_row_of_its_summary(tmp_path):
+    """Was: `--q 0.004 --output-dir D` on a config of several files (a multi-q run already
+    in D) refitted the bin in every file and rewrote D/summary.csv with those rows only:
+    the q = 0.006 rows were dropped although their folders and results stayed."""
+    cfg = _two_bin_files(tmp_path)
+    out = str(tmp_path / "out")
+    assert main(["--config", str(cfg), "--output-dir", out, "--quiet"]) == 0
+    before = pd.read_csv(tmp_path / "out" / "summary.csv")
+    assert main(["--config", str(cfg), "--output-dir", out, "--q", "0.004", "--overwrite",
+                 "--quiet"]) == 0
+    after = pd.read_csv(tmp_path / "out" / "summary.csv")
+    assert len(before) == 4
+    assert after[["file", "q_index"]].values.tolist() == before[["file", "q_index"]].values.tolist()
+    assert after["D0"].tolist() == before["D0"].tolist()  # the same data and settings
+    assert after["settings_match"].all()
