@@ -2,8 +2,11 @@
 and the command line)."""
 
 import json
+import re
+from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from homodyne.cli import main
 from homodyne.production.multiq_data import AgingSeries, write_series_file
@@ -36,3 +39,23 @@ def test_one_q_bin_refitted_into_an_output_dir_keeps_every_row_of_its_summary(tm
     assert after[["file", "q_index"]].values.tolist() == before[["file", "q_index"]].values.tolist()
     assert after["D0"].tolist() == before["D0"].tolist()  # the same data and settings
     assert after["settings_match"].all()
+
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("text", ["- a.h5\n- b.h5\n", "experimental_data: [a.h5]\n",
+                                  "experimental_data:\n  files: 5\n",
+                                  "experimental_data:\n  files: [[a.h5]]\n",
+                                  "experimental_data:\n  files: [a.h5\n"])
+def test_a_multi_q_runs_fit_config_of_the_wrong_shape_is_one_clear_error(tmp_path, text):
+    """Was an AttributeError/TypeError (or a bare YAML ParserError) from the workflow's DAG
+    when a run's fit config is a list, or its experimental_data or files no mapping/text."""
+    fit_config = tmp_path / "f.yaml"
+    fit_config.write_text(text)
+    helpers = {"config": {"multiq": {"runs": {"r": {"config": str(fit_config)}}}}}
+    source = (REPO / "workflow/rules/multiq_common.smk").read_text()
+    exec(compile(source, "multiq_common.smk", "exec"), helpers)
+    with pytest.raises(ValueError, match=rf"^multiq run r: {re.escape(str(fit_config))} "
+                                         r"(needs experimental_data.files|is not valid YAML)"):
+        helpers["run_files"]("r")
