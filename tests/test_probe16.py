@@ -59,3 +59,14 @@ def test_a_multi_q_runs_fit_config_of_the_wrong_shape_is_one_clear_error(tmp_pat
     with pytest.raises(ValueError, match=rf"^multiq run r: {re.escape(str(fit_config))} "
                                          r"(needs experimental_data.files|is not valid YAML)"):
         helpers["run_files"]("r")
+
+
+def test_a_synthetic_multi_q_run_without_the_series_section_is_one_clear_error(tmp_path):
+    """Was a KeyError 'synthetic' traceback from the DAG: a run with synthetic: true in a
+    workflow config that has multiq.runs but no multiq.synthetic."""
+    helpers = {"config": {"multiq": {"runs": {"x": {
+        "config": str(REPO / "config/fits/synthetic_aging.yaml"), "synthetic": True}}}}}
+    source = (REPO / "workflow/rules/multiq_common.smk").read_text()
+    with pytest.raises(ValueError, match=r"^multiq.runs.x.synthetic: true fits the synthetic "
+                                         r"series, but the config has no multiq.synthetic"):
+        exec(compile(source, "multiq_common.smk", "exec"), helpers)

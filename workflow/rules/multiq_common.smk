@@ -106,13 +106,20 @@ def q_fit_jobs(wildcards):
 
 
 def check_multiq_runs():
-    """Every run's fit config exists (the schema checks the run names): a missing one would
-    only fail when its jobs run."""
+    """Every run's fit config exists, and a synthetic run's series is described (the schema
+    checks the run names): either would only fail, with a traceback, when its jobs run.
+    """
     for run, spec in multiq_runs().items():
         if not _Path(spec["config"]).is_file():
             raise ValueError(
                 f"multiq.runs.{run}.config: {spec['config']!r} is not a file; name the fit "
                 "config of this run (e.g. config/fits/synthetic_aging.yaml)"
+            )
+        if spec.get("synthetic") and not config["multiq"].get("synthetic"):
+            raise ValueError(
+                f"multiq.runs.{run}.synthetic: true fits the synthetic series, but the "
+                "config has no multiq.synthetic (q, ages_s, frames, angles); add it (as in "
+                "config/test.yaml) or set synthetic: false"
             )
 
 
