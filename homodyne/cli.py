@@ -355,9 +355,11 @@ def fit_main(argv) -> int:
     cfg = load_options_config(a)
     check_jax_backend()
     whole = None
-    if isinstance(a.q, float) and not a.output_dir:  # one q bin of a multi-q config: its
-        # own folder, and the summary refreshed from every bin's folder (also for a config
-        # of several files, which is itself multi: its table lost the other bins' rows)
+    # one q bin of a multi-q config: its own folder, and the summary refreshed from every
+    # bin's folder (also for a config of several files, which is itself multi: its table
+    # lost the other bins' rows, with --output-dir too); one file and --output-dir: a
+    # plain single fit in that folder
+    if isinstance(a.q, float) and (cfg.is_multi or not a.output_dir):
         from homodyne.config import load_config
 
         overrides = _overrides(a)

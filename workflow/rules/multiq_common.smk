@@ -33,6 +33,34 @@ def _config_relative(pattern, base):
     return found_alt if any(_os.path.exists(f) for f in found_alt) else found
 
 
+def _config_file_names(run, path):
+    """experimental_data.files (or file_path) of a run's fit config as a list of names; a
+    config that is no mapping, or names that are no text, is one clear error, not a
+    traceback from the DAG (homodyne's own checks run only when the jobs do)."""
+    with open(path) as fh:
+        try:
+            raw = _yaml.safe_load(fh)
+        except _yaml.YAMLError as exc:
+            raise ValueError(
+                f"multiq run {run}: {path} is not valid YAML: {exc}"
+            ) from None
+    data = (raw or {}).get("experimental_data") if isinstance(raw, dict) else None
+    data = data or {}
+    names = (
+        data.get("files") or [data.get("file_path")] if isinstance(data, dict) else None
+    )
+    names = [names] if isinstance(names, str) else names
+    if not isinstance(raw or {}, dict) or not (
+        isinstance(names, list) and all(n is None or isinstance(n, str) for n in names)
+    ):
+        raise ValueError(
+            f"multiq run {run}: {path} needs experimental_data.files (a path, a glob or a "
+            "list of them) or experimental_data.file_path, as in config/fits/"
+            "synthetic_aging.yaml"
+        )
+    return names
+
+
 def run_files(run):
     """File id (stem) -> path of a run: the synthetic series, or the files its fit config
     names (experimental_data.files: list or glob, or file_path; relative to the working
@@ -41,10 +69,7 @@ def run_files(run):
     if spec.get("synthetic"):
         files = series_files()
     else:
-        with open(spec["config"]) as fh:
-            data = (_yaml.safe_load(fh) or {}).get("experimental_data") or {}
-        names = data.get("files") or [data.get("file_path")]
-        names = [names] if isinstance(names, str) else names
+        names = _config_file_names(run, spec["config"])
         base = _Path(spec["config"]).parent
         files = [f for name in names if name for f in _config_relative(name, base)]
         if not files:
@@ -81,13 +106,20 @@ def q_fit_jobs(wildcards):
 
 
 def check_multiq_runs():
-    """Every run's fit config exists (the schema checks the run names): a missing one would
-    only fail when its jobs run."""
+    """Every run's fit config exists, and a synthetic run's series is described (the schema
+    checks the run names): either would only fail, with a traceback, when its jobs run.
+    """
     for run, spec in multiq_runs().items():
         if not _Path(spec["config"]).is_file():
             raise ValueError(
                 f"multiq.runs.{run}.config: {spec['config']!r} is not a file; name the fit "
                 "config of this run (e.g. config/fits/synthetic_aging.yaml)"
+            )
+        if spec.get("synthetic") and not config["multiq"].get("synthetic"):
+            raise ValueError(
+                f"multiq.runs.{run}.synthetic: true fits the synthetic series, but the "
+                "config has no multiq.synthetic (q, ages_s, frames, angles); add it (as in "
+                "config/test.yaml) or set synthetic: false"
             )
 
 
