@@ -226,6 +226,13 @@ def generate_main(argv) -> int:
                          phi_deg=tuple(a.angle_list), gap_h=a.gap_h, scaling=a.scaling)
     except ValueError as exc:
         parser.error(f"arguments --q/--dt/--frames/--angles: {exc}")
+    from homodyne.pipeline import MIN_POINTS_PER_PARAMETER
+
+    needed = MIN_POINTS_PER_PARAMETER * (spec.n_physical + 2)  # the fewest any fit takes
+    if spec.n_points < needed:  # a file every fit would refuse: not written
+        parser.error(f"arguments --frames/--angles: {spec.n_phi} angle(s) x {spec.n_frames} "
+                     f"frames make {spec.n_points:,} points; a {spec.mode} fit needs at least "
+                     f"{needed:,}: use more frames or angles")
     try:
         info = generate_synthetic(a.output, spec, spec.pack(a.contrast, a.offset, phys),
                                   noise_sigma=a.noise, seed=a.seed, block_rows=a.block_rows,

@@ -185,3 +185,17 @@ def test_the_console_log_writes_to_the_stderr_of_the_moment(monkeypatch, capsys)
     logging.getLogger("homodyne.test").warning("seen on the stderr of now")
     err = capsys.readouterr().err
     assert err == "WARNING seen on the stderr of now\n"
+
+
+def test_generate_refuses_a_file_no_fit_could_use(tmp_path, capsys):
+    """probe16 W5: `generate --frames 2` wrote a one-point file (exit 0) that every fit then
+    refused ("needs at least 100"); now an argparse error before anything is written."""
+    from homodyne.cli import main
+
+    out = tmp_path / "g.h5"
+    with pytest.raises(SystemExit) as stop:
+        main(["generate", "--output", str(out), "--frames", "2", "--angles", "0"])
+    assert stop.value.code == 2 and not out.exists()
+    assert ("arguments --frames/--angles: 1 angle(s) x 2 frames make 1 points; a static fit "
+            "needs at least 100: use more frames or angles") in capsys.readouterr().err
+    assert main(["generate", "--output", str(out), "--frames", "20", "--angles", "0"]) == 0
