@@ -236,11 +236,11 @@ def test_generate_names_overwrite_for_an_existing_output(tmp_path, capsys):
     target = tmp_path / "g.h5"
     target.write_text("precious")
     with pytest.raises(SystemExit):
-        main(["generate", "--output", str(target), "--frames", "10"])
+        main(["generate", "--output", str(target), "--frames", "20"])
     assert f"argument --output: {target} exists; pass --overwrite to replace it" in \
         capsys.readouterr().err
     assert target.read_text() == "precious"
-    assert main(["generate", "--output", str(target), "--frames", "10", "--overwrite"]) == 0
+    assert main(["generate", "--output", str(target), "--frames", "20", "--overwrite"]) == 0
 
 
 # --- Ctrl-C ------------------------------------------------------------------------------------

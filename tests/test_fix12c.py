@@ -261,7 +261,7 @@ def test_an_interrupt_as_jax_starts_its_tpu_probe_ends_the_program_at_once(tmp_p
 
     t0 = time.monotonic()
     done = subprocess.run([sys.executable, "-c", SIGNAL_AS_THE_TPU_TIMER_STARTS, "generate",
-                           "--output", str(tmp_path / "g.h5"), "--frames", "8"],
+                           "--output", str(tmp_path / "g.h5"), "--frames", "20"],
                           capture_output=True, text=True, timeout=120)
     took = time.monotonic() - t0
     if "sent" not in done.stderr:
