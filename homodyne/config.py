@@ -686,6 +686,10 @@ def check_data_path(path: str, key: str = "experimental_data.file_path") -> None
     if not os.path.isfile(path):  # a FIFO or device would block or read forever
         raise ConfigError(key, f"{path} is not a regular file (a pipe or device); point it "
                                "at a data file")
+    if not os.access(path, os.R_OK):
+        from homodyne.data.errors import UNREADABLE
+
+        raise ConfigError(key, f"{path} {UNREADABLE}")
 
 
 MAX_CONFIG_BYTES = 1 << 20  # configs are a few kB; anything this big is data given by mistake
@@ -732,6 +736,10 @@ def load_config(path, *, require_data: bool = True, overrides: dict | None = Non
     try:
         with open(path, encoding="utf-8") as fh:
             raw = yaml.load(fh, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
+    except PermissionError:
+        raise ConfigError("--config", f"{path} is not readable by this user (permission "
+                          "denied); fix its permissions or run as a user who can read it") \
+            from None
     except UnicodeDecodeError as exc:
         raise ConfigError("<file>", f"not UTF-8 text (byte {exc.start}); save the config "
                           "as UTF-8", path) from None

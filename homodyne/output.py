@@ -239,8 +239,12 @@ class DirectoryLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK,
                          0o666)
         except OSError as exc:
-            raise OutputDirError(f"cannot create the lock file {self.path} ({exc.strerror}); "
-                                 "remove it if it is a symbolic link") from None
+            fix = ("remove it: a symbolic link is never followed" if exc.errno == errno.ELOOP
+                   else "it belongs to another user or is read-only: remove it or fix its "
+                   "permissions" if exc.errno in (errno.EACCES, errno.EPERM)
+                   else "remove it or choose another folder")
+            raise OutputDirError(f"cannot open the lock file {self.path} ({exc.strerror}); "
+                                 f"{fix}") from None
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise OutputDirError(f"the lock file {self.path} is not a regular file (a pipe or "

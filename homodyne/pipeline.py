@@ -348,7 +348,7 @@ def _run_on_device(cfg: HomodyneConfig, out: Path, results: ResultSet,
                                    stage=results.stage)
         except (OSError, RuntimeError) as exc:  # h5py reports a full disk as either
             raise _write_error(out, exc) from None
-    log.info("done in %.2f s; outputs in %s", time.perf_counter() - t0, out)
+    log.info("done in %.2f s; writing the results to %s", time.perf_counter() - t0, out)
     return FitRun(result, out, {}, spec)
 
 

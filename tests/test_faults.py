@@ -392,7 +392,7 @@ def test_lock_file_and_log_never_follow_symlinks(tmp_path, fitted, capsys):
     out2.mkdir()
     (out2 / ".homodyne.lock").symlink_to(victim)
     assert main(["--config", str(fitted / "cfg.yaml"), "--output-dir", str(out2)]) == 2
-    assert "remove it if it is a symbolic link" in capsys.readouterr().err
+    assert "remove it: a symbolic link is never followed" in capsys.readouterr().err
     assert victim.read_text() == "keep me"
 
 

@@ -54,6 +54,10 @@ def _locale_setting() -> str:
                 "")
 
 
+UNREADABLE = ("is not readable by this user (permission denied); fix its permissions or "
+              "run as a user who can read it")
+
+
 def missing_reason(path: str) -> str:
     """Why ``path`` cannot be opened although it was named: a dangling symlink or a loop
     of symlinks is said as such, not as a missing file."""
@@ -80,4 +84,6 @@ def data_file(path) -> str:
     if not os.path.isfile(text):  # a FIFO or device would block or read forever
         raise DataFileError(text, "is not a regular file (a pipe or device), expected a "
                             "data file")
+    if not os.access(text, os.R_OK):
+        raise DataFileError(text, UNREADABLE)
     return text

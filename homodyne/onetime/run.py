@@ -38,7 +38,7 @@ def run_one_time(cfg, out: Path, stage=None):
         result.j_model = fit_j_model(cfg, Path(stage("j_model")) if stage else out / "j_model")
     log_summary(result)
     files = write_one_time_outputs(out, result, plots=cfg.output["plots"], stage=stage)
-    log.info("done in %.2f s; outputs in %s", time.perf_counter() - t0, out)
+    log.info("done in %.2f s; writing the results to %s", time.perf_counter() - t0, out)
     return FitRun(result, out, files)
 
 

@@ -450,6 +450,10 @@ class CheckpointManager:
             return state
         except (_Refused, ValueError) as exc:
             reason = str(exc)
+        except PermissionError as exc:  # intact for all we know: say so, not "corrupt"
+            raise NLSQCheckpointError(f"checkpoint {path} cannot be read by this user "
+                                      f"({exc.strerror}); fix its permissions to resume "
+                                      "from it") from None
         except Exception as exc:  # noqa: BLE001 - a sealed file HDF5 cannot read: refused
             reason = f"{type(exc).__name__}: {exc}"
         raise NLSQCheckpointError(f"checkpoint {path} is corrupt or incomplete ({reason})")

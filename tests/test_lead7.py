@@ -1,0 +1,75 @@
+"""Files this user may not read or write (found running as a non-root user): each is said
+as a permission problem with its fix, never as a corrupt file, a symlink or a traceback."""
+
+import errno
+import os
+
+import pytest
+from helpers import streaming_cli_config
+
+import homodyne.config
+from homodyne.cli import main
+from homodyne.optimization import checkpoint_manager
+from homodyne.output import DirectoryLock, OutputDirError
+
+
+def _deny_reading(monkeypatch, denied):
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, mode, *a, **k:
+                        False if os.fspath(p) == str(denied) and mode == os.R_OK
+                        else real(p, mode, *a, **k))
+
+
+def test_unreadable_config_is_one_clean_error(tmp_path, monkeypatch, capsys):
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("analysis_mode: static\n")
+
+    def denied(*a, **k):
+        raise PermissionError(errno.EACCES, "Permission denied", str(cfg))
+
+    monkeypatch.setattr(homodyne.config, "open", denied, raising=False)
+    assert main(["validate", "--config", str(cfg)]) == 2
+    err = capsys.readouterr().err
+    assert "is not readable by this user (permission denied)" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("how", ["config", "--data-file"])
+def test_unreadable_data_file_is_named_as_such_not_corrupt(tmp_path, monkeypatch, capsys, how):
+    cfg = streaming_cli_config(tmp_path)
+    data = tmp_path / "data.h5"
+    _deny_reading(monkeypatch, data)
+    args = ["--config", str(cfg), "--output-dir", str(tmp_path / "out")]
+    assert main(args + (["--data-file", str(data)] if how == "--data-file" else [])) == 2
+    err = capsys.readouterr().err
+    assert "not readable by this user (permission denied)" in err
+    assert "corrupt" not in err and not (tmp_path / "out" / "parameters.json").exists()
+
+
+def test_lock_file_of_another_user_says_permissions_not_symlink(tmp_path, monkeypatch):
+    lock = tmp_path / ".homodyne.lock"
+    real = os.open
+
+    def fake_open(path, flags, *a, **k):
+        if os.fspath(path) == str(lock):
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real(path, flags, *a, **k)
+
+    monkeypatch.setattr(os, "open", fake_open)
+    with pytest.raises(OutputDirError, match="belongs to another user or is read-only") as exc:
+        DirectoryLock(lock).acquire()
+    assert "symbolic link" not in str(exc.value)
+
+
+def test_unreadable_checkpoint_is_not_called_corrupt(tmp_path, monkeypatch):
+    path = tmp_path / "homodyne_state_batch_0001.h5"
+    path.write_bytes(b"x" * 64)
+
+    def denied(p):
+        raise PermissionError(errno.EACCES, "Permission denied", str(p))
+
+    monkeypatch.setattr(checkpoint_manager, "_verify_bytes", denied)
+    manager = checkpoint_manager.CheckpointManager(tmp_path)
+    with pytest.raises(checkpoint_manager.NLSQCheckpointError,
+                       match="cannot be read by this user") as exc:
+        manager.check_checkpoint(path)
+    assert "corrupt" not in str(exc.value)
