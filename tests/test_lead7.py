@@ -73,3 +73,18 @@ def test_unreadable_checkpoint_is_not_called_corrupt(tmp_path, monkeypatch):
                        match="cannot be read by this user") as exc:
         manager.check_checkpoint(path)
     assert "corrupt" not in str(exc.value)
+
+
+def test_summary_names_a_coarse_subsample_only_when_there_was_one():
+    from helpers import bounds_for, make_spec, noisy_data, start_for, truth_for
+
+    from homodyne.optimization.nlsq_wrapper import NLSQWrapper
+
+    spec = make_spec("static", n_frames=30, n_phi=1)
+    truth = truth_for(spec)
+    lb, ub = bounds_for(spec)
+    result = NLSQWrapper().fit_two_time(None, spec, start_for(spec, truth), (lb, ub),
+                                        y=noisy_data(spec, truth))
+    line = result.summary().splitlines()[1]
+    assert result.coarse_passes == 0 and f"{result.passes} full passes, " in line
+    assert "subsample" not in line

@@ -228,8 +228,9 @@ class FitResult:
             self.stop_reason)
         lines = [head,
                  f"strategy {self.strategy}, {self.n_points:,} points, {self.passes} full "
-                 f"passes (+{self.coarse_passes} on a {self.coarse_points:,}-point subsample), "
-                 f"{self.iterations} iterations, {self.wall_time_s:.2f} s",
+                 "passes" + (f" (+{self.coarse_passes} on a {self.coarse_points:,}-point "
+                             "subsample)" if self.coarse_passes else "")
+                 + f", {self.iterations} iterations, {self.wall_time_s:.2f} s",
                  f"reduced chi2 = {self.reduced_chi_squared:.6g}"
                  + (f" (chi2 p-value {self.chi2_p_value:.2g}, sigma given)"
                     if self.chi2_p_value is not None else "")]
