@@ -1,0 +1,81 @@
+"""Regression tests for the weak items earlier probing rounds left on issue 12 (fix12g):
+a checkpoint disk with room for fewer files than keep_last_checkpoints + 1, ..."""
+
+import errno
+import logging
+from contextlib import contextmanager
+
+import numpy as np
+
+from homodyne.optimization import checkpoint_manager
+from homodyne.optimization.checkpoint_manager import CheckpointManager
+from homodyne.optimization.checkpoint_session import CheckpointSession, checkpoint_state
+
+
+def _fit_state(x) -> dict:
+    return checkpoint_state([], solver=None, n_failed=0, recovery_actions=[],
+                            excluded={"coarse": set(), "full": set()}, stage="full",
+                            x=np.asarray(x, float), next_batch=0, partial=None)
+
+
+def _disk_with_room_for(monkeypatch, n_files: int) -> None:
+    """Checkpoint writes fail with ENOSPC once the folder holds ``n_files`` checkpoints."""
+    real = checkpoint_manager.atomic_path
+
+    @contextmanager
+    def atomic_path(path):
+        if len(list(path.parent.glob("homodyne_state_batch_*.h5"))) >= n_files:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        with real(path) as tmp:
+            yield tmp
+
+    monkeypatch.setattr(checkpoint_manager, "atomic_path", atomic_path)
+
+
+def test_a_checkpoint_disk_without_room_for_keep_plus_one_files_keeps_saving(
+        tmp_path, monkeypatch, caplog):
+    """probe14 W2: room for 2 files, keep 3: the new file was written before old ones were
+    pruned, so every save after the 2nd failed for the rest of the fit (resume point stuck
+    at the 2nd). Now a save without room deletes this fit's older checkpoints (never the
+    newest valid one) and tries once more; another fit's file is not touched."""
+    other = CheckpointManager(tmp_path).save_checkpoint(1, _fit_state([9, 9, 9]),
+                                                        fingerprint="o" * 64)
+    _disk_with_room_for(monkeypatch, 3)  # the other fit's file + 2 of ours
+    session = CheckpointSession(CheckpointManager(tmp_path, keep_last_n=3),
+                                fingerprint="f" * 64)
+    with caplog.at_level(logging.WARNING, logger="homodyne"):
+        for batch in range(2, 14, 2):
+            session.save(batch, _fit_state([batch, 0, 1]), clock=0.0, wait=True)
+    assert session.errors == []
+    names = sorted(p.name for p in tmp_path.glob("homodyne_state_batch_*.h5"))
+    assert names == ["homodyne_state_batch_0001.h5", "homodyne_state_batch_0010.h5",
+                     "homodyne_state_batch_0012.h5"]
+    assert other.is_file()
+    resumed = CheckpointSession(CheckpointManager(tmp_path), fingerprint="f" * 64)
+    assert resumed.load_resume().batch == 12
+    np.testing.assert_array_equal(resumed.replay["current_x"], [12, 0, 1])
+    said = [r.getMessage() for r in caplog.records if "no room" in r.getMessage()]
+    assert len(said) == 1 and "at batch 6 (No space left on device)" in said[0], said
+
+
+def test_a_save_without_room_never_deletes_the_newest_valid_checkpoint(tmp_path, monkeypatch):
+    """Room for two files: a corrupt newer file of this fit goes, the newest valid one stays;
+    room for one: nothing of this fit can go, the save fails and says which one is kept."""
+    manager = CheckpointManager(tmp_path, keep_last_n=3)
+    session = CheckpointSession(manager, fingerprint="f" * 64)
+    session.save(2, _fit_state([2, 0, 1]), clock=0.0, wait=True)
+    damaged = manager.save_checkpoint(3, _fit_state([3, 0, 1]), fingerprint="f" * 64)
+    raw = bytearray(damaged.read_bytes())
+    raw[len(raw) // 2] ^= 0xFF  # digest no longer matches; the trailer still names this fit
+    damaged.write_bytes(bytes(raw))
+    _disk_with_room_for(monkeypatch, 2)
+    session.save(4, _fit_state([4, 0, 1]), clock=0.0, wait=True)
+    assert session.errors == []
+    assert [p.name[-7:-3] for p in manager.list_checkpoints()] == ["0002", "0004"]
+    _disk_with_room_for(monkeypatch, 1)
+    session.save(6, _fit_state([6, 0, 1]), clock=0.0, wait=True)
+    assert [p.name[-7:-3] for p in manager.list_checkpoints()] == ["0004"]
+    session.save(8, _fit_state([8, 0, 1]), clock=0.0, wait=True)
+    assert [p.name[-7:-3] for p in manager.list_checkpoints()] == ["0004"]
+    assert len(session.errors) == 2 and "No space left" in session.errors[0]
+    assert "batch 4" in session.kept_checkpoint()
