@@ -79,3 +79,30 @@ def test_a_save_without_room_never_deletes_the_newest_valid_checkpoint(tmp_path,
     assert [p.name[-7:-3] for p in manager.list_checkpoints()] == ["0004"]
     assert len(session.errors) == 2 and "No space left" in session.errors[0]
     assert "batch 4" in session.kept_checkpoint()
+
+
+def test_with_no_minimum_interval_a_save_is_never_skipped_for_a_slow_writer(tmp_path,
+                                                                           monkeypatch):
+    """probe15 W9: keep 3 on a 1M-point run kept 19, 59, 75 (checkpoint_frequency 4,
+    checkpoint_min_interval_s 0): the kept set was the fit's newest 3, but every save due
+    while the previous one was still being written had been skipped. With interval 0 a save
+    now falls every checkpoint_frequency batches (the README's promise) and the kept set is
+    the newest keep_last_checkpoints of them."""
+    import time
+
+    manager = CheckpointManager(tmp_path, checkpoint_frequency=2, keep_last_n=3,
+                                min_interval_s=0)
+    real = manager.save_checkpoint
+
+    def slow_disk(*args, **kw):
+        time.sleep(0.05)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(manager, "save_checkpoint", slow_disk)
+    session = CheckpointSession(manager, fingerprint="f" * 64)
+    for batch in range(1, 13):  # the fit asks after each call whether a save is due
+        if session.due(batch, clock=float(batch)):
+            session.save(batch, _fit_state([batch, 0, 1]), clock=float(batch))
+    session.flush()
+    assert [p.name[-7:-3] for p in manager.list_checkpoints()] == ["0008", "0010", "0012"]
+    assert len(session.save_seconds) == 6

@@ -283,11 +283,14 @@ class CheckpointSession:
     # --- saving ------------------------------------------------------------------------
     def due(self, batches_done: int, clock: float) -> bool:
         """``checkpoint_frequency`` batches since the last save, at least
-        ``min_interval_s`` seconds of fitting ago, and no save still being written."""
+        ``min_interval_s`` seconds of fitting ago, and no save still being written (a
+        save is then skipped, never a stall), except with ``min_interval_s`` = 0: saves
+        exactly every ``checkpoint_frequency`` batches, waiting for the previous one (a
+        skipped save left the kept checkpoints tens of batches apart, e.g. 19, 59, 75)."""
         m = self.manager
         return (batches_done - self._last_batch >= m.checkpoint_frequency
                 and clock - self._last_time >= m.min_interval_s
-                and (self._pending is None or self._pending.done()))
+                and (self._pending is None or self._pending.done() or m.min_interval_s == 0))
 
     def save(self, batch: int, state: dict, *, clock: float, snapshot_s: float = 0.0,
              wait: bool = False) -> None:
