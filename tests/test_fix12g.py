@@ -6,6 +6,7 @@ import logging
 from contextlib import contextmanager
 
 import numpy as np
+import pytest
 
 from homodyne.optimization import checkpoint_manager
 from homodyne.optimization.checkpoint_manager import CheckpointManager
@@ -106,3 +107,33 @@ def test_with_no_minimum_interval_a_save_is_never_skipped_for_a_slow_writer(tmp_
     session.flush()
     assert [p.name[-7:-3] for p in manager.list_checkpoints()] == ["0008", "0010", "0012"]
     assert len(session.save_seconds) == 6
+
+
+def test_a_killed_runs_temporary_file_goes_when_its_pid_belongs_to_another_process(tmp_path):
+    """probe14 W3: '.tmp-1.<host>-deadbeef-fit.h5' (pid 1, alive) was never removed. The
+    name now carries the writer's start time after its pid; a live pid that started at
+    another time is another process. A running writer's files and legacy names whose pid
+    runs are kept."""
+    import os
+    import re
+
+    from homodyne.output import DirectoryLock, _host, _start_time, _temp_name
+
+    me = os.getpid()
+    mine = _start_time(me)
+    if mine is None:
+        pytest.skip("no /proc: the pid alone is judged here")
+    host = _host()
+    name = _temp_name(tmp_path / "fit.h5").name
+    assert re.fullmatch(rf"\.tmp-{me}s{mine}\.{host}-[0-9a-f]{{8}}-fit\.h5", name)
+    planted = {f".tmp-1s{_start_time(1) + 1}.{host}-deadbeef-fit.h5": False,  # pid reused
+               f".tmp-{me}s{mine + 7}.{host}-0123abcd-parameters.json": False,
+               name: True,  # this (running) writer's
+               f".tmp-{me}.{host}-4567abcd-fit.log": True,  # no start time: pid runs
+               f".tmp-1s{_start_time(1)}.{host}-89abcdef-fit.h5": True}  # pid 1's own
+    for planted_name in planted:
+        (tmp_path / planted_name).write_bytes(b"x")
+    lock = DirectoryLock(tmp_path / ".lock")
+    lock.acquire()
+    lock.release()
+    assert {n: (tmp_path / n).exists() for n in planted} == planted
