@@ -137,3 +137,35 @@ def test_a_killed_runs_temporary_file_goes_when_its_pid_belongs_to_another_proce
     lock.acquire()
     lock.release()
     assert {n: (tmp_path / n).exists() for n in planted} == planted
+
+
+def test_a_q_far_from_every_bin_names_where_the_q_came_from(tmp_path, capsys):
+    """probe16 W2: with the q from --q the message said 'set experimental_data.q to one of
+    the bins or widen q_tolerance' (and the multi-q one 'experimental_data.q: ...'), and
+    q_tolerance was named without its section."""
+    import yaml
+    from helpers import small_two_time_file
+
+    from homodyne.cli import main
+
+    small_two_time_file(tmp_path / "d.h5", n_frames=20)
+    config = {"analysis_mode": "static", "experimental_data": {"file_path": "d.h5"},
+              "initial_parameters": {"parameter_names": ["D0", "alpha", "D_offset"],
+                                     "values": [1.0, 0.0, 0.0]}}
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(config))
+    config["experimental_data"]["q"] = 0.01
+    (tmp_path / "q.yaml").write_text(yaml.safe_dump(config))
+    c, q = str(tmp_path / "c.yaml"), str(tmp_path / "q.yaml")
+    fix = {"--q": "give --q one of the bins or widen experimental_data.q_tolerance",
+           "key": "set experimental_data.q to one of the bins or widen "
+                  "experimental_data.q_tolerance"}
+    for argv, said in ((["validate", "--config", c, "--q", "0.01"], fix["--q"]),
+                       (["--config", c, "--q", "0.01"], fix["--q"]),
+                       (["validate", "--config", q], fix["key"]),
+                       (["validate", "--config", q, "--q", "0.02"], fix["--q"])):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert "no q bin within 0.001 of q = 0.01" in err or "of q = 0.02" in err
+        assert err.rstrip().endswith(said), (argv, err)
+    assert main(["validate", "--config", c, "--q", "0.01,0.02"]) == 2
+    assert capsys.readouterr().err.startswith("homodyne: error: --q: no q bin of ")

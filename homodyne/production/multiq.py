@@ -67,7 +67,8 @@ def selected_bins(q_setting, bins: list[float], path: str, tolerance=None) -> li
         tol = DEFAULT_Q_TOLERANCE * q if tolerance is None else tolerance
         if abs(bins[i] - q) > tol:
             raise ConfigError("experimental_data.q", f"no q bin of {path} within {tol:.3g} of "
-                              f"{q:.6g} (bins: {_fmt(bins)}); use one of them or 'all'")
+                              f"{q:.6g} (bins: {_fmt(bins)}); use one of them or 'all', or widen "
+                              "experimental_data.q_tolerance")
         if i not in out:
             out.append(i)
     return out
