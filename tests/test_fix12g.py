@@ -169,3 +169,22 @@ def test_a_q_far_from_every_bin_names_where_the_q_came_from(tmp_path, capsys):
         assert err.rstrip().endswith(said), (argv, err)
     assert main(["validate", "--config", c, "--q", "0.01,0.02"]) == 2
     assert capsys.readouterr().err.startswith("homodyne: error: --q: no q bin of ")
+
+
+def test_the_cache_folder_follows_the_xdg_spec_and_refuses_an_unknown_users_home(
+        tmp_path, monkeypatch, caplog):
+    """probe16 W3: XDG_CACHE_HOME=relative/cache made ./relative/cache/homodyne/jax in the
+    current folder (the XDG spec: ignore a relative value), and
+    HOMODYNE_COMPILATION_CACHE='~nouser/x' a folder literally named '~nouser' there."""
+    from homodyne.jaxconf import CACHE_ENV, compilation_cache_dir
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert compilation_cache_dir({"XDG_CACHE_HOME": "relative/cache"}) == \
+        str(tmp_path / ".cache" / "homodyne" / "jax")
+    assert compilation_cache_dir({"XDG_CACHE_HOME": "/abs/cache"}) == "/abs/cache/homodyne/jax"
+    assert compilation_cache_dir({CACHE_ENV: "~/x"}) == str(tmp_path / "x")
+    with caplog.at_level(logging.WARNING, logger="homodyne"):
+        assert compilation_cache_dir({CACHE_ENV: "~no_such_user_f12g/x"}) is None
+    assert "the compilation cache ~no_such_user_f12g/x cannot be used (~no_such_user_f12g " \
+        "is the home of no user here); kernels are compiled in every run: set " \
+        f"{CACHE_ENV} to an absolute folder, or to 'off'" in caplog.text
