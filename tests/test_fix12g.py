@@ -188,3 +188,19 @@ def test_the_cache_folder_follows_the_xdg_spec_and_refuses_an_unknown_users_home
     assert "the compilation cache ~no_such_user_f12g/x cannot be used (~no_such_user_f12g " \
         "is the home of no user here); kernels are compiled in every run: set " \
         f"{CACHE_ENV} to an absolute folder, or to 'off'" in caplog.text
+
+
+def test_angles_equal_modulo_360_up_to_rounding_are_one_angle(tmp_path, capsys):
+    """probe15 W8: 10 and 370.0000000001 were two angles (compared exactly modulo 360);
+    angles 1e-4 degrees apart across 0/360 too. Distinct bins 0.01 degrees apart stay two."""
+    from homodyne.cli import main
+    from homodyne.model import same_angle_pair
+
+    assert same_angle_pair([10.0, 370.0000000001]) == (0, 1)
+    assert same_angle_pair([0.0, 45.0, 359.99999]) == (0, 2)
+    assert same_angle_pair([np.float32(10.1), np.float32(370.1)]) == (0, 1)
+    assert same_angle_pair([10.0, 10.01, 370.02]) is None
+    with pytest.raises(SystemExit):
+        main(["generate", "--output", str(tmp_path / "d.h5"), "--angles", "10,370.0000000001"])
+    assert "argument --angles: 10 and 370 are one angle (equal modulo 360 degrees)" in \
+        capsys.readouterr().err
