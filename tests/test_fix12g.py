@@ -204,3 +204,31 @@ def test_angles_equal_modulo_360_up_to_rounding_are_one_angle(tmp_path, capsys):
         main(["generate", "--output", str(tmp_path / "d.h5"), "--angles", "10,370.0000000001"])
     assert "argument --angles: 10 and 370 are one angle (equal modulo 360 degrees)" in \
         capsys.readouterr().err
+
+
+def test_a_one_time_series_lists_every_file_by_its_absolute_path(tmp_path, monkeypatch):
+    """probe15 W7: data_file_abs names the first file of a one-time aging series only, and
+    j_model's files were as given (relative). j_model.files_abs lists them all, in the
+    series' order (by age), each resolved. (The joint fit itself is tested in
+    test_onetime's series test, which checks files_abs too; here only the listing.)"""
+    import types
+
+    from homodyne.onetime import run
+    from homodyne.production import aging
+
+    monkeypatch.chdir(tmp_path)
+    summary = {"files": ["b.hdf", "a.hdf"], "ages_s": [1.0, 2.0], "J_negative_in_window": False,
+               "J_min_in_window": 1.0}
+    names = ["D0", "alpha", "D_offset", "offset"]
+    result = types.SimpleNamespace(status="converged", stop_reason="", parameter_names=names,
+                                   parameters=np.ones(4), uncertainties=np.ones(4),
+                                   reduced_chi_squared=1.0, undetermined=[], at_bounds=[])
+    monkeypatch.setattr(aging, "fit_aging", lambda paths, folder, **kw: {
+        "result": result, "summary": summary})
+    cfg = types.SimpleNamespace(
+        experimental_data={"file_path": "a.hdf"}, raw={},
+        one_time={"series": ["b.hdf"], "min_tau_s": None, "max_tau_s": None, "errors": "x",
+                  "max_iterations": 10, "ages_s": None, "nonnegative_J": False})
+    jm = run.fit_j_model(cfg, tmp_path / "j_model")
+    assert jm["files"] == ["b.hdf", "a.hdf"]
+    assert jm["files_abs"] == [str(tmp_path.resolve() / "b.hdf"), str(tmp_path.resolve() / "a.hdf")]
