@@ -232,3 +232,36 @@ def test_a_one_time_series_lists_every_file_by_its_absolute_path(tmp_path, monke
     jm = run.fit_j_model(cfg, tmp_path / "j_model")
     assert jm["files"] == ["b.hdf", "a.hdf"]
     assert jm["files_abs"] == [str(tmp_path.resolve() / "b.hdf"), str(tmp_path.resolve() / "a.hdf")]
+
+
+def test_a_sigma_far_too_large_is_said_not_passed_as_a_plain_converged():
+    """probe15 W8: a sigma 100x too large was "converged" (reduced chi2 2.5e-5, p = 1) with
+    nothing said. chi2 below the lower 1e-6 tail of a correct model's distribution is now a
+    note in the first line and in parameters.json (sigma_overstated), the status stays
+    converged (the standard errors are scaled by the reduced chi2: the same either way)."""
+    import json
+
+    import jax.numpy as jnp
+
+    from homodyne.optimization.nlsq_wrapper import NLSQWrapper
+
+    x = np.linspace(0.0, 5.0, 400)
+    y = 0.8 * np.exp(-1.5 * x) + 1.0 + np.random.default_rng(0).normal(0.0, 2e-3, x.size)
+
+    def decay(x, a, b, c):
+        return a * jnp.exp(-b * x) + c
+
+    fits = {s: NLSQWrapper().fit(decay, x, y, [1.0, 1.0, 0.5], ([0, 0, -5], [10, 10, 5]),
+                                 sigma=np.full(x.size, s)) for s in (2e-3, 0.2)}
+    right, large = fits[2e-3], fits[0.2]
+    assert right.status == large.status == "converged" and not right.sigma_overstated
+    assert large.sigma_overstated and large.reduced_chi_squared < 2e-4
+    np.testing.assert_allclose(large.uncertainties, right.uncertainties, rtol=1e-6)
+    first = large.summary().splitlines()[0]
+    assert first.startswith("converged, but the data's sigma look overstated: reduced chi2 = "
+                            f"{large.reduced_chi_squared:.4g} with the data's sigma"), first
+    assert f"the sigma look about {1 / np.sqrt(large.reduced_chi_squared):.3g}x too large" \
+        in first and first.endswith(f"({large.stop_reason})")
+    saved = json.loads(json.dumps(large.as_dict(), allow_nan=False))
+    assert saved["sigma_overstated"] is True and "too large" in saved["goodness_of_fit"]
+    assert right.summary().splitlines()[0] == f"converged: {right.stop_reason}"
