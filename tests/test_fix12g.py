@@ -265,3 +265,36 @@ def test_a_sigma_far_too_large_is_said_not_passed_as_a_plain_converged():
     saved = json.loads(json.dumps(large.as_dict(), allow_nan=False))
     assert saved["sigma_overstated"] is True and "too large" in saved["goodness_of_fit"]
     assert right.summary().splitlines()[0] == f"converged: {right.stop_reason}"
+
+
+def test_the_workflows_gather_marks_each_bin_fitted_with_other_settings(tmp_path):
+    """probe16 W6: the workflow's summary.csv had no settings_match column (the command
+    line's multi-q table has one): a bin fitted with other settings could not be told."""
+    import runpy
+
+    import pandas as pd
+    from helpers import REPO, gather_rule_job
+
+    from homodyne.config import load_config
+    from homodyne.optimization.result import FitResult
+    from homodyne.output import write_json
+    from homodyne.production.multiq import JOB_FILE, settings_digest
+
+    bins = [tmp_path / "run" / "a" / f"q{k:02d}" for k in range(2)]
+    job = gather_rule_job(tmp_path, bins, tmp_path / "run" / "summary.csv")
+    now = settings_digest(load_config(job.params.config))
+    names = ["contrast", "offset", "D0", "alpha", "D_offset"]
+    for k, (folder, settings) in enumerate(zip(bins, [now, "f" * 64], strict=True)):
+        folder.mkdir(parents=True)
+        write_json(folder / JOB_FILE, {"file": "a.h5", "file_id": "a", "q_index": k,
+                                       "q": 0.001 * (k + 1), "age_s": None,
+                                       "settings": settings})
+        write_json(folder / "parameters.json", FitResult(
+            parameter_names=tuple(names), parameters=np.arange(1.0, 6.0),
+            uncertainties=np.full(5, 0.1), covariance=np.eye(5) * 0.01, cost=1.0,
+            n_points=500, reduced_chi_squared=1.0, converged=True, stop_reason="converged",
+            strategy="STANDARD", iterations=4, passes=5).as_dict())
+    runpy.run_path(str(REPO / "workflow" / "scripts" / "gather_q_fits.py"),
+                   init_globals={"snakemake": job})
+    table = pd.read_csv(tmp_path / "run" / "summary.csv")
+    assert table["settings_match"].tolist() == [True, False]
