@@ -298,3 +298,32 @@ def test_the_workflows_gather_marks_each_bin_fitted_with_other_settings(tmp_path
                    init_globals={"snakemake": job})
     table = pd.read_csv(tmp_path / "run" / "summary.csv")
     assert table["settings_match"].tolist() == [True, False]
+
+
+def test_the_shipped_multi_q_chx_config_gives_a_determined_fit(real_data, tmp_path):
+    """probe10 W5: config/fits/chx_two_time.yaml (the workflow's multiq_chx run on the
+    measured CHX matrix) ended degenerate: D0 on its upper bound 1000, D_offset -999.8,
+    alpha ~ 0, all undetermined (its bound D0 >= 1e-6 kept out the minimum, where J(t) > 0
+    falls as the sample ages with D0 < 0). Now every parameter is determined, inside the
+    bounds, and J(t) > 0 at every frame."""
+    import json
+
+    import pandas as pd
+    import yaml
+    from helpers import REPO
+
+    from homodyne.cli import main
+
+    raw = yaml.safe_load((REPO / "config" / "fits" / "chx_two_time.yaml").read_text())
+    raw["experimental_data"]["files"] = [str(real_data / "chx_two_time" / "test_g2.npy")]
+    raw["output"] = {"directory": str(tmp_path / "out"), "plots": False}
+    (tmp_path / "chx.yaml").write_text(yaml.safe_dump(raw))
+    assert main(["--config", str(tmp_path / "chx.yaml")]) == 0
+    [row] = pd.read_csv(tmp_path / "out" / "summary.csv").to_dict("records")
+    assert row["status"] == "ok", row["status"]
+    p = json.loads((tmp_path / "out" / "test_g2" / "q00" / "parameters.json").read_text())
+    assert p["status"] == "converged" and p["at_bounds"] == [] and p["undetermined"] == []
+    v = {n: d["value"] for n, d in p["parameters_by_name"].items()}
+    t = np.arange(1.0, 351.0)  # frames, dt = 1
+    J = v["D0"] * t ** v["alpha"] + v["D_offset"]
+    assert v["D0"] < 0 < v["alpha"] and np.all(J > 0) and J[-1] < J[0]
