@@ -1,5 +1,9 @@
 """Regression tests for the weak items earlier probing rounds left on issue 12 (fix12g):
-a checkpoint disk with room for fewer files than keep_last_checkpoints + 1, ..."""
+a checkpoint disk with room for fewer files than keep_last_checkpoints + 1, saves skipped
+while the writer was busy, a killed run's temporary file whose pid was reused, the q
+source in the 'no q bin within' message, the cache folder's XDG rules, a one-time series'
+files, near-equal angles, an overstated sigma, the workflow gather's settings_match and
+the shipped multi-q CHX config's degenerate fit."""
 
 import errno
 import logging
