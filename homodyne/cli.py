@@ -21,6 +21,7 @@ import os
 import signal
 import sys
 import threading
+from contextlib import contextmanager
 
 EXIT_USAGE = 2
 EXIT_FIT_FAILED = 3
@@ -249,8 +250,6 @@ def generate_main(argv) -> int:
 
 
 def validate_main(argv) -> int:
-    from homodyne.pipeline import check_points_kept, model_spec, open_data, start_and_bounds
-
     p = argparse.ArgumentParser(prog="homodyne validate",
                                 description="Validate a config and summarise its data.")
     _version_flag(p)
@@ -259,6 +258,13 @@ def validate_main(argv) -> int:
     p.add_argument("--q", type=_q_argument, help="q bin(s), as for a fit (overrides "
                    "experimental_data.q)")
     a = p.parse_args(argv)
+    with errors_name_options(a):
+        return _validate(a)
+
+
+def _validate(a) -> int:
+    from homodyne.pipeline import check_points_kept, model_spec, open_data, start_and_bounds
+
     cfg = load_options_config(a)
     if cfg.analysis_mode == "one_time":
         return _validate_one_time(cfg)
@@ -325,16 +331,32 @@ OPTION_KEYS = {"experimental_data.q": "--q", "optimization.restarts": "--restart
 def load_options_config(a):
     """load_config with the command line's overrides; a ConfigError about a value that
     came from an option names that option (``--q``), not the config file's key."""
-    from homodyne.config import ConfigError, load_config
+    from homodyne.config import load_config
+
+    with errors_name_options(a):
+        return load_config(a.config, overrides=_overrides(a))
+
+
+@contextmanager
+def errors_name_options(a):
+    """A ConfigError about a value that came from an option (``--q``, ``--restarts``), or
+    a q far from every bin of the file when the q came from ``--q``, names that option
+    instead of the config key the option overrode."""
+    from homodyne.config import ConfigError
+    from homodyne.data.errors import QBinError
 
     overrides = _overrides(a)
     try:
-        return load_config(a.config, overrides=overrides)
+        yield
     except ConfigError as exc:
         for dotted, option in OPTION_KEYS.items():
             if dotted in overrides and (exc.key == dotted or exc.key.startswith(dotted + "[")
                                         or dotted.startswith(exc.key + ".")):
                 raise ConfigError(option, exc.problem) from None
+        raise
+    except QBinError as exc:
+        if "experimental_data.q" in overrides:
+            raise exc.named(OPTION_KEYS["experimental_data.q"]) from None
         raise
 
 
@@ -355,10 +377,15 @@ def _overrides(a) -> dict:
 
 
 def fit_main(argv) -> int:
-    from homodyne.pipeline import run_from_config
-
     a = _fit_parser().parse_args(argv)
     configure_console_logging(quiet=a.quiet)
+    with errors_name_options(a):
+        return _fit(a)
+
+
+def _fit(a) -> int:
+    from homodyne.pipeline import run_from_config
+
     cfg = load_options_config(a)
     check_jax_backend()
     whole = None

@@ -24,11 +24,13 @@ class FitRun:
 
 
 def log_summary(result) -> None:
-    """The summary in the log; its first line (the outcome) as a warning unless converged,
-    so --quiet still shows a fit that failed or determined nothing (a stopped fit: the
-    stop's own message says it once, FitInterrupted)."""
+    """The summary in the log; its first line (the outcome) as a warning unless converged
+    (with sigma that look overstated: warned too), so --quiet still shows a fit that
+    failed or determined nothing (a stopped fit: the stop's own message says it once,
+    FitInterrupted)."""
     first, *rest = result.summary().splitlines()
-    quiet = result.status in ("converged", "interrupted")
+    quiet = result.status == "interrupted" or (
+        result.status == "converged" and not getattr(result, "sigma_overstated", False))
     log.log(logging.INFO if quiet else logging.WARNING, "%s", first)
     for line in rest:
         log.info(line)

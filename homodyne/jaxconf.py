@@ -9,7 +9,8 @@ in a per-user folder: a later process fitting data of the same shape loads the
 compiled kernels instead (the same executables, so results are bit-identical). JAX
 keys each entry by the program, the compile options, the JAX/jaxlib version and the
 device, so a stale entry is never used; an unreadable one is recompiled. The folder
-is ``$XDG_CACHE_HOME/homodyne/jax`` (``~/.cache/homodyne/jax``), least recently used
+is ``$XDG_CACHE_HOME/homodyne/jax`` (``~/.cache/homodyne/jax``; a relative
+``XDG_CACHE_HOME`` is ignored, as the XDG spec says), least recently used
 entries are evicted beyond ``CACHE_MAX_BYTES``. ``HOMODYNE_COMPILATION_CACHE=off``
 turns it off, ``HOMODYNE_COMPILATION_CACHE=/some/folder`` moves it; a folder the user
 gave JAX itself (``JAX_COMPILATION_CACHE_DIR``) is left as it is.
@@ -44,14 +45,23 @@ _ON = ("", "1", "on", "true", "yes", "default", "y", "t", "enable", "enabled")
 
 
 def compilation_cache_dir(environ=None) -> str | None:
-    """The cache folder ``HOMODYNE_COMPILATION_CACHE`` asks for (None: off)."""
+    """The cache folder ``HOMODYNE_COMPILATION_CACHE`` asks for (None: off). A
+    ``~user`` of no user here is refused (one warning, cache off) rather than made a
+    folder named '~user' in the current one; a relative ``XDG_CACHE_HOME`` is ignored, as
+    the XDG spec says (it made ./relative/cache/homodyne/jax wherever a run started)."""
     env = os.environ if environ is None else environ
     value = env.get(CACHE_ENV, "").strip()
     if value.lower() in _OFF:
         return None
     if value.lower() not in _ON:
-        return os.path.expanduser(value)
-    base = env.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+        path = os.path.expanduser(value)
+        if path.startswith("~"):
+            _cache_unused(value, f"{path.split(os.sep)[0]} is the home of no user here",
+                          f"set {CACHE_ENV} to an absolute folder, or to 'off'")
+            return None
+        return path
+    xdg = env.get("XDG_CACHE_HOME", "")
+    base = xdg if os.path.isabs(xdg) else os.path.join(os.path.expanduser("~"), ".cache")
     return os.path.join(base, "homodyne", "jax")
 
 

@@ -36,15 +36,21 @@ MODES = ("static", "laminar_flow")
 FRAME_TIME_RANGE_S = (1e-12, 1e6)
 
 
+# angles (degrees) closer than this modulo 360 are one direction: far below any phi bin,
+# above the rounding of angles stored as float32 (6e-5 at 720) or computed (370.0000000001)
+SAME_ANGLE_TOL_DEG = 1e-4
+
+
 def same_angle_pair(phi_deg) -> tuple[int, int] | None:
     """Indices of the first two angles (degrees) that are one direction for the model
-    (equal modulo 360: 0 and 360, 10 and -350), or None."""
-    seen: dict[float, int] = {}
-    for k, phi in enumerate(phi_deg):
-        turn = float(phi) % 360.0
-        if turn in seen:
-            return seen[turn], k
-        seen[turn] = k
+    (equal modulo 360 within SAME_ANGLE_TOL_DEG: 0 and 360, 10 and -350, 10 and
+    370.0000000001), or None."""
+    turns = [float(phi) % 360.0 for phi in phi_deg]
+    for k, turn in enumerate(turns):
+        for j in range(k):
+            apart = abs(turn - turns[j])
+            if min(apart, 360.0 - apart) <= SAME_ANGLE_TOL_DEG:
+                return j, k
     return None
 
 

@@ -5,8 +5,9 @@ so a crash or a full disk never leaves a partial file under the final name. A ru
 files are staged together (``ResultSet``) and committed at the end, parameters.json
 last, so a folder holds one complete result set or the previous one. Existing results
 are never silently overwritten. Files honour the umask and no symlink is followed.
-Temporary names carry the writer's pid and host: the next run on this host to lock the
-folder removes those a killed run left behind.
+Temporary names carry the writer's pid (with its start time) and host: the next run on
+this host to lock the folder removes those a killed run left behind, also where its pid
+now belongs to another process.
 """
 
 from __future__ import annotations
@@ -63,8 +64,24 @@ def _temp_name(path: Path) -> Path:
     """The one pattern of every temporary file homodyne writes (TEMP_NAME): the writer's
     pid and host in it tell a killed run's leftovers from a running writer's files (on a
     folder shared by several hosts, NFS, only this host's are judged). The suffix is
-    kept: writers such as matplotlib pick the format from it."""
-    return path.with_name(f".tmp-{os.getpid()}.{_host()}-{secrets.token_hex(4)}-{path.name}")
+    kept: writers such as matplotlib pick the format from it. The pid's start time, where
+    the system tells it, follows the pid: a pid reused by another process after a kill no
+    longer keeps the killed run's files."""
+    pid = os.getpid()
+    started = _start_time(pid)
+    tag = f"{pid}" if started is None else f"{pid}s{started}"
+    return path.with_name(f".tmp-{tag}.{_host()}-{secrets.token_hex(4)}-{path.name}")
+
+
+def _start_time(pid: int) -> int | None:
+    """When process ``pid`` started (clock ticks since boot, /proc/<pid>/stat field 22);
+    None where there is no such process or no /proc (then the pid alone is judged)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as fh:
+            raw = fh.read()
+        return int(raw[raw.rindex(b")") + 2:].split()[19])  # (the name may hold ') ')
+    except (OSError, ValueError, IndexError):
+        return None
 
 
 def _host() -> str:
@@ -74,8 +91,10 @@ def _host() -> str:
     return re.sub(r"[^A-Za-z0-9_]", "_", socket.gethostname())[:32] or "_"
 
 
-# pid, then the host (absent in the names of versions before it was added: judged by pid)
-TEMP_NAME = re.compile(r"\.tmp-(\d{1,9})(?:\.([A-Za-z0-9_]{1,32}))?-[0-9a-f]{8}-.")
+# pid, its start time, then the host (each absent in the names of versions before it was
+# added: judged by pid, by pid and host)
+TEMP_NAME = re.compile(r"\.tmp-(\d{1,9})(?:s(\d{1,20}))?(?:\.([A-Za-z0-9_]{1,32}))?"
+                       r"-[0-9a-f]{8}-.")
 
 
 def remove_stale_temp_files(folder, of: str | None = None) -> list[str]:
@@ -90,8 +109,8 @@ def remove_stale_temp_files(folder, of: str | None = None) -> list[str]:
         return removed
     for entry in entries:
         found = TEMP_NAME.match(entry.name)
-        if found is None or found.group(2) not in (None, _host()) or \
-                _running(int(found.group(1))) or \
+        if found is None or found.group(3) not in (None, _host()) or \
+                _running(int(found.group(1)), found.group(2)) or \
                 (of is not None and entry.name[found.end() - 1:] != of):
             continue  # not ours, another host's (its pids mean nothing here), or running
         try:
@@ -110,8 +129,10 @@ def remove_stale_temp_files(folder, of: str | None = None) -> list[str]:
     return removed
 
 
-def _running(pid: int) -> bool:
-    """Whether a process ``pid`` exists (one of another user counts too)."""
+def _running(pid: int, started: str | None = None) -> bool:
+    """Whether the process ``pid`` that started at ``started`` (None: any) runs (one of
+    another user counts too); a live pid that started at another time is another process
+    (the pid was reused after the writer was killed)."""
     if pid <= 0:
         return True  # not a pid we write: never ours to remove
     try:
@@ -119,8 +140,9 @@ def _running(pid: int) -> bool:
     except ProcessLookupError:
         return False
     except OSError:  # EPERM: it runs, as someone else
-        return True
-    return True
+        pass
+    now = _start_time(pid) if started is not None else None
+    return now is None or now == int(started)
 
 
 @contextmanager

@@ -117,6 +117,22 @@ def small_two_time_file(path, n_frames: int = 30, n_phi: int = 2, seed: int = 3)
     return path
 
 
+def gather_rule_job(folder: Path, job_dirs, summary: Path):
+    """What Snakemake hands the workflow's gather_q_fits script: the bins' parameters.json,
+    the summary path and the run's fit config (a multi-q config over one small file)."""
+    import types
+
+    data = small_two_time_file(folder / "gather_data.h5", n_frames=20)
+    config = folder / "gather_fit.yaml"
+    config.write_text(yaml.safe_dump({
+        "analysis_mode": "static", "experimental_data": {"files": [str(data)], "q": "all"},
+        "initial_parameters": {"values": [8000.0, -0.4, 80.0]}}))
+    return types.SimpleNamespace(
+        input=[str(Path(d) / "parameters.json") for d in job_dirs], log=[],
+        output=types.SimpleNamespace(summary=str(summary)),
+        params=types.SimpleNamespace(config=str(config), overrides={}))
+
+
 @contextmanager
 def tiny_tmpfs(tmp_path, size: str):
     """A tmpfs of ``size`` mounted at tmp_path/small for the test (root only: skipped else)."""

@@ -89,12 +89,11 @@ def test_the_workflows_gather_rule_ends_with_the_one_line(tmp_path):
     """The rule script (rule gather_q_fits) exits with the error line, no traceback."""
     import runpy
 
-    from helpers import REPO
+    from helpers import REPO, gather_rule_job
 
     bad = _job_folder(tmp_path, 0)
     (bad / "job.json").write_text("{")
-    job = types.SimpleNamespace(input=[str(bad / "parameters.json")], log=[],
-                                output=types.SimpleNamespace(summary=str(tmp_path / "s.csv")))
+    job = gather_rule_job(tmp_path, [bad], tmp_path / "s.csv")
     with pytest.raises(SystemExit) as stop:
         runpy.run_path(str(REPO / "workflow" / "scripts" / "gather_q_fits.py"),
                        init_globals={"snakemake": job})

@@ -352,6 +352,7 @@ def test_cli_one_time_series_fits_the_j_model_across_q_and_ages(tmp_path, monkey
     jm = _strict_json(tmp_path / "out/parameters.json")["j_model"]
     assert jm["status"] == "converged" and jm["J_negative_in_window"] is False
     np.testing.assert_allclose(jm["ages_s"], [500.0, 1500.0, 2500.0, 3500.0])
+    assert jm["files_abs"] == [str(p.resolve()) for p in paths]  # (data_file_abs: the first)
     for name, value in truth.items():
         assert abs(jm[name] - value) < 4 * jm["uncertainties"][name], name
     assert (tmp_path / "out/j_model/aging_law.png").stat().st_size > 1000

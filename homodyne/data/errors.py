@@ -15,6 +15,25 @@ class DataFileError(ValueError):
         super().__init__(f"{self.path}: {problem}")
 
 
+class QBinError(DataFileError):
+    """No q bin of the file lies within the tolerance of the q asked for; the message names
+    where that q came from (``q_key``: the config key, or the option that overrode it)."""
+
+    def __init__(self, path, q: float, tolerance: float, nearest: float, bins: str,
+                 q_key: str = "experimental_data.q"):
+        self.q, self.tolerance, self.nearest, self.bins, self.q_key = \
+            q, tolerance, nearest, bins, q_key
+        fix = (f"give {q_key} one of the bins" if q_key.startswith("-") else
+               f"set {q_key} to one of the bins")
+        super().__init__(path, f"no q bin within {tolerance:.3g} of q = {q:.6g} (nearest "
+                               f"{nearest:.6g}; bins: {bins}); {fix} or widen "
+                               "experimental_data.q_tolerance")
+
+    def named(self, q_key: str) -> "QBinError":
+        """The same error for a q that came from ``q_key`` (e.g. the option ``--q``)."""
+        return QBinError(self.path, self.q, self.tolerance, self.nearest, self.bins, q_key)
+
+
 def data_path(path) -> str:
     """``path`` as a string (bytes and path-likes too); an empty one is an error."""
     try:

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import h5py
 import numpy as np
 
-from homodyne.data.errors import DataFileError, data_file
+from homodyne.data.errors import DataFileError, QBinError, data_file
 from homodyne.data.h5storage import FileVersion, external_link, refuse_unread_storage
 from homodyne.data.npyfile import npy_file_header
 from homodyne.model import (
@@ -707,10 +707,7 @@ def _select(path, entries, q, q_tolerance, phi_ranges):
         q_sel = qs[np.argmin(np.abs(qs - q))]
         tol = DEFAULT_Q_TOLERANCE * abs(q) if q_tolerance is None else q_tolerance
         if abs(q_sel - q) > tol:
-            raise DataFileError(path, f"no q bin within {tol:.3g} of q = {q:.6g} (nearest "
-                                      f"{q_sel:.6g}; bins: {_fmt_bins(qs)}); set "
-                                      "experimental_data.q to one of the bins or widen "
-                                      "q_tolerance")
+            raise QBinError(path, q, tol, q_sel, _fmt_bins(qs))
     chosen = [e for e in entries if e[0] == q_sel]
     if phi_ranges:
         ranges = [(float(lo), float(hi)) for lo, hi in phi_ranges]

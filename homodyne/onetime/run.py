@@ -45,7 +45,9 @@ def run_one_time(cfg, out: Path, stage=None):
 def fit_j_model(cfg, folder: Path) -> dict:
     """The aging J-model over file_path and one_time.series (multi-tau files), jointly
     over q and ages (from the files' start times or one_time.ages_s); its own files go
-    into ``folder``, the key numbers into parameters.json."""
+    into ``folder``, the key numbers into parameters.json, with every file of the series
+    as given (``files``) and by its absolute path (``files_abs``: data_file_abs names the
+    first one only)."""
     from homodyne.production.aging import fit_aging
 
     ot = cfg.one_time
@@ -60,7 +62,8 @@ def fit_j_model(cfg, folder: Path) -> dict:
     by = dict(zip(res.parameter_names, res.parameters.tolist(), strict=True))
     se = dict(zip(res.parameter_names, res.uncertainties.tolist(), strict=True))
     return {"status": res.status, "stop_reason": res.stop_reason, "folder": "j_model",
-            "files": s["files"], "ages_s": s["ages_s"], "D0": by["D0"], "alpha": by["alpha"],
+            "files": s["files"], "files_abs": [str(Path(f).resolve()) for f in s["files"]],
+            "ages_s": s["ages_s"], "D0": by["D0"], "alpha": by["alpha"],
             "D_offset": by["D_offset"], "offset": by["offset"],
             "uncertainties": {k: se[k] for k in ("D0", "alpha", "D_offset", "offset")},
             "reduced_chi_squared": res.reduced_chi_squared,

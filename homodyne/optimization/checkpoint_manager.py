@@ -507,6 +507,16 @@ class CheckpointManager:
             p.unlink(missing_ok=True)
         return doomed
 
+    def make_room(self) -> list[Path]:
+        """Delete this fit's checkpoints other than its newest valid one (a save found no
+        room on the disk): the one a rerun resumes from is never deleted; returns what was
+        deleted (other fits' files are never touched)."""
+        keep = self.find_latest_valid_checkpoint()
+        doomed = [p for p in self._ours(self.list_checkpoints()) if p != keep]
+        for p in doomed:
+            p.unlink(missing_ok=True)
+        return doomed
+
     def cleanup_old_checkpoints(self) -> list[Path]:
         """Delete all but the newest ``keep_last_n`` checkpoints of this fit; returns what
         was deleted (other fits' files are never touched)."""

@@ -16,8 +16,10 @@
 
 from __future__ import annotations
 
+import errno
 import logging
 import math
+import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -187,6 +189,7 @@ class CheckpointSession:
     errors: list[str] = field(default_factory=list)
     _last_batch: int = 0
     _failing: tuple | None = None  # why the last save failed (None: it did not)
+    _short_of_room: bool = False  # a save had to delete older checkpoints (said once)
     _last_time: float = -math.inf  # on the fit clock
     _writer: ThreadPoolExecutor | None = None
     _pending: Future | None = None
@@ -280,11 +283,14 @@ class CheckpointSession:
     # --- saving ------------------------------------------------------------------------
     def due(self, batches_done: int, clock: float) -> bool:
         """``checkpoint_frequency`` batches since the last save, at least
-        ``min_interval_s`` seconds of fitting ago, and no save still being written."""
+        ``min_interval_s`` seconds of fitting ago, and no save still being written (a
+        save is then skipped, never a stall), except with ``min_interval_s`` = 0: saves
+        exactly every ``checkpoint_frequency`` batches, waiting for the previous one (a
+        skipped save left the kept checkpoints tens of batches apart, e.g. 19, 59, 75)."""
         m = self.manager
         return (batches_done - self._last_batch >= m.checkpoint_frequency
                 and clock - self._last_time >= m.min_interval_s
-                and (self._pending is None or self._pending.done()))
+                and (self._pending is None or self._pending.done() or m.min_interval_s == 0))
 
     def save(self, batch: int, state: dict, *, clock: float, snapshot_s: float = 0.0,
              wait: bool = False) -> None:
@@ -315,7 +321,7 @@ class CheckpointSession:
         closes a file on a full disk) only warns: the previous checkpoint stays valid
         (atomic writes), the fit goes on, and the error is reported. Path or None."""
         try:
-            path = self.manager.save_checkpoint(batch, state, fingerprint=self.fingerprint)
+            path = self._save_or_make_room(batch, state)
         except (OSError, RuntimeError) as exc:
             msg = f"checkpoint at batch {batch} not written: {exc}"
             self.errors.append(msg)  # (all of them: streaming_diagnostics.checkpoint_errors)
@@ -330,6 +336,29 @@ class CheckpointSession:
             self.manager.cleanup_old_checkpoints()
         except OSError as exc:
             log.warning("checkpoint at batch %d written; older ones not pruned: %s", batch, exc)
+        return path
+
+    def _save_or_make_room(self, batch: int, state: dict):
+        """Save; a disk without room for it (a folder with room for fewer files than
+        keep_last_checkpoints + 1 failed every later save) deletes this fit's older
+        checkpoints, never its newest valid one, and tries once more."""
+        save = self.manager.save_checkpoint
+        try:
+            return save(batch, state, fingerprint=self.fingerprint)
+        except OSError as exc:
+            if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                raise
+            why = os.strerror(exc.errno)
+            if not self.manager.make_room():
+                raise
+            path = save(batch, state, fingerprint=self.fingerprint)
+        if not self._short_of_room:
+            self._short_of_room = True
+            log.warning("checkpoint folder %s had no room for the checkpoint at batch %d "
+                        "(%s): this fit's older checkpoints were deleted to make room (the "
+                        "newest valid one is never deleted), so it keeps fewer "
+                        "than keep_last_checkpoints = %d", self.manager.checkpoint_dir, batch,
+                        why, self.manager.keep_last_n)
         return path
 
     def kept_checkpoint(self) -> str:

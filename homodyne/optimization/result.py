@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
@@ -33,8 +34,10 @@ POWER_LAWS = (("D0", "alpha", "D_offset"), ("gamma_dot_t0", "beta", "gamma_dot_t
 # at the optimum of a correct model chi2 follows the chi2 distribution with N - p degrees of
 # freedom (reduced chi2 1 +- sqrt(2 / (N - p))). A converged fit whose chi2 is beyond that
 # distribution's upper POOR_FIT_P tail (N - p = 1000: reduced chi2 > 1.23; 50: > 2.0) is
-# "poor_fit": a local minimum, a wrong model or a sigma too small. Unit weights carry no
-# scale, so no such statement is made without sigma.
+# "poor_fit": a local minimum, a wrong model or a sigma too small. A chi2 below the lower
+# POOR_FIT_P tail (N - p = 1000: reduced chi2 < 0.79) says the sigma are overstated: a note
+# (sigma_overstated), not a failure, as the standard errors are scaled by the reduced chi2.
+# Unit weights carry no scale, so no such statement is made without sigma.
 POOR_FIT_P = 1e-6
 STATUS_TEXT = {
     "converged": "converged",
@@ -162,14 +165,33 @@ class FitResult:
         return float(chdtrc(dof, 2.0 * self.cost))
 
     @property
+    def sigma_overstated(self) -> bool:
+        """With sigma given, chi2 lies below the lower POOR_FIT_P tail of a correct model's
+        chi2 distribution: the sigma are larger than the scatter of the data (a sigma 100x
+        too large gave reduced chi2 2.5e-5 and a plain "converged")."""
+        dof = self.degrees_of_freedom
+        if self.chi2_p_value is None:
+            return False
+        from scipy.special import chdtr
+
+        return bool(chdtr(dof, 2.0 * self.cost) < POOR_FIT_P)
+
+    @property
     def goodness_of_fit(self) -> str:
         """What chi2 says of this fit: empty without sigma; else the reduced chi2 with its
-        p-value and, for a poor fit, what it may mean and what to try."""
+        p-value and, for a poor fit, what it may mean and what to try; for a chi2 too small
+        for the sigma, that they look overstated and by how much."""
         p = self.chi2_p_value
         if p is None:
             return ""
         text = (f"reduced chi2 = {self.reduced_chi_squared:.4g} with the data's sigma (chi2 "
                 f"p-value {p:.2g} for {self.degrees_of_freedom:,} degrees of freedom)")
+        if self.sigma_overstated:
+            factor = 1.0 / math.sqrt(self.reduced_chi_squared) \
+                if self.reduced_chi_squared > 0 else math.inf
+            text += (f"; far below what these sigma allow: the sigma look about {factor:.3g}x "
+                     "too large (1/sqrt(reduced chi2)); the standard errors are scaled by the "
+                     "reduced chi2, not taken from sigma")
         if p < POOR_FIT_P and self.restarts and self.restarts.get("starts", 0) > 1:
             text += (f"; the best of {self.restarts['starts']} starts: a wrong model or a "
                      "sigma too small (or a minimum none of the starts reached)")
@@ -209,7 +231,7 @@ class FitResult:
     def as_dict(self) -> dict:
         """Plain JSON-ready dict (no NumPy types)."""
         d = {"status": self.status, **asdict(self), "goodness_of_fit": self.goodness_of_fit,
-             "chi2_p_value": self.chi2_p_value}
+             "chi2_p_value": self.chi2_p_value, "sigma_overstated": self.sigma_overstated}
         for k, v in list(d.items()):
             if isinstance(v, np.ndarray):
                 d[k] = v.tolist()
@@ -223,9 +245,11 @@ class FitResult:
         return d
 
     def summary(self) -> str:
-        head = f"{STATUS_TEXT[self.status]}: " + (
-            f"{self.goodness_of_fit} ({self.stop_reason})" if self.status == "poor_fit" else
-            self.stop_reason)
+        note = self.status == "converged" and self.sigma_overstated
+        head = f"{STATUS_TEXT[self.status]}" + (
+            ", but the data's sigma look overstated" if note else "") + ": " + (
+            f"{self.goodness_of_fit} ({self.stop_reason})"
+            if self.status == "poor_fit" or note else self.stop_reason)
         lines = [head,
                  f"strategy {self.strategy}, {self.n_points:,} points, {self.passes} full "
                  "passes" + (f" (+{self.coarse_passes} on a {self.coarse_points:,}-point "

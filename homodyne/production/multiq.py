@@ -67,7 +67,8 @@ def selected_bins(q_setting, bins: list[float], path: str, tolerance=None) -> li
         tol = DEFAULT_Q_TOLERANCE * q if tolerance is None else tolerance
         if abs(bins[i] - q) > tol:
             raise ConfigError("experimental_data.q", f"no q bin of {path} within {tol:.3g} of "
-                              f"{q:.6g} (bins: {_fmt(bins)}); use one of them or 'all'")
+                              f"{q:.6g} (bins: {_fmt(bins)}); use one of them or 'all', or widen "
+                              "experimental_data.q_tolerance")
         if i not in out:
             out.append(i)
     return out
@@ -360,11 +361,13 @@ def write_summary(rows: list[dict], out_dir) -> Path:
     return out / SUMMARY_FILE
 
 
-def gather(job_dirs, out_dir) -> Path:
+def gather(job_dirs, out_dir, settings: str | None = None) -> Path:
     """The gather step: a summary row from every job folder, then table and plots, with
-    the run's folder locked (as a run of every job in one process locks it)."""
+    the run's folder locked (as a run of every job in one process locks it); with
+    ``settings`` (the run's settings_digest) the column settings_match, as the command
+    line's table has."""
     with root_lock(out_dir):
-        return _gather(job_dirs, out_dir)
+        return _gather(job_dirs, out_dir, settings)
 
 
 def _gather(job_dirs, out_dir, settings: str | None = None) -> Path:

@@ -94,5 +94,8 @@ rule gather_q_fits:
     resources:
         mem_mb=1000,
         runtime=5,
+    params:
+        config=lambda w: multiq_runs()[w.run]["config"],
+        overrides=run_overrides,
     script:
         "../scripts/gather_q_fits.py"
