@@ -175,6 +175,13 @@ def _mapped(sources) -> int:
     return int(union.get_select_npoints())
 
 
+def declared_bytes(ds: h5py.Dataset) -> int:
+    """What reading ``ds`` whole would allocate, from its header alone (the HDF5 type's
+    size, never a NumPy dtype: an element of an HDF5 array type may declare gigabytes, or
+    more than NumPy can describe)."""
+    return int(ds.size or 0) * int(ds.id.get_type().get_size())
+
+
 def never_written(ds) -> bool:
     """Whether part of a dataset's storage was never written, so that HDF5 would return
     its fill value there: contiguous storage never allocated, or chunks missing."""

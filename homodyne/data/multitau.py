@@ -9,7 +9,12 @@ import h5py
 import numpy as np
 
 from homodyne.data.errors import DataFileError, data_file
-from homodyne.data.h5storage import external_link, never_written, refuse_unread_storage
+from homodyne.data.h5storage import (
+    declared_bytes,
+    external_link,
+    never_written,
+    refuse_unread_storage,
+)
 from homodyne.model import frame_time_problem
 
 G2 = "/xpcs/multitau/normalized_g2"
@@ -20,6 +25,7 @@ START_TIME = "/entry/start_time"
 Q_LIST = "/xpcs/qmap/dynamic_v_list_dim0"
 PHI_LIST = "/xpcs/qmap/dynamic_v_list_dim1"
 MAX_AXIS = 1_000_000  # delays or q bins in one file: far above any multi-tau result
+MAX_DATE_BYTES = 4096  # one date/time as text (or a number)
 
 
 @dataclass(frozen=True)
@@ -70,6 +76,10 @@ def read_multitau(path) -> OneTimeData:
                 raise DataFileError(path, f"{START_TIME} holds {h5[START_TIME].size:,} values; "
                                           "expected one date/time")
             refuse_unread_storage(path, h5, START_TIME, h5[START_TIME])
+            if declared_bytes(h5[START_TIME]) > MAX_DATE_BYTES:  # an HDF5 array type: GBs
+                raise DataFileError(path, f"{START_TIME} declares "
+                                          f"{declared_bytes(h5[START_TIME]):,} bytes; "
+                                          "expected one date/time")
             raw = h5[START_TIME][()]
     except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
         if isinstance(exc, DataFileError):
@@ -115,6 +125,9 @@ def _numeric(h5, name: str, path: str, max_size: int) -> np.ndarray:
     """A numeric dataset of at most ``max_size`` values as float64, or a DataFileError
     naming what it is instead (checked before anything is read)."""
     obj = h5[name]
+    if isinstance(obj, h5py.Dataset) and declared_bytes(obj) > 8 * max_size:
+        raise DataFileError(path, f"{name} declares {declared_bytes(obj):,} bytes, more than "
+                                  f"{max_size:,} number(s) need")
     if not isinstance(obj, h5py.Dataset) or obj.dtype.kind not in "fiub":
         kind = "a group" if not isinstance(obj, h5py.Dataset) else f"of type {obj.dtype}"
         raise DataFileError(path, f"{name} is {kind}, not numbers")

@@ -19,7 +19,12 @@ import h5py
 import numpy as np
 
 from homodyne.data.errors import DataFileError, data_file
-from homodyne.data.h5storage import FileVersion, external_link, refuse_unread_storage
+from homodyne.data.h5storage import (
+    FileVersion,
+    declared_bytes,
+    external_link,
+    refuse_unread_storage,
+)
 from homodyne.data.npyfile import npy_file_header
 from homodyne.model import (
     ModelSpec,
@@ -543,6 +548,11 @@ def _read(path, h5, name, max_values: int = MAX_MAP_VALUES):
         raise DataFileError(path, f"{name} declares {ds.size:,} values, at most "
                                   f"{max_values:,} expected; the file is damaged or not an "
                                   "APS two-time result")
+    if declared_bytes(ds) > 8 * max_values:  # one value of an HDF5 array type can be GBs
+        raise DataFileError(path, f"{name} declares {declared_bytes(ds):,} bytes ("
+                                  f"{ds.size:,} value(s) of {ds.id.get_type().get_size():,} "
+                                  "bytes each), not a list of numbers; the file is damaged "
+                                  "or not an APS two-time result")
     return np.asarray(ds[()])
 
 
