@@ -2,11 +2,13 @@
 on main ec78732."""
 
 import os
+import signal
 import subprocess
 import sys
 
 import h5py
 import numpy as np
+import pytest
 
 # re-seal ``folder``/homodyne_state_batch_0002.h5 after its ``parameters`` are replaced by
 # storage outside the file, then resume from the folder: the older batch 1 must be chosen
@@ -115,3 +117,75 @@ def test_a_field_of_an_hdf5_array_type_declaring_gigabytes_is_refused_before_rea
     assert "frame_time declares 1,200,000,000 bytes (1 value(s) of 1,200,000,000 bytes" \
            in lines[0]
     assert "start_time declares 1,200,000,000 bytes; expected one date/time" in lines[3]
+
+
+@pytest.fixture
+def no_hang():
+    """SIGALRM after 20 s raises in the test (a read blocked on a FIFO would hang it)."""
+    def timeout(*_):
+        raise TimeoutError("blocked for 20 s")
+    old = signal.signal(signal.SIGALRM, timeout)
+    signal.alarm(20)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, old)
+
+
+def _a_bin_folder(tmp_path):
+    """A multi-q bin folder d/q00 holding a job.json and a parameters.json a fit wrote."""
+    from homodyne.output import write_json
+
+    folder = tmp_path / "d" / "q00"
+    folder.mkdir(parents=True)
+    write_json(folder / "job.json", {"file": "d.h5", "file_id": "d", "q_index": 0,
+                                     "q": 0.005, "age_s": None, "settings": "x"})
+    write_json(folder / "parameters.json", {
+        "n_points": 870, "converged": True, "reduced_chi_squared": 1.0, "strategy": "standard",
+        "passes": 4, "wall_time_s": 1.5, "data_file": "d.h5", "q": 0.005, "status": "converged",
+        "parameters_by_name": {"D0": {"value": 1e4, "uncertainty": 12.0}}})
+    return folder
+
+
+@pytest.mark.parametrize("edit, message", [
+    ("value", "an integer of 400 digits"), ("q", "an integer of 400 digits"),
+    ("pipe", "not a regular file"), ("link_to_a_64_MB_file", "larger than the 16,777,216"),
+])
+def test_a_bins_result_file_that_is_no_result_is_one_error_naming_it(tmp_path, no_hang, edit,
+                                                                      message):
+    """Was (the --q refresh of summary.csv, the workflow's gather): a 400-digit integer as a
+    parameter's value or q in a bin's parameters.json -> OverflowError traceback, exit 1;
+    parameters.json a FIFO -> gather blocked for ever; a link to a big file -> read whole
+    (2.3 GB of memory for a 1 GB file)."""
+    from homodyne.production.multiq import ResultFileError, summary_row
+
+    folder = _a_bin_folder(tmp_path)
+    params = folder / "parameters.json"
+    text = params.read_text()
+    if edit == "value":
+        params.write_text(text.replace('"value": 10000.0', '"value": ' + "9" * 400))
+    elif edit == "q":
+        params.write_text(text.replace('"q": 0.005', '"q": ' + "9" * 400))
+    else:
+        params.unlink()
+        if edit == "pipe":
+            os.mkfifo(params)
+        else:
+            with open(tmp_path / "big", "wb") as fh:
+                fh.truncate(64 << 20)
+            params.symlink_to(tmp_path / "big")
+    with pytest.raises(ResultFileError, match=message):
+        summary_row(folder)
+
+
+def test_a_production_result_that_is_a_pipe_is_named_not_waited_for(tmp_path, no_hang):
+    """Was: write_fit_summary (results/fits/summary.md) blocked for ever on a FIFO
+    parameters.json."""
+    from homodyne.production.multiq import ResultFileError
+    from homodyne.production.report import write_fit_summary
+
+    for name in ("chx", "aging", "laminar"):
+        (tmp_path / name).mkdir()
+    os.mkfifo(tmp_path / "chx" / "parameters.json")
+    with pytest.raises(ResultFileError, match="not a regular file"):
+        write_fit_summary(tmp_path / "s.md", *(tmp_path / n for n in ("chx", "aging",
+                                                                      "laminar")))
