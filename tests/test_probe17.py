@@ -189,3 +189,23 @@ def test_a_production_result_that_is_a_pipe_is_named_not_waited_for(tmp_path, no
     with pytest.raises(ResultFileError, match="not a regular file"):
         write_fit_summary(tmp_path / "s.md", *(tmp_path / n for n in ("chx", "aging",
                                                                       "laminar")))
+
+
+def test_the_older_layouts_matrices_numbered_without_zeros_pair_with_their_q(tmp_path):
+    """Was: /exchange/C2T_all/c2_1 ... c2_12 paired with /xpcs/dqlist by sorted name (c2_1,
+    c2_10, c2_11, c2_12, c2_2, ...): q = 0.002 (the 2nd bin) read matrix c2_10, without a
+    word. Each matrix k here decays over k frames, so the one read names itself."""
+    from homodyne.data.twotime import open_two_time
+
+    t = np.arange(12.0)
+    path = tmp_path / "old.h5"
+    with h5py.File(path, "w") as h5:
+        h5["/xpcs/dqlist"] = 0.001 * np.arange(1, 13)[None, :]
+        h5["/xpcs/dphilist"] = np.zeros((1, 12))
+        for k in range(1, 13):
+            h5[f"/exchange/C2T_all/c2_{k}"] = 1 + 0.3 * np.exp(-abs(t[:, None] - t) / k)
+    for k in (2, 10):
+        src = open_two_time(path, q=0.001 * k)
+        c2 = src.read_on_frames(0, np.arange(12))
+        assert src.dataset_names == [f"/exchange/C2T_all/c2_{k}"]
+        assert -1 / np.log((c2[0, 1] - 1) / 0.3) == pytest.approx(k)

@@ -652,11 +652,28 @@ def _apsu_pairs(path, names, bins) -> list[tuple[int, str]]:
                               "c2_00001, c2_00002, ... in the order of processed_bins")
 
 
+def _by_number(path, names: list[str]) -> list[str]:
+    """The older layout's matrices in the order of their numbers, as its q/phi lists pair
+    them: by name, c2_10 would come before c2_2 and take bin 2's q and angle."""
+    numbered: dict[int, str] = {}
+    for name in names:
+        m = C2_NAME.fullmatch(name.rsplit("/", 1)[-1])
+        k = int(m.group(1)) if m else None
+        if k is None or k in numbered:
+            why = f"{numbered[k]} and {name} both carry the number {k}" if k in numbered \
+                else f"{name} is not named c2_N (N: its place in {OLD_Q})"
+            raise DataFileError(path, f"{why}; the matrices cannot be paired with their q/phi "
+                                      "bins - name them c2_00001, c2_00002, ... in the order "
+                                      f"of {OLD_Q}")
+        numbered[k] = name
+    return [numbered[k] for k in sorted(numbered)]
+
+
 def _entries_old(path, h5):
     qs = _finite(path, OLD_Q, _numbers(path, h5, OLD_Q))
     phis = _finite(path, OLD_PHI, _numbers(path, h5, OLD_PHI), "phi") if OLD_PHI in h5 \
         else np.zeros_like(qs)
-    names = _sorted_c2(path, h5, OLD_C2)
+    names = _by_number(path, _sorted_c2(path, h5, OLD_C2))
     if not (len(names) == qs.size == phis.size):
         raise DataFileError(path, f"{OLD_Q} ({qs.size}), {OLD_PHI} ({phis.size}) and "
                                   f"{OLD_C2} ({len(names)} matrices) disagree in length")
