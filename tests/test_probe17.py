@@ -209,3 +209,26 @@ def test_the_older_layouts_matrices_numbered_without_zeros_pair_with_their_q(tmp
         c2 = src.read_on_frames(0, np.arange(12))
         assert src.dataset_names == [f"/exchange/C2T_all/c2_{k}"]
         assert -1 / np.log((c2[0, 1] - 1) / 0.3) == pytest.approx(k)
+
+
+def test_a_multi_tau_g2_linked_from_another_file_is_refused_as_two_time_data_are(tmp_path):
+    """Was: /xpcs/multitau/normalized_g2 as an external link to another (readable) file: its
+    g2 were read and fitted as this file's without a word (only a link whose file is missing
+    was named); the two-time reader refuses such links."""
+    from homodyne.data import multitau as mt
+    from homodyne.data.errors import DataFileError
+
+    def write(name, g2):
+        with h5py.File(tmp_path / name, "w") as h5:
+            h5[mt.G2] = g2
+            h5[mt.G2_ERR] = np.full((3, 1), 0.01)
+            h5[mt.DELAYS], h5[mt.FRAME_TIME], h5[mt.Q_LIST] = [1.0, 2.0, 3.0], [1e-3], [0.005]
+            h5[mt.START_TIME] = "2022-03-06 21:57:04"
+        return tmp_path / name
+
+    write("other.h5", np.full((3, 1), 1.3))
+    linked = write("linked.h5", h5py.ExternalLink(str(tmp_path / "other.h5"), mt.G2))
+    with pytest.raises(DataFileError, match=f"normalized_g2 is an external link to "
+                                            f"{tmp_path / 'other.h5'}; external links are not "
+                                            "read: copy the data into the file"):
+        mt.read_multitau(linked)

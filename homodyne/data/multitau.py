@@ -52,7 +52,7 @@ def read_multitau(path) -> OneTimeData:
     try:
         with h5:
             for name in (G2, G2_ERR, DELAYS, FRAME_TIME, START_TIME, Q_LIST, PHI_LIST):
-                _refuse_dangling_link(path, h5, name)
+                _refuse_external_link(path, h5, name)
             for name in (G2, G2_ERR, DELAYS, FRAME_TIME, START_TIME, Q_LIST):
                 if name not in h5:
                     raise DataFileError(path, f"missing dataset {name} (not a multi-tau "
@@ -106,9 +106,10 @@ def read_multitau(path) -> OneTimeData:
     return OneTimeData(path, delays * frame_time, q, phi, g2, err, frame_time, start)
 
 
-def _refuse_dangling_link(path, h5, name: str) -> None:
-    """An external link whose file cannot be opened is named as such, not as damage to
-    this (good) file."""
+def _refuse_external_link(path, h5, name: str) -> None:
+    """A name that leads (itself or through a parent group) to another file is refused, as
+    the two-time reader does: its values would be read from that file without a word. One
+    whose file cannot be opened is named as such, not as damage to this (good) file."""
     link = external_link(h5, name)
     if link is None:
         return
@@ -119,6 +120,8 @@ def _refuse_dangling_link(path, h5, name: str) -> None:
                                   "cannot be opened (missing or unreadable): copy the data "
                                   "into the file, or put that file where the link points"
                             ) from None
+    raise DataFileError(path, f"{name} is an external link to {link.filename}; external "
+                              "links are not read: copy the data into the file")
 
 
 def _numeric(h5, name: str, path: str, max_size: int) -> np.ndarray:
