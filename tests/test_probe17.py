@@ -232,3 +232,30 @@ def test_a_multi_tau_g2_linked_from_another_file_is_refused_as_two_time_data_are
                                             f"{tmp_path / 'other.h5'}; external links are not "
                                             "read: copy the data into the file"):
         mt.read_multitau(linked)
+
+
+def test_a_soft_link_to_nothing_is_named_not_called_damage(tmp_path):
+    """Was: a matrix (two-time) or the start time (multi-tau) as a soft link to a path that
+    does not exist -> 'corrupt HDF5 metadata (KeyError: ... component not found); re-export
+    or copy the file again' / 'damaged HDF5 file': the file is fine, a link points nowhere."""
+    from helpers import small_two_time_file
+
+    from homodyne.data import multitau as mt
+    from homodyne.data.errors import DataFileError
+    from homodyne.data.twotime import open_two_time
+
+    two_time = small_two_time_file(tmp_path / "t.h5", n_frames=8)
+    with h5py.File(two_time, "r+") as h5:
+        del h5["/xpcs/twotime/correlation_map/c2_00001"]
+        h5["/xpcs/twotime/correlation_map/c2_00001"] = h5py.SoftLink("/gone")
+    with pytest.raises(DataFileError, match="correlation_map/c2_00001 is a soft link to /gone, "
+                                            "which does not exist in the file"):
+        open_two_time(two_time)
+    one_time = tmp_path / "g2.hdf"
+    with h5py.File(one_time, "w") as h5:
+        h5[mt.G2], h5[mt.G2_ERR] = np.ones((3, 1)), np.full((3, 1), 0.01)
+        h5[mt.DELAYS], h5[mt.FRAME_TIME], h5[mt.Q_LIST] = [1.0, 2.0, 3.0], [1e-3], [0.005]
+        h5[mt.START_TIME] = h5py.SoftLink("/entry/when")
+    with pytest.raises(DataFileError, match="/entry/start_time is a soft link to /entry/when, "
+                                            "which does not exist in the file"):
+        mt.read_multitau(one_time)

@@ -28,6 +28,20 @@ def external_link(h5: h5py.File, name: str) -> h5py.ExternalLink | None:
     return None
 
 
+def dangling_soft_link(h5: h5py.File, name: str) -> str | None:
+    """What is wrong when ``name`` (itself or a parent group) is a soft link to a path that
+    does not exist in the file, else None: HDF5 reports it as a missing component, which
+    reads like damage to a good file."""
+    parts = name.strip("/").split("/")
+    for k in range(1, len(parts) + 1):
+        sub = "/" + "/".join(parts[:k])
+        link = h5.get(sub, getlink=True)
+        if isinstance(link, h5py.SoftLink) and h5.get(sub) is None:
+            return (f"{sub} is a soft link to {link.path}, which does not exist in the file; "
+                    "fix the link or copy the data there")
+    return None
+
+
 def refuse_unread_storage(path, h5: h5py.File, name: str, obj: h5py.Dataset
                           ) -> list[FileVersion]:
     """DataFileError unless every value of ``obj`` (``name`` in the open file ``h5`` at

@@ -10,6 +10,7 @@ import numpy as np
 
 from homodyne.data.errors import DataFileError, data_file
 from homodyne.data.h5storage import (
+    dangling_soft_link,
     declared_bytes,
     external_link,
     never_written,
@@ -110,6 +111,9 @@ def _refuse_external_link(path, h5, name: str) -> None:
     """A name that leads (itself or through a parent group) to another file is refused, as
     the two-time reader does: its values would be read from that file without a word. One
     whose file cannot be opened is named as such, not as damage to this (good) file."""
+    dangling = dangling_soft_link(h5, name)
+    if dangling:
+        raise DataFileError(path, dangling)
     link = external_link(h5, name)
     if link is None:
         return

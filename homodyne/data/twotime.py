@@ -21,6 +21,7 @@ import numpy as np
 from homodyne.data.errors import DataFileError, data_file
 from homodyne.data.h5storage import (
     FileVersion,
+    dangling_soft_link,
     declared_bytes,
     external_link,
     refuse_unread_storage,
@@ -526,6 +527,9 @@ def _dataset(path, h5, name, sources: list | None = None) -> h5py.Dataset:
     external link, a virtual dataset whose source is missing), is named, never read as zeros.
     The files a virtual dataset reads are added to ``sources`` (new ones only)."""
     _local(path, h5, name)
+    dangling = dangling_soft_link(h5, name)
+    if dangling:
+        raise DataFileError(path, dangling)
     if name not in h5:
         raise DataFileError(path, f"missing dataset {name}")
     obj = h5[name]
