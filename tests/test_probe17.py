@@ -259,3 +259,20 @@ def test_a_soft_link_to_nothing_is_named_not_called_damage(tmp_path):
     with pytest.raises(DataFileError, match="/entry/start_time is a soft link to /entry/when, "
                                             "which does not exist in the file"):
         mt.read_multitau(one_time)
+
+
+def test_a_matrix_name_that_is_not_utf8_is_named_not_a_traceback(tmp_path):
+    """Was: a member of /xpcs/twotime/correlation_map named b'c2_\\xff\\xfe' (h5py lists it as
+    bytes) -> 'TypeError: startswith first arg must be bytes' out of open_two_time: a
+    traceback, exit 1, from a data file."""
+    from helpers import small_two_time_file
+
+    from homodyne.data.errors import DataFileError
+    from homodyne.data.twotime import APSU_C2, open_two_time
+
+    path = small_two_time_file(tmp_path / "t.h5", n_frames=8)
+    with h5py.File(path, "r+") as h5:
+        h5py.h5o.link(h5[f"{APSU_C2}/c2_00002"].id, h5[APSU_C2].id, b"c2_\xff\xfe")
+    with pytest.raises(DataFileError, match=r"correlation_map holds a member whose name is not "
+                                            r"UTF-8 text \(b'c2_\\xff\\xfe'\); rename it"):
+        open_two_time(path)

@@ -574,7 +574,12 @@ def _numbers(path, h5, name, dtype=float) -> np.ndarray:
 
 def _sorted_c2(path, h5, group) -> list[str]:
     _local(path, h5, group)
-    names = sorted(k for k in h5[group].keys() if k.startswith("c2_"))
+    keys = list(h5[group].keys())
+    odd = [k for k in keys if not isinstance(k, str)]  # h5py gives bytes for a non-UTF-8 name
+    if odd:
+        raise DataFileError(path, f"{group} holds a member whose name is not UTF-8 text "
+                                  f"({odd[0]!r}); rename it (c2_NNNNN) or remove it")
+    names = sorted(k for k in keys if k.startswith("c2_"))
     if not names:
         raise DataFileError(path, f"no c2_* matrices under {group}")
     return [f"{group}/{k}" for k in names]
