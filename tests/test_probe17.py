@@ -10,6 +10,22 @@ import h5py
 import numpy as np
 import pytest
 
+
+def multi_tau_file(path, **fields):
+    """A small multi-tau result (3 delays x 1 q) at ``path``; ``fields`` replace datasets by
+    their G2 / START_TIME / ... names in homodyne.data.multitau (a value or an h5py link)."""
+    from homodyne.data import multitau as mt
+
+    values = {mt.G2: np.full((3, 1), 1.3), mt.G2_ERR: np.full((3, 1), 0.01),
+              mt.DELAYS: [1.0, 2.0, 3.0], mt.FRAME_TIME: [1e-3], mt.Q_LIST: [0.005],
+              mt.START_TIME: "2022-03-06 21:57:04"}
+    values.update({getattr(mt, k): v for k, v in fields.items()})
+    with h5py.File(path, "w") as h5:
+        for name, value in values.items():
+            h5[name] = value
+    return path
+
+
 # re-seal ``folder``/homodyne_state_batch_0002.h5 after its ``parameters`` are replaced by
 # storage outside the file, then resume from the folder: the older batch 1 must be chosen
 FORGED_RESUME = """
@@ -103,11 +119,8 @@ def test_a_field_of_an_hdf5_array_type_declaring_gigabytes_is_refused_before_rea
         with h5py.File(path, "r+") as h5:
             _array_type_field(h5, field, n)
         files.append(path)
-    one_time = tmp_path / "g2.hdf"
-    with h5py.File(one_time, "w") as h5:
-        h5[mt.G2] = h5[mt.G2_ERR] = np.ones((3, 1))
-        h5[mt.DELAYS], h5[mt.FRAME_TIME], h5[mt.Q_LIST] = [1.0, 2.0, 3.0], [1e-3], [0.005]
-        h5[mt.START_TIME] = "2022-03-06 21:57:04"
+    one_time = multi_tau_file(tmp_path / "g2.hdf")
+    with h5py.File(one_time, "r+") as h5:
         _array_type_field(h5, mt.START_TIME, 150_000_000)
     proc = subprocess.run([sys.executable, "-c", ARRAY_TYPE_READ, *map(str, files),
                            str(one_time)], capture_output=True, text=True, timeout=60)
@@ -218,16 +231,9 @@ def test_a_multi_tau_g2_linked_from_another_file_is_refused_as_two_time_data_are
     from homodyne.data import multitau as mt
     from homodyne.data.errors import DataFileError
 
-    def write(name, g2):
-        with h5py.File(tmp_path / name, "w") as h5:
-            h5[mt.G2] = g2
-            h5[mt.G2_ERR] = np.full((3, 1), 0.01)
-            h5[mt.DELAYS], h5[mt.FRAME_TIME], h5[mt.Q_LIST] = [1.0, 2.0, 3.0], [1e-3], [0.005]
-            h5[mt.START_TIME] = "2022-03-06 21:57:04"
-        return tmp_path / name
-
-    write("other.h5", np.full((3, 1), 1.3))
-    linked = write("linked.h5", h5py.ExternalLink(str(tmp_path / "other.h5"), mt.G2))
+    multi_tau_file(tmp_path / "other.h5")
+    linked = multi_tau_file(tmp_path / "linked.h5",
+                            G2=h5py.ExternalLink(str(tmp_path / "other.h5"), mt.G2))
     with pytest.raises(DataFileError, match=f"normalized_g2 is an external link to "
                                             f"{tmp_path / 'other.h5'}; external links are not "
                                             "read: copy the data into the file"):
@@ -251,11 +257,7 @@ def test_a_soft_link_to_nothing_is_named_not_called_damage(tmp_path):
     with pytest.raises(DataFileError, match="correlation_map/c2_00001 is a soft link to /gone, "
                                             "which does not exist in the file"):
         open_two_time(two_time)
-    one_time = tmp_path / "g2.hdf"
-    with h5py.File(one_time, "w") as h5:
-        h5[mt.G2], h5[mt.G2_ERR] = np.ones((3, 1)), np.full((3, 1), 0.01)
-        h5[mt.DELAYS], h5[mt.FRAME_TIME], h5[mt.Q_LIST] = [1.0, 2.0, 3.0], [1e-3], [0.005]
-        h5[mt.START_TIME] = h5py.SoftLink("/entry/when")
+    one_time = multi_tau_file(tmp_path / "g2.hdf", START_TIME=h5py.SoftLink("/entry/when"))
     with pytest.raises(DataFileError, match="/entry/start_time is a soft link to /entry/when, "
                                             "which does not exist in the file"):
         mt.read_multitau(one_time)
@@ -276,3 +278,21 @@ def test_a_matrix_name_that_is_not_utf8_is_named_not_a_traceback(tmp_path):
     with pytest.raises(DataFileError, match=r"correlation_map holds a member whose name is not "
                                             r"UTF-8 text \(b'c2_\\xff\\xfe'\); rename it"):
         open_two_time(path)
+
+
+def test_an_aging_series_file_listed_twice_through_a_hard_link_or_copy_is_named(tmp_path):
+    """Was: one_time.series naming a hard link (or a copy) of file_path passed the config's
+    'list each file once' check (realpath only): both files start at one time, ages [0, 0],
+    and the fit failed with 'the model overflows there; check p0, bounds and the model
+    function', exit 3."""
+    from homodyne.data.errors import DataFileError
+    from homodyne.production.aging import load_series
+
+    first = multi_tau_file(tmp_path / "a.hdf")
+    os.link(first, tmp_path / "b.hdf")
+    later = multi_tau_file(tmp_path / "c.hdf", START_TIME="2022-03-06 22:57:04")
+    assert load_series([first, later])[1].tolist() == [1800.0, 5400.0]  # a real series
+    with pytest.raises(DataFileError, match="b.hdf: starts at the same time as .*a.hdf "
+                                            r"\(/entry/start_time = 2022-03-06 21:57:04\): "
+                                            "one measurement twice"):
+        load_series([first, tmp_path / "b.hdf", later])
