@@ -296,3 +296,26 @@ def test_an_aging_series_file_listed_twice_through_a_hard_link_or_copy_is_named(
                                             r"\(/entry/start_time = 2022-03-06 21:57:04\): "
                                             "one measurement twice"):
         load_series([first, tmp_path / "b.hdf", later])
+
+
+def test_a_multi_tau_g2_compressed_with_a_filter_this_hdf5_lacks_is_named(tmp_path):
+    """Was: 'damaged HDF5 file (metadata unreadable: Can't synchronously read data (can't
+    open directory (/usr/local/lib/plugin)...)); re-export or re-copy it' for a good file
+    whose g2 uses a compression filter (here 32001, blosc) not installed; the two-time
+    reader names the filter and the fix."""
+    from homodyne.data import multitau as mt
+    from homodyne.data.errors import DataFileError
+
+    path = multi_tau_file(tmp_path / "g2.hdf")
+    with h5py.File(path, "r+") as h5:
+        del h5[mt.G2]
+        dcpl = h5py.h5p.create(h5py.h5p.DATASET_CREATE)
+        dcpl.set_chunk((3, 1))
+        dcpl.set_filter(32001, h5py.h5z.FLAG_OPTIONAL, (0, 0, 0, 0, 5, 1, 1))
+        parent, leaf = mt.G2.rsplit("/", 1)
+        h5py.h5d.create(h5[parent].id, leaf.encode(), h5py.h5t.IEEE_F64LE,
+                        h5py.h5s.create_simple((3, 1)), dcpl=dcpl
+                        ).write_direct_chunk((0, 0), np.full(3, 1.3).tobytes())
+    with pytest.raises(DataFileError, match="normalized_g2: it is compressed with HDF5 filter "
+                                            "32001, which this installation lacks; install"):
+        mt.read_multitau(path)

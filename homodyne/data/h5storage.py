@@ -207,3 +207,21 @@ def never_written(ds) -> bool:
         chunks = int(np.prod([-(-n // c) for n, c in zip(ds.shape, ds.chunks, strict=True)]))
         return ds.id.get_num_chunks() < chunks
     return False
+
+
+def unreadable(ds, name, exc, where: str) -> str:
+    """Why a dataset cannot be read: a compression filter this HDF5 lacks is named with the
+    fix (it is a good file), anything else as HDF5 says it."""
+    try:
+        plist = ds.id.get_create_plist()
+        lacking = [plist.get_filter(i) for i in range(plist.get_nfilters())]
+        lacking = [(code, label.decode(errors="replace")) for code, _, _, label in lacking
+                   if not h5py.h5z.filter_avail(code)]
+    except (OSError, RuntimeError, ValueError):
+        lacking = []
+    if lacking:
+        names = ", ".join(f"{code}{f' ({label})' if label else ''}" for code, label in lacking)
+        return (f"cannot read {name}: it is compressed with HDF5 filter {names}, which this "
+                "installation lacks; install the filter's plugin (e.g. pip install hdf5plugin, "
+                "then set HDF5_PLUGIN_PATH) or export the file without it")
+    return f"cannot read {name} ({where}): {exc}"

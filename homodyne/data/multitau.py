@@ -15,6 +15,7 @@ from homodyne.data.h5storage import (
     external_link,
     never_written,
     refuse_unread_storage,
+    unreadable,
 )
 from homodyne.model import frame_time_problem
 
@@ -145,7 +146,10 @@ def _numeric(h5, name: str, path: str, max_size: int) -> np.ndarray:
         raise DataFileError(path, f"{name} is incomplete: part of it was never written (HDF5 "
                                   "would read its fill value there as data); the writer "
                                   "stopped early - export the file again")
-    return np.asarray(obj[()], dtype=np.float64)
+    try:
+        return np.asarray(obj[()], dtype=np.float64)
+    except OSError as exc:  # a good file compressed with a filter this HDF5 lacks is named
+        raise DataFileError(path, unreadable(obj, name, exc, "damaged file?")) from None
 
 
 def check_axes(path, tau, q) -> None:

@@ -25,6 +25,7 @@ from homodyne.data.h5storage import (
     declared_bytes,
     external_link,
     refuse_unread_storage,
+    unreadable,
 )
 from homodyne.data.npyfile import npy_file_header
 from homodyne.model import (
@@ -191,7 +192,7 @@ class TwoTimeSource(TriangleGrid):
                 block = ds[sel]
             self.check_unchanged()
         except (OSError, RuntimeError, TypeError) as exc:
-            raise DataFileError(self.path, _unreadable(
+            raise DataFileError(self.path, unreadable(
                 ds, self.dataset_names[angle], exc, f"rows {r0}..{r1}")) from exc
         block = block.T if lower else block
         self._refuse_absurd(angle, r0, c0, block)
@@ -797,7 +798,7 @@ def _check_matrices(path, h5, names, sources: list) -> int:
             probe = np.concatenate([ds[r, r + 1 :] for r in probe_rows if r + 1 < n] +
                                    [ds[r + 1 :, r] for r in probe_rows if r + 1 < n])
         except OSError as exc:
-            raise DataFileError(path, _unreadable(ds, name, exc, "truncated file?")) from exc
+            raise DataFileError(path, unreadable(ds, name, exc, "truncated file?")) from exc
         _check_values(path, name, probe)
     if shape[0] < 2:
         raise DataFileError(path, f"matrices have {shape[0]} frame(s); need at least 2")
@@ -806,24 +807,6 @@ def _check_matrices(path, h5, names, sources: list) -> int:
 
 MAX_ABS_C2 = 1e100  # a correlation value beyond this is damage: its square overflows sums
 MAX_FRAMES = 1 << 20  # a 1M x 1M matrix holds 5e11 points: 500 times the largest fit planned
-
-
-def _unreadable(ds, name, exc, where: str) -> str:
-    """Why a matrix cannot be read: a compression filter this HDF5 lacks is named with the
-    fix (it is a good file), anything else as HDF5 says it."""
-    try:
-        plist = ds.id.get_create_plist()
-        lacking = [plist.get_filter(i) for i in range(plist.get_nfilters())]
-        lacking = [(code, label.decode(errors="replace")) for code, _, _, label in lacking
-                   if not h5py.h5z.filter_avail(code)]
-    except (OSError, RuntimeError, ValueError):
-        lacking = []
-    if lacking:
-        names = ", ".join(f"{code}{f' ({label})' if label else ''}" for code, label in lacking)
-        return (f"cannot read {name}: it is compressed with HDF5 filter {names}, which this "
-                "installation lacks; install the filter's plugin (e.g. pip install hdf5plugin, "
-                "then set HDF5_PLUGIN_PATH) or export the file without it")
-    return f"cannot read {name} ({where}): {exc}"
 
 
 def _check_values(path, name, values) -> None:
