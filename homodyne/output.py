@@ -23,6 +23,7 @@ import secrets
 import shutil
 import signal
 import stat
+import sys
 import tempfile
 import threading
 from contextlib import contextmanager
@@ -572,6 +573,33 @@ def _release_stops(held: dict, stops: list[int]) -> int | None:
     return next((s for s in stops if held.get(s) not in (signal.SIG_IGN, None)), None)
 
 
+def read_json_file(path, max_bytes: int = MAX_MARKER_BYTES, *, follow: bool = True):
+    """The JSON in a small file we read back (a result, a job record, a marker): a regular
+    file only (a FIFO would block for ever, a device never end), at most ``max_bytes`` (a
+    link to a huge file is not read whole), UTF-8, integers a float can hold (float() of a
+    400-digit one raises OverflowError in the reader). OSError, ValueError (also
+    UnicodeDecodeError) or RecursionError say why not."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | (0 if follow else os.O_NOFOLLOW))
+    with os.fdopen(fd, "rb") as fh:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file (a pipe, device or folder)",
+                          str(path))
+        raw = fh.read(max_bytes + 1)
+    if len(raw) > max_bytes:
+        raise OSError(errno.EFBIG, f"larger than the {max_bytes:,} bytes such a file has",
+                      str(path))
+    return json.loads(raw.decode("utf-8"), parse_int=_json_int)
+
+
+def _json_int(text: str) -> int:
+    value = int(text)
+    if abs(value) > sys.float_info.max:
+        raise ValueError(f"an integer of {len(text.lstrip('-'))} digits, beyond any number "
+                         "a result holds")
+    return value
+
+
 def previous_set_files(folder: Path) -> tuple[str, ...]:
     """The files of the result set now in ``folder`` (a later set replaces exactly these):
     those its marker lists; every SET_FILES name for a set whose marker lists none (an
@@ -580,10 +608,7 @@ def previous_set_files(folder: Path) -> tuple[str, ...]:
     if not any((folder / name).exists() for name in RESULT_FILES):
         return ()
     try:  # bounded, never through a link, never blocking on a FIFO
-        fd = os.open(folder / MARKER, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
-        with os.fdopen(fd, "rb") as fh:
-            raw = fh.read(MAX_MARKER_BYTES + 1) if stat.S_ISREG(os.fstat(fd).st_mode) else b""
-        listed = json.loads(raw)[SET_LIST_KEY] if 0 < len(raw) <= MAX_MARKER_BYTES else None
+        listed = read_json_file(folder / MARKER, MAX_MARKER_BYTES, follow=False)[SET_LIST_KEY]
     except (OSError, ValueError, KeyError, TypeError, RecursionError):  # edited: nested deep
         listed = None
     if isinstance(listed, list) and all(isinstance(n, str) and n in SET_FILES for n in listed):

@@ -28,6 +28,20 @@ def external_link(h5: h5py.File, name: str) -> h5py.ExternalLink | None:
     return None
 
 
+def dangling_soft_link(h5: h5py.File, name: str) -> str | None:
+    """What is wrong when ``name`` (itself or a parent group) is a soft link to a path that
+    does not exist in the file, else None: HDF5 reports it as a missing component, which
+    reads like damage to a good file."""
+    parts = name.strip("/").split("/")
+    for k in range(1, len(parts) + 1):
+        sub = "/" + "/".join(parts[:k])
+        link = h5.get(sub, getlink=True)
+        if isinstance(link, h5py.SoftLink) and h5.get(sub) is None:
+            return (f"{sub} is a soft link to {link.path}, which does not exist in the file; "
+                    "fix the link or copy the data there")
+    return None
+
+
 def refuse_unread_storage(path, h5: h5py.File, name: str, obj: h5py.Dataset
                           ) -> list[FileVersion]:
     """DataFileError unless every value of ``obj`` (``name`` in the open file ``h5`` at
@@ -175,6 +189,13 @@ def _mapped(sources) -> int:
     return int(union.get_select_npoints())
 
 
+def declared_bytes(ds: h5py.Dataset) -> int:
+    """What reading ``ds`` whole would allocate, from its header alone (the HDF5 type's
+    size, never a NumPy dtype: an element of an HDF5 array type may declare gigabytes, or
+    more than NumPy can describe)."""
+    return int(ds.size or 0) * int(ds.id.get_type().get_size())
+
+
 def never_written(ds) -> bool:
     """Whether part of a dataset's storage was never written, so that HDF5 would return
     its fill value there: contiguous storage never allocated, or chunks missing."""
@@ -186,3 +207,21 @@ def never_written(ds) -> bool:
         chunks = int(np.prod([-(-n // c) for n, c in zip(ds.shape, ds.chunks, strict=True)]))
         return ds.id.get_num_chunks() < chunks
     return False
+
+
+def unreadable(ds, name, exc, where: str) -> str:
+    """Why a dataset cannot be read: a compression filter this HDF5 lacks is named with the
+    fix (it is a good file), anything else as HDF5 says it."""
+    try:
+        plist = ds.id.get_create_plist()
+        lacking = [plist.get_filter(i) for i in range(plist.get_nfilters())]
+        lacking = [(code, label.decode(errors="replace")) for code, _, _, label in lacking
+                   if not h5py.h5z.filter_avail(code)]
+    except (OSError, RuntimeError, ValueError):
+        lacking = []
+    if lacking:
+        names = ", ".join(f"{code}{f' ({label})' if label else ''}" for code, label in lacking)
+        return (f"cannot read {name}: it is compressed with HDF5 filter {names}, which this "
+                "installation lacks; install the filter's plugin (e.g. pip install hdf5plugin, "
+                "then set HDF5_PLUGIN_PATH) or export the file without it")
+    return f"cannot read {name} ({where}): {exc}"

@@ -9,7 +9,14 @@ import h5py
 import numpy as np
 
 from homodyne.data.errors import DataFileError, data_file
-from homodyne.data.h5storage import external_link, never_written, refuse_unread_storage
+from homodyne.data.h5storage import (
+    dangling_soft_link,
+    declared_bytes,
+    external_link,
+    never_written,
+    refuse_unread_storage,
+    unreadable,
+)
 from homodyne.model import frame_time_problem
 
 G2 = "/xpcs/multitau/normalized_g2"
@@ -20,6 +27,7 @@ START_TIME = "/entry/start_time"
 Q_LIST = "/xpcs/qmap/dynamic_v_list_dim0"
 PHI_LIST = "/xpcs/qmap/dynamic_v_list_dim1"
 MAX_AXIS = 1_000_000  # delays or q bins in one file: far above any multi-tau result
+MAX_DATE_BYTES = 4096  # one date/time as text (or a number)
 
 
 @dataclass(frozen=True)
@@ -46,7 +54,7 @@ def read_multitau(path) -> OneTimeData:
     try:
         with h5:
             for name in (G2, G2_ERR, DELAYS, FRAME_TIME, START_TIME, Q_LIST, PHI_LIST):
-                _refuse_dangling_link(path, h5, name)
+                _refuse_external_link(path, h5, name)
             for name in (G2, G2_ERR, DELAYS, FRAME_TIME, START_TIME, Q_LIST):
                 if name not in h5:
                     raise DataFileError(path, f"missing dataset {name} (not a multi-tau "
@@ -70,6 +78,10 @@ def read_multitau(path) -> OneTimeData:
                 raise DataFileError(path, f"{START_TIME} holds {h5[START_TIME].size:,} values; "
                                           "expected one date/time")
             refuse_unread_storage(path, h5, START_TIME, h5[START_TIME])
+            if declared_bytes(h5[START_TIME]) > MAX_DATE_BYTES:  # an HDF5 array type: GBs
+                raise DataFileError(path, f"{START_TIME} declares "
+                                          f"{declared_bytes(h5[START_TIME]):,} bytes; "
+                                          "expected one date/time")
             raw = h5[START_TIME][()]
     except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
         if isinstance(exc, DataFileError):
@@ -96,9 +108,13 @@ def read_multitau(path) -> OneTimeData:
     return OneTimeData(path, delays * frame_time, q, phi, g2, err, frame_time, start)
 
 
-def _refuse_dangling_link(path, h5, name: str) -> None:
-    """An external link whose file cannot be opened is named as such, not as damage to
-    this (good) file."""
+def _refuse_external_link(path, h5, name: str) -> None:
+    """A name that leads (itself or through a parent group) to another file is refused, as
+    the two-time reader does: its values would be read from that file without a word. One
+    whose file cannot be opened is named as such, not as damage to this (good) file."""
+    dangling = dangling_soft_link(h5, name)
+    if dangling:
+        raise DataFileError(path, dangling)
     link = external_link(h5, name)
     if link is None:
         return
@@ -109,12 +125,17 @@ def _refuse_dangling_link(path, h5, name: str) -> None:
                                   "cannot be opened (missing or unreadable): copy the data "
                                   "into the file, or put that file where the link points"
                             ) from None
+    raise DataFileError(path, f"{name} is an external link to {link.filename}; external "
+                              "links are not read: copy the data into the file")
 
 
 def _numeric(h5, name: str, path: str, max_size: int) -> np.ndarray:
     """A numeric dataset of at most ``max_size`` values as float64, or a DataFileError
     naming what it is instead (checked before anything is read)."""
     obj = h5[name]
+    if isinstance(obj, h5py.Dataset) and declared_bytes(obj) > 8 * max_size:
+        raise DataFileError(path, f"{name} declares {declared_bytes(obj):,} bytes, more than "
+                                  f"{max_size:,} number(s) need")
     if not isinstance(obj, h5py.Dataset) or obj.dtype.kind not in "fiub":
         kind = "a group" if not isinstance(obj, h5py.Dataset) else f"of type {obj.dtype}"
         raise DataFileError(path, f"{name} is {kind}, not numbers")
@@ -125,7 +146,10 @@ def _numeric(h5, name: str, path: str, max_size: int) -> np.ndarray:
         raise DataFileError(path, f"{name} is incomplete: part of it was never written (HDF5 "
                                   "would read its fill value there as data); the writer "
                                   "stopped early - export the file again")
-    return np.asarray(obj[()], dtype=np.float64)
+    try:
+        return np.asarray(obj[()], dtype=np.float64)
+    except OSError as exc:  # a good file compressed with a filter this HDF5 lacks is named
+        raise DataFileError(path, unreadable(obj, name, exc, "damaged file?")) from None
 
 
 def check_axes(path, tau, q) -> None:

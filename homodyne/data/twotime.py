@@ -19,7 +19,14 @@ import h5py
 import numpy as np
 
 from homodyne.data.errors import DataFileError, QBinError, data_file
-from homodyne.data.h5storage import FileVersion, external_link, refuse_unread_storage
+from homodyne.data.h5storage import (
+    FileVersion,
+    dangling_soft_link,
+    declared_bytes,
+    external_link,
+    refuse_unread_storage,
+    unreadable,
+)
 from homodyne.data.npyfile import npy_file_header
 from homodyne.model import (
     ModelSpec,
@@ -185,7 +192,7 @@ class TwoTimeSource(TriangleGrid):
                 block = ds[sel]
             self.check_unchanged()
         except (OSError, RuntimeError, TypeError) as exc:
-            raise DataFileError(self.path, _unreadable(
+            raise DataFileError(self.path, unreadable(
                 ds, self.dataset_names[angle], exc, f"rows {r0}..{r1}")) from exc
         block = block.T if lower else block
         self._refuse_absurd(angle, r0, c0, block)
@@ -521,6 +528,9 @@ def _dataset(path, h5, name, sources: list | None = None) -> h5py.Dataset:
     external link, a virtual dataset whose source is missing), is named, never read as zeros.
     The files a virtual dataset reads are added to ``sources`` (new ones only)."""
     _local(path, h5, name)
+    dangling = dangling_soft_link(h5, name)
+    if dangling:
+        raise DataFileError(path, dangling)
     if name not in h5:
         raise DataFileError(path, f"missing dataset {name}")
     obj = h5[name]
@@ -543,6 +553,11 @@ def _read(path, h5, name, max_values: int = MAX_MAP_VALUES):
         raise DataFileError(path, f"{name} declares {ds.size:,} values, at most "
                                   f"{max_values:,} expected; the file is damaged or not an "
                                   "APS two-time result")
+    if declared_bytes(ds) > 8 * max_values:  # one value of an HDF5 array type can be GBs
+        raise DataFileError(path, f"{name} declares {declared_bytes(ds):,} bytes ("
+                                  f"{ds.size:,} value(s) of {ds.id.get_type().get_size():,} "
+                                  "bytes each), not a list of numbers; the file is damaged "
+                                  "or not an APS two-time result")
     return np.asarray(ds[()])
 
 
@@ -560,7 +575,12 @@ def _numbers(path, h5, name, dtype=float) -> np.ndarray:
 
 def _sorted_c2(path, h5, group) -> list[str]:
     _local(path, h5, group)
-    names = sorted(k for k in h5[group].keys() if k.startswith("c2_"))
+    keys = list(h5[group].keys())
+    odd = [k for k in keys if not isinstance(k, str)]  # h5py gives bytes for a non-UTF-8 name
+    if odd:
+        raise DataFileError(path, f"{group} holds a member whose name is not UTF-8 text "
+                                  f"({odd[0]!r}); rename it (c2_NNNNN) or remove it")
+    names = sorted(k for k in keys if k.startswith("c2_"))
     if not names:
         raise DataFileError(path, f"no c2_* matrices under {group}")
     return [f"{group}/{k}" for k in names]
@@ -642,11 +662,28 @@ def _apsu_pairs(path, names, bins) -> list[tuple[int, str]]:
                               "c2_00001, c2_00002, ... in the order of processed_bins")
 
 
+def _by_number(path, names: list[str]) -> list[str]:
+    """The older layout's matrices in the order of their numbers, as its q/phi lists pair
+    them: by name, c2_10 would come before c2_2 and take bin 2's q and angle."""
+    numbered: dict[int, str] = {}
+    for name in names:
+        m = C2_NAME.fullmatch(name.rsplit("/", 1)[-1])
+        k = int(m.group(1)) if m else None
+        if k is None or k in numbered:
+            why = f"{numbered[k]} and {name} both carry the number {k}" if k in numbered \
+                else f"{name} is not named c2_N (N: its place in {OLD_Q})"
+            raise DataFileError(path, f"{why}; the matrices cannot be paired with their q/phi "
+                                      "bins - name them c2_00001, c2_00002, ... in the order "
+                                      f"of {OLD_Q}")
+        numbered[k] = name
+    return [numbered[k] for k in sorted(numbered)]
+
+
 def _entries_old(path, h5):
     qs = _finite(path, OLD_Q, _numbers(path, h5, OLD_Q))
     phis = _finite(path, OLD_PHI, _numbers(path, h5, OLD_PHI), "phi") if OLD_PHI in h5 \
         else np.zeros_like(qs)
-    names = _sorted_c2(path, h5, OLD_C2)
+    names = _by_number(path, _sorted_c2(path, h5, OLD_C2))
     if not (len(names) == qs.size == phis.size):
         raise DataFileError(path, f"{OLD_Q} ({qs.size}), {OLD_PHI} ({phis.size}) and "
                                   f"{OLD_C2} ({len(names)} matrices) disagree in length")
@@ -758,7 +795,7 @@ def _check_matrices(path, h5, names, sources: list) -> int:
             probe = np.concatenate([ds[r, r + 1 :] for r in probe_rows if r + 1 < n] +
                                    [ds[r + 1 :, r] for r in probe_rows if r + 1 < n])
         except OSError as exc:
-            raise DataFileError(path, _unreadable(ds, name, exc, "truncated file?")) from exc
+            raise DataFileError(path, unreadable(ds, name, exc, "truncated file?")) from exc
         _check_values(path, name, probe)
     if shape[0] < 2:
         raise DataFileError(path, f"matrices have {shape[0]} frame(s); need at least 2")
@@ -767,24 +804,6 @@ def _check_matrices(path, h5, names, sources: list) -> int:
 
 MAX_ABS_C2 = 1e100  # a correlation value beyond this is damage: its square overflows sums
 MAX_FRAMES = 1 << 20  # a 1M x 1M matrix holds 5e11 points: 500 times the largest fit planned
-
-
-def _unreadable(ds, name, exc, where: str) -> str:
-    """Why a matrix cannot be read: a compression filter this HDF5 lacks is named with the
-    fix (it is a good file), anything else as HDF5 says it."""
-    try:
-        plist = ds.id.get_create_plist()
-        lacking = [plist.get_filter(i) for i in range(plist.get_nfilters())]
-        lacking = [(code, label.decode(errors="replace")) for code, _, _, label in lacking
-                   if not h5py.h5z.filter_avail(code)]
-    except (OSError, RuntimeError, ValueError):
-        lacking = []
-    if lacking:
-        names = ", ".join(f"{code}{f' ({label})' if label else ''}" for code, label in lacking)
-        return (f"cannot read {name}: it is compressed with HDF5 filter {names}, which this "
-                "installation lacks; install the filter's plugin (e.g. pip install hdf5plugin, "
-                "then set HDF5_PLUGIN_PATH) or export the file without it")
-    return f"cannot read {name} ({where}): {exc}"
 
 
 def _check_values(path, name, values) -> None:

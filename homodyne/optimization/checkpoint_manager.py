@@ -171,6 +171,16 @@ def _declared_bytes(obj) -> int:
     return int(np.prod(shape or (), dtype=np.float64)) * dtype.itemsize
 
 
+def _refuse_outside_storage(key: str, ds) -> None:
+    """A field must keep its values in this file, as save_checkpoint writes them: a virtual
+    dataset or external raw storage reads other files (a pipe blocks for ever, a virtual
+    dataset mapping itself crashes HDF5), decided from the header before a value is read."""
+    plist = ds.id.get_create_plist()
+    if plist.get_layout() == h5py.h5d.VIRTUAL or plist.get_external_count():
+        raise _Refused(f"{key} keeps its values outside the file (virtual or external "
+                       "storage), which save_checkpoint never writes")
+
+
 # the kind of number each field is written as (a field of another kind or width, e.g. an H of
 # float32 from another writer, would resume to other parameters than the run that wrote it)
 # (the lists of excluded batches are checked by the fit: check_fit_state)
@@ -216,6 +226,7 @@ def _read_checked(h5: h5py.File) -> dict:
             if isinstance(item, h5py.Group):
                 survey(item, f"{prefix}{key}/", depth + 1)
             elif isinstance(item, h5py.Dataset):
+                _refuse_outside_storage(f"{prefix}{key}", item)
                 budget[0] += _declared_bytes(item)
                 shapes[f"{prefix}{key}"] = item.shape
                 if not _expected_dtype(f"{prefix}{key}", item.dtype):

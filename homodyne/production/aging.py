@@ -51,6 +51,12 @@ def check_start_times(data) -> None:
         raise DataFileError(data[0].path, "the files' /entry/start_time cannot be compared "
                                           "(time zones mixed or out of range); give "
                                           "one_time.ages_s")
+    for a, b in zip(data, data[1:], strict=False):  # sorted: equal ones are neighbours
+        if a.start_time == b.start_time:  # ages 0 and 0: the model of age 0 overflows
+            raise DataFileError(b.path, f"starts at the same time as {a.path} "
+                                        f"(/entry/start_time = {a.start_time}): one "
+                                        "measurement twice (a copy or a link)? list each file "
+                                        "of the aging series once, or give one_time.ages_s")
     far = np.abs(t - np.median(t))
     worst = int(np.argmax(far))
     if far[worst] > MAX_SERIES_SPAN_S:

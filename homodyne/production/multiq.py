@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import logging
 import math
 from contextlib import contextmanager
@@ -18,7 +17,7 @@ from pathlib import Path
 
 from homodyne.config import ConfigError, HomodyneConfig
 from homodyne.data.twotime import DEFAULT_Q_TOLERANCE, SYNTHETIC_ATTRS, q_bins
-from homodyne.output import MARKER, MULTI_Q_TABLE, OutputDirError
+from homodyne.output import MARKER, MULTI_Q_TABLE, OutputDirError, read_json_file
 
 log = logging.getLogger("homodyne")
 JOB_FILE = "job.json"
@@ -223,7 +222,7 @@ def _read_record(path: Path, fields: dict) -> dict:
                                "copied in?): rerun that job (delete the file) or remove the folder")
 
     try:
-        data = json.loads(path.read_bytes().decode("utf-8"))
+        data = read_json_file(path)
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise bad(f"unreadable ({type(exc).__name__}: {exc})") from None
     if not isinstance(data, dict):

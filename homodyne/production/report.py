@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
+from homodyne.output import read_json_file
 from homodyne.production.multiq import ResultFileError
 
 
@@ -33,7 +33,7 @@ def _load(folder) -> dict:
     """A production fit's parameters.json; one that is not a JSON object is named."""
     path = Path(folder) / "parameters.json"
     try:
-        p = json.loads(path.read_text(encoding="utf-8"))
+        p = read_json_file(path)
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise ResultFileError(f"{path} cannot be read as a result ({exc}); rerun that fit "
                               "(snakemake --forcerun on its rule)") from None
