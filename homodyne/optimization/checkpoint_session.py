@@ -280,11 +280,14 @@ class CheckpointSession:
     # --- saving ------------------------------------------------------------------------
     def due(self, batches_done: int, clock: float) -> bool:
         """``checkpoint_frequency`` batches since the last save, at least
-        ``min_interval_s`` seconds of fitting ago, and no save still being written."""
+        ``min_interval_s`` seconds of fitting ago, and no save still being written; with
+        ``min_interval_s`` 0 a save is due exactly every ``checkpoint_frequency`` batches
+        (``save`` waits for the one still being written: skipping it shifted every later
+        save to whichever batch the writer had finished by)."""
         m = self.manager
         return (batches_done - self._last_batch >= m.checkpoint_frequency
                 and clock - self._last_time >= m.min_interval_s
-                and (self._pending is None or self._pending.done()))
+                and (m.min_interval_s == 0 or self._pending is None or self._pending.done()))
 
     def save(self, batch: int, state: dict, *, clock: float, snapshot_s: float = 0.0,
              wait: bool = False) -> None:
