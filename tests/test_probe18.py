@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import time
 
+import pytest
+
 
 def _two_time_fit(tmp_path, **wrapper_kw):
     """A small static two-time fit through the guide's NLSQWrapper (3,540 points)."""
@@ -47,3 +49,24 @@ def test_checkpoints_with_no_minimum_interval_are_saved_exactly_every_frequency_
     total = result.streaming_diagnostics["total_batches_processed"]
     assert total >= 40
     assert [b for b in saved if b != total] == list(range(10, total, 10))  # + the final
+
+
+def test_build_streaming_config_refuses_a_mistyped_checkpoint_key_and_reads_keep_last_n():
+    """Was: the guide's build_streaming_config(..., checkpoint_config={...}) copied any key
+    into its result: 'checkpoint_frequncy': 3 came back beside checkpoint_frequency 10 (the
+    typo silently ignored), and keep_last_n 5 (CheckpointManager's name, which NLSQWrapper
+    reads) beside keep_last_checkpoints 3; NLSQWrapper refuses the typo by name."""
+    from homodyne.optimization.strategy import DatasetSizeStrategy
+
+    build = DatasetSizeStrategy().build_streaming_config
+    with pytest.raises(ValueError, match=r"checkpoint_config: unknown key\(s\) "
+                                         r"\['checkpoint_frequncy'\]; the keys are"):
+        build(200_000_000, 9, checkpoint_config={"checkpoint_frequncy": 3})
+    with pytest.raises(ValueError, match=r"checkpoint_config\['checkpoint_frequency'\] must "
+                                         "be a whole number >= 1, got '10'"):
+        build(200_000_000, 9, checkpoint_config={"checkpoint_frequency": "10"})
+    config = build(200_000_000, 9, checkpoint_config={"enable_checkpoints": True,
+                                                      "checkpoint_dir": "./ck",
+                                                      "keep_last_n": 5})
+    assert (config["enable_checkpoints"], config["checkpoint_dir"],
+            config["keep_last_checkpoints"]) == (True, "./ck", 5)
