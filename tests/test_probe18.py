@@ -8,14 +8,23 @@ import time
 import pytest
 
 
-def _two_time_fit(tmp_path, **wrapper_kw):
-    """A small static two-time fit through the guide's NLSQWrapper (3,540 points)."""
+def _two_time_fit(tmp_path, edit=None, **wrapper_kw):
+    """A small static two-time fit through the guide's NLSQWrapper (3,540 points); ``edit``
+    changes the file's first matrix (an array, in place) before it is read."""
+    import h5py
     from helpers import small_two_time_file
 
     from homodyne.data.twotime import open_two_time
     from homodyne.optimization.nlsq_wrapper import NLSQWrapper
 
-    src = open_two_time(small_two_time_file(tmp_path / "d.h5", n_frames=60))
+    path = small_two_time_file(tmp_path / "d.h5", n_frames=60)
+    if edit is not None:
+        with h5py.File(path, "r+") as h5:
+            ds = h5["xpcs/twotime/correlation_map/c2_00001"]
+            c2 = ds[()]
+            edit(c2)
+            ds[...] = c2
+    src = open_two_time(path)
     spec = src.model_spec()
     p0 = spec.pack(0.25, 1.05, (8e3, -0.4, 80.0))
     bounds = (spec.pack(0.0, 0.5, (1.0, -2.0, -1e3)), spec.pack(1.0, 1.5, (1e5, 0.5, 1e3)))
@@ -70,3 +79,18 @@ def test_build_streaming_config_refuses_a_mistyped_checkpoint_key_and_reads_keep
                                                       "keep_last_n": 5})
     assert (config["enable_checkpoints"], config["checkpoint_dir"],
             config["keep_last_checkpoints"]) == (True, "./ck", 5)
+
+
+def test_a_non_finite_start_names_the_users_parameters_not_the_internal_ones(tmp_path):
+    """Was: with validate_numerics off, data holding an inf stopped the fit with "Non-finite
+    cost or gradients at the initial parameters [..., -1876.16, -0.4, 4770.4]": the
+    internal power-law coordinates, a D0 < 0 outside its bounds [1, 1e5] where p0 held
+    D0 = 8000, D_offset = 80."""
+    from homodyne.optimization.exceptions import NLSQNumericalError
+
+    def plant_inf(c2):
+        c2[5, 40] = c2[40, 5] = float("inf")
+
+    with pytest.raises(NLSQNumericalError, match=r"at the initial parameters \[0\.25, 0\.25, "
+                                                 r"1\.05, 1\.05, 8000\.0, -0\.4, 80\.0\]"):
+        _two_time_fit(tmp_path, plant_inf, enable_numerical_validation=False)
