@@ -94,3 +94,48 @@ def test_a_non_finite_start_names_the_users_parameters_not_the_internal_ones(tmp
     with pytest.raises(NLSQNumericalError, match=r"at the initial parameters \[0\.25, 0\.25, "
                                                  r"1\.05, 1\.05, 8000\.0, -0\.4, 80\.0\]"):
         _two_time_fit(tmp_path, plant_inf, enable_numerical_validation=False)
+
+
+def _bin_folder(root, file_id, names):
+    """One multi-q bin folder as a fit leaves it (parameters.json, job.json)."""
+    import numpy as np
+
+    from homodyne.optimization.result import FitResult
+    from homodyne.output import write_json
+    from homodyne.production.multiq import JOB_FILE
+
+    k = len(names)
+    result = FitResult(parameter_names=tuple(names), parameters=np.arange(1.0, k + 1),
+                       uncertainties=np.full(k, 0.1), covariance=np.eye(k) * 0.01, cost=1.0,
+                       n_points=500, reduced_chi_squared=1.02, converged=True,
+                       stop_reason="converged", strategy="STANDARD", iterations=4, passes=5)
+    folder = root / file_id / "q00"
+    folder.mkdir(parents=True)
+    write_json(folder / "parameters.json", result.as_dict())
+    write_json(folder / JOB_FILE, {"file": f"{file_id}.h5", "file_id": file_id, "q_index": 0,
+                                   "q": 0.001, "age_s": None})
+    return folder
+
+
+def test_a_multi_q_run_over_files_of_different_angle_counts_gets_its_summary(tmp_path):
+    """Was: `homodyne --config mq.yaml --q all` over two static files of 2 and 3 angles fitted
+    both, then exit 2 "out_mq/l/q00/parameters.json holds parameters [contrast[0..2], ...],
+    the other results of this run [contrast[0..1], ...]: results of different models cannot
+    share one summary; remove the folder that does not belong": both belonged, no
+    summary.csv. The per-angle scaling is no part of the model; another model still is."""
+    import csv
+
+    from homodyne.production.multiq import ResultFileError, gather
+
+    physical = ["D0", "alpha", "D_offset"]
+    two = [*(f"{s}[{i}]" for s in ("contrast", "offset") for i in range(2)), *physical]
+    three = [*(f"{s}[{i}]" for s in ("contrast", "offset") for i in range(3)), *physical]
+    folders = [_bin_folder(tmp_path, "a", two), _bin_folder(tmp_path, "b", three)]
+    rows = list(csv.DictReader(gather(folders, tmp_path / "run").open()))
+    assert [r["file"] for r in rows] == ["a", "b"]
+    assert (rows[0]["contrast[2]"], rows[1]["contrast[2]"]) == ("", "3.0")
+    assert rows[0]["D0"] == "5.0" and rows[1]["D0"] == "7.0"
+    laminar = _bin_folder(tmp_path, "c", [*two, "gamma_dot_t0", "beta",
+                                          "gamma_dot_t_offset", "phi0"])
+    with pytest.raises(ResultFileError, match="results of different models cannot share"):
+        gather([*folders, laminar], tmp_path / "run2")
