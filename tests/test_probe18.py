@@ -85,14 +85,17 @@ def test_a_non_finite_start_names_the_users_parameters_not_the_internal_ones(tmp
     """Was: with validate_numerics off, data holding an inf stopped the fit with "Non-finite
     cost or gradients at the initial parameters [..., -1876.16, -0.4, 4770.4]": the
     internal power-law coordinates, a D0 < 0 outside its bounds [1, 1e5] where p0 held
-    D0 = 8000, D_offset = 80."""
+    D0 = 8000, D_offset = 80. Nor did it say that validation, which leaves such a point out
+    (a NaN is a missing point), was off: fast mode failed on every file with a NaN."""
     from homodyne.optimization.exceptions import NLSQNumericalError
 
     def plant_inf(c2):
         c2[5, 40] = c2[40, 5] = float("inf")
 
     with pytest.raises(NLSQNumericalError, match=r"at the initial parameters \[0\.25, 0\.25, "
-                                                 r"1\.05, 1\.05, 8000\.0, -0\.4, 80\.0\]"):
+                                                 r"1\.05, 1\.05, 8000\.0, -0\.4, 80\.0\]: "
+                                                 "check p0, bounds and the data; numerical "
+                                                 r"validation is off \(fast_mode, or "):
         _two_time_fit(tmp_path, plant_inf, enable_numerical_validation=False)
 
 

@@ -18,6 +18,7 @@ import numpy as np
 from homodyne.optimization.checkpoint_manager import CheckpointManager
 from homodyne.optimization.checkpoint_session import CheckpointSession
 from homodyne.optimization.driver import coarse_level_sizes, fingerprint, run_fit
+from homodyne.optimization.exceptions import NLSQNumericalError
 from homodyne.optimization.fixed import fix_parameters
 from homodyne.optimization.passes import FitMonitor
 from homodyne.optimization.problems import CurveProblem, TwoTimeProblem
@@ -656,6 +657,14 @@ class NLSQWrapper:
                            strategy=tier.value, monitor=mon, resume=resume,
                            recovery_sequence=tuple(self.recovery_sequence),
                            n_devices=len(self.devices()))
+        except NLSQNumericalError as exc:
+            if self.validate or not getattr(exc, "at_start", False):
+                raise
+            raise NLSQNumericalError(
+                f"{exc}; numerical validation is off (fast_mode, or validate_numerics / "
+                "enable_numerical_validation false), so one NaN or inf in the data (a missing "
+                "point, which validation leaves out) makes the cost non-finite: turn it on") \
+                from exc
         finally:
             if mon.progress is not None:
                 mon.progress.close()
