@@ -258,7 +258,9 @@ class SolverSpace:
     def evaluator(self, evaluate):
         """``evaluate`` (user full vector -> normal equations) on solver vectors."""
         inner = evaluate if self.coords is None else self.coords.evaluator(evaluate)
-        return self.free.evaluator(inner)
+        solver_evaluate = self.free.evaluator(inner)
+        solver_evaluate.user = self.user  # messages name the user's parameters, not u
+        return solver_evaluate
 
     def state_in_user(self, st, free: FreeSubspace):
         """``st`` with x and the normal equations in the user's free coordinates

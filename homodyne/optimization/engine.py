@@ -301,9 +301,12 @@ def _lm_loop(st: LMState, evaluate, lb, ub, *, max_iterations, step_tol_se, gtol
     """The iteration itself; ``st`` always holds the best accepted point."""
     x, ne = st.x, st.ne
     if not _finite(ne):
-        raise NLSQNumericalError(
+        user = getattr(evaluate, "user", None)  # a SolverSpace's: the internal u is no p0
+        error = NLSQNumericalError(
             "Non-finite cost or gradients at the initial parameters "
-            f"{x.tolist()}: check p0, bounds and the data")
+            f"{(x if user is None else user(x)).tolist()}: check p0, bounds and the data")
+        error.at_start = True  # type: ignore[attr-defined]
+        raise error
     p = x.size
     d = _scales(ne.H)
     gn_failed_at = math.inf

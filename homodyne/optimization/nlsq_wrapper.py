@@ -10,8 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -19,6 +18,7 @@ import numpy as np
 from homodyne.optimization.checkpoint_manager import CheckpointManager
 from homodyne.optimization.checkpoint_session import CheckpointSession
 from homodyne.optimization.driver import coarse_level_sizes, fingerprint, run_fit
+from homodyne.optimization.exceptions import NLSQNumericalError
 from homodyne.optimization.fixed import fix_parameters
 from homodyne.optimization.passes import FitMonitor
 from homodyne.optimization.problems import CurveProblem, TwoTimeProblem
@@ -32,6 +32,8 @@ from homodyne.optimization.settings import (
     EngineOptions,
     FaultSettings,
     RestartSettings,
+    check_checkpoint_config,
+    is_whole,
 )
 from homodyne.optimization.sources import HostArrayData, InMemoryData, ShardedData, StreamingData
 from homodyne.optimization.strategy import (
@@ -128,16 +130,6 @@ def normalise_bounds(bounds, p0: np.ndarray, names=None) -> tuple[np.ndarray, np
 BACKENDS = ("homodyne", "nlsq")
 
 
-def _whole(value) -> bool:
-    """A whole number (an int or an integral float such as 1e6), never a bool."""
-    if isinstance(value, bool | np.bool_):
-        return False
-    if isinstance(value, int | np.integer):
-        return True
-    return isinstance(value, float | np.floating) and math.isfinite(value) and \
-        float(value).is_integer()
-
-
 def check_wrapper_settings(backend, batch_size, min_success_rate, max_retries_per_batch,
                            memory_limit_gb, checkpoint_config, *, callback=None,
                            parallel_batches=1, initial_batch_size=None,
@@ -152,7 +144,7 @@ def check_wrapper_settings(backend, batch_size, min_success_rate, max_retries_pe
                               ("initial_batch_size", initial_batch_size, True),
                               ("max_batch_size", max_batch_size, False),
                               ("parallel_batches", parallel_batches, False)):
-        if (value is None and auto) or (_whole(value) and value >= 1):
+        if (value is None and auto) or (is_whole(value) and value >= 1):
             continue
         hint = " (None: automatic)" if auto else ""
         raise ValueError(f"{name} must be a whole number >= 1{hint}, got {value!r}")
@@ -169,32 +161,7 @@ def check_wrapper_settings(backend, batch_size, min_success_rate, max_retries_pe
         raise ValueError(f"max_retries_per_batch must be a whole number >= 0, got "
                          f"{max_retries_per_batch!r}")
     checked_memory_limit(memory_limit_gb)
-    known = {f.name for f in fields(CheckpointSettings)} | {"keep_last_n"}
-    unknown = sorted(set(checkpoint_config or {}) - known)
-    if unknown:
-        raise ValueError(f"checkpoint_config: unknown key(s) {unknown}; the keys are "
-                         f"{sorted(known)}")
-    for key, value in (checkpoint_config or {}).items():
-        why = _checkpoint_value_problem(key, value)
-        if why:
-            raise ValueError(f"checkpoint_config[{key!r}] must be {why}, got {value!r}")
-
-
-def _checkpoint_value_problem(key: str, value) -> str | None:
-    """What a checkpoint_config value must be, when it is not (the text "false" is true to
-    Python: it switched checkpoints or resuming on; "10" failed inside the manager)."""
-    if key in ("enable_checkpoints", "resume_from_checkpoint", "enable_compression"):
-        return None if isinstance(value, bool | np.bool_) else "True or False"
-    if key in ("checkpoint_frequency", "keep_last_checkpoints", "keep_last_n"):
-        return None if _whole(value) and value >= 1 else "a whole number >= 1"
-    if key == "checkpoint_min_interval_s":
-        ok = isinstance(value, int | float | np.integer | np.floating) and \
-            not isinstance(value, bool) and math.isfinite(value) and value >= 0
-        return None if ok else "a number of seconds >= 0"
-    if key == "checkpoint_dir":
-        return None if isinstance(value, str | os.PathLike) and str(value).strip() else \
-            "a folder (a non-empty str or path)"
-    return None
+    check_checkpoint_config(checkpoint_config)
 
 
 def plain_array(a, name: str) -> np.ndarray:
@@ -690,6 +657,14 @@ class NLSQWrapper:
                            strategy=tier.value, monitor=mon, resume=resume,
                            recovery_sequence=tuple(self.recovery_sequence),
                            n_devices=len(self.devices()))
+        except NLSQNumericalError as exc:
+            if self.validate or not getattr(exc, "at_start", False):
+                raise
+            raise NLSQNumericalError(
+                f"{exc}; numerical validation is off (fast_mode, or validate_numerics / "
+                "enable_numerical_validation false), so one NaN or inf in the data (a missing "
+                "point, which validation leaves out) makes the cost non-finite: turn it on") \
+                from exc
         finally:
             if mon.progress is not None:
                 mon.progress.close()

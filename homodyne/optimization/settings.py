@@ -8,9 +8,13 @@ dataclasses, no imports from homodyne: any layer may use them.
 
 from __future__ import annotations
 
+import math
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
+
+import numpy as np
 
 
 @dataclass
@@ -95,6 +99,47 @@ class CheckpointSettings:
             config["keep_last_checkpoints"] = config["keep_last_n"]
         names = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in config.items() if k in names})
+
+
+def is_whole(value) -> bool:
+    """A whole number (an int or an integral float such as 1e6), never a bool."""
+    if isinstance(value, bool | np.bool_):
+        return False
+    if isinstance(value, int | np.integer):
+        return True
+    return isinstance(value, float | np.floating) and math.isfinite(value) and \
+        float(value).is_integer()
+
+
+def _checkpoint_value_problem(key: str, value) -> str | None:
+    """What a checkpoint_config value must be, when it is not (the text "false" is true to
+    Python: it switched checkpoints or resuming on; "10" failed inside the manager)."""
+    if key in ("enable_checkpoints", "resume_from_checkpoint", "enable_compression"):
+        return None if isinstance(value, bool | np.bool_) else "True or False"
+    if key in ("checkpoint_frequency", "keep_last_checkpoints", "keep_last_n"):
+        return None if is_whole(value) and value >= 1 else "a whole number >= 1"
+    if key == "checkpoint_min_interval_s":
+        ok = isinstance(value, int | float | np.integer | np.floating) and \
+            not isinstance(value, bool) and math.isfinite(value) and value >= 0
+        return None if ok else "a number of seconds >= 0"
+    if key == "checkpoint_dir":
+        return None if isinstance(value, str | os.PathLike) and str(value).strip() else \
+            "a folder (a non-empty str or path)"
+    return None
+
+
+def check_checkpoint_config(config: Mapping[str, Any] | None) -> None:
+    """Refuse a ``checkpoint_config`` key that would be ignored (a typo) or a value of the
+    wrong kind, naming it: ``NLSQWrapper`` and ``build_streaming_config`` take this dict."""
+    known = {f.name for f in fields(CheckpointSettings)} | {"keep_last_n"}
+    unknown = sorted(set(config or {}) - known)
+    if unknown:
+        raise ValueError(f"checkpoint_config: unknown key(s) {unknown}; the keys are "
+                         f"{sorted(known)}")
+    for key, value in (config or {}).items():
+        why = _checkpoint_value_problem(key, value)
+        if why:
+            raise ValueError(f"checkpoint_config[{key!r}] must be {why}, got {value!r}")
 
 
 # one_time.ages_s / fit_aging(ages_s=...): seconds since the sample was prepared; older than

@@ -16,7 +16,7 @@ import numbers
 from enum import StrEnum
 
 from homodyne.memory import available_bytes
-from homodyne.optimization.settings import CheckpointSettings
+from homodyne.optimization.settings import CheckpointSettings, check_checkpoint_config
 
 
 class OptimizationStrategy(StrEnum):
@@ -120,11 +120,12 @@ class DatasetSizeStrategy:
         if adaptive_batching:
             start = initial_batch_size or max(min_batch_size, batch // 8)
             batch = min(start, batch)
-        defaults = CheckpointSettings()
-        ckpt = {k: getattr(defaults, k) for k in (
+        check_checkpoint_config(checkpoint_config)  # a typo was copied and ignored
+        settings = CheckpointSettings.from_mapping(checkpoint_config)  # keep_last_n too
+        ckpt = {k: getattr(settings, k) for k in (
             "enable_checkpoints", "checkpoint_dir", "checkpoint_frequency",
             "resume_from_checkpoint", "keep_last_checkpoints")}
-        ckpt.update(checkpoint_config or {})
+        ckpt.update({k: v for k, v in (checkpoint_config or {}).items() if k != "keep_last_n"})
         return {
             "batch_size": int(batch),
             "n_batches": math.ceil(n_points / batch) if n_points else 0,

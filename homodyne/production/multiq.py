@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import logging
 import math
+import re
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -302,9 +303,12 @@ def _same_job(job_dir: Path, job: dict, p: dict) -> None:
 
 def same_model(rows: list[dict]) -> None:
     """Refuse rows of different models in one table (a laminar result in a static run's
-    folder would fill columns no other row has): the odd file is named."""
+    folder would fill columns no other row has): the odd file is named. The per-angle
+    scaling is no part of the model: files of 2 and 3 angles share one table (their
+    contrast[2] cells are blank where a file has no third angle)."""
     def names(row):
-        return tuple(k[:-3] for k in row if k.endswith("_se"))
+        return tuple(k[:-3] for k in row if k.endswith("_se")
+                     and not re.fullmatch(r"(contrast|offset)\[\d+\]", k[:-3]))
 
     fitted = [r for r in rows if any(k.endswith("_se") for k in r)]
     if not fitted:
