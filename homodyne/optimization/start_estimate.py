@@ -162,8 +162,9 @@ def _linear_scaling(g, cells, starts):
 
 
 def _grid(spec, cells, lb, ub) -> dict[bool, tuple[float, np.ndarray]]:
-    """The grid's best (cost, x) of each family (J > 0, and J < 0 mirrored to D0 >= 0:
-    their minima differ): per exponent, J at both ends of the window on a log
+    """The grid's best (cost, x) of each family (J > 0, and its mirror J < 0: the same
+    cells' cost, but the bounds on D0 and D_offset admit other points of each, whatever
+    their signs): per exponent, J at both ends of the window on a log
     grid (same sign: J never crosses 0 inside the data), one contrast and offset solved
     linearly on the angles' pooled cells (every set starts with them)."""
     t = spec.frame_times()
@@ -187,13 +188,13 @@ def _grid(spec, cells, lb, ub) -> dict[bool, tuple[float, np.ndarray]]:
             d0[r:r + rows, None] * base + d_off[r:r + rows, None] * lag)), cells, starts)
             for r in range(0, d0.size, rows)]
         con, off, cost = (np.concatenate(v) for v in zip(*parts, strict=True))
-        mirror = np.where(d0 < 0, -1.0, 1.0) if lb[k] >= 0 else np.ones_like(d0)
-        d0m, d_offm = d0 * mirror, d_off * mirror
-        ok = (np.all((con >= lb[:K]) & (con <= ub[:K]) & (off >= lb[K:k]) & (off <= ub[K:k]),
-                     axis=1) & (d0m >= lb[k]) & (d0m <= ub[k]) & (d_offm >= lb[k + 2])
-              & (d_offm <= ub[k + 2]) & np.isfinite(cost))
-        for family in (False, True):
-            fam = ok & ((mirror < 0) == family)
+        scaling_ok = np.all((con >= lb[:K]) & (con <= ub[:K]) & (off >= lb[K:k])
+                            & (off <= ub[K:k]), axis=1) & np.isfinite(cost)
+        for family in (False, True):  # J > 0 as gridded, or its mirror J < 0
+            sign = -1.0 if family else 1.0
+            d0m, d_offm = sign * d0, sign * d_off
+            fam = scaling_ok & (d0m >= lb[k]) & (d0m <= ub[k]) & (d_offm >= lb[k + 2]) \
+                & (d_offm <= ub[k + 2])
             if not fam.any():
                 continue
             m = int(np.argmin(np.where(fam, cost, np.inf)))
