@@ -52,3 +52,26 @@ def test_bounds_that_allow_only_d0_below_zero_get_the_mirror_family(decaying):
     assert on.converged and off.converged
     assert on.cost == pytest.approx(off.cost, rel=1e-9)
     assert on.passes <= off.passes, (on.passes, off.passes)
+
+
+@pytest.mark.parametrize("held, value, suffix", [
+    (6, 0.0, "D_offset = 0 (D_offset held)"),  # a pure power law
+    (0, 0.3, ""),  # the first angle's contrast held
+])
+def test_the_estimate_fits_the_free_members_around_a_held_one(decaying, held, value, suffix):
+    """A held D_offset skipped the estimate with no message (16 passes from the plain
+    start); a held contrast said 'no grid point inside the bounds; plain start kept' (the
+    grid solved it linearly and never met the held value). Now the grid and the polish
+    fit the free ones: the held value stays, and the fit ends where it ends without the
+    estimate, in fewer passes."""
+    spec, y, plain, lb, ub = decaying
+    lb, ub, p0 = lb.copy(), ub.copy(), plain.copy()
+    lb[held] = ub[held] = p0[held] = value
+    x, msg = _estimate(spec, y, p0, lb, ub)
+    assert msg.startswith("start estimate from") and msg.endswith(suffix), msg
+    assert ("held" in msg) == bool(suffix), msg
+    assert x[held] == value and np.all((x >= lb) & (x <= ub))
+    on, off = _fit(spec, y, p0, lb, ub), _fit(spec, y, p0, lb, ub, estimate=False)
+    assert on.messages[0] == msg and on.converged and off.converged
+    assert on.cost == pytest.approx(off.cost, rel=1e-9)
+    assert on.passes < off.passes, (on.passes, off.passes)
