@@ -75,3 +75,22 @@ def test_the_estimate_fits_the_free_members_around_a_held_one(decaying, held, va
     assert on.messages[0] == msg and on.converged and off.converged
     assert on.cost == pytest.approx(off.cost, rel=1e-9)
     assert on.passes < off.passes, (on.passes, off.passes)
+
+
+@pytest.mark.parametrize("lo, hi", [(2.5, 4.0), (-9.0, -3.0)])
+def test_the_grids_exponents_stay_inside_alphas_bounds(decaying, lo, hi):
+    """alpha in [2.5, 4]: the grid's exponents ran linspace(2.5, 2.0), outside alpha's
+    bounds (each family's best on alpha = 2.0 or so); now every grid point lies inside
+    the bounds, and the estimate ends inside them."""
+    from homodyne.optimization.start_estimate import _grid, cell_sums
+
+    spec, y, plain, lb, ub = decaying
+    lb, ub, p0 = lb.copy(), ub.copy(), plain.copy()
+    lb[5], ub[5], p0[4], p0[5] = lo, hi, 0.0, (lo + hi) / 2
+    cells, _ = cell_sums(spec, InMemoryData({"y": y}, y.size, 4096))
+    best = _grid(spec, cells, lb, ub)
+    assert best
+    for _, x in best.values():
+        assert lo <= x[5] <= hi and np.all((x >= lb) & (x <= ub)), x
+    x, _ = _estimate(spec, y, p0, lb, ub)
+    assert lo < x[5] < hi

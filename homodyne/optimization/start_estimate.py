@@ -28,6 +28,7 @@ AGE_BINS = 12  # log-spaced bins of the age sqrt(t1 t2)
 EXACT_LAGS = 64  # lags 1..64 frames each a cell; longer ones in log-spaced bins
 LAG_BINS = 32
 N_ALPHA = 17  # exponents on the grid, spread over the bounds (0 left out)
+ALPHA_REACH = 2.0  # the grid's exponents within +-2 where alpha's bounds allow
 N_LEVEL = 25  # values of J at each end of the window, log-spaced
 ALPHA_MARGIN = 0.02  # of alpha's span: the start keeps off alpha's bounds
 
@@ -191,6 +192,16 @@ def _rows(t, alpha, levels, held):
     return (first - h_off) / t[0] ** alpha, np.full_like(first, h_off)
 
 
+def _alpha_span(lo: float, hi: float) -> tuple[float, float]:
+    """The exponents the grid spans: alpha's bounds within [-ALPHA_REACH, ALPHA_REACH]
+    where they meet it, else the 2 * ALPHA_REACH of them nearest to it."""
+    if lo > ALPHA_REACH:
+        return lo, min(hi, lo + 2 * ALPHA_REACH)
+    if hi < -ALPHA_REACH:
+        return max(lo, hi - 2 * ALPHA_REACH), hi
+    return max(lo, -ALPHA_REACH), min(hi, ALPHA_REACH)
+
+
 def _grid(spec, cells, lb, ub) -> dict[bool, tuple[float, np.ndarray]]:
     """The grid's best (cost, x) of each family (J > 0, and its mirror J < 0: the same
     cells' cost, but the bounds on D0 and D_offset admit other points of each, whatever
@@ -207,8 +218,8 @@ def _grid(spec, cells, lb, ub) -> dict[bool, tuple[float, np.ndarray]]:
     rate = spec.q ** 2 * spec.dt  # J -> decay per frame
     levels = np.geomspace(1e-4, 3.0, N_LEVEL) / rate
     if np.isnan(held[k + 1]):
-        lo_a, hi_a = max(lb[k + 1], -2.0), min(ub[k + 1], 2.0)
-        alphas = [a for a in np.linspace(lo_a, hi_a, N_ALPHA) if abs(a) >= 1e-6]
+        alphas = [a for a in np.linspace(*_alpha_span(lb[k + 1], ub[k + 1]), N_ALPHA)
+                  if abs(a) >= 1e-6]
     else:
         alphas = [held[k + 1]]
     members = held[[k, k + 2]]
