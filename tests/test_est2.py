@@ -94,3 +94,32 @@ def test_the_grids_exponents_stay_inside_alphas_bounds(decaying, lo, hi):
         assert lo <= x[5] <= hi and np.all((x >= lb) & (x <= ub)), x
     x, _ = _estimate(spec, y, p0, lb, ub)
     assert lo < x[5] < hi
+
+
+def test_a_stop_just_after_the_estimate_reports_the_start_as_given_and_the_estimate_unused(
+        decaying, monkeypatch):
+    """SIGINT landing once the estimate is computed, before the first pass: the result
+    (parameters.interrupted.json) held the user's start in its internal-coordinate form
+    (alpha nudged off 0, D0 and D_offset moved to match) while its messages listed the
+    completed estimate as if taken. Now: the start exactly as given, and the estimate's
+    line says it was discarded."""
+    import os
+    import signal
+
+    from homodyne.optimization import start_estimate
+
+    spec, y, plain, lb, ub = decaying
+    real = start_estimate.estimate
+
+    def then_interrupted(*args):
+        out = real(*args)
+        os.kill(os.getpid(), signal.SIGINT)  # the fit's handler only sets its flag
+        return out
+
+    monkeypatch.setattr(start_estimate, "estimate", then_interrupted)
+    r = _fit(spec, y, plain, lb, ub)
+    assert r.interrupted_by == "SIGINT" and r.passes == 1  # the estimate's read
+    np.testing.assert_array_equal(r.parameters, plain)
+    assert r.messages[0].startswith("start estimate from")
+    assert r.messages[0].endswith("; discarded: the fit stopped before its first pass")
+    assert [m for m in r.messages if m.startswith("start estimate")] == r.messages[:1]
