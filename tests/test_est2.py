@@ -123,3 +123,31 @@ def test_a_stop_just_after_the_estimate_reports_the_start_as_given_and_the_estim
     assert r.messages[0].startswith("start estimate from")
     assert r.messages[0].endswith("; discarded: the fit stopped before its first pass")
     assert [m for m in r.messages if m.startswith("start estimate")] == r.messages[:1]
+
+
+def test_a_power_law_at_the_edge_on_no_bound_is_not_said_to_be_held_by_one(tmp_path):
+    """Laminar flow on ONE angle (the file `homodyne generate --mode laminar_flow --frames
+    50 --angles 30` writes): the shear rate's power law ends at the logarithmic edge with
+    gamma_dot_t0 = 1.00003 and nothing at a bound, yet the label said '..., pushed there
+    by the bounds: gamma_dot_t0 >= 1e-10 binds: without it the fit heads to (...)' as if
+    of the reported point. As for J (test_fix12e), the internal fit's reason is marked as
+    its own, and the label says where the reported point lies: inside the bounds."""
+    from homodyne.data import open_two_time
+    from homodyne.data.synthetic import generate_synthetic
+    from homodyne.model import ModelSpec
+
+    phys = [1.0e4, -0.5, 100.0, 1.0e-5, 0.2, 1.0e-6, 5.0]
+    spec = ModelSpec(mode="laminar_flow", n_frames=50, phi_deg=(30.0,), q=0.0054, dt=0.1)
+    generate_synthetic(tmp_path / "lam.h5", spec, spec.pack(0.3, 1.0, phys))
+    y = open_two_time(tmp_path / "lam.h5").read_packed()
+    lb = spec.pack(0.0, 0.5, [1e-3, -2.0, -1e5, 1e-10, -2.0, -1.0, -180.0])
+    ub = spec.pack(1.0, 1.5, [1e7, 2.0, 1e5, 10.0, 2.0, 1.0, 180.0])
+    r = _fit(spec, y, spec.pack(0.1519, 1.1124, phys), lb, ub)
+    assert r.at_bounds == [] and r.parameters[5] > 0.5, r.summary()
+    label = r.power_law_optimum["beta"]
+    assert label.startswith("logarithmic edge, pushed there by the bounds (the internal-"
+                            "coordinate fit: gamma_dot_t0 >= 1e-10 binds: without it "), label
+    assert label.endswith("); the reported point lies along the edge, where gamma_dot_t0 "
+                          "and gamma_dot_t_offset part with the shear rate unchanged, "
+                          "inside the bounds"), label
+    assert "bounds: gamma_dot_t0 >= 1e-10 binds" not in r.summary()
