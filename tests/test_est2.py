@@ -3,7 +3,7 @@ the edge diagnosis that probing left (probe15 W1, W2, W3, W6; probe16 W1)."""
 
 import numpy as np
 import pytest
-from helpers import make_spec, noisy_data
+from helpers import plain_start_case
 
 from homodyne.optimization.nlsq_wrapper import NLSQWrapper
 from homodyne.optimization.problems import TwoTimeProblem
@@ -14,14 +14,9 @@ from homodyne.optimization.start_estimate import start_from_data
 
 @pytest.fixture(scope="module")
 def decaying():
-    """A 2-angle static matrix of 60 frames whose J(t) = 1e4 t^-0.5 + 300 decreases,
-    its usual bounds and a plain start (J flat)."""
-    spec = make_spec("static", n_frames=60, n_phi=2)
-    truth = spec.pack([0.3, 0.3], [1.0, 1.0], [1e4, -0.5, 300.0])
-    lb = spec.pack(0.0, 0.5, [0.0, -2.0, -1e4])
-    ub = spec.pack(1.0, 1.5, [1e6, 2.0, 1e4])
-    plain = spec.pack([0.2, 0.2], [1.05, 1.05], [1e-3, 0.0, 0.0])
-    return spec, noisy_data(spec, truth, 0.02, 1), plain, lb, ub
+    """A 2-angle static matrix of 60 frames whose J(t) decreases, its usual bounds and a
+    plain start (J flat)."""
+    return plain_start_case(60)
 
 
 def _estimate(spec, y, p0, lb, ub):
