@@ -58,6 +58,18 @@ def noisy_data(spec, truth, sigma=0.01, seed=0):
     return y + np.random.default_rng(seed).normal(0, sigma, y.size)
 
 
+def plain_start_case(n_frames):
+    """A 2-angle static matrix of ``n_frames`` frames whose J(t) = 1e4 t^-0.5 + 300
+    decreases (noise 0.02, seed 1), wide bounds and a plain start (J flat) the start
+    estimate applies to: (spec, y, plain, lb, ub)."""
+    spec = make_spec("static", n_frames=n_frames, n_phi=2)
+    truth = spec.pack([0.3, 0.3], [1.0, 1.0], [1e4, -0.5, 300.0])
+    lb = spec.pack(0.0, 0.5, [0.0, -2.0, -1e4])
+    ub = spec.pack(1.0, 1.5, [1e6, 2.0, 1e4])
+    plain = spec.pack([0.2, 0.2], [1.05, 1.05], [1e-3, 0.0, 0.0])
+    return spec, noisy_data(spec, truth, 0.02, 1), plain, lb, ub
+
+
 def scipy_reference(spec, y, p0, lb, ub):
     return trf(spec, y, p0, lb, ub, max_nfev=500).x
 

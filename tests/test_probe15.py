@@ -3,7 +3,7 @@ session's new code: the data-driven start, poor_fit, the production summary)."""
 
 import numpy as np
 import pytest
-from helpers import make_spec, noisy_data
+from helpers import plain_start_case
 
 from homodyne.model import point_coordinates
 from homodyne.optimization.nlsq_wrapper import NLSQWrapper
@@ -16,12 +16,7 @@ from homodyne.optimization.start_estimate import start_from_data
 @pytest.fixture(scope="module")
 def plain_case():
     """A 2-angle static matrix and a plain start (J flat) the estimate applies to."""
-    spec = make_spec("static", n_frames=40, n_phi=2)
-    truth = spec.pack([0.3, 0.3], [1.0, 1.0], [1e4, -0.5, 300.0])
-    lb = spec.pack(0.0, 0.5, [0.0, -2.0, -1e4])
-    ub = spec.pack(1.0, 1.5, [1e6, 2.0, 1e4])
-    plain = spec.pack([0.2, 0.2], [1.05, 1.05], [1e-3, 0.0, 0.0])
-    return spec, noisy_data(spec, truth, 0.02, 1), plain, lb, ub
+    return plain_start_case(40)
 
 
 def test_an_angle_with_one_point_left_does_not_crash_the_start_estimate(plain_case):

@@ -179,9 +179,13 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
                 line += f" (on the coarse level of {source.n_points:,} points)"
             else:
                 start_seconds.append(seconds)
-            messages.append(line)
-            if mon.signal_received is not None:  # the cells are partial: no path from them
+            if mon.signal_received is not None:  # the cells may be partial: no path from them
+                # reported as stopped at the user's start as given, the estimate unused
+                messages.append(f"{line}; discarded: the fit stopped before its first pass")
+                space = SolverSpace(None, x0, lb, ub)
+                x = space.start
                 mon.stop_before_passes("the start estimate")
+            messages.append(line)
             start = est
             space = SolverSpace(coords, start, lb, ub)
             x = space.start

@@ -446,13 +446,15 @@ def _report_edges(result: FitResult, coords, edge: dict[int, str]) -> FitResult:
         where = edge[a]
         if coords.at_log_edge(result.parameters[a]):
             # the reported point may lie far along the edge from the internal fit's end:
-            # the amplitude and the offset part with J(t) unchanged, up to a bound
+            # the amplitude and the offset part with J(t) unchanged, up to a bound; the
+            # bound the internal fit held is the reported point's only where it lies on it
             stops = [f"{names[k]} = {result.parameters[k]:.6g}" for k in (i, o)
                      if names[k] in result.at_bounds]
+            curve = "J(t)" if names[a] == "alpha" else "the shear rate"
             pushed = (f" (the internal-coordinate fit: {where}); the reported point lies "
-                      f"along the edge, where {names[i]} and {names[o]} part with J(t) "
-                      f"unchanged, on the bound {' and '.join(stops)}") if stops else \
-                ": " + where
+                      f"along the edge, where {names[i]} and {names[o]} part with {curve} "
+                      "unchanged, " + (f"on the bound {' and '.join(stops)}" if stops else
+                                       "inside the bounds"))
             where = "logarithmic edge" + ("" if where == "interior" else
                                           f" (whether the bounds push it there is {where})"
                                           if where.startswith("unknown") else

@@ -28,6 +28,7 @@ AGE_BINS = 12  # log-spaced bins of the age sqrt(t1 t2)
 EXACT_LAGS = 64  # lags 1..64 frames each a cell; longer ones in log-spaced bins
 LAG_BINS = 32
 N_ALPHA = 17  # exponents on the grid, spread over the bounds (0 left out)
+ALPHA_REACH = 2.0  # the grid's exponents within +-2 where alpha's bounds allow
 N_LEVEL = 25  # values of J at each end of the window, log-spaced
 ALPHA_MARGIN = 0.02  # of alpha's span: the start keeps off alpha's bounds
 
@@ -46,13 +47,14 @@ class Cells:
 
 
 def applies(problem, x0, lb, ub) -> bool:
-    """Static two-time fit with D0, alpha, D_offset free and J flat at the start
-    (D0 = 0 or alpha = 0): a plain start, which has no trend of its own to keep."""
+    """Static two-time fit with one of D0, alpha, D_offset free and J flat at the start
+    (D0 = 0 or alpha = 0): a plain start, which has no trend of its own to keep. Held
+    members (min == max) keep their values; the estimate fits the free ones."""
     spec = getattr(problem, "spec", None)
     if spec is None or spec.mode != "static":
         return False
     k = 2 * spec.n_scaling_sets
-    if not np.all(np.asarray(lb)[k:k + 3] < np.asarray(ub)[k:k + 3]):
+    if not np.any(np.asarray(lb)[k:k + 3] < np.asarray(ub)[k:k + 3]):
         return False
     return x0[k] == 0 or x0[k + 1] == 0
 
@@ -144,9 +146,10 @@ def _scaling_sets(spec, cells):
     return (s, starts) if starts.size == spec.n_scaling_sets else None
 
 
-def _linear_scaling(g, cells, starts):
+def _linear_scaling(g, cells, starts, held_con=None, held_off=None):
     """Per grid row and scaling set: contrast and offset solved linearly for the decay
-    g (rows, cells) and the cost they leave."""
+    g (rows, cells) and the cost they leave; a held one (not NaN in ``held_con`` /
+    ``held_off``, per set) keeps its value and the other is solved for it."""
     def per_set(v):
         return np.add.reduceat(v, starts, axis=-1)
 
@@ -156,70 +159,121 @@ def _linear_scaling(g, cells, starts):
     det = np.where(det > 0, det, np.nan)
     con = (sgy * sw - sg * swy) / det
     off = (swy - con * sg) / sw
+    if held_off is not None:
+        con = np.where(np.isnan(held_off), con, (sgy - held_off * sg)
+                       / np.where(sgg > 0, sgg, np.nan))
+    if held_con is not None:
+        off = np.where(np.isnan(held_con), off, (swy - held_con * sg) / sw)
+    for held, v in ((held_con, con), (held_off, off)):
+        if held is not None:
+            v[...] = np.where(np.isnan(held), v, held)
     cost = 0.5 * (cells.wyy.sum() - 2 * np.sum(con * sgy + off * swy, axis=-1)
                   + np.sum(con ** 2 * sgg + 2 * con * off * sg + off ** 2 * sw, axis=-1))
     return con, off, cost
 
 
+def _held(lb, ub) -> np.ndarray:
+    """Each member's held value (min == max), NaN where it is free."""
+    return np.where(lb == ub, lb, np.nan)
+
+
+def _rows(t, alpha, levels, held):
+    """(D0, D_offset) of the grid's rows at one exponent: J at both ends of the window
+    on the log grid of ``levels`` (J > 0); with D0 or D_offset held, J at the first
+    frame on that grid, of either sign, and the held member's value."""
+    h_d0, h_off = held
+    if np.isnan(h_d0) and np.isnan(h_off) and abs(alpha) >= 1e-6:
+        ja, jb = (v.ravel() for v in np.meshgrid(levels, levels, indexing="ij"))
+        d0 = (jb - ja) / (t[-1] ** alpha - t[0] ** alpha)
+        return d0, ja - d0 * t[0] ** alpha
+    first = np.r_[levels, -levels]
+    if not np.isnan(h_d0):
+        return np.full_like(first, h_d0), first - h_d0 * t[0] ** alpha
+    return (first - h_off) / t[0] ** alpha, np.full_like(first, h_off)
+
+
+def _alpha_span(lo: float, hi: float) -> tuple[float, float]:
+    """The exponents the grid spans: alpha's bounds within [-ALPHA_REACH, ALPHA_REACH]
+    where they meet it, else the 2 * ALPHA_REACH of them nearest to it."""
+    if lo > ALPHA_REACH:
+        return lo, min(hi, lo + 2 * ALPHA_REACH)
+    if hi < -ALPHA_REACH:
+        return max(lo, hi - 2 * ALPHA_REACH), hi
+    return max(lo, -ALPHA_REACH), min(hi, ALPHA_REACH)
+
+
 def _grid(spec, cells, lb, ub) -> dict[bool, tuple[float, np.ndarray]]:
-    """The grid's best (cost, x) of each family (J > 0, and J < 0 mirrored to D0 >= 0:
-    their minima differ): per exponent, J at both ends of the window on a log
-    grid (same sign: J never crosses 0 inside the data), one contrast and offset solved
-    linearly on the angles' pooled cells (every set starts with them)."""
+    """The grid's best (cost, x) of each family (J > 0, and its mirror J < 0: the same
+    cells' cost, but the bounds on D0 and D_offset admit other points of each, whatever
+    their signs): per exponent (alpha's held value where it is held), the rows of
+    ``_rows``, one contrast and offset solved linearly on the angles' pooled cells
+    (every set starts with them; a held one keeps its value, pooled as their mean)."""
     t = spec.frame_times()
     K = spec.n_scaling_sets
     k = 2 * K
     cells, starts = _pooled(cells), np.zeros(1, np.int64)
+    held = _held(lb, ub)
+    pooled_held = [None if np.all(np.isnan(h)) else np.array([np.nanmean(h)])
+                   for h in (held[:K], held[K:k])]
     rate = spec.q ** 2 * spec.dt  # J -> decay per frame
     levels = np.geomspace(1e-4, 3.0, N_LEVEL) / rate
-    ja, jb = (v.ravel() for v in np.meshgrid(levels, levels, indexing="ij"))
-    lo_a, hi_a = max(lb[k + 1], -2.0), min(ub[k + 1], 2.0)
+    if np.isnan(held[k + 1]):
+        alphas = [a for a in np.linspace(*_alpha_span(lb[k + 1], ub[k + 1]), N_ALPHA)
+                  if abs(a) >= 1e-6]
+    else:
+        alphas = [held[k + 1]]
+    members = held[[k, k + 2]]
+    if np.all(np.isnan(members)) and not np.isnan(held[k + 1]) and abs(held[k + 1]) < 1e-6:
+        members[1] = np.clip(0.0, lb[k + 2], ub[k + 2])  # J = D0 + D_offset: one level
     lag = _integral(spec, cells, 0.0, 0.0, 1.0)
     rows = max(1, ROW_BLOCK // lag.size)
     best: dict[bool, tuple[float, np.ndarray]] = {}
-    for alpha in np.linspace(lo_a, hi_a, N_ALPHA):
-        if abs(alpha) < 1e-6:
-            continue
-        d0 = (jb - ja) / (t[-1] ** alpha - t[0] ** alpha)
-        d_off = ja - d0 * t[0] ** alpha
+    for alpha in alphas:
+        d0, d_off = _rows(t, alpha, levels, members)
         base = _integral(spec, cells, 1.0, alpha, 0.0)
         parts = [_linear_scaling(np.exp(-spec.q ** 2 * np.abs(
-            d0[r:r + rows, None] * base + d_off[r:r + rows, None] * lag)), cells, starts)
-            for r in range(0, d0.size, rows)]
+            d0[r:r + rows, None] * base + d_off[r:r + rows, None] * lag)), cells, starts,
+            *pooled_held) for r in range(0, d0.size, rows)]
         con, off, cost = (np.concatenate(v) for v in zip(*parts, strict=True))
-        mirror = np.where(d0 < 0, -1.0, 1.0) if lb[k] >= 0 else np.ones_like(d0)
-        d0m, d_offm = d0 * mirror, d_off * mirror
-        ok = (np.all((con >= lb[:K]) & (con <= ub[:K]) & (off >= lb[K:k]) & (off <= ub[K:k]),
-                     axis=1) & (d0m >= lb[k]) & (d0m <= ub[k]) & (d_offm >= lb[k + 2])
-              & (d_offm <= ub[k + 2]) & np.isfinite(cost))
-        for family in (False, True):
-            fam = ok & ((mirror < 0) == family)
+        free = np.isnan(held)
+        scaling_ok = np.all(((con >= lb[:K]) & (con <= ub[:K])) | ~free[:K], axis=1) \
+            & np.all(((off >= lb[K:k]) & (off <= ub[K:k])) | ~free[K:k], axis=1) \
+            & np.isfinite(cost)
+        for family in (False, True):  # J as gridded, or its mirror -J
+            sign = -1.0 if family else 1.0
+            d0m, d_offm = sign * d0, sign * d_off
+            fam = scaling_ok & (d0m >= lb[k]) & (d0m <= ub[k]) & (d_offm >= lb[k + 2]) \
+                & (d_offm <= ub[k + 2])
             if not fam.any():
                 continue
             m = int(np.argmin(np.where(fam, cost, np.inf)))
             if cost[m] < best.get(family, (math.inf,))[0]:
-                best[family] = (float(cost[m]),
-                                spec.pack(con[m], off[m], [d0m[m], alpha, d_offm[m]]))
+                x = spec.pack(con[m], off[m], [d0m[m], alpha, d_offm[m]])
+                best[family] = (float(cost[m]), np.where(free, x, held))
     return best
 
 
 def _polish(spec, cells, starts, x, lb, ub):
-    """SciPy TRF on the cells over (D0, alpha, D_offset) from the grid's x, each set's
-    contrast and offset solved linearly (clipped to their bounds) for every trial; kept
-    only where J keeps one sign over the data (a J through 0 makes a kinked |∫J| the full
-    fit walks badly)."""
+    """SciPy TRF on the cells over the free ones of (D0, alpha, D_offset) from the grid's
+    x, each set's free contrast and offset solved linearly (clipped to their bounds) for
+    every trial; kept only where J keeps one sign over the data (a J through 0 makes a
+    kinked |∫J| the full fit walks badly)."""
     from scipy.optimize import least_squares
 
     K = spec.n_scaling_sets
     k = 2 * K
+    held = _held(lb, ub)
     s = np.repeat(np.arange(K), np.diff(np.r_[starts, cells.w.size]))
     sw = np.sqrt(cells.w)
     ybar = cells.wy / cells.w
     con0, off0 = x[:K], x[K:k]  # the grid's (pooled) scaling
+    free = np.isnan(held[k:k + 3])
+    phys = x[k:k + 3].copy()
 
     def scaled(p):
-        g = np.exp(-spec.q ** 2 * np.abs(_integral(spec, cells, *p)))
-        con, off, _ = _linear_scaling(g, cells, starts)
+        phys[free] = p
+        g = np.exp(-spec.q ** 2 * np.abs(_integral(spec, cells, *phys)))
+        con, off, _ = _linear_scaling(g, cells, starts, held[:K], held[K:k])
         # a set whose decay has no spread over its cells (one cell, or one lag) leaves
         # its contrast and offset undetermined (NaN): it keeps the grid's
         solved = np.isfinite(con) & np.isfinite(off)
@@ -230,13 +284,13 @@ def _polish(spec, cells, starts, x, lb, ub):
         con, off, g = scaled(p)
         return sw * (ybar - off[s] - con[s] * g)
 
-    lo, hi = lb[k:k + 3], ub[k:k + 3]
+    lo, hi = lb[k:k + 3][free], ub[k:k + 3][free]
     span = hi - lo
-    inside = np.clip(x[k:k + 3], lo + 1e-9 * span, hi - 1e-9 * span)
+    inside = np.clip(x[k:k + 3][free], lo + 1e-9 * span, hi - 1e-9 * span)
     p = least_squares(residuals, inside, bounds=(lo, hi), x_scale="jac", max_nfev=100).x
     con, off, _ = scaled(p)
-    j = p[0] * spec.frame_times() ** p[1] + p[2]
-    return spec.pack(con, off, p) if np.all(j > 0) or np.all(j < 0) else x
+    j = phys[0] * spec.frame_times() ** phys[1] + phys[2]
+    return spec.pack(con, off, phys) if np.all(j > 0) or np.all(j < 0) else x
 
 
 def estimate(spec, cells, x0, lb, ub) -> tuple[np.ndarray | None, str]:
@@ -249,7 +303,7 @@ def estimate(spec, cells, x0, lb, ub) -> tuple[np.ndarray | None, str]:
     _, starts = sets
     plain = cell_cost(spec, cells, x0)
     k = 2 * spec.n_scaling_sets
-    margin = ALPHA_MARGIN * (ub[k + 1] - lb[k + 1])
+    margin = ALPHA_MARGIN * (ub[k + 1] - lb[k + 1])  # 0 where alpha is held
     cost, x = math.inf, None
     for _, xg in _grid(spec, cells, lb, ub).values():  # each family polished
         xp = _polish(spec, cells, starts, xg, lb, ub)
@@ -259,13 +313,18 @@ def estimate(spec, cells, x0, lb, ub) -> tuple[np.ndarray | None, str]:
     if x is None:
         return None, "start estimate: no grid point inside the bounds; plain start kept"
     x[k + 1] = np.clip(x[k + 1], lb[k + 1] + margin, ub[k + 1] - margin)
+    if lb[k] == ub[k] == 0:  # D0 held at 0: alpha has no influence; the user's stays
+        x[k + 1] = x0[k + 1]
     cost = cell_cost(spec, cells, x)
     if not cost < plain:
         return None, (f"start estimate: cell cost {cost:.6g} not below the plain start's "
                       f"{plain:.6g}; plain start kept")
+    names = [n for n, h in zip(("D0", "alpha", "D_offset"), lb[k:k + 3] == ub[k:k + 3],
+                               strict=True) if h]
+    held = f" ({', '.join(names)} held)" if names else ""
     return x, (f"start estimate from {cells.w.size} cells: cell cost {plain:.6g} -> "
                f"{cost:.6g}, D0 = {x[k]:.4g}, alpha = {x[k + 1]:.4g}, "
-               f"D_offset = {x[k + 2]:.4g}")
+               f"D_offset = {x[k + 2]:.4g}{held}")
 
 
 def start_from_data(problem, data, x0, lb, ub, stop=None):
