@@ -15,7 +15,7 @@ import numpy as np
 
 from homodyne import __version__
 from homodyne.config import ConfigError, HomodyneConfig, load_config
-from homodyne.data.twotime import TwoTimeSource, open_two_time
+from homodyne.data.twotime import DEFAULT_Q_TOLERANCE, TwoTimeSource, open_two_time
 from homodyne.fitrun import FitRun, log_summary
 from homodyne.model import ModelSpec, c2_on_frames
 from homodyne.optimization.checkpoint_manager import hold_checkpoint_dir
@@ -89,6 +89,40 @@ def model_spec(cfg: HomodyneConfig, source: TwoTimeSource) -> ModelSpec:
                           f"points; a fit of {spec.n_params} parameters needs at least "
                           f"{needed:,}: use a smaller value")
     return spec
+
+
+DT_DIFFERENCE_WARN = 0.01  # a config dt further than this from the file's frame time: WARNING
+
+
+def dt_settings(cfg: HomodyneConfig, source: TwoTimeSource, spec: ModelSpec) -> dict:
+    """Where the fit's dt came from (``"config"`` or ``"file"``) and the file's own frame
+    time, for parameters.json; a config dt that overrides the file's frame time is logged
+    with both values (a WARNING when they differ by more than 1%: D0 and D_offset scale
+    with dt, so a mistyped dt changes them without another sign)."""
+    in_file = source.frame_time if isinstance(source.frame_time, float) else None
+    from_config = cfg.experimental_data["dt"] is not None
+    if from_config and in_file is not None:
+        differ = abs(spec.dt - in_file) > DT_DIFFERENCE_WARN * in_file
+        log.log(logging.WARNING if differ else logging.INFO,
+                "experimental_data.dt = %g s overrides the frame time %g s in %s%s", spec.dt,
+                in_file, source.path, f" ({spec.dt / in_file:.4g}x it: D0 and D_offset scale "
+                "with dt; remove dt from the config to use the file's)" if differ else "")
+    return {"dt_source": "config" if from_config else "file", "frame_time_in_file": in_file}
+
+
+def model_settings(cfg: HomodyneConfig, source: TwoTimeSource, spec: ModelSpec) -> dict:
+    """Every setting that made the model and n_points, for parameters.json: with the data
+    file and its fingerprint, a result says what it is the fit of."""
+    d = cfg.experimental_data
+    tol = d["q_tolerance"]
+    if tol is None and d["q"] is not None:
+        tol = DEFAULT_Q_TOLERANCE * abs(d["q"])
+    return {"q_requested": d["q"], "q_tolerance": tol,
+            "exclude_diagonal_frames": spec.exclude_diagonal_frames,
+            "per_angle_scaling": spec.scaling,
+            "gap_h": spec.gap_h if spec.mode == "laminar_flow" else None,
+            "start_frame": d["start_frame"], "end_frame": d["end_frame"],
+            "phi_ranges": d["phi_ranges"]}
 
 
 def estimate_scaling(source: TwoTimeSource, angle: int) -> tuple[float, float]:
@@ -315,6 +349,7 @@ def _run_on_device(cfg: HomodyneConfig, out: Path, results: ResultSet,
                  spec.n_phi, spec.n_frames, f"{spec.n_points:,}", spec.q,
                  cfg.experimental_data["q"], source.q_tolerance)
         check_points_kept(source, spec, spec.n_points)
+        settings = {**dt_settings(cfg, source, spec), **model_settings(cfg, source, spec)}
         wrapper = make_wrapper(cfg)
         wrapper.checkpoint_lock = checkpoint_lock  # held since before the data were read
         result = wrapper.fit_two_time(source, spec, p0, (lb, ub))
@@ -341,7 +376,7 @@ def _run_on_device(cfg: HomodyneConfig, out: Path, results: ResultSet,
                 "homodyne_version": __version__, **data_file_fields(source.path),
                 "analysis_mode": spec.mode, "q": spec.q, "dt": spec.dt,
                 "model_dtype": spec.dtype, "phi_deg": spec.phi_deg,
-                "frames": [source.first_frame, source.last_frame],
+                "frames": [source.first_frame, source.last_frame], **settings,
                 "initial": p0, "lower": lb, "upper": ub, "truth": _truth(source, spec),
                 **result.as_dict()})
             write_two_time_outputs(out, source, spec, result, plots=cfg.output["plots"],

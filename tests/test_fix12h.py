@@ -1,0 +1,63 @@
+"""fix12h: weak items of the probing rounds probe17/probe18 (issue 12): results record every
+setting that made them, warnings name what was left out, diagnostics and messages say the
+truth (/work/notes/probe17_findings.md, probe18_findings.md)."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import yaml
+
+
+def _fit_config(folder, data, **sections):
+    """A quick static config over ``data`` (no plots, no progress bar) in ``folder``."""
+    raw = {"analysis_mode": "static",
+           "experimental_data": {"file_path": str(data)},
+           "initial_parameters": {"values": [8000.0, -0.4, 80.0]},
+           "performance": {"enable_progress": False},
+           "output": {"directory": str(folder / "out"), "plots": False}}
+    for key, value in sections.items():
+        raw.setdefault(key, {}).update(value) if isinstance(value, dict) else \
+            raw.__setitem__(key, value)
+    path = folder / "c.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_parameters_json_records_every_setting_that_made_the_model_and_n_points(
+        tmp_path, caplog):
+    """Was (probe18 W6, W5): parameters.json held neither exclude_diagonal_frames,
+    per_angle_scaling, gap_h nor where dt came from, and a config dt overriding the file's
+    frame time (0.1 s) was used without a word."""
+    from helpers import small_two_time_file
+
+    from homodyne.config import load_config
+    from homodyne.pipeline import model_settings, model_spec, open_data, run_from_config
+
+    data = small_two_time_file(tmp_path / "d.h5", n_frames=40)
+    cfg = _fit_config(tmp_path, data, per_angle_scaling="shared",
+                      experimental_data={"dt": 0.2, "exclude_diagonal_frames": 3,
+                                         "q": 0.0055, "start_frame": 2})
+    with caplog.at_level(logging.INFO, logger="homodyne"):
+        run = run_from_config(cfg)
+    saved = json.loads((run.output_dir / "parameters.json").read_text())
+    assert {k: saved[k] for k in ("dt", "dt_source", "frame_time_in_file",
+                                  "exclude_diagonal_frames", "per_angle_scaling", "gap_h",
+                                  "q_requested", "start_frame", "end_frame", "frames")} == {
+        "dt": 0.2, "dt_source": "config", "frame_time_in_file": 0.1,
+        "exclude_diagonal_frames": 3, "per_angle_scaling": "shared", "gap_h": None,
+        "q_requested": 0.0055, "start_frame": 2, "end_frame": -1, "frames": [2, 40]}
+    assert abs(saved["q_tolerance"] - 0.00055) < 1e-12  # the default: 10% of the q asked for
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("experimental_data.dt = 0.2 s overrides the frame time 0.1 s in" in m
+               and "2x it" in m for m in warned), warned
+    laminar = load_config(_fit_config(
+        tmp_path, data, analysis_mode="laminar_flow", experimental_data={"gap_h": 5e6},
+        initial_parameters={"parameter_names": ["D0", "alpha", "D_offset", "gamma_dot_t0",
+                                                "beta", "gamma_dot_t_offset", "phi0"],
+                            "values": [8000.0, -0.4, 80.0, 1e-3, 0.0, 0.0, 0.0]}))
+    with open_data(laminar) as source:
+        settings = model_settings(laminar, source, model_spec(laminar, source))
+    assert (settings["gap_h"], settings["per_angle_scaling"], settings["q_requested"]) == (
+        5e6, "individual", None)
