@@ -359,6 +359,7 @@ def _run_on_device(cfg: HomodyneConfig, out: Path, results: ResultSet,
         log_summary(result)
         if not result.interrupted_by:
             check_points_kept(source, spec, result.n_points)
+            warn_infinite_points(source, spec, result.n_points)
             source.check_unchanged()  # results only for the file that is still there
         if result.interrupted_by:
             # best so far, under a name that does not block the resuming run; a folder
@@ -408,6 +409,38 @@ def check_points_kept(source, spec: ModelSpec, n_used: int) -> None:
     if share < WARN_FRACTION_KEPT:
         log.warning("only %.2f%% of the selected points are finite (%s of %s); the rest "
                     "(NaN/Inf) were skipped", 100 * share, f"{n_used:,}", f"{spec.n_points:,}")
+
+
+def infinite_points(source, spec: ModelSpec) -> np.ndarray:
+    """Number of +/-inf values among the fitted points of each angle (one read of the
+    selection, made only when the fit left points out)."""
+    counts = np.zeros(spec.n_phi, np.int64)
+    n, k = spec.n_frames, spec.exclude_diagonal_frames
+    for blk in source.iter_row_blocks():
+        if k > 1:  # the near-diagonal band is no part of the fit: its points are not counted
+            lags = np.concatenate([np.arange(1, n - r) for r in range(blk.row_start,
+                                                                       blk.row_stop)])
+            counts[blk.angle] += np.count_nonzero(np.isinf(blk.values[lags >= k]))
+        else:
+            counts[blk.angle] += np.count_nonzero(np.isinf(blk.values))
+    return counts
+
+
+def warn_infinite_points(source, spec: ModelSpec, n_used: int) -> None:
+    """One warning naming how many points were left out for being infinite, per angle:
+    a NaN is a missing point and is skipped quietly, an inf is no measurement at all
+    (an overflow or a division by zero in the reduction) and says the data are damaged."""
+    if n_used >= spec.n_kept_points:
+        return
+    counts = infinite_points(source, spec)
+    if not counts.any():
+        return
+    where = ", ".join(f"{c:,} at phi = {phi:g} deg"
+                      for c, phi in zip(counts, spec.phi_deg, strict=True) if c)
+    log.warning("%s of the %s fitted points are +/-inf (%s) and were left out like missing "
+                "(NaN) points; an inf is no missing value but a damaged one (an overflow or "
+                "a division by zero where the file was made): check the file",
+                f"{int(counts.sum()):,}", f"{spec.n_kept_points:,}", where)
 
 
 def _truth(source, spec):

@@ -61,3 +61,35 @@ def test_parameters_json_records_every_setting_that_made_the_model_and_n_points(
         settings = model_settings(laminar, source, model_spec(laminar, source))
     assert (settings["gap_h"], settings["per_angle_scaling"], settings["q_requested"]) == (
         5e6, "individual", None)
+
+
+def test_infinite_data_points_left_out_of_a_fit_are_named_with_their_count_per_angle(
+        tmp_path, caplog):
+    """Was (probe18 W4): an inf in the data (validation on) was left out like a missing
+    NaN point without a word ("9,900 points" first, "9,899" in the summary). The check the
+    pipeline runs after a fit that left points out (no fit here: the count is the point)."""
+    import h5py
+    import numpy as np
+    from helpers import small_two_time_file
+
+    from homodyne.config import load_config
+    from homodyne.pipeline import model_spec, open_data, warn_infinite_points
+
+    data = small_two_time_file(tmp_path / "d.h5", n_frames=40)
+    with h5py.File(data, "r+") as h5:
+        ds = h5["xpcs/twotime/correlation_map/c2_00002"]
+        c2 = ds[()]
+        c2[3, 20], c2[5, 30], c2[4, 5] = np.inf, -np.inf, np.inf  # (4, 5): in the left-out band
+        c2[7, 9] = np.nan  # a missing point: not counted
+        ds[...] = c2
+    cfg = load_config(_fit_config(tmp_path, data,
+                                  experimental_data={"exclude_diagonal_frames": 2}))
+    with open_data(cfg) as source, caplog.at_level(logging.WARNING, logger="homodyne"):
+        spec = model_spec(cfg, source)
+        warn_infinite_points(source, spec, spec.n_kept_points)  # nothing left out: no read
+        assert not caplog.records
+        warn_infinite_points(source, spec, spec.n_kept_points - 3)
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and warned[0].startswith(
+        "2 of the 1,482 fitted points are +/-inf (2 at phi = 70 deg) and were left out "
+        "like missing (NaN) points"), warned
