@@ -93,3 +93,37 @@ def test_infinite_data_points_left_out_of_a_fit_are_named_with_their_count_per_a
     assert len(warned) == 1 and warned[0].startswith(
         "2 of the 1,482 fitted points are +/-inf (2 at phi = 70 deg) and were left out "
         "like missing (NaN) points"), warned
+
+
+def test_checkpoint_saves_counts_every_checkpoint_written_and_saves_fall_on_call_boundaries(
+        tmp_path, monkeypatch):
+    """Was (probe18 W2): streaming_diagnostics.checkpoint_saves counted the periodic saves
+    only (6 reported, 7 written: the final save was left out). And (W1) a frequency of 7 on
+    10-batch passes saves at 7, 17, 27, ...: at the first call boundary at or after the
+    batch where a save is due, as the README now says."""
+    from helpers import small_two_time_file
+
+    from homodyne.data.twotime import open_two_time
+    from homodyne.optimization.checkpoint_manager import CheckpointManager
+    from homodyne.optimization.nlsq_wrapper import NLSQWrapper
+
+    saved = []
+    original = CheckpointManager.save_checkpoint
+
+    def counted(self, batch_idx, state, **kw):
+        saved.append(batch_idx)
+        return original(self, batch_idx, state, **kw)
+
+    monkeypatch.setattr(CheckpointManager, "save_checkpoint", counted)
+    src = open_two_time(small_two_time_file(tmp_path / "d.h5", n_frames=60))
+    spec = src.model_spec()
+    p0 = spec.pack(0.25, 1.05, (8e3, -0.4, 80.0))
+    bounds = (spec.pack(0.0, 0.5, (1.0, -2.0, -1e3)), spec.pack(1.0, 1.5, (1e5, 0.5, 1e3)))
+    result = NLSQWrapper(strategy_override="streaming", batch_size=354, checkpoint_config={
+        "enable_checkpoints": True, "checkpoint_dir": str(tmp_path / "ck"),
+        "checkpoint_frequency": 7, "checkpoint_min_interval_s": 0,
+        "keep_last_checkpoints": 2}).fit_two_time(src, spec, p0, bounds)
+    diag = result.streaming_diagnostics
+    total = diag["total_batches_processed"]
+    assert saved[:3] == [7, 17, 27] and saved[-1] == total
+    assert diag["checkpoint_saves"] == len(saved) and diag["checkpoint_errors"] == []

@@ -333,7 +333,8 @@ class CheckpointManager:
                  min_interval_s: float = DEFAULT_MIN_INTERVAL_S,
                  lock: DirectoryLock | None = None):
         """``min_interval_s``: a fit saves every ``checkpoint_frequency`` batches but at
-        most once per this many seconds (0: exactly every ``checkpoint_frequency``);
+        most once per this many seconds (0: every ``checkpoint_frequency``; at the first
+        call boundary, a run of <= 8 batches, at or after the batch where a save is due);
         a save costs a few ms of CPU, a 65k-point batch a few ms of compute. ``lock``:
         the folder's lock as its caller holds it (hold_checkpoint_dir), used and left to
         that caller to release, instead of one taken and released by this manager."""

@@ -285,8 +285,9 @@ class CheckpointSession:
         """``checkpoint_frequency`` batches since the last save, at least
         ``min_interval_s`` seconds of fitting ago, and no save still being written (a
         save is then skipped, never a stall), except with ``min_interval_s`` = 0: saves
-        exactly every ``checkpoint_frequency`` batches, waiting for the previous one (a
-        skipped save left the kept checkpoints tens of batches apart, e.g. 19, 59, 75)."""
+        every ``checkpoint_frequency`` batches, waiting for the previous one (a skipped
+        save left the kept checkpoints tens of batches apart, e.g. 19, 59, 75). Asked
+        after each call: a save falls at the first call boundary at or after it is due."""
         m = self.manager
         return (batches_done - self._last_batch >= m.checkpoint_frequency
                 and clock - self._last_time >= m.min_interval_s
@@ -396,6 +397,7 @@ class CheckpointSession:
 
     def final(self, batch: int, state: dict) -> None:
         """The end-of-fit checkpoint (written now, after any pending one); a failed save
-        warns and the fit still ends with its results."""
+        warns and the fit still ends with its results. Counted with the periodic saves
+        (streaming_diagnostics.checkpoint_saves counts every checkpoint written)."""
         self.flush()
-        self._save(batch, state)
+        self._write(batch, state)

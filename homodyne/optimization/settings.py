@@ -84,7 +84,9 @@ class CheckpointSettings:
 
     enable_checkpoints: bool = False
     checkpoint_dir: str = "./checkpoints"
-    checkpoint_frequency: int = 10  # batches between saves
+    # batches between saves; a save falls at the first call boundary (runs of <= 8
+    # batches, a pass ends one) at or after the batch where it is due
+    checkpoint_frequency: int = 10
     checkpoint_min_interval_s: float = DEFAULT_MIN_INTERVAL_S  # seconds of fitting
     resume_from_checkpoint: bool = True
     keep_last_checkpoints: int = 3
