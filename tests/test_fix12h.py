@@ -127,3 +127,21 @@ def test_checkpoint_saves_counts_every_checkpoint_written_and_saves_fall_on_call
     total = diag["total_batches_processed"]
     assert saved[:3] == [7, 17, 27] and saved[-1] == total
     assert diag["checkpoint_saves"] == len(saved) and diag["checkpoint_errors"] == []
+
+
+def test_a_fit_stopped_by_max_iterations_says_the_limit_is_per_solver_stage():
+    """Was (probe18 W7): max_iterations 2 -> "NOT converged: maximum iterations (2)
+    reached" beside "4 iterations": the limit holds per solver stage (internal
+    coordinates, then the user's), which the stop reason now says."""
+    from helpers import plain_start_case
+
+    from homodyne.optimization.engine import EngineOptions
+    from homodyne.optimization.nlsq_wrapper import NLSQWrapper
+
+    spec, y, p0, lb, ub = plain_start_case(30)
+    options = EngineOptions(max_iterations=2, coarse=False, start_estimate=False)
+    result = NLSQWrapper(options=options).fit_two_time(None, spec, p0, (lb, ub), y=y)
+    assert not result.converged
+    assert result.stop_reason.startswith("maximum iterations (2 per solver stage) reached")
+    assert result.iterations > 2  # two stages of 2 (the count the old reason contradicted)
+    assert f"{result.iterations} iterations" in result.summary()

@@ -328,7 +328,7 @@ def _lm_loop(st: LMState, evaluate, lb, ub, *, max_iterations, step_tol_se, gtol
             st.reason = why
             return st
         if st.iteration >= max_iterations:
-            st.reason = f"maximum iterations ({max_iterations}) reached"
+            st.reason = f"maximum iterations ({max_iterations} per solver stage) reached"
             return st
         d = np.maximum(d, _scales(st.ne.H))
         # Inside the quadratic basin (predicted step under gn_trust_se standard errors)
@@ -392,5 +392,5 @@ def _lm_loop(st: LMState, evaluate, lb, ub, *, max_iterations, step_tol_se, gtol
                 st.nu *= 2.0
             if st.lam > 1e16 or st.iteration >= max_iterations:
                 st.reason = ("damping overflow: no step reduces the cost" if st.lam > 1e16
-                             else f"maximum iterations ({max_iterations}) reached")
+                             else f"maximum iterations ({max_iterations} per solver stage) reached")
                 return st

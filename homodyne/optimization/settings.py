@@ -21,6 +21,8 @@ import numpy as np
 class EngineOptions:
     """Solver settings; defaults give results within ~1e-4 standard errors of the optimum."""
 
+    # per solver stage: a fit runs up to a few (internal coordinates, then the user's, a
+    # refit on a crossed bound), so its summary can count more iterations than this
     max_iterations: int = 100
     step_tol_se: float = 1e-4
     gtol: float = 1e-6
