@@ -145,3 +145,23 @@ def test_a_fit_stopped_by_max_iterations_says_the_limit_is_per_solver_stage():
     assert result.stop_reason.startswith("maximum iterations (2 per solver stage) reached")
     assert result.iterations > 2  # two stages of 2 (the count the old reason contradicted)
     assert f"{result.iterations} iterations" in result.summary()
+
+
+def test_a_matrix_whose_stored_half_is_all_inf_is_not_called_all_zeros(tmp_path):
+    """Was (probe17 W1): a matrix with its stored (upper) triangle all +inf and zeros
+    elsewhere -> "c2_00001 is all zeros": true of its finite values only."""
+    import h5py
+    import numpy as np
+    import pytest
+    from helpers import small_two_time_file
+
+    from homodyne.data.errors import DataFileError
+    from homodyne.data.twotime import open_two_time
+
+    data = small_two_time_file(tmp_path / "d.h5", n_frames=10)
+    with h5py.File(data, "r+") as h5:
+        h5["xpcs/twotime/correlation_map/c2_00001"][...] = np.triu(np.full((10, 10), np.inf))
+    with pytest.raises(DataFileError, match=r"c2_00001 holds no finite non-zero values \(of "
+                       r"the \d+ values read from some of its rows and columns: \d+ \+/-inf, "
+                       r"0 NaN, the rest 0\)"):
+        open_two_time(data)

@@ -811,7 +811,12 @@ def _check_values(path, name, values) -> None:
     if not finite.any():
         raise DataFileError(path, f"{name} holds no finite values (all NaN/Inf)")
     if not np.any(values[finite] != 0):
-        raise DataFileError(path, f"{name} is all zeros")
+        if finite.all():
+            raise DataFileError(path, f"{name} is all zeros")
+        n_inf, n_nan = int(np.isinf(values).sum()), int(np.isnan(values).sum())
+        raise DataFileError(path, f"{name} holds no finite non-zero values (of the "
+                            f"{values.size:,} values read from some of its rows and columns: "
+                            f"{n_inf:,} +/-inf, {n_nan:,} NaN, the rest 0)")
 
 
 def _detect_storage(ds) -> str:
