@@ -165,3 +165,24 @@ def test_a_matrix_whose_stored_half_is_all_inf_is_not_called_all_zeros(tmp_path)
                        r"the \d+ values read from some of its rows and columns: \d+ \+/-inf, "
                        r"0 NaN, the rest 0\)"):
         open_two_time(data)
+
+
+def test_a_soft_link_loop_in_a_data_file_is_named_not_called_corrupt_metadata(tmp_path):
+    """Was (probe17 W6): a matrix soft-linked into a loop of soft links -> "corrupt HDF5
+    metadata (RuntimeError: ... too many links); re-export or copy the file again"."""
+    import h5py
+    import pytest
+    from helpers import small_two_time_file
+
+    from homodyne.data.errors import DataFileError
+    from homodyne.data.twotime import open_two_time
+
+    data = small_two_time_file(tmp_path / "d.h5", n_frames=10)
+    with h5py.File(data, "r+") as h5:
+        del h5["xpcs/twotime/correlation_map/c2_00001"]
+        h5["xpcs/twotime/correlation_map/c2_00001"] = h5py.SoftLink("/loop_a")
+        h5["loop_a"], h5["loop_b"] = h5py.SoftLink("/loop_b"), h5py.SoftLink("/loop_a")
+    with pytest.raises(DataFileError, match=r"soft links lead back to themselves \(a loop\): "
+                       r"/loop_a -> /loop_b, /loop_b -> /loop_a, "
+                       r"/xpcs/twotime/correlation_map/c2_00001 -> /loop_a; fix the links$"):
+        open_two_time(data)

@@ -42,6 +42,34 @@ def dangling_soft_link(h5: h5py.File, name: str) -> str | None:
     return None
 
 
+def soft_link_loop(h5: h5py.File) -> str | None:
+    """What is wrong when a soft link in the file leads back to itself through other soft
+    links (HDF5 gives up after a few hops with "too many links", which reads like damaged
+    metadata), else None: every looping link, named with its target."""
+    links: list[tuple[str, str]] = []
+
+    def visit(name, link):  # only collect: an error raised inside HDF5's walk is unsafe
+        if isinstance(link, h5py.SoftLink):
+            links.append((name, link.path))
+
+    try:
+        h5.visititems_links(visit)
+    except (RuntimeError, KeyError, OSError):  # the walk itself failed: damage, not a loop
+        return None
+    looped = []
+    for name, target in links:
+        try:
+            h5.get("/" + name)
+        except RuntimeError as exc:
+            if "too many links" in str(exc):
+                looped.append(f"/{name} -> {target}")
+    if not looped:
+        return None
+    more = f" and {len(looped) - 4} more" if len(looped) > 4 else ""
+    return (f"soft links lead back to themselves (a loop): {', '.join(looped[:4])}{more}; "
+            "fix the links")
+
+
 def refuse_unread_storage(path, h5: h5py.File, name: str, obj: h5py.Dataset
                           ) -> list[FileVersion]:
     """DataFileError unless every value of ``obj`` (``name`` in the open file ``h5`` at

@@ -25,6 +25,7 @@ from homodyne.data.h5storage import (
     declared_bytes,
     external_link,
     refuse_unread_storage,
+    soft_link_loop,
     unreadable,
 )
 from homodyne.data.npyfile import npy_file_header
@@ -369,6 +370,9 @@ def open_two_time(path, *, q: float | None = None, q_tolerance: float | None = N
         _check_extents(path, h5, names, size)
         _check_written(path, h5, names, storages)
     except (OSError, RuntimeError, KeyError) as exc:
+        loop = soft_link_loop(h5) if isinstance(exc, RuntimeError) else None
+        if loop:  # a good file with one bad link, not damage
+            raise DataFileError(path, loop) from exc
         # HDF5 reports corrupt metadata as any of these, from anywhere in the file
         raise DataFileError(path, f"corrupt HDF5 metadata ({type(exc).__name__}: {exc}); "
                                   "re-export or copy the file again") from exc
