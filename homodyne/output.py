@@ -244,6 +244,21 @@ class LockHeld(Exception):
         self.holder = holder
 
 
+def _lock_open_fix(code: int | None) -> str:
+    """The fix for a lock file that cannot be opened, by its cause (errno)."""
+    if code == errno.ELOOP:
+        return "remove it: a symbolic link is never followed"
+    if code in (errno.EACCES, errno.EPERM):
+        return "it, or the folder, belongs to another user or is read-only: fix the permissions"
+    if code == errno.EISDIR:
+        return "a folder stands at the lock file's name: remove that folder or choose another one"
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        return "free space in that folder or choose another one"
+    if code == errno.EROFS:
+        return "the folder is on a read-only file system: choose another one"
+    return "choose another folder"
+
+
 class DirectoryLock:
     """An exclusive lock file (``flock``) held while one run uses a folder; the holder's
     pid is written into it so a second run can say who has it. Released on exit or
@@ -262,12 +277,8 @@ class DirectoryLock:
             fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK,
                          0o666)
         except OSError as exc:
-            fix = ("remove it: a symbolic link is never followed" if exc.errno == errno.ELOOP
-                   else "it belongs to another user or is read-only: remove it or fix its "
-                   "permissions" if exc.errno in (errno.EACCES, errno.EPERM)
-                   else "remove it or choose another folder")
             raise OutputDirError(f"cannot open the lock file {self.path} ({exc.strerror}); "
-                                 f"{fix}") from None
+                                 f"{_lock_open_fix(exc.errno)}") from None
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise OutputDirError(f"the lock file {self.path} is not a regular file (a pipe or "

@@ -186,3 +186,31 @@ def test_a_soft_link_loop_in_a_data_file_is_named_not_called_corrupt_metadata(tm
                        r"/loop_a -> /loop_b, /loop_b -> /loop_a, "
                        r"/xpcs/twotime/correlation_map/c2_00001 -> /loop_a; fix the links$"):
         open_two_time(data)
+
+
+def test_a_lock_file_that_cannot_be_opened_gets_the_fix_for_its_cause(tmp_path, monkeypatch):
+    """Was (probe17 W7): the lock file as a folder -> "(Is a directory); remove it if it is a
+    symbolic link" (int7: "remove it or choose another folder" for every cause but a link
+    and permissions, also for a full disk, where there is nothing to remove)."""
+    import errno
+    import os
+
+    import pytest
+
+    from homodyne.output import DirectoryLock, OutputDirError
+
+    (tmp_path / "a" / ".homodyne.lock").mkdir(parents=True)
+    with pytest.raises(OutputDirError, match=r"\(Is a directory\); a folder stands at the "
+                       "lock file's name: remove that folder or choose another one$"):
+        DirectoryLock(tmp_path / "a" / ".homodyne.lock").acquire()
+    lock, real = tmp_path / "b" / ".homodyne.lock", os.open
+
+    def full(path, flags, *a, **k):
+        if os.fspath(path) == str(lock):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, flags, *a, **k)
+
+    monkeypatch.setattr(os, "open", full)
+    with pytest.raises(OutputDirError, match=r"\(No space left on device\); free space in that "
+                       "folder or choose another one$"):
+        DirectoryLock(lock).acquire()
