@@ -212,3 +212,18 @@ def stop_signals_at_default():
     finally:
         for s, h in before.items():
             signal.signal(s, h)
+
+
+def a_bin_folder(tmp_path: Path) -> Path:
+    """A multi-q bin folder d/q00 holding a job.json and a parameters.json a fit wrote."""
+    from homodyne.output import write_json
+
+    folder = tmp_path / "d" / "q00"
+    folder.mkdir(parents=True)
+    write_json(folder / "job.json", {"file": "d.h5", "file_id": "d", "q_index": 0,
+                                     "q": 0.005, "age_s": None, "settings": "x"})
+    write_json(folder / "parameters.json", {
+        "n_points": 870, "converged": True, "reduced_chi_squared": 1.0, "strategy": "standard",
+        "passes": 4, "wall_time_s": 1.5, "data_file": "d.h5", "q": 0.005, "status": "converged",
+        "parameters_by_name": {"D0": {"value": 1e4, "uncertainty": 12.0}}})
+    return folder

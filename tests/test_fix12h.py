@@ -214,3 +214,36 @@ def test_a_lock_file_that_cannot_be_opened_gets_the_fix_for_its_cause(tmp_path, 
     with pytest.raises(OutputDirError, match=r"\(No space left on device\); free space in that "
                        "folder or choose another one$"):
         DirectoryLock(lock).acquire()
+
+
+def test_a_bin_with_no_parameters_or_result_files_that_are_no_files_is_named(tmp_path, caplog):
+    """Was (probe17 W8): a bin's parameters.json with parameters_by_name {} gave a summary
+    row of empty parameter cells and status ok; a bin whose job.json or parameters.json is
+    a folder or a FIFO was left out of the --q refresh of the table without a word."""
+    import os
+    from pathlib import Path
+
+    import pytest
+    from helpers import a_bin_folder
+
+    from homodyne.output import write_json
+    from homodyne.production.multiq import QFitJob, ResultFileError, _complete, summary_row
+
+    folder = a_bin_folder(tmp_path)
+    params = folder / "parameters.json"
+    saved = json.loads(params.read_text())
+    write_json(params, {**saved, "parameters_by_name": {}})
+    with pytest.raises(ResultFileError, match=r"'parameters_by_name' is empty: no fitted "
+                       r"parameter to list; rerun that job \(delete the file\)"):
+        summary_row(folder)
+    params.unlink()
+    params.mkdir()
+    other = tmp_path / "d" / "q01"
+    other.mkdir()
+    os.mkfifo(other / "job.json")
+    jobs = [QFitJob("d.h5", "d", k, 0.005, Path(f)) for k, f in enumerate((folder, other))]
+    with caplog.at_level(logging.WARNING, logger="homodyne"):
+        assert _complete(jobs) == []
+    assert [r.getMessage() for r in caplog.records] == [
+        f"left out of summary.csv: {params}, {other / 'job.json'} are not a regular file (a "
+        "folder, a pipe or a link to one); remove them and rerun those bins"]

@@ -144,21 +144,6 @@ def no_hang():
     signal.signal(signal.SIGALRM, old)
 
 
-def _a_bin_folder(tmp_path):
-    """A multi-q bin folder d/q00 holding a job.json and a parameters.json a fit wrote."""
-    from homodyne.output import write_json
-
-    folder = tmp_path / "d" / "q00"
-    folder.mkdir(parents=True)
-    write_json(folder / "job.json", {"file": "d.h5", "file_id": "d", "q_index": 0,
-                                     "q": 0.005, "age_s": None, "settings": "x"})
-    write_json(folder / "parameters.json", {
-        "n_points": 870, "converged": True, "reduced_chi_squared": 1.0, "strategy": "standard",
-        "passes": 4, "wall_time_s": 1.5, "data_file": "d.h5", "q": 0.005, "status": "converged",
-        "parameters_by_name": {"D0": {"value": 1e4, "uncertainty": 12.0}}})
-    return folder
-
-
 @pytest.mark.parametrize("edit, message", [
     ("value", "an integer of 400 digits"), ("q", "an integer of 400 digits"),
     ("pipe", "not a regular file"), ("link_to_a_64_MB_file", "larger than the 16,777,216"),
@@ -169,9 +154,11 @@ def test_a_bins_result_file_that_is_no_result_is_one_error_naming_it(tmp_path, n
     parameter's value or q in a bin's parameters.json -> OverflowError traceback, exit 1;
     parameters.json a FIFO -> gather blocked for ever; a link to a big file -> read whole
     (2.3 GB of memory for a 1 GB file)."""
+    from helpers import a_bin_folder
+
     from homodyne.production.multiq import ResultFileError, summary_row
 
-    folder = _a_bin_folder(tmp_path)
+    folder = a_bin_folder(tmp_path)
     params = folder / "parameters.json"
     text = params.read_text()
     if edit == "value":

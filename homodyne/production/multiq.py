@@ -11,6 +11,7 @@ import copy
 import dataclasses
 import logging
 import math
+import os
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -260,6 +261,9 @@ def summary_row(job_dir, settings: str | None = None) -> dict:
     job = _read_record(job_dir / JOB_FILE, _JOB_FIELDS)
     p = _read_record(job_dir / "parameters.json", _RESULT_FIELDS)
     _same_job(job_dir, job, p)
+    if not p["parameters_by_name"]:  # a row of blank cells would read as a fit that is ok
+        raise ResultFileError(f"{job_dir / 'parameters.json'}: 'parameters_by_name' is empty: "
+                              "no fitted parameter to list; rerun that job (delete the file)")
     row = {"file": job["file_id"], "age_s": job["age_s"], "q_index": job["q_index"],
            "q": job["q"], "n_points": p["n_points"]}
     if settings is not None:
@@ -464,7 +468,16 @@ def bins_kept_line(fitted: list[dict], root) -> str:
 
 
 def _complete(jobs: list[QFitJob]) -> list[Path]:
-    """The folders of ``jobs`` that hold a complete result (this run's or an earlier one's)."""
+    """The folders of ``jobs`` that hold a complete result (this run's or an earlier one's);
+    a bin whose result files are there but not regular files (a folder, a pipe) is named in
+    a warning, not left out of the table without a word."""
+    odd = [f for j in jobs for f in (j.output_dir / "parameters.json", j.output_dir / JOB_FILE)
+           if os.path.lexists(f) and not f.is_file()]
+    if odd:
+        log.warning("left out of %s: %s %s not a regular file (a folder, a pipe or a link to "
+                    "one); remove %s and rerun %s", SUMMARY_FILE, ", ".join(map(str, odd)),
+                    "is" if len(odd) == 1 else "are", "it" if len(odd) == 1 else "them",
+                    "that bin" if len({f.parent for f in odd}) == 1 else "those bins")
     return [j.output_dir for j in jobs
             if (j.output_dir / "parameters.json").is_file() and (j.output_dir / JOB_FILE).is_file()]
 
