@@ -247,3 +247,28 @@ def test_a_bin_with_no_parameters_or_result_files_that_are_no_files_is_named(tmp
     assert [r.getMessage() for r in caplog.records] == [
         f"left out of summary.csv: {params}, {other / 'job.json'} are not a regular file (a "
         "folder, a pipe or a link to one); remove them and rerun those bins"]
+
+
+def test_a_file_named_like_a_checkpoint_too_big_to_be_one_is_refused_before_it_is_hashed(
+        tmp_path, monkeypatch, caplog):
+    """Was (probe17 W9): 1 GB sparse files named like checkpoints (with this fit's trailer)
+    were each hashed in full (seconds per file) before being refused: a checkpoint's size
+    is bounded by its fields (MAX_STATE_BYTES) plus HDF5's metadata."""
+    from homodyne.optimization import checkpoint_manager as cm
+
+    (tmp_path / "ck").mkdir()
+    manager = cm.CheckpointManager(tmp_path / "ck")
+    manager.fingerprint = "f" * 64
+    fake = tmp_path / "ck" / "homodyne_state_batch_0005.h5"
+    size = 400 << 20  # under int7's 1 GiB limit, over what a checkpoint can be
+    with open(fake, "wb") as fh:  # sparse: nothing but this fit's trailer is written
+        fh.truncate(size - cm.TRAILER_BYTES)
+        fh.seek(0, 2)
+        fh.write(cm.TRAILER_MAGIC + b"f" * cm.FINGERPRINT_BYTES + b"\0" * 32)
+    hashed = []
+    monkeypatch.setattr(cm, "_hash_prefix", lambda fh, n: hashed.append(n) or b"\0" * 32)
+    with caplog.at_level(logging.WARNING, logger="homodyne"):
+        assert manager.find_latest_valid_checkpoint() is None
+    assert hashed == []
+    assert any(f"(size {size} bytes is not that of a checkpoint)" in r.getMessage()
+               for r in caplog.records), caplog.records

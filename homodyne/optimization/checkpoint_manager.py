@@ -41,8 +41,11 @@ _DEFAULTS = CheckpointSettings()
 TRAILER_MAGIC = b"HOMODYNE-CKPT-1\n"  # 16 bytes
 FINGERPRINT_BYTES = 64
 TRAILER_BYTES = len(TRAILER_MAGIC) + FINGERPRINT_BYTES + 32
-MAX_CHECKPOINT_BYTES = 1 << 30  # a larger file is refused before it is hashed
 MAX_STATE_BYTES = 1 << 28  # declared size of all fields together, checked before reading
+# what a checkpoint can be: its fields (at most MAX_STATE_BYTES, compression only shrinks
+# them) plus HDF5's metadata and the trailer; a larger file (e.g. a 1 GB sparse file named
+# like one) is refused from its size before a byte of it is hashed
+MAX_CHECKPOINT_BYTES = MAX_STATE_BYTES + (16 << 20)
 MAX_PARAMS = 4096
 MAX_DEPTH = 2
 
