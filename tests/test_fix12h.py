@@ -272,3 +272,39 @@ def test_a_file_named_like_a_checkpoint_too_big_to_be_one_is_refused_before_it_i
     assert hashed == []
     assert any(f"(size {size} bytes is not that of a checkpoint)" in r.getMessage()
                for r in caplog.records), caplog.records
+
+
+def test_complex_or_enum_frame_times_and_maps_are_refused_not_read_as_numbers(tmp_path):
+    """Was (probe17 W2): a frame time stored complex (0.1+5j) was read as 0.1 (imaginary
+    part dropped), an enum frame time or q map as its integer codes."""
+    import h5py
+    import numpy as np
+    import pytest
+    from helpers import small_two_time_file
+
+    from homodyne.data.errors import DataFileError
+    from homodyne.data.twotime import APSU_Q, FRAME_TIME, open_two_time
+
+    data = small_two_time_file(tmp_path / "d.h5", n_frames=10)
+    with h5py.File(data, "r+") as h5:
+        del h5[FRAME_TIME]
+        h5[FRAME_TIME] = np.array([[0.1 + 5j]])
+    source = open_two_time(data)
+    with pytest.raises(DataFileError, match=r"frame_time holds complex numbers \(complex128\), "
+                       "not real ones; store its real values; fix the file or set 'dt'"):
+        source.model_spec()
+    assert source.model_spec(dt=0.1).dt == 0.1  # a config dt stands in, as for any bad time
+    with h5py.File(data, "r+") as h5:
+        codes = h5py.enum_dtype({"short": 0, "long": 1}, basetype="i1")
+        q = h5[APSU_Q][()]
+        del h5[APSU_Q]
+        h5.create_dataset(APSU_Q, data=np.zeros(q.shape, "i1"), dtype=codes)
+    with pytest.raises(DataFileError, match=r"holds enum codes \(short=0, long=1\), not "
+                       "numbers; store its values as numbers"):
+        open_two_time(data)
+    from homodyne.data.multitau import _numeric
+
+    with h5py.File(tmp_path / "m.h5", "w") as h5:
+        h5.create_dataset("g2", data=np.zeros(4, "i1"), dtype=codes)
+        with pytest.raises(DataFileError, match="g2 holds enum codes"):
+            _numeric(h5, "g2", str(tmp_path / "m.h5"), 10)

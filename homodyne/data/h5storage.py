@@ -217,6 +217,20 @@ def _mapped(sources) -> int:
     return int(union.get_select_npoints())
 
 
+def not_real_numbers(ds: h5py.Dataset, name: str) -> str | None:
+    """What is wrong with a dataset whose type reads as numbers it does not hold, else
+    None: complex values (converting drops the imaginary part without a word) or an enum
+    (read as its integer codes, not the values its names stand for)."""
+    enum = h5py.check_enum_dtype(ds.dtype)
+    if enum is not None:
+        names = ", ".join(f"{k}={v}" for k, v in sorted(enum.items(), key=lambda kv: kv[1])[:4])
+        return f"{name} holds enum codes ({names}), not numbers; store its values as numbers"
+    if ds.dtype.kind == "c":
+        return (f"{name} holds complex numbers ({ds.dtype}), not real ones; store its real "
+                "values")
+    return None
+
+
 def declared_bytes(ds: h5py.Dataset) -> int:
     """What reading ``ds`` whole would allocate, from its header alone (the HDF5 type's
     size, never a NumPy dtype: an element of an HDF5 array type may declare gigabytes, or

@@ -14,6 +14,7 @@ from homodyne.data.h5storage import (
     declared_bytes,
     external_link,
     never_written,
+    not_real_numbers,
     refuse_unread_storage,
     unreadable,
 )
@@ -139,6 +140,8 @@ def _numeric(h5, name: str, path: str, max_size: int) -> np.ndarray:
     if not isinstance(obj, h5py.Dataset) or obj.dtype.kind not in "fiub":
         kind = "a group" if not isinstance(obj, h5py.Dataset) else f"of type {obj.dtype}"
         raise DataFileError(path, f"{name} is {kind}, not numbers")
+    if not_real_numbers(obj, name):
+        raise DataFileError(path, not_real_numbers(obj, name))
     if obj.size > max_size:
         raise DataFileError(path, f"{name} holds {obj.size} values, at most {max_size} expected")
     refuse_unread_storage(path, h5, name, obj)

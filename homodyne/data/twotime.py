@@ -24,6 +24,7 @@ from homodyne.data.h5storage import (
     dangling_soft_link,
     declared_bytes,
     external_link,
+    not_real_numbers,
     refuse_unread_storage,
     soft_link_loop,
     unreadable,
@@ -562,6 +563,9 @@ def _read(path, h5, name, max_values: int = MAX_MAP_VALUES):
                                   f"{ds.size:,} value(s) of {ds.id.get_type().get_size():,} "
                                   "bytes each), not a list of numbers; the file is damaged "
                                   "or not an APS two-time result")
+    problem = not_real_numbers(ds, name)
+    if problem:
+        raise DataFileError(path, problem)
     return np.asarray(ds[()])
 
 
@@ -844,6 +848,9 @@ def _frame_time(h5) -> float | str | None:
     for name in (FRAME_TIME, "/xpcs/twotime/frame_time", "/measurement/instrument/detector/"
                  "exposure_period"):
         if name in h5:
+            problem = not_real_numbers(_dataset(h5.filename, h5, name), name)
+            if problem:  # a problem, not an error: a config dt replaces the file's
+                return problem
             return _one_frame_time(name, _read(h5.filename, h5, name).ravel())
     return None
 
