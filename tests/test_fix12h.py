@@ -308,3 +308,28 @@ def test_complex_or_enum_frame_times_and_maps_are_refused_not_read_as_numbers(tm
         h5.create_dataset("g2", data=np.zeros(4, "i1"), dtype=codes)
         with pytest.raises(DataFileError, match="g2 holds enum codes"):
             _numeric(h5, "g2", str(tmp_path / "m.h5"), 10)
+
+
+def test_the_multi_q_table_puts_extra_angle_columns_beside_their_kin():
+    """Was (probe18 W9): a multi-q table over files of 2 and 3 angles had contrast[2],
+    offset[2] (and their _se) after output_dir, pandas' union order."""
+    from homodyne.production.multiq import table_columns
+
+    def row(n_angles, **extra):
+        out = {"file": "f", "age_s": None, "q_index": 0, "q": 0.005, "n_points": 10,
+               **extra}
+        for name in [f"contrast[{k}]" for k in range(n_angles)] + \
+                [f"offset[{k}]" for k in range(n_angles)] + ["D0", "alpha", "D_offset"]:
+            out[name], out[f"{name}_se"] = 1.0, 0.1
+        out.update(reduced_chi2=1.0, status="ok", tier="STANDARD", passes=4, time_s=1.0,
+                   output_dir="x")
+        return out
+
+    failed = {"file": "g", "age_s": None, "q_index": 1, "q": 0.007, "status": "failed: x",
+              "output_dir": "y"}
+    columns = table_columns([row(2, settings_match=True), failed, row(3)])
+    pairs = [c for n in ("contrast[0]", "contrast[1]", "contrast[2]", "offset[0]",
+                         "offset[1]", "offset[2]", "D0", "alpha", "D_offset")
+             for c in (n, f"{n}_se")]
+    assert columns == ["file", "age_s", "q_index", "q", "n_points", "settings_match", *pairs,
+                       "reduced_chi2", "status", "tier", "passes", "time_s", "output_dir"]

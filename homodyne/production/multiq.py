@@ -340,6 +340,29 @@ def _number(v) -> float:
         return math.nan
 
 
+_TAIL_COLUMNS = ("reduced_chi2", "status", "tier", "passes", "time_s", "output_dir")
+
+
+def table_columns(rows: list[dict]) -> list[str]:
+    """summary.csv's columns for ``rows``: the bin's fields, then each parameter beside its
+    kin (contrast[0], contrast[1], contrast[2], then offset[...], then the physical ones,
+    each followed by its _se) whatever files of how many angles the rows come from, then
+    the fit's outcome; a file with more angles adds its contrast[2] after contrast[1], not
+    after output_dir."""
+    seen = list(dict.fromkeys(k for row in rows for k in row))
+    names = [k for k in seen if f"{k}_se" in seen]
+    bases = list(dict.fromkeys(n.partition("[")[0] for n in names))
+
+    def order(name: str):
+        base, _, index = name.partition("[")
+        return bases.index(base), int(index.rstrip("]") or -1) if index else -1
+
+    head = [k for k in seen if k not in _TAIL_COLUMNS and k not in names
+            and not (k.endswith("_se") and k[:-3] in names)]
+    params = [c for n in sorted(names, key=order) for c in (n, f"{n}_se")]
+    return head + params + [k for k in _TAIL_COLUMNS if k in seen]
+
+
 def write_summary(rows: list[dict], out_dir) -> Path:
     """summary.csv (one row per file x q, sorted) and the parameter-vs-q/-vs-file plots."""
     import pandas as pd
@@ -349,7 +372,8 @@ def write_summary(rows: list[dict], out_dir) -> Path:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     same_model(rows)
-    table = pd.DataFrame(rows).sort_values(["file", "q_index"], kind="stable")
+    table = pd.DataFrame(rows, columns=table_columns(rows)).sort_values(["file", "q_index"],
+                                                                       kind="stable")
     for column in ("n_points", "passes"):  # counts stay integers beside a failed row's blank
         if column in table:
             table[column] = table[column].astype("Int64")
