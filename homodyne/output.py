@@ -103,7 +103,7 @@ def remove_stale_temp_files(folder, of: str | None = None) -> list[str]:
     (a run killed by SIGKILL or a power cut leaves them); called with the folder's lock
     held, or with ``of`` (a file name): only the temporary files of that file. Only regular
     files named by ``_temp_name`` are touched; returns the names removed (and logs them)."""
-    removed = []
+    removed, kept = [], []
     try:
         entries = list(os.scandir(folder))
     except OSError:
@@ -124,9 +124,15 @@ def remove_stale_temp_files(folder, of: str | None = None) -> list[str]:
                 removed.append(entry.name)
         except FileNotFoundError:
             pass
+        except OSError as exc:  # another user's, in a folder with the sticky bit (as /tmp)
+            kept.append(f"{entry.name} ({exc.strerror})")
     if removed:
         log.info("removed %d temporary file(s) left in %s by a run that was killed: %s",
                  len(removed), folder, ", ".join(sorted(removed)))
+    if kept:  # harmless (hidden names no run reads): left to their owner
+        log.info("%d temporary file(s) left in %s by a run that was killed cannot be removed "
+                 "by this user and are left to their owner: %s", len(kept), folder,
+                 ", ".join(sorted(kept)))
     return removed
 
 
