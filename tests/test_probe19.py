@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from homodyne.optimization.checkpoint_session import checkpoint_state
+from homodyne.optimization.checkpoint_manager import CheckpointManager
+from homodyne.optimization.checkpoint_session import CheckpointSession, checkpoint_state
 
 
 def _fit_state(x) -> dict:
@@ -59,3 +60,54 @@ def test_a_killed_runs_temporary_file_this_user_cannot_remove_does_not_stop_the_
     assert theirs.exists() and not ours.exists()
     said = " ".join(r.getMessage() for r in caplog.records)
     assert f"{theirs.name} (Operation not permitted)" in said and "left to their owner" in said
+
+
+def _disk_with_room_for(monkeypatch, n_files: int) -> None:
+    """Checkpoint writes fail with ENOSPC once the folder holds ``n_files`` checkpoints."""
+    from contextlib import contextmanager
+
+    from homodyne.optimization import checkpoint_manager
+    real = checkpoint_manager.atomic_path
+
+    @contextmanager
+    def atomic_path(path):
+        if len(list(path.parent.glob("homodyne_state_batch_*.h5"))) >= n_files:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        with real(path) as tmp:
+            yield tmp
+
+    monkeypatch.setattr(checkpoint_manager, "atomic_path", atomic_path)
+
+
+def _batches(manager) -> list[int]:
+    return [int(p.name[-7:-3]) for p in manager.list_checkpoints()]
+
+
+def test_checkpoints_this_user_cannot_delete_stop_neither_pruning_nor_making_room(
+        tmp_path, monkeypatch, caplog):
+    """B2: root ran this fit first in a shared checkpoint folder with the sticky bit;
+    another user's rerun resumed from root's checkpoints, but pruning stopped at the first
+    of them it could not delete: none of its own older checkpoints were pruned (29 kept with
+    keep_last_checkpoints 3) and every save warned 'older ones not pruned'; on a full disk
+    make_room's PermissionError was reported instead of the full disk ('checkpoint at batch
+    15 not written: [Errno 1] Operation not permitted') and its own files were not deleted
+    to make room. Now each file that can go goes, and one that cannot is said once."""
+    fp = "f" * 64
+    manager = CheckpointManager(tmp_path, keep_last_n=2)
+    session = CheckpointSession(manager, fingerprint=fp)
+    for batch in (2, 4):  # root's
+        session.save(batch, _fit_state([batch, 0, 1]), clock=0.0, wait=True)
+    _not_permitted(monkeypatch, *manager.list_checkpoints())
+    with caplog.at_level(logging.WARNING, logger="homodyne"):
+        for batch in (6, 8, 10, 12):
+            session.save(batch, _fit_state([batch, 0, 1]), clock=0.0, wait=True)
+        assert session.errors == []
+        assert _batches(manager) == [2, 4, 10, 12]
+        _disk_with_room_for(monkeypatch, 4)  # the disk is full: the save deletes batch 10
+        session.save(14, _fit_state([14, 0, 1]), clock=0.0, wait=True)
+    assert session.errors == []
+    assert _batches(manager) == [2, 4, 12, 14]
+    said = [r.getMessage() for r in caplog.records]
+    assert sum("cannot be deleted by this user (Operation not permitted)" in m
+               for m in said) == 2, said
+    assert not any("not pruned" in m or "not written" in m for m in said), said

@@ -358,6 +358,7 @@ class CheckpointManager:
         # the fit these checkpoints belong to: resume and pruning only see its files
         self.fingerprint: str | None = None
         self._reported_others: set[Path] = set()  # other fits' files, warned about once
+        self._undeletable: set[Path] = set()  # files this user may not delete, said once
         # what a user of the manager needs of a state beyond these generic checks (a fit:
         # every field it reads); raises ValueError naming what is wrong
         self.state_check: Callable[[dict], None] | None = None
@@ -511,31 +512,40 @@ class CheckpointManager:
                 log.warning("%s; falling back to the previous one", exc)
         return None
 
+    def _delete(self, doomed: list[Path]) -> list[Path]:
+        """Delete each of ``doomed`` that this user may delete and return those; one that
+        cannot go (another user's, in a folder with the sticky bit) is said once and kept,
+        and stops neither the others nor the fit (it stopped all pruning: 29 files kept
+        with keep_last_checkpoints 3, and a full disk read as a permission error)."""
+        deleted = []
+        for p in doomed:
+            try:
+                p.unlink(missing_ok=True)
+                deleted.append(p)
+            except OSError as exc:
+                if p not in self._undeletable:
+                    self._undeletable.add(p)
+                    log.warning("checkpoint %s cannot be deleted by this user (%s); it is "
+                                "kept beside this fit's newest checkpoints: its owner can "
+                                "remove it", p, exc.strerror or exc)
+        return deleted
+
     def remove_checkpoints(self) -> list[Path]:
         """Delete every checkpoint of this fit (other fits' files are never touched)."""
-        doomed = self._ours(self.list_checkpoints())
-        for p in doomed:
-            p.unlink(missing_ok=True)
-        return doomed
+        return self._delete(self._ours(self.list_checkpoints()))
 
     def make_room(self) -> list[Path]:
         """Delete this fit's checkpoints other than its newest valid one (a save found no
         room on the disk): the one a rerun resumes from is never deleted; returns what was
         deleted (other fits' files are never touched)."""
         keep = self.find_latest_valid_checkpoint()
-        doomed = [p for p in self._ours(self.list_checkpoints()) if p != keep]
-        for p in doomed:
-            p.unlink(missing_ok=True)
-        return doomed
+        return self._delete([p for p in self._ours(self.list_checkpoints()) if p != keep])
 
     def cleanup_old_checkpoints(self) -> list[Path]:
         """Delete all but the newest ``keep_last_n`` checkpoints of this fit; returns what
         was deleted (other fits' files are never touched)."""
         files = self._ours(self.list_checkpoints())
-        doomed = files[: max(0, len(files) - self.keep_last_n)]
-        for p in doomed:
-            p.unlink(missing_ok=True)
-        for stale in self.checkpoint_dir.glob(".homodyne_state_batch_*.tmp"):
-            if stale.is_file() and not stale.is_symlink():  # (a folder of that name: not ours)
-                stale.unlink(missing_ok=True)
+        doomed = self._delete(files[: max(0, len(files) - self.keep_last_n)])
+        self._delete([stale for stale in self.checkpoint_dir.glob(".homodyne_state_batch_*.tmp")
+                      if stale.is_file() and not stale.is_symlink()])  # (a folder: not ours)
         return doomed
