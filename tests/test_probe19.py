@@ -111,3 +111,30 @@ def test_checkpoints_this_user_cannot_delete_stop_neither_pruning_nor_making_roo
     assert sum("cannot be deleted by this user (Operation not permitted)" in m
                for m in said) == 2, said
     assert not any("not pruned" in m or "not written" in m for m in said), said
+
+
+def test_a_full_disk_held_by_another_fits_checkpoints_is_named_and_nothing_said_replaced(
+        tmp_path, monkeypatch, caplog):
+    """B3: fit A was killed leaving batches 3, 6 in a checkpoint folder with room for two
+    files; fit B (other settings, same folder) then wrote no checkpoint at all: the error
+    said only 'No space left on device' (never that A's files, which B never deletes, took
+    the room) and B warned 'homodyne_state_batch_0006.h5 ... replaced by this fit's
+    checkpoint' for files its failed saves had not replaced."""
+    a = CheckpointManager(tmp_path)
+    for batch in (3, 6):
+        a.save_checkpoint(batch, _fit_state([batch, 0, 1]), fingerprint="a" * 64)
+    _disk_with_room_for(monkeypatch, 2)
+    manager = CheckpointManager(tmp_path, keep_last_n=3)
+    session = CheckpointSession(manager, fingerprint="b" * 64)
+    session.acquire()
+    try:
+        with caplog.at_level(logging.WARNING, logger="homodyne"):
+            for batch in (3, 6, 9):
+                session.save(batch, _fit_state([batch, 1, 1]), clock=0.0, wait=True)
+    finally:
+        session.release()
+    assert len(session.errors) == 3
+    assert "No space left on device; 2 checkpoint(s) of another fit" in session.errors[0]
+    assert "remove them if that fit is not to be resumed" in session.errors[0]
+    assert not any("replaced by this fit's" in r.getMessage() for r in caplog.records)
+    assert _batches(a) == [3, 6] and a.find_latest_valid_checkpoint().name.endswith("6.h5")

@@ -422,16 +422,13 @@ class CheckpointManager:
         if self.fingerprint is None:
             self.fingerprint = fingerprint
         owner = _owner(path) if path.exists() else None
-        if owner is not None and owner != fingerprint[:FINGERPRINT_BYTES]:
-            if not self._holds_folder():
-                raise FileExistsError(errno.EEXIST, f"{path.name} belongs to another fit "
-                                      "(other data or settings) and is kept; give each fit "
-                                      "its own optimization.streaming.checkpoint_dir", str(path))
-            # this run holds the folder's lock: no live run can need that file (its fit's
-            # own rerun falls back to its older checkpoints, or starts afresh)
-            log.warning("%s in %s belonged to another fit (other data or settings, no run "
-                        "uses it now: this run holds the folder); replaced by this fit's "
-                        "checkpoint", path.name, self.checkpoint_dir)
+        replaces_other = owner is not None and owner != fingerprint[:FINGERPRINT_BYTES]
+        if replaces_other and not self._holds_folder():
+            raise FileExistsError(errno.EEXIST, f"{path.name} belongs to another fit "
+                                  "(other data or settings) and is kept; give each fit "
+                                  "its own optimization.streaming.checkpoint_dir", str(path))
+        # (held by this run: no live run can need that file; its fit's own rerun falls back
+        # to its older checkpoints, or starts afresh)
         buffer = io.BytesIO()  # HDF5 writes to memory; a full disk is then a plain OSError
         with h5py.File(buffer, "w") as h5:  # (a half-flushed HDF5 file crashes when freed)
             _write(h5, state, self.enable_compression)
@@ -441,6 +438,10 @@ class CheckpointManager:
         with atomic_path(path) as tmp:
             tmp.write_bytes(buffer.getbuffer())
             _append_trailer(tmp, fingerprint)
+        if replaces_other:  # (said once it is: a save that failed had replaced nothing)
+            log.warning("%s in %s belonged to another fit (other data or settings, no run "
+                        "uses it now: this run holds the folder); replaced by this fit's "
+                        "checkpoint", path.name, self.checkpoint_dir)
         elapsed = time.perf_counter() - t0
         self.save_times.append(elapsed)
         if elapsed > SAVE_TARGET_S:
@@ -529,6 +530,12 @@ class CheckpointManager:
                                 "kept beside this fit's newest checkpoints: its owner can "
                                 "remove it", p, exc.strerror or exc)
         return deleted
+
+    def others(self) -> list[Path]:
+        """Checkpoints of other fits in the folder (their trailer names another fit)."""
+        files = self.list_checkpoints()
+        ours = set(self._ours(files))
+        return [p for p in files if p not in ours and _owner(p) is not None]
 
     def remove_checkpoints(self) -> list[Path]:
         """Delete every checkpoint of this fit (other fits' files are never touched)."""
