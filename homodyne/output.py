@@ -378,8 +378,36 @@ def check_output_dir(directory, overwrite: bool) -> Path:
         raise OutputExistsError(
             f"{d} already holds results ({', '.join(existing)}); choose another --output-dir "
             "or pass --overwrite (output.overwrite: true) to replace them")
+    theirs = _not_replaceable(d, SET_FILES)
+    if theirs:
+        raise OutputDirError(
+            f"{', '.join(theirs)} in {d} belong(s) to another user and the folder has the "
+            "sticky bit (as /tmp): this user cannot replace or remove them, so a new result "
+            "set cannot be written there; choose another --output-dir (or have their owner "
+            "remove them)")
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+def _not_replaceable(folder: Path, names) -> list[str]:
+    """The entries of ``names`` in ``folder`` this user may not replace or remove: another
+    user's, in a folder with the sticky bit that this user does not own (root may). A run
+    found out only when it committed, after the whole fit ('make the folder writable')."""
+    euid = os.geteuid()
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return []
+    if euid == 0 or not st.st_mode & stat.S_ISVTX or st.st_uid == euid:
+        return []
+    theirs = []
+    for name in names:
+        try:
+            if os.lstat(folder / name).st_uid != euid:
+                theirs.append(name)
+        except OSError:
+            pass
+    return theirs
 
 
 def refuse_folders_at_result_names(folder: Path, names, during: bool = False) -> None:

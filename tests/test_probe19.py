@@ -7,6 +7,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from homodyne.optimization.checkpoint_manager import CheckpointManager
 from homodyne.optimization.checkpoint_session import CheckpointSession, checkpoint_state
@@ -138,3 +139,28 @@ def test_a_full_disk_held_by_another_fits_checkpoints_is_named_and_nothing_said_
     assert "remove them if that fit is not to be resumed" in session.errors[0]
     assert not any("replaced by this fit's" in r.getMessage() for r in caplog.records)
     assert _batches(a) == [3, 6] and a.find_latest_valid_checkpoint().name.endswith("6.h5")
+
+
+def test_another_users_results_in_a_sticky_folder_are_refused_before_the_fit(
+        tmp_path, monkeypatch):
+    """B4: root's complete set in a shared folder with the sticky bit (1777, as /tmp);
+    another user's --overwrite run there fitted to the end, then failed to commit: exit 2
+    'could not write the results ... (Operation not permitted); make the folder writable'
+    (it is: the sticky bit keeps other users' files). Now refused before the fit."""
+    from homodyne.output import OutputDirError, check_output_dir
+
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o1777)
+    for name in ("fit.h5", "parameters.json"):
+        (shared / name).write_text("{}")
+    assert check_output_dir(shared, overwrite=True) == shared  # their owner may replace them
+    monkeypatch.setattr(os, "geteuid", lambda: os.stat(shared).st_uid + 1)  # another user
+    with pytest.raises(OutputDirError) as refused:
+        check_output_dir(shared, overwrite=True)
+    assert str(refused.value).startswith(
+        f"fit.h5, parameters.json in {shared} belong(s) to another user and the folder has "
+        "the sticky bit")
+    assert "choose another --output-dir" in str(refused.value)
+    shared.chmod(0o777)  # without the sticky bit anyone who may write there may replace them
+    assert check_output_dir(shared, overwrite=True) == shared
