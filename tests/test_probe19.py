@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import disk_with_room_for
 
 from homodyne.optimization.checkpoint_manager import CheckpointManager
 from homodyne.optimization.checkpoint_session import CheckpointSession, checkpoint_state
@@ -63,23 +64,6 @@ def test_a_killed_runs_temporary_file_this_user_cannot_remove_does_not_stop_the_
     assert f"{theirs.name} (Operation not permitted)" in said and "left to their owner" in said
 
 
-def _disk_with_room_for(monkeypatch, n_files: int) -> None:
-    """Checkpoint writes fail with ENOSPC once the folder holds ``n_files`` checkpoints."""
-    from contextlib import contextmanager
-
-    from homodyne.optimization import checkpoint_manager
-    real = checkpoint_manager.atomic_path
-
-    @contextmanager
-    def atomic_path(path):
-        if len(list(path.parent.glob("homodyne_state_batch_*.h5"))) >= n_files:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        with real(path) as tmp:
-            yield tmp
-
-    monkeypatch.setattr(checkpoint_manager, "atomic_path", atomic_path)
-
-
 def _batches(manager) -> list[int]:
     return [int(p.name[-7:-3]) for p in manager.list_checkpoints()]
 
@@ -104,7 +88,7 @@ def test_checkpoints_this_user_cannot_delete_stop_neither_pruning_nor_making_roo
             session.save(batch, _fit_state([batch, 0, 1]), clock=0.0, wait=True)
         assert session.errors == []
         assert _batches(manager) == [2, 4, 10, 12]
-        _disk_with_room_for(monkeypatch, 4)  # the disk is full: the save deletes batch 10
+        disk_with_room_for(monkeypatch, 4)  # the disk is full: the save deletes batch 10
         session.save(14, _fit_state([14, 0, 1]), clock=0.0, wait=True)
     assert session.errors == []
     assert _batches(manager) == [2, 4, 12, 14]
@@ -124,7 +108,7 @@ def test_a_full_disk_held_by_another_fits_checkpoints_is_named_and_nothing_said_
     a = CheckpointManager(tmp_path)
     for batch in (3, 6):
         a.save_checkpoint(batch, _fit_state([batch, 0, 1]), fingerprint="a" * 64)
-    _disk_with_room_for(monkeypatch, 2)
+    disk_with_room_for(monkeypatch, 2)
     manager = CheckpointManager(tmp_path, keep_last_n=3)
     session = CheckpointSession(manager, fingerprint="b" * 64)
     session.acquire()
