@@ -103,7 +103,7 @@ def remove_stale_temp_files(folder, of: str | None = None) -> list[str]:
     (a run killed by SIGKILL or a power cut leaves them); called with the folder's lock
     held, or with ``of`` (a file name): only the temporary files of that file. Only regular
     files named by ``_temp_name`` are touched; returns the names removed (and logs them)."""
-    removed = []
+    removed, kept = [], []
     try:
         entries = list(os.scandir(folder))
     except OSError:
@@ -124,9 +124,15 @@ def remove_stale_temp_files(folder, of: str | None = None) -> list[str]:
                 removed.append(entry.name)
         except FileNotFoundError:
             pass
+        except OSError as exc:  # another user's, in a folder with the sticky bit (as /tmp)
+            kept.append(f"{entry.name} ({exc.strerror})")
     if removed:
         log.info("removed %d temporary file(s) left in %s by a run that was killed: %s",
                  len(removed), folder, ", ".join(sorted(removed)))
+    if kept:  # harmless (hidden names no run reads): left to their owner
+        log.info("%d temporary file(s) left in %s by a run that was killed cannot be removed "
+                 "by this user and are left to their owner: %s", len(kept), folder,
+                 ", ".join(sorted(kept)))
     return removed
 
 
@@ -383,8 +389,36 @@ def check_output_dir(directory, overwrite: bool) -> Path:
         raise OutputExistsError(
             f"{d} already holds results ({', '.join(existing)}); choose another --output-dir "
             "or pass --overwrite (output.overwrite: true) to replace them")
+    theirs = _not_replaceable(d, SET_FILES)
+    if theirs:
+        raise OutputDirError(
+            f"{', '.join(theirs)} in {d} belong(s) to another user and the folder has the "
+            "sticky bit (as /tmp): this user cannot replace or remove them, so a new result "
+            "set cannot be written there; choose another --output-dir (or have their owner "
+            "remove them)")
     d.mkdir(parents=True, exist_ok=True)
     return d
+
+
+def _not_replaceable(folder: Path, names) -> list[str]:
+    """The entries of ``names`` in ``folder`` this user may not replace or remove: another
+    user's, in a folder with the sticky bit that this user does not own (root may). A run
+    found out only when it committed, after the whole fit ('make the folder writable')."""
+    euid = os.geteuid()
+    try:
+        st = os.stat(folder)
+    except OSError:
+        return []
+    if euid == 0 or not st.st_mode & stat.S_ISVTX or st.st_uid == euid:
+        return []
+    theirs = []
+    for name in names:
+        try:
+            if os.lstat(folder / name).st_uid != euid:
+                theirs.append(name)
+        except OSError:
+            pass
+    return theirs
 
 
 def refuse_folders_at_result_names(folder: Path, names, during: bool = False) -> None:

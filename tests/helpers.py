@@ -145,6 +145,24 @@ def gather_rule_job(folder: Path, job_dirs, summary: Path):
         params=types.SimpleNamespace(config=str(config), overrides={}))
 
 
+def disk_with_room_for(monkeypatch, n_files: int) -> None:
+    """Checkpoint writes fail with ENOSPC once the folder holds ``n_files`` checkpoints (a
+    full disk, faked: no mount needed)."""
+    import errno
+
+    from homodyne.optimization import checkpoint_manager
+    real = checkpoint_manager.atomic_path
+
+    @contextmanager
+    def atomic_path(path):
+        if len(list(path.parent.glob("homodyne_state_batch_*.h5"))) >= n_files:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        with real(path) as tmp:
+            yield tmp
+
+    monkeypatch.setattr(checkpoint_manager, "atomic_path", atomic_path)
+
+
 @contextmanager
 def tiny_tmpfs(tmp_path, size: str):
     """A tmpfs of ``size`` mounted at tmp_path/small for the test (root only: skipped else)."""

@@ -5,14 +5,12 @@ source in the 'no q bin within' message, the cache folder's XDG rules, a one-tim
 files, near-equal angles, an overstated sigma, the workflow gather's settings_match and
 the shipped multi-q CHX config's degenerate fit."""
 
-import errno
 import logging
-from contextlib import contextmanager
 
 import numpy as np
 import pytest
+from helpers import disk_with_room_for
 
-from homodyne.optimization import checkpoint_manager
 from homodyne.optimization.checkpoint_manager import CheckpointManager
 from homodyne.optimization.checkpoint_session import CheckpointSession, checkpoint_state
 
@@ -23,20 +21,6 @@ def _fit_state(x) -> dict:
                             x=np.asarray(x, float), next_batch=0, partial=None)
 
 
-def _disk_with_room_for(monkeypatch, n_files: int) -> None:
-    """Checkpoint writes fail with ENOSPC once the folder holds ``n_files`` checkpoints."""
-    real = checkpoint_manager.atomic_path
-
-    @contextmanager
-    def atomic_path(path):
-        if len(list(path.parent.glob("homodyne_state_batch_*.h5"))) >= n_files:
-            raise OSError(errno.ENOSPC, "No space left on device")
-        with real(path) as tmp:
-            yield tmp
-
-    monkeypatch.setattr(checkpoint_manager, "atomic_path", atomic_path)
-
-
 def test_a_checkpoint_disk_without_room_for_keep_plus_one_files_keeps_saving(
         tmp_path, monkeypatch, caplog):
     """probe14 W2: room for 2 files, keep 3: the new file was written before old ones were
@@ -45,7 +29,7 @@ def test_a_checkpoint_disk_without_room_for_keep_plus_one_files_keeps_saving(
     newest valid one) and tries once more; another fit's file is not touched."""
     other = CheckpointManager(tmp_path).save_checkpoint(1, _fit_state([9, 9, 9]),
                                                         fingerprint="o" * 64)
-    _disk_with_room_for(monkeypatch, 3)  # the other fit's file + 2 of ours
+    disk_with_room_for(monkeypatch, 3)  # the other fit's file + 2 of ours
     session = CheckpointSession(CheckpointManager(tmp_path, keep_last_n=3),
                                 fingerprint="f" * 64)
     with caplog.at_level(logging.WARNING, logger="homodyne"):
@@ -73,11 +57,11 @@ def test_a_save_without_room_never_deletes_the_newest_valid_checkpoint(tmp_path,
     raw = bytearray(damaged.read_bytes())
     raw[len(raw) // 2] ^= 0xFF  # digest no longer matches; the trailer still names this fit
     damaged.write_bytes(bytes(raw))
-    _disk_with_room_for(monkeypatch, 2)
+    disk_with_room_for(monkeypatch, 2)
     session.save(4, _fit_state([4, 0, 1]), clock=0.0, wait=True)
     assert session.errors == []
     assert [p.name[-7:-3] for p in manager.list_checkpoints()] == ["0002", "0004"]
-    _disk_with_room_for(monkeypatch, 1)
+    disk_with_room_for(monkeypatch, 1)
     session.save(6, _fit_state([6, 0, 1]), clock=0.0, wait=True)
     assert [p.name[-7:-3] for p in manager.list_checkpoints()] == ["0004"]
     session.save(8, _fit_state([8, 0, 1]), clock=0.0, wait=True)

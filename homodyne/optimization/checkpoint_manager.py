@@ -362,6 +362,7 @@ class CheckpointManager:
         # the fit these checkpoints belong to: resume and pruning only see its files
         self.fingerprint: str | None = None
         self._reported_others: set[Path] = set()  # other fits' files, warned about once
+        self._undeletable: set[Path] = set()  # files this user may not delete, said once
         # what a user of the manager needs of a state beyond these generic checks (a fit:
         # every field it reads); raises ValueError naming what is wrong
         self.state_check: Callable[[dict], None] | None = None
@@ -425,16 +426,13 @@ class CheckpointManager:
         if self.fingerprint is None:
             self.fingerprint = fingerprint
         owner = _owner(path) if path.exists() else None
-        if owner is not None and owner != fingerprint[:FINGERPRINT_BYTES]:
-            if not self._holds_folder():
-                raise FileExistsError(errno.EEXIST, f"{path.name} belongs to another fit "
-                                      "(other data or settings) and is kept; give each fit "
-                                      "its own optimization.streaming.checkpoint_dir", str(path))
-            # this run holds the folder's lock: no live run can need that file (its fit's
-            # own rerun falls back to its older checkpoints, or starts afresh)
-            log.warning("%s in %s belonged to another fit (other data or settings, no run "
-                        "uses it now: this run holds the folder); replaced by this fit's "
-                        "checkpoint", path.name, self.checkpoint_dir)
+        replaces_other = owner is not None and owner != fingerprint[:FINGERPRINT_BYTES]
+        if replaces_other and not self._holds_folder():
+            raise FileExistsError(errno.EEXIST, f"{path.name} belongs to another fit "
+                                  "(other data or settings) and is kept; give each fit "
+                                  "its own optimization.streaming.checkpoint_dir", str(path))
+        # (held by this run: no live run can need that file; its fit's own rerun falls back
+        # to its older checkpoints, or starts afresh)
         buffer = io.BytesIO()  # HDF5 writes to memory; a full disk is then a plain OSError
         with h5py.File(buffer, "w") as h5:  # (a half-flushed HDF5 file crashes when freed)
             _write(h5, state, self.enable_compression)
@@ -444,6 +442,10 @@ class CheckpointManager:
         with atomic_path(path) as tmp:
             tmp.write_bytes(buffer.getbuffer())
             _append_trailer(tmp, fingerprint)
+        if replaces_other:  # (said once it is: a save that failed had replaced nothing)
+            log.warning("%s in %s belonged to another fit (other data or settings, no run "
+                        "uses it now: this run holds the folder); replaced by this fit's "
+                        "checkpoint", path.name, self.checkpoint_dir)
         elapsed = time.perf_counter() - t0
         self.save_times.append(elapsed)
         if elapsed > SAVE_TARGET_S:
@@ -515,31 +517,46 @@ class CheckpointManager:
                 log.warning("%s; falling back to the previous one", exc)
         return None
 
+    def _delete(self, doomed: list[Path]) -> list[Path]:
+        """Delete each of ``doomed`` that this user may delete and return those; one that
+        cannot go (another user's, in a folder with the sticky bit) is said once and kept,
+        and stops neither the others nor the fit (it stopped all pruning: 29 files kept
+        with keep_last_checkpoints 3, and a full disk read as a permission error)."""
+        deleted = []
+        for p in doomed:
+            try:
+                p.unlink(missing_ok=True)
+                deleted.append(p)
+            except OSError as exc:
+                if p not in self._undeletable:
+                    self._undeletable.add(p)
+                    log.warning("checkpoint %s cannot be deleted by this user (%s); it is "
+                                "kept beside this fit's newest checkpoints: its owner can "
+                                "remove it", p, exc.strerror or exc)
+        return deleted
+
+    def others(self) -> list[Path]:
+        """Checkpoints of other fits in the folder (their trailer names another fit)."""
+        files = self.list_checkpoints()
+        ours = set(self._ours(files))
+        return [p for p in files if p not in ours and _owner(p) is not None]
+
     def remove_checkpoints(self) -> list[Path]:
         """Delete every checkpoint of this fit (other fits' files are never touched)."""
-        doomed = self._ours(self.list_checkpoints())
-        for p in doomed:
-            p.unlink(missing_ok=True)
-        return doomed
+        return self._delete(self._ours(self.list_checkpoints()))
 
     def make_room(self) -> list[Path]:
         """Delete this fit's checkpoints other than its newest valid one (a save found no
         room on the disk): the one a rerun resumes from is never deleted; returns what was
         deleted (other fits' files are never touched)."""
         keep = self.find_latest_valid_checkpoint()
-        doomed = [p for p in self._ours(self.list_checkpoints()) if p != keep]
-        for p in doomed:
-            p.unlink(missing_ok=True)
-        return doomed
+        return self._delete([p for p in self._ours(self.list_checkpoints()) if p != keep])
 
     def cleanup_old_checkpoints(self) -> list[Path]:
         """Delete all but the newest ``keep_last_n`` checkpoints of this fit; returns what
         was deleted (other fits' files are never touched)."""
         files = self._ours(self.list_checkpoints())
-        doomed = files[: max(0, len(files) - self.keep_last_n)]
-        for p in doomed:
-            p.unlink(missing_ok=True)
-        for stale in self.checkpoint_dir.glob(".homodyne_state_batch_*.tmp"):
-            if stale.is_file() and not stale.is_symlink():  # (a folder of that name: not ours)
-                stale.unlink(missing_ok=True)
+        doomed = self._delete(files[: max(0, len(files) - self.keep_last_n)])
+        self._delete([stale for stale in self.checkpoint_dir.glob(".homodyne_state_batch_*.tmp")
+                      if stale.is_file() and not stale.is_symlink()])  # (a folder: not ours)
         return doomed

@@ -351,8 +351,13 @@ class CheckpointSession:
                 raise
             why = os.strerror(exc.errno)
             if not self.manager.make_room():
-                raise
-            path = save(batch, state, fingerprint=self.fingerprint)
+                raise self._no_room(exc) from None
+            try:
+                path = save(batch, state, fingerprint=self.fingerprint)
+            except OSError as again:
+                if again.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                raise self._no_room(again) from None
         if not self._short_of_room:
             self._short_of_room = True
             log.warning("checkpoint folder %s had no room for the checkpoint at batch %d "
@@ -361,6 +366,19 @@ class CheckpointSession:
                         "than keep_last_checkpoints = %d", self.manager.checkpoint_dir, batch,
                         why, self.manager.keep_last_n)
         return path
+
+    def _no_room(self, exc: OSError) -> OSError:
+        """``exc`` (no room), naming other fits' checkpoints that take room in the folder:
+        this fit never deletes them, so without a word every save of it failed for good."""
+        others = self.manager.others()
+        if not others:
+            return exc
+        kb = sum(p.stat().st_size for p in others if p.is_file()) / 1024
+        return OSError(exc.errno, f"{exc.strerror}; {len(others)} checkpoint(s) of another "
+                       f"fit (other data or settings, {kb:.0f} kB) take room in "
+                       f"{self.manager.checkpoint_dir} and are never deleted by this fit: "
+                       "remove them if that fit is not to be resumed, or give each fit its "
+                       "own optimization.streaming.checkpoint_dir")
 
     def kept_checkpoint(self) -> str:
         """What a failed save leaves to resume from: the last checkpoint written, while it
