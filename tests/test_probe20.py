@@ -2,12 +2,17 @@
 workflow's glue. Each test failed on int7 9cf0158."""
 
 import json
+import os
+import shutil
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
+from helpers import STATIC_PHYS, multi_q_cli_config
 
 from homodyne.cli import EXIT_UNDETERMINED, exit_status, main
+from homodyne.model import ModelSpec
 from homodyne.onetime.data import read_one_time
 from homodyne.onetime.fit import OneTimeOptions, fit_one_time
 
@@ -67,3 +72,74 @@ def test_a_series_whose_j_model_determines_nothing_is_the_runs_outcome(tmp_path,
     assert first.startswith(head)
     assert "the J-model across ages; 2 q bins fitted, 2 with a resolved rate" in first
     assert exit_status(r.status, strict=True) == EXIT_UNDETERMINED
+
+
+@pytest.fixture(scope="module")
+def fitted_bins(tmp_path_factory):
+    """A one-angle file with bins at q = 0.0054 and 0.007, both fitted (q: all)."""
+    folder = tmp_path_factory.mktemp("bins")
+    cfg = multi_q_cli_config(folder, more_q=(0.007,))
+    assert main(["--config", str(cfg), "--quiet"]) == 0
+    return folder
+
+
+def _copy_run(fitted_bins, tmp_path):
+    """The fitted folder copied with its times kept (the data older than the results)."""
+    shutil.copytree(fitted_bins, tmp_path / "run", copy_function=shutil.copy2)
+    cfg = tmp_path / "run" / "c.yaml"
+    raw = yaml.safe_load(cfg.read_text())
+    raw["experimental_data"]["file_path"] = str(tmp_path / "run" / "d.h5")
+    raw["output"]["directory"] = str(tmp_path / "run" / "out")
+    cfg.write_text(yaml.safe_dump(raw))
+    return cfg, tmp_path / "run" / "out"
+
+
+def _rows(out):
+    return pd.read_csv(out / "summary.csv")
+
+
+def test_a_refresh_leaves_out_bins_of_another_model_instead_of_failing_after_the_fit(
+        fitted_bins, tmp_path, caplog):
+    """B1: analysis_mode changed and one bin refitted (--q): the table was refused ('results
+    of different models cannot share one summary', exit 2) after the fit, and the old
+    summary.csv kept describing that bin's previous result, settings_match True."""
+    cfg, out = _copy_run(fitted_bins, tmp_path)
+    bin1 = out / "d" / "q01"  # fitted with another model (laminar_flow) and other settings
+    p = json.loads((bin1 / "parameters.json").read_text())
+    p["parameters_by_name"]["gamma_dot_t0"] = {"value": 1e-5, "uncertainty": 1e-6}
+    (bin1 / "parameters.json").write_text(json.dumps(p))
+    job = json.loads((bin1 / "job.json").read_text())
+    (bin1 / "job.json").write_text(json.dumps({**job, "settings": "x"}))
+    assert main(["--config", str(cfg), "--q", "0.0054", "--overwrite", "--quiet"]) == 0
+    table = _rows(out)
+    assert table["q_index"].tolist() == [0] and table["settings_match"].tolist() == [True]
+    assert "1 bins hold results of another model, fitted with other settings, and are left " \
+           "out of the table: d q bin 1; refit them" in caplog.text
+
+
+def test_a_refresh_leaves_out_bins_fitted_before_the_file_changed(fitted_bins, tmp_path,
+                                                                    caplog):
+    """B6: the file rewritten with its bin 1 at q = 0.006 (0.007 before), then --q 0.0054:
+    the refreshed table listed d/q01 at q = 0.007, a fit of the old file, settings_match
+    True. A result older than its file is left out too."""
+    from homodyne.config import load_config
+    from homodyne.data.synthetic import generate_synthetic
+    cfg, out = _copy_run(fitted_bins, tmp_path)
+    data = tmp_path / "run" / "d.h5"
+    spec = ModelSpec(mode="static", n_frames=20, phi_deg=(0.0,))
+    generate_synthetic(data, spec, spec.pack(0.3, 1.0, STATIC_PHYS), more_q=(0.006,),
+                       overwrite=True, seed=5)
+    assert main(["--config", str(cfg), "--q", "0.0054", "--overwrite", "--quiet"]) == 0
+    table = _rows(out)
+    assert table["q_index"].tolist() == [0] and table["q"].tolist() == [0.0054]
+    assert ("1 bins hold fits of data that have changed since and are left out of the table: "
+            "d q bin 1 (fitted at q = 0.007, the bin is now at q = 0.006); refit them"
+            in caplog.text)
+    from homodyne.production.multiq import _of_this_data, plan_jobs
+
+    q00 = out / "d" / "q00"
+    later = (q00 / "parameters.json").stat().st_mtime_ns + 10**9
+    os.utime(data, ns=(later, later))  # the data changed after q00's fit
+    jobs = plan_jobs(load_config(cfg))
+    assert _of_this_data(jobs, [q00]) == []
+    assert f"d q bin 0 ({data} changed after the fit)" in caplog.text
