@@ -143,3 +143,29 @@ def test_a_refresh_leaves_out_bins_fitted_before_the_file_changed(fitted_bins, t
     jobs = plan_jobs(load_config(cfg))
     assert _of_this_data(jobs, [q00]) == []
     assert f"d q bin 0 ({data} changed after the fit)" in caplog.text
+
+
+def test_the_workflows_fit_rule_ends_with_one_line_not_a_traceback(tmp_path, capsys):
+    """B4: a bin's fit refused by homodyne (here a folder where fit.log goes) left a Python
+    traceback (OutputDirError) in the rule's log, exit 1; now the CLI's line and status."""
+    import runpy
+    import types
+
+    from helpers import REPO, gather_rule_job
+
+    rule = gather_rule_job(tmp_path, [], tmp_path / "run" / "summary.csv")
+    (tmp_path / "run" / "gather_data" / "q00" / "fit.log").mkdir(parents=True)
+    job = types.SimpleNamespace(
+        wildcards=types.SimpleNamespace(file="gather_data", qi="00"), log=[],
+        input=types.SimpleNamespace(data=str(tmp_path / "gather_data.h5")),
+        output=types.SimpleNamespace(
+            params=str(tmp_path / "run" / "gather_data" / "q00" / "parameters.json")),
+        params=types.SimpleNamespace(config=rule.params.config,
+                                     overrides={"output.directory": str(tmp_path / "run")}))
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_path(str(REPO / "workflow" / "scripts" / "fit_q_bin.py"),
+                       init_globals={"snakemake": job})
+    assert stop.value.code == 2
+    assert capsys.readouterr().out == (
+        f"fit_q_bin: error: {tmp_path / 'run' / 'gather_data' / 'q00' / 'fit.log'} is a folder "
+        "where the result file fit.log goes; move it away or choose another --output-dir\n")
