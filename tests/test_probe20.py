@@ -169,3 +169,24 @@ def test_the_workflows_fit_rule_ends_with_one_line_not_a_traceback(tmp_path, cap
     assert capsys.readouterr().out == (
         f"fit_q_bin: error: {tmp_path / 'run' / 'gather_data' / 'q00' / 'fit.log'} is a folder "
         "where the result file fit.log goes; move it away or choose another --output-dir\n")
+
+
+@pytest.mark.parametrize(("series", "message"), [
+    ({"q": [0.003, 0.003]}, "multiq.synthetic.q lists 0.003 twice; give each q bin once"),
+    ({"angles": [0, 360.00001]}, "multiq.synthetic.angles: 0 and 360.00001 are one angle "
+                                 "(modulo 360); give each angle once")])
+def test_the_workflows_synthetic_series_refuses_one_bin_twice_when_planned(series, message):
+    """B5: multiq.synthetic q [0.003, 0.003] or angles [0, 360] planned, the files were
+    written, and every fit then failed 'the file lists one (q, phi) bin twice ... fix the
+    file' (exit 3): the config is refused when the workflow is parsed."""
+    from helpers import REPO
+
+    text = (REPO / "workflow" / "rules" / "multiq_common.smk").read_text()
+    config = {"multiq": {"runs": {}, "synthetic": {"q": [0.003, 0.004], "angles": [0, 90],
+                                                   **series}}}
+    with pytest.raises(ValueError) as err:
+        exec(compile(text, "multiq_common.smk", "exec"), {"config": config})
+    assert str(err.value) == message
+    exec(compile(text, "multiq_common.smk", "exec"),  # the shipped series plans
+         {"config": {"multiq": {"runs": {}, "synthetic": {"q": [0.003, 0.004],
+                                                          "angles": [0, 90, 180]}}}})
