@@ -190,3 +190,18 @@ def test_the_workflows_synthetic_series_refuses_one_bin_twice_when_planned(serie
     exec(compile(text, "multiq_common.smk", "exec"),  # the shipped series plans
          {"config": {"multiq": {"runs": {}, "synthetic": {"q": [0.003, 0.004],
                                                           "angles": [0, 90, 180]}}}})
+
+
+def test_a_refresh_whose_table_is_refused_does_not_leave_the_old_table(fitted_bins, tmp_path,
+                                                                      capsys):
+    """B7: another bin's job.json damaged, --q 0.0054 refitted bin 0, then the table was
+    refused (exit 2) and the old summary.csv stayed, describing bin 0's previous result;
+    the line did not say that bin 0 was refitted."""
+    cfg, out = _copy_run(fitted_bins, tmp_path)
+    (out / "d" / "q01" / "job.json").write_text("{")
+    assert main(["--config", str(cfg), "--q", "0.0054", "--overwrite", "--quiet"]) == 2
+    assert not (out / "summary.csv").exists()
+    assert capsys.readouterr().err.rstrip().endswith(
+        f"rerun that job (delete the file) or remove the folder; 1 bins were fitted and are "
+        f"kept, {out / 'summary.csv'} is removed (it described their previous results): fix "
+        "that folder and rerun to refresh it")

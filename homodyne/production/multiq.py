@@ -454,8 +454,15 @@ def run_all(cfg: HomodyneConfig, *, overwrite: bool | None = None,
         if table_of is not None:
             table = plan_jobs(table_of)
             table += [j for j in jobs if j.output_dir not in {t.output_dir for t in table}]
-            return rows, _gather(_of_this_data(table, _complete(table)), root,
-                                 settings_digest(table_of))
+            try:
+                return rows, _gather(_of_this_data(table, _complete(table)), root,
+                                     settings_digest(table_of))
+            except ResultFileError as exc:  # another bin's file: the old table would still
+                _drop_table(root)  # describe the bins just refitted as they were
+                raise ResultFileError(f"{exc}; {len(rows)} bins were fitted and are kept, "
+                                      f"{Path(root) / SUMMARY_FILE} is removed (it described "
+                                      "their previous results): fix that folder and rerun "
+                                      "to refresh it") from None
         return rows, write_summary(rows, root)
 
 
@@ -519,6 +526,12 @@ def _of_this_data(jobs: list[QFitJob], done: list[Path]) -> list[Path]:
     return keep
 
 
+def _drop_table(out_dir) -> None:
+    """summary.csv and its plots removed (a table of results no longer there)."""
+    for name in (SUMMARY_FILE, "parameters_vs_q.png", "parameters_vs_file.png"):
+        Path(out_dir, name).unlink(missing_ok=True)
+
+
 def _summary_from_disk(jobs: list[QFitJob], out_dir, settings: str | None = None) -> None:
     """summary.csv and plots of the job folders that hold a complete result (this run's or
     an earlier one's), so a run stopped midway leaves no table of results no longer there."""
@@ -527,8 +540,7 @@ def _summary_from_disk(jobs: list[QFitJob], out_dir, settings: str | None = None
         if done:
             _gather(done, out_dir, settings)
         else:
-            for name in (SUMMARY_FILE, "parameters_vs_q.png", "parameters_vs_file.png"):
-                Path(out_dir, name).unlink(missing_ok=True)
+            _drop_table(out_dir)
     except Exception as exc:  # the stop itself is what the user must see
         log.warning("summary of %s not refreshed after the stop (%s); it may describe an "
                     "earlier run", out_dir, exc)
