@@ -91,13 +91,31 @@ class OneTimeResult:
         states = [f.result.status for f in self.fits]
         if not states or all(s == "too_few_points" for s in states):
             return "too_few_points"
-        if "not_converged" in states or (self.j_model or {}).get("status") == "not_converged":
+        if "not_converged" in states or self._j_status == "not_converged":
             return "not_converged"
         if not self.resolved:
             return "undetermined"
         if any(f.result.status == "poor_fit" for f in self.resolved):
             return "poor_fit"
+        # the J-model is what a series is fitted for: one that determines nothing or fits
+        # poorly is the run's outcome (it was 'converged', --strict exit 0)
+        if self._j_status in ("undetermined", "too_few_points", "poor_fit"):
+            return self._j_status
         return "converged"
+
+    @property
+    def _j_status(self) -> str | None:
+        return (self.j_model or {}).get("status")
+
+    @property
+    def sigma_overstated(self) -> bool:
+        """Some resolved q bin's chi2 lies in the lower tail for its sigma (the note a
+        two-time fit makes; the run's first line says it and log_summary warns)."""
+        return self.status == "converged" and bool(self._overstated())
+
+    def _overstated(self) -> list[QFit]:
+        return [f for f in self.resolved
+                if f.result.status == "converged" and f.result.sigma_overstated]
 
     @property
     def resolved(self) -> list[QFit]:
@@ -109,8 +127,11 @@ class OneTimeResult:
 
     def summary(self) -> str:
         bad = [f"{f.q:.4g}" for f in self.fits if f.result.status == "not_converged"]
-        head = f"{STATUS_TEXT[self.status]}: {len(self.fits)} q bins fitted, " \
-               f"{len(self.resolved)} with a resolved rate"
+        from_j = self.status not in ("converged", "not_converged") \
+            and self.status == self._j_status and self.resolved \
+            and not any(f.result.status == "poor_fit" for f in self.resolved)
+        head = f"{STATUS_TEXT[self.status]}: " + ("the J-model across ages; " if from_j else "") \
+            + f"{len(self.fits)} q bins fitted, {len(self.resolved)} with a resolved rate"
         if bad:
             head += f"; NOT converged at q = {', '.join(bad)}"
         poor = [f"{f.q:.4g}" for f in self.resolved if f.result.status == "poor_fit"]
@@ -119,6 +140,16 @@ class OneTimeResult:
                      "a wrong model or a sigma too small" + (" (one_time.errors: scatter)"
                                                             if self.options.errors == "measured"
                                                             else ""))
+        over = self._overstated() if self.status == "converged" else []
+        if over:
+            factors = [1 / np.sqrt(f.result.reduced_chi_squared)
+                       if f.result.reduced_chi_squared > 0 else np.inf for f in over]
+            head = head.replace(STATUS_TEXT["converged"], "converged, but the data's sigma "
+                                "look overstated", 1)
+            head += (f"; chi2 far below what the sigma allow at q = "
+                     f"{', '.join(f'{f.q:.4g}' for f in over)} (sigma about "
+                     f"{min(factors):.3g}-{max(factors):.3g}x too large; standard errors are "
+                     "scaled by the reduced chi2)")
         lines = [head, f"one-time g2 of {self.data_file}: {self.n_points:,} points, beta "
                  f"{self.options.beta}, errors {self.options.errors}"]
         pl = self.power_law

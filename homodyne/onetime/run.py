@@ -103,6 +103,7 @@ def parameters_payload(result: OneTimeResult) -> dict:
     return {
         "homodyne_version": __version__, **data_file_fields(result.data_file),
         "analysis_mode": "one_time", "status": result.status,
+        "sigma_overstated": result.sigma_overstated,
         "summary": result.summary().splitlines()[0], "n_points": result.n_points,
         "options": {"beta": o.beta, "errors": o.errors, "min_tau_s": o.min_tau_s,
                     "max_tau_s": o.max_tau_s, "q_range": o.q_range,

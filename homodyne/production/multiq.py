@@ -310,10 +310,7 @@ def same_model(rows: list[dict]) -> None:
     folder would fill columns no other row has): the odd file is named. The per-angle
     scaling is no part of the model: files of 2 and 3 angles share one table (their
     contrast[2] cells are blank where a file has no third angle)."""
-    def names(row):
-        return tuple(k[:-3] for k in row if k.endswith("_se")
-                     and not re.fullmatch(r"(contrast|offset)\[\d+\]", k[:-3]))
-
+    names = _model_names
     fitted = [r for r in rows if any(k.endswith("_se") for k in r)]
     if not fitted:
         return
@@ -328,6 +325,31 @@ def same_model(rows: list[dict]) -> None:
         f"{Path(odd['output_dir']) / 'parameters.json'} holds parameters {list(names(odd))}, "
         f"the other results of this run {list(usual)}: results of different models cannot "
         "share one summary; remove the folder that does not belong or rerun that job")
+
+
+def _model_names(row: dict) -> tuple:
+    """The physical parameters of a summary row (its model), per-angle scaling aside."""
+    return tuple(k[:-3] for k in row if k.endswith("_se")
+                 and not re.fullmatch(r"(contrast|offset)\[\d+\]", k[:-3]))
+
+
+def _other_model_left_out(rows: list[dict]) -> list[dict]:
+    """Rows fitted with the current settings (settings_match True) define the model; rows
+    of another model fitted with other settings (the config's analysis_mode was changed
+    and only some bins refitted) are left out of the table, named in a warning: they
+    cannot share it, and refusing the table after the fits left the old table describing
+    results no longer on disk."""
+    current = {_model_names(r) for r in rows if r.get("settings_match") is True}
+    if len(current) != 1:
+        return rows
+    (model,) = current
+    odd = [r for r in rows if r.get("settings_match") is False and _model_names(r) != model]
+    if odd:
+        log.warning("%d bins hold results of another model, fitted with other settings, and "
+                    "are left out of the table: %s; refit them (homodyne --config ... --q all "
+                    "--overwrite) or remove those folders", len(odd),
+                    ", ".join(f"{r['file']} q bin {r['q_index']}" for r in odd))
+    return [r for r in rows if r not in odd]
 
 
 def _number(v) -> float:
@@ -404,7 +426,7 @@ def gather(job_dirs, out_dir, settings: str | None = None) -> Path:
 def _gather(job_dirs, out_dir, settings: str | None = None) -> Path:
     """The table of ``job_dirs``; with ``settings`` (the current config's digest) the rows
     fitted with other settings are marked (settings_match False) and named in a warning."""
-    rows = [summary_row(d, settings) for d in job_dirs]
+    rows = _other_model_left_out([summary_row(d, settings) for d in job_dirs])
     stale = [r for r in rows if r.get("settings_match") is False]
     if stale:
         log.warning("%d of %d bins in %s were fitted with other settings than the current "
@@ -460,7 +482,15 @@ def run_all(cfg: HomodyneConfig, *, overwrite: bool | None = None,
         if table_of is not None:
             table = plan_jobs(table_of)
             table += [j for j in jobs if j.output_dir not in {t.output_dir for t in table}]
-            return rows, _gather(_complete(table), root, settings_digest(table_of))
+            try:
+                return rows, _gather(_of_this_data(table, _complete(table)), root,
+                                     settings_digest(table_of))
+            except ResultFileError as exc:  # another bin's file: the old table would still
+                _drop_table(root)  # describe the bins just refitted as they were
+                raise ResultFileError(f"{exc}; {len(rows)} bins were fitted and are kept, "
+                                      f"{Path(root) / SUMMARY_FILE} is removed (it described "
+                                      "their previous results): fix that folder and rerun "
+                                      "to refresh it") from None
         return rows, write_summary(rows, root)
 
 
@@ -506,6 +536,39 @@ def _complete(jobs: list[QFitJob]) -> list[Path]:
             if (j.output_dir / "parameters.json").is_file() and (j.output_dir / JOB_FILE).is_file()]
 
 
+def _of_this_data(jobs: list[QFitJob], done: list[Path]) -> list[Path]:
+    """The folders of ``done`` whose result is a fit of its job's data as it is now: a
+    folder whose job.json records another q than the file's bin has now, or whose result
+    is older than the file, is left out of the table with a warning (a refreshed table
+    listed c/q01 at q = 0.007, settings_match True, after c.h5 was rewritten with its bin 1
+    at q = 0.006)."""
+    import os
+
+    by_dir = {j.output_dir: j for j in jobs}
+    keep, stale = [], []
+    for folder in done:
+        job = by_dir[folder]
+        rec = _read_record(folder / JOB_FILE, _JOB_FIELDS)
+        if not math.isclose(rec["q"], job.q, rel_tol=1e-6):
+            stale.append(f"{job.file_id} q bin {job.q_index} (fitted at q = {rec['q']:.6g}, "
+                         f"the bin is now at q = {job.q:.6g})")
+        elif os.stat(job.file).st_mtime_ns > (folder / "parameters.json").stat().st_mtime_ns:
+            stale.append(f"{job.file_id} q bin {job.q_index} ({job.file} changed after the fit)")
+        else:
+            keep.append(folder)
+    if stale:
+        log.warning("%d bins hold fits of data that have changed since and are left out of "
+                    "the table: %s; refit them (homodyne --config ... --q all --overwrite)",
+                    len(stale), "; ".join(stale))
+    return keep
+
+
+def _drop_table(out_dir) -> None:
+    """summary.csv and its plots removed (a table of results no longer there)."""
+    for name in (SUMMARY_FILE, "parameters_vs_q.png", "parameters_vs_file.png"):
+        Path(out_dir, name).unlink(missing_ok=True)
+
+
 def _summary_from_disk(jobs: list[QFitJob], out_dir, settings: str | None = None) -> None:
     """summary.csv and plots of the job folders that hold a complete result (this run's or
     an earlier one's), so a run stopped midway leaves no table of results no longer there."""
@@ -514,8 +577,7 @@ def _summary_from_disk(jobs: list[QFitJob], out_dir, settings: str | None = None
         if done:
             _gather(done, out_dir, settings)
         else:
-            for name in (SUMMARY_FILE, "parameters_vs_q.png", "parameters_vs_file.png"):
-                Path(out_dir, name).unlink(missing_ok=True)
+            _drop_table(out_dir)
     except Exception as exc:  # the stop itself is what the user must see
         log.warning("summary of %s not refreshed after the stop (%s); it may describe an "
                     "earlier run", out_dir, exc)

@@ -123,5 +123,29 @@ def check_multiq_runs():
             )
 
 
+def check_synthetic_series():
+    """The synthetic series' q bins are distinct, and so are its angles modulo 360 (within
+    1e-4 deg, homodyne.model.SAME_ANGLE_TOL_DEG): the files were written and every fit then
+    refused them ('the file lists one (q, phi) bin twice ... fix the file')."""
+    series = config.get("multiq", {}).get("synthetic") or {}
+    q = series.get("q") or []
+    for i, a in enumerate(q):
+        for b in q[:i]:
+            if abs(a - b) <= 1e-9 * max(abs(a), abs(b)):
+                raise ValueError(
+                    f"multiq.synthetic.q lists {b} twice; give each q bin once"
+                )
+    angles = series.get("angles") or []
+    for i, a in enumerate(angles):
+        for b in angles[:i]:
+            apart = abs(a - b) % 360.0
+            if min(apart, 360.0 - apart) <= 1e-4:
+                raise ValueError(
+                    f"multiq.synthetic.angles: {b} and {a} are one angle (modulo 360); "
+                    "give each angle once"
+                )
+
+
 check_multiq_runs()
+check_synthetic_series()
 RUN_NAMES = "|".join(_re.escape(r) for r in multiq_runs()) or "no_multiq_run"
