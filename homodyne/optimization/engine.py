@@ -69,13 +69,17 @@ def _solve_scaled(H, g, lam, free, d) -> np.ndarray:
     return delta
 
 
-def _free_set(x, g, lb, ub) -> np.ndarray:
-    """Variables not pinned on a bound by a gradient pointing out of the box."""
+def _on_bounds(x, lb, ub) -> tuple[np.ndarray, np.ndarray]:
+    """(on the lower bound, on the upper bound), to 1e-12 of the range."""
     span = np.where(np.isfinite(ub - lb), ub - lb, 1.0)
     eps = 1e-12 * np.maximum(span, 1.0)
-    at_lo = (x <= lb + eps) & (g < 0)
-    at_hi = (x >= ub - eps) & (g > 0)
-    return ~(at_lo | at_hi)
+    return x <= lb + eps, x >= ub - eps
+
+
+def _free_set(x, g, lb, ub) -> np.ndarray:
+    """Variables not pinned on a bound by a gradient pointing out of the box."""
+    at_lo, at_hi = _on_bounds(x, lb, ub)
+    return ~((at_lo & (g < 0)) | (at_hi & (g > 0)))
 
 
 def _bounded_step(H, g, lam, x, lb, ub, d) -> np.ndarray:
@@ -85,14 +89,31 @@ def _bounded_step(H, g, lam, x, lb, ub, d) -> np.ndarray:
 
 
 def _bounded_step_and_set(H, g, lam, x, lb, ub, d) -> tuple[np.ndarray, np.ndarray]:
-    """``_bounded_step`` and the free set it was solved on."""
+    """``_bounded_step`` and the free set it was solved on: the active set of the step's
+    box-constrained quadratic model. A variable held on its bound because its gradient
+    points out is released where the model's gradient at the step solved without it
+    (g - H delta) points into the box, one at a time, each at most once: the gradient
+    at x alone would hold it where the other variables' step turns it (opt14 F8: a start
+    on a bound, held there while the rest moved to a worse minimum)."""
     free = _free_set(x, g, lb, ub)
-    for _ in range(x.size + 1):
-        delta = _solve_scaled(H, g, lam, free, d)
+    at_lo, at_hi = _on_bounds(x, lb, ub)
+    released = np.zeros_like(free)
+    delta = _solve_scaled(H, g, lam, free, d)
+    for _ in range(2 * x.size + 2):
         out = free & (((x <= lb) & (delta < 0)) | ((x >= ub) & (delta > 0)))
-        if not out.any():
-            break
-        free &= ~out
+        if out.any():
+            free &= ~out
+        else:
+            model_g = g - H @ delta  # descent direction of the model at the step
+            with np.errstate(invalid="ignore", divide="ignore"):
+                pull = np.where(~free & ~released & ((at_lo & (model_g > 0))
+                                                     | (at_hi & (model_g < 0))),
+                                np.abs(model_g) / d, 0.0)
+            if not np.any(pull > 0):
+                break
+            k = int(np.argmax(pull))
+            free[k] = released[k] = True
+        delta = _solve_scaled(H, g, lam, free, d)
     return delta, free
 
 
