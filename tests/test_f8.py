@@ -59,3 +59,31 @@ def test_a_start_on_the_offset_bound_reaches_scipys_optimum():
     assert result.cost <= ref.cost * (1 + 1e-9), (result.cost, ref.cost, result.summary())
     assert result.parameters[-1] == pytest.approx(ref.x[-1], abs=1e-3 * result.uncertainties[-1])
     assert "D_offset" not in result.at_bounds
+
+
+def test_a_start_on_a_bound_the_fit_never_left_is_refitted_from_inside():
+    """The same case with 2 angles: the contrasts' and offsets' first step already takes
+    them to their optimum at D_offset = -1000, where c2 is flat in D_offset (J so large
+    that c2 is its baseline off the diagonal): a KKT point, cost 0.057551 in 2 passes,
+    "converged but NOT DETERMINED" (main ec78732 and the first-step release alike).
+    SciPy's TRF leaves the bound (D_offset -135.5, cost 0.0347138). The fit is now
+    refitted from D_offset a quarter of its range inside, and that lower end kept."""
+    from homodyne.optimization.nlsq_wrapper import NLSQWrapper
+
+    spec = make_spec("static", n_frames=40, n_phi=2)
+    truth = spec.pack(np.array([0.14, 0.44]), np.array([0.98, 0.96]), [731.4, -1.0919, -86.78])
+    y = noisy_data(spec, truth, sigma=6.78e-3, seed=0)
+    lb = spec.pack(0.0, 0.5, [1.0, -2.0, -1e3])
+    ub = spec.pack(1.0, 1.5, [1e5, 0.5, 1e3])
+    p0 = truth * np.random.default_rng(0).uniform(0.8, 1.2, truth.size)
+    p0[-3:] = [722.76, -1.0281, -1000.0]
+    free = np.ones(p0.size, bool)
+    free[-3:-1] = False
+    ref = trf(spec, y, p0, lb, ub, max_nfev=500, free=free)
+    result = NLSQWrapper().fit_two_time(None, spec, p0, (lb, ub), y=y, fixed=["D0", "alpha"])
+    assert result.status == "converged", result.summary()
+    assert result.cost <= ref.cost * (1 + 1e-9), (result.cost, ref.cost, result.summary())
+    assert result.parameters[-1] == pytest.approx(ref.x[-1], abs=1e-3 * result.uncertainties[-1])
+    assert any(m.startswith("D_offset started on a bound and never left it: refit from "
+                            "D_offset = -500") and "its lower cost kept" in m
+               for m in result.messages), result.messages
