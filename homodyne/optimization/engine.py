@@ -6,7 +6,8 @@ already the normal equations at the new point, so an iteration costs exactly one
 pass. Steps are solved in Marquardt-scaled variables (columns of J normalised),
 which tames the strong D0/alpha/D_offset correlation. Bounds are handled by
 projection with an active set (variables on a bound whose gradient points out of
-the box are frozen for that step).
+the box are frozen for that step; at a solve's first step, only those the step's
+quadratic model also pushes out).
 
 Coarse-to-fine: a large fit first converges on a deterministic strided subsample,
 then finishes with full passes, so that it needs few of them.
