@@ -95,14 +95,25 @@ def chx_window(real_data, start_frame=1, end_frame=-1, min_contrast=0.0):
     return spec, y, p0, lb, ub
 
 
-def trf(spec, y, p0, lb, ub, max_nfev=1000):
-    """SciPy's TRF on the two-time model at full tolerance: the reference optimiser."""
+def trf(spec, y, p0, lb, ub, max_nfev=1000, free=None):
+    """SciPy's TRF on the two-time model at full tolerance: the reference optimiser.
+    ``free`` (a mask): only those parameters are fitted, the rest held at p0's values;
+    the result's x and jac are then over the free ones."""
     g = jnp.arange(spec.n_points)
     fun = jax.jit(lambda p: c2_points(p, g, spec))
     jac = jax.jit(jax.jacfwd(lambda p: c2_points(p, g, spec)))
-    return least_squares(lambda p: np.asarray(fun(p)) - y, p0, jac=lambda p: np.asarray(jac(p)),
-                         bounds=(lb, ub), method="trf", x_scale="jac", ftol=1e-15, xtol=1e-15,
-                         gtol=1e-15, max_nfev=max_nfev)
+    p0 = np.asarray(p0, np.float64)
+    free = np.ones(p0.size, bool) if free is None else np.asarray(free, bool)
+
+    def full(z):
+        p = p0.copy()
+        p[free] = z
+        return p
+
+    return least_squares(lambda z: np.asarray(fun(full(z))) - y, p0[free],
+                         jac=lambda z: np.asarray(jac(full(z)))[:, free],
+                         bounds=(np.asarray(lb)[free], np.asarray(ub)[free]), method="trf",
+                         x_scale="jac", ftol=1e-15, xtol=1e-15, gtol=1e-15, max_nfev=max_nfev)
 
 
 def assert_matches(result, ref, tol_se=1e-3):

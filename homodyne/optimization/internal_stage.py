@@ -300,7 +300,11 @@ def _held_fit(coords, space, u, sides, x0, lb, ub, evaluate, opts, track, trust,
     u0 = coords.into_quadrant(u, held, {a for _, a, _ in sides})
     hs = SolverSpace(coords, x0, lb, ub, held=held, u0=u0)
     reuse = ne0 is not None and np.array_equal(u0, u)
-    kw = dict(on_iteration=track)
+    # the quadrant's own limits are left to the quadrant logic (_binding_limits): a plain
+    # start's slope starts on 0, and a first step off it cost a measured window 5 passes
+    quadrant = np.zeros(u0.size, bool)
+    quadrant[list(held)] = True
+    kw = dict(on_iteration=track, release=hs.free.reduce(quadrant) == 0)
     kw.update(full_kw(hs) if callable(full_kw) else full_kw)  # keywords for this space
     st = solve_lm(hs.evaluator(evaluate), hs.start, *hs.bounds,
                   initial_damping=opts.initial_damping,
