@@ -141,7 +141,7 @@ def small_two_time_file(path, n_frames: int = 30, n_phi: int = 2, seed: int = 3)
 
 
 def gather_rule_job(folder: Path, job_dirs, summary: Path):
-    """What Snakemake hands the workflow's gather_q_fits script: the bins' parameters.json,
+    """What Snakemake hands the workflow's gather_q_fits script: the bins' job.json,
     the summary path and the run's fit config (a multi-q config over one small file)."""
     import types
 
@@ -151,7 +151,7 @@ def gather_rule_job(folder: Path, job_dirs, summary: Path):
         "analysis_mode": "static", "experimental_data": {"files": [str(data)], "q": "all"},
         "initial_parameters": {"values": [8000.0, -0.4, 80.0]}}))
     return types.SimpleNamespace(
-        input=[str(Path(d) / "parameters.json") for d in job_dirs], log=[],
+        input=[str(Path(d) / "job.json") for d in job_dirs], log=[],
         output=types.SimpleNamespace(summary=str(summary)),
         params=types.SimpleNamespace(config=str(config), overrides={}))
 

@@ -193,3 +193,34 @@ def test_fit_target_on_real_data(repo_copy, real_data):
     for run in ("multiq_synthetic", "multiq_chx"):
         for png in ("parameters_vs_q", "parameters_vs_file"):
             assert (fits / run / f"{png}.png").stat().st_size > 1000
+
+
+def test_a_bin_whose_refit_fails_keeps_its_previous_results(repo_copy):
+    """Snakemake deletes a job's declared outputs before it runs and after it fails: the
+    per-bin rule declares only its job record, so the bin's previous complete result set
+    (parameters.json, its marker, included) survives a refit that fails."""
+    import h5py
+    import numpy as np
+
+    target = ["--cores", "2", "results/fits/multiq_synthetic/summary.csv",
+              "--configfile", "config/tiny.yaml"]
+    smk(repo_copy, *target)
+    bins = sorted((repo_copy / "results/fits/multiq_synthetic/age_01").glob("q*"))
+    assert len(bins) == 3
+    before = {b: {n: (b / n).read_bytes() for n in ("parameters.json", "fit.h5", "fit.log")}
+              for b in bins}
+    data = repo_copy / "results/datasets/aging_series/age_01.h5"
+    original = data.read_bytes()
+    with h5py.File(data, "r+") as h5:  # every matrix NaN: each bin's refit is refused
+        def blank(name, obj):
+            if isinstance(obj, h5py.Dataset) and obj.ndim >= 2 and obj.dtype.kind == "f":
+                obj[...] = np.nan
+        h5.visititems(blank)
+    try:
+        failed = smk(repo_copy, *target, "--keep-going", check=False)
+        assert failed.returncode != 0
+        for b, files in before.items():
+            for name, content in files.items():
+                assert (b / name).read_bytes() == content, f"{b.name}/{name} changed"
+    finally:
+        data.write_bytes(original)

@@ -50,7 +50,9 @@ rule fit_q_bin:
         data=lambda w: run_files(w.run)[w.file],
         config=lambda w: multiq_runs()[w.run]["config"],
     output:
-        params="results/fits/{run}/{file}/q{qi}/parameters.json",
+        # only the job's record, written after the fit's result set is committed: Snakemake
+        # deletes a job's declared outputs before it runs and after it fails, which would
+        # take the marker (parameters.json) from the bin's previous complete results
         job="results/fits/{run}/{file}/q{qi}/job.json",
     log:
         "results/logs/fits/{run}/{file}/q{qi}.log",

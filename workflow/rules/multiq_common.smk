@@ -96,11 +96,11 @@ def run_overrides(wildcards):
 
 
 def q_fit_jobs(wildcards):
-    """parameters.json of every (file, q bin) job the checkpoint planned for a run."""
+    """job.json of every (file, q bin) job the checkpoint planned for a run."""
     with open(checkpoints.plan_q_fits.get(run=wildcards.run).output[0]) as fh:
         jobs = _json.load(fh)
     return [
-        f"results/fits/{wildcards.run}/{j['file_id']}/q{j['q_index']:02d}/parameters.json"
+        f"results/fits/{wildcards.run}/{j['file_id']}/q{j['q_index']:02d}/job.json"
         for j in jobs
     ]
 

@@ -21,7 +21,7 @@ overrides = {**snakemake.params.overrides,  # noqa: F821
 try:
     cfg = load_config(snakemake.params.config, overrides=overrides)  # noqa: F821
     (job,) = [j for j in plan_jobs(cfg) if j.file_id == w.file and j.q_index == int(w.qi)]
-    assert job.output_dir == Path(snakemake.output.params).parent  # noqa: F821
+    assert job.output_dir == Path(snakemake.output.job).parent  # noqa: F821
     row = fit_job(cfg, job, overwrite=True)
 except (ConfigError, DataFileError, OutputDirError, OutputExistsError,
         NLSQMemoryError) as exc:  # (OutputDirError: also a job folder's file we read)
