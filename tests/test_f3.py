@@ -90,7 +90,7 @@ def test_laminar_ten_times_off_with_d0_fixed_reaches_scipys_optimum():
     correlation: D_offset has no influence there). main (ec78732): D_offset's damped step
     was 2e6 in [-1e3, 1e3], so every step was truncated to ~1e-3 of itself; NOT converged
     after 201 passes, cost 6.9e3x SciPy's. SciPy's TRF: converged in 44 evaluations; now the
-    same optimum (to 1e-13 relative) in 13 passes."""
+    same optimum (to 1e-13 relative) in 14 passes."""
     spec = make_spec("laminar_flow", n_frames=30, n_phi=3)
     con, off = np.array([0.28849, 0.46763, 0.34177]), np.array([1.03672, 1.01927, 0.98483])
     truth = spec.pack(con, off, [3606.0, 0.00988, -64.22, 0.00443, 0.9546, -1.199e-4, -22.17])
