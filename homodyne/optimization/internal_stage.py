@@ -413,7 +413,12 @@ def _at_edge(coords, hs, st, lb, ub, edge_start) -> np.ndarray:
         d = np.sqrt(np.maximum(np.diag(H)[rest], 1e-300))  # Marquardt-scaled solve
         step[rest] = np.linalg.lstsq(H[np.ix_(rest, rest)] / np.outer(d, d), rhs / d,
                                      rcond=1e-14)[0] / d
-    return coords.to_user(hs.free.expand(st.x + step))
+    # the re-solve is a linear prediction: kept in the held box, and where it still maps to
+    # no finite user point, the held end itself (opt14 seed 2008: the shear's slope held at
+    # 0 left its exponent without influence; its predicted -2.6e134 gave gamma_dot_t0 = NaN
+    # and the finish failed on "non-finite cost at the initial parameters")
+    x = coords.to_user(hs.free.expand(np.clip(st.x + step, lo, hi)))
+    return x if np.all(np.isfinite(x)) else coords.to_user(u)
 
 
 def _finish_in_user_coordinates(internal, free, runner, flb, fub, opts, track, trust,
