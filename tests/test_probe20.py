@@ -159,7 +159,7 @@ def test_the_workflows_fit_rule_ends_with_one_line_not_a_traceback(tmp_path, cap
         wildcards=types.SimpleNamespace(file="gather_data", qi="00"), log=[],
         input=types.SimpleNamespace(data=str(tmp_path / "gather_data.h5")),
         output=types.SimpleNamespace(
-            params=str(tmp_path / "run" / "gather_data" / "q00" / "parameters.json")),
+            job=str(tmp_path / "run" / "gather_data" / "q00" / "job.json")),
         params=types.SimpleNamespace(config=rule.params.config,
                                      overrides={"output.directory": str(tmp_path / "run")}))
     with pytest.raises(SystemExit) as stop:
