@@ -3,11 +3,8 @@ without influence at the current point must not cut every other parameter's step
 
 import numpy as np
 import pytest
-from helpers import make_spec, noisy_data
-from scipy.optimize import least_squares
+from helpers import make_spec, noisy_data, trf
 
-from homodyne.jaxconf import jax, jnp
-from homodyne.model import c2_points
 from homodyne.optimization.engine import (
     RANGE_FRACTION,
     _box_fraction,
@@ -68,22 +65,6 @@ def test_undamped_steps_and_steps_the_box_cuts_less_are_left_to_the_truncation()
     np.testing.assert_array_equal(delta, plain)
 
 
-def _trf_free(spec, y, p0, lb, ub, free):
-    g = jnp.arange(spec.n_points)
-    fun = jax.jit(lambda p: c2_points(p, g, spec))
-    jac = jax.jit(jax.jacfwd(lambda p: c2_points(p, g, spec)))
-
-    def full(z):
-        x = p0.copy()
-        x[free] = z
-        return x
-
-    return least_squares(lambda z: np.asarray(fun(full(z))) - y, p0[free],
-                         jac=lambda z: np.asarray(jac(full(z)))[:, free],
-                         bounds=(lb[free], ub[free]), method="trf", x_scale="jac",
-                         ftol=1e-15, xtol=1e-15, gtol=1e-15, max_nfev=1000)
-
-
 def test_laminar_ten_times_off_with_d0_fixed_reaches_scipys_optimum():
     """opt14 seed 2031 reduced (laminar, 3 angles x 30 frames; its truth; D0 fixed at a
     tenth of it; a start with gamma_dot_t0 ten times too large, which kills the
@@ -102,7 +83,7 @@ def test_laminar_ten_times_off_with_d0_fixed_reaches_scipys_optimum():
     i = 2 * spec.n_scaling_sets
     lb[i] = ub[i] = p0[i]
     free = lb < ub
-    ref = _trf_free(spec, y, p0, lb, ub, free)
+    ref = trf(spec, y, p0, lb, ub, free=free)
     assert ref.status > 0
     result = NLSQWrapper().fit_two_time(None, spec, p0, (lb, ub), y=y)
     assert result.converged, result.summary()
