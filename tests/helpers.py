@@ -3,6 +3,7 @@
 import os
 import subprocess
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -256,3 +257,38 @@ def a_bin_folder(tmp_path: Path) -> Path:
         "passes": 4, "wall_time_s": 1.5, "data_file": "d.h5", "q": 0.005, "status": "converged",
         "parameters_by_name": {"D0": {"value": 1e4, "uncertainty": 12.0}}})
     return folder
+
+
+def write_multitau(path, start, g2, err, tau_frames, q, frame_time):
+    """A multi-tau (APS layout) one-time file: g2[tau, q] with errors and a start time."""
+    import h5py
+
+    with h5py.File(path, "w") as h5:
+        h5["/xpcs/multitau/normalized_g2"] = g2
+        h5["/xpcs/multitau/normalized_g2_err"] = err
+        h5["/xpcs/multitau/delay_list"] = tau_frames
+        h5["/entry/instrument/detector_1/frame_time"] = np.array([[frame_time]])
+        h5["/entry/start_time"] = start.strftime("%Y-%m-%d %H:%M:%S")
+        h5["/xpcs/qmap/dynamic_v_list_dim0"] = q
+        h5["/xpcs/qmap/dynamic_v_list_dim1"] = np.zeros(1)
+
+
+def aging_series(tmp_path, *, D0, alpha, Doff, offset, n=4):
+    """n multi-tau files 1000 s apart (ages 500, 1500, ... s) of the aging J-model."""
+    from homodyne.production.aging import integral_J
+
+    rng = np.random.default_rng(2)
+    tau_frames = np.unique(np.round(np.logspace(0, 5, 40))).astype(np.int64)
+    tau = tau_frames * 2e-5
+    q = np.array([0.005, 0.008, 0.011])
+    t0 = datetime(2022, 3, 6, 21, 0, 0)
+    paths = []
+    for i in range(n):
+        age = 1000.0 * i + 500.0
+        I = np.asarray(integral_J(age, tau[:, None], D0, alpha, Doff))
+        g2 = offset + 0.2 * np.exp(-q**2 * I)
+        p = tmp_path / f"f{i}.hdf"
+        write_multitau(p, t0 + timedelta(seconds=1000 * i), g2 + rng.normal(0, 0.003, g2.shape),
+                       np.full_like(g2, 0.003), tau_frames, q, 2e-5)
+        paths.append(p)
+    return paths
