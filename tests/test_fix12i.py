@@ -45,3 +45,21 @@ def test_matplotlibs_warnings_of_a_figure_are_logged_at_debug_not_raised(tmp_pat
     debug = [r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG]
     assert any("No artists with labels found" in m for m in debug), debug
     assert not [r for r in caplog.records if r.levelno > logging.DEBUG]
+
+
+def test_a_bin_whose_job_record_was_deleted_is_named_when_left_out_of_the_table(
+        tmp_path, caplog):
+    """probe20 W2: a bin folder whose job.json was deleted was left out of the refreshed
+    table without a word."""
+    from helpers import a_bin_folder
+
+    from homodyne.production.multiq import QFitJob, _complete
+
+    kept, lost = a_bin_folder(tmp_path / "a"), a_bin_folder(tmp_path / "b")
+    (lost / "job.json").unlink()
+    jobs = [QFitJob("d.h5", "d", k, 0.005, f) for k, f in enumerate((kept, lost))]
+    with caplog.at_level(logging.WARNING, logger="homodyne"):
+        assert _complete(jobs) == [kept]
+    assert [r.getMessage() for r in caplog.records] == [
+        f"left out of summary.csv: {lost} holds a parameters.json but no job.json (the record "
+        "of the file, q bin and settings it fits); rerun that bin with --overwrite to restore it"]
