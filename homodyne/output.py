@@ -250,6 +250,16 @@ class LockHeld(Exception):
         self.holder = holder
 
 
+def file_size_limit_fix() -> str:
+    """The fix for a write refused with EFBIG (File too large): not free space but this
+    process's file-size limit (``ulimit -f``), named with its value."""
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    now = "" if soft == resource.RLIM_INFINITY else f", now {soft:,} bytes"
+    return f"raise the file-size limit of this shell (ulimit -f{now})"
+
+
 def _lock_open_fix(code: int | None) -> str:
     """The fix for a lock file that cannot be opened, by its cause (errno)."""
     if code == errno.ELOOP:

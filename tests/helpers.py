@@ -292,3 +292,12 @@ def aging_series(tmp_path, *, D0, alpha, Doff, offset, n=4):
                        np.full_like(g2, 0.003), tau_frames, q, 2e-5)
         paths.append(p)
     return paths
+
+
+def fit_state(x) -> dict:
+    """A checkpoint state of a fit at parameters ``x`` (no partial sums, stage full)."""
+    from homodyne.optimization.checkpoint_session import checkpoint_state
+
+    return checkpoint_state([], solver=None, n_failed=0, recovery_actions=[],
+                            excluded={"coarse": set(), "full": set()}, stage="full",
+                            x=np.asarray(x, float), next_batch=0, partial=None)

@@ -1,10 +1,14 @@
 """Issue 12, weak items of probe rounds 19 and 20 (fix12i): each test fails on main."""
 
+import errno
 import logging
+import resource
 import warnings
+from contextlib import contextmanager
 
+import numpy as np
 import yaml
-from helpers import aging_series
+from helpers import aging_series, fit_state
 
 from homodyne.cli import main
 
@@ -63,3 +67,34 @@ def test_a_bin_whose_job_record_was_deleted_is_named_when_left_out_of_the_table(
     assert [r.getMessage() for r in caplog.records] == [
         f"left out of summary.csv: {lost} holds a parameters.json but no job.json (the record "
         "of the file, q bin and settings it fits); rerun that bin with --overwrite to restore it"]
+
+
+@contextmanager
+def file_size_limit(n_bytes: int):
+    """This process's file-size limit (ulimit -f) lowered to ``n_bytes`` inside (Python
+    ignores SIGXFSZ, so a write past it fails with EFBIG)."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (n_bytes, hard))
+    try:
+        yield
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+
+
+def test_a_file_size_limit_is_named_as_such_not_as_free_space(tmp_path, caplog):
+    """probe19 W2: `ulimit -f` (EFBIG) was said as 'free space or choose another
+    --output-dir' for results and with no fix at all for a checkpoint save."""
+    from homodyne.optimization.checkpoint_manager import CheckpointManager
+    from homodyne.optimization.checkpoint_session import CheckpointSession
+    from homodyne.pipeline import _write_error
+
+    session = CheckpointSession(CheckpointManager(tmp_path), fingerprint="f" * 64)
+    with caplog.at_level(logging.ERROR, logger="homodyne"), file_size_limit(4096):
+        session.save(3, fit_state(np.arange(2000.0)), clock=0.0, wait=True)
+        line = str(_write_error(tmp_path, OSError(errno.EFBIG, "File too large")))
+    fix = "raise the file-size limit of this shell (ulimit -f, now 4,096 bytes)"
+    assert line == (f"could not write the results to {tmp_path} (File too large); {fix}; "
+                    "the previous results are untouched")
+    assert session.errors == [
+        f"checkpoint at batch 3 not written: [Errno 27] File too large; {fix}"]
+    assert caplog.records[0].getMessage().startswith(session.errors[0])
