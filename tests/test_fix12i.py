@@ -2,11 +2,13 @@
 
 import errno
 import logging
+import os
 import resource
 import warnings
 from contextlib import contextmanager
 
 import numpy as np
+import pytest
 import yaml
 from helpers import aging_series, fit_state
 
@@ -98,3 +100,35 @@ def test_a_file_size_limit_is_named_as_such_not_as_free_space(tmp_path, caplog):
     assert session.errors == [
         f"checkpoint at batch 3 not written: [Errno 27] File too large; {fix}"]
     assert caplog.records[0].getMessage().startswith(session.errors[0])
+
+
+def test_another_users_lock_file_in_a_sticky_folder_says_choose_another_folder(
+        tmp_path, monkeypatch):
+    """probe19 W3: root's .lock (0644) in a sticky folder: 'remove it or fix its
+    permissions', neither of which this user can do there. (This user is made 'another
+    user' by its effective uid; the open fails as it does for them.)"""
+    from homodyne.output import DirectoryLock, OutputDirError
+
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    folder.chmod(0o1777)
+    lock = folder / ".lock"
+    lock.write_text("")
+    real_open = os.open
+
+    def refused(path, *args, **kwargs):
+        if str(path) == str(lock):
+            raise PermissionError(errno.EACCES, "Permission denied")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", refused)
+    monkeypatch.setattr(os, "geteuid", lambda: lock.stat().st_uid + 1)
+    with pytest.raises(OutputDirError) as err:
+        DirectoryLock(lock).acquire()
+    assert str(err.value) == (
+        f"cannot open the lock file {lock} (Permission denied); it belongs to another user "
+        "and the folder has the sticky bit (as /tmp): this user can neither remove it nor "
+        "change its permissions; choose another folder (or have its owner remove it)")
+    monkeypatch.setattr(os, "geteuid", lambda: lock.stat().st_uid)  # their own: chmod helps
+    with pytest.raises(OutputDirError, match="fix the permissions$"):
+        DirectoryLock(lock).acquire()
