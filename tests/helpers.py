@@ -1,5 +1,6 @@
 """Shared test helpers: small model specs, their true parameters, bounds and starts; tmpfs."""
 
+import errno
 import os
 import subprocess
 from contextlib import contextmanager
@@ -301,3 +302,23 @@ def fit_state(x) -> dict:
     return checkpoint_state([], solver=None, n_failed=0, recovery_actions=[],
                             excluded={"coarse": set(), "full": set()}, stage="full",
                             x=np.asarray(x, float), next_batch=0, partial=None)
+
+
+def not_permitted(monkeypatch, *paths: Path) -> None:
+    """Unlinking ``paths`` fails with EPERM, as for another user's file in a folder with
+    the sticky bit (/tmp, a shared scratch folder); every other path as usual."""
+    doomed = {os.path.abspath(p) for p in paths}
+    real_unlink, real_path_unlink = os.unlink, Path.unlink
+
+    def unlink(path, *args, **kw):
+        if os.path.abspath(path) in doomed:
+            raise PermissionError(errno.EPERM, "Operation not permitted", str(path))
+        return real_unlink(path, *args, **kw)
+
+    def path_unlink(self, missing_ok=False):
+        if os.path.abspath(self) in doomed:
+            raise PermissionError(errno.EPERM, "Operation not permitted", str(self))
+        return real_path_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    monkeypatch.setattr(Path, "unlink", path_unlink)

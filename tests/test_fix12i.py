@@ -10,7 +10,7 @@ from contextlib import contextmanager
 import numpy as np
 import pytest
 import yaml
-from helpers import aging_series, fit_state
+from helpers import aging_series, fit_state, not_permitted
 
 from homodyne.cli import main
 
@@ -132,3 +132,22 @@ def test_another_users_lock_file_in_a_sticky_folder_says_choose_another_folder(
     monkeypatch.setattr(os, "geteuid", lambda: lock.stat().st_uid)  # their own: chmod helps
     with pytest.raises(OutputDirError, match="fix the permissions$"):
         DirectoryLock(lock).acquire()
+
+
+def test_several_checkpoints_this_user_cannot_delete_make_one_warning(
+        tmp_path, monkeypatch, caplog):
+    """probe19 W5: one warning line per undeletable checkpoint (3 lines for 3 files)."""
+    from homodyne.optimization.checkpoint_manager import CheckpointManager
+
+    manager = CheckpointManager(tmp_path, keep_last_n=3)
+    for batch in (2, 4, 6):
+        manager.save_checkpoint(batch, fit_state([batch, 0, 1]), fingerprint="f" * 64)
+    not_permitted(monkeypatch, *manager.list_checkpoints())
+    with caplog.at_level(logging.WARNING, logger="homodyne"):
+        assert manager.remove_checkpoints() == []
+        assert manager.remove_checkpoints() == []  # said once, not again
+    assert [r.getMessage() for r in caplog.records] == [
+        f"3 checkpoints (homodyne_state_batch_0002.h5, homodyne_state_batch_0004.h5, "
+        f"homodyne_state_batch_0006.h5) in {tmp_path} cannot be deleted by this user "
+        "(Operation not permitted); they are kept beside this fit's newest checkpoints: "
+        "their owner can remove them"]

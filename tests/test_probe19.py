@@ -1,36 +1,14 @@
 """Regression tests for probe19's round on issue 12 (full disks during checkpoint saves,
 stale temporary files, another user's files in shared folders): each failed on int7."""
 
-import errno
 import logging
 import os
-from pathlib import Path
 
 import pytest
-from helpers import disk_with_room_for, fit_state
+from helpers import disk_with_room_for, fit_state, not_permitted
 
 from homodyne.optimization.checkpoint_manager import CheckpointManager
 from homodyne.optimization.checkpoint_session import CheckpointSession
-
-
-def _not_permitted(monkeypatch, *paths: Path) -> None:
-    """Unlinking ``paths`` fails with EPERM, as for another user's file in a folder with
-    the sticky bit (/tmp, a shared scratch folder); every other path as usual."""
-    doomed = {os.path.abspath(p) for p in paths}
-    real_unlink, real_path_unlink = os.unlink, Path.unlink
-
-    def unlink(path, *args, **kw):
-        if os.path.abspath(path) in doomed:
-            raise PermissionError(errno.EPERM, "Operation not permitted", str(path))
-        return real_unlink(path, *args, **kw)
-
-    def path_unlink(self, missing_ok=False):
-        if os.path.abspath(self) in doomed:
-            raise PermissionError(errno.EPERM, "Operation not permitted", str(self))
-        return real_path_unlink(self, missing_ok=missing_ok)
-
-    monkeypatch.setattr(os, "unlink", unlink)
-    monkeypatch.setattr(Path, "unlink", path_unlink)
 
 
 def test_a_killed_runs_temporary_file_this_user_cannot_remove_does_not_stop_the_run(
@@ -46,7 +24,7 @@ def test_a_killed_runs_temporary_file_this_user_cannot_remove_does_not_stop_the_
     ours = tmp_path / f".tmp-999998s5.{host}-0123abcd-parameters.json"
     for f in (theirs, ours):
         f.write_bytes(b"x")
-    _not_permitted(monkeypatch, theirs)
+    not_permitted(monkeypatch, theirs)
     lock = DirectoryLock(tmp_path / ".lock")
     with caplog.at_level(logging.INFO, logger="homodyne"):
         lock.acquire()
@@ -75,7 +53,7 @@ def test_checkpoints_this_user_cannot_delete_stop_neither_pruning_nor_making_roo
     session = CheckpointSession(manager, fingerprint=fp)
     for batch in (2, 4):  # root's
         session.save(batch, fit_state([batch, 0, 1]), clock=0.0, wait=True)
-    _not_permitted(monkeypatch, *manager.list_checkpoints())
+    not_permitted(monkeypatch, *manager.list_checkpoints())
     with caplog.at_level(logging.WARNING, logger="homodyne"):
         for batch in (6, 8, 10, 12):
             session.save(batch, fit_state([batch, 0, 1]), clock=0.0, wait=True)
