@@ -151,3 +151,18 @@ def test_several_checkpoints_this_user_cannot_delete_make_one_warning(
         f"homodyne_state_batch_0006.h5) in {tmp_path} cannot be deleted by this user "
         "(Operation not permitted); they are kept beside this fit's newest checkpoints: "
         "their owner can remove them"]
+
+
+def test_the_workflows_synthetic_series_refuses_one_age_twice_when_parsed():
+    """probe20 W5: multiq.synthetic.ages_s [0, 0] was accepted (two files of one age)."""
+    from helpers import REPO
+
+    text = (REPO / "workflow" / "rules" / "multiq_common.smk").read_text()
+    series = {"q": [0.003, 0.004], "angles": [0, 90], "frames": 20}
+    with pytest.raises(ValueError) as err:
+        exec(compile(text, "multiq_common.smk", "exec"),
+             {"config": {"multiq": {"runs": {}, "synthetic": {**series, "ages_s": [0, 0]}}}})
+    assert str(err.value) == ("multiq.synthetic.ages_s lists 0 twice (two files of one "
+                              "sample age); give each age once")
+    exec(compile(text, "multiq_common.smk", "exec"),
+         {"config": {"multiq": {"runs": {}, "synthetic": {**series, "ages_s": [0, 600]}}}})
