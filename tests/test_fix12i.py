@@ -166,3 +166,24 @@ def test_the_workflows_synthetic_series_refuses_one_age_twice_when_parsed():
                               "sample age); give each age once")
     exec(compile(text, "multiq_common.smk", "exec"),
          {"config": {"multiq": {"runs": {}, "synthetic": {**series, "ages_s": [0, 600]}}}})
+
+
+def test_a_one_time_series_with_a_csv_table_is_refused_before_any_fit(tmp_path, capsys):
+    """probe20 W4: a one-time series of CSV files ran every per-q fit, then failed with
+    'ot_ok.csv: not a readable HDF5 file' (the J-model needs multi-tau HDF5)."""
+    (hdf,) = aging_series(tmp_path, D0=3.0e6, alpha=-0.6, Doff=2.0e3, offset=1.0, n=1)
+    csv = tmp_path / "ot.csv"
+    tau = np.logspace(-5, 0, 20)
+    np.savetxt(csv, np.c_[tau, 1 + 0.2 * np.exp(-100 * tau), np.full(20, 1e-3)],
+               delimiter=",", header="tau,g2(q=0.005),sigma(q=0.005)", comments="")
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "analysis_mode": "one_time", "experimental_data": {"file_path": str(hdf)},
+        "one_time": {"series": [str(csv)]}, "output": {"plots": False}}))
+    assert main(["--config", str(cfg), "--output-dir", str(tmp_path / "o")]) == 2
+    captured = capsys.readouterr()
+    assert (f"one_time.series[0]: {csv} is not a multi-tau HDF5 file; the aging J-model of "
+            "one_time.series is fitted from multi-tau HDF5 files (each records its start "
+            "time): list those files, or fit a g2 table alone (without one_time.series)"
+            ) in captured.err
+    assert "fit" not in captured.out and not (tmp_path / "o").exists()
