@@ -522,7 +522,8 @@ class CheckpointManager:
         cannot go (another user's, in a folder with the sticky bit) is said once and kept,
         and stops neither the others nor the fit (it stopped all pruning: 29 files kept
         with keep_last_checkpoints 3, and a full disk read as a permission error)."""
-        deleted, kept = [], {}
+        deleted: list[Path] = []
+        kept: dict[str, list[str]] = {}  # why it cannot go: the names
         for p in doomed:
             try:
                 p.unlink(missing_ok=True)
