@@ -215,7 +215,7 @@ def generate_main(argv) -> int:
 
     from homodyne.data.synthetic import NonFiniteSynthetic, generate_synthetic
     from homodyne.model import ModelSpec
-    from homodyne.output import OutputDirError
+    from homodyne.output import OutputDirError, file_size_limit_fix
 
     parser = _generate_parser()
     a = _checked_generate_args(parser, argv)
@@ -241,7 +241,8 @@ def generate_main(argv) -> int:
     except NonFiniteSynthetic as exc:  # nothing is written (the temporary file is removed)
         parser.error(f"arguments --physical/--contrast/--offset/--noise/--q/--dt: {exc}")
     except OSError as exc:  # e.g. the disk filled since the check; the file is not kept
-        fix = "free space or " if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+        fix = ("free space or " if exc.errno in (errno.ENOSPC, errno.EDQUOT) else
+               f"{file_size_limit_fix()} or " if exc.errno == errno.EFBIG else "")
         raise OutputDirError(f"could not write {a.output} ({exc.strerror or exc}); nothing was "
                              f"written: {fix}choose another --output") from None
     print(f"wrote {info.path}: {info.n_points:,} points ({spec.n_phi} angles x "

@@ -617,6 +617,11 @@ def _one_time_config(d: dict, source, raw) -> HomodyneConfig:
         if first != f"one_time.series[{i}]":
             raise ConfigError(f"one_time.series[{i}]", f"{path} is already {first}; list each "
                               "file of the aging series once")
+    if ot["series"]:  # refused after the per-q fits ("not a readable HDF5 file") before
+        _refuse_tables_in_series([("experimental_data.file_path",
+                                   d["experimental_data"]["file_path"]),
+                                  *((f"one_time.series[{i}]", path)
+                                    for i, path in enumerate(ot["series"]))])
     ages = ot["ages_s"]
     if ages is not None and len(ages) != 1 + len(ot["series"]):
         raise ConfigError("one_time.ages_s", f"{len(ages)} ages for {1 + len(ot['series'])} "
@@ -667,6 +672,19 @@ def _resolve_files(files, base: Path | None) -> list[str]:
     for f in out:
         check_data_path(f, key="experimental_data.files")
     return out
+
+
+def _refuse_tables_in_series(keyed_paths) -> None:
+    """An aging series (one_time.series) is fitted from multi-tau HDF5 files (each records
+    its start time, hence its age); a CSV table among them is refused before any fit."""
+    import h5py
+
+    for key, path in keyed_paths:
+        if os.path.isfile(path) and os.access(path, os.R_OK) and not h5py.is_hdf5(path):
+            raise ConfigError(key, f"{path} is not a multi-tau HDF5 file; the aging J-model "
+                              "of one_time.series is fitted from multi-tau HDF5 files (each "
+                              "records its start time): list those files, or fit a g2 table "
+                              "alone (without one_time.series)")
 
 
 def check_data_path(path: str, key: str = "experimental_data.file_path") -> None:

@@ -250,10 +250,24 @@ class LockHeld(Exception):
         self.holder = holder
 
 
-def _lock_open_fix(code: int | None) -> str:
+def file_size_limit_fix() -> str:
+    """The fix for a write refused with EFBIG (File too large): not free space but this
+    process's file-size limit (``ulimit -f``), named with its value."""
+    import resource
+
+    soft = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    now = "" if soft == resource.RLIM_INFINITY else f", now {soft:,} bytes"
+    return f"raise the file-size limit of this shell (ulimit -f{now})"
+
+
+def _lock_open_fix(code: int | None, path: Path) -> str:
     """The fix for a lock file that cannot be opened, by its cause (errno)."""
     if code == errno.ELOOP:
         return "remove it: a symbolic link is never followed"
+    if code in (errno.EACCES, errno.EPERM) and _not_replaceable(path.parent, [path.name]):
+        return ("it belongs to another user and the folder has the sticky bit (as /tmp): "
+                "this user can neither remove it nor change its permissions; choose another "
+                "folder (or have its owner remove it)")
     if code in (errno.EACCES, errno.EPERM):
         return "it, or the folder, belongs to another user or is read-only: fix the permissions"
     if code == errno.EISDIR:
@@ -284,7 +298,7 @@ class DirectoryLock:
                          0o666)
         except OSError as exc:
             raise OutputDirError(f"cannot open the lock file {self.path} ({exc.strerror}); "
-                                 f"{_lock_open_fix(exc.errno)}") from None
+                                 f"{_lock_open_fix(exc.errno, self.path)}") from None
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             os.close(fd)
             raise OutputDirError(f"the lock file {self.path} is not a regular file (a pipe or "

@@ -36,6 +36,7 @@ from homodyne.output import (
     create_new,
     data_file_fields,
     ensure_writable_dir,
+    file_size_limit_fix,
     write_fit_h5,
     write_json,
 )
@@ -305,7 +306,10 @@ def _write_error(out: Path, exc: BaseException) -> OutputDirError:
         fix = "make the folder writable"
     elif code in (errno.ENOENT, errno.ENOTDIR, errno.EISDIR, errno.EEXIST):
         fix = "keep the folder in place while the fit runs"  # removed, moved or replaced
-    else:  # ENOSPC, EDQUOT, EFBIG, and what h5py reports without a number
+    elif code == errno.EFBIG:  # not the disk: ulimit -f (another folder would not help)
+        return OutputDirError(f"could not write the results to {out} ({reason}); "
+                              f"{file_size_limit_fix()}; the previous results are untouched")
+    else:  # ENOSPC, EDQUOT, and what h5py reports without a number
         fix = "free space"
     return OutputDirError(f"could not write the results to {out} ({reason}); {fix} or "
                           "choose another --output-dir; the previous results are untouched")

@@ -3,9 +3,32 @@ contrast/offset, and the residual histogram against the noise estimate."""
 
 from __future__ import annotations
 
+import functools
+import logging
+import warnings
 from pathlib import Path
 
 import numpy as np
+
+log = logging.getLogger("homodyne")
+
+
+def warnings_at_debug(func):
+    """Run a figure function with the plotting library's warnings (log axes without a
+    positive value, a legend without labels) logged at DEBUG: an odd figure is no news
+    for the console, and the raw library text tells the user nothing to do."""
+
+    @functools.wraps(func)
+    def wrapper(*args, **kwargs):
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                return func(*args, **kwargs)
+            finally:
+                for w in caught:
+                    log.debug("%s: %s (%s)", func.__name__, w.message, w.category.__name__)
+
+    return wrapper
 
 
 def _pyplot():
@@ -24,6 +47,7 @@ def residual_scale(res) -> float:
     return r if r > 0 else 1.0
 
 
+@warnings_at_debug
 def plot_heatmaps(path, *, times, phi_deg, data, model, title="") -> Path:
     """One row per angle: data, fit, residual (data - fit), sharing the colour scale."""
     plt = _pyplot()
@@ -59,6 +83,7 @@ def grid_shape(n: int, max_cols: int = 4) -> tuple[int, int]:
     return cols, max(1, -(-n // cols))
 
 
+@warnings_at_debug
 def plot_cuts(path, *, times, phi_deg, data, model, n_ages=4) -> Path:
     """One-time cuts c2(t_age, t_age + tau) at several ages, data as points, fit as lines;
     one panel per angle in a grid at most four wide."""
@@ -87,6 +112,7 @@ def plot_cuts(path, *, times, phi_deg, data, model, n_ages=4) -> Path:
     return Path(path)
 
 
+@warnings_at_debug
 def plot_scaling(path, *, phi_deg, contrast, contrast_se, offset, offset_se) -> Path:
     """Contrast and offset (± SE) against the angle: one value each when shared."""
     plt = _pyplot()
@@ -120,6 +146,7 @@ def noise_from_differences(data) -> float:
     return float(1.4826 * np.median(np.abs(vals - np.median(vals))) / np.sqrt(2))
 
 
+@warnings_at_debug
 def plot_residual_histogram(path, *, data, model, reduced_chi2=None) -> Path:
     """Histogram of residuals (strict upper triangle) against Gaussians of the noise
     estimated from the data alone and of the fit's sqrt(reduced chi2)."""

@@ -1,8 +1,10 @@
 """Shared test helpers: small model specs, their true parameters, bounds and starts; tmpfs."""
 
+import errno
 import os
 import subprocess
 from contextlib import contextmanager
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import numpy as np
@@ -256,3 +258,67 @@ def a_bin_folder(tmp_path: Path) -> Path:
         "passes": 4, "wall_time_s": 1.5, "data_file": "d.h5", "q": 0.005, "status": "converged",
         "parameters_by_name": {"D0": {"value": 1e4, "uncertainty": 12.0}}})
     return folder
+
+
+def write_multitau(path, start, g2, err, tau_frames, q, frame_time):
+    """A multi-tau (APS layout) one-time file: g2[tau, q] with errors and a start time."""
+    import h5py
+
+    with h5py.File(path, "w") as h5:
+        h5["/xpcs/multitau/normalized_g2"] = g2
+        h5["/xpcs/multitau/normalized_g2_err"] = err
+        h5["/xpcs/multitau/delay_list"] = tau_frames
+        h5["/entry/instrument/detector_1/frame_time"] = np.array([[frame_time]])
+        h5["/entry/start_time"] = start.strftime("%Y-%m-%d %H:%M:%S")
+        h5["/xpcs/qmap/dynamic_v_list_dim0"] = q
+        h5["/xpcs/qmap/dynamic_v_list_dim1"] = np.zeros(1)
+
+
+def aging_series(tmp_path, *, D0, alpha, Doff, offset, n=4):
+    """n multi-tau files 1000 s apart (ages 500, 1500, ... s) of the aging J-model."""
+    from homodyne.production.aging import integral_J
+
+    rng = np.random.default_rng(2)
+    tau_frames = np.unique(np.round(np.logspace(0, 5, 40))).astype(np.int64)
+    tau = tau_frames * 2e-5
+    q = np.array([0.005, 0.008, 0.011])
+    t0 = datetime(2022, 3, 6, 21, 0, 0)
+    paths = []
+    for i in range(n):
+        age = 1000.0 * i + 500.0
+        I = np.asarray(integral_J(age, tau[:, None], D0, alpha, Doff))
+        g2 = offset + 0.2 * np.exp(-q**2 * I)
+        p = tmp_path / f"f{i}.hdf"
+        write_multitau(p, t0 + timedelta(seconds=1000 * i), g2 + rng.normal(0, 0.003, g2.shape),
+                       np.full_like(g2, 0.003), tau_frames, q, 2e-5)
+        paths.append(p)
+    return paths
+
+
+def fit_state(x) -> dict:
+    """A checkpoint state of a fit at parameters ``x`` (no partial sums, stage full)."""
+    from homodyne.optimization.checkpoint_session import checkpoint_state
+
+    return checkpoint_state([], solver=None, n_failed=0, recovery_actions=[],
+                            excluded={"coarse": set(), "full": set()}, stage="full",
+                            x=np.asarray(x, float), next_batch=0, partial=None)
+
+
+def not_permitted(monkeypatch, *paths: Path) -> None:
+    """Unlinking ``paths`` fails with EPERM, as for another user's file in a folder with
+    the sticky bit (/tmp, a shared scratch folder); every other path as usual."""
+    doomed = {os.path.abspath(p) for p in paths}
+    real_unlink, real_path_unlink = os.unlink, Path.unlink
+
+    def unlink(path, *args, **kw):
+        if os.path.abspath(path) in doomed:
+            raise PermissionError(errno.EPERM, "Operation not permitted", str(path))
+        return real_unlink(path, *args, **kw)
+
+    def path_unlink(self, missing_ok=False):
+        if os.path.abspath(self) in doomed:
+            raise PermissionError(errno.EPERM, "Operation not permitted", str(self))
+        return real_path_unlink(self, missing_ok=missing_ok)
+
+    monkeypatch.setattr(os, "unlink", unlink)
+    monkeypatch.setattr(Path, "unlink", path_unlink)

@@ -9,16 +9,10 @@ import logging
 
 import numpy as np
 import pytest
-from helpers import disk_with_room_for
+from helpers import disk_with_room_for, fit_state
 
 from homodyne.optimization.checkpoint_manager import CheckpointManager
-from homodyne.optimization.checkpoint_session import CheckpointSession, checkpoint_state
-
-
-def _fit_state(x) -> dict:
-    return checkpoint_state([], solver=None, n_failed=0, recovery_actions=[],
-                            excluded={"coarse": set(), "full": set()}, stage="full",
-                            x=np.asarray(x, float), next_batch=0, partial=None)
+from homodyne.optimization.checkpoint_session import CheckpointSession
 
 
 def test_a_checkpoint_disk_without_room_for_keep_plus_one_files_keeps_saving(
@@ -27,14 +21,14 @@ def test_a_checkpoint_disk_without_room_for_keep_plus_one_files_keeps_saving(
     pruned, so every save after the 2nd failed for the rest of the fit (resume point stuck
     at the 2nd). Now a save without room deletes this fit's older checkpoints (never the
     newest valid one) and tries once more; another fit's file is not touched."""
-    other = CheckpointManager(tmp_path).save_checkpoint(1, _fit_state([9, 9, 9]),
+    other = CheckpointManager(tmp_path).save_checkpoint(1, fit_state([9, 9, 9]),
                                                         fingerprint="o" * 64)
     disk_with_room_for(monkeypatch, 3)  # the other fit's file + 2 of ours
     session = CheckpointSession(CheckpointManager(tmp_path, keep_last_n=3),
                                 fingerprint="f" * 64)
     with caplog.at_level(logging.WARNING, logger="homodyne"):
         for batch in range(2, 14, 2):
-            session.save(batch, _fit_state([batch, 0, 1]), clock=0.0, wait=True)
+            session.save(batch, fit_state([batch, 0, 1]), clock=0.0, wait=True)
     assert session.errors == []
     names = sorted(p.name for p in tmp_path.glob("homodyne_state_batch_*.h5"))
     assert names == ["homodyne_state_batch_0001.h5", "homodyne_state_batch_0010.h5",
@@ -52,19 +46,19 @@ def test_a_save_without_room_never_deletes_the_newest_valid_checkpoint(tmp_path,
     room for one: nothing of this fit can go, the save fails and says which one is kept."""
     manager = CheckpointManager(tmp_path, keep_last_n=3)
     session = CheckpointSession(manager, fingerprint="f" * 64)
-    session.save(2, _fit_state([2, 0, 1]), clock=0.0, wait=True)
-    damaged = manager.save_checkpoint(3, _fit_state([3, 0, 1]), fingerprint="f" * 64)
+    session.save(2, fit_state([2, 0, 1]), clock=0.0, wait=True)
+    damaged = manager.save_checkpoint(3, fit_state([3, 0, 1]), fingerprint="f" * 64)
     raw = bytearray(damaged.read_bytes())
     raw[len(raw) // 2] ^= 0xFF  # digest no longer matches; the trailer still names this fit
     damaged.write_bytes(bytes(raw))
     disk_with_room_for(monkeypatch, 2)
-    session.save(4, _fit_state([4, 0, 1]), clock=0.0, wait=True)
+    session.save(4, fit_state([4, 0, 1]), clock=0.0, wait=True)
     assert session.errors == []
     assert [p.name[-7:-3] for p in manager.list_checkpoints()] == ["0002", "0004"]
     disk_with_room_for(monkeypatch, 1)
-    session.save(6, _fit_state([6, 0, 1]), clock=0.0, wait=True)
+    session.save(6, fit_state([6, 0, 1]), clock=0.0, wait=True)
     assert [p.name[-7:-3] for p in manager.list_checkpoints()] == ["0004"]
-    session.save(8, _fit_state([8, 0, 1]), clock=0.0, wait=True)
+    session.save(8, fit_state([8, 0, 1]), clock=0.0, wait=True)
     assert [p.name[-7:-3] for p in manager.list_checkpoints()] == ["0004"]
     assert len(session.errors) == 2 and "No space left" in session.errors[0]
     assert "batch 4" in session.kept_checkpoint()
@@ -91,7 +85,7 @@ def test_with_no_minimum_interval_a_save_is_never_skipped_for_a_slow_writer(tmp_
     session = CheckpointSession(manager, fingerprint="f" * 64)
     for batch in range(1, 13):  # the fit asks after each call whether a save is due
         if session.due(batch, clock=float(batch)):
-            session.save(batch, _fit_state([batch, 0, 1]), clock=float(batch))
+            session.save(batch, fit_state([batch, 0, 1]), clock=float(batch))
     session.flush()
     assert [p.name[-7:-3] for p in manager.list_checkpoints()] == ["0008", "0010", "0012"]
     assert len(session.save_seconds) == 6
@@ -214,7 +208,7 @@ def test_a_one_time_series_lists_every_file_by_its_absolute_path(tmp_path, monke
     monkeypatch.setattr(aging, "fit_aging", lambda paths, folder, **kw: {
         "result": result, "summary": summary})
     cfg = types.SimpleNamespace(
-        experimental_data={"file_path": "a.hdf"}, raw={},
+        experimental_data={"file_path": "a.hdf"}, raw={}, output={"plots": False},
         one_time={"series": ["b.hdf"], "min_tau_s": None, "max_tau_s": None, "errors": "x",
                   "max_iterations": 10, "ages_s": None, "nonnegative_J": False})
     jm = run.fit_j_model(cfg, tmp_path / "j_model")

@@ -1,43 +1,14 @@
 """Regression tests for probe19's round on issue 12 (full disks during checkpoint saves,
 stale temporary files, another user's files in shared folders): each failed on int7."""
 
-import errno
 import logging
 import os
-from pathlib import Path
 
-import numpy as np
 import pytest
-from helpers import disk_with_room_for
+from helpers import disk_with_room_for, fit_state, not_permitted
 
 from homodyne.optimization.checkpoint_manager import CheckpointManager
-from homodyne.optimization.checkpoint_session import CheckpointSession, checkpoint_state
-
-
-def _fit_state(x) -> dict:
-    return checkpoint_state([], solver=None, n_failed=0, recovery_actions=[],
-                            excluded={"coarse": set(), "full": set()}, stage="full",
-                            x=np.asarray(x, float), next_batch=0, partial=None)
-
-
-def _not_permitted(monkeypatch, *paths: Path) -> None:
-    """Unlinking ``paths`` fails with EPERM, as for another user's file in a folder with
-    the sticky bit (/tmp, a shared scratch folder); every other path as usual."""
-    doomed = {os.path.abspath(p) for p in paths}
-    real_unlink, real_path_unlink = os.unlink, Path.unlink
-
-    def unlink(path, *args, **kw):
-        if os.path.abspath(path) in doomed:
-            raise PermissionError(errno.EPERM, "Operation not permitted", str(path))
-        return real_unlink(path, *args, **kw)
-
-    def path_unlink(self, missing_ok=False):
-        if os.path.abspath(self) in doomed:
-            raise PermissionError(errno.EPERM, "Operation not permitted", str(self))
-        return real_path_unlink(self, missing_ok=missing_ok)
-
-    monkeypatch.setattr(os, "unlink", unlink)
-    monkeypatch.setattr(Path, "unlink", path_unlink)
+from homodyne.optimization.checkpoint_session import CheckpointSession
 
 
 def test_a_killed_runs_temporary_file_this_user_cannot_remove_does_not_stop_the_run(
@@ -53,7 +24,7 @@ def test_a_killed_runs_temporary_file_this_user_cannot_remove_does_not_stop_the_
     ours = tmp_path / f".tmp-999998s5.{host}-0123abcd-parameters.json"
     for f in (theirs, ours):
         f.write_bytes(b"x")
-    _not_permitted(monkeypatch, theirs)
+    not_permitted(monkeypatch, theirs)
     lock = DirectoryLock(tmp_path / ".lock")
     with caplog.at_level(logging.INFO, logger="homodyne"):
         lock.acquire()
@@ -81,15 +52,15 @@ def test_checkpoints_this_user_cannot_delete_stop_neither_pruning_nor_making_roo
     manager = CheckpointManager(tmp_path, keep_last_n=2)
     session = CheckpointSession(manager, fingerprint=fp)
     for batch in (2, 4):  # root's
-        session.save(batch, _fit_state([batch, 0, 1]), clock=0.0, wait=True)
-    _not_permitted(monkeypatch, *manager.list_checkpoints())
+        session.save(batch, fit_state([batch, 0, 1]), clock=0.0, wait=True)
+    not_permitted(monkeypatch, *manager.list_checkpoints())
     with caplog.at_level(logging.WARNING, logger="homodyne"):
         for batch in (6, 8, 10, 12):
-            session.save(batch, _fit_state([batch, 0, 1]), clock=0.0, wait=True)
+            session.save(batch, fit_state([batch, 0, 1]), clock=0.0, wait=True)
         assert session.errors == []
         assert _batches(manager) == [2, 4, 10, 12]
         disk_with_room_for(monkeypatch, 4)  # the disk is full: the save deletes batch 10
-        session.save(14, _fit_state([14, 0, 1]), clock=0.0, wait=True)
+        session.save(14, fit_state([14, 0, 1]), clock=0.0, wait=True)
     assert session.errors == []
     assert _batches(manager) == [2, 4, 12, 14]
     said = [r.getMessage() for r in caplog.records]
@@ -107,7 +78,7 @@ def test_a_full_disk_held_by_another_fits_checkpoints_is_named_and_nothing_said_
     checkpoint' for files its failed saves had not replaced."""
     a = CheckpointManager(tmp_path)
     for batch in (3, 6):
-        a.save_checkpoint(batch, _fit_state([batch, 0, 1]), fingerprint="a" * 64)
+        a.save_checkpoint(batch, fit_state([batch, 0, 1]), fingerprint="a" * 64)
     disk_with_room_for(monkeypatch, 2)
     manager = CheckpointManager(tmp_path, keep_last_n=3)
     session = CheckpointSession(manager, fingerprint="b" * 64)
@@ -115,7 +86,7 @@ def test_a_full_disk_held_by_another_fits_checkpoints_is_named_and_nothing_said_
     try:
         with caplog.at_level(logging.WARNING, logger="homodyne"):
             for batch in (3, 6, 9):
-                session.save(batch, _fit_state([batch, 1, 1]), clock=0.0, wait=True)
+                session.save(batch, fit_state([batch, 1, 1]), clock=0.0, wait=True)
     finally:
         session.release()
     assert len(session.errors) == 3

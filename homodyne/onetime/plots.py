@@ -6,9 +6,10 @@ from pathlib import Path
 
 import numpy as np
 
-from homodyne.plots import _pyplot
+from homodyne.plots import _pyplot, warnings_at_debug
 
 
+@warnings_at_debug
 def plot_g2_fits(path, fits, *, title="", ncols: int = 4) -> Path:
     """One panel pair per q: g2 with errors and the model above, (data - fit)/sigma below."""
     from homodyne.onetime.fit import g2_model
@@ -43,6 +44,7 @@ def plot_g2_fits(path, fits, *, title="", ncols: int = 4) -> Path:
     return Path(path)
 
 
+@warnings_at_debug
 def plot_rates(path, fits, resolved, power_law: dict, *, title="") -> Path:
     """Gamma against q on log axes: resolved rates with errors, the fitted power law and
     the q² line through the median Gamma/q²; unresolved rates as open markers."""

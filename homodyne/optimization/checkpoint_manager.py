@@ -522,7 +522,8 @@ class CheckpointManager:
         cannot go (another user's, in a folder with the sticky bit) is said once and kept,
         and stops neither the others nor the fit (it stopped all pruning: 29 files kept
         with keep_last_checkpoints 3, and a full disk read as a permission error)."""
-        deleted = []
+        deleted: list[Path] = []
+        kept: dict[str, list[str]] = {}  # why it cannot go: the names
         for p in doomed:
             try:
                 p.unlink(missing_ok=True)
@@ -530,9 +531,15 @@ class CheckpointManager:
             except OSError as exc:
                 if p not in self._undeletable:
                     self._undeletable.add(p)
-                    log.warning("checkpoint %s cannot be deleted by this user (%s); it is "
-                                "kept beside this fit's newest checkpoints: its owner can "
-                                "remove it", p, exc.strerror or exc)
+                    kept.setdefault(exc.strerror or str(exc), []).append(p.name)
+        for why, names in kept.items():  # one line for all of them, not one per file
+            one = len(names) == 1
+            log.warning("%s in %s cannot be deleted by this user (%s); %s kept beside this "
+                        "fit's newest checkpoints: %s owner can remove %s",
+                        f"checkpoint {names[0]}" if one else
+                        f"{len(names)} checkpoints ({', '.join(names)})",
+                        self.checkpoint_dir, why, "it is" if one else "they are",
+                        "its" if one else "their", "it" if one else "them")
         return deleted
 
     def others(self) -> list[Path]:

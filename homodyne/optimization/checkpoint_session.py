@@ -31,6 +31,7 @@ from homodyne import __version__
 from homodyne.optimization.checkpoint_manager import CheckpointManager
 from homodyne.optimization.exceptions import NLSQCheckpointError
 from homodyne.optimization.problems import NormalEquations
+from homodyne.output import file_size_limit_fix
 
 log = logging.getLogger("homodyne.engine")
 STAGES = ("coarse", "full")
@@ -325,6 +326,8 @@ class CheckpointSession:
             path = self._save_or_make_room(batch, state)
         except (OSError, RuntimeError) as exc:
             msg = f"checkpoint at batch {batch} not written: {exc}"
+            if getattr(exc, "errno", None) == errno.EFBIG:
+                msg += f"; {file_size_limit_fix()}"
             self.errors.append(msg)  # (all of them: streaming_diagnostics.checkpoint_errors)
             reason = (type(exc), getattr(exc, "errno", None))
             if reason != self._failing:  # a full disk fails every save: said once, not per save

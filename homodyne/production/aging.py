@@ -33,6 +33,7 @@ from homodyne.optimization.engine import EngineOptions
 from homodyne.optimization.nlsq_wrapper import NLSQWrapper
 from homodyne.optimization.settings import MAX_AGE_S
 from homodyne.output import write_json
+from homodyne.plots import warnings_at_debug
 
 log = logging.getLogger("homodyne")
 
@@ -185,8 +186,9 @@ def q_scaling(rates: pd.DataFrame) -> pd.DataFrame:
 
 def fit_aging(paths, out_dir, *, min_tau_s: float = 1e-3, max_tau_s: float | None = None,
               error_model: str = "scatter", max_iterations: int = 500, ages_s=None,
-              nonnegative_J: bool = False) -> dict:
-    """Joint fit of the aging law over all files and q bins; writes the result set.
+              nonnegative_J: bool = False, plots: bool = True) -> dict:
+    """Joint fit of the aging law over all files and q bins; writes the result set
+    (its figures only with ``plots``).
 
     ``max_tau_s`` None: the longest delay in the data. ``ages_s``: see load_series.
     ``nonnegative_J``: D_offset >= 0, so J(t) >= 0 everywhere; otherwise a J(t) < 0
@@ -261,7 +263,8 @@ def fit_aging(paths, out_dir, *, min_tau_s: float = 1e-3, max_tau_s: float | Non
     per_age.to_csv(out / "per_age.csv", index=False)
     rates.to_csv(out / "per_age_q_rates.csv", index=False)
     tab.to_csv(out / "points.csv.gz", index=False)
-    _plots(out, tab, rates, per_age, result, data, ages, J_of)
+    if plots:
+        _plots(out, tab, rates, per_age, result, data, ages, J_of)
     window = np.geomspace(ages.min(), ages.max() + max_tau_s, 400)
     J_window = np.asarray(J_of(pj, jnp.asarray(window)))
     J_negative = bool(np.any(J_window < 0))
@@ -285,6 +288,7 @@ def fit_aging(paths, out_dir, *, min_tau_s: float = 1e-3, max_tau_s: float | Non
     return {"result": result, "per_age": per_age, "rates": rates, "summary": summary}
 
 
+@warnings_at_debug
 def _plots(out, tab, rates, per_age, result, data, ages, J_of):
     import matplotlib
 

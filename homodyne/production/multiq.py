@@ -523,8 +523,8 @@ def bins_kept_line(fitted: list[dict], root) -> str:
 
 def _complete(jobs: list[QFitJob]) -> list[Path]:
     """The folders of ``jobs`` that hold a complete result (this run's or an earlier one's);
-    a bin whose result files are there but not regular files (a folder, a pipe) is named in
-    a warning, not left out of the table without a word."""
+    a bin whose result files are there but not regular files (a folder, a pipe), or whose
+    job.json is missing, is named in a warning, not left out of the table without a word."""
     odd = [f for j in jobs for f in (j.output_dir / "parameters.json", j.output_dir / JOB_FILE)
            if os.path.lexists(f) and not f.is_file()]
     if odd:
@@ -532,6 +532,14 @@ def _complete(jobs: list[QFitJob]) -> list[Path]:
                     "one); remove %s and rerun %s", SUMMARY_FILE, ", ".join(map(str, odd)),
                     "is" if len(odd) == 1 else "are", "it" if len(odd) == 1 else "them",
                     "that bin" if len({f.parent for f in odd}) == 1 else "those bins")
+    unnamed = [j.output_dir for j in jobs if (j.output_dir / "parameters.json").is_file()
+               and not os.path.lexists(j.output_dir / JOB_FILE)]
+    if unnamed:  # its record of file, bin and settings is gone: not silently dropped
+        log.warning("left out of %s: %s %s a parameters.json but no %s (the record of the "
+                    "file, q bin and settings it fits); rerun %s with --overwrite to restore "
+                    "it", SUMMARY_FILE, ", ".join(map(str, unnamed)),
+                    "holds" if len(unnamed) == 1 else "hold", JOB_FILE,
+                    "that bin" if len(unnamed) == 1 else "those bins")
     return [j.output_dir for j in jobs
             if (j.output_dir / "parameters.json").is_file() and (j.output_dir / JOB_FILE).is_file()]
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from homodyne.plots import _pyplot, grid_shape
+from homodyne.plots import _pyplot, grid_shape, warnings_at_debug
 
 
 def weighted_mean(values, se) -> tuple[float, float]:
@@ -27,6 +27,7 @@ def deviations_in_se(values, se) -> np.ndarray:
     return (np.asarray(values, float) - mean) / np.asarray(se, float)
 
 
+@warnings_at_debug
 def plot_parameters_vs_q(path, table, names) -> Path:
     """Per parameter: value +/- SE against q per file, with the file's weighted mean
     (line and band), and below it each bin's deviation from that mean in SE."""
@@ -61,6 +62,7 @@ def plot_parameters_vs_q(path, table, names) -> Path:
     return Path(path)
 
 
+@warnings_at_debug
 def plot_parameters_vs_file(path, table, names) -> Path:
     """Per parameter: every bin's value (small points) and the weighted mean over q with
     its SE (large points) against sample age when the files record it, else file order."""

@@ -126,7 +126,8 @@ def check_multiq_runs():
 def check_synthetic_series():
     """The synthetic series' q bins are distinct, and so are its angles modulo 360 (within
     1e-4 deg, homodyne.model.SAME_ANGLE_TOL_DEG): the files were written and every fit then
-    refused them ('the file lists one (q, phi) bin twice ... fix the file')."""
+    refused them ('the file lists one (q, phi) bin twice ... fix the file'); and its ages
+    (a one-time series refuses one start time twice too)."""
     series = config.get("multiq", {}).get("synthetic") or {}
     q = series.get("q") or []
     for i, a in enumerate(q):
@@ -144,6 +145,13 @@ def check_synthetic_series():
                     f"multiq.synthetic.angles: {b} and {a} are one angle (modulo 360); "
                     "give each angle once"
                 )
+    ages = series.get("ages_s") or []
+    for i, a in enumerate(ages):
+        if a in ages[:i]:  # two files of one sample age: the J-model's ages must differ
+            raise ValueError(
+                f"multiq.synthetic.ages_s lists {a} twice (two files of one sample "
+                "age); give each age once"
+            )
 
 
 check_multiq_runs()
