@@ -617,11 +617,6 @@ def _one_time_config(d: dict, source, raw) -> HomodyneConfig:
         if first != f"one_time.series[{i}]":
             raise ConfigError(f"one_time.series[{i}]", f"{path} is already {first}; list each "
                               "file of the aging series once")
-    if ot["series"]:  # refused after the per-q fits ("not a readable HDF5 file") before
-        _refuse_tables_in_series([("experimental_data.file_path",
-                                   d["experimental_data"]["file_path"]),
-                                  *((f"one_time.series[{i}]", path)
-                                    for i, path in enumerate(ot["series"]))])
     ages = ot["ages_s"]
     if ages is not None and len(ages) != 1 + len(ot["series"]):
         raise ConfigError("one_time.ages_s", f"{len(ages)} ages for {1 + len(ot['series'])} "
@@ -633,6 +628,11 @@ def _one_time_config(d: dict, source, raw) -> HomodyneConfig:
         if age > MAX_AGE_S:
             raise ConfigError(f"one_time.ages_s[{i}]", f"{age:g} s is older than any sample "
                               f"(at most {MAX_AGE_S:g} s): give the ages in seconds")
+    if ot["series"]:  # refused after the per-q fits ("not a readable HDF5 file") before
+        _refuse_tables_in_series([("experimental_data.file_path",
+                                   d["experimental_data"]["file_path"]),
+                                  *((f"one_time.series[{i}]", path)
+                                    for i, path in enumerate(ot["series"]))])
     given = (raw or {}).get("one_time") or {}
     if not ot["series"]:  # without a series there is no J-model fit for them to steer
         for key in ("ages_s", "nonnegative_J"):

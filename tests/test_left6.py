@@ -169,7 +169,7 @@ def test_one_time_max_iterations_caps_the_aging_fit_as_written(monkeypatch, tmp_
           written.get("max_iterations", 200), "series": ["b.h5"], "ages_s": None,
           "nonnegative_J": False}
     cfg = types.SimpleNamespace(one_time=ot, experimental_data={"file_path": "a.h5"},
-                                raw={"one_time": written})
+                                raw={"one_time": written}, output={"plots": False})
     with pytest.raises(RuntimeError, match="stop here"):
         fit_j_model(cfg, tmp_path)
     assert seen["max_iterations"] == used

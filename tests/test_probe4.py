@@ -57,10 +57,12 @@ def test_a_single_sigma_and_the_keep_last_n_alias_still_fit():
 
 
 def _one_time(tmp_path, series, ages=None):
+    import h5py
+
     from homodyne.config import validate_config
 
-    for name in ("a.hdf", "b.hdf"):
-        (tmp_path / name).write_bytes(b"")
+    for name in ("a.hdf", "b.hdf"):  # HDF5 files (a series of tables is refused)
+        h5py.File(tmp_path / name, "w").close()
     ot = {"series": [str(tmp_path / s) for s in series]}
     if ages is not None:
         ot["ages_s"] = ages
