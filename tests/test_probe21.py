@@ -36,3 +36,25 @@ def test_a_stop_during_the_refit_from_inside_a_start_bound_says_it_was_interrupt
     assert result.interrupted_by == "SIGTERM", result.summary()
     assert result.stop_reason.startswith("interrupted by SIGTERM"), result.stop_reason
     assert not result.converged
+
+
+def test_a_multi_q_table_reads_back_the_result_of_a_360_angle_fit(tmp_path):
+    """A multi-q fit of a file with 360 angles (723 parameters) wrote its parameters.json
+    (21.9 MB: the covariance and normal matrix as text) and then refused it: 'unreadable
+    (larger than the 16,777,216 bytes such a file has); it is not a result of this run
+    (edited or copied in?)', exit 2 after the fit. A result of that size is read back."""
+    import json
+
+    from helpers import a_bin_folder
+
+    from homodyne.output import write_json
+    from homodyne.production.multiq import summary_row
+
+    folder = a_bin_folder(tmp_path)
+    result = json.loads((folder / "parameters.json").read_text())
+    n = 723  # 360 angles x (contrast, offset) + D0, alpha, D_offset
+    rows = np.random.default_rng(0).normal(size=(n, n)).tolist()
+    write_json(folder / "parameters.json", {**result, "covariance": rows, "normal_matrix": rows})
+    assert (folder / "parameters.json").stat().st_size > 16 << 20
+    row = summary_row(folder)
+    assert row["D0"] == 1e4 and row["n_points"] == 870
