@@ -41,7 +41,10 @@ SET_FILES = ("fit.h5", "c2_heatmaps.png", "c2_cuts.png", "scaling_per_angle.png"
              "j_model", MARKER)
 SET_FOLDERS = ("j_model",)  # entries of a set that are folders (a one-time series' J-model)
 SET_LIST_KEY = "result_files"  # in the marker: the files of its set
-MAX_MARKER_BYTES = 16 << 20  # a marker larger than this is not read for its list
+# parameters.json (the marker) of n parameters holds two n x n matrices as text, about
+# 42 bytes per n^2: 22 MB for 360 angles (723 parameters); 256 MiB holds ~2,500
+MAX_MARKER_BYTES = 256 << 20  # a result larger than this is not read back
+MAX_RECORD_BYTES = 16 << 20  # a small record read back (a job's job.json)
 INTERRUPTED = "parameters.interrupted.json"
 MULTI_Q_TABLE = "summary.csv"  # the root of a multi-q run (production/multiq.py) holds it
 FAILED_LOG = "fit.incomplete.log"
@@ -644,8 +647,8 @@ def read_json_file(path, max_bytes: int = MAX_MARKER_BYTES, *, follow: bool = Tr
         if not stat.S_ISREG(st.st_mode):
             raise OSError(errno.EINVAL, "not a regular file (a pipe, device or folder)",
                           str(path))
-        raw = fh.read(max_bytes + 1)
-    if len(raw) > max_bytes:
+        raw = fh.read(max_bytes + 1) if st.st_size <= max_bytes else b""
+    if len(raw) > max_bytes or st.st_size > max_bytes:
         raise OSError(errno.EFBIG, f"larger than the {max_bytes:,} bytes such a file has",
                       str(path))
     return json.loads(raw.decode("utf-8"), parse_int=_json_int)

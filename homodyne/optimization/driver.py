@@ -256,7 +256,8 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
                 st = st2
         if coords is None and st.converged and mon.signal_received is None:
             st = _refit_off_start_bounds(st, x0, lb, ub, free, evaluate, flb, fub, opts, track,
-                                         trust, full_kw, messages, problem.parameter_names)
+                                         trust, full_kw, messages, problem.parameter_names,
+                                         stopped=lambda: mon.signal_received is not None)
     except StopFit as stop:  # stopped during a stage's very first pass
         st = _unevaluated(x, str(stop))
     if not mon.signal_acted_on:  # (a signal after the last pass: saved, then re-raised)
@@ -272,11 +273,12 @@ START_BOUND_STEP = 0.25
 
 
 def _refit_off_start_bounds(st, x0, lb, ub, free, evaluate, flb, fub, opts, track, trust,
-                            full_kw, messages, names):
+                            full_kw, messages, names, stopped=lambda: False):
     """A converged fit with a free parameter still on the bound its start put it on:
     refit from the start with every parameter that started on a bound moved
     START_BOUND_STEP of its range into the box; the better end is kept (converged first,
-    then the lower cost) and the messages say so. Counts include both."""
+    then the lower cost) and the messages say so. Counts include both. A refit stopped
+    (a signal: ``stopped()``) is the result, with the stop as its reason."""
     x, x0 = free.expand(st.x), np.asarray(x0, np.float64)
     span = ub - lb
     on_lo, on_hi = free.free & (x0 <= lb), free.free & (x0 >= ub)
@@ -290,7 +292,7 @@ def _refit_off_start_bounds(st, x0, lb, ub, free, evaluate, flb, fub, opts, trac
                    on_iteration=track, gn_trust_se=trust, **full_kw)
     spent = st2.evaluations
     _chain(st2, st)
-    if st2.reason.startswith("stopped"):
+    if st2.reason.startswith("stopped") or stopped():
         return st2
     kept = _better_end(st, st2)
     moved = ", ".join(f"{names[k]} = {start[k]:.6g}" for k in np.flatnonzero(on_lo | on_hi))

@@ -19,7 +19,14 @@ from pathlib import Path
 
 from homodyne.config import ConfigError, HomodyneConfig
 from homodyne.data.twotime import DEFAULT_Q_TOLERANCE, SYNTHETIC_ATTRS, q_bins
-from homodyne.output import MARKER, MULTI_Q_TABLE, OutputDirError, read_json_file
+from homodyne.output import (
+    MARKER,
+    MAX_MARKER_BYTES,
+    MAX_RECORD_BYTES,
+    MULTI_Q_TABLE,
+    OutputDirError,
+    read_json_file,
+)
 
 log = logging.getLogger("homodyne")
 JOB_FILE = "job.json"
@@ -216,7 +223,7 @@ _RESULT_FIELDS = {"n_points": (int,), "parameters_by_name": (dict,), "converged"
                   "passes": (int,), "wall_time_s": (int, float)}
 
 
-def _read_record(path: Path, fields: dict) -> dict:
+def _read_record(path: Path, fields: dict, max_bytes: int = MAX_RECORD_BYTES) -> dict:
     """A JSON object holding ``fields`` with the expected types, or a ResultFileError
     naming the file and what is wrong with it (never a traceback from a file we read)."""
     def bad(what: str) -> ResultFileError:
@@ -224,7 +231,7 @@ def _read_record(path: Path, fields: dict) -> dict:
                                "copied in?): rerun that job (delete the file) or remove the folder")
 
     try:
-        data = read_json_file(path)
+        data = read_json_file(path, max_bytes)
     except (OSError, UnicodeDecodeError, ValueError, RecursionError) as exc:
         raise bad(f"unreadable ({type(exc).__name__}: {exc})") from None
     if not isinstance(data, dict):
@@ -259,7 +266,7 @@ def summary_row(job_dir, settings: str | None = None) -> dict:
     fitted with them (False too for a job.json that recorded none)."""
     job_dir = Path(job_dir)
     job = _read_record(job_dir / JOB_FILE, _JOB_FIELDS)
-    p = _read_record(job_dir / "parameters.json", _RESULT_FIELDS)
+    p = _read_record(job_dir / "parameters.json", _RESULT_FIELDS, MAX_MARKER_BYTES)
     _same_job(job_dir, job, p)
     if not p["parameters_by_name"]:  # a row of blank cells would read as a fit that is ok
         raise ResultFileError(f"{job_dir / 'parameters.json'}: 'parameters_by_name' is empty: "
