@@ -531,6 +531,7 @@ class ResultSet:
     def __init__(self, folder):
         self.folder = Path(folder)
         self.staged: dict[str, Path] = {}
+        self.in_place = False  # the set renamed into place (a stop after that keeps it)
 
     def stage(self, name: str) -> Path:
         tmp = _temp_name(self.folder / name)
@@ -564,6 +565,7 @@ class ResultSet:
                     os.replace(self.folder / name, aside)
                     old_folders.append(aside)
                 os.replace(tmp, self.folder / name)
+            self.in_place = True
             try:  # the set is in place (its marker last): what follows cannot undo it
                 for aside in old_folders:
                     shutil.rmtree(aside)
@@ -574,7 +576,14 @@ class ResultSet:
                 log.warning("results written to %s, but %s (%s)", self.folder,
                             "an older run's file there was not removed", exc)
         finally:
-            held = _release_stops(handlers, stops)
+            try:
+                held = _release_stops(handlers, stops)
+            except KeyboardInterrupt as exc:  # a stop taken by another thread lands as the
+                # handlers come back: after the renames it is a stop after the commit
+                if self.in_place:
+                    self.staged = {}
+                    raise StoppedAfterCommit(self.folder) from exc
+                raise
         files, self.staged = {n: self.folder / n for n in self.staged}, {}
         if held is not None:  # a stop that came while the set was renamed into place
             try:

@@ -262,8 +262,8 @@ def _logged_run(cfg: HomodyneConfig, out: Path, checkpoint_lock=None) -> FitRun:
             raise _write_error(out, exc) from None
         committed = True
         return run
-    except KeyboardInterrupt as stop:
-        if committed and not isinstance(stop, StoppedAfterCommit):
+    except KeyboardInterrupt as stop:  # (after the renames: the new set is complete)
+        if (committed or results.in_place) and not isinstance(stop, StoppedAfterCommit):
             raise StoppedAfterCommit(out) from stop
         raise
     finally:
@@ -271,7 +271,7 @@ def _logged_run(cfg: HomodyneConfig, out: Path, checkpoint_lock=None) -> FitRun:
         log.setLevel(previous)
         handler.close()
         handler.close_stream()
-        if not committed:
+        if not (committed or results.in_place):
             results.discard()
 
 

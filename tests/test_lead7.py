@@ -88,3 +88,37 @@ def test_summary_names_a_coarse_subsample_only_when_there_was_one():
     line = result.summary().splitlines()[1]
     assert result.coarse_passes == 0 and f"{result.passes} full passes, " in line
     assert "subsample" not in line
+
+
+def test_a_stop_landing_as_a_bins_commit_releases_its_handlers_still_counts_that_bin(
+        tmp_path, capsys, monkeypatch):
+    """A stop taken by another thread (JAX's) while the set was renamed into place can run
+    its handler only once the handlers are back: it escaped the commit as a plain stop, and
+    a multi-q run said the bin whose new results were in place was untouched (CI, under
+    load: 'kept: d/q00' for a run that had replaced q01 too)."""
+    import signal
+    import time
+
+    from helpers import multi_q_cli_config, stop_signals_at_default
+
+    import homodyne.output as output
+
+    cfg = multi_q_cli_config(tmp_path)
+    real_release, releases = output._release_stops, []
+
+    def late_release(held, stops):
+        out = real_release(held, stops)
+        releases.append(1)
+        if len(releases) == 2:  # q01's commit: the stop lands just as its handlers return
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.05)
+        return out
+
+    monkeypatch.setattr(output, "_release_stops", late_release)
+    with stop_signals_at_default():
+        assert main(["--config", str(cfg), "--quiet"]) == 143
+    assert capsys.readouterr().err.strip().splitlines()[-1] == (
+        "homodyne: interrupted (SIGTERM); bins fitted before the stop are kept: "
+        f"{os.path.join('d', 'q00')}, {os.path.join('d', 'q01')}; the other bins' results are "
+        "untouched")
+    assert (tmp_path / "out" / "d" / "q01" / "parameters.json").is_file()
