@@ -322,3 +322,13 @@ def not_permitted(monkeypatch, *paths: Path) -> None:
 
     monkeypatch.setattr(os, "unlink", unlink)
     monkeypatch.setattr(Path, "unlink", path_unlink)
+
+
+def multi_q_stop_line(*bins: str) -> str:
+    """The CLI's last line for a multi-q run stopped by SIGTERM after ``bins`` (folder
+    names under the run) were replaced."""
+    import os
+
+    return ("homodyne: interrupted (SIGTERM); bins fitted before the stop are kept: "
+            f"{', '.join(os.path.join(*b.split('/')) for b in bins)}; the other bins' results "
+            "are untouched")

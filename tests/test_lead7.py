@@ -99,7 +99,7 @@ def test_a_stop_landing_as_a_bins_commit_releases_its_handlers_still_counts_that
     import signal
     import time
 
-    from helpers import multi_q_cli_config, stop_signals_at_default
+    from helpers import multi_q_cli_config, multi_q_stop_line, stop_signals_at_default
 
     import homodyne.output as output
 
@@ -117,8 +117,6 @@ def test_a_stop_landing_as_a_bins_commit_releases_its_handlers_still_counts_that
     monkeypatch.setattr(output, "_release_stops", late_release)
     with stop_signals_at_default():
         assert main(["--config", str(cfg), "--quiet"]) == 143
-    assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "homodyne: interrupted (SIGTERM); bins fitted before the stop are kept: "
-        f"{os.path.join('d', 'q00')}, {os.path.join('d', 'q01')}; the other bins' results are "
-        "untouched")
+    assert capsys.readouterr().err.strip().splitlines()[-1] == multi_q_stop_line("d/q00",
+                                                                           "d/q01")
     assert (tmp_path / "out" / "d" / "q01" / "parameters.json").is_file()

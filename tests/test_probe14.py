@@ -9,7 +9,12 @@ import signal
 
 import pytest
 import yaml
-from helpers import multi_q_cli_config, stop_signals_at_default, streaming_cli_config
+from helpers import (
+    multi_q_cli_config,
+    multi_q_stop_line,
+    stop_signals_at_default,
+    streaming_cli_config,
+)
 
 from homodyne.cli import main
 
@@ -143,10 +148,8 @@ def test_a_multi_q_bin_stopped_as_it_is_committed_is_named_among_the_bins_kept(
 
     monkeypatch.setattr(output, "_fsync", fsync)
     assert main(["--config", str(cfg), "--quiet"]) == 143
-    assert capsys.readouterr().err.strip().splitlines()[-1] == (
-        "homodyne: interrupted (SIGTERM); bins fitted before the stop are kept: "
-        f"{os.path.join('d', 'q00')}, {os.path.join('d', 'q01')}; the other bins' results are "
-        "untouched")
+    assert capsys.readouterr().err.strip().splitlines()[-1] == multi_q_stop_line("d/q00",
+                                                                           "d/q01")
     assert (tmp_path / "out" / "d" / "q01" / "parameters.json").is_file()
     assert not (tmp_path / "out" / "d" / "q02").exists()
 
