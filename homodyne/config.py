@@ -755,9 +755,9 @@ def load_config(path, *, require_data: bool = True, overrides: dict | None = Non
         with open(path, encoding="utf-8") as fh:
             raw = yaml.load(fh, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader
     except PermissionError:
-        raise ConfigError("--config", f"{path} is not readable by this user (permission "
-                          "denied); fix its permissions or run as a user who can read it") \
-            from None
+        from homodyne.data.errors import UNREADABLE
+
+        raise ConfigError("--config", f"{path} {UNREADABLE}") from None
     except UnicodeDecodeError as exc:
         raise ConfigError("<file>", f"not UTF-8 text (byte {exc.start}); save the config "
                           "as UTF-8", path) from None
