@@ -36,7 +36,11 @@ from homodyne.optimization.internal_stage import (
     _unevaluated,
 )
 from homodyne.optimization.passes import FitMonitor, PassRunner, compile_ahead
-from homodyne.optimization.precision import evaluation_error, rounding_error
+from homodyne.optimization.precision import (
+    evaluation_error,
+    residual_variance_floor,
+    rounding_error,
+)
 from homodyne.optimization.result import FitResult
 from homodyne.optimization.start_estimate import applies, start_from_data
 from homodyne.stopsignals import fit_stop_signals
@@ -385,8 +389,13 @@ def build_result(problem, st, x0, lb, ub, free, *, strategy, mon, coarse_passes,
     chi2r = 2.0 * ne.cost / dof
     span = np.where(np.isfinite(ub - lb), ub - lb, 1.0)
     on_bound = free.free & ((x <= lb + 1e-9 * span) | (x >= ub - 1e-9 * span))
+    floor = residual_variance_floor(problem, x)
+    if chi2r < floor and ne.n > 0:  # noise-free data: the residuals are rounding errors
+        messages.append(f"residuals below working precision (reduced chi2 {chi2r:.1e} < "
+                        f"{floor:.1e}): the standard errors are taken at that floor, the "
+                        "smallest scatter the arithmetic resolves")
     if ne.n > 0 and np.all(np.isfinite(ne.H)):
-        cov = free.embed_matrix(covariance_from_normal(ne.H, chi2r))
+        cov = free.embed_matrix(covariance_from_normal(ne.H, max(chi2r, floor)))
     else:
         cov = np.where(np.outer(free.free, free.free), np.nan, 0.0)
     undetermined = np.isinf(np.diag(cov))

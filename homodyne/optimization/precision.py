@@ -76,6 +76,17 @@ def rounding_error(problem, params) -> float:
     return float(np.finfo(np.dtype(spec.dtype)).eps) * bound
 
 
+def residual_variance_floor(problem, params) -> float:
+    """The smallest residual variance a fit can report at ``params``: the square of the
+    residual rms below which the residuals count as vanished at working precision
+    (``stalled_at_working_precision``). Standard errors scaled by a smaller variance (0 on
+    noise-free data) would call a parameter the data do not constrain exact: c2 without
+    contrast does not depend on D0 at all, and its standard error was "+/- 0"."""
+    reduced = evaluation_error(problem, params) > 0.0
+    factor = REDUCED_PRECISION_RESIDUAL_FACTOR if reduced else RESIDUAL_FLOOR_FACTOR
+    return (factor * rounding_error(problem, params)) ** 2
+
+
 def cost_resolution(cost: float, n: int, error: float) -> float:
     """The smallest change of the cost ½ Σ r² that a pass resolves: the float64 sum's
     rounding (eps √n per unit of cost) plus the model's (‖r‖ √n ``error``)."""
