@@ -1,6 +1,7 @@
 """fix12j: issue 12's lie on noise-free data without dynamics (probe21 N1) and weak
 items of earlier probing rounds; each test fails on main 36bbb56."""
 
+import numpy as np
 from helpers import make_spec, noisy_data
 
 
@@ -35,3 +36,31 @@ def test_noise_free_data_without_dynamics_do_not_determine_the_dynamics():
     assert exact.status == "converged" and not exact.undetermined, exact.summary()
     se = dict(zip(exact.parameter_names, exact.uncertainties, strict=True))
     assert 0 < se["D0"] < 1e-6 * 1e4 and 0 < se["alpha"] < 1e-8, exact.summary()
+
+
+def test_when_no_checkpoint_of_the_fit_is_usable_the_fresh_start_is_said(tmp_path, caplog):
+    """Every checkpoint of the fit refused (root's 0600 files for another user, or
+    corrupt): each said 'falling back to the previous one', the oldest too (there is
+    none), and the fit then started afresh without a line saying so."""
+    from helpers import fit_state
+
+    from homodyne.optimization.checkpoint_manager import CheckpointManager
+    from homodyne.optimization.checkpoint_session import CheckpointSession
+
+    session = CheckpointSession(CheckpointManager(tmp_path, keep_last_n=5), fingerprint="fp")
+    for batch in (2, 4):
+        session.manager.save_checkpoint(batch, fit_state(np.array([1.0, 2.0, 3.0])),
+                                        fingerprint="fp")
+    for path in session.manager.list_checkpoints():
+        raw = bytearray(path.read_bytes())
+        raw[len(raw) // 2] ^= 0xFF  # its digest no longer matches
+        path.write_bytes(bytes(raw))
+    with caplog.at_level("WARNING"):
+        assert session.load_resume() is None
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 3, lines
+    assert "batch_0004" in lines[0] and lines[0].endswith("falling back to the previous one")
+    assert "batch_0002" in lines[1] and lines[1].endswith(
+        "it is the oldest checkpoint of this fit")
+    assert lines[2] == (f"none of this fit's 2 checkpoints in {tmp_path} can be resumed "
+                        "from: the fit starts from the beginning")

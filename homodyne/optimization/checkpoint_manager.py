@@ -363,6 +363,8 @@ class CheckpointManager:
         self.fingerprint: str | None = None
         self._reported_others: set[Path] = set()  # other fits' files, warned about once
         self._undeletable: set[Path] = set()  # files this user may not delete, said once
+        # this fit's files the last find_latest_valid_checkpoint refused (newest first)
+        self.refused: list[Path] = []
         # what a user of the manager needs of a state beyond these generic checks (a fit:
         # every field it reads); raises ValueError naming what is wrong
         self.state_check: Callable[[dict], None] | None = None
@@ -509,12 +511,16 @@ class CheckpointManager:
                         ", and one on a batch this fit saves is replaced (no run uses them "
                         "now: this run holds the folder)" if self._holds_folder() else
                         " and not touched")
-        for path in reversed([p for p in files if p not in others]):
+        candidates = [p for p in files if p not in others]
+        self.refused = []
+        for i, path in reversed(list(enumerate(candidates))):
             try:
                 self.check_checkpoint(path)
                 return path
             except NLSQCheckpointError as exc:
-                log.warning("%s; falling back to the previous one", exc)
+                self.refused.append(path)
+                log.warning("%s; %s", exc, "falling back to the previous one" if i else
+                            "it is the oldest checkpoint of this fit")
         return None
 
     def _delete(self, doomed: list[Path]) -> list[Path]:

@@ -212,6 +212,11 @@ class CheckpointSession:
         the fingerprint check below guards a manager used without one)."""
         path = self.manager.find_latest_valid_checkpoint()
         if path is None:
+            if self.manager.refused:  # each said why; the fresh start must be said too
+                n = len(self.manager.refused)
+                log.warning("none of this fit's %d checkpoint%s in %s can be resumed from: "
+                            "the fit starts from the beginning", n, "" if n == 1 else "s",
+                            self.manager.checkpoint_dir)
             return None
         state = self.manager.load_checkpoint(path)
         if state.get("fingerprint") != self.fingerprint:
