@@ -523,7 +523,7 @@ def _fit_many(cfg, overwrite, *, strict: bool = False, table_of=None) -> int:
     """One fit per (file, q bin) in this process, then summary.csv and its plots; the exit
     status of the worst fit (failed, then not converged, then --strict undetermined).
     ``table_of``: the multi-q config of which ``cfg`` selects one q (``--q``)."""
-    from homodyne.production.multiq import run_all
+    from homodyne.production.multiq import OUTCOME, run_all
 
     rows, summary = run_all(cfg, overwrite=overwrite, table_of=table_of)
     statuses = [r["status"] for r in rows]
@@ -534,16 +534,8 @@ def _fit_many(cfg, overwrite, *, strict: bool = False, table_of=None) -> int:
         return EXIT_FIT_FAILED
     if any("not converged" in s for s in statuses):
         return EXIT_NOT_CONVERGED
-    return max((exit_status(_result_status(r["output_dir"]), strict=strict) for r in rows),
-               default=0)
-
-
-def _result_status(folder) -> str:
-    """The ``status`` a fit wrote to ``folder``/parameters.json."""
-    import json
-    from pathlib import Path
-
-    return json.loads((Path(folder) / "parameters.json").read_text())["status"]
+    # each row's status word as read while the folder was locked (summary_row)
+    return max((exit_status(r[OUTCOME], strict=strict) for r in rows), default=0)
 
 
 def main(argv=None) -> int:

@@ -64,3 +64,27 @@ def test_when_no_checkpoint_of_the_fit_is_usable_the_fresh_start_is_said(tmp_pat
         "it is the oldest checkpoint of this fit")
     assert lines[2] == (f"none of this fit's 2 checkpoints in {tmp_path} can be resumed "
                         "from: the fit starts from the beginning")
+
+
+def test_a_multi_q_exit_status_does_not_read_the_bins_results_again(tmp_path, monkeypatch):
+    """The exit status of a multi-q run read each bin's parameters.json once more with an
+    unbounded read_text, after the folder's lock was released: a concurrent run replacing
+    it (its marker removed first) meant a FileNotFoundError traceback. The status word
+    comes with the row read under the lock; the table has no column for it."""
+    import json
+
+    from helpers import a_bin_folder
+
+    from homodyne import cli
+    from homodyne.output import write_json
+    from homodyne.production import multiq
+
+    folder = a_bin_folder(tmp_path)
+    result = json.loads((folder / "parameters.json").read_text())
+    write_json(folder / "parameters.json", {**result, "status": "undetermined"})
+    row = multiq.summary_row(folder)
+    (folder / "parameters.json").unlink()  # another run is committing its result set
+    monkeypatch.setattr(multiq, "run_all", lambda *a, **k: ([row], tmp_path / "summary.csv"))
+    assert cli._fit_many(None, None, strict=True) == cli.EXIT_UNDETERMINED
+    assert cli._fit_many(None, None, strict=False) == 0
+    assert "outcome" not in multiq.table_columns([row])

@@ -290,6 +290,7 @@ def summary_row(job_dir, settings: str | None = None) -> dict:
     row.update(reduced_chi2=_number(p["reduced_chi_squared"]), status=fit_status(p),
                tier=p["strategy"], passes=p["passes"], time_s=p["wall_time_s"],
                output_dir=str(job_dir))
+    row[OUTCOME] = p.get("status", "")
     return row
 
 
@@ -370,6 +371,10 @@ def _number(v) -> float:
 
 
 _TAIL_COLUMNS = ("reduced_chi2", "status", "tier", "passes", "time_s", "output_dir")
+# a row's key, not a column: the fit's own status word (FitResult.status) as read with the
+# row, for the exit status (parameters.json is not read again once the folder's lock is
+# released: a concurrent run may be replacing it)
+OUTCOME = "outcome"
 
 
 def table_columns(rows: list[dict]) -> list[str]:
@@ -386,7 +391,7 @@ def table_columns(rows: list[dict]) -> list[str]:
         base, _, index = name.partition("[")
         return bases.index(base), int(index.rstrip("]") or -1) if index else -1
 
-    head = [k for k in seen if k not in _TAIL_COLUMNS and k not in names
+    head = [k for k in seen if k not in _TAIL_COLUMNS and k not in names and k != OUTCOME
             and not (k.endswith("_se") and k[:-3] in names)]
     params = [c for n in sorted(names, key=order) for c in (n, f"{n}_se")]
     return head + params + [k for k in _TAIL_COLUMNS if k in seen]
