@@ -231,8 +231,8 @@ def generate_main(argv) -> int:
 
     needed = MIN_POINTS_PER_PARAMETER * (spec.n_physical + 2)  # the fewest any fit takes
     if spec.n_points < needed:  # a file every fit would refuse: not written
-        parser.error(f"arguments --frames/--angles: {spec.n_phi} angle(s) x {spec.n_frames} "
-                     f"frames make {spec.n_points:,} points; a {spec.mode} fit needs at least "
+        parser.error(f"arguments --frames/--angles: {spec.shape_text} make "
+                     f"{spec.n_points:,} points; a {spec.mode} fit needs at least "
                      f"{needed:,}: use more frames or angles")
     try:
         info = generate_synthetic(a.output, spec, spec.pack(a.contrast, a.offset, phys),
@@ -245,8 +245,8 @@ def generate_main(argv) -> int:
                f"{file_size_limit_fix()} or " if exc.errno == errno.EFBIG else "")
         raise OutputDirError(f"could not write {a.output} ({exc.strerror or exc}); nothing was "
                              f"written: {fix}choose another --output") from None
-    print(f"wrote {info.path}: {info.n_points:,} points ({spec.n_phi} angles x "
-          f"{spec.n_frames} frames), {spec.mode}, noise {a.noise}, seed {a.seed}")
+    print(f"wrote {info.path}: {info.n_points:,} points ({spec.shape_text}), {spec.mode}, "
+          f"noise {a.noise}, seed {a.seed}")
     return 0
 
 

@@ -82,6 +82,11 @@ class TriangleGrid:
     def n_points(self) -> int:
         return self.n_phi * self.points_per_angle
 
+    @property
+    def shape_text(self) -> str:
+        """'2 angles x 200 frames' ('1 angle x 291 frames': one angle is no plural)."""
+        return f"{self.n_phi} angle{'' if self.n_phi == 1 else 's'} x {self.n_frames} frames"
+
 
 def whole_number(name: str, value) -> int:
     """``value`` as an int: an integer (numpy's too) or an integral float such as 3.0, as

@@ -348,9 +348,9 @@ def _run_on_device(cfg: HomodyneConfig, out: Path, results: ResultSet,
     with open_data(cfg) as source:
         spec = model_spec(cfg, source)
         p0, lb, ub = start_and_bounds(cfg, spec, source)
-        log.info("homodyne %s: %s, %s mode, %d angles x %d frames = %s points, q = %.6g "
+        log.info("homodyne %s: %s, %s mode, %s = %s points, q = %.6g "
                  "(requested %s, off by %.3g)", __version__, source.path, spec.mode,
-                 spec.n_phi, spec.n_frames, f"{spec.n_points:,}", spec.q,
+                 spec.shape_text, f"{spec.n_points:,}", spec.q,
                  cfg.experimental_data["q"], source.q_tolerance)
         check_points_kept(source, spec, spec.n_points)
         settings = {**dt_settings(cfg, source, spec), **model_settings(cfg, source, spec)}
@@ -402,7 +402,7 @@ def check_points_kept(source, spec: ModelSpec, n_used: int) -> None:
     needed = MIN_POINTS_PER_PARAMETER * spec.n_params
     if spec.n_points < needed:  # checked before the fit too: no fit of a hopeless selection
         raise DataFileError(source.path, f"the selection holds only {spec.n_points:,} points "
-                            f"({spec.n_phi} angles x {spec.n_frames} frames); a fit of "
+                            f"({spec.shape_text}); a fit of "
                             f"{spec.n_params} parameters needs at least {needed:,}: widen the "
                             "frame or angle selection")
     if n_used < needed:

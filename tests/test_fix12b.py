@@ -249,7 +249,7 @@ def test_validate_refuses_what_the_one_time_run_refuses(tmp_path, capsys, real_d
 def test_validate_refuses_a_two_time_selection_the_run_refuses(tmp_path, capsys):
     data = _static_file(tmp_path)
     cfg = _yaml(tmp_path, _static_cfg(data, end_frame=3, phi_ranges=[[0.0, 1.0]]))
-    line = (f"homodyne: error: {data}: the selection holds only 3 points (1 angles x 3 "
+    line = (f"homodyne: error: {data}: the selection holds only 3 points (1 angle x 3 "
             "frames); a fit of 5 parameters needs at least 100: widen the frame or angle "
             "selection")
     assert _cli(capsys, "validate", "--config", cfg) == (2, [line])

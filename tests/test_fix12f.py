@@ -196,6 +196,6 @@ def test_generate_refuses_a_file_no_fit_could_use(tmp_path, capsys):
     with pytest.raises(SystemExit) as stop:
         main(["generate", "--output", str(out), "--frames", "2", "--angles", "0"])
     assert stop.value.code == 2 and not out.exists()
-    assert ("arguments --frames/--angles: 1 angle(s) x 2 frames make 1 points; a static fit "
+    assert ("arguments --frames/--angles: 1 angle x 2 frames make 1 points; a static fit "
             "needs at least 100: use more frames or angles") in capsys.readouterr().err
     assert main(["generate", "--output", str(out), "--frames", "20", "--angles", "0"]) == 0

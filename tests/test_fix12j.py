@@ -88,3 +88,14 @@ def test_a_multi_q_exit_status_does_not_read_the_bins_results_again(tmp_path, mo
     assert cli._fit_many(None, None, strict=True) == cli.EXIT_UNDETERMINED
     assert cli._fit_many(None, None, strict=False) == 0
     assert "outcome" not in multiq.table_columns([row])
+
+
+def test_one_angle_is_no_plural(tmp_path, capsys):
+    """'1 angles x 291 frames' in the first line of a one-angle fit (and of generate's)."""
+    from homodyne.cli import main
+
+    assert main(["generate", "--output", str(tmp_path / "one.h5"), "--frames", "20",
+                 "--angles", "30"]) == 0
+    assert "(1 angle x 20 frames)" in capsys.readouterr().out
+    assert make_spec(n_phi=1, n_frames=291).shape_text == "1 angle x 291 frames"
+    assert make_spec(n_phi=2, n_frames=40).shape_text == "2 angles x 40 frames"

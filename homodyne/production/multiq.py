@@ -125,8 +125,7 @@ def check_job(cfg: HomodyneConfig, job: QFitJob) -> str:
     with open_data(single) as src:
         spec = model_spec(single, src)
         start_and_bounds(single, spec, src)
-    return f"{len(spec.phi_deg)} angles x {src.last_frame - src.first_frame + 1} frames, " \
-           f"{spec.n_points:,} points"
+    return f"{spec.shape_text}, {spec.n_points:,} points"
 
 
 def settings_digest(cfg: HomodyneConfig) -> str:
