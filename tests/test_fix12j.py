@@ -99,3 +99,29 @@ def test_one_angle_is_no_plural(tmp_path, capsys):
     assert "(1 angle x 20 frames)" in capsys.readouterr().out
     assert make_spec(n_phi=1, n_frames=291).shape_text == "1 angle x 291 frames"
     assert make_spec(n_phi=2, n_frames=40).shape_text == "2 angles x 40 frames"
+
+
+def test_a_save_that_fails_after_making_room_names_the_checkpoints_it_deleted(
+        tmp_path, monkeypatch, caplog):
+    """The disk still full after make_room: 'checkpoint at batch 6 not written: No space
+    left on device; the previous checkpoint stays valid (batch 4 ...)', true, but the
+    older checkpoint it had just deleted (batch 2) went without a word (the warning about
+    deleting is said only when the retry succeeds)."""
+    from helpers import disk_with_room_for, fit_state
+
+    from homodyne.optimization.checkpoint_manager import CheckpointManager
+    from homodyne.optimization.checkpoint_session import CheckpointSession
+
+    manager = CheckpointManager(tmp_path, keep_last_n=3)
+    session = CheckpointSession(manager, fingerprint="f" * 64)
+    for batch in (2, 4):
+        session.save(batch, fit_state([batch, 0, 1]), clock=0.0, wait=True)
+    disk_with_room_for(monkeypatch, 1)  # room for the newest file only: batch 2 must go
+    with caplog.at_level("ERROR"):
+        session.save(6, fit_state([6, 0, 1]), clock=0.0, wait=True)
+    assert [p.name for p in manager.list_checkpoints()] == ["homodyne_state_batch_0004.h5"]
+    (line,) = [r.getMessage() for r in caplog.records]
+    assert line.startswith("checkpoint at batch 6 not written: [Errno 28] No space left on "
+                           "device; this fit's older checkpoint homodyne_state_batch_0002.h5 "
+                           "was deleted to make room, and it still did not fit; the previous "
+                           "checkpoint stays valid (batch 4, "), line

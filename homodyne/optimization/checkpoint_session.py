@@ -358,14 +358,15 @@ class CheckpointSession:
             if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
                 raise
             why = os.strerror(exc.errno)
-            if not self.manager.make_room():
+            deleted = self.manager.make_room()
+            if not deleted:
                 raise self._no_room(exc) from None
             try:
                 path = save(batch, state, fingerprint=self.fingerprint)
             except OSError as again:
                 if again.errno not in (errno.ENOSPC, errno.EDQUOT):
                     raise
-                raise self._no_room(again) from None
+                raise self._no_room(again, deleted) from None
         if not self._short_of_room:
             self._short_of_room = True
             log.warning("checkpoint folder %s had no room for the checkpoint at batch %d "
@@ -375,14 +376,25 @@ class CheckpointSession:
                         why, self.manager.keep_last_n)
         return path
 
-    def _no_room(self, exc: OSError) -> OSError:
-        """``exc`` (no room), naming other fits' checkpoints that take room in the folder:
-        this fit never deletes them, so without a word every save of it failed for good."""
+    def _no_room(self, exc: OSError, deleted: list[Path] | None = None) -> OSError:
+        """``exc`` (no room), naming this fit's older checkpoints deleted to make room for
+        a save that failed all the same (``deleted``: gone without a word before), and
+        other fits' checkpoints that take room in the folder: this fit never deletes them,
+        so without a word every save of it failed for good."""
         others = self.manager.others()
-        if not others:
+        if not others and not deleted:
             return exc
+        why = exc.strerror or str(exc)
+        if deleted:
+            names = ", ".join(p.name for p in deleted)
+            one = len(deleted) == 1
+            why += (f"; this fit's older checkpoint{'' if one else 's'} {names} "
+                    f"{'was' if one else 'were'} deleted to make room, and it still did not "
+                    "fit")
+        if not others:
+            return OSError(exc.errno, why)
         kb = sum(p.stat().st_size for p in others if p.is_file()) / 1024
-        return OSError(exc.errno, f"{exc.strerror}; {len(others)} checkpoint(s) of another "
+        return OSError(exc.errno, f"{why}; {len(others)} checkpoint(s) of another "
                        f"fit (other data or settings, {kb:.0f} kB) take room in "
                        f"{self.manager.checkpoint_dir} and are never deleted by this fit: "
                        "remove them if that fit is not to be resumed, or give each fit its "
