@@ -125,3 +125,39 @@ def test_a_save_that_fails_after_making_room_names_the_checkpoints_it_deleted(
                            "device; this fit's older checkpoint homodyne_state_batch_0002.h5 "
                            "was deleted to make room, and it still did not fit; the previous "
                            "checkpoint stays valid (batch 4, "), line
+
+
+def test_a_save_onto_another_users_checkpoint_says_why_it_failed(tmp_path, monkeypatch):
+    """Another user's checkpoints (0600, unreadable here) in a folder with the sticky bit:
+    resume falls back past them and starts afresh, right, but the saves at their batch
+    numbers failed with the raw rename error "[Errno 1] Operation not permitted:
+    '.tmp-...' -> '.../homodyne_state_batch_0006.h5'", naming no file of theirs nor a fix."""
+    import errno
+    import os
+
+    from helpers import fit_state
+
+    from homodyne.optimization.checkpoint_manager import CheckpointManager
+    from homodyne.optimization.checkpoint_session import CheckpointSession
+
+    manager = CheckpointManager(tmp_path, keep_last_n=3)
+    theirs = manager.path_for(6)
+    theirs.write_bytes(b"another user's checkpoint")
+    real = os.replace
+
+    def replace(src, dst, *a, **k):  # root may replace anything: the sticky bit, faked
+        if os.path.abspath(dst) == str(theirs):
+            raise PermissionError(errno.EPERM, "Operation not permitted", str(src), str(dst))
+        return real(src, dst, *a, **k)
+
+    monkeypatch.setattr(os, "replace", replace)
+    session = CheckpointSession(manager, fingerprint="f" * 64)
+    for batch in (3, 6, 9):
+        session.save(batch, fit_state([batch, 0, 1]), clock=0.0, wait=True)
+    assert session.errors == [
+        "checkpoint at batch 6 not written: [Errno 1] homodyne_state_batch_0006.h5 in "
+        f"{tmp_path} cannot be replaced by this user (Operation not permitted): it is another "
+        "user's file in a folder with the sticky bit; its owner can remove it, or give this "
+        "fit its own optimization.streaming.checkpoint_dir"]
+    assert session.last_batch == 9 and theirs.read_bytes() == b"another user's checkpoint"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]

@@ -441,9 +441,20 @@ class CheckpointManager:
             top = dict(batch_idx=int(batch_idx), timestamp=time.time(),
                        fingerprint=fingerprint, **_versions())
             h5.attrs.update(top)
-        with atomic_path(path) as tmp:
-            tmp.write_bytes(buffer.getbuffer())
-            _append_trailer(tmp, fingerprint)
+        try:
+            with atomic_path(path) as tmp:
+                tmp.write_bytes(buffer.getbuffer())
+                _append_trailer(tmp, fingerprint)
+        except PermissionError as exc:
+            if not os.path.lexists(path):
+                raise
+            # another user's file in a folder with the sticky bit (/tmp): the raw rename
+            # error named a temporary file and no fix
+            raise PermissionError(exc.errno, f"{path.name} in {self.checkpoint_dir} cannot be "
+                                  f"replaced by this user ({exc.strerror}): it is another "
+                                  "user's file in a folder with the sticky bit; its owner "
+                                  "can remove it, or give this fit its own "
+                                  "optimization.streaming.checkpoint_dir") from None
         if replaces_other:  # (said once it is: a save that failed had replaced nothing)
             log.warning("%s in %s belonged to another fit (other data or settings, no run "
                         "uses it now: this run holds the folder); replaced by this fit's "
