@@ -161,3 +161,36 @@ def test_a_save_onto_another_users_checkpoint_says_why_it_failed(tmp_path, monke
         "fit its own optimization.streaming.checkpoint_dir"]
     assert session.last_batch == 9 and theirs.read_bytes() == b"another user's checkpoint"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".tmp")]
+
+
+def test_a_q_bin_some_files_lack_is_fitted_in_the_files_that_have_it(tmp_path, caplog):
+    """probe20 W1: --q 0.009 on a multi-file config where one file has no such bin was
+    refused for every file (exit 2), so the other files' 0.009 bins could not be refreshed
+    alone. Those files are fitted there and the file without the bin is named in a
+    warning; a value no file has a bin for is refused as before."""
+    import pytest
+
+    from homodyne.config import ConfigError, validate_config
+    from homodyne.data.synthetic import generate_synthetic
+    from homodyne.production.multiq import plan_jobs
+
+    spec = make_spec(n_phi=1, n_frames=20)
+    truth = spec.pack(0.3, 1.0, [1e4, -0.5, 100.0])
+    generate_synthetic(tmp_path / "a.h5", spec, truth, more_q=(0.009,))
+    generate_synthetic(tmp_path / "b.h5", spec, truth)
+
+    def jobs(q):
+        return [(j.file_id, j.q_index) for j in plan_jobs(validate_config({
+            "analysis_mode": "static", "initial_parameters": {"values": [1e4, -0.5, 100.0]},
+            "experimental_data": {"files": [str(tmp_path / "a.h5"), str(tmp_path / "b.h5")],
+                                  "q": q}}))]
+
+    with caplog.at_level("WARNING"):
+        assert jobs(0.009) == [("a", 1)]
+        assert jobs([0.0054, 0.009]) == [("a", 0), ("a", 1), ("b", 0)]
+    said = [r.getMessage() for r in caplog.records]
+    assert len(said) == 2 and said[0].startswith(
+        "1 of 2 files has no q bin at q = 0.009 and is not fitted there: no q bin of "
+        f"{tmp_path / 'b.h5'} within 0.0009 of 0.009 (bins: 0.0054)"), said
+    with pytest.raises(ConfigError, match="no q bin of .*a.h5 within 0.002 of 0.02"):
+        jobs(0.02)

@@ -93,11 +93,35 @@ def plan_jobs(cfg: HomodyneConfig, out_root=None) -> list[QFitJob]:
     files = data_files(cfg)
     d = cfg.experimental_data
     jobs = []
+    lacking: dict[float, list[ConfigError]] = {}  # a q value -> the files without its bin
     for path, fid in zip(files, file_ids(files), strict=True):
         bins = q_bins(path)
-        for i in selected_bins(d["q"], bins, path, d["q_tolerance"]):
+        for i in _bins_of_file(d["q"], bins, path, d["q_tolerance"], len(files), lacking):
             jobs.append(QFitJob(path, fid, i, bins[i], root / fid / f"q{i:02d}"))
+    for q, errors in lacking.items():
+        if len(errors) == len(files):  # no file has such a bin: a wrong value
+            raise errors[0]
+        log.warning("%d of %d files %s no q bin at q = %.6g and %s not fitted there: %s",
+                    len(errors), len(files), "has" if len(errors) == 1 else "have", q,
+                    "is" if len(errors) == 1 else "are",
+                    "; ".join(e.problem.partition("; use one")[0] for e in errors))
     return jobs
+
+
+def _bins_of_file(q_setting, bins: list[float], path: str, tolerance, n_files: int,
+                  lacking: dict) -> list[int]:
+    """``selected_bins`` of one of ``n_files`` files; with several files a q value this
+    file has no bin for is noted in ``lacking`` (value -> its ConfigError) instead of
+    refusing the run: the files that have that bin are fitted (refreshed with --q)."""
+    if n_files == 1 or q_setting in ("all", None):
+        return selected_bins(q_setting, bins, path, tolerance)
+    out: list[int] = []
+    for q in q_setting if isinstance(q_setting, list) else [q_setting]:
+        try:
+            out += [i for i in selected_bins(q, bins, path, tolerance) if i not in out]
+        except ConfigError as exc:
+            lacking.setdefault(q, []).append(exc)
+    return out
 
 
 def job_config(cfg: HomodyneConfig, job: QFitJob) -> HomodyneConfig:
