@@ -42,6 +42,19 @@ def dangling_soft_link(h5: h5py.File, name: str) -> str | None:
     return None
 
 
+def one_object_twice(h5: h5py.File, names) -> str | None:
+    """What is wrong when two of ``names`` lead to one HDF5 object (a soft or hard link
+    from one to the other), else None: one angle's matrix fitted for another, or the
+    errors fitted as g2, without a word."""
+    seen: dict = {}
+    for name in names:
+        first = seen.setdefault(h5[name].id, name)  # ids compare by file and address
+        if first != name:
+            return (f"{first} and {name} are one dataset (a link leads from one to the "
+                    "other), not two: give each its own values (re-export the file)")
+    return None
+
+
 def soft_link_loop(h5: h5py.File) -> str | None:
     """What is wrong when a soft link in the file leads back to itself through other soft
     links (HDF5 gives up after a few hops with "too many links", which reads like damaged

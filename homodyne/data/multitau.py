@@ -15,6 +15,7 @@ from homodyne.data.h5storage import (
     external_link,
     never_written,
     not_real_numbers,
+    one_object_twice,
     refuse_unread_storage,
     unreadable,
 )
@@ -71,6 +72,9 @@ def read_multitau(path) -> OneTimeData:
                     raise DataFileError(path, f"{name} has shape {shape}; {delays.size} delays "
                                               f"and {q.size} q values need "
                                               f"{(delays.size, q.size)}")
+            twice = one_object_twice(h5, (G2, G2_ERR))
+            if twice:
+                raise DataFileError(path, twice)
             g2 = _numeric(h5, G2, path, delays.size * q.size)
             err = _numeric(h5, G2_ERR, path, delays.size * q.size)
             if not isinstance(h5[START_TIME], h5py.Dataset):

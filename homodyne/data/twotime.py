@@ -25,6 +25,7 @@ from homodyne.data.h5storage import (
     declared_bytes,
     external_link,
     not_real_numbers,
+    one_object_twice,
     refuse_unread_storage,
     soft_link_loop,
     unreadable,
@@ -365,6 +366,9 @@ def open_two_time(path, *, q: float | None = None, q_tolerance: float | None = N
         phis = tuple(float(phi) for (_, phi, _) in chosen)
         sources: list[FileVersion] = []
         n_file = _check_matrices(path, h5, names, sources)
+        twice = one_object_twice(h5, names)
+        if twice:
+            raise DataFileError(path, twice)
         storages = [_detect_storage(h5[name]) for name in names]
         frame_time = _frame_time(h5)
         attrs = dict(h5[SYNTHETIC_ATTRS].attrs) if SYNTHETIC_ATTRS in h5 else {}
