@@ -229,3 +229,37 @@ def test_two_selected_names_that_lead_to_one_dataset_are_refused(tmp_path):
     with pytest.raises(DataFileError, match="normalized_g2 and /xpcs/multitau/normalized_g2_err "
                        "are one dataset"):
         read_multitau(g2)
+
+
+def test_a_q_refresh_sees_data_rewritten_with_their_old_mtime(tmp_path, caplog):
+    """probe20 W6: a --q refresh left out bins whose data file is newer than their result
+    (by mtime): data rewritten with the old mtime (cp -p, touch -d) kept the old fits in
+    the table as fits of the new data. job.json keeps the file's stamp and SHA-256; a
+    stamp that differs (ctime cannot be set back) and a digest that differs leave the bin
+    out; a file only touched stays in."""
+    import os
+
+    from helpers import multi_q_cli_config
+
+    from homodyne.cli import main
+    from homodyne.config import load_config
+    from homodyne.data.synthetic import generate_synthetic
+    from homodyne.model import ModelSpec
+    from homodyne.production.multiq import _of_this_data, plan_jobs
+
+    cfg = multi_q_cli_config(tmp_path, more_q=(0.007,))
+    assert main(["--config", str(cfg), "--quiet"]) == 0
+    jobs = plan_jobs(load_config(cfg))
+    folders = [j.output_dir for j in jobs]
+    data = tmp_path / "d.h5"
+    old = os.stat(data)
+    os.utime(data, ns=(1, 1))  # only touched: its bins stay
+    assert _of_this_data(jobs, folders) == folders
+    spec = ModelSpec(mode="static", n_frames=20, phi_deg=(0.0,))
+    generate_synthetic(data, spec, spec.pack(0.3, 1.0, [2e4, -0.5, 100.0]), more_q=(0.007,),
+                       overwrite=True)
+    os.utime(data, ns=(old.st_atime_ns, old.st_mtime_ns))  # rewritten, its mtime set back
+    assert os.stat(data).st_size == old.st_size
+    with caplog.at_level("WARNING"):
+        assert _of_this_data(jobs, folders) == []
+    assert f"d q bin 0 ({data} changed after the fit); d q bin 1 (" in caplog.text

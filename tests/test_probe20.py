@@ -138,9 +138,12 @@ def test_a_refresh_leaves_out_bins_fitted_before_the_file_changed(fitted_bins, t
     from homodyne.production.multiq import _of_this_data, plan_jobs
 
     q00 = out / "d" / "q00"
-    later = (q00 / "parameters.json").stat().st_mtime_ns + 10**9
-    os.utime(data, ns=(later, later))  # the data changed after q00's fit
     jobs = plan_jobs(load_config(cfg))
+    later = (q00 / "parameters.json").stat().st_mtime_ns + 10**9
+    os.utime(data, ns=(later, later))  # only touched: the same data (fix12j: by content)
+    assert _of_this_data(jobs, [q00]) == [q00]
+    generate_synthetic(data, spec, spec.pack(0.3, 1.0, STATIC_PHYS), more_q=(0.006,),
+                       overwrite=True, seed=6)  # the data changed after q00's fit
     assert _of_this_data(jobs, [q00]) == []
     assert f"d q bin 0 ({data} changed after the fit)" in caplog.text
 

@@ -181,18 +181,58 @@ _NOT_FIT_SETTINGS = {
 }
 
 
-def fit_job(cfg: HomodyneConfig, job: QFitJob, *, overwrite: bool | None = None) -> dict:
-    """Run one job as a normal fit (all its usual outputs), then record which job it was
-    and the digest of the settings it was fitted with."""
+def fit_job(cfg: HomodyneConfig, job: QFitJob, *, overwrite: bool | None = None,
+            digests: dict | None = None) -> dict:
+    """Run one job as a normal fit (all its usual outputs), then record which job it was,
+    the digest of the settings it was fitted with and the data file as it was before the
+    fit (``data_stamp``; ``digests``: a run's cache, one file's q bins share it)."""
     from homodyne.output import write_json
     from homodyne.pipeline import run_from_config
 
+    stamp = data_stamp(job.file, digests)
     run_from_config(job_config(cfg, job), overwrite=overwrite)
     settings = settings_digest(cfg)
     identity = {"file": job.file, "file_id": job.file_id, "q_index": job.q_index, "q": job.q,
-                "age_s": file_age(job.file), "settings": settings}
+                "age_s": file_age(job.file), "settings": settings, "data": stamp}
     write_json(job.output_dir / JOB_FILE, identity)
     return summary_row(job.output_dir, settings)
+
+
+_STAMP_FIELDS = ("size", "mtime_ns", "ctime_ns", "inode")
+
+
+def data_stamp(path, digests: dict | None = None) -> dict:
+    """What job.json keeps of a data file to tell later whether it changed: size, mtime_ns,
+    ctime_ns (no user sets it: data rewritten with an old mtime, cp -p, still change it),
+    inode, and the SHA-256 of its bytes, which decides once the others differ (a file
+    copied elsewhere and back is the same data). ``digests`` caches the digest per stamp."""
+    import hashlib
+
+    st = os.stat(path)
+    stamp = dict(zip(_STAMP_FIELDS, (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino),
+                     strict=True))
+    key = (os.path.abspath(path), *stamp.values())
+    if digests is None or key not in digests:
+        with open(path, "rb") as fh:
+            digest = hashlib.file_digest(fh, "sha256").hexdigest()
+        if digests is None:
+            return {**stamp, "sha256": digest}
+        digests[key] = digest
+    return {**stamp, "sha256": digests[key]}
+
+
+def _data_changed(recorded, path) -> bool | None:
+    """Whether ``path`` differs from the stamp a job.json ``recorded`` (data_stamp); None
+    where it recorded none we can read (written before stamps were kept, or edited)."""
+    if not (isinstance(recorded, dict) and isinstance(recorded.get("sha256"), str)
+            and all(type(recorded.get(k)) is int for k in _STAMP_FIELDS)):
+        return None
+    st = os.stat(path)
+    if [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino] == \
+            [recorded[k] for k in _STAMP_FIELDS]:
+        return False
+    return st.st_size != recorded["size"] or \
+        data_stamp(path)["sha256"] != recorded["sha256"]
 
 
 def file_age(path) -> float | None:
@@ -497,14 +537,15 @@ def run_all(cfg: HomodyneConfig, *, overwrite: bool | None = None,
 
     root = cfg.output["directory"]
     jobs = plan_jobs(cfg)
-    rows = []
+    rows: list[dict] = []
+    digests: dict = {}  # one digest of a file for all its q bins
     with root_lock(root), _bins_named_on_stop(rows, root):
         try:
             for k, job in enumerate(jobs, 1):
                 log.info("fit %d/%d: %s, q bin %d (q = %.6g)", k, len(jobs), job.file,
                          job.q_index, job.q)
                 try:
-                    rows.append(fit_job(cfg, job, overwrite=overwrite))
+                    rows.append(fit_job(cfg, job, overwrite=overwrite, digests=digests))
                 except (DataFileError, NLSQOptimizationError) as exc:
                     log.error("%s q bin %d failed: %s", job.file, job.q_index, exc)
                     rows.append({"file": job.file_id, "age_s": None, "q_index": job.q_index,
@@ -581,12 +622,10 @@ def _complete(jobs: list[QFitJob]) -> list[Path]:
 
 def _of_this_data(jobs: list[QFitJob], done: list[Path]) -> list[Path]:
     """The folders of ``done`` whose result is a fit of its job's data as it is now: a
-    folder whose job.json records another q than the file's bin has now, or whose result
-    is older than the file, is left out of the table with a warning (a refreshed table
-    listed c/q01 at q = 0.007, settings_match True, after c.h5 was rewritten with its bin 1
-    at q = 0.006)."""
-    import os
-
+    folder whose job.json records another q than the file's bin has now, or whose data
+    file changed since (``_changed_since``), is left out of the table with a warning (a
+    refreshed table listed c/q01 at q = 0.007, settings_match True, after c.h5 was
+    rewritten with its bin 1 at q = 0.006)."""
     by_dir = {j.output_dir: j for j in jobs}
     keep, stale = [], []
     for folder in done:
@@ -595,7 +634,7 @@ def _of_this_data(jobs: list[QFitJob], done: list[Path]) -> list[Path]:
         if not math.isclose(rec["q"], job.q, rel_tol=1e-6):
             stale.append(f"{job.file_id} q bin {job.q_index} (fitted at q = {rec['q']:.6g}, "
                          f"the bin is now at q = {job.q:.6g})")
-        elif os.stat(job.file).st_mtime_ns > (folder / "parameters.json").stat().st_mtime_ns:
+        elif _changed_since(rec, job.file, folder):
             stale.append(f"{job.file_id} q bin {job.q_index} ({job.file} changed after the fit)")
         else:
             keep.append(folder)
@@ -604,6 +643,15 @@ def _of_this_data(jobs: list[QFitJob], done: list[Path]) -> list[Path]:
                     "the table: %s; refit them (homodyne --config ... --q all --overwrite)",
                     len(stale), "; ".join(stale))
     return keep
+
+
+def _changed_since(rec: dict, path, folder: Path) -> bool:
+    """Whether the data file changed since the fit in ``folder``: by the stamp its job.json
+    recorded, else (an older job.json) by mtime (a folder copied without -p looks newer)."""
+    changed = _data_changed(rec.get("data"), path)
+    if changed is None:
+        return os.stat(path).st_mtime_ns > (folder / "parameters.json").stat().st_mtime_ns
+    return changed
 
 
 def _drop_table(out_dir) -> None:
