@@ -332,3 +332,12 @@ def multi_q_stop_line(*bins: str) -> str:
     return ("homodyne: interrupted (SIGTERM); bins fitted before the stop are kept: "
             f"{', '.join(os.path.join(*b.split('/')) for b in bins)}; the other bins' results "
             "are untouched")
+
+
+def soft_link_over(path, name: str, target: str) -> None:
+    """Replace the dataset ``name`` of the HDF5 file ``path`` by a soft link to ``target``."""
+    import h5py
+
+    with h5py.File(path, "r+") as h5:
+        del h5[name]
+        h5[name] = h5py.SoftLink(target)

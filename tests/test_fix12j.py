@@ -202,19 +202,16 @@ def test_two_selected_names_that_lead_to_one_dataset_are_refused(tmp_path):
     as g2. Two selected names that lead to one HDF5 object are refused, naming both."""
     import datetime
 
-    import h5py
     import pytest
-    from helpers import small_two_time_file, write_multitau
+    from helpers import small_two_time_file, soft_link_over, write_multitau
 
     from homodyne.data import DataFileError
     from homodyne.data.multitau import read_multitau
     from homodyne.data.twotime import open_two_time
 
     path = small_two_time_file(tmp_path / "c2.h5", n_frames=10)
-    with h5py.File(path, "a") as h5:
-        maps = h5["/xpcs/twotime/correlation_map"]
-        del maps["c2_00001"]
-        maps["c2_00001"] = h5py.SoftLink("/xpcs/twotime/correlation_map/c2_00002")
+    maps = "/xpcs/twotime/correlation_map"
+    soft_link_over(path, f"{maps}/c2_00001", f"{maps}/c2_00002")
     with pytest.raises(DataFileError, match="c2_00001 and /xpcs/twotime/correlation_map/"
                        "c2_00002 are one dataset .a link leads from one to the other., not "
                        "two: give each its own values .re-export the file.$"):
@@ -223,9 +220,7 @@ def test_two_selected_names_that_lead_to_one_dataset_are_refused(tmp_path):
     g2 = tmp_path / "g2.h5"
     write_multitau(g2, datetime.datetime(2024, 1, 1), np.ones((5, 1)), np.full((5, 1), 0.01),
                    np.arange(1, 6), np.array([0.005]), 0.1)
-    with h5py.File(g2, "a") as h5:
-        del h5["/xpcs/multitau/normalized_g2"]
-        h5["/xpcs/multitau/normalized_g2"] = h5py.SoftLink("/xpcs/multitau/normalized_g2_err")
+    soft_link_over(g2, "/xpcs/multitau/normalized_g2", "/xpcs/multitau/normalized_g2_err")
     with pytest.raises(DataFileError, match="normalized_g2 and /xpcs/multitau/normalized_g2_err "
                        "are one dataset"):
         read_multitau(g2)
