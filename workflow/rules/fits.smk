@@ -1,4 +1,27 @@
-"""Production fits on measured data (mirror or verified download) and the fits summary."""
+"""Production fits on measured data (mirror or verified download) and the fits summary.
+
+Each fit commits its whole result set into results/fits/<fit>/ (all or nothing) and then
+writes its record job.json, the rule's only declared output: Snakemake deletes a job's
+declared outputs before it runs and after it fails, which would take the previous
+complete set. The report shows copies of the committed files (rules report_<fit>)."""
+
+# the committed files the report shows, per fit (relative to results/fits/<fit>/)
+FIT_REPORTS = {
+    "chx": ["comparison.csv", "rate_vs_age.png", "c2_heatmaps.png", "c2_cuts.png"],
+    "aging": [
+        "per_age.csv",
+        "q2_scaling.png",
+        "g2_fits_and_residuals.png",
+        "aging_law.png",
+    ],
+    "laminar": ["fit/c2_heatmaps.png", "fit/c2_cuts.png"],
+    "one_time": ["per_q.csv", "g2_fits.png", "rates_vs_q.png"],
+}
+FIT_REPORT_FILES = [
+    f"results/report/fits/{fit}/{name}"
+    for fit, names in FIT_REPORTS.items()
+    for name in names
+]
 
 
 rule fetch_real_data:
@@ -24,19 +47,7 @@ rule fit_chx:
         matrix=f"results/data/real/{config['fits']['chx']['file']}",
         authors=f"results/data/real/{config['fits']['chx']['results']}",
     output:
-        params="results/fits/chx/parameters.json",
-        comparison=report(
-            "results/fits/chx/comparison.csv",
-            caption="../report/chx.rst",
-            category="Fits",
-        ),
-        plots=report(
-            expand(
-                "results/fits/chx/{p}.png", p=["rate_vs_age", "c2_heatmaps", "c2_cuts"]
-            ),
-            caption="../report/chx.rst",
-            category="Fits",
-        ),
+        record="results/fits/chx/job.json",
     log:
         "results/logs/fits/chx.log",
     benchmark:
@@ -59,20 +70,7 @@ rule fit_aps_aging:
             for f in real_data_files(config["fits"]["aps_aging"]["folder"])
         ],
     output:
-        params="results/fits/aging/parameters.json",
-        table=report(
-            "results/fits/aging/per_age.csv",
-            caption="../report/aging.rst",
-            category="Fits",
-        ),
-        plots=report(
-            expand(
-                "results/fits/aging/{p}.png",
-                p=["q2_scaling", "g2_fits_and_residuals", "aging_law"],
-            ),
-            caption="../report/aging.rst",
-            category="Fits",
-        ),
+        record="results/fits/aging/job.json",
     log:
         "results/logs/fits/aging.log",
     benchmark:
@@ -90,12 +88,7 @@ rule fit_aps_aging:
 
 rule fit_laminar_synthetic:
     output:
-        params="results/fits/laminar/parameters.json",
-        plots=report(
-            expand("results/fits/laminar/fit/{p}.png", p=["c2_heatmaps", "c2_cuts"]),
-            caption="../report/laminar.rst",
-            category="Fits",
-        ),
+        record="results/fits/laminar/job.json",
     log:
         "results/logs/fits/laminar.log",
     benchmark:
@@ -126,17 +119,7 @@ rule fit_one_time:
     input:
         f"results/data/real/{ONE_TIME['file']}",
     output:
-        params="results/fits/one_time/parameters.json",
-        table=report(
-            "results/fits/one_time/per_q.csv",
-            caption="../report/one_time.rst",
-            category="Fits",
-        ),
-        plots=report(
-            expand("results/fits/one_time/{p}.png", p=["g2_fits", "rates_vs_q"]),
-            caption="../report/one_time.rst",
-            category="Fits",
-        ),
+        record="results/fits/one_time/job.json",
     log:
         "results/logs/fits/one_time.log",
     benchmark:
@@ -152,12 +135,39 @@ rule fit_one_time:
         "../scripts/fit_one_time.py"
 
 
+# The report's copies of each fit's committed figures and tables (the set itself stays).
+for fit, names in FIT_REPORTS.items():
+
+    rule:
+        name:
+            f"report_{fit}"
+        input:
+            record=f"results/fits/{fit}/job.json",
+        output:
+            report(
+                [f"results/report/fits/{fit}/{name}" for name in names],
+                caption=f"../report/{fit}.rst",
+                category="Fits",
+            ),
+        log:
+            f"results/logs/fits/report_{fit}.log",
+        benchmark:
+            f"results/logs/fits/report_{fit}.benchmark.tsv"
+        conda:
+            "../envs/homodyne.yaml"
+        resources:
+            mem_mb=500,
+            runtime=5,
+        params:
+            names=names,
+        script:
+            "../scripts/publish_fit_files.py"
+
+
 rule fits_summary:
     input:
-        "results/fits/chx/parameters.json",
-        "results/fits/aging/parameters.json",
-        "results/fits/laminar/parameters.json",
-        "results/fits/one_time/parameters.json",
+        # the records: rewritten by every committed refit, so the summary follows
+        [f"results/fits/{fit}/job.json" for fit in FIT_REPORTS],
     output:
         report("results/fits/summary.md", caption="../report/fits.rst", category="Fits"),
     log:
