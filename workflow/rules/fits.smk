@@ -3,25 +3,7 @@
 Each fit commits its whole result set into results/fits/<fit>/ (all or nothing) and then
 writes its record job.json, the rule's only declared output: Snakemake deletes a job's
 declared outputs before it runs and after it fails, which would take the previous
-complete set. The report shows copies of the committed files (rules report_<fit>)."""
-
-# the committed files the report shows, per fit (relative to results/fits/<fit>/)
-FIT_REPORTS = {
-    "chx": ["comparison.csv", "rate_vs_age.png", "c2_heatmaps.png", "c2_cuts.png"],
-    "aging": [
-        "per_age.csv",
-        "q2_scaling.png",
-        "g2_fits_and_residuals.png",
-        "aging_law.png",
-    ],
-    "laminar": ["fit/c2_heatmaps.png", "fit/c2_cuts.png"],
-    "one_time": ["per_q.csv", "g2_fits.png", "rates_vs_q.png"],
-}
-FIT_REPORT_FILES = [
-    f"results/report/fits/{fit}/{name}"
-    for fit, names in FIT_REPORTS.items()
-    for name in names
-]
+complete set. The report shows copies of the committed files (rule fits_report)."""
 
 
 rule fetch_real_data:
@@ -135,33 +117,37 @@ rule fit_one_time:
         "../scripts/fit_one_time.py"
 
 
-# The report's copies of each fit's committed figures and tables (the set itself stays).
-for fit, names in FIT_REPORTS.items():
-
-    rule:
-        name:
-            f"report_{fit}"
-        input:
-            record=f"results/fits/{fit}/job.json",
-        output:
-            report(
-                [f"results/report/fits/{fit}/{name}" for name in names],
-                caption=f"../report/{fit}.rst",
-                category="Fits",
-            ),
-        log:
-            f"results/logs/fits/report_{fit}.log",
-        benchmark:
-            f"results/logs/fits/report_{fit}.benchmark.tsv"
-        conda:
-            "../envs/homodyne.yaml"
-        resources:
-            mem_mb=500,
-            runtime=5,
-        params:
-            names=names,
-        script:
-            "../scripts/publish_fit_files.py"
+# The report's copies of the fits' committed figures and tables (the sets themselves stay):
+# one job, one output group per fit with that fit's caption.
+rule fits_report:
+    input:
+        **{fit: f"results/fits/{fit}/job.json" for fit in FIT_REPORTS},
+    output:
+        chx=report(report_copies("chx"), caption="../report/chx.rst", category="Fits"),
+        aging=report(
+            report_copies("aging"), caption="../report/aging.rst", category="Fits"
+        ),
+        laminar=report(
+            report_copies("laminar"), caption="../report/laminar.rst", category="Fits"
+        ),
+        one_time=report(
+            report_copies("one_time"),
+            caption="../report/one_time.rst",
+            category="Fits",
+        ),
+    log:
+        "results/logs/fits/report.log",
+    benchmark:
+        "results/logs/fits/report.benchmark.tsv"
+    conda:
+        "../envs/homodyne.yaml"
+    resources:
+        mem_mb=500,
+        runtime=5,
+    params:
+        reports=FIT_REPORTS,
+    script:
+        "../scripts/publish_fit_files.py"
 
 
 rule fits_summary:

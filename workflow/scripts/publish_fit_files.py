@@ -1,8 +1,8 @@
-"""Rules report_<fit>: the report's copies of a fit's committed files (thin glue)."""
+"""Rule fits_report: the report's copies of the fits' committed files (thin glue)."""
 
 from homodyne.production.report import publish_fit_files
 from homodyne.rulelog import redirect
 
 redirect(snakemake)  # noqa: F821
-publish_fit_files(snakemake.input.record, snakemake.params.names,  # noqa: F821
-                  list(snakemake.output))  # noqa: F821
+for fit, names in snakemake.params.reports.items():  # noqa: F821
+    publish_fit_files(snakemake.input[fit], names, snakemake.output[fit])  # noqa: F821
