@@ -46,6 +46,7 @@ rule fit:
     default_target: True
     input:
         "results/fits/summary.md",
+        FIT_REPORT_FILES,
         expand("results/fits/{run}/summary.csv", run=list(multiq_runs())),
 
 

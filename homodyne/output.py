@@ -101,11 +101,13 @@ TEMP_NAME = re.compile(r"\.tmp-(\d{1,9})(?:s(\d{1,20}))?(?:\.([A-Za-z0-9_]{1,32}
                        r"-[0-9a-f]{8}-.")
 
 
-def remove_stale_temp_files(folder, of: str | None = None) -> list[str]:
+def remove_stale_temp_files(folder, of: str | None = None,
+                            folders: tuple[str, ...] = SET_FOLDERS) -> list[str]:
     """Delete the temporary files in ``folder`` whose writer on this host no longer runs
     (a run killed by SIGKILL or a power cut leaves them); called with the folder's lock
     held, or with ``of`` (a file name): only the temporary files of that file. Only regular
-    files named by ``_temp_name`` are touched; returns the names removed (and logs them)."""
+    files named by ``_temp_name`` are touched, and staged folders of the names ``folders``
+    (the sets written there have); returns the names removed (and logs them)."""
     removed, kept = [], []
     try:
         entries = list(os.scandir(folder))
@@ -122,7 +124,7 @@ def remove_stale_temp_files(folder, of: str | None = None) -> list[str]:
                 os.unlink(entry.path)
                 removed.append(entry.name)
             elif entry.is_dir(follow_symlinks=False) and \
-                    entry.name[found.end() - 1:] in SET_FOLDERS:  # a staged folder
+                    entry.name[found.end() - 1:] in folders:  # a staged folder
                 shutil.rmtree(entry.path, ignore_errors=True)
                 removed.append(entry.name)
         except FileNotFoundError:
@@ -285,10 +287,12 @@ def _lock_open_fix(code: int | None, path: Path) -> str:
 class DirectoryLock:
     """An exclusive lock file (``flock``) held while one run uses a folder; the holder's
     pid is written into it so a second run can say who has it. Released on exit or
-    when the process dies. Taking it removes the temporary files of killed runs."""
+    when the process dies. Taking it removes the temporary files of killed runs (and
+    their staged folders of the names ``folders``)."""
 
-    def __init__(self, path):
+    def __init__(self, path, folders: tuple[str, ...] = SET_FOLDERS):
         self.path = Path(path)
+        self.folders = folders
         self._fh: TextIO | None = None
 
     def acquire(self) -> None:
@@ -334,7 +338,8 @@ class DirectoryLock:
             raise OutputDirError(f"cannot write the lock file {self.path} ({exc.strerror or exc}); "
                                  "free space in that folder or choose another one") from None
         self._fh = fh
-        remove_stale_temp_files(self.path.parent)  # no other run can be writing there now
+        remove_stale_temp_files(self.path.parent, folders=self.folders)  # no other run can
+        # be writing there now
 
     @property
     def held(self) -> bool:
@@ -360,6 +365,26 @@ class DirectoryLock:
             fcntl.flock(self._fh.fileno(), fcntl.LOCK_UN)
             self._fh.close()
             self._fh = None
+
+
+class OutputLock:
+    """One run per output folder: a second run pointed at it is refused, not interleaved."""
+
+    def __init__(self, folder: Path, folders: tuple[str, ...] = SET_FOLDERS):
+        self.path = Path(folder) / ".homodyne.lock"
+        self._lock = DirectoryLock(self.path, folders)
+
+    def __enter__(self):
+        try:
+            self._lock.acquire()
+        except LockHeld as held:
+            holder = held.holder or "another run"
+            raise OutputExistsError(f"{self.path.parent} is in use by {holder}; wait for it to "
+                                    "finish or choose another --output-dir") from None
+        return self
+
+    def __exit__(self, *exc):
+        self._lock.release()
 
 
 def _jsonable(v):
@@ -438,11 +463,13 @@ def _not_replaceable(folder: Path, names) -> list[str]:
     return theirs
 
 
-def refuse_folders_at_result_names(folder: Path, names, during: bool = False) -> None:
+def refuse_folders_at_result_names(folder: Path, names, during: bool = False,
+                                   folders: tuple[str, ...] = SET_FOLDERS) -> None:
     """OutputDirError if a result file's name in ``folder`` is a folder (not a link to
-    one): renaming a file over it fails, after part of a set would have been replaced."""
+    one), or a result folder's name (of ``folders``) a file: renaming one over the other
+    fails, after part of a set would have been replaced."""
     for name in names:
-        if name in SET_FOLDERS:
+        if name in folders:
             if os.path.lexists(folder / name) and not _real_dir(folder / name):
                 raise OutputDirError(f"{folder / name} is a file or link where the result "
                                      f"folder {name} goes; move it away or choose another "
@@ -526,12 +553,17 @@ class ResultSet:
     ``stage(name)`` gives the temporary path to write ``name`` to; ``commit()`` renames
     them all with signals held off, removing the old marker first and writing it last,
     so the folder never shows a mix of two runs. ``discard()`` deletes the staged files.
+    ``names``: every file a set of this kind may hold (a CLI run's SET_FILES, a production
+    fit's own list), of which ``folders`` are folders.
     """
 
-    def __init__(self, folder):
+    def __init__(self, folder, names: tuple[str, ...] = SET_FILES,
+                 folders: tuple[str, ...] = SET_FOLDERS):
         self.folder = Path(folder)
+        self.names, self.folders = names, folders
         self.staged: dict[str, Path] = {}
         self.in_place = False  # the set renamed into place (a stop after that keeps it)
+        self.committed: dict[str, Path] = {}  # once committed: each file's final path
 
     def stage(self, name: str) -> Path:
         tmp = _temp_name(self.folder / name)
@@ -539,7 +571,7 @@ class ResultSet:
         return tmp
 
     def commit(self) -> dict[str, Path]:
-        previous = previous_set_files(self.folder)
+        previous = previous_set_files(self.folder, self.names)
         if MARKER in self.staged:  # the marker lists its set: the next run removes only those
             marker = self.staged[MARKER]
             payload = json.loads(marker.read_text())
@@ -550,7 +582,7 @@ class ResultSet:
                 _fsync(inner)
             _fsync(tmp)
         refuse_folders_at_result_names(self.folder, sorted({*previous, *self.staged, INTERRUPTED,
-                                                            FAILED_LOG}), during=True)
+                                                            FAILED_LOG}), True, self.folders)
         stops: list[int] = []
         handlers = _hold_stops(stops)
         old_folders = []  # the previous set's folders, renamed aside, removed at the end
@@ -558,9 +590,9 @@ class ResultSet:
             _unlink(self.folder / MARKER)
             for name in previous:
                 if name not in self.staged:
-                    _unlink(self.folder / name)  # the old set's file, not of this set
+                    _unlink(self.folder / name, self.folders)  # the old set's, not this set's
             for name, tmp in sorted(self.staged.items(), key=lambda kv: kv[0] == MARKER):
-                if name in SET_FOLDERS and _real_dir(self.folder / name):
+                if name in self.folders and _real_dir(self.folder / name):
                     aside = _temp_name(self.folder / name)  # a folder is not renamed over one
                     os.replace(self.folder / name, aside)
                     old_folders.append(aside)
@@ -585,6 +617,7 @@ class ResultSet:
                     raise StoppedAfterCommit(self.folder) from exc
                 raise
         files, self.staged = {n: self.folder / n for n in self.staged}, {}
+        self.committed = files
         if held is not None:  # a stop that came while the set was renamed into place
             try:
                 signal.raise_signal(held)
@@ -606,6 +639,23 @@ class ResultSet:
                 log.debug("could not remove the unfinished file %s (%s)", tmp,
                           exc.strerror or exc)
         self.staged = {}
+
+
+@contextmanager
+def committed_set(folder, names: tuple[str, ...], folders: tuple[str, ...] = ()):
+    """A whole result set written all-or-nothing into ``folder`` (a production fit's): the
+    folder locked against a second run, each file written to ``stage(name)`` of the
+    ResultSet yielded, all committed as the block ends (parameters.json last); an error or
+    a stop before that deletes what was staged and leaves the previous set untouched."""
+    out = ensure_writable_dir(folder, "output folder", "output folder")
+    with OutputLock(out, folders):
+        results = ResultSet(out, names, folders)
+        try:
+            yield results
+            results.commit()
+        finally:
+            if not results.in_place:
+                results.discard(keep_log=False)
 
 
 class StoppedAfterCommit(KeyboardInterrupt):
@@ -671,26 +721,27 @@ def _json_int(text: str) -> int:
     return value
 
 
-def previous_set_files(folder: Path) -> tuple[str, ...]:
+def previous_set_files(folder: Path, names: tuple[str, ...] = SET_FILES) -> tuple[str, ...]:
     """The files of the result set now in ``folder`` (a later set replaces exactly these):
-    those its marker lists; every SET_FILES name for a set whose marker lists none (an
-    older version's, or an unreadable marker beside fit.h5); none in a folder without a
-    set, whose files of our names were not written by us and are left alone."""
+    those its marker lists; every name of ``names`` (the files a set of its kind may hold)
+    for a set whose marker lists none (an older version's, or an unreadable marker beside
+    fit.h5); none in a folder without a set, whose files of our names were not written by
+    us and are left alone."""
     if not any((folder / name).exists() for name in RESULT_FILES):
         return ()
     try:  # bounded, never through a link, never blocking on a FIFO
         listed = read_json_file(folder / MARKER, MAX_MARKER_BYTES, follow=False)[SET_LIST_KEY]
     except (OSError, ValueError, KeyError, TypeError, RecursionError):  # edited: nested deep
         listed = None
-    if isinstance(listed, list) and all(isinstance(n, str) and n in SET_FILES for n in listed):
+    if isinstance(listed, list) and all(isinstance(n, str) and n in names for n in listed):
         return tuple(listed)
-    return SET_FILES
+    return names
 
 
-def _unlink(path: Path) -> None:
-    """Remove a file (or a result folder of SET_FOLDERS, with what is in it)."""
+def _unlink(path: Path, folders: tuple[str, ...] = SET_FOLDERS) -> None:
+    """Remove a file (or a result folder of ``folders``, with what is in it)."""
     try:
-        if path.name in SET_FOLDERS and _real_dir(path) or \
+        if path.name in folders and _real_dir(path) or \
                 (path.name.startswith(".tmp-") and _real_dir(path)):
             shutil.rmtree(path)
         else:

@@ -25,10 +25,8 @@ from homodyne.optimization.nlsq_wrapper import NLSQWrapper
 from homodyne.optimization.result import STATUS_TEXT, FitResult
 from homodyne.optimization.settings import CheckpointSettings
 from homodyne.output import (
-    DirectoryLock,
-    LockHeld,
     OutputDirError,
-    OutputExistsError,
+    OutputLock,
     ResultSet,
     StoppedAfterCommit,
     check_inputs_outside_results,
@@ -212,26 +210,6 @@ def run_from_config(cfg: HomodyneConfig, *, output_dir=None, overwrite: bool | N
             raise StoppedAfterCommit(out) from stop
         raise
     return run
-
-
-class OutputLock:
-    """One run per output folder: a second run pointed at it is refused, not interleaved."""
-
-    def __init__(self, folder: Path):
-        self.path = Path(folder) / ".homodyne.lock"
-        self._lock = DirectoryLock(self.path)
-
-    def __enter__(self):
-        try:
-            self._lock.acquire()
-        except LockHeld as held:
-            holder = held.holder or "another run"
-            raise OutputExistsError(f"{self.path.parent} is in use by {holder}; wait for it to "
-                                    "finish or choose another --output-dir") from None
-        return self
-
-    def __exit__(self, *exc):
-        self._lock.release()
 
 
 def _logged_run(cfg: HomodyneConfig, out: Path, checkpoint_lock=None) -> FitRun:

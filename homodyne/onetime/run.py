@@ -55,10 +55,11 @@ def fit_j_model(cfg, folder: Path) -> dict:
     given = (cfg.raw.get("one_time") or {}) if isinstance(cfg.raw, dict) else {}
     # one_time.max_iterations as written caps both fits; unset, the joint fit gets 500
     max_iterations = ot["max_iterations"] if given.get("max_iterations") is not None else 500
+    folder.mkdir(parents=True, exist_ok=True)
     r = fit_aging(paths, folder, min_tau_s=ot["min_tau_s"] or 0.0, max_tau_s=ot["max_tau_s"],
                   error_model=ot["errors"], max_iterations=max_iterations,
                   ages_s=ot["ages_s"], nonnegative_J=ot["nonnegative_J"],
-                  plots=cfg.output["plots"])
+                  plots=cfg.output["plots"], stage=lambda name: folder / name)
     res, s = r["result"], r["summary"]
     by = dict(zip(res.parameter_names, res.parameters.tolist(), strict=True))
     se = dict(zip(res.parameter_names, res.uncertainties.tolist(), strict=True))

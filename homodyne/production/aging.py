@@ -32,13 +32,16 @@ from homodyne.jaxconf import jax, jnp
 from homodyne.optimization.engine import EngineOptions
 from homodyne.optimization.nlsq_wrapper import NLSQWrapper
 from homodyne.optimization.settings import MAX_AGE_S
-from homodyne.output import write_json
+from homodyne.output import MARKER, committed_set, write_json
 from homodyne.plots import warnings_at_debug
 
 log = logging.getLogger("homodyne")
 
 
 MAX_SERIES_SPAN_S = 30 * 86400.0  # an aging series measured within a month
+PLOTS = ("q2_scaling.png", "g2_fits_and_residuals.png", "aging_law.png")
+# every file of the result set, committed together (output.committed_set)
+AGING_FILES = ("per_age.csv", "per_age_q_rates.csv", "points.csv.gz", *PLOTS, MARKER)
 
 
 def check_start_times(data) -> None:
@@ -186,15 +189,27 @@ def q_scaling(rates: pd.DataFrame) -> pd.DataFrame:
 
 def fit_aging(paths, out_dir, *, min_tau_s: float = 1e-3, max_tau_s: float | None = None,
               error_model: str = "scatter", max_iterations: int = 500, ages_s=None,
-              nonnegative_J: bool = False, plots: bool = True) -> dict:
+              nonnegative_J: bool = False, plots: bool = True, stage=None) -> dict:
     """Joint fit of the aging law over all files and q bins; writes the result set
-    (its figures only with ``plots``).
+    (its figures only with ``plots``) into ``out_dir``, all or nothing: a failure or a stop
+    at any moment leaves the previous complete set there. ``stage(name)``: the path to
+    write ``name`` to where the files belong to a caller's set (the one-time J-model's).
 
     ``max_tau_s`` None: the longest delay in the data. ``ages_s``: see load_series.
     ``nonnegative_J``: D_offset >= 0, so J(t) >= 0 everywhere; otherwise a J(t) < 0
     anywhere in the fitted window is flagged as unphysical in the summary."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    settings = dict(min_tau_s=min_tau_s, max_tau_s=max_tau_s, error_model=error_model,
+                    max_iterations=max_iterations, ages_s=ages_s, nonnegative_J=nonnegative_J,
+                    plots=plots)
+    if stage is not None:
+        return _fit_aging(paths, stage, **settings)
+    with committed_set(out_dir, AGING_FILES) as results:
+        r = _fit_aging(paths, results.stage, **settings)
+    return {**r, "files": results.committed}
+
+
+def _fit_aging(paths, stage, *, min_tau_s, max_tau_s, error_model, max_iterations, ages_s,
+               nonnegative_J, plots) -> dict:
     data, ages = load_series(paths, ages_s)
     if max_tau_s is None:
         max_tau_s = float(max(np.max(d.tau) for d in data))
@@ -260,11 +275,11 @@ def fit_aging(paths, out_dir, *, min_tau_s: float = 1e-3, max_tau_s: float | Non
     per_age["J_fit_err"] = J_err
     if len(scaling):
         per_age = per_age.merge(scaling, on=["file", "age"], how="left")
-    per_age.to_csv(out / "per_age.csv", index=False)
-    rates.to_csv(out / "per_age_q_rates.csv", index=False)
-    tab.to_csv(out / "points.csv.gz", index=False)
+    per_age.to_csv(stage("per_age.csv"), index=False)
+    rates.to_csv(stage("per_age_q_rates.csv"), index=False)
+    tab.to_csv(stage("points.csv.gz"), index=False)
     if plots:
-        _plots(out, tab, rates, per_age, result, data, ages, J_of)
+        _plots([stage(name) for name in PLOTS], tab, rates, per_age, result, ages, J_of)
     window = np.geomspace(ages.min(), ages.max() + max_tau_s, 400)
     J_window = np.asarray(J_of(pj, jnp.asarray(window)))
     J_negative = bool(np.any(J_window < 0))
@@ -284,12 +299,13 @@ def fit_aging(paths, out_dir, *, min_tau_s: float = 1e-3, max_tau_s: float | Non
                             "authors used two stretched modes",
         **result.as_dict(),
     }
-    write_json(out / "parameters.json", summary)
+    write_json(stage(MARKER), summary)
     return {"result": result, "per_age": per_age, "rates": rates, "summary": summary}
 
 
 @warnings_at_debug
-def _plots(out, tab, rates, per_age, result, data, ages, J_of):
+def _plots(paths, tab, rates, per_age, result, ages, J_of):
+    """The figures of PLOTS, to ``paths`` in that order."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -312,7 +328,7 @@ def _plots(out, tab, rates, per_age, result, data, ages, J_of):
     ax.set_ylabel("Gamma [1/s]")
     ax.set_title("free per-age rates vs the joint fit's J(t_age) q²")
     ax.legend(fontsize=6, ncol=2)
-    fig.savefig(out / "q2_scaling.png", dpi=100)
+    fig.savefig(paths[0], dpi=100)
     plt.close(fig)
     # data, model, normalised residuals for three q bins at every age
     qsel = sorted(tab["q_idx"].unique())
@@ -332,7 +348,7 @@ def _plots(out, tab, rates, per_age, result, data, ages, J_of):
         axes[1, j].set_xlabel("tau [s]")
     axes[0, 0].set_ylabel("g2")
     axes[1, 0].set_ylabel("(data - fit) / err")
-    fig.savefig(out / "g2_fits_and_residuals.png", dpi=90)
+    fig.savefig(paths[1], dpi=90)
     plt.close(fig)
     # the aging law
     fig, ax = plt.subplots(figsize=(6.0, 4.0), constrained_layout=True)
@@ -347,5 +363,5 @@ def _plots(out, tab, rates, per_age, result, data, ages, J_of):
     ax.set_ylabel("J [Å²/s]")
     ax.set_yscale("log")
     ax.legend(fontsize=8)
-    fig.savefig(out / "aging_law.png", dpi=100)
+    fig.savefig(paths[2], dpi=100)
     plt.close(fig)

@@ -21,7 +21,7 @@ from homodyne.jaxconf import jax, jnp
 from homodyne.model import transport_coefficient
 from homodyne.optimization.engine import EngineOptions
 from homodyne.optimization.nlsq_wrapper import NLSQWrapper
-from homodyne.output import write_json
+from homodyne.output import MARKER, committed_set, write_json
 from homodyne.pipeline import estimate_scaling, write_two_time_outputs
 
 # a plain start (J flat): the engine's start estimate (optimization/start_estimate.py)
@@ -30,6 +30,9 @@ from homodyne.pipeline import estimate_scaling, write_two_time_outputs
 START = [1e-3, 0.0, 0.0]
 LOWER = [1e-6, -2.0, -1e3]
 UPPER = [1e3, 2.0, 1e3]
+# every file of the result set, committed together (output.committed_set)
+CHX_FILES = ("comparison.csv", "rate_vs_age.png", "fit.h5", "c2_heatmaps.png", "c2_cuts.png",
+             "scaling_per_angle.png", "residual_histogram.png", MARKER)
 
 
 def authors_rates(results_json, alpha_window=(0.85, 1.15)) -> pd.DataFrame:
@@ -81,9 +84,15 @@ def check_alpha_window(alpha_window) -> tuple[float, float]:
 
 def fit_chx(npy_path, results_json, out_dir, *, alpha_window=(0.85, 1.15),
             max_iterations: int = 300) -> dict:
+    """Fit the CHX matrix and write its result set into ``out_dir``, all or nothing: a
+    failure or a stop at any moment leaves the previous complete set there."""
     alpha_window = check_alpha_window(alpha_window)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    with committed_set(out_dir, CHX_FILES) as results:
+        r = _fit_chx(npy_path, results_json, results.stage, alpha_window, max_iterations)
+    return {**r, "files": results.committed}
+
+
+def _fit_chx(npy_path, results_json, stage, alpha_window, max_iterations) -> dict:
     src = open_two_time(npy_path, q=1.0)
     spec = src.model_spec(mode="static", dt=1.0, scaling="shared")
     con, off = estimate_scaling(src, 0)
@@ -97,11 +106,12 @@ def fit_chx(npy_path, results_json, out_dir, *, alpha_window=(0.85, 1.15),
     authors["rate_fit"] = rate
     authors["rate_fit_err"] = rate_err
     authors["z"] = (rate - authors["two_gamma"]) / np.hypot(rate_err, authors["two_gamma_err"])
-    authors.to_csv(out / "comparison.csv", index=False)
+    authors.to_csv(stage("comparison.csv"), index=False)
     t_grid = np.linspace(1, spec.n_frames, 200)
     band, band_err = rate_with_errors(result, spec, t_grid)
-    _plot(out / "rate_vs_age.png", t_grid, band, band_err, authors)
-    files = write_two_time_outputs(out, src, spec, result, title="CHX two-time (frame units)")
+    _plot(stage("rate_vs_age.png"), t_grid, band, band_err, authors)
+    write_two_time_outputs(None, src, spec, result, title="CHX two-time (frame units)",
+                           stage=stage)
     summary = {
         "data": str(npy_path), "units": "dt = 1 frame, q = 1: rates in 1/frame",
         "n_compared": int(len(authors)), "alpha_window": list(alpha_window),
@@ -112,9 +122,9 @@ def fit_chx(npy_path, results_json, out_dir, *, alpha_window=(0.85, 1.15),
         "rate_err_at_first_and_last_frame": [float(band_err[0]), float(band_err[-1])],
         **result.as_dict(),
     }
-    files["parameters"] = write_json(out / "parameters.json", summary)
+    write_json(stage(MARKER), summary)
     src.close()
-    return {"result": result, "comparison": authors, "summary": summary, "files": files}
+    return {"result": result, "comparison": authors, "summary": summary}
 
 
 def _plot(path, t, band, err, authors):

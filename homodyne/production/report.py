@@ -1,11 +1,23 @@
-"""results/fits/summary.md: what a scientist reads first about the production fits."""
+"""results/fits/summary.md: what a scientist reads first about the production fits, and
+the records through which the workflow knows their result sets without declaring (and so
+deleting before a refit) the result files themselves."""
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 from pathlib import Path
 
-from homodyne.output import read_json_file
-from homodyne.production.multiq import ResultFileError
+from homodyne.output import (
+    MARKER,
+    MAX_MARKER_BYTES,
+    MAX_RECORD_BYTES,
+    SET_LIST_KEY,
+    atomic_path,
+    read_json_file,
+    write_json,
+)
+from homodyne.production.multiq import JOB_FILE, ResultFileError
 
 
 def _fmt(v, unc=None):
@@ -27,6 +39,55 @@ def _params(p, names):
         flag += " (not determined)" if n in p.get("undetermined", []) else ""
         rows.append(f"| {n} | {_fmt(v['value'], v['uncertainty'])}{flag} |")
     return rows
+
+
+def write_fit_record(folder) -> Path:
+    """job.json in ``folder``, written once its result set is committed: the set's files
+    and the digest of its marker. A rule declares this record as its only output, since
+    Snakemake deletes a job's outputs before it runs (and after it fails)."""
+    folder = Path(folder)
+    marker = folder / MARKER
+    raw = _bounded_bytes(marker)
+    files = read_json_file(marker)[SET_LIST_KEY]
+    return write_json(folder / JOB_FILE, {"result_files": files,
+                                          "parameters_sha256": hashlib.sha256(raw).hexdigest()})
+
+
+def publish_fit_files(record, names, targets) -> list[Path]:
+    """Copy the files ``names`` (relative to the record's folder) of the set that ``record``
+    names to ``targets`` (the copies the report shows: Snakemake may delete them, the set
+    stays). A folder that no longer holds that set is a ResultFileError naming the fix."""
+    record = Path(record)
+    folder = record.parent
+    try:
+        expected = read_json_file(record, MAX_RECORD_BYTES)["parameters_sha256"]
+    except (OSError, ValueError, RecursionError, KeyError, TypeError) as exc:
+        raise ResultFileError(f"{record} is not a fit's record ({exc}); rerun that fit "
+                              "(snakemake --forcerun on its rule)") from None
+    try:
+        now = hashlib.sha256(_bounded_bytes(folder / MARKER)).hexdigest()
+    except OSError:
+        now = None
+    if now != expected:
+        raise ResultFileError(f"{folder} no longer holds the result set {record} records "
+                              f"({MARKER} {'missing' if now is None else 'changed'}); rerun "
+                              "that fit (snakemake --forcerun on its rule)")
+    copied = []
+    for name, target in zip(names, targets, strict=True):
+        with atomic_path(target) as tmp:
+            shutil.copyfile(folder / name, tmp)
+        copied.append(Path(target))
+    return copied
+
+
+def _bounded_bytes(path: Path) -> bytes:
+    """The bytes of a marker, read only as far as a marker may be long."""
+    with open(path, "rb") as fh:
+        raw = fh.read(MAX_MARKER_BYTES + 1)
+    if len(raw) > MAX_MARKER_BYTES:
+        raise ResultFileError(f"{path} is larger than a result ({MAX_MARKER_BYTES:,} bytes); "
+                              "rerun that fit")
+    return raw
 
 
 def _load(folder) -> dict:
@@ -56,8 +117,8 @@ def write_fit_summary(out_md, chx_dir, aging_dir, laminar_dir, one_time_dir=None
             f"summary reads or hold it in another form ({type(exc).__name__}: {exc}); rerun "
             "those fits (snakemake --forcerun on their rules)") from None
     out = Path(out_md)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("\n".join(L) + "\n")
+    with atomic_path(out) as tmp:
+        tmp.write_text("\n".join(L) + "\n")
     return out
 
 

@@ -1,4 +1,5 @@
-"""Helpers shared by the rules: the benchmark grid and resource estimates."""
+"""Helpers shared by the rules: the benchmark grid, resource estimates, and the production
+fits' files the report shows."""
 
 import math
 import os
@@ -126,3 +127,25 @@ def chx_alpha_window():
 
 def data_mirror():
     return os.environ.get("HOMODYNE_DATA_MIRROR", config.get("data_mirror", ""))
+
+
+# the committed files the report shows, per fit (relative to results/fits/<fit>/)
+FIT_REPORTS = {
+    "chx": ["comparison.csv", "rate_vs_age.png", "c2_heatmaps.png", "c2_cuts.png"],
+    "aging": [
+        "per_age.csv",
+        "q2_scaling.png",
+        "g2_fits_and_residuals.png",
+        "aging_law.png",
+    ],
+    "laminar": ["fit/c2_heatmaps.png", "fit/c2_cuts.png"],
+    "one_time": ["per_q.csv", "g2_fits.png", "rates_vs_q.png"],
+}
+
+
+def report_copies(fit):
+    """The report's copies of a fit's committed files (FIT_REPORTS)."""
+    return [f"results/report/fits/{fit}/{name}" for name in FIT_REPORTS[fit]]
+
+
+FIT_REPORT_FILES = [path for fit in FIT_REPORTS for path in report_copies(fit)]

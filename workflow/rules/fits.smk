@@ -1,4 +1,9 @@
-"""Production fits on measured data (mirror or verified download) and the fits summary."""
+"""Production fits on measured data (mirror or verified download) and the fits summary.
+
+Each fit commits its whole result set into results/fits/<fit>/ (all or nothing) and then
+writes its record job.json, the rule's only declared output: Snakemake deletes a job's
+declared outputs before it runs and after it fails, which would take the previous
+complete set. The report shows copies of the committed files (rule fits_report)."""
 
 
 rule fetch_real_data:
@@ -24,19 +29,7 @@ rule fit_chx:
         matrix=f"results/data/real/{config['fits']['chx']['file']}",
         authors=f"results/data/real/{config['fits']['chx']['results']}",
     output:
-        params="results/fits/chx/parameters.json",
-        comparison=report(
-            "results/fits/chx/comparison.csv",
-            caption="../report/chx.rst",
-            category="Fits",
-        ),
-        plots=report(
-            expand(
-                "results/fits/chx/{p}.png", p=["rate_vs_age", "c2_heatmaps", "c2_cuts"]
-            ),
-            caption="../report/chx.rst",
-            category="Fits",
-        ),
+        record="results/fits/chx/job.json",
     log:
         "results/logs/fits/chx.log",
     benchmark:
@@ -59,20 +52,7 @@ rule fit_aps_aging:
             for f in real_data_files(config["fits"]["aps_aging"]["folder"])
         ],
     output:
-        params="results/fits/aging/parameters.json",
-        table=report(
-            "results/fits/aging/per_age.csv",
-            caption="../report/aging.rst",
-            category="Fits",
-        ),
-        plots=report(
-            expand(
-                "results/fits/aging/{p}.png",
-                p=["q2_scaling", "g2_fits_and_residuals", "aging_law"],
-            ),
-            caption="../report/aging.rst",
-            category="Fits",
-        ),
+        record="results/fits/aging/job.json",
     log:
         "results/logs/fits/aging.log",
     benchmark:
@@ -90,12 +70,7 @@ rule fit_aps_aging:
 
 rule fit_laminar_synthetic:
     output:
-        params="results/fits/laminar/parameters.json",
-        plots=report(
-            expand("results/fits/laminar/fit/{p}.png", p=["c2_heatmaps", "c2_cuts"]),
-            caption="../report/laminar.rst",
-            category="Fits",
-        ),
+        record="results/fits/laminar/job.json",
     log:
         "results/logs/fits/laminar.log",
     benchmark:
@@ -126,17 +101,7 @@ rule fit_one_time:
     input:
         f"results/data/real/{ONE_TIME['file']}",
     output:
-        params="results/fits/one_time/parameters.json",
-        table=report(
-            "results/fits/one_time/per_q.csv",
-            caption="../report/one_time.rst",
-            category="Fits",
-        ),
-        plots=report(
-            expand("results/fits/one_time/{p}.png", p=["g2_fits", "rates_vs_q"]),
-            caption="../report/one_time.rst",
-            category="Fits",
-        ),
+        record="results/fits/one_time/job.json",
     log:
         "results/logs/fits/one_time.log",
     benchmark:
@@ -152,12 +117,43 @@ rule fit_one_time:
         "../scripts/fit_one_time.py"
 
 
+# The report's copies of the fits' committed figures and tables (the sets themselves stay):
+# one job, one output group per fit with that fit's caption.
+rule fits_report:
+    input:
+        **{fit: f"results/fits/{fit}/job.json" for fit in FIT_REPORTS},
+    output:
+        chx=report(report_copies("chx"), caption="../report/chx.rst", category="Fits"),
+        aging=report(
+            report_copies("aging"), caption="../report/aging.rst", category="Fits"
+        ),
+        laminar=report(
+            report_copies("laminar"), caption="../report/laminar.rst", category="Fits"
+        ),
+        one_time=report(
+            report_copies("one_time"),
+            caption="../report/one_time.rst",
+            category="Fits",
+        ),
+    log:
+        "results/logs/fits/report.log",
+    benchmark:
+        "results/logs/fits/report.benchmark.tsv"
+    conda:
+        "../envs/homodyne.yaml"
+    resources:
+        mem_mb=500,
+        runtime=5,
+    params:
+        reports=FIT_REPORTS,
+    script:
+        "../scripts/publish_fit_files.py"
+
+
 rule fits_summary:
     input:
-        "results/fits/chx/parameters.json",
-        "results/fits/aging/parameters.json",
-        "results/fits/laminar/parameters.json",
-        "results/fits/one_time/parameters.json",
+        # the records: rewritten by every committed refit, so the summary follows
+        [f"results/fits/{fit}/job.json" for fit in FIT_REPORTS],
     output:
         report("results/fits/summary.md", caption="../report/fits.rst", category="Fits"),
     log:
