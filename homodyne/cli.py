@@ -573,31 +573,36 @@ def main(argv=None) -> int:
 
 
 def _main(argv=None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    commands = {"generate": generate_main, "validate": validate_main}
+    if argv and argv[0] in commands:
+        return run_reporting_errors("homodyne", lambda: commands[argv[0]](argv[1:]))
+    return run_reporting_errors("homodyne", lambda: fit_main(argv))
+
+
+def run_reporting_errors(prog: str, body) -> int:
+    """``body()``'s exit status, or the status of the error it raised, said in one line
+    on stderr (no traceback): the CLI and the workflow's rule scripts exit alike."""
     from homodyne.config import ConfigError
     from homodyne.data.errors import DataFileError
     from homodyne.optimization.exceptions import NLSQMemoryError, NLSQOptimizationError
     from homodyne.output import OutputDirError, OutputExistsError
     from homodyne.pipeline import FitInterrupted
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    commands = {"generate": generate_main, "validate": validate_main}
     try:
-        if argv and argv[0] in commands:
-            return commands[argv[0]](argv[1:])
-        return fit_main(argv)
+        return body()
     except (ConfigError, DataFileError, OutputExistsError, OutputDirError,
             FileExistsError, NLSQMemoryError) as exc:
         # (a memory limit below the fit's minimum is a setting to change, like a bad key)
-        print(f"homodyne: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except NLSQOptimizationError as exc:
-        print(f"homodyne: fit failed: {exc}", file=sys.stderr)
+        print(f"{prog}: fit failed: {exc}", file=sys.stderr)
         return EXIT_FIT_FAILED
     except FitInterrupted as exc:
         kept = getattr(exc, "bins_kept", None)  # a multi-q run: the bins it replaced
-        print(f"homodyne: {exc}{f'; {kept}' if kept else ''}", file=sys.stderr)
+        print(f"{prog}: {exc}{f'; {kept}' if kept else ''}", file=sys.stderr)
         return 128 + signal.Signals[exc.result.interrupted_by]
-
 
 if __name__ == "__main__":
     try:
