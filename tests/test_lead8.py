@@ -2,7 +2,6 @@
 in the rule's log and exit 2, not a traceback (lead, eighth session)."""
 
 import runpy
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 

@@ -169,7 +169,7 @@ def test_the_workflows_fit_rule_ends_with_one_line_not_a_traceback(tmp_path, cap
         runpy.run_path(str(REPO / "workflow" / "scripts" / "fit_q_bin.py"),
                        init_globals={"snakemake": job})
     assert stop.value.code == 2
-    assert capsys.readouterr().out == (
+    assert capsys.readouterr().err == (  # the log holds both streams
         f"fit_q_bin: error: {tmp_path / 'run' / 'gather_data' / 'q00' / 'fit.log'} is a folder "
         "where the result file fit.log goes; move it away or choose another --output-dir\n")
 
