@@ -26,3 +26,29 @@ def test_the_progress_status_line_gives_the_best_loss_when_the_data_hold_nan_poi
     bar.update(points=5, batches=1, failed=0, done=3, cost=0.05)
     assert bar.best == pytest.approx(0.1)  # a part of a pass is no pass's loss
     bar.close()
+
+
+def test_max_batch_size_below_the_usual_minimum_is_the_batch_size_used():
+    """performance.max_batch_size: 10 (or the guide's max_batch_size=) was validated and
+    then raised to the 1,000-point minimum without a word: the cap the user set did
+    nothing. It is honoured now; an initial_batch_size above it and a negative n_points
+    are refused as the wrapper refuses them."""
+    from helpers import make_spec
+
+    from homodyne.optimization.nlsq_wrapper import NLSQWrapper
+    from homodyne.optimization.strategy import DatasetSizeStrategy
+
+    build = DatasetSizeStrategy(memory_limit_gb=4.0).build_streaming_config
+    assert build(n_points=9_900, n_parameters=5, max_batch_size=10)["batch_size"] == 10
+    assert build(n_points=9_900, n_parameters=5, max_batch_size=600,
+                 adaptive_batching=True)["batch_size"] == 600
+    spec = make_spec("static", n_frames=30, n_phi=2)
+    plan = NLSQWrapper(max_batch_size=50, memory_limit_gb=4.0).plan_two_time(
+        None, spec, strategy="streaming", y=np.ones(spec.n_points))
+    assert plan.batch_size == 50
+    with pytest.raises(ValueError, match=r"initial_batch_size \(5000\) is larger than "
+                                         r"max_batch_size \(1000\)"):
+        build(n_points=10**8, n_parameters=9, adaptive_batching=True,
+              initial_batch_size=5000, max_batch_size=1000)
+    with pytest.raises(ValueError, match="n_points must be a number of points >= 0, got -5"):
+        build(n_points=-5, n_parameters=9)

@@ -514,7 +514,8 @@ class NLSQWrapper:
                 f"{smallest / 2**30 * 1.1:.2f} GB (runtime {base / 2**30:.2f} GB + coarse sample "
                 f"{coarse / 2**30:.2f} GB + data {held / 2**30:.2f} GB + one batch)")
         fit = (0.9 * limit - base - coarse - held) / per_point  # a float: a limit of
-        return max(MIN_BATCH, min(batch, int(min(fit, batch))))  # 1e300 GB is no overflow
+        # never above the batch asked for (max_batch_size may be below MIN_BATCH)
+        return max(min(MIN_BATCH, batch), int(min(fit, batch)))  # 1e300 GB: no overflow
 
     def _calls(self, tier, n_points, batch) -> int | None:
         if tier == OptimizationStrategy.CHUNKED:
