@@ -52,3 +52,20 @@ def test_max_batch_size_below_the_usual_minimum_is_the_batch_size_used():
               initial_batch_size=5000, max_batch_size=1000)
     with pytest.raises(ValueError, match="n_points must be a number of points >= 0, got -5"):
         build(n_points=-5, n_parameters=9)
+
+
+def test_a_home_folder_tilde_in_the_output_and_checkpoint_folders_is_the_home_folder(
+        tmp_path, monkeypatch):
+    """experimental_data.file_path: ~/data.h5 read the home folder's file, but
+    output.directory: ~/out (or --output-dir=~/out) made a folder named '~' in the working
+    folder, and the run said 'results in ~/out'."""
+    from homodyne.config import validate_config
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = validate_config({"initial_parameters": {"parameter_names": ["D0", "alpha", "D_offset"],
+                                                  "values": [1e3, -1.2, 0.0]},
+                           "output": {"directory": "~/out"},
+                           "optimization": {"streaming": {"checkpoint_dir": "~/ck"}}},
+                          require_data=False)
+    assert cfg.output["directory"] == str(tmp_path / "out")
+    assert cfg.streaming["checkpoint_dir"] == str(tmp_path / "ck")
