@@ -69,3 +69,20 @@ def test_a_home_folder_tilde_in_the_output_and_checkpoint_folders_is_the_home_fo
                           require_data=False)
     assert cfg.output["directory"] == str(tmp_path / "out")
     assert cfg.streaming["checkpoint_dir"] == str(tmp_path / "ck")
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"min_success_rate": "0.5"}, "min_success_rate must lie in [0, 1], got '0.5'"),
+    ({"max_retries_per_batch": 2.5}, "max_retries_per_batch must be a whole number >= 0, "
+                                     "got 2.5"),
+])
+def test_a_wrapper_setting_that_is_no_usable_number_is_refused_when_given(kw, message):
+    """NLSQWrapper(min_success_rate='0.5') was accepted and the fit then died in its first
+    pass with "TypeError: '<' not supported between instances of 'float' and 'str'";
+    max_retries_per_batch=2.5 was taken as 2 without a word."""
+    from homodyne.optimization.nlsq_wrapper import NLSQWrapper
+
+    with pytest.raises(ValueError) as err:
+        NLSQWrapper(**kw)
+    assert str(err.value) == message
+    NLSQWrapper(min_success_rate=np.float32(0.9), max_retries_per_batch=np.int64(1))

@@ -155,9 +155,12 @@ def check_wrapper_settings(backend, batch_size, min_success_rate, max_retries_pe
     if callback is not None and not callable(callback):
         raise ValueError(f"callback must be callable (called as callback(batch_idx, params, "
                          f"loss, success) after each batch) or None, got {callback!r}")
-    if not 0.0 <= float(min_success_rate) <= 1.0:
+    # a number, not text: '0.5' passed float() here and failed mid-fit with a TypeError
+    if isinstance(min_success_rate, bool | np.bool_) or \
+            not isinstance(min_success_rate, int | float | np.integer | np.floating) or \
+            not 0.0 <= float(min_success_rate) <= 1.0:
         raise ValueError(f"min_success_rate must lie in [0, 1], got {min_success_rate!r}")
-    if isinstance(max_retries_per_batch, bool) or int(max_retries_per_batch) < 0:
+    if not is_whole(max_retries_per_batch) or max_retries_per_batch < 0:  # 2.5 was taken as 2
         raise ValueError(f"max_retries_per_batch must be a whole number >= 0, got "
                          f"{max_retries_per_batch!r}")
     checked_memory_limit(memory_limit_gb)
