@@ -86,3 +86,28 @@ def test_a_wrapper_setting_that_is_no_usable_number_is_refused_when_given(kw, me
         NLSQWrapper(**kw)
     assert str(err.value) == message
     NLSQWrapper(min_success_rate=np.float32(0.9), max_retries_per_batch=np.int64(1))
+
+
+def test_parameter_names_as_a_numpy_array_and_bounds_of_a_wrong_shape():
+    """parameter_names=np.array([...]) failed with NumPy's 'The truth value of an array
+    with more than one element is ambiguous'; bounds of shape (1, 3) were refused with
+    'one value per parameter (3), got 3 lower and 3 upper', a contradiction without
+    the shapes."""
+    from homodyne.jaxconf import jnp
+    from homodyne.optimization.nlsq_wrapper import NLSQWrapper
+
+    x = np.linspace(0.0, 5.0, 200)
+    y = 2.0 * np.exp(-1.3 * x) + 0.5 + np.random.default_rng(0).normal(0.0, 0.01, x.size)
+
+    def model(x, a, k, c):
+        return a * jnp.exp(-k * x) + c
+
+    box = ([0.0, 0.0, -1.0], [10.0, 10.0, 1.0])
+    r = NLSQWrapper().fit(model, x, y, [1.0, 1.0, 0.5], box,
+                          parameter_names=np.array(["a", "k", "c"]), fixed=["c"])
+    assert r.parameter_names == ("a", "k", "c")
+    assert r.parameters[2] == 0.5 and list(r.fixed) == ["c"]
+    assert abs(r.parameters[1] - 1.3) < 5 * r.uncertainties[1]
+    with pytest.raises(ValueError, match=r"got 3 lower and 3 upper of shapes \(1, 3\) and "
+                                         r"\(1, 3\) \(give one axis\)"):
+        NLSQWrapper().fit(model, x, y, [1.0, 1.0, 0.0], (np.array([box[0]]), np.array([box[1]])))

@@ -101,6 +101,12 @@ def _spread_sample(source) -> np.ndarray:
     return np.concatenate(parts)
 
 
+def _names(names, n: int) -> list:
+    """The parameters' names (``parameter_names`` may be a NumPy array: ``names or ...``
+    raised 'The truth value of an array ... is ambiguous')."""
+    return [f"p{i}" for i in range(n)] if names is None else list(names)
+
+
 def normalise_bounds(bounds, p0: np.ndarray, names=None) -> tuple[np.ndarray, np.ndarray]:
     """(lb, ub) arrays from scalars or sequences; checks order and that p0 lies inside
     (min == max fixes a parameter at that value)."""
@@ -115,8 +121,9 @@ def normalise_bounds(bounds, p0: np.ndarray, names=None) -> tuple[np.ndarray, np
         ub = np.broadcast_to(np.asarray(hi, float), p0.shape).copy()
     except ValueError:
         raise ValueError(f"bounds must be scalars or have one value per parameter ({p0.size}), "
-                         f"got {np.size(lo)} lower and {np.size(hi)} upper") from None
-    names = names or [f"p{i}" for i in range(p0.size)]
+                         f"got {np.size(lo)} lower and {np.size(hi)} upper of shapes "
+                         f"{np.shape(lo)} and {np.shape(hi)} (give one axis)") from None
+    names = _names(names, p0.size)
     for i, n in enumerate(names):
         if np.isnan(lb[i]) or np.isnan(ub[i]) or lb[i] > ub[i]:
             raise ValueError(f"bounds of {n}: need min <= max (min == max fixes it), got "
@@ -378,7 +385,7 @@ def validate_start(p0, bounds, names=None, fixed=None
     if not np.all(np.isfinite(p0)):
         raise ValueError(f"p0 must be finite, got {p0.tolist()}")
     lb, ub = normalise_bounds(bounds, p0, names)
-    lb, ub = fix_parameters(p0, lb, ub, fixed, names or [f"p{i}" for i in range(p0.size)])
+    lb, ub = fix_parameters(p0, lb, ub, fixed, _names(names, p0.size))
     return p0, lb, ub
 
 
@@ -550,6 +557,8 @@ class NLSQWrapper:
         y = plain_array(ydata, "ydata")
         x = plain_array(xdata, "xdata")
         s = check_curve_data(x, y, sigma)
+        if isinstance(parameter_names, np.ndarray):  # plain str names, as for a list
+            parameter_names = [str(n) if isinstance(n, str) else n for n in parameter_names]
         require_p0(p0)
         check_model_arity(model_func, np.size(p0), parameter_names)
         p0, lb, ub = validate_start(p0, bounds, parameter_names, fixed)
