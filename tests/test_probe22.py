@@ -111,3 +111,19 @@ def test_parameter_names_as_a_numpy_array_and_bounds_of_a_wrong_shape():
     with pytest.raises(ValueError, match=r"got 3 lower and 3 upper of shapes \(1, 3\) and "
                                          r"\(1, 3\) \(give one axis\)"):
         NLSQWrapper().fit(model, x, y, [1.0, 1.0, 0.0], (np.array([box[0]]), np.array([box[1]])))
+
+
+def test_a_dt_argument_given_as_text_is_named_not_blamed_on_the_file(tmp_path):
+    """source.model_spec(dt='0.1') said 's.h5: 0.1; fix the file or set 'dt' in the
+    config': the file was fine, the argument was text."""
+    from helpers import small_two_time_file
+
+    from homodyne import open_two_time
+
+    path = small_two_time_file(tmp_path / "s.h5", n_frames=12, n_phi=1)
+    with open_two_time(path) as src:
+        with pytest.raises(ValueError) as err:
+            src.model_spec(dt="0.1")
+        assert str(err.value) == ("dt must be a number of seconds per frame (None: the file's "
+                                  "frame time), got '0.1'")
+        assert src.model_spec(dt=np.float32(0.2)).dt == pytest.approx(0.2)
