@@ -127,3 +127,20 @@ def test_a_dt_argument_given_as_text_is_named_not_blamed_on_the_file(tmp_path):
         assert str(err.value) == ("dt must be a number of seconds per frame (None: the file's "
                                   "frame time), got '0.1'")
         assert src.model_spec(dt=np.float32(0.2)).dt == pytest.approx(0.2)
+
+
+@pytest.mark.parametrize("kw, message", [
+    ({"checkpoint_dir": None}, "checkpoint_dir must be a folder name (a str or path), got None"),
+    ({"checkpoint_frequency": 2.5}, "checkpoint_frequency must be a whole number >= 1, got 2.5"),
+    ({"keep_last_n": 1.5}, "keep_last_n must be a whole number >= 1, got 1.5"),
+])
+def test_the_guides_checkpoint_manager_refuses_unusable_values_by_name(tmp_path, kw, message):
+    """CheckpointManager(None) raised os.fspath's 'expected str, bytes or os.PathLike
+    object, not NoneType'; checkpoint_frequency=2.5 was taken as 2 without a word (the
+    same key in checkpoint_config is refused)."""
+    from homodyne.optimization.checkpoint_manager import CheckpointManager
+
+    with pytest.raises(ValueError) as err:
+        CheckpointManager(**{"checkpoint_dir": tmp_path, **kw})
+    assert str(err.value) == message
+    assert CheckpointManager(tmp_path, checkpoint_frequency=np.int64(5)).checkpoint_frequency == 5
