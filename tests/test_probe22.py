@@ -144,3 +144,15 @@ def test_the_guides_checkpoint_manager_refuses_unusable_values_by_name(tmp_path,
         CheckpointManager(**{"checkpoint_dir": tmp_path, **kw})
     assert str(err.value) == message
     assert CheckpointManager(tmp_path, checkpoint_frequency=np.int64(5)).checkpoint_frequency == 5
+
+
+def test_data_that_are_all_nan_are_refused_before_the_fit_as_with_sigma():
+    """ydata all NaN without sigma ended in the first pass with NLSQConvergenceError 'only
+    0.0% of batches succeeded ... Check the data for NaN/Inf regions and p0'; with sigma
+    the same data were refused up front ('no point is left to fit')."""
+    from homodyne.optimization.nlsq_wrapper import NLSQWrapper
+
+    x = np.linspace(0.0, 1.0, 50)
+    with pytest.raises(ValueError, match=r"^no point is left to fit: every value of ydata \(50\) "
+                                         r"is NaN or infinite"):
+        NLSQWrapper().fit(lambda x, a: a * x, x, np.full(50, np.nan), [1.0])

@@ -227,6 +227,7 @@ def check_curve_data(x, y, sigma):
                          f"those points (a NaN in ydata marks a point to skip)")
     if sigma is None:
         check_magnitude(y, "ydata")
+        refuse_all_skipped(y, "ydata")
         return None
     s = plain_array(sigma, "sigma")
     if s.dtype.kind not in "iuf":
@@ -245,6 +246,14 @@ def check_curve_data(x, y, sigma):
                          "point is skipped)")
     check_weights(y, s)
     return s
+
+
+def refuse_all_skipped(y, name: str) -> None:
+    """Data that are all NaN/inf leave nothing to fit: one ValueError, as with sigma
+    (was an NLSQConvergenceError about 0% of batches succeeding)."""
+    if y.dtype.kind == "f" and not np.any(np.isfinite(y)):
+        raise ValueError(f"no point is left to fit: every value of {name} ({y.size:,}) is NaN "
+                         "or infinite (a NaN marks a point to skip)")
 
 
 MAX_WEIGHTED = 1e100  # |ydata|/sigma and 1/sigma above this overflow the sums of squares
@@ -282,6 +291,7 @@ def check_two_time_data(source, spec, p0, y):
         raise ValueError(f"y must be the {spec.n_points:,} packed points of this spec (one "
                          f"axis), got shape {y.shape}")
     check_magnitude(y, "y")
+    refuse_all_skipped(y, "y")
     return y
 
 
