@@ -435,6 +435,7 @@ def validate_config(raw: Any, source: str | None = None, *, require_data: bool =
 def _validate_config(raw: Any, source: str | None, *, require_data: bool) -> HomodyneConfig:
     try:
         d = _validate(raw, SCHEMA)
+        _expand_home(d)
         init = d["initial_parameters"]
         names, values = init["parameter_names"], init["values"]
         data = d["experimental_data"]
@@ -529,6 +530,16 @@ def _validate_config(raw: Any, source: str | None, *, require_data: bool) -> Hom
         initial_parameters=init, bounds=bounds, fixed=d["parameter_space"]["fixed"],
         optimization=d["optimization"], performance=d["performance"], output=d["output"],
         one_time=d["one_time"], source=source, raw=raw or {})
+
+
+def _expand_home(d: dict) -> None:
+    """``~`` in the output and checkpoint folders means the home folder, as it does in
+    the data paths (it made a folder named ``~`` in the working folder, and the run said
+    'results in ~/out')."""
+    stream = d["optimization"]["streaming"]
+    for section, key in ((d["output"], "directory"), (stream, "checkpoint_dir")):
+        if isinstance(section.get(key), str):
+            section[key] = os.path.expanduser(section[key])
 
 
 def _given(raw: dict, dotted: str):

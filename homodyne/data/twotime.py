@@ -10,6 +10,7 @@ Points are ordered angle-major, then row-major inside the triangle, matching
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import re
 from collections.abc import Iterator
@@ -103,6 +104,10 @@ class TwoTimeSource(TriangleGrid):
     def model_spec(self, *, mode="static", dt=None, gap_h=2.0e6, scaling="individual",
                    dtype="float64", exclude_diagonal_frames: int = 0) -> ModelSpec:
         """The ModelSpec matching this selection (dt from the file when not given)."""
+        if dt is not None and (isinstance(dt, str | bool | np.bool_)
+                               or not isinstance(dt, numbers.Real)):  # not the file's fault
+            raise ValueError(f"dt must be a number of seconds per frame (None: the file's "
+                             f"frame time), got {dt!r}")
         dt = dt if dt is not None else self.frame_time
         if dt is None:
             raise DataFileError(self.path, "no frame time in the file; set 'dt' in the config")

@@ -31,7 +31,7 @@ import numpy as np
 
 from homodyne import __version__
 from homodyne.optimization.exceptions import NLSQCheckpointError
-from homodyne.optimization.settings import DEFAULT_MIN_INTERVAL_S, CheckpointSettings
+from homodyne.optimization.settings import DEFAULT_MIN_INTERVAL_S, CheckpointSettings, is_whole
 from homodyne.output import DirectoryLock, LockHeld, OutputDirError, atomic_path
 
 log = logging.getLogger("homodyne.checkpoint")
@@ -281,7 +281,11 @@ def _check_values(state: dict) -> None:
 def _checked_dir(checkpoint_dir) -> Path:
     """The checkpoint folder as a Path; an empty name, a NUL or an existing non-folder is
     refused here, not at the first save of a long fit."""
-    name = os.fspath(checkpoint_dir)
+    try:
+        name = os.fspath(checkpoint_dir)
+    except TypeError:  # None or a number: was "expected str, bytes or os.PathLike object"
+        raise ValueError(f"checkpoint_dir must be a folder name (a str or path), got "
+                         f"{checkpoint_dir!r}") from None
     if not str(name).strip():
         raise ValueError("checkpoint_dir is empty; give the folder for the checkpoints "
                          "(e.g. './checkpoints')")
@@ -341,13 +345,15 @@ class CheckpointManager:
         a save costs a few ms of CPU, a 65k-point batch a few ms of compute. ``lock``:
         the folder's lock as its caller holds it (hold_checkpoint_dir), used and left to
         that caller to release, instead of one taken and released by this manager."""
-        if checkpoint_frequency < 1:
-            raise ValueError(f"checkpoint_frequency must be >= 1, got {checkpoint_frequency}")
+        # whole numbers, as checkpoint_config's keys (2.5 was taken as 2 without a word)
+        if not is_whole(checkpoint_frequency) or checkpoint_frequency < 1:
+            raise ValueError(f"checkpoint_frequency must be a whole number >= 1, got "
+                             f"{checkpoint_frequency!r}")
         if not min_interval_s >= 0:
             raise ValueError(f"min_interval_s must be >= 0, got {min_interval_s}")
         self.min_interval_s = float(min_interval_s)
-        if keep_last_n < 1:
-            raise ValueError(f"keep_last_n must be >= 1, got {keep_last_n}")
+        if not is_whole(keep_last_n) or keep_last_n < 1:
+            raise ValueError(f"keep_last_n must be a whole number >= 1, got {keep_last_n!r}")
         self.checkpoint_dir = _checked_dir(checkpoint_dir)
         self.checkpoint_frequency = int(checkpoint_frequency)
         self.keep_last_n = int(keep_last_n)

@@ -101,6 +101,12 @@ def _spread_sample(source) -> np.ndarray:
     return np.concatenate(parts)
 
 
+def _names(names, n: int) -> list:
+    """The parameters' names (``parameter_names`` may be a NumPy array: ``names or ...``
+    raised 'The truth value of an array ... is ambiguous')."""
+    return [f"p{i}" for i in range(n)] if names is None else list(names)
+
+
 def normalise_bounds(bounds, p0: np.ndarray, names=None) -> tuple[np.ndarray, np.ndarray]:
     """(lb, ub) arrays from scalars or sequences; checks order and that p0 lies inside
     (min == max fixes a parameter at that value)."""
@@ -115,8 +121,9 @@ def normalise_bounds(bounds, p0: np.ndarray, names=None) -> tuple[np.ndarray, np
         ub = np.broadcast_to(np.asarray(hi, float), p0.shape).copy()
     except ValueError:
         raise ValueError(f"bounds must be scalars or have one value per parameter ({p0.size}), "
-                         f"got {np.size(lo)} lower and {np.size(hi)} upper") from None
-    names = names or [f"p{i}" for i in range(p0.size)]
+                         f"got {np.size(lo)} lower and {np.size(hi)} upper of shapes "
+                         f"{np.shape(lo)} and {np.shape(hi)} (give one axis)") from None
+    names = _names(names, p0.size)
     for i, n in enumerate(names):
         if np.isnan(lb[i]) or np.isnan(ub[i]) or lb[i] > ub[i]:
             raise ValueError(f"bounds of {n}: need min <= max (min == max fixes it), got "
@@ -155,9 +162,12 @@ def check_wrapper_settings(backend, batch_size, min_success_rate, max_retries_pe
     if callback is not None and not callable(callback):
         raise ValueError(f"callback must be callable (called as callback(batch_idx, params, "
                          f"loss, success) after each batch) or None, got {callback!r}")
-    if not 0.0 <= float(min_success_rate) <= 1.0:
+    # a number, not text: '0.5' passed float() here and failed mid-fit with a TypeError
+    if isinstance(min_success_rate, bool | np.bool_) or \
+            not isinstance(min_success_rate, int | float | np.integer | np.floating) or \
+            not 0.0 <= float(min_success_rate) <= 1.0:
         raise ValueError(f"min_success_rate must lie in [0, 1], got {min_success_rate!r}")
-    if isinstance(max_retries_per_batch, bool) or int(max_retries_per_batch) < 0:
+    if not is_whole(max_retries_per_batch) or max_retries_per_batch < 0:  # 2.5 was taken as 2
         raise ValueError(f"max_retries_per_batch must be a whole number >= 0, got "
                          f"{max_retries_per_batch!r}")
     checked_memory_limit(memory_limit_gb)
@@ -217,6 +227,7 @@ def check_curve_data(x, y, sigma):
                          f"those points (a NaN in ydata marks a point to skip)")
     if sigma is None:
         check_magnitude(y, "ydata")
+        refuse_all_skipped(y, "ydata")
         return None
     s = plain_array(sigma, "sigma")
     if s.dtype.kind not in "iuf":
@@ -235,6 +246,14 @@ def check_curve_data(x, y, sigma):
                          "point is skipped)")
     check_weights(y, s)
     return s
+
+
+def refuse_all_skipped(y, name: str) -> None:
+    """Data that are all NaN/inf leave nothing to fit: one ValueError, as with sigma
+    (was an NLSQConvergenceError about 0% of batches succeeding)."""
+    if y.dtype.kind == "f" and not np.any(np.isfinite(y)):
+        raise ValueError(f"no point is left to fit: every value of {name} ({y.size:,}) is NaN "
+                         "or infinite (a NaN marks a point to skip)")
 
 
 MAX_WEIGHTED = 1e100  # |ydata|/sigma and 1/sigma above this overflow the sums of squares
@@ -272,6 +291,7 @@ def check_two_time_data(source, spec, p0, y):
         raise ValueError(f"y must be the {spec.n_points:,} packed points of this spec (one "
                          f"axis), got shape {y.shape}")
     check_magnitude(y, "y")
+    refuse_all_skipped(y, "y")
     return y
 
 
@@ -375,7 +395,7 @@ def validate_start(p0, bounds, names=None, fixed=None
     if not np.all(np.isfinite(p0)):
         raise ValueError(f"p0 must be finite, got {p0.tolist()}")
     lb, ub = normalise_bounds(bounds, p0, names)
-    lb, ub = fix_parameters(p0, lb, ub, fixed, names or [f"p{i}" for i in range(p0.size)])
+    lb, ub = fix_parameters(p0, lb, ub, fixed, _names(names, p0.size))
     return p0, lb, ub
 
 
@@ -514,7 +534,8 @@ class NLSQWrapper:
                 f"{smallest / 2**30 * 1.1:.2f} GB (runtime {base / 2**30:.2f} GB + coarse sample "
                 f"{coarse / 2**30:.2f} GB + data {held / 2**30:.2f} GB + one batch)")
         fit = (0.9 * limit - base - coarse - held) / per_point  # a float: a limit of
-        return max(MIN_BATCH, min(batch, int(min(fit, batch))))  # 1e300 GB is no overflow
+        # never above the batch asked for (max_batch_size may be below MIN_BATCH)
+        return max(min(MIN_BATCH, batch), int(min(fit, batch)))  # 1e300 GB: no overflow
 
     def _calls(self, tier, n_points, batch) -> int | None:
         if tier == OptimizationStrategy.CHUNKED:
@@ -546,6 +567,8 @@ class NLSQWrapper:
         y = plain_array(ydata, "ydata")
         x = plain_array(xdata, "xdata")
         s = check_curve_data(x, y, sigma)
+        if isinstance(parameter_names, np.ndarray):  # plain str names, as for a list
+            parameter_names = [str(n) if isinstance(n, str) else n for n in parameter_names]
         require_p0(p0)
         check_model_arity(model_func, np.size(p0), parameter_names)
         p0, lb, ub = validate_start(p0, bounds, parameter_names, fixed)

@@ -506,7 +506,8 @@ class PassRunner:
         run = _Pass(index, x, px, ctx, acc, start, first=not self._first_done,
                     excluded=mon.excluded[self.stage], summed=summed)
         if mon.progress is not None:
-            mon.progress.new_pass(self.stage, index, self.data.n_points, self.data.n_batches)
+            mon.progress.new_pass(self.stage, index, self.data.n_points, self.data.n_batches,
+                                  start_batch=start)
         self._placed = {}
         self._home = jax.devices()[0]
         return run

@@ -114,9 +114,18 @@ class DatasetSizeStrategy:
             if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral)
                                   or v < 1):
                 raise ValueError(f"{name} must be a whole number >= 1, got {v!r}")
+        if isinstance(n_points, bool) or not isinstance(n_points, numbers.Real) \
+                or not n_points >= 0:
+            raise ValueError(f"n_points must be a number of points >= 0, got {n_points!r}")
+        if initial_batch_size is not None and initial_batch_size > max_batch_size:
+            raise ValueError(f"initial_batch_size ({initial_batch_size}) is larger than "
+                             f"max_batch_size ({max_batch_size}); make initial_batch_size <= "
+                             "max_batch_size")
         mem_gb = self._memory_gb(memory_limit_gb)
         raw = int(0.1 * mem_gb * 2**30 / bytes_per_point(n_parameters))
-        batch = max(min_batch_size, min(max_batch_size, raw, max(n_points, 1)))
+        # max_batch_size is the user's cap, also below min_batch_size (it was raised to
+        # min_batch_size silently: performance.max_batch_size: 10 gave batches of 1,000)
+        batch = min(max_batch_size, max(min_batch_size, min(raw, max(n_points, 1))))
         if adaptive_batching:
             start = initial_batch_size or max(min_batch_size, batch // 8)
             batch = min(start, batch)
