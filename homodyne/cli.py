@@ -326,7 +326,8 @@ def _validate_one_time(cfg) -> int:
 
 
 # command-line options that override a config key: an error in the value names the option
-OPTION_KEYS = {"experimental_data.q": "--q", "optimization.restarts": "--restarts"}
+OPTION_KEYS = {"experimental_data.q": "--q", "optimization.restarts": "--restarts",
+               "experimental_data.file_path": "--data-file"}
 
 
 def load_options_config(a):

@@ -137,7 +137,7 @@ def test_data_file_override_and_clear_errors(workdir, capsys):
     (workdir / "c.yaml").write_text(yaml.safe_dump(cfg))
     assert main(["--config", "c.yaml", "--data-file", "data/nothing.h5"]) == 2
     err = capsys.readouterr().err
-    assert "experimental_data.file_path: file not found: data/nothing.h5" in err
+    assert "homodyne: error: --data-file: file not found: data/nothing.h5" in err
     assert "Traceback" not in err
     assert main(["validate", "--config", "c.yaml"]) == 0
     assert "239" not in capsys.readouterr().err

@@ -315,7 +315,7 @@ def test_a_non_ascii_path_under_an_ascii_locale_names_the_locale_not_a_missing_f
     assert err.splitlines() == [
         f"homodyne: error: {data_cfg}: experimental_data.file_path: {tmp_path}/n\\xf6.h5 {fix}",
         f"homodyne: error: output folder {tmp_path}/out\\xfc {fix}",
-        f"homodyne: error: {out_cfg}: experimental_data.file_path: n\\udcc3\\udcb6.h5 {fix}"]
+        f"homodyne: error: --data-file: n\\udcc3\\udcb6.h5 {fix}"]
 
 
 def test_a_power_law_at_the_logarithmic_edge_is_labelled_by_the_point_reported(tmp_path):
