@@ -27,3 +27,29 @@ def test_a_production_rule_with_a_bad_data_file_says_one_line_and_exits_2(tmp_pa
     assert err.startswith(f"fit_chx: error: {matrix}") and err.count("\n") == 1
     assert "Traceback" not in err
     assert not (tmp_path / "fits" / "chx" / "parameters.json").exists()
+
+
+def test_pruning_checkpoints_while_another_run_holds_the_folder_is_refused(tmp_path):
+    """The guide's cleanup_old_checkpoints() run beside a live fit deleted that fit's older
+    checkpoints without taking the folder's lock (probe22 W7)."""
+    from homodyne.optimization.checkpoint_manager import (
+        CheckpointDirError,
+        CheckpointManager,
+        hold_checkpoint_dir,
+    )
+
+    fit = CheckpointManager(tmp_path, keep_last_n=5)
+    for batch in (1, 2, 3):
+        fit.save_checkpoint(batch, {"x": np.arange(3.0)}, fingerprint="f" * 64)
+    held = hold_checkpoint_dir(tmp_path)  # the live fit's run
+    try:
+        other = CheckpointManager(tmp_path, keep_last_n=1)
+        with pytest.raises(CheckpointDirError, match="is in use by"):
+            other.cleanup_old_checkpoints()
+        assert [p.name for p in fit.list_checkpoints()] == [
+            f"homodyne_state_batch_000{b}.h5" for b in (1, 2, 3)]
+    finally:
+        held.release()
+    assert [p.name for p in other.cleanup_old_checkpoints()] == [
+        "homodyne_state_batch_0001.h5", "homodyne_state_batch_0002.h5"]
+    assert not other._holds_folder() and not held.held

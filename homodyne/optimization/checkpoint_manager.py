@@ -584,7 +584,18 @@ class CheckpointManager:
 
     def cleanup_old_checkpoints(self) -> list[Path]:
         """Delete all but the newest ``keep_last_n`` checkpoints of this fit; returns what
-        was deleted (other fits' files are never touched)."""
+        was deleted (other fits' files are never touched). Outside a run that holds the
+        folder, the folder's lock is taken for it: a live fit's fallbacks are not deleted
+        under it (CheckpointDirError names the run that holds it)."""
+        if self._holds_folder():
+            return self._prune()
+        self.acquire_lock()
+        try:
+            return self._prune()
+        finally:
+            self.release_lock()
+
+    def _prune(self) -> list[Path]:
         files = self._ours(self.list_checkpoints())
         doomed = self._delete(files[: max(0, len(files) - self.keep_last_n)])
         self._delete([stale for stale in self.checkpoint_dir.glob(".homodyne_state_batch_*.tmp")

@@ -343,7 +343,7 @@ class CheckpointSession:
         self._failing = None
         try:  # the checkpoint is written: a failure here only leaves older files behind
             self.manager.cleanup_old_checkpoints()
-        except OSError as exc:
+        except (OSError, NLSQCheckpointError) as exc:  # (the folder taken by another run)
             log.warning("checkpoint at batch %d written; older ones not pruned: %s", batch, exc)
         return path
 
