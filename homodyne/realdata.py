@@ -9,6 +9,7 @@ committed to the repository.
 from __future__ import annotations
 
 import os
+import shutil
 from importlib import resources
 from pathlib import Path
 
@@ -69,3 +70,22 @@ def fetch(rel: str, mirror: str | os.PathLike | None = None, cache_dir=None) -> 
         raise RealDataError(f"{rel} (SHA-256 {expected}): {where}the download failed "
                             f"({type(exc).__name__}: {exc}). {how}") from exc
     return Path(path)
+
+
+def copy_verified(rel: str, dst, mirror: str | os.PathLike | None = None) -> Path:
+    """``dst`` as an independent, verified copy of ``rel`` (``fetch``'s file): never a
+    link, so nothing written to the working copy can alter the mirror; the copy itself
+    is hashed before it replaces ``dst`` (a mirror rewritten meanwhile is refused)."""
+    src, dst = fetch(rel, mirror=mirror), Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    try:
+        shutil.copyfile(src, tmp)
+        got = pooch.file_hash(str(tmp), alg="sha256")
+        if got != registry()[rel]:
+            raise RealDataError(f"{src} changed while it was copied (SHA-256 {got}); "
+                                "run again")
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return dst

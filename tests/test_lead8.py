@@ -53,3 +53,17 @@ def test_pruning_checkpoints_while_another_run_holds_the_folder_is_refused(tmp_p
     assert [p.name for p in other.cleanup_old_checkpoints()] == [
         "homodyne_state_batch_0001.h5", "homodyne_state_batch_0002.h5"]
     assert not other._holds_folder() and not held.held
+
+
+def test_the_workflows_data_copy_is_no_link_to_the_mirror(real_data, tmp_path):
+    """fetch_real_data hard-linked the mirror's files into results/: a working copy
+    rewritten in place (a probe set it to NaN) rewrote the shared mirror with it."""
+    rel = "chx_two_time/test_g2.npy"
+    dst = tmp_path / "results" / "data" / "real" / rel
+    snakemake = SimpleNamespace(
+        wildcards=SimpleNamespace(folder="chx_two_time", name="test_g2.npy"),
+        output=[str(dst)], params=SimpleNamespace(mirror=str(real_data)), log=[])
+    runpy.run_path(str(SCRIPTS / "fetch_real_data.py"), init_globals={"snakemake": snakemake})
+    assert dst.read_bytes() == (real_data / rel).read_bytes()
+    assert not dst.samefile(real_data / rel) and dst.stat().st_nlink == 1
+    assert sorted(p.name for p in dst.parent.iterdir()) == ["test_g2.npy"]

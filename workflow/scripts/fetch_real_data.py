@@ -1,19 +1,11 @@
-"""Rule fetch_real_data: copy (link) a verified file from the mirror, or download it."""
+"""Rule fetch_real_data: a verified copy of a file from the mirror, or downloaded. A copy,
+not a link: a working copy edited in place must not alter the mirror."""
 
-import os
-import shutil
-from pathlib import Path
-
-from homodyne.realdata import fetch
+from homodyne.realdata import copy_verified
 from homodyne.rulelog import redirect
 
 redirect(snakemake)  # noqa: F821
 w = snakemake.wildcards  # noqa: F821
-src = fetch(f"{w.folder}/{w.name}", mirror=snakemake.params.mirror or None)  # noqa: F821
-dst = Path(snakemake.output[0])  # noqa: F821
-dst.parent.mkdir(parents=True, exist_ok=True)
-try:
-    os.link(src, dst)
-except OSError:
-    shutil.copyfile(src, dst)
-print(f"{dst} <- {src} (SHA-256 verified)")
+dst = copy_verified(f"{w.folder}/{w.name}", snakemake.output[0],  # noqa: F821
+                    mirror=snakemake.params.mirror or None)  # noqa: F821
+print(f"{dst}: copied, SHA-256 verified")
