@@ -278,9 +278,10 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
 
 
 # a fit that ends on a bound its start lay on and never left is fitted once more from
-# this fraction of the range inside (opt14 F8, fits in user coordinates): near D_offset's
-# bound J is so large that c2 is flat in it, and the first step takes the rest to their
-# optimum there, a KKT point. Measured: seed 2073 needs >= 0.03, a 2-angle case >= 0.1
+# this fraction of the range inside (opt14 F8): near D_offset's bound J is so large that
+# c2 is flat in it, and the first step takes the rest to their optimum there, a KKT point.
+# Measured: seed 2073 needs >= 0.03, a 2-angle case >= 0.1. A fit in internal coordinates
+# is refitted through that stage (probe21 N2, a start on the lower corner: _mirrored_start)
 START_BOUND_STEP = 0.25
 
 
