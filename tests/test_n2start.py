@@ -66,3 +66,24 @@ def test_a_start_with_negative_j_at_t_ref_starts_from_its_mirror_image():
     kept = _start_space(coords, TRUTH, lb, ub, notes, SPEC.parameter_names)
     assert len(notes) == 1
     np.testing.assert_array_equal(kept.start, coords.to_internal(TRUTH)[kept.free.free])
+
+
+def test_the_start_bound_refit_runs_in_internal_coordinates():
+    """alpha starting on its upper bound 0.5 ends there (2 x 40 frames, J = 2e3 t^0.3 - 50):
+    the fit in internal coordinates is refitted once from 0.25 of alpha's range inside,
+    through the internal stage, and the better end is SciPy's TRF optimum from that start
+    (main 36bbb56 refitted only fits in user coordinates)."""
+    spec = make_spec("static", n_frames=40, n_phi=2)
+    k = spec.n_scaling_sets
+    y = noisy_data(spec, spec.pack(0.3, 1.0, [2e3, 0.3, -50.0]), 0.01, 1)
+    lb, ub = bounds_for(spec)
+    p0 = spec.pack(0.2, 1.0, [2.4e3, 0.5, -60.0])
+    r = NLSQWrapper().fit_two_time(None, spec, p0, (lb, ub), y=y)
+    refit = [m for m in r.messages if "never left it" in m]
+    assert len(refit) == 1 and refit[0].startswith("alpha started on a bound"), r.messages
+    assert sum(m.startswith("internal coordinates (t_ref") for m in r.messages) == 2, r.messages
+    ref = trf(spec, y, p0, lb, ub)
+    assert ref.status > 0 and r.converged, r.summary()
+    assert abs(r.cost - ref.cost) <= 1e-9 * ref.cost
+    dz = (r.parameters - ref.x) / r.uncertainties
+    assert np.all(np.abs(dz[: 2 * k + 3]) < 1e-3), dz
