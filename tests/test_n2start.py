@@ -7,7 +7,7 @@ from helpers import bounds_for, make_spec, noisy_data, trf
 from homodyne.jaxconf import jnp
 from homodyne.model import c2_points
 from homodyne.optimization.coordinates import PowerLawCoordinates
-from homodyne.optimization.driver import _start_space
+from homodyne.optimization.driver import _mirrored_start
 from homodyne.optimization.nlsq_wrapper import NLSQWrapper
 from homodyne.optimization.problems import TwoTimeProblem
 
@@ -24,10 +24,10 @@ def _cost(y, p):
 
 
 def test_a_start_on_the_lower_corner_reaches_the_optimum_in_internal_coordinates():
-    """From D0 1, alpha -2, D_offset -1000 (J = t^-2 - 1000 < 0) the fit ended on
+    """From D0 1, alpha -2, D_offset -1000 (J = t^-2 - 1000 < 0) the fit first ended on
     D_offset's bound with J < 0 at every frame, chi2 2.4x the optimum, as SciPy's TRF does
-    from there (main 36bbb56). Started from its mirror image it reaches the optimum that
-    SciPy's TRF reaches from a plain start, to 1e-3 standard errors, with no refit."""
+    from there; the refit from inside the start's bounds (its J(t_ref) < 0 mirrored) keeps
+    the optimum that SciPy's TRF reaches from a plain start, to 1e-3 standard errors."""
     y = noisy_data(SPEC, TRUTH, 0.02, 0)
     lb, ub = bounds_for(SPEC)
     r = NLSQWrapper().fit_two_time(None, SPEC, LOWER_CORNER, (lb, ub), y=y)
@@ -36,23 +36,22 @@ def test_a_start_on_the_lower_corner_reaches_the_optimum_in_internal_coordinates
     assert ref.status > 0 and corner_ref.status > 0
     assert _cost(y, corner_ref.x) > 2.0 * _cost(y, ref.x)  # SciPy's own corner end
     assert r.converged, r.summary()
-    assert r.messages[0].startswith("J(t_ref) < 0 at the start: started from its mirror")
-    assert not [m for m in r.messages if "never left it" in m], r.messages
+    refit = [m for m in r.messages if "started on a bound and never left it" in m]
+    assert len(refit) == 1 and "its lower cost kept" in refit[0], r.messages
     assert abs(r.cost - _cost(y, ref.x)) <= 1e-9 * r.cost
     dz = (r.parameters - ref.x) / r.uncertainties
     assert np.all(np.abs(dz) < 1e-3), dz
     assert r.at_bounds == [] and r.undetermined == []
 
 
-def test_a_start_with_negative_j_at_t_ref_starts_from_its_mirror_image():
+def test_the_refit_starts_from_the_mirror_image_where_j_at_t_ref_is_negative():
     """c2 depends on |∫J|: the mirrored internal start (slope and level negated) is the
     same c2 to rounding, with J(t_ref) > 0; a start with J(t_ref) > 0 is left as it is."""
     lb, ub = bounds_for(SPEC)
     coords = PowerLawCoordinates.for_problem(TwoTimeProblem(SPEC), lb, ub)
     i, a, o = coords.triples[0]
     x = SPEC.pack([0.15, 0.15], [1.0, 1.0], [100.0, -1.0, -800.0])
-    notes: list[str] = []
-    space = _start_space(coords, x, lb, ub, notes, SPEC.parameter_names)
+    space = _mirrored_start(coords, x, lb, ub)
     u = space.free.expand(space.start)
     plain = coords.to_internal(x)
     assert plain[o] < 0 < u[o]
@@ -61,10 +60,7 @@ def test_a_start_with_negative_j_at_t_ref_starts_from_its_mirror_image():
     c2 = [np.asarray(c2_points(jnp.asarray(p), jnp.arange(SPEC.n_points), SPEC))
           for p in (x, space.user(space.start))]
     np.testing.assert_allclose(c2[1], c2[0], rtol=0, atol=1e-12)
-    assert notes == ["J(t_ref) < 0 at the start: started from its mirror image (D0 and "
-                     "D_offset negated; the same c2, which depends on |∫J| only)"]
-    kept = _start_space(coords, TRUTH, lb, ub, notes, SPEC.parameter_names)
-    assert len(notes) == 1
+    kept = _mirrored_start(coords, TRUTH, lb, ub)
     np.testing.assert_array_equal(kept.start, coords.to_internal(TRUTH)[kept.free.free])
 
 

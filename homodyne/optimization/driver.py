@@ -137,8 +137,7 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
     coarse_passes = coarse_points = 0
     messages = []
     start, start_seconds = x0, []  # a data-driven start's pass over the full data
-    first_notes: list[str] = []  # said where the user's start is the one fitted from
-    space = _start_space(coords, x0, lb, ub, first_notes, problem.parameter_names)
+    space = SolverSpace(coords, x0, lb, ub)
     x = space.start
 
     def eval_error(v):
@@ -185,10 +184,8 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
                 mon.stop_before_passes("the start estimate")
             messages.append(line)
             start = est
-            space = _start_space(coords, start, lb, ub, messages, problem.parameter_names)
+            space = SolverSpace(coords, start, lb, ub)
             x = space.start
-        if start is x0:
-            messages.extend(first_notes)
         mon.begin_path(start)
         for sub in levels:
             # each level starts a few of its own standard errors from its optimum, so
@@ -262,8 +259,7 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
                 edge_refit: dict[int, str] = {}
 
                 def refit(from_x):
-                    sp = _start_space(coords, from_x, lb, ub, messages,
-                                      problem.parameter_names)
+                    sp = _mirrored_start(coords, from_x, lb, ub)
                     return internal_fit(sp, sp.start, from_x, edge_refit)
             st_first = st
             st = _refit_off_start_bounds(st, x0, lb, ub, free, refit, messages,
@@ -285,7 +281,7 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
 # this fraction of the range inside (opt14 F8): near D_offset's bound J is so large that
 # c2 is flat in it, and the first step takes the rest to their optimum there, a KKT point.
 # Measured: seed 2073 needs >= 0.03, a 2-angle case >= 0.1. A fit in internal coordinates
-# is refitted through that stage, from _start_space's start
+# is refitted through that stage (probe21 N2, a start on the lower corner: _mirrored_start)
 START_BOUND_STEP = 0.25
 
 
@@ -322,28 +318,19 @@ def _refit_off_start_bounds(st, x0, lb, ub, free, refit, messages, names,
     return kept
 
 
-def _start_space(coords: PowerLawCoordinates | None, x, lb, ub, messages,
-                 names) -> SolverSpace:
-    """The solver's space and start for user start ``x``. In internal coordinates each
-    power law whose amplitude is held >= 0 (``held_triples``) and whose J(t_ref) < 0 at
-    ``x`` starts from its mirror image, slope and level negated (a message says so): c2
-    depends on |∫J| only, so that is the same start, with J(t_ref) > 0, the side every
-    J(t) > 0 lies on. From J < 0 the held fit heads for -J, which the amplitude's bound
-    excludes (probe21 N2: from the lower corner, D0 1, alpha -2, D_offset -1000, the fit
-    ended at chi2 2.3x the optimum, D_offset on its bound, J < 0 at every frame; SciPy's
-    TRF ends there too)."""
+def _mirrored_start(coords: PowerLawCoordinates, x, lb, ub) -> SolverSpace:
+    """The internal-coordinate space of a refit from user ``x``: each power law whose
+    amplitude is held >= 0 (``held_triples``) and whose J(t_ref) < 0 there starts from its
+    mirror image, slope and level negated. c2 depends on |∫J| only, so that is the same
+    start with J(t_ref) > 0, the side every J(t) > 0 lies on; from J < 0 the held fit can
+    only reach the bounds' optimum of -J (probe21 N2: a start on the lower corner, D0 1,
+    alpha -2, D_offset -1000, J = t^-2 - 1000, ended at chi2 2.3x the optimum with
+    D_offset on its bound and J < 0 at every frame; SciPy's TRF ends there too)."""
     space = SolverSpace(coords, x, lb, ub)
-    if coords is None:
-        return space
     u = space.free.expand(space.start)
-    flipped = [t for t in coords.held_triples(lb) if u[t[2]] < 0]
-    if not flipped:
-        return space
-    for i, _a, o in flipped:
-        u[i], u[o] = -u[i], -u[o]
-    messages.append("J(t_ref) < 0 at the start: started from its mirror image ("
-                    + ", ".join(f"{names[i]} and {names[o]} negated" for i, _a, o in flipped)
-                    + "; the same c2, which depends on |∫J| only)")
+    for i, _a, o in coords.held_triples(lb):
+        if u[o] < 0:
+            u[i], u[o] = -u[i], -u[o]
     return SolverSpace(coords, x, lb, ub, u0=u)
 
 
