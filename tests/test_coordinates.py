@@ -129,7 +129,6 @@ def test_measured_window_at_the_logarithmic_edge_finishes_from_a_predicted_edge_
     re-solved, no pass): 21 passes in all; 23 with the held fit at full tolerance; 24 from
     the plain box point as well. The same optimum each way (SciPy's TRF is still crawling
     after 1000 evaluations here, above it)."""
-    import homodyne.optimization.driver as driver
     import homodyne.optimization.internal_stage as stage
 
     spec, y, p0, lb, ub = chx_window(real_data, end_frame=175)
@@ -145,15 +144,15 @@ def test_measured_window_at_the_logarithmic_edge_finishes_from_a_predicted_edge_
     finish = [m for m in r.messages if m.startswith("user coordinates")]
     assert finish and finish[0].startswith("user coordinates: 2 passes"), r.messages
     assert r.passes <= 21, r.summary()
-    plain = driver._at_edge, stage.EDGE_STEP_SE
+    plain = stage._at_edge, stage.EDGE_STEP_SE
     try:
         stage.EDGE_STEP_SE = -1.0  # the held fit to the full tolerance
         r1 = fit()
-        driver._at_edge = lambda coords, hs, st, lb, ub, edge: coords.to_user(
+        stage._at_edge = lambda coords, hs, st, lb, ub, edge: coords.to_user(
             hs.free.expand(st.x))  # and the finish from the plain box point
         r0 = fit()
     finally:
-        driver._at_edge, stage.EDGE_STEP_SE = plain
+        stage._at_edge, stage.EDGE_STEP_SE = plain
     assert r0.converged and r1.converged
     assert r.passes < r1.passes < r0.passes, (r.passes, r1.passes, r0.passes)
     for other in (r1, r0):

@@ -158,6 +158,35 @@ def _fit_internal(problem, coords, space, x, x0, lb, ub, runner, opts, track, tr
     return held_space, st, edge_start, (hold, refit_from)
 
 
+def _internal_then_user(problem, coords, space, x, x0, lb, ub, free, flb, fub, runner,
+                        opts, track, trust, full_kw, edge, messages, to_user,
+                        stopped=lambda: False):
+    """The internal-coordinate fit from ``space``'s vector ``x`` (user start ``x0``) and its
+    finish in user coordinates: the box point, the predicted edge point, the refit on a
+    crossed bound. ``to_user(x)`` is called with the user vector the finish starts from
+    (the caller's space changes there). Returns (None, the state over the user's free
+    parameters), or (that stage's space, its state) where it stopped (``stopped()``)."""
+    space, st, edge_start, refit = _fit_internal(
+        problem, coords, space, x, x0, lb, ub, runner, opts, track, trust, full_kw, edge,
+        messages)
+    if st.reason.startswith("stopped") or stopped():
+        return space, st
+    toward = _at_edge(coords, space, st, lb, ub, edge_start) if edge_start else None
+    internal = space.state_in_user(st, free)
+    to_user(internal.x)
+    st = _finish_in_user_coordinates(internal, free, runner, flb, fub, opts, track, trust,
+                                     full_kw, messages, coords, lb, ub, edge_start, toward)
+    if toward is not None and not st.converged and not stopped() \
+            and not st.reason.startswith("stopped"):
+        st = _finish_again_from_the_box(st, internal, free, runner, flb, fub, opts, track,
+                                        trust, full_kw, messages, coords, lb, ub, edge_start)
+    if refit is not None and st.converged and not stopped() \
+            and not _ends_on(free.expand(st.x), refit[0]):
+        st = _refit_and_finish(refit[1], st, free, runner, flb, fub, opts, track, trust,
+                               full_kw, messages, coords, lb, ub, edge_start)
+    return None, st
+
+
 def _crossed_bounds(coords, x, lb, ub, toward_edge) -> set[tuple[int, int, int]]:
     """The power laws (not those on their way to the logarithmic edge) whose amplitude or
     offset the internal optimum ``x`` puts outside the user's box."""
