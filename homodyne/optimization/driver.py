@@ -244,7 +244,7 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
                 break
             # the solver stalled: restart once from a perturbed copy of the best point
             x_new = mon.applicator.apply(name, st.x, (flb, fub))
-            mon.record_recovery(mon.batches_done, mon.applicator.describe(name))
+            mon.record_restart(mon.applicator.describe(name))
             try:
                 st2 = solve_lm(evaluate, x_new, flb, fub, initial_damping=opts.initial_damping,
                                on_iteration=track, gn_trust_se=trust, **full_kw)

@@ -1,0 +1,54 @@
+"""probe23: a fresh probing round (issue 12) over the fit's long-running paths; each
+test fails on main 36bbb56."""
+
+import os
+import signal
+
+import numpy as np
+from helpers import make_spec, noisy_data, stop_signals_at_default
+
+
+def _overflowing_case():
+    """Two angles, one of them all 3e38 (probe21's i4.h5 in small): the solver's damping
+    overflows and the fit restarts once from a perturbed copy of its best point."""
+    spec = make_spec("static", n_frames=40, n_phi=2)
+    truth = spec.pack([0.3, 0.3], [1.0, 1.0], [1e4, -0.5, 100.0])
+    y = np.array(noisy_data(spec, truth, sigma=0.01, seed=0))
+    y[y.size // 2:] = 3e38
+    lb, ub = spec.pack(0.0, 0.5, [1.0, -2.0, -1e3]), spec.pack(1.0, 1.5, [1e5, 0.5, 1e3])
+    p0 = spec.pack([0.3, 0.3], [1.0, 1.0], [8000.0, -0.4, 80.0])
+    return spec, y, p0, (lb, ub)
+
+
+def test_a_resumed_fit_logs_its_recovery_restart_once(tmp_path):
+    """A fit resumed after its recovery restart (perturb_parameters at batch 1150 of
+    i4.h5) logged the restart again at the resume's batch: recovery_actions [..1150..,
+    ..1168..] after a SIGTERM at 1168, [..1150.., ..1750..] for a rerun over the
+    finished fit's checkpoints; the uninterrupted run logs one."""
+    from homodyne.optimization.nlsq_wrapper import NLSQWrapper
+
+    spec, y, p0, bounds = _overflowing_case()
+    sent = []
+
+    def stop(batch, *_):
+        if batch >= 30 and not sent:  # in the restart's second pass
+            sent.append(batch)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def fit(folder, callback=None):
+        ck = {"enable_checkpoints": True, "checkpoint_dir": str(tmp_path / folder),
+              "checkpoint_frequency": 1, "checkpoint_min_interval_s": 0}
+        return NLSQWrapper(checkpoint_config=ck, callback=callback).fit_two_time(
+            None, spec, p0, bounds, y=y)
+
+    once = [{"batch": 25, "strategy": "perturb_parameters (5% noise)"}]
+    whole = fit("a")
+    assert whole.stop_reason.startswith("damping overflow"), whole.stop_reason
+    assert whole.recovery_actions == once
+    assert fit("a").recovery_actions == once  # over the finished fit's checkpoints
+    with stop_signals_at_default():
+        assert fit("b", stop).interrupted_by == "SIGTERM"
+    resumed = fit("b")
+    assert resumed.recovery_actions == once
+    np.testing.assert_array_equal(resumed.parameters, whole.parameters)
+    assert resumed.passes == whole.passes
