@@ -52,3 +52,34 @@ def test_a_resumed_fit_logs_its_recovery_restart_once(tmp_path):
     assert resumed.recovery_actions == once
     np.testing.assert_array_equal(resumed.parameters, whole.parameters)
     assert resumed.passes == whole.passes
+
+
+def test_a_checkpoint_with_recovery_restarts_is_not_resumed_with_recovery_off(tmp_path):
+    """Stopped after its recovery restart, rerun with enable_fault_tolerance: false: the
+    resumed fit ended where the uninterrupted one without recovery ends (23 passes) but
+    said recovery_actions [perturb_parameters at batch 1150] and counted the restart's
+    batches (1,512 vs 1,150 processed). The fault settings shape the path: such a
+    checkpoint belongs to another fit."""
+    from homodyne.optimization.nlsq_wrapper import NLSQWrapper
+
+    spec, y, p0, bounds = _overflowing_case()
+    ck = {"enable_checkpoints": True, "checkpoint_dir": str(tmp_path),
+          "checkpoint_frequency": 1, "checkpoint_min_interval_s": 0}
+    sent = []
+
+    def stop(batch, *_):
+        if batch >= 30 and not sent:
+            sent.append(batch)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with stop_signals_at_default():
+        assert NLSQWrapper(checkpoint_config=ck, callback=stop).fit_two_time(
+            None, spec, p0, bounds, y=y).interrupted_by == "SIGTERM"
+    resumed = NLSQWrapper(checkpoint_config=ck, enable_recovery=False).fit_two_time(
+        None, spec, p0, bounds, y=y)
+    fresh = NLSQWrapper(enable_recovery=False).fit_two_time(None, spec, p0, bounds, y=y)
+    assert resumed.recovery_actions == fresh.recovery_actions == []
+    assert resumed.passes == fresh.passes
+    np.testing.assert_array_equal(resumed.parameters, fresh.parameters)
+    assert resumed.streaming_diagnostics["total_batches_processed"] == \
+        fresh.streaming_diagnostics["total_batches_processed"]
