@@ -83,3 +83,45 @@ def test_a_checkpoint_with_recovery_restarts_is_not_resumed_with_recovery_off(tm
     np.testing.assert_array_equal(resumed.parameters, fresh.parameters)
     assert resumed.streaming_diagnostics["total_batches_processed"] == \
         fresh.streaming_diagnostics["total_batches_processed"]
+
+
+def test_a_stop_in_the_internal_stages_stops_at_once_with_a_point_in_the_box(tmp_path):
+    """SIGTERM in the other quadrant's internal fit (a start on the lower corner): the
+    stop ('interrupted by ...') was not taken for one (only 'stopped ...' was), so the
+    fit went on to the next stage's pass and stopped again there: two checkpoints, the
+    messages naming batch 486 and the CLI line 489, and parameters.interrupted.json held
+    the user's start with no cost. Now the stage ends at the stop: one save, one batch
+    named, the stopped point reported (clipped into the box where the internal point
+    lies beyond it); the resume equals the uninterrupted fit."""
+    import re
+
+    from homodyne.optimization.nlsq_wrapper import NLSQWrapper
+
+    spec = make_spec("static", n_frames=40, n_phi=2)
+    truth = spec.pack([0.3, 0.3], [1.0, 1.0], [1e4, -0.5, 100.0])
+    y = noisy_data(spec, truth, sigma=0.01, seed=0)
+    lb, ub = spec.pack(0.0, 0.5, [1.0, -2.0, -1e3]), spec.pack(1.0, 1.5, [1e5, 0.5, 1e3])
+    p0 = spec.pack([0.3, 0.3], [1.0, 1.0], [1.0, -2.0, -1000.0])
+    ck = {"enable_checkpoints": True, "checkpoint_dir": str(tmp_path),
+          "checkpoint_frequency": 1, "checkpoint_min_interval_s": 0}
+    sent = []
+
+    def stop(batch, *_):
+        if batch >= 20 and not sent:  # the other quadrant: passes 15..27 of 60
+            sent.append(batch)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with stop_signals_at_default():
+        cut = NLSQWrapper(checkpoint_config=ck, callback=stop).fit_two_time(
+            None, spec, p0, (lb, ub), y=y)
+    assert cut.interrupted_by == "SIGTERM", cut.summary()
+    saved = re.findall(r"checkpoint saved at batch (\d+)", " ".join(cut.messages))
+    assert saved == re.findall(r"checkpoint saved at batch (\d+)", cut.stop_reason) == ["21"]
+    assert "the other quadrant" in cut.messages[-1]
+    assert np.all((lb <= cut.parameters) & (cut.parameters <= ub))
+    assert max(p.name for p in tmp_path.glob("*.h5")) == "homodyne_state_batch_0021.h5"
+    resumed = NLSQWrapper(checkpoint_config=ck).fit_two_time(None, spec, p0, (lb, ub), y=y)
+    whole = NLSQWrapper().fit_two_time(None, spec, p0, (lb, ub), y=y)
+    assert resumed.converged and resumed.passes == whole.passes == 60
+    np.testing.assert_array_equal(resumed.parameters, whole.parameters)
+

@@ -18,7 +18,7 @@ from homodyne.memory import peak_rss_mb
 from homodyne.optimization.checkpoint_session import SolverSnapshot
 from homodyne.optimization.coordinates import PowerLawCoordinates, SolverSpace
 from homodyne.optimization.covariance import covariance_from_normal
-from homodyne.optimization.engine import EngineOptions, solve_lm
+from homodyne.optimization.engine import EngineOptions, solve_lm, stopped
 from homodyne.optimization.exceptions import NLSQNumericalError, StopFit
 from homodyne.optimization.fixed import FreeSubspace
 from homodyne.optimization.geodesic import supports
@@ -206,7 +206,7 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
             x = st.x
             messages.append(f"coarse level of {sub.n_points:,} points: {st.evaluations} "
                             f"passes, {st.reason}")
-            if st.reason.startswith("stopped") or mon.signal_received is not None:
+            if stopped(st) or mon.signal_received is not None:
                 return finish(st)
         runner = PassRunner(problem, data, stage="full", monitor=mon, n_devices=n_devices)
         trust = _trust(data.n_points, coarse_points)
@@ -220,8 +220,18 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
             space, st, edge_start, refit = _fit_internal(
                 problem, coords, space, x, start, lb, ub, runner, opts, track, trust, full_kw,
                 edge, messages)
-            if st.reason.startswith("stopped") or mon.signal_received is not None:
-                return finish(st)
+            if stopped(st) or mon.signal_received is not None:
+                # a stopped internal fit's point can lie beyond the user's box (the held
+                # edge): reported clipped into it, unevaluated there, as a stopped refit is
+                end = space.state_in_user(st, free)
+                x_user = free.expand(end.x)
+                if not np.all((lb <= x_user) & (x_user <= ub)):
+                    clipped = _unevaluated(free.reduce(np.clip(x_user, lb, ub)), end.reason)
+                    clipped.evaluations, clipped.iteration = end.evaluations, end.iteration
+                    clipped.history = end.history
+                    end = clipped
+                space = SolverSpace(None, x0, lb, ub)
+                return finish(end)
             toward = _at_edge(coords, space, st, lb, ub, edge_start) if edge_start else None
             internal = space.state_in_user(st, free)
             space, x = SolverSpace(None, x0, lb, ub), internal.x.copy()
@@ -229,7 +239,7 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
                                              trust, full_kw, messages, coords, lb, ub,
                                              edge_start, toward)
             if toward is not None and not st.converged and mon.signal_received is None \
-                    and not st.reason.startswith("stopped"):
+                    and not stopped(st):
                 st = _finish_again_from_the_box(st, internal, free, runner, flb, fub, opts,
                                                 track, trust, full_kw, messages, coords, lb,
                                                 ub, edge_start)
@@ -257,7 +267,7 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
         if coords is None and st.converged and mon.signal_received is None:
             st = _refit_off_start_bounds(st, x0, lb, ub, free, evaluate, flb, fub, opts, track,
                                          trust, full_kw, messages, problem.parameter_names,
-                                         stopped=lambda: mon.signal_received is not None)
+                                         signalled=lambda: mon.signal_received is not None)
     except StopFit as stop:  # stopped during a stage's very first pass
         st = _unevaluated(x, str(stop))
     if not mon.signal_acted_on:  # (a signal after the last pass: saved, then re-raised)
@@ -273,12 +283,12 @@ START_BOUND_STEP = 0.25
 
 
 def _refit_off_start_bounds(st, x0, lb, ub, free, evaluate, flb, fub, opts, track, trust,
-                            full_kw, messages, names, stopped=lambda: False):
+                            full_kw, messages, names, signalled=lambda: False):
     """A converged fit with a free parameter still on the bound its start put it on:
     refit from the start with every parameter that started on a bound moved
     START_BOUND_STEP of its range into the box; the better end is kept (converged first,
     then the lower cost) and the messages say so. Counts include both. A refit stopped
-    (a signal: ``stopped()``) is the result, with the stop as its reason."""
+    (a signal: ``signalled()``) is the result, with the stop as its reason."""
     x, x0 = free.expand(st.x), np.asarray(x0, np.float64)
     span = ub - lb
     on_lo, on_hi = free.free & (x0 <= lb), free.free & (x0 >= ub)
@@ -292,7 +302,7 @@ def _refit_off_start_bounds(st, x0, lb, ub, free, evaluate, flb, fub, opts, trac
                    on_iteration=track, gn_trust_se=trust, **full_kw)
     spent = st2.evaluations
     _chain(st2, st)
-    if st2.reason.startswith("stopped") or stopped():
+    if stopped(st2) or signalled():
         return st2
     kept = _better_end(st, st2)
     moved = ", ".join(f"{names[k]} = {start[k]:.6g}" for k in np.flatnonzero(on_lo | on_hi))

@@ -12,7 +12,13 @@ import math
 import numpy as np
 
 from homodyne.optimization.coordinates import EDGE_ALPHA, PowerLawCoordinates, SolverSpace
-from homodyne.optimization.engine import EngineOptions, first_step, solve_lm, trial_point
+from homodyne.optimization.engine import (
+    EngineOptions,
+    first_step,
+    solve_lm,
+    stopped,
+    trial_point,
+)
 from homodyne.optimization.geodesic import geodesic_pass, space_maps
 from homodyne.optimization.passes import PassRunner
 from homodyne.optimization.precision import evaluation_error, rounding_error
@@ -57,7 +63,7 @@ def _fit_internal(problem, coords, space, x, x0, lb, ub, runner, opts, track, tr
     else:
         messages.append(f"internal coordinates (t_ref = {coords.t_ref:.4g} s): "
                         f"{st.evaluations} full passes, {st.reason}")
-    if st.reason.startswith("stopped"):
+    if stopped(st):
         return held_space, st, set(), None
     binds = _binding_limits(held_space, st, sides)
     # the slope's limit binds: J's trend is the other one. Alpha's binds at a converged
@@ -103,7 +109,7 @@ def _fit_internal(problem, coords, space, x, x0, lb, ub, runner, opts, track, tr
         messages.append(f"internal coordinates, the other quadrant (a held limit binds): "
                         f"{_quadrants(problem, sides2)}: {st2.evaluations} passes in all, "
                         f"{st2.reason}")
-        if st2.reason.startswith("stopped"):
+        if stopped(st2):
             return space2, st2, set(), None
         better = st2.converged and st2.ne.cost < st.ne.cost or not st.converged
         if mirror and st.converged and st2.converged:
@@ -225,7 +231,7 @@ def _refit_and_finish(refit_from, st, free, runner, flb, fub, opts, track, trust
     from there, keep the better end (converged first, then the lower cost). Counts
     include both."""
     space, st_r = refit_from(st)
-    if st_r.reason.startswith("stopped"):
+    if stopped(st_r):
         return st_r
     st2 = _finish_in_user_coordinates(space.state_in_user(st_r, free), free, runner, flb, fub,
                                       opts, track, trust, full_kw, messages, coords, lb, ub,
@@ -275,10 +281,10 @@ def _fit_on_crossed_bounds(problem, coords, x, st, sides, crossed, x0, lb, ub,
                         + ", ".join(f"{names[k]} = {b:g}" for k, b in hold.items())
                         + f" held: {st.evaluations} passes in all, {st.reason}")
         x = hs.user(st.x)
-        if st.reason.startswith("stopped"):
-            stopped = _unevaluated(user_free.reduce(np.clip(x, lb, ub)), st.reason)
-            stopped.evaluations, stopped.iteration = st.evaluations, st.iteration
-            return SolverSpace(None, x0, lb, ub), stopped
+        if stopped(st):
+            end = _unevaluated(user_free.reduce(np.clip(x, lb, ub)), st.reason)
+            end.evaluations, end.iteration = st.evaluations, st.iteration
+            return SolverSpace(None, x0, lb, ub), end
         crossed = _crossed_bounds(coords, x, lb, ub, ())
         if not crossed or not st.converged:
             break
