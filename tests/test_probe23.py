@@ -5,6 +5,7 @@ import os
 import signal
 
 import numpy as np
+import pytest
 from helpers import make_spec, noisy_data, stop_signals_at_default
 
 
@@ -125,3 +126,31 @@ def test_a_stop_in_the_internal_stages_stops_at_once_with_a_point_in_the_box(tmp
     assert resumed.converged and resumed.passes == whole.passes == 60
     np.testing.assert_array_equal(resumed.parameters, whole.parameters)
 
+
+def test_a_stop_early_in_the_start_bound_refit_keeps_the_first_end():
+    """SIGTERM in the first passes of the refit from inside a start bound (probe21's
+    case), checkpoints off ('the best parameters so far are kept'): a stop in its first
+    pass reported the user's start with cost NaN, one in its second the refit's start
+    (D_offset -500, cost 30.7) - both worse than the first end (cost 0.0576) already
+    found. The lower-cost point so far is the result, with the stop as its reason."""
+    from homodyne.optimization.nlsq_wrapper import NLSQWrapper
+
+    spec = make_spec("static", n_frames=40, n_phi=2)
+    truth = spec.pack([0.14, 0.44], [0.98, 0.96], [731.4, -1.0919, -86.78])
+    y = noisy_data(spec, truth, sigma=6.78e-3, seed=0)
+    lb, ub = spec.pack(0.0, 0.5, [1.0, -2.0, -1e3]), spec.pack(1.0, 1.5, [1e5, 0.5, 1e3])
+    p0 = truth * np.random.default_rng(0).uniform(0.8, 1.2, truth.size)
+    p0[-3:] = [722.76, -1.0281, -1000.0]
+    for at in (2, 3):  # the first end took 2 passes of one batch each (0, 1)
+        def stop(batch, *_, at=at, sent=[]):  # noqa: B006 (one list per loop round)
+            if batch >= at and not sent:
+                sent.append(batch)
+                os.kill(os.getpid(), signal.SIGTERM)
+
+        with stop_signals_at_default():
+            r = NLSQWrapper(callback=stop).fit_two_time(None, spec, p0, (lb, ub), y=y,
+                                                        fixed=["D0", "alpha"])
+        assert r.interrupted_by == "SIGTERM" and not r.converged, r.summary()
+        assert r.stop_reason.startswith("interrupted by SIGTERM"), r.stop_reason
+        assert r.cost == pytest.approx(0.0575509, rel=1e-5), (at, r.cost)
+        assert r.parameters[-1] == -1000.0

@@ -288,7 +288,8 @@ def _refit_off_start_bounds(st, x0, lb, ub, free, evaluate, flb, fub, opts, trac
     refit from the start with every parameter that started on a bound moved
     START_BOUND_STEP of its range into the box; the better end is kept (converged first,
     then the lower cost) and the messages say so. Counts include both. A refit stopped
-    (a signal: ``signalled()``) is the result, with the stop as its reason."""
+    (a signal: ``signalled()``, also in its first pass) ends the fit at the lower-cost
+    point so far, with the stop as its reason."""
     x, x0 = free.expand(st.x), np.asarray(x0, np.float64)
     span = ub - lb
     on_lo, on_hi = free.free & (x0 <= lb), free.free & (x0 >= ub)
@@ -298,11 +299,19 @@ def _refit_off_start_bounds(st, x0, lb, ub, free, evaluate, flb, fub, opts, trac
     start = x0.copy()
     start[on_lo] = lb[on_lo] + START_BOUND_STEP * span[on_lo]
     start[on_hi] = ub[on_hi] - START_BOUND_STEP * span[on_hi]
-    st2 = solve_lm(evaluate, free.reduce(start), flb, fub, initial_damping=opts.initial_damping,
-                   on_iteration=track, gn_trust_se=trust, **full_kw)
+    try:
+        st2 = solve_lm(evaluate, free.reduce(start), flb, fub,
+                       initial_damping=opts.initial_damping, on_iteration=track,
+                       gn_trust_se=trust, **full_kw)
+    except StopFit as stop:  # in the refit's first pass: no point of its own yet
+        st2 = _unevaluated(free.reduce(start), str(stop))
+        st2.evaluations = 0
     spent = st2.evaluations
     _chain(st2, st)
     if stopped(st2) or signalled():
+        if not st2.ne.cost < st.ne.cost:  # (NaN: unevaluated) the first end is the best
+            st2.x, st2.ne, st2.lam = st.x, st.ne, st.lam
+        st2.converged = False
         return st2
     kept = _better_end(st, st2)
     moved = ", ".join(f"{names[k]} = {start[k]:.6g}" for k in np.flatnonzero(on_lo | on_hi))
