@@ -154,3 +154,31 @@ def test_a_stop_early_in_the_start_bound_refit_keeps_the_first_end():
         assert r.stop_reason.startswith("interrupted by SIGTERM"), r.stop_reason
         assert r.cost == pytest.approx(0.0575509, rel=1e-5), (at, r.cost)
         assert r.parameters[-1] == -1000.0
+
+
+def test_a_stop_in_the_recovery_restarts_first_pass_keeps_the_best_point():
+    """SIGTERM in the first pass of the restart from a perturbed copy of the best point
+    (i4.h5 at batch 1160): parameters.interrupted.json had cost null - the StopFit left
+    the restart's first pass outside the solver and the driver reported the stage's
+    start, unevaluated. The best point so far (here the start: no step reduced the
+    cost) is kept with its cost."""
+    from homodyne.optimization.nlsq_wrapper import NLSQWrapper
+
+    spec, y, p0, bounds = _overflowing_case()
+    whole = NLSQWrapper().fit_two_time(None, spec, p0, bounds, y=y)
+    assert whole.recovery_actions[0]["batch"] == 25  # one batch per pass
+
+    def stop(batch, *_, sent=[]):  # noqa: B006
+        if batch >= 25 and not sent:
+            sent.append(batch)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with stop_signals_at_default():
+        cut = NLSQWrapper(callback=stop).fit_two_time(None, spec, p0, bounds, y=y)
+    assert cut.interrupted_by == "SIGTERM" and not cut.converged, cut.summary()
+    assert cut.stop_reason.startswith("interrupted by SIGTERM"), cut.stop_reason
+    # the stage never moved (damping overflow from the start); the restart's end has the
+    # same cost (the overflowing angle dominates it) and is the uninterrupted result
+    assert cut.cost == whole.cost
+    np.testing.assert_array_equal(cut.parameters, p0)
+    assert cut.passes == 25 and cut.recovery_actions == whole.recovery_actions

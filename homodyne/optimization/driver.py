@@ -261,9 +261,16 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
             except NLSQNumericalError as exc:  # the restart point is unusable: keep the best
                 messages.append(f"recovery {name} gave up: {exc}")
                 continue
+            except StopFit as stop:  # in the restart's first pass: the best point stands
+                st.reason, st.converged = str(stop), False
+                break
             st2.evaluations += st.evaluations
             if st2.ne.cost <= st.ne.cost:
                 st = st2
+            elif stopped(st2):  # the best point so far, with the stop as its reason
+                st.reason, st.converged = st2.reason, False
+            if stopped(st2):
+                break
         if coords is None and st.converged and mon.signal_received is None:
             st = _refit_off_start_bounds(st, x0, lb, ub, free, evaluate, flb, fub, opts, track,
                                          trust, full_kw, messages, problem.parameter_names,
