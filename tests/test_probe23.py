@@ -182,3 +182,31 @@ def test_a_stop_in_the_recovery_restarts_first_pass_keeps_the_best_point():
     assert cut.cost == whole.cost
     np.testing.assert_array_equal(cut.parameters, p0)
     assert cut.passes == 25 and cut.recovery_actions == whole.recovery_actions
+
+
+def test_a_stop_on_a_coarse_level_reports_a_point_inside_the_bounds():
+    """SIGTERM on a coarse level of a fit from the lower corner (CHUNKED, coarse_points
+    20000 on m.h5: parameters.interrupted.json said D0 = -10503.65, D_offset = -2119.5
+    with bounds [1, 1e5] and [-1000, 1000]): the internal coordinates' point, a mirrored
+    power law, was mapped back as it was. It is reported clipped into the box, without a
+    cost it does not have there."""
+    from homodyne.optimization.nlsq_wrapper import NLSQWrapper
+    from homodyne.optimization.settings import EngineOptions
+
+    spec = make_spec("static", n_frames=60, n_phi=2)
+    truth = spec.pack([0.3, 0.3], [1.0, 1.0], [1e4, -0.5, 100.0])
+    y = noisy_data(spec, truth, sigma=0.01, seed=0)
+    lb, ub = spec.pack(0.0, 0.5, [1.0, -2.0, -1e3]), spec.pack(1.0, 1.5, [1e5, 0.5, 1e3])
+    p0 = spec.pack([0.3, 0.3], [1.0, 1.0], [1.0, -2.0, -1000.0])
+
+    def stop(batch, *_, sent=[]):  # noqa: B006
+        if batch >= 3 and not sent:  # the coarse level's fourth pass (708 points)
+            sent.append(batch)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with stop_signals_at_default():
+        cut = NLSQWrapper(options=EngineOptions(coarse_points=800), callback=stop
+                          ).fit_two_time(None, spec, p0, (lb, ub), y=y)
+    assert cut.interrupted_by == "SIGTERM" and cut.coarse_passes == 3, cut.summary()
+    assert np.all((lb <= cut.parameters) & (cut.parameters <= ub)), cut.parameters[-3:]
+    assert not np.isfinite(cut.cost)

@@ -157,7 +157,10 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
     edge: dict[int, str] = {}  # exponent index -> where the power law's optimum lies
 
     def finish(st):
-        result = build_result(problem, space.state_in_user(st, free), x0, lb, ub, free,
+        end = space.state_in_user(st, free)
+        if stopped(end):
+            end = _inside_the_box(end, free, lb, ub)
+        result = build_result(problem, end, x0, lb, ub, free,
                               strategy=strategy, mon=mon, coarse_passes=coarse_passes,
                               coarse_points=coarse_points, batch_size=data.batch_size,
                               t0=t0, messages=messages)
@@ -221,17 +224,7 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
                 problem, coords, space, x, start, lb, ub, runner, opts, track, trust, full_kw,
                 edge, messages)
             if stopped(st) or mon.signal_received is not None:
-                # a stopped internal fit's point can lie beyond the user's box (the held
-                # edge): reported clipped into it, unevaluated there, as a stopped refit is
-                end = space.state_in_user(st, free)
-                x_user = free.expand(end.x)
-                if not np.all((lb <= x_user) & (x_user <= ub)):
-                    clipped = _unevaluated(free.reduce(np.clip(x_user, lb, ub)), end.reason)
-                    clipped.evaluations, clipped.iteration = end.evaluations, end.iteration
-                    clipped.history = end.history
-                    end = clipped
-                space = SolverSpace(None, x0, lb, ub)
-                return finish(end)
+                return finish(st)
             toward = _at_edge(coords, space, st, lb, ub, edge_start) if edge_start else None
             internal = space.state_in_user(st, free)
             space, x = SolverSpace(None, x0, lb, ub), internal.x.copy()
@@ -329,6 +322,19 @@ def _refit_off_start_bounds(st, x0, lb, ub, free, evaluate, flb, fub, opts, trac
         + (f"its lower cost kept ({st2.ne.cost:.8g} < {st.ne.cost:.8g})" if kept is st2 else
            f"the first end kept (cost {st.ne.cost:.8g}; the refit's {st2.ne.cost:.8g})"))
     return kept
+
+
+def _inside_the_box(end, free, lb, ub):
+    """A stopped fit's point in the user's coordinates; one in internal coordinates can
+    lie beyond the user's box (a held edge, a mirrored power law: D0 < 0): reported
+    clipped into the box, unevaluated there, as a stopped crossed-bound refit is."""
+    x = free.expand(end.x)
+    if np.all((lb <= x) & (x <= ub)):
+        return end
+    clipped = _unevaluated(free.reduce(np.clip(x, lb, ub)), end.reason)
+    clipped.evaluations, clipped.iteration, clipped.history = \
+        end.evaluations, end.iteration, end.history
+    return clipped
 
 
 def _note_negative_j(result: FitResult, problem) -> FitResult:
