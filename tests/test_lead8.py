@@ -67,3 +67,46 @@ def test_the_workflows_data_copy_is_no_link_to_the_mirror(real_data, tmp_path):
     assert dst.read_bytes() == (real_data / rel).read_bytes()
     assert not dst.samefile(real_data / rel) and dst.stat().st_nlink == 1
     assert sorted(p.name for p in dst.parent.iterdir()) == ["test_g2.npy"]
+
+
+def test_a_stop_inside_the_internal_refit_off_a_start_bound_keeps_the_lower_end(tmp_path):
+    """A start on the lower corner, internal coordinates: the first end converges on
+    D_offset's bound and the start-bound refit runs through the internal stage again
+    (probe21 N2). SIGTERM inside that refit's internal stage: the fit stops at once with
+    the lower-cost point so far, in the user's box, and the resume equals the
+    uninterrupted fit bit for bit (the merge of two changes to the refit)."""
+    import os
+    import signal
+
+    from helpers import make_spec, noisy_data, stop_signals_at_default
+
+    from homodyne.optimization.nlsq_wrapper import NLSQWrapper
+
+    spec = make_spec("static", n_frames=40, n_phi=2)
+    truth = spec.pack([0.3, 0.3], [1.0, 1.0], [1e4, -0.5, 100.0])
+    y = noisy_data(spec, truth, sigma=0.01, seed=0)
+    lb, ub = spec.pack(0.0, 0.5, [1.0, -2.0, -1e3]), spec.pack(1.0, 1.5, [1e5, 0.5, 1e3])
+    p0 = spec.pack([0.3, 0.3], [1.0, 1.0], [1.0, -2.0, -1000.0])
+    whole = NLSQWrapper().fit_two_time(None, spec, p0, (lb, ub), y=y)
+    first_end = next(m for m in whole.messages if "first end" in m or "refit" in m)
+    ck = {"enable_checkpoints": True, "checkpoint_dir": str(tmp_path),
+          "checkpoint_frequency": 1, "checkpoint_min_interval_s": 0}
+    sent = []
+
+    def stop(batch, *_):
+        if batch >= whole.passes - 6 and not sent:  # inside the refit's internal stage
+            sent.append(batch)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with stop_signals_at_default():
+        cut = NLSQWrapper(checkpoint_config=ck, callback=stop).fit_two_time(
+            None, spec, p0, (lb, ub), y=y)
+    assert cut.interrupted_by == "SIGTERM", cut.summary()
+    assert np.all((lb <= cut.parameters) & (cut.parameters <= ub))
+    # stopped 5 passes into the refit's internal stage; the first end (the optimum here,
+    # as the refit's own end says) is the lower-cost point so far
+    assert cut.messages[-1].startswith("internal coordinates") and "SIGTERM" in cut.messages[-1]
+    assert cut.cost == pytest.approx(whole.cost, rel=1e-12), first_end
+    resumed = NLSQWrapper(checkpoint_config=ck).fit_two_time(None, spec, p0, (lb, ub), y=y)
+    assert resumed.passes == whole.passes
+    np.testing.assert_array_equal(resumed.parameters, whole.parameters)

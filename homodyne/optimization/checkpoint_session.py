@@ -272,6 +272,13 @@ class CheckpointSession:
         return (ne, float(r["pass_seconds"][index]), int(r["pass_batches"][index]),
                 failed)
 
+    def holds_pass(self, index: int) -> bool:
+        """Whether the checkpoint being resumed holds pass ``index``, completed or in
+        progress (what happened before that pass is in its state)."""
+        r = self.replay
+        return r is not None and (index < int(r["n_passes"]) or
+                                  (index == int(r["n_passes"]) and "partial" in r))
+
     def in_progress(self, index: int, stage: str, x: np.ndarray
                     ) -> tuple[int, dict[str, np.ndarray], np.ndarray | None] | None:
         """(next_batch, partial sums, points per batch summed) of the interrupted pass

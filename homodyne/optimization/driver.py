@@ -18,7 +18,7 @@ from homodyne.memory import peak_rss_mb
 from homodyne.optimization.checkpoint_session import SolverSnapshot
 from homodyne.optimization.coordinates import PowerLawCoordinates, SolverSpace
 from homodyne.optimization.covariance import covariance_from_normal
-from homodyne.optimization.engine import EngineOptions, solve_lm
+from homodyne.optimization.engine import EngineOptions, solve_lm, stopped
 from homodyne.optimization.exceptions import NLSQNumericalError, StopFit
 from homodyne.optimization.fixed import FreeSubspace
 from homodyne.optimization.geodesic import supports
@@ -156,7 +156,10 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
     edge: dict[int, str] = {}  # exponent index -> where the power law's optimum lies
 
     def finish(st):
-        result = build_result(problem, space.state_in_user(st, free), x0, lb, ub, free,
+        end = space.state_in_user(st, free)
+        if stopped(end):
+            end = _inside_the_box(end, free, lb, ub)
+        result = build_result(problem, end, x0, lb, ub, free,
                               strategy=strategy, mon=mon, coarse_passes=coarse_passes,
                               coarse_points=coarse_points, batch_size=data.batch_size,
                               t0=t0, messages=messages)
@@ -205,7 +208,7 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
             x = st.x
             messages.append(f"coarse level of {sub.n_points:,} points: {st.evaluations} "
                             f"passes, {st.reason}")
-            if st.reason.startswith("stopped") or mon.signal_received is not None:
+            if stopped(st) or mon.signal_received is not None:
                 return finish(st)
         runner = PassRunner(problem, data, stage="full", monitor=mon, n_devices=n_devices)
         trust = _trust(data.n_points, coarse_points)
@@ -220,21 +223,16 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
                 nonlocal space, x
                 space, x = SolverSpace(None, x0, lb, ub), x_user.copy()
 
-            stopped_inside: list = []  # the internal stage's space where it stopped
-
             def internal_fit(sp, v, from_x, edges):
-                nonlocal space
-                stop_space, st_ = _internal_then_user(
+                """(the space where it stopped or None, its state)"""
+                return _internal_then_user(
                     problem, coords, sp, v, from_x, lb, ub, free, flb, fub, runner, opts,
                     track, trust, full_kw, edges, messages, to_user,
-                    stopped=lambda: mon.signal_received is not None)
-                if stop_space is not None:
-                    space = stop_space
-                    stopped_inside.append(stop_space)
-                return st_
+                    signalled=lambda: mon.signal_received is not None)
 
-            st = internal_fit(space, x, start, edge)
-            if stopped_inside:
+            stop_space, st = internal_fit(space, x, start, edge)
+            if stop_space is not None:
+                space = stop_space
                 return finish(st)
         evaluate = free.evaluator(runner.evaluate)
         for name in recovery_sequence if mon.applicator is not None and \
@@ -243,16 +241,23 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
                 break
             # the solver stalled: restart once from a perturbed copy of the best point
             x_new = mon.applicator.apply(name, st.x, (flb, fub))
-            mon.record_recovery(mon.batches_done, mon.applicator.describe(name))
+            mon.record_restart(mon.applicator.describe(name))
             try:
                 st2 = solve_lm(evaluate, x_new, flb, fub, initial_damping=opts.initial_damping,
                                on_iteration=track, gn_trust_se=trust, **full_kw)
             except NLSQNumericalError as exc:  # the restart point is unusable: keep the best
                 messages.append(f"recovery {name} gave up: {exc}")
                 continue
+            except StopFit as stop:  # in the restart's first pass: the best point stands
+                st.reason, st.converged = str(stop), False
+                break
             st2.evaluations += st.evaluations
             if st2.ne.cost <= st.ne.cost:
                 st = st2
+            elif stopped(st2):  # the best point so far, with the stop as its reason
+                st.reason, st.converged = st2.reason, False
+            if stopped(st2):
+                break
         if st.converged and mon.signal_received is None:
             if coords is None:
                 def refit(from_x):
@@ -262,16 +267,15 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
             else:  # through the internal stage again (full data), its own edge labels
                 edge_refit: dict[int, str] = {}
 
-                def refit(from_x):
+                def refit(from_x):  # a state over the user's free parameters, also stopped
                     sp = _mirrored_start(coords, from_x, lb, ub)
-                    return internal_fit(sp, sp.start, from_x, edge_refit)
+                    stop_space, st_ = internal_fit(sp, sp.start, from_x, edge_refit)
+                    return st_ if stop_space is None else stop_space.state_in_user(st_, free)
             st_first = st
             st = _refit_off_start_bounds(st, x0, lb, ub, free, refit, messages,
                                          problem.parameter_names,
-                                         stopped=lambda: mon.signal_received is not None)
-            if coords is not None and st is not st_first:
-                if stopped_inside:  # the refit stopped in its internal stage
-                    return finish(st)
+                                         signalled=lambda: mon.signal_received is not None)
+            if coords is not None and st is not st_first and not stopped(st):
                 edge.clear()
                 edge.update(edge_refit)
     except StopFit as stop:  # stopped during a stage's very first pass
@@ -290,13 +294,13 @@ START_BOUND_STEP = 0.25
 
 
 def _refit_off_start_bounds(st, x0, lb, ub, free, refit, messages, names,
-                            stopped=lambda: False):
+                            signalled=lambda: False):
     """A converged fit with a free parameter still on the bound its start put it on:
     refit (``refit``: user start -> state over the free parameters) from the start with
     every parameter that started on a bound moved START_BOUND_STEP of its range into the
     box; the better end is kept (converged first, then the lower cost) and the messages say
-    so. Counts include both. A refit stopped (a signal: ``stopped()``) is the result, with
-    the stop as its reason."""
+    so. Counts include both. A refit stopped (a signal: ``signalled()``, also in its first
+    pass) ends the fit at the lower-cost point so far, with the stop as its reason."""
     x, x0 = free.expand(st.x), np.asarray(x0, np.float64)
     span = ub - lb
     on_lo, on_hi = free.free & (x0 <= lb), free.free & (x0 >= ub)
@@ -306,10 +310,17 @@ def _refit_off_start_bounds(st, x0, lb, ub, free, refit, messages, names,
     start = x0.copy()
     start[on_lo] = lb[on_lo] + START_BOUND_STEP * span[on_lo]
     start[on_hi] = ub[on_hi] - START_BOUND_STEP * span[on_hi]
-    st2 = refit(start)
+    try:
+        st2 = refit(start)
+    except StopFit as stop:  # in the refit's first pass: no point of its own yet
+        st2 = _unevaluated(free.reduce(start), str(stop))
+        st2.evaluations = 0
     spent = st2.evaluations
     _chain(st2, st)
-    if st2.reason.startswith("stopped") or stopped():
+    if stopped(st2) or signalled():
+        if not st2.ne.cost < st.ne.cost:  # (NaN: unevaluated) the first end is the best
+            st2.x, st2.ne, st2.lam = st.x, st.ne, st.lam
+        st2.converged = False
         return st2
     kept = _better_end(st, st2)
     moved = ", ".join(f"{names[k]} = {start[k]:.6g}" for k in np.flatnonzero(on_lo | on_hi))
@@ -336,6 +347,19 @@ def _mirrored_start(coords: PowerLawCoordinates, x, lb, ub) -> SolverSpace:
         if u[o] < 0:
             u[i], u[o] = -u[i], -u[o]
     return SolverSpace(coords, x, lb, ub, u0=u)
+
+
+def _inside_the_box(end, free, lb, ub):
+    """A stopped fit's point in the user's coordinates; one in internal coordinates can
+    lie beyond the user's box (a held edge, a mirrored power law: D0 < 0): reported
+    clipped into the box, unevaluated there, as a stopped crossed-bound refit is."""
+    x = free.expand(end.x)
+    if np.all((lb <= x) & (x <= ub)):
+        return end
+    clipped = _unevaluated(free.reduce(np.clip(x, lb, ub)), end.reason)
+    clipped.evaluations, clipped.iteration, clipped.history = \
+        end.evaluations, end.iteration, end.history
+    return clipped
 
 
 def _note_negative_j(result: FitResult, problem) -> FitResult:

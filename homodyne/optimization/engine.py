@@ -284,6 +284,12 @@ def solve_lm(evaluate: Callable[[np.ndarray], NormalEquations], x0, lb, ub, *,
         return st
 
 
+def stopped(st: LMState) -> bool:
+    """Whether a solve ended on a stop (a callback's or a signal's: ``StopFit``), not on a
+    verdict of its own; the stages after it must not run."""
+    return st.reason.startswith(("stopped", "interrupted by"))
+
+
 def _tolerances(st: LMState, step_tol_se, gtol, eval_error) -> tuple[float, float, str]:
     """(step tolerance, gradient tolerance, note) at the current point: the requested
     ones, or the working-precision floors where those are larger."""

@@ -12,7 +12,13 @@ import math
 import numpy as np
 
 from homodyne.optimization.coordinates import EDGE_ALPHA, PowerLawCoordinates, SolverSpace
-from homodyne.optimization.engine import EngineOptions, first_step, solve_lm, trial_point
+from homodyne.optimization.engine import (
+    EngineOptions,
+    first_step,
+    solve_lm,
+    stopped,
+    trial_point,
+)
 from homodyne.optimization.geodesic import geodesic_pass, space_maps
 from homodyne.optimization.passes import PassRunner
 from homodyne.optimization.precision import evaluation_error, rounding_error
@@ -57,7 +63,7 @@ def _fit_internal(problem, coords, space, x, x0, lb, ub, runner, opts, track, tr
     else:
         messages.append(f"internal coordinates (t_ref = {coords.t_ref:.4g} s): "
                         f"{st.evaluations} full passes, {st.reason}")
-    if st.reason.startswith("stopped"):
+    if stopped(st):
         return held_space, st, set(), None
     binds = _binding_limits(held_space, st, sides)
     # the slope's limit binds: J's trend is the other one. Alpha's binds at a converged
@@ -103,7 +109,7 @@ def _fit_internal(problem, coords, space, x, x0, lb, ub, runner, opts, track, tr
         messages.append(f"internal coordinates, the other quadrant (a held limit binds): "
                         f"{_quadrants(problem, sides2)}: {st2.evaluations} passes in all, "
                         f"{st2.reason}")
-        if st2.reason.startswith("stopped"):
+        if stopped(st2):
             return space2, st2, set(), None
         better = st2.converged and st2.ne.cost < st.ne.cost or not st.converged
         if mirror and st.converged and st2.converged:
@@ -160,27 +166,27 @@ def _fit_internal(problem, coords, space, x, x0, lb, ub, runner, opts, track, tr
 
 def _internal_then_user(problem, coords, space, x, x0, lb, ub, free, flb, fub, runner,
                         opts, track, trust, full_kw, edge, messages, to_user,
-                        stopped=lambda: False):
+                        signalled=lambda: False):
     """The internal-coordinate fit from ``space``'s vector ``x`` (user start ``x0``) and its
     finish in user coordinates: the box point, the predicted edge point, the refit on a
     crossed bound. ``to_user(x)`` is called with the user vector the finish starts from
     (the caller's space changes there). Returns (None, the state over the user's free
-    parameters), or (that stage's space, its state) where it stopped (``stopped()``)."""
+    parameters), or (that stage's space, its state) where it stopped (a stop of its own
+    or a signal: ``signalled()``)."""
     space, st, edge_start, refit = _fit_internal(
         problem, coords, space, x, x0, lb, ub, runner, opts, track, trust, full_kw, edge,
         messages)
-    if st.reason.startswith("stopped") or stopped():
+    if stopped(st) or signalled():
         return space, st
     toward = _at_edge(coords, space, st, lb, ub, edge_start) if edge_start else None
     internal = space.state_in_user(st, free)
     to_user(internal.x)
     st = _finish_in_user_coordinates(internal, free, runner, flb, fub, opts, track, trust,
                                      full_kw, messages, coords, lb, ub, edge_start, toward)
-    if toward is not None and not st.converged and not stopped() \
-            and not st.reason.startswith("stopped"):
+    if toward is not None and not st.converged and not signalled() and not stopped(st):
         st = _finish_again_from_the_box(st, internal, free, runner, flb, fub, opts, track,
                                         trust, full_kw, messages, coords, lb, ub, edge_start)
-    if refit is not None and st.converged and not stopped() \
+    if refit is not None and st.converged and not signalled() \
             and not _ends_on(free.expand(st.x), refit[0]):
         st = _refit_and_finish(refit[1], st, free, runner, flb, fub, opts, track, trust,
                                full_kw, messages, coords, lb, ub, edge_start)
@@ -254,7 +260,7 @@ def _refit_and_finish(refit_from, st, free, runner, flb, fub, opts, track, trust
     from there, keep the better end (converged first, then the lower cost). Counts
     include both."""
     space, st_r = refit_from(st)
-    if st_r.reason.startswith("stopped"):
+    if stopped(st_r):
         return st_r
     st2 = _finish_in_user_coordinates(space.state_in_user(st_r, free), free, runner, flb, fub,
                                       opts, track, trust, full_kw, messages, coords, lb, ub,
@@ -304,10 +310,10 @@ def _fit_on_crossed_bounds(problem, coords, x, st, sides, crossed, x0, lb, ub,
                         + ", ".join(f"{names[k]} = {b:g}" for k, b in hold.items())
                         + f" held: {st.evaluations} passes in all, {st.reason}")
         x = hs.user(st.x)
-        if st.reason.startswith("stopped"):
-            stopped = _unevaluated(user_free.reduce(np.clip(x, lb, ub)), st.reason)
-            stopped.evaluations, stopped.iteration = st.evaluations, st.iteration
-            return SolverSpace(None, x0, lb, ub), stopped
+        if stopped(st):
+            end = _unevaluated(user_free.reduce(np.clip(x, lb, ub)), st.reason)
+            end.evaluations, end.iteration = st.evaluations, st.iteration
+            return SolverSpace(None, x0, lb, ub), end
         crossed = _crossed_bounds(coords, x, lb, ub, ())
         if not crossed or not st.converged:
             break

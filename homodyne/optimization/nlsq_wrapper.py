@@ -650,7 +650,11 @@ class NLSQWrapper:
                                         lock=self.checkpoint_lock)
             mon.checkpoints = CheckpointSession(manager, fingerprint(
                 identity(), p0, lb, ub, str(tier), batch, data.batches_per_call,
-                self.options.__dict__, self.validate),
+                self.options.__dict__, self.validate,
+                # recovery restarts, retries and the success-rate check shape the path
+                # where batches fail or the solver stalls: a checkpoint of one path is
+                # not the start of another (a resume listed restarts never made)
+                self.enable_recovery, self.min_success_rate, self.max_retries_per_batch),
                 resumes=bool(ck.resume_from_checkpoint))
             resume = bool(ck.resume_from_checkpoint)
         return mon, resume

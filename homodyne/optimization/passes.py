@@ -250,6 +250,15 @@ class FitMonitor:
     def record_recovery(self, batch: int, strategy: str) -> None:
         self.recovery_actions.append({"batch": int(batch), "strategy": strategy})
 
+    def record_restart(self, strategy: str) -> None:
+        """Log a recovery restart made before the next pass. A resumed fit replays the
+        path up to it: where the checkpoint holds that pass (completed or in progress),
+        its restored log already has the restart and it is not logged twice."""
+        ck = self.checkpoints
+        if ck is not None and ck.holds_pass(len(self.passes)):
+            return
+        self.record_recovery(self.batches_done, strategy)
+
 
 def _rate(batches: int, failed: int) -> float:
     return (batches - failed) / batches if batches else 1.0
