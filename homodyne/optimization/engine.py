@@ -37,6 +37,7 @@ from homodyne.optimization.covariance import column_scales as _scales
 from homodyne.optimization.covariance import covariance_from_normal
 from homodyne.optimization.curvature import SecantModel, geodesic_correction
 from homodyne.optimization.exceptions import NLSQNumericalError, StopFit
+from homodyne.optimization.kink import minimum_at_kink
 from homodyne.optimization.precision import (
     convergence_floors,
     cost_noise,
@@ -308,10 +309,11 @@ def _converged(st: LMState, step_tol_se, gtol, eval_error) -> tuple[bool, str]:
                 f"gradient cosine {st.grad_cos:.2e} <= {g_tol:.2g}{note}")
 
 
-def _judge_stall(st: LMState, lb, ub, rounding_error, eval_error=None) -> None:
+def _judge_stall(st: LMState, evaluate, lb, ub, rounding_error, eval_error=None) -> None:
     """A fit that stopped short of the convergence test is converged all the same where
-    no pass can resolve a further decrease (``precision.stalled_at_working_precision``);
-    ``eval_error`` > 0: the model evaluates in reduced precision (float32)."""
+    no pass can resolve a further decrease (``precision.stalled_at_working_precision``),
+    or where it stopped at a minimum on a kink of the cost (``kink.py``: two more
+    passes); ``eval_error`` > 0: the model evaluates in reduced precision (float32)."""
     if not _finite(st.ne) or st.ne.n <= 0:
         return
     free = _free_set(st.x, st.ne.g, lb, ub)
@@ -324,6 +326,14 @@ def _judge_stall(st: LMState, lb, ub, rounding_error, eval_error=None) -> None:
     if why:
         st.converged = True
         st.reason = f"{why} (stopped: {st.reason})"
+        return
+    kink = minimum_at_kink(evaluate, st.ne, st.x, lb, ub, delta,
+                           lambda v: _solve_scaled(st.ne.H, v, 0.0, free, _scales(st.ne.H)),
+                           error)
+    st.evaluations += kink.evaluations
+    if kink.description:
+        st.converged = True
+        st.reason = f"{kink.description} (stopped: {st.reason})"
 
 
 def _solve(st: LMState, evaluate, lb, ub, loop: dict, rounding_error, initial_damping,
@@ -334,7 +344,7 @@ def _solve(st: LMState, evaluate, lb, ub, loop: dict, rounding_error, initial_da
     replaces this one where it converges lower; else this one stands, with a note."""
     st = _lm_loop(st, evaluate, lb, ub, **loop)
     if not st.converged and not st.reason.startswith("stopped"):
-        _judge_stall(st, lb, ub, rounding_error, loop["eval_error"])
+        _judge_stall(st, evaluate, lb, ub, rounding_error, loop["eval_error"])
     if not st.converged or escapes_left <= 0:
         return st
     held = ~_free_set(st.x, st.ne.g, lb, ub)
