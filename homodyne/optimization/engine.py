@@ -312,8 +312,9 @@ def _converged(st: LMState, step_tol_se, gtol, eval_error) -> tuple[bool, str]:
 def _judge_stall(st: LMState, evaluate, lb, ub, rounding_error, eval_error=None) -> None:
     """A fit that stopped short of the convergence test is converged all the same where
     no pass can resolve a further decrease (``precision.stalled_at_working_precision``),
-    or where it stopped at a minimum on a kink of the cost (``kink.py``: two more
-    passes); ``eval_error`` > 0: the model evaluates in reduced precision (float32)."""
+    or where it stalled (not stopped by the iteration cap) at a minimum on a kink of the
+    cost (``kink.py``: up to ``kink.MAX_PROBES`` more passes); ``eval_error`` > 0: the
+    model evaluates in reduced precision (float32)."""
     if not _finite(st.ne) or st.ne.n <= 0:
         return
     free = _free_set(st.x, st.ne.g, lb, ub)
@@ -327,6 +328,8 @@ def _judge_stall(st: LMState, evaluate, lb, ub, rounding_error, eval_error=None)
         st.converged = True
         st.reason = f"{why} (stopped: {st.reason})"
         return
+    if st.reason.startswith("maximum iterations"):
+        return  # still accepting steps: not stalled, so no kink's signature
     kink = minimum_at_kink(evaluate, st.ne, st.x, lb, ub, delta,
                            lambda v: _solve_scaled(st.ne.H, v, 0.0, free, _scales(st.ne.H)),
                            error)
