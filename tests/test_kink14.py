@@ -83,6 +83,8 @@ def test_a_smooth_point_near_the_optimum_is_no_kink_minimum():
     delta = np.linalg.solve(ne.H, ne.g)
     verdict = minimum_at_kink(evaluate, ne, x, LB, UB, delta, lambda v: np.linalg.solve(ne.H, v))
     assert verdict.description == "" and verdict.evaluations == 1
+    # and it says where the cost fell: the fit goes on from there
+    assert verdict.descent is not None and verdict.lower[1].cost < ne.cost
     assert 0.0 < 0.5 * float(ne.g @ delta) * (N - 1) / ne.cost < KINK_CHI2
 
 
@@ -93,3 +95,36 @@ def test_the_kink_test_finds_the_same_minimum_from_either_side(pull):
         st = solve_lm(evaluate, np.array([a0, 0.5]), LB, UB, **TOL)
         assert st.converged and st.reason.startswith("minimum at a kink")
         assert abs(st.x[0]) < 1e-12
+
+
+def oblique_kink(c=1.0, low=-2.0, weight=10.0):
+    """The line's data and a strong V across the oblique line a = c b (one point fitted
+    by weight |a - c b|): the minimum lies on that line, at the line fit's b* through
+    a = c b (independent: linear least squares in b alone)."""
+    y = 0.3 + T + 0.1 * np.random.default_rng(1).standard_normal(N)
+
+    def evaluate(x):
+        u = x[0] - c * x[1]
+        r = np.append(y - x[0] - x[1] * T, weight * (low - abs(u)))
+        J = np.vstack([np.stack([np.ones(N), T], 1), weight * np.sign(u) * np.array([1.0, -c])])
+        return NormalEquations(0.5 * float(r @ r), J.T @ J, J.T @ r, r.size)
+
+    z = c + T
+    b = float(z @ y / (z @ z))
+    cost = 0.5 * float(np.sum((y - b * z) ** 2)) + 0.5 * (weight * low) ** 2
+    return evaluate, b, cost, np.sqrt(2 * cost / (N - 1) / (z @ z))
+
+
+@pytest.mark.parametrize("c, low, weight", [(1.0, -2.0, 10.0), (0.5, -0.5, 100.0),
+                                             (2.0, -5.0, 100.0)])
+def test_a_minimum_on_an_oblique_kink_is_found_along_it(c, low, weight):
+    # the V across the kink is strong: the Gauss-Newton step from either side promises
+    # hundreds of units of chi2, the combination of the two sides' gradients almost none;
+    # on the way the damped steps stall where the Gauss-Newton step still descends, and
+    # the fit goes on along it (without that, 2 of these 3 stop NOT converged)
+    evaluate, b, cost, se_b = oblique_kink(c, low, weight)
+    st = solve_lm(evaluate, np.array([2.0, -1.0]), LB, UB, **TOL)
+    assert st.converged and st.reason.startswith("minimum at a kink of the cost")
+    assert abs(st.x[0] - c * st.x[1]) < 1e-12  # on the kink
+    assert abs(st.x[1] - b) < np.sqrt(KINK_CHI2) * se_b
+    assert 0.0 <= (st.ne.cost - cost) * (N - 1) / cost < KINK_CHI2

@@ -13,9 +13,10 @@ beyond the kink; where the cost rose there although the model predicted a fall (
 not differentiable between), the smallest convex combination of the gradients so far
 (in the metric of JᵀJ) is the gradient of the best step that respects every kink met;
 the next probe goes along that step. The point is a minimum where that step promises
-less than KINK_CHI2 units of chi2, i.e. insignificant against the noise. Where a probe
-lowers the cost, or the steps keep promising more, it is not: a valley crawl (a smooth
-cost, steps of several standard errors) stays NOT converged.
+less than KINK_CHI2 units of chi2, i.e. insignificant against the noise. Where the
+steps keep promising more it is not: a valley crawl (a smooth cost, steps of several
+standard errors) stays NOT converged. Where a probe lowers the cost, the step it probed
+still descends although the damped steps did not: the solver goes on along it.
 """
 
 from __future__ import annotations
@@ -42,10 +43,14 @@ MAX_PROBES = 4
 @dataclass(frozen=True)
 class KinkVerdict:
     """Why a stalled point is a minimum at a kink ("" where it is not shown to be one),
-    and the passes its probes took."""
+    and the passes its probes took. Where a probe lowered the cost instead, the step it
+    probed (``descent``, still a descent direction the damped steps missed), and the
+    probe's point and normal equations (``lower``)."""
 
     description: str
     evaluations: int
+    descent: np.ndarray | None = None
+    lower: tuple[np.ndarray, NormalEquations] | None = None
 
 
 def chi2_gain(ne: NormalEquations, g: np.ndarray, step: np.ndarray, n_params: int) -> float:
@@ -97,10 +102,15 @@ def minimum_at_kink(evaluate: Callable[[np.ndarray], NormalEquations], ne: Norma
     resolution = cost_resolution(ne.cost, ne.n, rounding_error)
     gradients, step, rises = [ne.g], delta, []
     for probes in range(1, MAX_PROBES + 1):
-        far = evaluate(x + _inside(x, step, lb, ub) * step)
+        at = x + _inside(x, step, lb, ub) * step
+        far = evaluate(at)
         rise = far.cost - ne.cost
-        if not (np.isfinite(far.cost) and np.all(np.isfinite(far.g))) or rise <= resolution:
-            return KinkVerdict("", probes)  # the cost falls that way (or is not finite)
+        if not (np.isfinite(far.cost) and np.all(np.isfinite(far.g))):
+            return KinkVerdict("", probes)
+        if rise <= -resolution:  # the cost falls that way: no minimum
+            return KinkVerdict("", probes, step, (at, far))
+        if rise <= resolution:
+            return KinkVerdict("", probes)
         rises.append(rise)
         gradients.append(far.g)
         g = smallest_combination(gradients, solve)
