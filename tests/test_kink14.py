@@ -83,8 +83,8 @@ def test_a_smooth_point_near_the_optimum_is_no_kink_minimum():
     delta = np.linalg.solve(ne.H, ne.g)
     verdict = minimum_at_kink(evaluate, ne, x, LB, UB, delta, lambda v: np.linalg.solve(ne.H, v))
     assert verdict.description == "" and verdict.evaluations == 1
-    # and it says where the cost fell: the fit goes on from there
-    assert verdict.descent is not None and verdict.lower[1].cost < ne.cost
+    # no kink was met: the smooth stall is not continued from here (left to the LM)
+    assert verdict.descent is None
     assert 0.0 < 0.5 * float(ne.g @ delta) * (N - 1) / ne.cost < KINK_CHI2
 
 
@@ -120,8 +120,9 @@ def oblique_kink(c=1.0, low=-2.0, weight=10.0):
 def test_a_minimum_on_an_oblique_kink_is_found_along_it(c, low, weight):
     # the V across the kink is strong: the Gauss-Newton step from either side promises
     # hundreds of units of chi2, the combination of the two sides' gradients almost none;
-    # on the way the damped steps stall where the Gauss-Newton step still descends, and
-    # the fit goes on along it (without that, 2 of these 3 stop NOT converged)
+    # on the way the damped steps stall on the kink where the combined step still
+    # descends, and the fit goes on along it (without that, 2 of these 3 stop NOT
+    # converged on the kink, away from its minimum)
     evaluate, b, cost, se_b = oblique_kink(c, low, weight)
     st = solve_lm(evaluate, np.array([2.0, -1.0]), LB, UB, **TOL)
     assert st.converged and st.reason.startswith("minimum at a kink of the cost")

@@ -24,8 +24,8 @@ float32 model reports converged where its steps become evaluation noise; a step 
 predicted decrease is below the cost's rounding noise is judged by the gradients
 (``precision.gain_ratio``), not by a difference of two noisy costs. A fit that stalls
 on a kink of the cost (|C_J| where J changes sign) is converged where the gradients
-of the kink's sides combined promise under 0.01 chi2 (``kink.py``); where the
-Gauss-Newton step still lowers the cost there, the fit goes on along it.
+of the kink's sides combined promise under 0.01 chi2 (``kink.py``); where their
+combined step still lowers the cost, the fit goes on along it.
 """
 
 from __future__ import annotations
@@ -353,8 +353,8 @@ def _judge_stall(st: LMState, evaluate, lb, ub, rounding_error,
 
 
 def _line_search(evaluate, st: LMState, step, lower, lb, ub) -> SaddleEscape:
-    """From a stall where the cost still falls a little way along ``step`` (the point
-    and normal equations ``lower`` found it): the longest of step, step/4, ... (down to
+    """From a stall on a kink where the cost still falls a little way along ``step`` (the
+    point and normal equations ``lower`` found it): the longest of step, step/4, ... (to
     the probe's length) that lowers the cost below ``lower``'s, else ``lower`` itself."""
     x, ne = lower
     t, tried = 1.0, 0
@@ -366,14 +366,14 @@ def _line_search(evaluate, st: LMState, step, lower, lb, ub) -> SaddleEscape:
             x, ne = x_t, ne_t
             break
         t /= 4.0
-    return SaddleEscape(x, ne, tried, f"stalled where the Gauss-Newton step still lowers "
-                        f"the cost: went on from {t if t > PROBE_FRACTION else 0:g} of it "
+    return SaddleEscape(x, ne, tried, f"stalled on a kink where the combined step still "
+                        f"lowers the cost: went on from {t if t > PROBE_FRACTION else 0:g} of it "
                         f"(cost {st.ne.cost:.10g} -> {ne.cost:.10g})")
 
 
 def _solve(st: LMState, evaluate, lb, ub, loop: dict, rounding_error, initial_damping,
            escapes_left: int) -> LMState:
-    """The LM loop, the verdict on a stall (where the Gauss-Newton step still lowers the
+    """The LM loop, the verdict on a stall (where a step along a kink still lowers the
     cost, a fit on from the line search's point: ``_line_search``), and at a converged
     point that is a saddle (on a bound, or off them along a parameter without influence:
     ``saddle.py``) a fit from where the held parameter is released or the cost is lower:

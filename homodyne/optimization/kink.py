@@ -15,8 +15,10 @@ not differentiable between), the smallest convex combination of the gradients so
 the next probe goes along that step. The point is a minimum where that step promises
 less than KINK_CHI2 units of chi2, i.e. insignificant against the noise. Where the
 steps keep promising more it is not: a valley crawl (a smooth cost, steps of several
-standard errors) stays NOT converged. Where a probe lowers the cost, the step it probed
-still descends although the damped steps did not: the solver goes on along it.
+standard errors) stays NOT converged. Where a probe along a combined step (after a kink
+was met) lowers the cost, that step still descends along the kink although the damped
+steps did not: the solver goes on along it. A first probe that lowers the cost met no
+kink: that stall stays as the loop left it.
 """
 
 from __future__ import annotations
@@ -43,9 +45,9 @@ MAX_PROBES = 4
 @dataclass(frozen=True)
 class KinkVerdict:
     """Why a stalled point is a minimum at a kink ("" where it is not shown to be one),
-    and the passes its probes took. Where a probe lowered the cost instead, the step it
-    probed (``descent``, still a descent direction the damped steps missed), and the
-    probe's point and normal equations (``lower``)."""
+    and the passes its probes took. Where a probe along a combined step lowered the cost
+    instead, the step it probed (``descent``, along the kink, missed by the damped steps),
+    and the probe's point and normal equations (``lower``)."""
 
     description: str
     evaluations: int
@@ -108,6 +110,8 @@ def minimum_at_kink(evaluate: Callable[[np.ndarray], NormalEquations], ne: Norma
         if not (np.isfinite(far.cost) and np.all(np.isfinite(far.g))):
             return KinkVerdict("", probes)
         if rise <= -resolution:  # the cost falls that way: no minimum
+            if probes == 1:  # no kink met: a smooth stall, left to the caller's verdict
+                return KinkVerdict("", probes)
             return KinkVerdict("", probes, step, (at, far))
         if rise <= resolution:
             return KinkVerdict("", probes)
