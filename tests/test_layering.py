@@ -41,6 +41,7 @@ LAYERS = {
     "homodyne.optimization.checkpoint_manager": 2,
     "homodyne.optimization.engine": 3,
     "homodyne.optimization.saddle": 3,
+    "homodyne.optimization.kink": 3,  # a stalled fit at a minimum on a kink of the cost
     "homodyne.optimization.curvature": 3,  # JᵀJ corrected along the last step (secant)
     "homodyne.optimization.geodesic": 3,  # opt-in geodesic acceleration's directional pass
     "homodyne.optimization.checkpoint_session": 3,

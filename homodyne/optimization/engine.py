@@ -22,7 +22,10 @@ Convergence is honest: "converged" means both the Gauss–Newton step is below
 are floored at what the model's working precision can resolve (``precision.py``), so a
 float32 model reports converged where its steps become evaluation noise; a step whose
 predicted decrease is below the cost's rounding noise is judged by the gradients
-(``precision.gain_ratio``), not by a difference of two noisy costs.
+(``precision.gain_ratio``), not by a difference of two noisy costs. A fit that stalls
+on a kink of the cost (|C_J| where J changes sign) is converged where the gradients
+of the kink's sides combined promise under 0.01 chi2 (``kink.py``); where their
+combined step still lowers the cost, the fit goes on along it.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from homodyne.optimization.covariance import column_scales as _scales
 from homodyne.optimization.covariance import covariance_from_normal
 from homodyne.optimization.curvature import SecantModel, geodesic_correction
 from homodyne.optimization.exceptions import NLSQNumericalError, StopFit
+from homodyne.optimization.kink import PROBE_FRACTION, minimum_at_kink
 from homodyne.optimization.precision import (
     convergence_floors,
     cost_noise,
@@ -44,7 +48,12 @@ from homodyne.optimization.precision import (
     stalled_at_working_precision,
 )
 from homodyne.optimization.problems import NormalEquations
-from homodyne.optimization.saddle import MAX_ESCAPES, escape_saddle, escape_stationary
+from homodyne.optimization.saddle import (
+    MAX_ESCAPES,
+    SaddleEscape,
+    escape_saddle,
+    escape_stationary,
+)
 from homodyne.optimization.settings import EngineOptions
 
 __all__ = ["EngineOptions", "LMState", "covariance_from_normal", "first_step", "solve_lm",
@@ -314,12 +323,16 @@ def _converged(st: LMState, step_tol_se, gtol, eval_error) -> tuple[bool, str]:
                 f"gradient cosine {st.grad_cos:.2e} <= {g_tol:.2g}{note}")
 
 
-def _judge_stall(st: LMState, lb, ub, rounding_error, eval_error=None) -> None:
+def _judge_stall(st: LMState, evaluate, lb, ub, rounding_error,
+                 eval_error=None) -> SaddleEscape | None:
     """A fit that stopped short of the convergence test is converged all the same where
-    no pass can resolve a further decrease (``precision.stalled_at_working_precision``);
-    ``eval_error`` > 0: the model evaluates in reduced precision (float32)."""
+    no pass can resolve a further decrease (``precision.stalled_at_working_precision``),
+    or where it stalled (not stopped by the iteration cap) at a minimum on a kink of the
+    cost (``kink.py``: up to ``kink.MAX_PROBES`` more passes); ``eval_error`` > 0: the
+    model evaluates in reduced precision (float32). Where a probe finds the cost still
+    falling along a step the damped steps missed, where to go on from (a line search)."""
     if not _finite(st.ne) or st.ne.n <= 0:
-        return
+        return None
     free = _free_set(st.x, st.ne.g, lb, ub)
     delta = _solve_scaled(st.ne.H, st.ne.g, 0.0, free, _scales(st.ne.H))
     gn_decrease = 0.5 * float(st.ne.g @ delta)
@@ -330,17 +343,60 @@ def _judge_stall(st: LMState, lb, ub, rounding_error, eval_error=None) -> None:
     if why:
         st.converged = True
         st.reason = f"{why} (stopped: {st.reason})"
+        return None
+    if st.reason.startswith("maximum iterations"):
+        return None  # still accepting steps: not stalled, so no kink's signature
+    kink = minimum_at_kink(evaluate, st.ne, st.x, lb, ub, delta,
+                           lambda v: _solve_scaled(st.ne.H, v, 0.0, free, _scales(st.ne.H)),
+                           error)
+    st.evaluations += kink.evaluations
+    if kink.description:
+        st.converged = True
+        st.reason = f"{kink.description} (stopped: {st.reason})"
+    if kink.descent is None or kink.lower is None:
+        return None
+    return _line_search(evaluate, st, kink.descent, kink.lower, lb, ub)
+
+
+def _line_search(evaluate, st: LMState, step, lower, lb, ub) -> SaddleEscape:
+    """From a stall on a kink where the cost still falls a little way along ``step`` (the
+    point and normal equations ``lower`` found it): the longest of step, step/4, ... (to
+    the probe's length) that lowers the cost below ``lower``'s, else ``lower`` itself."""
+    x, ne = lower
+    t, tried = 1.0, 0
+    while t > PROBE_FRACTION:
+        x_t = _truncate_to_box(st.x, t * step, lb, ub)
+        ne_t = evaluate(x_t)
+        tried += 1
+        if _finite(ne_t) and ne_t.cost < ne.cost:
+            x, ne = x_t, ne_t
+            break
+        t /= 4.0
+    return SaddleEscape(x, ne, tried, f"stalled on a kink where the combined step still "
+                        f"lowers the cost: went on from {t if t > PROBE_FRACTION else 0:g} of it "
+                        f"(cost {st.ne.cost:.10g} -> {ne.cost:.10g})")
 
 
 def _solve(st: LMState, evaluate, lb, ub, loop: dict, rounding_error, initial_damping,
            escapes_left: int) -> LMState:
-    """The LM loop, the verdict on a stall, and at a converged point that is a saddle (on
-    a bound, or off them along a parameter without influence: ``saddle.py``) a fit from
-    where the held parameter is released or the cost is lower: its result
-    replaces this one where it converges lower; else this one stands, with a note."""
+    """The LM loop, the verdict on a stall (where a step along a kink still lowers the
+    cost, a fit on from the line search's point: ``_line_search``), and at a converged
+    point that is a saddle (on a bound, or off them along a parameter without influence:
+    ``saddle.py``) a fit from where the held parameter is released or the cost is lower:
+    its result replaces this one where it converges lower; else this one stands, with a
+    note."""
     st = _lm_loop(st, evaluate, lb, ub, **loop)
+    onward = None
     if not st.converged and not st.reason.startswith("stopped"):
-        _judge_stall(st, lb, ub, rounding_error, loop["eval_error"])
+        onward = _judge_stall(st, evaluate, lb, ub, rounding_error, loop["eval_error"])
+    if onward is not None and escapes_left > 0:
+        sub = _solve(LMState(x=onward.x, ne=onward.ne, lam=initial_damping, evaluations=0,
+                             iteration=st.iteration), evaluate, lb, ub, loop, rounding_error,
+                     initial_damping, escapes_left - 1)
+        sub.evaluations += st.evaluations + onward.evaluations
+        sub.history = st.history + sub.history
+        sub.saddle_escapes = st.saddle_escapes + [onward.description] + sub.saddle_escapes
+        return sub  # lower than st, which did not converge
     if not st.converged or escapes_left <= 0:
         return st
     held = ~_free_set(st.x, st.ne.g, lb, ub)
