@@ -387,7 +387,7 @@ def _solve(st: LMState, evaluate, lb, ub, loop: dict, rounding_error, initial_da
     note."""
     st = _lm_loop(st, evaluate, lb, ub, **loop)
     onward = None
-    if not st.converged and not st.reason.startswith("stopped"):
+    if not st.converged and not stopped(st):
         onward = _judge_stall(st, evaluate, lb, ub, rounding_error, loop["eval_error"])
     if onward is not None and escapes_left > 0:
         sub = _solve(LMState(x=onward.x, ne=onward.ne, lam=initial_damping, evaluations=0,
