@@ -245,6 +245,32 @@ def stop_signals_at_default():
             signal.signal(s, h)
 
 
+def lower_corner_case():
+    """(spec, y, p0, bounds): 2 angles x 40 frames, truth D0 1e4, alpha -0.5, D_offset
+    100, started on the physical lower corner (probe21 N2: J < 0 at the start)."""
+    spec = make_spec("static", n_frames=40, n_phi=2)
+    truth = spec.pack([0.3, 0.3], [1.0, 1.0], [1e4, -0.5, 100.0])
+    y = noisy_data(spec, truth, sigma=0.01, seed=0)
+    lb, ub = spec.pack(0.0, 0.5, [1.0, -2.0, -1e3]), spec.pack(1.0, 1.5, [1e5, 0.5, 1e3])
+    return spec, y, spec.pack([0.3, 0.3], [1.0, 1.0], [1.0, -2.0, -1000.0]), (lb, ub)
+
+
+def sigterm_at(at: int, fit):
+    """``fit(callback)`` whose callback sends this process SIGTERM once, at the first
+    batch >= ``at`` (signals at Python's defaults around it)."""
+    import signal
+
+    sent: list[int] = []
+
+    def stop(batch, *_):
+        if batch >= at and not sent:
+            sent.append(batch)
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    with stop_signals_at_default():
+        return fit(stop)
+
+
 def a_bin_folder(tmp_path: Path) -> Path:
     """A multi-q bin folder d/q00 holding a job.json and a parameters.json a fit wrote."""
     from homodyne.output import write_json

@@ -75,32 +75,17 @@ def test_a_stop_inside_the_internal_refit_off_a_start_bound_keeps_the_lower_end(
     (probe21 N2). SIGTERM inside that refit's internal stage: the fit stops at once with
     the lower-cost point so far, in the user's box, and the resume equals the
     uninterrupted fit bit for bit (the merge of two changes to the refit)."""
-    import os
-    import signal
-
-    from helpers import make_spec, noisy_data, stop_signals_at_default
+    from helpers import lower_corner_case, sigterm_at
 
     from homodyne.optimization.nlsq_wrapper import NLSQWrapper
 
-    spec = make_spec("static", n_frames=40, n_phi=2)
-    truth = spec.pack([0.3, 0.3], [1.0, 1.0], [1e4, -0.5, 100.0])
-    y = noisy_data(spec, truth, sigma=0.01, seed=0)
-    lb, ub = spec.pack(0.0, 0.5, [1.0, -2.0, -1e3]), spec.pack(1.0, 1.5, [1e5, 0.5, 1e3])
-    p0 = spec.pack([0.3, 0.3], [1.0, 1.0], [1.0, -2.0, -1000.0])
+    spec, y, p0, (lb, ub) = lower_corner_case()
     whole = NLSQWrapper().fit_two_time(None, spec, p0, (lb, ub), y=y)
     first_end = next(m for m in whole.messages if "first end" in m or "refit" in m)
     ck = {"enable_checkpoints": True, "checkpoint_dir": str(tmp_path),
           "checkpoint_frequency": 1, "checkpoint_min_interval_s": 0}
-    sent = []
-
-    def stop(batch, *_):
-        if batch >= whole.passes - 6 and not sent:  # inside the refit's internal stage
-            sent.append(batch)
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    with stop_signals_at_default():
-        cut = NLSQWrapper(checkpoint_config=ck, callback=stop).fit_two_time(
-            None, spec, p0, (lb, ub), y=y)
+    cut = sigterm_at(whole.passes - 6, lambda stop: NLSQWrapper(  # the refit's internal stage
+        checkpoint_config=ck, callback=stop).fit_two_time(None, spec, p0, (lb, ub), y=y))
     assert cut.interrupted_by == "SIGTERM", cut.summary()
     assert np.all((lb <= cut.parameters) & (cut.parameters <= ub))
     # stopped 5 passes into the refit's internal stage; the first end (the optimum here,

@@ -6,7 +6,13 @@ import signal
 
 import numpy as np
 import pytest
-from helpers import make_spec, noisy_data, stop_signals_at_default
+from helpers import (
+    lower_corner_case,
+    make_spec,
+    noisy_data,
+    sigterm_at,
+    stop_signals_at_default,
+)
 
 
 def _overflowing_case():
@@ -99,23 +105,11 @@ def test_a_stop_in_the_internal_stages_stops_at_once_with_a_point_in_the_box(tmp
 
     from homodyne.optimization.nlsq_wrapper import NLSQWrapper
 
-    spec = make_spec("static", n_frames=40, n_phi=2)
-    truth = spec.pack([0.3, 0.3], [1.0, 1.0], [1e4, -0.5, 100.0])
-    y = noisy_data(spec, truth, sigma=0.01, seed=0)
-    lb, ub = spec.pack(0.0, 0.5, [1.0, -2.0, -1e3]), spec.pack(1.0, 1.5, [1e5, 0.5, 1e3])
-    p0 = spec.pack([0.3, 0.3], [1.0, 1.0], [1.0, -2.0, -1000.0])
+    spec, y, p0, (lb, ub) = lower_corner_case()
     ck = {"enable_checkpoints": True, "checkpoint_dir": str(tmp_path),
           "checkpoint_frequency": 1, "checkpoint_min_interval_s": 0}
-    sent = []
-
-    def stop(batch, *_):
-        if batch >= 20 and not sent:  # the other quadrant: passes 15..27
-            sent.append(batch)
-            os.kill(os.getpid(), signal.SIGTERM)
-
-    with stop_signals_at_default():
-        cut = NLSQWrapper(checkpoint_config=ck, callback=stop).fit_two_time(
-            None, spec, p0, (lb, ub), y=y)
+    cut = sigterm_at(20, lambda stop: NLSQWrapper(  # the other quadrant: passes 15..27
+        checkpoint_config=ck, callback=stop).fit_two_time(None, spec, p0, (lb, ub), y=y))
     assert cut.interrupted_by == "SIGTERM", cut.summary()
     saved = re.findall(r"checkpoint saved at batch (\d+)", " ".join(cut.messages))
     assert saved == re.findall(r"checkpoint saved at batch (\d+)", cut.stop_reason) == ["21"]
