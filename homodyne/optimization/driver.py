@@ -359,6 +359,8 @@ def _best_so_far(end, passes, free, lb, ub):
     clipped into the box and unevaluated there where it lies beyond it."""
     x = free.expand(end.x)
     inside = bool(np.all((lb <= x) & (x <= ub)))
+    # full passes' costs compare: batches are left out only in a stage's first pass, and a
+    # pass with a later failed batch is a failed trial of cost inf (passes.PassRunner)
     best = min((r for r in passes if r.stage == "full" and math.isfinite(r.ne.cost)
                 and np.all((lb <= r.x) & (r.x <= ub))),
                key=lambda r: r.ne.cost, default=None)
