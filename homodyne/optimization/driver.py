@@ -158,7 +158,7 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
     def finish(st):
         end = space.state_in_user(st, free)
         if stopped(end):
-            end = _inside_the_box(end, free, lb, ub)
+            end = _best_so_far(end, mon.passes, free, lb, ub)
         result = build_result(problem, end, x0, lb, ub, free,
                               strategy=strategy, mon=mon, coarse_passes=coarse_passes,
                               coarse_points=coarse_points, batch_size=data.batch_size,
@@ -349,12 +349,25 @@ def _mirrored_start(coords: PowerLawCoordinates, x, lb, ub) -> SolverSpace:
     return SolverSpace(coords, x, lb, ub, u0=u)
 
 
-def _inside_the_box(end, free, lb, ub):
-    """A stopped fit's point in the user's coordinates; one in internal coordinates can
-    lie beyond the user's box (a held edge, a mirrored power law: D0 < 0): reported
-    clipped into the box, unevaluated there, as a stopped crossed-bound refit is."""
+def _best_so_far(end, passes, free, lb, ub):
+    """A stopped fit's point, in the user's coordinates and inside the user's box: the
+    lowest-cost full pass of the whole fit (``passes``: every completed one, user vectors)
+    where it beats ``end``'s own. A stop in a stage's first pass has no point of its own
+    (``end`` is that stage's start, unevaluated: probe23 N1) and an internal-coordinate
+    point can lie beyond the box (a held edge, a mirrored power law: D0 < 0). Without such
+    a pass (a stop on a coarse level or before the first full pass) ``end`` stays,
+    clipped into the box and unevaluated there where it lies beyond it."""
     x = free.expand(end.x)
-    if np.all((lb <= x) & (x <= ub)):
+    inside = bool(np.all((lb <= x) & (x <= ub)))
+    # full passes' costs compare: batches are left out only in a stage's first pass, and a
+    # pass with a later failed batch is a failed trial of cost inf (passes.PassRunner)
+    best = min((r for r in passes if r.stage == "full" and math.isfinite(r.ne.cost)
+                and np.all((lb <= r.x) & (r.x <= ub))),
+               key=lambda r: r.ne.cost, default=None)
+    if best is not None and not (inside and end.ne.cost <= best.ne.cost):
+        end.x, end.ne, end.lam = free.reduce(best.x), free.reduce_equations(best.ne), math.nan
+        return end
+    if inside:
         return end
     clipped = _unevaluated(free.reduce(np.clip(x, lb, ub)), end.reason)
     clipped.evaluations, clipped.iteration, clipped.history = \
