@@ -74,8 +74,13 @@ def publish_fit_files(record, names, targets) -> list[Path]:
                               "that fit (snakemake --forcerun on its rule)")
     copied = []
     for name, target in zip(names, targets, strict=True):
-        with atomic_path(target) as tmp:
-            shutil.copyfile(folder / name, tmp)
+        try:
+            with atomic_path(target) as tmp:
+                shutil.copyfile(folder / name, tmp)
+        except FileNotFoundError:  # a file of the recorded set deleted or moved since
+            raise ResultFileError(f"{folder / name} of the result set {record} records is "
+                                  "missing; rerun that fit (snakemake --forcerun on its "
+                                  "rule)") from None
         copied.append(Path(target))
     return copied
 

@@ -1,0 +1,87 @@
+"""probe24's findings (issue 12, fresh round over the eighth session's merged code): each
+test fails on int8b."""
+
+import json
+import runpy
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from homodyne.cli import EXIT_USAGE
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "workflow" / "scripts"
+
+
+def recorded_set(folder: Path) -> Path:
+    """A committed two-file set in ``folder`` and its record job.json."""
+    from homodyne.production.report import write_fit_record
+
+    folder.mkdir(parents=True)
+    (folder / "a.csv").write_text("1\n")
+    (folder / "parameters.json").write_text(json.dumps(
+        {"result_files": ["a.csv", "parameters.json"]}))
+    return write_fit_record(folder)
+
+
+def run_script(name: str, snakemake) -> int:
+    """A workflow rule script run as Snakemake runs it; its exit status."""
+    with pytest.raises(SystemExit) as stop:
+        runpy.run_path(str(SCRIPTS / name), init_globals={"snakemake": snakemake})
+    return stop.value.code
+
+
+def test_the_report_rule_with_a_file_of_the_set_gone_says_one_line_and_exits_2(
+        tmp_path, capsys):
+    """fits_report over a recorded set missing one of its files (deleted by hand) was a
+    FileNotFoundError traceback; a set no longer the recorded one was a ResultFileError
+    traceback (the rule script did not go through run_reporting_errors)."""
+    record = recorded_set(tmp_path / "chx")
+    (tmp_path / "chx" / "a.csv").unlink()
+    snakemake = SimpleNamespace(input={"chx": str(record)}, log=[],
+                                output={"chx": [str(tmp_path / "report" / "a.csv")]},
+                                params=SimpleNamespace(reports={"chx": ["a.csv"]}))
+    assert run_script("publish_fit_files.py", snakemake) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err == (f"fits_report: error: {tmp_path / 'chx' / 'a.csv'} of the result set {record} "
+                   "records is missing; rerun that fit (snakemake --forcerun on its rule)\n")
+    (tmp_path / "chx" / "parameters.json").write_text("{}")  # another set since
+    assert run_script("publish_fit_files.py", snakemake) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith(f"fits_report: error: {tmp_path / 'chx'} no longer holds the result set")
+    assert err.count("\n") == 1 and not list((tmp_path / "report").glob("*"))
+
+
+def test_the_summary_rule_with_an_unreadable_result_says_one_line_and_exits_2(
+        tmp_path, capsys):
+    folders = [tmp_path / f for f in ("chx", "aging", "laminar")]
+    for f in folders:
+        recorded_set(f)
+    (folders[1] / "parameters.json").write_text("not json")
+    snakemake = SimpleNamespace(input=[str(f / "job.json") for f in folders], log=[],
+                                output=[str(tmp_path / "summary.md")])
+    assert run_script("fits_summary.py", snakemake) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith(f"fits_summary: error: {folders[1] / 'parameters.json'} cannot be read")
+    assert err.count("\n") == 1 and not (tmp_path / "summary.md").exists()
+
+
+def test_the_fetch_rule_with_an_altered_mirror_file_says_one_line_and_exits_2(
+        real_data, tmp_path, capsys):
+    """A mirror file that fails its checksum: the message was right, inside a traceback."""
+    import shutil
+
+    mirror = tmp_path / "mirror"
+    shutil.copytree(real_data / "chx_two_time", mirror / "chx_two_time")
+    altered = mirror / "chx_two_time" / "fit_parameter_log.json"
+    altered.chmod(0o644)
+    altered.write_bytes(altered.read_bytes()[:-1] + b" ")
+    out = tmp_path / "results" / "fit_parameter_log.json"
+    snakemake = SimpleNamespace(
+        wildcards=SimpleNamespace(folder="chx_two_time", name="fit_parameter_log.json"),
+        output=[str(out)], params=SimpleNamespace(mirror=str(mirror)), log=[])
+    assert run_script("fetch_real_data.py", snakemake) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert err.startswith(f"fetch_real_data: error: {altered}: SHA-256 ")
+    assert "does not match the expected" in err and err.count("\n") == 1
+    assert not out.exists()
