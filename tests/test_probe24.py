@@ -85,3 +85,22 @@ def test_the_fetch_rule_with_an_altered_mirror_file_says_one_line_and_exits_2(
     assert err.startswith(f"fetch_real_data: error: {altered}: SHA-256 ")
     assert "does not match the expected" in err and err.count("\n") == 1
     assert not out.exists()
+
+
+@pytest.mark.parametrize("key", ["output.directory", "optimization.streaming.checkpoint_dir"])
+def test_a_folder_under_the_home_of_no_user_is_refused_by_name(tmp_path, monkeypatch, key):
+    """'~nosuchuser/x' (a typo for ~/x) made a folder named '~nosuchuser' in the working
+    folder and the run said 'results in ~nosuchuser/x'."""
+    from homodyne.config import ConfigError, load_config
+
+    monkeypatch.chdir(tmp_path)
+    overrides = {"experimental_data.file_path": str(tmp_path / "d.h5"),
+                 key: "~nosuchuser_p24/x"}
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("analysis_mode: static\n")
+    with pytest.raises(ConfigError) as refused:
+        load_config(cfg, overrides=overrides, require_data=False)
+    assert str(refused.value).startswith(
+        f"{cfg}: {key}: '~nosuchuser_p24/x': no user 'nosuchuser_p24' has a home folder; give a "
+        "path without ~ or with ~ alone")
+    assert [p.name for p in tmp_path.iterdir()] == ["c.yaml"]
