@@ -104,3 +104,30 @@ def test_a_folder_under_the_home_of_no_user_is_refused_by_name(tmp_path, monkeyp
         f"{cfg}: {key}: '~nosuchuser_p24/x': no user 'nosuchuser_p24' has a home folder; give a "
         "path without ~ or with ~ alone")
     assert [p.name for p in tmp_path.iterdir()] == ["c.yaml"]
+
+
+def test_a_virtual_dataset_mapping_another_selected_matrix_is_refused(tmp_path):
+    """c2_00002 a virtual dataset mapping c2_00001 of the same file (by '.' or by the file's
+    own name): one angle's matrix was fitted for another, as through a link (19c9a6e)."""
+    import h5py
+    from helpers import small_two_time_file
+
+    from homodyne.data import DataFileError
+    from homodyne.data.twotime import open_two_time
+
+    maps = "/xpcs/twotime/correlation_map"
+    for source in (".", "c2.h5"):
+        path = small_two_time_file(tmp_path / "c2.h5", n_frames=10)
+        with h5py.File(path, "r+") as h5:
+            shape, dtype = h5[f"{maps}/c2_00001"].shape, h5[f"{maps}/c2_00001"].dtype
+            layout = h5py.VirtualLayout(shape=shape, dtype=dtype)
+            layout[...] = h5py.VirtualSource(source, f"{maps}/c2_00001", shape=shape)
+            del h5[f"{maps}/c2_00002"]
+            h5.create_virtual_dataset(f"{maps}/c2_00002", layout)
+        with pytest.raises(DataFileError) as refused:
+            open_two_time(path, q=0.0054)
+        assert str(refused.value) == (
+            f"{path}: {maps}/c2_00002 is a virtual dataset that maps values of "
+            f"{maps}/c2_00001, not values of its own: give each its own values (re-export "
+            "the file)")
+        path.unlink()
