@@ -131,3 +131,14 @@ def test_a_virtual_dataset_mapping_another_selected_matrix_is_refused(tmp_path):
             f"{maps}/c2_00001, not values of its own: give each its own values (re-export "
             "the file)")
         path.unlink()
+
+
+@pytest.mark.parametrize("window", [(0.85,), (0.85, 1.15, 2.0), ("a", "b"), 0.85])
+def test_an_alpha_window_not_two_numbers_is_refused_by_its_key(window):
+    """fit_chx(alpha_window=(0.85,)) said 'not enough values to unpack (expected 2, got 1)'."""
+    from homodyne.production.chx import check_alpha_window
+
+    with pytest.raises(ValueError) as refused:
+        check_alpha_window(window)
+    assert str(refused.value) == (f"fits.chx.alpha_window: {window!r} is not [low, high], two "
+                                  "numbers; give e.g. [0.85, 1.15]")
