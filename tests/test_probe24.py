@@ -142,3 +142,17 @@ def test_an_alpha_window_not_two_numbers_is_refused_by_its_key(window):
         check_alpha_window(window)
     assert str(refused.value) == (f"fits.chx.alpha_window: {window!r} is not [low, high], two "
                                   "numbers; give e.g. [0.85, 1.15]")
+
+
+def test_laminar_synthetic_angles_given_twice_are_refused_by_their_key(tmp_path):
+    """angles [0, 0] (or 0 and 360) in fits.laminar_synthetic: the fit of the file it
+    generated was refused with '...the file lists one (q, phi) bin twice ...; fix the file'."""
+    from homodyne.config import ConfigError
+    from homodyne.production.laminar import fit_laminar_synthetic
+
+    for angles, first, second in (((0, 45, 0), "0", "0"), ((10, 370), "10", "370")):
+        with pytest.raises(ConfigError) as refused:
+            fit_laminar_synthetic(tmp_path / "lam", frames=10, angles=angles)
+        assert str(refused.value) == (f"fits.laminar_synthetic.angles: {first} and {second} "
+                                      "are one angle (equal modulo 360 degrees); list each once")
+    assert not (tmp_path / "lam").exists()
