@@ -156,3 +156,21 @@ def test_laminar_synthetic_angles_given_twice_are_refused_by_their_key(tmp_path)
         assert str(refused.value) == (f"fits.laminar_synthetic.angles: {first} and {second} "
                                       "are one angle (equal modulo 360 degrees); list each once")
     assert not (tmp_path / "lam").exists()
+
+
+def test_an_aging_delay_window_without_a_point_is_refused_by_its_key(tmp_path):
+    """max_tau_s below min_tau_s (fits.aps_aging.max_tau_s: 0.0001 passes the workflow's
+    schema) said 'cannot convert float NaN to integer', a traceback in the rule's log."""
+    from helpers import aging_series
+
+    from homodyne.config import ConfigError
+    from homodyne.production.aging import fit_aging
+
+    paths = aging_series(tmp_path, D0=1.0, alpha=-0.5, Doff=0.0, offset=1.0, n=2)
+    with pytest.raises(ConfigError) as refused:
+        fit_aging(paths, tmp_path / "aging", max_tau_s=1e-4, plots=False)
+    assert str(refused.value) == (
+        "max_tau_s: the delay window [0.001, 0.0001] s holds no usable point of the data "
+        "(delays 2e-05 to 2 s); widen it (fits.aps_aging.max_tau_s in the workflow config, "
+        "one_time.min_tau_s / max_tau_s in a fit config)")
+    assert not (tmp_path / "aging" / "parameters.json").exists()
