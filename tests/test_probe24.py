@@ -174,3 +174,19 @@ def test_an_aging_delay_window_without_a_point_is_refused_by_its_key(tmp_path):
         "(delays 2e-05 to 2 s); widen it (fits.aps_aging.max_tau_s in the workflow config, "
         "one_time.min_tau_s / max_tau_s in a fit config)")
     assert not (tmp_path / "aging" / "parameters.json").exists()
+
+
+def test_a_bad_output_dir_option_is_named_as_the_option(tmp_path, monkeypatch, capsys):
+    """--output-dir '~nosuchuser/y' was blamed on 'c.yaml: output.directory', a key the
+    config does not hold (as --data-file was, probe22 W1)."""
+    from helpers import streaming_cli_config
+
+    from homodyne.cli import main
+
+    cfg = streaming_cli_config(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    assert main(["--config", str(cfg), "--output-dir", "~nosuchuser_p24/y"]) == EXIT_USAGE
+    assert capsys.readouterr().err == (
+        "homodyne: error: --output-dir: '~nosuchuser_p24/y': no user 'nosuchuser_p24' has a "
+        "home folder; give a path without ~ or with ~ alone (your home folder)\n")
+    assert not list(tmp_path.glob("~*"))
