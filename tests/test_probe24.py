@@ -52,18 +52,24 @@ def test_the_report_rule_with_a_file_of_the_set_gone_says_one_line_and_exits_2(
     assert err.count("\n") == 1 and not list((tmp_path / "report").glob("*"))
 
 
-def test_the_summary_rule_with_an_unreadable_result_says_one_line_and_exits_2(
+def test_the_summary_rule_refuses_a_set_its_record_does_not_name_in_one_line(
         tmp_path, capsys):
+    """A fit's parameters.json that is not the recorded set's (another set committed into
+    the folder since, or edited): fits_report refused it, fits_summary summarized it; one
+    that cannot be read was a ResultFileError traceback."""
     folders = [tmp_path / f for f in ("chx", "aging", "laminar")]
     for f in folders:
         recorded_set(f)
-    (folders[1] / "parameters.json").write_text("not json")
     snakemake = SimpleNamespace(input=[str(f / "job.json") for f in folders], log=[],
                                 output=[str(tmp_path / "summary.md")])
-    assert run_script("fits_summary.py", snakemake) == EXIT_USAGE
-    err = capsys.readouterr().err
-    assert err.startswith(f"fits_summary: error: {folders[1] / 'parameters.json'} cannot be read")
-    assert err.count("\n") == 1 and not (tmp_path / "summary.md").exists()
+    for other in ('{"result_files": ["parameters.json"]}', "not json"):
+        (folders[1] / "parameters.json").write_text(other)
+        assert run_script("fits_summary.py", snakemake) == EXIT_USAGE
+        assert capsys.readouterr().err == (
+            f"fits_summary: error: {folders[1]} no longer holds the result set "
+            f"{folders[1] / 'job.json'} records (parameters.json changed); rerun that fit "
+            "(snakemake --forcerun on its rule)\n")
+        assert not (tmp_path / "summary.md").exists()
 
 
 def test_the_fetch_rule_with_an_altered_mirror_file_says_one_line_and_exits_2(
