@@ -327,7 +327,7 @@ def _validate_one_time(cfg) -> int:
 
 # command-line options that override a config key: an error in the value names the option
 OPTION_KEYS = {"experimental_data.q": "--q", "optimization.restarts": "--restarts",
-               "experimental_data.file_path": "--data-file"}
+               "experimental_data.file_path": "--data-file", "output.directory": "--output-dir"}
 
 
 def load_options_config(a):

@@ -537,9 +537,15 @@ def _expand_home(d: dict) -> None:
     the data paths (it made a folder named ``~`` in the working folder, and the run said
     'results in ~/out')."""
     stream = d["optimization"]["streaming"]
-    for section, key in ((d["output"], "directory"), (stream, "checkpoint_dir")):
+    for section, key, dotted in ((d["output"], "directory", "output.directory"),
+                                 (stream, "checkpoint_dir",
+                                  "optimization.streaming.checkpoint_dir")):
         if isinstance(section.get(key), str):
             section[key] = os.path.expanduser(section[key])
+            if section[key].startswith("~"):  # ~name of no user: a folder named '~name' here
+                raise ConfigError(dotted, f"{section[key]!r}: no user "
+                                  f"{section[key][1:].split('/')[0]!r} has a home folder; "
+                                  "give a path without ~ or with ~ alone (your home folder)")
 
 
 def _given(raw: dict, dotted: str):

@@ -52,7 +52,31 @@ def one_object_twice(h5: h5py.File, names) -> str | None:
         if first != name:
             return (f"{first} and {name} are one dataset (a link leads from one to the "
                     "other), not two: give each its own values (re-export the file)")
+    for name in names:
+        for mapped in _same_file_sources(h5, name):
+            first = seen.get(mapped)
+            if first is not None and first != name:
+                return (f"{name} is a virtual dataset that maps values of {first}, not values "
+                        f"of its own: give each its own values (re-export the file)")
     return None
+
+
+def _same_file_sources(h5: h5py.File, name: str) -> list:
+    """The ids of the datasets of this file that the virtual dataset ``name`` maps (none
+    for a stored one, or for sources HDF5 cannot find: refuse_unread_storage names those)."""
+    obj = h5[name]
+    if not obj.is_virtual:
+        return []
+    here = os.path.realpath(h5.filename)
+    base = os.path.dirname(here)
+    ids = []
+    for src in obj.virtual_sources():
+        if src.file_name == "." or os.path.realpath(os.path.join(base, src.file_name)) == here:
+            try:
+                ids.append(h5[src.dset_name].id)
+            except (KeyError, RuntimeError, OSError):
+                continue
+    return ids
 
 
 def soft_link_loop(h5: h5py.File) -> str | None:

@@ -26,6 +26,7 @@ import numpy as np
 import pandas as pd
 from scipy.optimize import curve_fit
 
+from homodyne.config import ConfigError
 from homodyne.data.errors import DataFileError
 from homodyne.data.multitau import read_multitau, scatter_ratio
 from homodyne.jaxconf import jax, jnp
@@ -130,7 +131,7 @@ def table(data, ages, min_tau_s, max_tau_s, error_model="scatter") -> pd.DataFra
         tt, qq = np.meshgrid(d.tau, np.arange(d.q.size), indexing="ij")
         ok = (d.g2_err > 0) & np.isfinite(d.g2) & np.isfinite(d.g2_err) & (d.g2 != 0) & \
             (tt <= max_tau_s) & (tt >= min_tau_s)
-        ratio = scatter_ratio(d, ok)
+        ratio = scatter_ratio(d, ok) if ok.any() else float("nan")  # (no point: no warning)
         scale = max(1.0, ratio) if error_model == "scatter" else 1.0
         rows.append(pd.DataFrame({"file": i, "age": age, "q_idx": qq[ok], "q": d.q[qq[ok]],
                                   "tau": tt[ok], "g2": d.g2[ok], "err_reported": d.g2_err[ok],
@@ -215,6 +216,13 @@ def _fit_aging(paths, stage, *, min_tau_s, max_tau_s, error_model, max_iteration
         max_tau_s = float(max(np.max(d.tau) for d in data))
         log.info("max_tau_s = %.6g s, the longest delay in the data", max_tau_s)
     tab = table(data, ages, min_tau_s, max_tau_s, error_model)
+    if tab.empty:  # (else 'cannot convert float NaN to integer' from an empty table)
+        lo = min(float(np.min(d.tau)) for d in data)
+        hi = max(float(np.max(d.tau)) for d in data)
+        raise ConfigError("max_tau_s", f"the delay window [{min_tau_s:g}, {max_tau_s:g}] s "
+                          f"holds no usable point of the data (delays {lo:.3g} to {hi:.3g} "
+                          "s); widen it (fits.aps_aging.max_tau_s in the workflow config, "
+                          "one_time.min_tau_s / max_tau_s in a fit config)")
     # q bins with usable points only, re-indexed 0..n_q-1 (q_bin keeps the file's index)
     tab["q_bin"] = tab["q_idx"]
     tab["q_idx"] = np.unique(tab["q_bin"], return_inverse=True)[1]

@@ -75,7 +75,11 @@ def rate_with_errors(result, spec, t) -> tuple[np.ndarray, np.ndarray]:
 def check_alpha_window(alpha_window) -> tuple[float, float]:
     """(low, high) of the alpha window, or a ValueError naming the fix (a reversed window
     selects no age at all)."""
-    lo, hi = (float(v) for v in alpha_window)
+    try:
+        lo, hi = (float(v) for v in alpha_window)
+    except (TypeError, ValueError):  # not two numbers: one, three, text
+        raise ValueError(f"fits.chx.alpha_window: {alpha_window!r} is not [low, high], two "
+                         "numbers; give e.g. [0.85, 1.15]") from None
     if not lo < hi:
         raise ValueError(f"fits.chx.alpha_window: [{lo:g}, {hi:g}] is not [low, high] with "
                          "low < high; give e.g. [0.85, 1.15]")

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from homodyne.config import validate_config
+from homodyne.config import ConfigError, validate_config
 from homodyne.data.synthetic import generate_synthetic
-from homodyne.model import ModelSpec
+from homodyne.model import ModelSpec, same_angle_pair
 from homodyne.output import MARKER, committed_set, write_json
 from homodyne.pipeline import run_from_config
 
@@ -34,6 +34,11 @@ def fit_laminar_synthetic(out_dir, *, frames=400, angles=(0, 20, 45, 70, 90), se
     into ``out_dir`` all or nothing."""
     out = Path(out_dir)
     spec = ModelSpec(mode="laminar_flow", n_frames=frames, phi_deg=tuple(angles))
+    same = same_angle_pair(spec.phi_deg)
+    if same:  # (else a file the fit refuses, its message saying 'fix the file')
+        raise ConfigError("fits.laminar_synthetic.angles", f"{spec.phi_deg[same[0]]:g} and "
+                          f"{spec.phi_deg[same[1]]:g} are one angle (equal modulo 360 "
+                          "degrees); list each once")
     with committed_set(out, LAMINAR_FILES, LAMINAR_FOLDERS) as results:
         data = out / data_name(frames, angles, seed)
         made = not data.exists()  # (else the previous set's data, regenerated identically)

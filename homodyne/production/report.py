@@ -58,6 +58,24 @@ def publish_fit_files(record, names, targets) -> list[Path]:
     names to ``targets`` (the copies the report shows: Snakemake may delete them, the set
     stays). A folder that no longer holds that set is a ResultFileError naming the fix."""
     record = Path(record)
+    folder = check_record(record)
+    copied = []
+    for name, target in zip(names, targets, strict=True):
+        try:
+            with atomic_path(target) as tmp:
+                shutil.copyfile(folder / name, tmp)
+        except FileNotFoundError:  # a file of the recorded set deleted or moved since
+            raise ResultFileError(f"{folder / name} of the result set {record} records is "
+                                  "missing; rerun that fit (snakemake --forcerun on its "
+                                  "rule)") from None
+        copied.append(Path(target))
+    return copied
+
+
+def check_record(record) -> Path:
+    """The folder of ``record`` (a fit's job.json) when it still holds the set the record
+    names (its marker's digest), else a ResultFileError naming the fix."""
+    record = Path(record)
     folder = record.parent
     try:
         expected = read_json_file(record, MAX_RECORD_BYTES)["parameters_sha256"]
@@ -72,12 +90,7 @@ def publish_fit_files(record, names, targets) -> list[Path]:
         raise ResultFileError(f"{folder} no longer holds the result set {record} records "
                               f"({MARKER} {'missing' if now is None else 'changed'}); rerun "
                               "that fit (snakemake --forcerun on its rule)")
-    copied = []
-    for name, target in zip(names, targets, strict=True):
-        with atomic_path(target) as tmp:
-            shutil.copyfile(folder / name, tmp)
-        copied.append(Path(target))
-    return copied
+    return folder
 
 
 def _bounded_bytes(path: Path) -> bytes:
