@@ -95,3 +95,20 @@ def test_a_stop_inside_the_internal_refit_off_a_start_bound_keeps_the_lower_end(
     resumed = NLSQWrapper(checkpoint_config=ck).fit_two_time(None, spec, p0, (lb, ub), y=y)
     assert resumed.passes == whole.passes
     np.testing.assert_array_equal(resumed.parameters, whole.parameters)
+
+
+@pytest.mark.parametrize("call", ["select", "stream"])
+def test_the_guides_strategy_calls_refuse_impossible_counts_by_name(call):
+    """select_strategy(-1, 5) returned STANDARD and build_streaming_config(n_parameters=0)
+    was accepted (probe22 W6); bytes_per_point came back as np.int32 for np.int32 input."""
+    from homodyne.optimization.strategy import DatasetSizeStrategy, bytes_per_point
+
+    sel = DatasetSizeStrategy(memory_limit_gb=16)
+    fit = sel.select_strategy if call == "select" else sel.build_streaming_config
+    with pytest.raises(ValueError, match=r"n_points must be a number of points >= 0, got -1"):
+        fit(-1, 5)
+    for bad in (0, 2.5, True):
+        with pytest.raises(ValueError, match=rf"n_parameters must be a whole number >= 1, "
+                                             rf"got {bad!r}"):
+            fit(10_000, bad)
+    assert type(bytes_per_point(np.int32(9))) is int

@@ -49,7 +49,18 @@ def available_memory_gb() -> float:
 def bytes_per_point(n_parameters: int) -> int:
     """Engine working set per point of a batch: data, residual, model and Jacobian
     columns plus the per-point rows of the JᵀJ accumulation, all float64."""
-    return 8 * (3 + 3 * n_parameters + 5)
+    return 8 * (3 + 3 * int(n_parameters) + 5)
+
+
+def _check_counts(n_points, n_parameters) -> None:
+    """ValueError naming a point count below 0 or a parameter count below 1 (a fit has
+    at least one parameter); both must be numbers (a negative count picked STANDARD)."""
+    if isinstance(n_points, bool) or not isinstance(n_points, numbers.Real) \
+            or not n_points >= 0:
+        raise ValueError(f"n_points must be a number of points >= 0, got {n_points!r}")
+    if isinstance(n_parameters, bool) or not isinstance(n_parameters, numbers.Integral) \
+            or n_parameters < 1:
+        raise ValueError(f"n_parameters must be a whole number >= 1, got {n_parameters!r}")
 
 
 def checked_memory_limit(memory_limit_gb):
@@ -83,6 +94,7 @@ class DatasetSizeStrategy:
                         bytes_per_stored_point: int = 8,
                         memory_limit_gb: float | None = None) -> OptimizationStrategy:
         """Tier for ``n_points``; STREAMING when in-memory data would exceed the budget."""
+        _check_counts(n_points, n_parameters)
         if strategy_override:
             try:
                 return OptimizationStrategy(str(strategy_override).upper())
@@ -114,9 +126,7 @@ class DatasetSizeStrategy:
             if v is not None and (isinstance(v, bool) or not isinstance(v, numbers.Integral)
                                   or v < 1):
                 raise ValueError(f"{name} must be a whole number >= 1, got {v!r}")
-        if isinstance(n_points, bool) or not isinstance(n_points, numbers.Real) \
-                or not n_points >= 0:
-            raise ValueError(f"n_points must be a number of points >= 0, got {n_points!r}")
+        _check_counts(n_points, n_parameters)
         if initial_batch_size is not None and initial_batch_size > max_batch_size:
             raise ValueError(f"initial_batch_size ({initial_batch_size}) is larger than "
                              f"max_batch_size ({max_batch_size}); make initial_batch_size <= "
