@@ -56,10 +56,10 @@ def _check_counts(n_points, n_parameters) -> None:
     """ValueError naming a point count below 0 or a parameter count below 1 (a fit has
     at least one parameter); both must be numbers (a negative count picked STANDARD)."""
     if isinstance(n_points, bool) or not isinstance(n_points, numbers.Real) \
-            or not n_points >= 0:
+            or not float(n_points) >= 0:
         raise ValueError(f"n_points must be a number of points >= 0, got {n_points!r}")
     if isinstance(n_parameters, bool) or not isinstance(n_parameters, numbers.Integral) \
-            or n_parameters < 1:
+            or int(n_parameters) < 1:
         raise ValueError(f"n_parameters must be a whole number >= 1, got {n_parameters!r}")
 
 
