@@ -112,3 +112,24 @@ def test_the_guides_strategy_calls_refuse_impossible_counts_by_name(call):
                                              rf"got {bad!r}"):
             fit(10_000, bad)
     assert type(bytes_per_point(np.int32(9))) is int
+
+
+def test_the_report_refuses_a_file_of_the_set_replaced_by_hand(tmp_path):
+    """The fit's record held the digest of parameters.json only: another file of the set
+    replaced by hand was copied into the report without a word (probe24 W1)."""
+    import json
+
+    from homodyne.production.multiq import ResultFileError
+    from homodyne.production.report import publish_fit_files, write_fit_record
+
+    (tmp_path / "a.csv").write_text("1\n")
+    (tmp_path / "parameters.json").write_text(json.dumps({"result_files": ["a.csv",
+                                                                           "parameters.json"]}))
+    record = write_fit_record(tmp_path)
+    copy = tmp_path / "report" / "a.csv"
+    assert publish_fit_files(record, ["a.csv"], [copy]) == [copy]
+    (tmp_path / "a.csv").write_text("2\n")  # edited in place, same size
+    with pytest.raises(ResultFileError, match=r"a.csv changed since its fit committed it"):
+        publish_fit_files(record, ["a.csv"], [copy])
+    assert copy.read_text() == "1\n"  # the report's previous copy stays
+    assert sorted(p.name for p in copy.parent.iterdir()) == ["a.csv"]

@@ -49,8 +49,16 @@ def write_fit_record(folder) -> Path:
     marker = folder / MARKER
     raw = _bounded_bytes(marker)
     files = read_json_file(marker)[SET_LIST_KEY]
+    digests = {name: _sha256(folder / name) for name in files
+               if name != MARKER and (folder / name).is_file()}
     return write_json(folder / JOB_FILE, {"result_files": files,
-                                          "parameters_sha256": hashlib.sha256(raw).hexdigest()})
+                                          "parameters_sha256": hashlib.sha256(raw).hexdigest(),
+                                          "files_sha256": digests})
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def publish_fit_files(record, names, targets) -> list[Path]:
@@ -59,11 +67,17 @@ def publish_fit_files(record, names, targets) -> list[Path]:
     stays). A folder that no longer holds that set is a ResultFileError naming the fix."""
     record = Path(record)
     folder = check_record(record)
+    digests = read_json_file(record, MAX_RECORD_BYTES).get("files_sha256", {})
     copied = []
     for name, target in zip(names, targets, strict=True):
         try:
             with atomic_path(target) as tmp:
                 shutil.copyfile(folder / name, tmp)
+                if name in digests and _sha256(Path(tmp)) != digests[name]:
+                    raise ResultFileError(
+                        f"{folder / name} changed since its fit committed it (the record "
+                        f"{record} holds another SHA-256); rerun that fit (snakemake "
+                        "--forcerun on its rule)")
         except FileNotFoundError:  # a file of the recorded set deleted or moved since
             raise ResultFileError(f"{folder / name} of the result set {record} records is "
                                   "missing; rerun that fit (snakemake --forcerun on its "
