@@ -133,3 +133,24 @@ def test_the_report_refuses_a_file_of_the_set_replaced_by_hand(tmp_path):
         publish_fit_files(record, ["a.csv"], [copy])
     assert copy.read_text() == "1\n"  # the report's previous copy stays
     assert sorted(p.name for p in copy.parent.iterdir()) == ["a.csv"]
+
+
+def test_the_chx_fit_closes_its_data_where_the_fit_raises(real_data, tmp_path, monkeypatch):
+    """fit_chx left its data source to the garbage collector when the fit raised
+    (probe24 W2); the previous set is kept as before."""
+    from homodyne.data import twotime
+    from homodyne.production import chx
+
+    closed = []
+    monkeypatch.setattr(twotime.TwoTimeSource, "close",
+                        lambda self: closed.append(self.path))
+
+    def fail(*_a, **_k):
+        raise RuntimeError("the fit failed")
+
+    monkeypatch.setattr(chx.NLSQWrapper, "fit_two_time", fail)
+    with pytest.raises(RuntimeError, match="the fit failed"):
+        chx.fit_chx(real_data / "chx_two_time" / "test_g2.npy",
+                    real_data / "chx_two_time" / "fit_results_raw.json", tmp_path / "chx")
+    assert len(closed) == 1 and str(closed[0]).endswith("test_g2.npy")
+    assert not (tmp_path / "chx" / "parameters.json").exists()

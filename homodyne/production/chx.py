@@ -97,37 +97,36 @@ def fit_chx(npy_path, results_json, out_dir, *, alpha_window=(0.85, 1.15),
 
 
 def _fit_chx(npy_path, results_json, stage, alpha_window, max_iterations) -> dict:
-    src = open_two_time(npy_path, q=1.0)
-    spec = src.model_spec(mode="static", dt=1.0, scaling="shared")
-    con, off = estimate_scaling(src, 0)
-    p0 = spec.pack(max(con, 0.01), off, START)
-    lb = spec.pack(0.0, 0.5, LOWER)
-    ub = spec.pack(1.0, 1.5, UPPER)
-    w = NLSQWrapper(options=EngineOptions(max_iterations=max_iterations))
-    result = w.fit_two_time(src, spec, p0, (lb, ub))
-    authors = authors_rates(results_json, alpha_window)
-    rate, rate_err = rate_with_errors(result, spec, authors["t_frames"].to_numpy())
-    authors["rate_fit"] = rate
-    authors["rate_fit_err"] = rate_err
-    authors["z"] = (rate - authors["two_gamma"]) / np.hypot(rate_err, authors["two_gamma_err"])
-    authors.to_csv(stage("comparison.csv"), index=False)
-    t_grid = np.linspace(1, spec.n_frames, 200)
-    band, band_err = rate_with_errors(result, spec, t_grid)
-    _plot(stage("rate_vs_age.png"), t_grid, band, band_err, authors)
-    write_two_time_outputs(None, src, spec, result, title="CHX two-time (frame units)",
-                           stage=stage)
-    summary = {
-        "data": str(npy_path), "units": "dt = 1 frame, q = 1: rates in 1/frame",
-        "n_compared": int(len(authors)), "alpha_window": list(alpha_window),
-        "median_abs_z": float(np.median(np.abs(authors["z"]))) if len(authors) else None,
-        "fraction_within_2_sigma": float(np.mean(np.abs(authors["z"]) < 2))
-        if len(authors) else None,
-        "rate_at_first_and_last_frame": [float(band[0]), float(band[-1])],
-        "rate_err_at_first_and_last_frame": [float(band_err[0]), float(band_err[-1])],
-        **result.as_dict(),
-    }
-    write_json(stage(MARKER), summary)
-    src.close()
+    with open_two_time(npy_path, q=1.0) as src:  # closed also where the fit raises
+        spec = src.model_spec(mode="static", dt=1.0, scaling="shared")
+        con, off = estimate_scaling(src, 0)
+        p0 = spec.pack(max(con, 0.01), off, START)
+        lb = spec.pack(0.0, 0.5, LOWER)
+        ub = spec.pack(1.0, 1.5, UPPER)
+        w = NLSQWrapper(options=EngineOptions(max_iterations=max_iterations))
+        result = w.fit_two_time(src, spec, p0, (lb, ub))
+        authors = authors_rates(results_json, alpha_window)
+        rate, rate_err = rate_with_errors(result, spec, authors["t_frames"].to_numpy())
+        authors["rate_fit"] = rate
+        authors["rate_fit_err"] = rate_err
+        authors["z"] = (rate - authors["two_gamma"]) / np.hypot(rate_err, authors["two_gamma_err"])
+        authors.to_csv(stage("comparison.csv"), index=False)
+        t_grid = np.linspace(1, spec.n_frames, 200)
+        band, band_err = rate_with_errors(result, spec, t_grid)
+        _plot(stage("rate_vs_age.png"), t_grid, band, band_err, authors)
+        write_two_time_outputs(None, src, spec, result, title="CHX two-time (frame units)",
+                               stage=stage)
+        summary = {
+            "data": str(npy_path), "units": "dt = 1 frame, q = 1: rates in 1/frame",
+            "n_compared": int(len(authors)), "alpha_window": list(alpha_window),
+            "median_abs_z": float(np.median(np.abs(authors["z"]))) if len(authors) else None,
+            "fraction_within_2_sigma": float(np.mean(np.abs(authors["z"]) < 2))
+            if len(authors) else None,
+            "rate_at_first_and_last_frame": [float(band[0]), float(band[-1])],
+            "rate_err_at_first_and_last_frame": [float(band_err[0]), float(band_err[-1])],
+            **result.as_dict(),
+        }
+        write_json(stage(MARKER), summary)
     return {"result": result, "comparison": authors, "summary": summary}
 
 
