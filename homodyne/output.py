@@ -157,6 +157,14 @@ def _running(pid: int, started: str | None = None) -> bool:
     return now is None or now == int(started)
 
 
+def file_sha256(path) -> str:
+    """The SHA-256 (hex) of a file's bytes, read in chunks."""
+    import hashlib
+
+    with open(path, "rb") as fh:
+        return hashlib.file_digest(fh, "sha256").hexdigest()
+
+
 @contextmanager
 def atomic_path(path):
     """Yield a temporary path next to ``path``; on success fsync it and rename it over."""

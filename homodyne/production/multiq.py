@@ -25,6 +25,7 @@ from homodyne.output import (
     MAX_RECORD_BYTES,
     MULTI_Q_TABLE,
     OutputDirError,
+    file_sha256,
     read_json_file,
 )
 
@@ -206,15 +207,12 @@ def data_stamp(path, digests: dict | None = None) -> dict:
     ctime_ns (no user sets it: data rewritten with an old mtime, cp -p, still change it),
     inode, and the SHA-256 of its bytes, which decides once the others differ (a file
     copied elsewhere and back is the same data). ``digests`` caches the digest per stamp."""
-    import hashlib
-
     st = os.stat(path)
     stamp = dict(zip(_STAMP_FIELDS, (st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino),
                      strict=True))
     key = (os.path.abspath(path), *stamp.values())
     if digests is None or key not in digests:
-        with open(path, "rb") as fh:
-            digest = hashlib.file_digest(fh, "sha256").hexdigest()
+        digest = file_sha256(path)
         if digests is None:
             return {**stamp, "sha256": digest}
         digests[key] = digest

@@ -14,6 +14,7 @@ from homodyne.output import (
     MAX_RECORD_BYTES,
     SET_LIST_KEY,
     atomic_path,
+    file_sha256,
     read_json_file,
     write_json,
 )
@@ -49,16 +50,11 @@ def write_fit_record(folder) -> Path:
     marker = folder / MARKER
     raw = _bounded_bytes(marker)
     files = read_json_file(marker)[SET_LIST_KEY]
-    digests = {name: _sha256(folder / name) for name in files
+    digests = {name: file_sha256(folder / name) for name in files
                if name != MARKER and (folder / name).is_file()}
     return write_json(folder / JOB_FILE, {"result_files": files,
                                           "parameters_sha256": hashlib.sha256(raw).hexdigest(),
                                           "files_sha256": digests})
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
 def publish_fit_files(record, names, targets) -> list[Path]:
@@ -73,7 +69,7 @@ def publish_fit_files(record, names, targets) -> list[Path]:
         try:
             with atomic_path(target) as tmp:
                 shutil.copyfile(folder / name, tmp)
-                if name in digests and _sha256(Path(tmp)) != digests[name]:
+                if name in digests and file_sha256(tmp) != digests[name]:
                     raise ResultFileError(
                         f"{folder / name} changed since its fit committed it (the record "
                         f"{record} holds another SHA-256); rerun that fit (snakemake "
