@@ -367,3 +367,19 @@ def soft_link_over(path, name: str, target: str) -> None:
     with h5py.File(path, "r+") as h5:
         del h5[name]
         h5[name] = h5py.SoftLink(target)
+
+
+def laminar_corner_case(n_frames=30, diffusion="lower", shear="lower", phi0="lower"):
+    """(spec, y, p0, lb, ub): 3 angles x ``n_frames`` laminar data (truth_for, noise 0.01,
+    seed 0, bounds_for) and a start on a corner of the box: D0/alpha/D_offset, the shear's
+    gamma_dot_t0/beta/gamma_dot_t_offset and phi0 each on their "lower" or "upper" bounds,
+    the scaling at the truth's (lam14)."""
+    spec = make_spec("laminar_flow", n_frames=n_frames, n_phi=3)
+    truth = truth_for(spec)
+    lb, ub = bounds_for(spec)
+    k = 2 * spec.n_scaling_sets
+    p0 = truth.copy()
+    for side, members in ((diffusion, (0, 1, 2)), (shear, (3, 4, 5)), (phi0, (6,))):
+        for m in members:
+            p0[k + m] = (lb if side == "lower" else ub)[k + m]
+    return spec, noisy_data(spec, truth), p0, lb, ub

@@ -272,7 +272,8 @@ def _stages(problem, data, x0, lb, ub, opts, strategy, mon, t0, recovery_sequenc
                     stop_space, st_ = internal_fit(sp, sp.start, from_x, edge_refit)
                     return st_ if stop_space is None else stop_space.state_in_user(st_, free)
             st_first = st
-            st = _refit_off_start_bounds(st, x0, lb, ub, free, refit, messages,
+            # (the fit's start: a start estimate replaces the user's, lam14)
+            st = _refit_off_start_bounds(st, start, lb, ub, free, refit, messages,
                                          problem.parameter_names,
                                          signalled=lambda: mon.signal_received is not None)
             if coords is not None and st is not st_first and not stopped(st):

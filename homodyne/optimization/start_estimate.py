@@ -18,11 +18,14 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from homodyne.model import point_coordinates
+
+N_SHEAR = 25  # shear rates on the laminar grid, log-spaced, besides the least one
+N_PHI0 = 13  # flow directions phi0 on the laminar grid, spread over its bounds
 
 AGE_BINS = 12  # log-spaced bins of the age sqrt(t1 t2)
 EXACT_LAGS = 64  # lags 1..64 frames each a cell; longer ones in log-spaced bins
@@ -49,14 +52,26 @@ class Cells:
 def applies(problem, x0, lb, ub) -> bool:
     """Static two-time fit with one of D0, alpha, D_offset free and J flat at the start
     (D0 = 0 or alpha = 0): a plain start, which has no trend of its own to keep. Held
-    members (min == max) keep their values; the estimate fits the free ones."""
+    members (min == max) keep their values; the estimate fits the free ones. A laminar
+    fit started on a corner of the box (``corner_start``) holds no estimate either."""
     spec = getattr(problem, "spec", None)
-    if spec is None or spec.mode != "static":
+    if spec is None or spec.mode not in ("static", "laminar_flow"):
         return False
     k = 2 * spec.n_scaling_sets
     if not np.any(np.asarray(lb)[k:k + 3] < np.asarray(ub)[k:k + 3]):
         return False
+    if spec.mode == "laminar_flow":
+        return corner_start(x0[k:], np.asarray(lb)[k:], np.asarray(ub)[k:])
     return x0[k] == 0 or x0[k + 1] == 0
+
+
+def corner_start(x, lb, ub) -> bool:
+    """Every free physical parameter on one of its bounds: a corner of the box, no guess
+    of the user's (lam14: from the 8 corners of a 3 x 60 laminar box the fit ended at
+    chi2 1.7x to 22x the optimum; the shear's sinc has minima all over the box)."""
+    x, lb, ub = (np.asarray(v, np.float64) for v in (x, lb, ub))
+    free = lb < ub
+    return bool(free.any() and np.all(((x <= lb) | (x >= ub))[free]))
 
 
 def _lag_cell(d, n_frames: int) -> np.ndarray:
@@ -297,6 +312,8 @@ def estimate(spec, cells, x0, lb, ub) -> tuple[np.ndarray | None, str]:
     """The start the cells suggest and a line saying what was done; None where the plain
     start's cell cost is not higher."""
     lb, ub = np.asarray(lb, np.float64), np.asarray(ub, np.float64)
+    if spec.mode == "laminar_flow":
+        return _laminar_estimate(spec, cells, np.asarray(x0, np.float64), lb, ub)
     sets = _scaling_sets(spec, cells)
     if sets is None:
         return None, "start estimate: a scaling set without data; plain start kept"
@@ -334,3 +351,76 @@ def start_from_data(problem, data, x0, lb, ub, stop=None):
     cells, batches = cell_sums(problem.spec, data, stop)
     x, message = estimate(problem.spec, cells, x0, lb, ub)
     return (x0 if x is None else x), message, batches, time.perf_counter() - t0
+
+
+def _shear_decay(spec, cells, phys) -> np.ndarray:
+    """sinc² of the shear's phase per cell for laminar ``phys`` (7 values)."""
+    ig = np.abs(_integral(spec, cells, *phys[3:6]))
+    cos_d = np.cos(np.deg2rad(phys[6] - np.asarray(spec.phi_deg)))[cells.angle]
+    return np.sinc(0.5 * spec.q * spec.gap_h * cos_d * ig / np.pi) ** 2
+
+
+def laminar_cell_cost(spec, cells, x) -> float:
+    """``cell_cost`` of a laminar vector: the diffusion's decay times the shear's sinc²."""
+    con, off, phys = spec.split(np.asarray(x, np.float64))
+    s = cells.angle if spec.scaling != "shared" else np.zeros_like(cells.angle)
+    g = np.exp(-spec.q ** 2 * np.abs(_integral(spec, cells, *phys[:3])))
+    m = off[s] + con[s] * g * _shear_decay(spec, cells, phys)
+    return 0.5 * float(np.sum(cells.wyy - 2 * m * cells.wy + m * m * cells.w))
+
+
+def _shear_rows(spec, lb, ub) -> np.ndarray:
+    """(gamma_dot_t0, beta, gamma_dot_t_offset, phi0) rows of the laminar grid: a constant
+    shear rate (beta and the offset at 0, or their bound nearest to it) from the least
+    the bounds allow (no influence) through the rates whose sinc phase q h gdot tau / 2
+    reaches 0.1 to 10 over the window's lags, times phi0 inside its bounds."""
+    k = 2 * spec.n_scaling_sets + 3
+    t = spec.frame_times()
+    qh = spec.q * spec.gap_h
+    lags = (spec.dt, max(float(t[-1] - t[0]), spec.dt))
+    rates = np.r_[0.0, np.geomspace(0.2 / (qh * lags[1]), 20.0 / (qh * lags[0]), N_SHEAR)]
+    g0 = np.unique(np.clip(rates, lb[k], ub[k]))
+    # the middles of N_PHI0 equal parts: no start on phi0's bounds (a fit that stays on
+    # the bound it started on is refitted from inside the box, driver.START_BOUND_STEP)
+    phi0 = np.unique(lb[k + 3] + (np.arange(N_PHI0) + 0.5) / N_PHI0 * (ub[k + 3] - lb[k + 3]))
+    g, p = (v.ravel() for v in np.meshgrid(g0, phi0, indexing="ij"))
+    beta = np.clip(0.0, lb[k + 1], ub[k + 1])
+    offset = np.clip(0.0, lb[k + 2], ub[k + 2])
+    return np.stack([g, np.full_like(g, beta), np.full_like(g, offset), p], axis=1)
+
+
+def _laminar_estimate(spec, cells, x0, lb, ub) -> tuple[np.ndarray | None, str]:
+    """A laminar start from a corner of the box: J(t) from the static estimate on the
+    cells (the shear off: its sinc is 1), then the shear on a grid (``_shear_rows``) with
+    each set's contrast and offset solved linearly; taken where its cell cost is below the
+    corner's. A corner's shear puts most starts where the sinc's minima trap the fit."""
+    K = spec.n_scaling_sets
+    k = 2 * K
+    sets = _scaling_sets(spec, cells)
+    if sets is None:
+        return None, "start estimate: a scaling set without data; plain start kept"
+    _, starts = sets
+    static = replace(spec, mode="static")
+    xs, line = estimate(static, cells, x0[:k + 3], lb[:k + 3], ub[:k + 3])
+    xs = x0[:k + 3] if xs is None else xs
+    decay = np.exp(-spec.q ** 2 * np.abs(_integral(spec, cells, *xs[k:k + 3])))
+    held = _held(lb, ub)
+    best, rows = (math.inf, None), _shear_rows(spec, lb, ub)
+    for row in rows:
+        phys = np.r_[xs[k:k + 3], row]
+        phys = np.where(np.isnan(held[k:]), phys, held[k:])
+        g = (decay * _shear_decay(spec, cells, phys))[None, :]
+        con, off, cost = _linear_scaling(g, cells, starts, held[:K], held[K:k])
+        ok = np.all((con >= lb[:K]) & (con <= ub[:K]) & (off >= lb[K:k]) & (off <= ub[K:k]))
+        if ok and float(cost[0]) < best[0]:
+            best = (float(cost[0]), spec.pack(con[0], off[0], phys))
+    corner = laminar_cell_cost(spec, cells, x0)
+    cost, x = best
+    if x is None or not cost < corner:
+        return None, (f"start estimate (laminar, from a corner of the box): cell cost "
+                      f"{cost:.6g} not below the start's {corner:.6g}; the start kept")
+    x = np.where(np.isnan(held), x, held)
+    names = spec.physical_names
+    return x, (f"start estimate (laminar, from a corner of the box) from {cells.w.size} "
+               f"cells: cell cost {corner:.6g} -> {cost:.6g}, "
+               + ", ".join(f"{n} = {v:.4g}" for n, v in zip(names, x[k:], strict=True)))
