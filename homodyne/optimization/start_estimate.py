@@ -10,6 +10,8 @@ scaling set's contrast and offset solved linearly at every trial. The model has 
 so a J < 0 fit (D0 < 0) is the same fit as its mirror -J (D0 > 0): both families are
 searched. The estimate is
 taken only where its cell cost is below the plain start's (judged on the cells: no pass).
+A laminar fit started on a corner of the box (``corner_start``) gets J(t) so, the shear
+off, then a constant shear rate and phi0 from a grid on the same cells (lam14).
 ``EngineOptions.start_estimate`` / ``optimization.start_estimate`` (default on); the driver
 counts its pass: a full pass, or a coarse one where it reads the densest coarse level.
 """
