@@ -10,9 +10,11 @@ import numpy as np
 
 from homodyne.data.errors import DataFileError, data_file
 from homodyne.data.h5storage import (
+    SEQUENCES,
     dangling_soft_link,
     declared_bytes,
     external_link,
+    holds_sequences,
     never_written,
     not_real_numbers,
     one_object_twice,
@@ -87,6 +89,8 @@ def read_multitau(path) -> OneTimeData:
                 raise DataFileError(path, f"{START_TIME} declares "
                                           f"{declared_bytes(h5[START_TIME]):,} bytes; "
                                           "expected one date/time")
+            if holds_sequences(h5[START_TIME].id.get_type()):  # (reading one segfaulted)
+                raise DataFileError(path, f"{START_TIME} {SEQUENCES}")
             raw = h5[START_TIME][()]
     except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
         if isinstance(exc, DataFileError):

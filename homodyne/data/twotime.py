@@ -25,6 +25,7 @@ from homodyne.data.h5storage import (
     dangling_soft_link,
     declared_bytes,
     external_link,
+    holds_sequences,
     not_real_numbers,
     one_object_twice,
     refuse_unread_storage,
@@ -376,7 +377,7 @@ def open_two_time(path, *, q: float | None = None, q_tolerance: float | None = N
             raise DataFileError(path, twice)
         storages = [_detect_storage(h5[name]) for name in names]
         frame_time = _frame_time(h5)
-        attrs = dict(h5[SYNTHETIC_ATTRS].attrs) if SYNTHETIC_ATTRS in h5 else {}
+        attrs = _plain_attrs(h5[SYNTHETIC_ATTRS]) if SYNTHETIC_ATTRS in h5 else {}
         _check_extents(path, h5, names, size)
         _check_written(path, h5, names, storages)
     except (OSError, RuntimeError, KeyError) as exc:
@@ -393,6 +394,16 @@ def open_two_time(path, *, q: float | None = None, q_tolerance: float | None = N
                          q_requested=q, phi_deg=phis, first_frame=first,
                          last_frame=last, storages=storages, frame_time=frame_time, attrs=attrs,
                          file_size=size, file_version=version, source_files=tuple(sources))
+
+
+def _plain_attrs(group) -> dict:
+    """The attributes of ``group`` (a synthetic file's truth: labels only), but those of a
+    type holding variable-length sequences: reading a damaged one segfaulted."""
+    out = {}
+    for name in group.attrs:
+        if not holds_sequences(group.attrs.get_id(name).get_type()):
+            out[name] = group.attrs[name]
+    return out
 
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
