@@ -141,3 +141,15 @@ def _multitau_file(path, g2_at=None, err_at=None):
         err[3, 1] = err_at
     write_multitau(path, datetime(2022, 3, 6, 21), g2, err, tau_frames, q, 2e-5)
     return path
+
+
+@pytest.mark.parametrize("phi", [1e20, 1e300])
+def test_an_angle_beyond_a_million_degrees_is_named_as_such(tmp_path, phi):
+    """phi = 1e300 deg was refused as "one angle modulo 360" with 0 deg (naming a bin
+    listed twice); phi = 1e20 deg was fitted as an angle (1e20 modulo 360 is rounding
+    noise: the ulp of 1e20 is 16384 deg)."""
+    path = small_two_time_file(tmp_path / "d.h5", n_frames=20, n_phi=2)
+    with h5py.File(path, "r+") as h5:
+        h5[PHI_MAP][1] = phi
+    with pytest.raises(DataFileError, match=rf"{PHI_MAP} holds angles beyond \+/-1e\+06 deg"):
+        open_two_time(path, q=0.0054)
