@@ -1,6 +1,8 @@
 """probe26's findings (issue 12, a fresh round over everything the tool reads): each test
 fails on main at 5108c16."""
 
+import struct
+
 import h5py
 import numpy as np
 import pytest
@@ -153,3 +155,46 @@ def test_an_angle_beyond_a_million_degrees_is_named_as_such(tmp_path, phi):
         h5[PHI_MAP][1] = phi
     with pytest.raises(DataFileError, match=rf"{PHI_MAP} holds angles beyond \+/-1e\+06 deg"):
         open_two_time(path, q=0.0054)
+
+
+def _npy_header(shape, descr="<f8") -> bytes:
+    """A version 1.0 .npy header declaring ``shape`` (any Python literal) of ``descr``."""
+    d = repr({"descr": descr, "fortran_order": False, "shape": shape}).encode()
+    pad = (64 - (10 + len(d) + 1) % 64) % 64
+    return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(d) + pad + 1) + d + b" " * pad + b"\n"
+
+
+def test_an_npy_header_whose_shape_is_booleans_or_negative_is_a_data_error(tmp_path):
+    """shape (True, True) with 8 bytes of data passed the header check and np.load raised
+    TypeError ("an integer is required"): a traceback, exit 1. (-1, 30) was said to
+    declare -240 bytes."""
+    bools = tmp_path / "b.npy"
+    bools.write_bytes(_npy_header((True, True)) + b"\0" * 8)
+    with pytest.raises(DataFileError, match=r"shape \(True, True\) is not a list of sizes"):
+        open_two_time(bools)
+    negative = tmp_path / "n.npy"
+    negative.write_bytes(_npy_header((-1, 30)) + b"\0" * 240)
+    with pytest.raises(DataFileError, match=r"shape \(-1, 30\) is not a list of sizes"):
+        open_two_time(negative)
+
+
+def test_an_empty_npy_matrix_is_named_as_too_small_not_as_nan(tmp_path):
+    """A 0x0 .npy matrix was "matrix holds no finite values (all NaN/Inf)"."""
+    path = tmp_path / "e.npy"
+    np.save(path, np.zeros((0, 0)))
+    with pytest.raises(DataFileError, match="the matrix is 0x0; a two-time matrix needs at "
+                                            "least 2 frames"):
+        open_two_time(path)
+
+
+def test_an_absurd_value_in_an_npy_matrix_is_a_data_error_naming_it(tmp_path):
+    """HDF5 matrices refuse a finite value beyond 1e100 (probe9); a bare .npy matrix did
+    not: 1e250 ended "fit failed: ... the model overflows there; check p0, bounds and the
+    model function" (exit 3), 1e150 a fit "not converged"."""
+    m = 1.0 + 0.2 * np.exp(-np.abs(np.subtract.outer(np.arange(20.0), np.arange(20.0))) / 5)
+    m[2, 5] = 1e250
+    path = tmp_path / "m.npy"
+    np.save(path, m)
+    with open_two_time(path) as source, pytest.raises(
+            DataFileError, match=r"matrix holds 1e\+250 at frames \(3, 6\)"):
+        source.read_packed()

@@ -187,6 +187,7 @@ class TwoTimeSource(TriangleGrid):
         n = self.n_frames
         if self._matrix is not None:
             block = self._matrix[f0 + r0 : f0 + r1, f0 + c0 : f0 + n]
+            self._refuse_absurd(angle, r0, c0, block)  # as for HDF5 data
             return block if as_stored or out is not None else block.astype(np.float64)
         ds = self._file()[self.dataset_names[angle]]
         lower = self.storages[angle] == "lower"
@@ -526,9 +527,12 @@ def _open_npy(path, q, start_frame, end_frame) -> TwoTimeSource:
         raise DataFileError(path, f"expected a square two-time matrix, got shape {shape}")
     if not np.issubdtype(dtype, np.floating):
         raise DataFileError(path, f"expected floating-point values, got dtype {dtype}")
+    if shape[0] < 2:  # named as the HDF5 reader names it (was "no finite values" for 0x0)
+        raise DataFileError(path, f"the matrix is {shape[0]}x{shape[0]}; a two-time matrix "
+                                  "needs at least 2 frames")
     try:
         m = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, TypeError) as exc:
         raise DataFileError(path, f"not a readable .npy array: {exc}") from exc
     _check_values(path, "matrix", m)
     first, last = _frame_range(path, start_frame, end_frame, m.shape[0])
