@@ -9,7 +9,9 @@ import pytest
 from helpers import small_two_time_file, write_multitau
 
 from homodyne.data.errors import DataFileError
+from homodyne.data.multitau import read_multitau
 from homodyne.data.twotime import open_two_time
+from homodyne.onetime.data import read_one_time
 
 Q_MAP = "/xpcs/qmap/dynamic_v_list_dim0"
 PHI_MAP = "/xpcs/qmap/dynamic_v_list_dim1"
@@ -198,3 +200,38 @@ def test_an_absurd_value_in_an_npy_matrix_is_a_data_error_naming_it(tmp_path):
     with open_two_time(path) as source, pytest.raises(
             DataFileError, match=r"matrix holds 1e\+250 at frames \(3, 6\)"):
         source.read_packed()
+
+
+def test_a_one_time_point_whose_weight_overflows_is_a_data_error_not_a_traceback(tmp_path):
+    """A g2 of 1e200 (sigma 0.003) or a sigma of 1e-300 in a multi-tau file reached the
+    engine's check: "ValueError: sigma is too small for float64 weights ... rescale ydata
+    and sigma together", a traceback with exit 1 from `homodyne`, naming no file."""
+    with pytest.raises(DataFileError, match=r"g2 = 1e\+200 with sigma = 0.003 at tau = "
+                                            r"0.00022 s, q = 0.005: max\(1, \|g2\|\)/sigma"):
+        read_multitau(_multitau_file(tmp_path / "g.hdf", g2_at=1e200))
+    with pytest.raises(DataFileError, match=r"sigma = 1e-300 .* q = 0.008"):
+        read_multitau(_multitau_file(tmp_path / "s.hdf", err_at=1e-300))
+    table = tmp_path / "t.csv"
+    table.write_text("tau,g2(q=0.005),sigma(q=0.005)\n1e-3,1.2,0.01\n2e-3,1.1,1e-300\n"
+                     "3e-3,1.05,0.01\n")
+    with pytest.raises(DataFileError, match=r"sigma = 1e-300 at tau = 0.002 s"):
+        read_one_time(table)
+
+
+def test_the_cli_refuses_a_one_time_file_whose_weight_overflows_in_one_line(tmp_path,
+                                                                          monkeypatch, capsys):
+    """The same file through `homodyne`: exit 2 and one line naming the file, not exit 1."""
+    import yaml
+
+    from homodyne.cli import main
+
+    data = _multitau_file(tmp_path / "g.hdf", g2_at=1e200)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump(
+        {"analysis_mode": "one_time", "experimental_data": {"file_path": str(data)},
+         "output": {"plots": False}}))
+    assert main(["--config", "c.yaml", "--output-dir", "out"]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert f"{data}: g2 = 1e+200 with sigma = 0.003" in err
+    assert not (tmp_path / "out/parameters.json").exists()
