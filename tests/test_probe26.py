@@ -235,3 +235,28 @@ def test_the_cli_refuses_a_one_time_file_whose_weight_overflows_in_one_line(tmp_
     assert "Traceback" not in err
     assert f"{data}: g2 = 1e+200 with sigma = 0.003" in err
     assert not (tmp_path / "out/parameters.json").exists()
+
+
+def test_a_string_type_of_an_unknown_encoding_is_named_or_left_out(tmp_path):
+    """A flipped byte in the character set of a string type: h5py raises TypeError
+    ("Unknown string encoding"), which escaped open_two_time as a traceback, from a q map
+    stored as text or from the `mode` attribute of the synthetic truth (offset 20650 of
+    the sweep). The map is named; the attribute, a label, is left out."""
+    text_q = small_two_time_file(tmp_path / "q.h5", n_frames=20)
+    with h5py.File(text_q, "r+") as h5:
+        del h5[Q_MAP]
+        h5[Q_MAP] = np.array([b"0.0054"])  # read as the number it spells
+    raw = bytearray(text_q.read_bytes())
+    at = raw.index(b"\x13", _object_header(text_q, Q_MAP))  # version 1, class 3 (string)
+    raw[at + 1] ^= 0xF0  # the character set: 15, which HDF5 does not define
+    text_q.write_bytes(raw)
+    with pytest.raises(DataFileError, match=f"{Q_MAP} has an HDF5 data type NumPy cannot "
+                                            r"hold \(Unknown string encoding"):
+        open_two_time(text_q, q=0.0054)
+    labelled = small_two_time_file(tmp_path / "a.h5", n_frames=20)
+    raw = bytearray(labelled.read_bytes())
+    at = raw.index(b"\x19\x01", raw.index(b"mode\x00"))  # its variable-length string type
+    raw[at + 2] ^= 0xFF  # the character set byte
+    labelled.write_bytes(raw)
+    attrs = open_two_time(labelled, q=0.0054).attrs
+    assert "mode" not in attrs and attrs["n_frames"] == 20

@@ -283,7 +283,8 @@ def not_real_numbers(ds: h5py.Dataset, name: str) -> str | None:
         return f"{name} {SEQUENCES}"
     try:
         dtype = ds.dtype
-    except ValueError as exc:  # an HDF5 float wider than any NumPy type (a damaged type field)
+    except (ValueError, TypeError) as exc:  # an HDF5 float wider than any NumPy type, a
+        # string of an unknown encoding (a damaged type field)
         return (f"{name} has an HDF5 data type NumPy cannot hold ({exc}); store it as "
                 "float64")
     enum = h5py.check_enum_dtype(dtype)

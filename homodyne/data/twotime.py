@@ -398,12 +398,16 @@ def open_two_time(path, *, q: float | None = None, q_tolerance: float | None = N
 
 
 def _plain_attrs(group) -> dict:
-    """The attributes of ``group`` (a synthetic file's truth: labels only), but those of a
-    type holding variable-length sequences: reading a damaged one segfaulted."""
+    """The attributes of ``group`` (a synthetic file's truth: labels only) that can be
+    read: not those of a type holding variable-length sequences (reading a damaged one
+    segfaulted), nor those h5py cannot convert (a string of an unknown encoding)."""
     out = {}
     for name in group.attrs:
-        if not holds_sequences(group.attrs.get_id(name).get_type()):
-            out[name] = group.attrs[name]
+        try:
+            if not holds_sequences(group.attrs.get_id(name).get_type()):
+                out[name] = group.attrs[name]
+        except (TypeError, ValueError):
+            continue  # left out: it only labels the results
     return out
 
 
