@@ -260,3 +260,38 @@ def test_a_string_type_of_an_unknown_encoding_is_named_or_left_out(tmp_path):
     labelled.write_bytes(raw)
     attrs = open_two_time(labelled, q=0.0054).attrs
     assert "mode" not in attrs and attrs["n_frames"] == 20
+
+
+def test_an_angle_beyond_a_million_degrees_is_refused_wherever_angles_are_given(tmp_path,
+                                                                                capsys):
+    """`homodyne generate --angles 0,2e6` wrote a file the reader now refuses, and
+    `--angles 0,1e300` was refused as "one angle (equal modulo 360 degrees)" with 0; so were
+    the workflow's multiq.synthetic.angles; ModelSpec took phi_deg=(1e300,), and the
+    laminar production fit generated data at such an angle. The workflow schema bounds the
+    synthetic angles to +/-1e6 deg."""
+    import yaml
+    from snakemake.exceptions import WorkflowError
+    from snakemake.utils import validate
+
+    from homodyne.cli import main
+    from homodyne.config import ConfigError
+    from homodyne.model import ModelSpec
+    from homodyne.production.laminar import fit_laminar_synthetic
+
+    for angles, far in (("0,2e6", "2e+06"), ("0,1e300", "1e+300")):
+        out = tmp_path / f"g{far}.h5"
+        with pytest.raises(SystemExit) as stop:
+            main(["generate", "--output", str(out), "--frames", "20", "--angles", angles])
+        assert stop.value.code == 2 and not out.exists()
+        assert f"argument --angles: angle {far} deg is beyond +/-1e+06 deg" in \
+            capsys.readouterr().err
+    with pytest.raises(ValueError, match=r"phi_deg: angle 1e\+300 deg is beyond"):
+        ModelSpec(mode="static", q=0.005, dt=0.1, n_frames=10, phi_deg=(0.0, 1e300))
+    with pytest.raises(ConfigError, match="fits.laminar_synthetic.angles: angle 2e"):
+        fit_laminar_synthetic(tmp_path / "lam", frames=20, angles=(0, 2e6))
+    assert not (tmp_path / "lam").exists()
+    repo = __import__("pathlib").Path(__file__).resolve().parents[1]
+    cfg = yaml.safe_load((repo / "config/test.yaml").read_text())
+    cfg["multiq"]["synthetic"]["angles"] = [0, 1e300]
+    with pytest.raises(WorkflowError, match="1e\\+300 is greater than the maximum of"):
+        validate(cfg, str(repo / "workflow/schemas/config.schema.yaml"))

@@ -34,8 +34,10 @@ from homodyne.data.h5storage import (
 )
 from homodyne.data.npyfile import npy_file_header
 from homodyne.model import (
+    MAX_ABS_PHI_DEG,
     ModelSpec,
     TriangleGrid,
+    angle_problem,
     frame_time_problem,
     same_angle_pair,
     triu_row,
@@ -622,16 +624,12 @@ def _sorted_c2(path, h5, group) -> list[str]:
     return [f"{group}/{k}" for k in names]
 
 
-MAX_ABS_PHI = 1e6  # deg: beyond, an angle is damage (1e20 deg modulo 360 is rounding noise)
-
-
 def _finite(path, name, values, what="q"):
     if not np.all(np.isfinite(values)):
         raise DataFileError(path, f"{name} holds non-finite {what} values "
                                   f"({values.tolist()[:8]}); fix the file's q map")
-    if what == "phi" and np.any(np.abs(values) > MAX_ABS_PHI):
-        # modulo 360 such an angle is rounding noise (1e300 deg was "one angle" with 0 deg)
-        raise DataFileError(path, f"{name} holds angles beyond +/-{MAX_ABS_PHI:g} deg "
+    if what == "phi" and angle_problem(values):  # (1e300 deg was "one angle" with 0 deg)
+        raise DataFileError(path, f"{name} holds angles beyond +/-{MAX_ABS_PHI_DEG:g} deg "
                                   f"({values.tolist()[:8]}); fix the file's phi map")
     if what == "q" and not np.all(values > 0):  # q = 0 or < 0: no decay to fit (ModelSpec
         raise DataFileError(path, f"{name} holds q values <= 0 "  # refused it: a traceback)
