@@ -130,7 +130,13 @@ def _checked_generate_args(p: argparse.ArgumentParser, argv):
     import shutil
 
     from homodyne.data.synthetic import synthetic_file_bytes
-    from homodyne.model import LAMINAR_PARAMS, STATIC_PARAMS, frame_time_problem, same_angle_pair
+    from homodyne.model import (
+        LAMINAR_PARAMS,
+        STATIC_PARAMS,
+        angle_problem,
+        frame_time_problem,
+        same_angle_pair,
+    )
 
     a = p.parse_args(argv)
     try:
@@ -141,6 +147,8 @@ def _checked_generate_args(p: argparse.ArgumentParser, argv):
         p.error("argument --angles: give at least one angle")
     if len(set(a.angle_list)) < len(a.angle_list):  # a file the fit refuses (one bin twice)
         p.error(f"argument --angles: an angle is given twice ({a.angles!r}); list each once")
+    if angle_problem(a.angle_list):  # (1e300 was "one angle (equal modulo 360)" with 0)
+        p.error(f"argument --angles: {angle_problem(a.angle_list)}")
     same = same_angle_pair(a.angle_list)
     if same:  # (0 and 360: one angle for the model, and the fit refuses such a file)
         p.error(f"argument --angles: {a.angle_list[same[0]]:g} and {a.angle_list[same[1]]:g} "

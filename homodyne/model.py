@@ -39,6 +39,18 @@ FRAME_TIME_RANGE_S = (1e-12, 1e6)
 # angles (degrees) closer than this modulo 360 are one direction: far below any phi bin,
 # above the rounding of angles stored as float32 (6e-5 at 720) or computed (370.0000000001)
 SAME_ANGLE_TOL_DEG = 1e-4
+# |angle| (degrees) beyond which an angle is no direction: modulo 360 it is rounding noise
+# (the float64 spacing of numbers near 1e20 is 16384 deg; near 1e6, 1e-10 deg)
+MAX_ABS_PHI_DEG = 1e6
+
+
+def angle_problem(phi_deg) -> str | None:
+    """What is wrong with finite angles (degrees) beyond +/-MAX_ABS_PHI_DEG, or None."""
+    far = [float(p) for p in phi_deg if abs(float(p)) > MAX_ABS_PHI_DEG]
+    if not far:
+        return None
+    return (f"angle {far[0]:g} deg is beyond +/-{MAX_ABS_PHI_DEG:g} deg, where an angle "
+            "modulo 360 is rounding noise; give angles in degrees")
 
 
 def same_angle_pair(phi_deg) -> tuple[int, int] | None:
@@ -162,6 +174,9 @@ class ModelSpec(TriangleGrid):
             raise ValueError(problem)
         if not all(math.isfinite(p) for p in phi):
             raise ValueError(f"phi_deg must be finite angles in degrees, got {self.phi_deg!r}")
+        problem = angle_problem(phi)
+        if problem:
+            raise ValueError(f"phi_deg: {problem}")
         object.__setattr__(self, "phi_deg", tuple(float(p) for p in self.phi_deg))
 
     # --- names ----------------------------------------------------------

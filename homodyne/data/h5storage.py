@@ -91,8 +91,8 @@ def soft_link_loop(h5: h5py.File) -> str | None:
 
     try:
         h5.visititems_links(visit)
-    except (RuntimeError, KeyError, OSError):  # the walk itself failed: damage, not a loop
-        return None
+    except Exception:  # the walk itself failed: damage, not a loop (h5py reports an
+        return None  # error inside HDF5's walk as a SystemError, too)
     looped = []
     for name, target in links:
         try:
@@ -100,6 +100,8 @@ def soft_link_loop(h5: h5py.File) -> str | None:
         except RuntimeError as exc:
             if "too many links" in str(exc):
                 looped.append(f"/{name} -> {target}")
+        except Exception:  # damage elsewhere, not a loop
+            continue
     if not looped:
         return None
     more = f" and {len(looped) - 4} more" if len(looped) > 4 else ""
@@ -254,16 +256,43 @@ def _mapped(sources) -> int:
     return int(union.get_select_npoints())
 
 
+def holds_sequences(tid) -> bool:
+    """Whether the HDF5 type ``tid`` is or holds a variable-length sequence (not a string).
+    Nothing homodyne reads is one, and reading one whose type is damaged segfaults HDF5:
+    one flipped byte makes a variable-length string's type such a sequence."""
+    kind = tid.get_class()
+    if kind == h5py.h5t.VLEN:
+        return True
+    if kind == h5py.h5t.ARRAY:
+        return holds_sequences(tid.get_super())
+    if kind == h5py.h5t.COMPOUND:
+        return any(holds_sequences(tid.get_member_type(i)) for i in range(tid.get_nmembers()))
+    return False
+
+
+SEQUENCES = ("holds variable-length sequences, which no APS or homodyne file stores there "
+             "(a damaged type?); re-export or copy the file again")
+
+
 def not_real_numbers(ds: h5py.Dataset, name: str) -> str | None:
     """What is wrong with a dataset whose type reads as numbers it does not hold, else
-    None: complex values (converting drops the imaginary part without a word) or an enum
-    (read as its integer codes, not the values its names stand for)."""
-    enum = h5py.check_enum_dtype(ds.dtype)
+    None: complex values (converting drops the imaginary part without a word), an enum
+    (read as its integer codes, not the values its names stand for), variable-length
+    sequences (see ``holds_sequences``) or a float type NumPy cannot hold."""
+    if holds_sequences(ds.id.get_type()):
+        return f"{name} {SEQUENCES}"
+    try:
+        dtype = ds.dtype
+    except (ValueError, TypeError) as exc:  # an HDF5 float wider than any NumPy type, a
+        # string of an unknown encoding (a damaged type field)
+        return (f"{name} has an HDF5 data type NumPy cannot hold ({exc}); store it as "
+                "float64")
+    enum = h5py.check_enum_dtype(dtype)
     if enum is not None:
         names = ", ".join(f"{k}={v}" for k, v in sorted(enum.items(), key=lambda kv: kv[1])[:4])
         return f"{name} holds enum codes ({names}), not numbers; store its values as numbers"
-    if ds.dtype.kind == "c":
-        return (f"{name} holds complex numbers ({ds.dtype}), not real ones; store its real "
+    if dtype.kind == "c":
+        return (f"{name} holds complex numbers ({dtype}), not real ones; store its real "
                 "values")
     return None
 

@@ -10,9 +10,11 @@ import numpy as np
 
 from homodyne.data.errors import DataFileError, data_file
 from homodyne.data.h5storage import (
+    SEQUENCES,
     dangling_soft_link,
     declared_bytes,
     external_link,
+    holds_sequences,
     never_written,
     not_real_numbers,
     one_object_twice,
@@ -87,6 +89,8 @@ def read_multitau(path) -> OneTimeData:
                 raise DataFileError(path, f"{START_TIME} declares "
                                           f"{declared_bytes(h5[START_TIME]):,} bytes; "
                                           "expected one date/time")
+            if holds_sequences(h5[START_TIME].id.get_type()):  # (reading one segfaulted)
+                raise DataFileError(path, f"{START_TIME} {SEQUENCES}")
             raw = h5[START_TIME][()]
     except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
         if isinstance(exc, DataFileError):
@@ -110,6 +114,7 @@ def read_multitau(path) -> OneTimeData:
     if problem:
         raise DataFileError(path, problem)
     check_axes(path, delays * frame_time, q)
+    check_weights(path, delays * frame_time, q, g2, err)
     return OneTimeData(path, delays * frame_time, q, phi, g2, err, frame_time, start)
 
 
@@ -165,6 +170,26 @@ def check_axes(path, tau, q) -> None:
         raise DataFileError(path, "tau must hold at least two finite delays > 0 (seconds)")
     if not np.all(np.isfinite(q)) or np.any(q <= 0):
         raise DataFileError(path, f"q values must be finite and > 0, got {q.tolist()}")
+
+
+MAX_WEIGHTED = 1e100  # |g2|/sigma and 1/sigma above this overflow a fit's sums of squares
+
+
+def check_weights(path, tau, q, g2, err) -> None:
+    """Refuse a usable point (finite g2, finite sigma > 0) whose max(1, |g2|)/sigma
+    exceeds MAX_WEIGHTED, naming its delay and q: the fit's float64 sums would overflow
+    (was the engine's ValueError, a traceback, from a g2 of 1e200 or a sigma of 1e-300)."""
+    with np.errstate(all="ignore"):
+        ok = np.isfinite(g2) & np.isfinite(err) & (err > 0)
+        w = np.where(ok, np.maximum(1.0, np.abs(g2)) / np.where(ok, err, 1.0), 0.0)
+    if not np.any(w > MAX_WEIGHTED):
+        return
+    k, i = np.unravel_index(int(np.argmax(w)), w.shape)
+    raise DataFileError(path, f"g2 = {g2[k, i]:.3g} with sigma = {err[k, i]:.3g} at tau = "
+                              f"{tau[k]:.3g} s, q = {q[i]:.5g}: max(1, |g2|)/sigma = "
+                              f"{w[k, i]:.3g} is beyond {MAX_WEIGHTED:g} (the fit's sums of "
+                              "squares would overflow); the file is damaged - set that point's "
+                              "sigma to NaN or inf to leave it out")
 
 
 MEDIAN_ABS_NORMAL = 0.6744897501960817  # median of |N(0, 1)|

@@ -45,6 +45,9 @@ def npy_header(fh: BinaryIO, stored: int, *, path, what: str,
     except HEADER_ERRORS as exc:
         why = exc.args[0] if isinstance(exc, tokenize.TokenError) and exc.args else exc
         raise DataFileError(path, f"{what} has no readable .npy header ({why})") from None
+    if any(isinstance(k, bool) or k < 0 for k in shape):  # numpy's parser lets them by
+        raise DataFileError(path, f"{what} has no readable .npy header (shape {shape} is not "
+                                  "a list of sizes >= 0)")
     if dtype.hasobject:
         raise DataFileError(path, f"{what} is unreadable: Object arrays cannot be loaded "
                                   "(they hold Python objects); save it with a numeric dtype")

@@ -25,6 +25,7 @@ from homodyne.data.h5storage import (
     dangling_soft_link,
     declared_bytes,
     external_link,
+    holds_sequences,
     not_real_numbers,
     one_object_twice,
     refuse_unread_storage,
@@ -33,8 +34,10 @@ from homodyne.data.h5storage import (
 )
 from homodyne.data.npyfile import npy_file_header
 from homodyne.model import (
+    MAX_ABS_PHI_DEG,
     ModelSpec,
     TriangleGrid,
+    angle_problem,
     frame_time_problem,
     same_angle_pair,
     triu_row,
@@ -186,6 +189,7 @@ class TwoTimeSource(TriangleGrid):
         n = self.n_frames
         if self._matrix is not None:
             block = self._matrix[f0 + r0 : f0 + r1, f0 + c0 : f0 + n]
+            self._refuse_absurd(angle, r0, c0, block)  # as for HDF5 data
             return block if as_stored or out is not None else block.astype(np.float64)
         ds = self._file()[self.dataset_names[angle]]
         lower = self.storages[angle] == "lower"
@@ -376,7 +380,7 @@ def open_two_time(path, *, q: float | None = None, q_tolerance: float | None = N
             raise DataFileError(path, twice)
         storages = [_detect_storage(h5[name]) for name in names]
         frame_time = _frame_time(h5)
-        attrs = dict(h5[SYNTHETIC_ATTRS].attrs) if SYNTHETIC_ATTRS in h5 else {}
+        attrs = _plain_attrs(h5[SYNTHETIC_ATTRS]) if SYNTHETIC_ATTRS in h5 else {}
         _check_extents(path, h5, names, size)
         _check_written(path, h5, names, storages)
     except (OSError, RuntimeError, KeyError) as exc:
@@ -393,6 +397,20 @@ def open_two_time(path, *, q: float | None = None, q_tolerance: float | None = N
                          q_requested=q, phi_deg=phis, first_frame=first,
                          last_frame=last, storages=storages, frame_time=frame_time, attrs=attrs,
                          file_size=size, file_version=version, source_files=tuple(sources))
+
+
+def _plain_attrs(group) -> dict:
+    """The attributes of ``group`` (a synthetic file's truth: labels only) that can be
+    read: not those of a type holding variable-length sequences (reading a damaged one
+    segfaulted), nor those h5py cannot convert (a string of an unknown encoding)."""
+    out = {}
+    for name in group.attrs:
+        try:
+            if not holds_sequences(group.attrs.get_id(name).get_type()):
+                out[name] = group.attrs[name]
+        except (TypeError, ValueError):
+            continue  # left out: it only labels the results
+    return out
 
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -515,9 +533,12 @@ def _open_npy(path, q, start_frame, end_frame) -> TwoTimeSource:
         raise DataFileError(path, f"expected a square two-time matrix, got shape {shape}")
     if not np.issubdtype(dtype, np.floating):
         raise DataFileError(path, f"expected floating-point values, got dtype {dtype}")
+    if shape[0] < 2:  # named as the HDF5 reader names it (was "no finite values" for 0x0)
+        raise DataFileError(path, f"the matrix is {shape[0]}x{shape[0]}; a two-time matrix "
+                                  "needs at least 2 frames")
     try:
         m = np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
+    except (ValueError, OSError, TypeError) as exc:
         raise DataFileError(path, f"not a readable .npy array: {exc}") from exc
     _check_values(path, "matrix", m)
     first, last = _frame_range(path, start_frame, end_frame, m.shape[0])
@@ -607,6 +628,9 @@ def _finite(path, name, values, what="q"):
     if not np.all(np.isfinite(values)):
         raise DataFileError(path, f"{name} holds non-finite {what} values "
                                   f"({values.tolist()[:8]}); fix the file's q map")
+    if what == "phi" and angle_problem(values):  # (1e300 deg was "one angle" with 0 deg)
+        raise DataFileError(path, f"{name} holds angles beyond +/-{MAX_ABS_PHI_DEG:g} deg "
+                                  f"({values.tolist()[:8]}); fix the file's phi map")
     if what == "q" and not np.all(values > 0):  # q = 0 or < 0: no decay to fit (ModelSpec
         raise DataFileError(path, f"{name} holds q values <= 0 "  # refused it: a traceback)
                                   f"({values.tolist()[:8]}); fix the file's q map")

@@ -16,7 +16,7 @@ import zipfile
 import numpy as np
 
 from homodyne.data.errors import DataFileError, data_file
-from homodyne.data.multitau import G2, OneTimeData, check_axes, read_multitau
+from homodyne.data.multitau import G2, OneTimeData, check_axes, check_weights, read_multitau
 from homodyne.data.npyfile import ZIP_ERRORS, npz_headers
 
 TABLE_SUFFIXES = (".csv", ".npz")
@@ -138,4 +138,5 @@ def _checked(path, tau, q, g2, err) -> OneTimeData:
     if np.unique(q).size < q.size:  # a table's q twice: two fits reported under one q
         raise DataFileError(path, f"the table names a q value twice ({q.tolist()}); give "
                                   "each q once")
+    check_weights(path, tau, q, g2, err)
     return OneTimeData(path, tau, q, np.zeros(1), g2, err, float("nan"), None)

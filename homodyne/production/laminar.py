@@ -13,7 +13,7 @@ import numpy as np
 
 from homodyne.config import ConfigError, validate_config
 from homodyne.data.synthetic import generate_synthetic
-from homodyne.model import ModelSpec, same_angle_pair
+from homodyne.model import ModelSpec, angle_problem, same_angle_pair
 from homodyne.output import MARKER, committed_set, write_json
 from homodyne.pipeline import run_from_config
 
@@ -33,6 +33,8 @@ def fit_laminar_synthetic(out_dir, *, frames=400, angles=(0, 20, 45, 70, 90), se
     """Generate (or regenerate, identically) the data and fit them; the result set goes
     into ``out_dir`` all or nothing."""
     out = Path(out_dir)
+    if angle_problem(angles):  # (else ModelSpec's ValueError, not naming the key)
+        raise ConfigError("fits.laminar_synthetic.angles", angle_problem(angles))
     spec = ModelSpec(mode="laminar_flow", n_frames=frames, phi_deg=tuple(angles))
     same = same_angle_pair(spec.phi_deg)
     if same:  # (else a file the fit refuses, its message saying 'fix the file')
