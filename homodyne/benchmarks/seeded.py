@@ -552,20 +552,57 @@ def run_seeds(seeds, out, jobs: int = 1) -> int:
     return len(todo)
 
 
+def code_digest() -> str:
+    """SHA-256 (16 hex digits) of the package's Python sources: a work file of records is
+    reused only by the code that made it (the workflow's resumable file is named by it)."""
+    import hashlib
+
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        h.update(str(f.relative_to(root)).encode() + b"\0" + f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def select(records: list[dict], seeds) -> list[dict]:
+    """The records of ``seeds`` (the last one of a seed met twice), in seed order."""
+    by_seed = {r["seed"]: r for r in records}
+    return [by_seed[s] for s in sorted(set(seeds)) if s in by_seed]
+
+
+def write_outputs(records: list[dict], jsonl, md) -> None:
+    """The records as JSONL and their summary as Markdown, each written atomically."""
+    from homodyne.output import atomic_path
+
+    with atomic_path(jsonl) as tmp:
+        tmp.write_text("".join(json.dumps(r, allow_nan=False) + "\n" for r in records))
+    with atomic_path(md) as tmp:
+        tmp.write_text(format_summary(records))
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(
         prog="python -m homodyne.benchmarks.seeded", description=__doc__.split("\n\n")[0]
     )
-    ap.add_argument("--seeds", help="e.g. 2000-2050 or 1,5,9-11 (inclusive)")
+    ap.add_argument(
+        "--seeds", help="e.g. 2000-2050 or 1,5,9-11 (inclusive); with --summary: only these"
+    )
     ap.add_argument("--out", help="JSONL file the records are appended to (resumes)")
     ap.add_argument("--jobs", type=int, default=1, help=f"processes, 1 to {MAX_JOBS}")
     ap.add_argument("--summary", help="JSONL file to summarise (Markdown to stdout)")
     ap.add_argument("--md", help="with --summary: also write the Markdown to this file")
     a = ap.parse_args(argv)
+    seeds = None
+    if a.seeds:
+        try:
+            seeds = parse_seeds(a.seeds)
+        except ValueError:
+            ap.error(f"--seeds {a.seeds!r}: give a range such as 2000-2050 or a list 1,5,9-11")
     if a.summary:
         if not Path(a.summary).is_file():
             ap.error(f"--summary {a.summary}: no such file; run --seeds ... --out first")
-        text = format_summary(load(a.summary))
+        records = load(a.summary)
+        text = format_summary(records if seeds is None else select(records, seeds))
         print(text, end="")
         if a.md:
             from homodyne.output import atomic_path
@@ -573,12 +610,8 @@ def main(argv=None) -> int:
             with atomic_path(a.md) as tmp:
                 tmp.write_text(text)
         return 0
-    if not (a.seeds and a.out):
+    if not (seeds and a.out):
         ap.error("give --seeds and --out (or --summary FILE)")
-    try:
-        seeds = parse_seeds(a.seeds)
-    except ValueError:
-        ap.error(f"--seeds {a.seeds!r}: give a range such as 2000-2050 or a list 1,5,9-11")
     if not 1 <= a.jobs <= MAX_JOBS:
         ap.error(f"--jobs {a.jobs}: use 1 to {MAX_JOBS} processes")
     n = run_seeds(seeds, a.out, a.jobs)
