@@ -288,6 +288,10 @@ def _engine(c: Case, dtype: str | None = None) -> dict:
         "parameters": res.parameters.tolist(),
         "se": res.uncertainties.tolist(),
         "seconds": time.perf_counter() - t,
+        # multi-start: how many starts reached the best minimum, and how many minima
+        "restarts": {k: res.restarts[k] for k in ("starts", "reached_best", "distinct_minima")}
+        if res.restarts
+        else None,
     }
 
 
