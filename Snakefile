@@ -55,6 +55,7 @@ rule benchmark:
     input:
         "results/benchmark/summary.csv",
         "results/benchmark/summary.md",
+        seeded_outputs(),
 
 
 # All synthetic datasets of the grid.

@@ -65,6 +65,7 @@ LAYERS = {
     "homodyne.cli": 9,
     "homodyne.production": 9,
     "homodyne.benchmarks": 9,
+    "homodyne.benchmarks.seeded": 9,  # the seeded comparison against SciPy's TRF
     "homodyne.entry": 10,  # the console script: signal handlers first, then the CLI
 }
 

@@ -34,6 +34,7 @@ TINY = {
                   "methods": ["scipy-trf", "nlsq-curve_fit", "nlsq-hybrid_streaming"],
                   "max_points": {"scipy-trf": 100000, "nlsq-curve_fit": 100000},
                   "nlsq_max_points": 100},
+        "seeded": {"seeds": "237", "jobs": 1},
     },
     "fits": {"laminar_synthetic": {"frames": 100, "angles": [0, 45, 90], "seed": 3}},
     "multiq": {"synthetic": {"q": [0.004, 0.0055, 0.007], "ages_s": [0, 600], "frames": 100,
@@ -133,6 +134,11 @@ def test_benchmark_runs_and_summarises(repo_copy):
     for png in ("memory_vs_points", "throughput_vs_points", "ours_vs_peers"):
         assert (res / f"{png}.png").stat().st_size > 1000
     assert "| target" in (res / "summary.md").read_text()
+    # the seeded comparison against SciPy's TRF: its record, summary and target rows
+    seeded = [json.loads(ln) for ln in (res / "seeded.jsonl").read_text().splitlines()]
+    assert [r["seed"] for r in seeded] == [237] and seeded[0]["se_distance"] <= 1e-3
+    assert "## Seeded comparison against SciPy's TRF" in (res / "summary.md").read_text()
+    assert (targets["target"].str.startswith("seeded cases")).sum() == 2
     # overheads come from one paired-pass run: every variant against its baseline
     over = json.loads((res / "runs/static_tiny/overhead_streaming.json").read_text())
     assert set(over["variants"]) == {"null", "ckpt10", "ckpt10-strict", "full", "fast"}

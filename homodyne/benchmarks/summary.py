@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from homodyne.benchmarks.seeded import format_summary, target_rows
 from homodyne.optimization.strategy import OptimizationStrategy
 
 TIERS = tuple(s.value for s in OptimizationStrategy)
@@ -223,19 +224,31 @@ def _overhead_rows(rec: dict | None) -> list[dict]:
     return rows
 
 
-def write_summary(records: list[dict], out_dir) -> dict:
-    """summary.csv, summary.md, runs.csv and the PNG plots."""
+def with_seeded_targets(targets: pd.DataFrame, seeded: list[dict]) -> pd.DataFrame:
+    """The targets table with the seeded comparison's rows (issue 14: SciPy's optimum)."""
+    rows = [_row(r["target"], r["guide"], r["ours"], r["pass"], r["note"])
+            for r in target_rows(seeded)]
+    return pd.concat([targets, pd.DataFrame(rows)], ignore_index=True)
+
+
+def write_summary(records: list[dict], out_dir, seeded: list[dict] | None = None) -> dict:
+    """summary.csv, summary.md, runs.csv and the PNG plots; ``seeded``: the records of the
+    seeded comparison against SciPy's TRF (rows in the targets, its summary in summary.md)."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     overhead = next((r for r in records if r.get("kind") == "overhead"), None)
     runs = runs_table([r for r in records if r.get("kind") != "overhead"])
     targets = targets_table(runs, overhead)
+    if seeded is not None:
+        targets = with_seeded_targets(targets, seeded)
     runs.to_csv(out / "runs.csv", index=False)
     targets.to_csv(out / "summary.csv", index=False)
     lines = ["# Benchmark summary", "",
              "Guide numbers from `streaming_optimizer_guide.md`; ours measured in this run.", "",
              targets.to_markdown(index=False), "", "## Runs", "",
              runs.drop(columns=["reference"]).to_markdown(index=False, floatfmt=".4g")]
+    if seeded is not None:
+        lines += ["", "## Seeded comparison against SciPy's TRF", "", format_summary(seeded)]
     (out / "summary.md").write_text("\n".join(lines) + "\n")
     plots = plot_all(runs, out)
     return {"runs": runs, "targets": targets, "plots": plots}

@@ -67,9 +67,31 @@ rule bench_peer:
         "../scripts/bench_peer.py"
 
 
+rule bench_seeded:
+    output:
+        jsonl="results/benchmark/seeded.jsonl",
+        md="results/benchmark/seeded_summary.md",
+    log:
+        "results/logs/bench/seeded.log",
+    benchmark:
+        "results/logs/bench/seeded.benchmark.tsv"
+    conda:
+        "../envs/homodyne.yaml"
+    threads: config["benchmark"].get("seeded", {}).get("jobs", 2)
+    resources:
+        mem_mb=4000,
+        runtime=240,
+    params:
+        seeds=config["benchmark"].get("seeded", {}).get("seeds", "2000-2050"),
+        work_dir="results/benchmark/seeded_work",
+    script:
+        "../scripts/bench_seeded.py"
+
+
 rule benchmark_summary:
     input:
-        all_runs(),
+        runs=all_runs(),
+        seeded=seeded_outputs()[:1],
     output:
         csv=report(
             "results/benchmark/summary.csv",

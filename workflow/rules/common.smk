@@ -73,6 +73,13 @@ def all_runs():
     ]
 
 
+def seeded_outputs():
+    """The seeded comparison's record and summary, where ``benchmark.seeded`` is set."""
+    if "seeded" not in config["benchmark"]:
+        return []
+    return ["results/benchmark/seeded.jsonl", "results/benchmark/seeded_summary.md"]
+
+
 def bench_mem_mb(wildcards):
     """Streaming holds a bounded working set; in-memory tiers hold the data (8 B/point)."""
     n = dataset_points(wildcards.dataset)
