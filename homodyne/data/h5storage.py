@@ -58,7 +58,107 @@ def one_object_twice(h5: h5py.File, names) -> str | None:
             if first is not None and first != name:
                 return (f"{name} is a virtual dataset that maps values of {first}, not values "
                         f"of its own: give each its own values (re-export the file)")
+    return _shared_values(h5, names)
+
+
+def _shared_values(h5: h5py.File, names) -> str | None:
+    """What is wrong when two of ``names`` read the same stored values through virtual
+    datasets at any depth (c2_00002 -> other.h5:k -> c2_00001 of this file, or both mapping
+    one region of a third file), else None: the one-level check sees only this file."""
+    leaves, own = {}, {}
+    for name in names:
+        obj = h5[name]
+        if obj.is_virtual:
+            leaves[name] = _stored_reads(h5, obj, None)
+        else:
+            key = (os.path.realpath(h5.filename), _address(obj))
+            leaves[name], own[key] = [(key, None, name)], name
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            for key_a, box_a, where in leaves[a]:
+                for key_b, box_b, _ in leaves[b]:
+                    if key_a != key_b or not _boxes_meet(box_a, box_b):
+                        continue
+                    first = own.get(key_a)
+                    if first in (a, b):
+                        other = b if first == a else a
+                        return (f"{other} is a virtual dataset that maps values of {first}, "
+                                "not values of its own: give each its own values (re-export "
+                                "the file)")
+                    return (f"{a} and {b} are virtual datasets that map the same values "
+                            f"({where}), not two matrices: give each its own values "
+                            "(re-export the file)")
     return None
+
+
+def _address(ds) -> int:
+    """The object's address in its file: two names (links) of one dataset share it."""
+    return h5py.h5o.get_info(ds.id).addr
+
+
+def _stored_reads(h5, obj, box, depth: int = 0) -> list:
+    """The stored datasets the virtual ``obj`` (of the open file ``h5``) reads where it
+    is read in ``box`` (a (low, high) corner pair, None: all): ((real path, address), the
+    box read of it, 'file:dataset') each, following virtual sources in other files too.
+    Sources that cannot be opened are left out (refuse_unread_storage names them)."""
+    if depth >= MAX_VIRTUAL_DEPTH:
+        return []
+    base = os.path.dirname(os.path.abspath(h5.filename))
+    prefix = obj.id.get_access_plist().get_virtual_prefix().decode(errors="replace")
+    found = []
+    for src in obj.virtual_sources():
+        if not _boxes_meet(box, _box(src.vspace, obj.shape)):
+            continue
+        full = h5.filename if src.file_name == "." else \
+            _source_file(src.file_name, base, prefix)
+        if full is None:
+            continue
+        try:
+            other = h5 if src.file_name == "." else h5py.File(full, "r")
+        except (OSError, RuntimeError):
+            continue
+        try:
+            ds = other.get(src.dset_name)
+            if not isinstance(ds, h5py.Dataset):
+                continue
+            part = _box_read(box, _box(src.vspace, obj.shape), _box(src.src_space, ds.shape))
+            if ds.is_virtual:
+                found += _stored_reads(other, ds, part, depth + 1)
+            else:
+                found.append(((os.path.realpath(full), _address(ds)), part,
+                              f"{src.file_name}:{src.dset_name}"))
+        finally:
+            if other is not h5:
+                other.close()
+    return found
+
+
+def _box(space, shape) -> tuple:
+    """The corners (low, high) of a selection in a dataspace of ``shape``."""
+    if space.get_select_type() == h5py.h5s.SEL_ALL:
+        return (0,) * len(shape), tuple(n - 1 for n in shape)
+    return space.get_select_bounds()
+
+
+def _box_read(box, mapped, source) -> tuple:
+    """The box of a source read when its virtual dataset is read in ``box``: the part of
+    ``box`` inside the region ``mapped`` moved to where ``source`` starts, when both regions
+    have one shape (else all of ``source``, which may claim more than is read)."""
+    if box is None or any(len(c[0]) != len(box[0]) for c in (mapped, source)) or any(
+            h1 - l1 != h2 - l2 for l1, h1, l2, h2 in zip(*mapped, *source, strict=True)):
+        return source
+    low = [s + max(b, m) - m for b, m, s in zip(box[0], mapped[0], source[0], strict=True)]
+    high = [s + min(b, m_hi) - m for b, m, m_hi, s in
+            zip(box[1], mapped[0], mapped[1], source[0], strict=True)]
+    return tuple(low), tuple(high)
+
+
+def _boxes_meet(a, b) -> bool:
+    """Whether two selections' boxes (None: all of a space) share a point."""
+    if a is None or b is None:
+        return True
+    return all(lo1 <= hi2 and lo2 <= hi1
+               for lo1, hi1, lo2, hi2 in zip(a[0], a[1], b[0], b[1], strict=True))
 
 
 def _same_file_sources(h5: h5py.File, name: str) -> list:
