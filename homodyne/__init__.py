@@ -11,7 +11,26 @@ Public API (each name is imported on first use; the guide's module paths, e.g.
         run_from_config
 """
 
-from importlib import import_module
+import sys as _sys
+
+
+def _is_the_command() -> bool:
+    """Whether this process is the ``homodyne`` command: the console script (the file run
+    as ``__main__``) or ``python -m homodyne``; a program that imports the package is not."""
+    argv = list(getattr(_sys, "orig_argv", ()))
+    if "-m" in argv and argv[argv.index("-m") + 1 : argv.index("-m") + 2] == ["homodyne"]:
+        return True
+    main = getattr(_sys.modules.get("__main__"), "__file__", None)
+    return bool(_sys.argv) and main == _sys.argv[0] and \
+        str(main).replace("\\", "/").rsplit("/", 1)[-1] in ("homodyne", "homodyne.exe")
+
+
+if _is_the_command():  # its stop handlers first: a Ctrl-C from here on is one line, no traceback
+    from homodyne.earlystop import set_stop_at_once
+
+    set_stop_at_once()
+
+from importlib import import_module  # noqa: E402
 
 _PUBLIC = {
     "NLSQWrapper": "homodyne.optimization.nlsq_wrapper",

@@ -473,6 +473,7 @@ class _CtrlC:
         self.previous = {s: signal.getsignal(s) for s in self.signals}
         self.previous_hook = sys.unraisablehook
         self.received = False
+        self.delivered = False  # a KeyboardInterrupt was raised for it
         self.signum = signal.SIGINT
         self.resend: threading.Timer | None = None
 
@@ -491,7 +492,19 @@ class _CtrlC:
                 return
             frame = frame.f_back
         self.resend = None
+        self.delivered = True
         raise KeyboardInterrupt
+
+    def undelivered(self, status: int) -> bool:
+        """Whether a stop came but never reached the command: re-sent while modules were
+        imported until the command had ended (it then exited 0, the stop lost)."""
+        return self.received and not self.delivered and status != 128 + self.signum
+
+    @property
+    def name(self) -> str:
+        from homodyne.stopsignals import signal_name
+
+        return signal_name(self.signum)
 
     def unraisable(self, info) -> None:
         """Our KeyboardInterrupt swallowed in a callback: sent again, not printed."""
@@ -553,10 +566,15 @@ def main(argv=None) -> int:
                 if signal.getsignal(s) is default
                 or getattr(signal.getsignal(s), "homodyne_replaceable", False)]
         ctrl_c = _CtrlC(ours) if ours else None
-        if ctrl_c is not None:
-            ctrl_c.install()
     try:
-        return _main(argv)
+        if ctrl_c is not None:  # inside the try: a stop right after it is caught below
+            ctrl_c.install()
+        status = _main(argv)
+        if ctrl_c is not None and ctrl_c.undelivered(status):
+            print(f"homodyne: interrupted ({ctrl_c.name}) as the command ended; it had "
+                  "completed (its output stands)", file=sys.stderr)
+            return 128 + ctrl_c.signum
+        return status
     except KeyboardInterrupt as stop:  # also while the package and JAX are still imported
         from homodyne.stopsignals import signal_name
 
