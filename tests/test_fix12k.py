@@ -186,3 +186,79 @@ def _received_in_an_import(self, signum, frame):
     """_CtrlC's handler as it runs while a module is imported: noted, re-sent later."""
     self.received, self.signum = True, signum
     self._resend_later()
+
+
+# --- 4. the residual histogram of noise-free data ----------------------------------------
+
+
+def _c2(n_frames=40):
+    """A smooth two-time c2 of one angle (its neighbouring frames differ by ~1e-3)."""
+    t = np.arange(n_frames)
+    return 1.0 + 0.3 * np.exp(-0.05 * np.abs(t[:, None] - t[None, :]))[None]
+
+
+def _drawn(monkeypatch, tmp_path, data, model, reduced_chi2):
+    """(legend labels, texts) of the residual histogram drawn for ``data`` and ``model``,
+    and the warnings the call let out."""
+    import warnings
+
+    import matplotlib.pyplot as plt
+
+    from homodyne.plots import plot_residual_histogram
+
+    figures = []
+    close = plt.close
+    monkeypatch.setattr(plt, "close", lambda fig=None: (figures.append(fig), close(fig)))
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        out = plot_residual_histogram(
+            tmp_path / "r.png", data=data, model=model, reduced_chi2=reduced_chi2
+        )
+    assert out.stat().st_size > 0
+    (ax,) = figures[0].axes
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    return labels, [t.get_text() for t in ax.texts], caught
+
+
+@pytest.mark.parametrize("stored", ["float64", "float32", "exact"])
+def test_noise_free_residuals_are_said_to_be_at_working_precision(monkeypatch, tmp_path, stored):
+    """Was: noise-free data fitted exactly (residual rms 7.7e-17) were drawn against a
+    'noise from the data: 0.000917' Gaussian (c2's own change between frames, not noise),
+    off the figure, and with every residual 0 the log axis started at 1e9: an empty
+    figure whose legend named two Gaussians. Now the figure says the residuals are at
+    working precision, draws no Gaussian, and no warning is let out."""
+    model = _c2()
+    data = {
+        "float64": model * 3.0 / 7.0 * 7.0 / 3.0,
+        "float32": model.astype(np.float32).astype(np.float64),
+        "exact": model.copy(),
+    }[stored]
+    labels, texts, caught = _drawn(monkeypatch, tmp_path, data, model, 1e-30)
+    assert len(labels) == 1 and labels[0].startswith("residuals (std ")
+    assert len(texts) == 1
+    assert texts[0].startswith("residuals at working precision (rms ")
+    assert texts[0].endswith("): no noise estimate")
+    assert caught == []
+
+
+def test_noisy_residuals_keep_both_gaussians_and_a_small_noise_is_an_upper_bound(
+    monkeypatch, tmp_path
+):
+    """Noise 0.01: the estimate from the data (within 10%) and sqrt(reduced chi2) are
+    drawn as before. Noise 1e-5 (above working precision, below c2's own change between
+    frames): the estimate is labelled as an upper bound, not as the noise."""
+    from homodyne.plots import residual_curves
+
+    model = _c2(60)
+    rng = np.random.default_rng(0)
+    for noise, bound in ((0.01, False), (1e-5, True)):
+        data = model + rng.normal(0, noise, model.shape)
+        res = (data - model)[..., np.triu(np.ones((60, 60), bool), 1)].ravel()
+        note, curves = residual_curves(res, data, model, reduced_chi2=noise**2)
+        assert note is None and [c[1] for c in curves] == ["C3-", "C0--"]
+        if not bound:
+            assert curves[0][0] == pytest.approx(noise, rel=0.1)
+        assert ("at most" in curves[0][2]) is bound
+        assert curves[1][0] == pytest.approx(noise)
+    labels, texts, _ = _drawn(monkeypatch, tmp_path, data, model, 1e-10)
+    assert texts == [] and len(labels) == 3
