@@ -262,3 +262,46 @@ def test_noisy_residuals_keep_both_gaussians_and_a_small_noise_is_an_upper_bound
         assert curves[1][0] == pytest.approx(noise)
     labels, texts, _ = _drawn(monkeypatch, tmp_path, data, model, 1e-10)
     assert texts == [] and len(labels) == 3
+
+
+# --- 2. the multi-q record stamps every file a bin's fit read ----------------------------
+
+
+def test_a_q_refresh_sees_a_change_in_any_file_a_bin_read_and_only_there(tmp_path, caplog):
+    """Was: job.json stamped the data file only; a bin whose matrices are virtual datasets
+    kept its old fit in the refreshed table after their source file (two levels down) was
+    rewritten. Now every file a bin's fit read is stamped (``sources``): a change in one
+    leaves out exactly the bins that read it; reading or touching them leaves out none."""
+    from helpers import multi_q_cli_config
+
+    from homodyne.cli import main
+    from homodyne.config import load_config
+    from homodyne.production.multiq import _of_this_data, plan_jobs
+
+    cfg = multi_q_cli_config(tmp_path, more_q=(0.007,))
+    data = tmp_path / "d.h5"
+    names = {}
+    for k, q in enumerate((0.0054, 0.007)):  # each bin's matrices: its own two-level chain
+        with open_two_time(data, q=q) as source:
+            names[k] = source.dataset_names
+        for name in names[k]:
+            mid, inner = tmp_path / f"mid{k}.h5", tmp_path / f"inner{k}.h5"
+            with h5py.File(data, "r") as h5, h5py.File(inner, "a") as i, h5py.File(mid, "a") as m:
+                i[name] = h5[name][()]
+                m[name] = h5[name][()]
+            virtual_over(mid, name, inner.name, name)
+            virtual_over(data, name, mid.name, name)
+    assert main(["--config", str(cfg), "--quiet"]) == 0
+    jobs = plan_jobs(load_config(cfg))
+    folders = [j.output_dir for j in jobs]
+    assert _of_this_data(jobs, folders) == folders  # read again: nothing changed
+    inner1 = tmp_path / "inner1.h5"
+    os.utime(inner1, ns=(1, 1))  # only touched: its bin stays
+    assert _of_this_data(jobs, folders) == folders
+    st = os.stat(inner1)
+    with h5py.File(inner1, "r+") as h5:
+        h5[names[1][0]][0, 1] += 0.5
+    os.utime(inner1, ns=(st.st_atime_ns, st.st_mtime_ns))  # rewritten, its mtime set back
+    with caplog.at_level("WARNING"):
+        assert _of_this_data(jobs, folders) == [folders[0]]
+    assert f"d q bin 1 ({inner1} (read through {data}) changed after the fit)" in caplog.text
