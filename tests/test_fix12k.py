@@ -305,3 +305,35 @@ def test_a_q_refresh_sees_a_change_in_any_file_a_bin_read_and_only_there(tmp_pat
     with caplog.at_level("WARNING"):
         assert _of_this_data(jobs, folders) == [folders[0]]
     assert f"d q bin 1 ({inner1} (read through {data}) changed after the fit)" in caplog.text
+
+
+# --- 5. odd layouts of virtual datasets --------------------------------------------------
+
+
+def test_a_missing_second_level_source_and_a_loop_across_files_are_named_where_they_are(
+    small, tmp_path
+):
+    """Was: a source missing two levels down said 'copy it next to the file' (the data
+    file, where HDF5 does not look for it), and a loop across two files named only
+    datasets ('c2_00001 -> /k -> c2_00001'). Now the file that names the missing source
+    is given, and each step of a loop with its file."""
+    path = _copy(small, tmp_path)
+    (tmp_path / "sub").mkdir()
+    mid = tmp_path / "sub" / "mid.h5"
+    with h5py.File(path, "r") as h5, h5py.File(mid, "w") as m:
+        m["k"] = h5[f"{C2}/c2_00001"][()]
+    virtual_over(mid, "k", "gone.h5", "x")
+    virtual_over(path, f"{C2}/c2_00001", "sub/mid.h5", "k")
+    with pytest.raises(
+        DataFileError,
+        match=rf"source file gone.h5 \(named by {mid}:/k\) is "
+        rf"missing; copy it next to {mid}$",
+    ):
+        open_two_time(path)
+    virtual_over(mid, "k", "../v.h5", f"{C2}/c2_00001")
+    with pytest.raises(
+        DataFileError,
+        match=rf"maps itself \(through v.h5:{C2}/c2_00001 -> "
+        rf"mid.h5:/k -> v.h5:{C2}/c2_00001\)",
+    ):
+        open_two_time(path)

@@ -257,9 +257,9 @@ def _check_virtual(path, h5, name, obj, files: list, seen: tuple = ()) -> None:
     key = (os.path.realpath(h5.filename), obj.name)
     if key in seen or len(seen) >= MAX_VIRTUAL_DEPTH:
         what = "maps itself" if key in seen else f"nests more than {MAX_VIRTUAL_DEPTH} deep"
+        chain = " -> ".join(f"{os.path.basename(f)}:{n}" for f, n in (*seen, key))
         raise DataFileError(path, f"{name} is a virtual dataset that {what} (through "
-                                  f"{' -> '.join(n for _, n in (*seen, key))}); HDF5 cannot "
-                                  "read it: copy the complete data in")
+                                  f"{chain}); HDF5 cannot read it: copy the complete data in")
     seen = (*seen, key)
     base = os.path.dirname(os.path.abspath(h5.filename))
     sources = obj.virtual_sources()
@@ -270,8 +270,11 @@ def _check_virtual(path, h5, name, obj, files: list, seen: tuple = ()) -> None:
             continue
         full = _source_file(src.file_name, base, prefix)
         if full is None:
+            nested = os.path.realpath(h5.filename) != os.path.realpath(path)
+            named = f" (named by {h5.filename}:{obj.name})" if nested else ""
             raise DataFileError(path, f"{name} is a virtual dataset whose source file "
-                                      f"{src.file_name} is missing; copy it next to the file")
+                                      f"{src.file_name}{named} is missing; copy it next to "
+                                      f"{h5.filename if nested else 'the file'}")
         if not os.path.isfile(full):  # a FIFO or device: opening it would block or never end
             raise DataFileError(path, f"{name} is a virtual dataset whose source file {full} "
                                       "is not a regular file (a pipe or device); copy the data "
