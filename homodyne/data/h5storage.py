@@ -8,6 +8,7 @@ value is read: fill values fitted as data give a wrong result without a word.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -65,29 +66,50 @@ def _shared_values(h5: h5py.File, names) -> str | None:
     """What is wrong when two of ``names`` read the same stored values through virtual
     datasets at any depth (c2_00002 -> other.h5:k -> c2_00001 of this file, or both mapping
     one region of a third file), else None: the one-level check sees only this file."""
-    leaves, own = {}, {}
-    for name in names:
-        obj = h5[name]
-        if obj.is_virtual:
-            leaves[name] = _stored_reads(h5, obj, None)
-        else:
-            key = (os.path.realpath(h5.filename), _address(obj))
-            leaves[name], own[key] = [(key, None, name)], name
-    for i, a in enumerate(names):
-        for b in names[i + 1:]:
-            for key_a, box_a, where in leaves[a]:
-                for key_b, box_b, _ in leaves[b]:
-                    if key_a != key_b or not _boxes_meet(box_a, box_b):
-                        continue
-                    first = own.get(key_a)
-                    if first in (a, b):
-                        other = b if first == a else a
-                        return (f"{other} is a virtual dataset that maps values of {first}, "
-                                "not values of its own: give each its own values (re-export "
-                                "the file)")
-                    return (f"{a} and {b} are virtual datasets that map the same values "
-                            f"({where}), not two matrices: give each its own values "
-                            "(re-export the file)")
+    readers: dict = {}  # stored dataset -> (selected name, box read, 'file:dataset') each
+    own, opened = {}, {}
+    try:
+        for name in names:
+            obj = h5[name]
+            if obj.is_virtual:
+                reads = _stored_reads(h5, obj, None, opened)
+            else:
+                key = (os.path.realpath(h5.filename), _address(obj))
+                reads, own[key] = [(key, None, name)], name
+            for key, box, where in reads:
+                readers.setdefault(key, []).append((name, box, where))
+    finally:
+        for f in opened.values():
+            f.close()
+    for key, found in readers.items():
+        pair = _overlapping_pair(found)
+        if pair is None:
+            continue
+        (a, _, where), (b, _, _) = pair
+        first = own.get(key)
+        if first in (a, b):
+            other = b if first == a else a
+            return (f"{other} is a virtual dataset that maps values of {first}, not values "
+                    "of its own: give each its own values (re-export the file)")
+        return (f"{a} and {b} are virtual datasets that map the same values ({where}), not "
+                "two matrices: give each its own values (re-export the file)")
+    return None
+
+
+def _overlapping_pair(found: list) -> tuple | None:
+    """Two reads of one stored dataset, by two names, whose boxes meet, else None: a sweep
+    along the first axis (a matrix mapped row by row from one stack gives thousands of
+    disjoint boxes, compared pairwise in 15 s)."""
+    def start(item) -> float:
+        return -math.inf if item[1] is None else item[1][0][0]
+
+    active: list = []
+    for item in sorted(found, key=start):
+        active = [x for x in active if x[1] is None or x[1][1][0] >= start(item)]
+        for x in active:
+            if x[0] != item[0] and _boxes_meet(x[1], item[1]):
+                return x, item
+        active.append(item)
     return None
 
 
@@ -96,11 +118,13 @@ def _address(ds) -> int:
     return h5py.h5o.get_info(ds.id).addr
 
 
-def _stored_reads(h5, obj, box, depth: int = 0) -> list:
+def _stored_reads(h5, obj, box, opened: dict, depth: int = 0) -> list:
     """The stored datasets the virtual ``obj`` (of the open file ``h5``) reads where it
     is read in ``box`` (a (low, high) corner pair, None: all): ((real path, address), the
-    box read of it, 'file:dataset') each, following virtual sources in other files too.
-    Sources that cannot be opened are left out (refuse_unread_storage names them)."""
+    box read of it, 'file:dataset') each, following virtual sources in other files too
+    (``opened``: the files opened so far, by real path, each opened once; the caller
+    closes them). Sources that cannot be opened are left out (refuse_unread_storage names
+    them)."""
     if depth >= MAX_VIRTUAL_DEPTH:
         return []
     base = os.path.dirname(os.path.abspath(h5.filename))
@@ -113,23 +137,21 @@ def _stored_reads(h5, obj, box, depth: int = 0) -> list:
             _source_file(src.file_name, base, prefix)
         if full is None:
             continue
-        try:
-            other = h5 if src.file_name == "." else h5py.File(full, "r")
-        except (OSError, RuntimeError):
-            continue
-        try:
-            ds = other.get(src.dset_name)
-            if not isinstance(ds, h5py.Dataset):
+        other = h5 if src.file_name == "." else opened.get(os.path.realpath(full))
+        if other is None:
+            try:
+                other = opened[os.path.realpath(full)] = h5py.File(full, "r")
+            except (OSError, RuntimeError):
                 continue
-            part = _box_read(box, _box(src.vspace, obj.shape), _box(src.src_space, ds.shape))
-            if ds.is_virtual:
-                found += _stored_reads(other, ds, part, depth + 1)
-            else:
-                found.append(((os.path.realpath(full), _address(ds)), part,
-                              f"{src.file_name}:{src.dset_name}"))
-        finally:
-            if other is not h5:
-                other.close()
+        ds = other.get(src.dset_name)
+        if not isinstance(ds, h5py.Dataset):
+            continue
+        part = _box_read(box, _box(src.vspace, obj.shape), _box(src.src_space, ds.shape))
+        if ds.is_virtual:
+            found += _stored_reads(other, ds, part, opened, depth + 1)
+        else:
+            found.append(((os.path.realpath(full), _address(ds)), part,
+                          f"{src.file_name}:{src.dset_name}"))
     return found
 
 
