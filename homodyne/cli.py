@@ -509,6 +509,7 @@ class _CtrlC:
     def unraisable(self, info) -> None:
         """Our KeyboardInterrupt swallowed in a callback: sent again, not printed."""
         if self.received and isinstance(info.exc_value, KeyboardInterrupt):
+            self.delivered = False  # swallowed where it was raised (a weakref callback)
             self._resend_later()
         else:
             self.previous_hook(info)
