@@ -26,9 +26,16 @@ def _is_the_command() -> bool:
 
 
 if _is_the_command():  # its stop handlers first: a Ctrl-C from here on is one line, no traceback
-    from homodyne.earlystop import set_stop_at_once
+    import _signal  # built in: no import work before the signals are held
 
-    set_stop_at_once()
+    _STOPS = {_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP}
+    _held = _signal.pthread_sigmask(_signal.SIG_BLOCK, _STOPS)  # pending, not lost, until
+    try:  # the handlers are set (importing them took ~1 ms: a Ctrl-C there was a traceback)
+        from homodyne.earlystop import set_stop_at_once
+
+        set_stop_at_once()
+    finally:  # the mask as it was (a child inherits it): a held signal is delivered now
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, _held)
 
 from importlib import import_module  # noqa: E402
 

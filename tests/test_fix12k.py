@@ -145,6 +145,45 @@ def test_the_command_sets_its_stop_handlers_at_the_package_s_first_line(tmp_path
     assert "<Handlers.SIG_DFL: 0>" == _first_handlers(tmp_path, "my_analysis.py")
 
 
+def test_a_ctrl_c_while_the_package_sets_its_handlers_is_held_then_handled(tmp_path):
+    """Was: a Ctrl-C while the first homodyne module was imported (before the handlers were
+    set) printed a KeyboardInterrupt traceback. The package holds the stop signals (signal
+    mask) until its handlers are set: one line, exit 130; the mask is restored after."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "homodyne"
+    script.write_text(
+        "import os, signal, sys\n"
+        "class Hook:  # a Ctrl-C as the first homodyne module is looked up\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name.startswith('homodyne.') and not sys.modules.get('_sent'):\n"
+        "            sys.modules['_sent'] = sys\n"
+        "            os.kill(os.getpid(), signal.SIGINT)\n"
+        "sys.meta_path.insert(0, Hook())\n"
+        "from homodyne.entry import main\n"
+        "sys.exit(main())\n"
+    )
+    out = subprocess.run(
+        [sys.executable, str(script), "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=tmp_path,
+    )
+    assert (out.returncode, out.stderr) == (
+        130,
+        "homodyne: interrupted (Ctrl-C); results already in the output folder are untouched\n",
+    )
+    script.write_text(
+        "import signal\nimport homodyne\nprint(signal.pthread_sigmask(signal.SIG_BLOCK, []))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, cwd=tmp_path
+    )
+    assert out.stdout == "set()\n"
+
+
 def test_python_m_homodyne_runs_the_command():
     """Was: 'No module named homodyne.__main__' (exit 1)."""
     import subprocess
