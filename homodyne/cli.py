@@ -483,6 +483,8 @@ class _CtrlC:
         sys.unraisablehook = self.unraisable
 
     def __call__(self, signum, frame):
+        if self.delivered:  # the command is already stopping: a second KeyboardInterrupt
+            return  # (a re-send, a second Ctrl-C) escaped its handler as a traceback
         self.received = True
         self.signum = signum
         callbacks = {getattr(cb, "__code__", None) for cb in gc.callbacks}
@@ -526,11 +528,12 @@ class _CtrlC:
     def done(self) -> None:
         """After the command: a pending re-send is dropped, and once Ctrl-C was pressed a
         late one is ignored (the command is already ending with its message); otherwise
-        the handler from before (Python's, or the console script's) is back."""
-        if self.resend is not None:
-            self.resend.cancel()
+        the handler from before (Python's, or the console script's) is back. The handlers
+        first: a re-send landing while the timer was cancelled raised out of ``finally``."""
         for s in self.signals:
             signal.signal(s, signal.SIG_IGN if self.received else self.previous[s])
+        if self.resend is not None:
+            self.resend.cancel()
         sys.unraisablehook = self.previous_hook
 
 

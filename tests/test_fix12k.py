@@ -421,3 +421,19 @@ def test_matrices_mapped_row_by_row_from_one_stack_are_read_and_one_shared_row_i
         r"datasets that map the same values \(stack.h5:all",
     ):
         open_two_time(path)
+
+
+def test_a_second_stop_while_the_command_is_stopping_is_not_a_traceback():
+    """Was: a re-sent SIGHUP that landed while the command handled the first (cancelling
+    the re-send timer in ``finally``) raised a second KeyboardInterrupt out of main: a
+    traceback, exit -2 (1 of 61 SIGHUPs in the loop on main). Once one is raised, later
+    ones are ignored."""
+    import signal
+
+    from homodyne import cli
+
+    ctrl_c = cli._CtrlC((signal.SIGHUP,))
+    with pytest.raises(KeyboardInterrupt):
+        ctrl_c(signal.SIGHUP, None)
+    assert ctrl_c(signal.SIGHUP, None) is None
+    assert ctrl_c.signum == signal.SIGHUP
