@@ -437,3 +437,21 @@ def test_a_second_stop_while_the_command_is_stopping_is_not_a_traceback():
         ctrl_c(signal.SIGHUP, None)
     assert ctrl_c(signal.SIGHUP, None) is None
     assert ctrl_c.signum == signal.SIGHUP
+
+
+def test_a_virtual_source_reached_through_an_external_link_is_refused(small, tmp_path):
+    """Was: mid.h5:k, the source of c2_00001, an external link to inner.h5:x, was read, and
+    only mid.h5 was watched and fingerprinted: inner.h5 rewritten during a fit or between
+    runs went unseen. It is refused as an external link in the data file is."""
+    path = _copy(small, tmp_path)
+    with h5py.File(path, "r") as h5, h5py.File(tmp_path / "inner.h5", "w") as inner:
+        inner["x"] = h5[f"{C2}/c2_00001"][()]
+    with h5py.File(tmp_path / "mid.h5", "w") as mid:
+        mid["k"] = h5py.ExternalLink("inner.h5", "x")
+    virtual_over(path, f"{C2}/c2_00001", "mid.h5", "k")
+    with pytest.raises(
+        DataFileError,
+        match=r"source mid.h5:k is an external link to inner.h5:x; "
+        "external links are not read: copy the data in$",
+    ):
+        open_two_time(path)

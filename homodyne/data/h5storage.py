@@ -335,7 +335,14 @@ def _source_file(file_name: str, base: str, prefix: str) -> str | None:
 
 
 def _check_source(path, name, h5, src, files, seen) -> None:
-    """The source ``src`` of ``name`` (in the open file ``h5``) holds every value mapped."""
+    """The source ``src`` of ``name`` (in the open file ``h5``) holds every value mapped,
+    in that file: an external link there is refused as in the data file (HDF5 follows it to
+    a file that no watch, fingerprint or stamp would see)."""
+    link = external_link(h5, src.dset_name)
+    if link is not None:
+        raise DataFileError(path, f"{name} is a virtual dataset whose source {src.file_name}:"
+                                  f"{src.dset_name} is an external link to {link.filename}:"
+                                  f"{link.path}; external links are not read: copy the data in")
     ds = h5.get(src.dset_name)
     want = src.vspace.get_select_npoints()
     held = int(ds.size or 0) if isinstance(ds, h5py.Dataset) else -1
