@@ -11,7 +11,33 @@ Public API (each name is imported on first use; the guide's module paths, e.g.
         run_from_config
 """
 
-from importlib import import_module
+import sys as _sys
+
+
+def _is_the_command() -> bool:
+    """Whether this process is the ``homodyne`` command: the console script (the file run
+    as ``__main__``) or ``python -m homodyne``; a program that imports the package is not."""
+    argv = list(getattr(_sys, "orig_argv", ()))
+    if "-m" in argv and argv[argv.index("-m") + 1 : argv.index("-m") + 2] == ["homodyne"]:
+        return True
+    main = getattr(_sys.modules.get("__main__"), "__file__", None)
+    return bool(_sys.argv) and main == _sys.argv[0] and \
+        str(main).replace("\\", "/").rsplit("/", 1)[-1] in ("homodyne", "homodyne.exe")
+
+
+if _is_the_command():  # its stop handlers first: a Ctrl-C from here on is one line, no traceback
+    import _signal  # built in: no import work before the signals are held
+
+    _STOPS = {_signal.SIGINT, _signal.SIGTERM, _signal.SIGHUP}
+    _held = _signal.pthread_sigmask(_signal.SIG_BLOCK, _STOPS)  # pending, not lost, until
+    try:  # the handlers are set (importing them took ~1 ms: a Ctrl-C there was a traceback)
+        from homodyne.earlystop import set_stop_at_once
+
+        set_stop_at_once()
+    finally:  # the mask as it was (a child inherits it): a held signal is delivered now
+        _signal.pthread_sigmask(_signal.SIG_SETMASK, _held)
+
+from importlib import import_module  # noqa: E402
 
 _PUBLIC = {
     "NLSQWrapper": "homodyne.optimization.nlsq_wrapper",

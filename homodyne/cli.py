@@ -481,6 +481,7 @@ class _CtrlC:
         self.previous = {s: signal.getsignal(s) for s in self.signals}
         self.previous_hook = sys.unraisablehook
         self.received = False
+        self.delivered = False  # a KeyboardInterrupt was raised for it
         self.signum = signal.SIGINT
         self.resend: threading.Timer | None = None
 
@@ -490,6 +491,8 @@ class _CtrlC:
         sys.unraisablehook = self.unraisable
 
     def __call__(self, signum, frame):
+        if self.delivered:  # the command is already stopping: a second KeyboardInterrupt
+            return  # (a re-send, a second Ctrl-C) escaped its handler as a traceback
         self.received = True
         self.signum = signum
         callbacks = {getattr(cb, "__code__", None) for cb in gc.callbacks}
@@ -499,11 +502,24 @@ class _CtrlC:
                 return
             frame = frame.f_back
         self.resend = None
+        self.delivered = True
         raise KeyboardInterrupt
+
+    def undelivered(self, status: int) -> bool:
+        """Whether a stop came but never reached the command: re-sent while modules were
+        imported until the command had ended (it then exited 0, the stop lost)."""
+        return self.received and not self.delivered and status != 128 + self.signum
+
+    @property
+    def name(self) -> str:
+        from homodyne.stopsignals import signal_name
+
+        return signal_name(self.signum)
 
     def unraisable(self, info) -> None:
         """Our KeyboardInterrupt swallowed in a callback: sent again, not printed."""
         if self.received and isinstance(info.exc_value, KeyboardInterrupt):
+            self.delivered = False  # swallowed where it was raised (a weakref callback)
             self._resend_later()
         else:
             self.previous_hook(info)
@@ -520,11 +536,12 @@ class _CtrlC:
     def done(self) -> None:
         """After the command: a pending re-send is dropped, and once Ctrl-C was pressed a
         late one is ignored (the command is already ending with its message); otherwise
-        the handler from before (Python's, or the console script's) is back."""
-        if self.resend is not None:
-            self.resend.cancel()
+        the handler from before (Python's, or the console script's) is back. The handlers
+        first: a re-send landing while the timer was cancelled raised out of ``finally``."""
         for s in self.signals:
             signal.signal(s, signal.SIG_IGN if self.received else self.previous[s])
+        if self.resend is not None:
+            self.resend.cancel()
         sys.unraisablehook = self.previous_hook
 
 
@@ -561,10 +578,15 @@ def main(argv=None) -> int:
                 if signal.getsignal(s) is default
                 or getattr(signal.getsignal(s), "homodyne_replaceable", False)]
         ctrl_c = _CtrlC(ours) if ours else None
-        if ctrl_c is not None:
-            ctrl_c.install()
     try:
-        return _main(argv)
+        if ctrl_c is not None:  # inside the try: a stop right after it is caught below
+            ctrl_c.install()
+        status = _main(argv)
+        if ctrl_c is not None and ctrl_c.undelivered(status):
+            print(f"homodyne: interrupted ({ctrl_c.name}) as the command ended; it had "
+                  "completed (its output stands)", file=sys.stderr)
+            return 128 + ctrl_c.signum
+        return status
     except KeyboardInterrupt as stop:  # also while the package and JAX are still imported
         from homodyne.stopsignals import signal_name
 

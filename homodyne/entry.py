@@ -4,25 +4,22 @@ Importing the command line and what it needs (argparse, YAML, NumPy, JAX) takes 
 noticeable time; an interrupt then must end the program as one during a fit does: one
 line, exit 130/143/129, no traceback. Until the CLI takes the signals over nothing has been
 written, so stopping at once loses nothing. The handlers are set when this module is
-imported, which the console script does first; nothing else imports it. Python's own
-start-up (before this line can run) is the only moment left uncovered.
+imported, which the console script (and ``python -m homodyne``) does first: the package's
+``__init__`` imports it then, before anything else. Python's own start-up and the console
+script's first lines (before the package's first line can run) are the only moments left
+uncovered.
 """
 
 import os
 import signal
-import warnings
 
-from homodyne.stopsignals import STOP_SIGNALS, cancel_pending_timers, signal_name
+from homodyne.earlystop import set_stop_at_once
 
-INTERRUPTED = "homodyne: interrupted ({}); results already in the output folder are untouched"
+set_stop_at_once()  # first (already done by the package's first line for the command)
 
+import warnings  # noqa: E402
 
-def stop_at_once(signum, frame) -> None:
-    """Before the CLI runs: the message and the exit status (128 + signal), nothing else."""
-    what = signal_name(signum)
-    os.write(2, (INTERRUPTED.format(what) + "\n").encode())  # never Python's buffered stderr
-    os._exit(128 + signum)
-
+from homodyne.stopsignals import STOP_SIGNALS, cancel_pending_timers  # noqa: E402
 
 # JAX probes for a TPU on its first use and warns from a timer thread when the probe takes
 # over 60 s ("Did you run your code on all TPU hosts?"). homodyne never asks for a TPU, and
@@ -30,12 +27,6 @@ def stop_at_once(signum, frame) -> None:
 # can stretch it that long: the warning then followed the one-line interrupt message.
 warnings.filterwarnings("ignore", message="TPU backend initialization is taking more than",
                         category=UserWarning)
-
-stop_at_once.homodyne_replaceable = True  # the CLI installs its own handlers over it
-
-for _signal, _default in STOP_SIGNALS:
-    if signal.getsignal(_signal) is _default:  # an ignored signal (nohup, &) stays ignored
-        signal.signal(_signal, stop_at_once)
 
 
 def escaped(text: str, encoding: str | None) -> str:

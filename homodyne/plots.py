@@ -146,31 +146,68 @@ def noise_from_differences(data) -> float:
     return float(1.4826 * np.median(np.abs(vals - np.median(vals))) / np.sqrt(2))
 
 
+# residuals whose rms is within this many float32 rounding errors of |c2| are the
+# arithmetic's, not noise (noise-free data fitted exactly, stored in float32 or float64):
+# no Gaussian of a noise estimate describes them
+WORKING_PRECISION = 10 * float(np.finfo(np.float32).eps)
+# the data's neighbour-difference spread within this factor of the fit's own (noise-free
+# c2 differs between neighbouring frames too) is an upper bound on the noise, not a value
+NOISE_FLOOR_FACTOR = 2.0
+
+
+def residual_curves(res: np.ndarray, data, model, reduced_chi2=None
+                    ) -> tuple[str | None, list[tuple[float, str, str]]]:
+    """What the residual histogram draws beside the residuals ``res``: a note (None when
+    there is nothing to say) and the Gaussians (sigma, style, label) of the noise from the
+    data and of sqrt(reduced chi2). Residuals at working precision get the note and no
+    Gaussian: the noise estimate of noise-free data is c2's own variation between frames."""
+    scale = np.nanmax(np.abs(np.asarray(model, float))) if np.size(model) else 0.0
+    rms = float(np.sqrt(np.mean(res**2))) if res.size else 0.0
+    if res.size and rms <= WORKING_PRECISION * max(float(scale), 1e-300):
+        return (f"residuals at working precision (rms {rms:.2g}): no noise estimate"), []
+    curves = []
+    sigma = noise_from_differences(data)
+    if np.isfinite(sigma) and sigma > 0:
+        floor = noise_from_differences(model)
+        label = f"noise from the data: {sigma:.3g}"
+        if np.isfinite(floor) and sigma <= NOISE_FLOOR_FACTOR * floor:
+            label += f" (at most: the fit's c2 itself varies by {floor:.3g} between frames)"
+        curves.append((sigma, "C3-", label))
+    s = np.sqrt(reduced_chi2) if reduced_chi2 and np.isfinite(reduced_chi2) else 0.0
+    if s > 0:
+        curves.append((float(s), "C0--", f"sqrt(reduced chi2): {s:.3g}"))
+    return None, curves
+
+
 @warnings_at_debug
 def plot_residual_histogram(path, *, data, model, reduced_chi2=None) -> Path:
     """Histogram of residuals (strict upper triangle) against Gaussians of the noise
-    estimated from the data alone and of the fit's sqrt(reduced chi2)."""
+    estimated from the data alone and of the fit's sqrt(reduced chi2) (residual_curves)."""
     plt = _pyplot()
     n = data.shape[-1]
     upper = np.triu(np.ones((n, n), bool), 1)
     res = (np.asarray(data, float) - np.asarray(model, float))[..., upper].ravel()
     res = res[np.isfinite(res)]
-    sigma = noise_from_differences(data)
+    note, curves = residual_curves(res, data, model, reduced_chi2)
     fig, ax = plt.subplots(figsize=(6.0, 3.8), constrained_layout=True)
-    lim = np.percentile(np.abs(res), 99.9) if res.size else 1.0
-    ax.hist(res, bins=80, range=(-lim, lim), density=True, color="0.6",
-            label=f"residuals (std {np.std(res):.3g})")
+    lim = float(np.percentile(np.abs(res), 99.9)) if res.size else 0.0
+    if lim <= 0:  # every residual 0 (or all but a few): one rounding step of c2 either side
+        lim = max(float(np.max(np.abs(res))) if res.size else 0.0,
+                  float(np.spacing(np.nanmax(np.abs(model)) if np.size(model) else 1.0)))
+    std = float(np.std(res)) if res.size else float("nan")
+    ax.hist(res, bins=80, range=(-lim, lim), density=note is None, color="0.6",
+            label=f"residuals (std {std:.3g})")
     x = np.linspace(-lim, lim, 300)
-    for s, style, name in ((sigma, "C3-", "noise from the data"),
-                           (np.sqrt(reduced_chi2) if reduced_chi2 else None, "C0--",
-                            "sqrt(reduced chi2)")):
-        if s and np.isfinite(s) and s > 0:
-            ax.plot(x, np.exp(-0.5 * (x / s) ** 2) / (s * np.sqrt(2 * np.pi)), style,
-                    label=f"{name}: {s:.3g}")
+    for s, style, label in curves:
+        ax.plot(x, np.exp(-0.5 * (x / s) ** 2) / (s * np.sqrt(2 * np.pi)), style, label=label)
     ax.set_xlabel("data - fit")
-    ax.set_ylabel("density")
-    ax.set_yscale("log")
-    ax.set_ylim(bottom=max(1e-3 / max(lim, 1e-12), ax.get_ylim()[0]))
+    ax.set_ylabel("density" if note is None else "points")
+    if note:  # counts on a linear axis: a few exact values, not a distribution's tails
+        ax.text(0.5, 0.5, note, transform=ax.transAxes, ha="center", va="center",
+                fontsize=9, bbox={"facecolor": "white", "alpha": 0.8, "edgecolor": "0.7"})
+    else:
+        ax.set_yscale("log")
+        ax.set_ylim(bottom=max(1e-3 / lim, ax.get_ylim()[0]))
     ax.legend(fontsize=8)
     fig.savefig(path, dpi=90)
     plt.close(fig)

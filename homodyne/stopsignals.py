@@ -6,7 +6,6 @@ parameters so far, one line, exit status 128 + the signal's number (130, 143, 12
 """
 
 import signal
-import threading
 
 # each signal with Python's default handler for it (a different handler is a caller's own)
 STOP_SIGNALS = ((signal.SIGINT, signal.default_int_handler), (signal.SIGTERM, signal.SIG_DFL),
@@ -32,6 +31,8 @@ def cancel_pending_timers() -> int:
     backend initialization is taking more than..." warning) as it probes for a TPU and
     cancels it in a ``finally`` that a stop signal landing as the timer starts skips: the
     interrupted program then took 60 s to exit after its one-line message."""
+    import threading  # here: the console script imports this module before its handlers are set
+
     pending = [t for t in threading.enumerate()
                if isinstance(t, threading.Timer) and t.is_alive()]
     for t in pending:

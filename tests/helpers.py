@@ -383,3 +383,41 @@ def laminar_corner_case(n_frames=30, diffusion="lower", shear="lower", phi0="low
         for m in members:
             p0[k + m] = (lb if side == "lower" else ub)[k + m]
     return spec, noisy_data(spec, truth), p0, lb, ub
+
+
+def virtual_over(path, name: str, source_file: str, source_name: str, index=None) -> None:
+    """Replace the dataset ``name`` of the HDF5 file ``path`` by a virtual dataset of its
+    shape mapping ``source_file``:``source_name`` (``index``: that slice of a larger one)."""
+    import h5py
+
+    with h5py.File(path, "r+") as h5:
+        shape = h5[name].shape
+        del h5[name]
+        layout = h5py.VirtualLayout(shape=shape, dtype="f8")
+        full = shape if index is None else (index + 1, *shape)
+        src = h5py.VirtualSource(source_file, source_name, shape=full)
+        layout[:] = src if index is None else src[index]
+        h5.create_virtual_dataset(name, layout)
+
+
+def virtual_chain(path, folder: Path, levels: int = 2) -> list[Path]:
+    """The two-time matrices of ``path`` made virtual ``levels`` deep: ``path`` maps
+    ``vds1.h5``, which maps ``vds2.h5``, ... whose last file stores the values (same
+    dataset names in every file). Returns the source files, outermost first."""
+    import h5py
+
+    with h5py.File(path, "r") as h5:
+        maps = h5["/xpcs/twotime/correlation_map"]
+        values = {f"/xpcs/twotime/correlation_map/{k}": maps[k][()] for k in sorted(maps)}
+    files = [Path(folder) / f"vds{k}.h5" for k in range(1, levels + 1)]
+    with h5py.File(files[-1], "w") as inner:
+        for name, v in values.items():
+            inner[name] = v
+    for outer, src in zip([Path(path), *files[:-1]], files, strict=True):
+        if outer != Path(path):
+            with h5py.File(outer, "w") as h5:
+                for name, v in values.items():
+                    h5[name] = v
+        for name in values:
+            virtual_over(outer, name, src.name, name)
+    return files

@@ -22,6 +22,7 @@ LAYERS = {
     "homodyne.realdata": 0,
     "homodyne.rulelog": 0,
     "homodyne.stopsignals": 0,  # the signals that stop a run, and their names
+    "homodyne.earlystop": 0,  # the command's stop-at-once handlers, set at its first line
     "homodyne.data.errors": 0,
     "homodyne.optimization.exceptions": 0,
     "homodyne.optimization.settings": 0,
@@ -67,6 +68,7 @@ LAYERS = {
     "homodyne.benchmarks": 9,
     "homodyne.benchmarks.seeded": 9,  # the seeded comparison against SciPy's TRF
     "homodyne.entry": 10,  # the console script: signal handlers first, then the CLI
+    "homodyne.__main__": 10,  # python -m homodyne: the console script's main
 }
 
 

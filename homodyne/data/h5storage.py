@@ -8,6 +8,7 @@ value is read: fill values fitted as data give a wrong result without a word.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -58,7 +59,128 @@ def one_object_twice(h5: h5py.File, names) -> str | None:
             if first is not None and first != name:
                 return (f"{name} is a virtual dataset that maps values of {first}, not values "
                         f"of its own: give each its own values (re-export the file)")
+    return _shared_values(h5, names)
+
+
+def _shared_values(h5: h5py.File, names) -> str | None:
+    """What is wrong when two of ``names`` read the same stored values through virtual
+    datasets at any depth (c2_00002 -> other.h5:k -> c2_00001 of this file, or both mapping
+    one region of a third file), else None: the one-level check sees only this file."""
+    readers: dict = {}  # stored dataset -> (selected name, box read, 'file:dataset') each
+    own, opened = {}, {}
+    try:
+        for name in names:
+            obj = h5[name]
+            if obj.is_virtual:
+                reads = _stored_reads(h5, obj, None, opened)
+            else:
+                key = (os.path.realpath(h5.filename), _address(obj))
+                reads, own[key] = [(key, None, name)], name
+            for key, box, where in reads:
+                readers.setdefault(key, []).append((name, box, where))
+    finally:
+        for f in opened.values():
+            f.close()
+    for key, found in readers.items():
+        pair = _overlapping_pair(found)
+        if pair is None:
+            continue
+        (a, _, where), (b, _, _) = pair
+        first = own.get(key)
+        if first in (a, b):
+            other = b if first == a else a
+            return (f"{other} is a virtual dataset that maps values of {first}, not values "
+                    "of its own: give each its own values (re-export the file)")
+        return (f"{a} and {b} are virtual datasets that map the same values ({where}), not "
+                "two matrices: give each its own values (re-export the file)")
     return None
+
+
+def _overlapping_pair(found: list) -> tuple | None:
+    """Two reads of one stored dataset, by two names, whose boxes meet, else None: a sweep
+    along the first axis (a matrix mapped row by row from one stack gives thousands of
+    disjoint boxes, compared pairwise in 15 s)."""
+    def start(item) -> float:
+        return -math.inf if item[1] is None else item[1][0][0]
+
+    active: list = []
+    for item in sorted(found, key=start):
+        active = [x for x in active if x[1] is None or x[1][1][0] >= start(item)]
+        for x in active:
+            if x[0] != item[0] and _boxes_meet(x[1], item[1]):
+                return x, item
+        active.append(item)
+    return None
+
+
+def _address(ds) -> int:
+    """The object's address in its file: two names (links) of one dataset share it."""
+    return h5py.h5o.get_info(ds.id).addr
+
+
+def _stored_reads(h5, obj, box, opened: dict, depth: int = 0) -> list:
+    """The stored datasets the virtual ``obj`` (of the open file ``h5``) reads where it
+    is read in ``box`` (a (low, high) corner pair, None: all): ((real path, address), the
+    box read of it, 'file:dataset') each, following virtual sources in other files too
+    (``opened``: the files opened so far, by real path, each opened once; the caller
+    closes them). Sources that cannot be opened are left out (refuse_unread_storage names
+    them)."""
+    if depth >= MAX_VIRTUAL_DEPTH:
+        return []
+    base = os.path.dirname(os.path.abspath(h5.filename))
+    prefix = obj.id.get_access_plist().get_virtual_prefix().decode(errors="replace")
+    found = []
+    for src in obj.virtual_sources():
+        if not _boxes_meet(box, _box(src.vspace, obj.shape)):
+            continue
+        full = h5.filename if src.file_name == "." else \
+            _source_file(src.file_name, base, prefix)
+        if full is None:
+            continue
+        other = h5 if src.file_name == "." else opened.get(os.path.realpath(full))
+        if other is None:
+            try:
+                other = opened[os.path.realpath(full)] = h5py.File(full, "r")
+            except (OSError, RuntimeError):
+                continue
+        ds = other.get(src.dset_name)
+        if not isinstance(ds, h5py.Dataset):
+            continue
+        part = _box_read(box, _box(src.vspace, obj.shape), _box(src.src_space, ds.shape))
+        if ds.is_virtual:
+            found += _stored_reads(other, ds, part, opened, depth + 1)
+        else:
+            found.append(((os.path.realpath(full), _address(ds)), part,
+                          f"{src.file_name}:{src.dset_name}"))
+    return found
+
+
+def _box(space, shape) -> tuple:
+    """The corners (low, high) of a selection in a dataspace of ``shape``."""
+    if space.get_select_type() == h5py.h5s.SEL_ALL:
+        return (0,) * len(shape), tuple(n - 1 for n in shape)
+    return space.get_select_bounds()
+
+
+def _box_read(box, mapped, source) -> tuple:
+    """The box of a source read when its virtual dataset is read in ``box``: the part of
+    ``box`` inside the region ``mapped`` moved to where ``source`` starts, when both regions
+    have one shape (else all of ``source``, which may claim more than is read)."""
+    if box is None or any(len(c[0]) != len(box[0]) for c in (mapped, source)) or any(
+            h1 - l1 != h2 - l2 for l1, h1, l2, h2 in zip(*mapped, *source, strict=True)):
+        return source
+    low = [s + max(b, m) - m for b, m, s in zip(box[0], mapped[0], source[0], strict=True)]
+    high = [s + min(b, m_hi) - m for b, m, m_hi, s in
+            zip(box[1], mapped[0], mapped[1], source[0], strict=True)]
+    return tuple(low), tuple(high)
+
+
+def _boxes_meet(a, b) -> bool:
+    """Whether two selections' boxes (None: all of a space) share a point."""
+    if a is None or b is None:
+        return True
+    return all(lo1 <= hi2 and lo2 <= hi1
+               for lo1, hi1, lo2, hi2 in zip(a[0], a[1], b[0], b[1], strict=True))
 
 
 def _same_file_sources(h5: h5py.File, name: str) -> list:
@@ -159,9 +281,9 @@ def _check_virtual(path, h5, name, obj, files: list, seen: tuple = ()) -> None:
     key = (os.path.realpath(h5.filename), obj.name)
     if key in seen or len(seen) >= MAX_VIRTUAL_DEPTH:
         what = "maps itself" if key in seen else f"nests more than {MAX_VIRTUAL_DEPTH} deep"
+        chain = " -> ".join(f"{os.path.basename(f)}:{n}" for f, n in (*seen, key))
         raise DataFileError(path, f"{name} is a virtual dataset that {what} (through "
-                                  f"{' -> '.join(n for _, n in (*seen, key))}); HDF5 cannot "
-                                  "read it: copy the complete data in")
+                                  f"{chain}); HDF5 cannot read it: copy the complete data in")
     seen = (*seen, key)
     base = os.path.dirname(os.path.abspath(h5.filename))
     sources = obj.virtual_sources()
@@ -172,8 +294,11 @@ def _check_virtual(path, h5, name, obj, files: list, seen: tuple = ()) -> None:
             continue
         full = _source_file(src.file_name, base, prefix)
         if full is None:
+            nested = os.path.realpath(h5.filename) != os.path.realpath(path)
+            named = f" (named by {h5.filename}:{obj.name})" if nested else ""
             raise DataFileError(path, f"{name} is a virtual dataset whose source file "
-                                      f"{src.file_name} is missing; copy it next to the file")
+                                      f"{src.file_name}{named} is missing; copy it next to "
+                                      f"{h5.filename if nested else 'the file'}")
         if not os.path.isfile(full):  # a FIFO or device: opening it would block or never end
             raise DataFileError(path, f"{name} is a virtual dataset whose source file {full} "
                                       "is not a regular file (a pipe or device); copy the data "
@@ -212,7 +337,14 @@ def _source_file(file_name: str, base: str, prefix: str) -> str | None:
 
 
 def _check_source(path, name, h5, src, files, seen) -> None:
-    """The source ``src`` of ``name`` (in the open file ``h5``) holds every value mapped."""
+    """The source ``src`` of ``name`` (in the open file ``h5``) holds every value mapped,
+    in that file: an external link there is refused as in the data file (HDF5 follows it to
+    a file that no watch, fingerprint or stamp would see)."""
+    link = external_link(h5, src.dset_name)
+    if link is not None:
+        raise DataFileError(path, f"{name} is a virtual dataset whose source {src.file_name}:"
+                                  f"{src.dset_name} is an external link to {link.filename}:"
+                                  f"{link.path}; external links are not read: copy the data in")
     ds = h5.get(src.dset_name)
     want = src.vspace.get_select_npoints()
     held = int(ds.size or 0) if isinstance(ds, h5py.Dataset) else -1

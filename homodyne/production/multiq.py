@@ -186,20 +186,32 @@ def fit_job(cfg: HomodyneConfig, job: QFitJob, *, overwrite: bool | None = None,
             digests: dict | None = None) -> dict:
     """Run one job as a normal fit (all its usual outputs), then record which job it was,
     the digest of the settings it was fitted with and the data file as it was before the
-    fit (``data_stamp``; ``digests``: a run's cache, one file's q bins share it)."""
+    fit (``data_stamp``; ``digests``: a run's cache, one file's q bins share it), and so
+    every other file its fit reads (``sources``: the virtual sources of its matrices)."""
     from homodyne.output import write_json
     from homodyne.pipeline import run_from_config
 
     stamp = data_stamp(job.file, digests)
+    sources = {f: data_stamp(f, digests) for f in files_read(cfg, job)}
     run_from_config(job_config(cfg, job), overwrite=overwrite)
     settings = settings_digest(cfg)
     identity = {"file": job.file, "file_id": job.file_id, "q_index": job.q_index, "q": job.q,
-                "age_s": file_age(job.file), "settings": settings, "data": stamp}
+                "age_s": file_age(job.file), "settings": settings, "data": stamp,
+                "sources": sources}
     write_json(job.output_dir / JOB_FILE, identity)
     return summary_row(job.output_dir, settings)
 
 
 _STAMP_FIELDS = ("size", "mtime_ns", "ctime_ns", "inode")
+
+
+def files_read(cfg: HomodyneConfig, job: QFitJob) -> list[str]:
+    """The files other than its data file that a job's fit reads: the virtual sources (at
+    any depth) of the matrices its selection reads, as absolute paths."""
+    from homodyne.pipeline import open_data
+
+    with open_data(job_config(cfg, job)) as source:
+        return [f.path for f in source.source_files]
 
 
 def data_stamp(path, digests: dict | None = None) -> dict:
@@ -632,8 +644,8 @@ def _of_this_data(jobs: list[QFitJob], done: list[Path]) -> list[Path]:
         if not math.isclose(rec["q"], job.q, rel_tol=1e-6):
             stale.append(f"{job.file_id} q bin {job.q_index} (fitted at q = {rec['q']:.6g}, "
                          f"the bin is now at q = {job.q:.6g})")
-        elif _changed_since(rec, job.file, folder):
-            stale.append(f"{job.file_id} q bin {job.q_index} ({job.file} changed after the fit)")
+        elif (changed := _changed_since(rec, job.file, folder)) is not None:
+            stale.append(f"{job.file_id} q bin {job.q_index} ({changed} changed after the fit)")
         else:
             keep.append(folder)
     if stale:
@@ -643,13 +655,23 @@ def _of_this_data(jobs: list[QFitJob], done: list[Path]) -> list[Path]:
     return keep
 
 
-def _changed_since(rec: dict, path, folder: Path) -> bool:
-    """Whether the data file changed since the fit in ``folder``: by the stamp its job.json
-    recorded, else (an older job.json) by mtime (a folder copied without -p looks newer)."""
+def _changed_since(rec: dict, path, folder: Path) -> str | None:
+    """What changed since the fit in ``folder``: the data file, by the stamp its job.json
+    recorded, else (an older job.json) by mtime (a folder copied without -p looks newer),
+    or a file the fit read through it (``sources``: gone, or its stamp and digest differ;
+    a record that lists none in a form we can read counts as changed); None if nothing."""
     changed = _data_changed(rec.get("data"), path)
     if changed is None:
-        return os.stat(path).st_mtime_ns > (folder / "parameters.json").stat().st_mtime_ns
-    return changed
+        changed = os.stat(path).st_mtime_ns > (folder / "parameters.json").stat().st_mtime_ns
+    if changed:
+        return str(path)
+    sources = rec.get("sources", {})
+    if not isinstance(sources, dict):
+        return f"{path}'s virtual sources ({JOB_FILE} lists them as {type(sources).__name__})"
+    for src, stamp in sources.items():
+        if not os.path.isfile(src) or _data_changed(stamp, src) is not False:
+            return f"{src} (read through {path})"
+    return None
 
 
 def _drop_table(out_dir) -> None:
