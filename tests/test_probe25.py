@@ -1,0 +1,57 @@
+"""probe25: a fresh probing round (issue 12) over the long-running paths; each test
+fails on main 5108c16."""
+
+import numpy as np
+from helpers import sigterm_at
+
+
+def _curve_case():
+    """20,000 points of a * exp(-b x) + c with noise 0.01, the streaming tier in batches
+    of 2,000: (x, y, p0, bounds)."""
+    x = np.linspace(0, 10, 20_000)
+    y = 2.0 * np.exp(-0.3 * x) + 0.5 + np.random.default_rng(0).normal(0, 0.01, x.size)
+    return x, y, [1.0, 0.1, 0.0], ([0, 0, -5], [10, 5, 5])
+
+
+def _decay(x, a, b, c):
+    import jax.numpy as jnp
+
+    return a * jnp.exp(-b * x) + c
+
+
+def _stretched(x, a, b, c):
+    import jax.numpy as jnp
+
+    return a * jnp.exp(-b * x**1.01) + c
+
+
+def _streaming(folder=None, callback=None):
+    from homodyne.optimization.nlsq_wrapper import NLSQWrapper
+
+    ck = None if folder is None else {
+        "enable_checkpoints": True, "checkpoint_dir": str(folder), "checkpoint_frequency": 1,
+        "checkpoint_min_interval_s": 0}
+    return NLSQWrapper(checkpoint_config=ck, callback=callback, strategy_override="streaming",
+                       batch_size=2000)
+
+
+def test_a_checkpoint_of_another_model_function_is_not_resumed(tmp_path):
+    """A finished fit of one model function, then a fit of another on the same data and
+    start in the same checkpoint_dir: the second 'resumed' from the first's final
+    checkpoint and returned its parameters and cost (a = 1.99999, b = 0.30004, cost 10.02,
+    where its own fit ends at b = 0.29715, cost 10.13). The model's code is in the
+    fingerprint now; the same model still resumes bit for bit."""
+    x, y, p0, bounds = _curve_case()
+    alone = _streaming().fit(_stretched, x, y, p0=p0, bounds=bounds)
+    first = _streaming(tmp_path).fit(_decay, x, y, p0=p0, bounds=bounds)
+    other = _streaming(tmp_path).fit(_stretched, x, y, p0=p0, bounds=bounds)
+    assert other.streaming_diagnostics["resumed_from_batch"] is None
+    np.testing.assert_array_equal(other.parameters, alone.parameters)
+    assert other.cost == alone.cost != first.cost
+
+    cut = sigterm_at(25, lambda cb: _streaming(tmp_path / "b", cb).fit(
+        _decay, x, y, p0=p0, bounds=bounds))
+    assert cut.interrupted_by == "SIGTERM"
+    resumed = _streaming(tmp_path / "b").fit(_decay, x, y, p0=p0, bounds=bounds)
+    assert resumed.streaming_diagnostics["resumed_from_batch"] is not None
+    np.testing.assert_array_equal(resumed.parameters, first.parameters)
