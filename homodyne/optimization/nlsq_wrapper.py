@@ -708,6 +708,9 @@ class NLSQWrapper:
                                min_success_rate=self.min_success_rate,
                                max_retries_per_batch=self.max_retries_per_batch)
         show = tier in (OptimizationStrategy.CHUNKED, OptimizationStrategy.STREAMING)
+        reset = getattr(self.recovery_applicator, "reset", None)
+        if self.enable_recovery and callable(reset):  # every fit from the same stream
+            reset()
         mon = FitMonitor(faults=faults, callback=self.callback,
                          applicator=self.recovery_applicator if self.enable_recovery else None,
                          progress=ProgressReporter(self.enable_progress and show,
