@@ -85,3 +85,81 @@ def test_a_wrappers_second_fit_or_resume_perturbs_as_its_first(tmp_path):
     resumed = w.fit_two_time(None, spec, p0, bounds, y=y)
     np.testing.assert_array_equal(resumed.parameters, whole.parameters)
     assert resumed.passes == whole.passes
+
+
+def _multi_q_with_checkpoints(tmp_path):
+    """helpers' 3-bin multi-q config (20 frames), streaming in batches of 50 with a
+    checkpoint at every batch in tmp_path/ck."""
+    import yaml
+    from helpers import multi_q_cli_config
+
+    cfg = multi_q_cli_config(tmp_path)
+    raw = yaml.safe_load(cfg.read_text())
+    raw["optimization"] = {"streaming": {
+        "enable_checkpoints": True, "checkpoint_dir": str(tmp_path / "ck"),
+        "checkpoint_frequency": 1, "checkpoint_min_interval_s": 0.0}}
+    raw["performance"].update(strategy_override="streaming", batch_size=50)
+    cfg.write_text(yaml.safe_dump(raw))
+    return cfg
+
+
+def test_a_multi_q_run_stopped_in_a_later_bin_says_the_rerun_that_resumes(
+        tmp_path, capsys, monkeypatch):
+    """SIGTERM in the second bin of a multi-q run with checkpoints said 'run the same
+    command again to resume; bins fitted before the stop are kept: d/q00': the same
+    command was refused (exit 2, d/q00 holds results). The line now says --overwrite, and
+    that rerun resumes the stopped bin."""
+    import os
+    import signal
+
+    from helpers import stop_signals_at_default
+
+    import homodyne.pipeline as pipeline
+    from homodyne.cli import main
+
+    cfg = _multi_q_with_checkpoints(tmp_path)
+    made, real = [], pipeline.make_wrapper
+
+    def stop_in_the_second_bin(c):
+        w = real(c)
+        made.append(w)
+        if len(made) == 2:
+            def stop(batch, *_, sent=[]):  # noqa: B006
+                if batch >= 3 and not sent:
+                    sent.append(batch)
+                    os.kill(os.getpid(), signal.SIGTERM)
+            w.callback = stop
+        return w
+
+    monkeypatch.setattr(pipeline, "make_wrapper", stop_in_the_second_bin)
+    with stop_signals_at_default():
+        assert main(["--config", str(cfg), "--quiet"]) == 143
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "run the same command with --overwrite to resume; bins fitted before the stop " \
+           f"are kept: {os.path.join('d', 'q00')};" in last, last
+    monkeypatch.setattr(pipeline, "make_wrapper", real)
+    assert main(["--config", str(cfg), "--quiet"]) == 2  # the same command: refused
+    assert main(["--config", str(cfg), "--overwrite"]) == 0
+    assert "resumes from batch" in capsys.readouterr().err
+
+
+def test_a_multi_q_run_into_a_folder_with_a_later_bins_results_fits_nothing(tmp_path, capsys):
+    """A run of every bin without --overwrite where only the last bin held results fitted
+    and wrote d/q00 and d/q01, then stopped at d/q02 with exit 2 ('already holds
+    results'), its line silent about the bins it had replaced. It is refused before any
+    fit now."""
+    from helpers import multi_q_cli_config
+
+    from homodyne.cli import main
+
+    cfg = multi_q_cli_config(tmp_path)
+    assert main(["--config", str(cfg), "--q", "0.009", "--quiet"]) == 0
+    held = (tmp_path / "out" / "d" / "q02" / "parameters.json").read_bytes()
+    capsys.readouterr()
+    assert main(["--config", str(cfg), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"homodyne: error: {tmp_path / 'out' / 'd' / 'q02'} already holds results "
+                   "(1 of 3 bins; nothing was fitted); choose another --output-dir or pass "
+                   "--overwrite (output.overwrite: true) to replace them\n")
+    assert sorted(p.name for p in (tmp_path / "out" / "d").iterdir()) == ["q02"]
+    assert (tmp_path / "out" / "d" / "q02" / "parameters.json").read_bytes() == held
