@@ -163,3 +163,38 @@ def test_a_multi_q_run_into_a_folder_with_a_later_bins_results_fits_nothing(tmp_
                    "--overwrite (output.overwrite: true) to replace them\n")
     assert sorted(p.name for p in (tmp_path / "out" / "d").iterdir()) == ["q02"]
     assert (tmp_path / "out" / "d" / "q02" / "parameters.json").read_bytes() == held
+
+
+def test_a_one_time_run_past_the_file_size_limit_is_one_line(tmp_path):
+    """A one-time run (its aging J-model too) whose figures met the shell's file-size
+    limit (ulimit -f 30) ended in a PIL traceback, exit 1 ('OSError: [Errno 27] File too
+    large'); the two-time fit's line and exit 2 now, the previous set untouched."""
+    import shlex
+    import subprocess
+    import sys
+
+    import yaml
+    from helpers import HANGUP_DEFAULT, REPO, aging_series
+
+    from homodyne.cli import main
+
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text(yaml.safe_dump({
+        "analysis_mode": "one_time",
+        "experimental_data": {"file_path": str(aging_series(tmp_path, D0=1e3, alpha=-0.5,
+                                                            Doff=10.0, offset=1.0, n=1)[0])},
+        "output": {"directory": str(tmp_path / "out")}}))
+    assert main(["--config", str(cfg), "--quiet"]) == 0
+    before = {p: p.read_bytes() for p in (tmp_path / "out").iterdir() if p.is_file()
+              and not p.name.startswith(".")}
+    child = (HANGUP_DEFAULT
+             + "import sys\nfrom homodyne.cli import main\nsys.exit(main(sys.argv[1:]))")
+    argv = [sys.executable, "-c", child, "--config", str(cfg), "--quiet", "--overwrite"]
+    run = subprocess.run(f"ulimit -f 30; exec {shlex.join(argv)}", shell=True,
+                         executable="/bin/bash", cwd=REPO, capture_output=True, text=True)
+    assert run.returncode == 2, run.stderr[-2000:]
+    assert run.stderr.strip().splitlines()[-1] == (
+        f"homodyne: error: could not write the results to {tmp_path / 'out'} (File too large); "
+        "raise the file-size limit of this shell (ulimit -f, now 30,720 bytes); the previous "
+        "results are untouched")
+    assert {p: p.read_bytes() for p in before} == before
