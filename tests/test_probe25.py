@@ -198,3 +198,26 @@ def test_a_one_time_run_past_the_file_size_limit_is_one_line(tmp_path):
         "raise the file-size limit of this shell (ulimit -f, now 30,720 bytes); the previous "
         "results are untouched")
     assert {p: p.read_bytes() for p in before} == before
+
+
+def test_a_stop_while_screening_small_data_does_not_call_it_a_subsample(monkeypatch):
+    """Restarts on data too small for a subsample screen the starts on all the points; a
+    SIGTERM there said 'on a 239,400-point subsample, not on the full data' of 239,400
+    points (the CLI, restarts 4, streaming)."""
+    from helpers import lower_corner_case
+
+    import homodyne.optimization.restarts as restarts
+    from homodyne.optimization.nlsq_wrapper import NLSQWrapper
+    from homodyne.optimization.passes import FitMonitor
+
+    spec, y, p0, bounds = lower_corner_case()
+
+    def fit(callback):  # the screening fits' monitor calls back after each batch
+        monkeypatch.setattr(restarts, "FitMonitor", lambda: FitMonitor(callback=callback))
+        return NLSQWrapper(restarts=3).fit_two_time(None, spec, p0, bounds, y=y)
+
+    cut = sigterm_at(2, fit)
+    assert cut.stop_reason == (
+        "interrupted by SIGTERM while screening start 1 of 3 (multi-start): the parameters "
+        f"are the fit of start 1 as it stood, on the full data ({spec.n_points:,} points: "
+        "too few for a subsample)")
