@@ -589,7 +589,7 @@ def run_reporting_errors(prog: str, body) -> int:
     from homodyne.optimization.checkpoint_session import RERUN_SAME
     from homodyne.optimization.exceptions import NLSQMemoryError, NLSQOptimizationError
     from homodyne.output import OutputDirError, OutputExistsError
-    from homodyne.pipeline import FitInterrupted
+    from homodyne.pipeline import WRITE_FAILURES, FitInterrupted, write_failure
 
     try:
         return body()
@@ -601,6 +601,11 @@ def run_reporting_errors(prog: str, body) -> int:
     except NLSQOptimizationError as exc:
         print(f"{prog}: fit failed: {exc}", file=sys.stderr)
         return EXIT_FIT_FAILED
+    except OSError as exc:  # a production fit's set (committed_set) out of room or size
+        if exc.errno not in WRITE_FAILURES:  # (an OSError traceback in the rule's log)
+            raise
+        print(f"{prog}: error: {write_failure(exc)}", file=sys.stderr)
+        return EXIT_USAGE
     except FitInterrupted as exc:
         kept = getattr(exc, "bins_kept", None)  # a multi-q run: the bins it replaced
         said = str(exc)

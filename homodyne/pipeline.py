@@ -281,6 +281,19 @@ class FileLogHandler(logging.StreamHandler):
 WRITE_FAILURES = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
 
 
+def write_failure(exc: OSError) -> str:
+    """A write refused by the file system (``WRITE_FAILURES``), said with its fix, where no
+    fit's output folder is at hand (a production fit's set, a workflow rule's file)."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    if exc.errno == errno.EFBIG:
+        fix = file_size_limit_fix()
+    elif exc.errno == errno.EROFS:
+        fix = "the file system is read-only: choose another folder"
+    else:
+        fix = "free space or choose another folder"
+    return f"could not write the results{where}: {exc.strerror or exc}; {fix}"
+
+
 def _write_error(out: Path, exc: BaseException) -> OutputDirError:
     """The one error of results that could not be written, with the fix for its cause."""
     reason = getattr(exc, "strerror", None) or str(exc)

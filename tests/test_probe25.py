@@ -221,3 +221,37 @@ def test_a_stop_while_screening_small_data_does_not_call_it_a_subsample(monkeypa
         "interrupted by SIGTERM while screening start 1 of 3 (multi-start): the parameters "
         f"are the fit of start 1 as it stood, on the full data ({spec.n_points:,} points: "
         "too few for a subsample)")
+
+
+def test_a_production_set_past_the_file_size_limit_is_one_line_exit_2(tmp_path, capsys):
+    """A production fit's set (committed_set, as fit_aps_aging's rule writes it: fit_aging
+    under ulimit -f 30 ended in a PIL traceback, exit 1, in the rule's log) that meets the
+    file-size limit: one line naming ulimit -f, exit 2, the previous set untouched."""
+    import resource
+
+    from homodyne.cli import run_reporting_errors
+    from homodyne.output import committed_set
+
+    out = tmp_path / "aging"
+
+    def write(size):
+        with committed_set(out, ("a.bin", "parameters.json")) as results:
+            results.stage("a.bin").write_bytes(b"x" * size)
+            results.stage("parameters.json").write_text("{}")
+        return 0
+
+    assert run_reporting_errors("fit_aps_aging", lambda: write(10)) == 0
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (30 * 1024, hard))
+    try:
+        code = run_reporting_errors("fit_aps_aging", lambda: write(100_000))
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    err = capsys.readouterr().err
+    assert code == 2, err
+    assert err.startswith("fit_aps_aging: error: could not write the results") and \
+        err.endswith(": File too large; raise the file-size limit of this shell (ulimit -f, "
+                     "now 30,720 bytes)\n") and err.count("\n") == 1, err
+    assert (out / "a.bin").read_bytes() == b"x" * 10
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == \
+        ["a.bin", "parameters.json"]
