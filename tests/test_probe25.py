@@ -1,6 +1,8 @@
 """probe25: a fresh probing round (issue 12) over the long-running paths; each test
 fails on main 5108c16."""
 
+import os
+
 import numpy as np
 from helpers import sigterm_at
 
@@ -255,3 +257,35 @@ def test_a_production_set_past_the_file_size_limit_is_one_line_exit_2(tmp_path, 
     assert (out / "a.bin").read_bytes() == b"x" * 10
     assert sorted(p.name for p in out.iterdir() if not p.name.startswith(".")) == \
         ["a.bin", "parameters.json"]
+
+
+def test_the_model_identity_is_the_same_in_every_process_and_sees_an_instance(tmp_path):
+    """The model's part of the fingerprint must let another process resume: a set constant
+    in the model (its order follows the per-process string hash) is read sorted; a bound
+    method's instance attributes are part of the model."""
+    import subprocess
+    import sys
+
+    from homodyne.optimization.nlsq_wrapper import _model_identity
+
+    script = tmp_path / "m.py"
+    script.write_text(
+        "from homodyne.optimization.driver import fingerprint\n"
+        "from homodyne.optimization.nlsq_wrapper import _model_identity\n"
+        "def model(x, a):\n"
+        "    return a * x if 'mode' in {'alpha', 'beta', 'mode', 'gamma', 'delta'} else x\n"
+        "print(fingerprint(_model_identity(model)))\n")
+    seen = {subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONHASHSEED": seed}).stdout
+            for seed in ("1", "2", "3")}
+    assert len(seen) == 1 and len(seen.pop()) == 65
+
+    class Scaled:
+        def __init__(self, k):
+            self.k = k
+
+        def model(self, x, a):
+            return a * x * self.k
+
+    assert _model_identity(Scaled(1.0).model) != _model_identity(Scaled(2.0).model)
+    assert _model_identity(Scaled(1.0).model) == _model_identity(Scaled(1.0).model)

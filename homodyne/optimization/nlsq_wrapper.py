@@ -76,6 +76,11 @@ def _model_identity(func, depth: int = 0) -> list:
                 [_value_identity(a, depth) for a in func.args],
                 {k: _value_identity(v, depth) for k, v in sorted(func.keywords.items())}]
     func = inspect.unwrap(func) if callable(func) else func
+    if inspect.ismethod(func):  # the instance's attributes are part of the model
+        owner = func.__self__
+        return ["method", _model_identity(func.__func__, depth + 1),
+                {k: _value_identity(v, depth) for k, v in sorted(vars(owner).items())}
+                if hasattr(owner, "__dict__") else type(owner).__qualname__]
     code = getattr(func, "__code__", None)
     if code is None:  # a callable object: its class's __call__ and its attributes
         call = inspect.getattr_static(type(func), "__call__", None)
@@ -96,7 +101,8 @@ def _model_identity(func, depth: int = 0) -> list:
 def _code_identity(code) -> list:
     """Bytecode, names and constants of a code object, nested ones alike (no addresses,
     file names or line numbers: a comment added above the model changes nothing)."""
-    consts = [_code_identity(c) if hasattr(c, "co_code") else repr(c) for c in code.co_consts]
+    consts = [_code_identity(c) if hasattr(c, "co_code") else _value_identity(c, 5)
+              for c in code.co_consts]
     return [code.co_code.hex(), list(code.co_names), list(code.co_varnames), consts]
 
 
@@ -128,6 +134,11 @@ def _value_identity(v, depth: int):
         return _array_digest({"v": v})
     if isinstance(v, list | tuple):
         return [_value_identity(x, depth) for x in v]
+    if isinstance(v, set | frozenset):  # (their order follows the per-process str hash)
+        return sorted(repr(_value_identity(x, depth)) for x in v)
+    if isinstance(v, dict):
+        return sorted((repr(_value_identity(k, depth)), repr(_value_identity(x, depth)))
+                      for k, x in v.items())
     return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(v))
 
 
