@@ -616,9 +616,10 @@ def run_reporting_errors(prog: str, body) -> int:
     on stderr (no traceback): the CLI and the workflow's rule scripts exit alike."""
     from homodyne.config import ConfigError
     from homodyne.data.errors import DataFileError
+    from homodyne.optimization.checkpoint_session import RERUN_SAME
     from homodyne.optimization.exceptions import NLSQMemoryError, NLSQOptimizationError
     from homodyne.output import OutputDirError, OutputExistsError
-    from homodyne.pipeline import FitInterrupted
+    from homodyne.pipeline import WRITE_FAILURES, FitInterrupted, write_failure
 
     try:
         return body()
@@ -630,9 +631,17 @@ def run_reporting_errors(prog: str, body) -> int:
     except NLSQOptimizationError as exc:
         print(f"{prog}: fit failed: {exc}", file=sys.stderr)
         return EXIT_FIT_FAILED
+    except OSError as exc:  # a production fit's set (committed_set) out of room or size
+        if exc.errno not in WRITE_FAILURES:  # (an OSError traceback in the rule's log)
+            raise
+        print(f"{prog}: error: {write_failure(exc)}", file=sys.stderr)
+        return EXIT_USAGE
     except FitInterrupted as exc:
         kept = getattr(exc, "bins_kept", None)  # a multi-q run: the bins it replaced
-        print(f"{prog}: {exc}{f'; {kept}' if kept else ''}", file=sys.stderr)
+        said = str(exc)
+        if getattr(exc, "rerun", None):  # ... and the same command is refused now
+            said = said.replace(RERUN_SAME, exc.rerun)
+        print(f"{prog}: {said}{f'; {kept}' if kept else ''}", file=sys.stderr)
         return 128 + signal.Signals[exc.result.interrupted_by]
 
 if __name__ == "__main__":

@@ -276,6 +276,24 @@ class FileLogHandler(logging.StreamHandler):
             self._incomplete(exc)
 
 
+# what only a write meets (not a data file that cannot be read): a full disk or quota, a
+# file-size limit, a read-only file system
+WRITE_FAILURES = (errno.ENOSPC, errno.EDQUOT, errno.EFBIG, errno.EROFS)
+
+
+def write_failure(exc: OSError) -> str:
+    """A write refused by the file system (``WRITE_FAILURES``), said with its fix, where no
+    fit's output folder is at hand (a production fit's set, a workflow rule's file)."""
+    where = f" ({exc.filename})" if exc.filename else ""
+    if exc.errno == errno.EFBIG:
+        fix = file_size_limit_fix()
+    elif exc.errno == errno.EROFS:
+        fix = "the file system is read-only: choose another folder"
+    else:
+        fix = "free space or choose another folder"
+    return f"could not write the results{where}: {exc.strerror or exc}; {fix}"
+
+
 def _write_error(out: Path, exc: BaseException) -> OutputDirError:
     """The one error of results that could not be written, with the fix for its cause."""
     reason = getattr(exc, "strerror", None) or str(exc)
@@ -315,7 +333,12 @@ def _run(cfg: HomodyneConfig, out: Path, results: ResultSet, checkpoint_lock=Non
     if cfg.analysis_mode == "one_time":
         from homodyne.onetime.run import run_one_time
 
-        return run_one_time(cfg, out, results.stage)
+        try:
+            return run_one_time(cfg, out, results.stage)
+        except OSError as exc:  # its files and plots, staged: one line as for two-time
+            if exc.errno in WRITE_FAILURES:  # (a traceback and exit 1 before)
+                raise _write_error(out, exc) from None
+            raise
     with jax.default_device(jax_device(cfg.performance["device"])):
         return _run_on_device(cfg, out, results, checkpoint_lock)
 

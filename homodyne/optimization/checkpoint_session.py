@@ -36,6 +36,9 @@ from homodyne.output import file_size_limit_fix
 log = logging.getLogger("homodyne.engine")
 STAGES = ("coarse", "full")
 
+# how a stop with a checkpoint saved tells the user to resume
+RERUN_SAME = "run the same command again to resume"
+
 
 @dataclass
 class PassRecord:
@@ -419,7 +422,7 @@ class CheckpointSession:
     def stop_line(self, batch: int) -> str:
         """How a stop at ``batch`` names the checkpoint a rerun resumes from: the one just
         saved, else (that save failed) the last one still on disk, else none."""
-        rerun = ("run the same command again to resume" if self.resumes else
+        rerun = (RERUN_SAME if self.resumes else
                  "resume_from_checkpoint is false, so the same command starts afresh: set it "
                  "to true to resume")
         if self.last_batch == batch and self.last_path and Path(self.last_path).is_file():

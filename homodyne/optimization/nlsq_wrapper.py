@@ -61,6 +61,87 @@ def _array_digest(columns: dict) -> str:
     return h.hexdigest()
 
 
+def _model_identity(func, depth: int = 0) -> list:
+    """What makes ``func`` this model, the same in every process: its name and code
+    (bytecode, constants, names, nested code), defaults, the values it closes over and the
+    plain module-level values it names. A checkpoint of another model function on the same
+    data is then another fit's (a finished fit of one model was resumed as the other's)."""
+    import functools
+    import inspect
+
+    if depth > 4:
+        return [type(func).__qualname__]
+    if isinstance(func, functools.partial):
+        return ["partial", _model_identity(func.func, depth + 1),
+                [_value_identity(a, depth) for a in func.args],
+                {k: _value_identity(v, depth) for k, v in sorted(func.keywords.items())}]
+    func = inspect.unwrap(func) if callable(func) else func
+    if inspect.ismethod(func):  # the instance's attributes are part of the model
+        owner = func.__self__
+        return ["method", _model_identity(func.__func__, depth + 1),
+                {k: _value_identity(v, depth) for k, v in sorted(vars(owner).items())}
+                if hasattr(owner, "__dict__") else type(owner).__qualname__]
+    code = getattr(func, "__code__", None)
+    if code is None:  # a callable object: its class's __call__ and its attributes
+        call = inspect.getattr_static(type(func), "__call__", None)
+        state = {k: _value_identity(v, depth) for k, v in sorted(vars(func).items())} \
+            if hasattr(func, "__dict__") else {}
+        return [type(func).__module__, type(func).__qualname__, state,
+                _model_identity(call, depth + 1) if getattr(call, "__code__", None) else None]
+    scope = getattr(func, "__globals__", {})
+    named = {n: _value_identity(scope[n], depth) for n in _code_names(code) if n in scope
+             and isinstance(scope[n], int | float | complex | str | bytes | np.ndarray)}
+    cells = [_value_identity(c.cell_contents, depth) for c in (func.__closure__ or ())
+             if _cell_filled(c)]
+    return [getattr(func, "__module__", None), getattr(func, "__qualname__", None),
+            _code_identity(code), _value_identity(getattr(func, "__defaults__", None), depth),
+            cells, named]
+
+
+def _code_identity(code) -> list:
+    """Bytecode, names and constants of a code object, nested ones alike (no addresses,
+    file names or line numbers: a comment added above the model changes nothing)."""
+    consts = [_code_identity(c) if hasattr(c, "co_code") else _value_identity(c, 5)
+              for c in code.co_consts]
+    return [code.co_code.hex(), list(code.co_names), list(code.co_varnames), consts]
+
+
+def _code_names(code) -> set:
+    """Every global name a code object (and the code nested in it) uses."""
+    names = set(code.co_names)
+    for c in code.co_consts:
+        if hasattr(c, "co_code"):
+            names |= _code_names(c)
+    return names
+
+
+def _cell_filled(cell) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018 (an empty cell raises)
+    except ValueError:
+        return False
+    return True
+
+
+def _value_identity(v, depth: int):
+    """A value a model uses, the same in every process (arrays by digest, functions by
+    their identity, no memory addresses)."""
+    import re
+
+    if callable(v) and not isinstance(v, type):
+        return _model_identity(v, depth + 1)
+    if isinstance(v, np.ndarray):
+        return _array_digest({"v": v})
+    if isinstance(v, list | tuple):
+        return [_value_identity(x, depth) for x in v]
+    if isinstance(v, set | frozenset):  # (their order follows the per-process str hash)
+        return sorted(repr(_value_identity(x, depth)) for x in v)
+    if isinstance(v, dict):
+        return sorted((repr(_value_identity(k, depth)), repr(_value_identity(x, depth)))
+                      for k, x in v.items())
+    return re.sub(r" at 0x[0-9a-fA-F]+", "", repr(v))
+
+
 SAMPLE_ROWS = 256  # rows (over all angles) in the data fingerprint's content sample
 SAMPLE_WIDTH = 256  # points taken evenly across each sampled row
 
@@ -602,7 +683,8 @@ class NLSQWrapper:
         problem.sigma_given = s is not None  # chi2 then judges the fit (FitResult.status)
         data = self._data(tier, cols, y.size, batch)
         return self._run(problem, data, p0, lb, ub, tier, batch,
-                         lambda: ["curve", _array_digest(cols)], n_starts)
+                         lambda: ["curve", _array_digest(cols), _model_identity(model_func)],
+                         n_starts)
 
     # --- the XPCS two-time model --------------------------------------------------
     def plan_two_time(self, source, spec, *, strategy: str | None = None, y=None) -> FitPlan:
@@ -637,6 +719,9 @@ class NLSQWrapper:
                                min_success_rate=self.min_success_rate,
                                max_retries_per_batch=self.max_retries_per_batch)
         show = tier in (OptimizationStrategy.CHUNKED, OptimizationStrategy.STREAMING)
+        reset = getattr(self.recovery_applicator, "reset", None)
+        if self.enable_recovery and callable(reset):  # every fit from the same stream
+            reset()
         mon = FitMonitor(faults=faults, callback=self.callback,
                          applicator=self.recovery_applicator if self.enable_recovery else None,
                          progress=ProgressReporter(self.enable_progress and show,

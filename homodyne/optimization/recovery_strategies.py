@@ -31,7 +31,13 @@ class RecoveryStrategyApplicator:
     """Applies a named strategy to a parameter vector (deterministic for a given seed)."""
 
     def __init__(self, seed: int = 0):
+        self.seed = seed
         self.rng = np.random.default_rng(seed)
+
+    def reset(self) -> None:
+        """Start the random stream afresh: each fit perturbs alike (a wrapper's second fit,
+        or its resume after a stop, drew on where the previous fit had left the stream)."""
+        self.rng = np.random.default_rng(getattr(self, "seed", 0))
 
     def describe(self, strategy_name: str, strategy_param=None) -> str:
         param = BUILT_IN.get(strategy_name) if strategy_param is None else strategy_param

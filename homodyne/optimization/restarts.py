@@ -251,6 +251,15 @@ class _Run:
                            "finishing_seconds": float(total - screening_s)}
         return result
 
+    def screened_on(self, chi2_note: bool = True) -> str:
+        """Where the screening fits ran: a subsample, or (small data) all the points (a
+        stop there said 'on a 239,400-point subsample, not on the full data' of data of
+        239,400 points)."""
+        if self.screen.n_points < self.n_points:
+            note = " (chi2 and points are the subsample's)" if chi2_note else ""
+            return f"a {self.screen.n_points:,}-point subsample, not on the full data{note}"
+        return f"the full data ({self.n_points:,} points: too few for a subsample)"
+
     def stopped_screening(self, fit: FitResult, screened: list[Screened], k: int,
                           n_starts: int) -> FitResult:
         """After a signal while start ``k`` was screened: the best start screened in full
@@ -264,15 +273,13 @@ class _Run:
             result = replace(best.fit, messages=list(best.fit.messages), converged=False,
                              interrupted_by=fit.interrupted_by)
             result.stop_reason = where + (
-                f"{_best_of(len(done), 'start', 'starts')} screened so far, fitted on a "
-                f"{self.screen.n_points:,}-point subsample, not on the full data (chi2 and "
-                "points are the subsample's)")
+                f"{_best_of(len(done), 'start', 'starts')} screened so far, fitted on "
+                f"{self.screened_on()}")
             start = best.start
         else:
             result, start = fit, None
             result.stop_reason = where + (
-                f"the fit of start {k + 1} as it stood, on a {self.screen.n_points:,}-point "
-                "subsample, not on the full data")
+                f"the fit of start {k + 1} as it stood, on {self.screened_on(False)}")
         return self.account(result, starts=n_starts, interrupted_while="screening",
                             screened=len(done), screening_points=int(self.screen.n_points),
                             best_start=None if start is None else [float(v) for v in start],
@@ -299,8 +306,7 @@ class _Run:
             result = replace(lead.fit, messages=list(lead.fit.messages), converged=False,
                              interrupted_by=fit.interrupted_by)
             result.stop_reason = where + (
-                f"the best screened minimum, fitted on a {self.screen.n_points:,}-point "
-                "subsample, not on the full data (chi2 and points are the subsample's)")
+                f"the best screened minimum, fitted on {self.screened_on()}")
             start = lead.start
         return self.account(result, starts=n_starts, interrupted_while="finishing",
                             screened=len(screened), finished=len(finished),

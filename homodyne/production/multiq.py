@@ -24,7 +24,9 @@ from homodyne.output import (
     MAX_MARKER_BYTES,
     MAX_RECORD_BYTES,
     MULTI_Q_TABLE,
+    RESULT_FILES,
     OutputDirError,
+    OutputExistsError,
     file_sha256,
     read_json_file,
 )
@@ -549,7 +551,9 @@ def run_all(cfg: HomodyneConfig, *, overwrite: bool | None = None,
     jobs = plan_jobs(cfg)
     rows: list[dict] = []
     digests: dict = {}  # one digest of a file for all its q bins
-    with root_lock(root), _bins_named_on_stop(rows, root):
+    replaces = cfg.output["overwrite"] if overwrite is None else overwrite
+    with root_lock(root), _bins_named_on_stop(rows, root, replaces):
+        refuse_held_bins(jobs, replaces)
         try:
             for k, job in enumerate(jobs, 1):
                 log.info("fit %d/%d: %s, q bin %d (q = %.6g)", k, len(jobs), job.file,
@@ -580,11 +584,26 @@ def run_all(cfg: HomodyneConfig, *, overwrite: bool | None = None,
         return rows, write_summary(rows, root)
 
 
+def refuse_held_bins(jobs: list[QFitJob], overwrite: bool) -> None:
+    """Without overwrite, refuse before the first fit when any bin's folder holds results
+    (the run fitted and replaced the bins before such a folder, then stopped at it)."""
+    held = [j.output_dir for j in jobs
+            if any(os.path.lexists(j.output_dir / f) for f in RESULT_FILES)]
+    if held and not overwrite:
+        names = ", ".join(map(str, held[:3])) + (f" and {len(held) - 3} more"
+                                                 if len(held) > 3 else "")
+        raise OutputExistsError(
+            f"{names} already hold{'s' if len(held) == 1 else ''} results ({len(held)} of "
+            f"{len(jobs)} bins; nothing was fitted); choose another --output-dir or pass "
+            "--overwrite (output.overwrite: true) to replace them")
+
+
 @contextmanager
-def _bins_named_on_stop(rows: list[dict], root):
+def _bins_named_on_stop(rows: list[dict], root, overwrite: bool = False):
     """A stop (or error) raised inside, once some of ``rows`` hold new results, carries
     ``bins_kept``: the command line's one line then names those bins instead of calling
-    the whole output folder untouched."""
+    the whole output folder untouched; without ``overwrite`` also ``rerun``, how to resume
+    (the same command is refused: those bins hold results now)."""
     try:
         yield
     except BaseException as stop:
@@ -594,7 +613,13 @@ def _bins_named_on_stop(rows: list[dict], root):
             fitted.append({"output_dir": str(written)})  # in place (StoppedAfterCommit)
         if fitted:
             stop.bins_kept = bins_kept_line(fitted, root)
+            if not overwrite:
+                stop.rerun = RERUN_WITH_OVERWRITE
         raise
+
+
+# how a multi-q run stopped after some bins, without --overwrite, is resumed
+RERUN_WITH_OVERWRITE = "run the same command with --overwrite to resume"
 
 
 def bins_kept_line(fitted: list[dict], root) -> str:
