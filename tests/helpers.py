@@ -421,3 +421,29 @@ def virtual_chain(path, folder: Path, levels: int = 2) -> list[Path]:
         for name in values:
             virtual_over(outer, name, src.name, name)
     return files
+
+
+# seed 2017 of the seeded comparison (homodyne.benchmarks.seeded on branch seed14): a
+# laminar 1 angle x 74 frames case, float32 data, start 10x off the truth (lam14b)
+SEED2017 = dict(
+    phi_deg=(-28.230328401665602,), n_frames=74, sigma=0.010527195011722681,
+    truth=[0.37697843785276014, 0.9962559390849565, 5326.067418533359, -1.0715516598744466,
+           365.7969549660441, 0.0005009109580857284, 0.4203224907932539,
+           2.0940365316098484e-05, 26.02094762755857],
+    p0=[0.30158275028220816, 0.9962559390849565, 53260.67418533359, -1.5715516598744466,
+        36.57969549660441, 5.0091095808572846e-05, -0.0796775092067461,
+        2.0940365316098483e-06, 2.6020947627558573],
+)
+
+
+def seeded_laminar_case(c=SEED2017, dtype="float32"):
+    """(spec, y, p0, lb, ub) of a seeded comparison case: its truth plus the noise of
+    ``default_rng([2017, 1])`` (as the comparison draws it), shared scaling, bounds_for."""
+    spec = ModelSpec(mode="laminar_flow", n_frames=c["n_frames"], phi_deg=c["phi_deg"],
+                     scaling="shared", dtype=dtype)
+    y = np.asarray(c2_points(np.asarray(c["truth"]), jnp.arange(spec.n_points),
+                             ModelSpec(mode="laminar_flow", n_frames=c["n_frames"],
+                                       phi_deg=c["phi_deg"], scaling="shared")))
+    y = y + np.random.default_rng([2017, 1]).normal(0.0, c["sigma"], y.size)
+    lb, ub = bounds_for(spec)
+    return spec, y.astype(dtype), np.asarray(c["p0"]), lb, ub

@@ -26,8 +26,10 @@ def _cost(y, p):
 def test_a_start_on_the_lower_corner_reaches_the_optimum_in_internal_coordinates():
     """From D0 1, alpha -2, D_offset -1000 (J = t^-2 - 1000 < 0) the fit first ended on
     D_offset's bound with J < 0 at every frame, chi2 2.4x the optimum, as SciPy's TRF does
-    from there; the refit from inside the start's bounds (its J(t_ref) < 0 mirrored) keeps
-    the optimum that SciPy's TRF reaches from a plain start, to 1e-3 standard errors."""
+    from there; the refit from inside the start's bounds (its J(t_ref) < 0 mirrored) kept
+    the optimum that SciPy's TRF reaches from a plain start, to 1e-3 standard errors (74
+    passes). Since lam14b the finish's box point mirrors the other quadrant's J(t_ref) < 0
+    too, and the finish reaches that optimum itself (29 passes), no refit needed."""
     y = noisy_data(SPEC, TRUTH, 0.02, 0)
     lb, ub = bounds_for(SPEC)
     r = NLSQWrapper().fit_two_time(None, SPEC, LOWER_CORNER, (lb, ub), y=y)
@@ -37,7 +39,7 @@ def test_a_start_on_the_lower_corner_reaches_the_optimum_in_internal_coordinates
     assert _cost(y, corner_ref.x) > 2.0 * _cost(y, ref.x)  # SciPy's own corner end
     assert r.converged, r.summary()
     refit = [m for m in r.messages if "started on a bound and never left it" in m]
-    assert len(refit) == 1 and "its lower cost kept" in refit[0], r.messages
+    assert refit == [] and r.passes <= 40, (r.passes, r.messages)
     assert abs(r.cost - _cost(y, ref.x)) <= 1e-9 * r.cost
     dz = (r.parameters - ref.x) / r.uncertainties
     assert np.all(np.abs(dz) < 1e-3), dz

@@ -109,7 +109,11 @@ def test_a_finish_from_the_predicted_edge_point_that_fails_is_redone_from_the_bo
     coordinates started from the edge point the held end's sums predict; here that
     extrapolation led the finish astray (its iteration cap at 295x SciPy's cost). Where
     it does not converge the finish is redone from the plain box point, which reaches
-    SciPy's cost (also at its cap: honestly NOT converged)."""
+    SciPy's cost (also at its cap: honestly NOT converged). Since lam14b the box point of
+    the internal end (stopped at its cap, the shear's level at t_ref < 0) mirrors that level
+    first, and the one finish converges below SciPy's cost (0.012917 vs 0.016231, 140
+    passes; before 0.016231 NOT converged, 241); the redo keeps its unit test in
+    test_fix12e."""
     spec = make_spec("laminar_flow", n_frames=50, n_phi=1)
     truth = spec.pack(0.4932, 0.9519, [950.76, -1.0105, -3.3845, 2.2e-3, -0.4263, 2.018e-4,
                                         14.474])
@@ -120,5 +124,6 @@ def test_a_finish_from_the_predicted_edge_point_that_fails_is_redone_from_the_bo
     ref = trf(spec, y, p0, lb, ub)
     assert ref.status > 0
     result = NLSQWrapper().fit_two_time(None, spec, p0, (lb, ub), y=y)
-    assert sum(m.startswith("user coordinates") for m in result.messages) == 2, result.messages
+    finishes = sum(m.startswith("user coordinates") for m in result.messages)
+    assert finishes == 1 and result.converged, result.messages
     _cost_matches(result, ref)

@@ -10,7 +10,8 @@ scaling set's contrast and offset solved linearly at every trial. The model has 
 so a J < 0 fit (D0 < 0) is the same fit as its mirror -J (D0 > 0): both families are
 searched. The estimate is
 taken only where its cell cost is below the plain start's (judged on the cells: no pass).
-A laminar fit started on a corner of the box (``corner_start``) gets J(t) so, the shear
+A laminar fit started on a corner of the box (``corner_start``), or whose start's shear
+decorrelates every frame pair (``shear_decorrelates``, lam14b), gets J(t) so, the shear
 off, then a constant shear rate and phi0 from a grid on the same cells (lam14).
 ``EngineOptions.start_estimate`` / ``optimization.start_estimate`` (default on); the driver
 counts its pass: a full pass, or a coarse one where it reads the densest coarse level.
@@ -55,7 +56,8 @@ def applies(problem, x0, lb, ub) -> bool:
     """Static two-time fit with one of D0, alpha, D_offset free and J flat at the start
     (D0 = 0 or alpha = 0): a plain start, which has no trend of its own to keep. Held
     members (min == max) keep their values; the estimate fits the free ones. A laminar
-    fit started on a corner of the box (``corner_start``) holds no estimate either."""
+    fit started on a corner of the box (``corner_start``) or with a shear that
+    decorrelates every frame pair (``shear_decorrelates``) holds no estimate either."""
     spec = getattr(problem, "spec", None)
     if spec is None or spec.mode not in ("static", "laminar_flow"):
         return False
@@ -63,7 +65,8 @@ def applies(problem, x0, lb, ub) -> bool:
     if not np.any(np.asarray(lb)[k:k + 3] < np.asarray(ub)[k:k + 3]):
         return False
     if spec.mode == "laminar_flow":
-        return corner_start(x0[k:], np.asarray(lb)[k:], np.asarray(ub)[k:])
+        return corner_start(x0[k:], np.asarray(lb)[k:], np.asarray(ub)[k:]) or \
+            shear_decorrelates(spec, x0, lb, ub)
     return x0[k] == 0 or x0[k + 1] == 0
 
 
@@ -74,6 +77,23 @@ def corner_start(x, lb, ub) -> bool:
     x, lb, ub = (np.asarray(v, np.float64) for v in (x, lb, ub))
     free = lb < ub
     return bool(free.any() and np.all(((x <= lb) | (x >= ub))[free]))
+
+
+def shear_decorrelates(spec, x, lb, ub) -> bool:
+    """A free shear whose start puts the sinc's phase q h |cos(phi0 - phi)| |gdot(t)| dt / 2
+    past pi at every angle and frame: its first zero before the one-frame lag, the model
+    flat at the offset, no guess of the shear either (lam14b seed 2045: gamma_dot_t0 on
+    its upper bound 1, the fit ended NOT converged at cost 17.8, SciPy 16.9, both at its
+    cap; from the laminar estimate 0.0663 converged)."""
+    k = 2 * spec.n_scaling_sets + 3
+    if not np.any(np.asarray(lb)[k:k + 3] < np.asarray(ub)[k:k + 3]):
+        return False
+    g0, beta, g_off, phi0 = (float(v) for v in np.asarray(x, np.float64)[k:k + 4])
+    with np.errstate(all="ignore"):
+        rate = np.abs(g0 * spec.frame_times() ** beta + g_off)
+    cos_d = np.abs(np.cos(np.deg2rad(phi0 - np.asarray(spec.phi_deg, np.float64))))
+    phase = 0.5 * spec.q * spec.gap_h * spec.dt * cos_d[:, None] * rate[None, :]
+    return bool(np.all(phase > np.pi))
 
 
 def _lag_cell(d, n_frames: int) -> np.ndarray:
@@ -391,6 +411,12 @@ def _shear_rows(spec, lb, ub) -> np.ndarray:
     return np.stack([g, np.full_like(g, beta), np.full_like(g, offset), p], axis=1)
 
 
+def _whence(x0, lb, ub, k) -> str:
+    """Why a laminar start got the estimate: a corner, else a shear that decorrelates."""
+    return ("from a corner of the box" if corner_start(x0[k:], lb[k:], ub[k:]) else
+            "the start's shear decorrelates every frame pair")
+
+
 def _laminar_estimate(spec, cells, x0, lb, ub) -> tuple[np.ndarray | None, str]:
     """A laminar start from a corner of the box: J(t) from the static estimate on the
     cells (the shear off: its sinc is 1), then the shear on a grid (``_shear_rows``) with
@@ -419,10 +445,10 @@ def _laminar_estimate(spec, cells, x0, lb, ub) -> tuple[np.ndarray | None, str]:
     corner = laminar_cell_cost(spec, cells, x0)
     cost, x = best
     if x is None or not cost < corner:
-        return None, (f"start estimate (laminar, from a corner of the box): cell cost "
+        return None, (f"start estimate (laminar, {_whence(x0, lb, ub, k)}): cell cost "
                       f"{cost:.6g} not below the start's {corner:.6g}; the start kept")
     x = np.where(np.isnan(held), x, held)
     names = spec.physical_names
-    return x, (f"start estimate (laminar, from a corner of the box) from {cells.w.size} "
+    return x, (f"start estimate (laminar, {_whence(x0, lb, ub, k)}) from {cells.w.size} "
                f"cells: cell cost {corner:.6g} -> {cost:.6g}, "
                + ", ".join(f"{n} = {v:.4g}" for n, v in zip(names, x[k:], strict=True)))
