@@ -367,3 +367,20 @@ def soft_link_over(path, name: str, target: str) -> None:
     with h5py.File(path, "r+") as h5:
         del h5[name]
         h5[name] = h5py.SoftLink(target)
+
+
+def with_variable_length_labels(path):
+    """Rewrite the text labels of a synthetic file's /homodyne/synthetic (mode, scaling,
+    parameter_names) as variable-length strings, as homodyne generate wrote them before
+    heap26: such files exist, and their strings live in a global heap."""
+    import h5py
+
+    with h5py.File(path, "r+") as h5:
+        attrs = h5["/homodyne/synthetic"].attrs
+        for name in ("mode", "scaling", "parameter_names"):
+            value = attrs[name]
+            text = [v.decode() if isinstance(v, bytes) else str(v) for v in np.atleast_1d(value)]
+            del attrs[name]
+            data = text[0] if np.ndim(value) == 0 else np.array(text, dtype=object)
+            attrs.create(name, data, dtype=h5py.string_dtype())
+    return path
