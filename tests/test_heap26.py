@@ -206,3 +206,24 @@ def test_an_older_generated_file_names_why_its_truth_is_not_listed(tmp_path, cap
     fake = SimpleNamespace(attrs=src.attrs, path=src.path, phi_deg=src.phi_deg)
     assert _truth(fake, src.model_spec()) is None
     assert "older homodyne generate" in caplog.text and "generate the file again" in caplog.text
+
+
+def test_a_file_with_a_userblock_is_checked_at_the_right_offsets(tmp_path):
+    """Heap addresses in a reference are relative to the base address (after a userblock);
+    the dataset's own offset is absolute: an intact file with a 512-byte userblock passes,
+    the same flip of its heap object's size is found."""
+    from homodyne.data.vlenheap import vlen_string_problem
+
+    path = tmp_path / "ub.h5"
+    with h5py.File(path, "w", userblock_size=512) as h5:
+        h5[START_TIME] = "2022-03-06 21:00:00"
+    with h5py.File(path, "r") as h5:
+        assert vlen_string_problem(h5, h5[START_TIME], START_TIME) is None
+        ref_at = h5[START_TIME].id.get_offset()
+    raw = bytearray(path.read_bytes())
+    gcol = struct.unpack_from("<Q", raw, ref_at + 4)[0] + 512
+    assert raw[gcol:gcol + 4] == b"GCOL"
+    raw[gcol + 24] ^= 0xFF
+    (bad := tmp_path / "bad.h5").write_bytes(raw)
+    with h5py.File(bad, "r") as h5:
+        assert "corrupt HDF5 metadata" in vlen_string_problem(h5, h5[START_TIME], START_TIME)
