@@ -457,6 +457,12 @@ def _truth(source, spec):
     attrs = source.attrs
     if "true_parameters" not in attrs:
         return None
+    if "parameter_names" not in attrs:  # variable-length strings are left unread
+        log.warning("%s: the synthetic truth's parameter names are not readable (a file of "
+                    "an older homodyne generate stores them as variable-length strings, "
+                    "which are not read); the truth is not listed in parameters.json - "
+                    "generate the file again to list it", source.path)
+        return None
     try:
         return _truth_table(attrs, source.phi_deg)
     except (KeyError, ValueError, TypeError, IndexError) as exc:

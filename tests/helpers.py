@@ -447,3 +447,20 @@ def seeded_laminar_case(c=SEED2017, dtype="float32"):
     y = y + np.random.default_rng([2017, 1]).normal(0.0, c["sigma"], y.size)
     lb, ub = bounds_for(spec)
     return spec, y.astype(dtype), np.asarray(c["p0"]), lb, ub
+
+
+def with_variable_length_labels(path):
+    """Rewrite the text labels of a synthetic file's /homodyne/synthetic (mode, scaling,
+    parameter_names) as variable-length strings, as homodyne generate wrote them before
+    heap26: such files exist, and their strings live in a global heap."""
+    import h5py
+
+    with h5py.File(path, "r+") as h5:
+        attrs = h5["/homodyne/synthetic"].attrs
+        for name in ("mode", "scaling", "parameter_names"):
+            value = attrs[name]
+            text = [v.decode() if isinstance(v, bytes) else str(v) for v in np.atleast_1d(value)]
+            del attrs[name]
+            data = text[0] if np.ndim(value) == 0 else np.array(text, dtype=object)
+            attrs.create(name, data, dtype=h5py.string_dtype())
+    return path

@@ -34,6 +34,7 @@ LAYERS = {
     "homodyne.data": 2,
     "homodyne.data.npyfile": 2,  # .npy/.npz headers checked before any data are read
     "homodyne.data.h5storage": 2,  # HDF5 storage that would read zeros/fill values refused
+    "homodyne.data.vlenheap": 2,  # variable-length strings checked in raw bytes (no hang)
     "homodyne.optimization.problems": 2,
     "homodyne.optimization.sources": 2,
     "homodyne.optimization.interfaces": 2,  # the protocols name problems' and sources' types

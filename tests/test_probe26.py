@@ -6,7 +6,7 @@ import struct
 import h5py
 import numpy as np
 import pytest
-from helpers import small_two_time_file, write_multitau
+from helpers import small_two_time_file, with_variable_length_labels, write_multitau
 
 from homodyne.data.errors import DataFileError
 from homodyne.data.multitau import read_multitau
@@ -121,7 +121,7 @@ def test_a_synthetic_attribute_whose_string_type_became_a_sequence_is_left_out(t
     """The same flip in the `mode` attribute of /homodyne/synthetic (labels only, read by
     open_two_time with every other attribute) segfaulted a fit of that file (found by the
     one-byte sweep over a `homodyne generate` file, offset 20649): now it is left out."""
-    path = small_two_time_file(tmp_path / "d.h5", n_frames=20)
+    path = with_variable_length_labels(small_two_time_file(tmp_path / "d.h5", n_frames=20))
     _vlen_string_made_a_sequence(path, b"mode\x00")
     status, out = _read_in_a_child(
         "from homodyne.data.twotime import open_two_time\n"
@@ -253,7 +253,7 @@ def test_a_string_type_of_an_unknown_encoding_is_named_or_left_out(tmp_path):
     with pytest.raises(DataFileError, match=f"{Q_MAP} has an HDF5 data type NumPy cannot "
                                             r"hold \(Unknown string encoding"):
         open_two_time(text_q, q=0.0054)
-    labelled = small_two_time_file(tmp_path / "a.h5", n_frames=20)
+    labelled = with_variable_length_labels(small_two_time_file(tmp_path / "a.h5", n_frames=20))
     raw = bytearray(labelled.read_bytes())
     at = raw.index(b"\x19\x01", raw.index(b"mode\x00"))  # its variable-length string type
     raw[at + 2] ^= 0xFF  # the character set byte

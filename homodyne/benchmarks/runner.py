@@ -19,6 +19,7 @@ import numpy as np
 
 from homodyne import __version__
 from homodyne.data import open_two_time
+from homodyne.data.errors import DataFileError
 from homodyne.memory import RSSSampler, peak_rss_mb
 from homodyne.output import write_json
 
@@ -31,6 +32,11 @@ def _truth(src):
 def _problem_setup(src):
     """Spec, start 20% off the truth on the physical parameters, and bounds."""
     a = src.attrs
+    if "mode" not in a or "scaling" not in a:  # variable-length labels are not read
+        raise DataFileError(src.path, "has no readable mode/scaling labels in "
+                                      "/homodyne/synthetic (an older homodyne generate "
+                                      "wrote them as variable-length strings); generate "
+                                      "the file again")
     spec = src.model_spec(mode=str(a.get("mode", "static")), scaling=str(a.get("scaling",
                           "shared")), gap_h=float(a.get("gap_h", 2e6)))
     truth = _truth(src)

@@ -21,6 +21,7 @@ from homodyne.data.h5storage import (
     refuse_unread_storage,
     unreadable,
 )
+from homodyne.data.vlenheap import vlen_string_problem
 from homodyne.model import frame_time_problem
 
 G2 = "/xpcs/multitau/normalized_g2"
@@ -91,12 +92,17 @@ def read_multitau(path) -> OneTimeData:
                                           "expected one date/time")
             if holds_sequences(h5[START_TIME].id.get_type()):  # (reading one segfaulted)
                 raise DataFileError(path, f"{START_TIME} {SEQUENCES}")
+            damaged = vlen_string_problem(h5, h5[START_TIME], START_TIME)  # (one hung HDF5)
+            if damaged:
+                raise DataFileError(path, damaged)
             raw = h5[START_TIME][()]
     except (OSError, RuntimeError, KeyError, ValueError, TypeError) as exc:
         if isinstance(exc, DataFileError):
             raise
         raise DataFileError(path, f"damaged HDF5 file (metadata unreadable: {exc}); "
                                   "re-export or re-copy it") from None
+    if isinstance(raw, np.ndarray) and raw.size == 1:  # one date stored as a 1-value array
+        raw = raw.ravel()[0]
     raw = raw.decode(errors="replace") if isinstance(raw, bytes) else str(raw)
     try:
         start = datetime.fromisoformat(raw.strip())

@@ -12,7 +12,6 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-import h5py
 import numpy as np
 
 from homodyne.data.twotime import (
@@ -115,14 +114,27 @@ def generate_synthetic(path, spec: ModelSpec, params, *, noise_sigma: float = 0.
                         f"q {qs[qi]:g}, frames {r0 + 1}..{r1}); choose smaller values")
                 ds[r0:r1, r0:] = stored
         meta = h5.require_group(SYNTHETIC_ATTRS)
-        meta.attrs.update(
+        labels = dict(
             mode=spec.mode, q=spec.q, dt=spec.dt, gap_h=spec.gap_h, scaling=spec.scaling,
             n_frames=n, phi_deg=np.asarray(spec.phi_deg), parameter_names=
-            np.array(spec.parameter_names, dtype=h5py.string_dtype()),
+            list(spec.parameter_names),
             true_parameters=params, noise_sigma=float(noise_sigma), seed=int(seed),
             block_rows=int(block_rows), q_values=qs[:n_real], **(attrs or {}),
         )
+        meta.attrs.update({k: fixed_length_text(v) for k, v in labels.items()})
     return SyntheticInfo(path, spec, params, float(noise_sigma), int(seed), spec.n_points)
+
+
+def fixed_length_text(value):
+    """Text as fixed-length (UTF-8) strings, other values unchanged: a variable-length
+    string lives in a global heap, and a damaged heap or reference hangs HDF5's read of
+    it, so the reader leaves variable-length labels out."""
+    if isinstance(value, str):
+        return np.bytes_(value.encode("utf-8"))
+    items = list(value) if isinstance(value, list | tuple | np.ndarray) else None
+    if items and all(isinstance(v, str) for v in items):
+        return np.array([v.encode("utf-8") for v in items], dtype=bytes)
+    return value
 
 
 def synthetic_file_bytes(n_frames: int, n_matrices: int, n_decoys: int = 0, *,

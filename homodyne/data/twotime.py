@@ -9,6 +9,7 @@ Points are ordered angle-major, then row-major inside the triangle, matching
 
 from __future__ import annotations
 
+import logging
 import math
 import numbers
 import os
@@ -33,6 +34,7 @@ from homodyne.data.h5storage import (
     unreadable,
 )
 from homodyne.data.npyfile import npy_file_header
+from homodyne.data.vlenheap import holds_vlen_strings, vlen_string_problem
 from homodyne.model import (
     MAX_ABS_PHI_DEG,
     ModelSpec,
@@ -44,6 +46,8 @@ from homodyne.model import (
     triu_row_start,
     whole_number,
 )
+
+log = logging.getLogger(__name__)
 
 OLD_Q = "/xpcs/dqlist"
 OLD_PHI = "/xpcs/dphilist"
@@ -402,15 +406,33 @@ def open_two_time(path, *, q: float | None = None, q_tolerance: float | None = N
 def _plain_attrs(group) -> dict:
     """The attributes of ``group`` (a synthetic file's truth: labels only) that can be
     read: not those of a type holding variable-length sequences (reading a damaged one
-    segfaulted), nor those h5py cannot convert (a string of an unknown encoding)."""
+    segfaulted) or variable-length strings (a damaged global heap or reference hangs
+    HDF5, and an attribute's references cannot be checked before it is read: ``homodyne
+    generate`` writes fixed-length strings), nor those h5py cannot convert (a string of
+    an unknown encoding). Fixed-length strings read as ``str`` (as variable-length did)."""
     out = {}
     for name in group.attrs:
         try:
-            if not holds_sequences(group.attrs.get_id(name).get_type()):
-                out[name] = group.attrs[name]
+            tid = group.attrs.get_id(name).get_type()
+            if holds_vlen_strings(tid):
+                log.debug("%s: attribute %s of %s holds variable-length strings, which are "
+                          "not read (a damaged one hangs HDF5); left out", group.file.filename,
+                          name, group.name)
+            elif not holds_sequences(tid):
+                out[name] = _text(group.attrs[name])
         except (TypeError, ValueError):
             continue  # left out: it only labels the results
     return out
+
+
+def _text(value):
+    """A fixed-length string attribute (NumPy bytes) as ``str``; other values unchanged."""
+    if isinstance(value, bytes):
+        return value.decode("utf-8", errors="replace")
+    if isinstance(value, np.ndarray) and value.dtype.kind == "S":
+        return np.array([v.decode("utf-8", errors="replace") for v in value.ravel()],
+                        dtype=object).reshape(value.shape)
+    return value
 
 
 HDF5_MAGIC = b"\x89HDF\r\n\x1a\n"
@@ -593,8 +615,8 @@ def _read(path, h5, name, max_values: int = MAX_MAP_VALUES):
                                   f"{ds.size:,} value(s) of {ds.id.get_type().get_size():,} "
                                   "bytes each), not a list of numbers; the file is damaged "
                                   "or not an APS two-time result")
-    problem = not_real_numbers(ds, name)
-    if problem:
+    problem = not_real_numbers(ds, name) or vlen_string_problem(h5, ds, name)
+    if problem:  # (a damaged variable-length string hung HDF5's read)
         raise DataFileError(path, problem)
     return np.asarray(ds[()])
 
