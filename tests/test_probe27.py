@@ -1,0 +1,58 @@
+"""probe27: an adversarial round on session nine's merged changes (issue 12)."""
+
+import json
+
+import pytest
+
+from homodyne.benchmarks import seeded
+
+
+def _record(seed):
+    return {"seed": seed, "model": "static", "kind": "plain", "base": "plain",
+            "scipy": {"converged": True, "status": 2, "cost64": 1.0},
+            "ours": {"status": "converged", "passes": 3, "cost64": 1.0},
+            "dchi2": 0.0, "chi2_scipy": 100.0, "se_distance": 0.0}
+
+
+@pytest.mark.parametrize("content, word", [
+    (b"\x89\xff\xfe\n", "not a text file"),
+    (b"5\n", "line 1: not a seeded comparison record"),
+    (b'{"a": 1}\n', "line 1: not a seeded comparison record"),
+    (json.dumps(_record(1)).encode() + b"\n[]\n", "line 2: not a seeded comparison record"),
+    (b"not json\n" + json.dumps(_record(1)).encode() + b"\n", "line 1: not a seeded"),
+    (b"", "no records"),
+])
+def test_seeded_summary_of_a_file_that_is_not_its_records_is_one_line_exit_2(
+        tmp_path, capsys, content, word):
+    """--summary of a binary file, a JSON line that is not a record or an empty file: a
+    UnicodeDecodeError / TypeError / KeyError traceback (exit 1), or an empty summary."""
+    f = tmp_path / "r.jsonl"
+    f.write_bytes(content)
+    with pytest.raises(SystemExit) as exc:
+        seeded.main(["--summary", str(f)])
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and word in err and "Traceback" not in err
+
+
+def test_seeded_out_that_is_a_directory_or_not_its_records_is_one_line_exit_2(
+        tmp_path, capsys, monkeypatch):
+    """--out naming a directory (IsADirectoryError), a folder that cannot be made
+    (FileNotFoundError) or a JSONL of other records (KeyError 'seed'): tracebacks, exit 1;
+    no case is run for them."""
+    monkeypatch.setattr(seeded, "run", lambda s: pytest.fail("a case was run"))
+    other = tmp_path / "other.jsonl"
+    other.write_text('{"a": 1}\n')
+    (tmp_path / "plain").write_text("x")
+    for out, word in ((tmp_path, "Is a directory"), (tmp_path / "plain" / "x.jsonl", "plain"),
+                      (other, "line 1: not a seeded comparison record")):
+        with pytest.raises(SystemExit) as exc:
+            seeded.main(["--seeds", "1", "--out", str(out)])
+        err = capsys.readouterr().err
+        assert exc.value.code == 2 and word in err, err
+    assert other.read_text() == '{"a": 1}\n'
+
+
+def test_seeded_records_still_load_with_a_cut_last_line(tmp_path):
+    f = tmp_path / "r.jsonl"
+    f.write_text(json.dumps(_record(1)) + "\n" + json.dumps(_record(2))[:-5])
+    assert [r["seed"] for r in seeded.load(f)] == [1]
