@@ -97,19 +97,48 @@ def _shared_values(h5: h5py.File, names) -> str | None:
 
 
 def _overlapping_pair(found: list) -> tuple | None:
-    """Two reads of one stored dataset, by two names, whose boxes meet, else None: a sweep
-    along the first axis (a matrix mapped row by row from one stack gives thousands of
-    disjoint boxes, compared pairwise in 15 s)."""
+    """Two reads of one stored dataset, by two names, whose boxes meet, else None. Only
+    names whose reads' bounding boxes meet are swept (24 matrices mapped from one stack in
+    rows cut in 8: 76,800 boxes in 24 slabs, one sweep with each slab's boxes all open: 19 s)."""
+    by_name: dict = {}
+    for item in found:
+        by_name.setdefault(item[0], []).append(item)
+    names = list(by_name)
+    bounds = {n: _bounding(by_name[n]) for n in names}
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if _boxes_meet(bounds[a], bounds[b]):
+                pair = _sweep(by_name[a] + by_name[b])
+                if pair is not None:
+                    return pair
+    return None
+
+
+def _bounding(items: list):
+    """The box holding every read of ``items`` (None: one of them reads all)."""
+    if any(x[1] is None for x in items):
+        return None
+    low = tuple(map(min, zip(*(x[1][0] for x in items), strict=True)))
+    return low, tuple(map(max, zip(*(x[1][1] for x in items), strict=True)))
+
+
+def _sweep(items: list) -> tuple | None:
+    """Two reads of different names among ``items`` whose boxes meet: a sweep along the
+    first axis, each read compared with the other names' reads still open."""
     def start(item) -> float:
         return -math.inf if item[1] is None else item[1][0][0]
 
-    active: list = []
-    for item in sorted(found, key=start):
-        active = [x for x in active if x[1] is None or x[1][1][0] >= start(item)]
-        for x in active:
-            if x[0] != item[0] and _boxes_meet(x[1], item[1]):
-                return x, item
-        active.append(item)
+    active: dict = {}
+    for item in sorted(items, key=start):
+        at = start(item)
+        for name, open_ in active.items():
+            if name == item[0]:
+                continue
+            open_[:] = [x for x in open_ if x[1] is None or x[1][1][0] >= at]
+            for x in open_:
+                if _boxes_meet(x[1], item[1]):
+                    return x, item
+        active.setdefault(item[0], []).append(item)
     return None
 
 
