@@ -490,17 +490,49 @@ def target_rows(records: list[dict]) -> list[dict]:
 
 
 # --- the record file and the command line -------------------------------------------------
+class RecordFileError(ValueError):
+    """A records file that is not this comparison's JSONL (said in one line, exit 2)."""
+
+
+def _is_record(r) -> bool:
+    """Whether ``r`` has the fields the summary and the resume read (a record of ``run``)."""
+    return (
+        isinstance(r, dict)
+        and type(r.get("seed")) is int
+        and isinstance(r.get("scipy"), dict)
+        and {"converged", "cost64", "status"} <= r["scipy"].keys()
+        and isinstance(r.get("ours"), dict)
+        and "status" in r["ours"]
+        and all(isinstance(r.get(k), str) for k in ("kind", "base", "model"))
+    )
+
+
 def load(path) -> list[dict]:
-    """The records of a JSONL file; a last line cut short (a stopped run) is left out."""
+    """The records of a JSONL file; a last line cut short (a stopped run) is left out. A file
+    that is not text, or a line that is not a record of ``run``, is a ``RecordFileError``."""
     p = Path(path)
     if not p.exists():
         return []
+    try:
+        lines = p.read_bytes().decode("utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise RecordFileError(
+            f"{p}: not a text file (byte {exc.start}); give a JSONL file written by --out"
+        ) from None
     out = []
-    for line in p.read_text().splitlines():
+    for i, line in enumerate(lines, 1):
         try:
-            out.append(json.loads(line))
+            rec = json.loads(line)
         except json.JSONDecodeError:
-            continue
+            if i == len(lines):
+                continue
+            rec = None
+        if not _is_record(rec):
+            raise RecordFileError(
+                f"{p} line {i}: not a seeded comparison record; give a JSONL file written by "
+                "--out (or remove the line)"
+            )
+        out.append(rec)
     return out
 
 
@@ -596,6 +628,15 @@ def main(argv=None) -> int:
     ap.add_argument("--summary", help="JSONL file to summarise (Markdown to stdout)")
     ap.add_argument("--md", help="with --summary: also write the Markdown to this file")
     a = ap.parse_args(argv)
+    try:
+        return _main(ap, a)
+    except (RecordFileError, OSError) as exc:
+        msg = str(exc) if isinstance(exc, RecordFileError) else f"{exc.filename}: {exc.strerror}"
+        ap.exit(2, f"{ap.prog}: error: {msg}\n")
+    return 2  # pragma: no cover (ap.exit raises)
+
+
+def _main(ap, a) -> int:
     seeds = None
     if a.seeds:
         try:
@@ -606,7 +647,11 @@ def main(argv=None) -> int:
         if not Path(a.summary).is_file():
             ap.error(f"--summary {a.summary}: no such file; run --seeds ... --out first")
         records = load(a.summary)
-        text = format_summary(records if seeds is None else select(records, seeds))
+        if seeds is not None:
+            records = select(records, seeds)
+        if not records:
+            ap.error(f"--summary {a.summary}: no records{' of these seeds' if seeds else ''}")
+        text = format_summary(records)
         print(text, end="")
         if a.md:
             from homodyne.output import atomic_path

@@ -97,19 +97,48 @@ def _shared_values(h5: h5py.File, names) -> str | None:
 
 
 def _overlapping_pair(found: list) -> tuple | None:
-    """Two reads of one stored dataset, by two names, whose boxes meet, else None: a sweep
-    along the first axis (a matrix mapped row by row from one stack gives thousands of
-    disjoint boxes, compared pairwise in 15 s)."""
+    """Two reads of one stored dataset, by two names, whose boxes meet, else None. Only
+    names whose reads' bounding boxes meet are swept (24 matrices mapped from one stack in
+    rows cut in 8: 76,800 boxes in 24 slabs, one sweep with each slab's boxes all open: 19 s)."""
+    by_name: dict = {}
+    for item in found:
+        by_name.setdefault(item[0], []).append(item)
+    names = list(by_name)
+    bounds = {n: _bounding(by_name[n]) for n in names}
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            if _boxes_meet(bounds[a], bounds[b]):
+                pair = _sweep(by_name[a] + by_name[b])
+                if pair is not None:
+                    return pair
+    return None
+
+
+def _bounding(items: list):
+    """The box holding every read of ``items`` (None: one of them reads all)."""
+    if any(x[1] is None for x in items):
+        return None
+    low = tuple(map(min, zip(*(x[1][0] for x in items), strict=True)))
+    return low, tuple(map(max, zip(*(x[1][1] for x in items), strict=True)))
+
+
+def _sweep(items: list) -> tuple | None:
+    """Two reads of different names among ``items`` whose boxes meet: a sweep along the
+    first axis, each read compared with the other names' reads still open."""
     def start(item) -> float:
         return -math.inf if item[1] is None else item[1][0][0]
 
-    active: list = []
-    for item in sorted(found, key=start):
-        active = [x for x in active if x[1] is None or x[1][1][0] >= start(item)]
-        for x in active:
-            if x[0] != item[0] and _boxes_meet(x[1], item[1]):
-                return x, item
-        active.append(item)
+    active: dict = {}
+    for item in sorted(items, key=start):
+        at = start(item)
+        for name, open_ in active.items():
+            if name == item[0]:
+                continue
+            open_[:] = [x for x in open_ if x[1] is None or x[1][1][0] >= at]
+            for x in open_:
+                if _boxes_meet(x[1], item[1]):
+                    return x, item
+        active.setdefault(item[0], []).append(item)
     return None
 
 
@@ -240,7 +269,12 @@ def refuse_unread_storage(path, h5: h5py.File, name: str, obj: h5py.Dataset
     _refuse_external(path, name, obj)
     files: list[FileVersion] = []
     if obj.is_virtual:
-        _check_virtual(path, h5, name, obj, files)
+        opened: dict = {}  # source files by real path, each opened once for all its sources
+        try:
+            _check_virtual(path, h5, name, obj, files, opened=opened)
+        finally:
+            for f in opened.values():
+                f.close()
     return files
 
 
@@ -273,7 +307,8 @@ def _refuse_external(path, name: str, obj: h5py.Dataset, via: str = "") -> None:
 MAX_VIRTUAL_DEPTH = 8  # virtual datasets mapping virtual datasets: far above any real layout
 
 
-def _check_virtual(path, h5, name, obj, files: list, seen: tuple = ()) -> None:
+def _check_virtual(path, h5, name, obj, files: list, seen: tuple = (),
+                   opened: dict | None = None) -> None:
     """Every value of the virtual ``obj`` mapped once at least, from sources that exist and
     hold the values mapped; a source that is itself virtual is checked the same way. A
     mapping that leads back to a dataset on its way (HDF5 recurses until it crashes) or
@@ -290,7 +325,7 @@ def _check_virtual(path, h5, name, obj, files: list, seen: tuple = ()) -> None:
     prefix = obj.id.get_access_plist().get_virtual_prefix().decode(errors="replace")
     for src in sources:
         if src.file_name == ".":
-            _check_source(path, name, h5, src, files, seen)
+            _check_source(path, name, h5, src, files, seen, opened)
             continue
         full = _source_file(src.file_name, base, prefix)
         if full is None:
@@ -307,8 +342,16 @@ def _check_virtual(path, h5, name, obj, files: list, seen: tuple = ()) -> None:
             version = FileVersion.of(full)  # before it is opened: a change from here on is seen
             if all(f.path != version.path for f in files):
                 files.append(version)
-            with h5py.File(full, "r") as other:
-                _check_source(path, name, other, src, files, seen)
+            real = os.path.realpath(full)
+            other = None if opened is None else opened.get(real)
+            if other is None:
+                other = h5py.File(full, "r")
+                if opened is None:
+                    with other:
+                        _check_source(path, name, other, src, files, seen, opened)
+                    continue
+                opened[real] = other
+            _check_source(path, name, other, src, files, seen, opened)
         except (OSError, RuntimeError) as exc:
             raise DataFileError(path, f"{name} is a virtual dataset whose source file "
                                       f"{src.file_name} cannot be read ({exc})") from None
@@ -336,7 +379,7 @@ def _source_file(file_name: str, base: str, prefix: str) -> str | None:
     return None
 
 
-def _check_source(path, name, h5, src, files, seen) -> None:
+def _check_source(path, name, h5, src, files, seen, opened=None) -> None:
     """The source ``src`` of ``name`` (in the open file ``h5``) holds every value mapped,
     in that file: an external link there is refused as in the data file (HDF5 follows it to
     a file that no watch, fingerprint or stamp would see)."""
@@ -369,7 +412,7 @@ def _check_source(path, name, h5, src, files, seen) -> None:
                                   f"{src.dset_name} was never (or only in part) written (HDF5 "
                                   "would read its fill value instead); copy the complete data in")
     if ds.is_virtual:
-        _check_virtual(path, h5, name, ds, files, seen)
+        _check_virtual(path, h5, name, ds, files, seen, opened)
 
 
 def _mapped(sources) -> int:

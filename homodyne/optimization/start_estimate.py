@@ -62,7 +62,8 @@ def applies(problem, x0, lb, ub) -> bool:
     if spec is None or spec.mode not in ("static", "laminar_flow"):
         return False
     k = 2 * spec.n_scaling_sets
-    if not np.any(np.asarray(lb)[k:k + 3] < np.asarray(ub)[k:k + 3]):
+    n_phys = 7 if spec.mode == "laminar_flow" else 3  # laminar: D0..D_offset held, shear free
+    if not np.any(np.asarray(lb)[k:k + n_phys] < np.asarray(ub)[k:k + n_phys]):
         return False
     if spec.mode == "laminar_flow":
         return corner_start(x0[k:], np.asarray(lb)[k:], np.asarray(ub)[k:]) or \
@@ -429,7 +430,9 @@ def _laminar_estimate(spec, cells, x0, lb, ub) -> tuple[np.ndarray | None, str]:
         return None, "start estimate: a scaling set without data; plain start kept"
     _, starts = sets
     static = replace(spec, mode="static")
-    xs, line = estimate(static, cells, x0[:k + 3], lb[:k + 3], ub[:k + 3])
+    xs = None
+    if np.any(lb[k:k + 3] < ub[k:k + 3]):  # J(t) held entirely: only the shear is looked for
+        xs, _ = estimate(static, cells, x0[:k + 3], lb[:k + 3], ub[:k + 3])
     xs = x0[:k + 3] if xs is None else xs
     decay = np.exp(-spec.q ** 2 * np.abs(_integral(spec, cells, *xs[k:k + 3])))
     held = _held(lb, ub)
