@@ -464,3 +464,29 @@ def with_variable_length_labels(path):
             data = text[0] if np.ndim(value) == 0 else np.array(text, dtype=object)
             attrs.create(name, data, dtype=h5py.string_dtype())
     return path
+
+
+def rows_from_stack(path, shared_row=None) -> np.ndarray:
+    """The two matrices of a ``small_two_time_file`` copy made virtual row by row from
+    ``stack.h5:all`` beside it (their values stacked; the stack written on the first call);
+    with ``shared_row``, that row of angle 1 maps angle 0's row. Returns the stacked values."""
+    import h5py
+
+    c2 = "/xpcs/twotime/correlation_map"
+    stack = Path(path).parent / "stack.h5"
+    if not stack.exists():
+        with h5py.File(path, "r") as h5:
+            values = np.stack([h5[f"{c2}/{k}"][()] for k in ("c2_00001", "c2_00002")])
+        with h5py.File(stack, "w") as st:
+            st["all"] = values
+    with h5py.File(stack, "r") as st:
+        values = st["all"][()]
+    with h5py.File(path, "r+") as h5:
+        for a, k in enumerate(("c2_00001", "c2_00002")):
+            del h5[f"{c2}/{k}"]
+            layout = h5py.VirtualLayout(shape=values.shape[1:], dtype="f8")
+            src = h5py.VirtualSource("stack.h5", "all", shape=values.shape)
+            for r in range(values.shape[1]):
+                layout[r, :] = src[0 if (a, r) == (1, shared_row) else a, r, :]
+            h5[c2].create_virtual_dataset(k, layout)
+    return values

@@ -8,7 +8,7 @@ import shutil
 import h5py
 import numpy as np
 import pytest
-from helpers import small_two_time_file, virtual_chain, virtual_over
+from helpers import rows_from_stack, small_two_time_file, virtual_chain, virtual_over
 
 from homodyne.data import open_two_time
 from homodyne.data.errors import DataFileError
@@ -402,25 +402,10 @@ def test_matrices_mapped_row_by_row_from_one_stack_are_read_and_one_shared_row_i
     sweep, not pairwise) are read; one row of angle 1 mapped from angle 0's rows is
     refused naming both."""
     path = _copy(small, tmp_path)
-    with h5py.File(path, "r") as h5:
-        values = np.stack([h5[f"{C2}/{k}"][()] for k in ("c2_00001", "c2_00002")])
-    with h5py.File(tmp_path / "stack.h5", "w") as st:
-        st["all"] = values
-
-    def by_rows(shared_row=None):
-        with h5py.File(path, "r+") as h5:
-            for a, k in enumerate(("c2_00001", "c2_00002")):
-                del h5[f"{C2}/{k}"]
-                layout = h5py.VirtualLayout(shape=values.shape[1:], dtype="f8")
-                src = h5py.VirtualSource("stack.h5", "all", shape=values.shape)
-                for r in range(values.shape[1]):
-                    layout[r, :] = src[0 if (a, r) == (1, shared_row) else a, r, :]
-                h5[C2].create_virtual_dataset(k, layout)
-
-    by_rows()
+    values = rows_from_stack(path)
     with open_two_time(path) as source:
         np.testing.assert_array_equal(source.read_rows(1, 0, 30), values[1])
-    by_rows(shared_row=17)
+    rows_from_stack(path, shared_row=17)
     with pytest.raises(
         DataFileError,
         match=rf"{C2}/c2_00001 and {C2}/c2_00002 are virtual "

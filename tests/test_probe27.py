@@ -4,7 +4,7 @@ import json
 
 import numpy as np
 import pytest
-from helpers import laminar_corner_case, small_two_time_file, truth_for
+from helpers import laminar_corner_case, rows_from_stack, small_two_time_file, truth_for
 
 from homodyne.benchmarks import seeded
 
@@ -104,21 +104,9 @@ def test_a_matrix_mapped_row_by_row_from_one_file_opens_that_file_once(tmp_path,
 
     from homodyne.data.twotime import open_two_time
 
-    c2 = "/xpcs/twotime/correlation_map"
     path = tmp_path / "v.h5"
     shutil.copy(small_two_time_file(tmp_path / "b.h5"), path)
-    with h5py.File(path, "r") as h5:
-        values = np.stack([h5[f"{c2}/{k}"][()] for k in ("c2_00001", "c2_00002")])
-    with h5py.File(tmp_path / "stack.h5", "w") as st:
-        st["all"] = values
-    with h5py.File(path, "r+") as h5:
-        for a, k in enumerate(("c2_00001", "c2_00002")):
-            del h5[f"{c2}/{k}"]
-            layout = h5py.VirtualLayout(shape=values.shape[1:], dtype="f8")
-            src = h5py.VirtualSource("stack.h5", "all", shape=values.shape)
-            for r in range(values.shape[1]):
-                layout[r, :] = src[a, r, :]
-            h5[c2].create_virtual_dataset(k, layout)
+    values = rows_from_stack(path)
     opens = []
     real_file = h5py.File
 
