@@ -166,12 +166,10 @@ def _stored_reads(h5, obj, box, opened: dict, depth: int = 0) -> list:
             _source_file(src.file_name, base, prefix)
         if full is None:
             continue
-        other = h5 if src.file_name == "." else opened.get(os.path.realpath(full))
-        if other is None:
-            try:
-                other = opened[os.path.realpath(full)] = h5py.File(full, "r")
-            except (OSError, RuntimeError):
-                continue
+        try:
+            other = h5 if src.file_name == "." else _open_once(full, opened)
+        except (OSError, RuntimeError):
+            continue
         ds = other.get(src.dset_name)
         if not isinstance(ds, h5py.Dataset):
             continue
@@ -182,6 +180,15 @@ def _stored_reads(h5, obj, box, opened: dict, depth: int = 0) -> list:
             found.append(((os.path.realpath(full), _address(ds)), part,
                           f"{src.file_name}:{src.dset_name}"))
     return found
+
+
+def _open_once(full: str, opened: dict) -> h5py.File:
+    """The source file ``full`` open for reading, once per real path however many sources
+    name it (``opened``: by real path; the caller closes them)."""
+    real = os.path.realpath(full)
+    if real not in opened:
+        opened[real] = h5py.File(full, "r")
+    return opened[real]
 
 
 def _box(space, shape) -> tuple:
@@ -271,7 +278,7 @@ def refuse_unread_storage(path, h5: h5py.File, name: str, obj: h5py.Dataset
     if obj.is_virtual:
         opened: dict = {}  # source files by real path, each opened once for all its sources
         try:
-            _check_virtual(path, h5, name, obj, files, opened=opened)
+            _check_virtual(path, h5, name, obj, files, opened)
         finally:
             for f in opened.values():
                 f.close()
@@ -307,8 +314,7 @@ def _refuse_external(path, name: str, obj: h5py.Dataset, via: str = "") -> None:
 MAX_VIRTUAL_DEPTH = 8  # virtual datasets mapping virtual datasets: far above any real layout
 
 
-def _check_virtual(path, h5, name, obj, files: list, seen: tuple = (),
-                   opened: dict | None = None) -> None:
+def _check_virtual(path, h5, name, obj, files: list, opened: dict, seen: tuple = ()) -> None:
     """Every value of the virtual ``obj`` mapped once at least, from sources that exist and
     hold the values mapped; a source that is itself virtual is checked the same way. A
     mapping that leads back to a dataset on its way (HDF5 recurses until it crashes) or
@@ -342,16 +348,7 @@ def _check_virtual(path, h5, name, obj, files: list, seen: tuple = (),
             version = FileVersion.of(full)  # before it is opened: a change from here on is seen
             if all(f.path != version.path for f in files):
                 files.append(version)
-            real = os.path.realpath(full)
-            other = None if opened is None else opened.get(real)
-            if other is None:
-                other = h5py.File(full, "r")
-                if opened is None:
-                    with other:
-                        _check_source(path, name, other, src, files, seen, opened)
-                    continue
-                opened[real] = other
-            _check_source(path, name, other, src, files, seen, opened)
+            _check_source(path, name, _open_once(full, opened), src, files, seen, opened)
         except (OSError, RuntimeError) as exc:
             raise DataFileError(path, f"{name} is a virtual dataset whose source file "
                                       f"{src.file_name} cannot be read ({exc})") from None
@@ -379,7 +376,7 @@ def _source_file(file_name: str, base: str, prefix: str) -> str | None:
     return None
 
 
-def _check_source(path, name, h5, src, files, seen, opened=None) -> None:
+def _check_source(path, name, h5, src, files, seen, opened: dict) -> None:
     """The source ``src`` of ``name`` (in the open file ``h5``) holds every value mapped,
     in that file: an external link there is refused as in the data file (HDF5 follows it to
     a file that no watch, fingerprint or stamp would see)."""
@@ -412,7 +409,7 @@ def _check_source(path, name, h5, src, files, seen, opened=None) -> None:
                                   f"{src.dset_name} was never (or only in part) written (HDF5 "
                                   "would read its fill value instead); copy the complete data in")
     if ds.is_virtual:
-        _check_virtual(path, h5, name, ds, files, seen, opened)
+        _check_virtual(path, h5, name, ds, files, opened, seen)
 
 
 def _mapped(sources) -> int:
